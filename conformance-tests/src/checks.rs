@@ -1,0 +1,726 @@
+//! One `pub async fn` per behaviour. Each takes a [`Ctx`] and returns a [`CheckResult`];
+//! [`CHECKS`] lists them with the promise (numbered as in DESIGN.md) each one checks and the
+//! capabilities it needs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use lock_core::{Capabilities, Error, Instant, KeyError, LossReason, ReleaseOutcome};
+
+use crate::history::History;
+use crate::{ensure, CheckResult, Ctx, Failure};
+
+/// A check: its name, the promise it covers, when it applies, and how to run it.
+pub struct Check {
+    /// The name printed in reports and matched by `DISTLOCK_CONFORMANCE_FILTER`.
+    pub name: &'static str,
+    /// The promise of DESIGN.md it checks (1..=8).
+    pub promise: u8,
+    /// `Err(reason)` when the backend's capabilities (or the absence of a crash hook) rule
+    /// the check out; the reason is printed.
+    pub applies: fn(&Capabilities, bool) -> Result<(), String>,
+    /// Runs the check.
+    pub run: fn(Ctx) -> BoxFuture<'static, CheckResult>,
+}
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Check").field("name", &self.name).field("promise", &self.promise).finish()
+    }
+}
+
+fn always(_: &Capabilities, _: bool) -> Result<(), String> {
+    Ok(())
+}
+
+fn needs_crash(c: &Capabilities, has_hook: bool) -> Result<(), String> {
+    if c.session_leases && !has_hook {
+        return Err("leases belong to a session and the suite has no crash hook to end one".into());
+    }
+    Ok(())
+}
+
+fn needs_per_lock_ttl(c: &Capabilities, has_hook: bool) -> Result<(), String> {
+    if !c.per_lock_ttl {
+        return Err("the backend does not honour a TTL per lock (the session timeout decides)".into());
+    }
+    needs_crash(c, has_hook)
+}
+
+fn needs_fair(c: &Capabilities, _: bool) -> Result<(), String> {
+    if !c.fair_queueing {
+        return Err("the backend does not claim fair queueing".into());
+    }
+    Ok(())
+}
+
+macro_rules! check {
+    ($f:ident, $promise:expr, $applies:expr) => {
+        Check { name: stringify!($f), promise: $promise, applies: $applies, run: |ctx| $f(ctx).boxed() }
+    };
+}
+
+/// Every check, in the order of the promises.
+pub static CHECKS: &[Check] = &[
+    check!(mutual_exclusion_shared_client, 1, always),
+    check!(mutual_exclusion_separate_clients, 1, always),
+    check!(keys_and_namespaces_are_independent, 1, always),
+    check!(fencing_increases_across_release, 2, always),
+    check!(fencing_increases_across_expiry, 2, needs_per_lock_ttl),
+    check!(fencing_increases_across_takeover, 2, needs_crash),
+    check!(crashed_holder_blocks_at_most_ttl, 3, needs_per_lock_ttl),
+    check!(stale_holder_cannot_release_or_extend, 4, needs_per_lock_ttl),
+    check!(release_reports_truth, 4, always),
+    check!(extend_prolongs_the_grant, 4, needs_per_lock_ttl),
+    check!(inspect_reports_the_holder, 4, always),
+    check!(waiting_acquire_wakes_promptly, 5, always),
+    check!(waiting_acquire_times_out_at_deadline, 5, always),
+    check!(no_wait_acquire_returns_at_once, 5, always),
+    check!(waiters_are_served_in_order, 5, needs_fair),
+    check!(dropped_waiting_acquire_leaves_nothing, 6, always),
+    check!(dropped_guard_releases_in_background, 6, always),
+    check!(detach_keeps_lock_past_guard, 6, always),
+    check!(loss_fires_at_valid_until, 7, needs_per_lock_ttl),
+    check!(loss_fires_when_renewal_finds_lock_gone, 7, always),
+    check!(auto_renew_keeps_the_lock, 7, always),
+    check!(max_hold_stops_renewal, 7, needs_per_lock_ttl),
+    check!(scoped_run_returns_and_releases, 7, always),
+    check!(scoped_run_is_cancelled_on_loss, 7, needs_per_lock_ttl),
+    check!(bad_keys_are_typed_errors, 8, always),
+    check!(bad_ttls_are_typed_errors, 8, always),
+];
+
+/// Holds the lock in turn from `tasks` contenders, `rounds` times each; returns the history.
+async fn contend(
+    ctx: &Ctx,
+    clients: Vec<lock_core::LockClient>,
+    per_client: usize,
+    rounds: usize,
+    key: &str,
+) -> Result<Arc<History>, Failure> {
+    let history = Arc::new(History::new());
+    let ttl = ctx.long_ttl();
+    let mut tasks = Vec::new();
+    let mut who = 0;
+    for client in clients {
+        for _ in 0..per_client {
+            who += 1;
+            let (client, history, key) = (client.clone(), history.clone(), key.to_owned());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..rounds {
+                    let guard = client.lock(&key).ttl(ttl).wait(Duration::from_secs(60)).acquire().await?;
+                    let start = StdInstant::now();
+                    history.enter(who);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tokio::task::yield_now().await;
+                    history.exit(who, guard.fencing_token().get(), start);
+                    let outcome = guard.release().await?;
+                    if outcome != ReleaseOutcome::Released {
+                        return Err(Failure(format!(
+                            "contender {who}: release of a held lock reported {outcome:?}"
+                        )));
+                    }
+                }
+                Ok::<(), Failure>(())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.map_err(|e| Failure(format!("contender panicked: {e}")))??;
+    }
+    Ok(history)
+}
+
+/// Promise 1: many tasks sharing one client never hold the lock at once, and fencing tokens
+/// rise in the order the lock was held.
+pub async fn mutual_exclusion_shared_client(ctx: Ctx) -> CheckResult {
+    let client = ctx.client().await?;
+    let h = contend(&ctx, vec![client], 8, 6, &ctx.key("k")).await?;
+    ensure!(h.len() == 48, "expected 48 grants, recorded {}", h.len());
+    h.check()?;
+    Ok(())
+}
+
+/// Promise 1: tasks on separate clients (separate connections, as separate processes) never
+/// hold the lock at once, and fencing tokens rise in the order the lock was held.
+pub async fn mutual_exclusion_separate_clients(ctx: Ctx) -> CheckResult {
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(ctx.client().await?);
+    }
+    let h = contend(&ctx, clients, 2, 6, &ctx.key("k")).await?;
+    ensure!(h.len() == 48, "expected 48 grants, recorded {}", h.len());
+    h.check()?;
+    Ok(())
+}
+
+/// Promise 1: holding one key does not block another, and the same name under two
+/// namespaces is two locks.
+pub async fn keys_and_namespaces_are_independent(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let a = c.lock(&ctx.key("a")).ttl(ctx.long_ttl()).acquire().await?;
+    let b = c.lock(&ctx.key("b")).try_acquire().await?;
+    ensure!(b.is_some(), "holding key a blocked key b");
+    let n1 = ctx.client().await?.with_namespace("ns1")?;
+    let n2 = ctx.client().await?.with_namespace("ns2")?;
+    let x = n1.lock(&ctx.key("a")).ttl(ctx.long_ttl()).try_acquire().await?;
+    let y = n2.lock(&ctx.key("a")).ttl(ctx.long_ttl()).try_acquire().await?;
+    ensure!(
+        x.is_some() && y.is_some(),
+        "the same name under two namespaces collided (or collided with no namespace)"
+    );
+    ensure!(
+        n1.lock(&ctx.key("a")).try_acquire().await?.is_none(),
+        "a namespaced lock did not exclude its own namespace"
+    );
+    for g in [Some(a), b, x, y].into_iter().flatten() {
+        ensure!(
+            g.release().await? == ReleaseOutcome::Released,
+            "release of a held lock did not report Released"
+        );
+    }
+    Ok(())
+}
+
+/// Promise 2: the next grant after a release has a greater fencing token and a new owner
+/// token.
+pub async fn fencing_increases_across_release(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let mut last = None;
+    let mut owners = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let g = c.lock(&key).ttl(ctx.long_ttl()).acquire().await?;
+        if let Some(prev) = last {
+            ensure!(
+                g.fencing_token() > prev,
+                "token {} after release is not greater than {prev}",
+                g.fencing_token()
+            );
+        }
+        ensure!(owners.insert(g.lease().owner()), "an owner token was reused");
+        last = Some(g.fencing_token());
+        let _ = g.release().await?;
+    }
+    Ok(())
+}
+
+async fn wait_until_free(ctx: &Ctx, c: &lock_core::LockClient, key: &str, limit: Duration) -> CheckResult {
+    let deadline = StdInstant::now() + limit;
+    loop {
+        if c.inspect(key).await?.is_none() {
+            return Ok(());
+        }
+        ensure!(
+            StdInstant::now() < deadline,
+            "lock {key} still held {limit:?} later (ttl {:?})",
+            ctx.short_ttl()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Promise 2: the next grant after an expiry has a greater fencing token.
+pub async fn fencing_increases_across_expiry(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl();
+    let lease = c.lock(&key).ttl(ttl).acquire().await?.detach();
+    tokio::time::sleep_until(lease.valid_until()).await;
+    wait_until_free(&ctx, &c, &key, ttl + ctx.caps.expiry_margin + ctx.slack()).await?;
+    let g = c.lock(&key).ttl(ttl).acquire().await?;
+    ensure!(
+        g.fencing_token() > lease.fencing_token(),
+        "token {} after expiry is not greater than {}",
+        g.fencing_token(),
+        lease.fencing_token()
+    );
+    let _ = g.release().await?;
+    Ok(())
+}
+
+/// Promise 2: a waiter that takes over from a crashed holder gets a greater token.
+pub async fn fencing_increases_across_takeover(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl();
+    let ga = a.lock(&key).ttl(ttl).acquire().await?;
+    let fa = ga.fencing_token();
+    ctx.crash(a, ga).await;
+    let gb = b.lock(&key).ttl(ttl).wait(ttl * 4 + ctx.caps.expiry_margin + ctx.slack()).acquire().await?;
+    ensure!(
+        gb.fencing_token() > fa,
+        "takeover token {} is not greater than the crashed holder's {fa}",
+        gb.fencing_token()
+    );
+    let _ = gb.release().await?;
+    Ok(())
+}
+
+/// Promise 3: a crashed holder blocks a waiter for at most TTL + the backend's margin, and
+/// never for less than the time the holder was told it held the lock (`valid_until`).
+pub async fn crashed_holder_blocks_at_most_ttl(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl() * 2;
+    let sent = Instant::now();
+    let ga = a.lock(&key).ttl(ttl).acquire().await?;
+    let told = ga.valid_until();
+    ctx.crash(a, ga).await;
+    let gb = b.lock(&key).ttl(ttl).wait(ttl * 5 + ctx.caps.expiry_margin + ctx.slack()).acquire().await?;
+    let got = Instant::now();
+    ensure!(got >= told, "the waiter got the lock {:?} before the crashed holder's valid_until", told - got);
+    let bound = ttl + ctx.caps.expiry_margin + ctx.wake_bound() + ctx.slack();
+    ensure!(
+        got - sent <= bound,
+        "a crashed holder blocked for {:?}; the bound is {bound:?} (ttl {ttl:?})",
+        got - sent
+    );
+    let _ = gb.release().await?;
+    Ok(())
+}
+
+/// Promise 4: after its grant expired and another owner took the key, the old holder can
+/// neither release nor extend it, and both report "not held".
+pub async fn stale_holder_cannot_release_or_extend(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl();
+    let mut stale = a.lock(&key).ttl(ttl).acquire().await?.detach();
+    let gb = b
+        .lock(&key)
+        .ttl(ctx.long_ttl())
+        .wait(ttl * 4 + ctx.caps.expiry_margin + ctx.slack())
+        .acquire()
+        .await?;
+    let r = a.release_lease(&stale).await?;
+    ensure!(r == ReleaseOutcome::NotHeld, "a stale release reported {r:?}");
+    match a.extend_lease(&mut stale, ctx.long_ttl()).await {
+        Err(Error::NotHeld { .. }) => {}
+        other => return Err(Failure(format!("a stale extend returned {other:?}, expected NotHeld"))),
+    }
+    let info = b
+        .inspect(&key)
+        .await?
+        .ok_or_else(|| Failure("the new holder's lock vanished after a stale release".into()))?;
+    if let Some(f) = info.fencing_token {
+        ensure!(f == gb.fencing_token(), "inspect shows token {f}, the holder has {}", gb.fencing_token());
+    }
+    ensure!(gb.is_held(), "the new holder lost its lock after a stale release/extend");
+    ensure!(
+        gb.release().await? == ReleaseOutcome::Released,
+        "the new holder's release did not report Released"
+    );
+    Ok(())
+}
+
+/// Promise 4: release says what happened: `Released` once, then `NotHeld`.
+pub async fn release_reports_truth(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let g = c.lock(&key).ttl(ctx.long_ttl()).acquire().await?;
+    let lease = g.lease();
+    ensure!(g.release().await? == ReleaseOutcome::Released, "release of a held lock did not report Released");
+    let again = c.release_lease(&lease).await?;
+    ensure!(again == ReleaseOutcome::NotHeld, "a second release reported {again:?}");
+    ensure!(c.inspect(&key).await?.is_none(), "the key still looks held after release");
+    Ok(())
+}
+
+/// Promise 4: extend moves the grant's end forward on the server, so it outlives its first
+/// TTL; a released grant cannot be extended.
+pub async fn extend_prolongs_the_grant(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl();
+    let g = a.lock(&key).ttl(ttl).acquire().await?;
+    let first_until = g.valid_until();
+    tokio::time::sleep(ttl / 3).await;
+    g.extend(ttl * 4).await?;
+    ensure!(g.valid_until() > first_until, "valid_until did not move forward on extend");
+    tokio::time::sleep_until(first_until + ttl / 2 + ctx.caps.expiry_margin).await;
+    ensure!(g.is_held(), "the guard says it is not held within its extended TTL");
+    ensure!(
+        b.lock(&key).try_acquire().await?.is_none(),
+        "another client took the lock within its extended TTL"
+    );
+    let lease = g.lease();
+    let _ = g.release().await?;
+    let mut lease = lease;
+    match a.extend_lease(&mut lease, ttl).await {
+        Err(Error::NotHeld { .. }) => Ok(()),
+        other => Err(Failure(format!("extend after release returned {other:?}, expected NotHeld"))),
+    }
+}
+
+/// Promise 4: inspect shows the holder's fencing token and a remaining TTL no longer than
+/// granted, and nothing once released.
+pub async fn inspect_reports_the_holder(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    ensure!(c.inspect(&key).await?.is_none(), "inspect of a never-used key shows a holder");
+    let ttl = ctx.long_ttl();
+    let g = c.lock(&key).ttl(ttl).acquire().await?;
+    let info =
+        ctx.client().await?.inspect(&key).await?.ok_or_else(|| Failure("inspect shows no holder".into()))?;
+    ensure!(
+        info.fencing_token == Some(g.fencing_token()),
+        "inspect token {:?} != holder's {}",
+        info.fencing_token,
+        g.fencing_token()
+    );
+    if let Some(left) = info.remaining_ttl {
+        ensure!(left <= ttl + ctx.caps.ttl_granularity, "remaining TTL {left:?} exceeds the TTL {ttl:?}");
+        ensure!(left > ttl / 2, "remaining TTL {left:?} is far below the fresh TTL {ttl:?}");
+    }
+    let _ = g.release().await?;
+    ensure!(c.inspect(&key).await?.is_none(), "inspect shows a holder after release");
+    Ok(())
+}
+
+/// Promise 5: a waiter gets the lock promptly when the holder releases (long before the
+/// holder's TTL would have run out).
+pub async fn waiting_acquire_wakes_promptly(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let ga = a.lock(&key).ttl(ctx.long_ttl()).acquire().await?;
+    let k2 = key.clone();
+    let waiter = tokio::spawn(async move {
+        let g = b.lock(&k2).ttl(Duration::from_secs(60)).wait(Duration::from_secs(50)).acquire().await;
+        (g, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ensure!(!waiter.is_finished(), "the waiter finished while the lock was held");
+    let released = Instant::now();
+    let _ = ga.release().await?;
+    let (g, got) = waiter.await.map_err(|e| Failure(format!("waiter panicked: {e}")))?;
+    let g = g?;
+    let lag = got.saturating_duration_since(released);
+    ensure!(
+        lag <= ctx.wake_bound(),
+        "the waiter took {lag:?} to get a released lock; bound {:?}",
+        ctx.wake_bound()
+    );
+    let _ = g.release().await?;
+    Ok(())
+}
+
+/// Promise 5: a waiting acquire gives up with a retryable `Timeout` at its deadline, not
+/// before and not much after.
+pub async fn waiting_acquire_times_out_at_deadline(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let ga = a.lock(&key).ttl(ctx.long_ttl()).acquire().await?;
+    let wait = Duration::from_millis(800);
+    let start = Instant::now();
+    let res = b.lock(&key).wait(wait).acquire().await;
+    let took = start.elapsed();
+    match res {
+        Err(e @ Error::Timeout { .. }) => ensure!(e.is_retryable(), "Timeout is not marked retryable"),
+        other => return Err(Failure(format!("expected Timeout, got {other:?}"))),
+    }
+    ensure!(took >= wait - Duration::from_millis(5), "gave up after {took:?}, before the {wait:?} deadline");
+    ensure!(took <= wait + ctx.slack(), "gave up after {took:?}, long past the {wait:?} deadline");
+    ensure!(ga.is_held(), "the holder lost the lock while another client waited");
+    let _ = ga.release().await?;
+    Ok(())
+}
+
+/// Promise 5: without a wait, acquire makes one attempt: `try_acquire` gives `None` and
+/// `acquire` a `Timeout` with zero wait, both at once.
+pub async fn no_wait_acquire_returns_at_once(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let ga = a.lock(&key).ttl(ctx.long_ttl()).acquire().await?;
+    let start = Instant::now();
+    ensure!(b.lock(&key).try_acquire().await?.is_none(), "try_acquire got a held lock");
+    match b.lock(&key).acquire().await {
+        Err(Error::Timeout { waited, .. }) => {
+            ensure!(waited.is_zero(), "a no-wait acquire reported waiting {waited:?}")
+        }
+        other => return Err(Failure(format!("a no-wait acquire of a held lock returned {other:?}"))),
+    }
+    ensure!(start.elapsed() < ctx.slack(), "no-wait attempts took {:?}", start.elapsed());
+    let _ = ga.release().await?;
+    Ok(())
+}
+
+/// Promise 5 (fair backends): waiters get the lock in the order they started waiting.
+pub async fn waiters_are_served_in_order(ctx: Ctx) -> CheckResult {
+    let key = ctx.key("k");
+    let holder = ctx.client().await?;
+    let g = holder.lock(&key).ttl(ctx.long_ttl()).acquire().await?;
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let c = ctx.client().await?;
+        let (k, order) = (key.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let g = c.lock(&k).ttl(Duration::from_secs(60)).wait(Duration::from_secs(50)).acquire().await?;
+            order.lock().unwrap_or_else(|p| p.into_inner()).push(i);
+            g.release().await.map(|_| ())
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = g.release().await?;
+    for t in tasks {
+        t.await.map_err(|e| Failure(format!("waiter panicked: {e}")))??;
+    }
+    let order = order.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    ensure!(order == vec![0, 1, 2, 3], "waiters were served in order {order:?}");
+    Ok(())
+}
+
+/// Promise 6: dropping a waiting acquire leaves nothing that blocks the next contender.
+pub async fn dropped_waiting_acquire_leaves_nothing(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let ga = a.lock(&key).ttl(ctx.long_ttl()).acquire().await?;
+    let waiting = b.lock(&key).ttl(ctx.long_ttl()).wait(Duration::from_secs(50)).acquire();
+    ensure!(
+        tokio::time::timeout(Duration::from_millis(400), waiting).await.is_err(),
+        "the waiter got a held lock"
+    );
+    let _ = ga.release().await?;
+    // The dropped waiter's TTL is 60 s: if it left a queue entry or grant behind, this fails.
+    let gc = c.lock(&key).ttl(ctx.long_ttl()).wait(ctx.wake_bound() + ctx.slack()).acquire().await;
+    let gc = gc.map_err(|e| Failure(format!("a dropped waiter left something behind: {e}")))?;
+    let _ = gc.release().await?;
+    Ok(())
+}
+
+/// Promise 6: dropping a guard does not block the thread, stops renewal and releases the lock
+/// in the background.
+pub async fn dropped_guard_releases_in_background(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let g = a.lock(&key).ttl(ctx.long_ttl()).auto_renew().acquire().await?;
+    let start = StdInstant::now();
+    drop(g);
+    let took = start.elapsed();
+    ensure!(took < Duration::from_millis(50), "dropping a guard blocked the thread for {took:?}");
+    let gb = b.lock(&key).ttl(ctx.long_ttl()).wait(ctx.wake_bound() + ctx.slack()).acquire().await;
+    let gb = gb.map_err(|e| Failure(format!("a dropped guard was not released in the background: {e}")))?;
+    let _ = gb.release().await?;
+    Ok(())
+}
+
+/// Promise 6: `detach` keeps the lock past the guard; the lease can be resumed or released.
+pub async fn detach_keeps_lock_past_guard(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let lease = a.lock(&key).ttl(ctx.long_ttl()).acquire().await?.detach();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ensure!(b.lock(&key).try_acquire().await?.is_none(), "a detached lock was released");
+    let g = a.resume(lease.clone(), false);
+    ensure!(g.is_held(), "a resumed guard is not held");
+    ensure!(g.fencing_token() == lease.fencing_token(), "resume changed the fencing token");
+    ensure!(
+        g.release().await? == ReleaseOutcome::Released,
+        "release of a resumed guard did not report Released"
+    );
+    ensure!(
+        b.lock(&key).try_acquire().await?.is_some(),
+        "the lock stayed held after release of the resumed guard"
+    );
+    Ok(())
+}
+
+/// Promise 7: without renewal, the loss signal fires at `valid_until` (not before), and
+/// `is_held` turns false.
+pub async fn loss_fires_at_valid_until(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let g = c.lock(&key).ttl(ctx.short_ttl()).acquire().await?;
+    ensure!(g.is_held(), "a fresh guard is not held");
+    let until = g.valid_until();
+    let reason = tokio::time::timeout(ctx.short_ttl() + ctx.slack(), g.lost())
+        .await
+        .map_err(|_| Failure("the loss signal did not fire after valid_until".into()))?;
+    let at = Instant::now();
+    ensure!(at >= until, "the loss signal fired {:?} before valid_until", until - at);
+    ensure!(reason == LossReason::Expired, "loss reason {reason:?}, expected Expired");
+    ensure!(!g.is_held(), "is_held is true after the loss");
+    // The server may keep the grant a hair past the client's conservative valid_until, so
+    // either outcome is true here; what matters is that release does not fail.
+    let _ = g.release().await?;
+    Ok(())
+}
+
+/// Promise 7: when the grant is deleted behind the holder's back (an operator, another owner),
+/// the next renewal notices and the loss signal fires with `NotHeld`.
+pub async fn loss_fires_when_renewal_finds_lock_gone(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let op = ctx.client().await?;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl();
+    let g = a.lock(&key).ttl(ttl).auto_renew().acquire().await?;
+    let r = op.release_lease(&g.lease()).await?;
+    ensure!(r == ReleaseOutcome::Released, "an operator release with the owner token reported {r:?}");
+    let reason = tokio::time::timeout(ttl + ctx.slack(), g.lost())
+        .await
+        .map_err(|_| Failure("renewal did not notice the lock was gone".into()))?;
+    ensure!(
+        matches!(reason, LossReason::NotHeld | LossReason::SessionLost),
+        "loss reason {reason:?}, expected NotHeld"
+    );
+    ensure!(!g.is_held(), "is_held is true after the loss");
+    Ok(())
+}
+
+/// Promise 7: with auto-renewal the lock outlives several TTLs with the same fencing token.
+pub async fn auto_renew_keeps_the_lock(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl();
+    let g = a.lock(&key).ttl(ttl).auto_renew().acquire().await?;
+    let fence = g.fencing_token();
+    let first_until = g.valid_until();
+    let lost = tokio::time::timeout(ttl * 3, g.lost()).await;
+    ensure!(lost.is_err(), "a renewed lock was lost: {:?}", lost.ok());
+    ensure!(g.is_held(), "a renewed lock is not held after 3 TTLs");
+    ensure!(g.valid_until() > first_until, "valid_until did not move forward with renewal");
+    ensure!(b.lock(&key).try_acquire().await?.is_none(), "another client took a renewed lock");
+    ensure!(g.fencing_token() == fence, "renewal changed the fencing token");
+    ensure!(
+        g.release().await? == ReleaseOutcome::Released,
+        "release of a renewed lock did not report Released"
+    );
+    Ok(())
+}
+
+/// Promise 7: the cap on total hold time stops renewal; the loss signal then fires with
+/// `MaxHoldReached` and the lock becomes free.
+pub async fn max_hold_stops_renewal(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl();
+    let cap = ttl * 2;
+    let start = Instant::now();
+    let g = a.lock(&key).ttl(ttl).auto_renew().max_hold(cap).acquire().await?;
+    let reason = tokio::time::timeout(cap + ttl + ctx.slack(), g.lost())
+        .await
+        .map_err(|_| Failure("the hold cap did not end the lock".into()))?;
+    ensure!(reason == LossReason::MaxHoldReached, "loss reason {reason:?}, expected MaxHoldReached");
+    ensure!(
+        start.elapsed() >= cap - ttl,
+        "the lock ended after {:?}, well before the {cap:?} cap",
+        start.elapsed()
+    );
+    let gb = b.lock(&key).wait(ttl + ctx.caps.expiry_margin + ctx.slack()).acquire().await?;
+    let _ = gb.release().await?;
+    drop(g);
+    Ok(())
+}
+
+/// Promise 7: the scoped helper returns the work's value and releases the lock.
+pub async fn scoped_run_returns_and_releases(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let v = c.lock(&key).ttl(ctx.long_ttl()).run(|lease| async move { lease.fencing_token().get() }).await?;
+    let g = c.lock(&key).try_acquire().await?;
+    ensure!(g.is_some(), "the scoped helper did not release the lock");
+    ensure!(g.map(|g| g.fencing_token().get()).unwrap_or(0) > v, "token did not increase after a scoped run");
+    Ok(())
+}
+
+/// Promise 7: when the lock is lost during a scoped run, the work is dropped and `Lost`
+/// returned.
+pub async fn scoped_run_is_cancelled_on_loss(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let ttl = ctx.short_ttl();
+    let dropped = Arc::new(AtomicBool::new(false));
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let flag = SetOnDrop(dropped.clone());
+    let start = Instant::now();
+    let res = c
+        .lock(&key)
+        .ttl(ttl)
+        .run(|_| async move {
+            let _flag = flag;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        })
+        .await;
+    ensure!(matches!(res, Err(Error::Lost { .. })), "expected Lost, got {res:?}");
+    ensure!(dropped.load(Ordering::SeqCst), "the work was not dropped on loss");
+    ensure!(start.elapsed() <= ttl + ctx.slack(), "loss took {:?} to cancel the work", start.elapsed());
+    Ok(())
+}
+
+/// Promise 8: bad keys are typed errors naming the rule, not retryable, and nothing is locked.
+pub async fn bad_keys_are_typed_errors(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let long = "k".repeat(lock_core::MAX_KEY_LEN + 1);
+    let cases: [(&str, &str); 4] =
+        [("", "empty"), (&long, "too long"), ("a\nb", "control"), ("a\u{0}b", "control")];
+    for (key, what) in cases {
+        match c.lock(key).ttl(ctx.long_ttl()).acquire().await {
+            Err(e @ Error::InvalidKey(_)) => {
+                ensure!(!e.is_retryable(), "an invalid key error is marked retryable");
+                let msg = e.to_string();
+                let names_rule = match what {
+                    "empty" => matches!(e, Error::InvalidKey(KeyError::Empty)),
+                    "too long" => matches!(e, Error::InvalidKey(KeyError::TooLong { .. })),
+                    _ => matches!(e, Error::InvalidKey(KeyError::ControlCharacter { .. })),
+                };
+                ensure!(names_rule, "the error for a {what} key names another rule: {msg}");
+            }
+            other => return Err(Failure(format!("a {what} key gave {other:?}, expected InvalidKey"))),
+        }
+    }
+    ensure!(matches!(c.inspect("").await, Err(Error::InvalidKey(_))), "inspect accepted an empty key");
+    ensure!(
+        matches!(c.clone().with_namespace("a\u{1}"), Err(Error::InvalidKey(_))),
+        "a namespace with a control character was accepted"
+    );
+    let g = c.lock(&ctx.key("after")).try_acquire().await?;
+    ensure!(g.is_some(), "the backend is unusable after bad keys");
+    Ok(())
+}
+
+/// Promise 8: zero, below-minimum and absurd TTLs are typed errors, and nothing is locked.
+pub async fn bad_ttls_are_typed_errors(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let mut bad = vec![Duration::ZERO, Duration::from_secs(100 * 365 * 86_400), Duration::MAX];
+    if ctx.caps.min_ttl > Duration::from_nanos(1) {
+        bad.push(ctx.caps.min_ttl - Duration::from_nanos(1));
+    }
+    for ttl in bad {
+        match c.lock(&key).ttl(ttl).acquire().await {
+            Err(e @ Error::InvalidTtl { .. }) => ensure!(!e.is_retryable(), "InvalidTtl is marked retryable"),
+            other => return Err(Failure(format!("TTL {ttl:?} gave {other:?}, expected InvalidTtl"))),
+        }
+    }
+    ensure!(c.inspect(&key).await?.is_none(), "a rejected acquire left a lock behind");
+    let g = c.lock(&key).ttl(ctx.long_ttl()).acquire().await?;
+    match g.extend(Duration::ZERO).await {
+        Err(Error::InvalidTtl { .. }) => {}
+        other => return Err(Failure(format!("extend with a zero TTL gave {other:?}, expected InvalidTtl"))),
+    }
+    ensure!(g.is_held(), "a rejected extend lost the lock");
+    let _ = g.release().await?;
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! # conformance-tests: the distlock behaviour suite
+//!
+//! One `pub async fn` per behaviour in [`checks`], each checking one promise of distlock's
+//! design against a real backend, and one entry point that runs them all:
+//!
+//! ```no_run
+//! use conformance_tests::Suite;
+//! use lock_core::LockClient;
+//!
+//! # async fn demo() {
+//! let store = lock_local::MemoryBackend::new();
+//! Suite::new("memory", move || {
+//!     let store = store.clone();
+//!     async move { Ok(LockClient::new(store)) }
+//! })
+//! .run()
+//! .await;
+//! # }
+//! ```
+//!
+//! or, generating the `#[test]` itself, [`conformance_suite!`].
+//!
+//! The factory is called once per client the checks need (several checks use two or more
+//! clients, as separate processes would). Each check uses its own keys, so checks run
+//! concurrently. The run prints each check's result and every skip with its reason, and
+//! panics if any check failed.
+//!
+//! ## Environment
+//! - `DISTLOCK_CONFORMANCE_FILTER=substr`: run only checks whose name contains `substr`.
+//! - `DISTLOCK_CONFORMANCE_CONCURRENCY=n`: checks run at once (default 6).
+//! - `DISTLOCK_TEST_<BACKEND>_URL`: see [`fixtures`]: point the backend tests at servers you
+//!   already run instead of starting them.
+//!
+//! ## Writing a backend
+//! See `conformance-tests/WRITING_A_BACKEND.md` in the repository.
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use lock_core::{Capabilities, Guard, LockClient};
+
+pub mod checks;
+pub mod fixtures;
+pub mod history;
+
+pub use checks::{Check, CHECKS};
+
+/// Makes a new client, as a new process would.
+pub type ClientFactory = Arc<dyn Fn() -> BoxFuture<'static, lock_core::Result<LockClient>> + Send + Sync>;
+
+/// Makes a holder vanish as if its process crashed: no release, no renewal, no graceful
+/// session close. Gets the client that holds the lock and the guard.
+pub type CrashFn = Arc<dyn Fn(LockClient, Guard) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Why a check failed.
+#[derive(Debug)]
+pub struct Failure(pub String);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<lock_core::Error> for Failure {
+    fn from(e: lock_core::Error) -> Self {
+        Failure(format!("unexpected error: {e} ({e:?})"))
+    }
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure(s)
+    }
+}
+
+/// The result of one check.
+pub type CheckResult = Result<(), Failure>;
+
+/// Fails the check with a formatted message unless `cond` holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::Failure(format!($($fmt)+)));
+        }
+    };
+}
+
+/// A backend under test: how to make clients, and how to crash a holder.
+#[derive(Clone)]
+pub struct Suite {
+    name: String,
+    factory: ClientFactory,
+    crash: Option<CrashFn>,
+    skip: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Suite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Suite").field("name", &self.name).field("crash_hook", &self.crash.is_some()).finish()
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Checks that passed, with their durations.
+    pub passed: Vec<(&'static str, Duration)>,
+    /// Checks skipped, with the reason.
+    pub skipped: Vec<(&'static str, String)>,
+    /// Checks that failed, with the failure.
+    pub failed: Vec<(&'static str, String)>,
+}
+
+impl Suite {
+    /// A suite for the backend called `name`, whose clients `factory` makes.
+    pub fn new<F, Fut>(name: &str, factory: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = lock_core::Result<LockClient>> + Send + 'static,
+    {
+        Self {
+            name: name.to_owned(),
+            factory: Arc::new(move || factory().boxed()),
+            crash: None,
+            skip: Vec::new(),
+        }
+    }
+
+    /// How to crash a holder. Without it, a crash is simulated by detaching the guard (no
+    /// release, no renewal) and dropping the client, which is exact for backends whose leases
+    /// belong to each lock; session-based backends must supply a hook that kills the session
+    /// without closing it, or the crash checks are skipped.
+    pub fn crash_with<F, Fut>(mut self, crash: F) -> Self
+    where
+        F: Fn(LockClient, Guard) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.crash = Some(Arc::new(move |c, g| crash(c, g).boxed()));
+        self
+    }
+
+    /// Skips one check by name, with a reason that is printed. Use it only for what the
+    /// backend documents it does not do.
+    pub fn skip(mut self, check: &str, reason: &str) -> Self {
+        self.skip.push((check.to_owned(), reason.to_owned()));
+        self
+    }
+
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A new client from the factory.
+    ///
+    /// # Errors
+    /// Whatever the factory returns: an unreachable backend is an error, never a skip.
+    pub async fn client(&self) -> lock_core::Result<LockClient> {
+        (self.factory)().await
+    }
+
+    /// Runs every check, prints the report, and panics if any check failed or the backend
+    /// could not be reached.
+    pub async fn run(self) -> Report {
+        let report = self.run_report().await;
+        let mut out = std::io::stderr().lock();
+        let _ = writeln!(
+            out,
+            "conformance[{}]: {} passed, {} failed, {} skipped",
+            self.name,
+            report.passed.len(),
+            report.failed.len(),
+            report.skipped.len()
+        );
+        drop(out);
+        if !report.failed.is_empty() {
+            let list: Vec<String> = report.failed.iter().map(|(n, e)| format!("  {n}: {e}")).collect();
+            panic!(
+                "conformance[{}]: {} check(s) failed:\n{}",
+                self.name,
+                report.failed.len(),
+                list.join("\n")
+            );
+        }
+        report
+    }
+
+    /// Runs every check and returns the report without panicking (prints as it goes).
+    pub async fn run_report(&self) -> Report {
+        let mut report = Report::default();
+        let first = match self.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                report
+                    .failed
+                    .push(("connect", format!("the {} backend could not be reached: {e}", self.name)));
+                return report;
+            }
+        };
+        let caps = first.capabilities().clone();
+        drop(first);
+        let filter = std::env::var("DISTLOCK_CONFORMANCE_FILTER").ok().filter(|f| !f.is_empty());
+        let concurrency = std::env::var("DISTLOCK_CONFORMANCE_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(6);
+        let run_id = format!("{:08x}", rand_u32());
+
+        let mut todo = Vec::new();
+        for check in CHECKS {
+            if let Some(f) = &filter {
+                if !check.name.contains(f.as_str()) {
+                    continue;
+                }
+            }
+            if let Some((_, why)) = self.skip.iter().find(|(n, _)| n == check.name) {
+                report.skipped.push((check.name, format!("skipped by the backend's suite: {why}")));
+                continue;
+            }
+            if let Err(why) = (check.applies)(&caps, self.crash.is_some()) {
+                report.skipped.push((check.name, why));
+                continue;
+            }
+            todo.push(check);
+        }
+        for (name, why) in &report.skipped {
+            let _ = writeln!(std::io::stderr(), "conformance[{}]: SKIP {name}: {why}", self.name);
+        }
+
+        let results: Vec<(&'static str, Duration, CheckResult)> = futures::stream::iter(todo)
+            .map(|check| {
+                let ctx = Ctx {
+                    suite: self.clone(),
+                    caps: caps.clone(),
+                    prefix: format!("conformance/{run_id}/{}", check.name),
+                };
+                async move {
+                    let start = Instant::now();
+                    let fut = (check.run)(ctx);
+                    let res = match tokio::time::timeout(Duration::from_secs(120), tokio::spawn(fut)).await {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(join)) => Err(Failure(format!("check panicked: {}", panic_message(join)))),
+                        Err(_) => Err(Failure("check did not finish within 120 s".into())),
+                    };
+                    (check.name, start.elapsed(), res)
+                }
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+
+        for (name, took, res) in results {
+            let mut out = std::io::stderr().lock();
+            match res {
+                Ok(()) => {
+                    let _ =
+                        writeln!(out, "conformance[{}]: ok   {name} ({:.2}s)", self.name, took.as_secs_f64());
+                    report.passed.push((name, took));
+                }
+                Err(f) => {
+                    let _ = writeln!(out, "conformance[{}]: FAIL {name}: {f}", self.name);
+                    report.failed.push((name, f.0));
+                }
+            }
+        }
+        report
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "non-string panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn rand_u32() -> u32 {
+    let u = uuid::Uuid::new_v4();
+    (u.as_u128() & 0xffff_ffff) as u32
+}
+
+/// What a check gets: the suite, the backend's capabilities and its own key prefix.
+#[derive(Clone)]
+pub struct Ctx {
+    suite: Suite,
+    /// The backend's capabilities.
+    pub caps: Capabilities,
+    prefix: String,
+}
+
+impl Ctx {
+    /// A key name unique to this check and run.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+
+    /// A new client (as a separate process would have).
+    ///
+    /// # Errors
+    /// The factory's error.
+    pub async fn client(&self) -> Result<LockClient, Failure> {
+        self.suite.client().await.map_err(|e| Failure(format!("could not make a client: {e}")))
+    }
+
+    /// Makes the holder vanish as a crashed process would: the suite's crash hook, or
+    /// detach + drop.
+    pub async fn crash(&self, client: LockClient, guard: Guard) {
+        match &self.suite.crash {
+            Some(f) => f(client, guard).await,
+            None => {
+                let _ = guard.detach();
+                drop(client);
+            }
+        }
+    }
+
+    /// A short TTL the backend accepts: at least 1 s (so a loaded machine does not expire
+    /// locks by accident), rounded up to the backend's minimum and granularity.
+    pub fn short_ttl(&self) -> Duration {
+        round_up(Duration::from_secs(1).max(self.caps.min_ttl), self.caps.ttl_granularity)
+    }
+
+    /// A TTL long enough that it never runs out during a check.
+    pub fn long_ttl(&self) -> Duration {
+        round_up(Duration::from_secs(60).max(self.caps.min_ttl), self.caps.ttl_granularity)
+    }
+
+    /// Extra time allowed beyond a bound on a loaded 2-core machine.
+    pub fn slack(&self) -> Duration {
+        Duration::from_millis(1500)
+    }
+
+    /// How long a waiter may take to notice a release: immediate with notifications, one
+    /// polling interval without.
+    pub fn wake_bound(&self) -> Duration {
+        let base = match self.caps.wake {
+            lock_core::WakeMode::Notify => Duration::ZERO,
+            lock_core::WakeMode::Poll { max_interval } => max_interval,
+            _ => Duration::from_secs(1),
+        };
+        base + Duration::from_millis(1000)
+    }
+}
+
+fn round_up(d: Duration, step: Duration) -> Duration {
+    if step.is_zero() {
+        return d;
+    }
+    let n = d.as_nanos().div_ceil(step.as_nanos());
+    Duration::from_nanos((n * step.as_nanos()).min(u64::MAX as u128) as u64)
+}
+
+/// Runs the whole suite on a fresh multi-threaded runtime; what [`conformance_suite!`] calls.
+pub fn block_on_suite(suite: impl FnOnce() -> Suite) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime for the conformance suite");
+    rt.block_on(async move { suite().run().await });
+}
+
+/// Generates a `#[test]` that runs the whole suite for one backend.
+///
+/// ```ignore
+/// conformance_tests::conformance_suite!(memory_backend, {
+///     let store = lock_local::MemoryBackend::new();
+///     conformance_tests::Suite::new("memory", move || {
+///         let store = store.clone();
+///         async move { Ok(lock_core::LockClient::new(store)) }
+///     })
+/// });
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    ($test_name:ident, $suite:expr) => {
+        #[test]
+        fn $test_name() {
+            $crate::block_on_suite(|| $suite);
+        }
+    };
+}

@@ -1,0 +1,309 @@
+//! The API users write against: one shape for every backend.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backend::{
+    AcquireRequest, Attempt, Capabilities, ExtendOutcome, LockBackend, LockInfo, ReleaseOutcome,
+};
+use crate::error::{Error, Result};
+use crate::guard::{Guard, RenewPolicy};
+use crate::key::{KeyError, LockKey, Namespace};
+use crate::lease::Lease;
+use crate::observe;
+
+/// The TTL used when a lock names none: 30 seconds.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// A handle on one backend, with a key namespace and defaults. Cheap to clone.
+///
+/// ```
+/// # async fn demo(locks: lock_core::LockClient) -> lock_core::Result<()> {
+/// use std::time::Duration;
+/// let guard = locks
+///     .lock("jobs/nightly")
+///     .ttl(Duration::from_secs(30))
+///     .wait(Duration::from_secs(10))
+///     .auto_renew()
+///     .acquire()
+///     .await?;
+/// println!("fencing token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct LockClient {
+    backend: Arc<dyn LockBackend>,
+    caps: Capabilities,
+    namespace: Namespace,
+    default_ttl: Duration,
+}
+
+impl LockClient {
+    /// A client over `backend`, with no namespace and a 30 s default TTL.
+    pub fn new(backend: impl LockBackend) -> Self {
+        Self::from_arc(Arc::new(backend))
+    }
+
+    /// A client over a shared backend.
+    pub fn from_arc(backend: Arc<dyn LockBackend>) -> Self {
+        let caps = backend.capabilities();
+        Self { backend, caps, namespace: Namespace::default(), default_ttl: DEFAULT_TTL }
+    }
+
+    /// Prefixes every key of this client with `namespace/`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] when the namespace breaks a key rule.
+    pub fn with_namespace(mut self, namespace: &str) -> Result<Self> {
+        self.namespace = Namespace::new(namespace)?;
+        Ok(self)
+    }
+
+    /// Sets the TTL used by locks that name none.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTtl`] when the backend would refuse it.
+    pub fn with_default_ttl(mut self, ttl: Duration) -> Result<Self> {
+        validate_ttl(&self.caps, self.backend.name(), ttl)?;
+        self.default_ttl = ttl;
+        Ok(self)
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The backend's capabilities.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// The backend itself.
+    pub fn backend(&self) -> &Arc<dyn LockBackend> {
+        &self.backend
+    }
+
+    /// Validates `name` under this client's namespace and the backend's key limit.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] naming the rule broken.
+    pub fn key(&self, name: &str) -> Result<LockKey> {
+        let key = LockKey::with_namespace(&self.namespace, name)?;
+        if key.full().len() > self.caps.max_key_len {
+            return Err(KeyError::TooLong { len: key.full().len(), max: self.caps.max_key_len }.into());
+        }
+        Ok(key)
+    }
+
+    /// Starts describing a lock on `name`; nothing is sent until
+    /// [`acquire`](LockBuilder::acquire), [`try_acquire`](LockBuilder::try_acquire) or
+    /// [`run`](LockBuilder::run).
+    pub fn lock(&self, name: &str) -> LockBuilder {
+        LockBuilder {
+            client: self.clone(),
+            name: name.to_owned(),
+            ttl: self.default_ttl,
+            wait: None,
+            policy: RenewPolicy::default(),
+        }
+    }
+
+    /// Who holds `name`, if anyone.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; backend errors.
+    pub async fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        let key = self.key(name)?;
+        self.backend.inspect(&key).await
+    }
+
+    /// Releases a lease kept with [`Guard::detach`] (or rebuilt by an operator tool).
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn release_lease(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        self.backend.release(lease).await
+    }
+
+    /// Extends a detached lease so that it lasts `ttl` from now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTtl`]; [`Error::NotHeld`] when the grant is gone; backend errors.
+    pub async fn extend_lease(&self, lease: &mut Lease, ttl: Duration) -> Result<()> {
+        validate_ttl(&self.caps, self.backend.name(), ttl)?;
+        match self.backend.extend(lease, ttl).await? {
+            ExtendOutcome::Extended { valid_until } => {
+                lease.set_extended(ttl, valid_until);
+                Ok(())
+            }
+            ExtendOutcome::NotHeld => Err(Error::NotHeld { key: lease.key().full().to_owned() }),
+        }
+    }
+
+    /// Puts a detached lease back under a guard (renewing it if `auto_renew`).
+    pub fn resume(&self, lease: Lease, auto_renew: bool) -> Guard {
+        Guard::new(self.backend.clone(), self.caps.clone(), lease, RenewPolicy { auto_renew, max_hold: None })
+    }
+}
+
+/// Checks a TTL against the backend's limits.
+pub(crate) fn validate_ttl(caps: &Capabilities, backend: &str, ttl: Duration) -> Result<()> {
+    let reason = if ttl.is_zero() {
+        "a TTL must be greater than zero".to_owned()
+    } else if ttl < caps.min_ttl {
+        format!("the {backend} backend's minimum TTL is {:?}", caps.min_ttl)
+    } else if ttl > caps.max_ttl {
+        format!("the {backend} backend's maximum TTL is {:?}", caps.max_ttl)
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidTtl { ttl, reason })
+}
+
+/// Describes one lock before it is taken: TTL, waiting, renewal. Made by [`LockClient::lock`].
+#[derive(Debug, Clone)]
+#[must_use = "a lock builder does nothing until acquire, try_acquire or run"]
+pub struct LockBuilder {
+    client: LockClient,
+    name: String,
+    ttl: Duration,
+    wait: Option<Duration>,
+    policy: RenewPolicy,
+}
+
+impl LockBuilder {
+    /// The lease's TTL (default: the client's, 30 s unless changed). A crashed holder blocks
+    /// others for at most this long (plus the backend's stated margin).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Wait up to `wait` for the lock when it is held. Without it, `acquire` makes one attempt.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Wait as long as it takes.
+    pub fn wait_forever(mut self) -> Self {
+        self.wait = Some(Duration::MAX);
+        self
+    }
+
+    /// Renew the lease in the background, about every TTL/3, while the guard lives.
+    pub fn auto_renew(mut self) -> Self {
+        self.policy.auto_renew = true;
+        self
+    }
+
+    /// Stop renewing once the lock has been held this long (the lease then runs out and the
+    /// loss signal fires with [`LossReason::MaxHoldReached`](crate::LossReason)).
+    pub fn max_hold(mut self, max: Duration) -> Self {
+        self.policy.max_hold = Some(max);
+        self
+    }
+
+    fn request(&self) -> Result<AcquireRequest> {
+        let key = self.client.key(&self.name)?;
+        validate_ttl(&self.client.caps, self.client.backend.name(), self.ttl)?;
+        Ok(AcquireRequest::new(key, self.ttl))
+    }
+
+    fn guard(&self, lease: Lease) -> Guard {
+        Guard::new(self.client.backend.clone(), self.client.caps.clone(), lease, self.policy)
+    }
+
+    /// Takes the lock, waiting up to the configured wait.
+    ///
+    /// # Behavior
+    /// Input is validated before anything is sent. With a wait, returns as soon as the lock can
+    /// be had (promise 5). Cancel safe: dropping the future leaves nothing behind beyond the TTL.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`], [`Error::InvalidTtl`]; [`Error::Timeout`] when the lock stayed
+    /// held (at once without a wait); backend errors.
+    pub async fn acquire(self) -> Result<Guard> {
+        let req = self.request()?;
+        let backend = self.client.backend.name();
+        let start = Instant::now();
+        let res = match self.wait {
+            Some(wait) if !wait.is_zero() => {
+                let deadline = start
+                    .checked_add(wait)
+                    .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400));
+                self.client.backend.acquire(&req, deadline).await
+            }
+            _ => match self.client.backend.try_acquire(&req).await {
+                Ok(Attempt::Acquired(lease)) => Ok(lease),
+                Ok(Attempt::Held { .. }) => {
+                    Err(Error::Timeout { key: req.key.full().to_owned(), waited: Duration::ZERO })
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let elapsed = start.elapsed();
+        match res {
+            Ok(lease) => {
+                observe::acquire(backend, "acquired", elapsed);
+                tracing::debug!(backend, key = %req.key, fence = %lease.fencing_token(), ?elapsed, "lock acquired");
+                Ok(self.guard(lease))
+            }
+            Err(e) => {
+                let outcome = if matches!(e, Error::Timeout { .. }) { "timed_out" } else { "failed" };
+                observe::acquire(backend, outcome, elapsed);
+                tracing::debug!(backend, key = %req.key, error = %e, "acquire did not succeed");
+                Err(e)
+            }
+        }
+    }
+
+    /// One attempt, no waiting: `Ok(None)` when someone else holds the lock.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`], [`Error::InvalidTtl`]; backend errors.
+    pub async fn try_acquire(self) -> Result<Option<Guard>> {
+        match self.wait(Duration::ZERO).acquire().await {
+            Ok(g) => Ok(Some(g)),
+            Err(Error::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes the lock, runs `work` with a copy of the lease while it is held, then releases.
+    ///
+    /// # Behavior
+    /// If the lock is lost before `work` finishes, `work` is dropped and [`Error::Lost`] is
+    /// returned. The lock is released afterwards either way. Combine with
+    /// [`auto_renew`](Self::auto_renew) for work longer than the TTL.
+    ///
+    /// ```
+    /// # async fn demo(locks: lock_core::LockClient) -> lock_core::Result<()> {
+    /// let rows = locks
+    ///     .lock("reports/daily")
+    ///     .auto_renew()
+    ///     .run(|lease| async move {
+    ///         // write with lease.fencing_token() so a stale holder is rejected
+    ///         lease.fencing_token().get()
+    ///     })
+    ///     .await?;
+    /// # let _ = rows; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`acquire`](Self::acquire), and [`Error::Lost`].
+    pub async fn run<F, Fut>(self, work: F) -> Result<Fut::Output>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future,
+    {
+        let guard = self.acquire().await?;
+        let lease = guard.lease();
+        guard.run(work(lease)).await
+    }
+}

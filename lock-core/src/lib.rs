@@ -1,0 +1,48 @@
+//! # lock-core: the distlock contract
+//!
+//! One lock API over many coordination stores. This crate holds what every backend shares:
+//!
+//! - [`LockKey`]: a lock's name, validated once, under a per-client [`Namespace`].
+//! - [`Lease`]: one grant, with its [`OwnerToken`] (128 random bits) and [`FencingToken`]
+//!   (strictly increasing per key), TTL and `valid_until`.
+//! - [`LockBackend`]: the object-safe trait a backend implements, with its [`Capabilities`]
+//!   as data.
+//! - [`LockClient`] and [`LockBuilder`]: the API users write against, the same for every
+//!   backend.
+//! - [`Guard`]: owns the lease, renews it ([`LockBuilder::auto_renew`]), signals loss
+//!   ([`Guard::lost`]), and releases it on [`Guard::release`] or in the background on drop.
+//! - [`Error`]: one `#[non_exhaustive]` error with [`Error::is_retryable`].
+//! - [`Backoff`]: jittered exponential backoff, the default wait of polling backends.
+//! - [`observe`]: metrics and tracing in one place.
+//!
+//! ## The promises
+//! Every backend keeps the eight promises of distlock's design (mutual exclusion, increasing
+//! fencing tokens, bounded blocking by a crashed holder, owner-checked release and extend,
+//! prompt waiting, cancel safety, loud loss, typed errors); the `conformance-tests` crate
+//! checks each of them against a real server.
+
+pub mod backend;
+pub mod backoff;
+pub mod client;
+pub mod error;
+pub mod guard;
+pub mod key;
+pub mod lease;
+pub mod observe;
+pub mod signal;
+
+pub use backend::{
+    AcquireRequest, Attempt, Capabilities, ExtendOutcome, LockBackend, LockInfo, ReleaseOutcome, WakeMode,
+};
+pub use backoff::Backoff;
+pub use client::{LockBuilder, LockClient, DEFAULT_TTL};
+pub use error::{BackendErrorKind, BoxError, Error, Result};
+pub use guard::Guard;
+pub use key::{KeyError, LockKey, Namespace, MAX_KEY_LEN};
+pub use lease::{drift_margin, FencingToken, Lease, OwnerToken};
+pub use signal::{LossReason, LossSignal};
+
+/// Re-exported so backends implement [`LockBackend`] with the same macro version.
+pub use async_trait::async_trait;
+/// Re-exported so backends and users use the same `Instant` as [`Lease::valid_until`].
+pub use tokio::time::Instant;

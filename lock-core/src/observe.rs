@@ -1,0 +1,66 @@
+//! Metrics and tracing, in one place.
+//!
+//! distlock records through the [`metrics`](https://docs.rs/metrics) facade and logs through
+//! [`tracing`](https://docs.rs/tracing). With no recorder or subscriber installed both cost a
+//! branch on a global; install any `metrics` exporter (for example
+//! `metrics-exporter-prometheus`) to collect them. Every series carries a `backend` label.
+//!
+//! | name | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `distlock_acquire_total` | counter | `backend`, `outcome` = `acquired` / `timed_out` / `failed` | acquire calls and how they ended |
+//! | `distlock_acquire_seconds` | histogram | `backend`, `outcome` | time from the call to its outcome |
+//! | `distlock_hold_seconds` | histogram | `backend` | time from grant to release |
+//! | `distlock_release_total` | counter | `backend`, `outcome` = `released` / `expired` / `failed` | releases; `expired` means the grant was already gone |
+//! | `distlock_renewals_total` | counter | `backend`, `outcome` = `ok` / `not_held` / `error` | renewal attempts |
+//! | `distlock_lost_total` | counter | `backend`, `reason` | locks lost while held |
+//!
+//! Keys are never used as labels (unbounded cardinality); they appear in `tracing` events.
+
+use std::time::Duration;
+
+use crate::backend::ReleaseOutcome;
+use crate::signal::LossReason;
+
+/// `distlock_acquire_total`
+pub const ACQUIRE_TOTAL: &str = "distlock_acquire_total";
+/// `distlock_acquire_seconds`
+pub const ACQUIRE_SECONDS: &str = "distlock_acquire_seconds";
+/// `distlock_hold_seconds`
+pub const HOLD_SECONDS: &str = "distlock_hold_seconds";
+/// `distlock_release_total`
+pub const RELEASE_TOTAL: &str = "distlock_release_total";
+/// `distlock_renewals_total`
+pub const RENEWALS_TOTAL: &str = "distlock_renewals_total";
+/// `distlock_lost_total`
+pub const LOST_TOTAL: &str = "distlock_lost_total";
+
+pub(crate) fn acquire(backend: &'static str, outcome: &'static str, elapsed: Duration) {
+    metrics::counter!(ACQUIRE_TOTAL, "backend" => backend, "outcome" => outcome).increment(1);
+    metrics::histogram!(ACQUIRE_SECONDS, "backend" => backend, "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn release(backend: &'static str, outcome: Option<ReleaseOutcome>, held: Duration) {
+    let outcome = match outcome {
+        Some(ReleaseOutcome::Released) => "released",
+        Some(ReleaseOutcome::NotHeld) => "expired",
+        None => "failed",
+    };
+    metrics::counter!(RELEASE_TOTAL, "backend" => backend, "outcome" => outcome).increment(1);
+    metrics::histogram!(HOLD_SECONDS, "backend" => backend).record(held.as_secs_f64());
+}
+
+pub(crate) fn renewal(backend: &'static str, outcome: &'static str) {
+    metrics::counter!(RENEWALS_TOTAL, "backend" => backend, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn lost(backend: &'static str, reason: LossReason) {
+    let reason = match reason {
+        LossReason::Expired => "expired",
+        LossReason::NotHeld => "not_held",
+        LossReason::RenewalFailed => "renewal_failed",
+        LossReason::SessionLost => "session_lost",
+        LossReason::MaxHoldReached => "max_hold",
+    };
+    metrics::counter!(LOST_TOTAL, "backend" => backend, "reason" => reason).increment(1);
+}

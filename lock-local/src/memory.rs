@@ -1,0 +1,175 @@
+//! The in-process backend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lock_core::{
+    async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, FencingToken, Instant, Lease,
+    LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result, WakeMode,
+};
+use tokio::sync::Notify;
+
+const NAME: &str = "memory";
+
+/// Locks held in this process's memory.
+///
+/// # Behavior
+/// - Clones share one store, so every [`LockClient`](lock_core::LockClient) built from clones
+///   of one `MemoryBackend` excludes the others; two `MemoryBackend::new()` stores are
+///   independent.
+/// - Expiry is measured on tokio's clock, so tests may pause and advance time.
+/// - Fencing counters are kept per key for the life of the store (one `u64` per key ever
+///   locked).
+/// - Waiters are woken at once on release and at the holder's expiry; not fair.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBackend {
+    store: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    counter: u64,
+    holder: Option<Holder>,
+    notify: Arc<Notify>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Holder {
+    owner: OwnerToken,
+    fence: FencingToken,
+    expires: Instant,
+}
+
+impl Slot {
+    fn live_holder(&self, now: Instant) -> Option<Holder> {
+        self.holder.filter(|h| h.expires > now)
+    }
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn store(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // The critical sections below cannot panic halfway, so a poisoned map is still sound.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attempt(&self, req: &AcquireRequest) -> (Attempt, Arc<Notify>) {
+        let sent = Instant::now();
+        let mut store = self.store();
+        let slot = store.entry(req.key.full().to_owned()).or_default();
+        let notify = slot.notify.clone();
+        if let Some(h) = slot.live_holder(sent) {
+            return (Attempt::Held { expires_in: Some(h.expires - sent) }, notify);
+        }
+        slot.counter += 1;
+        let fence = FencingToken::new(slot.counter);
+        slot.holder = Some(Holder { owner: req.owner, fence, expires: sent + req.ttl });
+        let lease = Lease::new(req.key.clone(), req.owner, fence, req.ttl, sent);
+        (Attempt::Acquired(lease), notify)
+    }
+}
+
+#[async_trait]
+impl LockBackend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.wake = WakeMode::Notify;
+        c.min_ttl = Duration::from_millis(1);
+        c.expiry_margin = Duration::from_millis(5);
+        c
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        Ok(self.attempt(req).0)
+    }
+
+    async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        let start = Instant::now();
+        loop {
+            let (attempt, notify) = self.attempt(req);
+            let expires_in = match attempt {
+                Attempt::Acquired(lease) => return Ok(lease),
+                Attempt::Held { expires_in } => expires_in.unwrap_or(Duration::from_millis(50)),
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Re-check after registering, so a release between the attempt and `enable` is seen.
+            if self.store().get(req.key.full()).and_then(|s| s.live_holder(Instant::now())).is_none() {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout { key: req.key.full().to_owned(), waited: now - start });
+            }
+            let wake = (now + expires_in).min(deadline);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        let sent = Instant::now();
+        let mut store = self.store();
+        let Some(slot) = store.get_mut(lease.key().full()) else { return Ok(ExtendOutcome::NotHeld) };
+        match slot.holder.as_mut() {
+            Some(h) if h.owner == lease.owner() && h.expires > sent => {
+                h.expires = sent + ttl;
+                Ok(ExtendOutcome::Extended { valid_until: lock_core::lease::valid_until(sent, ttl) })
+            }
+            _ => Ok(ExtendOutcome::NotHeld),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let now = Instant::now();
+        let mut store = self.store();
+        let Some(slot) = store.get_mut(lease.key().full()) else { return Ok(ReleaseOutcome::NotHeld) };
+        match slot.holder {
+            Some(h) if h.owner == lease.owner() => {
+                slot.holder = None;
+                slot.notify.notify_waiters();
+                Ok(if h.expires > now { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+            }
+            _ => Ok(ReleaseOutcome::NotHeld),
+        }
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        let now = Instant::now();
+        let store = self.store();
+        Ok(store
+            .get(key.full())
+            .and_then(|s| s.live_holder(now))
+            .map(|h| LockInfo::new(Some(h.fence), Some(h.owner), Some(h.expires - now))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lock_core::LockClient;
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_follows_tokio_clock() {
+        let locks = LockClient::new(MemoryBackend::new());
+        let g = locks.lock("a").ttl(Duration::from_secs(10)).acquire().await.unwrap();
+        let lease = g.detach();
+        assert!(locks.lock("a").try_acquire().await.unwrap().is_none());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let g2 = locks.lock("a").try_acquire().await.unwrap().expect("expired");
+        assert!(g2.fencing_token() > lease.fencing_token());
+        assert_eq!(locks.release_lease(&lease).await.unwrap(), ReleaseOutcome::NotHeld);
+    }
+}
