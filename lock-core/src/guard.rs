@@ -36,6 +36,9 @@ struct Shared {
     capped: AtomicBool,
     stop: CancellationToken,
     watchdog: OnceLock<()>,
+    /// Serialises extends (user and renewal), so the server applies them in the order their
+    /// results are recorded.
+    extend_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -116,6 +119,17 @@ impl Shared {
         }
     }
 
+    /// One extend, serialised with every other extend of this guard; records the result.
+    async fn extend(&self, ttl: Duration) -> Result<ExtendOutcome> {
+        let _one_at_a_time = self.extend_lock.lock().await;
+        let lease = self.lease();
+        let res = self.backend.extend(&lease, ttl).await;
+        if let Ok(ExtendOutcome::Extended { valid_until }) = res {
+            self.set_extended(ttl, valid_until);
+        }
+        res
+    }
+
     async fn release(&self) -> Result<ReleaseOutcome> {
         self.stop.cancel();
         let lease = self.lease();
@@ -186,6 +200,7 @@ impl Guard {
             capped: AtomicBool::new(false),
             stop: CancellationToken::new(),
             watchdog: OnceLock::new(),
+            extend_lock: tokio::sync::Mutex::new(()),
         });
         let renewal = policy.auto_renew.then(|| tokio::spawn(renew_loop(shared.clone(), policy.max_hold)));
         if renewal.is_some() {
@@ -253,12 +268,8 @@ impl Guard {
     /// is gone (the loss signal fires too); backend errors.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         crate::client::validate_ttl(&self.shared.caps, self.shared.backend.name(), ttl)?;
-        let lease = self.shared.lease();
-        match self.shared.backend.extend(&lease, ttl).await? {
-            ExtendOutcome::Extended { valid_until } => {
-                self.shared.set_extended(ttl, valid_until);
-                Ok(())
-            }
+        match self.shared.extend(ttl).await? {
+            ExtendOutcome::Extended { .. } => Ok(()),
             ExtendOutcome::NotHeld => {
                 self.shared.fire(LossReason::NotHeld);
                 Err(Error::NotHeld { key: self.shared.key.clone() })
@@ -276,11 +287,16 @@ impl Guard {
     /// Backend errors; the lock then expires after its TTL.
     pub async fn release(mut self) -> Result<ReleaseOutcome> {
         self.finished = true;
+        // If this future is dropped before the release completes, the release goes on in the
+        // background, as for a dropped guard.
+        let mut pending = PendingRelease(Some(self.shared.clone()));
         self.shared.stop.cancel();
         if let Some(h) = self.renewal.take() {
             let _ = h.await;
         }
-        self.shared.release().await
+        let res = self.shared.release().await;
+        pending.0 = None;
+        res
     }
 
     /// Keeps the lock past the guard: stops renewal and returns the lease without releasing.
@@ -318,94 +334,100 @@ impl Guard {
     }
 }
 
+/// Releases in the background when dropped while still holding its guard state.
+struct PendingRelease(Option<Arc<Shared>>);
+
+impl Drop for PendingRelease {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            release_in_background(shared);
+        }
+    }
+}
+
+fn release_in_background(shared: Arc<Shared>) {
+    shared.stop.cancel();
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                let _ = shared.release().await;
+            });
+        }
+        Err(_) => {
+            tracing::warn!(
+                backend = shared.backend.name(),
+                key = %shared.key,
+                "guard dropped outside a tokio runtime; the lock will expire after its TTL"
+            );
+        }
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         if self.finished {
             return;
         }
-        self.shared.stop.cancel();
-        let shared = self.shared.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    let _ = shared.release().await;
-                });
-            }
-            Err(_) => {
-                tracing::warn!(
-                    backend = self.shared.backend.name(),
-                    key = %self.shared.key,
-                    "guard dropped outside a tokio runtime; the lock will expire after its TTL"
-                );
-            }
-        }
+        release_in_background(self.shared.clone());
     }
 }
 
+/// Renews the lease until the guard stops it or the lock is lost.
+///
+/// The next renewal is due when two thirds of the current TTL remain before `valid_until`
+/// (about every TTL/3), recomputed whenever `valid_until` changes (a user's `extend` included).
+/// Every extend races `valid_until`: if it has not succeeded by then, the loss signal fires.
+/// With a hold cap, the lease is shortened to end at the cap as soon as a full TTL would pass
+/// it, and renewal stops.
 async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
     let backend = shared.backend.name();
     let stop = shared.stop.clone();
-    let first = shared.lease();
-    let hold_until = max_hold.map(|m| first.acquired_at() + m);
-    let min_ttl = shared.caps.min_ttl;
-    let mut last_sent = first.acquired_at();
+    let hold_until = max_hold.map(|m| shared.lease().acquired_at() + m);
+    let mut changes = shared.valid_until.subscribe();
     loop {
         let lease = shared.lease();
-        let period = lease.ttl() / 3;
-        let next = last_sent + period;
+        let ttl = lease.ttl();
+        let valid_until = lease.valid_until();
+        let mut due = valid_until.checked_sub(ttl * 2 / 3).unwrap_or(valid_until);
+        if let Some(h) = hold_until {
+            due = due.min(h.checked_sub(ttl).unwrap_or(h));
+        }
+        changes.borrow_and_update();
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             _ = shared.lost() => return,
-            _ = tokio::time::sleep_until(next) => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(due) => {}
         }
-        let ttl = lease.ttl();
         if let Some(h) = hold_until {
             let left = h.saturating_duration_since(Instant::now());
             if left < ttl {
-                // The next full renewal would pass the cap: one last extend that ends the grant
-                // at the cap (if the backend accepts so short a TTL), then stop renewing.
-                shared.capped.store(true, Ordering::Release);
-                tracing::debug!(backend, key = %shared.key, "hold cap reached; renewal stops");
-                if left >= min_ttl.max(Duration::from_millis(1)) {
-                    let sent = Instant::now();
-                    match shared.backend.extend(&lease, left).await {
-                        Ok(ExtendOutcome::Extended { valid_until }) => {
-                            observe::renewal(backend, "ok");
-                            shared.set_extended(left, valid_until.min(sent + left));
-                        }
-                        Ok(ExtendOutcome::NotHeld) => {
-                            observe::renewal(backend, "not_held");
-                            shared.fire(LossReason::NotHeld);
-                        }
-                        Err(_) => observe::renewal(backend, "error"),
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = shared.lost() => {}
-                }
+                cap_hold(&shared, left).await;
                 return;
             }
         }
         let mut backoff =
-            Backoff::new(period / 8 + Duration::from_millis(1), period / 2 + Duration::from_millis(1));
+            Backoff::new(ttl / 24 + Duration::from_millis(1), ttl / 6 + Duration::from_millis(1));
         loop {
-            let sent = Instant::now();
-            if sent >= shared.lease().valid_until() {
-                shared.fire(LossReason::RenewalFailed);
-                return;
-            }
+            let until = shared.lease().valid_until();
             let res = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
-                r = shared.backend.extend(&lease, ttl) => r,
+                _ = tokio::time::sleep_until(until) => {
+                    shared.fire(LossReason::RenewalFailed);
+                    return;
+                }
+                r = shared.extend(ttl) => r,
             };
             match res {
-                Ok(ExtendOutcome::Extended { valid_until }) => {
+                Ok(ExtendOutcome::Extended { .. }) => {
                     observe::renewal(backend, "ok");
-                    shared.set_extended(ttl, valid_until);
-                    last_sent = sent;
                     break;
                 }
                 Ok(ExtendOutcome::NotHeld) => {
@@ -420,7 +442,6 @@ async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
                         shared.fire(LossReason::RenewalFailed);
                         return;
                     }
-                    let until = shared.lease().valid_until();
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = backoff.sleep_until_deadline(Some(until)) => {}
@@ -428,5 +449,36 @@ async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
                 }
             }
         }
+    }
+}
+
+/// The hold cap is reached within one TTL: one last extend so the grant ends at the cap (when
+/// the backend accepts so short a TTL), then no more renewal; the loss signal fires with
+/// `MaxHoldReached` when the lease runs out.
+async fn cap_hold(shared: &Shared, left: Duration) {
+    let backend = shared.backend.name();
+    shared.capped.store(true, Ordering::Release);
+    tracing::debug!(backend, key = %shared.key, "hold cap reached; renewal stops");
+    if left >= shared.caps.min_ttl.max(Duration::from_millis(1)) {
+        let until = shared.lease().valid_until();
+        let res = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return,
+            _ = tokio::time::sleep_until(until) => None,
+            r = shared.extend(left) => Some(r),
+        };
+        match res {
+            Some(Ok(ExtendOutcome::Extended { .. })) => observe::renewal(backend, "ok"),
+            Some(Ok(ExtendOutcome::NotHeld)) => {
+                observe::renewal(backend, "not_held");
+                shared.fire(LossReason::NotHeld);
+            }
+            Some(Err(_)) => observe::renewal(backend, "error"),
+            None => {}
+        }
+    }
+    tokio::select! {
+        _ = shared.stop.cancelled() => {}
+        _ = shared.lost() => {}
     }
 }

@@ -16,6 +16,9 @@
 //!   old one, and only the first line is read. With [`FileOptions::sync`] (the default) the
 //!   write is flushed with `fdatasync` before a grant is returned, so the fencing counter also
 //!   survives a power loss.
+//! - If `/proc/sys/kernel/random/boot_id` cannot be read, the boot id is `unknown` and a
+//!   record left by a holder that died with an earlier boot blocks its key until the
+//!   machine's uptime passes that record's expiry; Linux always provides it.
 //! - Files are never deleted: the fencing counter must outlive releases. One file per key
 //!   ever locked, about 120 bytes each.
 
@@ -84,8 +87,11 @@ impl Record {
         self.owner.is_some() && self.boot == boot_id() && self.expires_ns > now_ns
     }
 
-    fn parse(text: &str) -> Option<Self> {
-        let line = text.split('\n').next()?;
+    /// Parses the first line of `bytes` (anything after it is a torn tail and is ignored,
+    /// even if it is not UTF-8).
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let end = bytes.iter().position(|&b| b == b'\n')?;
+        let line = std::str::from_utf8(&bytes[..end]).ok()?;
         let mut it = line.splitn(6, ' ');
         if it.next()? != MAGIC {
             return None;
@@ -229,23 +235,41 @@ impl FileBackend {
         self.dir.join(format!("{hex}.lock"))
     }
 
-    fn open_file(path: &Path) -> Result<File> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io_err("cannot open lock file", path, e))
+    /// Opens (creating if needed) a record file. A new file's directory entry is flushed
+    /// (with `sync`), so the counter it will hold cannot vanish with a power loss.
+    fn open_file(path: &Path, sync: bool) -> Result<File> {
+        let open = |create: bool| OpenOptions::new().read(true).write(true).create_new(create).open(path);
+        match open(false) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let f = match open(true) {
+                    Ok(f) => f,
+                    // Another process created it in between.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        open(false).map_err(|e| io_err("cannot open lock file", path, e))?
+                    }
+                    Err(e) => return Err(io_err("cannot create lock file", path, e)),
+                };
+                if sync {
+                    if let Some(dir) = path.parent() {
+                        File::open(dir)
+                            .and_then(|d| d.sync_all())
+                            .map_err(|e| io_err("cannot sync lock directory", dir, e))?;
+                    }
+                }
+                Ok(f)
+            }
+            Err(e) => Err(io_err("cannot open lock file", path, e)),
+        }
     }
 
     fn read_record(file: &mut File, path: &Path) -> Result<Record> {
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(|e| io_err("cannot read lock file", path, e))?;
-        if text.is_empty() {
+        let mut bytes = Vec::with_capacity(160);
+        file.read_to_end(&mut bytes).map_err(|e| io_err("cannot read lock file", path, e))?;
+        if bytes.is_empty() {
             return Ok(Record::default());
         }
-        Record::parse(&text).ok_or_else(|| {
+        Record::parse(&bytes).ok_or_else(|| {
             Error::backend_msg(
                 NAME,
                 BackendErrorKind::Protocol,
@@ -257,7 +281,7 @@ impl FileBackend {
     /// One read-modify-write of a record under an exclusive `flock` (blocking; run it on a
     /// blocking thread).
     fn apply(path: &Path, key: &str, sync: bool, op: Op) -> Result<OpResult> {
-        let mut file = Self::open_file(path)?;
+        let mut file = Self::open_file(path, sync)?;
         file.lock().map_err(|e| io_err("cannot lock", path, e))?;
         let mut rec = Self::read_record(&mut file, path)?;
         let now = mono_ns();
@@ -353,13 +377,18 @@ impl LockBackend for FileBackend {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let left = match self.try_acquire(req).await? {
-                Attempt::Acquired(lease) => return Ok(lease),
-                Attempt::Held { expires_in } => expires_in.unwrap_or(self.opts.poll_interval),
+            let (left, last_err) = match self.try_acquire(req).await {
+                Ok(Attempt::Acquired(lease)) => return Ok(lease),
+                Ok(Attempt::Held { expires_in }) => (expires_in.unwrap_or(self.opts.poll_interval), None),
+                Err(e) if e.is_retryable() => (self.opts.poll_interval, Some(e)),
+                Err(e) => return Err(e),
             };
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout { key: req.key.full().to_owned(), waited: now - start });
+                return Err(last_err.unwrap_or_else(|| Error::Timeout {
+                    key: req.key.full().to_owned(),
+                    waited: now - start,
+                }));
             }
             let delay = backoff.next_delay().min(left + Duration::from_millis(1));
             tokio::select! {
@@ -421,9 +450,11 @@ mod tests {
         let rec =
             Record { fence: 42, owner: Some(OwnerToken::from_u128(7)), expires_ns: 99, boot: "b".into() };
         let line = rec.render("jobs/a b");
-        assert_eq!(Record::parse(&line), Some(rec.clone()));
-        let torn = format!("{line}distlock1 41 - 0 b jobs/a b and more old bytes");
+        assert_eq!(Record::parse(line.as_bytes()), Some(rec.clone()));
+        // A torn tail that starts inside a multi-byte character is not UTF-8; still fine.
+        let mut torn = line.clone().into_bytes();
+        torn.extend_from_slice(&"ü-old-key-bytes".as_bytes()[1..]);
         assert_eq!(Record::parse(&torn), Some(rec));
-        assert_eq!(Record::parse("garbage"), None);
+        assert_eq!(Record::parse(b"garbage"), None);
     }
 }

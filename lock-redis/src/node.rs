@@ -1,0 +1,207 @@
+//! One Redis server: a multiplexed, self-reconnecting connection for commands and a
+//! subscriber connection for wake-ups, plus the scripts' calls.
+
+use std::time::Duration;
+
+use lock_core::{BackendErrorKind, Error, FencingToken, LockInfo, LockKey, OwnerToken, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::notify::{Notifier, Subscription};
+use crate::options::RedisOptions;
+use crate::scripts;
+
+pub(crate) const NAME: &str = "redis";
+
+/// The Redis keys of one lock (see [`scripts`](crate::scripts) for the layout).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    pub(crate) lock: String,
+    pub(crate) counter: String,
+    pub(crate) channel: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str, key: &LockKey) -> Self {
+        let lock = format!("{prefix}{{{}}}", key.full());
+        Self { counter: format!("{lock}:fence"), channel: format!("{lock}:released"), lock }
+    }
+}
+
+/// What one node said to an acquire.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum NodeGrant {
+    Granted(u64),
+    Held(Option<Duration>),
+}
+
+pub(crate) struct Node {
+    pub(crate) addr: String,
+    con: ConnectionManager,
+    notifier: Notifier,
+    timeout: Duration,
+    backend: &'static str,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("addr", &self.addr).field("timeout", &self.timeout).finish()
+    }
+}
+
+/// Milliseconds for PX/PEXPIRE, rounded up so the server never holds less than asked.
+pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    ms.clamp(1, u64::MAX as u128) as u64
+}
+
+pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -> Error {
+    use redis::{ErrorKind, ServerErrorKind};
+    let kind = if e.is_timeout() {
+        BackendErrorKind::Timeout
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        BackendErrorKind::Connection
+    } else {
+        match e.kind() {
+            ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                BackendErrorKind::Auth
+            }
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly,
+            ) => BackendErrorKind::Unavailable,
+            ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
+            ErrorKind::InvalidClientConfig => BackendErrorKind::Other,
+            _ => BackendErrorKind::Other,
+        }
+    };
+    Error::backend(backend, kind, format!("{addr}: {e}"), e)
+}
+
+impl Node {
+    /// Connects. With `lazy`, returns at once and connects on first use (Redlock tolerates
+    /// nodes that are down at start).
+    pub(crate) async fn connect(opts: &RedisOptions, backend: &'static str, lazy: bool) -> Result<Self> {
+        opts.validate()?;
+        let client = opts.client()?;
+        let addr = opts.redacted_url();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.connect_timeout))
+            .set_response_timeout(Some(opts.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        if lazy {
+            let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map_err(|e| map_err(backend, &addr, e))?;
+            let notifier = Notifier::start(client, opts.connect_timeout);
+            return Ok(Self { addr, con, notifier, timeout: opts.command_timeout, backend });
+        }
+        let con = tokio::time::timeout(
+            opts.connect_timeout + Duration::from_millis(100),
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        .map_err(|_| {
+            Error::backend_msg(
+                backend,
+                BackendErrorKind::Connection,
+                format!("{addr}: no connection within {:?}", opts.connect_timeout),
+            )
+        })?
+        .map_err(|e| map_err(backend, &addr, e))?;
+        let notifier = Notifier::start(client, opts.connect_timeout);
+        Ok(Self { addr, con, notifier, timeout: opts.command_timeout, backend })
+    }
+
+    async fn call<T: redis::FromRedisValue>(&self, inv: redis::ScriptInvocation<'_>) -> Result<T> {
+        let mut con = self.con.clone();
+        match tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut con)).await {
+            Ok(r) => r.map_err(|e| map_err(self.backend, &self.addr, e)),
+            Err(_) => Err(Error::backend_msg(
+                self.backend,
+                BackendErrorKind::Timeout,
+                format!("{}: no reply within {:?}", self.addr, self.timeout),
+            )),
+        }
+    }
+
+    pub(crate) async fn acquire(&self, keys: &Keys, owner: OwnerToken, ttl: Duration) -> Result<NodeGrant> {
+        let mut inv = scripts::ACQUIRE.prepare_invoke();
+        inv.key(&keys.lock).key(&keys.counter).arg(owner.to_string()).arg(ttl_ms(ttl));
+        let (granted, value): (i64, String) = self.call(inv).await?;
+        let bad = || {
+            Error::backend_msg(
+                self.backend,
+                BackendErrorKind::Protocol,
+                format!("{}: bad acquire reply", self.addr),
+            )
+        };
+        if granted == 1 {
+            Ok(NodeGrant::Granted(value.parse().map_err(|_| bad())?))
+        } else {
+            let pttl: i64 = value.parse().map_err(|_| bad())?;
+            Ok(NodeGrant::Held((pttl >= 0).then(|| Duration::from_millis(pttl as u64))))
+        }
+    }
+
+    pub(crate) async fn extend(&self, keys: &Keys, owner: OwnerToken, ttl: Duration) -> Result<bool> {
+        let mut inv = scripts::EXTEND.prepare_invoke();
+        inv.key(&keys.lock).arg(owner.to_string()).arg(ttl_ms(ttl));
+        Ok(self.call::<i64>(inv).await? == 1)
+    }
+
+    pub(crate) async fn release(&self, keys: &Keys, owner: OwnerToken) -> Result<bool> {
+        let mut inv = scripts::RELEASE.prepare_invoke();
+        inv.key(&keys.lock).arg(owner.to_string()).arg(&keys.channel);
+        Ok(self.call::<i64>(inv).await? == 1)
+    }
+
+    pub(crate) async fn write_back(&self, keys: &Keys, owner: OwnerToken, fence: u64) -> Result<bool> {
+        let mut inv = scripts::WRITE_BACK.prepare_invoke();
+        inv.key(&keys.lock).key(&keys.counter).arg(owner.to_string()).arg(fence.to_string());
+        Ok(self.call::<i64>(inv).await? == 1)
+    }
+
+    pub(crate) async fn inspect(&self, keys: &Keys) -> Result<Option<LockInfo>> {
+        let mut inv = scripts::INSPECT.prepare_invoke();
+        inv.key(&keys.lock);
+        let (value, pttl): (String, String) = self.call(inv).await?;
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let pttl: i64 = pttl.parse().unwrap_or(-1);
+        // Ours: "<32 hex>:<fence>"; anything else is a foreign client's value.
+        let (owner, fence) = match value.split_once(':') {
+            Some((o, f)) => match (OwnerToken::parse_hex(o), f.parse::<u64>()) {
+                (Some(o), Ok(f)) => (Some(o), Some(FencingToken::new(f))),
+                _ => (None, None),
+            },
+            None => (None, None),
+        };
+        Ok(Some(LockInfo::new(fence, owner, (pttl >= 0).then(|| Duration::from_millis(pttl as u64)))))
+    }
+
+    pub(crate) async fn watch(&self, keys: &Keys) -> Subscription {
+        self.notifier.watch(&keys.channel, self.timeout.max(Duration::from_millis(500))).await
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("PING");
+        match tokio::time::timeout(self.timeout, cmd.query_async::<String>(&mut con)).await {
+            Ok(r) => r.map(|_| ()).map_err(|e| map_err(self.backend, &self.addr, e)),
+            Err(_) => Err(Error::backend_msg(
+                self.backend,
+                BackendErrorKind::Timeout,
+                format!("{}: no reply within {:?}", self.addr, self.timeout),
+            )),
+        }
+    }
+
+    /// A raw connection handle, for benchmarks that measure the floor with the same client.
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+}
