@@ -14,7 +14,8 @@ log() { printf '\n==> %s\n' "$*"; }
 # --- what the tests need -------------------------------------------------------------------
 # Each entry: "command-that-must-exist:debian-package".
 NEEDS=(
-  "python3:python3"   # the fixture self-test uses it as a stand-in server
+  "python3:python3"             # the fixture self-test uses it as a stand-in server
+  "redis-server:redis-server"   # lock-redis: single node and Redlock masters
 )
 missing=()
 for need in "${NEEDS[@]}"; do
@@ -32,6 +33,18 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Python clients the interop tests drive (redis-py), in a virtualenv under target/.
+PYENV=target/pyenv
+if ! "$PYENV/bin/python" -c 'import redis' >/dev/null 2>&1; then
+  log "making $PYENV with redis-py"
+  if ! python3 -m venv "$PYENV" >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$PYENV"
+  fi
+  "$PYENV/bin/pip" install -q --disable-pip-version-check 'redis>=5,<9'
+fi
+
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
@@ -43,6 +56,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test"
 cargo test --workspace --locked
+
+log "benchmarks, quick mode (so they never rot; numbers are reported, not asserted)"
+cargo bench -q --locked -p lock-redis --bench latency -- --quick
 
 log "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet

@@ -362,16 +362,19 @@ fn round_up(d: Duration, step: Duration) -> Duration {
 }
 
 /// Runs the whole suite on a fresh multi-threaded runtime; what [`conformance_suite!`] calls.
-pub fn block_on_suite(suite: impl FnOnce() -> Suite) {
+/// `make` may be async (start servers first).
+pub fn block_on_suite<F: Future<Output = Suite>>(make: impl FnOnce() -> F) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .expect("tokio runtime for the conformance suite");
-    rt.block_on(async move { suite().run().await });
+    rt.block_on(async move { make().await.run().await });
 }
 
-/// Generates a `#[test]` that runs the whole suite for one backend.
+/// Generates a `#[test]` that runs the whole suite for one backend. The second argument is an
+/// expression of type [`Suite`]; it is evaluated inside an async block, so it may `.await`
+/// (to start a server fixture first).
 ///
 /// ```ignore
 /// conformance_tests::conformance_suite!(memory_backend, {
@@ -387,7 +390,7 @@ macro_rules! conformance_suite {
     ($test_name:ident, $suite:expr) => {
         #[test]
         fn $test_name() {
-            $crate::block_on_suite(|| $suite);
+            $crate::block_on_suite(|| async { $suite });
         }
     };
 }

@@ -32,8 +32,8 @@ const NAME: &str = "redlock";
 ///
 /// # Fencing tokens across nodes
 /// No single node is authoritative, so the token is agreed as follows:
-/// 1. Each node's acquire script proposes `p_i = max(counter_i + 1, clock_i in µs)` and sets
-///    `counter_i = p_i` in the same atomic step as the grant.
+/// 1. Each node's acquire script proposes `p_i = counter_i + 1` (its clock in µs when the
+///    counter is missing) and stores it in the same atomic step as the grant.
 /// 2. The client takes `F = max p_i` over the nodes that granted.
 /// 3. **Write-back**: before the lease is returned, every granting node with `p_i < F` raises
 ///    its counter to `F` (the write-back script, conditional on still holding our grant). The

@@ -1,0 +1,31 @@
+//! The whole conformance suite against real redis-server processes: one node, and Redlock
+//! over 3 and 5 independent masters.
+
+use conformance_tests::fixtures::redis::{redlock_targets, RedisTarget};
+use conformance_tests::{conformance_suite, Suite};
+use lock_core::LockClient;
+use lock_redis::{RedisBackend, RedlockBackend};
+
+conformance_suite!(redis_single_node, {
+    let target = std::sync::Arc::new(RedisTarget::get().await.expect("redis server for the suite"));
+    Suite::new("redis", move || {
+        let target = target.clone();
+        async move { Ok(LockClient::new(RedisBackend::connect(&target.url).await?)) }
+    })
+});
+
+async fn redlock_suite(n: usize) -> Suite {
+    let (urls, servers) = redlock_targets(n).await.expect("redis masters for the suite");
+    let servers = std::sync::Arc::new(servers);
+    Suite::new(&format!("redlock-{n}"), move || {
+        let urls = urls.clone();
+        let _keep_alive = servers.clone();
+        async move {
+            let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+            Ok(LockClient::new(RedlockBackend::connect(&refs).await?))
+        }
+    })
+}
+
+conformance_suite!(redlock_3_masters, redlock_suite(3).await);
+conformance_suite!(redlock_5_masters, redlock_suite(5).await);
