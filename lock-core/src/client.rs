@@ -12,7 +12,7 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::guard::{Guard, RenewPolicy};
 use crate::key::{KeyError, LockKey, Namespace};
-use crate::lease::Lease;
+use crate::lease::{FencingToken, Lease, OwnerToken};
 use crate::observe;
 
 /// The TTL used when a lock names none: 30 seconds.
@@ -143,6 +143,25 @@ impl LockClient {
             }
             ExtendOutcome::NotHeld => Err(Error::NotHeld { key: lease.key().full().to_owned() }),
         }
+    }
+
+    /// Rebuilds a lease from what an operator tool printed when it took the lock (name, owner
+    /// token, fencing token), so it can be released or extended from another process.
+    ///
+    /// The rebuilt lease's `valid_until` is unknown and set to now: it can be released or
+    /// extended, but [`resume`](Self::resume) it only after a successful extend.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`].
+    pub fn lease_from_parts(
+        &self,
+        name: &str,
+        owner: OwnerToken,
+        fence: FencingToken,
+        ttl: Duration,
+    ) -> Result<Lease> {
+        let key = self.key(name)?;
+        Ok(Lease::new(key, owner, fence, ttl, Instant::now()).with_valid_until(Instant::now()))
     }
 
     /// Puts a detached lease back under a guard (renewing it if `auto_renew`).

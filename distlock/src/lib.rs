@@ -1,0 +1,237 @@
+//! # distlock
+//!
+//! Distributed locks with fencing tokens and loss signals, one API over many backends,
+//! picked by Cargo feature and by URL:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> distlock::Result<()> {
+//! use std::time::Duration;
+//!
+//! let locks = distlock::connect("mem://").await?; // or redis://…, file:///…
+//! let guard = locks.lock("jobs/nightly").ttl(Duration::from_secs(30)).auto_renew().acquire().await?;
+//! println!("fencing token {}", guard.fencing_token());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Backends and URLs
+//!
+//! | URL | backend | feature | options (`?a=b&…`) |
+//! |---|---|---|---|
+//! | `mem://` or `mem://NAME` | in-process store; the same `NAME` shares one store within the process | `local` (default) | |
+//! | `file:///PATH` or `file://` | single-host file backend in `PATH` (default: [`lock_local::FileBackend::default_dir`]) | `local` (default) | `sync=true\|false`, `poll=20ms` |
+//! | `redis://[user[:password]@]host[:port][/db]` | one Redis server | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=2s` |
+//! | `rediss://…` | the same over TLS | `redis` | as `redis://` |
+//! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true` |
+//! | `etcd://h1:2379,h2:2379` | etcd (not landed yet) | `etcd` (reserved) | |
+//! | `zk://h1:2181,h2:2181/chroot` | ZooKeeper (not landed yet) | `zk` (reserved) | |
+//! | `dynamodb://table?region=…&endpoint=…` | DynamoDB (not landed yet) | `dynamo` (reserved) | |
+//!
+//! Every URL also takes `namespace=NS` (a prefix for every key of the client) and `ttl=30s`
+//! (the TTL of locks that name none). Durations are written `500ms`, `30s`, `2m`, `1h`.
+//! A scheme whose feature is off is an error that names the feature; a malformed URL is an
+//! error that points at the part that is wrong; passwords are never echoed.
+//!
+//! ## Migrating between backends
+//! [`migration::MigrationBackend`] holds every lock on two backends at once; see the
+//! playbook in the README.
+
+mod duration;
+pub mod migration;
+pub mod url;
+
+use std::time::Duration;
+
+pub use duration::parse_duration;
+/// The core crate, for what the facade does not re-export.
+pub use lock_core as core;
+pub use lock_core::{
+    drift_margin, AcquireRequest, Attempt, BackendErrorKind, Backoff, Capabilities, Error, ExtendOutcome,
+    FencingToken, Guard, Instant, Lease, LockBackend, LockBuilder, LockClient, LockInfo, LockKey, LossReason,
+    LossSignal, Namespace, OwnerToken, ReleaseOutcome, Result, WakeMode,
+};
+#[cfg(feature = "local")]
+pub use lock_local;
+#[cfg(feature = "redis")]
+pub use lock_redis;
+
+use url::ConnectUrl;
+
+const COMMON: &[&str] = &["namespace", "ttl"];
+
+#[cfg_attr(all(feature = "local", feature = "redis"), allow(dead_code))]
+fn feature_off(u: &ConnectUrl, feature: &str) -> Error {
+    Error::InvalidConfig(format!(
+        "{}:// needs distlock's `{feature}` feature, which this build does not have (build with --features {feature})",
+        u.scheme
+    ))
+}
+
+fn not_landed(u: &ConnectUrl, what: &str) -> Error {
+    Error::Unsupported {
+        backend: "distlock",
+        capability: format!(
+            "{}:// URLs: the {what} backend has not landed in this version (its feature is reserved)",
+            u.scheme
+        ),
+    }
+}
+
+fn with_options(u: &ConnectUrl, extra: &[&str]) -> Result<()> {
+    let allowed: Vec<&str> = COMMON.iter().chain(extra).copied().collect();
+    u.check_options(&allowed)
+}
+
+/// Connects to the backend the URL names and returns a client for it.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] for a malformed URL, an unknown option or a scheme whose feature is
+/// off; [`Error::Unsupported`] for a backend that has not landed; the backend's own errors
+/// (an unreachable server is a retryable connection error).
+pub async fn connect(url: &str) -> Result<LockClient> {
+    let u = ConnectUrl::parse(url)?;
+    let client = match u.scheme.as_str() {
+        "mem" => connect_mem(&u)?,
+        "file" => connect_file(&u)?,
+        "redis" | "rediss" => connect_redis(&u).await?,
+        "redlock" => connect_redlock(&u).await?,
+        "etcd" => return Err(not_landed(&u, "etcd")),
+        "zk" | "zookeeper" => return Err(not_landed(&u, "ZooKeeper")),
+        "dynamodb" => return Err(not_landed(&u, "DynamoDB")),
+        other => {
+            return Err(Error::InvalidConfig(format!(
+                "distlock URL '{}': unknown scheme '{other}' (known: mem, file, redis, rediss, redlock, etcd, zk, dynamodb)",
+                u.redacted()
+            )))
+        }
+    };
+    let mut client = client;
+    if let Some(ns) = u.option("namespace") {
+        client = client.with_namespace(ns)?;
+    }
+    if let Some(ttl) = u.duration("ttl")? {
+        client = client.with_default_ttl(ttl)?;
+    }
+    Ok(client)
+}
+
+#[cfg(feature = "local")]
+fn connect_mem(u: &ConnectUrl) -> Result<LockClient> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    with_options(u, &[])?;
+    static STORES: OnceLock<Mutex<HashMap<String, lock_local::MemoryBackend>>> = OnceLock::new();
+    let name = format!("{}{}", u.hosts.join(","), u.path);
+    let store = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(name)
+        .or_default()
+        .clone();
+    Ok(LockClient::new(store))
+}
+
+#[cfg(not(feature = "local"))]
+fn connect_mem(u: &ConnectUrl) -> Result<LockClient> {
+    Err(feature_off(u, "local"))
+}
+
+#[cfg(feature = "local")]
+fn connect_file(u: &ConnectUrl) -> Result<LockClient> {
+    with_options(u, &["sync", "poll"])?;
+    if !u.hosts.is_empty() && u.hosts != ["localhost"] {
+        return Err(Error::InvalidConfig(format!(
+            "distlock URL '{}': file URLs name a local path: file:///absolute/path (got host '{}')",
+            u.redacted(),
+            u.hosts.join(",")
+        )));
+    }
+    let mut opts = lock_local::FileOptions::default();
+    if let Some(sync) = u.flag("sync")? {
+        opts.sync = sync;
+    }
+    if let Some(poll) = u.duration("poll")? {
+        opts.poll_interval = poll;
+    }
+    let dir = if u.path.is_empty() || u.path == "/" {
+        lock_local::FileBackend::default_dir()
+    } else {
+        std::path::PathBuf::from(&u.path)
+    };
+    Ok(LockClient::new(lock_local::FileBackend::open_with(dir, opts)?))
+}
+
+#[cfg(not(feature = "local"))]
+fn connect_file(u: &ConnectUrl) -> Result<LockClient> {
+    Err(feature_off(u, "local"))
+}
+
+#[cfg(feature = "redis")]
+fn redis_options(
+    u: &ConnectUrl,
+    scheme: &str,
+    host: &str,
+    default_timeout: Duration,
+) -> Result<lock_redis::RedisOptions> {
+    let driver_url = format!("{scheme}://{}{host}{}", u.userinfo(), u.path);
+    let mut o = lock_redis::RedisOptions::from_url(&driver_url).map_err(|_| {
+        Error::InvalidConfig(format!(
+            "distlock URL '{}': host '{host}' or path '{}' is not valid for Redis",
+            u.redacted(),
+            u.path
+        ))
+    })?;
+    o = o.command_timeout(u.duration("timeout")?.unwrap_or(default_timeout));
+    if let Some(t) = u.duration("connect_timeout")? {
+        o = o.connect_timeout(t);
+    }
+    if let Some(p) = u.option("prefix") {
+        o = o.key_prefix(p);
+    }
+    Ok(o)
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redis(u: &ConnectUrl) -> Result<LockClient> {
+    with_options(u, &["prefix", "connect_timeout", "timeout"])?;
+    let [host] = u.hosts.as_slice() else {
+        return Err(Error::InvalidConfig(format!(
+            "distlock URL '{}': {}:// takes one host (use redlock://h1,h2,h3 for several masters)",
+            u.redacted(),
+            u.scheme
+        )));
+    };
+    let o = redis_options(u, &u.scheme, host, Duration::from_secs(2))?;
+    Ok(LockClient::new(lock_redis::RedisBackend::connect_with(o).await?))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_redis(u: &ConnectUrl) -> Result<LockClient> {
+    Err(feature_off(u, "redis"))
+}
+
+#[cfg(feature = "redis")]
+async fn connect_redlock(u: &ConnectUrl) -> Result<LockClient> {
+    with_options(u, &["prefix", "connect_timeout", "timeout", "tls"])?;
+    if u.hosts.len() < 3 {
+        return Err(Error::InvalidConfig(format!(
+            "distlock URL '{}': Redlock needs at least 3 hosts, comma-separated (got {})",
+            u.redacted(),
+            u.hosts.len()
+        )));
+    }
+    let scheme = if u.flag("tls")?.unwrap_or(false) { "rediss" } else { "redis" };
+    let opts = u
+        .hosts
+        .iter()
+        .map(|h| redis_options(u, scheme, h, Duration::from_millis(200)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LockClient::new(lock_redis::RedlockBackend::connect_with(opts).await?))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn connect_redlock(u: &ConnectUrl) -> Result<LockClient> {
+    Err(feature_off(u, "redis"))
+}

@@ -1,0 +1,182 @@
+//! A lock held on two backends at once, for moving a fleet from one backend to another.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{
+    async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, Instant, Lease, LockBackend,
+    LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
+};
+
+/// Which backend's fencing tokens a [`MigrationBackend`] hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Primary {
+    /// The backend being left.
+    Old,
+    /// The backend being moved to.
+    New,
+}
+
+/// Holds every lock on two backends: first on the old, then on the new, always in that order.
+///
+/// # Behavior
+/// - **Acquire** takes the old backend's lock, then the new one's with the same owner token; if
+///   the new one cannot be had, the old one is released before the attempt reports. Since
+///   every migrating process takes them in the same order, two of them never deadlock, and a
+///   process still on the old backend alone, or already on the new one alone, is excluded.
+/// - **Fencing tokens** are the primary backend's. Tokens of two backends are unrelated: when
+///   the primary changes, the protected resource must accept the new backend's sequence (see
+///   the migration playbook in the README).
+/// - **Extend** extends both and reports `NotHeld` if either grant is gone; **release**
+///   releases both (both are attempted even if one fails) and reports the primary's outcome.
+/// - `valid_until` is the earlier of the two grants'; capabilities are what both can do.
+#[derive(Debug, Clone)]
+pub struct MigrationBackend {
+    old: Arc<dyn LockBackend>,
+    new: Arc<dyn LockBackend>,
+    primary: Primary,
+}
+
+/// The two grants behind a migration lease.
+#[derive(Debug)]
+struct Parts {
+    old: Lease,
+    new: Lease,
+}
+
+impl MigrationBackend {
+    /// A migration lock from `old` to `new`, with tokens from `primary`.
+    pub fn new(old: Arc<dyn LockBackend>, new: Arc<dyn LockBackend>, primary: Primary) -> Self {
+        Self { old, new, primary }
+    }
+
+    fn combine(&self, req: &AcquireRequest, a: Lease, b: Lease) -> Lease {
+        let fence = match self.primary {
+            Primary::Old => a.fencing_token(),
+            Primary::New => b.fencing_token(),
+        };
+        let valid_until = a.valid_until().min(b.valid_until());
+        let sent = a.acquired_at().min(b.acquired_at());
+        let session = a.session().or(b.session()).cloned();
+        let mut lease =
+            Lease::new(req.key.clone(), req.owner, fence, req.ttl, sent).with_valid_until(valid_until);
+        if let Some(s) = session {
+            lease = lease.with_session(s);
+        }
+        lease.with_backend_data(Arc::new(Parts { old: a, new: b }))
+    }
+
+    /// The two sub-leases of `lease` (rebuilt from key and owner for a lease made elsewhere).
+    fn parts(&self, lease: &Lease) -> (Lease, Lease) {
+        match lease.backend_data::<Parts>() {
+            Some(p) => (p.old.clone(), p.new.clone()),
+            None => (lease.clone(), lease.clone()),
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for MigrationBackend {
+    fn name(&self) -> &'static str {
+        "migration"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let (a, b) = (self.old.capabilities(), self.new.capabilities());
+        let mut c = Capabilities::default();
+        c.fair_queueing = a.fair_queueing && b.fair_queueing;
+        c.wake = match (a.wake, b.wake) {
+            (WakeMode::Notify, WakeMode::Notify) => WakeMode::Notify,
+            (WakeMode::Poll { max_interval }, WakeMode::Notify)
+            | (WakeMode::Notify, WakeMode::Poll { max_interval }) => WakeMode::Poll { max_interval },
+            (WakeMode::Poll { max_interval: x }, WakeMode::Poll { max_interval: y }) => {
+                WakeMode::Poll { max_interval: x.max(y) }
+            }
+            _ => WakeMode::Poll { max_interval: Duration::from_millis(250) },
+        };
+        c.ttl_granularity = a.ttl_granularity.max(b.ttl_granularity);
+        c.min_ttl = a.min_ttl.max(b.min_ttl);
+        c.max_ttl = a.max_ttl.min(b.max_ttl);
+        c.session_leases = a.session_leases || b.session_leases;
+        c.per_lock_ttl = a.per_lock_ttl && b.per_lock_ttl;
+        c.max_key_len = a.max_key_len.min(b.max_key_len);
+        c.expiry_margin = a.expiry_margin.max(b.expiry_margin);
+        c
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let a = match self.old.try_acquire(req).await? {
+            Attempt::Acquired(l) => l,
+            held => return Ok(held),
+        };
+        match self.new.try_acquire(req).await {
+            Ok(Attempt::Acquired(b)) => Ok(Attempt::Acquired(self.combine(req, a, b))),
+            Ok(held) => {
+                let _ = self.old.release(&a).await;
+                Ok(held)
+            }
+            Err(e) => {
+                let _ = self.old.release(&a).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        let start = Instant::now();
+        loop {
+            let a = self.old.acquire(req, deadline).await?;
+            // Wait for the new backend no longer than the old grant stays valid.
+            let until = deadline.min(a.valid_until());
+            match self.new.acquire(req, until).await {
+                Ok(b) => return Ok(self.combine(req, a, b)),
+                Err(Error::Timeout { .. }) => {
+                    let _ = self.old.release(&a).await;
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout {
+                            key: req.key.full().to_owned(),
+                            waited: start.elapsed(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let _ = self.old.release(&a).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        let (a, b) = self.parts(lease);
+        let (ra, rb) = tokio::join!(self.old.extend(&a, ttl), self.new.extend(&b, ttl));
+        match (ra?, rb?) {
+            (ExtendOutcome::Extended { valid_until: x }, ExtendOutcome::Extended { valid_until: y }) => {
+                Ok(ExtendOutcome::Extended { valid_until: x.min(y) })
+            }
+            _ => Ok(ExtendOutcome::NotHeld),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let (a, b) = self.parts(lease);
+        // New first (reverse order of acquisition), then old; both are always attempted.
+        let rb = self.new.release(&b).await;
+        let ra = self.old.release(&a).await;
+        let (primary, other) = match self.primary {
+            Primary::Old => (ra, rb),
+            Primary::New => (rb, ra),
+        };
+        if let Err(e) = &other {
+            tracing::warn!(key = %lease.key(), error = %e, "migration lock: release on the secondary backend failed; it expires with its TTL");
+        }
+        primary
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        match self.primary {
+            Primary::Old => self.old.inspect(key).await,
+            Primary::New => self.new.inspect(key).await,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! `connect(url)` for every scheme, and the migration lock under the conformance suite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conformance_tests::{conformance_suite, Suite};
+use distlock::migration::{MigrationBackend, Primary};
+use distlock::{Error, LockClient, ReleaseOutcome};
+
+#[tokio::test]
+async fn mem_urls_share_a_named_store_and_apply_common_options() {
+    let a = distlock::connect("mem://shared?namespace=app&ttl=5s").await.expect("connect");
+    let b = distlock::connect("mem://shared?namespace=app").await.expect("connect");
+    let other = distlock::connect("mem://elsewhere?namespace=app").await.expect("connect");
+    let g = a.lock("k").acquire().await.expect("acquire");
+    assert_eq!(g.lease().ttl(), Duration::from_secs(5), "ttl= sets the default TTL");
+    assert_eq!(g.key(), "app/k", "namespace= prefixes keys");
+    assert!(b.lock("k").try_acquire().await.expect("try").is_none(), "mem://shared is one store");
+    assert!(other.lock("k").try_acquire().await.expect("try").is_some(), "mem://elsewhere is another");
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+}
+
+#[tokio::test]
+async fn file_urls_open_the_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}?sync=false&poll=5ms", dir.path().display());
+    let a = distlock::connect(&url).await.expect("connect");
+    let b = distlock::connect(&url).await.expect("connect");
+    let g = a.lock("k").acquire().await.expect("acquire");
+    assert!(b.lock("k").try_acquire().await.expect("try").is_none());
+    let _ = g.release().await.expect("release");
+    let e = distlock::connect("file://somehost/x").await.expect_err("host in a file URL");
+    assert!(e.to_string().contains("file:///absolute/path"), "{e}");
+}
+
+#[tokio::test]
+async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
+    let mut cases = vec![
+        ("localhost:6379", "scheme://"),
+        ("ftp://h", "unknown scheme 'ftp'"),
+        ("redis://u:hunter2@h:0", "port '0'"),
+        ("mem://?bogus=1", "unknown option 'bogus'"),
+        ("mem://?ttl=forever", "option ttl"),
+        ("mem://?ttl=0s", "TTL"),
+        ("file:///tmp/x?sync=maybe", "not true or false"),
+    ];
+    if cfg!(feature = "redis") {
+        cases.push(("redis://u:hunter2@h1,h2", "takes one host"));
+        cases.push(("redlock://u:hunter2@h1,h2", "at least 3 hosts"));
+        cases.push(("redis://u:hunter2@h?bogus=1", "unknown option 'bogus'"));
+    }
+    for (url, expect) in cases {
+        let e = distlock::connect(url).await.expect_err(url);
+        let msg = e.to_string();
+        assert!(msg.contains(expect), "{url}: {msg}");
+        assert!(
+            !msg.contains("hunter2") && !format!("{e:?}").contains("hunter2"),
+            "{url}: password echoed: {msg}"
+        );
+        assert!(!e.is_retryable(), "{url}");
+    }
+    for url in ["etcd://h:2379", "zk://h:2181/app", "dynamodb://locks?region=eu-west-1"] {
+        let e = distlock::connect(url).await.expect_err(url);
+        assert!(matches!(e, Error::Unsupported { .. }), "{url}: {e:?}");
+        assert!(e.to_string().contains("not landed"), "{e}");
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_and_redlock_urls_connect() {
+    use conformance_tests::fixtures::redis::RedisServer;
+    let s: Vec<RedisServer> = futures_lite_join(3).await;
+    let one = distlock::connect(&format!("{}?prefix=svc:&timeout=1s", s[0].url())).await.expect("redis://");
+    let g = one.lock("k").acquire().await.expect("acquire");
+    assert_eq!(one.backend_name(), "redis");
+    let _ = g.release().await.expect("release");
+    let hosts: Vec<String> = s.iter().map(|x| format!("127.0.0.1:{}", x.port())).collect();
+    let rl =
+        distlock::connect(&format!("redlock://{}?timeout=300ms", hosts.join(","))).await.expect("redlock://");
+    assert_eq!(rl.backend_name(), "redlock");
+    let g = rl.lock("k").acquire().await.expect("acquire");
+    let _ = g.release().await.expect("release");
+    let port = conformance_tests::fixtures::free_port().expect("port");
+    let e = distlock::connect(&format!("redis://:pw-xyz@127.0.0.1:{port}?connect_timeout=1s"))
+        .await
+        .expect_err("nobody listens");
+    assert!(e.is_retryable() && !e.to_string().contains("pw-xyz"), "{e}");
+}
+
+#[cfg(feature = "redis")]
+async fn futures_lite_join(n: usize) -> Vec<conformance_tests::fixtures::redis::RedisServer> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(conformance_tests::fixtures::redis::RedisServer::start().await.expect("redis-server"));
+    }
+    v
+}
+
+#[cfg(not(feature = "redis"))]
+#[tokio::test]
+async fn a_scheme_whose_feature_is_off_names_the_feature() {
+    let e = distlock::connect("redis://127.0.0.1:6379").await.expect_err("feature off");
+    assert!(e.to_string().contains("--features redis"), "{e}");
+}
+
+conformance_suite!(migration_memory_to_file, {
+    let old = lock_local_memory();
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    Suite::new("migration(memory->file)", move || {
+        let old = old.clone();
+        let dir = dir.clone();
+        async move {
+            let new = distlock::lock_local::FileBackend::open_with(
+                dir.path(),
+                distlock::lock_local::FileOptions { sync: false, ..Default::default() },
+            )?;
+            Ok(LockClient::new(MigrationBackend::new(Arc::new(old), Arc::new(new), Primary::Old)))
+        }
+    })
+});
+
+fn lock_local_memory() -> distlock::lock_local::MemoryBackend {
+    distlock::lock_local::MemoryBackend::new()
+}
+
+#[tokio::test]
+async fn migrating_and_unmigrated_processes_exclude_each_other() {
+    let old = distlock::lock_local::MemoryBackend::new();
+    let new = distlock::lock_local::MemoryBackend::new();
+    let on_old = LockClient::new(old.clone());
+    let on_new = LockClient::new(new.clone());
+    let both = LockClient::new(MigrationBackend::new(Arc::new(old), Arc::new(new), Primary::Old));
+    // A migrating holder excludes both unmigrated sides.
+    let g = both.lock("job").acquire().await.expect("both");
+    assert!(on_old.lock("job").try_acquire().await.expect("try").is_none());
+    assert!(on_new.lock("job").try_acquire().await.expect("try").is_none());
+    let _ = g.release().await.expect("release");
+    // A holder on the new backend alone blocks the migrating one, which leaves nothing on old.
+    let n = on_new.lock("job").acquire().await.expect("new only");
+    assert!(both.lock("job").try_acquire().await.expect("try").is_none());
+    assert!(on_old.lock("job").try_acquire().await.expect("old must be free again").is_some());
+    let _ = n.release().await.expect("release");
+}
