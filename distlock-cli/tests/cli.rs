@@ -1,0 +1,232 @@
+//! The real `distlock` binary against the file backend and a real redis-server.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+use conformance_tests::fixtures::redis::RedisServer;
+
+fn distlock(backend: &str) -> Command {
+    let mut c = Command::cargo_bin("distlock").expect("binary");
+    c.env("DISTLOCK_URL", backend).env_remove("DISTLOCK_DIR");
+    c
+}
+
+fn file_backend() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("file://{}?sync=false", dir.path().display());
+    (dir, url)
+}
+
+fn json(out: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(out).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(out)))
+}
+
+#[test]
+fn run_passes_the_token_and_exits_with_the_commands_status() {
+    let (_d, url) = file_backend();
+    let out = distlock(&url)
+        .args([
+            "run",
+            "--lock",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$DISTLOCK_LOCK $DISTLOCK_FENCING_TOKEN\"; exit 7",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "job 1");
+    let out = distlock(&url)
+        .args(["run", "--lock", "job", "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKEN"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "the next holder gets the next token");
+}
+
+#[test]
+fn run_never_starts_the_command_without_the_lock() {
+    let (d, url) = file_backend();
+    let out = distlock(&url)
+        .args(["--json", "acquire", "--lock", "job", "--ttl", "60s"])
+        .output()
+        .expect("acquire");
+    assert!(out.status.success());
+    let marker = d.path().join("ran");
+    let out =
+        distlock(&url).args(["run", "--lock", "job", "--", "touch"]).arg(&marker).output().expect("run");
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!marker.exists(), "the command ran without the lock");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("held by another owner"));
+}
+
+#[test]
+fn a_waiting_run_goes_after_the_holder() {
+    let (_d, url) = file_backend();
+    let first = distlock(&url).args(["run", "--lock", "job", "--", "sleep", "1"]).spawn().expect("first");
+    std::thread::sleep(Duration::from_millis(400));
+    let start = Instant::now();
+    let out = distlock(&url)
+        .args(["run", "--lock", "job", "--wait", "20s", "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKEN"])
+        .output()
+        .expect("second");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    assert!(start.elapsed() >= Duration::from_millis(300), "the second run did not wait for the first");
+    let mut first = first;
+    assert!(first.wait().expect("first").success());
+}
+
+#[test]
+fn acquire_inspect_release_for_operators() {
+    let (_d, url) = file_backend();
+    let a = json(
+        &distlock(&url)
+            .args(["--json", "acquire", "--lock", "ops/x", "--ttl", "60s"])
+            .output()
+            .expect("acquire")
+            .stdout,
+    );
+    let owner = a["owner"].as_str().expect("owner").to_owned();
+    assert_eq!(a["fencing_token"], 1);
+    let i = json(
+        &distlock(&url).args(["--json", "inspect", "--lock", "ops/x"]).output().expect("inspect").stdout,
+    );
+    assert_eq!(i["held"], true);
+    assert_eq!(i["owner"].as_str(), Some(owner.as_str()));
+    let wrong = distlock(&url)
+        .args(["release", "--lock", "ops/x", "--owner", &"0".repeat(32)])
+        .output()
+        .expect("release");
+    assert_eq!(wrong.status.code(), Some(1), "a stranger's release must report not held");
+    let ok = distlock(&url)
+        .args(["--json", "release", "--lock", "ops/x", "--owner", &owner])
+        .output()
+        .expect("release");
+    assert!(ok.status.success());
+    assert_eq!(json(&ok.stdout)["released"], true);
+    let i = json(
+        &distlock(&url).args(["--json", "inspect", "--lock", "ops/x"]).output().expect("inspect").stdout,
+    );
+    assert_eq!(i["held"], false);
+}
+
+#[test]
+fn run_stops_the_command_when_the_lock_is_lost() {
+    let (_d, url) = file_backend();
+    let mut run = distlock(&url)
+        .args(["run", "--lock", "job", "--ttl", "1s", "--kill-grace", "2s", "--", "sleep", "60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let owner = loop {
+        let i = json(
+            &distlock(&url).args(["--json", "inspect", "--lock", "job"]).output().expect("inspect").stdout,
+        );
+        if let Some(o) = i["owner"].as_str() {
+            break o.to_owned();
+        }
+        assert!(Instant::now() < deadline, "run never took the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // An operator deletes the grant; the next renewal finds it gone.
+    assert!(distlock(&url)
+        .args(["release", "--lock", "job", "--owner", &owner])
+        .status()
+        .expect("release")
+        .success());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = run.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the command was not stopped after the loss");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(70));
+    let mut err = String::new();
+    run.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    assert!(err.contains("lost"), "{err}");
+}
+
+#[test]
+fn bad_input_and_unreachable_backends_have_their_exit_codes() {
+    let (_d, url) = file_backend();
+    let out = distlock(&url).args(["run", "--lock", "", "--", "true"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+    let out = distlock(&url).args(["acquire", "--lock", "x", "--ttl", "0s"]).output().expect("acquire");
+    assert_eq!(out.status.code(), Some(64));
+    let out = distlock("redis://u:hunter2@127.0.0.1:99999")
+        .args(["inspect", "--lock", "x"])
+        .output()
+        .expect("inspect");
+    assert_eq!(out.status.code(), Some(64));
+    let port = conformance_tests::fixtures::free_port().expect("port");
+    let out = distlock(&format!("redis://u:hunter2@127.0.0.1:{port}?connect_timeout=1s"))
+        .args(["--json", "inspect", "--lock", "x"])
+        .output()
+        .expect("inspect");
+    assert_eq!(out.status.code(), Some(69));
+    let v = json(&out.stdout);
+    assert_eq!(v["retryable"], true);
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains("hunter2"), "password echoed: {all}");
+    let out = distlock(&url).args(["run", "--lock", "x", "--", "/no/such/program"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(127));
+}
+
+#[test]
+fn metrics_are_served_while_a_command_runs() {
+    let (_d, url) = file_backend();
+    let port = conformance_tests::fixtures::free_port().expect("port");
+    let mut run = distlock(&url)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "run", "--lock", "m", "--", "sleep", "3"])
+        .spawn()
+        .expect("run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if body.contains("distlock_acquire_total") {
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "no metrics served");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains(r#"backend="file""#) && body.contains(r#"outcome="acquired""#), "{body}");
+    assert!(run.wait().expect("wait").success());
+}
+
+#[test]
+fn the_command_works_against_a_real_redis_server() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let server = rt.block_on(RedisServer::start()).expect("redis-server");
+    let url = server.url();
+    let out = distlock(&url)
+        .args(["run", "--lock", "r", "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKEN"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("token");
+    let a =
+        json(&distlock(&url).args(["--json", "acquire", "--lock", "r"]).output().expect("acquire").stdout);
+    assert!(a["fencing_token"].as_u64().expect("token") > first);
+    let held = distlock(&url).args(["run", "--lock", "r", "--", "true"]).output().expect("run");
+    assert_eq!(held.status.code(), Some(75));
+    let owner = a["owner"].as_str().expect("owner");
+    assert!(distlock(&url)
+        .args(["release", "--lock", "r", "--owner", owner])
+        .status()
+        .expect("release")
+        .success());
+    drop(server);
+}
