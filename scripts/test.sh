@@ -57,6 +57,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked
 
+log "the facade with its default features only (a scheme whose feature is off)"
+cargo clippy -q --locked -p distlock --all-targets -- -D warnings
+cargo test -q --locked -p distlock --test connect
+
 log "benchmarks, quick mode (so they never rot; numbers are reported, not asserted)"
 cargo bench -q --locked -p lock-redis --bench latency -- --quick
 
@@ -65,7 +69,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 log "README's first command (embedded default, no server)"
 export DISTLOCK_DIR="$(mktemp -d)"
-out=$(cargo run -q --locked -p lock-local --example run_locked -- nightly-report -- sh -c 'echo "job ran with token $DISTLOCK_FENCING_TOKEN"')
+out=$(cargo run -q --locked -p distlock-cli -- run --lock nightly-report -- sh -c 'echo "job ran with token $DISTLOCK_FENCING_TOKEN"')
 echo "$out"
 [ "$out" = "job ran with token 1" ] || { echo "unexpected output from the README's first command" >&2; exit 1; }
 rm -rf "$DISTLOCK_DIR"

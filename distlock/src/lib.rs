@@ -41,6 +41,7 @@ mod duration;
 pub mod migration;
 pub mod url;
 
+#[cfg(feature = "redis")]
 use std::time::Duration;
 
 pub use duration::parse_duration;

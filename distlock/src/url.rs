@@ -181,6 +181,7 @@ impl ConnectUrl {
     }
 
     /// `user:password@` for rebuilding a URL for a driver (contains the password: never log it).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn userinfo(&self) -> String {
         match (&self.user, &self.password) {
             (Some(u), Some(p)) => format!("{u}:{p}@"),

@@ -114,7 +114,6 @@ pub enum ExtendOutcome {
 
 /// The result of a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
 pub enum ReleaseOutcome {
     /// Our grant was deleted.
     Released,
