@@ -34,7 +34,7 @@ pub mod signal;
 pub use backend::{
     AcquireRequest, Attempt, Capabilities, ExtendOutcome, LockBackend, LockInfo, ReleaseOutcome, WakeMode,
 };
-pub use backoff::Backoff;
+pub use backoff::{wait_for_lock, Backoff};
 pub use client::{LockBuilder, LockClient, DEFAULT_TTL};
 pub use error::{BackendErrorKind, BoxError, Error, Result};
 pub use guard::Guard;

@@ -31,9 +31,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use lock_core::{
-    async_trait, AcquireRequest, Attempt, BackendErrorKind, Backoff, Capabilities, Error, ExtendOutcome,
-    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result,
-    WakeMode,
+    async_trait, AcquireRequest, Attempt, BackendErrorKind, Capabilities, Error, ExtendOutcome, FencingToken,
+    Instant, Lease, LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result, WakeMode,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -370,32 +369,12 @@ impl LockBackend for FileBackend {
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let start = Instant::now();
+        // Waiters in this process wake at once on release; others poll.
         let wake = waker(&self.path_of(&req.key));
-        let mut backoff = Backoff::new(Duration::from_millis(1), self.opts.poll_interval);
-        loop {
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (left, last_err) = match self.try_acquire(req).await {
-                Ok(Attempt::Acquired(lease)) => return Ok(lease),
-                Ok(Attempt::Held { expires_in }) => (expires_in.unwrap_or(self.opts.poll_interval), None),
-                Err(e) if e.is_retryable() => (self.opts.poll_interval, Some(e)),
-                Err(e) => return Err(e),
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(last_err.unwrap_or_else(|| Error::Timeout {
-                    key: req.key.full().to_owned(),
-                    waited: now - start,
-                }));
-            }
-            let delay = backoff.next_delay().min(left + Duration::from_millis(1));
-            tokio::select! {
-                _ = &mut notified => backoff.reset(),
-                _ = tokio::time::sleep_until((now + delay).min(deadline)) => {}
-            }
-        }
+        lock_core::wait_for_lock(&[&wake], &req.key, deadline, self.opts.poll_interval, || {
+            self.try_acquire(req)
+        })
+        .await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use lock_core::{
-    async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, FencingToken, Instant, Lease,
+    async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, FencingToken, Instant, Lease,
     LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result, WakeMode,
 };
 use tokio::sync::Notify;
@@ -93,30 +93,12 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let start = Instant::now();
-        loop {
-            let (attempt, notify) = self.attempt(req);
-            let expires_in = match attempt {
-                Attempt::Acquired(lease) => return Ok(lease),
-                Attempt::Held { expires_in } => expires_in.unwrap_or(Duration::from_millis(50)),
-            };
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Re-check after registering, so a release between the attempt and `enable` is seen.
-            if self.store().get(req.key.full()).and_then(|s| s.live_holder(Instant::now())).is_none() {
-                continue;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout { key: req.key.full().to_owned(), waited: now - start });
-            }
-            let wake = (now + expires_in).min(deadline);
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(wake) => {}
-            }
-        }
+        let notify = self.store().entry(req.key.full().to_owned()).or_default().notify.clone();
+        // Released grants wake waiters at once; expired ones are retried at their expiry.
+        lock_core::wait_for_lock(&[&notify], &req.key, deadline, Duration::from_millis(50), || async {
+            Ok(self.attempt(req).0)
+        })
+        .await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {

@@ -30,7 +30,6 @@ mod options;
 mod redlock;
 pub mod scripts;
 mod single;
-mod wait;
 
 pub use options::{redact_url, RedisOptions};
 pub use redlock::RedlockBackend;

@@ -12,6 +12,10 @@ use crate::scripts;
 
 pub(crate) const NAME: &str = "redis";
 
+/// The longest sleep of a waiter between two attempts when no release message comes (a
+/// foreign holder that never publishes, or a lost message).
+pub(crate) const MAX_POLL: Duration = Duration::from_millis(250);
+
 /// The Redis keys of one lock (see [`scripts`](crate::scripts) for the layout).
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {

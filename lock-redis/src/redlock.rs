@@ -9,9 +9,9 @@ use lock_core::{
     FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
 };
 
+use crate::node::MAX_POLL;
 use crate::node::{Keys, Node, NodeGrant};
 use crate::options::RedisOptions;
-use crate::wait::wait_notified;
 
 const NAME: &str = "redlock";
 
@@ -217,7 +217,8 @@ impl LockBackend for RedlockBackend {
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let keys = self.keys(&req.key);
         let subs = join_all(self.inner.nodes.iter().map(|n| n.watch(&keys))).await;
-        wait_notified(&subs, &req.key, deadline, || self.try_acquire(req)).await
+        let wakers: Vec<&tokio::sync::Notify> = subs.iter().map(|s| &*s.notify).collect();
+        lock_core::wait_for_lock(&wakers, &req.key, deadline, MAX_POLL, || self.try_acquire(req)).await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {

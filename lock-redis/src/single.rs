@@ -8,9 +8,9 @@ use lock_core::{
     LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
 };
 
+use crate::node::MAX_POLL;
 use crate::node::{Keys, Node, NodeGrant, NAME};
 use crate::options::RedisOptions;
-use crate::wait::wait_notified;
 
 /// Locks on one Redis server (or one Redis Cluster slot owner, or a Sentinel-managed master
 /// reached by its address).
@@ -106,7 +106,7 @@ impl LockBackend for RedisBackend {
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let keys = self.keys(&req.key);
         let sub = self.inner.node.watch(&keys).await;
-        wait_notified(std::slice::from_ref(&sub), &req.key, deadline, || self.try_acquire(req)).await
+        lock_core::wait_for_lock(&[&sub.notify], &req.key, deadline, MAX_POLL, || self.try_acquire(req)).await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
