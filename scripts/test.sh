@@ -16,6 +16,9 @@ log() { printf '\n==> %s\n' "$*"; }
 NEEDS=(
   "python3:python3"             # the fixture self-test uses it as a stand-in server
   "redis-server:redis-server"   # lock-redis: single node and Redlock masters
+  "etcd:etcd-server"            # lock-etcd: one member and a three-member cluster
+  "etcdctl:etcd-client"         # lock-etcd: interop with `etcdctl lock`
+  "protoc:protobuf-compiler"    # etcd-client's build script compiles etcd's protobufs
 )
 missing=()
 for need in "${NEEDS[@]}"; do

@@ -400,7 +400,8 @@ pub async fn inspect_reports_the_holder(ctx: Ctx) -> CheckResult {
         info.fencing_token,
         g.fencing_token()
     );
-    if let Some(left) = info.remaining_ttl {
+    // With session leases the remaining TTL is the session's, not the lock's.
+    if let Some(left) = info.remaining_ttl.filter(|_| ctx.caps.per_lock_ttl) {
         ensure!(left <= ttl + ctx.caps.ttl_granularity, "remaining TTL {left:?} exceeds the TTL {ttl:?}");
         ensure!(left > ttl / 2, "remaining TTL {left:?} is far below the fresh TTL {ttl:?}");
     }

@@ -459,13 +459,16 @@ async fn cap_hold(shared: &Shared, left: Duration) {
     let backend = shared.backend.name();
     shared.capped.store(true, Ordering::Release);
     tracing::debug!(backend, key = %shared.key, "hold cap reached; renewal stops");
-    if left >= shared.caps.min_ttl.max(Duration::from_millis(1)) {
+    // The backend's minimum TTL may exceed what is left: then the grant ends that much past
+    // the cap, still far sooner than a full TTL later.
+    let last = left.max(shared.caps.min_ttl).max(Duration::from_millis(1));
+    if last < shared.lease().ttl() {
         let until = shared.lease().valid_until();
         let res = tokio::select! {
             biased;
             _ = shared.stop.cancelled() => return,
             _ = tokio::time::sleep_until(until) => None,
-            r = shared.extend(left) => Some(r),
+            r = shared.extend(last) => Some(r),
         };
         match res {
             Some(Ok(ExtendOutcome::Extended { .. })) => observe::renewal(backend, "ok"),

@@ -1,0 +1,808 @@
+//! # lock-etcd: distlock on etcd v3
+//!
+//! The layout and ordering of etcd's Go `concurrency.Mutex`, so distlock, `etcdctl lock NAME`
+//! and Go services using that package exclude one another on the same name:
+//!
+//! - Each contender puts `<prefix><name>/<lease id in hex>` attached to its lease, in one
+//!   transaction that also reads the current owner: the key with the lowest create revision
+//!   under `<prefix><name>/`. Contenders are served in the order their keys were created
+//!   (a fair queue).
+//! - A waiter watches only the key created just before its own (no thundering herd). The
+//!   watch is opened at the current revision and the predecessor re-read after the watch is
+//!   in place: a watch opened at an older revision lands in etcd's "unsynced" watcher group,
+//!   which the server catches up only every 100 ms, and hand-off would wait for it.
+//! - **Fencing token** = the create revision of the holder's key. etcd's revision is one
+//!   counter for the whole cluster that every write raises by one, never reused (compaction
+//!   drops old revisions but never lowers the counter), and a later holder's key is created
+//!   after the earlier holder's key was created, so its create revision is strictly greater.
+//! - The value of our keys is the owner token (Go's Mutex writes an empty value); release and
+//!   extend compare it, so a stale holder never deletes or extends a newer grant.
+//!
+//! ## Leases
+//! [`LeaseMode::Session`] (the default): one lease per client, kept alive by one keep-alive
+//! stream about every TTL/3 and shared by all the client's locks. When the lease is lost
+//! (keep-alive failing past the TTL, revoked, or reported gone by the server) every guard on
+//! it gets its loss signal. A lock lasts as long as the session: the lock's own TTL is not
+//! used, the session TTL bounds how long a crashed holder blocks others, and the capabilities
+//! say so (`session_leases`, not `per_lock_ttl`). Locks of one client on the same name are
+//! queued inside the client (they would share one key), then on etcd.
+//!
+//! [`LeaseMode::PerLock`]: a lease per grant with the lock's TTL (whole seconds), extended by
+//! keep-alive, or swapped for a new lease when the TTL changes.
+
+mod options;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseGrantOptions, PutOptions,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+};
+use lock_core::{
+    async_trait, drift_margin, AcquireRequest, Attempt, BackendErrorKind, Capabilities, Error, ExtendOutcome,
+    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result,
+    WakeMode,
+};
+use tokio::sync::Notify;
+
+pub use options::{EtcdOptions, LeaseMode};
+use session::Session;
+
+const NAME: &str = "etcd";
+
+pub(crate) fn map_err(e: etcd_client::Error) -> Error {
+    use etcd_client::Error as E;
+    let kind = match &e {
+        E::TransportError(_) | E::IoError(_) | E::LeaseKeepAliveError(_) | E::WatchError(_) => {
+            BackendErrorKind::Connection
+        }
+        E::GRpcStatus(s) => {
+            use tonic::Code;
+            match s.code() {
+                Code::Unavailable | Code::Aborted | Code::Internal | Code::Unknown => {
+                    BackendErrorKind::Unavailable
+                }
+                Code::DeadlineExceeded | Code::Cancelled => BackendErrorKind::Timeout,
+                Code::ResourceExhausted => BackendErrorKind::Throttled,
+                Code::Unauthenticated | Code::PermissionDenied => BackendErrorKind::Auth,
+                _ => BackendErrorKind::Other,
+            }
+        }
+        _ => BackendErrorKind::Other,
+    };
+    Error::backend(NAME, kind, e.to_string(), e)
+}
+
+pub(crate) fn timeout(what: &str, d: Duration) -> Error {
+    Error::backend_msg(NAME, BackendErrorKind::Timeout, format!("{what}: no reply within {d:?}"))
+}
+
+/// Locks on an etcd v3 cluster.
+///
+/// # Behavior
+/// See the [crate docs](crate): Go `concurrency.Mutex` layout, fair queue, predecessor-only
+/// watches opened at the current revision, fencing token = create revision, session or
+/// per-lock leases. A dropped waiting acquire deletes its queue key (in the background if
+/// need be). Dropping the last handle on a backend revokes its session lease, releasing its
+/// locks at once.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    opts: EtcdOptions,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// Session mode: which local owner holds or is queued for a name (one key per session).
+    local: Mutex<HashMap<String, LocalSlot>>,
+}
+
+struct LocalSlot {
+    owner: OwnerToken,
+    session: i64,
+    released: Arc<Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.get_mut().take() {
+            let client = self.client.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn(async move { s.close(&client).await });
+                }
+                Err(_) => s.abandon(),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdBackend").field("options", &self.inner.opts).finish()
+    }
+}
+
+/// What one of our leases carries.
+#[derive(Debug)]
+struct Held {
+    etcd_key: String,
+    /// (lease id, granted TTL in seconds); per-lock leases change on a TTL change.
+    lease: Mutex<(i64, i64)>,
+    session: Option<Arc<Session>>,
+}
+
+fn ttl_secs(d: Duration) -> i64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1) as i64
+}
+
+impl EtcdBackend {
+    /// Connects to the cluster at `endpoints` with default options (session leases, 10 s TTL).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for bad options; a retryable connection error when no endpoint
+    /// answers.
+    pub async fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Self> {
+        Self::connect_with(EtcdOptions::new(endpoints)).await
+    }
+
+    /// Connects with options.
+    ///
+    /// # Errors
+    /// As [`EtcdBackend::connect`].
+    pub async fn connect_with(opts: EtcdOptions) -> Result<Self> {
+        opts.validate()?;
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(opts.connect_timeout)
+            .with_timeout(opts.request_timeout);
+        if let Some((u, p)) = &opts.user {
+            co = co.with_user(u.clone(), p.clone());
+        }
+        let wait = opts.connect_timeout + Duration::from_millis(500);
+        let mut client = tokio::time::timeout(wait, Client::connect(opts.endpoints.clone(), Some(co)))
+            .await
+            .map_err(|_| timeout("connect", wait))?
+            .map_err(map_err)?;
+        // The channel connects lazily: make sure someone answers.
+        tokio::time::timeout(wait, client.status())
+            .await
+            .map_err(|_| timeout("status", wait))?
+            .map_err(map_err)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                opts,
+                session: tokio::sync::Mutex::new(None),
+                local: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The etcd prefix that holds the queue of `key`: `<prefix><name>/`.
+    pub fn etcd_prefix(&self, key: &LockKey) -> String {
+        format!("{}{}/", self.inner.opts.key_prefix, key.full())
+    }
+
+    /// The underlying client (for tests and benchmarks).
+    #[doc(hidden)]
+    pub fn raw_client(&self) -> Client {
+        self.inner.client.clone()
+    }
+
+    /// The current session's lease id, if a session is open.
+    pub async fn session_lease(&self) -> Option<i64> {
+        self.inner.session.lock().await.as_ref().filter(|s| s.alive()).map(|s| s.id)
+    }
+
+    /// Stops keeping the session alive without revoking it, as a crashed process would: its
+    /// locks are freed when its TTL runs out. For tests.
+    #[doc(hidden)]
+    pub async fn abandon_session(&self) {
+        if let Some(s) = self.inner.session.lock().await.take() {
+            s.abandon();
+        }
+    }
+
+    /// Revokes the session lease (releasing every lock of this client at once).
+    pub async fn close(&self) {
+        if let Some(s) = self.inner.session.lock().await.take() {
+            s.close(&self.inner.client).await;
+        }
+    }
+
+    fn local(&self) -> MutexGuard<'_, HashMap<String, LocalSlot>> {
+        self.inner.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn session(&self) -> Result<Arc<Session>> {
+        let mut cur = self.inner.session.lock().await;
+        if let Some(s) = cur.as_ref().filter(|s| s.alive()) {
+            return Ok(s.clone());
+        }
+        let s =
+            Session::start(&self.inner.client, self.inner.opts.session_ttl, self.inner.opts.request_timeout)
+                .await?;
+        *cur = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<(i64, i64)> {
+        let t = self.inner.opts.request_timeout;
+        let r = tokio::time::timeout(
+            t,
+            self.inner.client.lease_client().grant(ttl_secs(ttl), None::<LeaseGrantOptions>),
+        )
+        .await
+        .map_err(|_| timeout("lease grant", t))?
+        .map_err(map_err)?;
+        Ok((r.id(), r.ttl()))
+    }
+
+    async fn revoke(&self, id: i64) {
+        let _ = self.inner.client.lease_client().revoke(id).await;
+    }
+
+    /// Claims the local slot of `name` for `owner` (session mode). `false` when another local
+    /// owner of the same session holds or queues for it.
+    fn claim_local(
+        &self,
+        name: &str,
+        owner: OwnerToken,
+        session: i64,
+    ) -> std::result::Result<(), Arc<Notify>> {
+        let mut local = self.local();
+        match local.get(name) {
+            Some(slot) if slot.owner != owner && slot.session == session => Err(slot.released.clone()),
+            _ => {
+                let released = local.get(name).map(|s| s.released.clone()).unwrap_or_default();
+                local.insert(name.to_owned(), LocalSlot { owner, session, released });
+                Ok(())
+            }
+        }
+    }
+
+    fn free_local(&self, name: &str, owner: OwnerToken) {
+        let mut local = self.local();
+        if local.get(name).is_some_and(|s| s.owner == owner) {
+            if let Some(slot) = local.remove(name) {
+                slot.released.notify_waiters();
+            }
+        }
+    }
+
+    /// Puts our key (unless it exists) and reads the owner, in one transaction.
+    /// Returns (our create revision, owner's create revision, header revision), or `None`
+    /// when the key exists with another owner's value.
+    async fn enqueue(
+        &self,
+        pfx: &str,
+        my_key: &str,
+        lease: i64,
+        owner: OwnerToken,
+    ) -> Result<Option<(i64, i64, i64)>> {
+        let owner_get = || {
+            TxnOp::get(
+                pfx,
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_sort(SortTarget::Create, SortOrder::Ascend)
+                        .with_limit(1),
+                ),
+            )
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(my_key, CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(my_key, owner.to_string(), Some(PutOptions::new().with_lease(lease))),
+                owner_get(),
+            ])
+            .or_else([TxnOp::get(my_key, None), owner_get()]);
+        let t = self.inner.opts.request_timeout;
+        let resp = tokio::time::timeout(t, self.inner.client.kv_client().txn(txn))
+            .await
+            .map_err(|_| timeout("txn", t))?
+            .map_err(map_err)?;
+        let header = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let ops = resp.op_responses();
+        let first_rev = |i: usize| match ops.get(i) {
+            Some(TxnOpResponse::Get(g)) => {
+                g.kvs().first().map(|kv| (kv.create_revision(), kv.value().to_vec()))
+            }
+            _ => None,
+        };
+        let my_rev = if resp.succeeded() {
+            header
+        } else {
+            match first_rev(0) {
+                Some((rev, value)) if value == owner.to_string().as_bytes() => rev,
+                Some(_) => return Ok(None),
+                None => header,
+            }
+        };
+        let owner_rev = first_rev(1).map(|(r, _)| r).unwrap_or(my_rev);
+        Ok(Some((my_rev, owner_rev, header)))
+    }
+
+    /// Deletes `key` if its value is still `owner`; true if it did.
+    async fn delete_if_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::value(key, CompareOp::Equal, owner.to_string())])
+            .and_then([TxnOp::delete(key, None)]);
+        let t = self.inner.opts.request_timeout;
+        let resp = tokio::time::timeout(t, self.inner.client.kv_client().txn(txn))
+            .await
+            .map_err(|_| timeout("txn", t))?
+            .map_err(map_err)?;
+        Ok(resp.succeeded())
+    }
+
+    /// Whether `key` still holds `owner`.
+    async fn still_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
+        let t = self.inner.opts.request_timeout;
+        let r = tokio::time::timeout(t, self.inner.client.kv_client().get(key, None))
+            .await
+            .map_err(|_| timeout("get", t))?
+            .map_err(map_err)?;
+        Ok(r.kvs().first().is_some_and(|kv| kv.value() == owner.to_string().as_bytes()))
+    }
+
+    /// Finds the key under `pfx` whose value is `owner` (for a lease rebuilt by an operator).
+    async fn find_key(&self, pfx: &str, owner: OwnerToken) -> Result<Option<(String, i64)>> {
+        let t = self.inner.opts.request_timeout;
+        let r = tokio::time::timeout(
+            t,
+            self.inner.client.kv_client().get(pfx, Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|_| timeout("get", t))?
+        .map_err(map_err)?;
+        let want = owner.to_string();
+        Ok(r.kvs()
+            .iter()
+            .find(|kv| kv.value() == want.as_bytes())
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.lease())))
+    }
+
+    fn make_lease(
+        &self,
+        req: &AcquireRequest,
+        fence: i64,
+        held: Held,
+        sent: Instant,
+        granted: Duration,
+    ) -> Lease {
+        let session = held.session.clone();
+        let base = Lease::new(req.key.clone(), req.owner, FencingToken::new(fence as u64), granted, sent);
+        let lease = match &session {
+            Some(s) => base.with_valid_until(s.valid_until()).with_session(s.loss.clone()),
+            None => base,
+        };
+        lease.with_backend_data(Arc::new(held))
+    }
+
+    /// Lease and key for one attempt: the session's, or a fresh per-lock lease.
+    async fn lease_for(&self, req: &AcquireRequest) -> Result<(i64, Duration, Option<Arc<Session>>)> {
+        match self.inner.opts.mode {
+            LeaseMode::Session => {
+                let s = self.session().await?;
+                Ok((s.id, s.ttl, Some(s)))
+            }
+            LeaseMode::PerLock => {
+                let (id, secs) = self.grant(req.ttl).await?;
+                Ok((id, Duration::from_secs(secs as u64), None))
+            }
+        }
+    }
+
+    /// Undoes a failed or abandoned attempt: our queue key, a per-lock lease, the local slot.
+    async fn undo(
+        &self,
+        name: &str,
+        my_key: &str,
+        owner: OwnerToken,
+        lease: i64,
+        session: &Option<Arc<Session>>,
+    ) {
+        let _ = self.delete_if_ours(my_key, owner).await;
+        if session.is_none() {
+            self.revoke(lease).await;
+        } else {
+            self.free_local(name, owner);
+        }
+    }
+
+    /// Waits until the key created just before `my_rev` under `pfx` is gone: watch it from the
+    /// current revision, then re-read it, so a deletion is never missed and never delayed.
+    async fn wait_for_predecessors(
+        &self,
+        pfx: &str,
+        my_rev: i64,
+        deadline: Instant,
+        session: Option<&Session>,
+    ) -> Result<()> {
+        let t = self.inner.opts.request_timeout;
+        loop {
+            let opts = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_max_create_revision(my_rev - 1)
+                .with_limit(1)
+                .with_keys_only();
+            let r = tokio::time::timeout(t, self.inner.client.kv_client().get(pfx, Some(opts)))
+                .await
+                .map_err(|_| timeout("get", t))?
+                .map_err(map_err)?;
+            let Some(pred) = r.kvs().first().map(|kv| kv.key().to_vec()) else { return Ok(()) };
+            let mut ws = tokio::time::timeout(
+                t,
+                self.inner
+                    .client
+                    .watch_client()
+                    .watch(pred.clone(), Some(WatchOptions::new().with_filters([WatchFilterType::NoPut]))),
+            )
+            .await
+            .map_err(|_| timeout("watch", t))?
+            .map_err(map_err)?;
+            // Wait until the watch exists, then re-read: a deletion before this point shows in
+            // the read, one after it arrives on the watch.
+            let created = tokio::time::timeout(t, ws.message())
+                .await
+                .map_err(|_| timeout("watch", t))?
+                .map_err(map_err)?;
+            if created.is_none() {
+                continue;
+            }
+            let still = tokio::time::timeout(
+                t,
+                self.inner.client.kv_client().get(pred.clone(), Some(GetOptions::new().with_count_only())),
+            )
+            .await
+            .map_err(|_| timeout("get", t))?
+            .map_err(map_err)?;
+            if still.count() == 0 {
+                continue;
+            }
+            loop {
+                tokio::select! {
+                    msg = ws.message() => match msg {
+                        Ok(Some(resp)) => {
+                            if resp.canceled() || resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                                break;
+                            }
+                        }
+                        // The stream broke: re-read and watch again.
+                        _ => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(Error::Timeout { key: pfx.trim_end_matches('/').to_owned(), waited: Duration::ZERO });
+                    }
+                    _ = async { match session { Some(s) => { s.loss.fired().await; } None => std::future::pending().await } } => {
+                        return Err(Error::backend_msg(NAME, BackendErrorKind::Unavailable, "the session lease was lost while waiting for the lock"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a per-lock lease alive while its owner waits in the queue; stops on drop.
+struct KeepAlive(tokio_util::sync::CancellationToken);
+
+impl KeepAlive {
+    fn start(client: Client, id: i64, ttl: Duration) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let Ok((mut keeper, mut stream)) = client.lease_client().keep_alive(id).await else { return };
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                }
+                if keeper.keep_alive().await.is_err() || !matches!(stream.message().await, Ok(Some(_))) {
+                    return;
+                }
+            }
+        });
+        Self(stop)
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Cleans up a waiting acquire's queue key if its future is dropped.
+struct Abandon {
+    backend: Option<EtcdBackend>,
+    name: String,
+    my_key: String,
+    owner: OwnerToken,
+    lease: i64,
+    session: Option<Arc<Session>>,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(b) = self.backend.take() {
+            let (name, key, owner, lease, session) = (
+                std::mem::take(&mut self.name),
+                std::mem::take(&mut self.my_key),
+                self.owner,
+                self.lease,
+                self.session.take(),
+            );
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(async move { b.undo(&name, &key, owner, lease, &session).await });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for EtcdBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.fair_queueing = true;
+        c.wake = WakeMode::Notify;
+        c.ttl_granularity = Duration::from_secs(1);
+        c.expiry_margin = Duration::from_millis(1500);
+        match self.inner.opts.mode {
+            LeaseMode::Session => {
+                c.session_leases = true;
+                c.per_lock_ttl = false;
+                c.min_ttl = Duration::from_millis(1);
+                c.expiry_margin += self.inner.opts.session_ttl;
+            }
+            LeaseMode::PerLock => {
+                c.min_ttl = Duration::from_secs(2);
+            }
+        }
+        c
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let name = req.key.full();
+        let sent = Instant::now();
+        let (lease, granted, session) = self.lease_for(req).await?;
+        if let Some(s) = &session {
+            if self.claim_local(name, req.owner, s.id).is_err() {
+                return Ok(Attempt::Held { expires_in: None });
+            }
+        }
+        let pfx = self.etcd_prefix(&req.key);
+        let my_key = format!("{pfx}{lease:x}");
+        match self.enqueue(&pfx, &my_key, lease, req.owner).await {
+            Ok(Some((my_rev, owner_rev, _))) if my_rev == owner_rev => {
+                let held = Held { etcd_key: my_key, lease: Mutex::new((lease, ttl_secs(granted))), session };
+                Ok(Attempt::Acquired(self.make_lease(req, my_rev, held, sent, granted)))
+            }
+            Ok(_) => {
+                self.undo(name, &my_key, req.owner, lease, &session).await;
+                Ok(Attempt::Held { expires_in: None })
+            }
+            Err(e) => {
+                self.undo(name, &my_key, req.owner, lease, &session).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        let name = req.key.full();
+        let start = Instant::now();
+        let sent;
+        let (lease, granted, session) = loop {
+            let attempt_sent = Instant::now();
+            let (lease, granted, session) = self.lease_for(req).await?;
+            if let Some(s) = &session {
+                if let Err(released) = self.claim_local(name, req.owner, s.id) {
+                    // Another task of this client holds or queues for the name: wait for it.
+                    let notified = released.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if self.claim_local(name, req.owner, s.id).is_err() {
+                        tokio::select! {
+                            _ = &mut notified => {}
+                            _ = tokio::time::sleep_until(deadline) => {
+                                return Err(Error::Timeout { key: name.to_owned(), waited: start.elapsed() });
+                            }
+                            _ = tokio::time::sleep(s.ttl) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            sent = attempt_sent;
+            break (lease, granted, session);
+        };
+        let pfx = self.etcd_prefix(&req.key);
+        let my_key = format!("{pfx}{lease:x}");
+        let mut guard = Abandon {
+            backend: Some(self.clone()),
+            name: name.to_owned(),
+            my_key: my_key.clone(),
+            owner: req.owner,
+            lease,
+            session: session.clone(),
+        };
+        let result = async {
+            let Some((my_rev, owner_rev, _)) = self.enqueue(&pfx, &my_key, lease, req.owner).await? else {
+                return Err(Error::backend_msg(
+                    NAME,
+                    BackendErrorKind::Other,
+                    "queue key held by another owner of this session",
+                ));
+            };
+            if my_rev != owner_rev {
+                // A per-lock lease must outlive the wait: keep it alive until we hold the lock.
+                let _keep =
+                    (session.is_none()).then(|| KeepAlive::start(self.inner.client.clone(), lease, granted));
+                self.wait_for_predecessors(&pfx, my_rev, deadline, session.as_deref()).await?;
+                // A waiter whose lease expired while it waited gets an error, never the lock.
+                if !self.still_ours(&my_key, req.owner).await? || session.as_ref().is_some_and(|s| !s.alive())
+                {
+                    return Err(Error::backend_msg(
+                        NAME,
+                        BackendErrorKind::Unavailable,
+                        "the lease expired while waiting; the queue entry is gone",
+                    ));
+                }
+            }
+            Ok(my_rev)
+        }
+        .await;
+        match result {
+            Ok(my_rev) => {
+                guard.backend = None;
+                let held = Held { etcd_key: my_key, lease: Mutex::new((lease, ttl_secs(granted))), session };
+                Ok(self.make_lease(req, my_rev, held, sent, granted))
+            }
+            Err(e) => {
+                guard.backend = None;
+                self.undo(name, &my_key, req.owner, lease, &session).await;
+                match e {
+                    Error::Timeout { .. } => {
+                        Err(Error::Timeout { key: name.to_owned(), waited: start.elapsed() })
+                    }
+                    other => Err(other),
+                }
+            }
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        let sent = Instant::now();
+        let held = lease.backend_data::<Held>();
+        let key = match held {
+            Some(h) => h.etcd_key.clone(),
+            None => match self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await? {
+                Some((k, _)) => k,
+                None => return Ok(ExtendOutcome::NotHeld),
+            },
+        };
+        if let Some(s) = held.and_then(|h| h.session.as_ref()) {
+            // Session mode: the session's keep-alive renews; check the grant is still ours.
+            if !s.alive() || !self.still_ours(&key, lease.owner()).await? {
+                return Ok(ExtendOutcome::NotHeld);
+            }
+            return Ok(ExtendOutcome::Extended { valid_until: s.valid_until() });
+        }
+        let (id, secs) = match held {
+            Some(h) => *h.lease.lock().unwrap_or_else(|p| p.into_inner()),
+            None => match self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await? {
+                Some((_, l)) => (l, 0),
+                None => return Ok(ExtendOutcome::NotHeld),
+            },
+        };
+        if !self.still_ours(&key, lease.owner()).await? {
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        if secs == ttl_secs(ttl) {
+            // Same TTL: one keep-alive.
+            let t = self.inner.opts.request_timeout;
+            let (mut keeper, mut stream) =
+                tokio::time::timeout(t, self.inner.client.lease_client().keep_alive(id))
+                    .await
+                    .map_err(|_| timeout("keep-alive", t))?
+                    .map_err(map_err)?;
+            keeper.keep_alive().await.map_err(map_err)?;
+            let r = match tokio::time::timeout(t, stream.message())
+                .await
+                .map_err(|_| timeout("keep-alive", t))?
+            {
+                Ok(r) => r,
+                Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => None,
+                Err(e) => return Err(map_err(e)),
+            };
+            let granted = r.map(|r| r.ttl()).unwrap_or(0);
+            if granted <= 0 || !self.still_ours(&key, lease.owner()).await? {
+                return Ok(ExtendOutcome::NotHeld);
+            }
+            let g = Duration::from_secs(granted as u64);
+            return Ok(ExtendOutcome::Extended { valid_until: sent + g.saturating_sub(drift_margin(g)) });
+        }
+        // A new TTL: move the key to a new lease (its create revision, the token, stays).
+        let (new_id, new_secs) = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::value(key.as_str(), CompareOp::Equal, lease.owner().to_string())])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                lease.owner().to_string(),
+                Some(PutOptions::new().with_lease(new_id)),
+            )]);
+        let t = self.inner.opts.request_timeout;
+        let ok = tokio::time::timeout(t, self.inner.client.kv_client().txn(txn))
+            .await
+            .map_err(|_| timeout("txn", t))?
+            .map_err(map_err)?
+            .succeeded();
+        if !ok {
+            self.revoke(new_id).await;
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        if let Some(h) = held {
+            *h.lease.lock().unwrap_or_else(|p| p.into_inner()) = (new_id, new_secs);
+        }
+        self.revoke(id).await;
+        let g = Duration::from_secs(new_secs as u64);
+        Ok(ExtendOutcome::Extended { valid_until: sent + g.saturating_sub(drift_margin(g)) })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let held = lease.backend_data::<Held>();
+        let found = match held {
+            Some(h) => Some((h.etcd_key.clone(), h.lease.lock().unwrap_or_else(|p| p.into_inner()).0)),
+            None => self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await?,
+        };
+        let Some((key, lease_id)) = found else {
+            self.free_local(lease.key().full(), lease.owner());
+            return Ok(ReleaseOutcome::NotHeld);
+        };
+        let deleted = self.delete_if_ours(&key, lease.owner()).await;
+        let per_lock =
+            held.map(|h| h.session.is_none()).unwrap_or(self.inner.opts.mode == LeaseMode::PerLock);
+        if per_lock {
+            self.revoke(lease_id).await;
+        } else {
+            self.free_local(lease.key().full(), lease.owner());
+        }
+        Ok(if deleted? { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        let pfx = self.etcd_prefix(key);
+        let t = self.inner.opts.request_timeout;
+        let opts =
+            GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+        let r = tokio::time::timeout(t, self.inner.client.kv_client().get(pfx.as_str(), Some(opts)))
+            .await
+            .map_err(|_| timeout("get", t))?
+            .map_err(map_err)?;
+        let Some(kv) = r.kvs().first() else { return Ok(None) };
+        let owner = std::str::from_utf8(kv.value()).ok().and_then(OwnerToken::parse_hex);
+        let left = if kv.lease() != 0 {
+            tokio::time::timeout(t, self.inner.client.lease_client().time_to_live(kv.lease(), None))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .map(|r| r.ttl())
+                .filter(|ttl| *ttl >= 0)
+                .map(|ttl| Duration::from_secs(ttl as u64))
+        } else {
+            None
+        };
+        Ok(Some(LockInfo::new(Some(FencingToken::new(kv.create_revision() as u64)), owner, left)))
+    }
+}

@@ -1,0 +1,61 @@
+//! The whole conformance suite against real etcd: session leases and per-lock leases, on one
+//! member and on a three-member cluster.
+
+use std::sync::{Arc, Mutex};
+
+use conformance_tests::fixtures::etcd::etcd_target;
+use conformance_tests::{conformance_suite, Suite};
+use lock_core::{LockBackend, LockClient};
+use lock_etcd::{EtcdBackend, EtcdOptions, LeaseMode};
+
+type Made = Arc<Mutex<Vec<(Arc<dyn LockBackend>, EtcdBackend)>>>;
+
+async fn suite(members: usize, mode: LeaseMode) -> Suite {
+    let (endpoints, cluster) = etcd_target(members).await.expect("etcd for the suite");
+    let cluster = Arc::new(cluster);
+    let made: Made = Arc::default();
+    let made2 = made.clone();
+    let name = format!(
+        "etcd-{}-{}",
+        if members == 1 { "single" } else { "cluster" },
+        match mode {
+            LeaseMode::Session => "session",
+            LeaseMode::PerLock => "per-lock",
+        }
+    );
+    let s = Suite::new(&name, move || {
+        let (endpoints, made, _keep) = (endpoints.clone(), made.clone(), cluster.clone());
+        async move {
+            let opts =
+                EtcdOptions::new(&endpoints).session_ttl(std::time::Duration::from_secs(3)).lease_mode(mode);
+            let backend = EtcdBackend::connect_with(opts).await?;
+            let shared: Arc<dyn LockBackend> = Arc::new(backend.clone());
+            made.lock().expect("registry").push((shared.clone(), backend));
+            Ok(LockClient::from_arc(shared))
+        }
+    });
+    match mode {
+        // A crashed process stops its session's keep-alive without revoking it.
+        LeaseMode::Session => s.crash_with(move |client, guard| {
+            let made = made2.clone();
+            async move {
+                let _ = guard.detach();
+                let backend = made
+                    .lock()
+                    .expect("registry")
+                    .iter()
+                    .find(|(b, _)| Arc::ptr_eq(b, client.backend()))
+                    .map(|(_, e)| e.clone());
+                if let Some(b) = backend {
+                    b.abandon_session().await;
+                }
+            }
+        }),
+        LeaseMode::PerLock => s,
+    }
+}
+
+conformance_suite!(etcd_single_session_leases, suite(1, LeaseMode::Session).await);
+conformance_suite!(etcd_single_per_lock_leases, suite(1, LeaseMode::PerLock).await);
+conformance_suite!(etcd_cluster_session_leases, suite(3, LeaseMode::Session).await);
+conformance_suite!(etcd_cluster_per_lock_leases, suite(3, LeaseMode::PerLock).await);
