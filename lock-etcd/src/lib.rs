@@ -214,6 +214,34 @@ impl EtcdBackend {
         }
     }
 
+    /// Runs one request, retrying retryable failures (a leader election, a member going away)
+    /// until the request timeout. Only for requests that are safe to repeat.
+    async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let t = self.inner.opts.request_timeout;
+        let deadline = Instant::now() + t;
+        let mut backoff = lock_core::Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            match tokio::time::timeout(left, f(self.inner.client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    let err = map_err(e);
+                    if err.is_retryable() && Instant::now() < deadline {
+                        tracing::debug!(what, error = %err, "etcd request failed; retrying");
+                        backoff.sleep_until_deadline(Some(deadline)).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Err(_) => return Err(timeout(what, t)),
+            }
+        }
+    }
+
     fn local(&self) -> MutexGuard<'_, HashMap<String, LocalSlot>> {
         self.inner.local.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -302,11 +330,12 @@ impl EtcdBackend {
                 owner_get(),
             ])
             .or_else([TxnOp::get(my_key, None), owner_get()]);
-        let t = self.inner.opts.request_timeout;
-        let resp = tokio::time::timeout(t, self.inner.client.kv_client().txn(txn))
-            .await
-            .map_err(|_| timeout("txn", t))?
-            .map_err(map_err)?;
+        let resp = self
+            .call("txn", |mut c| {
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            })
+            .await?;
         let header = resp.header().map(|h| h.revision()).unwrap_or(0);
         let ops = resp.op_responses();
         let first_rev = |i: usize| match ops.get(i) {
@@ -333,34 +362,29 @@ impl EtcdBackend {
         let txn = Txn::new()
             .when([Compare::value(key, CompareOp::Equal, owner.to_string())])
             .and_then([TxnOp::delete(key, None)]);
-        let t = self.inner.opts.request_timeout;
-        let resp = tokio::time::timeout(t, self.inner.client.kv_client().txn(txn))
-            .await
-            .map_err(|_| timeout("txn", t))?
-            .map_err(map_err)?;
+        let resp = self
+            .call("txn", |mut c| {
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            })
+            .await?;
         Ok(resp.succeeded())
     }
 
     /// Whether `key` still holds `owner`.
     async fn still_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
-        let t = self.inner.opts.request_timeout;
-        let r = tokio::time::timeout(t, self.inner.client.kv_client().get(key, None))
-            .await
-            .map_err(|_| timeout("get", t))?
-            .map_err(map_err)?;
+        let r = self.call("get", |mut c| async move { c.get(key, None).await }).await?;
         Ok(r.kvs().first().is_some_and(|kv| kv.value() == owner.to_string().as_bytes()))
     }
 
     /// Finds the key under `pfx` whose value is `owner` (for a lease rebuilt by an operator).
     async fn find_key(&self, pfx: &str, owner: OwnerToken) -> Result<Option<(String, i64)>> {
-        let t = self.inner.opts.request_timeout;
-        let r = tokio::time::timeout(
-            t,
-            self.inner.client.kv_client().get(pfx, Some(GetOptions::new().with_prefix())),
-        )
-        .await
-        .map_err(|_| timeout("get", t))?
-        .map_err(map_err)?;
+        let r = self
+            .call("get", |mut c| {
+                let o = GetOptions::new().with_prefix();
+                async move { c.get(pfx, Some(o)).await }
+            })
+            .await?;
         let want = owner.to_string();
         Ok(r.kvs()
             .iter()
@@ -433,10 +457,12 @@ impl EtcdBackend {
                 .with_max_create_revision(my_rev - 1)
                 .with_limit(1)
                 .with_keys_only();
-            let r = tokio::time::timeout(t, self.inner.client.kv_client().get(pfx, Some(opts)))
-                .await
-                .map_err(|_| timeout("get", t))?
-                .map_err(map_err)?;
+            let r = self
+                .call("get", |mut c| {
+                    let o = opts.clone();
+                    async move { c.get(pfx, Some(o)).await }
+                })
+                .await?;
             let Some(pred) = r.kvs().first().map(|kv| kv.key().to_vec()) else { return Ok(()) };
             let mut ws = tokio::time::timeout(
                 t,
@@ -457,14 +483,16 @@ impl EtcdBackend {
             if created.is_none() {
                 continue;
             }
-            let still = tokio::time::timeout(
-                t,
-                self.inner.client.kv_client().get(pred.clone(), Some(GetOptions::new().with_count_only())),
-            )
-            .await
-            .map_err(|_| timeout("get", t))?
-            .map_err(map_err)?;
-            if still.count() == 0 {
+            // The predecessor is still ahead of us only if it exists with a create revision
+            // below ours: a key of the same name created again (by another task of the same
+            // session) is behind us, and waiting for it would deadlock.
+            let still = self
+                .call("get", |mut c| {
+                    let k = pred.clone();
+                    async move { c.get(k, Some(GetOptions::new().with_keys_only())).await }
+                })
+                .await?;
+            if still.kvs().first().is_none_or(|kv| kv.create_revision() >= my_rev) {
                 continue;
             }
             loop {
@@ -742,11 +770,12 @@ impl LockBackend for EtcdBackend {
                 lease.owner().to_string(),
                 Some(PutOptions::new().with_lease(new_id)),
             )]);
-        let t = self.inner.opts.request_timeout;
-        let ok = tokio::time::timeout(t, self.inner.client.kv_client().txn(txn))
-            .await
-            .map_err(|_| timeout("txn", t))?
-            .map_err(map_err)?
+        let ok = self
+            .call("txn", |mut c| {
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            })
+            .await?
             .succeeded();
         if !ok {
             self.revoke(new_id).await;
@@ -786,10 +815,12 @@ impl LockBackend for EtcdBackend {
         let t = self.inner.opts.request_timeout;
         let opts =
             GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let r = tokio::time::timeout(t, self.inner.client.kv_client().get(pfx.as_str(), Some(opts)))
-            .await
-            .map_err(|_| timeout("get", t))?
-            .map_err(map_err)?;
+        let r = self
+            .call("get", |mut c| {
+                let (o, p) = (opts.clone(), pfx.clone());
+                async move { c.get(p, Some(o)).await }
+            })
+            .await?;
         let Some(kv) = r.kvs().first() else { return Ok(None) };
         let owner = std::str::from_utf8(kv.value()).ok().and_then(OwnerToken::parse_hex);
         let left = if kv.lease() != 0 {

@@ -1,0 +1,178 @@
+//! Failure and interoperability tests on real etcd.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use conformance_tests::fixtures::etcd::EtcdCluster;
+use lock_core::{Instant, LockClient, LossReason, ReleaseOutcome};
+use lock_etcd::{EtcdBackend, EtcdOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+async fn backend(endpoints: &[String]) -> EtcdBackend {
+    EtcdBackend::connect_with(EtcdOptions::new(endpoints).session_ttl(Duration::from_secs(3)))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_session_lease_fires_the_loss_signal() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let b = backend(&etcd.endpoints()).await;
+    let locks = LockClient::new(b.clone());
+    let g = locks.lock("revoked").auto_renew().acquire().await.expect("acquire");
+    let lease = b.session_lease().await.expect("session");
+    b.raw_client().lease_revoke(lease).await.expect("revoke from outside");
+    let reason = tokio::time::timeout(Duration::from_secs(8), g.lost()).await.expect("loss fired");
+    assert!(matches!(reason, LossReason::SessionLost | LossReason::NotHeld), "{reason:?}");
+    assert!(!g.is_held());
+    let other = LockClient::new(backend(&etcd.endpoints()).await);
+    assert!(other.lock("revoked").try_acquire().await.expect("try").is_some(), "revoke freed the lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_lease_is_lost_gets_an_error_never_the_lock() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let holder = LockClient::new(backend(&etcd.endpoints()).await);
+    let wb = backend(&etcd.endpoints()).await;
+    let waiter = LockClient::new(wb.clone());
+    let g = holder.lock("w").acquire().await.expect("hold");
+    let task = tokio::spawn(async move { waiter.lock("w").wait(Duration::from_secs(30)).acquire().await });
+    // Let the waiter queue, then revoke its session from outside.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lease = loop {
+        if let Some(l) = wb.session_lease().await {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the waiter never opened a session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wb.raw_client().lease_revoke(lease).await.expect("revoke");
+    let res =
+        tokio::time::timeout(Duration::from_secs(10), task).await.expect("waiter returned").expect("join");
+    assert!(res.is_err(), "a waiter whose lease was revoked got the lock: {res:?}");
+    assert!(g.is_held());
+    let _ = g.release().await.expect("release");
+}
+
+async fn leader_index(etcd: &EtcdCluster) -> usize {
+    for (i, ep) in etcd.endpoints().iter().enumerate() {
+        let Ok(mut c) = etcd_client::Client::connect([ep.as_str()], None).await else { continue };
+        if let Ok(st) = c.status().await {
+            if st.header().map(|h| h.member_id()) == Some(st.leader()) {
+                return i;
+            }
+        }
+    }
+    panic!("no leader found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_while_a_lock_is_held_and_waiters_queue() {
+    let mut etcd = EtcdCluster::start(3).await.expect("etcd cluster");
+    let eps = etcd.endpoints();
+    let holder = LockClient::new(backend(&eps).await);
+    let g = holder.lock("leader").acquire().await.expect("hold");
+    let first = g.fencing_token();
+    let mut waiters = Vec::new();
+    for i in 0..2 {
+        let c = LockClient::new(backend(&eps).await);
+        waiters.push(tokio::spawn(async move {
+            let g = c.lock("leader").wait(Duration::from_secs(40)).acquire().await?;
+            let t = g.fencing_token();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            g.release().await?;
+            Ok::<_, lock_core::Error>((i, t))
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader = leader_index(&etcd).await;
+    etcd.members[leader].process().kill().await;
+    // Release through the surviving members (retrying while a new leader is elected).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lease = g.detach();
+    loop {
+        match holder.release_lease(&lease).await {
+            Ok(ReleaseOutcome::Released) => break,
+            Ok(other) => panic!("release after leader loss reported {other:?}"),
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("release failed: {e}"),
+        }
+    }
+    let mut tokens = vec![first];
+    for w in waiters {
+        let (_, t) = w.await.expect("join").expect("waiter got the lock after the leader died");
+        tokens.push(t);
+    }
+    let mut sorted = tokens.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 3, "tokens must be distinct: {tokens:?}");
+    assert!(
+        tokens[1..].iter().all(|t| *t > first),
+        "waiters' tokens must exceed the first holder's: {tokens:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_lock_and_distlock_exclude_each_other() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let ep = etcd.endpoints()[0].clone();
+    let locks = LockClient::new(backend(&etcd.endpoints()).await);
+
+    // etcdctl holds: we are excluded, then get the lock after it lets go.
+    let mut ctl = tokio::process::Command::new("etcdctl")
+        .args(["--endpoints", &ep, "lock", "--ttl", "3", "interop", "--", "sh", "-c", "echo HELD; sleep 2"])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("etcdctl (apt-get install etcd-client)");
+    let mut lines = BufReader::new(ctl.stdout.take().expect("stdout")).lines();
+    let line =
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("etcdctl answered");
+    assert_eq!(line.expect("read").as_deref(), Some("HELD"));
+    assert!(
+        locks.lock("interop").try_acquire().await.expect("try").is_none(),
+        "etcdctl's lock did not exclude us"
+    );
+    let info = locks.inspect("interop").await.expect("inspect").expect("etcdctl's key is the holder");
+    assert!(info.fencing_token.is_some() && info.owner.is_none(), "{info:?}");
+    let g =
+        locks.lock("interop").wait(Duration::from_secs(20)).acquire().await.expect("after etcdctl unlocked");
+    assert!(ctl.wait().await.expect("etcdctl").success());
+
+    // We hold: etcdctl waits until we release.
+    let mut ctl = tokio::process::Command::new("etcdctl")
+        .args(["--endpoints", &ep, "lock", "interop", "--", "echo", "GOT"])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("etcdctl");
+    let mut lines = BufReader::new(ctl.stdout.take().expect("stdout")).lines();
+    let early = tokio::time::timeout(Duration::from_millis(1500), lines.next_line()).await;
+    assert!(early.is_err(), "etcdctl got a lock we hold: {early:?}");
+    let released_at = Instant::now();
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    let line =
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.expect("etcdctl got it");
+    assert_eq!(line.expect("read").as_deref(), Some("GOT"));
+    assert!(released_at.elapsed() < Duration::from_secs(5));
+    assert!(ctl.wait().await.expect("etcdctl").success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_and_bad_options_are_typed_errors() {
+    let port = conformance_tests::fixtures::free_port().expect("port");
+    let opts =
+        EtcdOptions::new(&[format!("http://127.0.0.1:{port}")]).connect_timeout(Duration::from_secs(1));
+    let e = EtcdBackend::connect_with(opts).await.expect_err("nobody listens");
+    assert!(e.is_retryable(), "{e:?}");
+    let e = EtcdBackend::connect_with(EtcdOptions::new::<&str>(&[])).await.expect_err("no endpoints");
+    assert!(matches!(e, lock_core::Error::InvalidConfig(_)));
+    let dbg = format!("{:?}", EtcdOptions::new(&["h:2379"]).user("root", "pa55-secret"));
+    assert!(!dbg.contains("pa55-secret"), "{dbg}");
+}
