@@ -230,3 +230,38 @@ fn the_command_works_against_a_real_redis_server() {
         .success());
     drop(server);
 }
+
+#[test]
+fn the_command_works_against_a_real_etcd() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let etcd = rt.block_on(conformance_tests::fixtures::etcd::EtcdCluster::single()).expect("etcd");
+    let host = etcd.endpoints()[0].trim_start_matches("http://").to_owned();
+    // Per-lock leases: `acquire` keeps the lock after the command exits, until its TTL.
+    let url = format!("etcd://{host}?lease=per-lock");
+    let out = distlock(&url)
+        .args(["run", "--lock", "e", "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKEN"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("token");
+    let a = json(
+        &distlock(&url)
+            .args(["--json", "acquire", "--lock", "e", "--ttl", "30s"])
+            .output()
+            .expect("acquire")
+            .stdout,
+    );
+    assert!(a["fencing_token"].as_u64().expect("token") > first, "{a}");
+    let held = distlock(&url).args(["run", "--lock", "e", "--", "true"]).output().expect("run");
+    assert_eq!(held.status.code(), Some(75));
+    let i =
+        json(&distlock(&url).args(["--json", "inspect", "--lock", "e"]).output().expect("inspect").stdout);
+    assert_eq!(i["owner"], a["owner"]);
+    let owner = a["owner"].as_str().expect("owner");
+    assert!(distlock(&url)
+        .args(["release", "--lock", "e", "--owner", owner])
+        .status()
+        .expect("release")
+        .success());
+    drop(etcd);
+}

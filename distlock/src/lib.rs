@@ -24,7 +24,7 @@
 //! | `redis://[user[:password]@]host[:port][/db]` | one Redis server | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=2s` |
 //! | `rediss://…` | the same over TLS | `redis` | as `redis://` |
 //! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true` |
-//! | `etcd://h1:2379,h2:2379` | etcd (not landed yet) | `etcd` (reserved) | |
+//! | `etcd://[user:password@]h1:2379,h2:2379` | etcd v3 (session leases by default) | `etcd` | `prefix=`, `lease=session\|per-lock`, `session_ttl=10s`, `connect_timeout=5s`, `timeout=5s` |
 //! | `zk://h1:2181,h2:2181/chroot` | ZooKeeper (not landed yet) | `zk` (reserved) | |
 //! | `dynamodb://table?region=…&endpoint=…` | DynamoDB (not landed yet) | `dynamo` (reserved) | |
 //!
@@ -52,6 +52,8 @@ pub use lock_core::{
     FencingToken, Guard, Instant, Lease, LockBackend, LockBuilder, LockClient, LockInfo, LockKey, LossReason,
     LossSignal, Namespace, OwnerToken, ReleaseOutcome, Result, WakeMode,
 };
+#[cfg(feature = "etcd")]
+pub use lock_etcd;
 #[cfg(feature = "local")]
 pub use lock_local;
 #[cfg(feature = "redis")]
@@ -61,7 +63,7 @@ use url::ConnectUrl;
 
 const COMMON: &[&str] = &["namespace", "ttl"];
 
-#[cfg_attr(all(feature = "local", feature = "redis"), allow(dead_code))]
+#[cfg_attr(all(feature = "local", feature = "redis", feature = "etcd"), allow(dead_code))]
 fn feature_off(u: &ConnectUrl, feature: &str) -> Error {
     Error::InvalidConfig(format!(
         "{}:// needs distlock's `{feature}` feature, which this build does not have (build with --features {feature})",
@@ -97,7 +99,7 @@ pub async fn connect(url: &str) -> Result<LockClient> {
         "file" => connect_file(&u)?,
         "redis" | "rediss" => connect_redis(&u).await?,
         "redlock" => connect_redlock(&u).await?,
-        "etcd" => return Err(not_landed(&u, "etcd")),
+        "etcd" => connect_etcd(&u).await?,
         "zk" | "zookeeper" => return Err(not_landed(&u, "ZooKeeper")),
         "dynamodb" => return Err(not_landed(&u, "DynamoDB")),
         other => {
@@ -235,4 +237,48 @@ async fn connect_redlock(u: &ConnectUrl) -> Result<LockClient> {
 #[cfg(not(feature = "redis"))]
 async fn connect_redlock(u: &ConnectUrl) -> Result<LockClient> {
     Err(feature_off(u, "redis"))
+}
+
+#[cfg(feature = "etcd")]
+async fn connect_etcd(u: &ConnectUrl) -> Result<LockClient> {
+    with_options(u, &["prefix", "lease", "session_ttl", "connect_timeout", "timeout"])?;
+    if u.hosts.is_empty() {
+        return Err(Error::InvalidConfig(format!(
+            "distlock URL '{}': etcd:// needs at least one host:port",
+            u.redacted()
+        )));
+    }
+    let endpoints: Vec<String> = u.hosts.iter().map(|h| format!("http://{h}")).collect();
+    let mut o = lock_etcd::EtcdOptions::new(&endpoints);
+    if let (Some(user), Some(pw)) = (&u.user, &u.password) {
+        o = o.user(user, pw);
+    }
+    if let Some(p) = u.option("prefix") {
+        o = o.key_prefix(p);
+    }
+    match u.option("lease") {
+        None | Some("session") => {}
+        Some("per-lock") => o = o.lease_mode(lock_etcd::LeaseMode::PerLock),
+        Some(other) => {
+            return Err(Error::InvalidConfig(format!(
+                "distlock URL '{}': option lease: '{other}' is not session or per-lock",
+                u.redacted()
+            )))
+        }
+    }
+    if let Some(t) = u.duration("session_ttl")? {
+        o = o.session_ttl(t);
+    }
+    if let Some(t) = u.duration("connect_timeout")? {
+        o = o.connect_timeout(t);
+    }
+    if let Some(t) = u.duration("timeout")? {
+        o = o.request_timeout(t);
+    }
+    Ok(LockClient::new(lock_etcd::EtcdBackend::connect_with(o).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(u: &ConnectUrl) -> Result<LockClient> {
+    Err(feature_off(u, "etcd"))
 }

@@ -59,7 +59,7 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
         );
         assert!(!e.is_retryable(), "{url}");
     }
-    for url in ["etcd://h:2379", "zk://h:2181/app", "dynamodb://locks?region=eu-west-1"] {
+    for url in ["zk://h:2181/app", "dynamodb://locks?region=eu-west-1"] {
         let e = distlock::connect(url).await.expect_err(url);
         assert!(matches!(e, Error::Unsupported { .. }), "{url}: {e:?}");
         assert!(e.to_string().contains("not landed"), "{e}");
@@ -95,6 +95,24 @@ async fn futures_lite_join(n: usize) -> Vec<conformance_tests::fixtures::redis::
         v.push(conformance_tests::fixtures::redis::RedisServer::start().await.expect("redis-server"));
     }
     v
+}
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_urls_connect() {
+    use conformance_tests::fixtures::etcd::EtcdCluster;
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let hosts: Vec<String> =
+        etcd.endpoints().iter().map(|e| e.trim_start_matches("http://").to_owned()).collect();
+    for mode in ["session", "per-lock"] {
+        let url = format!("etcd://{}?lease={mode}&session_ttl=5s&prefix=app/", hosts.join(","));
+        let locks = distlock::connect(&url).await.expect("etcd://");
+        assert_eq!(locks.backend_name(), "etcd");
+        let g = locks.lock("k").ttl(Duration::from_secs(5)).acquire().await.expect("acquire");
+        let _ = g.release().await.expect("release");
+    }
+    let e = distlock::connect(&format!("etcd://{}?lease=sometimes", hosts[0])).await.expect_err("bad lease");
+    assert!(e.to_string().contains("option lease"), "{e}");
 }
 
 #[cfg(not(feature = "redis"))]
