@@ -66,6 +66,7 @@ cargo test -q --locked -p distlock --test connect
 
 log "benchmarks, quick mode (so they never rot; numbers are reported, not asserted)"
 cargo bench -q --locked -p lock-redis --bench latency -- --quick
+cargo bench -q --locked -p lock-etcd --bench etcd -- --quick
 
 log "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
