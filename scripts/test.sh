@@ -19,6 +19,7 @@ NEEDS=(
   "etcd:etcd-server"            # lock-etcd: one member and a three-member cluster
   "etcdctl:etcd-client"         # lock-etcd: interop with `etcdctl lock`
   "protoc:protobuf-compiler"    # etcd-client's build script compiles etcd's protobufs
+  "openssl:openssl"             # the TLS tests make a throwaway CA
 )
 missing=()
 for need in "${NEEDS[@]}"; do

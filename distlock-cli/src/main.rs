@@ -221,6 +221,14 @@ async fn acquire(
     ttl: Duration,
     wait: Duration,
 ) -> ExitCode {
+    if locks.capabilities().session_leases {
+        // A session lease ends with this process: the lock would not outlive the command.
+        return out.fail(&Error::InvalidConfig(format!(
+            "the {} backend ties locks to this process's session, so `acquire` cannot keep one after it exits; \
+             use a per-lock lease (for etcd: ?lease=per-lock) or `distlock run`",
+            locks.backend_name()
+        )));
+    }
     let fut = locks.lock(name).ttl(ttl).wait(wait).acquire();
     let guard = match with_spinner(spin, &format!("waiting for lock '{name}'"), fut).await {
         Ok(g) => g,
@@ -358,13 +366,37 @@ async fn run(
             locks.backend_name()
         );
     }
-    let mut child = match tokio::process::Command::new(&cmd[0])
+    // Signals are caught before the command starts, so none can kill us and leave it running.
+    let signals =
+        [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup(), SignalKind::quit()]
+            .map(unix_signal)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>();
+    let Some([mut on_term, mut on_int, mut on_hup, mut on_quit]) =
+        signals.ok().and_then(|v| <[_; 4]>::try_from(v).ok())
+    else {
+        let _ = guard.release().await;
+        eprintln!("distlock: cannot install signal handlers");
+        return ExitCode::from(EXIT_BACKEND);
+    };
+    let mut command = tokio::process::Command::new(&cmd[0]);
+    command
         .args(&cmd[1..])
         .env("DISTLOCK_FENCING_TOKEN", guard.fencing_token().to_string())
         .env("DISTLOCK_LOCK", guard.key())
-        .kill_on_drop(true)
-        .spawn()
-    {
+        .kill_on_drop(true);
+    // If distlock itself dies (even by SIGKILL), the kernel kills the command: it never runs
+    // on without the lock's holder watching it.
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
+    // is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
             let _ = guard.release().await;
@@ -373,21 +405,14 @@ async fn run(
         }
     };
     let pid = child.id();
-    let (mut sigterm, mut sigint) =
-        match (unix_signal(SignalKind::terminate()), unix_signal(SignalKind::interrupt())) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                let _ = child.kill().await;
-                let _ = guard.release().await;
-                return ExitCode::from(EXIT_BACKEND);
-            }
-        };
     let mut lost_reason = None;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            _ = sigterm.recv() => signal(pid, rustix::process::Signal::TERM),
-            _ = sigint.recv() => signal(pid, rustix::process::Signal::INT),
+            _ = on_term.recv() => signal(pid, rustix::process::Signal::TERM),
+            _ = on_int.recv() => signal(pid, rustix::process::Signal::INT),
+            _ = on_hup.recv() => signal(pid, rustix::process::Signal::HUP),
+            _ = on_quit.recv() => signal(pid, rustix::process::Signal::QUIT),
             reason = guard.lost(), if lost_reason.is_none() => {
                 lost_reason = Some(reason);
                 eprintln!("distlock: lock '{}' lost ({reason})", guard.key());

@@ -236,6 +236,12 @@ fn the_command_works_against_a_real_etcd() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let etcd = rt.block_on(conformance_tests::fixtures::etcd::EtcdCluster::single()).expect("etcd");
     let host = etcd.endpoints()[0].trim_start_matches("http://").to_owned();
+    // Session leases end with the process: `acquire` refuses rather than print a lock that
+    // will not outlive it.
+    let session =
+        distlock(&format!("etcd://{host}")).args(["acquire", "--lock", "e"]).output().expect("acquire");
+    assert_eq!(session.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&session.stderr).contains("lease=per-lock"));
     // Per-lock leases: `acquire` keeps the lock after the command exits, until its TTL.
     let url = format!("etcd://{host}?lease=per-lock");
     let out = distlock(&url)

@@ -22,9 +22,9 @@
 //! | `mem://` or `mem://NAME` | in-process store; the same `NAME` shares one store within the process | `local` (default) | |
 //! | `file:///PATH` or `file://` | single-host file backend in `PATH` (default: [`lock_local::FileBackend::default_dir`]) | `local` (default) | `sync=true\|false`, `poll=20ms` |
 //! | `redis://[user[:password]@]host[:port][/db]` | one Redis server | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=2s` |
-//! | `rediss://…` | the same over TLS | `redis` | as `redis://` |
-//! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true` |
-//! | `etcd://[user:password@]h1:2379,h2:2379` | etcd v3 (session leases by default) | `etcd` | `prefix=`, `lease=session\|per-lock`, `session_ttl=10s`, `connect_timeout=5s`, `timeout=5s` |
+//! | `rediss://…` | the same over TLS | `redis` | as `redis://`, and `ca_file=` (a private CA, PEM) |
+//! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true`, `ca_file=` |
+//! | `etcd://[user:password@]h1:2379,h2:2379` | etcd v3 (session leases by default) | `etcd` | `prefix=`, `lease=session\|per-lock`, `session_ttl=10s`, `connect_timeout=5s`, `timeout=5s`, `tls=true`, `ca_file=` (implies TLS) |
 //! | `zk://h1:2181,h2:2181/chroot` | ZooKeeper (not landed yet) | `zk` (reserved) | |
 //! | `dynamodb://table?region=…&endpoint=…` | DynamoDB (not landed yet) | `dynamo` (reserved) | |
 //!
@@ -193,12 +193,15 @@ fn redis_options(
     if let Some(p) = u.option("prefix") {
         o = o.key_prefix(p);
     }
+    if let Some(ca) = u.option("ca_file") {
+        o = o.tls_root_cert_file(ca)?;
+    }
     Ok(o)
 }
 
 #[cfg(feature = "redis")]
 async fn connect_redis(u: &ConnectUrl) -> Result<LockClient> {
-    with_options(u, &["prefix", "connect_timeout", "timeout"])?;
+    with_options(u, &["prefix", "connect_timeout", "timeout", "ca_file"])?;
     let [host] = u.hosts.as_slice() else {
         return Err(Error::InvalidConfig(format!(
             "distlock URL '{}': {}:// takes one host (use redlock://h1,h2,h3 for several masters)",
@@ -217,7 +220,7 @@ async fn connect_redis(u: &ConnectUrl) -> Result<LockClient> {
 
 #[cfg(feature = "redis")]
 async fn connect_redlock(u: &ConnectUrl) -> Result<LockClient> {
-    with_options(u, &["prefix", "connect_timeout", "timeout", "tls"])?;
+    with_options(u, &["prefix", "connect_timeout", "timeout", "tls", "ca_file"])?;
     if u.hosts.len() < 3 {
         return Err(Error::InvalidConfig(format!(
             "distlock URL '{}': Redlock needs at least 3 hosts, comma-separated (got {})",
@@ -241,15 +244,27 @@ async fn connect_redlock(u: &ConnectUrl) -> Result<LockClient> {
 
 #[cfg(feature = "etcd")]
 async fn connect_etcd(u: &ConnectUrl) -> Result<LockClient> {
-    with_options(u, &["prefix", "lease", "session_ttl", "connect_timeout", "timeout"])?;
+    with_options(u, &["prefix", "lease", "session_ttl", "connect_timeout", "timeout", "tls", "ca_file"])?;
     if u.hosts.is_empty() {
         return Err(Error::InvalidConfig(format!(
             "distlock URL '{}': etcd:// needs at least one host:port",
             u.redacted()
         )));
     }
-    let endpoints: Vec<String> = u.hosts.iter().map(|h| format!("http://{h}")).collect();
+    if !(u.path.is_empty() || u.path == "/") {
+        return Err(Error::InvalidConfig(format!(
+            "distlock URL '{}': etcd:// takes no path (got '{}'; use ?prefix= for a key prefix)",
+            u.redacted(),
+            u.path
+        )));
+    }
+    let scheme =
+        if u.flag("tls")?.unwrap_or(false) || u.option("ca_file").is_some() { "https" } else { "http" };
+    let endpoints: Vec<String> = u.hosts.iter().map(|h| format!("{scheme}://{h}")).collect();
     let mut o = lock_etcd::EtcdOptions::new(&endpoints);
+    if let Some(ca) = u.option("ca_file") {
+        o = o.tls_ca_file(ca)?;
+    }
     if let (Some(user), Some(pw)) = (&u.user, &u.password) {
         o = o.user(user, pw);
     }

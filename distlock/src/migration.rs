@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lock_core::{
     async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, Instant, Lease, LockBackend,
-    LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
+    LockInfo, LockKey, LossSignal, ReleaseOutcome, Result, WakeMode,
 };
 
 /// Which backend's fencing tokens a [`MigrationBackend`] hands out.
@@ -37,6 +37,21 @@ pub struct MigrationBackend {
     primary: Primary,
 }
 
+/// Releases a grant in the background when dropped while still armed.
+struct ReleaseOnDrop(Option<(Arc<dyn LockBackend>, Lease)>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some((backend, lease)) = self.0.take() {
+            if let Ok(h) = tokio::runtime::Handle::try_current() {
+                h.spawn(async move {
+                    let _ = backend.release(&lease).await;
+                });
+            }
+        }
+    }
+}
+
 /// The two grants behind a migration lease.
 #[derive(Debug)]
 struct Parts {
@@ -57,7 +72,19 @@ impl MigrationBackend {
         };
         let valid_until = a.valid_until().min(b.valid_until());
         let sent = a.acquired_at().min(b.acquired_at());
-        let session = a.session().or(b.session()).cloned();
+        // Either backend's session ending loses the lock: watch both.
+        let session = match (a.session().cloned(), b.session().cloned()) {
+            (Some(x), Some(y)) => {
+                let both = LossSignal::new();
+                let fire = both.clone();
+                tokio::spawn(async move {
+                    let reason = tokio::select! { r = x.fired() => r, r = y.fired() => r };
+                    fire.fire(reason);
+                });
+                Some(both)
+            }
+            (x, y) => x.or(y),
+        };
         let mut lease =
             Lease::new(req.key.clone(), req.owner, fence, req.ttl, sent).with_valid_until(valid_until);
         if let Some(s) = session {
@@ -126,9 +153,14 @@ impl LockBackend for MigrationBackend {
         let start = Instant::now();
         loop {
             let a = self.old.acquire(req, deadline).await?;
+            // If this future is dropped while waiting on the new backend, the old grant is
+            // released in the background.
+            let mut undo = ReleaseOnDrop(Some((self.old.clone(), a.clone())));
             // Wait for the new backend no longer than the old grant stays valid.
             let until = deadline.min(a.valid_until());
-            match self.new.acquire(req, until).await {
+            let res = self.new.acquire(req, until).await;
+            undo.0 = None;
+            match res {
                 Ok(b) => return Ok(self.combine(req, a, b)),
                 Err(Error::Timeout { .. }) => {
                     let _ = self.old.release(&a).await;

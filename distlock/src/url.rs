@@ -67,17 +67,19 @@ impl ConnectUrl {
         if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
             return Err(bad(&redact(url), format!("'{scheme}' is not a scheme")));
         }
-        let (before_query, query) = match rest.split_once('?') {
-            Some((b, q)) => (b, Some(q)),
-            None => (rest, None),
+        // The userinfo ends at the last '@' (a password may hold '/', '?' or ':'; an '@' in an
+        // option value must be written %40).
+        let (userinfo, after) = match rest.rfind('@') {
+            Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+            None => (None, rest),
         };
-        let (authority, path) = match before_query.find('/') {
+        let (before_query, query) = match after.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (after, None),
+        };
+        let (hostlist, path) = match before_query.find('/') {
             Some(i) => (&before_query[..i], &before_query[i..]),
             None => (before_query, ""),
-        };
-        let (userinfo, hostlist) = match authority.rfind('@') {
-            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-            None => (None, authority),
         };
         let (user, password) = match userinfo {
             None => (None, None),
@@ -183,7 +185,9 @@ impl ConnectUrl {
     /// `user:password@` for rebuilding a URL for a driver (contains the password: never log it).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn userinfo(&self) -> String {
-        match (&self.user, &self.password) {
+        let (u, p) =
+            (self.user.as_deref().map(encode_userinfo), self.password.as_deref().map(encode_userinfo));
+        match (u, p) {
             (Some(u), Some(p)) => format!("{u}:{p}@"),
             (None, Some(p)) => format!(":{p}@"),
             (Some(u), None) => format!("{u}@"),
@@ -192,13 +196,12 @@ impl ConnectUrl {
     }
 }
 
-/// Redacts a URL that may not even parse: the text between `://` and the last `@` before the
-/// first `/` loses everything after its first `:`.
+/// Redacts a URL that may not even parse: everything after the first `:` of the text between
+/// `://` and the last `@` is shown as `***`.
 pub fn redact(url: &str) -> String {
     let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
     let rest = &url[start..];
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
+    match rest.rfind('@') {
         Some(at) => {
             let ui = &rest[..at];
             let shown = match ui.split_once(':') {
@@ -209,6 +212,19 @@ pub fn redact(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+/// Percent-encodes a user name or password for a driver URL.
+pub(crate) fn encode_userinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -244,5 +260,15 @@ mod tests {
         let e = u.check_options(&["prefix"]).unwrap_err().to_string();
         assert!(e.contains("unknown option 'bogus'") && !e.contains("pw@"), "{e}");
         assert_eq!(redact("weird://a:b@c/d"), "weird://a:***@c/d");
+        // Passwords holding '/', '?' or '@'-free oddities never leak.
+        for url in ["redis://u:p?ss@h", "etcd://u:pa/ss@h:2379", "redis://u:pw:99999@h"] {
+            let e = ConnectUrl::parse(url).map(|u| u.redacted()).unwrap_or_else(|e| e.to_string());
+            assert!(!e.contains("ss@") && !e.contains("pa/") && !e.contains("pw:"), "{url}: {e}");
+            assert!(!redact(url).contains("ss@") && !redact(url).contains("pw:"), "{url}");
+        }
+        let u = ConnectUrl::parse("redis://u:p%2Fw?d@h:1").unwrap();
+        assert_eq!(u.password.as_deref(), Some("p/w?d"));
+        assert_eq!(u.hosts, vec!["h:1"]);
+        assert_eq!(encode_userinfo("p/w?d"), "p%2Fw%3Fd");
     }
 }

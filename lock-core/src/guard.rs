@@ -374,8 +374,8 @@ impl Drop for Guard {
 
 /// Renews the lease until the guard stops it or the lock is lost.
 ///
-/// The next renewal is due when two thirds of the current TTL remain before `valid_until`
-/// (about every TTL/3), recomputed whenever `valid_until` changes (a user's `extend` included).
+/// The next renewal is due once a third of the validity left has passed (about every TTL/3),
+/// recomputed whenever `valid_until` changes (a user's `extend` included).
 /// Every extend races `valid_until`: if it has not succeeded by then, the loss signal fires.
 /// With a hold cap, the lease is shortened to end at the cap as soon as a full TTL would pass
 /// it, and renewal stops.
@@ -388,7 +388,11 @@ async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
         let lease = shared.lease();
         let ttl = lease.ttl();
         let valid_until = lease.valid_until();
-        let mut due = valid_until.checked_sub(ttl * 2 / 3).unwrap_or(valid_until);
+        // Renew once a third of the validity left has passed (about every TTL/3), and never
+        // sooner: a backend that cannot move `valid_until` on every extend (a session kept
+        // alive elsewhere) is then asked at a falling pace, not in a loop.
+        let now = Instant::now();
+        let mut due = now + valid_until.saturating_duration_since(now).min(ttl) / 3;
         if let Some(h) = hold_until {
             due = due.min(h.checked_sub(ttl).unwrap_or(h));
         }

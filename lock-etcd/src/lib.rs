@@ -29,6 +29,18 @@
 //!
 //! [`LeaseMode::PerLock`]: a lease per grant with the lock's TTL (whole seconds), extended by
 //! keep-alive, or swapped for a new lease when the TTL changes.
+//!
+//! ## Failures
+//! Requests that are safe to repeat (compare-and-delete, compare-and-put, reads) are retried
+//! through leader elections within the request timeout. A release whose first try landed but
+//! whose reply was lost with the old leader reports `NotHeld` on the retry: the key is gone
+//! either way.
+//!
+//! ## Options
+//! [`EtcdOptions`]: several endpoints, user/password auth, TLS with a private CA
+//! (`https://` endpoints, feature `tls`, on by default), key prefix, timeouts, session TTL,
+//! lease mode. Requests that are safe to repeat are retried through leader elections within
+//! the request timeout.
 
 mod options;
 mod session;
@@ -162,6 +174,12 @@ impl EtcdBackend {
         if let Some((u, p)) = &opts.user {
             co = co.with_user(u.clone(), p.clone());
         }
+        #[cfg(feature = "tls")]
+        if let Some(pem) = &opts.tls_ca {
+            co = co.with_tls(
+                etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(pem)),
+            );
+        }
         let wait = opts.connect_timeout + Duration::from_millis(500);
         let mut client = tokio::time::timeout(wait, Client::connect(opts.endpoints.clone(), Some(co)))
             .await
@@ -251,11 +269,41 @@ impl EtcdBackend {
         if let Some(s) = cur.as_ref().filter(|s| s.alive()) {
             return Ok(s.clone());
         }
+        if let Some(old) = cur.take() {
+            // Past its TTL by our clock: its guards already count it lost. Say so, and revoke it
+            // so a late keep-alive cannot keep its keys alive behind our back.
+            old.loss.fire(lock_core::LossReason::SessionLost);
+            let client = self.inner.client.clone();
+            tokio::spawn(async move { old.close(&client).await });
+        }
         let s =
             Session::start(&self.inner.client, self.inner.opts.session_ttl, self.inner.opts.request_timeout)
                 .await?;
         *cur = Some(s.clone());
         Ok(s)
+    }
+
+    /// One keep-alive of lease `id`: the TTL the server granted (0 when the lease is gone).
+    async fn keep_alive_once(&self, id: i64) -> Result<i64> {
+        let t = self.inner.opts.request_timeout;
+        let (mut keeper, mut stream) =
+            tokio::time::timeout(t, self.inner.client.lease_client().keep_alive(id))
+                .await
+                .map_err(|_| timeout("keep-alive", t))?
+                .map_err(map_err)?;
+        keeper.keep_alive().await.map_err(map_err)?;
+        match tokio::time::timeout(t, stream.message()).await.map_err(|_| timeout("keep-alive", t))? {
+            Ok(r) => Ok(r.map(|r| r.ttl()).unwrap_or(0)),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => Ok(0),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// The seconds lease `id` has left (0 or less when it is gone), without renewing it.
+    async fn time_to_live(&self, id: i64) -> Result<i64> {
+        self.call("lease ttl", |mut c| async move { c.lease_time_to_live(id, None).await })
+            .await
+            .map(|r| r.ttl())
     }
 
     async fn grant(&self, ttl: Duration) -> Result<(i64, i64)> {
@@ -481,6 +529,13 @@ impl EtcdBackend {
                 .map_err(|_| timeout("watch", t))?
                 .map_err(map_err)?;
             if created.is_none() {
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        key: pfx.trim_end_matches('/').to_owned(),
+                        waited: Duration::ZERO,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
             // The predecessor is still ahead of us only if it exists with a create revision
@@ -611,7 +666,17 @@ impl LockBackend for EtcdBackend {
         }
         let pfx = self.etcd_prefix(&req.key);
         let my_key = format!("{pfx}{lease:x}");
-        match self.enqueue(&pfx, &my_key, lease, req.owner).await {
+        // If this future is dropped mid-way, the queue key, a per-lock lease and the local
+        // slot are cleaned up in the background.
+        let mut guard = Abandon {
+            backend: Some(self.clone()),
+            name: name.to_owned(),
+            my_key: my_key.clone(),
+            owner: req.owner,
+            lease,
+            session: session.clone(),
+        };
+        let outcome = match self.enqueue(&pfx, &my_key, lease, req.owner).await {
             Ok(Some((my_rev, owner_rev, _))) if my_rev == owner_rev => {
                 let held = Held { etcd_key: my_key, lease: Mutex::new((lease, ttl_secs(granted))), session };
                 Ok(Attempt::Acquired(self.make_lease(req, my_rev, held, sent, granted)))
@@ -624,7 +689,9 @@ impl LockBackend for EtcdBackend {
                 self.undo(name, &my_key, req.owner, lease, &session).await;
                 Err(e)
             }
-        }
+        };
+        guard.backend = None;
+        outcome
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
@@ -688,18 +755,44 @@ impl LockBackend for EtcdBackend {
                     ));
                 }
             }
-            Ok(my_rev)
+            Ok((my_rev, my_rev != owner_rev))
         }
         .await;
         match result {
-            Ok(my_rev) => {
+            Ok((my_rev, waited)) => {
+                let (mut sent, mut granted) = (sent, granted);
+                if waited && session.is_none() {
+                    // The per-lock lease was kept alive while we waited: measure its validity
+                    // from a keep-alive sent now, not from before the wait.
+                    let at = Instant::now();
+                    match self.keep_alive_once(lease).await {
+                        Ok(ttl) if ttl > 0 => {
+                            sent = at;
+                            granted = Duration::from_secs(ttl as u64);
+                        }
+                        Ok(_) => {
+                            self.undo(name, &my_key, req.owner, lease, &session).await;
+                            guard.backend = None;
+                            return Err(Error::backend_msg(
+                                NAME,
+                                BackendErrorKind::Unavailable,
+                                "the lease expired while waiting; the queue entry is gone",
+                            ));
+                        }
+                        Err(e) => {
+                            self.undo(name, &my_key, req.owner, lease, &session).await;
+                            guard.backend = None;
+                            return Err(e);
+                        }
+                    }
+                }
                 guard.backend = None;
                 let held = Held { etcd_key: my_key, lease: Mutex::new((lease, ttl_secs(granted))), session };
                 Ok(self.make_lease(req, my_rev, held, sent, granted))
             }
             Err(e) => {
-                guard.backend = None;
                 self.undo(name, &my_key, req.owner, lease, &session).await;
+                guard.backend = None;
                 match e {
                     Error::Timeout { .. } => {
                         Err(Error::Timeout { key: name.to_owned(), waited: start.elapsed() })
@@ -712,56 +805,44 @@ impl LockBackend for EtcdBackend {
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
         let sent = Instant::now();
-        let held = lease.backend_data::<Held>();
-        let key = match held {
-            Some(h) => h.etcd_key.clone(),
-            None => match self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await? {
-                Some((k, _)) => k,
-                None => return Ok(ExtendOutcome::NotHeld),
-            },
+        let Some(held) = lease.backend_data::<Held>() else {
+            // A lease rebuilt elsewhere (an operator tool): its etcd lease may be a session
+            // shared by other locks, and is not ours to move or revoke. Report the life left in
+            // it, if the grant is still this owner's.
+            let Some((_, lease_id)) = self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await?
+            else {
+                return Ok(ExtendOutcome::NotHeld);
+            };
+            let left = self.time_to_live(lease_id).await?;
+            if left <= 0 {
+                return Ok(ExtendOutcome::NotHeld);
+            }
+            let g = Duration::from_secs(left as u64);
+            return Ok(ExtendOutcome::Extended { valid_until: sent + g.saturating_sub(drift_margin(g)) });
         };
-        if let Some(s) = held.and_then(|h| h.session.as_ref()) {
+        let key = held.etcd_key.clone();
+        if let Some(s) = held.session.as_ref() {
             // Session mode: the session's keep-alive renews; check the grant is still ours.
             if !s.alive() || !self.still_ours(&key, lease.owner()).await? {
                 return Ok(ExtendOutcome::NotHeld);
             }
             return Ok(ExtendOutcome::Extended { valid_until: s.valid_until() });
         }
-        let (id, secs) = match held {
-            Some(h) => *h.lease.lock().unwrap_or_else(|p| p.into_inner()),
-            None => match self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await? {
-                Some((_, l)) => (l, 0),
-                None => return Ok(ExtendOutcome::NotHeld),
-            },
-        };
+        let (id, secs) = *held.lease.lock().unwrap_or_else(|p| p.into_inner());
         if !self.still_ours(&key, lease.owner()).await? {
             return Ok(ExtendOutcome::NotHeld);
         }
         if secs == ttl_secs(ttl) {
             // Same TTL: one keep-alive.
-            let t = self.inner.opts.request_timeout;
-            let (mut keeper, mut stream) =
-                tokio::time::timeout(t, self.inner.client.lease_client().keep_alive(id))
-                    .await
-                    .map_err(|_| timeout("keep-alive", t))?
-                    .map_err(map_err)?;
-            keeper.keep_alive().await.map_err(map_err)?;
-            let r = match tokio::time::timeout(t, stream.message())
-                .await
-                .map_err(|_| timeout("keep-alive", t))?
-            {
-                Ok(r) => r,
-                Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => None,
-                Err(e) => return Err(map_err(e)),
-            };
-            let granted = r.map(|r| r.ttl()).unwrap_or(0);
+            let granted = self.keep_alive_once(id).await?;
             if granted <= 0 || !self.still_ours(&key, lease.owner()).await? {
                 return Ok(ExtendOutcome::NotHeld);
             }
             let g = Duration::from_secs(granted as u64);
             return Ok(ExtendOutcome::Extended { valid_until: sent + g.saturating_sub(drift_margin(g)) });
         }
-        // A new TTL: move the key to a new lease (its create revision, the token, stays).
+        // A new TTL: move the key to a new lease of this grant's own (its create revision,
+        // the fencing token, stays).
         let (new_id, new_secs) = self.grant(ttl).await?;
         let txn = Txn::new()
             .when([Compare::value(key.as_str(), CompareOp::Equal, lease.owner().to_string())])
@@ -781,33 +862,63 @@ impl LockBackend for EtcdBackend {
             self.revoke(new_id).await;
             return Ok(ExtendOutcome::NotHeld);
         }
-        if let Some(h) = held {
-            *h.lease.lock().unwrap_or_else(|p| p.into_inner()) = (new_id, new_secs);
-        }
+        *held.lease.lock().unwrap_or_else(|p| p.into_inner()) = (new_id, new_secs);
         self.revoke(id).await;
         let g = Duration::from_secs(new_secs as u64);
         Ok(ExtendOutcome::Extended { valid_until: sent + g.saturating_sub(drift_margin(g)) })
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let name = lease.key().full();
+        let owner = lease.owner();
         let held = lease.backend_data::<Held>();
-        let found = match held {
-            Some(h) => Some((h.etcd_key.clone(), h.lease.lock().unwrap_or_else(|p| p.into_inner()).0)),
-            None => self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await?,
+        // Revoke only a per-lock lease this process granted; a lease found by its owner token
+        // may be another process's session, shared by its other locks.
+        let (key, own_lease) = match held {
+            Some(h) => (
+                h.etcd_key.clone(),
+                h.session.is_none().then(|| h.lease.lock().unwrap_or_else(|p| p.into_inner()).0),
+            ),
+            None => match self.find_key(&self.etcd_prefix(lease.key()), owner).await? {
+                Some((k, _)) => (k, None),
+                None => {
+                    self.free_local(name, owner);
+                    return Ok(ReleaseOutcome::NotHeld);
+                }
+            },
         };
-        let Some((key, lease_id)) = found else {
-            self.free_local(lease.key().full(), lease.owner());
-            return Ok(ReleaseOutcome::NotHeld);
-        };
-        let deleted = self.delete_if_ours(&key, lease.owner()).await;
-        let per_lock =
-            held.map(|h| h.session.is_none()).unwrap_or(self.inner.opts.mode == LeaseMode::PerLock);
-        if per_lock {
-            self.revoke(lease_id).await;
-        } else {
-            self.free_local(lease.key().full(), lease.owner());
+        match self.delete_if_ours(&key, owner).await {
+            Ok(deleted) => {
+                match own_lease {
+                    Some(id) => self.revoke(id).await,
+                    None => self.free_local(name, owner),
+                }
+                Ok(if deleted { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+            }
+            Err(e) => {
+                if let Some(id) = own_lease {
+                    // Revoking the grant's own lease deletes the key too.
+                    self.revoke(id).await;
+                } else if held.is_some_and(|h| h.session.is_some()) {
+                    // The session outlives this call: keep the local slot (the key is still
+                    // there) and retry the delete in the background until the session ends.
+                    let (b, key, name) = (self.clone(), key.clone(), name.to_owned());
+                    let session = held.and_then(|h| h.session.clone());
+                    tokio::spawn(async move {
+                        let mut backoff =
+                            lock_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+                        while session.as_ref().is_some_and(|s| s.alive()) {
+                            if b.delete_if_ours(&key, owner).await.is_ok() {
+                                break;
+                            }
+                            backoff.sleep_until_deadline(None).await;
+                        }
+                        b.free_local(&name, owner);
+                    });
+                }
+                Err(e)
+            }
         }
-        Ok(if deleted? { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {

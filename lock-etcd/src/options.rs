@@ -26,6 +26,7 @@ pub struct EtcdOptions {
     pub(crate) request_timeout: Duration,
     pub(crate) session_ttl: Duration,
     pub(crate) mode: LeaseMode,
+    pub(crate) tls_ca: Option<Vec<u8>>,
 }
 
 impl EtcdOptions {
@@ -41,6 +42,7 @@ impl EtcdOptions {
             request_timeout: Duration::from_secs(5),
             session_ttl: Duration::from_secs(10),
             mode: LeaseMode::Session,
+            tls_ca: None,
         }
     }
 
@@ -81,7 +83,35 @@ impl EtcdOptions {
         self
     }
 
+    /// Trusts this CA certificate (PEM) for `https://` endpoints (feature `tls`).
+    pub fn tls_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(pem.into());
+        self
+    }
+
+    /// Like [`EtcdOptions::tls_ca`], reading the PEM file at `path`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the file cannot be read.
+    pub fn tls_ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::InvalidConfig(format!("etcd: cannot read CA file {}: {e}", path.display()))
+        })?;
+        Ok(self.tls_ca(pem))
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
+        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        if https && self.tls_ca.is_none() {
+            return Err(Error::InvalidConfig(
+                "etcd: https:// endpoints need the server's CA (EtcdOptions::tls_ca, or ca_file= in the URL)"
+                    .into(),
+            ));
+        }
+        if https && !cfg!(feature = "tls") {
+            return Err(Error::InvalidConfig("etcd: https:// needs lock-etcd's `tls` feature".into()));
+        }
         if self.endpoints.is_empty() {
             return Err(Error::InvalidConfig("etcd: no endpoints".into()));
         }
@@ -108,6 +138,7 @@ impl fmt::Debug for EtcdOptions {
             .field("request_timeout", &self.request_timeout)
             .field("session_ttl", &self.session_ttl)
             .field("mode", &self.mode)
+            .field("tls_ca", &self.tls_ca.is_some())
             .finish()
     }
 }
