@@ -200,3 +200,25 @@ async fn https_endpoints_with_a_private_ca() {
     let e = EtcdBackend::connect_with(EtcdOptions::new(&eps)).await.expect_err("https without a CA");
     assert!(matches!(e, lock_core::Error::InvalidConfig(_)), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_auth() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    // Turn on etcd's auth with a root user, as an operator would.
+    let mut admin = etcd_client::Client::connect(&eps, None).await.expect("admin");
+    admin.user_add("root", "r00t-secret", None).await.expect("user add");
+    admin.user_grant_role("root", "root").await.expect("grant root");
+    admin.auth_enable().await.expect("auth enable");
+
+    let opts = EtcdOptions::new(&eps).user("root", "r00t-secret");
+    let locks = LockClient::new(EtcdBackend::connect_with(opts).await.expect("authenticated connect"));
+    let g = locks.lock("auth").acquire().await.expect("acquire with auth");
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+
+    let err = EtcdBackend::connect_with(EtcdOptions::new(&eps).user("root", "wrong-pass-9"))
+        .await
+        .expect_err("bad password");
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("wrong-pass-9"), "password leaked: {err:?}");
+}
