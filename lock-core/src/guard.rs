@@ -411,7 +411,7 @@ async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
         }
         if let Some(h) = hold_until {
             let left = h.saturating_duration_since(Instant::now());
-            if left < ttl {
+            if left <= ttl {
                 cap_hold(&shared, left).await;
                 return;
             }

@@ -1,0 +1,193 @@
+//! The guard's renewal and loss mechanics under injected faults, on tokio's paused clock: a
+//! fault layer wraps the real in-memory backend and makes `extend` fail, hang or stand still.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lock_core::{
+    async_trait, AcquireRequest, Attempt, BackendErrorKind, Capabilities, Error, ExtendOutcome, Instant,
+    Lease, LockBackend, LockClient, LockInfo, LockKey, LossReason, ReleaseOutcome, Result,
+};
+use lock_local::MemoryBackend;
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Pass,
+    /// The next N extends fail with a retryable error.
+    Transient(u32),
+    /// Every extend fails with an error that is not retryable.
+    Fatal,
+    /// Extends never answer.
+    Hang,
+    /// Extends succeed but report the same `valid_until` (a lease renewed elsewhere).
+    StandStill,
+}
+
+#[derive(Debug)]
+struct Faulty {
+    inner: MemoryBackend,
+    mode: Mutex<Mode>,
+    extends: AtomicUsize,
+    release_delay: Mutex<Duration>,
+}
+
+impl Faulty {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            inner: MemoryBackend::new(),
+            mode: Mutex::new(Mode::Pass),
+            extends: AtomicUsize::new(0),
+            release_delay: Mutex::new(Duration::ZERO),
+        })
+    }
+    fn set(&self, m: Mode) {
+        *self.mode.lock().unwrap() = m;
+    }
+}
+
+#[async_trait]
+impl LockBackend for Faulty {
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        self.inner.try_acquire(req).await
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        self.extends.fetch_add(1, Ordering::SeqCst);
+        let mode = *self.mode.lock().unwrap();
+        match mode {
+            Mode::Pass => self.inner.extend(lease, ttl).await,
+            Mode::Transient(n) => {
+                *self.mode.lock().unwrap() = if n <= 1 { Mode::Pass } else { Mode::Transient(n - 1) };
+                Err(Error::backend_msg("faulty", BackendErrorKind::Connection, "injected transient failure"))
+            }
+            Mode::Fatal => {
+                Err(Error::backend_msg("faulty", BackendErrorKind::Auth, "injected fatal failure"))
+            }
+            Mode::Hang => std::future::pending().await,
+            Mode::StandStill => Ok(ExtendOutcome::Extended { valid_until: lease.valid_until() }),
+        }
+    }
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let delay = *self.release_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        self.inner.release(lease).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.inner.inspect(key).await
+    }
+}
+
+fn client(b: &Arc<Faulty>) -> LockClient {
+    LockClient::from_arc(b.clone())
+}
+
+const TTL: Duration = Duration::from_secs(3);
+
+#[tokio::test(start_paused = true)]
+async fn transient_renewal_failures_are_retried_and_the_lock_is_kept() {
+    let b = Faulty::new();
+    let g = client(&b).lock("k").ttl(TTL).auto_renew().acquire().await.unwrap();
+    b.set(Mode::Transient(3));
+    let lost = tokio::time::timeout(TTL * 4, g.lost()).await;
+    assert!(lost.is_err(), "lost after transient failures: {lost:?}");
+    assert!(g.is_held());
+    assert!(b.extends.load(Ordering::SeqCst) >= 4, "the failures were not retried");
+    assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_renewal_error_fires_renewal_failed_at_once() {
+    let b = Faulty::new();
+    let g = client(&b).lock("k").ttl(TTL).auto_renew().acquire().await.unwrap();
+    b.set(Mode::Fatal);
+    let start = Instant::now();
+    let reason = g.lost().await;
+    assert_eq!(reason, LossReason::RenewalFailed);
+    // At the first renewal (about TTL/3), long before the lease would run out.
+    assert!(start.elapsed() < TTL / 2, "took {:?}", start.elapsed());
+    assert!(!g.is_held());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_renewal_fires_at_valid_until_and_not_before() {
+    let b = Faulty::new();
+    let g = client(&b).lock("k").ttl(TTL).auto_renew().acquire().await.unwrap();
+    let until = g.valid_until();
+    b.set(Mode::Hang);
+    let sig = g.loss_signal();
+    let reason = g.lost().await;
+    assert!(Instant::now() >= until, "loss fired {:?} early", until - Instant::now());
+    assert!(Instant::now() < until + Duration::from_millis(50));
+    assert!(matches!(reason, LossReason::RenewalFailed | LossReason::Expired), "{reason:?}");
+    assert!(sig.is_fired(), "the cloneable loss signal did not fire");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_cannot_move_valid_until_is_not_polled_in_a_loop() {
+    let b = Faulty::new();
+    b.set(Mode::StandStill);
+    let g = client(&b).lock("k").ttl(TTL).auto_renew().acquire().await.unwrap();
+    let reason = g.lost().await;
+    assert!(matches!(reason, LossReason::Expired | LossReason::RenewalFailed), "{reason:?}");
+    let calls = b.extends.load(Ordering::SeqCst);
+    assert!(calls < 40, "{calls} extends within one TTL: renewal spun");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_user_extend_is_not_undone_by_renewal() {
+    let b = Faulty::new();
+    let g = client(&b).lock("k").ttl(TTL).auto_renew().acquire().await.unwrap();
+    g.extend(TTL * 10).await.unwrap();
+    tokio::time::sleep(TTL * 3).await;
+    assert!(g.valid_until() > Instant::now() + TTL * 5, "renewal went back to the old TTL");
+    assert!(g.is_held());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_release_still_releases_in_the_background() {
+    let b = Faulty::new();
+    let locks = client(&b);
+    let g = locks.lock("k").ttl(Duration::from_secs(60)).acquire().await.unwrap();
+    *b.release_delay.lock().unwrap() = Duration::from_secs(1);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), g.release()).await.is_err(),
+        "release was not slow"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        locks.inspect("k").await.unwrap().is_none(),
+        "a cancelled release left the lock held for its TTL"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_cap_ends_the_lock_with_max_hold_reached() {
+    let b = Faulty::new();
+    let locks = client(&b);
+    let start = Instant::now();
+    let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(Duration::from_secs(7)).acquire().await.unwrap();
+    let reason = g.lost().await;
+    assert_eq!(reason, LossReason::MaxHoldReached);
+    let held = start.elapsed();
+    assert!(held >= Duration::from_secs(6) && held <= Duration::from_secs(7), "held {held:?}");
+    // The loss fires at the client's valid_until, a drift margin before the server lets go;
+    // by the cap the server must have let go.
+    tokio::time::sleep_until(start + Duration::from_secs(7) + Duration::from_millis(10)).await;
+    assert!(locks.lock("k").try_acquire().await.unwrap().is_some(), "the lock outlived its cap");
+}
+
+#[test]
+fn dropping_a_guard_outside_a_runtime_does_not_panic() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let b = Faulty::new();
+    let g = rt.block_on(client(&b).lock("k").ttl(TTL).acquire()).unwrap();
+    drop(rt);
+    drop(g); // no runtime: logged, the TTL is the backstop
+}
