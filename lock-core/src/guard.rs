@@ -77,10 +77,12 @@ impl Shared {
         if self.lost.is_fired() {
             return false;
         }
-        let lease_session_lost =
-            self.lease.lock().ok().and_then(|l| l.session().map(LossSignal::is_fired)).unwrap_or(false);
-        if lease_session_lost {
-            self.fire(LossReason::SessionLost);
+        // The lease's signal carries its own reason (session lost, or the grant deleted).
+        let lease_lost = self.lease.lock().ok().and_then(|l| {
+            l.session().filter(|s| s.is_fired()).map(|s| s.reason().unwrap_or(LossReason::SessionLost))
+        });
+        if let Some(reason) = lease_lost {
+            self.fire(reason);
             return false;
         }
         if Instant::now() >= *self.valid_until.borrow() {
@@ -102,8 +104,8 @@ impl Shared {
             let until = *rx.borrow_and_update();
             tokio::select! {
                 r = self.lost.fired() => return r,
-                _ = async { match &session { Some(s) => { s.fired().await; } None => std::future::pending().await } } => {
-                    self.fire(LossReason::SessionLost);
+                r = async { match &session { Some(s) => s.fired().await, None => std::future::pending().await } } => {
+                    self.fire(r);
                 }
                 changed = rx.changed() => {
                     if changed.is_err() {

@@ -136,8 +136,8 @@ impl Lease {
         self
     }
 
-    /// Attaches the backend session's loss signal: when it fires, guards on this lease report
-    /// the lock lost.
+    /// Attaches a backend loss signal (the session's, or one for this grant alone): when it
+    /// fires, guards on this lease report the lock lost, with the signal's reason.
     pub fn with_session(mut self, session: LossSignal) -> Self {
         self.session = Some(session);
         self

@@ -20,7 +20,9 @@
 //!
 //! ## Leases
 //! [`LeaseMode::Session`] (the default): one lease per client, kept alive by one keep-alive
-//! stream about every TTL/3 and shared by all the client's locks. When the lease is lost
+//! stream about every TTL/3 and shared by all the client's locks. Renewing them costs no
+//! request per lock: one watch stream per session (one watcher per held key, deletions only)
+//! fires a lock's own loss signal when its key is deleted by anyone. When the lease is lost
 //! (keep-alive failing past the TTL, revoked, or reported gone by the server) every guard on
 //! it gets its loss signal. A lock lasts as long as the session: the lock's own TTL is not
 //! used, the session TTL bounds how long a crashed holder blocks others, and the capabilities
@@ -42,6 +44,7 @@
 //! lease mode. Requests that are safe to repeat are retried through leader elections within
 //! the request timeout.
 
+mod keywatch;
 mod options;
 mod session;
 
@@ -143,6 +146,8 @@ impl std::fmt::Debug for EtcdBackend {
 #[derive(Debug)]
 struct Held {
     etcd_key: String,
+    /// Session mode: fires when this grant's key is deleted or the session is lost.
+    signal: Option<lock_core::LossSignal>,
     /// (lease id, granted TTL in seconds); per-lock leases change on a TTL change.
     lease: Mutex<(i64, i64)>,
     session: Option<Arc<Session>>,
@@ -451,7 +456,9 @@ impl EtcdBackend {
         let session = held.session.clone();
         let base = Lease::new(req.key.clone(), req.owner, FencingToken::new(fence as u64), granted, sent);
         let lease = match &session {
-            Some(s) => base.with_valid_until(s.valid_until()).with_session(s.loss.clone()),
+            Some(s) => base
+                .with_valid_until(s.valid_until())
+                .with_session(held.signal.clone().unwrap_or_else(|| s.loss.clone())),
             None => base,
         };
         lease.with_backend_data(Arc::new(held))
@@ -678,7 +685,9 @@ impl LockBackend for EtcdBackend {
         };
         let outcome = match self.enqueue(&pfx, &my_key, lease, req.owner).await {
             Ok(Some((my_rev, owner_rev, _))) if my_rev == owner_rev => {
-                let held = Held { etcd_key: my_key, lease: Mutex::new((lease, ttl_secs(granted))), session };
+                let signal = session.as_ref().map(|s| s.keys.add(my_key.as_bytes(), my_rev));
+                let held =
+                    Held { etcd_key: my_key, signal, lease: Mutex::new((lease, ttl_secs(granted))), session };
                 Ok(Attempt::Acquired(self.make_lease(req, my_rev, held, sent, granted)))
             }
             Ok(_) => {
@@ -787,7 +796,9 @@ impl LockBackend for EtcdBackend {
                     }
                 }
                 guard.backend = None;
-                let held = Held { etcd_key: my_key, lease: Mutex::new((lease, ttl_secs(granted))), session };
+                let signal = session.as_ref().map(|s| s.keys.add(my_key.as_bytes(), my_rev));
+                let held =
+                    Held { etcd_key: my_key, signal, lease: Mutex::new((lease, ttl_secs(granted))), session };
                 Ok(self.make_lease(req, my_rev, held, sent, granted))
             }
             Err(e) => {
@@ -822,8 +833,9 @@ impl LockBackend for EtcdBackend {
         };
         let key = held.etcd_key.clone();
         if let Some(s) = held.session.as_ref() {
-            // Session mode: the session's keep-alive renews; check the grant is still ours.
-            if !s.alive() || !self.still_ours(&key, lease.owner()).await? {
+            // Session mode: the session's one keep-alive renews every key on it, and the
+            // session's key watch reports a deleted key; so no request per lock.
+            if !s.alive() || held.signal.as_ref().is_some_and(|x| x.is_fired()) {
                 return Ok(ExtendOutcome::NotHeld);
             }
             return Ok(ExtendOutcome::Extended { valid_until: s.valid_until() });
@@ -887,6 +899,9 @@ impl LockBackend for EtcdBackend {
                 }
             },
         };
+        if let Some(s) = held.and_then(|h| h.session.as_ref()) {
+            s.keys.released(key.as_bytes());
+        }
         match self.delete_if_ours(&key, owner).await {
             Ok(deleted) => {
                 match own_lease {

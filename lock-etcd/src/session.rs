@@ -7,6 +7,7 @@ use etcd_client::{Client, LeaseGrantOptions};
 use lock_core::{drift_margin, Backoff, Instant, LossReason, LossSignal, Result};
 use tokio_util::sync::CancellationToken;
 
+use crate::keywatch::KeyWatch;
 use crate::map_err;
 
 /// One lease and its keep-alive task.
@@ -17,6 +18,8 @@ pub(crate) struct Session {
     pub(crate) loss: LossSignal,
     valid_until: Mutex<Instant>,
     stop: CancellationToken,
+    /// Watches the keys held on this session, so renewing them needs no request.
+    pub(crate) keys: KeyWatch,
 }
 
 impl Session {
@@ -34,10 +37,12 @@ impl Session {
             .map_err(|_| crate::timeout("lease grant", request_timeout))?
             .map_err(map_err)?;
         let ttl = Duration::from_secs(grant.ttl().max(1) as u64);
+        let loss = LossSignal::new();
         let session = Arc::new(Self {
             id: grant.id(),
             ttl,
-            loss: LossSignal::new(),
+            keys: KeyWatch::start(client.clone(), loss.clone()),
+            loss,
             valid_until: Mutex::new(sent + ttl.saturating_sub(drift_margin(ttl))),
             stop: CancellationToken::new(),
         });

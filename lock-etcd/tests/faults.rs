@@ -222,3 +222,56 @@ async fn user_and_password_auth() {
     assert!(!err.is_retryable(), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("wrong-pass-9"), "password leaked: {err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_held_key_from_outside_fires_only_that_locks_loss_signal() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let b = backend(&etcd.endpoints()).await;
+    let locks = LockClient::new(b.clone());
+    let x = locks.lock("outside/x").auto_renew().acquire().await.expect("x");
+    let y = locks.lock("outside/y").auto_renew().acquire().await.expect("y");
+    // Another process deletes x's key (etcdctl del --prefix outside/x/).
+    let mut raw = b.raw_client();
+    raw.delete("outside/x/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.expect("delete");
+    let reason = tokio::time::timeout(Duration::from_secs(5), x.lost()).await.expect("x's loss fired");
+    assert_eq!(reason, LossReason::NotHeld);
+    assert!(!x.is_held());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(y.is_held(), "a deletion of x's key cost y its lock");
+    assert_eq!(y.release().await.expect("release"), ReleaseOutcome::Released);
+}
+
+/// The sum of etcd's `grpc_server_handled_total` for these methods, from its metrics endpoint.
+async fn handled(endpoint: &str, methods: &[&str]) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body.lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{"))
+        .filter(|l| methods.iter().any(|m| l.contains(&format!("grpc_method=\"{m}\""))))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewing_many_session_locks_sends_no_request_per_lock() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let ep = etcd.endpoints()[0].clone();
+    let locks = LockClient::new(backend(&etcd.endpoints()).await); // 3 s session
+    let mut guards = Vec::new();
+    for i in 0..200 {
+        guards.push(locks.lock(&format!("many/{i}")).auto_renew().acquire().await.expect("acquire"));
+    }
+    let before = handled(&ep, &["Range", "Txn", "Put", "DeleteRange"]).await;
+    // Three session TTLs: each of the 200 guards renews several times.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let during = handled(&ep, &["Range", "Txn", "Put", "DeleteRange"]).await - before;
+    assert!(guards.iter().all(|g| g.is_held()), "a renewed lock was lost");
+    assert!(during < 20.0, "{during} KV requests while 200 locks renewed: renewal costs a request per lock");
+    for g in guards {
+        let _ = g.release().await.expect("release");
+    }
+}
