@@ -15,6 +15,8 @@ struct Entry {
     signal: LossSignal,
     /// The grant's create revision: only a deletion after it concerns this grant.
     created: i64,
+    /// Whether the server watches the key yet (asked for at the grant's first renewal).
+    watching: bool,
 }
 
 enum Cmd {
@@ -47,22 +49,43 @@ impl KeyWatch {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Watches `key`, granted at revision `created`, for deletion; returns its loss signal.
+    /// Registers the grant on `key` (created at revision `created`) and returns its loss signal,
+    /// which fires when the session is lost. Nothing is sent: a lock released before its first
+    /// renewal costs the server nothing.
     pub(crate) fn add(&self, key: &[u8], created: i64) -> LossSignal {
         let signal = LossSignal::new();
-        self.entries().insert(key.to_vec(), Entry { signal: signal.clone(), created });
-        let _ = self.tx.send(Cmd::Add(key.to_vec(), created + 1));
+        self.entries().insert(key.to_vec(), Entry { signal: signal.clone(), created, watching: false });
         signal
+    }
+
+    /// Asks the server to report a deletion of `key` from its grant's revision on (so nothing
+    /// since the grant is missed). Returns `false` if it was already watched.
+    pub(crate) fn watch(&self, key: &[u8]) -> bool {
+        let start = match self.entries().get_mut(key) {
+            Some(e) if !e.watching => {
+                e.watching = true;
+                e.created + 1
+            }
+            _ => return false,
+        };
+        let _ = self.tx.send(Cmd::Add(key.to_vec(), start));
+        true
     }
 
     /// The grant on `key` is being released: fire its loss signal (whoever released it, the
     /// holder must stop acting; after the holder's own release nobody listens any more) and stop
     /// watching the key.
     pub(crate) fn released(&self, key: &[u8]) {
-        if let Some(e) = self.entries().remove(key) {
-            e.signal.fire(LossReason::NotHeld);
+        let watched = match self.entries().remove(key) {
+            Some(e) => {
+                e.signal.fire(LossReason::NotHeld);
+                e.watching
+            }
+            None => false,
+        };
+        if watched {
+            let _ = self.tx.send(Cmd::Remove(key.to_vec()));
         }
-        let _ = self.tx.send(Cmd::Remove(key.to_vec()));
     }
 }
 

@@ -20,9 +20,10 @@
 //!
 //! ## Leases
 //! [`LeaseMode::Session`] (the default): one lease per client, kept alive by one keep-alive
-//! stream about every TTL/3 and shared by all the client's locks. Renewing them costs no
-//! request per lock: one watch stream per session (one watcher per held key, deletions only)
-//! fires a lock's own loss signal when its key is deleted by anyone. When the lease is lost
+//! stream about every TTL/3 and shared by all the client's locks. Renewing them costs one
+//! request per lock at its first renewal and none after: from then on one watch stream per
+//! session (one watcher per held key, deletions only) fires a lock's own loss signal when its
+//! key is deleted by anyone. A lock released before its first renewal costs no watcher. When the lease is lost
 //! (keep-alive failing past the TTL, revoked, or reported gone by the server) every guard on
 //! it gets its loss signal. A lock lasts as long as the session: the lock's own TTL is not
 //! used, the session TTL bounds how long a crashed holder blocks others, and the capabilities
@@ -833,9 +834,13 @@ impl LockBackend for EtcdBackend {
         };
         let key = held.etcd_key.clone();
         if let Some(s) = held.session.as_ref() {
-            // Session mode: the session's one keep-alive renews every key on it, and the
-            // session's key watch reports a deleted key; so no request per lock.
+            // Session mode: the session's one keep-alive renews every key on it. The first
+            // renewal checks the key once and has the session's key watch report its deletion
+            // from then on; later renewals send nothing.
             if !s.alive() || held.signal.as_ref().is_some_and(|x| x.is_fired()) {
+                return Ok(ExtendOutcome::NotHeld);
+            }
+            if s.keys.watch(key.as_bytes()) && !self.still_ours(&key, lease.owner()).await? {
                 return Ok(ExtendOutcome::NotHeld);
             }
             return Ok(ExtendOutcome::Extended { valid_until: s.valid_until() });

@@ -230,6 +230,8 @@ async fn deleting_a_held_key_from_outside_fires_only_that_locks_loss_signal() {
     let locks = LockClient::new(b.clone());
     let x = locks.lock("outside/x").auto_renew().acquire().await.expect("x");
     let y = locks.lock("outside/y").auto_renew().acquire().await.expect("y");
+    // Past the first renewal, so the key watch is in place.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     // Another process deletes x's key (etcdctl del --prefix outside/x/).
     let mut raw = b.raw_client();
     raw.delete("outside/x/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.expect("delete");
@@ -265,6 +267,8 @@ async fn renewing_many_session_locks_sends_no_request_per_lock() {
     for i in 0..200 {
         guards.push(locks.lock(&format!("many/{i}")).auto_renew().acquire().await.expect("acquire"));
     }
+    // Let every guard pass its first renewal (one read each), then count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let before = handled(&ep, &["Range", "Txn", "Put", "DeleteRange"]).await;
     // Three session TTLs: each of the 200 guards renews several times.
     tokio::time::sleep(Duration::from_secs(9)).await;
