@@ -196,23 +196,8 @@ impl ConnectUrl {
     }
 }
 
-/// Redacts a URL that may not even parse: everything after the first `:` of the text between
-/// `://` and the last `@` is shown as `***`.
-pub fn redact(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
-    let rest = &url[start..];
-    match rest.rfind('@') {
-        Some(at) => {
-            let ui = &rest[..at];
-            let shown = match ui.split_once(':') {
-                Some((u, _)) => format!("{u}:***"),
-                None => ui.to_owned(),
-            };
-            format!("{}{}{}", &url[..start], shown, &rest[at..])
-        }
-        None => url.to_owned(),
-    }
-}
+/// Redacts a URL that may not even parse: the one rule of [`lock_core::redact_url`].
+pub use lock_core::redact_url as redact;
 
 /// Percent-encodes a user name or password for a driver URL.
 pub(crate) fn encode_userinfo(s: &str) -> String {

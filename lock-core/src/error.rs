@@ -165,5 +165,47 @@ impl Error {
     }
 }
 
+/// A connection URL fit for errors and logs: everything after the first `:` of the text
+/// between `://` and the **last** `@` is shown as `***`.
+///
+/// Taking the last `@` means a password holding `/`, `?`, `#` or `:` is still hidden, and a
+/// URL that does not even parse is redacted the same way. Every backend and the facade use
+/// this one rule.
+pub fn redact_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[start..];
+    match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => userinfo.to_owned(),
+            };
+            format!("{}{}{}", &url[..start], shown, &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// `Result` with distlock's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_show_whatever_they_hold() {
+        assert_eq!(redact_url("redis://app:s3cret@h:6379/2"), "redis://app:***@h:6379/2");
+        assert_eq!(redact_url("redis://:pw@h/0"), "redis://:***@h/0");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact_url("no scheme"), "no scheme");
+        for url in ["redis://u:pa/ss@h", "etcd://u:p?ss@h:2379", "redis://u:pw:99999@h", "x://u:p#w@h"] {
+            let shown = redact_url(url);
+            assert!(
+                !shown.contains("ss@") && !shown.contains("pw:") && !shown.contains("p#w"),
+                "{url}: {shown}"
+            );
+        }
+    }
+}

@@ -36,7 +36,7 @@ pub use backend::{
 };
 pub use backoff::{wait_for_lock, Backoff};
 pub use client::{LockBuilder, LockClient, DEFAULT_TTL};
-pub use error::{BackendErrorKind, BoxError, Error, Result};
+pub use error::{redact_url, BackendErrorKind, BoxError, Error, Result};
 pub use guard::Guard;
 pub use key::{KeyError, LockKey, Namespace, MAX_KEY_LEN};
 pub use lease::{drift_margin, FencingToken, Lease, OwnerToken};

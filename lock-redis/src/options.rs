@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+pub use lock_core::redact_url;
 use lock_core::{Error, Result};
 
 /// Options of a Redis connection (one node) and of the lock keys.
@@ -161,21 +162,6 @@ impl fmt::Debug for RedisOptions {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host` (and a lone `scheme://:pw@host`)
-/// with `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
-    let rest = &url[scheme_end + 3..];
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..auth_end].rfind('@') else { return url.to_owned() };
-    let userinfo = &rest[..at];
-    let redacted = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None => userinfo.to_owned(),
-    };
-    format!("{}{}{}", &url[..scheme_end + 3], redacted, &rest[at..])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +174,8 @@ mod tests {
         assert!(!dbg.contains("s3cret") && !dbg.contains("hunter2"), "{dbg}");
         assert_eq!(redact_url("redis://:pw@h/0"), "redis://:***@h/0");
         assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        let e = RedisOptions::from_url("redis://u:pa/ss-9@h:99999").unwrap_err().to_string();
+        assert!(!e.contains("pa/ss-9"), "{e}");
     }
 
     #[test]
