@@ -357,7 +357,7 @@ impl EtcdBackend {
     }
 
     /// Puts our key (unless it exists) and reads the owner, in one transaction.
-    /// Returns (our create revision, owner's create revision, header revision), or `None`
+    /// Returns (our create revision, owner's create revision), or `None`
     /// when the key exists with another owner's value.
     async fn enqueue(
         &self,
@@ -365,7 +365,7 @@ impl EtcdBackend {
         my_key: &str,
         lease: i64,
         owner: OwnerToken,
-    ) -> Result<Option<(i64, i64, i64)>> {
+    ) -> Result<Option<(i64, i64)>> {
         let owner_get = || {
             TxnOp::get(
                 pfx,
@@ -408,7 +408,7 @@ impl EtcdBackend {
             }
         };
         let owner_rev = first_rev(1).map(|(r, _)| r).unwrap_or(my_rev);
-        Ok(Some((my_rev, owner_rev, header)))
+        Ok(Some((my_rev, owner_rev)))
     }
 
     /// Deletes `key` if its value is still `owner`; true if it did.
@@ -444,25 +444,6 @@ impl EtcdBackend {
             .iter()
             .find(|kv| kv.value() == want.as_bytes())
             .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.lease())))
-    }
-
-    fn make_lease(
-        &self,
-        req: &AcquireRequest,
-        fence: i64,
-        held: Held,
-        sent: Instant,
-        granted: Duration,
-    ) -> Lease {
-        let session = held.session.clone();
-        let base = Lease::new(req.key.clone(), req.owner, FencingToken::new(fence as u64), granted, sent);
-        let lease = match &session {
-            Some(s) => base
-                .with_valid_until(s.valid_until())
-                .with_session(held.signal.clone().unwrap_or_else(|| s.loss.clone())),
-            None => base,
-        };
-        lease.with_backend_data(Arc::new(held))
     }
 
     /// Lease and key for one attempt: the session's, or a fresh per-lock lease.
@@ -610,17 +591,67 @@ impl Drop for KeepAlive {
     }
 }
 
-/// Cleans up a waiting acquire's queue key if its future is dropped.
-struct Abandon {
+/// One attempt's queue entry: its key, lease and local slot. Dropped before [`won`] or
+/// [`undo`] (a cancelled acquire), it cleans up in the background.
+///
+/// [`won`]: QueueEntry::won
+/// [`undo`]: QueueEntry::undo
+struct QueueEntry {
     backend: Option<EtcdBackend>,
     name: String,
+    pfx: String,
     my_key: String,
     owner: OwnerToken,
     lease: i64,
     session: Option<Arc<Session>>,
 }
 
-impl Drop for Abandon {
+impl QueueEntry {
+    fn new(backend: &EtcdBackend, req: &AcquireRequest, lease: i64, session: Option<Arc<Session>>) -> Self {
+        let pfx = backend.etcd_prefix(&req.key);
+        Self {
+            backend: Some(backend.clone()),
+            name: req.key.full().to_owned(),
+            my_key: format!("{pfx}{lease:x}"),
+            pfx,
+            owner: req.owner,
+            lease,
+            session,
+        }
+    }
+
+    /// Undoes the attempt now. Stays armed until the undo is done, so a cancelled undo still
+    /// finishes in the background.
+    async fn undo(mut self) {
+        if let Some(b) = self.backend.clone() {
+            b.undo(&self.name, &self.my_key, self.owner, self.lease, &self.session).await;
+        }
+        self.backend = None;
+    }
+
+    /// The attempt won the lock (granted `granted` from `sent`, fencing token `my_rev`): the
+    /// lease. In session mode the key is registered with the session's key watch, so its
+    /// deletion reaches this grant's guard.
+    fn won(mut self, req: &AcquireRequest, my_rev: i64, granted: Duration, sent: Instant) -> Lease {
+        self.backend = None;
+        let session = self.session.take();
+        let signal = session.as_ref().map(|s| s.keys.add(self.my_key.as_bytes(), my_rev));
+        let base = Lease::new(req.key.clone(), req.owner, FencingToken::new(my_rev as u64), granted, sent);
+        let lease = match (&session, &signal) {
+            (Some(s), Some(sig)) => base.with_valid_until(s.valid_until()).with_session(sig.clone()),
+            _ => base,
+        };
+        let held = Held {
+            etcd_key: std::mem::take(&mut self.my_key),
+            signal,
+            lease: Mutex::new((self.lease, ttl_secs(granted))),
+            session,
+        };
+        lease.with_backend_data(Arc::new(held))
+    }
+}
+
+impl Drop for QueueEntry {
     fn drop(&mut self) {
         if let Some(b) = self.backend.take() {
             let (name, key, owner, lease, session) = (
@@ -672,36 +703,20 @@ impl LockBackend for EtcdBackend {
                 return Ok(Attempt::Held { expires_in: None });
             }
         }
-        let pfx = self.etcd_prefix(&req.key);
-        let my_key = format!("{pfx}{lease:x}");
-        // If this future is dropped mid-way, the queue key, a per-lock lease and the local
-        // slot are cleaned up in the background.
-        let mut guard = Abandon {
-            backend: Some(self.clone()),
-            name: name.to_owned(),
-            my_key: my_key.clone(),
-            owner: req.owner,
-            lease,
-            session: session.clone(),
-        };
-        let outcome = match self.enqueue(&pfx, &my_key, lease, req.owner).await {
-            Ok(Some((my_rev, owner_rev, _))) if my_rev == owner_rev => {
-                let signal = session.as_ref().map(|s| s.keys.add(my_key.as_bytes(), my_rev));
-                let held =
-                    Held { etcd_key: my_key, signal, lease: Mutex::new((lease, ttl_secs(granted))), session };
-                Ok(Attempt::Acquired(self.make_lease(req, my_rev, held, sent, granted)))
+        let entry = QueueEntry::new(self, req, lease, session);
+        match self.enqueue(&entry.pfx, &entry.my_key, lease, req.owner).await {
+            Ok(Some((my_rev, owner_rev))) if my_rev == owner_rev => {
+                Ok(Attempt::Acquired(entry.won(req, my_rev, granted, sent)))
             }
             Ok(_) => {
-                self.undo(name, &my_key, req.owner, lease, &session).await;
+                entry.undo().await;
                 Ok(Attempt::Held { expires_in: None })
             }
             Err(e) => {
-                self.undo(name, &my_key, req.owner, lease, &session).await;
+                entry.undo().await;
                 Err(e)
             }
-        };
-        guard.backend = None;
-        outcome
+        }
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
@@ -732,79 +747,50 @@ impl LockBackend for EtcdBackend {
             sent = attempt_sent;
             break (lease, granted, session);
         };
-        let pfx = self.etcd_prefix(&req.key);
-        let my_key = format!("{pfx}{lease:x}");
-        let mut guard = Abandon {
-            backend: Some(self.clone()),
-            name: name.to_owned(),
-            my_key: my_key.clone(),
-            owner: req.owner,
-            lease,
-            session: session.clone(),
-        };
+        let entry = QueueEntry::new(self, req, lease, session);
         let result = async {
-            let Some((my_rev, owner_rev, _)) = self.enqueue(&pfx, &my_key, lease, req.owner).await? else {
+            let (pfx, my_key, session) = (&entry.pfx, &entry.my_key, entry.session.as_deref());
+            let Some((my_rev, owner_rev)) = self.enqueue(pfx, my_key, lease, req.owner).await? else {
                 return Err(Error::backend_msg(
                     NAME,
                     BackendErrorKind::Other,
                     "queue key held by another owner of this session",
                 ));
             };
-            if my_rev != owner_rev {
-                // A per-lock lease must outlive the wait: keep it alive until we hold the lock.
-                let _keep =
-                    (session.is_none()).then(|| KeepAlive::start(self.inner.client.clone(), lease, granted));
-                self.wait_for_predecessors(&pfx, my_rev, deadline, session.as_deref()).await?;
-                // A waiter whose lease expired while it waited gets an error, never the lock.
-                if !self.still_ours(&my_key, req.owner).await? || session.as_ref().is_some_and(|s| !s.alive())
-                {
-                    return Err(Error::backend_msg(
-                        NAME,
-                        BackendErrorKind::Unavailable,
-                        "the lease expired while waiting; the queue entry is gone",
-                    ));
-                }
+            if my_rev == owner_rev {
+                return Ok((my_rev, sent, granted));
             }
-            Ok((my_rev, my_rev != owner_rev))
+            let expired = || {
+                Error::backend_msg(
+                    NAME,
+                    BackendErrorKind::Unavailable,
+                    "the lease expired while waiting; the queue entry is gone",
+                )
+            };
+            // A per-lock lease must outlive the wait: keep it alive until we hold the lock.
+            let keep = session.is_none().then(|| KeepAlive::start(self.inner.client.clone(), lease, granted));
+            self.wait_for_predecessors(pfx, my_rev, deadline, session).await?;
+            // A waiter whose lease expired while it waited gets an error, never the lock.
+            if !self.still_ours(my_key, req.owner).await? || session.is_some_and(|s| !s.alive()) {
+                return Err(expired());
+            }
+            drop(keep);
+            if session.is_some() {
+                return Ok((my_rev, sent, granted));
+            }
+            // The per-lock lease was kept alive while we waited: measure its validity from a
+            // keep-alive sent now, not from before the wait.
+            let at = Instant::now();
+            match self.keep_alive_once(lease).await? {
+                ttl if ttl > 0 => Ok((my_rev, at, Duration::from_secs(ttl as u64))),
+                _ => Err(expired()),
+            }
         }
         .await;
         match result {
-            Ok((my_rev, waited)) => {
-                let (mut sent, mut granted) = (sent, granted);
-                if waited && session.is_none() {
-                    // The per-lock lease was kept alive while we waited: measure its validity
-                    // from a keep-alive sent now, not from before the wait.
-                    let at = Instant::now();
-                    match self.keep_alive_once(lease).await {
-                        Ok(ttl) if ttl > 0 => {
-                            sent = at;
-                            granted = Duration::from_secs(ttl as u64);
-                        }
-                        Ok(_) => {
-                            self.undo(name, &my_key, req.owner, lease, &session).await;
-                            guard.backend = None;
-                            return Err(Error::backend_msg(
-                                NAME,
-                                BackendErrorKind::Unavailable,
-                                "the lease expired while waiting; the queue entry is gone",
-                            ));
-                        }
-                        Err(e) => {
-                            self.undo(name, &my_key, req.owner, lease, &session).await;
-                            guard.backend = None;
-                            return Err(e);
-                        }
-                    }
-                }
-                guard.backend = None;
-                let signal = session.as_ref().map(|s| s.keys.add(my_key.as_bytes(), my_rev));
-                let held =
-                    Held { etcd_key: my_key, signal, lease: Mutex::new((lease, ttl_secs(granted))), session };
-                Ok(self.make_lease(req, my_rev, held, sent, granted))
-            }
+            Ok((my_rev, sent, granted)) => Ok(entry.won(req, my_rev, granted, sent)),
             Err(e) => {
-                self.undo(name, &my_key, req.owner, lease, &session).await;
-                guard.backend = None;
+                entry.undo().await;
                 match e {
                     Error::Timeout { .. } => {
                         Err(Error::Timeout { key: name.to_owned(), waited: start.elapsed() })
