@@ -119,9 +119,9 @@ impl Node {
         Ok(Self { addr, con, notifier, timeout: opts.command_timeout, backend })
     }
 
-    async fn call<T: redis::FromRedisValue>(&self, inv: redis::ScriptInvocation<'_>) -> Result<T> {
-        let mut con = self.con.clone();
-        match tokio::time::timeout(self.timeout, inv.invoke_async::<T>(&mut con)).await {
+    /// Awaits one request with the node's timeout, mapping both failures to typed errors.
+    async fn timed<T>(&self, request: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, request).await {
             Ok(r) => r.map_err(|e| map_err(self.backend, &self.addr, e)),
             Err(_) => Err(Error::backend_msg(
                 self.backend,
@@ -129,6 +129,11 @@ impl Node {
                 format!("{}: no reply within {:?}", self.addr, self.timeout),
             )),
         }
+    }
+
+    async fn call<T: redis::FromRedisValue>(&self, inv: redis::ScriptInvocation<'_>) -> Result<T> {
+        let mut con = self.con.clone();
+        self.timed(inv.invoke_async::<T>(&mut con)).await
     }
 
     pub(crate) async fn acquire(&self, keys: &Keys, owner: OwnerToken, ttl: Duration) -> Result<NodeGrant> {
@@ -193,15 +198,7 @@ impl Node {
 
     pub(crate) async fn ping(&self) -> Result<()> {
         let mut con = self.con.clone();
-        let cmd = redis::cmd("PING");
-        match tokio::time::timeout(self.timeout, cmd.query_async::<String>(&mut con)).await {
-            Ok(r) => r.map(|_| ()).map_err(|e| map_err(self.backend, &self.addr, e)),
-            Err(_) => Err(Error::backend_msg(
-                self.backend,
-                BackendErrorKind::Timeout,
-                format!("{}: no reply within {:?}", self.addr, self.timeout),
-            )),
-        }
+        self.timed(redis::cmd("PING").query_async::<String>(&mut con)).await.map(|_| ())
     }
 
     /// A raw connection handle, for benchmarks that measure the floor with the same client.
