@@ -77,19 +77,32 @@ enum OnLost {
     Ignore,
 }
 
+/// The lock a command takes: `--lock`, `--ttl`, `--wait`.
+#[derive(clap::Args, Debug)]
+struct Take {
+    /// The lock's name.
+    #[arg(long)]
+    lock: String,
+    /// Lease TTL; a crashed holder blocks others for at most this long.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    ttl: Duration,
+    /// How long to wait for the lock (0: one attempt).
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    wait: Duration,
+}
+
+impl Take {
+    fn builder(&self, locks: &LockClient) -> distlock::LockBuilder {
+        locks.lock(&self.lock).ttl(self.ttl).wait(self.wait)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Hold the lock (renewing it) while CMD runs; exit with CMD's status.
     Run {
-        /// The lock's name.
-        #[arg(long)]
-        lock: String,
-        /// Lease TTL; a crashed holder blocks others for at most this long.
-        #[arg(long, default_value = "30s", value_parser = duration)]
-        ttl: Duration,
-        /// How long to wait for the lock (0: one attempt).
-        #[arg(long, default_value = "0s", value_parser = duration)]
-        wait: Duration,
+        #[command(flatten)]
+        take: Take,
         /// What to do to the command if the lock is lost.
         #[arg(long, value_enum, default_value = "term")]
         on_lost: OnLost,
@@ -102,15 +115,8 @@ enum Command {
     },
     /// Take the lock and keep it until its TTL runs out or `release`; prints the owner token.
     Acquire {
-        /// The lock's name.
-        #[arg(long)]
-        lock: String,
-        /// Lease TTL.
-        #[arg(long, default_value = "30s", value_parser = duration)]
-        ttl: Duration,
-        /// How long to wait for the lock (0: one attempt).
-        #[arg(long, default_value = "0s", value_parser = duration)]
-        wait: Duration,
+        #[command(flatten)]
+        take: Take,
     },
     /// Show who holds the lock.
     Inspect {
@@ -204,23 +210,17 @@ async fn main() -> ExitCode {
     };
     let spin = !cli.json && std::io::stderr().is_terminal();
     match cli.command {
-        Command::Run { lock, ttl, wait, on_lost, kill_grace, cmd } => {
-            run(&out, &locks, spin, &lock, ttl, wait, on_lost, kill_grace, &cmd).await
+        Command::Run { take, on_lost, kill_grace, cmd } => {
+            run(&out, &locks, spin, &take, on_lost, kill_grace, &cmd).await
         }
-        Command::Acquire { lock, ttl, wait } => acquire(&out, &locks, spin, &lock, ttl, wait).await,
+        Command::Acquire { take } => acquire(&out, &locks, spin, &take).await,
         Command::Inspect { lock } => inspect(&out, &locks, &lock).await,
         Command::Release { lock, owner } => release(&out, &locks, &lock, &owner).await,
     }
 }
 
-async fn acquire(
-    out: &Out,
-    locks: &LockClient,
-    spin: bool,
-    name: &str,
-    ttl: Duration,
-    wait: Duration,
-) -> ExitCode {
+async fn acquire(out: &Out, locks: &LockClient, spin: bool, take: &Take) -> ExitCode {
+    let name = take.lock.as_str();
     if locks.capabilities().session_leases {
         // A session lease ends with this process: the lock would not outlive the command.
         return out.fail(&Error::InvalidConfig(format!(
@@ -229,7 +229,7 @@ async fn acquire(
             locks.backend_name()
         )));
     }
-    let fut = locks.lock(name).ttl(ttl).wait(wait).acquire();
+    let fut = take.builder(locks).acquire();
     let guard = match with_spinner(spin, &format!("waiting for lock '{name}'"), fut).await {
         Ok(g) => g,
         Err(e) => return out.fail(&e),
@@ -339,21 +339,19 @@ fn status_code(status: std::process::ExitStatus) -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
     out: &Out,
     locks: &LockClient,
     spin: bool,
-    name: &str,
-    ttl: Duration,
-    wait: Duration,
+    take: &Take,
     on_lost: OnLost,
     kill_grace: Duration,
     cmd: &[String],
 ) -> ExitCode {
     use tokio::signal::unix::{signal as unix_signal, SignalKind};
 
-    let fut = locks.lock(name).ttl(ttl).wait(wait).auto_renew().acquire();
+    let name = take.lock.as_str();
+    let fut = take.builder(locks).auto_renew().acquire();
     let guard = match with_spinner(spin, &format!("waiting for lock '{name}'"), fut).await {
         Ok(g) => g,
         Err(e) => return out.fail(&e),
