@@ -2,6 +2,7 @@
 //! [`CHECKS`] lists them with the promise (numbered as in DESIGN.md) each one checks and the
 //! capabilities it needs.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
@@ -82,6 +83,7 @@ pub static CHECKS: &[Check] = &[
     check!(no_wait_acquire_returns_at_once, 5, always),
     check!(waiters_are_served_in_order, 5, needs_fair),
     check!(dropped_waiting_acquire_leaves_nothing, 6, always),
+    check!(cancelled_attempts_leave_nothing, 6, always),
     check!(dropped_guard_releases_in_background, 6, always),
     check!(detach_keeps_lock_past_guard, 6, always),
     check!(loss_fires_at_valid_until, 7, needs_per_lock_ttl),
@@ -524,6 +526,42 @@ pub async fn dropped_waiting_acquire_leaves_nothing(ctx: Ctx) -> CheckResult {
     let gc = gc.map_err(|e| Failure(format!("a dropped waiter left something behind: {e}")))?;
     let _ = gc.release().await?;
     Ok(())
+}
+
+/// Promise 6: attempts dropped at any point of their flight (before the request is sent,
+/// while the server works, before the reply is read) leave no grant behind.
+pub async fn cancelled_attempts_leave_nothing(ctx: Ctx) -> CheckResult {
+    let b = ctx.client().await?;
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    for i in 0..40u64 {
+        // Half the attempts are cut after 1 to 4 polls (before the request is sent, right
+        // after), half after 0 to 3 ms (while the server works, before the reply is read).
+        // One that finished in time returns a guard, dropped and released in the background.
+        let attempt = b.lock(&key).ttl(ctx.long_ttl()).try_acquire();
+        if i % 2 == 0 {
+            let _ = poll_then_drop(attempt, 1 + (i as usize / 2) % 4).await;
+        } else {
+            let _ = tokio::time::timeout(Duration::from_micros((i * 397) % 3000), attempt).await;
+        }
+    }
+    // Every grant above had a 60 s TTL: one that nobody released makes this fail.
+    let gc = c.lock(&key).ttl(ctx.long_ttl()).wait(ctx.wake_bound() + ctx.slack()).acquire().await;
+    let gc = gc.map_err(|e| Failure(format!("a cancelled attempt left a grant behind: {e}")))?;
+    let _ = gc.release().await?;
+    Ok(())
+}
+
+/// Polls `fut` up to `polls` times, yielding in between, then drops it unless it finished.
+async fn poll_then_drop<F: Future>(fut: F, polls: usize) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..polls {
+        if let std::task::Poll::Ready(v) = futures::poll!(fut.as_mut()) {
+            return Some(v);
+        }
+        tokio::task::yield_now().await;
+    }
+    None
 }
 
 /// Promise 6: dropping a guard does not block the thread, stops renewal and releases the lock

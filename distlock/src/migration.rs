@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lock_core::{
     async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, Instant, Lease, LockBackend,
-    LockInfo, LockKey, LossSignal, ReleaseOutcome, Result, WakeMode,
+    LockInfo, LockKey, LossSignal, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
 };
 
 /// Which backend's fencing tokens a [`MigrationBackend`] hands out.
@@ -37,19 +37,13 @@ pub struct MigrationBackend {
     primary: Primary,
 }
 
-/// Releases a grant in the background when dropped while still armed.
-struct ReleaseOnDrop(Option<(Arc<dyn LockBackend>, Lease)>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if let Some((backend, lease)) = self.0.take() {
-            if let Ok(h) = tokio::runtime::Handle::try_current() {
-                h.spawn(async move {
-                    let _ = backend.release(&lease).await;
-                });
-            }
-        }
-    }
+/// Arms the release of the old backend's grant, for when the future taking the new one is
+/// dropped: the old grant is then released in the background instead of lasting its TTL.
+fn release_on_drop(backend: &Arc<dyn LockBackend>, lease: &Lease) -> UndoOnDrop {
+    let (backend, lease) = (backend.clone(), lease.clone());
+    UndoOnDrop::new(async move {
+        let _ = backend.release(&lease).await;
+    })
 }
 
 /// The two grants behind a migration lease.
@@ -136,7 +130,10 @@ impl LockBackend for MigrationBackend {
             Attempt::Acquired(l) => l,
             held => return Ok(held),
         };
-        match self.new.try_acquire(req).await {
+        let undo = release_on_drop(&self.old, &a);
+        let res = self.new.try_acquire(req).await;
+        undo.disarm();
+        match res {
             Ok(Attempt::Acquired(b)) => Ok(Attempt::Acquired(self.combine(req, a, b))),
             Ok(held) => {
                 let _ = self.old.release(&a).await;
@@ -155,11 +152,11 @@ impl LockBackend for MigrationBackend {
             let a = self.old.acquire(req, deadline).await?;
             // If this future is dropped while waiting on the new backend, the old grant is
             // released in the background.
-            let mut undo = ReleaseOnDrop(Some((self.old.clone(), a.clone())));
+            let undo = release_on_drop(&self.old, &a);
             // Wait for the new backend no longer than the old grant stays valid.
             let until = deadline.min(a.valid_until());
             let res = self.new.acquire(req, until).await;
-            undo.0 = None;
+            undo.disarm();
             match res {
                 Ok(b) => return Ok(self.combine(req, a, b)),
                 Err(Error::Timeout { .. }) => {

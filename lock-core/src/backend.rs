@@ -167,8 +167,9 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     ///   gives the new grant a fencing token greater than every earlier grant of the key
     ///   (promise 2).
     /// - `valid_until` of the lease is measured from before the request was sent.
-    /// - If the future is dropped mid-flight, a grant that the server made anyway lasts at most
-    ///   its TTL (promise 6).
+    /// - If the future is dropped mid-flight, a grant that the server made anyway is released
+    ///   in the background (see [`UndoOnDrop`](crate::UndoOnDrop)); at worst, outside a
+    ///   runtime, it lasts its TTL (promise 6).
     ///
     /// # Errors
     /// Backend errors only; a held lock is [`Attempt::Held`], not an error.

@@ -349,19 +349,16 @@ impl Drop for PendingRelease {
 
 fn release_in_background(shared: Arc<Shared>) {
     shared.stop.cancel();
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            handle.spawn(async move {
-                let _ = shared.release().await;
-            });
-        }
-        Err(_) => {
-            tracing::warn!(
-                backend = shared.backend.name(),
-                key = %shared.key,
-                "guard dropped outside a tokio runtime; the lock will expire after its TTL"
-            );
-        }
+    let (backend, key) = (shared.backend.name(), shared.key.clone());
+    let spawned = crate::cancel::spawn_detached(async move {
+        let _ = shared.release().await;
+    });
+    if !spawned {
+        tracing::warn!(
+            backend,
+            key = %key,
+            "guard dropped outside a tokio runtime; the lock will expire after its TTL"
+        );
     }
 }
 

@@ -23,6 +23,7 @@
 
 pub mod backend;
 pub mod backoff;
+pub mod cancel;
 pub mod client;
 pub mod error;
 pub mod guard;
@@ -35,6 +36,7 @@ pub use backend::{
     AcquireRequest, Attempt, Capabilities, ExtendOutcome, LockBackend, LockInfo, ReleaseOutcome, WakeMode,
 };
 pub use backoff::{wait_for_lock, Backoff};
+pub use cancel::UndoOnDrop;
 pub use client::{LockBuilder, LockClient, DEFAULT_TTL};
 pub use error::{redact_url, BackendErrorKind, BoxError, Error, Result};
 pub use guard::Guard;

@@ -333,9 +333,56 @@ impl FileBackend {
         let path = self.path_of(key);
         let full = key.full().to_owned();
         let sync = self.opts.sync;
-        tokio::task::spawn_blocking(move || Self::apply(&path, &full, sync, op))
-            .await
-            .map_err(|e| Error::backend(NAME, BackendErrorKind::Other, "lock file task failed", e))?
+        // An acquire whose caller goes away before the reply must not leave its grant behind:
+        // the blocking task runs on regardless, so the undo waits for it and releases what it
+        // granted.
+        let undo_owner = match op {
+            Op::Acquire { owner, .. } => Some(owner),
+            _ => None,
+        };
+        let task = {
+            let (path, full) = (path.clone(), full.clone());
+            tokio::task::spawn_blocking(move || Self::apply(&path, &full, sync, op))
+        };
+        PendingOp { task: Some(task), undo: undo_owner.map(|o| (path, full, sync, o)) }.join().await
+    }
+}
+
+/// A file operation in flight. Dropped before its task was joined (the caller was cancelled),
+/// an acquire is undone once its task has finished: what it granted is released.
+struct PendingOp {
+    task: Option<tokio::task::JoinHandle<Result<OpResult>>>,
+    undo: Option<(PathBuf, String, bool, OwnerToken)>,
+}
+
+impl PendingOp {
+    async fn join(mut self) -> Result<OpResult> {
+        let Some(task) = self.task.as_mut() else {
+            return Err(Error::backend_msg(NAME, BackendErrorKind::Other, "lock file task already joined"));
+        };
+        let joined = task.await;
+        self.task = None;
+        joined.map_err(|e| Error::backend(NAME, BackendErrorKind::Other, "lock file task failed", e))?
+    }
+}
+
+impl Drop for PendingOp {
+    fn drop(&mut self) {
+        let (Some(task), Some((path, full, sync, owner))) = (self.task.take(), self.undo.take()) else {
+            return;
+        };
+        lock_core::cancel::spawn_detached(async move {
+            if let Ok(Ok(OpResult::Acquired(_))) = task.await {
+                let p = path.clone();
+                let undone = tokio::task::spawn_blocking(move || {
+                    FileBackend::apply(&p, &full, sync, Op::Release { owner })
+                })
+                .await;
+                if matches!(undone, Ok(Ok(OpResult::Released))) {
+                    waker(&path).notify_waiters();
+                }
+            }
+        });
     }
 }
 

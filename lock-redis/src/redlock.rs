@@ -6,7 +6,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use lock_core::{
     async_trait, drift_margin, AcquireRequest, Attempt, BackendErrorKind, Capabilities, Error, ExtendOutcome,
-    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
+    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, UndoOnDrop,
+    WakeMode,
 };
 
 use crate::node::MAX_POLL;
@@ -129,29 +130,10 @@ impl RedlockBackend {
         Keys::new(&self.inner.prefix, key)
     }
 
-    async fn release_everywhere(&self, keys: &Keys, req: &AcquireRequest) -> Vec<Result<bool>> {
-        join_all(self.inner.nodes.iter().map(|n| n.release(keys, req.owner))).await
-    }
-}
-
-#[async_trait]
-impl LockBackend for RedlockBackend {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::default();
-        c.wake = WakeMode::Notify;
-        c.ttl_granularity = Duration::from_millis(1);
-        c.min_ttl = Duration::from_millis(50);
-        // A node may apply the grant up to one node timeout after it was sent.
-        c.expiry_margin = self.inner.node_timeout + Duration::from_millis(50);
-        c
-    }
-
-    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+    /// One Redlock round: ask every master, keep a quorum's grant or undo everywhere.
+    async fn attempt(&self, req: &AcquireRequest) -> Result<Attempt> {
         let keys = self.keys(&req.key);
+
         let n = self.inner.nodes.len();
         let quorum = self.inner.quorum;
         let sent = Instant::now();
@@ -212,6 +194,42 @@ impl LockBackend for RedlockBackend {
             ),
             source: Some(Box::new(first)),
         })
+    }
+
+    async fn release_everywhere(&self, keys: &Keys, req: &AcquireRequest) -> Vec<Result<bool>> {
+        join_all(self.inner.nodes.iter().map(|n| n.release(keys, req.owner))).await
+    }
+}
+
+#[async_trait]
+impl LockBackend for RedlockBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.wake = WakeMode::Notify;
+        c.ttl_granularity = Duration::from_millis(1);
+        c.min_ttl = Duration::from_millis(50);
+        // A node may apply the grant up to one node timeout after it was sent.
+        c.expiry_margin = self.inner.node_timeout + Duration::from_millis(50);
+        c
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        // The attempt undoes its own partial grants; dropped mid-flight it cannot, so the
+        // release on every node is then sent in the background.
+        let undo = UndoOnDrop::new({
+            let (this, req) = (self.clone(), req.clone());
+            async move {
+                let keys = this.keys(&req.key);
+                this.release_everywhere(&keys, &req).await;
+            }
+        });
+        let attempt = self.attempt(req).await;
+        undo.disarm();
+        attempt
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {

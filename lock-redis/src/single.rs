@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lock_core::{
     async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, FencingToken, Instant, Lease,
-    LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
+    LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
 };
 
 use crate::node::MAX_POLL;
@@ -95,7 +95,17 @@ impl LockBackend for RedisBackend {
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let keys = self.keys(&req.key);
         let sent = Instant::now();
-        Ok(match self.inner.node.acquire(&keys, req.owner, req.ttl).await? {
+        // Dropped mid-flight, or failed without a reply, the script may still have granted:
+        // release by owner token on the same connection, which runs after it.
+        let undo = UndoOnDrop::new({
+            let (this, keys, owner) = (self.clone(), keys.clone(), req.owner);
+            async move {
+                let _ = this.inner.node.release(&keys, owner).await;
+            }
+        });
+        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl).await?;
+        undo.disarm();
+        Ok(match reply {
             NodeGrant::Granted(f) => {
                 Attempt::Acquired(Lease::new(req.key.clone(), req.owner, FencingToken::new(f), req.ttl, sent))
             }
