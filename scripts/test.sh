@@ -37,16 +37,17 @@ if ((${#missing[@]})); then
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Python clients the interop tests drive (redis-py), in a virtualenv under target/.
+# Python programs the tests drive, in a virtualenv under target/: redis-py (the Redis interop
+# test) and moto's server (lock-dynamo's DynamoDB emulator, started by its fixture).
 PYENV=target/pyenv
-if ! "$PYENV/bin/python" -c 'import redis' >/dev/null 2>&1; then
-  log "making $PYENV with redis-py"
+if ! "$PYENV/bin/python" -c 'import redis, moto.server, flask' >/dev/null 2>&1 || [ ! -x "$PYENV/bin/moto_server" ]; then
+  log "making $PYENV with redis-py and moto[server]"
   if ! python3 -m venv "$PYENV" >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$PYENV"
   fi
-  "$PYENV/bin/pip" install -q --disable-pip-version-check 'redis>=5,<9'
+  "$PYENV/bin/pip" install -q --disable-pip-version-check 'redis>=5,<9' 'moto[server]>=5.1,<6'
 fi
 
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"

@@ -1,0 +1,87 @@
+//! DynamoDB and SDK failures as distlock errors: throttling, 5xx and transport failures are
+//! retryable; a failed condition is never an error (the callers turn it into "held").
+
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use lock_core::{BackendErrorKind, Error};
+
+pub(crate) const NAME: &str = "dynamodb";
+
+/// Maps an SDK error of operation `op` on `table`.
+pub(crate) fn sdk<E>(op: &str, table: &str, e: SdkError<E, HttpResponse>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (kind, what) = match &e {
+        SdkError::TimeoutError(_) => (BackendErrorKind::Timeout, "timed out".to_owned()),
+        SdkError::DispatchFailure(d) if d.is_timeout() => (BackendErrorKind::Timeout, "timed out".to_owned()),
+        SdkError::DispatchFailure(_) => (BackendErrorKind::Connection, "could not reach DynamoDB".to_owned()),
+        SdkError::ResponseError(_) => (BackendErrorKind::Protocol, "unreadable response".to_owned()),
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or("unknown error");
+            let status = se.raw().status().as_u16();
+            let kind = service_kind(code, status);
+            let hint = if code == "ResourceNotFoundException" {
+                " (create the table first: DynamoBackend::create_table)"
+            } else {
+                ""
+            };
+            let msg = se.err().message().unwrap_or("");
+            (kind, format!("{code} (HTTP {status}): {msg}{hint}"))
+        }
+        _ => (BackendErrorKind::Other, "request could not be built".to_owned()),
+    };
+    let message = format!("{op} on table {table}: {what}");
+    Error::backend(NAME, kind, message, SdkErrorText(DisplayErrorContext(e).to_string()))
+}
+
+/// The kind of a service error, by its code and HTTP status.
+pub(crate) fn service_kind(code: &str, status: u16) -> BackendErrorKind {
+    match code {
+        "ThrottlingException"
+        | "ProvisionedThroughputExceededException"
+        | "RequestLimitExceeded"
+        | "LimitExceededException" => BackendErrorKind::Throttled,
+        "InternalServerError" | "ServiceUnavailable" | "InternalFailure" => BackendErrorKind::Unavailable,
+        "UnrecognizedClientException"
+        | "AccessDeniedException"
+        | "InvalidSignatureException"
+        | "MissingAuthenticationTokenException"
+        | "ExpiredTokenException"
+        | "IncompleteSignature" => BackendErrorKind::Auth,
+        _ if status >= 500 => BackendErrorKind::Unavailable,
+        _ => BackendErrorKind::Other,
+    }
+}
+
+/// An SDK error rendered with its whole chain, as the source of a distlock error.
+#[derive(Debug)]
+struct SdkErrorText(String);
+
+impl std::fmt::Display for SdkErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SdkErrorText {}
+
+/// A reply this crate did not expect (an attribute missing or of the wrong type).
+pub(crate) fn protocol(message: impl Into<String>) -> Error {
+    Error::backend_msg(NAME, BackendErrorKind::Protocol, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_and_5xx_retry_and_auth_does_not() {
+        assert!(service_kind("ThrottlingException", 400).is_retryable());
+        assert!(service_kind("ProvisionedThroughputExceededException", 400).is_retryable());
+        assert!(service_kind("InternalServerError", 500).is_retryable());
+        assert!(service_kind("SomethingNew", 503).is_retryable());
+        assert!(!service_kind("UnrecognizedClientException", 400).is_retryable());
+        assert!(!service_kind("ValidationException", 400).is_retryable());
+    }
+}
