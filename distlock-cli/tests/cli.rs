@@ -271,3 +271,50 @@ fn the_command_works_against_a_real_etcd() {
         .success());
     drop(etcd);
 }
+
+#[test]
+fn the_command_works_against_dynamodb() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let moto = rt.block_on(conformance_tests::fixtures::dynamo::MotoServer::start()).expect("moto");
+    let url = format!("dynamodb://cli_locks?region=us-east-1&endpoint={}&create_table=true", moto.endpoint());
+    // Credentials from the default chain: throwaway ones in the environment, and nothing
+    // from this host's profile files or instance metadata.
+    let dynamo = |url: &str| {
+        let mut c = distlock(url);
+        c.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret-never-printed")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env_remove("AWS_PROFILE");
+        c
+    };
+    let out = dynamo(&url)
+        .args(["run", "--lock", "d", "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKEN"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("token");
+    let a = json(
+        &dynamo(&url)
+            .args(["--json", "acquire", "--lock", "d", "--ttl", "30s"])
+            .output()
+            .expect("acquire")
+            .stdout,
+    );
+    assert!(a["fencing_token"].as_u64().expect("token") > first, "{a}");
+    let held = dynamo(&url).args(["run", "--lock", "d", "--", "true"]).output().expect("run");
+    assert_eq!(held.status.code(), Some(75));
+    assert!(!String::from_utf8_lossy(&held.stderr).contains("test-secret"), "a secret was printed");
+    let i = json(&dynamo(&url).args(["--json", "inspect", "--lock", "d"]).output().expect("inspect").stdout);
+    assert_eq!(i["owner"], a["owner"]);
+    let owner = a["owner"].as_str().expect("owner");
+    assert!(dynamo(&url)
+        .args(["release", "--lock", "d", "--owner", owner])
+        .status()
+        .expect("release")
+        .success());
+    let again = dynamo(&url).args(["run", "--lock", "d", "--", "true"]).output().expect("run");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    drop(moto);
+}

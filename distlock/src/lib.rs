@@ -26,7 +26,7 @@
 //! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true`, `ca_file=` |
 //! | `etcd://[user:password@]h1:2379,h2:2379` | etcd v3 (session leases by default) | `etcd` | `prefix=`, `lease=session\|per-lock`, `session_ttl=10s`, `connect_timeout=5s`, `timeout=5s`, `tls=true`, `ca_file=` (implies TLS) |
 //! | `zk://h1:2181,h2:2181/chroot` | ZooKeeper (not landed yet) | `zk` (reserved) | |
-//! | `dynamodb://table?region=…&endpoint=…` | DynamoDB (not landed yet) | `dynamo` (reserved) | |
+//! | `dynamodb://TABLE` | DynamoDB, one item per lock in `TABLE`; credentials from aws-config's default chain | `dynamo` | `region=`, `endpoint=` (DynamoDB Local, an emulator), `partition_key=lock_key`, `sort_key=NAME:VALUE`, `takeover=rvn\|clock`, `max_skew=100ms` (with `clock`), `poll=100ms`, `timeout=5s`, `create_table=true` |
 //!
 //! Every URL also takes `namespace=NS` (a prefix for every key of the client) and `ttl=30s`
 //! (the TTL of locks that name none). Durations are written `500ms`, `30s`, `2m`, `1h`.
@@ -52,6 +52,8 @@ pub use lock_core::{
     FencingToken, Guard, Instant, Lease, LockBackend, LockBuilder, LockClient, LockInfo, LockKey, LossReason,
     LossSignal, Namespace, OwnerToken, ReleaseOutcome, Result, WakeMode,
 };
+#[cfg(feature = "dynamo")]
+pub use lock_dynamo;
 #[cfg(feature = "etcd")]
 pub use lock_etcd;
 #[cfg(feature = "local")]
@@ -63,7 +65,7 @@ use url::ConnectUrl;
 
 const COMMON: &[&str] = &["namespace", "ttl"];
 
-#[cfg_attr(all(feature = "local", feature = "redis", feature = "etcd"), allow(dead_code))]
+#[cfg_attr(all(feature = "local", feature = "redis", feature = "etcd", feature = "dynamo"), allow(dead_code))]
 fn feature_off(u: &ConnectUrl, feature: &str) -> Error {
     Error::InvalidConfig(format!(
         "{}:// needs distlock's `{feature}` feature, which this build does not have (build with --features {feature})",
@@ -101,7 +103,7 @@ pub async fn connect(url: &str) -> Result<LockClient> {
         "redlock" => connect_redlock(&u).await?,
         "etcd" => connect_etcd(&u).await?,
         "zk" | "zookeeper" => return Err(not_landed(&u, "ZooKeeper")),
-        "dynamodb" => return Err(not_landed(&u, "DynamoDB")),
+        "dynamodb" => connect_dynamo(&u).await?,
         other => {
             return Err(Error::InvalidConfig(format!(
                 "distlock URL '{}': unknown scheme '{other}' (known: mem, file, redis, rediss, redlock, etcd, zk, dynamodb)",
@@ -296,4 +298,87 @@ async fn connect_etcd(u: &ConnectUrl) -> Result<LockClient> {
 #[cfg(not(feature = "etcd"))]
 async fn connect_etcd(u: &ConnectUrl) -> Result<LockClient> {
     Err(feature_off(u, "etcd"))
+}
+
+#[cfg(feature = "dynamo")]
+async fn connect_dynamo(u: &ConnectUrl) -> Result<LockClient> {
+    use lock_dynamo::{DynamoBackend, DynamoOptions, Takeover};
+    with_options(
+        u,
+        &[
+            "region",
+            "endpoint",
+            "partition_key",
+            "sort_key",
+            "takeover",
+            "max_skew",
+            "poll",
+            "timeout",
+            "create_table",
+        ],
+    )?;
+    let bad = |what: String| Error::InvalidConfig(format!("distlock URL '{}': {what}", u.redacted()));
+    let table = match u.hosts.as_slice() {
+        [t] if !t.is_empty() => t.clone(),
+        [] => {
+            return Err(bad(
+                "dynamodb:// needs the table name as its host (dynamodb://locks?region=...)".into()
+            ))
+        }
+        _ => return Err(bad("dynamodb:// takes one table name".into())),
+    };
+    if u.user.is_some() || u.password.is_some() {
+        return Err(bad(
+            "dynamodb:// takes no credentials in the URL; they come from AWS's default chain (environment, profile, role)"
+                .into(),
+        ));
+    }
+    if !(u.path.is_empty() || u.path == "/") {
+        return Err(bad(format!("dynamodb:// takes no path (got '{}')", u.path)));
+    }
+    let mut o = DynamoOptions::new(table);
+    if let Some(r) = u.option("region") {
+        o = o.region(r);
+    }
+    if let Some(e) = u.option("endpoint") {
+        o = o.endpoint(e);
+    }
+    if let Some(pk) = u.option("partition_key") {
+        o = o.partition_key(pk);
+    }
+    if let Some(sk) = u.option("sort_key") {
+        let (name, value) =
+            sk.split_once(':').ok_or_else(|| bad(format!("option sort_key: '{sk}' is not NAME:VALUE")))?;
+        o = o.sort_key(name, value);
+    }
+    let skew = u.duration("max_skew")?;
+    match u.option("takeover") {
+        None | Some("rvn") => {
+            if skew.is_some() {
+                return Err(bad("option max_skew: only with takeover=clock".into()));
+            }
+        }
+        Some("clock") => {
+            o = o
+                .takeover(Takeover::Clock { max_skew: skew.unwrap_or(std::time::Duration::from_millis(100)) })
+        }
+        Some(other) => return Err(bad(format!("option takeover: '{other}' is not rvn or clock"))),
+    }
+    if let Some(p) = u.duration("poll")? {
+        o = o.poll_interval(p);
+    }
+    if let Some(t) = u.duration("timeout")? {
+        o = o.request_timeout(t);
+    }
+    let create = u.flag("create_table")?.unwrap_or(false);
+    let backend = DynamoBackend::connect(o).await?;
+    if create {
+        backend.create_table().await?;
+    }
+    Ok(LockClient::new(backend))
+}
+
+#[cfg(not(feature = "dynamo"))]
+async fn connect_dynamo(u: &ConnectUrl) -> Result<LockClient> {
+    Err(feature_off(u, "dynamo"))
 }

@@ -49,6 +49,14 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
         cases.push(("redlock://u:hunter2@h1,h2", "at least 3 hosts"));
         cases.push(("redis://u:hunter2@h?bogus=1", "unknown option 'bogus'"));
     }
+    if cfg!(feature = "dynamo") {
+        cases.push(("dynamodb://?region=eu-west-1", "table name"));
+        cases.push(("dynamodb://u:hunter2@locks?region=eu-west-1", "no credentials in the URL"));
+        cases.push(("dynamodb://locks?takeover=sometimes", "option takeover"));
+        cases.push(("dynamodb://locks?max_skew=1s", "only with takeover=clock"));
+        cases.push(("dynamodb://locks?sort_key=ns", "NAME:VALUE"));
+        cases.push(("dynamodb://x?region=eu-west-1", "table name must be 3 to 255"));
+    }
     for (url, expect) in cases {
         let e = distlock::connect(url).await.expect_err(url);
         let msg = e.to_string();
@@ -59,7 +67,7 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
         );
         assert!(!e.is_retryable(), "{url}");
     }
-    for url in ["zk://h:2181/app", "dynamodb://locks?region=eu-west-1"] {
+    for url in ["zk://h:2181/app"] {
         let e = distlock::connect(url).await.expect_err(url);
         assert!(matches!(e, Error::Unsupported { .. }), "{url}: {e:?}");
         assert!(e.to_string().contains("not landed"), "{e}");
@@ -120,6 +128,8 @@ async fn etcd_urls_connect() {
 async fn a_scheme_whose_feature_is_off_names_the_feature() {
     let e = distlock::connect("redis://127.0.0.1:6379").await.expect_err("feature off");
     assert!(e.to_string().contains("--features redis"), "{e}");
+    let e = distlock::connect("dynamodb://locks?region=eu-west-1").await.expect_err("feature off");
+    assert!(e.to_string().contains("--features dynamo"), "{e}");
 }
 
 conformance_suite!(migration_memory_to_file, {

@@ -1,0 +1,285 @@
+//! lock-dynamo under faults, against a real DynamoDB emulator (moto's server): a crashed
+//! holder is taken over after its lease and not before; heartbeats keep a long job's lock;
+//! the opt-in clock takeover; throttling and 5xx injected by a proxy are retried and never
+//! taken for "acquired"; a grant whose reply was lost is recognised as ours.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conformance_tests::fixtures::dynamo::DynamoTarget;
+use lock_core::{BackendErrorKind, Error, LockClient};
+use lock_dynamo::{DynamoBackend, DynamoOptions, Takeover};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn opts() -> DynamoOptions {
+    DynamoOptions::new("fault_locks")
+}
+
+async fn target() -> DynamoTarget {
+    let t = DynamoTarget::get().await.expect("DynamoDB emulator");
+    support::backend(&t.endpoint, opts()).await;
+    t
+}
+
+fn client(endpoint: &str, opts: DynamoOptions) -> LockClient {
+    LockClient::new(DynamoBackend::with_client(support::client(endpoint), opts))
+}
+
+fn key(name: &str) -> String {
+    format!("faults/{}/{name}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_holder_is_taken_over_after_the_lease_and_not_before() {
+    let t = target().await;
+    let (a, b) = (client(&t.endpoint, opts()), client(&t.endpoint, opts()));
+    let k = key("crash");
+    let ttl = Duration::from_secs(2);
+    let crashed = a.lock(&k).ttl(ttl).acquire().await.expect("a takes the lock").detach();
+    // b arrives a second after the crash: it must still count a whole lease from its own
+    // first look, whatever the holder's clock said.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first_look = Instant::now();
+    assert!(b.lock(&k).ttl(ttl).try_acquire().await.expect("try").is_none(), "b took a held lock");
+    let g = b.lock(&k).ttl(ttl).wait(Duration::from_secs(10)).acquire().await.expect("b takes over");
+    let waited = first_look.elapsed();
+    assert!(waited >= ttl, "b took over {waited:?} after its first look, before a whole lease of {ttl:?}");
+    assert!(waited <= ttl + Duration::from_millis(1500), "b took over only after {waited:?} (lease {ttl:?})");
+    assert!(g.fencing_token() > crashed.fencing_token(), "the takeover's token did not increase");
+    // The crashed holder can neither extend nor release what b now holds.
+    assert_eq!(a.release_lease(&crashed).await.expect("release"), lock_core::ReleaseOutcome::NotHeld);
+    assert!(g.is_held());
+    g.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_jobs_lock() {
+    let t = target().await;
+    let (a, b) = (client(&t.endpoint, opts()), client(&t.endpoint, opts()));
+    let k = key("long-job");
+    let ttl = Duration::from_secs(1);
+    let g = a.lock(&k).ttl(ttl).auto_renew().acquire().await.expect("a takes the lock");
+    // A contender watching for 4 lease durations never sees the same RVN for a whole lease.
+    match b.lock(&k).ttl(ttl).wait(ttl * 4).acquire().await {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("a contender got past a heartbeating holder: {other:?}"),
+    }
+    assert!(g.is_held(), "the heartbeating holder lost its lock");
+    let info = b.inspect(&k).await.expect("inspect").expect("still held");
+    assert_eq!(info.fencing_token, Some(g.fencing_token()), "the holder changed under heartbeats");
+    g.release().await.expect("release");
+    let g2 = b.lock(&k).ttl(ttl).wait(Duration::from_secs(5)).acquire().await.expect("free after release");
+    g2.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_takeover_needs_no_extra_lease() {
+    let t = target().await;
+    let clock = opts().takeover(Takeover::Clock { max_skew: Duration::from_millis(200) });
+    let (a, b) = (client(&t.endpoint, clock.clone()), client(&t.endpoint, clock));
+    let k = key("clock");
+    let ttl = Duration::from_secs(1);
+    let crashed = a.lock(&k).ttl(ttl).acquire().await.expect("a takes the lock").detach();
+    tokio::time::sleep_until(crashed.valid_until() + Duration::from_millis(400)).await;
+    // Past the holder's expiry plus the skew bound: taken at the first look, where the record
+    // version rule alone would wait another whole lease.
+    let g = b.lock(&k).ttl(ttl).try_acquire().await.expect("try").expect("clock takeover at first look");
+    assert!(g.fencing_token() > crashed.fencing_token());
+    g.release().await.expect("release");
+}
+
+// --- a proxy that injects throttling and 5xx --------------------------------------------------
+
+/// What the proxy does to the requests it sees.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Answer 1 in `throttle_every` requests with a ThrottlingException, unforwarded (0: none).
+    throttle_every: u32,
+    /// Forward the next this many UpdateItem requests, then answer 500 instead of the reply.
+    lose_update_replies: u32,
+    seen: u32,
+    throttled: u32,
+    lost: u32,
+}
+
+struct Proxy {
+    endpoint: String,
+    faults: Arc<Mutex<Faults>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let f = faults.clone();
+        let up = upstream.trim_start_matches("http://").to_owned();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(serve(conn, up.clone(), f.clone()));
+            }
+        });
+        Self { endpoint, faults }
+    }
+
+    fn set(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.faults.lock().expect("faults"));
+    }
+
+    fn counts(&self) -> (u32, u32) {
+        let f = self.faults.lock().expect("faults");
+        (f.throttled, f.lost)
+    }
+}
+
+/// Reads one HTTP/1.1 message (head and Content-Length body); `None` at a clean EOF.
+async fn read_message(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok()).flatten()
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.ok()?;
+    Some((head, body))
+}
+
+fn error_reply(status: &str, kind: &str) -> Vec<u8> {
+    let body = format!("{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{kind}\",\"message\":\"injected by the test proxy\"}}");
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: proxy\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+async fn serve(mut conn: TcpStream, upstream: String, faults: Arc<Mutex<Faults>>) {
+    while let Some((head, body)) = read_message(&mut conn).await {
+        let is_update = head.contains("DynamoDB_20120810.UpdateItem");
+        let (throttle, lose) = {
+            let mut f = faults.lock().expect("faults");
+            f.seen += 1;
+            let throttle = f.throttle_every > 0 && f.seen.is_multiple_of(f.throttle_every);
+            let lose = !throttle && is_update && f.lose_update_replies > 0;
+            if throttle {
+                f.throttled += 1;
+            }
+            if lose {
+                f.lose_update_replies -= 1;
+                f.lost += 1;
+            }
+            (throttle, lose)
+        };
+        let reply = if throttle {
+            error_reply("400 Bad Request", "ThrottlingException")
+        } else {
+            let Ok(mut up) = TcpStream::connect(&upstream).await else { return };
+            if up.write_all(head.as_bytes()).await.is_err() || up.write_all(&body).await.is_err() {
+                return;
+            }
+            let Some((rhead, rbody)) = read_message(&mut up).await else { return };
+            if lose {
+                // The write was applied; its reply never arrives.
+                error_reply("500 Internal Server Error", "InternalServerError")
+            } else {
+                let mut r = rhead.into_bytes();
+                r.extend_from_slice(&rbody);
+                r
+            }
+        };
+        if conn.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_and_never_taken_for_acquired() {
+    let t = target().await;
+    let proxy = Proxy::start(t.endpoint.clone()).await;
+    let holder = client(&t.endpoint, opts());
+    let through = client(&proxy.endpoint, opts());
+    let k = key("throttled");
+    let g = holder.lock(&k).ttl(Duration::from_secs(30)).acquire().await.expect("holder");
+
+    // Every request throttled: a retryable, typed error, never a grant.
+    proxy.set(|f| f.throttle_every = 1);
+    match through.lock(&k).ttl(Duration::from_secs(30)).try_acquire().await {
+        Err(e @ Error::Backend { kind: BackendErrorKind::Throttled, .. }) => assert!(e.is_retryable(), "{e}"),
+        other => panic!("an all-throttled attempt returned {other:?}, expected a Throttled error"),
+    }
+    // Every other request throttled: the SDK's retry gets through, and the lock is held.
+    proxy.set(|f| f.throttle_every = 2);
+    for _ in 0..5 {
+        let got = through.lock(&k).ttl(Duration::from_secs(30)).try_acquire().await;
+        assert!(matches!(got, Ok(None)), "a held lock under throttling gave {got:?}");
+    }
+    let throttled_so_far = proxy.counts().0;
+    assert!(throttled_so_far >= 5, "the proxy throttled only {throttled_so_far} requests");
+
+    // Released: a waiter through the throttling proxy gets it, with the next token.
+    let fence = g.fencing_token();
+    g.release().await.expect("release");
+    let g2 = through.lock(&k).ttl(Duration::from_secs(30)).wait(Duration::from_secs(10)).acquire().await;
+    let g2 = g2.expect("acquire through throttling once free");
+    assert!(g2.fencing_token() > fence);
+    let info = holder.inspect(&k).await.expect("inspect").expect("held");
+    assert_eq!(info.fencing_token, Some(g2.fencing_token()));
+    proxy.set(|f| f.throttle_every = 0);
+    g2.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_reply_was_lost_is_recognised_as_ours() {
+    let t = target().await;
+    let proxy = Proxy::start(t.endpoint.clone()).await;
+    let direct = client(&t.endpoint, opts());
+    let through = client(&proxy.endpoint, opts());
+    let k = key("lost-reply");
+    // Give the item a counter first.
+    let before = direct.lock(&k).acquire().await.expect("first grant");
+    let f0 = before.fencing_token();
+    before.release().await.expect("release");
+
+    // The acquire is applied, its reply replaced by a 500; the SDK retries, finds the item
+    // held by our own owner token, and reports the grant, not "held by someone else".
+    proxy.set(|f| f.lose_update_replies = 1);
+    let g = through.lock(&k).ttl(Duration::from_secs(30)).try_acquire().await.expect("try");
+    let g = g.expect("a grant whose reply was lost was not recognised as ours");
+    assert_eq!(proxy.counts().1, 1, "the proxy did not lose a reply");
+    assert_eq!(g.fencing_token().get(), f0.get() + 1, "the lost reply's grant was counted twice");
+    let info = direct.inspect(&k).await.expect("inspect").expect("held");
+    assert_eq!(info.fencing_token, Some(g.fencing_token()));
+
+    // A heartbeat whose reply is lost: the retry sees our owner with a newer RVN and adopts it;
+    // the next heartbeat still works.
+    proxy.set(|f| f.lose_update_replies = 1);
+    g.extend(Duration::from_secs(30)).await.expect("extend despite a lost reply");
+    g.extend(Duration::from_secs(30)).await.expect("the next extend");
+    assert_eq!(proxy.counts().1, 2);
+    assert_eq!(g.release().await.expect("release"), lock_core::ReleaseOutcome::Released);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_is_a_clear_error() {
+    let t = DynamoTarget::get().await.expect("DynamoDB emulator");
+    let c = client(&t.endpoint, DynamoOptions::new("no_such_table"));
+    let e = c.lock("k").try_acquire().await.expect_err("a missing table must be an error");
+    let msg = e.to_string();
+    assert!(msg.contains("no_such_table") && msg.contains("create_table"), "{msg}");
+    assert!(!e.is_retryable(), "a missing table is not retryable: {e}");
+}
