@@ -1,0 +1,114 @@
+//! One ZooKeeper session per backend: its connection state, how long its ephemeral nodes are
+//! certainly alive, and the loss signal every lock on it shares.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lock_core::{Instant, LossReason, LossSignal};
+use zookeeper_client::{Client, SessionState};
+
+/// What the session's state says about its ephemeral nodes.
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    /// Connected: the server heard from us within the last 2/5 of the session timeout.
+    Connected,
+    /// Disconnected since then; the session may still be alive on the server.
+    Disconnected(Instant),
+}
+
+/// A live session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client: Client,
+    timeout: Duration,
+    link: Mutex<Link>,
+    pub(crate) lost: LossSignal,
+}
+
+impl Session {
+    /// Wraps a connected client and starts watching its state.
+    pub(crate) fn start(client: Client) -> Arc<Self> {
+        let timeout = client.session_timeout();
+        let s =
+            Arc::new(Self { client, timeout, link: Mutex::new(Link::Connected), lost: LossSignal::new() });
+        tokio::spawn(monitor(Arc::downgrade(&s), s.client.state_watcher(), s.lost.clone(), timeout));
+        s
+    }
+
+    /// How long after a disconnect the session's nodes are still certainly ours: the client
+    /// notices a silent connection within 2/5 of the timeout (plus one 1/20 tick), and the
+    /// server expires a session only a whole timeout after it last heard from it, so half a
+    /// timeout from the disconnect leaves a margin of at least 1/20 of the timeout.
+    pub(crate) fn grace(&self) -> Duration {
+        self.timeout / 2
+    }
+
+    /// Until when our ephemeral nodes are certainly alive (nothing, once the session is lost).
+    pub(crate) fn valid_until(&self) -> Instant {
+        if self.lost.is_fired() {
+            return Instant::now();
+        }
+        let link = *self.link.lock().unwrap_or_else(|p| p.into_inner());
+        match link {
+            Link::Connected => Instant::now() + self.grace(),
+            Link::Disconnected(since) => since + self.grace(),
+        }
+    }
+
+    /// Whether the session can still hold locks.
+    pub(crate) fn is_live(&self) -> bool {
+        !self.lost.is_fired() && self.valid_until() > Instant::now()
+    }
+
+    fn set(&self, link: Link) {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
+    }
+}
+
+/// Follows the session's state: a disconnect longer than the grace, an expiry, a failed
+/// authentication or a closed client fire the loss signal of every lock on the session.
+async fn monitor(
+    session: std::sync::Weak<Session>,
+    mut states: zookeeper_client::StateWatcher,
+    lost: LossSignal,
+    timeout: Duration,
+) {
+    let grace = timeout / 2;
+    let mut disconnected_at: Option<Instant> = None;
+    loop {
+        let give_up = disconnected_at.map(|t| t + grace);
+        let state = tokio::select! {
+            s = states.changed() => s,
+            _ = sleep_until_opt(give_up) => {
+                tracing::warn!(backend = "zookeeper", ?grace, "disconnected past the grace; every lock on the session is lost");
+                lost.fire(LossReason::SessionLost);
+                return;
+            }
+            _ = lost.fired() => return,
+        };
+        let Some(s) = session.upgrade() else { return };
+        match state {
+            SessionState::Disconnected => {
+                let now = Instant::now();
+                disconnected_at.get_or_insert(now);
+                s.set(Link::Disconnected(disconnected_at.unwrap_or(now)));
+            }
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                disconnected_at = None;
+                s.set(Link::Connected);
+            }
+            other => {
+                tracing::warn!(backend = "zookeeper", state = ?other, "session ended; every lock on it is lost");
+                lost.fire(LossReason::SessionLost);
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
