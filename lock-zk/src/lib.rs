@@ -168,21 +168,17 @@ impl ZkBackend {
     /// Creates our child in `dir` (making the directory as containers if needed). A create
     /// whose reply was lost is found again by its uuid.
     async fn enqueue(&self, s: &Session, dir: &str, owner: OwnerToken) -> Result<Child> {
-        let stem = format!("_c_{}-lock-", uuid::Uuid::from_u128(owner.as_u128()).hyphenated());
+        let stem = stem(owner);
         let prefix = format!("{dir}/{stem}");
         let acls = self.acls();
         for _ in 0..5 {
-            match s
-                .client
-                .create(&prefix, b"", &CreateMode::EphemeralSequential.with_acls(acls.clone()))
-                .await
-            {
+            match s.client.create(&prefix, b"", &CreateMode::EphemeralSequential.with_acls(acls)).await {
                 Ok((stat, seq)) => {
                     let name = format!("{stem}{seq}");
                     return Ok(Child { path: format!("{dir}/{name}"), name, czxid: stat.czxid });
                 }
                 Err(zookeeper_client::Error::NoNode) => {
-                    match s.client.mkdir(dir, &CreateMode::Container.with_acls(acls.clone())).await {
+                    match s.client.mkdir(dir, &CreateMode::Container.with_acls(acls)).await {
                         Ok(()) | Err(zookeeper_client::Error::NodeExists) => continue,
                         Err(e) => return Err(zk_err("create lock directory", dir, e)),
                     }
@@ -230,6 +226,18 @@ impl ZkBackend {
         Ok(children)
     }
 
+    /// If dropped armed (the create may have been sent), finds our child by its uuid and
+    /// deletes it, in the background. Requests of one session are applied in order, so the
+    /// lookup sees the create if it was sent.
+    fn undo_create(&self, s: &Arc<Session>, dir: &str, owner: OwnerToken) -> UndoOnDrop {
+        let (this, s, dir) = (self.clone(), s.clone(), dir.to_owned());
+        UndoOnDrop::new(async move {
+            if let Ok(Some(c)) = this.find(&s, &dir, &stem(owner)).await {
+                let _ = s.client.delete(&c.path, None).await;
+            }
+        })
+    }
+
     /// Deletes our child (in the background if this is dropped first).
     fn undo(&self, s: &Arc<Session>, path: &str) -> UndoOnDrop {
         let (client, path) = (s.client.clone(), path.to_owned());
@@ -254,8 +262,7 @@ impl ZkBackend {
         if let Some(h) = lease.backend_data::<Held>() {
             return Ok(Some(h.path.clone()));
         }
-        let stem = format!("_c_{}-lock-", uuid::Uuid::from_u128(lease.owner().as_u128()).hyphenated());
-        Ok(self.find(s, &self.dir(lease.key()), &stem).await?.map(|c| c.path))
+        Ok(self.find(s, &self.dir(lease.key()), &stem(lease.owner())).await?.map(|c| c.path))
     }
 }
 
@@ -294,6 +301,12 @@ fn validate(opts: &ZkOptions) -> Result<()> {
         return bad("session_timeout and connect_timeout must be positive");
     }
     Ok(())
+}
+
+/// The start of the name of `owner`'s child: Curator's protected-mode prefix with the owner
+/// token as its uuid, and Curator's lock name.
+fn stem(owner: OwnerToken) -> String {
+    format!("_c_{}-lock-", uuid::Uuid::from_u128(owner.as_u128()).hyphenated())
 }
 
 /// The sequence ZooKeeper appended to `name`: its last 10 digits.
@@ -397,15 +410,7 @@ impl LockBackend for ZkBackend {
         let sent = Instant::now();
         let s = self.session().await?;
         let dir = self.dir(&req.key);
-        let undo_create = {
-            let (this, s2, dir, owner) = (self.clone(), s.clone(), dir.clone(), req.owner);
-            UndoOnDrop::new(async move {
-                let stem = format!("_c_{}-lock-", uuid::Uuid::from_u128(owner.as_u128()).hyphenated());
-                if let Ok(Some(c)) = this.find(&s2, &dir, &stem).await {
-                    let _ = s2.client.delete(&c.path, None).await;
-                }
-            })
-        };
+        let undo_create = self.undo_create(&s, &dir, req.owner);
         let child = self.enqueue(&s, &dir, req.owner).await?;
         undo_create.disarm();
         let undo = self.undo(&s, &child.path);
@@ -422,15 +427,7 @@ impl LockBackend for ZkBackend {
         let sent = Instant::now();
         let s = self.session().await?;
         let dir = self.dir(&req.key);
-        let undo_create = {
-            let (this, s2, dir, owner) = (self.clone(), s.clone(), dir.clone(), req.owner);
-            UndoOnDrop::new(async move {
-                let stem = format!("_c_{}-lock-", uuid::Uuid::from_u128(owner.as_u128()).hyphenated());
-                if let Ok(Some(c)) = this.find(&s2, &dir, &stem).await {
-                    let _ = s2.client.delete(&c.path, None).await;
-                }
-            })
-        };
+        let undo_create = self.undo_create(&s, &dir, req.owner);
         let child = self.enqueue(&s, &dir, req.owner).await?;
         undo_create.disarm();
         let undo = self.undo(&s, &child.path);
