@@ -20,11 +20,22 @@ NEEDS=(
   "etcdctl:etcd-client"         # lock-etcd: interop with `etcdctl lock`
   "protoc:protobuf-compiler"    # etcd-client's build script compiles etcd's protobufs
   "openssl:openssl"             # the TLS tests make a throwaway CA
+  "java:default-jre-headless"   # lock-zk: the ZooKeeper servers and the Curator contender
+  "javac:default-jdk-headless"  # lock-zk: compiles the Curator contender
+)
+# Each entry: "file-that-must-exist:debian-package".
+NEED_FILES=(
+  "/usr/share/java/zookeeper.jar:zookeeper"                       # lock-zk: the server
+  "/usr/share/java/curator-recipes.jar:libcurator-recipes-java"   # lock-zk: Curator interop
 )
 missing=()
 for need in "${NEEDS[@]}"; do
   cmd=${need%%:*}; pkg=${need#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+done
+for need in "${NEED_FILES[@]}"; do
+  file=${need%%:*}; pkg=${need#*:}
+  [ -e "$file" ] || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
   log "installing ${missing[*]}"
@@ -38,16 +49,17 @@ if ((${#missing[@]})); then
 fi
 
 # Python programs the tests drive, in a virtualenv under target/: redis-py (the Redis interop
-# test) and moto's server (lock-dynamo's DynamoDB emulator, started by its fixture).
+# test), kazoo (lock-zk's interop check) and moto's server (lock-dynamo's DynamoDB emulator,
+# started by its fixture).
 PYENV=target/pyenv
-if ! "$PYENV/bin/python" -c 'import redis, moto.server, flask' >/dev/null 2>&1 || [ ! -x "$PYENV/bin/moto_server" ]; then
-  log "making $PYENV with redis-py and moto[server]"
+if ! "$PYENV/bin/python" -c 'import redis, kazoo, moto.server, flask' >/dev/null 2>&1; then
+  log "making $PYENV with redis-py, kazoo and moto[server]"
   if ! python3 -m venv "$PYENV" >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$PYENV"
   fi
-  "$PYENV/bin/pip" install -q --disable-pip-version-check 'redis>=5,<9' 'moto[server]>=5.1,<6'
+  "$PYENV/bin/pip" install -q --disable-pip-version-check 'redis>=5,<9' 'kazoo>=2.9,<3' 'moto[server]>=5.1,<6'
 fi
 
 export RUST_BACKTRACE="${RUST_BACKTRACE:-0}"

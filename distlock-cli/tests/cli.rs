@@ -318,3 +318,40 @@ fn the_command_works_against_dynamodb() {
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     drop(moto);
 }
+
+#[test]
+fn the_command_works_against_zookeeper() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let zk = rt.block_on(conformance_tests::fixtures::zk::ZkEnsemble::single()).expect("ZooKeeper");
+    let url = format!("zk://{}/cli?session_timeout=4s", zk.connect_string());
+    // Session leases end with the process: `acquire` refuses.
+    let session = distlock(&url).args(["acquire", "--lock", "z"]).output().expect("acquire");
+    assert_eq!(session.status.code(), Some(64));
+    // `run` holds the lock while the command runs, and hands it the czxid as its token.
+    let out = distlock(&url)
+        .args(["run", "--lock", "z", "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKEN"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("token");
+    // A holder in another process: `run` exits 75 without starting the command.
+    let mut holder =
+        distlock(&url).args(["run", "--lock", "z", "--", "sleep", "30"]).spawn().expect("holder");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let i = json(
+            &distlock(&url).args(["--json", "inspect", "--lock", "z"]).output().expect("inspect").stdout,
+        );
+        if let Some(t) = i["fencing_token"].as_u64() {
+            assert!(t > first, "{i}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the holder never showed up: {i}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let held = distlock(&url).args(["run", "--lock", "z", "--", "true"]).output().expect("run");
+    assert_eq!(held.status.code(), Some(75));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    drop(zk);
+}

@@ -25,7 +25,7 @@
 //! | `rediss://…` | the same over TLS | `redis` | as `redis://`, and `ca_file=` (a private CA, PEM) |
 //! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true`, `ca_file=` |
 //! | `etcd://[user:password@]h1:2379,h2:2379` | etcd v3 (session leases by default) | `etcd` | `prefix=`, `lease=session\|per-lock`, `session_ttl=10s`, `connect_timeout=5s`, `timeout=5s`, `tls=true`, `ca_file=` (implies TLS) |
-//! | `zk://h1:2181,h2:2181/chroot` | ZooKeeper (not landed yet) | `zk` (reserved) | |
+//! | `zk://[user:password@]h1:2181,h2:2181[/chroot]` | ZooKeeper (Curator's lock layout; `user:password` is digest auth) | `zk` | `prefix=/distlock`, `session_timeout=10s`, `connect_timeout=5s` |
 //! | `dynamodb://TABLE` | DynamoDB, one item per lock in `TABLE`; credentials from aws-config's default chain | `dynamo` | `region=`, `endpoint=` (DynamoDB Local, an emulator), `partition_key=lock_key`, `sort_key=NAME:VALUE`, `takeover=rvn\|clock`, `max_skew=100ms` (with `clock`), `poll=100ms`, `timeout=5s`, `create_table=true` |
 //!
 //! Every URL also takes `namespace=NS` (a prefix for every key of the client) and `ttl=30s`
@@ -60,27 +60,22 @@ pub use lock_etcd;
 pub use lock_local;
 #[cfg(feature = "redis")]
 pub use lock_redis;
+#[cfg(feature = "zk")]
+pub use lock_zk;
 
 use url::ConnectUrl;
 
 const COMMON: &[&str] = &["namespace", "ttl"];
 
-#[cfg_attr(all(feature = "local", feature = "redis", feature = "etcd", feature = "dynamo"), allow(dead_code))]
+#[cfg_attr(
+    all(feature = "local", feature = "redis", feature = "etcd", feature = "zk", feature = "dynamo"),
+    allow(dead_code)
+)]
 fn feature_off(u: &ConnectUrl, feature: &str) -> Error {
     Error::InvalidConfig(format!(
         "{}:// needs distlock's `{feature}` feature, which this build does not have (build with --features {feature})",
         u.scheme
     ))
-}
-
-fn not_landed(u: &ConnectUrl, what: &str) -> Error {
-    Error::Unsupported {
-        backend: "distlock",
-        capability: format!(
-            "{}:// URLs: the {what} backend has not landed in this version (its feature is reserved)",
-            u.scheme
-        ),
-    }
 }
 
 fn with_options(u: &ConnectUrl, extra: &[&str]) -> Result<()> {
@@ -92,7 +87,7 @@ fn with_options(u: &ConnectUrl, extra: &[&str]) -> Result<()> {
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] for a malformed URL, an unknown option or a scheme whose feature is
-/// off; [`Error::Unsupported`] for a backend that has not landed; the backend's own errors
+/// off; the backend's own errors
 /// (an unreachable server is a retryable connection error).
 pub async fn connect(url: &str) -> Result<LockClient> {
     let u = ConnectUrl::parse(url)?;
@@ -102,7 +97,7 @@ pub async fn connect(url: &str) -> Result<LockClient> {
         "redis" | "rediss" => connect_redis(&u).await?,
         "redlock" => connect_redlock(&u).await?,
         "etcd" => connect_etcd(&u).await?,
-        "zk" | "zookeeper" => return Err(not_landed(&u, "ZooKeeper")),
+        "zk" | "zookeeper" => connect_zk(&u).await?,
         "dynamodb" => connect_dynamo(&u).await?,
         other => {
             return Err(Error::InvalidConfig(format!(
@@ -381,4 +376,40 @@ async fn connect_dynamo(u: &ConnectUrl) -> Result<LockClient> {
 #[cfg(not(feature = "dynamo"))]
 async fn connect_dynamo(u: &ConnectUrl) -> Result<LockClient> {
     Err(feature_off(u, "dynamo"))
+}
+
+#[cfg(feature = "zk")]
+async fn connect_zk(u: &ConnectUrl) -> Result<LockClient> {
+    with_options(u, &["prefix", "session_timeout", "connect_timeout"])?;
+    if u.hosts.is_empty() {
+        return Err(Error::InvalidConfig(format!(
+            "distlock URL '{}': zk:// needs at least one host:port",
+            u.redacted()
+        )));
+    }
+    let chroot = if u.path == "/" { "" } else { u.path.as_str() };
+    let mut o = lock_zk::ZkOptions::new(format!("{}{chroot}", u.hosts.join(",")));
+    if let (Some(user), Some(pw)) = (&u.user, &u.password) {
+        o = o.digest(user, pw);
+    } else if u.user.is_some() || u.password.is_some() {
+        return Err(Error::InvalidConfig(format!(
+            "distlock URL '{}': zk:// digest auth needs both user and password (zk://user:password@host)",
+            u.redacted()
+        )));
+    }
+    if let Some(p) = u.option("prefix") {
+        o = o.prefix(p);
+    }
+    if let Some(t) = u.duration("session_timeout")? {
+        o = o.session_timeout(t);
+    }
+    if let Some(t) = u.duration("connect_timeout")? {
+        o = o.connect_timeout(t);
+    }
+    Ok(LockClient::new(lock_zk::ZkBackend::connect(o).await?))
+}
+
+#[cfg(not(feature = "zk"))]
+async fn connect_zk(u: &ConnectUrl) -> Result<LockClient> {
+    Err(feature_off(u, "zk"))
 }

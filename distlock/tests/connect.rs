@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use conformance_tests::{conformance_suite, Suite};
 use distlock::migration::{MigrationBackend, Primary};
-use distlock::{Error, LockClient, ReleaseOutcome};
+use distlock::{LockClient, ReleaseOutcome};
 
 #[tokio::test]
 async fn mem_urls_share_a_named_store_and_apply_common_options() {
@@ -49,6 +49,11 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
         cases.push(("redlock://u:hunter2@h1,h2", "at least 3 hosts"));
         cases.push(("redis://u:hunter2@h?bogus=1", "unknown option 'bogus'"));
     }
+    if cfg!(feature = "zk") {
+        cases.push(("zk://u:hunter2@?session_timeout=5s", "at least one host"));
+        cases.push(("zk://u:hunter2@h:2181?prefix=relative", "absolute path"));
+        cases.push(("zk://u:hunter2@h:2181?bogus=1", "unknown option 'bogus'"));
+    }
     if cfg!(feature = "dynamo") {
         cases.push(("dynamodb://?region=eu-west-1", "table name"));
         cases.push(("dynamodb://u:hunter2@locks?region=eu-west-1", "no credentials in the URL"));
@@ -66,11 +71,6 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
             "{url}: password echoed: {msg}"
         );
         assert!(!e.is_retryable(), "{url}");
-    }
-    for url in ["zk://h:2181/app"] {
-        let e = distlock::connect(url).await.expect_err(url);
-        assert!(matches!(e, Error::Unsupported { .. }), "{url}: {e:?}");
-        assert!(e.to_string().contains("not landed"), "{e}");
     }
 }
 
@@ -123,6 +123,24 @@ async fn etcd_urls_connect() {
     assert!(e.to_string().contains("option lease"), "{e}");
 }
 
+#[cfg(feature = "zk")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_urls_connect() {
+    use conformance_tests::fixtures::zk::ZkEnsemble;
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let url = format!("zk://{}/apps/one?session_timeout=4s&prefix=/locks", zk.connect_string());
+    let a = distlock::connect(&url).await.expect("zk:// with a chroot");
+    assert_eq!(a.backend_name(), "zookeeper");
+    let g = a.lock("k").acquire().await.expect("acquire");
+    // The same chroot and prefix from a second client: excluded. Another chroot: independent.
+    let b = distlock::connect(&url).await.expect("zk://");
+    assert!(b.lock("k").try_acquire().await.expect("try").is_none());
+    let other = distlock::connect(&format!("zk://{}/apps/two", zk.connect_string())).await.expect("zk://");
+    let g2 = other.lock("k").try_acquire().await.expect("try").expect("another chroot is independent");
+    let _ = g2.release().await.expect("release");
+    let _ = g.release().await.expect("release");
+}
+
 #[cfg(not(feature = "redis"))]
 #[tokio::test]
 async fn a_scheme_whose_feature_is_off_names_the_feature() {
@@ -130,6 +148,8 @@ async fn a_scheme_whose_feature_is_off_names_the_feature() {
     assert!(e.to_string().contains("--features redis"), "{e}");
     let e = distlock::connect("dynamodb://locks?region=eu-west-1").await.expect_err("feature off");
     assert!(e.to_string().contains("--features dynamo"), "{e}");
+    let e = distlock::connect("zk://127.0.0.1:2181/app").await.expect_err("feature off");
+    assert!(e.to_string().contains("--features zk"), "{e}");
 }
 
 conformance_suite!(migration_memory_to_file, {

@@ -487,6 +487,21 @@ impl EtcdBackend {
         session: Option<&Session>,
     ) -> Result<()> {
         let t = self.inner.opts.request_timeout;
+        // A member that died, or an election, fails a read or a watch with a retryable error:
+        // waiting goes on (through the other members) until the deadline, as the trait asks.
+        macro_rules! or_retry {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        tracing::debug!(backend = NAME, error = %e, "retrying while waiting for the lock");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+        }
         loop {
             let opts = GetOptions::new()
                 .with_prefix()
@@ -494,14 +509,15 @@ impl EtcdBackend {
                 .with_max_create_revision(my_rev - 1)
                 .with_limit(1)
                 .with_keys_only();
-            let r = self
-                .call("get", |mut c| {
+            let r = or_retry!(
+                self.call("get", |mut c| {
                     let o = opts.clone();
                     async move { c.get(pfx, Some(o)).await }
                 })
-                .await?;
+                .await
+            );
             let Some(pred) = r.kvs().first().map(|kv| kv.key().to_vec()) else { return Ok(()) };
-            let mut ws = tokio::time::timeout(
+            let mut ws = or_retry!(tokio::time::timeout(
                 t,
                 self.inner
                     .client
@@ -509,14 +525,14 @@ impl EtcdBackend {
                     .watch(pred.clone(), Some(WatchOptions::new().with_filters([WatchFilterType::NoPut]))),
             )
             .await
-            .map_err(|_| timeout("watch", t))?
-            .map_err(map_err)?;
+            .map_err(|_| timeout("watch", t))
+            .and_then(|r| r.map_err(map_err)));
             // Wait until the watch exists, then re-read: a deletion before this point shows in
             // the read, one after it arrives on the watch.
-            let created = tokio::time::timeout(t, ws.message())
+            let created = or_retry!(tokio::time::timeout(t, ws.message())
                 .await
-                .map_err(|_| timeout("watch", t))?
-                .map_err(map_err)?;
+                .map_err(|_| timeout("watch", t))
+                .and_then(|r| r.map_err(map_err)));
             if created.is_none() {
                 if Instant::now() >= deadline {
                     return Err(Error::Timeout {
@@ -530,12 +546,13 @@ impl EtcdBackend {
             // The predecessor is still ahead of us only if it exists with a create revision
             // below ours: a key of the same name created again (by another task of the same
             // session) is behind us, and waiting for it would deadlock.
-            let still = self
-                .call("get", |mut c| {
+            let still = or_retry!(
+                self.call("get", |mut c| {
                     let k = pred.clone();
                     async move { c.get(k, Some(GetOptions::new().with_keys_only())).await }
                 })
-                .await?;
+                .await
+            );
             if still.kvs().first().is_none_or(|kv| kv.create_revision() >= my_rev) {
                 continue;
             }

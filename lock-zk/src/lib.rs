@@ -57,6 +57,8 @@
 //!   it at once. A lock whose child is deleted by someone else fires its own signal.
 //! - A crashed holder blocks others until the server expires its session: up to one session
 //!   timeout.
+//! - A waiter whose session ends (or whose connection breaks) while it waits queues again, on
+//!   a new session if need be, until its deadline: it never holds on a lost session.
 //!
 //! ## Cancel safety
 //! A dropped waiting acquire deletes its child, in the background if need be; release
@@ -257,6 +259,47 @@ impl ZkBackend {
             .with_backend_data(Arc::new(Held { path: child.path }))
     }
 
+    /// One turn in the queue: our child, then waiting for each predecessor in turn.
+    async fn acquire_once(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        let sent = Instant::now();
+        let s = self.session().await?;
+        let dir = self.dir(&req.key);
+        let undo_create = self.undo_create(&s, &dir, req.owner);
+        let child = self.enqueue(&s, &dir, req.owner).await?;
+        undo_create.disarm();
+        let undo = self.undo(&s, &child.path);
+        let start = Instant::now();
+        loop {
+            let order = self.contenders(&s, &dir).await?;
+            let Some(pos) = order.iter().position(|n| *n == child.name) else {
+                // Our child is gone: the session was lost, or someone deleted it.
+                undo.disarm();
+                return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
+            };
+            if pos == 0 {
+                undo.disarm();
+                return Ok(self.won(&s, req, child, sent));
+            }
+            let pred = format!("{dir}/{}", order[pos - 1]);
+            let (stat, watcher) =
+                s.client.check_and_watch_stat(&pred).await.map_err(|e| zk_err("watch", &pred, e))?;
+            if stat.is_none() {
+                continue;
+            }
+            tokio::select! {
+                _ = watcher.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let _ = s.client.delete(&child.path, None).await;
+                    undo.disarm();
+                    return Err(Error::Timeout { key: req.key.full().to_owned(), waited: start.elapsed() });
+                }
+                _ = s.lost.fired() => {
+                    return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
+                }
+            }
+        }
+    }
+
     /// The path of `lease`'s child: remembered, or found by its owner token.
     async fn path_of(&self, s: &Session, lease: &Lease) -> Result<Option<String>> {
         if let Some(h) = lease.backend_data::<Held>() {
@@ -276,16 +319,33 @@ async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
     if !opts.close_on_drop {
         connector = connector.with_detached();
     }
-    let client = tokio::time::timeout(opts.connect_timeout, connector.connect(&opts.connect))
+    // The chroot is made if it does not exist (as Curator's namespaces are), then entered.
+    let (hosts, chroot) = match opts.connect.find('/') {
+        Some(i) => (&opts.connect[..i], opts.connect[i..].trim_end_matches('/')),
+        None => (opts.connect.as_str(), ""),
+    };
+    let client = tokio::time::timeout(opts.connect_timeout, connector.connect(hosts))
         .await
         .map_err(|_| {
             Error::backend_msg(
                 NAME,
                 BackendErrorKind::Connection,
-                format!("no ZooKeeper server at {} answered within {:?}", opts.connect, opts.connect_timeout),
+                format!("no ZooKeeper server at {hosts} answered within {:?}", opts.connect_timeout),
             )
         })?
-        .map_err(|e| zk_err("connect to", &opts.connect, e))?;
+        .map_err(|e| zk_err("connect to", hosts, e))?;
+    let client = if chroot.is_empty() {
+        client
+    } else {
+        let acls = if opts.digest.is_some() { Acls::creator_all() } else { Acls::anyone_all() };
+        match client.mkdir(chroot, &CreateMode::Persistent.with_acls(acls)).await {
+            Ok(()) | Err(zookeeper_client::Error::NodeExists) => {}
+            Err(e) => return Err(zk_err("create chroot", chroot, e)),
+        }
+        client.chroot(chroot).map_err(|_| {
+            Error::InvalidConfig(format!("ZooKeeper options: '{chroot}' is not a valid chroot"))
+        })?
+    };
     Ok(Session::start(client))
 }
 
@@ -424,41 +484,21 @@ impl LockBackend for ZkBackend {
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let sent = Instant::now();
-        let s = self.session().await?;
-        let dir = self.dir(&req.key);
-        let undo_create = self.undo_create(&s, &dir, req.owner);
-        let child = self.enqueue(&s, &dir, req.owner).await?;
-        undo_create.disarm();
-        let undo = self.undo(&s, &child.path);
         let start = Instant::now();
         loop {
-            let order = self.contenders(&s, &dir).await?;
-            let Some(pos) = order.iter().position(|n| *n == child.name) else {
-                // Our child is gone: the session was lost, or someone deleted it.
-                undo.disarm();
-                return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
-            };
-            if pos == 0 {
-                undo.disarm();
-                return Ok(self.won(&s, req, child, sent));
-            }
-            let pred = format!("{dir}/{}", order[pos - 1]);
-            let (stat, watcher) =
-                s.client.check_and_watch_stat(&pred).await.map_err(|e| zk_err("watch", &pred, e))?;
-            if stat.is_none() {
-                continue;
-            }
-            tokio::select! {
-                _ = watcher.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    let _ = s.client.delete(&child.path, None).await;
-                    undo.disarm();
-                    return Err(Error::Timeout { key: req.key.full().to_owned(), waited: start.elapsed() });
+            match self.acquire_once(req, deadline).await {
+                // The session ended, or the connection broke, while we waited (not while we
+                // held): queue again, on a new session if need be, until the deadline.
+                Err(e)
+                    if (matches!(e, Error::Lost { .. }) || e.is_retryable()) && Instant::now() < deadline =>
+                {
+                    tracing::debug!(backend = NAME, key = %req.key, error = %e, "queueing again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                _ = s.lost.fired() => {
-                    return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
+                Err(Error::Timeout { key, .. }) => {
+                    return Err(Error::Timeout { key, waited: start.elapsed() })
                 }
+                other => return other,
             }
         }
     }

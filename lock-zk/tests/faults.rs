@@ -1,6 +1,6 @@
 //! lock-zk against real ZooKeeper servers: mutual exclusion with Apache Curator's
-//! `InterProcessMutex` (a Java contender compiled by the test), the disconnect grace, and
-//! empty lock directories removed by the server.
+//! `InterProcessMutex` (a Java contender compiled by the test), what kazoo's `Lock` does on
+//! the same path, the disconnect grace, and empty lock directories removed by the server.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -25,15 +25,16 @@ async fn client(connect: &str, session: Duration) -> LockClient {
     LockClient::new(ZkBackend::connect(o).await.expect("connect to ZooKeeper"))
 }
 
-/// A Curator contender process, compiled from tests/java on first use.
-struct Curator {
+/// A contender process of another client (Curator, kazoo) driven over stdin.
+struct Contender {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
 
-impl Curator {
-    fn start(connect: &str, path: &str) -> Self {
+impl Contender {
+    /// Curator's `InterProcessMutex`, compiled from tests/java.
+    fn curator(connect: &str, path: &str) -> Self {
         for jar in CURATOR_JARS {
             assert!(
                 std::path::Path::new(jar).is_file(),
@@ -49,34 +50,50 @@ impl Curator {
             .status()
             .expect("javac: install a JDK (default-jdk-headless; bash scripts/test.sh does)");
         assert!(javac.success(), "javac failed");
-        let mut child = Command::new("java")
-            .args(["-cp", &format!("{}:{cp}", classes.display()), "CuratorContender", connect, path])
+        let mut cmd = Command::new("java");
+        cmd.args(["-cp", &format!("{}:{cp}", classes.display()), "CuratorContender", connect, path]);
+        Self::spawn(cmd)
+    }
+
+    /// kazoo's `Lock`, from the virtualenv the test command makes.
+    fn kazoo(connect: &str, path: &str) -> Self {
+        let python = std::env::var_os("DISTLOCK_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python")
+        });
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/kazoo_contender.py");
+        let mut cmd = Command::new(&python);
+        cmd.args([script, connect, path]);
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("java");
+            .expect("start the contender (bash scripts/test.sh installs Java, Curator and kazoo)");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut c = Self { child, stdin, stdout };
-        assert_eq!(c.line(), "READY");
+        assert_eq!(c.line(), "READY", "the contender did not start");
         c
     }
 
     fn line(&mut self) -> String {
         let mut l = String::new();
-        self.stdout.read_line(&mut l).expect("read from the Curator contender");
+        self.stdout.read_line(&mut l).expect("read from the contender");
         l.trim().to_owned()
     }
 
     fn send(&mut self, cmd: &str) -> String {
-        writeln!(self.stdin, "{cmd}").expect("write to the Curator contender");
+        writeln!(self.stdin, "{cmd}").expect("write to the contender");
         self.stdin.flush().expect("flush");
         self.line()
     }
 }
 
-impl Drop for Curator {
+impl Drop for Contender {
     fn drop(&mut self) {
         let _ = writeln!(self.stdin, "quit");
         let _ = self.child.kill();
@@ -91,7 +108,7 @@ async fn mutual_exclusion_with_curators_interprocessmutex() {
     let ours = client(&connect, Duration::from_secs(10)).await;
     let key = format!("interop/{}", uuid::Uuid::new_v4().simple());
     let path = format!("/distlock/{key}");
-    let mut curator = tokio::task::block_in_place(|| Curator::start(&connect, &path));
+    let mut curator = tokio::task::block_in_place(|| Contender::curator(&connect, &path));
 
     // Curator holds: we are excluded, and see a holder.
     assert_eq!(tokio::task::block_in_place(|| curator.send("acquire 5000")), "HELD");
@@ -183,4 +200,31 @@ async fn empty_lock_directories_are_removed() {
         assert!(Instant::now() < deadline, "the empty lock directory {dir} stayed (children: {left:?})");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// kazoo's `Lock` orders only children named `<uuid>__lock__<sequence>`: it excludes
+/// distlock (distlock orders every sequential child), but does not see distlock's or
+/// Curator's children, so it takes a lock distlock holds. The docs say not to mix them; this
+/// checks that what they say is still true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kazoo_is_excluded_by_order_but_does_not_exclude_us() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let connect = zk.connect_string();
+    let ours = client(&connect, Duration::from_secs(10)).await;
+    let key = format!("kazoo/{}", uuid::Uuid::new_v4().simple());
+    let path = format!("/distlock/{key}");
+    let mut kazoo = tokio::task::block_in_place(|| Contender::kazoo(&connect, &path));
+
+    assert_eq!(tokio::task::block_in_place(|| kazoo.send("acquire 5000")), "HELD");
+    assert!(ours.lock(&key).try_acquire().await.expect("try").is_none(), "distlock ignored kazoo's holder");
+    assert_eq!(tokio::task::block_in_place(|| kazoo.send("release")), "RELEASED");
+
+    let g = ours.lock(&key).try_acquire().await.expect("try").expect("free after kazoo's release");
+    let kazoo_got = tokio::task::block_in_place(|| kazoo.send("acquire 1000"));
+    assert_eq!(
+        kazoo_got, "HELD",
+        "kazoo now respects distlock's children: update the interoperability notes in lock-zk's docs"
+    );
+    assert_eq!(tokio::task::block_in_place(|| kazoo.send("release")), "RELEASED");
+    g.release().await.expect("release");
 }
