@@ -259,15 +259,22 @@ impl ZkBackend {
             .with_backend_data(Arc::new(Held { path: child.path }))
     }
 
-    /// One turn in the queue: our child, then waiting for each predecessor in turn.
-    async fn acquire_once(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let sent = Instant::now();
+    /// Creates our child for `req` on the live session. Returns the session, the lock's
+    /// directory, the child, and the undo that deletes the child unless disarmed.
+    async fn join_queue(&self, req: &AcquireRequest) -> Result<(Arc<Session>, String, Child, UndoOnDrop)> {
         let s = self.session().await?;
         let dir = self.dir(&req.key);
         let undo_create = self.undo_create(&s, &dir, req.owner);
         let child = self.enqueue(&s, &dir, req.owner).await?;
         undo_create.disarm();
         let undo = self.undo(&s, &child.path);
+        Ok((s, dir, child, undo))
+    }
+
+    /// One turn in the queue: our child, then waiting for each predecessor in turn.
+    async fn acquire_once(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        let sent = Instant::now();
+        let (s, dir, child, undo) = self.join_queue(req).await?;
         let start = Instant::now();
         loop {
             let order = self.contenders(&s, &dir).await?;
@@ -468,12 +475,7 @@ impl LockBackend for ZkBackend {
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let sent = Instant::now();
-        let s = self.session().await?;
-        let dir = self.dir(&req.key);
-        let undo_create = self.undo_create(&s, &dir, req.owner);
-        let child = self.enqueue(&s, &dir, req.owner).await?;
-        undo_create.disarm();
-        let undo = self.undo(&s, &child.path);
+        let (s, dir, child, undo) = self.join_queue(req).await?;
         let order = self.contenders(&s, &dir).await?;
         if order.first() == Some(&child.name) {
             undo.disarm();
