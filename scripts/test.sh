@@ -81,6 +81,7 @@ cargo test -q --locked -p distlock --test connect
 log "benchmarks, quick mode (so they never rot; numbers are reported, not asserted)"
 cargo bench -q --locked -p lock-redis --bench latency -- --quick
 cargo bench -q --locked -p lock-etcd --bench etcd -- --quick
+cargo run -q --locked -p distlock-bench -- --quick 2>/dev/null
 
 log "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet

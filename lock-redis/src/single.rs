@@ -95,17 +95,19 @@ impl LockBackend for RedisBackend {
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let keys = self.keys(&req.key);
         let sent = Instant::now();
-        // Dropped mid-flight, or failed without a reply, the script may still have granted:
-        // release by owner token on the same connection, which runs after it.
+        // Dropped mid-flight, the script may still have granted: release by owner token on the
+        // same connection, which runs after it. (A failed attempt is not undone: the waiting
+        // loop may retry with the same owner token, and an undo racing that retry could
+        // release its grant. Its grant, if any, lasts the TTL.)
         let undo = UndoOnDrop::new({
             let (this, keys, owner) = (self.clone(), keys.clone(), req.owner);
             async move {
                 let _ = this.inner.node.release(&keys, owner).await;
             }
         });
-        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl).await?;
+        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl).await;
         undo.disarm();
-        Ok(match reply {
+        Ok(match reply? {
             NodeGrant::Granted(f) => {
                 Attempt::Acquired(Lease::new(req.key.clone(), req.owner, FencingToken::new(f), req.ttl, sent))
             }

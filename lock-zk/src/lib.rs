@@ -169,8 +169,14 @@ impl ZkBackend {
 
     /// Creates our child in `dir` (making the directory as containers if needed). A create
     /// whose reply was lost is found again by its uuid.
-    async fn enqueue(&self, s: &Session, dir: &str, owner: OwnerToken) -> Result<Child> {
+    async fn enqueue(&self, s: &Session, dir: &str, owner: OwnerToken, adopt: bool) -> Result<Child> {
         let stem = stem(owner);
+        // A retry of the same request adopts the child an earlier try created, if any.
+        if adopt {
+            if let Some(c) = self.find(s, dir, &stem, true).await? {
+                return Ok(c);
+            }
+        }
         let prefix = format!("{dir}/{stem}");
         let acls = self.acls();
         for _ in 0..5 {
@@ -186,7 +192,7 @@ impl ZkBackend {
                     }
                 }
                 Err(zookeeper_client::Error::ConnectionLoss) => {
-                    if let Some(c) = self.find(s, dir, &stem).await? {
+                    if let Some(c) = self.find(s, dir, &stem, true).await? {
                         return Ok(c);
                     }
                 }
@@ -201,7 +207,9 @@ impl ZkBackend {
     }
 
     /// Our child in `dir` whose name starts with `stem`, if it exists.
-    async fn find(&self, s: &Session, dir: &str, stem: &str) -> Result<Option<Child>> {
+    /// With `mine`, only a child of this session counts (one left by an earlier session of
+    /// ours is gone, or about to be, with that session).
+    async fn find(&self, s: &Session, dir: &str, stem: &str, mine: bool) -> Result<Option<Child>> {
         let children = match s.client.list_children(dir).await {
             Ok(c) => c,
             Err(zookeeper_client::Error::NoNode) => return Ok(None),
@@ -210,7 +218,9 @@ impl ZkBackend {
         for name in children.into_iter().filter(|n| n.starts_with(stem)) {
             let path = format!("{dir}/{name}");
             if let Some(stat) = s.client.check_stat(&path).await.map_err(|e| zk_err("stat", &path, e))? {
-                return Ok(Some(Child { path, name, czxid: stat.czxid }));
+                if !mine || stat.ephemeral_owner == s.client.session_id().0 {
+                    return Ok(Some(Child { path, name, czxid: stat.czxid }));
+                }
             }
         }
         Ok(None)
@@ -234,7 +244,7 @@ impl ZkBackend {
     fn undo_create(&self, s: &Arc<Session>, dir: &str, owner: OwnerToken) -> UndoOnDrop {
         let (this, s, dir) = (self.clone(), s.clone(), dir.to_owned());
         UndoOnDrop::new(async move {
-            if let Ok(Some(c)) = this.find(&s, &dir, &stem(owner)).await {
+            if let Ok(Some(c)) = this.find(&s, &dir, &stem(owner), true).await {
                 let _ = s.client.delete(&c.path, None).await;
             }
         })
@@ -261,20 +271,36 @@ impl ZkBackend {
 
     /// Creates our child for `req` on the live session. Returns the session, the lock's
     /// directory, the child, and the undo that deletes the child unless disarmed.
-    async fn join_queue(&self, req: &AcquireRequest) -> Result<(Arc<Session>, String, Child, UndoOnDrop)> {
+    ///
+    /// `retry`: an earlier try of this request failed; its child, if one was made, is adopted,
+    /// and a failure of this one is left to the next retry rather than undone (an undo racing
+    /// the retry could delete the retry's child).
+    async fn join_queue(
+        &self,
+        req: &AcquireRequest,
+        retry: Option<bool>,
+    ) -> Result<(Arc<Session>, String, Child, UndoOnDrop)> {
         let s = self.session().await?;
         let dir = self.dir(&req.key);
         let undo_create = self.undo_create(&s, &dir, req.owner);
-        let child = self.enqueue(&s, &dir, req.owner).await?;
+        let child = self.enqueue(&s, &dir, req.owner, retry == Some(true)).await;
+        if retry.is_some() {
+            undo_create.disarm();
+            return child.map(|child| {
+                let undo = self.undo(&s, &child.path);
+                (s, dir, child, undo)
+            });
+        }
+        let child = child?;
         undo_create.disarm();
         let undo = self.undo(&s, &child.path);
         Ok((s, dir, child, undo))
     }
 
     /// One turn in the queue: our child, then waiting for each predecessor in turn.
-    async fn acquire_once(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+    async fn acquire_once(&self, req: &AcquireRequest, deadline: Instant, retry: bool) -> Result<Lease> {
         let sent = Instant::now();
-        let (s, dir, child, undo) = self.join_queue(req).await?;
+        let (s, dir, child, undo) = self.join_queue(req, Some(retry)).await?;
         let start = Instant::now();
         loop {
             let order = self.contenders(&s, &dir).await?;
@@ -312,7 +338,7 @@ impl ZkBackend {
         if let Some(h) = lease.backend_data::<Held>() {
             return Ok(Some(h.path.clone()));
         }
-        Ok(self.find(s, &self.dir(lease.key()), &stem(lease.owner())).await?.map(|c| c.path))
+        Ok(self.find(s, &self.dir(lease.key()), &stem(lease.owner()), false).await?.map(|c| c.path))
     }
 }
 
@@ -475,7 +501,7 @@ impl LockBackend for ZkBackend {
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let sent = Instant::now();
-        let (s, dir, child, undo) = self.join_queue(req).await?;
+        let (s, dir, child, undo) = self.join_queue(req, None).await?;
         let order = self.contenders(&s, &dir).await?;
         if order.first() == Some(&child.name) {
             undo.disarm();
@@ -487,8 +513,11 @@ impl LockBackend for ZkBackend {
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let start = Instant::now();
+        let mut retry = false;
         loop {
-            match self.acquire_once(req, deadline).await {
+            let attempt = self.acquire_once(req, deadline, retry).await;
+            retry = true;
+            match attempt {
                 // The session ended, or the connection broke, while we waited (not while we
                 // held): queue again, on a new session if need be, until the deadline.
                 Err(e)
@@ -497,10 +526,18 @@ impl LockBackend for ZkBackend {
                     tracing::debug!(backend = NAME, key = %req.key, error = %e, "queueing again");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(Error::Timeout { key, .. }) => {
-                    return Err(Error::Timeout { key, waited: start.elapsed() })
+                Ok(lease) => return Ok(lease),
+                Err(e) => {
+                    // No further try will come with this owner token: a child an earlier try
+                    // left (its create's reply lost) can now be deleted without a race.
+                    if let Ok(s) = self.session().await {
+                        drop(self.undo_create(&s, &self.dir(&req.key), req.owner));
+                    }
+                    return Err(match e {
+                        Error::Timeout { key, .. } => Error::Timeout { key, waited: start.elapsed() },
+                        other => other,
+                    });
                 }
-                other => return other,
             }
         }
     }

@@ -1,0 +1,445 @@
+//! What the benchmark compares, per backend: distlock, the raw floor (the minimal commands a
+//! lock needs, sent with the same client crate), and the peer crate a user would otherwise
+//! pick. Each is a [`Contender`]; every task gets its own (its own connection or session),
+//! as separate processes would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use async_trait::async_trait;
+use lock_core::LockClient;
+
+/// One way of taking and releasing a lock.
+#[async_trait]
+pub trait Contender: Send + Sync {
+    /// Takes `key` (it is free), then releases it.
+    async fn cycle(&self, key: &str) -> Result<()>;
+    /// Takes `key`, waiting while it is held; `None` if this contender cannot wait.
+    async fn lock_wait(&self, key: &str) -> Result<Option<Box<dyn Held>>>;
+}
+
+/// A lock taken by [`Contender::lock_wait`].
+#[async_trait]
+pub trait Held: Send {
+    /// Releases it.
+    async fn unlock(self: Box<Self>) -> Result<()>;
+}
+
+/// Makes contenders of one kind.
+#[async_trait]
+pub trait Factory: Send + Sync {
+    /// `distlock`, `floor` or `peer`.
+    fn kind(&self) -> &'static str;
+    /// What it is, for the report.
+    fn describe(&self) -> String;
+    /// A new contender with its own connection or session.
+    async fn make(&self) -> Result<Arc<dyn Contender>>;
+}
+
+const TTL: Duration = Duration::from_secs(30);
+
+// --- distlock ------------------------------------------------------------------------------
+
+/// distlock on any backend.
+pub struct Ours {
+    pub locks: LockClient,
+}
+
+struct OursHeld(lock_core::Guard);
+
+#[async_trait]
+impl Held for OursHeld {
+    async fn unlock(self: Box<Self>) -> Result<()> {
+        self.0.release().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Contender for Ours {
+    async fn cycle(&self, key: &str) -> Result<()> {
+        let g = self.locks.lock(key).ttl(TTL).acquire().await?;
+        g.release().await?;
+        Ok(())
+    }
+    async fn lock_wait(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
+        let g = self.locks.lock(key).ttl(TTL).wait(Duration::from_secs(120)).acquire().await?;
+        Ok(Some(Box::new(OursHeld(g))))
+    }
+}
+
+/// Makes distlock contenders with `connect`.
+pub struct OursFactory<F>(pub F, pub String);
+
+#[async_trait]
+impl<F, Fut> Factory for OursFactory<F>
+where
+    F: Fn() -> Fut + Send + Sync,
+    Fut: std::future::Future<Output = Result<LockClient>> + Send,
+{
+    fn kind(&self) -> &'static str {
+        "distlock"
+    }
+    fn describe(&self) -> String {
+        self.1.clone()
+    }
+    async fn make(&self) -> Result<Arc<dyn Contender>> {
+        Ok(Arc::new(Ours { locks: (self.0)().await? }))
+    }
+}
+
+// --- Redis ---------------------------------------------------------------------------------
+
+const REDIS_DEL: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/// Redis floor: `SET key token NX PX ttl`, then an EVALSHA compare-and-delete.
+pub struct RedisFloor {
+    pub url: String,
+}
+
+struct RedisFloorC {
+    con: redis::aio::ConnectionManager,
+    del: redis::Script,
+}
+
+#[async_trait]
+impl Contender for RedisFloorC {
+    async fn cycle(&self, key: &str) -> Result<()> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut con = self.con.clone();
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(30_000)
+            .query_async(&mut con)
+            .await?;
+        if ok.is_none() {
+            return Err(anyhow!("floor: {key} was held"));
+        }
+        let _: i64 = self.del.key(key).arg(&token).invoke_async(&mut con).await?;
+        Ok(())
+    }
+    async fn lock_wait(&self, _key: &str) -> Result<Option<Box<dyn Held>>> {
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl Factory for RedisFloor {
+    fn kind(&self) -> &'static str {
+        "floor"
+    }
+    fn describe(&self) -> String {
+        "SET NX PX + EVALSHA compare-and-delete (redis crate)".into()
+    }
+    async fn make(&self) -> Result<Arc<dyn Contender>> {
+        let client = redis::Client::open(self.url.as_str())?;
+        let con = redis::aio::ConnectionManager::new(client).await?;
+        Ok(Arc::new(RedisFloorC { con, del: redis::Script::new(REDIS_DEL) }))
+    }
+}
+
+/// Redis peer: rslock (Redlock over one node here), with its default retries.
+pub struct RslockPeer {
+    pub url: String,
+}
+
+struct RslockC(rslock::LockManager);
+
+struct RslockHeld(rslock::LockManager, rslock::Lock);
+
+#[async_trait]
+impl Held for RslockHeld {
+    async fn unlock(self: Box<Self>) -> Result<()> {
+        self.0.unlock(&self.1).await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Contender for RslockC {
+    async fn cycle(&self, key: &str) -> Result<()> {
+        let l = self.0.lock(key.as_bytes(), TTL).await.map_err(|e| anyhow!("rslock: {e:?}"))?;
+        self.0.unlock(&l).await;
+        Ok(())
+    }
+    async fn lock_wait(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
+        // rslock waits by retrying `lock` (3 tries, random sleeps up to 200 ms) in a loop.
+        let l = self.0.acquire_no_guard(key.as_bytes(), TTL).await.map_err(|e| anyhow!("rslock: {e:?}"))?;
+        Ok(Some(Box::new(RslockHeld(self.0.clone(), l))))
+    }
+}
+
+#[async_trait]
+impl Factory for RslockPeer {
+    fn kind(&self) -> &'static str {
+        "peer"
+    }
+    fn describe(&self) -> String {
+        "rslock 0.7 (LockManager::lock / acquire / unlock)".into()
+    }
+    async fn make(&self) -> Result<Arc<dyn Contender>> {
+        Ok(Arc::new(RslockC(rslock::LockManager::new(vec![self.url.clone()]))))
+    }
+}
+
+// --- etcd ----------------------------------------------------------------------------------
+
+/// etcd floor: a transaction that puts the key if it does not exist, then a delete.
+pub struct EtcdFloor {
+    pub endpoints: Vec<String>,
+}
+
+struct EtcdFloorC(etcd_client::Client);
+
+#[async_trait]
+impl Contender for EtcdFloorC {
+    async fn cycle(&self, key: &str) -> Result<()> {
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+        let mut c = self.0.clone();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, "floor", None)]);
+        if !c.txn(txn).await?.succeeded() {
+            return Err(anyhow!("floor: {key} was held"));
+        }
+        c.delete(key, None).await?;
+        Ok(())
+    }
+    async fn lock_wait(&self, _key: &str) -> Result<Option<Box<dyn Held>>> {
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl Factory for EtcdFloor {
+    fn kind(&self) -> &'static str {
+        "floor"
+    }
+    fn describe(&self) -> String {
+        "txn (create_revision == 0 → put) + delete (etcd-client)".into()
+    }
+    async fn make(&self) -> Result<Arc<dyn Contender>> {
+        Ok(Arc::new(EtcdFloorC(etcd_client::Client::connect(&self.endpoints, None).await?)))
+    }
+}
+
+/// etcd peer: etcd-client's `lock()`/`unlock()` (etcd's lock service), on a kept-alive lease.
+pub struct EtcdPeer {
+    pub endpoints: Vec<String>,
+}
+
+struct EtcdPeerC(etcd_client::Client, i64);
+
+struct EtcdPeerHeld(etcd_client::Client, Vec<u8>);
+
+#[async_trait]
+impl Held for EtcdPeerHeld {
+    async fn unlock(self: Box<Self>) -> Result<()> {
+        let mut c = self.0.clone();
+        c.unlock(self.1.clone()).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Contender for EtcdPeerC {
+    async fn cycle(&self, key: &str) -> Result<()> {
+        let mut c = self.0.clone();
+        let k = c.lock(key, Some(etcd_client::LockOptions::new().with_lease(self.1))).await?;
+        c.unlock(k.key().to_vec()).await?;
+        Ok(())
+    }
+    async fn lock_wait(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
+        let mut c = self.0.clone();
+        let k = c.lock(key, Some(etcd_client::LockOptions::new().with_lease(self.1))).await?;
+        Ok(Some(Box::new(EtcdPeerHeld(c, k.key().to_vec()))))
+    }
+}
+
+#[async_trait]
+impl Factory for EtcdPeer {
+    fn kind(&self) -> &'static str {
+        "peer"
+    }
+    fn describe(&self) -> String {
+        "etcd-client 0.18 lock() / unlock() (etcd's lock service)".into()
+    }
+    async fn make(&self) -> Result<Arc<dyn Contender>> {
+        let mut c = etcd_client::Client::connect(&self.endpoints, None).await?;
+        let lease = c.lease_grant(60, None).await?.id();
+        let (mut keeper, _stream) = c.lease_keep_alive(lease).await?;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if keeper.keep_alive().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Arc::new(EtcdPeerC(c, lease)))
+    }
+}
+
+// --- ZooKeeper -----------------------------------------------------------------------------
+
+fn zk_dir(key: &str) -> String {
+    format!("/bench/{}", key.replace('/', "_"))
+}
+
+/// ZooKeeper floor: create an ephemeral sequential child, list the children, delete it.
+pub struct ZkFloor {
+    pub connect: String,
+}
+
+struct ZkFloorC(zookeeper_client::Client);
+
+#[async_trait]
+impl Contender for ZkFloorC {
+    async fn cycle(&self, key: &str) -> Result<()> {
+        use zookeeper_client::{Acls, CreateMode};
+        let dir = zk_dir(key);
+        let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let created = match self.0.create(&format!("{dir}/n-"), b"", &opts).await {
+            Err(zookeeper_client::Error::NoNode) => {
+                let _ = self.0.mkdir(&dir, &CreateMode::Persistent.with_acls(Acls::anyone_all())).await;
+                self.0.create(&format!("{dir}/n-"), b"", &opts).await?
+            }
+            other => other?,
+        };
+        let children = self.0.list_children(&dir).await?;
+        if children.len() != 1 {
+            return Err(anyhow!("floor: {key} was held"));
+        }
+        self.0.delete(&format!("{dir}/n-{}", created.1), None).await?;
+        Ok(())
+    }
+    async fn lock_wait(&self, _key: &str) -> Result<Option<Box<dyn Held>>> {
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl Factory for ZkFloor {
+    fn kind(&self) -> &'static str {
+        "floor"
+    }
+    fn describe(&self) -> String {
+        "create EPHEMERAL_SEQUENTIAL + getChildren + delete (zookeeper-client)".into()
+    }
+    async fn make(&self) -> Result<Arc<dyn Contender>> {
+        Ok(Arc::new(ZkFloorC(zookeeper_client::Client::connect(&self.connect).await?)))
+    }
+}
+
+/// ZooKeeper peer: zookeeper-client's own `lock` (Curator's layout), released by deleting
+/// its node.
+pub struct ZkPeer {
+    pub connect: String,
+}
+
+struct ZkPeerC(zookeeper_client::Client);
+
+struct ZkPeerHeld(zookeeper_client::OwnedLockClient);
+
+#[async_trait]
+impl Held for ZkPeerHeld {
+    async fn unlock(self: Box<Self>) -> Result<()> {
+        let path = self.0.lock_path().to_owned();
+        self.0.client().delete(&path, None).await?;
+        Ok(())
+    }
+}
+
+impl ZkPeerC {
+    async fn take(&self, key: &str) -> Result<zookeeper_client::OwnedLockClient> {
+        use zookeeper_client::{Acls, CreateMode, LockOptions, LockPrefix};
+        let dir = format!("/peer/{}", key.replace('/', "_"));
+        let prefix = LockPrefix::new_curator(&dir, "lock-")?;
+        let opts = LockOptions::new(Acls::anyone_all())
+            .with_ancestor_options(CreateMode::Persistent.with_acls(Acls::anyone_all()))?;
+        Ok(self.0.lock(prefix, b"", opts).await?.into_owned())
+    }
+}
+
+#[async_trait]
+impl Contender for ZkPeerC {
+    async fn cycle(&self, key: &str) -> Result<()> {
+        Box::new(ZkPeerHeld(self.take(key).await?)).unlock().await
+    }
+    async fn lock_wait(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
+        Ok(Some(Box::new(ZkPeerHeld(self.take(key).await?))))
+    }
+}
+
+#[async_trait]
+impl Factory for ZkPeer {
+    fn kind(&self) -> &'static str {
+        "peer"
+    }
+    fn describe(&self) -> String {
+        "zookeeper-client 0.11 Client::lock (Curator layout)".into()
+    }
+    async fn make(&self) -> Result<Arc<dyn Contender>> {
+        Ok(Arc::new(ZkPeerC(zookeeper_client::Client::connect(&self.connect).await?)))
+    }
+}
+
+// --- DynamoDB ------------------------------------------------------------------------------
+
+/// DynamoDB floor: a conditional put (no owner yet), then a conditional delete.
+pub struct DynamoFloor {
+    pub client: aws_sdk_dynamodb::Client,
+    pub table: String,
+}
+
+struct DynamoFloorC(aws_sdk_dynamodb::Client, String);
+
+#[async_trait]
+impl Contender for DynamoFloorC {
+    async fn cycle(&self, key: &str) -> Result<()> {
+        use aws_sdk_dynamodb::types::AttributeValue as V;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let k = format!("floor/{key}");
+        self.0
+            .put_item()
+            .table_name(&self.1)
+            .item("lock_key", V::S(k.clone()))
+            .item("owner", V::S(token.clone()))
+            .condition_expression("attribute_not_exists(lock_key)")
+            .send()
+            .await
+            .context("floor put")?;
+        self.0
+            .delete_item()
+            .table_name(&self.1)
+            .key("lock_key", V::S(k))
+            .condition_expression("#o = :o")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_values(":o", V::S(token))
+            .send()
+            .await
+            .context("floor delete")?;
+        Ok(())
+    }
+    async fn lock_wait(&self, _key: &str) -> Result<Option<Box<dyn Held>>> {
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl Factory for DynamoFloor {
+    fn kind(&self) -> &'static str {
+        "floor"
+    }
+    fn describe(&self) -> String {
+        "conditional PutItem + conditional DeleteItem (aws-sdk-dynamodb)".into()
+    }
+    async fn make(&self) -> Result<Arc<dyn Contender>> {
+        Ok(Arc::new(DynamoFloorC(self.client.clone(), self.table.clone())))
+    }
+}

@@ -1,0 +1,410 @@
+//! # distlock-bench
+//!
+//! distlock beside the raw backend floor and beside the peer crate a user would otherwise
+//! pick, on every backend, in one run, against servers the conformance fixtures start
+//! (redis-server, etcd, ZooKeeper, moto's DynamoDB emulator) on loopback.
+//!
+//! ```text
+//! cargo run --release -p distlock-bench                      # the full run (several minutes)
+//! cargo run --release -p distlock-bench -- --quick           # a few seconds per backend (CI)
+//! cargo run --release -p distlock-bench -- --backends redis,etcd --md out.md --json out.json
+//! ```
+//!
+//! Measured per backend: uncontended acquire+release latency (p50, p99); throughput over
+//! 10,000 keys with 1, 16 and 64 tasks; hand-off latency on one key with 2 to 32 waiters and
+//! holds of 10 ms and 300 ms; and what holding 1,000 and 10,000 locks with auto-renewal costs
+//! (server requests and extend calls per second, client CPU, client memory per lock). Numbers
+//! are reported with ratios against the floor and the peer, and the targets of issue 8 beside
+//! them; nothing is asserted.
+
+mod contenders;
+mod scenarios;
+mod servers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::contenders::Factory;
+
+struct Plan {
+    quick: bool,
+    latency_rounds: usize,
+    keys: usize,
+    tasks: Vec<usize>,
+    waiters: Vec<usize>,
+    holds: Vec<Duration>,
+    handoffs: usize,
+    held: Vec<usize>,
+    window: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                latency_rounds: 200,
+                keys: 400,
+                tasks: vec![1, 16],
+                waiters: vec![2],
+                holds: vec![Duration::from_millis(10)],
+                handoffs: 6,
+                held: vec![200],
+                window: Duration::from_secs(2),
+            }
+        } else {
+            Self {
+                quick,
+                latency_rounds: 2000,
+                keys: 10_000,
+                tasks: vec![1, 16, 64],
+                waiters: vec![2, 8, 32],
+                holds: vec![Duration::from_millis(10), Duration::from_millis(300)],
+                handoffs: 30,
+                held: vec![1_000, 10_000],
+                window: Duration::from_secs(10),
+            }
+        }
+    }
+}
+
+/// A boxed, sendable future.
+pub(crate) type BoxFut<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Makes a fresh distlock backend.
+pub(crate) type MakeBackend = Arc<dyn Fn() -> BoxFut<Result<Arc<dyn lock_core::LockBackend>>> + Send + Sync>;
+
+/// Reads a server's count of requests served so far.
+pub(crate) type RequestCounter = Arc<dyn Fn() -> BoxFut<Option<u64>> + Send + Sync>;
+
+/// One backend's contenders and how to read its server's request counter.
+pub(crate) struct Backend {
+    /// For the report.
+    pub(crate) name: &'static str,
+    /// distlock first, then the floor and the peer where there is one.
+    pub(crate) factories: Vec<Arc<dyn Factory>>,
+    /// Makes a fresh distlock backend for the held-locks measurement.
+    pub(crate) ours: MakeBackend,
+    /// The server's count of requests served so far, where it exposes one.
+    pub(crate) server_requests: Option<RequestCounter>,
+    /// The renewal TTL for the held-locks measurement.
+    pub(crate) held_ttl: Duration,
+    /// Not measured, and why.
+    pub(crate) notes: Vec<String>,
+    /// Smaller sizes for a slow server (the emulator), applied to the plan.
+    pub(crate) cap: Option<Cap>,
+}
+
+/// Upper bounds on a plan's sizes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cap {
+    pub(crate) latency_rounds: usize,
+    pub(crate) keys: usize,
+    pub(crate) held: usize,
+}
+
+fn ratio(a: f64, b: f64) -> Value {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        json!((a / b * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().next().and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        })
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let version = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_owned())
+            .unwrap_or_default()
+    };
+    json!({
+        "cpu": cpu,
+        "cores": cores,
+        "memory_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "os": version("sh", &["-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "redis": version("redis-server", &["--version"]),
+        "etcd": version("etcd", &["--version"]),
+        "zookeeper": version("sh", &["-c", "dpkg-query -W -f='${Version}' zookeeper 2>/dev/null"]),
+        "moto": version(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/pyenv/bin/python"), &["-c", "import moto; print(moto.__version__)"]),
+    })
+}
+
+async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
+    let capped;
+    let plan = match b.cap {
+        Some(c) => {
+            capped = Plan {
+                quick: plan.quick,
+                latency_rounds: plan.latency_rounds.min(c.latency_rounds),
+                keys: plan.keys.min(c.keys),
+                tasks: plan.tasks.clone(),
+                waiters: plan.waiters.clone(),
+                holds: plan.holds.clone(),
+                handoffs: plan.handoffs,
+                held: plan
+                    .held
+                    .iter()
+                    .map(|&n| n.min(c.held))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                window: plan.window,
+            };
+            &capped
+        }
+        None => plan,
+    };
+    let tag = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let kinds: Vec<&str> = b.factories.iter().map(|f| f.kind()).collect();
+    let idx = |k: &str| kinds.iter().position(|x| *x == k);
+    eprintln!("[{}] latency", b.name);
+    let lat = scenarios::latency(&b.factories, plan.latency_rounds, &tag).await?;
+    let mut out = json!({ "backend": b.name, "notes": b.notes });
+    out["contenders"] = json!(b
+        .factories
+        .iter()
+        .map(|f| json!({"kind": f.kind(), "what": f.describe()}))
+        .collect::<Vec<_>>());
+    out["latency_ms"] = json!(b
+        .factories
+        .iter()
+        .zip(&lat)
+        .map(|(f, (p50, p99))| json!({"kind": f.kind(), "p50": p50, "p99": p99}))
+        .collect::<Vec<_>>());
+    let ours = lat[0].0;
+    out["latency_ratio"] = json!({
+        "ours_over_floor": idx("floor").map(|i| ratio(ours, lat[i].0)).unwrap_or(Value::Null),
+        "ours_over_peer": idx("peer").map(|i| ratio(ours, lat[i].0)).unwrap_or(Value::Null),
+    });
+
+    let mut tp = Vec::new();
+    for &tasks in &plan.tasks {
+        let mut row = json!({"tasks": tasks, "keys": plan.keys});
+        let mut ours_ops = f64::NAN;
+        for f in &b.factories {
+            eprintln!("[{}] throughput {} x{tasks}", b.name, f.kind());
+            let ops =
+                scenarios::throughput(f, plan.keys, tasks, &format!("{tag}/{}/{tasks}", f.kind())).await?;
+            if f.kind() == "distlock" {
+                ours_ops = ops;
+            }
+            row[f.kind()] = json!(ops.round());
+        }
+        for k in ["floor", "peer"] {
+            if let Some(v) = row[k].as_f64() {
+                row[format!("ours_over_{k}")] = ratio(ours_ops, v);
+            }
+        }
+        tp.push(row);
+    }
+    out["throughput_ops_per_s"] = json!(tp);
+
+    let mut ho = Vec::new();
+    for &hold in &plan.holds {
+        for &w in &plan.waiters {
+            let mut row = json!({"waiters": w, "hold_ms": hold.as_millis() as u64});
+            for f in &b.factories {
+                eprintln!("[{}] hand-off {} waiters={w} hold={hold:?}", b.name, f.kind());
+                let key = format!("{tag}/ho/{}/{w}/{}", f.kind(), hold.as_millis());
+                if let Some((p50, p99)) = scenarios::handoff(f, w, hold, plan.handoffs, &key).await? {
+                    row[f.kind()] = json!({"p50": p50, "p99": p99});
+                }
+            }
+            ho.push(row);
+        }
+    }
+    out["handoff_ms"] = json!(ho);
+
+    let mut held = Vec::new();
+    for &n in &plan.held {
+        eprintln!("[{}] holding {n} locks", b.name);
+        let backend = (b.ours)().await?;
+        let cost = scenarios::held_cost(
+            backend,
+            n,
+            b.held_ttl,
+            plan.window,
+            &format!("{tag}/{n}"),
+            b.server_requests.as_ref(),
+        )
+        .await?;
+        let per_s = cost.server_per_s.map(|v| json!((v * 10.0).round() / 10.0)).unwrap_or(Value::Null);
+        held.push(json!({
+            "locks": n,
+            "ttl_ms": b.held_ttl.as_millis() as u64,
+            "extend_calls_per_s": (cost.extends_per_s * 10.0).round() / 10.0,
+            "server_requests_per_s": per_s,
+            "client_cpu_pct": (cost.cpu_pct * 10.0).round() / 10.0,
+            "client_bytes_per_lock": cost.bytes_per_lock.round(),
+        }));
+    }
+    out["held_locks"] = json!(held);
+    Ok(out)
+}
+
+fn fmt(v: &Value) -> String {
+    match v {
+        Value::Number(n) => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 || f.abs() >= 100.0 {
+                format!("{f:.0}")
+            } else {
+                format!("{f:.3}")
+            }
+        }
+        Value::Null => "–".into(),
+        other => other.to_string(),
+    }
+}
+
+fn markdown(report: &Value) -> String {
+    let mut md = String::new();
+    md.push_str("# distlock-bench results\n\n");
+    let m = &report["machine"];
+    md.push_str(&format!(
+        "Machine: {} ({} cores), {} GiB, {}. Servers: {}; {}; ZooKeeper {}; moto {}. Mode: {}.\n\n",
+        m["cpu"].as_str().unwrap_or(""),
+        m["cores"],
+        m["memory_gib"],
+        m["os"].as_str().unwrap_or(""),
+        m["redis"].as_str().unwrap_or(""),
+        m["etcd"].as_str().unwrap_or(""),
+        m["zookeeper"].as_str().unwrap_or(""),
+        m["moto"].as_str().unwrap_or(""),
+        report["mode"].as_str().unwrap_or(""),
+    ));
+    md.push_str("Client and servers share the machine over loopback: compare the ratios, not the absolute numbers.\n\n");
+    for b in report["backends"].as_array().into_iter().flatten() {
+        md.push_str(&format!("## {}\n\n", b["backend"].as_str().unwrap_or("")));
+        for c in b["contenders"].as_array().into_iter().flatten() {
+            md.push_str(&format!(
+                "- {}: {}\n",
+                c["kind"].as_str().unwrap_or(""),
+                c["what"].as_str().unwrap_or("")
+            ));
+        }
+        for n in b["notes"].as_array().into_iter().flatten() {
+            md.push_str(&format!("- note: {}\n", n.as_str().unwrap_or("")));
+        }
+        md.push_str("\nUncontended acquire+release:\n\n| contender | p50 (ms) | p99 (ms) |\n|---|---|---|\n");
+        for l in b["latency_ms"].as_array().into_iter().flatten() {
+            md.push_str(&format!(
+                "| {} | {} | {} |\n",
+                l["kind"].as_str().unwrap_or(""),
+                fmt(&l["p50"]),
+                fmt(&l["p99"])
+            ));
+        }
+        md.push_str(&format!(
+            "\nours/floor p50 = **{}**, ours/peer p50 = **{}**\n\n",
+            fmt(&b["latency_ratio"]["ours_over_floor"]),
+            fmt(&b["latency_ratio"]["ours_over_peer"])
+        ));
+        md.push_str("Throughput (lock+release per second over distinct keys):\n\n| tasks | keys | distlock | floor | peer | ours/floor | ours/peer |\n|---|---|---|---|---|---|---|\n");
+        for r in b["throughput_ops_per_s"].as_array().into_iter().flatten() {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                r["tasks"],
+                r["keys"],
+                fmt(&r["distlock"]),
+                fmt(&r["floor"]),
+                fmt(&r["peer"]),
+                fmt(&r["ours_over_floor"]),
+                fmt(&r["ours_over_peer"])
+            ));
+        }
+        md.push_str("\nHand-off on one key, from the release call to the next holder (p50 / p99 ms):\n\n| hold | waiters | distlock | peer |\n|---|---|---|---|\n");
+        for r in b["handoff_ms"].as_array().into_iter().flatten() {
+            let cell = |k: &str| {
+                if r[k].is_null() {
+                    "–".to_owned()
+                } else {
+                    format!("{} / {}", fmt(&r[k]["p50"]), fmt(&r[k]["p99"]))
+                }
+            };
+            md.push_str(&format!(
+                "| {} ms | {} | {} | {} |\n",
+                r["hold_ms"],
+                r["waiters"],
+                cell("distlock"),
+                cell("peer")
+            ));
+        }
+        md.push_str("\nHolding many locks with auto-renewal (distlock):\n\n| locks | TTL (ms) | extend calls/s | server requests/s | client CPU % | client bytes/lock |\n|---|---|---|---|---|---|\n");
+        for r in b["held_locks"].as_array().into_iter().flatten() {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                r["locks"],
+                r["ttl_ms"],
+                fmt(&r["extend_calls_per_s"]),
+                fmt(&r["server_requests_per_s"]),
+                fmt(&r["client_cpu_pct"]),
+                fmt(&r["client_bytes_per_lock"])
+            ));
+        }
+        md.push('\n');
+    }
+    md.push_str(TARGETS);
+    md
+}
+
+const TARGETS: &str = "## Targets (issue 8; reported, not asserted)\n\n\
+- Redis acquire+release within 1.1× of the floor, and no slower than rslock.\n\
+- Hand-off p50 at most 1 ms on Redis, at most 3 ms on etcd at every hold length, at most 3 ms on ZooKeeper.\n\
+- 10,000 held etcd locks renewed through one lease keep-alive: server requests per TTL/3 independent of the number of locks.\n\
+- Client memory at most 2 KiB per held lock.\n";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let wanted: Vec<String> = value("--backends")
+        .unwrap_or_else(|| "redis,etcd,zookeeper,dynamodb".into())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .collect();
+    let plan = Plan::new(quick);
+    let mut results = Vec::new();
+    let mut keep = Vec::new();
+    for name in &wanted {
+        let (backend, servers) = servers::start(name).await.with_context(|| format!("starting {name}"))?;
+        keep.push(servers);
+        results.push(run_backend(&backend, &plan).await.with_context(|| format!("measuring {name}"))?);
+    }
+    let report = json!({
+        "mode": if plan.quick { "quick" } else { "full" },
+        "machine": machine(),
+        "backends": results,
+    });
+    let md = markdown(&report);
+    println!("{md}");
+    if let Some(p) = value("--md") {
+        std::fs::write(&p, &md).with_context(|| format!("writing {p}"))?;
+    }
+    if let Some(p) = value("--json") {
+        std::fs::write(&p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {p}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The measurements: uncontended latency, throughput over many keys, contended hand-off, and
+//! the cost of holding many locks with auto-renewal.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use async_trait::async_trait;
+use lock_core::{
+    AcquireRequest, Attempt, Capabilities, ExtendOutcome, Lease, LockBackend, LockClient, LockInfo, LockKey,
+    ReleaseOutcome,
+};
+
+use crate::contenders::{Factory, Held};
+
+/// Percentile `q` of `samples` (sorted in place), in milliseconds.
+pub fn pct_ms(samples: &mut [Duration], q: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples[i].as_secs_f64() * 1e3
+}
+
+/// Uncontended acquire+release latency of each factory's contender, interleaved in blocks so
+/// all see the same machine. Returns (p50 ms, p99 ms) per factory.
+pub async fn latency(factories: &[Arc<dyn Factory>], rounds: usize, tag: &str) -> Result<Vec<(f64, f64)>> {
+    let mut contenders = Vec::new();
+    for f in factories {
+        contenders.push(f.make().await?);
+    }
+    let keys: Vec<String> = factories.iter().map(|f| format!("{tag}/lat/{}", f.kind())).collect();
+    for (c, k) in contenders.iter().zip(&keys) {
+        for _ in 0..20 {
+            c.cycle(k).await?;
+        }
+    }
+    let mut samples = vec![Vec::with_capacity(rounds); contenders.len()];
+    let block = 50.min(rounds.max(1));
+    let mut done = 0;
+    while done < rounds {
+        for (i, (c, k)) in contenders.iter().zip(&keys).enumerate() {
+            for _ in 0..block {
+                let t = Instant::now();
+                c.cycle(k).await?;
+                samples[i].push(t.elapsed());
+            }
+        }
+        done += block;
+    }
+    Ok(samples.iter_mut().map(|s| (pct_ms(s, 0.5), pct_ms(s, 0.99))).collect())
+}
+
+/// Lock+release over `keys` distinct keys with `tasks` concurrent tasks (each with its own
+/// contender); returns operations per second.
+pub async fn throughput(f: &Arc<dyn Factory>, keys: usize, tasks: usize, tag: &str) -> Result<f64> {
+    let mut cs = Vec::new();
+    for _ in 0..tasks {
+        cs.push(f.make().await?);
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in cs {
+        let (next, tag) = (next.clone(), tag.to_owned());
+        handles.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= keys {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                c.cycle(&format!("{tag}/tp/{i}")).await?;
+            }
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    Ok(keys as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Hand-off on one key: `waiters` + 1 contenders each take the lock, hold it for `hold`,
+/// release it, and queue again. The hand-off is the time from the release call to the next
+/// holder having the lock. Returns (p50 ms, p99 ms), or `None` if the factory cannot wait.
+pub async fn handoff(
+    f: &Arc<dyn Factory>,
+    waiters: usize,
+    hold: Duration,
+    handoffs: usize,
+    key: &str,
+) -> Result<Option<(f64, f64)>> {
+    let mut cs = Vec::new();
+    for _ in 0..=waiters {
+        cs.push(f.make().await?);
+    }
+    // A contender that cannot wait says so at once.
+    let probe = format!("{key}/probe");
+    match cs[0].lock_wait(&probe).await? {
+        None => return Ok(None),
+        Some(h) => h.unlock().await?,
+    }
+    let released_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for c in cs {
+        let (released_at, samples, count, key) =
+            (released_at.clone(), samples.clone(), count.clone(), key.to_owned());
+        handles.push(tokio::spawn(async move {
+            while count.load(Ordering::SeqCst) < handoffs {
+                let Some(held): Option<Box<dyn Held>> = c.lock_wait(&key).await? else { return Ok(()) };
+                let now = Instant::now();
+                if let Some(t) = released_at.lock().expect("released_at").take() {
+                    samples.lock().expect("samples").push(now - t);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(hold).await;
+                *released_at.lock().expect("released_at") = Some(Instant::now());
+                held.unlock().await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let mut s = std::mem::take(&mut *samples.lock().expect("samples"));
+    Ok(Some((pct_ms(&mut s, 0.5), pct_ms(&mut s, 0.99))))
+}
+
+/// Counts the extends a backend is asked for.
+#[derive(Debug)]
+pub struct Counting {
+    pub inner: Arc<dyn LockBackend>,
+    pub extends: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl LockBackend for Counting {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> lock_core::Result<Attempt> {
+        self.inner.try_acquire(req).await
+    }
+    async fn acquire(&self, req: &AcquireRequest, deadline: lock_core::Instant) -> lock_core::Result<Lease> {
+        self.inner.acquire(req, deadline).await
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> lock_core::Result<ExtendOutcome> {
+        self.extends.fetch_add(1, Ordering::Relaxed);
+        self.inner.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> lock_core::Result<ReleaseOutcome> {
+        self.inner.release(lease).await
+    }
+    async fn inspect(&self, key: &LockKey) -> lock_core::Result<Option<LockInfo>> {
+        self.inner.inspect(key).await
+    }
+}
+
+/// What holding many locks with auto-renewal costs the client.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldCost {
+    /// Extend calls per second (session backends answer them without a request per lock).
+    pub extends_per_s: f64,
+    /// Client CPU while holding, in percent of one core.
+    pub cpu_pct: f64,
+    /// Client memory (RSS growth) per held lock, in bytes.
+    pub bytes_per_lock: f64,
+    /// Requests the server counted per second while the locks were held, where it counts.
+    pub server_per_s: Option<f64>,
+}
+
+/// Takes `n` locks with auto-renewal through `backend` (TTL `ttl`), holds them for `window`,
+/// and measures.
+pub async fn held_cost(
+    backend: Arc<dyn LockBackend>,
+    n: usize,
+    ttl: Duration,
+    window: Duration,
+    tag: &str,
+    server: Option<&crate::RequestCounter>,
+) -> Result<HeldCost> {
+    let extends = Arc::new(AtomicU64::new(0));
+    let locks = LockClient::from_arc(Arc::new(Counting { inner: backend, extends: extends.clone() }));
+    let rss0 = rss_bytes();
+    let mut guards = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let mut batch = Vec::new();
+        for &i in chunk {
+            let l = locks.clone();
+            let key = format!("{tag}/held/{i}");
+            batch.push(tokio::spawn(async move { l.lock(&key).ttl(ttl).auto_renew().acquire().await }));
+        }
+        for b in batch {
+            guards.push(b.await??);
+        }
+    }
+    let rss1 = rss_bytes();
+    let s0 = match server {
+        Some(f) => f().await,
+        None => None,
+    };
+    let (e0, cpu0, t0) = (extends.load(Ordering::Relaxed), cpu_seconds(), Instant::now());
+    tokio::time::sleep(window).await;
+    let (e1, cpu1, dt) = (extends.load(Ordering::Relaxed), cpu_seconds(), t0.elapsed().as_secs_f64());
+    let s1 = match server {
+        Some(f) => f().await,
+        None => None,
+    };
+    let lost = guards.iter().filter(|g| !g.is_held()).count();
+    anyhow::ensure!(lost == 0, "{lost} of {n} held locks were lost while renewing");
+    for chunk in guards.chunks(0x100).map(|c| c.len()).collect::<Vec<_>>() {
+        let batch: Vec<_> = guards.drain(..chunk).collect();
+        let hs: Vec<_> = batch.into_iter().map(|g| tokio::spawn(async move { g.release().await })).collect();
+        for h in hs {
+            let _ = h.await?;
+        }
+    }
+    Ok(HeldCost {
+        extends_per_s: (e1 - e0) as f64 / dt,
+        cpu_pct: (cpu1 - cpu0) / dt * 100.0,
+        bytes_per_lock: rss1.saturating_sub(rss0) as f64 / n as f64,
+        server_per_s: match (s0, s1) {
+            (Some(a), Some(z)) => Some(z.saturating_sub(a) as f64 / dt),
+            _ => None,
+        },
+    })
+}
+
+/// This process's resident memory.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// This process's user+system CPU time (USER_HZ = 100 on Linux).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}

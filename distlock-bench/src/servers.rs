@@ -1,0 +1,220 @@
+//! Starts each backend's server with the conformance fixtures (or uses the one named by
+//! `DISTLOCK_TEST_<BACKEND>_URL`) and assembles its contenders.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use conformance_tests::fixtures;
+use lock_core::{LockBackend, LockClient};
+
+use crate::contenders::{self as c, Factory, OursFactory};
+use crate::Backend;
+
+type Keep = Box<dyn Any + Send>;
+
+/// The backend named `name` (`redis`, `etcd`, `zookeeper`, `dynamodb`), and what keeps its
+/// servers running.
+pub async fn start(name: &str) -> Result<(Backend, Keep)> {
+    match name {
+        "redis" => redis().await,
+        "etcd" => etcd().await,
+        "zookeeper" | "zk" => zookeeper().await,
+        "dynamodb" | "dynamo" => dynamodb().await,
+        other => Err(anyhow!("unknown backend '{other}' (redis, etcd, zookeeper, dynamodb)")),
+    }
+}
+
+async fn redis() -> Result<(Backend, Keep)> {
+    let t = fixtures::redis::RedisTarget::get().await?;
+    let url = t.url.clone();
+    let u1 = url.clone();
+    let ours: Arc<dyn Factory> = Arc::new(OursFactory(
+        move || {
+            let u = u1.clone();
+            async move { Ok(LockClient::new(lock_redis::RedisBackend::connect(&u).await?)) }
+        },
+        "distlock RedisBackend (acquire script with fencing counter + compare-and-delete script)".into(),
+    ));
+    let u2 = url.clone();
+    let u3 = url.clone();
+    let b = Backend {
+        name: "Redis (one node)",
+        factories: vec![
+            ours,
+            Arc::new(c::RedisFloor { url: url.clone() }),
+            Arc::new(c::RslockPeer { url: url.clone() }),
+        ],
+        ours: Arc::new(move || {
+            let u = u2.clone();
+            Box::pin(async move {
+                Ok(Arc::new(lock_redis::RedisBackend::connect(&u).await?) as Arc<dyn LockBackend>)
+            })
+        }),
+        server_requests: Some(Arc::new(move || {
+            let u = u3.clone();
+            Box::pin(async move {
+                let client = redis::Client::open(u.as_str()).ok()?;
+                let mut con = client.get_multiplexed_async_connection().await.ok()?;
+                let info: String = redis::cmd("INFO").arg("stats").query_async(&mut con).await.ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("total_commands_processed:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })),
+        held_ttl: Duration::from_secs(3),
+        notes: vec![],
+        cap: None,
+    };
+    Ok((b, Box::new(t)))
+}
+
+async fn etcd() -> Result<(Backend, Keep)> {
+    let (eps, cluster) = fixtures::etcd::etcd_target(1).await?;
+    let e1 = eps.clone();
+    let ours: Arc<dyn Factory> = Arc::new(OursFactory(
+        move || {
+            let e = e1.clone();
+            async move { Ok(LockClient::new(lock_etcd::EtcdBackend::connect(&e).await?)) }
+        },
+        "distlock EtcdBackend, session lease (txn put + compare-and-delete)".into(),
+    ));
+    let (e2, e3) = (eps.clone(), eps.clone());
+    let b = Backend {
+        name: "etcd (one member)",
+        factories: vec![
+            ours,
+            Arc::new(c::EtcdFloor { endpoints: eps.clone() }),
+            Arc::new(c::EtcdPeer { endpoints: eps.clone() }),
+        ],
+        ours: Arc::new(move || {
+            let e = e2.clone();
+            Box::pin(async move {
+                Ok(Arc::new(lock_etcd::EtcdBackend::connect(&e).await?) as Arc<dyn LockBackend>)
+            })
+        }),
+        server_requests: Some(Arc::new(move || {
+            let e = e3[0].clone();
+            Box::pin(async move { etcd_unary_requests(&e).await })
+        })),
+        held_ttl: Duration::from_secs(3),
+        notes: vec![
+            "session leases: a lock's TTL is the session's (10 s), renewed by one keep-alive stream".into()
+        ],
+        cap: None,
+    };
+    Ok((b, Box::new(cluster)))
+}
+
+/// The sum of etcd's `grpc_server_handled_total` for unary calls (every KV, lease and
+/// maintenance request), from its `/metrics` endpoint.
+async fn etcd_unary_requests(endpoint: &str) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = endpoint.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    let total = body
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total") && l.contains("grpc_type=\"unary\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    Some(total as u64)
+}
+
+async fn zookeeper() -> Result<(Backend, Keep)> {
+    let t = fixtures::zk::ZkTarget::get().await?;
+    let connect = t.connect.clone();
+    let c1 = connect.clone();
+    let ours: Arc<dyn Factory> = Arc::new(OursFactory(
+        move || {
+            let c = c1.clone();
+            async move { Ok(LockClient::new(lock_zk::ZkBackend::connect(lock_zk::ZkOptions::new(c)).await?)) }
+        },
+        "distlock ZkBackend (create + getChildren + delete, Curator layout)".into(),
+    ));
+    let (c2, c3) = (connect.clone(), connect.clone());
+    let b = Backend {
+        name: "ZooKeeper (one server)",
+        factories: vec![
+            ours,
+            Arc::new(c::ZkFloor { connect: connect.clone() }),
+            Arc::new(c::ZkPeer { connect: connect.clone() }),
+        ],
+        ours: Arc::new(move || {
+            let c = c2.clone();
+            Box::pin(async move {
+                Ok(Arc::new(lock_zk::ZkBackend::connect(lock_zk::ZkOptions::new(c)).await?) as Arc<dyn LockBackend>)
+            })
+        }),
+        server_requests: Some(Arc::new(move || {
+            let c = c3.split(',').next().unwrap_or("").to_owned();
+            Box::pin(async move {
+                let srvr = fixtures::zk::four_letter(&c, "srvr").await?;
+                srvr.lines().find_map(|l| l.strip_prefix("Received:")).and_then(|v| v.trim().parse().ok())
+            })
+        })),
+        held_ttl: Duration::from_secs(3),
+        notes: vec!["session leases: a lock lasts as long as its session (10 s timeout); packets received include pings".into()],
+        cap: None,
+    };
+    Ok((b, Box::new(t)))
+}
+
+fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("bench", "bench", None, None, "distlock-bench"))
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+async fn dynamodb() -> Result<(Backend, Keep)> {
+    let t = fixtures::dynamo::DynamoTarget::get().await?;
+    let table = "bench_locks";
+    let client = dynamo_client(&t.endpoint);
+    lock_dynamo::DynamoBackend::with_client(client.clone(), lock_dynamo::DynamoOptions::new(table))
+        .create_table()
+        .await?;
+    let (c1, c2) = (client.clone(), client.clone());
+    let ours: Arc<dyn Factory> = Arc::new(OursFactory(
+        move || {
+            let c = c1.clone();
+            async move {
+                Ok(LockClient::new(lock_dynamo::DynamoBackend::with_client(
+                    c,
+                    lock_dynamo::DynamoOptions::new(table),
+                )))
+            }
+        },
+        "distlock DynamoBackend (conditional UpdateItem with fencing counter + conditional release)".into(),
+    ));
+    let b = Backend {
+        name: "DynamoDB (moto's emulator)",
+        factories: vec![ours, Arc::new(c::DynamoFloor { client: client.clone(), table: table.into() })],
+        ours: Arc::new(move || {
+            let c = c2.clone();
+            Box::pin(async move {
+                Ok(Arc::new(lock_dynamo::DynamoBackend::with_client(c, lock_dynamo::DynamoOptions::new(table)))
+                    as Arc<dyn LockBackend>)
+            })
+        }),
+        server_requests: None,
+        held_ttl: Duration::from_secs(3),
+        notes: vec![
+            "peer not measured: dynamodb_lock 0.6.1 (the last release, Nov 2023) is built on rusoto, which is \
+             deprecated and unmaintained; see BENCHMARKS.md"
+                .into(),
+            "moto serves one request at a time (see the fixture) at a few ms each: absolute numbers are the \
+             emulator's, not DynamoDB's, and the sizes are capped (300 latency rounds, 1,000 keys, 200 held locks)"
+                .into(),
+        ],
+        cap: Some(crate::Cap { latency_rounds: 300, keys: 1_000, held: 200 }),
+    };
+    Ok((b, Box::new(t)))
+}
