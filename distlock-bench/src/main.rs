@@ -297,6 +297,10 @@ fn markdown(report: &Value) -> String {
     md.push_str("Client and servers share the machine over loopback: compare the ratios, not the absolute numbers.\n\n");
     for b in report["backends"].as_array().into_iter().flatten() {
         md.push_str(&format!("## {}\n\n", b["backend"].as_str().unwrap_or("")));
+        if let Some(e) = b["error"].as_str() {
+            md.push_str(&format!("Not measured: {e}\n\n"));
+            continue;
+        }
         for c in b["contenders"].as_array().into_iter().flatten() {
             md.push_str(&format!(
                 "- {}: {}\n",
@@ -388,10 +392,19 @@ async fn main() -> Result<()> {
     let plan = Plan::new(quick);
     let mut results = Vec::new();
     let mut keep = Vec::new();
+    let mut failed = Vec::new();
     for name in &wanted {
         let (backend, servers) = servers::start(name).await.with_context(|| format!("starting {name}"))?;
         keep.push(servers);
-        results.push(run_backend(&backend, &plan).await.with_context(|| format!("measuring {name}"))?);
+        // One backend failing does not lose the others' results; the run still fails at the end.
+        match run_backend(&backend, &plan).await {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("measuring {name} failed: {e:#}");
+                results.push(json!({ "backend": backend.name, "error": format!("{e:#}") }));
+                failed.push(name.clone());
+            }
+        }
     }
     let report = json!({
         "mode": if plan.quick { "quick" } else { "full" },
@@ -406,5 +419,6 @@ async fn main() -> Result<()> {
     if let Some(p) = value("--json") {
         std::fs::write(&p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {p}"))?;
     }
+    anyhow::ensure!(failed.is_empty(), "measuring {} failed", failed.join(", "));
     Ok(())
 }

@@ -330,6 +330,36 @@ impl DynamoBackend {
             .with_backend_data(Held::new(rvn))
     }
 
+    /// A grant of `req` found on the item although no reply said so: an earlier try of the
+    /// same request was applied and its reply lost. That try may have been sent long ago
+    /// (contenders count the lease from when they first saw its RVN), so the grant is
+    /// confirmed with a heartbeat first, and the lease is measured from that heartbeat.
+    async fn recover(&self, req: &AcquireRequest, item: Record) -> Result<Attempt> {
+        let sent = Instant::now();
+        let rvn = new_rvn();
+        let written = self
+            .write(
+                "acquire (confirm)",
+                &req.key,
+                "SET #v = :v, #l = :l, #e = :e",
+                "#o = :o AND #v = :known",
+                vec![
+                    (":o", AttributeValue::S(req.owner.to_string())),
+                    (":known", AttributeValue::S(item.rvn)),
+                    (":v", AttributeValue::S(rvn.clone())),
+                    (":l", n(ms(req.ttl))),
+                    (":e", n(wall_ms().saturating_add(ms(req.ttl)))),
+                ],
+                ReturnValue::None,
+            )
+            .await?;
+        Ok(match written {
+            Written::Applied(_) => Attempt::Acquired(self.lease(req, item.fence, rvn, sent)),
+            // Taken over (or changed) meanwhile: look again.
+            Written::Refused(_) => Attempt::Held { expires_in: Some(Duration::ZERO) },
+        })
+    }
+
     /// Removes `owner`'s grant of `key`: `true` if it held it.
     async fn release_owner(&self, key: &LockKey, owner: OwnerToken) -> Result<bool> {
         let written = self
@@ -405,8 +435,10 @@ impl LockBackend for DynamoBackend {
         c.wake = WakeMode::Poll { max_interval: self.inner.opts.poll_interval };
         c.ttl_granularity = Duration::from_millis(1);
         c.min_ttl = Duration::from_millis(100);
-        // A contender counts a lease from its first look at the item, one poll after the
-        // holder's last write at worst.
+        // A contender that was already waiting takes over one lease after the holder's last
+        // write, plus at most one poll. One that arrives later counts a whole lease from its
+        // own first look, so a crashed holder blocks it for up to twice the TTL: that cannot
+        // be a constant margin, and the crate documentation says so (Takeover::RecordVersion).
         c.expiry_margin = self.inner.opts.poll_interval + Duration::from_millis(50);
         c
     }
@@ -460,23 +492,34 @@ impl LockBackend for DynamoBackend {
         match item.owner {
             // An earlier try of this same request was applied but its reply was lost (the
             // SDK or the waiting loop retried): the grant is ours.
-            Some(owner) if owner == req.owner => {
-                Ok(Attempt::Acquired(self.lease(req, item.fence, item.rvn, sent)))
-            }
+            Some(owner) if owner == req.owner => self.recover(req, item).await,
             Some(_) => Ok(Attempt::Held { expires_in: Some(self.saw_held(&req.key, &item)) }),
             // Freed between the condition and now: try again at once.
             None => Ok(Attempt::Held { expires_in: Some(Duration::ZERO) }),
         }
     }
 
+    async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        // A try whose write was applied but whose reply was lost is recognised by the next
+        // try. If there is none (this call is dropped, or ends with an error), the grant is
+        // released in the background. A timeout needs nothing: its last try was refused
+        // cleanly, by an item that was not ours.
+        let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner));
+        let got = lock_core::backoff::poll_acquire(self, req, deadline).await;
+        if matches!(got, Ok(_) | Err(Error::Timeout { .. })) {
+            undo.disarm();
+        }
+        got
+    }
+
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
-        if Instant::now() >= lease.valid_until() {
+        let held = lease.backend_data::<Held>();
+        if held.is_some() && Instant::now() >= lease.valid_until() {
             // Our lease ran out on our own clock, so a contender may already count it gone:
             // never revive it. Give it up instead, so nobody waits for it.
             let _ = self.release_owner(lease.key(), lease.owner()).await;
             return Ok(ExtendOutcome::NotHeld);
         }
-        let held = lease.backend_data::<Held>();
         let mut known = held.map(|h| h.rvn());
         for _ in 0..2 {
             let sent = Instant::now();

@@ -105,10 +105,11 @@ impl std::fmt::Debug for ZkBackend {
     }
 }
 
-/// What a lease of this backend remembers: its child's path.
+/// What a lease of this backend remembers: its child's path and the session that owns it.
 #[derive(Debug)]
 struct Held {
     path: String,
+    session: Weak<Session>,
 }
 
 /// A contender's child: the path, its sequence name, its czxid.
@@ -241,9 +242,10 @@ impl ZkBackend {
     /// If dropped armed (the create may have been sent), finds our child by its uuid and
     /// deletes it, in the background. Requests of one session are applied in order, so the
     /// lookup sees the create if it was sent.
-    fn undo_create(&self, s: &Arc<Session>, dir: &str, owner: OwnerToken) -> UndoOnDrop {
-        let (this, s, dir) = (self.clone(), s.clone(), dir.to_owned());
+    fn undo_create(&self, dir: &str, owner: OwnerToken) -> UndoOnDrop {
+        let (this, dir) = (self.clone(), dir.to_owned());
         UndoOnDrop::new(async move {
+            let Ok(s) = this.session().await else { return };
             if let Ok(Some(c)) = this.find(&s, &dir, &stem(owner), true).await {
                 let _ = s.client.delete(&c.path, None).await;
             }
@@ -260,13 +262,21 @@ impl ZkBackend {
 
     /// The lease of a won child, with a watcher that fires its loss signal when the child is
     /// deleted by someone else or the session is lost.
-    fn won(&self, s: &Arc<Session>, req: &AcquireRequest, child: Child, sent: Instant) -> Lease {
+    fn won(&self, s: &Arc<Session>, req: &AcquireRequest, child: Child, sent: Instant) -> Result<Lease> {
+        if !s.is_live() {
+            // Disconnected past the grace, or lost: the child may already be gone.
+            return Err(Error::backend_msg(
+                NAME,
+                BackendErrorKind::Unavailable,
+                "the session was disconnected past its grace when the lock was reached; try again",
+            ));
+        }
         let signal = LossSignal::new();
         tokio::spawn(watch_child(Arc::downgrade(s), child.path.clone(), signal.clone()));
-        Lease::new(req.key.clone(), req.owner, FencingToken::new(child.czxid as u64), req.ttl, sent)
+        Ok(Lease::new(req.key.clone(), req.owner, FencingToken::new(child.czxid as u64), req.ttl, sent)
             .with_valid_until(s.valid_until())
             .with_session(signal)
-            .with_backend_data(Arc::new(Held { path: child.path }))
+            .with_backend_data(Arc::new(Held { path: child.path, session: Arc::downgrade(s) })))
     }
 
     /// Creates our child for `req` on the live session. Returns the session, the lock's
@@ -282,7 +292,7 @@ impl ZkBackend {
     ) -> Result<(Arc<Session>, String, Child, UndoOnDrop)> {
         let s = self.session().await?;
         let dir = self.dir(&req.key);
-        let undo_create = self.undo_create(&s, &dir, req.owner);
+        let undo_create = self.undo_create(&dir, req.owner);
         let child = self.enqueue(&s, &dir, req.owner, retry == Some(true)).await;
         if retry.is_some() {
             undo_create.disarm();
@@ -310,8 +320,9 @@ impl ZkBackend {
                 return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
             };
             if pos == 0 {
+                let lease = self.won(&s, req, child, sent)?;
                 undo.disarm();
-                return Ok(self.won(&s, req, child, sent));
+                return Ok(lease);
             }
             let pred = format!("{dir}/{}", order[pos - 1]);
             let (stat, watcher) =
@@ -343,9 +354,10 @@ impl ZkBackend {
 }
 
 async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
-    let mut connector = Client::connector()
-        .with_session_timeout(opts.session_timeout)
-        .with_connection_timeout(opts.connect_timeout);
+    // The idle timeout is left at zookeeper-client's default, 2/5 of the session timeout:
+    // the disconnect grace (see `Session::grace`) rests on it. The first connect is bounded
+    // by `connect_timeout` below.
+    let mut connector = Client::connector().with_session_timeout(opts.session_timeout);
     if let Some((user, password)) = &opts.digest {
         connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
     }
@@ -450,10 +462,17 @@ fn zk_err(op: &str, path: &str, e: zookeeper_client::Error) -> Error {
 /// with the session) or the session is lost. After our own release nobody listens any more.
 async fn watch_child(session: Weak<Session>, path: String, signal: LossSignal) {
     loop {
-        let Some(s) = session.upgrade() else { return };
+        let Some(s) = session.upgrade() else {
+            // The backend (and its session) is gone: so is the child.
+            signal.fire(LossReason::SessionLost);
+            return;
+        };
         let (client, lost) = (s.client.clone(), s.lost.clone());
         drop(s);
-        let watched = client.check_and_watch_stat(&path).await;
+        let watched = tokio::select! {
+            w = client.check_and_watch_stat(&path) => w,
+            _ = lost.fired() => { signal.fire(LossReason::SessionLost); return; }
+        };
         drop(client);
         match watched {
             Ok((None, _)) => {
@@ -504,8 +523,9 @@ impl LockBackend for ZkBackend {
         let (s, dir, child, undo) = self.join_queue(req, None).await?;
         let order = self.contenders(&s, &dir).await?;
         if order.first() == Some(&child.name) {
+            let lease = self.won(&s, req, child, sent)?;
             undo.disarm();
-            return Ok(Attempt::Acquired(self.won(&s, req, child, sent)));
+            return Ok(Attempt::Acquired(lease));
         }
         drop(undo); // deletes our child in the background
         Ok(Attempt::Held { expires_in: None })
@@ -513,6 +533,9 @@ impl LockBackend for ZkBackend {
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let start = Instant::now();
+        // Until a try succeeds, a child some try left behind (its create's reply lost) is
+        // deleted if this call ends without the lock, or is dropped, even between tries.
+        let cleanup = self.undo_create(&self.dir(&req.key), req.owner);
         let mut retry = false;
         loop {
             let attempt = self.acquire_once(req, deadline, retry).await;
@@ -526,13 +549,13 @@ impl LockBackend for ZkBackend {
                     tracing::debug!(backend = NAME, key = %req.key, error = %e, "queueing again");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Ok(lease) => return Ok(lease),
+                Ok(lease) => {
+                    cleanup.disarm();
+                    return Ok(lease);
+                }
                 Err(e) => {
-                    // No further try will come with this owner token: a child an earlier try
-                    // left (its create's reply lost) can now be deleted without a race.
-                    if let Ok(s) = self.session().await {
-                        drop(self.undo_create(&s, &self.dir(&req.key), req.owner));
-                    }
+                    // No further try will come with this owner token: `cleanup` runs now.
+                    drop(cleanup);
                     return Err(match e {
                         Error::Timeout { key, .. } => Error::Timeout { key, waited: start.elapsed() },
                         other => other,
@@ -543,17 +566,19 @@ impl LockBackend for ZkBackend {
     }
 
     async fn extend(&self, lease: &Lease, _ttl: Duration) -> Result<ExtendOutcome> {
-        let s = self.session().await?;
-        if let Some(sig) = lease.session() {
-            if sig.is_fired() {
-                return Ok(ExtendOutcome::NotHeld);
-            }
-        }
-        if !s.is_live() {
+        if lease.session().is_some_and(|sig| sig.is_fired()) {
             return Ok(ExtendOutcome::NotHeld);
         }
-        // The child's watcher reports deletion; a lease made elsewhere is checked by a read.
-        if lease.backend_data::<Held>().is_none() && self.path_of(&s, lease).await?.is_none() {
+        // The child lives and dies with the session that created it, never with a newer one.
+        if let Some(h) = lease.backend_data::<Held>() {
+            return Ok(match h.session.upgrade() {
+                Some(s) if s.is_live() => ExtendOutcome::Extended { valid_until: s.valid_until() },
+                _ => ExtendOutcome::NotHeld,
+            });
+        }
+        // A lease made elsewhere: its child must exist (its session is not ours to judge).
+        let s = self.session().await?;
+        if !s.is_live() || self.path_of(&s, lease).await?.is_none() {
             return Ok(ExtendOutcome::NotHeld);
         }
         Ok(ExtendOutcome::Extended { valid_until: s.valid_until() })

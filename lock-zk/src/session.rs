@@ -29,14 +29,24 @@ impl Session {
     /// Wraps a connected client and starts watching its state.
     pub(crate) fn start(client: Client) -> Arc<Self> {
         let timeout = client.session_timeout();
-        let s =
-            Arc::new(Self { client, timeout, link: Mutex::new(Link::Connected), lost: LossSignal::new() });
-        tokio::spawn(monitor(Arc::downgrade(&s), s.client.state_watcher(), s.lost.clone(), timeout));
+        // Watch first, then read the state, so that no change between the two is missed.
+        let states = client.state_watcher();
+        let link = match client.state() {
+            SessionState::Disconnected => Link::Disconnected(Instant::now()),
+            _ => Link::Connected,
+        };
+        let s = Arc::new(Self { client, timeout, link: Mutex::new(link), lost: LossSignal::new() });
+        let since = match link {
+            Link::Disconnected(t) => Some(t),
+            Link::Connected => None,
+        };
+        tokio::spawn(monitor(Arc::downgrade(&s), states, s.lost.clone(), timeout, since));
         s
     }
 
     /// How long after a disconnect the session's nodes are still certainly ours: the client
-    /// notices a silent connection within 2/5 of the timeout (plus one 1/20 tick), and the
+    /// (with its default idle timeout, which `open` keeps) notices a silent connection within
+    /// 2/5 of the timeout (plus one 1/20 tick), and the
     /// server expires a session only a whole timeout after it last heard from it, so half a
     /// timeout from the disconnect leaves a margin of at least 1/20 of the timeout.
     pub(crate) fn grace(&self) -> Duration {
@@ -72,9 +82,10 @@ async fn monitor(
     mut states: zookeeper_client::StateWatcher,
     lost: LossSignal,
     timeout: Duration,
+    since: Option<Instant>,
 ) {
     let grace = timeout / 2;
-    let mut disconnected_at: Option<Instant> = None;
+    let mut disconnected_at: Option<Instant> = since;
     loop {
         let give_up = disconnected_at.map(|t| t + grace);
         let state = tokio::select! {
