@@ -17,6 +17,7 @@
 //! are reported with ratios against the floor and the peer, and the targets of issue 8 beside
 //! them; nothing is asserted.
 
+mod alloc;
 mod contenders;
 mod scenarios;
 mod servers;
@@ -355,7 +356,7 @@ fn markdown(report: &Value) -> String {
                 cell("peer")
             ));
         }
-        md.push_str("\nHolding many locks with auto-renewal (distlock):\n\n| locks | TTL (ms) | extend calls/s | server requests/s | client CPU % | client bytes/lock |\n|---|---|---|---|---|---|\n");
+        md.push_str("\nHolding many locks with auto-renewal (distlock):\n\n| locks | TTL (ms) | extend calls/s | server requests/s | client CPU % | client heap bytes/lock |\n|---|---|---|---|---|---|\n");
         for r in b["held_locks"].as_array().into_iter().flatten() {
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",

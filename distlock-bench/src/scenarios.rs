@@ -170,7 +170,7 @@ pub struct HeldCost {
     pub extends_per_s: f64,
     /// Client CPU while holding, in percent of one core.
     pub cpu_pct: f64,
-    /// Client memory (RSS growth) per held lock, in bytes.
+    /// Client heap growth per held lock, in bytes (guards, renewal tasks, backend state).
     pub bytes_per_lock: f64,
     /// Requests the server counted per second while the locks were held, where it counts.
     pub server_per_s: Option<f64>,
@@ -188,7 +188,7 @@ pub async fn held_cost(
 ) -> Result<HeldCost> {
     let extends = Arc::new(AtomicU64::new(0));
     let locks = LockClient::from_arc(Arc::new(Counting { inner: backend, extends: extends.clone() }));
-    let rss0 = rss_bytes();
+    let heap0 = crate::alloc::live_bytes();
     let mut guards = Vec::with_capacity(n);
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let mut batch = Vec::new();
@@ -201,7 +201,10 @@ pub async fn held_cost(
             guards.push(b.await??);
         }
     }
-    let rss1 = rss_bytes();
+    let heap1 = crate::alloc::live_bytes();
+    // Let every lock renew at least once before measuring: the first renewal may cost what
+    // the steady state does not (etcd reads each key once, then only watches).
+    tokio::time::sleep(ttl * 2).await;
     let s0 = match server {
         Some(f) => f().await,
         None => None,
@@ -225,21 +228,12 @@ pub async fn held_cost(
     Ok(HeldCost {
         extends_per_s: (e1 - e0) as f64 / dt,
         cpu_pct: (cpu1 - cpu0) / dt * 100.0,
-        bytes_per_lock: rss1.saturating_sub(rss0) as f64 / n as f64,
+        bytes_per_lock: heap1.saturating_sub(heap0) as f64 / n as f64,
         server_per_s: match (s0, s1) {
             (Some(a), Some(z)) => Some(z.saturating_sub(a) as f64 / dt),
             _ => None,
         },
     })
-}
-
-/// This process's resident memory.
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
 }
 
 /// This process's user+system CPU time (USER_HZ = 100 on Linux).

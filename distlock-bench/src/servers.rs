@@ -207,8 +207,8 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
         server_requests: None,
         held_ttl: Duration::from_secs(3),
         notes: vec![
-            "peer not measured: dynamodb_lock 0.6.1 (the last release, Nov 2023) is built on rusoto, which is \
-             deprecated and unmaintained; see BENCHMARKS.md"
+            "peer not measured: dynamodb_lock 0.6.1 (its last release, Nov 2023) is built on rusoto 0.47, \
+             which is deprecated; adding it to this workspace was not attempted in this run (see the issue notes)"
                 .into(),
             "moto serves one request at a time (see the fixture) at a few ms each: absolute numbers are the \
              emulator's, not DynamoDB's, and the sizes are capped (300 latency rounds, 1,000 keys, 200 held locks)"
