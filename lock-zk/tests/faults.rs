@@ -228,3 +228,225 @@ async fn kazoo_is_excluded_by_order_but_does_not_exclude_us() {
     assert_eq!(tokio::task::block_in_place(|| kazoo.send("release")), "RELEASED");
     g.release().await.expect("release");
 }
+
+// --- a TCP proxy between a client and ZooKeeper -------------------------------------------
+
+mod proxy {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::watch;
+
+    /// Forwards ZooKeeper's framed protocol; can cut every connection, or swallow the reply
+    /// to the next create (closing the connection instead, as a lost reply does).
+    pub struct ZkProxy {
+        pub addr: String,
+        cut: watch::Sender<bool>,
+        pub swallow_next_create: Arc<AtomicBool>,
+        pub swallowed: Arc<AtomicUsize>,
+    }
+
+    impl ZkProxy {
+        pub async fn start(upstream: String) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            let (cut, cut_rx) = watch::channel(false);
+            let swallow_next_create = Arc::new(AtomicBool::new(false));
+            let swallowed = Arc::new(AtomicUsize::new(0));
+            let (arm, count) = (swallow_next_create.clone(), swallowed.clone());
+            tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    if *cut_rx.borrow() {
+                        drop(conn);
+                        continue;
+                    }
+                    tokio::spawn(serve(conn, upstream.clone(), cut_rx.clone(), arm.clone(), count.clone()));
+                }
+            });
+            Self { addr, cut, swallow_next_create, swallowed }
+        }
+
+        /// Cuts every connection and refuses new ones until [`ZkProxy::heal`].
+        pub fn cut(&self) {
+            self.cut.send_replace(true);
+        }
+
+        pub fn heal(&self) {
+            self.cut.send_replace(false);
+        }
+    }
+
+    async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> Option<Vec<u8>> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.ok()?;
+        let n = i32::from_be_bytes(len);
+        let mut body = vec![0u8; usize::try_from(n).ok()?];
+        s.read_exact(&mut body).await.ok()?;
+        let mut frame = len.to_vec();
+        frame.extend_from_slice(&body);
+        Some(frame)
+    }
+
+    fn int(frame: &[u8], at: usize) -> Option<i32> {
+        Some(i32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    async fn serve(
+        client: TcpStream,
+        upstream: String,
+        mut cut: watch::Receiver<bool>,
+        arm: Arc<AtomicBool>,
+        swallowed: Arc<AtomicUsize>,
+    ) {
+        let Ok(server) = TcpStream::connect(&upstream).await else { return };
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let creates: Arc<Mutex<HashSet<i32>>> = Arc::default();
+        let pending = creates.clone();
+        let arm2 = arm.clone();
+        // Client to server: note the xid of an armed create (opcodes create, create2,
+        // createContainer, createTTL). The first frame is the connect request.
+        let up = async move {
+            let mut first = true;
+            while let Some(frame) = read_frame(&mut cr).await {
+                if !first
+                    && matches!(int(&frame, 8), Some(1 | 15 | 19 | 21))
+                    && arm2.swap(false, Ordering::SeqCst)
+                {
+                    if let Some(xid) = int(&frame, 4) {
+                        pending.lock().expect("creates").insert(xid);
+                    }
+                }
+                first = false;
+                if sw.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        };
+        // Server to client: the reply to a noted create is dropped with the connection.
+        let down = async move {
+            let mut first = true;
+            while let Some(frame) = read_frame(&mut sr).await {
+                if !first {
+                    if let Some(xid) = int(&frame, 4) {
+                        if creates.lock().expect("creates").remove(&xid) {
+                            swallowed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+                first = false;
+                if cw.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = arm;
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
+            _ = cut.wait_for(|c| *c) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_while_holding_fires_the_loss_before_anyone_takes_over() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = proxy::ZkProxy::start(zk.connect_string()).await;
+    let session = Duration::from_secs(2);
+    let a = client(&proxy.addr, session).await;
+    let b = client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let g = a.lock("expiry/k").auto_renew().acquire().await.expect("a holds");
+    let fence = g.fencing_token();
+    let waiter = tokio::spawn(async move {
+        let got = b.lock("expiry/k").wait(Duration::from_secs(30)).acquire().await;
+        (Instant::now(), got)
+    });
+    // The server stops hearing from a: it expires the session after 2 s and deletes its node.
+    proxy.cut();
+    tokio::time::timeout(Duration::from_secs(10), g.lost()).await.expect("a's loss signal fired");
+    let lost_at = Instant::now();
+    assert!(!g.is_held());
+    let (got_at, got) = waiter.await.expect("join");
+    let gb = got.expect("b takes over once the expired node is gone");
+    assert!(got_at >= lost_at, "b got the lock {:?} before a's loss fired", lost_at - got_at);
+    assert!(gb.fencing_token() > fence);
+    proxy.heal();
+    gb.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_reply_was_lost_is_found_again_by_its_uuid() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = proxy::ZkProxy::start(zk.connect_string()).await;
+    let locks = client(&proxy.addr, Duration::from_secs(10)).await;
+    let key = format!("lost-create/{}", uuid::Uuid::new_v4().simple());
+    // Make the directory first, so the swallowed create is the contender's child.
+    locks.lock(&key).acquire().await.expect("first").release().await.expect("release");
+    proxy.swallow_next_create.store(true, std::sync::atomic::Ordering::SeqCst);
+    let g =
+        locks.lock(&key).wait(Duration::from_secs(20)).acquire().await.expect("acquire despite a lost reply");
+    assert_eq!(proxy.swallowed.load(std::sync::atomic::Ordering::SeqCst), 1, "no create reply was swallowed");
+    let raw = zookeeper_client::Client::connect(&zk.connect_string()).await.expect("raw client");
+    let dir = format!("/distlock/{key}");
+    let children = raw.list_children(&dir).await.expect("children");
+    assert_eq!(children.len(), 1, "an orphan child stayed behind: {children:?}");
+    g.release().await.expect("release");
+    let other = client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let g2 = other.lock(&key).try_acquire().await.expect("try").expect("nothing blocks the queue");
+    g2.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_with_queued_waiters() {
+    let mut zk = ZkEnsemble::start(3).await.expect("a three-server ensemble");
+    let connect = zk.connect_string();
+    let session = Duration::from_secs(8);
+    let a = client(&connect, session).await;
+    let g = a.lock("leader/k").acquire().await.expect("a holds");
+    let first = g.fencing_token();
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        let c = client(&connect, session).await;
+        waiters.push(tokio::spawn(async move {
+            let g = c.lock("leader/k").wait(Duration::from_secs(60)).acquire().await?;
+            let t = g.fencing_token();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = g.release().await;
+            Ok::<_, lock_core::Error>(t)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut leader = None;
+    for (i, s) in zk.servers.iter().enumerate() {
+        let srvr =
+            conformance_tests::fixtures::zk::four_letter(&s.address(), "srvr").await.unwrap_or_default();
+        if srvr.contains("Mode: leader") {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("no leader found");
+    zk.servers[leader].process().kill().await;
+    // a releases through the survivors (or its session is lost: its node goes either way).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lease = g.detach();
+    loop {
+        match a.release_lease(&lease).await {
+            Ok(_) => break,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(_) => break,
+        }
+    }
+    let mut tokens = vec![first];
+    for w in waiters {
+        tokens.push(w.await.expect("join").expect("a waiter gets the lock after the leader died"));
+    }
+    assert!(tokens[1] != tokens[2], "two waiters got the same token: {tokens:?}");
+    assert!(tokens[1..].iter().all(|t| *t > first), "tokens must exceed the first holder's: {tokens:?}");
+}
