@@ -27,7 +27,8 @@
 //!
 //! ## Environment
 //! - `DISTLOCK_CONFORMANCE_FILTER=substr`: run only checks whose name contains `substr`.
-//! - `DISTLOCK_CONFORMANCE_CONCURRENCY=n`: checks run at once (default 6).
+//! - `DISTLOCK_CONFORMANCE_CONCURRENCY=n`: checks run at once (default 6, or the suite's
+//!   [`Suite::concurrency`]).
 //! - `DISTLOCK_TEST_<BACKEND>_URL`: see [`fixtures`]: point the backend tests at servers you
 //!   already run instead of starting them.
 //!
@@ -98,6 +99,7 @@ pub struct Suite {
     factory: ClientFactory,
     crash: Option<CrashFn>,
     skip: Vec<(String, String)>,
+    concurrency: usize,
 }
 
 impl std::fmt::Debug for Suite {
@@ -129,7 +131,16 @@ impl Suite {
             factory: Arc::new(move || factory().boxed()),
             crash: None,
             skip: Vec::new(),
+            concurrency: 6,
         }
+    }
+
+    /// How many checks run at once (default 6). Lower it for a server that applies requests
+    /// one at a time (an emulator), so that queueing at the server does not eat the checks'
+    /// time margins. `DISTLOCK_CONFORMANCE_CONCURRENCY` overrides it.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
     }
 
     /// How to crash a holder. Without it, a crash is simulated by detaching the guard (no
@@ -210,7 +221,7 @@ impl Suite {
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|n| *n > 0)
-            .unwrap_or(6);
+            .unwrap_or(self.concurrency);
         let run_id = format!("{:08x}", rand_u32());
 
         let mut todo = Vec::new();

@@ -97,6 +97,8 @@ pub(crate) struct Backend {
     pub(crate) notes: Vec<String>,
     /// Smaller sizes for a slow server (the emulator), applied to the plan.
     pub(crate) cap: Option<Cap>,
+    /// Counts requests per uncontended acquire and per release, where the client can.
+    pub(crate) requests_per_op: Option<Arc<dyn Fn() -> BoxFut<Result<Value>> + Send + Sync>>,
 }
 
 /// Upper bounds on a plan's sizes.
@@ -199,6 +201,11 @@ async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
         "ours_over_peer": idx("peer").map(|i| ratio(ours, lat[i].0)).unwrap_or(Value::Null),
     });
 
+    if let Some(f) = &b.requests_per_op {
+        eprintln!("[{}] requests per operation", b.name);
+        out["requests_per_op"] = f().await?;
+    }
+
     let mut tp = Vec::new();
     for &tasks in &plan.tasks {
         let mut row = json!({"tasks": tasks, "keys": plan.keys});
@@ -241,15 +248,27 @@ async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
     for &n in &plan.held {
         eprintln!("[{}] holding {n} locks", b.name);
         let backend = (b.ours)().await?;
-        let cost = scenarios::held_cost(
+        let tag_n = format!("{tag}/{n}");
+        let cost = match scenarios::held_cost(
             backend,
             n,
             b.held_ttl,
             plan.window,
-            &format!("{tag}/{n}"),
+            &tag_n,
             b.server_requests.as_ref(),
         )
-        .await?;
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                // Reported, not fatal: an emulator that cannot keep up loses locks.
+                eprintln!("[{}] holding {n} locks: {e:#}", b.name);
+                held.push(
+                    json!({ "locks": n, "ttl_ms": b.held_ttl.as_millis() as u64, "error": format!("{e:#}") }),
+                );
+                continue;
+            }
+        };
         let per_s = cost.server_per_s.map(|v| json!((v * 10.0).round() / 10.0)).unwrap_or(Value::Null);
         held.push(json!({
             "locks": n,
@@ -326,6 +345,19 @@ fn markdown(report: &Value) -> String {
             fmt(&b["latency_ratio"]["ours_over_floor"]),
             fmt(&b["latency_ratio"]["ours_over_peer"])
         ));
+        let r = &b["requests_per_op"];
+        if !r.is_null() {
+            md.push_str(&format!(
+                "Requests per operation (every HTTP attempt, counted at the client, {} rounds; target one each):\n\n\
+                 | contender | per uncontended acquire | per release |\n|---|---|---|\n\
+                 | distlock | {} | {} |\n| floor | {} | {} |\n\n",
+                r["rounds"],
+                fmt(&r["distlock"]["acquire"]),
+                fmt(&r["distlock"]["release"]),
+                fmt(&r["floor"]["acquire"]),
+                fmt(&r["floor"]["release"])
+            ));
+        }
         md.push_str("Throughput (lock+release per second over distinct keys):\n\n| tasks | keys | distlock | floor | peer | ours/floor | ours/peer |\n|---|---|---|---|---|---|---|\n");
         for r in b["throughput_ops_per_s"].as_array().into_iter().flatten() {
             md.push_str(&format!(
@@ -358,6 +390,10 @@ fn markdown(report: &Value) -> String {
         }
         md.push_str("\nHolding many locks with auto-renewal (distlock):\n\n| locks | TTL (ms) | extend calls/s | server requests/s | client CPU % | client heap bytes/lock |\n|---|---|---|---|---|---|\n");
         for r in b["held_locks"].as_array().into_iter().flatten() {
+            if let Some(e) = r["error"].as_str() {
+                md.push_str(&format!("| {} | {} | failed: {e} | | | |\n", r["locks"], r["ttl_ms"]));
+                continue;
+            }
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
                 r["locks"],

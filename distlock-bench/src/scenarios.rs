@@ -202,9 +202,10 @@ pub async fn held_cost(
         }
     }
     let heap1 = crate::alloc::live_bytes();
-    // Let every lock renew at least once before measuring: the first renewal may cost what
-    // the steady state does not (etcd reads each key once, then only watches).
-    tokio::time::sleep(ttl * 2).await;
+    // Let every lock renew once before measuring (the first renewal comes at about TTL/3):
+    // the first renewal may cost what the steady state does not (etcd reads each key once,
+    // then only watches).
+    tokio::time::sleep(ttl / 2).await;
     let s0 = match server {
         Some(f) => f().await,
         None => None,

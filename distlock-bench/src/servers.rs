@@ -2,6 +2,7 @@
 //! `DISTLOCK_TEST_<BACKEND>_URL`) and assembles its contenders.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ async fn redis() -> Result<(Backend, Keep)> {
         held_ttl: Duration::from_secs(3),
         notes: vec![],
         cap: None,
+        requests_per_op: None,
     };
     Ok((b, Box::new(t)))
 }
@@ -103,6 +105,7 @@ async fn etcd() -> Result<(Backend, Keep)> {
             "session leases: a lock's TTL is the session's (10 s), renewed by one keep-alive stream".into()
         ],
         cap: None,
+        requests_per_op: None,
     };
     Ok((b, Box::new(cluster)))
 }
@@ -159,25 +162,104 @@ async fn zookeeper() -> Result<(Backend, Keep)> {
         held_ttl: Duration::from_secs(3),
         notes: vec!["session leases: a lock lasts as long as its session (10 s timeout); packets received include pings".into()],
         cap: None,
+        requests_per_op: None,
     };
     Ok((b, Box::new(t)))
 }
 
-fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+/// Counts the HTTP requests (attempts, retries included) a DynamoDB client sends.
+#[derive(Debug)]
+struct CountRequests(Arc<AtomicU64>);
+
+impl aws_sdk_dynamodb::config::Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "distlock-bench-count-requests"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn dynamo_client(endpoint: &str, requests: Arc<AtomicU64>) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("bench", "bench", None, None, "distlock-bench"))
+        .interceptor(CountRequests(requests))
         .build();
     aws_sdk_dynamodb::Client::from_conf(conf)
+}
+
+/// Requests per uncontended acquire and per release, distlock beside the floor, counted at
+/// the client (every HTTP attempt).
+async fn dynamo_requests_per_op(
+    client: aws_sdk_dynamodb::Client,
+    requests: Arc<AtomicU64>,
+    table: &'static str,
+) -> Result<serde_json::Value> {
+    use aws_sdk_dynamodb::types::AttributeValue as V;
+    let rounds = 50u64;
+    let locks = LockClient::new(lock_dynamo::DynamoBackend::with_client(
+        client.clone(),
+        lock_dynamo::DynamoOptions::new(table),
+    ));
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (mut ours_acq, mut ours_rel, mut floor_acq, mut floor_rel) = (0, 0, 0, 0);
+    for i in 0..rounds {
+        let key = format!("bench-ops/{tag}/{i}");
+        let c0 = requests.load(Ordering::Relaxed);
+        let g = locks.lock(&key).acquire().await?;
+        let c1 = requests.load(Ordering::Relaxed);
+        g.release().await?;
+        let c2 = requests.load(Ordering::Relaxed);
+        ours_acq += c1 - c0;
+        ours_rel += c2 - c1;
+        let fkey = format!("floor-ops/{tag}/{i}");
+        let c0 = requests.load(Ordering::Relaxed);
+        client
+            .put_item()
+            .table_name(table)
+            .item("lock_key", V::S(fkey.clone()))
+            .item("owner", V::S("o".into()))
+            .condition_expression("attribute_not_exists(lock_key)")
+            .send()
+            .await?;
+        let c1 = requests.load(Ordering::Relaxed);
+        client
+            .delete_item()
+            .table_name(table)
+            .key("lock_key", V::S(fkey))
+            .condition_expression("#o = :o")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_values(":o", V::S("o".into()))
+            .send()
+            .await?;
+        let c2 = requests.load(Ordering::Relaxed);
+        floor_acq += c1 - c0;
+        floor_rel += c2 - c1;
+    }
+    let per = |n: u64| n as f64 / rounds as f64;
+    Ok(serde_json::json!({
+        "rounds": rounds,
+        "distlock": {"acquire": per(ours_acq), "release": per(ours_rel)},
+        "floor": {"acquire": per(floor_acq), "release": per(floor_rel)},
+    }))
 }
 
 async fn dynamodb() -> Result<(Backend, Keep)> {
     let t = fixtures::dynamo::DynamoTarget::get().await?;
     let table = "bench_locks";
-    let client = dynamo_client(&t.endpoint);
+    let requests = Arc::new(AtomicU64::new(0));
+    let client = dynamo_client(&t.endpoint, requests.clone());
     lock_dynamo::DynamoBackend::with_client(client.clone(), lock_dynamo::DynamoOptions::new(table))
         .create_table()
         .await?;
@@ -205,7 +287,7 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
             })
         }),
         server_requests: None,
-        held_ttl: Duration::from_secs(3),
+        held_ttl: Duration::from_secs(10),
         notes: vec![
             "peer not measured: dynamodb_lock 0.6.1 (its last release, Nov 2023) is built on rusoto 0.47, \
              which is deprecated; adding it to this workspace was not attempted in this run (see the issue notes)"
@@ -215,6 +297,13 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
                 .into(),
         ],
         cap: Some(crate::Cap { latency_rounds: 300, keys: 1_000, held: 200 }),
+        requests_per_op: Some({
+            let (client, requests) = (client.clone(), requests.clone());
+            Arc::new(move || {
+                let (client, requests) = (client.clone(), requests.clone());
+                Box::pin(async move { dynamo_requests_per_op(client, requests, table).await })
+            })
+        }),
     };
     Ok((b, Box::new(t)))
 }
