@@ -284,18 +284,9 @@ async fn unreachable_and_malformed_are_typed_errors() {
     assert!(matches!(RedlockBackend::connect(&["redis://127.0.0.1:1"]).await, Err(Error::InvalidConfig(_))));
 }
 
-/// Finds the Python interpreter that has redis-py: `$DISTLOCK_PYTHON`, or the virtualenv the
-/// README's test command makes in `target/pyenv`.
+/// The Python interpreter that has redis-py (`$DISTLOCK_PYTHON`, or `target/pyenv`).
 fn python_with_redis_py() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("DISTLOCK_PYTHON") {
-        return p.into();
-    }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
-    assert!(
-        venv.exists(),
-        "redis-py is needed for the interop test: run `bash scripts/test.sh` (it makes target/pyenv), or set DISTLOCK_PYTHON to a python with `redis` installed"
-    );
-    venv
+    conformance_tests::fixtures::test_python("DISTLOCK_PYTHON").unwrap_or_else(|e| panic!("{e}"))
 }
 
 const PY_LOCK: &str = r#"

@@ -151,11 +151,7 @@ impl ZkBackend {
     }
 
     fn acls(&self) -> Acls<'static> {
-        if self.inner.opts.digest.is_some() {
-            Acls::creator_all()
-        } else {
-            Acls::anyone_all()
-        }
+        acls_for(&self.inner.opts)
     }
 
     /// The directory of `key`'s contenders.
@@ -382,8 +378,7 @@ async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
     let client = if chroot.is_empty() {
         client
     } else {
-        let acls = if opts.digest.is_some() { Acls::creator_all() } else { Acls::anyone_all() };
-        match client.mkdir(chroot, &CreateMode::Persistent.with_acls(acls)).await {
+        match client.mkdir(chroot, &CreateMode::Persistent.with_acls(acls_for(opts))).await {
             Ok(()) | Err(zookeeper_client::Error::NodeExists) => {}
             Err(e) => return Err(zk_err("create chroot", chroot, e)),
         }
@@ -392,6 +387,15 @@ async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
         })?
     };
     Ok(Session::start(client))
+}
+
+/// The ACL of every node we create: only its creator with digest auth, anyone without.
+fn acls_for(opts: &ZkOptions) -> Acls<'static> {
+    if opts.digest.is_some() {
+        Acls::creator_all()
+    } else {
+        Acls::anyone_all()
+    }
 }
 
 fn validate(opts: &ZkOptions) -> Result<()> {

@@ -57,9 +57,8 @@ impl Contender {
 
     /// kazoo's `Lock`, from the virtualenv the test command makes.
     fn kazoo(connect: &str, path: &str) -> Self {
-        let python = std::env::var_os("DISTLOCK_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python")
-        });
+        let python =
+            conformance_tests::fixtures::test_python("DISTLOCK_PYTHON").unwrap_or_else(|e| panic!("{e}"));
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/kazoo_contender.py");
         let mut cmd = Command::new(&python);
         cmd.args([script, connect, path]);
