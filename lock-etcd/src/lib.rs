@@ -39,6 +39,13 @@
 //! whose reply was lost with the old leader reports `NotHeld` on the retry: the key is gone
 //! either way.
 //!
+//! A cancelled attempt (its future dropped) deletes its queue key in the background. The
+//! client spreads requests over the endpoints, so that delete can overtake the attempt's own
+//! put: in session mode a put found missing is looked for again 50 ms, 250 ms and 1 s later,
+//! and the client's next attempt on the name deletes a key of its session that no live
+//! attempt owns before it queues. In per-lock mode the attempt's lease is revoked, so a late
+//! put fails.
+//!
 //! ## Options
 //! [`EtcdOptions`]: several endpoints, user/password auth, TLS with a private CA
 //! (`https://` endpoints, feature `tls`, on by default), key prefix, timeouts, session TTL,
@@ -384,31 +391,57 @@ impl EtcdBackend {
                 owner_get(),
             ])
             .or_else([TxnOp::get(my_key, None), owner_get()]);
+        // A key of ours with another owner token is an orphan: the callers hold the name's
+        // local slot (session mode) or a fresh lease (per-lock mode), so no live attempt or
+        // guard of this client owns it. It is the put of a cancelled attempt that reached the
+        // server after that attempt's undo (etcd serves one connection's requests
+        // concurrently, so they can overtake each other). Delete it and queue afresh.
+        for _ in 0..3 {
+            let resp = self
+                .call("txn", |mut c| {
+                    let t = txn.clone();
+                    async move { c.txn(t).await }
+                })
+                .await?;
+            let header = resp.header().map(|h| h.revision()).unwrap_or(0);
+            let ops = resp.op_responses();
+            let first_rev = |i: usize| match ops.get(i) {
+                Some(TxnOpResponse::Get(g)) => {
+                    g.kvs().first().map(|kv| (kv.create_revision(), kv.value().to_vec()))
+                }
+                _ => None,
+            };
+            let my_rev = if resp.succeeded() {
+                header
+            } else {
+                match first_rev(0) {
+                    Some((rev, value)) if value == owner.to_string().as_bytes() => rev,
+                    Some((rev, _)) => {
+                        tracing::debug!(key = my_key, "deleting the orphan queue key of a cancelled attempt");
+                        self.delete_at_revision(my_key, rev).await?;
+                        continue;
+                    }
+                    None => header,
+                }
+            };
+            let owner_rev = first_rev(1).map(|(r, _)| r).unwrap_or(my_rev);
+            return Ok(Some((my_rev, owner_rev)));
+        }
+        Ok(None)
+    }
+
+    /// Deletes `key` if it is still the key created at revision `rev`.
+    async fn delete_at_revision(&self, key: &str, rev: i64) -> Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, rev)])
+            .and_then([TxnOp::delete(key, None)]);
         let resp = self
             .call("txn", |mut c| {
                 let t = txn.clone();
                 async move { c.txn(t).await }
             })
             .await?;
-        let header = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let ops = resp.op_responses();
-        let first_rev = |i: usize| match ops.get(i) {
-            Some(TxnOpResponse::Get(g)) => {
-                g.kvs().first().map(|kv| (kv.create_revision(), kv.value().to_vec()))
-            }
-            _ => None,
-        };
-        let my_rev = if resp.succeeded() {
-            header
-        } else {
-            match first_rev(0) {
-                Some((rev, value)) if value == owner.to_string().as_bytes() => rev,
-                Some(_) => return Ok(None),
-                None => header,
-            }
-        };
-        let owner_rev = first_rev(1).map(|(r, _)| r).unwrap_or(my_rev);
-        Ok(Some((my_rev, owner_rev)))
+        Ok(resp.succeeded())
     }
 
     /// Deletes `key` if its value is still `owner`; true if it did.
@@ -461,6 +494,11 @@ impl EtcdBackend {
     }
 
     /// Undoes a failed or abandoned attempt: our queue key, a per-lock lease, the local slot.
+    ///
+    /// With `in_flight` (the attempt was cancelled or its request failed, so its put may still
+    /// reach the server after this delete), a session key that was not there is looked for
+    /// again a few times in the background. A per-lock lease needs no second look: once it
+    /// is revoked, a late put attached to it fails.
     async fn undo(
         &self,
         name: &str,
@@ -468,12 +506,26 @@ impl EtcdBackend {
         owner: OwnerToken,
         lease: i64,
         session: &Option<Arc<Session>>,
+        in_flight: bool,
     ) {
-        let _ = self.delete_if_ours(my_key, owner).await;
+        let deleted = matches!(self.delete_if_ours(my_key, owner).await, Ok(true));
         if session.is_none() {
             self.revoke(lease).await;
-        } else {
-            self.free_local(name, owner);
+            return;
+        }
+        self.free_local(name, owner);
+        if in_flight && !deleted {
+            // Compared by owner token, so this never deletes the key of a later attempt.
+            let (b, key) = (self.clone(), my_key.to_owned());
+            lock_core::cancel::spawn_detached(async move {
+                for delay in [50, 250, 1000] {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    if let Ok(true) = b.delete_if_ours(&key, owner).await {
+                        tracing::debug!(key, "deleted the late queue key of a cancelled attempt");
+                        return;
+                    }
+                }
+            });
         }
     }
 
@@ -637,11 +689,12 @@ impl QueueEntry {
         }
     }
 
-    /// Undoes the attempt now. Stays armed until the undo is done, so a cancelled undo still
+    /// Undoes the attempt now; `in_flight` when its last request may not have been carried
+    /// out yet (it failed). Stays armed until the undo is done, so a cancelled undo still
     /// finishes in the background.
-    async fn undo(mut self) {
+    async fn undo(mut self, in_flight: bool) {
         if let Some(b) = self.backend.clone() {
-            b.undo(&self.name, &self.my_key, self.owner, self.lease, &self.session).await;
+            b.undo(&self.name, &self.my_key, self.owner, self.lease, &self.session, in_flight).await;
         }
         self.backend = None;
     }
@@ -678,9 +731,9 @@ impl Drop for QueueEntry {
                 self.lease,
                 self.session.take(),
             );
-            if let Ok(h) = tokio::runtime::Handle::try_current() {
-                h.spawn(async move { b.undo(&name, &key, owner, lease, &session).await });
-            }
+            lock_core::cancel::spawn_detached(async move {
+                b.undo(&name, &key, owner, lease, &session, true).await
+            });
         }
     }
 }
@@ -726,11 +779,11 @@ impl LockBackend for EtcdBackend {
                 Ok(Attempt::Acquired(entry.won(req, my_rev, granted, sent)))
             }
             Ok(_) => {
-                entry.undo().await;
+                entry.undo(false).await;
                 Ok(Attempt::Held { expires_in: None })
             }
             Err(e) => {
-                entry.undo().await;
+                entry.undo(true).await;
                 Err(e)
             }
         }
@@ -807,7 +860,7 @@ impl LockBackend for EtcdBackend {
         match result {
             Ok((my_rev, sent, granted)) => Ok(entry.won(req, my_rev, granted, sent)),
             Err(e) => {
-                entry.undo().await;
+                entry.undo(true).await;
                 match e {
                     Error::Timeout { .. } => {
                         Err(Error::Timeout { key: name.to_owned(), waited: start.elapsed() })

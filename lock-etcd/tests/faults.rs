@@ -279,3 +279,45 @@ async fn renewing_many_session_locks_sends_no_request_per_lock() {
         let _ = g.release().await.expect("release");
     }
 }
+
+/// Cancelled attempts of one session on a three-member cluster leave no queue key behind.
+/// The client spreads requests over the members, and on a loaded machine the undo of a
+/// cancelled attempt can reach the leader before the attempt's own put: that late put must
+/// not stay behind as an orphan blocking the name for the session's life (found by CI; the
+/// test fails without the fix when the machine is loaded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_attempts_on_a_cluster_leave_no_orphan() {
+    let etcd = EtcdCluster::start(3).await.expect("etcd cluster");
+    let a = LockClient::new(backend(&etcd.endpoints()).await);
+    let b = LockClient::new(backend(&etcd.endpoints()).await);
+    let (mut finished, mut cut) = (0u32, 0u32);
+    for round in 0..3u64 {
+        for i in 0..100u64 {
+            let attempt = a.lock("cancelled").ttl(Duration::from_secs(60)).try_acquire();
+            let after = Duration::from_micros((i * 397 + round * 131) % 4000);
+            match tokio::time::timeout(after, attempt).await {
+                Ok(r) => {
+                    r.expect("an attempt that was not cut failed");
+                    finished += 1;
+                }
+                Err(_) => cut += 1,
+            }
+            // Let the undo of a cut attempt run, so the next attempt reaches the server.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Another client gets the lock: no grant and no queue key of `a` was left behind.
+        let g = b
+            .lock("cancelled")
+            .ttl(Duration::from_secs(60))
+            .wait(Duration::from_secs(5))
+            .acquire()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: a cancelled attempt left the lock held: {e}"));
+        assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+        // And `a` itself is not stuck behind a key of its own session.
+        let again = a.lock("cancelled").wait(Duration::from_secs(5)).acquire().await;
+        let again = again.unwrap_or_else(|e| panic!("round {round}: a is blocked by its own key: {e}"));
+        assert_eq!(again.release().await.expect("release"), ReleaseOutcome::Released);
+    }
+    assert!(cut > 0 && finished > 0, "the cuts missed the requests: {cut} cut, {finished} finished");
+}
