@@ -166,7 +166,7 @@ impl LockClient {
 
     /// Puts a detached lease back under a guard (renewing it if `auto_renew`).
     pub fn resume(&self, lease: Lease, auto_renew: bool) -> Guard {
-        Guard::new(self.backend.clone(), self.caps.clone(), lease, RenewPolicy { auto_renew, max_hold: None })
+        Guard::new(self.backend.clone(), lease, RenewPolicy { auto_renew, max_hold: None })
     }
 }
 
@@ -235,7 +235,7 @@ impl LockBuilder {
     }
 
     fn guard(&self, lease: Lease) -> Guard {
-        Guard::new(self.client.backend.clone(), self.client.caps.clone(), lease, self.policy)
+        Guard::new(self.client.backend.clone(), lease, self.policy)
     }
 
     /// Takes the lock, waiting up to the configured wait.

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 /// Why a lock was lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +44,11 @@ pub struct LossSignal {
     inner: Arc<Inner>,
 }
 
+/// One allocation per signal: a guard holds many of them, so it stays small.
 #[derive(Default)]
 struct Inner {
-    token: CancellationToken,
     reason: OnceLock<LossReason>,
+    notify: Notify,
 }
 
 impl LossSignal {
@@ -59,13 +60,15 @@ impl LossSignal {
     /// Fires the signal with `reason`; returns whether this call was the one that fired it.
     pub fn fire(&self, reason: LossReason) -> bool {
         let first = self.inner.reason.set(reason).is_ok();
-        self.inner.token.cancel();
+        if first {
+            self.inner.notify.notify_waiters();
+        }
         first
     }
 
     /// Whether it fired.
     pub fn is_fired(&self) -> bool {
-        self.inner.token.is_cancelled()
+        self.inner.reason.get().is_some()
     }
 
     /// The reason, once fired.
@@ -75,8 +78,16 @@ impl LossSignal {
 
     /// Resolves when the signal fires, with its reason.
     pub async fn fired(&self) -> LossReason {
-        self.inner.token.cancelled().await;
-        self.reason().unwrap_or(LossReason::SessionLost)
+        loop {
+            // Registered before the check, so a fire between the two is not missed.
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            notified.await;
+        }
     }
 }
 
