@@ -471,19 +471,28 @@ async fn watch_child(session: Weak<Session>, path: String, signal: LossSignal) {
             signal.fire(LossReason::SessionLost);
             return;
         };
-        let (client, lost) = (s.client.clone(), s.lost.clone());
-        drop(s);
+        let lost = s.lost.clone();
+        // Boxed, like the retry pause below, and reduced to the watcher before the wait: the
+        // request's state exists only while it runs, so a held lock's task stays small.
+        let watched = Box::pin(async {
+            let client = s.client.clone();
+            drop(s);
+            match client.check_and_watch_stat(&path).await {
+                Ok((None, _)) => Ok(None),
+                Ok((Some(_), watcher)) => Ok(Some(watcher)),
+                Err(e) => Err(e),
+            }
+        });
         let watched = tokio::select! {
-            w = client.check_and_watch_stat(&path) => w,
+            w = watched => w,
             _ = lost.fired() => { signal.fire(LossReason::SessionLost); return; }
         };
-        drop(client);
         match watched {
-            Ok((None, _)) => {
+            Ok(None) => {
                 signal.fire(LossReason::NotHeld);
                 return;
             }
-            Ok((Some(_), watcher)) => {
+            Ok(Some(watcher)) => {
                 tokio::select! {
                     ev = watcher.changed() => {
                         if ev.event_type == EventType::NodeDeleted {
@@ -497,7 +506,7 @@ async fn watch_child(session: Weak<Session>, path: String, signal: LossSignal) {
             Err(_) => {
                 tokio::select! {
                     _ = lost.fired() => { signal.fire(LossReason::SessionLost); return; }
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = Box::pin(tokio::time::sleep(Duration::from_millis(200))) => {}
                 }
             }
         }
@@ -618,6 +627,15 @@ impl LockBackend for ZkBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each held lock has one of these tasks: it stays small while it waits.
+    #[test]
+    fn a_held_locks_watcher_is_small() {
+        let task = watch_child(Weak::new(), String::new(), LossSignal::new());
+        let size = std::mem::size_of_val(&task);
+        eprintln!("watch_child future: {size} bytes");
+        assert!(size <= 480, "a held lock's watcher task grew to {size} bytes");
+    }
 
     #[test]
     fn sequences_and_owners_are_read_from_child_names() {
