@@ -443,3 +443,101 @@ impl Factory for DynamoFloor {
         Ok(Arc::new(DynamoFloorC(self.client.clone(), self.table.clone())))
     }
 }
+
+/// DynamoDB peer: dynamodb_lock 0.6 (rusoto), one `DynamoDbLockClient` per lock name, as its
+/// API asks. Its acquire reads the item, then writes it conditionally; its release is a
+/// conditional delete. While the lock is held it polls every `refresh_period`, set here to
+/// our default poll interval (100 ms) instead of its 10 s default.
+pub struct DynamoPeer {
+    pub endpoint: String,
+    pub table: String,
+    /// Counts every HTTP request its clients send.
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// rusoto's HTTP client, counting the requests it sends.
+struct CountingDispatch(rusoto_core::HttpClient, Arc<std::sync::atomic::AtomicU64>);
+
+impl rusoto_core::DispatchSignedRequest for CountingDispatch {
+    fn dispatch(
+        &self,
+        request: rusoto_core::signature::SignedRequest,
+        timeout: Option<Duration>,
+    ) -> rusoto_core::request::DispatchSignedRequestFuture {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.dispatch(request, timeout)
+    }
+}
+
+struct DynamoPeerC {
+    client: rusoto_dynamodb::DynamoDbClient,
+    table: String,
+}
+
+struct DynamoPeerHeld(dynamodb_lock::DynamoDbLockClient, dynamodb_lock::LockItem);
+
+#[async_trait]
+impl Held for DynamoPeerHeld {
+    async fn unlock(self: Box<Self>) -> Result<()> {
+        if !self.0.release_lock(&self.1).await.context("dynamodb_lock release")? {
+            return Err(anyhow!("dynamodb_lock: the lock was not held at release"));
+        }
+        Ok(())
+    }
+}
+
+impl DynamoPeerC {
+    fn lock_client(&self, key: &str, wait: Duration) -> dynamodb_lock::DynamoDbLockClient {
+        let opts = dynamodb_lock::DynamoDbOptions {
+            partition_key_value: format!("peer/{key}"),
+            table_name: self.table.clone(),
+            owner_name: uuid::Uuid::new_v4().to_string(),
+            lease_duration: TTL.as_secs(),
+            refresh_period: Duration::from_millis(100),
+            additional_time_to_wait_for_lock: wait,
+        };
+        // `for_region` takes rusoto's process-wide shared client, replaced at once.
+        dynamodb_lock::DynamoDbLockClient::for_region(dynamodb_lock::Region::UsEast1)
+            .with_client(self.client.clone())
+            .with_options(opts)
+    }
+
+    async fn take(&self, key: &str, wait: Duration) -> Result<DynamoPeerHeld> {
+        let c = self.lock_client(key, wait);
+        let item = c.acquire_lock(None).await.context("dynamodb_lock acquire")?;
+        Ok(DynamoPeerHeld(c, item))
+    }
+}
+
+#[async_trait]
+impl Contender for DynamoPeerC {
+    async fn cycle(&self, key: &str) -> Result<()> {
+        Box::new(self.take(key, Duration::ZERO).await?).unlock().await
+    }
+    async fn lock_wait(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
+        Ok(Some(Box::new(self.take(key, Duration::from_secs(120)).await?)))
+    }
+}
+
+#[async_trait]
+impl Factory for DynamoPeer {
+    fn kind(&self) -> &'static str {
+        "peer"
+    }
+    fn describe(&self) -> String {
+        "dynamodb_lock 0.6.1 (rusoto 0.47): GetItem + conditional PutItem, conditional DeleteItem; polls every 100 ms"
+            .into()
+    }
+    async fn make(&self) -> Result<Arc<dyn Contender>> {
+        let http = rusoto_core::HttpClient::new().context("rusoto HTTP client")?;
+        let creds = rusoto_credential::StaticProvider::new_minimal("bench".into(), "bench".into());
+        let region =
+            rusoto_core::Region::Custom { name: "us-east-1".into(), endpoint: self.endpoint.clone() };
+        let client = rusoto_dynamodb::DynamoDbClient::new_with(
+            CountingDispatch(http, self.requests.clone()),
+            creds,
+            region,
+        );
+        Ok(Arc::new(DynamoPeerC { client, table: self.table.clone() }))
+    }
+}

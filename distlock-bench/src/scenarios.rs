@@ -170,8 +170,13 @@ pub struct HeldCost {
     pub extends_per_s: f64,
     /// Client CPU while holding, in percent of one core.
     pub cpu_pct: f64,
-    /// Client heap growth per held lock, in bytes (guards, renewal tasks, backend state).
+    /// Client heap growth per held lock, in bytes (guards, renewal tasks, backend state),
+    /// measured over the second half of the locks: what one more lock costs, once the
+    /// connections and pools that the first acquires grew are in place.
     pub bytes_per_lock: f64,
+    /// Client heap growth over all the locks divided by their number (one-time growth of
+    /// connections and pools included).
+    pub bytes_per_lock_all: f64,
     /// Requests the server counted per second while the locks were held, where it counts.
     pub server_per_s: Option<f64>,
 }
@@ -188,9 +193,15 @@ pub async fn held_cost(
 ) -> Result<HeldCost> {
     let extends = Arc::new(AtomicU64::new(0));
     let locks = LockClient::from_arc(Arc::new(Counting { inner: backend, extends: extends.clone() }));
-    let heap0 = crate::alloc::live_bytes();
     let mut guards = Vec::with_capacity(n);
+    let heap0 = crate::alloc::live_bytes();
+    // The chunk boundary nearest past half way (0, so all the locks, when there is none).
+    let split = Some((n / 2).next_multiple_of(64)).filter(|&s| s < n).unwrap_or(0);
+    let mut heap_split = heap0;
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        if chunk[0] == split {
+            heap_split = crate::alloc::live_bytes();
+        }
         let mut batch = Vec::new();
         for &i in chunk {
             let l = locks.clone();
@@ -229,7 +240,8 @@ pub async fn held_cost(
     Ok(HeldCost {
         extends_per_s: (e1 - e0) as f64 / dt,
         cpu_pct: (cpu1 - cpu0) / dt * 100.0,
-        bytes_per_lock: heap1.saturating_sub(heap0) as f64 / n as f64,
+        bytes_per_lock: heap1.saturating_sub(heap_split) as f64 / (n - split).max(1) as f64,
+        bytes_per_lock_all: heap1.saturating_sub(heap0) as f64 / n as f64,
         server_per_s: match (s0, s1) {
             (Some(a), Some(z)) => Some(z.saturating_sub(a) as f64 / dt),
             _ => None,
