@@ -216,7 +216,13 @@ pub async fn held_cost(
     // Let every lock renew once before measuring (the first renewal comes at about TTL/3):
     // the first renewal may cost what the steady state does not (etcd reads each key once,
     // then only watches).
-    tokio::time::sleep(ttl / 2).await;
+    // Wait for the event (as many extend calls as locks), bounded, rather than a fixed time: a
+    // session backend renews at a third of the session's TTL, not of the lock's.
+    let first_round = Instant::now() + Duration::from_secs(30);
+    while extends.load(Ordering::Relaxed) < n as u64 && Instant::now() < first_round {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(ttl / 10).await;
     let s0 = match server {
         Some(f) => f().await,
         None => None,

@@ -305,7 +305,6 @@ mod proxy {
         let (mut sr, mut sw) = server.into_split();
         let creates: Arc<Mutex<HashSet<i32>>> = Arc::default();
         let pending = creates.clone();
-        let arm2 = arm.clone();
         // Client to server: note the xid of an armed create (opcodes create, create2,
         // createContainer, createTTL). The first frame is the connect request.
         let up = async move {
@@ -313,7 +312,7 @@ mod proxy {
             while let Some(frame) = read_frame(&mut cr).await {
                 if !first
                     && matches!(int(&frame, 8), Some(1 | 15 | 19 | 21))
-                    && arm2.swap(false, Ordering::SeqCst)
+                    && arm.swap(false, Ordering::SeqCst)
                 {
                     if let Some(xid) = int(&frame, 4) {
                         pending.lock().expect("creates").insert(xid);
@@ -343,7 +342,6 @@ mod proxy {
                 }
             }
         };
-        let _ = arm;
         tokio::select! {
             _ = up => {}
             _ = down => {}
