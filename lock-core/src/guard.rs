@@ -483,13 +483,17 @@ async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
 async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
     let backend = shared.backend.name();
     let mut backoff = Backoff::new(ttl / 24 + Duration::from_millis(1), ttl / 6 + Duration::from_millis(1));
+    // Whether an extend failed with an error: reaching `valid_until` is then a failed renewal,
+    // otherwise an expiry (a session backend whose extends cannot move `valid_until` while
+    // it is disconnected reaches it without any error).
+    let mut failed = false;
     loop {
         let until = shared.valid_until();
         let res = tokio::select! {
             biased;
             _ = shared.stop.wait() => return false,
             _ = tokio::time::sleep_until(until) => {
-                shared.fire(LossReason::RenewalFailed);
+                shared.fire(if failed { LossReason::RenewalFailed } else { shared.expiry_reason() });
                 return false;
             }
             r = shared.extend(ttl) => r,
@@ -505,6 +509,7 @@ async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
                 return false;
             }
             Err(e) => {
+                failed = true;
                 observe::renewal(backend, "error");
                 tracing::warn!(backend, key = %shared.key, error = %e, "renewal failed");
                 if !e.is_retryable() {
