@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 /// Runs an undo in the background if dropped before [`disarm`](Self::disarm).
 ///
@@ -62,6 +63,36 @@ pub fn spawn_detached(fut: impl Future<Output = ()> + Send + 'static) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// The pauses after which an undo looks again for a grant it did not find: 50 ms, 250 ms
+/// and 1 s after the previous look.
+///
+/// A request that was cancelled, or failed, may still be carried out after its undo: the undo
+/// can overtake it when the two travel on different connections (etcd's client spreads
+/// requests over members; an HTTP client opens connections as it likes). Backends whose
+/// requests are ordered on one connection (Redis, ZooKeeper) do not need it.
+pub const LATE_GRANT_RECHECKS: [Duration; 3] =
+    [Duration::from_millis(50), Duration::from_millis(250), Duration::from_secs(1)];
+
+/// Runs `undo` after each pause in `pauses` (a zero pause runs it at once) until it reports
+/// that it removed what it looked for; returns whether it did.
+///
+/// # Behavior
+/// `undo` must be safe to repeat and must never remove a later grant: a compare-and-delete on
+/// the cancelled attempt's owner token is.
+pub async fn undo_after<F, Fut>(pauses: impl IntoIterator<Item = Duration>, mut undo: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for pause in pauses {
+        tokio::time::sleep(pause).await;
+        if undo().await {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -379,19 +379,15 @@ impl DynamoBackend {
     /// DynamoDB after this starts (it travels on its own connection), so the release is
     /// tried again, a few times, until it finds the grant or a request timeout has passed.
     async fn undo_acquire(self, key: LockKey, owner: OwnerToken) {
-        let last = self.inner.opts.request_timeout;
-        for delay in [
-            Duration::ZERO,
-            Duration::from_millis(50),
-            Duration::from_millis(250),
-            Duration::from_secs(1),
-            last,
-        ] {
-            tokio::time::sleep(delay).await;
-            if let Ok(true) = self.release_owner(&key, owner).await {
-                tracing::debug!(backend = NAME, key = %key, "released the grant of a cancelled acquire");
-                return;
-            }
+        let pauses = std::iter::once(Duration::ZERO)
+            .chain(lock_core::cancel::LATE_GRANT_RECHECKS)
+            .chain([self.inner.opts.request_timeout]);
+        let released = lock_core::cancel::undo_after(pauses, || async {
+            matches!(self.release_owner(&key, owner).await, Ok(true))
+        })
+        .await;
+        if released {
+            tracing::debug!(backend = NAME, key = %key, "released the grant of a cancelled acquire");
         }
     }
 }

@@ -41,7 +41,8 @@
 //!
 //! A cancelled attempt (its future dropped) deletes its queue key in the background. The
 //! client spreads requests over the endpoints, so that delete can overtake the attempt's own
-//! put: in session mode a put found missing is looked for again 50 ms, 250 ms and 1 s later,
+//! put: in session mode a put found missing is looked for again 50 ms, 250 ms and 1 s later
+//! (`lock_core::cancel::LATE_GRANT_RECHECKS`),
 //! and the client's next attempt on the name deletes a key of its session that no live
 //! attempt owns before it queues. In per-lock mode the attempt's lease is revoked, so a late
 //! put fails.
@@ -518,12 +519,12 @@ impl EtcdBackend {
             // Compared by owner token, so this never deletes the key of a later attempt.
             let (b, key) = (self.clone(), my_key.to_owned());
             lock_core::cancel::spawn_detached(async move {
-                for delay in [50, 250, 1000] {
-                    tokio::time::sleep(Duration::from_millis(delay)).await;
-                    if let Ok(true) = b.delete_if_ours(&key, owner).await {
-                        tracing::debug!(key, "deleted the late queue key of a cancelled attempt");
-                        return;
-                    }
+                let late = lock_core::cancel::undo_after(lock_core::cancel::LATE_GRANT_RECHECKS, || async {
+                    matches!(b.delete_if_ours(&key, owner).await, Ok(true))
+                })
+                .await;
+                if late {
+                    tracing::debug!(key, "deleted the late queue key of a cancelled attempt");
                 }
             });
         }
