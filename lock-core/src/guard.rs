@@ -23,38 +23,6 @@ pub(crate) struct RenewPolicy {
     pub(crate) max_hold: Option<Duration>,
 }
 
-/// A one-way flag tasks can wait on, kept inline (no allocation of its own).
-#[derive(Default)]
-struct Flag {
-    set: AtomicBool,
-    notify: Notify,
-}
-
-impl Flag {
-    fn set(&self) {
-        if !self.set.swap(true, Ordering::AcqRel) {
-            self.notify.notify_waiters();
-        }
-    }
-
-    fn is_set(&self) -> bool {
-        self.set.load(Ordering::Acquire)
-    }
-
-    async fn wait(&self) {
-        loop {
-            // Registered before the check, so a `set` between the two is not missed.
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_set() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 /// Everything a guard and its renewal task share. A service may hold thousands of guards, so
 /// this is one allocation with its signals inline, and the renewal task's idle state is small.
 struct Shared {
@@ -69,7 +37,8 @@ struct Shared {
     lost: LossSignal,
     /// Set when renewal stopped because of the hold cap; the expiry then reports it.
     capped: AtomicBool,
-    stop: Flag,
+    /// Set once renewal (and the watchdog) must stop; waiters wait on `changed`.
+    stopped: AtomicBool,
     watchdog: OnceLock<()>,
     /// Serialises extends (user and renewal), so the server applies them in the order their
     /// results are recorded.
@@ -110,8 +79,27 @@ impl Shared {
 
     /// Stops renewal (and the watchdog) for good.
     fn stop(&self) {
-        self.stop.set();
-        self.changed.notify_waiters();
+        if !self.stopped.swap(true, Ordering::AcqRel) {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`stop`](Self::stop) was called.
+    async fn stopped(&self) {
+        loop {
+            // Registered before the check, so a `stop` between the two is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_stopped() {
+                return;
+            }
+            changed.await;
+        }
     }
 
     fn expiry_reason(&self) -> LossReason {
@@ -240,7 +228,7 @@ impl Guard {
             changed: Notify::new(),
             lost: LossSignal::new(),
             capped: AtomicBool::new(false),
-            stop: Flag::default(),
+            stopped: AtomicBool::new(false),
             watchdog: OnceLock::new(),
             extend_lock: tokio::sync::Mutex::new(()),
         });
@@ -295,7 +283,7 @@ impl Guard {
             tokio::spawn(async move {
                 tokio::select! {
                     _ = shared.lost() => {}
-                    _ = shared.stop.wait() => {}
+                    _ = shared.stopped() => {}
                 }
             });
         }
@@ -438,7 +426,7 @@ async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        if shared.stop.is_set() || shared.lost.is_fired() {
+        if shared.is_stopped() || shared.lost.is_fired() {
             return;
         }
         let (ttl, valid_until) = shared.ttl_and_valid_until();
@@ -491,7 +479,7 @@ async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
         let until = shared.valid_until();
         let res = tokio::select! {
             biased;
-            _ = shared.stop.wait() => return false,
+            _ = shared.stopped() => return false,
             _ = tokio::time::sleep_until(until) => {
                 shared.fire(if failed { LossReason::RenewalFailed } else { shared.expiry_reason() });
                 return false;
@@ -517,7 +505,7 @@ async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
                     return false;
                 }
                 tokio::select! {
-                    _ = shared.stop.wait() => return false,
+                    _ = shared.stopped() => return false,
                     _ = backoff.sleep_until_deadline(Some(until)) => {}
                 }
             }
@@ -539,7 +527,7 @@ async fn cap_hold(shared: &Shared, left: Duration) {
         let until = shared.lease().valid_until();
         let res = tokio::select! {
             biased;
-            _ = shared.stop.wait() => return,
+            _ = shared.stopped() => return,
             _ = tokio::time::sleep_until(until) => None,
             r = shared.extend(last) => Some(r),
         };
@@ -554,7 +542,7 @@ async fn cap_hold(shared: &Shared, left: Duration) {
         }
     }
     tokio::select! {
-        _ = shared.stop.wait() => {}
+        _ = shared.stopped() => {}
         _ = shared.lost() => {}
     }
 }
