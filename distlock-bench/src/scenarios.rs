@@ -213,11 +213,10 @@ pub async fn held_cost(
         }
     }
     let heap1 = crate::alloc::live_bytes();
-    // Let every lock renew once before measuring (the first renewal comes at about TTL/3):
-    // the first renewal may cost what the steady state does not (etcd reads each key once,
-    // then only watches).
-    // Wait for the event (as many extend calls as locks), bounded, rather than a fixed time: a
-    // session backend renews at a third of the session's TTL, not of the lock's.
+    // Let every lock renew once before measuring: the first renewal may cost what the steady
+    // state does not (etcd reads each key once, then only watches). Wait for the event (as
+    // many extend calls as locks, bounded) rather than a fixed time: a session backend renews
+    // at a third of the session's TTL, not of the lock's.
     let first_round = Instant::now() + Duration::from_secs(30);
     while extends.load(Ordering::Relaxed) < n as u64 && Instant::now() < first_round {
         tokio::time::sleep(Duration::from_millis(100)).await;
