@@ -159,6 +159,22 @@ impl Shared {
     /// One extend, serialised with every other extend of this guard; records the result.
     async fn extend(&self, ttl: Duration) -> Result<ExtendOutcome> {
         let _one_at_a_time = self.extend_lock.lock().await;
+        self.extend_locked(ttl).await
+    }
+
+    /// An extend for renewal: none is sent once renewal stopped, so none can follow a release
+    /// (which stops renewal, then waits for an extend in flight, under the same lock). A
+    /// stopped renewal waits here until its task drops it.
+    async fn renew(&self, ttl: Duration) -> Result<ExtendOutcome> {
+        let one_at_a_time = self.extend_lock.lock().await;
+        if self.is_stopped() {
+            drop(one_at_a_time);
+            return std::future::pending().await;
+        }
+        self.extend_locked(ttl).await
+    }
+
+    async fn extend_locked(&self, ttl: Duration) -> Result<ExtendOutcome> {
         let lease = self.lease();
         let res = self.backend.extend(&lease, ttl).await;
         if let Ok(ExtendOutcome::Extended { valid_until }) = res {
@@ -169,6 +185,10 @@ impl Shared {
 
     async fn release(&self) -> Result<ReleaseOutcome> {
         self.stop();
+        // A renewal's extend in flight ends first (its task drops it as soon as it sees the
+        // stop); any later one sees the stop and sends nothing. An idle renewal task is not
+        // waited for: it ends on its own.
+        let _no_extend = self.extend_lock.lock().await;
         let lease = self.lease();
         let res = self.backend.release(&lease).await;
         let held = lease.acquired_at().elapsed();
@@ -310,8 +330,8 @@ impl Guard {
     /// Stops renewal and releases the lock, reporting what happened.
     ///
     /// # Behavior
-    /// Renewal is stopped (and awaited) before the release is sent, so no renewal can follow
-    /// it. [`ReleaseOutcome::NotHeld`] means the grant had already expired or been taken.
+    /// Renewal is stopped before the release is sent (an extend already in flight is let
+    /// finish or dropped first), so no renewal can follow it. [`ReleaseOutcome::NotHeld`] means the grant had already expired or been taken.
     ///
     /// # Errors
     /// Backend errors; the lock then expires after its TTL.
@@ -320,10 +340,8 @@ impl Guard {
         // If this future is dropped before the release completes, the release goes on in the
         // background, as for a dropped guard.
         let mut pending = PendingRelease(Some(self.shared.clone()));
-        self.shared.stop();
-        if let Some(h) = self.renewal.take() {
-            let _ = h.await;
-        }
+        // The renewal task ends on its own once stopped; the release does not wait for it.
+        drop(self.renewal.take());
         let res = self.shared.release().await;
         pending.0 = None;
         res
@@ -484,7 +502,7 @@ async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
                 shared.fire(if failed { LossReason::RenewalFailed } else { shared.expiry_reason() });
                 return false;
             }
-            r = shared.extend(ttl) => r,
+            r = shared.renew(ttl) => r,
         };
         match res {
             Ok(ExtendOutcome::Extended { .. }) => {
@@ -529,7 +547,7 @@ async fn cap_hold(shared: &Shared, left: Duration) {
             biased;
             _ = shared.stopped() => return,
             _ = tokio::time::sleep_until(until) => None,
-            r = shared.extend(last) => Some(r),
+            r = shared.renew(last) => Some(r),
         };
         match res {
             Some(Ok(ExtendOutcome::Extended { .. })) => observe::renewal(backend, "ok"),

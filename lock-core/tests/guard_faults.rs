@@ -23,6 +23,8 @@ enum Mode {
     Hang,
     /// Extends succeed but report the same `valid_until` (a lease renewed elsewhere).
     StandStill,
+    /// Extends take this long, then succeed.
+    Slow(Duration),
 }
 
 #[derive(Debug)]
@@ -31,6 +33,8 @@ struct Faulty {
     mode: Mutex<Mode>,
     extends: AtomicUsize,
     release_delay: Mutex<Duration>,
+    /// What reached the backend, in order: `extend` (sent), `extended` (answered), `release`.
+    log: Mutex<Vec<&'static str>>,
 }
 
 impl Faulty {
@@ -40,6 +44,7 @@ impl Faulty {
             mode: Mutex::new(Mode::Pass),
             extends: AtomicUsize::new(0),
             release_delay: Mutex::new(Duration::ZERO),
+            log: Mutex::new(Vec::new()),
         })
     }
     fn set(&self, m: Mode) {
@@ -60,6 +65,7 @@ impl LockBackend for Faulty {
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
         self.extends.fetch_add(1, Ordering::SeqCst);
+        self.log.lock().unwrap().push("extend");
         let mode = *self.mode.lock().unwrap();
         match mode {
             Mode::Pass => self.inner.extend(lease, ttl).await,
@@ -72,9 +78,16 @@ impl LockBackend for Faulty {
             }
             Mode::Hang => std::future::pending().await,
             Mode::StandStill => Ok(ExtendOutcome::Extended { valid_until: lease.valid_until() }),
+            Mode::Slow(d) => {
+                tokio::time::sleep(d).await;
+                let r = self.inner.extend(lease, ttl).await;
+                self.log.lock().unwrap().push("extended");
+                r
+            }
         }
     }
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        self.log.lock().unwrap().push("release");
         let delay = *self.release_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
         self.inner.release(lease).await
@@ -165,6 +178,30 @@ async fn a_cancelled_release_still_releases_in_the_background() {
         locks.inspect("k").await.unwrap().is_none(),
         "a cancelled release left the lock held for its TTL"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_renewal_is_sent_after_a_release() {
+    // Renewal is due at TTL/3 (1 s) and each extend takes 200 ms: release before, at, during
+    // and after one. The release never waits on an idle renewal task, and no extend reaches
+    // the backend once the release has.
+    for at_ms in [0, 500, 999, 1000, 1001, 1100, 1199, 1200, 1250] {
+        let b = Faulty::new();
+        b.set(Mode::Slow(Duration::from_millis(200)));
+        let locks = client(&b);
+        let g = locks.lock("k").ttl(TTL).auto_renew().acquire().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(at_ms)).await;
+        assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released, "release at {at_ms} ms");
+        tokio::time::sleep(TTL * 3).await;
+        let log = b.log.lock().unwrap().clone();
+        let release = log.iter().position(|e| *e == "release").unwrap();
+        assert_eq!(log.iter().filter(|e| **e == "release").count(), 1, "release at {at_ms} ms: {log:?}");
+        assert!(
+            !log[release..].contains(&"extend"),
+            "release at {at_ms} ms: an extend followed the release: {log:?}"
+        );
+        assert!(locks.inspect("k").await.unwrap().is_none(), "release at {at_ms} ms left the lock");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,6 +11,10 @@
 //!   watch is opened at the current revision and the predecessor re-read after the watch is
 //!   in place: a watch opened at an older revision lands in etcd's "unsynced" watcher group,
 //!   which the server catches up only every 100 ms, and hand-off would wait for it.
+//!   When the predecessor's deletion arrives, one read of the revision of that deletion,
+//!   served by the member without a quorum round (it has applied that revision, since it
+//!   reported it), says whether an older key is left and whether the waiter's own key is still
+//!   there: the hand-off costs the releaser's delete and that one read.
 //! - **Fencing token** = the create revision of the holder's key. etcd's revision is one
 //!   counter for the whole cluster that every write raises by one, never reused (compaction
 //!   drops old revisions but never lowers the counter), and a later holder's key is created
@@ -530,15 +534,60 @@ impl EtcdBackend {
         }
     }
 
-    /// Waits until the key created just before `my_rev` under `pfx` is gone: watch it from the
-    /// current revision, then re-read it, so a deletion is never missed and never delayed.
+    /// The queue as a waiter sees it, in one read: the key created just before `my_rev`
+    /// under `pfx` (if any), and whether `my_key` still holds `owner`.
+    ///
+    /// With `at`, the read is of that revision and served by the member without a quorum
+    /// round (a serializable read): the state just after the event that woke the waiter,
+    /// which every member that reported the event has applied.
+    async fn queue_view(
+        &self,
+        pfx: &str,
+        my_key: &str,
+        my_rev: i64,
+        owner: OwnerToken,
+        at: Option<i64>,
+    ) -> Result<(Option<Vec<u8>>, bool)> {
+        // The two newest keys created up to ours: ours first, then the one just before it.
+        let mut opts = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_max_create_revision(my_rev)
+            .with_limit(2);
+        if let Some(rev) = at {
+            opts = opts.with_revision(rev).with_serializable();
+        }
+        let r = self
+            .call("get", |mut c| {
+                let o = opts.clone();
+                async move { c.get(pfx, Some(o)).await }
+            })
+            .await?;
+        let kvs = r.kvs();
+        let mine = kvs.first().is_some_and(|kv| {
+            kv.key() == my_key.as_bytes()
+                && kv.create_revision() == my_rev
+                && kv.value() == owner.to_string().as_bytes()
+        });
+        Ok((if mine { kvs.get(1) } else { kvs.first() }.map(|kv| kv.key().to_vec()), mine))
+    }
+
+    /// Waits until no key created before `my_rev` is left under `pfx`: watch the one just
+    /// before ours from the current revision, then re-read it, so a deletion is never missed
+    /// and never delayed. Returns `false` if our own key is gone (the lease expired or was
+    /// revoked while we waited).
+    ///
+    /// After the watched deletion one read decides, of the revision of that deletion: no
+    /// older key left and ours still there means the lock is ours as of that revision.
     async fn wait_for_predecessors(
         &self,
         pfx: &str,
+        my_key: &str,
         my_rev: i64,
+        owner: OwnerToken,
         deadline: Instant,
         session: Option<&Session>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let t = self.inner.opts.request_timeout;
         // A member that died, or an election, fails a read or a watch with a retryable error:
         // waiting goes on (through the other members) until the deadline, as the trait asks.
@@ -555,21 +604,21 @@ impl EtcdBackend {
                 }
             };
         }
+        // The revision of the deletion that woke us, for the next read.
+        let mut at: Option<i64> = None;
         loop {
-            let opts = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_max_create_revision(my_rev - 1)
-                .with_limit(1)
-                .with_keys_only();
-            let r = or_retry!(
-                self.call("get", |mut c| {
-                    let o = opts.clone();
-                    async move { c.get(pfx, Some(o)).await }
-                })
-                .await
-            );
-            let Some(pred) = r.kvs().first().map(|kv| kv.key().to_vec()) else { return Ok(()) };
+            let view = match (self.queue_view(pfx, my_key, my_rev, owner, at).await, at.take()) {
+                (Ok(v), _) => Ok(v),
+                // A member behind the one that reported the deletion has not applied its
+                // revision yet (or it was compacted away): read the current state instead.
+                (Err(_), Some(_)) => continue,
+                (Err(e), None) => Err(e),
+            };
+            let (pred, mine) = or_retry!(view);
+            if !mine {
+                return Ok(false);
+            }
+            let Some(pred) = pred else { return Ok(true) };
             let mut ws = or_retry!(tokio::time::timeout(
                 t,
                 self.inner
@@ -613,7 +662,17 @@ impl EtcdBackend {
                 tokio::select! {
                     msg = ws.message() => match msg {
                         Ok(Some(resp)) => {
-                            if resp.canceled() || resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                            if resp.canceled() {
+                                break;
+                            }
+                            let deleted = resp
+                                .events()
+                                .iter()
+                                .filter(|e| e.event_type() == EventType::Delete)
+                                .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+                                .max();
+                            if let Some(rev) = deleted {
+                                at = (rev > 0).then_some(rev);
                                 break;
                             }
                         }
@@ -840,9 +899,9 @@ impl LockBackend for EtcdBackend {
             };
             // A per-lock lease must outlive the wait: keep it alive until we hold the lock.
             let keep = session.is_none().then(|| KeepAlive::start(self.inner.client.clone(), lease, granted));
-            self.wait_for_predecessors(pfx, my_rev, deadline, session).await?;
+            let mine = self.wait_for_predecessors(pfx, my_key, my_rev, req.owner, deadline, session).await?;
             // A waiter whose lease expired while it waited gets an error, never the lock.
-            if !self.still_ours(my_key, req.owner).await? || session.is_some_and(|s| !s.alive()) {
+            if !mine || session.is_some_and(|s| !s.alive()) {
                 return Err(expired());
             }
             drop(keep);
