@@ -78,6 +78,13 @@ log "the facade with its default features only (a scheme whose feature is off)"
 cargo clippy -q --locked -p distlock --all-targets -- -D warnings
 cargo test -q --locked -p distlock --test connect
 
+log "the examples, each on its embedded default (no server)"
+examples_dir="$(mktemp -d)"
+for ex in cron_once worker_stops_on_loss fenced_write migration metrics; do
+  DISTLOCK_DIR="$examples_dir" cargo run -q --locked -p distlock --example "$ex"
+done
+rm -rf "$examples_dir"
+
 log "benchmarks, quick mode (so they never rot; numbers are reported, not asserted)"
 cargo bench -q --locked -p lock-redis --bench latency -- --quick
 cargo bench -q --locked -p lock-etcd --bench etcd -- --quick

@@ -223,11 +223,12 @@ async fn acquire(out: &Out, locks: &LockClient, spin: bool, take: &Take) -> Exit
     let name = take.lock.as_str();
     if locks.capabilities().session_leases {
         // A session lease ends with this process: the lock would not outlive the command.
-        return out.fail(&Error::InvalidConfig(format!(
-            "the {} backend ties locks to this process's session, so `acquire` cannot keep one after it exits; \
-             use a per-lock lease (for etcd: ?lease=per-lock) or `distlock run`",
-            locks.backend_name()
-        )));
+        return out.fail(&Error::Unsupported {
+            backend: locks.backend_name(),
+            capability: "keeping a lock after the process that took it exits (its lease is that \
+                         process's session); use a per-lock lease (for etcd: ?lease=per-lock) or `distlock run`"
+                .into(),
+        });
     }
     let fut = take.builder(locks).acquire();
     let guard = match with_spinner(spin, &format!("waiting for lock '{name}'"), fut).await {
@@ -330,12 +331,12 @@ fn signal(pid: Option<u32>, sig: rustix::process::Signal) {
     }
 }
 
-fn status_code(status: std::process::ExitStatus) -> ExitCode {
+fn status_code_u8(status: std::process::ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
-        (Some(c), _) => ExitCode::from(c.clamp(0, 255) as u8),
-        (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
-        _ => ExitCode::from(1),
+        (Some(c), _) => c.clamp(0, 255) as u8,
+        (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
+        _ => 1,
     }
 }
 
@@ -356,7 +357,18 @@ async fn run(
         Ok(g) => g,
         Err(e) => return out.fail(&e),
     };
-    if !out.json {
+    if out.json {
+        // stdout belongs to the command: `run` reports its events as JSON lines on stderr.
+        eprintln!(
+            "{}",
+            json!({
+                "event": "acquired",
+                "key": guard.key(),
+                "fencing_token": guard.fencing_token().get(),
+                "backend": locks.backend_name(),
+            })
+        );
+    } else {
         eprintln!(
             "distlock: holding '{}' (fencing token {}) on {}",
             guard.key(),
@@ -413,7 +425,11 @@ async fn run(
             _ = on_quit.recv() => signal(pid, rustix::process::Signal::QUIT),
             reason = guard.lost(), if lost_reason.is_none() => {
                 lost_reason = Some(reason);
-                eprintln!("distlock: lock '{}' lost ({reason})", guard.key());
+                if out.json {
+                    eprintln!("{}", json!({ "event": "lost", "key": guard.key(), "reason": reason.to_string(), "on_lost": format!("{on_lost:?}").to_lowercase() }));
+                } else {
+                    eprintln!("distlock: lock '{}' lost ({reason})", guard.key());
+                }
                 match on_lost {
                     OnLost::Ignore => eprintln!("distlock: --on-lost ignore: the command keeps running without the lock"),
                     OnLost::Kill => signal(pid, rustix::process::Signal::KILL),
@@ -430,16 +446,34 @@ async fn run(
             }
         }
     };
+    let key = guard.key().to_owned();
     let released = guard.release().await;
-    if let Err(e) = &released {
+    if let (Err(e), false) = (&released, out.json) {
         eprintln!("distlock: release failed ({e}); the lock expires with its TTL");
     }
-    match (status, lost_reason, on_lost) {
-        (_, Some(_), OnLost::Term | OnLost::Kill) => ExitCode::from(EXIT_LOST),
-        (Ok(s), _, _) => status_code(s),
-        (Err(e), _, _) => {
-            eprintln!("distlock: waiting for the command failed: {e}");
-            ExitCode::from(EXIT_BACKEND)
-        }
+    if let (Err(e), false) = (&status, out.json) {
+        eprintln!("distlock: waiting for the command failed: {e}");
     }
+    let code = match (&status, lost_reason, on_lost) {
+        (_, Some(_), OnLost::Term | OnLost::Kill) => EXIT_LOST,
+        (Ok(s), _, _) => status_code_u8(*s),
+        (Err(_), _, _) => EXIT_BACKEND,
+    };
+    if out.json {
+        eprintln!(
+            "{}",
+            json!({
+                "event": "finished",
+                "key": key,
+                "exit_code": code,
+                "command_status": status.as_ref().ok().and_then(|s| s.code()),
+                "lost": lost_reason.map(|r| r.to_string()),
+                "released": match &released {
+                    Ok(o) => json!(*o == ReleaseOutcome::Released),
+                    Err(e) => json!({ "error": e.to_string() }),
+                },
+            })
+        );
+    }
+    ExitCode::from(code)
 }

@@ -49,6 +49,29 @@ fn run_passes_the_token_and_exits_with_the_commands_status() {
 }
 
 #[test]
+fn run_with_json_reports_events_on_stderr_and_leaves_stdout_to_the_command() {
+    let (_d, url) = file_backend();
+    let out = distlock(&url)
+        .args(["--json", "run", "--lock", "json-job", "--", "sh", "-c", "echo command-output; exit 3"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "command-output");
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stderr).lines().map(|l| json(l.as_bytes())).collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["event"], "acquired");
+    assert_eq!(events[0]["key"], "json-job");
+    assert_eq!(events[0]["fencing_token"], 1);
+    assert_eq!(events[0]["backend"], "file");
+    assert_eq!(events[1]["event"], "finished");
+    assert_eq!(events[1]["exit_code"], 3);
+    assert_eq!(events[1]["command_status"], 3);
+    assert_eq!(events[1]["lost"], serde_json::Value::Null);
+    assert_eq!(events[1]["released"], true);
+}
+
+#[test]
 fn run_never_starts_the_command_without_the_lock() {
     let (d, url) = file_backend();
     let out = distlock(&url)
@@ -241,7 +264,8 @@ fn the_command_works_against_a_real_etcd() {
     let session =
         distlock(&format!("etcd://{host}")).args(["acquire", "--lock", "e"]).output().expect("acquire");
     assert_eq!(session.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&session.stderr).contains("lease=per-lock"));
+    let stderr = String::from_utf8_lossy(&session.stderr);
+    assert!(stderr.contains("lease=per-lock") && stderr.contains("does not support"), "{stderr}");
     // Per-lock leases: `acquire` keeps the lock after the command exits, until its TTL.
     let url = format!("etcd://{host}?lease=per-lock");
     let out = distlock(&url)

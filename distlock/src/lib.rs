@@ -24,10 +24,11 @@
 //! | `redis://[user[:password]@]host[:port][/db]` | one Redis server | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=2s` |
 //! | `rediss://…` | the same over TLS | `redis` | as `redis://`, and `ca_file=` (a private CA, PEM) |
 //! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true`, `ca_file=` |
-//! | `etcd://[user:password@]h1:2379,h2:2379` | etcd v3 (session leases by default) | `etcd` | `prefix=`, `lease=session\|per-lock`, `session_ttl=10s`, `connect_timeout=5s`, `timeout=5s`, `tls=true`, `ca_file=` (implies TLS) |
-//! | `zk://[user:password@]h1:2181,h2:2181[/chroot]` | ZooKeeper (Curator's lock layout; `user:password` is digest auth) | `zk` | `prefix=/distlock`, `session_timeout=10s`, `connect_timeout=5s` |
+//! | `etcd://[user:password@]h1:2379,h2:2379` | etcd v3 (session leases by default) | `etcd` | `prefix=`, `lease=session\|per-lock`, `session_ttl=10s`, `connect_timeout=5s`, `timeout=5s`, `tls=true` (the system's roots), `ca_file=` (a private CA), `cert_file=` + `key_file=` (a client certificate); each implies TLS |
+//! | `zk://[user:password@]h1:2181,h2:2181[/chroot]` (or `zookeeper://…`) | ZooKeeper (Curator's lock layout; `user:password` is digest auth; the chroot is created if missing) | `zk` | `prefix=/distlock`, `session_timeout=10s`, `connect_timeout=5s` |
 //! | `dynamodb://TABLE` | DynamoDB, one item per lock in `TABLE`; credentials from aws-config's default chain | `dynamo` | `region=`, `endpoint=` (DynamoDB Local, an emulator), `partition_key=lock_key`, `sort_key=NAME:VALUE`, `takeover=rvn\|clock`, `max_skew=100ms` (with `clock`), `poll=100ms`, `timeout=5s`, `create_table=true` |
 //!
+//! A host may be a bracketed IPv6 address, with or without a port (`[::1]`, `[::1]:2379`).
 //! Every URL also takes `namespace=NS` (a prefix for every key of the client) and `ttl=30s`
 //! (the TTL of locks that name none). Durations are written `500ms`, `30s`, `2m`, `1h`.
 //! A scheme whose feature is off is an error that names the feature; a malformed URL is an
@@ -241,7 +242,20 @@ async fn connect_redlock(u: &ConnectUrl) -> Result<LockClient> {
 
 #[cfg(feature = "etcd")]
 async fn connect_etcd(u: &ConnectUrl) -> Result<LockClient> {
-    with_options(u, &["prefix", "lease", "session_ttl", "connect_timeout", "timeout", "tls", "ca_file"])?;
+    with_options(
+        u,
+        &[
+            "prefix",
+            "lease",
+            "session_ttl",
+            "connect_timeout",
+            "timeout",
+            "tls",
+            "ca_file",
+            "cert_file",
+            "key_file",
+        ],
+    )?;
     if u.hosts.is_empty() {
         return Err(Error::InvalidConfig(format!(
             "distlock URL '{}': etcd:// needs at least one host:port",
@@ -255,12 +269,23 @@ async fn connect_etcd(u: &ConnectUrl) -> Result<LockClient> {
             u.path
         )));
     }
-    let scheme =
-        if u.flag("tls")?.unwrap_or(false) || u.option("ca_file").is_some() { "https" } else { "http" };
+    let tls = u.flag("tls")?.unwrap_or(false)
+        || ["ca_file", "cert_file", "key_file"].iter().any(|k| u.option(k).is_some());
+    let scheme = if tls { "https" } else { "http" };
     let endpoints: Vec<String> = u.hosts.iter().map(|h| format!("{scheme}://{h}")).collect();
-    let mut o = lock_etcd::EtcdOptions::new(&endpoints);
+    let mut o = lock_etcd::EtcdOptions::new(&endpoints).tls(tls);
     if let Some(ca) = u.option("ca_file") {
         o = o.tls_ca_file(ca)?;
+    }
+    match (u.option("cert_file"), u.option("key_file")) {
+        (Some(cert), Some(key)) => o = o.tls_identity_files(cert, key)?,
+        (None, None) => {}
+        _ => {
+            return Err(Error::InvalidConfig(format!(
+                "distlock URL '{}': cert_file= and key_file= go together (a client certificate and its key)",
+                u.redacted()
+            )))
+        }
     }
     if let (Some(user), Some(pw)) = (&u.user, &u.password) {
         o = o.user(user, pw);

@@ -46,11 +46,21 @@ fn release_on_drop(backend: &Arc<dyn LockBackend>, lease: &Lease) -> UndoOnDrop 
     })
 }
 
-/// The two grants behind a migration lease.
+/// The two grants behind a migration lease. Each moves forward on every extend, since a
+/// backend may check a grant's own `valid_until` (DynamoDB refuses to extend a grant its
+/// holder must already consider expired).
 #[derive(Debug)]
 struct Parts {
-    old: Lease,
-    new: Lease,
+    grants: std::sync::Mutex<(Lease, Lease)>,
+    /// The combined session signal, when both grants have one: fired on release, so the task
+    /// that watches the two ends with the lock.
+    both: Option<LossSignal>,
+}
+
+impl Parts {
+    fn grants(&self) -> std::sync::MutexGuard<'_, (Lease, Lease)> {
+        self.grants.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl MigrationBackend {
@@ -66,16 +76,22 @@ impl MigrationBackend {
         };
         let valid_until = a.valid_until().min(b.valid_until());
         let sent = a.acquired_at().min(b.acquired_at());
-        // Either backend's session ending loses the lock: watch both.
+        // Either backend's session ending loses the lock: watch both, until the release.
+        let mut both = None;
         let session = match (a.session().cloned(), b.session().cloned()) {
             (Some(x), Some(y)) => {
-                let both = LossSignal::new();
-                let fire = both.clone();
+                let signal = LossSignal::new();
+                let fire = signal.clone();
                 tokio::spawn(async move {
-                    let reason = tokio::select! { r = x.fired() => r, r = y.fired() => r };
+                    let reason = tokio::select! {
+                        r = x.fired() => r,
+                        r = y.fired() => r,
+                        _ = fire.fired() => return,
+                    };
                     fire.fire(reason);
                 });
-                Some(both)
+                both = Some(signal.clone());
+                Some(signal)
             }
             (x, y) => x.or(y),
         };
@@ -84,13 +100,13 @@ impl MigrationBackend {
         if let Some(s) = session {
             lease = lease.with_session(s);
         }
-        lease.with_backend_data(Arc::new(Parts { old: a, new: b }))
+        lease.with_backend_data(Arc::new(Parts { grants: std::sync::Mutex::new((a, b)), both }))
     }
 
     /// The two sub-leases of `lease` (rebuilt from key and owner for a lease made elsewhere).
     fn parts(&self, lease: &Lease) -> (Lease, Lease) {
         match lease.backend_data::<Parts>() {
-            Some(p) => (p.old.clone(), p.new.clone()),
+            Some(p) => p.grants().clone(),
             None => (lease.clone(), lease.clone()),
         }
     }
@@ -181,6 +197,11 @@ impl LockBackend for MigrationBackend {
         let (ra, rb) = tokio::join!(self.old.extend(&a, ttl), self.new.extend(&b, ttl));
         match (ra?, rb?) {
             (ExtendOutcome::Extended { valid_until: x }, ExtendOutcome::Extended { valid_until: y }) => {
+                if let Some(p) = lease.backend_data::<Parts>() {
+                    let mut g = p.grants();
+                    g.0.set_extended(ttl, x);
+                    g.1.set_extended(ttl, y);
+                }
                 Ok(ExtendOutcome::Extended { valid_until: x.min(y) })
             }
             _ => Ok(ExtendOutcome::NotHeld),
@@ -192,6 +213,9 @@ impl LockBackend for MigrationBackend {
         // New first (reverse order of acquisition), then old; both are always attempted.
         let rb = self.new.release(&b).await;
         let ra = self.old.release(&a).await;
+        if let Some(both) = lease.backend_data::<Parts>().and_then(|p| p.both.as_ref()) {
+            both.fire(lock_core::LossReason::NotHeld);
+        }
         let (primary, other) = match self.primary {
             Primary::Old => (ra, rb),
             Primary::New => (rb, ra),

@@ -90,7 +90,25 @@ impl ConnectUrl {
         };
         let mut hosts = Vec::new();
         for h in hostlist.split(',').filter(|h| !h.is_empty()) {
-            if let Some((name, port)) = h.rsplit_once(':') {
+            // An IPv6 address is bracketed (`[::1]` or `[::1]:2379`): only a colon after the
+            // closing bracket starts a port.
+            let port_part = match h.strip_prefix('[') {
+                Some(rest) => match rest.split_once(']') {
+                    Some((addr, after))
+                        if !addr.is_empty() && (after.is_empty() || after.starts_with(':')) =>
+                    {
+                        after.strip_prefix(':').map(|p| (&h[..addr.len() + 2], p))
+                    }
+                    _ => {
+                        return Err(bad(
+                            &redact(url),
+                            format!("host '{h}' is not a bracketed IPv6 address ([::1] or [::1]:PORT)"),
+                        ))
+                    }
+                },
+                None => h.rsplit_once(':'),
+            };
+            if let Some((name, port)) = port_part {
                 if name.is_empty() {
                     return Err(bad(&redact(url), format!("host '{h}' has a port but no name")));
                 }
@@ -215,6 +233,18 @@ pub(crate) fn encode_userinfo(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bracketed_ipv6_hosts_take_an_optional_port() {
+        let u = ConnectUrl::parse("etcd://[::1],[::1]:2379,h:1").unwrap();
+        assert_eq!(u.hosts, vec!["[::1]", "[::1]:2379", "h:1"]);
+        let e = ConnectUrl::parse("etcd://[::1]:0").unwrap_err().to_string();
+        assert!(e.contains("port '0' of host '[::1]'"), "{e}");
+        let e = ConnectUrl::parse("etcd://[::1").unwrap_err().to_string();
+        assert!(e.contains("bracketed IPv6"), "{e}");
+        let e = ConnectUrl::parse("etcd://[::1]x").unwrap_err().to_string();
+        assert!(e.contains("bracketed IPv6"), "{e}");
+    }
 
     #[test]
     fn parses_every_form() {

@@ -49,6 +49,11 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
         cases.push(("redlock://u:hunter2@h1,h2", "at least 3 hosts"));
         cases.push(("redis://u:hunter2@h?bogus=1", "unknown option 'bogus'"));
     }
+    if cfg!(feature = "etcd") {
+        cases.push(("etcd://u:hunter2@h:2379?cert_file=/c.pem", "go together"));
+        cases.push(("etcd://u:hunter2@h:2379?ca_file=/nonexistent/ca.pem", "cannot read CA file"));
+        cases.push(("etcd://u:hunter2@[::1", "bracketed IPv6"));
+    }
     if cfg!(feature = "zk") {
         cases.push(("zk://u:hunter2@?session_timeout=5s", "at least one host"));
         cases.push(("zk://u:hunter2@h:2181?prefix=relative", "absolute path"));

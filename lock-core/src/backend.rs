@@ -155,9 +155,20 @@ impl LockInfo {
 #[async_trait]
 pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// A short name used in errors and as the `backend` metrics label, e.g. `"redis"`.
+    ///
+    /// # Behavior
+    /// Constant for the backend's life, sends nothing, and never fails: it names the backend in
+    /// every [`Error::Backend`](crate::Error::Backend) and metrics series it produces.
     fn name(&self) -> &'static str;
 
     /// What this backend can do.
+    ///
+    /// # Behavior
+    /// Answered locally, without a request, and the same on every call for one backend value:
+    /// the client validates TTLs and keys against it, picks how to wait from
+    /// [`Capabilities::wake`], and the conformance suite skips (saying why) only the checks a
+    /// capability rules out. A backend must never claim what it does not do: a claim is a
+    /// promise the suite holds it to.
     fn capabilities(&self) -> Capabilities;
 
     /// One attempt to take the lock, without waiting.

@@ -132,7 +132,12 @@ async fn run(
                         backoff.reset();
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "etcd key watch: cannot open the stream"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "etcd key watch: cannot open the stream");
+                    if crate::token_expired(&e) {
+                        let _ = client.refresh_token().await;
+                    }
+                }
             }
             if stream.is_none() {
                 tokio::select! {

@@ -104,6 +104,12 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
     Error::backend(NAME, kind, e.to_string(), e)
 }
 
+/// Whether `e` says the auth token is no longer valid (a new login fixes it), not that the
+/// user lacks a permission.
+pub(crate) fn token_expired(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unauthenticated)
+}
+
 pub(crate) fn timeout(what: &str, d: Duration) -> Error {
     Error::backend_msg(NAME, BackendErrorKind::Timeout, format!("{what}: no reply within {d:?}"))
 }
@@ -193,13 +199,25 @@ impl EtcdBackend {
             co = co.with_user(u.clone(), p.clone());
         }
         #[cfg(feature = "tls")]
-        if let Some(pem) = &opts.tls_ca {
-            co = co.with_tls(
-                etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(pem)),
-            );
+        if opts.uses_tls() {
+            let mut tls = etcd_client::TlsOptions::new();
+            tls = match &opts.tls_ca {
+                Some(pem) => tls.ca_certificate(etcd_client::Certificate::from_pem(pem)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = &opts.tls_identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            co = co.with_tls(tls);
         }
         let wait = opts.connect_timeout + Duration::from_millis(500);
-        let mut client = tokio::time::timeout(wait, Client::connect(opts.endpoints.clone(), Some(co)))
+        // With TLS, bare `host:port` endpoints are dialled as https://.
+        let endpoints: Vec<String> = opts
+            .endpoints
+            .iter()
+            .map(|e| if opts.uses_tls() && !e.contains("://") { format!("https://{e}") } else { e.clone() })
+            .collect();
+        let mut client = tokio::time::timeout(wait, Client::connect(endpoints, Some(co)))
             .await
             .map_err(|_| timeout("connect", wait))?
             .map_err(map_err)?;
@@ -260,11 +278,21 @@ impl EtcdBackend {
         let t = self.inner.opts.request_timeout;
         let deadline = Instant::now() + t;
         let mut backoff = lock_core::Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
+        let mut reauthenticated = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             match tokio::time::timeout(left, f(self.inner.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
+                    // An auth token expires (etcd's simple tokens after 5 idle minutes, JWTs
+                    // at their TTL): log in again once with the configured user, and repeat.
+                    if !reauthenticated && self.inner.opts.user.is_some() && token_expired(&e) {
+                        reauthenticated = true;
+                        if self.inner.client.refresh_token().await.is_ok() {
+                            tracing::debug!(what, "etcd auth token refreshed");
+                            continue;
+                        }
+                    }
                     let err = map_err(e);
                     if err.is_retryable() && Instant::now() < deadline {
                         tracing::debug!(what, error = %err, "etcd request failed; retrying");
@@ -534,6 +562,28 @@ impl EtcdBackend {
         }
     }
 
+    /// Opens a watch for deletions of `key` from the current revision (logging in again
+    /// once if the auth token expired).
+    async fn watch_deletions(&self, key: &[u8]) -> Result<etcd_client::WatchStream> {
+        let t = self.inner.opts.request_timeout;
+        let open = || async {
+            let mut wc = self.inner.client.watch_client();
+            tokio::time::timeout(
+                t,
+                wc.watch(key.to_vec(), Some(WatchOptions::new().with_filters([WatchFilterType::NoPut]))),
+            )
+            .await
+        };
+        match open().await.map_err(|_| timeout("watch", t))? {
+            Ok(ws) => Ok(ws),
+            Err(e) if token_expired(&e) && self.inner.opts.user.is_some() => {
+                self.inner.client.refresh_token().await.map_err(map_err)?;
+                open().await.map_err(|_| timeout("watch", t))?.map_err(map_err)
+            }
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     /// The queue as a waiter sees it, in one read: the key created just before `my_rev`
     /// under `pfx` (if any), and whether `my_key` still holds `owner`.
     ///
@@ -619,16 +669,7 @@ impl EtcdBackend {
                 return Ok(false);
             }
             let Some(pred) = pred else { return Ok(true) };
-            let mut ws = or_retry!(tokio::time::timeout(
-                t,
-                self.inner
-                    .client
-                    .watch_client()
-                    .watch(pred.clone(), Some(WatchOptions::new().with_filters([WatchFilterType::NoPut]))),
-            )
-            .await
-            .map_err(|_| timeout("watch", t))
-            .and_then(|r| r.map_err(map_err)));
+            let mut ws = or_retry!(self.watch_deletions(&pred).await);
             // Wait until the watch exists, then re-read: a deletion before this point shows in
             // the read, one after it arrives on the watch.
             let created = or_retry!(tokio::time::timeout(t, ws.message())

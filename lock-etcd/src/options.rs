@@ -27,6 +27,10 @@ pub struct EtcdOptions {
     pub(crate) session_ttl: Duration,
     pub(crate) mode: LeaseMode,
     pub(crate) tls_ca: Option<Vec<u8>>,
+    /// TLS without a private CA: the system's trusted roots.
+    pub(crate) tls: bool,
+    /// A client certificate and its private key (PEM), for servers that require one.
+    pub(crate) tls_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl EtcdOptions {
@@ -43,6 +47,8 @@ impl EtcdOptions {
             session_ttl: Duration::from_secs(10),
             mode: LeaseMode::Session,
             tls_ca: None,
+            tls: false,
+            tls_identity: None,
         }
     }
 
@@ -83,10 +89,54 @@ impl EtcdOptions {
         self
     }
 
-    /// Trusts this CA certificate (PEM) for `https://` endpoints (feature `tls`).
+    /// Speaks TLS to the endpoints (also implied by `https://` endpoints), trusting the
+    /// system's root certificates unless [`EtcdOptions::tls_ca`] names a private CA
+    /// (feature `tls`).
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// Trusts this CA certificate (PEM) for `https://` endpoints instead of the system's
+    /// roots: for a cluster with a private CA (feature `tls`).
     pub fn tls_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_ca = Some(pem.into());
         self
+    }
+
+    /// Presents this client certificate and private key (both PEM) to the servers, for a
+    /// cluster started with `--client-cert-auth` (feature `tls`). The key never appears in
+    /// `Debug` output.
+    pub fn tls_identity(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Like [`EtcdOptions::tls_identity`], reading the two PEM files.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when a file cannot be read.
+    pub fn tls_identity_files(
+        self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<Self> {
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                Error::InvalidConfig(format!("etcd: cannot read {what} file {}: {e}", path.display()))
+            })
+        };
+        let cert = read("client certificate", cert.as_ref())?;
+        let key = read("client key", key.as_ref())?;
+        Ok(self.tls_identity(cert, key))
+    }
+
+    /// Whether the connection uses TLS.
+    pub(crate) fn uses_tls(&self) -> bool {
+        self.tls
+            || self.tls_ca.is_some()
+            || self.tls_identity.is_some()
+            || self.endpoints.iter().any(|e| e.starts_with("https://"))
     }
 
     /// Like [`EtcdOptions::tls_ca`], reading the PEM file at `path`.
@@ -102,15 +152,15 @@ impl EtcdOptions {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        let https = self.endpoints.iter().any(|e| e.starts_with("https://"));
-        if https && self.tls_ca.is_none() {
+        if self.uses_tls() && !cfg!(feature = "tls") {
             return Err(Error::InvalidConfig(
-                "etcd: https:// endpoints need the server's CA (EtcdOptions::tls_ca, or ca_file= in the URL)"
-                    .into(),
+                "etcd: TLS (https://, a CA or a client certificate) needs lock-etcd's `tls` feature".into(),
             ));
         }
-        if https && !cfg!(feature = "tls") {
-            return Err(Error::InvalidConfig("etcd: https:// needs lock-etcd's `tls` feature".into()));
+        if self.uses_tls() && self.endpoints.iter().any(|e| e.starts_with("http://")) {
+            return Err(Error::InvalidConfig(
+                "etcd: TLS is on but an endpoint says http://; write https:// or host:port".into(),
+            ));
         }
         if self.endpoints.is_empty() {
             return Err(Error::InvalidConfig("etcd: no endpoints".into()));
@@ -138,7 +188,9 @@ impl fmt::Debug for EtcdOptions {
             .field("request_timeout", &self.request_timeout)
             .field("session_ttl", &self.session_ttl)
             .field("mode", &self.mode)
+            .field("tls", &self.uses_tls())
             .field("tls_ca", &self.tls_ca.is_some())
+            .field("tls_identity", &self.tls_identity.is_some())
             .finish()
     }
 }

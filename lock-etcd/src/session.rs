@@ -86,7 +86,13 @@ async fn keep_alive(client: Client, s: Arc<Session>, request_timeout: Duration) 
         let stream = tokio::time::timeout(request_timeout, client.lease_client().keep_alive(s.id)).await;
         let (mut keeper, mut responses) = match stream {
             Ok(Ok(pair)) => pair,
-            _ => {
+            failed => {
+                // An expired auth token: log in again before the next try.
+                if let Ok(Err(e)) = &failed {
+                    if crate::token_expired(e) {
+                        let _ = client.refresh_token().await;
+                    }
+                }
                 if Instant::now() >= s.valid_until() {
                     s.loss.fire(LossReason::SessionLost);
                     return;

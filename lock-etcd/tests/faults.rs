@@ -197,19 +197,59 @@ async fn https_endpoints_with_a_private_ca() {
     let locks = LockClient::new(EtcdBackend::connect_with(opts).await.expect("TLS connect with the CA"));
     let g = locks.lock("tls").acquire().await.expect("acquire over TLS");
     assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
-    let e = EtcdBackend::connect_with(EtcdOptions::new(&eps)).await.expect_err("https without a CA");
+    // Without the private CA, the system's roots are used, and they do not trust this one.
+    let e = EtcdBackend::connect_with(EtcdOptions::new(&eps).connect_timeout(Duration::from_secs(2)))
+        .await
+        .expect_err("https trusting only the system's roots");
+    assert!(matches!(e, lock_core::Error::Backend { .. }), "{e:?}");
+    // TLS on with an http:// endpoint is a contradiction, said at once.
+    let e = EtcdBackend::connect_with(EtcdOptions::new(&["http://127.0.0.1:1"]).tls(true))
+        .await
+        .expect_err("tls with http://");
     assert!(matches!(e, lock_core::Error::InvalidConfig(_)), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_requiring_client_certificates() {
+    use conformance_tests::fixtures::tls::TestCa;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::generate(dir.path()).expect("test CA (apt-get install openssl)");
+    let etcd = EtcdCluster::single_requiring_client_certs(&ca).await.expect("etcd with --client-cert-auth");
+    let eps = etcd.endpoints();
+    // Bare host:port endpoints are dialled with TLS when TLS is configured.
+    let bare: Vec<String> = eps.iter().map(|e| e.trim_start_matches("https://").to_owned()).collect();
+    let with_cert = EtcdOptions::new(&bare)
+        .tls_ca(ca.ca_pem().expect("pem"))
+        .tls_identity_files(&ca.client_cert, &ca.client_key)
+        .expect("client certificate files");
+    let dbg = format!("{with_cert:?}");
+    assert!(dbg.contains("tls_identity: true") && !dbg.contains("PRIVATE KEY"), "{dbg}");
+    let locks =
+        LockClient::new(EtcdBackend::connect_with(with_cert).await.expect("connect with a client cert"));
+    let g = locks.lock("mtls").acquire().await.expect("acquire over mutual TLS");
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    // The same cluster refuses a client without a certificate.
+    let e = EtcdBackend::connect_with(
+        EtcdOptions::new(&eps).tls_ca(ca.ca_pem().expect("pem")).connect_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .expect_err("no client certificate");
+    assert!(matches!(e, lock_core::Error::Backend { .. }), "{e:?}");
+}
+
+/// Turns on etcd's auth with a root user (password `r00t-secret`), as an operator would.
+async fn enable_root_auth(endpoints: &[String]) {
+    let mut admin = etcd_client::Client::connect(endpoints, None).await.expect("admin");
+    admin.user_add("root", "r00t-secret", None).await.expect("user add");
+    admin.user_grant_role("root", "root").await.expect("grant root");
+    admin.auth_enable().await.expect("auth enable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_password_auth() {
     let etcd = EtcdCluster::single().await.expect("etcd");
     let eps = etcd.endpoints();
-    // Turn on etcd's auth with a root user, as an operator would.
-    let mut admin = etcd_client::Client::connect(&eps, None).await.expect("admin");
-    admin.user_add("root", "r00t-secret", None).await.expect("user add");
-    admin.user_grant_role("root", "root").await.expect("grant root");
-    admin.auth_enable().await.expect("auth enable");
+    enable_root_auth(&eps).await;
 
     let opts = EtcdOptions::new(&eps).user("root", "r00t-secret");
     let locks = LockClient::new(EtcdBackend::connect_with(opts).await.expect("authenticated connect"));
@@ -221,6 +261,26 @@ async fn user_and_password_auth() {
         .expect_err("bad password");
     assert!(!err.is_retryable(), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("wrong-pass-9"), "password leaked: {err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_auth_token_is_renewed_with_a_new_login() {
+    // Simple tokens expire after 2 idle seconds here (300 by default).
+    let etcd = EtcdCluster::single_with_flags(&["--auth-token-ttl=2"]).await.expect("etcd");
+    let eps = etcd.endpoints();
+    enable_root_auth(&eps).await;
+
+    let opts = EtcdOptions::new(&eps).user("root", "r00t-secret");
+    let locks = LockClient::new(EtcdBackend::connect_with(opts).await.expect("authenticated connect"));
+    let g = locks.lock("token/a").acquire().await.expect("acquire with a fresh token");
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    // Idle past the token's TTL: the next requests meet "invalid auth token".
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let g = locks.lock("token/b").acquire().await.expect("acquire after the token expired");
+    assert!(g.is_held());
+    // Another idle spell: the release (a compare-and-delete) needs a new login too.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(g.release().await.expect("release after the token expired"), ReleaseOutcome::Released);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,8 @@ pub struct RedisOptions {
     pub(crate) key_prefix: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
+    /// Whether `command_timeout` was chosen (Redlock's default differs from one node's).
+    pub(crate) command_timeout_set: bool,
     pub(crate) tls_root_cert: Option<Vec<u8>>,
 }
 
@@ -46,6 +48,7 @@ impl RedisOptions {
             key_prefix: String::new(),
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(2),
+            command_timeout_set: false,
             tls_root_cert: None,
         })
     }
@@ -79,6 +82,7 @@ impl RedisOptions {
     /// timeout, default 200 ms).
     pub fn command_timeout(mut self, d: Duration) -> Self {
         self.command_timeout = d;
+        self.command_timeout_set = true;
         self
     }
 

@@ -61,6 +61,10 @@ struct Inner {
     node_timeout: Duration,
 }
 
+/// Redlock's per-node timeout unless the options choose one: a node that answers later is
+/// treated as down, so one slow master never eats the lock's validity.
+const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(200);
+
 fn unavailable(msg: String) -> Error {
     Error::backend_msg(NAME, BackendErrorKind::Unavailable, msg)
 }
@@ -74,16 +78,20 @@ impl RedlockBackend {
     pub async fn connect(urls: &[&str]) -> Result<Self> {
         let opts = urls
             .iter()
-            .map(|u| RedisOptions::from_url(u).map(|o| o.command_timeout(Duration::from_millis(200))))
+            .map(|u| RedisOptions::from_url(u).map(|o| o.command_timeout(DEFAULT_NODE_TIMEOUT)))
             .collect::<Result<Vec<_>>>()?;
         Self::connect_with(opts).await
     }
 
-    /// Connects with one [`RedisOptions`] per master. The key prefix is the first one's.
+    /// Connects with one [`RedisOptions`] per master. The key prefix is the first one's; a
+    /// master whose options set no command timeout gets the 200 ms per-node timeout.
     ///
     /// # Errors
     /// As [`RedlockBackend::connect`].
-    pub async fn connect_with(opts: Vec<RedisOptions>) -> Result<Self> {
+    pub async fn connect_with(mut opts: Vec<RedisOptions>) -> Result<Self> {
+        for o in opts.iter_mut().filter(|o| !o.command_timeout_set) {
+            o.command_timeout = DEFAULT_NODE_TIMEOUT;
+        }
         if opts.len() < 3 {
             return Err(Error::InvalidConfig(format!(
                 "Redlock needs at least 3 independent masters (got {}); use the single-node backend for one",
@@ -112,7 +120,7 @@ impl RedlockBackend {
                 ),
             ));
         }
-        let node_timeout = opts.iter().map(|o| o.command_timeout).max().unwrap_or(Duration::from_millis(200));
+        let node_timeout = opts.iter().map(|o| o.command_timeout).max().unwrap_or(DEFAULT_NODE_TIMEOUT);
         Ok(Self { inner: Arc::new(Inner { nodes, quorum, prefix, node_timeout }) })
     }
 

@@ -206,6 +206,58 @@ async fn one_subscriber_connection_serves_all_waiters_of_a_client() {
     }
 }
 
+/// Waiters are woken by the release's notice, not only by their polls: while a waiter waits
+/// it is subscribed to the lock's release channel, the release publishes on that channel
+/// (one subscriber receives it), and once the waiter holds the lock nobody stays subscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_listens_on_the_channel_the_release_publishes_on() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let holder = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+    let waiter = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+    let channel = "{wake/me}:released";
+    let mut con = raw(&server.url()).await;
+    let numsub = |con: &mut redis::aio::MultiplexedConnection| {
+        let mut con = con.clone();
+        async move {
+            let r: (String, i64) =
+                redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut con).await.expect("numsub");
+            r.1
+        }
+    };
+    assert_eq!(numsub(&mut con).await, 0);
+    let g = holder.lock("wake/me").ttl(Duration::from_secs(30)).acquire().await.expect("hold");
+    let w = waiter.clone();
+    let wait = tokio::spawn(async move { w.lock("wake/me").wait(Duration::from_secs(20)).acquire().await });
+    // The waiter subscribes before its next attempt: wait (bounded) for the subscription.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while numsub(&mut con).await != 1 {
+        assert!(Instant::now() < deadline, "the waiter never subscribed to {channel}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let published_before = published(&mut con).await;
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    assert!(published(&mut con).await > published_before, "the release published no notice");
+    let got = wait.await.expect("join").expect("the waiter acquired after the release");
+    // The waiter unsubscribed once it held the lock (no subscription is left behind).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while numsub(&mut con).await != 0 {
+        assert!(Instant::now() < deadline, "the waiter stayed subscribed to {channel}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = got.release().await.expect("release");
+}
+
+/// How many PUBLISH commands the server has run (those from scripts included).
+async fn published(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let cmds: String = redis::cmd("INFO").arg("commandstats").query_async(con).await.expect("info");
+    cmds.lines()
+        .find(|l| l.starts_with("cmdstat_publish:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_is_reconnected() {
     let mut server = RedisServer::start().await.expect("redis-server");

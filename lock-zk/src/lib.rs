@@ -28,9 +28,12 @@
 //!   written by other recipes in the same directory are ordered rightly too.
 //! - **Interoperability**: Apache Curator's `InterProcessMutex` on the same path (tested
 //!   against Curator 5.4 from Debian's `libcurator-recipes-java`). kazoo's `Lock` names its
-//!   children `<uuid>__lock__<sequence>` and orders only those: distlock orders kazoo's
-//!   children rightly, but kazoo ignores Curator's and ours, so kazoo does **not** exclude
-//!   distlock or Curator on the same path. Do not mix kazoo with them.
+//!   children `<uuid>__lock__<sequence>` and by default orders only those, so a default
+//!   kazoo `Lock` does **not** exclude distlock or Curator on the same path (tested). Built
+//!   with `extra_lock_patterns=["-lock-"]` it orders our children by their sequence too, and
+//!   kazoo and distlock exclude each other, hand-off included (tested). Curator never orders
+//!   kazoo's children rightly (it sorts names without `lock-` whole), so do not mix kazoo
+//!   with Curator on one path.
 //! - A create whose reply was lost (the connection broke) is recovered by finding our own
 //!   child by its uuid, so no orphan blocks the queue.
 //!
@@ -97,6 +100,9 @@ pub struct ZkBackend {
 struct Inner {
     opts: ZkOptions,
     session: Mutex<Arc<Session>>,
+    /// The session timeout the server agreed (it clamps the requested one to 2 to 20 ticks);
+    /// later sessions ask for the same and get the same.
+    negotiated: Duration,
 }
 
 impl std::fmt::Debug for ZkBackend {
@@ -128,7 +134,8 @@ impl ZkBackend {
     pub async fn connect(opts: ZkOptions) -> Result<Self> {
         validate(&opts)?;
         let session = open(&opts).await?;
-        Ok(Self { inner: Arc::new(Inner { opts, session: Mutex::new(session) }) })
+        let negotiated = session.timeout();
+        Ok(Self { inner: Arc::new(Inner { opts, session: Mutex::new(session), negotiated }) })
     }
 
     /// The options.
@@ -526,8 +533,9 @@ impl LockBackend for ZkBackend {
         c.session_leases = true;
         c.per_lock_ttl = false;
         c.min_ttl = Duration::from_millis(1);
-        // A crashed holder's child lives until the server expires its session.
-        c.expiry_margin = self.inner.opts.session_timeout + Duration::from_millis(1500);
+        // A crashed holder's child lives until the server expires its session: the timeout
+        // the server agreed, not the one asked for.
+        c.expiry_margin = self.inner.negotiated + Duration::from_millis(1500);
         c
     }
 

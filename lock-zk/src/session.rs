@@ -44,6 +44,11 @@ impl Session {
         s
     }
 
+    /// The session timeout the server agreed.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// How long after a disconnect the session's nodes are still certainly ours: the client
     /// (with its default idle timeout, which `open` keeps) notices a silent connection within
     /// 2/5 of the timeout (plus one 1/20 tick), and the

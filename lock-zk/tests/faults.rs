@@ -55,13 +55,14 @@ impl Contender {
         Self::spawn(cmd)
     }
 
-    /// kazoo's `Lock`, from the virtualenv the test command makes.
-    fn kazoo(connect: &str, path: &str) -> Self {
+    /// kazoo's `Lock`, from the virtualenv the test command makes, ordering also the
+    /// children that match `extra_lock_patterns` (comma-separated; none when empty).
+    fn kazoo(connect: &str, path: &str, extra_lock_patterns: &str) -> Self {
         let python =
             conformance_tests::fixtures::test_python("DISTLOCK_PYTHON").unwrap_or_else(|e| panic!("{e}"));
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/kazoo_contender.py");
         let mut cmd = Command::new(&python);
-        cmd.args([script, connect, path]);
+        cmd.args([script, connect, path, extra_lock_patterns]);
         Self::spawn(cmd)
     }
 
@@ -125,10 +126,18 @@ async fn mutual_exclusion_with_curators_interprocessmutex() {
     let g = waiter.await.expect("join").expect("our waiter gets the lock after Curator's release");
     assert!(g.fencing_token() > info.fencing_token.expect("token"), "fencing did not increase");
 
-    // We hold: Curator is excluded until we release.
+    // We hold: Curator is excluded, queues behind us, and gets the lock when we release.
     assert_eq!(tokio::task::block_in_place(|| curator.send("acquire 300")), "BUSY");
+    let curator_waits = tokio::task::spawn_blocking(move || {
+        let got = curator.send("acquire 20000");
+        (curator, got)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!curator_waits.is_finished(), "Curator took the lock while we held it");
     g.release().await.expect("release");
-    assert_eq!(tokio::task::block_in_place(|| curator.send("acquire 5000")), "HELD");
+    let (mut curator, got) = curator_waits.await.expect("Curator waiter");
+    assert_eq!(got, "HELD", "Curator's waiter did not get the lock after our release");
+    assert!(ours.lock(&key).try_acquire().await.expect("try").is_none(), "took the lock Curator now holds");
     assert_eq!(tokio::task::block_in_place(|| curator.send("release")), "RELEASED");
     let g = ours.lock(&key).try_acquire().await.expect("try").expect("free after Curator's release");
     g.release().await.expect("release");
@@ -212,7 +221,7 @@ async fn kazoo_is_excluded_by_order_but_does_not_exclude_us() {
     let ours = client(&connect, Duration::from_secs(10)).await;
     let key = format!("kazoo/{}", uuid::Uuid::new_v4().simple());
     let path = format!("/distlock/{key}");
-    let mut kazoo = tokio::task::block_in_place(|| Contender::kazoo(&connect, &path));
+    let mut kazoo = tokio::task::block_in_place(|| Contender::kazoo(&connect, &path, ""));
 
     assert_eq!(tokio::task::block_in_place(|| kazoo.send("acquire 5000")), "HELD");
     assert!(ours.lock(&key).try_acquire().await.expect("try").is_none(), "distlock ignored kazoo's holder");
@@ -225,6 +234,44 @@ async fn kazoo_is_excluded_by_order_but_does_not_exclude_us() {
         "kazoo now respects distlock's children: update the interoperability notes in lock-zk's docs"
     );
     assert_eq!(tokio::task::block_in_place(|| kazoo.send("release")), "RELEASED");
+    g.release().await.expect("release");
+}
+
+/// kazoo's `Lock` with `extra_lock_patterns=["-lock-"]` orders Curator-layout children (ours)
+/// by their sequence too: then kazoo and distlock exclude each other, hand-off included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kazoo_with_the_lock_pattern_and_distlock_exclude_each_other() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let connect = zk.connect_string();
+    let ours = client(&connect, Duration::from_secs(10)).await;
+    let key = format!("kazoo-pattern/{}", uuid::Uuid::new_v4().simple());
+    let path = format!("/distlock/{key}");
+    let mut kazoo = tokio::task::block_in_place(|| Contender::kazoo(&connect, &path, "-lock-"));
+
+    // kazoo holds: we are excluded.
+    assert_eq!(tokio::task::block_in_place(|| kazoo.send("acquire 5000")), "HELD");
+    assert!(ours.lock(&key).try_acquire().await.expect("try").is_none(), "distlock ignored kazoo's holder");
+    assert_eq!(tokio::task::block_in_place(|| kazoo.send("release")), "RELEASED");
+
+    // We hold: kazoo is excluded, waits in the queue, and gets the lock once we release.
+    let g = ours.lock(&key).try_acquire().await.expect("try").expect("free after kazoo's release");
+    assert_eq!(
+        tokio::task::block_in_place(|| kazoo.send("acquire 1000")),
+        "BUSY",
+        "kazoo ignored our holder"
+    );
+    let waiter = tokio::task::spawn_blocking(move || {
+        let got = kazoo.send("acquire 20000");
+        (kazoo, got)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "kazoo took the lock while we held it");
+    g.release().await.expect("release");
+    let (mut kazoo, got) = waiter.await.expect("kazoo waiter");
+    assert_eq!(got, "HELD", "kazoo did not get the lock after our release");
+    assert!(ours.lock(&key).try_acquire().await.expect("try").is_none(), "kazoo's new holder ignored");
+    assert_eq!(tokio::task::block_in_place(|| kazoo.send("release")), "RELEASED");
+    let g = ours.lock(&key).try_acquire().await.expect("try").expect("free after kazoo's second release");
     g.release().await.expect("release");
 }
 
