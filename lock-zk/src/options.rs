@@ -18,7 +18,10 @@ pub struct ZkOptions {
     /// lives at `/distlock/jobs/nightly`.
     pub prefix: String,
     /// Digest authentication: `(user, password)`. Nodes are then created with the
-    /// `creator_all` ACL; without it, `anyone_all`.
+    /// `creator_all` ACL; without it, `anyone_all`. So every client that locks under the same
+    /// prefix, Curator's included, must authenticate as the same digest user: another
+    /// identity (or none) cannot create children in a lock directory made under this one,
+    /// and gets a typed permission error, never a lock.
     pub digest: Option<(String, String)>,
     /// Close the session when the backend is dropped (default true), which deletes its nodes
     /// at once. When false, the session is left to expire on the server after its timeout,
@@ -63,7 +66,8 @@ impl ZkOptions {
         self
     }
 
-    /// Authenticates with the digest scheme.
+    /// Authenticates with the digest scheme (see [`ZkOptions::digest`](Self#structfield.digest)
+    /// for the ACLs this implies).
     pub fn digest(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.digest = Some((user.into(), password.into()));
         self

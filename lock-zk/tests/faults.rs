@@ -7,7 +7,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use conformance_tests::fixtures::zk::{ZkEnsemble, ZOOKEEPER_JAR};
-use lock_core::{LockClient, LossReason};
+use lock_core::{LockClient, LossReason, ReleaseOutcome};
 use lock_zk::{ZkBackend, ZkOptions};
 
 const CURATOR_JARS: &[&str] = &[
@@ -234,6 +234,38 @@ async fn kazoo_is_excluded_by_order_but_does_not_exclude_us() {
         "kazoo now respects distlock's children: update the interoperability notes in lock-zk's docs"
     );
     assert_eq!(tokio::task::block_in_place(|| kazoo.send("release")), "RELEASED");
+    g.release().await.expect("release");
+}
+
+/// Digest auth against a real server: clients of the same digest user share locks; a client
+/// of another user, or with none, cannot create children in a lock directory made under that
+/// user (its nodes get `creator_all`): it gets a typed auth error, never the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_auth_shares_locks_within_one_identity_and_refuses_others() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let connect = zk.connect_string();
+    let as_user = |user: Option<&str>| {
+        let mut o = ZkOptions::new(&connect).session_timeout(Duration::from_secs(10));
+        if let Some(u) = user {
+            o = o.digest(u, "s3cret-pw");
+        }
+        async move { LockClient::new(ZkBackend::connect(o).await.expect("connect with digest auth")) }
+    };
+    let (a, b) = (as_user(Some("app")).await, as_user(Some("app")).await);
+    let key = format!("digest/{}", uuid::Uuid::new_v4().simple());
+    let g = a.lock(&key).acquire().await.expect("acquire as app");
+    assert!(b.lock(&key).try_acquire().await.expect("try as app").is_none(), "same identity not excluded");
+    for other in [Some("intruder"), None] {
+        let c = as_user(other).await;
+        let e = c.lock(&key).try_acquire().await.expect_err("another identity must not get the lock");
+        assert!(
+            matches!(e, lock_core::Error::Backend { kind: lock_core::BackendErrorKind::Auth, .. }),
+            "{other:?}: {e:?}"
+        );
+        assert!(!format!("{e} {e:?}").contains("s3cret-pw"), "password leaked: {e:?}");
+    }
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    let g = b.lock(&key).try_acquire().await.expect("try").expect("the same identity gets it after release");
     g.release().await.expect("release");
 }
 
