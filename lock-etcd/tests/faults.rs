@@ -1,6 +1,8 @@
 //! Failure and interoperability tests on real etcd.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::fixtures::etcd::EtcdCluster;
@@ -80,15 +82,21 @@ async fn the_leader_killed_while_a_lock_is_held_and_waiters_queue() {
     let holder = LockClient::new(backend_ttl(&eps, 10).await);
     let g = holder.lock("leader").acquire().await.expect("hold");
     let first = g.fencing_token();
+    // Overlap detection: the first holder counts as inside until it starts its release; each
+    // waiter must find nobody inside when it gets the lock.
+    let inside = Arc::new(AtomicUsize::new(1));
     let mut waiters = Vec::new();
-    for i in 0..2 {
+    for _ in 0..2 {
         let c = LockClient::new(backend_ttl(&eps, 10).await);
+        let inside = inside.clone();
         waiters.push(tokio::spawn(async move {
             let g = c.lock("leader").wait(Duration::from_secs(40)).acquire().await?;
+            let others = inside.fetch_add(1, Ordering::SeqCst);
             let t = g.fencing_token();
             tokio::time::sleep(Duration::from_millis(50)).await;
+            inside.fetch_sub(1, Ordering::SeqCst);
             g.release().await?;
-            Ok::<_, lock_core::Error>((i, t))
+            Ok::<_, lock_core::Error>((others, t))
         }));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -97,6 +105,7 @@ async fn the_leader_killed_while_a_lock_is_held_and_waiters_queue() {
     // Release through the surviving members (retrying while a new leader is elected).
     let deadline = Instant::now() + Duration::from_secs(30);
     let lease = g.detach();
+    inside.fetch_sub(1, Ordering::SeqCst);
     loop {
         match holder.release_lease(&lease).await {
             // A release that spans the election may have deleted the key with its first try and
@@ -111,7 +120,8 @@ async fn the_leader_killed_while_a_lock_is_held_and_waiters_queue() {
     }
     let mut tokens = vec![first];
     for w in waiters {
-        let (_, t) = w.await.expect("join").expect("waiter got the lock after the leader died");
+        let (others, t) = w.await.expect("join").expect("waiter got the lock after the leader died");
+        assert_eq!(others, 0, "a waiter got the lock while another holder was inside");
         tokens.push(t);
     }
     let mut sorted = tokens.clone();

@@ -485,13 +485,20 @@ async fn the_leader_killed_with_queued_waiters() {
     let a = client(&connect, session).await;
     let g = a.lock("leader/k").acquire().await.expect("a holds");
     let first = g.fencing_token();
+    // The waiters must never hold at once (the first holder's session may be lost during the
+    // election, which lets a waiter in before its release: that is a loss, not an overlap).
+    let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut waiters = Vec::new();
     for _ in 0..2 {
         let c = client(&connect, session).await;
+        let inside = inside.clone();
         waiters.push(tokio::spawn(async move {
+            use std::sync::atomic::Ordering::SeqCst;
             let g = c.lock("leader/k").wait(Duration::from_secs(60)).acquire().await?;
+            assert_eq!(inside.fetch_add(1, SeqCst), 0, "two waiters held the lock at once");
             let t = g.fencing_token();
             tokio::time::sleep(Duration::from_millis(100)).await;
+            inside.fetch_sub(1, SeqCst);
             let _ = g.release().await;
             Ok::<_, lock_core::Error>(t)
         }));
