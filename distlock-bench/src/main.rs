@@ -49,9 +49,7 @@ impl Plan {
     fn runs(&self, scenario: &str) -> bool {
         self.only.as_ref().is_none_or(|o| o.iter().any(|s| s == scenario))
     }
-}
 
-impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
             Self {

@@ -562,26 +562,20 @@ impl EtcdBackend {
         }
     }
 
-    /// Opens a watch for deletions of `key` from the current revision (logging in again
-    /// once if the auth token expired).
+    /// Opens a watch for deletions of `key` from the current revision, through [`call`]
+    /// (opening a watch is safe to repeat; an expired auth token is renewed there).
+    ///
+    /// [`call`]: Self::call
     async fn watch_deletions(&self, key: &[u8]) -> Result<etcd_client::WatchStream> {
-        let t = self.inner.opts.request_timeout;
-        let open = || async {
-            let mut wc = self.inner.client.watch_client();
-            tokio::time::timeout(
-                t,
-                wc.watch(key.to_vec(), Some(WatchOptions::new().with_filters([WatchFilterType::NoPut]))),
-            )
-            .await
-        };
-        match open().await.map_err(|_| timeout("watch", t))? {
-            Ok(ws) => Ok(ws),
-            Err(e) if token_expired(&e) && self.inner.opts.user.is_some() => {
-                self.inner.client.refresh_token().await.map_err(map_err)?;
-                open().await.map_err(|_| timeout("watch", t))?.map_err(map_err)
+        self.call("watch", |c| {
+            let key = key.to_vec();
+            async move {
+                c.watch_client()
+                    .watch(key, Some(WatchOptions::new().with_filters([WatchFilterType::NoPut])))
+                    .await
             }
-            Err(e) => Err(map_err(e)),
-        }
+        })
+        .await
     }
 
     /// The queue as a waiter sees it, in one read: the key created just before `my_rev`

@@ -91,16 +91,17 @@ impl Node {
         opts.validate()?;
         let client = opts.client()?;
         let addr = opts.redacted_url();
+        let timeout = opts.effective_command_timeout();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.connect_timeout))
-            .set_response_timeout(Some(opts.command_timeout))
+            .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         if lazy {
             let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
                 .map_err(|e| map_err(backend, &addr, e))?;
             let notifier = Notifier::start(client, opts.connect_timeout);
-            return Ok(Self { addr, con, notifier, timeout: opts.command_timeout, backend });
+            return Ok(Self { addr, con, notifier, timeout, backend });
         }
         let con = tokio::time::timeout(
             opts.connect_timeout + Duration::from_millis(100),
@@ -116,7 +117,7 @@ impl Node {
         })?
         .map_err(|e| map_err(backend, &addr, e))?;
         let notifier = Notifier::start(client, opts.connect_timeout);
-        Ok(Self { addr, con, notifier, timeout: opts.command_timeout, backend })
+        Ok(Self { addr, con, notifier, timeout, backend })
     }
 
     /// Awaits one request with the node's timeout, mapping both failures to typed errors.

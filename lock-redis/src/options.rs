@@ -19,11 +19,14 @@ pub struct RedisOptions {
     pub(crate) db: Option<i64>,
     pub(crate) key_prefix: String,
     pub(crate) connect_timeout: Duration,
-    pub(crate) command_timeout: Duration,
-    /// Whether `command_timeout` was chosen (Redlock's default differs from one node's).
-    pub(crate) command_timeout_set: bool,
+    /// `None`: the backend's default (one node: `DEFAULT_COMMAND_TIMEOUT`; Redlock: its
+    /// per-node timeout).
+    pub(crate) command_timeout: Option<Duration>,
     pub(crate) tls_root_cert: Option<Vec<u8>>,
 }
+
+/// How long one command may take on a single node unless the options choose otherwise.
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl RedisOptions {
     /// Options for the server at `url`, with default timeouts (connect 5 s, command 2 s) and
@@ -47,8 +50,7 @@ impl RedisOptions {
             db: None,
             key_prefix: String::new(),
             connect_timeout: Duration::from_secs(5),
-            command_timeout: Duration::from_secs(2),
-            command_timeout_set: false,
+            command_timeout: None,
             tls_root_cert: None,
         })
     }
@@ -81,8 +83,7 @@ impl RedisOptions {
     /// How long to wait for one command's reply (default 2 s; for Redlock, the per-node
     /// timeout, default 200 ms).
     pub fn command_timeout(mut self, d: Duration) -> Self {
-        self.command_timeout = d;
-        self.command_timeout_set = true;
+        self.command_timeout = Some(d);
         self
     }
 
@@ -110,8 +111,13 @@ impl RedisOptions {
         redact_url(&self.url)
     }
 
+    /// The command timeout in force: the one chosen, else the single-node default.
+    pub(crate) fn effective_command_timeout(&self) -> Duration {
+        self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
+        if self.connect_timeout.is_zero() || self.effective_command_timeout().is_zero() {
             return Err(Error::InvalidConfig("redis timeouts must be greater than zero".into()));
         }
         if self.key_prefix.contains(['{', '}']) {
@@ -160,7 +166,7 @@ impl fmt::Debug for RedisOptions {
             .field("db", &self.db)
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
-            .field("command_timeout", &self.command_timeout)
+            .field("command_timeout", &self.effective_command_timeout())
             .field("tls_root_cert", &self.tls_root_cert.is_some())
             .finish()
     }

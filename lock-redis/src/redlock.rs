@@ -76,10 +76,7 @@ impl RedlockBackend {
     /// [`Error::InvalidConfig`] for a malformed URL or fewer than 3 masters; a retryable
     /// connection error when fewer than a quorum answer.
     pub async fn connect(urls: &[&str]) -> Result<Self> {
-        let opts = urls
-            .iter()
-            .map(|u| RedisOptions::from_url(u).map(|o| o.command_timeout(DEFAULT_NODE_TIMEOUT)))
-            .collect::<Result<Vec<_>>>()?;
+        let opts = urls.iter().map(|u| RedisOptions::from_url(u)).collect::<Result<Vec<_>>>()?;
         Self::connect_with(opts).await
     }
 
@@ -89,8 +86,8 @@ impl RedlockBackend {
     /// # Errors
     /// As [`RedlockBackend::connect`].
     pub async fn connect_with(mut opts: Vec<RedisOptions>) -> Result<Self> {
-        for o in opts.iter_mut().filter(|o| !o.command_timeout_set) {
-            o.command_timeout = DEFAULT_NODE_TIMEOUT;
+        for o in &mut opts {
+            o.command_timeout.get_or_insert(DEFAULT_NODE_TIMEOUT);
         }
         if opts.len() < 3 {
             return Err(Error::InvalidConfig(format!(
@@ -120,7 +117,8 @@ impl RedlockBackend {
                 ),
             ));
         }
-        let node_timeout = opts.iter().map(|o| o.command_timeout).max().unwrap_or(DEFAULT_NODE_TIMEOUT);
+        let node_timeout =
+            opts.iter().map(RedisOptions::effective_command_timeout).max().unwrap_or(DEFAULT_NODE_TIMEOUT);
         Ok(Self { inner: Arc::new(Inner { nodes, quorum, prefix, node_timeout }) })
     }
 

@@ -127,19 +127,37 @@ async fn mutual_exclusion_with_curators_interprocessmutex() {
     assert!(g.fencing_token() > info.fencing_token.expect("token"), "fencing did not increase");
 
     // We hold: Curator is excluded, queues behind us, and gets the lock when we release.
-    assert_eq!(tokio::task::block_in_place(|| curator.send("acquire 300")), "BUSY");
-    let curator_waits = tokio::task::spawn_blocking(move || {
-        let got = curator.send("acquire 20000");
-        (curator, got)
+    they_queue_behind_our_holder(&ours, &key, g, curator, "Curator", 300).await;
+}
+
+/// We hold `g` on `key`: `other` (another client's contender on the same path) is refused
+/// within `busy_ms`, then waits in the queue, gets the lock once we release, excludes us
+/// while it holds, and leaves the lock free for us after its release.
+async fn they_queue_behind_our_holder(
+    ours: &LockClient,
+    key: &str,
+    g: lock_core::Guard,
+    mut other: Contender,
+    who: &str,
+    busy_ms: u64,
+) {
+    assert_eq!(
+        tokio::task::block_in_place(|| other.send(&format!("acquire {busy_ms}"))),
+        "BUSY",
+        "{who} ignored our holder"
+    );
+    let waits = tokio::task::spawn_blocking(move || {
+        let got = other.send("acquire 20000");
+        (other, got)
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!curator_waits.is_finished(), "Curator took the lock while we held it");
+    assert!(!waits.is_finished(), "{who} took the lock while we held it");
     g.release().await.expect("release");
-    let (mut curator, got) = curator_waits.await.expect("Curator waiter");
-    assert_eq!(got, "HELD", "Curator's waiter did not get the lock after our release");
-    assert!(ours.lock(&key).try_acquire().await.expect("try").is_none(), "took the lock Curator now holds");
-    assert_eq!(tokio::task::block_in_place(|| curator.send("release")), "RELEASED");
-    let g = ours.lock(&key).try_acquire().await.expect("try").expect("free after Curator's release");
+    let (mut other, got) = waits.await.expect("the other client's waiter");
+    assert_eq!(got, "HELD", "{who}'s waiter did not get the lock after our release");
+    assert!(ours.lock(key).try_acquire().await.expect("try").is_none(), "took the lock {who} now holds");
+    assert_eq!(tokio::task::block_in_place(|| other.send("release")), "RELEASED");
+    let g = ours.lock(key).try_acquire().await.expect("try").expect("free after the other client's release");
     g.release().await.expect("release");
 }
 
@@ -287,24 +305,7 @@ async fn kazoo_with_the_lock_pattern_and_distlock_exclude_each_other() {
 
     // We hold: kazoo is excluded, waits in the queue, and gets the lock once we release.
     let g = ours.lock(&key).try_acquire().await.expect("try").expect("free after kazoo's release");
-    assert_eq!(
-        tokio::task::block_in_place(|| kazoo.send("acquire 1000")),
-        "BUSY",
-        "kazoo ignored our holder"
-    );
-    let waiter = tokio::task::spawn_blocking(move || {
-        let got = kazoo.send("acquire 20000");
-        (kazoo, got)
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiter.is_finished(), "kazoo took the lock while we held it");
-    g.release().await.expect("release");
-    let (mut kazoo, got) = waiter.await.expect("kazoo waiter");
-    assert_eq!(got, "HELD", "kazoo did not get the lock after our release");
-    assert!(ours.lock(&key).try_acquire().await.expect("try").is_none(), "kazoo's new holder ignored");
-    assert_eq!(tokio::task::block_in_place(|| kazoo.send("release")), "RELEASED");
-    let g = ours.lock(&key).try_acquire().await.expect("try").expect("free after kazoo's second release");
-    g.release().await.expect("release");
+    they_queue_behind_our_holder(&ours, &key, g, kazoo, "kazoo", 1000).await;
 }
 
 // --- a TCP proxy between a client and ZooKeeper -------------------------------------------
