@@ -452,7 +452,7 @@ pub async fn waiting_acquire_times_out_at_deadline(ctx: Ctx) -> CheckResult {
     let res = b.lock(&key).wait(wait).acquire().await;
     let took = start.elapsed();
     match res {
-        Err(e @ Error::Timeout { .. }) => ensure!(e.is_retryable(), "Timeout is not marked retryable"),
+        Err(e @ Error::WaitTimedOut { .. }) => ensure!(e.is_retryable(), "Timeout is not marked retryable"),
         other => return Err(Failure(format!("expected Timeout, got {other:?}"))),
     }
     ensure!(took >= wait - Duration::from_millis(5), "gave up after {took:?}, before the {wait:?} deadline");
@@ -472,7 +472,7 @@ pub async fn no_wait_acquire_returns_at_once(ctx: Ctx) -> CheckResult {
     let start = Instant::now();
     ensure!(b.lock(&key).try_acquire().await?.is_none(), "try_acquire got a held lock");
     match b.lock(&key).acquire().await {
-        Err(Error::Timeout { waited, .. }) => {
+        Err(Error::WaitTimedOut { waited, .. }) => {
             ensure!(waited.is_zero(), "a no-wait acquire reported waiting {waited:?}")
         }
         other => return Err(Failure(format!("a no-wait acquire of a held lock returned {other:?}"))),

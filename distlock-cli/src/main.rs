@@ -142,7 +142,7 @@ struct Out {
 impl Out {
     fn fail(&self, e: &Error) -> ExitCode {
         let code = match e {
-            Error::Timeout { .. } => EXIT_HELD,
+            Error::WaitTimedOut { .. } => EXIT_HELD,
             Error::InvalidKey(_)
             | Error::InvalidTtl { .. }
             | Error::InvalidConfig(_)

@@ -38,16 +38,15 @@
 //! [`migration::MigrationBackend`] holds every lock on two backends at once; see the
 //! playbook in the README.
 
-mod duration;
 pub mod migration;
-pub mod url;
+pub use lock_core::url;
 
 #[cfg(feature = "redis")]
 use std::time::Duration;
 
-pub use duration::parse_duration;
 /// The core crate, for what the facade does not re-export.
 pub use lock_core as core;
+pub use lock_core::parse_duration;
 pub use lock_core::{
     drift_margin, AcquireRequest, Attempt, BackendErrorKind, Backoff, Capabilities, Error, ExtendOutcome,
     FencingToken, Guard, Instant, Lease, LockBackend, LockBuilder, LockClient, LockInfo, LockKey, LossReason,

@@ -175,10 +175,10 @@ impl LockBackend for MigrationBackend {
             undo.disarm();
             match res {
                 Ok(b) => return Ok(self.combine(req, a, b)),
-                Err(Error::Timeout { .. }) => {
+                Err(Error::WaitTimedOut { .. }) => {
                     let _ = self.old.release(&a).await;
                     if Instant::now() >= deadline {
-                        return Err(Error::Timeout {
+                        return Err(Error::WaitTimedOut {
                             key: req.key.full().to_owned(),
                             waited: start.elapsed(),
                         });

@@ -1,18 +1,9 @@
-//! Exponential backoff with full jitter and a deadline: the default wait for backends that
-//! cannot be notified, and the retry pace of renewal.
+//! Exponential backoff with full jitter and a deadline: the pace of polling waiters and of
+//! renewal retries.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use std::future::Future;
-
-use tokio::sync::Notify;
-
-use crate::backend::{AcquireRequest, Attempt, LockBackend, WakeMode};
-use crate::error::{Error, Result};
-use crate::key::LockKey;
-use crate::lease::Lease;
 
 /// Exponential backoff with full jitter ("AWS architecture blog" style): the n-th sleep is a
 /// uniform random duration in `[0, min(max, initial * 2^n)]`, but never less than `floor`.
@@ -69,84 +60,6 @@ async fn sleep_capped(delay: Duration, deadline: Option<Instant>) -> bool {
     };
     tokio::time::sleep_until(wake).await;
     true
-}
-
-/// The default waiting acquire: attempts with [`LockBackend::try_acquire`] and sleeps with
-/// jittered backoff between attempts, never past the holder's remaining TTL, the backend's
-/// polling interval, or `deadline`. Makes a last attempt at the deadline.
-///
-/// # Errors
-/// [`Error::Timeout`] at the deadline. Retryable backend errors are retried until the deadline
-/// (the last one is returned then); others are returned at once.
-pub async fn poll_acquire<B: LockBackend + ?Sized>(
-    backend: &B,
-    req: &AcquireRequest,
-    deadline: Instant,
-) -> Result<Lease> {
-    let max = match backend.capabilities().wake {
-        WakeMode::Poll { max_interval } => max_interval,
-        WakeMode::Notify => Duration::from_millis(250),
-    };
-    wait_for_lock(&[], &req.key, deadline, max, || backend.try_acquire(req)).await
-}
-
-/// The waiting loop every backend shares: register for wake-ups, attempt, and sleep until a
-/// wake-up, the holder's expiry, a jittered backoff step (at most `max_poll`), or `deadline`.
-///
-/// # Behavior
-/// - Each `Notify` in `wakers` is registered *before* each attempt, so a release signalled
-///   between the attempt and the sleep is not missed (`notify_waiters` semantics).
-/// - Without wake-ups (or when one is lost) the loop still retries at the holder's expiry and
-///   at least every `max_poll`, so a foreign holder or an expired one cannot stall it.
-/// - Retryable errors are retried until `deadline`; others return at once.
-///
-/// # Errors
-/// [`Error::Timeout`] at the deadline (or the last retryable error, if the last attempt
-/// failed); non-retryable errors of `attempt`.
-pub async fn wait_for_lock<F, Fut>(
-    wakers: &[&Notify],
-    key: &LockKey,
-    deadline: Instant,
-    max_poll: Duration,
-    mut attempt: F,
-) -> Result<Lease>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Attempt>>,
-{
-    let start = Instant::now();
-    let mut backoff = Backoff::new(Duration::from_millis(2).min(max_poll), max_poll);
-    loop {
-        let mut notified: Vec<_> = wakers.iter().map(|n| Box::pin(n.notified())).collect();
-        for n in &mut notified {
-            n.as_mut().enable();
-        }
-        let (expires_in, last_err) = match attempt().await {
-            Ok(Attempt::Acquired(lease)) => return Ok(lease),
-            Ok(Attempt::Held { expires_in }) => (expires_in, None),
-            Err(e) if e.is_retryable() => (None, Some(e)),
-            Err(e) => return Err(e),
-        };
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(last_err
-                .unwrap_or_else(|| Error::Timeout { key: key.full().to_owned(), waited: now - start }));
-        }
-        let mut delay = backoff.next_delay();
-        if let Some(left) = expires_in {
-            // Wake right when the holder's grant runs out, plus a hair for server-side expiry.
-            delay = delay.min(left + Duration::from_millis(1));
-        }
-        let sleep = tokio::time::sleep_until((now + delay).min(deadline));
-        if notified.is_empty() {
-            sleep.await;
-        } else {
-            tokio::select! {
-                _ = futures::future::select_all(notified) => backoff.reset(),
-                _ = sleep => {}
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{
-    AcquireRequest, Attempt, Capabilities, ExtendOutcome, LockBackend, LockInfo, ReleaseOutcome,
-};
+use crate::backend::LockBackend;
+use crate::capabilities::Capabilities;
 use crate::error::{Error, Result};
 use crate::guard::{Guard, RenewPolicy};
 use crate::key::{KeyError, LockKey, Namespace};
 use crate::lease::{FencingToken, Lease, OwnerToken};
 use crate::observe;
+use crate::outcome::{AcquireRequest, Attempt, ExtendOutcome, LockInfo, ReleaseOutcome};
 
 /// The TTL used when a lock names none: 30 seconds.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -68,7 +68,7 @@ impl LockClient {
     /// # Errors
     /// [`Error::InvalidTtl`] when the backend would refuse it.
     pub fn with_default_ttl(mut self, ttl: Duration) -> Result<Self> {
-        validate_ttl(&self.caps, self.backend.name(), ttl)?;
+        self.caps.validate_ttl(self.backend.name(), ttl)?;
         self.default_ttl = ttl;
         Ok(self)
     }
@@ -135,7 +135,7 @@ impl LockClient {
     /// # Errors
     /// [`Error::InvalidTtl`]; [`Error::NotHeld`] when the grant is gone; backend errors.
     pub async fn extend_lease(&self, lease: &mut Lease, ttl: Duration) -> Result<()> {
-        validate_ttl(&self.caps, self.backend.name(), ttl)?;
+        self.caps.validate_ttl(self.backend.name(), ttl)?;
         match self.backend.extend(lease, ttl).await? {
             ExtendOutcome::Extended { valid_until } => {
                 lease.set_extended(ttl, valid_until);
@@ -168,20 +168,6 @@ impl LockClient {
     pub fn resume(&self, lease: Lease, auto_renew: bool) -> Guard {
         Guard::new(self.backend.clone(), lease, RenewPolicy { auto_renew, max_hold: None })
     }
-}
-
-/// Checks a TTL against the backend's limits.
-pub(crate) fn validate_ttl(caps: &Capabilities, backend: &str, ttl: Duration) -> Result<()> {
-    let reason = if ttl.is_zero() {
-        "a TTL must be greater than zero".to_owned()
-    } else if ttl < caps.min_ttl {
-        format!("the {backend} backend's minimum TTL is {:?}", caps.min_ttl)
-    } else if ttl > caps.max_ttl {
-        format!("the {backend} backend's maximum TTL is {:?}", caps.max_ttl)
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidTtl { ttl, reason })
 }
 
 /// Describes one lock before it is taken: TTL, waiting, renewal. Made by [`LockClient::lock`].
@@ -230,7 +216,7 @@ impl LockBuilder {
 
     fn request(&self) -> Result<AcquireRequest> {
         let key = self.client.key(&self.name)?;
-        validate_ttl(&self.client.caps, self.client.backend.name(), self.ttl)?;
+        self.client.caps.validate_ttl(self.client.backend.name(), self.ttl)?;
         Ok(AcquireRequest::new(key, self.ttl))
     }
 
@@ -245,7 +231,7 @@ impl LockBuilder {
     /// be had (promise 5). Cancel safe: dropping the future leaves nothing behind beyond the TTL.
     ///
     /// # Errors
-    /// [`Error::InvalidKey`], [`Error::InvalidTtl`]; [`Error::Timeout`] when the lock stayed
+    /// [`Error::InvalidKey`], [`Error::InvalidTtl`]; [`Error::WaitTimedOut`] when the lock stayed
     /// held (at once without a wait); backend errors.
     pub async fn acquire(self) -> Result<Guard> {
         let req = self.request()?;
@@ -261,7 +247,7 @@ impl LockBuilder {
             _ => match self.client.backend.try_acquire(&req).await {
                 Ok(Attempt::Acquired(lease)) => Ok(lease),
                 Ok(Attempt::Held { .. }) => {
-                    Err(Error::Timeout { key: req.key.full().to_owned(), waited: Duration::ZERO })
+                    Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: Duration::ZERO })
                 }
                 Err(e) => Err(e),
             },
@@ -274,7 +260,7 @@ impl LockBuilder {
                 Ok(self.guard(lease))
             }
             Err(e) => {
-                let outcome = if matches!(e, Error::Timeout { .. }) { "timed_out" } else { "failed" };
+                let outcome = if matches!(e, Error::WaitTimedOut { .. }) { "timed_out" } else { "failed" };
                 observe::acquire(backend, outcome, elapsed);
                 tracing::debug!(backend, key = %req.key, error = %e, "acquire did not succeed");
                 Err(e)
@@ -289,7 +275,7 @@ impl LockBuilder {
     pub async fn try_acquire(self) -> Result<Option<Guard>> {
         match self.wait(Duration::ZERO).acquire().await {
             Ok(g) => Ok(Some(g)),
-            Err(Error::Timeout { .. }) => Ok(None),
+            Err(Error::WaitTimedOut { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -12,8 +12,9 @@ use crate::signal::LossReason;
 pub enum BackendErrorKind {
     /// The server could not be reached or the connection broke. Retryable.
     Connection,
-    /// The request did not complete in time. Retryable.
-    Timeout,
+    /// One request to the server got no reply within its request timeout. Retryable. (A
+    /// wait for a held lock that ran out is [`Error::WaitTimedOut`], not a backend error.)
+    RequestTimedOut,
     /// The server asked us to slow down. Retryable.
     Throttled,
     /// The server is temporarily unable to serve (no quorum, leader election, 5xx). Retryable.
@@ -32,7 +33,7 @@ impl BackendErrorKind {
         matches!(
             self,
             BackendErrorKind::Connection
-                | BackendErrorKind::Timeout
+                | BackendErrorKind::RequestTimedOut
                 | BackendErrorKind::Throttled
                 | BackendErrorKind::Unavailable
         )
@@ -43,7 +44,7 @@ impl fmt::Display for BackendErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             BackendErrorKind::Connection => "connection",
-            BackendErrorKind::Timeout => "timeout",
+            BackendErrorKind::RequestTimedOut => "request timed out",
             BackendErrorKind::Throttled => "throttled",
             BackendErrorKind::Unavailable => "unavailable",
             BackendErrorKind::Auth => "auth",
@@ -62,9 +63,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The lock was not granted before the deadline. `waited` is zero for one-attempt acquires.
+    /// The lock stayed held by another owner until the wait ran out (at once for an acquire
+    /// without a wait: `waited` is then zero). Not a failure of the backend: a request that
+    /// timed out is [`Error::Backend`] with [`BackendErrorKind::RequestTimedOut`].
     #[error("lock {key:?} is held by another owner; gave up after {waited:?}")]
-    Timeout {
+    WaitTimedOut {
         /// The full key.
         key: String,
         /// How long the acquire waited.
@@ -124,12 +127,12 @@ pub enum Error {
 impl Error {
     /// Whether trying the same operation again may succeed.
     ///
-    /// `Timeout` is retryable (the holder may be gone later); backend errors are retryable
+    /// `WaitTimedOut` is retryable (the holder may be gone later); backend errors are retryable
     /// when their kind is (connection, timeout, throttling, unavailability); everything else is
     /// not: the input, the configuration or the lock's state must change first.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Timeout { .. } => true,
+            Error::WaitTimedOut { .. } => true,
             Error::Backend { kind, .. } => kind.is_retryable(),
             _ => false,
         }
@@ -153,7 +156,7 @@ impl Error {
     /// A short machine-readable name of the variant, used as a metrics label.
     pub fn label(&self) -> &'static str {
         match self {
-            Error::Timeout { .. } => "timeout",
+            Error::WaitTimedOut { .. } => "wait_timed_out",
             Error::NotHeld { .. } => "not_held",
             Error::Lost { .. } => "lost",
             Error::InvalidKey(_) => "invalid_key",
@@ -165,47 +168,5 @@ impl Error {
     }
 }
 
-/// A connection URL fit for errors and logs: everything after the first `:` of the text
-/// between `://` and the **last** `@` is shown as `***`.
-///
-/// Taking the last `@` means a password holding `/`, `?`, `#` or `:` is still hidden, and a
-/// URL that does not even parse is redacted the same way. Every backend and the facade use
-/// this one rule.
-pub fn redact_url(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
-    let rest = &url[start..];
-    match rest.rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let shown = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => userinfo.to_owned(),
-            };
-            format!("{}{}{}", &url[..start], shown, &rest[at..])
-        }
-        None => url.to_owned(),
-    }
-}
-
 /// `Result` with distlock's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_never_show_whatever_they_hold() {
-        assert_eq!(redact_url("redis://app:s3cret@h:6379/2"), "redis://app:***@h:6379/2");
-        assert_eq!(redact_url("redis://:pw@h/0"), "redis://:***@h/0");
-        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
-        assert_eq!(redact_url("no scheme"), "no scheme");
-        for url in ["redis://u:pa/ss@h", "etcd://u:p?ss@h:2379", "redis://u:pw:99999@h", "x://u:p#w@h"] {
-            let shown = redact_url(url);
-            assert!(
-                !shown.contains("ss@") && !shown.contains("pw:") && !shown.contains("p#w"),
-                "{url}: {shown}"
-            );
-        }
-    }
-}

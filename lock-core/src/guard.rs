@@ -9,11 +9,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::backend::{ExtendOutcome, LockBackend, ReleaseOutcome};
+use crate::backend::LockBackend;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::lease::{FencingToken, Lease};
 use crate::observe;
+use crate::outcome::{ExtendOutcome, ReleaseOutcome};
 use crate::signal::{LossReason, LossSignal};
 
 /// How a guard renews its lease.
@@ -317,7 +318,7 @@ impl Guard {
     /// is gone (the loss signal fires too); backend errors.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         let caps = self.shared.backend.capabilities();
-        crate::client::validate_ttl(&caps, self.shared.backend.name(), ttl)?;
+        caps.validate_ttl(self.shared.backend.name(), ttl)?;
         match self.shared.extend(ttl).await? {
             ExtendOutcome::Extended { .. } => Ok(()),
             ExtendOutcome::NotHeld => {
@@ -568,7 +569,7 @@ async fn cap_hold(shared: &Shared, left: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Capabilities;
+    use crate::capabilities::Capabilities;
 
     #[derive(Debug)]
     struct Nothing;

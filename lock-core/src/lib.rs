@@ -12,37 +12,51 @@
 //! - [`Guard`]: owns the lease, renews it ([`LockBuilder::auto_renew`]), signals loss
 //!   ([`Guard::lost`]), and releases it on [`Guard::release`] or in the background on drop.
 //! - [`Error`]: one `#[non_exhaustive]` error with [`Error::is_retryable`].
-//! - [`Backoff`]: jittered exponential backoff, the default wait of polling backends.
+//! - [`Backoff`] and [`wait_for_lock`]: jittered exponential backoff and the waiting loop
+//!   every backend shares.
+//! - [`url`]: connection URLs, parsed once; each backend's options implement
+//!   [`BackendOptions`] to read their own forms. [`TlsOptions`] and [`Secret`] are the TLS
+//!   settings and the never-printed values every backend shares.
 //! - [`observe`]: metrics and tracing in one place.
 //!
 //! ## The promises
-//! Every backend keeps the eight promises of distlock's design (mutual exclusion, increasing
-//! fencing tokens, bounded blocking by a crashed holder, owner-checked release and extend,
-//! prompt waiting, cancel safety, loud loss, typed errors); the `conformance-tests` crate
-//! checks each of them against a real server.
+//! Every backend keeps the eight promises numbered in the README's "The promises" table
+//! (mutual exclusion, increasing fencing tokens, bounded blocking by a crashed holder,
+//! owner-checked release and extend, prompt waiting, cancel safety, loud loss, typed errors);
+//! the `conformance-tests` crate checks each of them against a real server, and each check
+//! cites the promise it checks by that number.
 
 pub mod backend;
 pub mod backoff;
 pub mod cancel;
+pub mod capabilities;
 pub mod client;
+mod duration;
 pub mod error;
 pub mod guard;
 pub mod key;
 pub mod lease;
 pub mod observe;
+pub mod outcome;
 pub mod signal;
+pub mod tls;
+pub mod url;
+pub mod wait;
 
-pub use backend::{
-    AcquireRequest, Attempt, Capabilities, ExtendOutcome, LockBackend, LockInfo, ReleaseOutcome, WakeMode,
-};
-pub use backoff::{wait_for_lock, Backoff};
+pub use backend::LockBackend;
+pub use backoff::Backoff;
 pub use cancel::UndoOnDrop;
+pub use capabilities::{Capabilities, WakeMode};
 pub use client::{LockBuilder, LockClient, DEFAULT_TTL};
-pub use error::{redact_url, BackendErrorKind, BoxError, Error, Result};
+pub use error::{BackendErrorKind, BoxError, Error, Result};
 pub use guard::Guard;
 pub use key::{KeyError, LockKey, Namespace, MAX_KEY_LEN};
 pub use lease::{drift_margin, FencingToken, Lease, OwnerToken};
+pub use outcome::{AcquireRequest, Attempt, ExtendOutcome, LockInfo, ReleaseOutcome};
 pub use signal::{LossReason, LossSignal};
+pub use tls::{Secret, TlsOptions};
+pub use url::{parse_duration, redact_url, BackendOptions, ConnectUrl};
+pub use wait::wait_for_lock;
 
 /// Re-exported so backends implement [`LockBackend`] with the same macro version.
 pub use async_trait::async_trait;

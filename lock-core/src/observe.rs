@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use crate::backend::ReleaseOutcome;
+use crate::outcome::ReleaseOutcome;
 use crate::signal::LossReason;
 
 /// `distlock_acquire_total`

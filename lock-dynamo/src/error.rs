@@ -13,8 +13,10 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let (kind, what) = match &e {
-        SdkError::TimeoutError(_) => (BackendErrorKind::Timeout, "timed out".to_owned()),
-        SdkError::DispatchFailure(d) if d.is_timeout() => (BackendErrorKind::Timeout, "timed out".to_owned()),
+        SdkError::TimeoutError(_) => (BackendErrorKind::RequestTimedOut, "timed out".to_owned()),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            (BackendErrorKind::RequestTimedOut, "timed out".to_owned())
+        }
         SdkError::DispatchFailure(_) => (BackendErrorKind::Connection, "could not reach DynamoDB".to_owned()),
         SdkError::ResponseError(_) => (BackendErrorKind::Protocol, "unreadable response".to_owned()),
         SdkError::ServiceError(se) => {

@@ -237,7 +237,7 @@ impl DynamoBackend {
             if Instant::now() >= deadline {
                 return Err(Error::backend_msg(
                     NAME,
-                    BackendErrorKind::Timeout,
+                    BackendErrorKind::RequestTimedOut,
                     format!("table {} did not become active in 120 s", o.table),
                 ));
             }
@@ -501,8 +501,8 @@ impl LockBackend for DynamoBackend {
         // released in the background. A timeout needs nothing: its last try was refused
         // cleanly, by an item that was not ours.
         let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner));
-        let got = lock_core::backoff::poll_acquire(self, req, deadline).await;
-        if matches!(got, Ok(_) | Err(Error::Timeout { .. })) {
+        let got = lock_core::backend::poll_acquire(self, req, deadline).await;
+        if matches!(got, Ok(_) | Err(Error::WaitTimedOut { .. })) {
             undo.disarm();
         }
         got

@@ -64,7 +64,7 @@ async fn heartbeats_keep_a_long_jobs_lock() {
     let g = a.lock(&k).ttl(ttl).auto_renew().acquire().await.expect("a takes the lock");
     // A contender watching for 4 lease durations never sees the same RVN for a whole lease.
     match b.lock(&k).ttl(ttl).wait(ttl * 4).acquire().await {
-        Err(Error::Timeout { .. }) => {}
+        Err(Error::WaitTimedOut { .. }) => {}
         other => panic!("a contender got past a heartbeating holder: {other:?}"),
     }
     assert!(g.is_held(), "the heartbeating holder lost its lock");

@@ -93,7 +93,7 @@ pub(crate) fn map_err(e: etcd_client::Error) -> Error {
                 Code::Unavailable | Code::Aborted | Code::Internal | Code::Unknown => {
                     BackendErrorKind::Unavailable
                 }
-                Code::DeadlineExceeded | Code::Cancelled => BackendErrorKind::Timeout,
+                Code::DeadlineExceeded | Code::Cancelled => BackendErrorKind::RequestTimedOut,
                 Code::ResourceExhausted => BackendErrorKind::Throttled,
                 Code::Unauthenticated | Code::PermissionDenied => BackendErrorKind::Auth,
                 _ => BackendErrorKind::Other,
@@ -111,7 +111,7 @@ pub(crate) fn token_expired(e: &etcd_client::Error) -> bool {
 }
 
 pub(crate) fn timeout(what: &str, d: Duration) -> Error {
-    Error::backend_msg(NAME, BackendErrorKind::Timeout, format!("{what}: no reply within {d:?}"))
+    Error::backend_msg(NAME, BackendErrorKind::RequestTimedOut, format!("{what}: no reply within {d:?}"))
 }
 
 /// Locks on an etcd v3 cluster.
@@ -672,7 +672,7 @@ impl EtcdBackend {
                 .and_then(|r| r.map_err(map_err)));
             if created.is_none() {
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout {
+                    return Err(Error::WaitTimedOut {
                         key: pfx.trim_end_matches('/').to_owned(),
                         waited: Duration::ZERO,
                     });
@@ -715,7 +715,7 @@ impl EtcdBackend {
                         _ => break,
                     },
                     _ = tokio::time::sleep_until(deadline) => {
-                        return Err(Error::Timeout { key: pfx.trim_end_matches('/').to_owned(), waited: Duration::ZERO });
+                        return Err(Error::WaitTimedOut { key: pfx.trim_end_matches('/').to_owned(), waited: Duration::ZERO });
                     }
                     _ = async { match session { Some(s) => { s.loss.fired().await; } None => std::future::pending().await } } => {
                         return Err(Error::backend_msg(NAME, BackendErrorKind::Unavailable, "the session lease was lost while waiting for the lock"));
@@ -901,7 +901,7 @@ impl LockBackend for EtcdBackend {
                         tokio::select! {
                             _ = &mut notified => {}
                             _ = tokio::time::sleep_until(deadline) => {
-                                return Err(Error::Timeout { key: name.to_owned(), waited: start.elapsed() });
+                                return Err(Error::WaitTimedOut { key: name.to_owned(), waited: start.elapsed() });
                             }
                             _ = tokio::time::sleep(s.ttl) => {}
                         }
@@ -957,8 +957,8 @@ impl LockBackend for EtcdBackend {
             Err(e) => {
                 entry.undo(true).await;
                 match e {
-                    Error::Timeout { .. } => {
-                        Err(Error::Timeout { key: name.to_owned(), waited: start.elapsed() })
+                    Error::WaitTimedOut { .. } => {
+                        Err(Error::WaitTimedOut { key: name.to_owned(), waited: start.elapsed() })
                     }
                     other => Err(other),
                 }

@@ -61,7 +61,7 @@ pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
 pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -> Error {
     use redis::{ErrorKind, ServerErrorKind};
     let kind = if e.is_timeout() {
-        BackendErrorKind::Timeout
+        BackendErrorKind::RequestTimedOut
     } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
         BackendErrorKind::Connection
     } else {
@@ -126,7 +126,7 @@ impl Node {
             Ok(r) => r.map_err(|e| map_err(self.backend, &self.addr, e)),
             Err(_) => Err(Error::backend_msg(
                 self.backend,
-                BackendErrorKind::Timeout,
+                BackendErrorKind::RequestTimedOut,
                 format!("{}: no reply within {:?}", self.addr, self.timeout),
             )),
         }

@@ -328,7 +328,10 @@ async fn unreachable_and_malformed_are_typed_errors() {
         .connect_timeout(Duration::from_secs(2));
     let err = RedisBackend::connect_with(opts).await.expect_err("nothing listens");
     assert!(
-        matches!(err, Error::Backend { kind: BackendErrorKind::Connection | BackendErrorKind::Timeout, .. }),
+        matches!(
+            err,
+            Error::Backend { kind: BackendErrorKind::Connection | BackendErrorKind::RequestTimedOut, .. }
+        ),
         "{err:?}"
     );
     assert!(err.is_retryable());

@@ -338,7 +338,7 @@ impl ZkBackend {
                 _ = tokio::time::sleep_until(deadline) => {
                     let _ = s.client.delete(&child.path, None).await;
                     undo.disarm();
-                    return Err(Error::Timeout { key: req.key.full().to_owned(), waited: start.elapsed() });
+                    return Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: start.elapsed() });
                 }
                 _ = s.lost.fired() => {
                     return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
@@ -460,7 +460,7 @@ fn zk_err(op: &str, path: &str, e: zookeeper_client::Error) -> Error {
     use zookeeper_client::Error as Z;
     let kind = match &e {
         Z::ConnectionLoss | Z::NoHosts => BackendErrorKind::Connection,
-        Z::Timeout => BackendErrorKind::Timeout,
+        Z::Timeout => BackendErrorKind::RequestTimedOut,
         Z::SessionExpired | Z::ClientClosed | Z::SessionMoved => BackendErrorKind::Unavailable,
         Z::Throttled => BackendErrorKind::Throttled,
         Z::NoAuth | Z::AuthFailed => BackendErrorKind::Auth,
@@ -578,7 +578,9 @@ impl LockBackend for ZkBackend {
                     // No further try will come with this owner token: `cleanup` runs now.
                     drop(cleanup);
                     return Err(match e {
-                        Error::Timeout { key, .. } => Error::Timeout { key, waited: start.elapsed() },
+                        Error::WaitTimedOut { key, .. } => {
+                            Error::WaitTimedOut { key, waited: start.elapsed() }
+                        }
                         other => other,
                     });
                 }

@@ -1,7 +1,26 @@
-//! `scheme://[user[:password]@]host[:port][,host[:port]…][/path][?option=value&…]`, parsed
-//! once, with errors that point at the part that is wrong and never echo a password.
+//! Connection URLs, parsed once for every backend:
+//! `scheme://[user[:password]@]host[:port][,host[:port]…][/path][?option=value&…]`.
+//!
+//! Each backend crate parses its own URL forms from a [`ConnectUrl`] (its options type
+//! implements [`BackendOptions`] and `FromStr`); the pieces they share live here: the
+//! userinfo, the host list (bracketed IPv6 included), percent-decoding, durations, flags,
+//! TLS files, unknown-option errors and redaction. Errors point at the part that is wrong and
+//! never echo a password.
 
-use lock_core::{Error, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::LockBackend;
+use crate::error::{Error, Result};
+use crate::tls::TlsOptions;
+
+pub use crate::duration::parse_duration;
+
+/// Options every URL takes, whatever its backend: they configure the client
+/// ([`LockClient::with_namespace`](crate::LockClient::with_namespace),
+/// [`LockClient::with_default_ttl`](crate::LockClient::with_default_ttl)), not the backend, and
+/// backend parsers accept and ignore them.
+pub const CLIENT_OPTIONS: &[&str] = &["namespace", "ttl"];
 
 /// A parsed connection URL.
 #[derive(Clone, PartialEq, Eq)]
@@ -20,6 +39,43 @@ pub struct ConnectUrl {
     pub options: Vec<(String, String)>,
 }
 
+/// A backend's options type, as the facade's `connect(url)` table uses it: parsed from the
+/// backend's URL forms, validated, and connected.
+///
+/// Each backend crate implements it for its options type (and `FromStr` through [`parse`]),
+/// so that a URL is understood by the crate that owns the backend and adding a backend to the
+/// facade is one line.
+#[async_trait::async_trait]
+pub trait BackendOptions: Sized + Send + 'static {
+    /// Builds the options from a parsed URL.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the part of the URL that is wrong (a scheme this type
+    /// does not parse, an unknown option, a malformed value).
+    fn from_url(url: &ConnectUrl) -> Result<Self>;
+
+    /// Checks the options without connecting.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the option that is wrong.
+    fn validate(&self) -> Result<()>;
+
+    /// Connects the backend these options describe.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for invalid options; the backend's own errors (an unreachable
+    /// server is a retryable connection error).
+    async fn connect_dyn(self) -> Result<Arc<dyn LockBackend>>;
+}
+
+/// Parses `url` into a backend's options: what each options type's `FromStr` calls.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] for a malformed URL or one the options type refuses.
+pub fn parse<T: BackendOptions>(url: &str) -> Result<T> {
+    T::from_url(&ConnectUrl::parse(url)?)
+}
+
 impl std::fmt::Debug for ConnectUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.redacted())
@@ -30,7 +86,8 @@ fn bad(url: &str, what: String) -> Error {
     Error::InvalidConfig(format!("distlock URL '{url}': {what}"))
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes (an escape that is not two hex digits stays as written).
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -153,20 +210,157 @@ impl ConnectUrl {
         s
     }
 
-    /// Rejects options not in `allowed`.
+    /// An [`Error::InvalidConfig`] about this URL: `distlock URL '<redacted>': <what>`.
+    pub fn error(&self, what: impl std::fmt::Display) -> Error {
+        bad(&self.redacted(), what.to_string())
+    }
+
+    /// Rejects a scheme not in `schemes` (a backend's parser called with another's URL).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the schemes this parser takes.
+    pub fn expect_scheme(&self, schemes: &[&str]) -> Result<()> {
+        if schemes.contains(&self.scheme.as_str()) {
+            return Ok(());
+        }
+        Err(self.error(format!(
+            "scheme '{}' is not one of {}",
+            self.scheme,
+            schemes.iter().map(|s| format!("{s}://")).collect::<Vec<_>>().join(", ")
+        )))
+    }
+
+    /// Rejects options not in `allowed` (the [`CLIENT_OPTIONS`] are always allowed).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the unknown option and the known ones.
     pub fn check_options(&self, allowed: &[&str]) -> Result<()> {
         for (k, _) in &self.options {
-            if !allowed.contains(&k.as_str()) {
-                return Err(bad(
-                    &self.redacted(),
-                    format!("unknown option '{k}' for {}:// (known: {})", self.scheme, allowed.join(", ")),
-                ));
+            if !allowed.contains(&k.as_str()) && !CLIENT_OPTIONS.contains(&k.as_str()) {
+                let known: Vec<&str> = allowed.iter().chain(CLIENT_OPTIONS).copied().collect();
+                return Err(self.error(format!(
+                    "unknown option '{k}' for {}:// (known: {})",
+                    self.scheme,
+                    known.join(", ")
+                )));
             }
         }
         Ok(())
+    }
+
+    /// The hosts, refusing fewer than `min`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] saying how many hosts the scheme needs.
+    pub fn hosts_at_least(&self, min: usize, what: &str) -> Result<&[String]> {
+        if self.hosts.len() < min {
+            return Err(self.error(format!(
+                "{}:// needs at least {min} {what}, comma-separated (got {})",
+                self.scheme,
+                self.hosts.len()
+            )));
+        }
+        Ok(&self.hosts)
+    }
+
+    /// The one host, refusing none or several.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming what the host stands for; `several` says what to use
+    /// instead of a host list.
+    pub fn single_host(&self, what: &str, several: &str) -> Result<&str> {
+        match self.hosts.as_slice() {
+            [h] if !h.is_empty() => Ok(h),
+            [] => Err(self.error(format!("{}:// needs {what}", self.scheme))),
+            _ => Err(self.error(format!("{}:// takes one {what}{several}", self.scheme))),
+        }
+    }
+
+    /// Refuses a path (beyond a lone `/`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the path; `hint` says what to use instead.
+    pub fn no_path(&self, hint: &str) -> Result<()> {
+        if self.path.is_empty() || self.path == "/" {
+            return Ok(());
+        }
+        Err(self.error(format!("{}:// takes no path (got '{}'{hint})", self.scheme, self.path)))
+    }
+
+    /// Refuses credentials in the URL.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`]; `hint` says where the credentials come from instead.
+    pub fn no_credentials(&self, hint: &str) -> Result<()> {
+        if self.user.is_none() && self.password.is_none() {
+            return Ok(());
+        }
+        Err(self.error(format!("{}:// takes no credentials in the URL{hint}", self.scheme)))
+    }
+
+    /// The user and password, both required when either is given.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when only one of the two is given.
+    pub fn user_and_password(&self) -> Result<Option<(&str, &str)>> {
+        match (&self.user, &self.password) {
+            (Some(u), Some(p)) => Ok(Some((u, p))),
+            (None, None) => Ok(None),
+            _ => Err(self.error(format!(
+                "{}:// auth needs both a user and a password ({}://user:password@host)",
+                self.scheme, self.scheme
+            ))),
+        }
+    }
+
+    /// TLS from the URL's `tls=`, `ca_file=`, `cert_file=` and `key_file=` options: `None` when
+    /// none of them asks for TLS; `tls=true` alone trusts the system's roots; a CA file or a
+    /// client certificate implies TLS.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a file that cannot be read, a certificate without its key
+    /// (or the reverse), or `tls=false` beside TLS files.
+    pub fn tls(&self) -> Result<Option<TlsOptions>> {
+        let flag = self.flag("tls")?;
+        let (ca, cert, key) = (self.option("ca_file"), self.option("cert_file"), self.option("key_file"));
+        let files = ca.is_some() || cert.is_some() || key.is_some();
+        if flag == Some(false) && files {
+            return Err(self.error("tls=false contradicts ca_file=, cert_file= or key_file="));
+        }
+        if !(flag.unwrap_or(false) || files) {
+            return Ok(None);
+        }
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = ca {
+            tls = tls.ca_file(ca)?;
+        }
+        match (cert, key) {
+            (Some(c), Some(k)) => tls = tls.identity_files(c, k)?,
+            (None, None) => {}
+            _ => {
+                return Err(
+                    self.error("cert_file= and key_file= go together (a client certificate and its key)")
+                )
+            }
+        }
+        Ok(Some(tls))
+    }
+
+    /// Option `name` as a whole number in `range`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when it is not a number or out of range.
+    pub fn number(&self, name: &str, range: std::ops::RangeInclusive<u64>) -> Result<Option<u64>> {
+        self.option(name)
+            .map(|v| match v.parse::<u64>() {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => Err(self.error(format!(
+                    "option {name}: '{v}' is not a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ))),
+            })
+            .transpose()
     }
 
     /// The value of option `name`, if given.
@@ -178,11 +372,9 @@ impl ConnectUrl {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] when it is not a duration.
-    pub fn duration(&self, name: &str) -> Result<Option<std::time::Duration>> {
+    pub fn duration(&self, name: &str) -> Result<Option<Duration>> {
         self.option(name)
-            .map(|v| {
-                crate::parse_duration(v).map_err(|e| bad(&self.redacted(), format!("option {name}: {e}")))
-            })
+            .map(|v| parse_duration(v).map_err(|e| self.error(format!("option {name}: {e}"))))
             .transpose()
     }
 
@@ -195,14 +387,14 @@ impl ConnectUrl {
             .map(|v| match v {
                 "true" | "1" | "yes" | "on" => Ok(true),
                 "false" | "0" | "no" | "off" => Ok(false),
-                other => Err(bad(&self.redacted(), format!("option {name}: '{other}' is not true or false"))),
+                other => Err(self.error(format!("option {name}: '{other}' is not true or false"))),
             })
             .transpose()
     }
 
-    /// `user:password@` for rebuilding a URL for a driver (contains the password: never log it).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn userinfo(&self) -> String {
+    /// `user:password@`, percent-encoded, for rebuilding a URL for a client crate (it holds
+    /// the password: never log it).
+    pub fn userinfo(&self) -> String {
         let (u, p) =
             (self.user.as_deref().map(encode_userinfo), self.password.as_deref().map(encode_userinfo));
         match (u, p) {
@@ -214,11 +406,32 @@ impl ConnectUrl {
     }
 }
 
-/// Redacts a URL that may not even parse: the one rule of [`lock_core::redact_url`].
-pub use lock_core::redact_url as redact;
+/// A connection URL fit for errors and logs: everything after the first `:` of the text
+/// between `://` and the **last** `@` is shown as `***`.
+///
+/// Taking the last `@` means a password holding `/`, `?`, `#` or `:` is still hidden, and a
+/// URL that does not even parse is redacted the same way. Every backend and the facade use
+/// this one rule.
+pub fn redact_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[start..];
+    match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => userinfo.to_owned(),
+            };
+            format!("{}{}{}", &url[..start], shown, &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
 
-/// Percent-encodes a user name or password for a driver URL.
-pub(crate) fn encode_userinfo(s: &str) -> String {
+use redact_url as redact;
+
+/// Percent-encodes a user name or password for a client crate's URL.
+pub fn encode_userinfo(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -285,5 +498,20 @@ mod tests {
         assert_eq!(u.password.as_deref(), Some("p/w?d"));
         assert_eq!(u.hosts, vec!["h:1"]);
         assert_eq!(encode_userinfo("p/w?d"), "p%2Fw%3Fd");
+    }
+
+    #[test]
+    fn passwords_never_show_whatever_they_hold() {
+        assert_eq!(redact_url("redis://app:s3cret@h:6379/2"), "redis://app:***@h:6379/2");
+        assert_eq!(redact_url("redis://:pw@h/0"), "redis://:***@h/0");
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact_url("no scheme"), "no scheme");
+        for url in ["redis://u:pa/ss@h", "etcd://u:p?ss@h:2379", "redis://u:pw:99999@h", "x://u:p#w@h"] {
+            let shown = redact_url(url);
+            assert!(
+                !shown.contains("ss@") && !shown.contains("pw:") && !shown.contains("p#w"),
+                "{url}: {shown}"
+            );
+        }
     }
 }

@@ -1,0 +1,142 @@
+//! What a backend can do, as data: the client validates input against it and the
+//! conformance suite picks its checks from it.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How a backend learns that a lock it waits for became free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WakeMode {
+    /// The server notifies waiters (pub/sub, watches): a waiter wakes as soon as the lock is free.
+    Notify,
+    /// The backend polls with jittered exponential backoff, never sleeping longer than
+    /// `max_interval` between attempts (nor past the holder's remaining TTL when known).
+    Poll {
+        /// The longest sleep between two attempts.
+        max_interval: Duration,
+    },
+}
+
+/// What a backend can do, as data. The conformance suite reads it to choose its checks and
+/// prints what it skipped and why.
+///
+/// Build it with [`Capabilities::new`] and the `with_*` methods (the fields are public to
+/// read):
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_core::{Capabilities, WakeMode};
+///
+/// let caps = Capabilities::new()
+///     .with_fair_queueing(true)
+///     .with_wake(WakeMode::Notify)
+///     .with_ttl_granularity(Duration::from_secs(1))
+///     .with_min_ttl(Duration::from_secs(2));
+/// assert!(caps.fair_queueing);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Waiters are granted the lock in arrival order.
+    pub fair_queueing: bool,
+    /// How waiters learn that the lock is free.
+    pub wake: WakeMode,
+    /// The smallest TTL step the server keeps (TTLs are rounded up to it).
+    pub ttl_granularity: Duration,
+    /// The shortest TTL accepted.
+    pub min_ttl: Duration,
+    /// The longest TTL accepted.
+    pub max_ttl: Duration,
+    /// Leases belong to a client session (etcd lease, ZooKeeper session) rather than to each
+    /// lock; the session's timeout bounds how long a crashed holder blocks others.
+    pub session_leases: bool,
+    /// Each lock honours its own TTL (false when the session timeout decides for all locks).
+    pub per_lock_ttl: bool,
+    /// The longest full key (namespace included), in bytes, the backend stores.
+    pub max_key_len: usize,
+    /// How long past its TTL a crashed holder may still block others (server expiry lag,
+    /// session timeout rounding). Promise 3 is "at most TTL + this margin".
+    pub expiry_margin: Duration,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            fair_queueing: false,
+            wake: WakeMode::Poll { max_interval: Duration::from_millis(100) },
+            ttl_granularity: Duration::from_millis(1),
+            min_ttl: Duration::from_millis(10),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+            session_leases: false,
+            per_lock_ttl: true,
+            max_key_len: crate::key::MAX_KEY_LEN * 2 + 1,
+            expiry_margin: Duration::from_millis(100),
+        }
+    }
+}
+
+macro_rules! with {
+    ($(#[$doc:meta] $name:ident: $field:ident: $ty:ty;)*) => {
+        $(
+            #[$doc]
+            #[must_use]
+            pub fn $name(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
+}
+
+impl Capabilities {
+    /// The defaults: no fair queueing, polling at most 100 ms apart, TTLs from 10 ms to 7
+    /// days at millisecond granularity, per-lock leases, a 100 ms expiry margin.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    with! {
+        /// Sets [`fair_queueing`](Self::fair_queueing).
+        with_fair_queueing: fair_queueing: bool;
+        /// Sets [`wake`](Self::wake).
+        with_wake: wake: WakeMode;
+        /// Sets [`ttl_granularity`](Self::ttl_granularity).
+        with_ttl_granularity: ttl_granularity: Duration;
+        /// Sets [`min_ttl`](Self::min_ttl).
+        with_min_ttl: min_ttl: Duration;
+        /// Sets [`max_ttl`](Self::max_ttl).
+        with_max_ttl: max_ttl: Duration;
+        /// Sets [`max_key_len`](Self::max_key_len).
+        with_max_key_len: max_key_len: usize;
+        /// Sets [`expiry_margin`](Self::expiry_margin).
+        with_expiry_margin: expiry_margin: Duration;
+    }
+
+    /// Leases belong to a client session whose timeout decides for every lock: sets
+    /// [`session_leases`](Self::session_leases) and clears [`per_lock_ttl`](Self::per_lock_ttl).
+    #[must_use]
+    pub fn with_session_leases(mut self) -> Self {
+        self.session_leases = true;
+        self.per_lock_ttl = false;
+        self
+    }
+
+    /// Checks a TTL against these limits; `backend` names the backend in the message.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTtl`] for a zero TTL, or one outside `min_ttl..=max_ttl`.
+    pub fn validate_ttl(&self, backend: &str, ttl: Duration) -> Result<()> {
+        let reason = if ttl.is_zero() {
+            "a TTL must be greater than zero".to_owned()
+        } else if ttl < self.min_ttl {
+            format!("the {backend} backend's minimum TTL is {:?}", self.min_ttl)
+        } else if ttl > self.max_ttl {
+            format!("the {backend} backend's maximum TTL is {:?}", self.max_ttl)
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidTtl { ttl, reason })
+    }
+}

@@ -1,0 +1,85 @@
+//! What one request to a backend carries and what it reports back.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::key::LockKey;
+use crate::lease::{FencingToken, Lease, OwnerToken};
+
+/// One request for a lock, built by the [`LockClient`](crate::LockClient) after validation.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    /// The key, validated and namespaced.
+    pub key: LockKey,
+    /// The TTL, validated against the backend's [`Capabilities`](crate::Capabilities).
+    pub ttl: Duration,
+    /// The owner token for the grant, chosen before anything is sent so that a reply lost
+    /// in flight can still be recognised (and cleaned up) by its token.
+    pub owner: OwnerToken,
+}
+
+impl AcquireRequest {
+    /// A request with a fresh random owner token.
+    pub fn new(key: LockKey, ttl: Duration) -> Self {
+        Self { key, ttl, owner: OwnerToken::random() }
+    }
+}
+
+/// The result of one acquire attempt.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The lock was granted.
+    Acquired(Lease),
+    /// Someone else holds it.
+    Held {
+        /// How long the current holder's grant has left, when the backend knows; pollers
+        /// never sleep past it.
+        expires_in: Option<Duration>,
+    },
+}
+
+/// The result of an extend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtendOutcome {
+    /// The grant now lasts the new TTL, counted from before the request was sent.
+    Extended {
+        /// The new instant past which the lease must not be trusted.
+        valid_until: Instant,
+    },
+    /// The grant is gone: it expired or another owner holds the key.
+    NotHeld,
+}
+
+/// The result of a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Our grant was deleted.
+    Released,
+    /// Our grant was already gone (expired, or another owner holds the key); nothing was
+    /// deleted.
+    NotHeld,
+}
+
+/// What [`LockBackend::inspect`] sees of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// The holder's fencing token, when the holder wrote one (a foreign client may not).
+    pub fencing_token: Option<FencingToken>,
+    /// The holder's owner token, when readable.
+    pub owner: Option<OwnerToken>,
+    /// Time left on the holder's grant, when the backend knows it.
+    pub remaining_ttl: Option<Duration>,
+}
+
+impl LockInfo {
+    /// Builds the record.
+    pub fn new(
+        fencing_token: Option<FencingToken>,
+        owner: Option<OwnerToken>,
+        remaining_ttl: Option<Duration>,
+    ) -> Self {
+        Self { fencing_token, owner, remaining_ttl }
+    }
+}
