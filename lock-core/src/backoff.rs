@@ -55,8 +55,8 @@ async fn sleep_capped(delay: Duration, deadline: Option<Instant>) -> bool {
     let now = Instant::now();
     let wake = match deadline {
         Some(d) if d <= now => return false,
-        Some(d) => (now + delay).min(d),
-        None => now + delay,
+        Some(d) => crate::lease::add_saturating(now, delay).min(d),
+        None => crate::lease::add_saturating(now, delay),
     };
     tokio::time::sleep_until(wake).await;
     true

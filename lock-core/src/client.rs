@@ -239,9 +239,7 @@ impl LockBuilder {
         let start = Instant::now();
         let res = match self.wait {
             Some(wait) if !wait.is_zero() => {
-                let deadline = start
-                    .checked_add(wait)
-                    .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400));
+                let deadline = crate::lease::add_saturating(start, wait);
                 self.client.backend.acquire(&req, deadline).await
             }
             _ => match self.client.backend.try_acquire(&req).await {

@@ -438,7 +438,11 @@ async fn session_fired(session: &Option<LossSignal>) -> LossReason {
 /// one timer; the renewal itself and the hold cap run boxed, so their larger state exists
 /// only while they run.
 async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
-    let hold_until = max_hold.map(|m| shared.locked().acquired_at() + m);
+    // However this task ends (a panic in a backend, a runtime shutting down), the loss fires
+    // unless renewal was stopped on purpose.
+    let _silent_end = FireUnlessStopped(&shared);
+    // A cap too large to add to an `Instant` is no cap.
+    let hold_until = max_hold.and_then(|m| shared.locked().acquired_at().checked_add(m));
     // Only a session-based lease has a session to watch: boxed, so the others pay nothing.
     let mut session = shared.locked().session().cloned().map(|s| Box::pin(async move { s.fired().await }));
     loop {
@@ -481,6 +485,18 @@ async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
         }
         if !Box::pin(renew_once(&shared, ttl)).await {
             return;
+        }
+    }
+}
+
+/// Fires the loss with [`LossReason::RenewalFailed`] when dropped while renewal was not stopped
+/// on purpose: the renewal task ending any other way must not leave the lock silently unrenewed.
+struct FireUnlessStopped<'a>(&'a Shared);
+
+impl Drop for FireUnlessStopped<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_stopped() && !self.0.lost.is_fired() {
+            self.0.fire(LossReason::RenewalFailed);
         }
     }
 }

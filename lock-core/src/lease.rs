@@ -94,7 +94,7 @@ impl From<FencingToken> for u64 {
 /// The safety margin subtracted from a TTL to allow for clock drift between client and server:
 /// 1% of the TTL plus 2 ms (the figure the Redlock analysis uses).
 pub fn drift_margin(ttl: Duration) -> Duration {
-    ttl / 100 + Duration::from_millis(2)
+    (ttl / 100).saturating_add(Duration::from_millis(2))
 }
 
 /// One grant of a lock.
@@ -204,7 +204,14 @@ impl Lease {
 /// `sent_at + ttl - drift_margin(ttl)`, saturating.
 pub fn valid_until(sent_at: Instant, ttl: Duration) -> Instant {
     let margin = drift_margin(ttl);
-    sent_at + ttl.saturating_sub(margin)
+    add_saturating(sent_at, ttl.saturating_sub(margin))
+}
+
+/// `base + d`, or a point about a century later when the sum does not fit in an `Instant`
+/// (a `Duration::MAX` wait, cap or TTL means "as long as it takes", never a panic).
+pub fn add_saturating(base: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    base.checked_add(d.min(CENTURY)).unwrap_or(base)
 }
 
 impl fmt::Debug for Lease {

@@ -57,9 +57,9 @@ where
         let mut delay = backoff.next_delay();
         if let Some(left) = expires_in {
             // Wake right when the holder's grant runs out, plus a hair for server-side expiry.
-            delay = delay.min(left + Duration::from_millis(1));
+            delay = delay.min(left.saturating_add(Duration::from_millis(1)));
         }
-        let sleep = tokio::time::sleep_until((now + delay).min(deadline));
+        let sleep = tokio::time::sleep_until(crate::lease::add_saturating(now, delay).min(deadline));
         if notified.is_empty() {
             sleep.await;
         } else {

@@ -228,3 +228,78 @@ fn dropping_a_guard_outside_a_runtime_does_not_panic() {
     drop(rt);
     drop(g); // no runtime: logged, the TTL is the backstop
 }
+
+/// A hold cap too large to add to an `Instant` means "no cap": the renewal task must not die
+/// on the overflow (it used to panic, so nothing renewed and no loss signal ever fired).
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_hold_cap_keeps_renewing() {
+    let b = Faulty::new();
+    let g = client(&b).lock("k").ttl(TTL).max_hold(Duration::MAX).auto_renew().acquire().await.unwrap();
+    let signal = g.loss_signal();
+    tokio::time::sleep(TTL * 5).await;
+    assert!(g.is_held(), "the lock was not renewed past its TTL");
+    assert!(!signal.is_fired());
+    assert!(b.extends.load(Ordering::SeqCst) >= 5, "renewal did not run");
+    assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released);
+}
+
+/// If the renewal task ends for any reason but a release (here a panic in the backend's
+/// extend), the loss signal fires: loss is never silent.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_task_that_dies_fires_the_loss() {
+    #[derive(Debug)]
+    struct Panicky(MemoryBackend);
+    #[async_trait]
+    impl LockBackend for Panicky {
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+        fn capabilities(&self) -> Capabilities {
+            self.0.capabilities()
+        }
+        async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+            self.0.try_acquire(req).await
+        }
+        async fn extend(&self, _: &Lease, _: Duration) -> Result<ExtendOutcome> {
+            panic!("injected panic in extend")
+        }
+        async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+            self.0.release(lease).await
+        }
+        async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+            self.0.inspect(key).await
+        }
+    }
+    let locks = LockClient::new(Panicky(MemoryBackend::new()));
+    let g = locks.lock("k").ttl(TTL).auto_renew().acquire().await.unwrap();
+    let signal = g.loss_signal();
+    let reason = tokio::time::timeout(TTL / 2, signal.fired()).await;
+    assert_eq!(reason.ok(), Some(LossReason::RenewalFailed), "the dead renewal task was silent");
+    assert!(!g.is_held());
+}
+
+/// Durations too large to add to an `Instant` saturate: no panic anywhere on the client.
+#[tokio::test(start_paused = true)]
+async fn huge_durations_saturate() {
+    let locks = client(&Faulty::new());
+    let lease = locks
+        .lease_from_parts(
+            "k",
+            lock_core::OwnerToken::random(),
+            lock_core::FencingToken::new(1),
+            Duration::MAX,
+        )
+        .unwrap();
+    assert!(lease.valid_until() <= Instant::now() + Duration::from_secs(1));
+    let l = lock_core::Lease::new(
+        LockKey::new("k").unwrap(),
+        lock_core::OwnerToken::random(),
+        lock_core::FencingToken::new(1),
+        Duration::MAX,
+        Instant::now(),
+    );
+    assert!(l.valid_until() > Instant::now() + Duration::from_secs(365 * 86_400));
+    let g = locks.lock("w").ttl(TTL).wait(Duration::MAX).acquire().await.unwrap();
+    assert!(matches!(locks.lock("w").ttl(Duration::MAX).acquire().await, Err(Error::InvalidTtl { .. })));
+    drop(g);
+}
