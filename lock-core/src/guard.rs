@@ -38,6 +38,12 @@ struct Shared {
     lost: LossSignal,
     /// Set when renewal stopped because of the hold cap; the expiry then reports it.
     capped: AtomicBool,
+    /// The instant the hold cap releases the lock, once renewal has reached it: from then on
+    /// the guard no longer claims the lock, and the cap's task releases it, then fires the loss.
+    cap_at: OnceLock<Instant>,
+    /// Set once a release reached the server (by the user, a drop, or the hold cap), so a
+    /// second one sends nothing.
+    released: AtomicBool,
     /// Set once renewal (and the watchdog) must stop; waiters wait on `changed`.
     stopped: AtomicBool,
     watchdog: OnceLock<()>,
@@ -111,10 +117,20 @@ impl Shared {
         }
     }
 
+    /// Whether the hold cap's release time has come.
+    fn cap_reached(&self) -> bool {
+        self.cap_at.get().is_some_and(|at| Instant::now() >= *at)
+    }
+
     /// Checks the session and the clock; fires the signal if either says the lock is gone.
     fn check_now(&self) -> bool {
         if self.lost.is_fired() {
             return false;
+        }
+        if self.cap_at.get().is_some() {
+            // The cap's task releases the lock and then fires the loss; until it does, the
+            // guard stops claiming the lock at the cap, and does not fire early.
+            return !self.cap_reached();
         }
         // The lease's signal carries its own reason (session lost, or the grant deleted).
         let lease_lost = {
@@ -139,6 +155,10 @@ impl Shared {
         loop {
             if let Some(r) = self.lost.reason() {
                 return r;
+            }
+            if self.cap_at.get().is_some() {
+                // The cap's task releases the lock, then fires the signal: wait for it.
+                return self.lost.fired().await;
             }
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -190,8 +210,15 @@ impl Shared {
         // stop); any later one sees the stop and sends nothing. An idle renewal task is not
         // waited for: it ends on its own.
         let _no_extend = self.extend_lock.lock().await;
+        if self.released.load(Ordering::Acquire) {
+            // The hold cap released it already.
+            return Ok(ReleaseOutcome::NotHeld);
+        }
         let lease = self.lease();
         let res = self.backend.release(&lease).await;
+        if res.is_ok() {
+            self.released.store(true, Ordering::Release);
+        }
         let held = lease.acquired_at().elapsed();
         observe::release(self.backend.name(), res.as_ref().ok().copied(), held);
         match &res {
@@ -249,6 +276,8 @@ impl Guard {
             changed: Notify::new(),
             lost: LossSignal::new(),
             capped: AtomicBool::new(false),
+            cap_at: OnceLock::new(),
+            released: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             watchdog: OnceLock::new(),
             extend_lock: tokio::sync::Mutex::new(()),
@@ -548,15 +577,18 @@ async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
     }
 }
 
-/// The hold cap is reached within one TTL: one last extend so the grant ends at the cap (when
-/// the backend accepts so short a TTL), then no more renewal; the loss signal fires with
-/// `MaxHoldReached` when the lease runs out.
+/// The hold cap is reached within one TTL. One last extend makes the grant end at the cap on
+/// the server (when the backend accepts so short a TTL; a session lease cannot be shortened),
+/// so the cap holds even if this process stalls. Then, at the cap (or at `valid_until`, if
+/// that comes first), the guard stops claiming the lock, releases it so that others can take
+/// it at once, and fires the loss with `MaxHoldReached`.
 async fn cap_hold(shared: &Shared, left: Duration) {
     let backend = shared.backend.name();
     shared.capped.store(true, Ordering::Release);
     tracing::debug!(backend, key = %shared.key, "hold cap reached; renewal stops");
+    let cap = crate::lease::add_saturating(Instant::now(), left);
     // The backend's minimum TTL may exceed what is left: then the grant ends that much past
-    // the cap, still far sooner than a full TTL later.
+    // the cap on the server, but this guard still releases it at the cap.
     let last = left.max(shared.backend.capabilities().min_ttl).max(Duration::from_millis(1));
     if last < shared.lease().ttl() {
         let until = shared.lease().valid_until();
@@ -571,15 +603,25 @@ async fn cap_hold(shared: &Shared, left: Duration) {
             Some(Ok(ExtendOutcome::NotHeld)) => {
                 observe::renewal(backend, "not_held");
                 shared.fire(LossReason::NotHeld);
+                return;
             }
             Some(Err(_)) => observe::renewal(backend, "error"),
             None => {}
         }
     }
+    let at = cap.min(shared.valid_until());
+    let _ = shared.cap_at.set(at);
+    shared.changed.notify_waiters();
     tokio::select! {
-        _ = shared.stopped() => {}
-        _ = shared.lost() => {}
+        biased;
+        _ = shared.stopped() => return,
+        _ = tokio::time::sleep_until(at) => {}
     }
+    // Released first, then the loss: whoever waits for the signal finds the lock free.
+    if let Err(e) = Box::pin(shared.release()).await {
+        tracing::warn!(backend, key = %shared.key, error = %e, "release at the hold cap failed; the lock expires after its TTL");
+    }
+    shared.fire(LossReason::MaxHoldReached);
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ enum Mode {
     StandStill,
     /// Extends take this long, then succeed.
     Slow(Duration),
+    /// Extends renew with the full TTL whatever TTL is asked for (a session lease, which
+    /// cannot be shortened).
+    Session,
 }
 
 #[derive(Debug)]
@@ -78,6 +81,7 @@ impl LockBackend for Faulty {
             }
             Mode::Hang => std::future::pending().await,
             Mode::StandStill => Ok(ExtendOutcome::Extended { valid_until: lease.valid_until() }),
+            Mode::Session => self.inner.extend(lease, TTL).await,
             Mode::Slow(d) => {
                 tokio::time::sleep(d).await;
                 let r = self.inner.extend(lease, ttl).await;
@@ -302,4 +306,28 @@ async fn huge_durations_saturate() {
     let g = locks.lock("w").ttl(TTL).wait(Duration::MAX).acquire().await.unwrap();
     assert!(matches!(locks.lock("w").ttl(Duration::MAX).acquire().await, Err(Error::InvalidTtl { .. })));
     drop(g);
+}
+
+/// At the hold cap the lock is released (also where extend cannot shorten the grant, as on a
+/// session lease), then the loss fires: whoever waits for the signal finds the lock free.
+#[tokio::test(start_paused = true)]
+async fn the_hold_cap_releases_the_lock_then_fires() {
+    let b = Faulty::new();
+    let locks = client(&b);
+    let start = Instant::now();
+    let g = locks.lock("k").ttl(TTL).max_hold(TTL * 2).auto_renew().acquire().await.unwrap();
+    b.set(Mode::Session);
+    let signal = g.loss_signal();
+    let reason = tokio::time::timeout(TTL * 4, signal.fired()).await.expect("the cap never ended the lock");
+    assert_eq!(reason, LossReason::MaxHoldReached);
+    let held_for = start.elapsed();
+    // At the cap, or at `valid_until` when the lease (renewed with its full TTL) ends a drift
+    // margin before it.
+    assert!(held_for >= TTL * 2 - TTL / 10 && held_for <= TTL * 2, "{held_for:?}");
+    assert!(!g.is_held());
+    assert_eq!(locks.inspect("k").await.unwrap(), None, "the lock was not released at the cap");
+    assert_eq!(b.log.lock().unwrap().last(), Some(&"release"));
+    // The user's own release afterwards sends nothing and says the lock is no longer held.
+    assert_eq!(g.release().await.unwrap(), ReleaseOutcome::NotHeld);
+    assert_eq!(b.log.lock().unwrap().iter().filter(|e| **e == "release").count(), 1);
 }
