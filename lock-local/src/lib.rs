@@ -3,7 +3,8 @@
 //! Two backends for the [`lock_core`] API:
 //!
 //! - [`MemoryBackend`]: locks inside one process (tests, single-process apps). Clones share
-//!   one store; waiters are woken at once on release.
+//!   one store; [`MemoryBackend::named`] shares one by name within the process; waiters are
+//!   woken at once on release.
 //! - [`FileBackend`]: locks across the processes of one host, kept in small files under one
 //!   directory. A killed holder blocks others for at most its TTL; the fencing counter lives in
 //!   the file and survives releases, expiries, crashes and reboots. This is distlock's embedded
@@ -22,9 +23,17 @@
 //! guard.release().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Options ([`FileOptions`], [`MemoryOptions`]) are built in code or parsed from
+//! `file:///PATH?sync=&poll=` and `mem://NAME` URLs.
 
-mod file;
+mod backend;
+mod error;
+mod files;
 mod memory;
+mod options;
+mod record;
 
-pub use file::{FileBackend, FileOptions};
+pub use backend::FileBackend;
 pub use memory::MemoryBackend;
+pub use options::{FileOptions, MemoryOptions};

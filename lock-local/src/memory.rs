@@ -1,7 +1,7 @@
-//! The in-process backend.
+//! The in-process backend: [`MemoryBackend`], private or shared by name within the process.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use lock_core::{
@@ -18,6 +18,9 @@ const NAME: &str = "memory";
 /// - Clones share one store, so every [`LockClient`](lock_core::LockClient) built from clones
 ///   of one `MemoryBackend` excludes the others; two `MemoryBackend::new()` stores are
 ///   independent.
+/// - [`MemoryBackend::named`] returns the process's store of that name (what `mem://NAME`
+///   connects to; `mem://` is the store named `""`): every caller with the same name shares
+///   one store, which lives as long as the process.
 /// - Expiry is measured on tokio's clock, so tests may pause and advance time.
 /// - Fencing counters are kept per key for the life of the store (one `u64` per key ever
 ///   locked).
@@ -48,9 +51,18 @@ impl Slot {
 }
 
 impl MemoryBackend {
-    /// An empty store.
+    /// A new, empty store of its own (shared only by its clones).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The process-wide store called `name`, created empty on first use: every call with the
+    /// same name, in any thread, returns a handle to the same store.
+    pub fn named(name: &str) -> Self {
+        static STORES: OnceLock<Mutex<HashMap<String, MemoryBackend>>> = OnceLock::new();
+        // Inserting a clone cannot panic halfway, so a poisoned map is still sound.
+        let mut stores = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        stores.entry(name.to_owned()).or_default().clone()
     }
 
     fn store(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
@@ -81,11 +93,10 @@ impl LockBackend for MemoryBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::default();
-        c.wake = WakeMode::Notify;
-        c.min_ttl = Duration::from_millis(1);
-        c.expiry_margin = Duration::from_millis(5);
-        c
+        Capabilities::new()
+            .with_wake(WakeMode::Notify)
+            .with_min_ttl(Duration::from_millis(1))
+            .with_expiry_margin(Duration::from_millis(5))
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -153,5 +164,18 @@ mod tests {
         let g2 = locks.lock("a").try_acquire().await.unwrap().expect("expired");
         assert!(g2.fencing_token() > lease.fencing_token());
         assert_eq!(locks.release_lease(&lease).await.unwrap(), ReleaseOutcome::NotHeld);
+    }
+
+    #[tokio::test]
+    async fn named_stores_are_shared_by_name_and_new_ones_are_private() {
+        let a = LockClient::new(MemoryBackend::named("memory-test/shared"));
+        let b = LockClient::new(MemoryBackend::named("memory-test/shared"));
+        let other = LockClient::new(MemoryBackend::named("memory-test/other"));
+        let private = LockClient::new(MemoryBackend::new());
+        let g = a.lock("k").acquire().await.unwrap();
+        assert!(b.lock("k").try_acquire().await.unwrap().is_none(), "one name, one store");
+        assert!(other.lock("k").try_acquire().await.unwrap().is_some(), "another name, another store");
+        assert!(private.lock("k").try_acquire().await.unwrap().is_some(), "new() is private");
+        assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released);
     }
 }

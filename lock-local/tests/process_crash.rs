@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use lock_core::{Instant, LockClient};
-use lock_local::FileBackend;
+use lock_local::{FileBackend, FileOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TTL: Duration = Duration::from_secs(2);
@@ -17,7 +17,7 @@ const TTL: Duration = Duration::from_secs(2);
 #[ignore = "run only as the child of killed_holder_blocks_for_at_most_ttl"]
 async fn child_holder() {
     let Ok(dir) = std::env::var("DISTLOCK_CHILD_DIR") else { return };
-    let locks = LockClient::new(FileBackend::open(dir).expect("open"));
+    let locks = LockClient::new(FileBackend::connect(FileOptions::new(dir)).expect("open"));
     let g = locks.lock("shared/job").ttl(TTL).acquire().await.expect("acquire");
     println!("ACQUIRED {}", g.fencing_token());
     let _lease = g.detach();
@@ -51,7 +51,7 @@ async fn killed_holder_blocks_for_at_most_ttl() {
     };
     let seen = Instant::now();
 
-    let locks = LockClient::new(FileBackend::open(dir.path()).expect("open"));
+    let locks = LockClient::new(FileBackend::connect(FileOptions::new(dir.path())).expect("open"));
     assert!(
         locks.lock("shared/job").try_acquire().await.expect("try").is_none(),
         "a live holder process did not exclude us"
@@ -80,13 +80,13 @@ async fn killed_holder_blocks_for_at_most_ttl() {
 async fn fencing_counter_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = {
-        let locks = LockClient::new(FileBackend::open(dir.path()).expect("open"));
+        let locks = LockClient::new(FileBackend::connect(FileOptions::new(dir.path())).expect("open"));
         let g = locks.lock("k").acquire().await.expect("acquire");
         let t = g.fencing_token();
         let _ = g.release().await.expect("release");
         t
     };
-    let locks = LockClient::new(FileBackend::open(dir.path()).expect("reopen"));
+    let locks = LockClient::new(FileBackend::connect(FileOptions::new(dir.path())).expect("reopen"));
     let g = locks.lock("k").acquire().await.expect("acquire");
     assert!(g.fencing_token() > first);
     let _ = g.release().await.expect("release");
@@ -95,7 +95,7 @@ async fn fencing_counter_survives_reopen() {
 #[tokio::test]
 async fn corrupt_lock_file_is_an_error_not_a_reset() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let locks = LockClient::new(FileBackend::open(dir.path()).expect("open"));
+    let locks = LockClient::new(FileBackend::connect(FileOptions::new(dir.path())).expect("open"));
     let g = locks.lock("k").acquire().await.expect("acquire");
     let _ = g.release().await.expect("release");
     for entry in std::fs::read_dir(dir.path()).expect("ls") {
@@ -111,8 +111,8 @@ async fn corrupt_lock_file_is_an_error_not_a_reset() {
 
 #[test]
 fn bad_directory_is_a_typed_error() {
-    let e = FileBackend::open("/proc/definitely/not/writable").expect_err("must fail");
+    let e = FileBackend::connect(FileOptions::new("/proc/definitely/not/writable")).expect_err("must fail");
     assert!(e.to_string().contains("/proc/definitely"), "{e}");
-    let e = FileBackend::open("").expect_err("empty path");
+    let e = FileBackend::connect(FileOptions::new("")).expect_err("empty path");
     assert!(matches!(e, lock_core::Error::InvalidConfig(_)), "{e}");
 }

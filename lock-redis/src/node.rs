@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use lock_core::{BackendErrorKind, Error, FencingToken, LockInfo, LockKey, OwnerToken, Result};
+use lock_core::{Error, FencingToken, LockInfo, LockKey, OwnerToken, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::IntoConnectionInfo;
 
+use crate::error::{bad_reply, map_err, no_connection, request_timed_out};
 use crate::notify::{Notifier, Subscription};
 use crate::options::RedisOptions;
 use crate::scripts;
@@ -58,64 +60,36 @@ pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
     ms.clamp(1, u64::MAX as u128) as u64
 }
 
-pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -> Error {
-    use redis::{ErrorKind, ServerErrorKind};
-    let kind = if e.is_timeout() {
-        BackendErrorKind::RequestTimedOut
-    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-        BackendErrorKind::Connection
-    } else {
-        match e.kind() {
-            ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
-                BackendErrorKind::Auth
-            }
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                | ServerErrorKind::TryAgain
-                | ServerErrorKind::ClusterDown
-                | ServerErrorKind::MasterDown
-                | ServerErrorKind::ReadOnly,
-            ) => BackendErrorKind::Unavailable,
-            ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
-            ErrorKind::InvalidClientConfig => BackendErrorKind::Other,
-            _ => BackendErrorKind::Other,
-        }
-    };
-    Error::backend(backend, kind, format!("{addr}: {e}"), e)
-}
-
 impl Node {
-    /// Connects. With `lazy`, returns at once and connects on first use (Redlock tolerates
-    /// nodes that are down at start).
-    pub(crate) async fn connect(opts: &RedisOptions, backend: &'static str, lazy: bool) -> Result<Self> {
-        opts.validate()?;
-        let client = opts.client()?;
-        let addr = opts.redacted_url();
-        let timeout = opts.effective_command_timeout();
+    /// Connects with `opts` (already validated), whose request timeout defaults to
+    /// `default_timeout`. With `lazy`, returns at once and connects on first use (Redlock
+    /// tolerates nodes that are down at start).
+    pub(crate) async fn connect(
+        opts: &RedisOptions,
+        backend: &'static str,
+        lazy: bool,
+        default_timeout: Duration,
+    ) -> Result<Self> {
+        let client = client(opts)?;
+        let addr = opts.describe();
+        let timeout = opts.request_timeout_or(default_timeout);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.connect_timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        if lazy {
-            let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
-                .map_err(|e| map_err(backend, &addr, e))?;
-            let notifier = Notifier::start(client, opts.connect_timeout);
-            return Ok(Self { addr, con, notifier, timeout, backend });
-        }
-        let con = tokio::time::timeout(
-            opts.connect_timeout + Duration::from_millis(100),
-            ConnectionManager::new_with_config(client.clone(), config),
-        )
-        .await
-        .map_err(|_| {
-            Error::backend_msg(
-                backend,
-                BackendErrorKind::Connection,
-                format!("{addr}: no connection within {:?}", opts.connect_timeout),
+        let con = if lazy {
+            ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map_err(|e| map_err(backend, &addr, e))?
+        } else {
+            tokio::time::timeout(
+                opts.connect_timeout + Duration::from_millis(100),
+                ConnectionManager::new_with_config(client.clone(), config),
             )
-        })?
-        .map_err(|e| map_err(backend, &addr, e))?;
+            .await
+            .map_err(|_| no_connection(backend, &addr, opts.connect_timeout))?
+            .map_err(|e| map_err(backend, &addr, e))?
+        };
         let notifier = Notifier::start(client, opts.connect_timeout);
         Ok(Self { addr, con, notifier, timeout, backend })
     }
@@ -124,11 +98,7 @@ impl Node {
     async fn timed<T>(&self, request: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
         match tokio::time::timeout(self.timeout, request).await {
             Ok(r) => r.map_err(|e| map_err(self.backend, &self.addr, e)),
-            Err(_) => Err(Error::backend_msg(
-                self.backend,
-                BackendErrorKind::RequestTimedOut,
-                format!("{}: no reply within {:?}", self.addr, self.timeout),
-            )),
+            Err(_) => Err(request_timed_out(self.backend, &self.addr, self.timeout)),
         }
     }
 
@@ -141,13 +111,7 @@ impl Node {
         let mut inv = scripts::ACQUIRE.prepare_invoke();
         inv.key(&keys.lock).key(&keys.counter).arg(owner.to_string()).arg(ttl_ms(ttl));
         let (granted, value): (i64, String) = self.call(inv).await?;
-        let bad = || {
-            Error::backend_msg(
-                self.backend,
-                BackendErrorKind::Protocol,
-                format!("{}: bad acquire reply", self.addr),
-            )
-        };
+        let bad = || bad_reply(self.backend, &self.addr, "acquire");
         if granted == 1 {
             Ok(NodeGrant::Granted(value.parse().map_err(|_| bad())?))
         } else {
@@ -206,4 +170,43 @@ impl Node {
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.con.clone()
     }
+}
+
+/// The redis crate's client for `opts`: address, credentials, database and TLS (a private CA
+/// and a client certificate are handed to rustls).
+fn client(opts: &RedisOptions) -> Result<redis::Client> {
+    let (host, port) = opts.host_port()?;
+    let addr = match opts.tls {
+        Some(_) => redis::ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
+        None => redis::ConnectionAddr::Tcp(host, port),
+    };
+    let invalid = |e: redis::RedisError| Error::InvalidConfig(format!("redis {}: {e}", opts.describe()));
+    let info = addr.into_connection_info().map_err(invalid)?;
+    let mut settings = info.redis_settings().clone().set_db(opts.db);
+    if let Some(password) = &opts.password {
+        settings = settings.set_password(password.expose());
+        if let Some(user) = &opts.user {
+            settings = settings.set_username(user);
+        }
+    }
+    let info = info.set_redis_settings(settings);
+    #[cfg(feature = "tls")]
+    {
+        if let Some(tls) = &opts.tls {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            if tls.ca_pem().is_some() || tls.identity_pem().is_some() {
+                let certs = redis::TlsCertificates {
+                    client_tls: tls.identity_pem().map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.to_vec(),
+                        client_key: key.to_vec(),
+                    }),
+                    root_cert: tls.ca_pem().map(<[u8]>::to_vec),
+                };
+                return redis::Client::build_with_tls(info, certs).map_err(|e| {
+                    Error::InvalidConfig(format!("redis TLS setup for {}: {e}", opts.describe()))
+                });
+            }
+        }
+    }
+    redis::Client::open(info).map_err(invalid)
 }

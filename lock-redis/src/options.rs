@@ -1,202 +1,464 @@
-//! Connection options, parsed from URLs; secrets never appear in `Debug` or logs.
+//! Options of the two backends, built in code or parsed from URLs; passwords and private keys
+//! never appear in `Debug` output or errors.
+//!
+//! | URL | options |
+//! |---|---|
+//! | `redis://[user[:password]@]host[:port][/db]` | `prefix=`, `connect_timeout=5s`, `timeout=2s` |
+//! | `rediss://…` (TLS) | as `redis://`, and `ca_file=` (a private CA), `cert_file=` + `key_file=` (a client certificate) |
+//! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` (3 or more) | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true`, `ca_file=`, `cert_file=` + `key_file=` |
+//!
+//! A host may be a bracketed IPv6 address (`[::1]`, `[::1]:6379`); the port defaults to 6379.
+//! A password without a user (`redis://:password@host`) authenticates as the default user.
 
 use std::fmt;
+use std::net::Ipv6Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use lock_core::redact_url;
-use lock_core::{Error, Result};
+use lock_core::url::{BackendOptions, ConnectUrl};
+use lock_core::{Error, LockBackend, Result, Secret, TlsOptions};
 
-/// Options of a Redis connection (one node) and of the lock keys.
+use crate::{RedisBackend, RedlockBackend};
+
+/// The port used when an address names none.
+pub const DEFAULT_PORT: u16 = 6379;
+/// How long to wait for a connection unless the options choose otherwise.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take on a single node unless the options choose otherwise.
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Redlock's per-node timeout unless the options choose one: a node that answers later is
+/// treated as down, so one slow master never eats the lock's validity.
+pub(crate) const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Options of one Redis server's connection and of the lock keys on it.
 ///
-/// Built from a URL with [`RedisOptions::from_url`]:
-/// `redis://[user[:password]@]host[:port][/db]` or `rediss://…` for TLS (feature `tls`).
-/// The password and ACL user may also be set with [`RedisOptions::credentials`].
-#[derive(Clone)]
+/// ```
+/// use std::time::Duration;
+/// use lock_redis::RedisOptions;
+///
+/// let opts = RedisOptions::new("127.0.0.1:6379")
+///     .credentials("app", "s3cret")
+///     .database(2)
+///     .prefix("svc:")
+///     .request_timeout(Duration::from_secs(1));
+/// assert!(opts.validate().is_ok());
+/// let parsed: RedisOptions = "redis://app:s3cret@127.0.0.1:6379/2?prefix=svc:&timeout=1s".parse()?;
+/// assert_eq!(parsed, opts);
+/// # Ok::<(), lock_core::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisOptions {
-    pub(crate) url: String,
-    pub(crate) username: Option<String>,
-    pub(crate) password: Option<String>,
-    pub(crate) db: Option<i64>,
-    pub(crate) key_prefix: String,
+    pub(crate) address: String,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<Secret>,
+    pub(crate) db: i64,
+    pub(crate) prefix: String,
     pub(crate) connect_timeout: Duration,
-    /// `None`: the backend's default (one node: `DEFAULT_COMMAND_TIMEOUT`; Redlock: its
-    /// per-node timeout).
-    pub(crate) command_timeout: Option<Duration>,
-    pub(crate) tls_root_cert: Option<Vec<u8>>,
+    /// `None`: the backend's default (one node: 2 s; Redlock: 200 ms per node).
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) tls: Option<TlsOptions>,
 }
 
-/// How long one command may take on a single node unless the options choose otherwise.
-pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl RedisOptions {
-    /// Options for the server at `url`, with default timeouts (connect 5 s, command 2 s) and
-    /// no key prefix.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming what is wrong with the URL (the password is never
-    /// echoed).
-    pub fn from_url(url: &str) -> Result<Self> {
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| Error::InvalidConfig(format!("redis URL {}: {e}", redact_url(url))))?;
-        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) && !cfg!(feature = "tls") {
-            return Err(Error::InvalidConfig(
-                "rediss:// needs lock-redis's `tls` feature, which is disabled in this build".into(),
-            ));
-        }
-        Ok(Self {
-            url: url.to_owned(),
-            username: None,
+    /// Options for the server at `address`: `host[:port]` (a bracketed IPv6 address allowed,
+    /// the port defaults to 6379), without credentials or TLS, database 0, no key prefix,
+    /// connect timeout 5 s, request timeout 2 s (200 ms per node under Redlock). The address
+    /// is checked by [`validate`](Self::validate) (and on connect).
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            user: None,
             password: None,
-            db: None,
-            key_prefix: String::new(),
-            connect_timeout: Duration::from_secs(5),
-            command_timeout: None,
-            tls_root_cert: None,
-        })
+            db: 0,
+            prefix: String::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: None,
+            tls: None,
+        }
     }
 
-    /// Sets the ACL user (optional) and password, overriding the URL's.
-    pub fn credentials(mut self, username: Option<&str>, password: &str) -> Self {
-        self.username = username.map(str::to_owned);
-        self.password = Some(password.to_owned());
+    /// Authenticates as ACL `user` with `password`; an empty `user` is the default user
+    /// (`AUTH password`, as with `requirepass`).
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        let user = user.into();
+        self.user = (!user.is_empty()).then_some(user);
+        self.password = Some(Secret::new(password.into()));
         self
     }
 
-    /// Selects a database index, overriding the URL's.
+    /// Selects database `db` (default 0).
     pub fn database(mut self, db: i64) -> Self {
-        self.db = Some(db);
+        self.db = db;
         self
     }
 
-    /// Prefixes every Redis key this backend writes (after the client's namespace).
-    pub fn key_prefix(mut self, prefix: &str) -> Self {
-        self.key_prefix = prefix.to_owned();
+    /// Prefixes every Redis key this backend writes (after the client's namespace). It must
+    /// not contain `{` or `}`: the lock key's hash tag follows it.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
         self
     }
 
     /// How long to wait for a connection (default 5 s).
-    pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
-    /// How long to wait for one command's reply (default 2 s; for Redlock, the per-node
+    /// How long to wait for one request's reply (default 2 s; under Redlock the per-node
     /// timeout, default 200 ms).
-    pub fn command_timeout(mut self, d: Duration) -> Self {
-        self.command_timeout = Some(d);
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
         self
     }
 
-    /// Trusts this CA certificate (PEM) for `rediss://` instead of the system's roots: for
-    /// servers with a private CA.
-    pub fn tls_root_cert(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls_root_cert = Some(pem.into());
+    /// Speaks TLS (what `rediss://` means): trusting the system's roots or a private CA, and
+    /// presenting a client certificate if the server requires one. Needs the `tls` feature
+    /// (on by default).
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
         self
     }
 
-    /// Like [`RedisOptions::tls_root_cert`], reading the PEM file at `path`.
+    /// The server's address, as given.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Checks the options without connecting.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] when the file cannot be read.
-    pub fn tls_root_cert_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let pem = std::fs::read(path).map_err(|e| {
-            Error::InvalidConfig(format!("redis: cannot read CA file {}: {e}", path.display()))
-        })?;
-        Ok(self.tls_root_cert(pem))
-    }
-
-    /// The URL with any password replaced by `***`.
-    pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
-    }
-
-    /// The command timeout in force: the one chosen, else the single-node default.
-    pub(crate) fn effective_command_timeout(&self) -> Duration {
-        self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT)
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        if self.connect_timeout.is_zero() || self.effective_command_timeout().is_zero() {
+    /// [`Error::InvalidConfig`] for a malformed address, a negative database, a zero
+    /// timeout, a key prefix with `{` or `}`, or TLS in a build without the `tls` feature.
+    pub fn validate(&self) -> Result<()> {
+        self.host_port()?;
+        if self.db < 0 {
+            return Err(Error::InvalidConfig(format!("redis database {} is negative", self.db)));
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::InvalidConfig("redis timeouts must be greater than zero".into()));
         }
-        if self.key_prefix.contains(['{', '}']) {
+        if self.prefix.contains(['{', '}']) {
             return Err(Error::InvalidConfig(
                 "redis key prefix must not contain '{' or '}' (the lock key's hash tag follows it)".into(),
+            ));
+        }
+        if self.tls.is_some() && !cfg!(feature = "tls") {
+            return Err(Error::InvalidConfig(
+                "redis TLS (rediss://) needs lock-redis's `tls` feature, which is disabled in this build"
+                    .into(),
             ));
         }
         Ok(())
     }
 
-    pub(crate) fn client(&self) -> Result<redis::Client> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
-            .map_err(|e| Error::InvalidConfig(format!("redis URL {}: {e}", self.redacted_url())))?;
-        let mut settings = info.redis_settings().clone();
-        if let Some(p) = &self.password {
-            settings = settings.set_password(p);
-            if let Some(u) = &self.username {
-                settings = settings.set_username(u);
-            }
-        }
-        if let Some(db) = self.db {
-            settings = settings.set_db(db);
-        }
-        info = info.set_redis_settings(settings);
-        #[cfg(feature = "tls")]
-        {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            if let Some(pem) = &self.tls_root_cert {
-                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
-                return redis::Client::build_with_tls(info, certs).map_err(|e| {
-                    Error::InvalidConfig(format!("redis TLS setup for {}: {e}", self.redacted_url()))
-                });
-            }
-        }
-        redis::Client::open(info)
-            .map_err(|e| Error::InvalidConfig(format!("redis URL {}: {e}", self.redacted_url())))
+    /// The host (IPv6 without its brackets) and port.
+    pub(crate) fn host_port(&self) -> Result<(String, u16)> {
+        split_address(&self.address)
+            .map_err(|why| Error::InvalidConfig(format!("redis address '{}': {why}", self.address)))
     }
+
+    /// The request timeout in force: the one chosen, else `default` (the backend's).
+    pub(crate) fn request_timeout_or(&self, default: Duration) -> Duration {
+        self.request_timeout.unwrap_or(default)
+    }
+
+    /// The node for messages and logs: `redis://host:port[/db]`, never with credentials.
+    pub(crate) fn describe(&self) -> String {
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        let db = if self.db == 0 { String::new() } else { format!("/{}", self.db) };
+        format!("{scheme}://{}{db}", self.address)
+    }
+}
+
+/// Splits `host[:port]` into the host (IPv6 without brackets) and the port.
+fn split_address(address: &str) -> std::result::Result<(String, u16), String> {
+    let (host, port) = match address.strip_prefix('[') {
+        Some(rest) => {
+            let (ip, after) = rest.split_once(']').ok_or("a bracketed IPv6 address needs its ']'")?;
+            ip.parse::<Ipv6Addr>().map_err(|_| format!("'{ip}' is not an IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or("expected ':PORT' after the ']'")?),
+            };
+            (ip, port)
+        }
+        None => match address.split_once(':') {
+            None => (address, None),
+            Some((host, port)) if !port.contains(':') => (host, Some(port)),
+            Some(_) => return Err("an IPv6 address must be bracketed ([::1] or [::1]:6379)".into()),
+        },
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    let name_like = |c: char| c.is_ascii_alphanumeric() || "-._:".contains(c);
+    if !host.chars().all(name_like) {
+        return Err(format!("'{host}' is not a host name or an IP address"));
+    }
+    if matches!(host, "0.0.0.0" | "::") {
+        return Err(format!("'{host}' is a wildcard address; name the server's own address"));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("port '{p}' is not a number from 1 to 65535")),
+        },
+    };
+    Ok((host.to_owned(), port))
 }
 
 impl fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisOptions")
-            .field("url", &self.redacted_url())
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("address", &self.address)
+            .field("user", &self.user)
+            .field("password", &self.password)
             .field("db", &self.db)
-            .field("key_prefix", &self.key_prefix)
+            .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
-            .field("command_timeout", &self.effective_command_timeout())
-            .field("tls_root_cert", &self.tls_root_cert.is_some())
+            .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Options of a [`RedlockBackend`]: one [`RedisOptions`] per independent master (3 or more;
+/// use 3 or 5).
+///
+/// The builders below set a value on every master; set per-master values on the
+/// [`RedisOptions`] before. A master whose options choose no request timeout gets Redlock's
+/// per-node timeout, 200 ms.
+///
+/// ```
+/// use lock_redis::{RedisOptions, RedlockOptions};
+///
+/// let opts = RedlockOptions::new(["10.0.0.1", "10.0.0.2", "10.0.0.3"].map(RedisOptions::new))
+///     .credentials("", "s3cret")
+///     .prefix("svc:");
+/// assert!(opts.validate().is_ok());
+/// let parsed: RedlockOptions = "redlock://:s3cret@10.0.0.1,10.0.0.2,10.0.0.3?prefix=svc:".parse()?;
+/// assert_eq!(parsed, opts);
+/// # Ok::<(), lock_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedlockOptions {
+    pub(crate) nodes: Vec<RedisOptions>,
+}
 
-    #[test]
-    fn passwords_never_show() {
-        let o = RedisOptions::from_url("redis://app:s3cret@127.0.0.1:6379/2").unwrap();
-        assert_eq!(o.redacted_url(), "redis://app:***@127.0.0.1:6379/2");
-        let dbg = format!("{:?}", o.clone().credentials(Some("u"), "hunter2"));
-        assert!(!dbg.contains("s3cret") && !dbg.contains("hunter2"), "{dbg}");
-        assert_eq!(redact_url("redis://:pw@h/0"), "redis://:***@h/0");
-        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
-        let e = RedisOptions::from_url("redis://u:pa/ss-9@h:99999").unwrap_err().to_string();
-        assert!(!e.contains("pa/ss-9"), "{e}");
+impl RedlockOptions {
+    /// Options for these masters.
+    pub fn new(nodes: impl IntoIterator<Item = RedisOptions>) -> Self {
+        Self { nodes: nodes.into_iter().collect() }
     }
 
-    #[test]
-    fn malformed_urls_are_typed_errors_without_secrets() {
-        let e = RedisOptions::from_url("http://u:topsecret@host").unwrap_err();
-        assert!(matches!(e, Error::InvalidConfig(_)));
-        assert!(!e.to_string().contains("topsecret"), "{e}");
-        assert!(RedisOptions::from_url("redis://127.0.0.1:6379")
-            .unwrap()
-            .key_prefix("a{b")
-            .validate()
-            .is_err());
+    fn each(mut self, f: impl Fn(RedisOptions) -> RedisOptions) -> Self {
+        self.nodes = self.nodes.into_iter().map(f).collect();
+        self
+    }
+
+    /// Sets [`RedisOptions::prefix`] on every master (they must all use the same one).
+    pub fn prefix(self, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        self.each(|o| o.prefix(prefix.clone()))
+    }
+
+    /// Sets the per-node request timeout (default 200 ms) on every master.
+    pub fn request_timeout(self, timeout: Duration) -> Self {
+        self.each(|o| o.request_timeout(timeout))
+    }
+
+    /// Sets [`RedisOptions::connect_timeout`] on every master.
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.each(|o| o.connect_timeout(timeout))
+    }
+
+    /// Sets [`RedisOptions::credentials`] on every master.
+    pub fn credentials(self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        let (user, password) = (user.into(), password.into());
+        self.each(|o| o.credentials(user.clone(), password.clone()))
+    }
+
+    /// Sets [`RedisOptions::database`] on every master.
+    pub fn database(self, db: i64) -> Self {
+        self.each(|o| o.database(db))
+    }
+
+    /// Sets [`RedisOptions::tls`] on every master.
+    pub fn tls(self, tls: TlsOptions) -> Self {
+        self.each(|o| o.tls(tls.clone()))
+    }
+
+    /// The masters' options.
+    pub fn nodes(&self) -> &[RedisOptions] {
+        &self.nodes
+    }
+
+    /// Checks the options without connecting.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for fewer than 3 masters, one master listed twice, masters
+    /// with different key prefixes, or any master's invalid options.
+    pub fn validate(&self) -> Result<()> {
+        if self.nodes.len() < 3 {
+            return Err(Error::InvalidConfig(format!(
+                "Redlock needs at least 3 independent masters (got {}); use the single-node backend for one",
+                self.nodes.len()
+            )));
+        }
+        let mut seen = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            node.validate()?;
+            let at = node.host_port()?;
+            if seen.contains(&at) {
+                return Err(Error::InvalidConfig(format!(
+                    "Redlock masters must be independent: '{}' is listed twice",
+                    node.address
+                )));
+            }
+            seen.push(at);
+        }
+        if self.nodes.iter().any(|o| o.prefix != self.nodes[0].prefix) {
+            return Err(Error::InvalidConfig("all Redlock masters must use the same key prefix".into()));
+        }
+        Ok(())
     }
 }
+
+/// What `redis://`, `rediss://` and `redlock://` URLs say about every node.
+struct UrlSettings {
+    credentials: Option<(String, String)>,
+    db: i64,
+    prefix: Option<String>,
+    connect_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+    tls: Option<TlsOptions>,
+}
+
+impl UrlSettings {
+    fn parse(u: &ConnectUrl, tls: Option<TlsOptions>) -> Result<Self> {
+        let credentials = match (&u.user, &u.password) {
+            // A password alone authenticates as the default user.
+            (None, Some(p)) => Some((String::new(), p.clone())),
+            _ => u.user_and_password()?.map(|(user, p)| (user.to_owned(), p.to_owned())),
+        };
+        let db = match u.path.trim_matches('/') {
+            "" => 0,
+            db => db.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                u.error(format!("path '{}' is not valid for Redis: expected /DB, a database number", u.path))
+            })?,
+        };
+        Ok(Self {
+            credentials,
+            db,
+            prefix: u.option("prefix").map(str::to_owned),
+            connect_timeout: u.duration("connect_timeout")?,
+            request_timeout: u.duration("timeout")?,
+            tls,
+        })
+    }
+
+    fn apply(&self, mut o: RedisOptions) -> RedisOptions {
+        if let Some((user, password)) = &self.credentials {
+            o = o.credentials(user.as_str(), password.as_str());
+        }
+        o = o.database(self.db);
+        if let Some(p) = &self.prefix {
+            o = o.prefix(p.as_str());
+        }
+        if let Some(t) = self.connect_timeout {
+            o = o.connect_timeout(t);
+        }
+        if let Some(t) = self.request_timeout {
+            o = o.request_timeout(t);
+        }
+        if let Some(tls) = &self.tls {
+            o = o.tls(tls.clone());
+        }
+        o
+    }
+}
+
+/// Puts the URL in front of a validation error's message.
+fn in_url(u: &ConnectUrl, e: Error) -> Error {
+    match e {
+        Error::InvalidConfig(m) => u.error(m),
+        e => e,
+    }
+}
+
+const TLS_OPTIONS: [&str; 4] = ["tls", "ca_file", "cert_file", "key_file"];
+
+#[lock_core::async_trait]
+impl BackendOptions for RedisOptions {
+    fn from_url(u: &ConnectUrl) -> Result<Self> {
+        u.expect_scheme(&["redis", "rediss"])?;
+        let tls = if u.scheme == "rediss" {
+            u.check_options(&["prefix", "connect_timeout", "timeout", "ca_file", "cert_file", "key_file"])?;
+            Some(u.tls()?.unwrap_or_default())
+        } else {
+            if let Some(k) = TLS_OPTIONS.iter().find(|k| u.option(k).is_some()) {
+                return Err(u.error(format!("redis:// is plain TCP; option {k}= needs rediss:// (TLS)")));
+            }
+            u.check_options(&["prefix", "connect_timeout", "timeout"])?;
+            None
+        };
+        let host = u.single_host("host", " (use redlock://h1,h2,h3 for several masters)")?;
+        let opts = UrlSettings::parse(u, tls)?.apply(RedisOptions::new(host));
+        opts.validate().map_err(|e| in_url(u, e))?;
+        Ok(opts)
+    }
+
+    fn validate(&self) -> Result<()> {
+        RedisOptions::validate(self)
+    }
+
+    async fn connect_dyn(self) -> Result<Arc<dyn LockBackend>> {
+        Ok(Arc::new(RedisBackend::connect(self).await?))
+    }
+}
+
+impl std::str::FromStr for RedisOptions {
+    type Err = Error;
+
+    /// Parses `redis://[user[:password]@]host[:port][/db]` or `rediss://…`.
+    fn from_str(url: &str) -> Result<Self> {
+        lock_core::url::parse(url)
+    }
+}
+
+#[lock_core::async_trait]
+impl BackendOptions for RedlockOptions {
+    fn from_url(u: &ConnectUrl) -> Result<Self> {
+        u.expect_scheme(&["redlock"])?;
+        let mut known = vec!["prefix", "connect_timeout", "timeout"];
+        known.extend(TLS_OPTIONS);
+        u.check_options(&known)?;
+        let hosts = u.hosts_at_least(3, "hosts")?;
+        let settings = UrlSettings::parse(u, u.tls()?)?;
+        let opts = RedlockOptions::new(hosts.iter().map(|h| settings.apply(RedisOptions::new(h.as_str()))));
+        opts.validate().map_err(|e| in_url(u, e))?;
+        Ok(opts)
+    }
+
+    fn validate(&self) -> Result<()> {
+        RedlockOptions::validate(self)
+    }
+
+    async fn connect_dyn(self) -> Result<Arc<dyn LockBackend>> {
+        Ok(Arc::new(RedlockBackend::connect(self).await?))
+    }
+}
+
+impl std::str::FromStr for RedlockOptions {
+    type Err = Error;
+
+    /// Parses `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]`.
+    fn from_str(url: &str) -> Result<Self> {
+        lock_core::url::parse(url)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -10,9 +10,8 @@ use lock_core::{
     WakeMode,
 };
 
-use crate::node::MAX_POLL;
-use crate::node::{Keys, Node, NodeGrant};
-use crate::options::RedisOptions;
+use crate::node::{Keys, Node, NodeGrant, MAX_POLL};
+use crate::options::{RedlockOptions, DEFAULT_NODE_TIMEOUT};
 
 const NAME: &str = "redlock";
 
@@ -20,7 +19,7 @@ const NAME: &str = "redlock";
 ///
 /// # Behavior
 /// - **Acquire**: the acquire script is sent to every node in parallel, each with its own
-///   timeout (the node's command timeout, 200 ms by default for Redlock). The lock is granted
+///   timeout (the node's request timeout, 200 ms by default for Redlock). The lock is granted
 ///   when a quorum (N/2 + 1) of nodes granted it and time remains: the lease is valid until
 ///   `sent + TTL - drift`, with `drift = 1% of TTL + 2 ms`, which is Redlock's
 ///   `TTL - elapsed - drift` counted from the moment the request was sent. Otherwise the
@@ -61,47 +60,22 @@ struct Inner {
     node_timeout: Duration,
 }
 
-/// Redlock's per-node timeout unless the options choose one: a node that answers later is
-/// treated as down, so one slow master never eats the lock's validity.
-const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(200);
-
 fn unavailable(msg: String) -> Error {
-    Error::backend_msg(NAME, BackendErrorKind::Unavailable, msg)
+    crate::error::unavailable(NAME, msg)
 }
 
 impl RedlockBackend {
-    /// Connects to the masters at `urls` with a 200 ms per-node timeout.
+    /// Connects to the masters `opts` names (`"redlock://h1,h2,h3".parse()?` for a URL). A
+    /// master that is down is connected to lazily, as long as a quorum answers now.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a malformed URL or fewer than 3 masters; a retryable
-    /// connection error when fewer than a quorum answer.
-    pub async fn connect(urls: &[&str]) -> Result<Self> {
-        let opts = urls.iter().map(|u| RedisOptions::from_url(u)).collect::<Result<Vec<_>>>()?;
-        Self::connect_with(opts).await
-    }
-
-    /// Connects with one [`RedisOptions`] per master. The key prefix is the first one's; a
-    /// master whose options set no command timeout gets the 200 ms per-node timeout.
-    ///
-    /// # Errors
-    /// As [`RedlockBackend::connect`].
-    pub async fn connect_with(mut opts: Vec<RedisOptions>) -> Result<Self> {
-        for o in &mut opts {
-            o.command_timeout.get_or_insert(DEFAULT_NODE_TIMEOUT);
-        }
-        if opts.len() < 3 {
-            return Err(Error::InvalidConfig(format!(
-                "Redlock needs at least 3 independent masters (got {}); use the single-node backend for one",
-                opts.len()
-            )));
-        }
-        let prefix = opts[0].key_prefix.clone();
-        if opts.iter().any(|o| o.key_prefix != prefix) {
-            return Err(Error::InvalidConfig("all Redlock masters must use the same key prefix".into()));
-        }
-        let mut nodes = Vec::with_capacity(opts.len());
-        for o in &opts {
-            nodes.push(Node::connect(o, NAME, true).await?);
+    /// [`Error::InvalidConfig`] for invalid options (see [`RedlockOptions::validate`]: fewer
+    /// than 3 masters, …); a retryable connection error when fewer than a quorum answer.
+    pub async fn connect(opts: RedlockOptions) -> Result<Self> {
+        opts.validate()?;
+        let mut nodes = Vec::with_capacity(opts.nodes.len());
+        for o in &opts.nodes {
+            nodes.push(Node::connect(o, NAME, true, DEFAULT_NODE_TIMEOUT).await?);
         }
         let quorum = nodes.len() / 2 + 1;
         let pings = join_all(nodes.iter().map(Node::ping)).await;
@@ -117,8 +91,13 @@ impl RedlockBackend {
                 ),
             ));
         }
-        let node_timeout =
-            opts.iter().map(RedisOptions::effective_command_timeout).max().unwrap_or(DEFAULT_NODE_TIMEOUT);
+        let node_timeout = opts
+            .nodes
+            .iter()
+            .map(|o| o.request_timeout_or(DEFAULT_NODE_TIMEOUT))
+            .max()
+            .unwrap_or(DEFAULT_NODE_TIMEOUT);
+        let prefix = opts.nodes[0].prefix.clone();
         Ok(Self { inner: Arc::new(Inner { nodes, quorum, prefix, node_timeout }) })
     }
 
@@ -214,13 +193,12 @@ impl LockBackend for RedlockBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::default();
-        c.wake = WakeMode::Notify;
-        c.ttl_granularity = Duration::from_millis(1);
-        c.min_ttl = Duration::from_millis(50);
-        // A node may apply the grant up to one node timeout after it was sent.
-        c.expiry_margin = self.inner.node_timeout + Duration::from_millis(50);
-        c
+        Capabilities::new()
+            .with_wake(WakeMode::Notify)
+            .with_ttl_granularity(Duration::from_millis(1))
+            .with_min_ttl(Duration::from_millis(50))
+            // A node may apply the grant up to one node timeout after it was sent.
+            .with_expiry_margin(self.inner.node_timeout + Duration::from_millis(50))
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {

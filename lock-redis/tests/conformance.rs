@@ -4,13 +4,13 @@
 use conformance_tests::fixtures::redis::{redlock_targets, RedisTarget};
 use conformance_tests::{conformance_suite, Suite};
 use lock_core::LockClient;
-use lock_redis::{RedisBackend, RedlockBackend};
+use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
 
 conformance_suite!(redis_single_node, {
     let target = std::sync::Arc::new(RedisTarget::get().await.expect("redis server for the suite"));
     Suite::new("redis", move || {
         let target = target.clone();
-        async move { Ok(LockClient::new(RedisBackend::connect(&target.url).await?)) }
+        async move { Ok(LockClient::new(RedisBackend::connect(target.url.parse()?).await?)) }
     })
 });
 
@@ -21,8 +21,9 @@ async fn redlock_suite(n: usize) -> Suite {
         let urls = urls.clone();
         let _keep_alive = servers.clone();
         async move {
-            let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
-            Ok(LockClient::new(RedlockBackend::connect(&refs).await?))
+            let nodes =
+                urls.iter().map(|u| u.parse::<RedisOptions>()).collect::<lock_core::Result<Vec<_>>>()?;
+            Ok(LockClient::new(RedlockBackend::connect(RedlockOptions::new(nodes)).await?))
         }
     })
 }

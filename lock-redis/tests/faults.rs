@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use conformance_tests::fixtures::redis::{RedisConfig, RedisServer};
 use lock_core::{BackendErrorKind, Error, Instant, LockClient, LockKey, ReleaseOutcome};
-use lock_redis::{RedisBackend, RedisOptions, RedlockBackend};
+use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
 
 async fn masters(n: usize) -> Vec<RedisServer> {
     let mut v = Vec::new();
@@ -15,9 +15,13 @@ async fn masters(n: usize) -> Vec<RedisServer> {
 }
 
 async fn redlock(servers: &[RedisServer]) -> LockClient {
-    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
-    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
-    LockClient::new(RedlockBackend::connect(&refs).await.expect("redlock"))
+    let nodes = servers.iter().map(|s| RedisOptions::new(format!("127.0.0.1:{}", s.port())));
+    LockClient::new(RedlockBackend::connect(RedlockOptions::new(nodes)).await.expect("redlock"))
+}
+
+/// A single-node backend on `server`.
+async fn connect_single(server: &RedisServer) -> RedisBackend {
+    RedisBackend::connect(server.url().parse().expect("url")).await.expect("connect")
 }
 
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
@@ -105,7 +109,7 @@ async fn redlock_write_back_carries_the_highest_proposal_to_a_quorum() {
     // the leading node gone the next grant is still higher.
     let mut servers = masters(3).await;
     let locks = redlock(&servers).await;
-    let single = RedisBackend::connect(&servers[0].url()).await.expect("connect");
+    let single = connect_single(&servers[0]).await;
     let counter = format!("{}:fence", single.redis_key(&LockKey::new("wb").expect("key")));
     let ahead: u64 = 8_000_000_000_000_000;
     let mut con = raw(&servers[0].url()).await;
@@ -127,7 +131,7 @@ async fn redlock_write_back_carries_the_highest_proposal_to_a_quorum() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_after_expiry_is_refused() {
     let server = RedisServer::start().await.expect("redis-server");
-    let locks = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+    let locks = LockClient::new(connect_single(&server).await);
     let mut lease =
         locks.lock("exp").ttl(Duration::from_millis(200)).acquire().await.expect("acquire").detach();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -157,7 +161,7 @@ async fn no_zombie_after_release(locks: &LockClient, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_racing_renewal_leaves_no_renewed_zombie_key() {
     let server = RedisServer::start().await.expect("redis-server");
-    let single = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+    let single = LockClient::new(connect_single(&server).await);
     no_zombie_after_release(&single, "zombie").await;
     let servers = masters(3).await;
     no_zombie_after_release(&redlock(&servers).await, "zombie").await;
@@ -166,7 +170,7 @@ async fn release_racing_renewal_leaves_no_renewed_zombie_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_are_reloaded_after_script_flush() {
     let server = RedisServer::start().await.expect("redis-server");
-    let locks = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+    let locks = LockClient::new(connect_single(&server).await);
     let _ = locks.lock("flush").acquire().await.expect("acquire").release().await.expect("release");
     let mut con = raw(&server.url()).await;
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut con).await.expect("flush");
@@ -177,8 +181,8 @@ async fn scripts_are_reloaded_after_script_flush() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_subscriber_connection_serves_all_waiters_of_a_client() {
     let server = RedisServer::start().await.expect("redis-server");
-    let holder = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
-    let waiter = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+    let holder = LockClient::new(connect_single(&server).await);
+    let waiter = LockClient::new(connect_single(&server).await);
     let mut guards = Vec::new();
     let mut waits = Vec::new();
     for i in 0..6 {
@@ -212,8 +216,8 @@ async fn one_subscriber_connection_serves_all_waiters_of_a_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_listens_on_the_channel_the_release_publishes_on() {
     let server = RedisServer::start().await.expect("redis-server");
-    let holder = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
-    let waiter = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+    let holder = LockClient::new(connect_single(&server).await);
+    let waiter = LockClient::new(connect_single(&server).await);
     let channel = "{wake/me}:released";
     let mut con = raw(&server.url()).await;
     let numsub = |con: &mut redis::aio::MultiplexedConnection| {
@@ -261,7 +265,7 @@ async fn published(con: &mut redis::aio::MultiplexedConnection) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_is_reconnected() {
     let mut server = RedisServer::start().await.expect("redis-server");
-    let locks = LockClient::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+    let locks = LockClient::new(connect_single(&server).await);
     let _ = locks.lock("re").acquire().await.expect("acquire").release().await.expect("release");
     server.process().kill().await;
     let err = locks.lock("re").acquire().await.expect_err("server is down");
@@ -302,19 +306,25 @@ async fn acl_user_and_password_work_and_never_leak() {
     .expect("redis-server with auth");
     let port = server.port();
     let url = format!("redis://app:app-secret-2@127.0.0.1:{port}");
-    let backend = RedisBackend::connect(&url).await.expect("ACL user connects");
+    let opts: RedisOptions = url.parse().expect("url");
+    let backend = RedisBackend::connect(opts.clone()).await.expect("ACL user connects");
     let locks = LockClient::new(backend.clone());
     let _ = locks.lock("acl").acquire().await.expect("acquire").release().await.expect("release");
-    let dbg = format!("{backend:?} {:?}", RedisOptions::from_url(&url).expect("url"));
+    let dbg = format!("{backend:?} {opts:?}");
     assert!(!dbg.contains("app-secret-2"), "password in Debug: {dbg}");
+    let built = RedisOptions::new(format!("127.0.0.1:{port}")).credentials("app", "app-secret-2");
+    let _ = RedisBackend::connect(built).await.expect("ACL user set by option");
 
-    let opts = RedisOptions::from_url(&format!("redis://127.0.0.1:{port}"))
-        .expect("url")
-        .credentials(None, "default-secret-1");
-    let _ = RedisBackend::connect_with(opts).await.expect("password set by option");
+    // An empty user is the default user (AUTH with the password alone).
+    let opts = RedisOptions::new(format!("127.0.0.1:{port}")).credentials("", "default-secret-1");
+    let _ = RedisBackend::connect(opts).await.expect("password set by option");
+    let _ =
+        RedisBackend::connect(format!("redis://:default-secret-1@127.0.0.1:{port}").parse().expect("url"))
+            .await
+            .expect("password alone in the URL");
 
     let bad = format!("redis://app:wrong-secret-3@127.0.0.1:{port}");
-    let err = RedisBackend::connect(&bad).await.expect_err("wrong password");
+    let err = RedisBackend::connect(bad.parse().expect("url")).await.expect_err("wrong password");
     assert!(matches!(err, Error::Backend { kind: BackendErrorKind::Auth, .. }), "{err:?}");
     assert!(!err.is_retryable());
     assert!(!format!("{err} {err:?}").contains("wrong-secret-3"), "password in error: {err:?}");
@@ -323,10 +333,8 @@ async fn acl_user_and_password_work_and_never_leak() {
 #[tokio::test]
 async fn unreachable_and_malformed_are_typed_errors() {
     let port = conformance_tests::fixtures::free_port().expect("port");
-    let opts = RedisOptions::from_url(&format!("redis://127.0.0.1:{port}"))
-        .expect("url")
-        .connect_timeout(Duration::from_secs(2));
-    let err = RedisBackend::connect_with(opts).await.expect_err("nothing listens");
+    let opts = RedisOptions::new(format!("127.0.0.1:{port}")).connect_timeout(Duration::from_secs(2));
+    let err = RedisBackend::connect(opts).await.expect_err("nothing listens");
     assert!(
         matches!(
             err,
@@ -335,8 +343,10 @@ async fn unreachable_and_malformed_are_typed_errors() {
         "{err:?}"
     );
     assert!(err.is_retryable());
-    assert!(matches!(RedisBackend::connect("redis://:pw@").await, Err(Error::InvalidConfig(_))));
-    assert!(matches!(RedlockBackend::connect(&["redis://127.0.0.1:1"]).await, Err(Error::InvalidConfig(_))));
+    assert!(matches!("redis://:pw@".parse::<RedisOptions>(), Err(Error::InvalidConfig(_))));
+    assert!(matches!(RedisBackend::connect(RedisOptions::new("h:0")).await, Err(Error::InvalidConfig(_))));
+    let one = RedlockOptions::new([RedisOptions::new("127.0.0.1:1")]);
+    assert!(matches!(RedlockBackend::connect(one).await, Err(Error::InvalidConfig(_))));
 }
 
 /// The Python interpreter that has redis-py (`$DISTLOCK_PYTHON`, or `target/pyenv`).
@@ -364,7 +374,7 @@ async fn redis_py_lock_and_distlock_exclude_each_other() {
 
     let python = python_with_redis_py();
     let server = RedisServer::start().await.expect("redis-server");
-    let backend = RedisBackend::connect(&server.url()).await.expect("connect");
+    let backend = connect_single(&server).await;
     let locks = LockClient::new(backend.clone());
     let redis_key = backend.redis_key(&LockKey::new("interop").expect("key"));
     let port = server.port().to_string();

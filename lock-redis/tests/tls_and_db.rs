@@ -1,9 +1,17 @@
-//! `rediss://` against a real TLS redis-server with a private CA, and the database index.
+//! `rediss://` against a real TLS redis-server with a private CA (and one that requires a
+//! client certificate), and the database index.
 
 use conformance_tests::fixtures::redis::{RedisConfig, RedisServer};
 use conformance_tests::fixtures::tls::TestCa;
-use lock_core::{LockClient, ReleaseOutcome};
+use lock_core::{LockClient, ReleaseOutcome, TlsOptions};
 use lock_redis::{RedisBackend, RedisOptions};
+
+async fn lock_and_release(backend: RedisBackend) {
+    let locks = LockClient::new(backend);
+    let g = locks.lock("tls").acquire().await.expect("acquire over TLS");
+    assert!(locks.lock("tls").try_acquire().await.expect("try").is_none());
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca() {
@@ -15,24 +23,55 @@ async fn rediss_with_a_private_ca() {
     let url = server.url();
     assert!(url.starts_with("rediss://"), "{url}");
 
-    let opts = RedisOptions::from_url(&url).expect("url").tls_root_cert(ca.ca_pem().expect("pem"));
-    let locks = LockClient::new(RedisBackend::connect_with(opts).await.expect("TLS connect with the CA"));
-    let g = locks.lock("tls").acquire().await.expect("acquire over TLS");
-    assert!(locks.lock("tls").try_acquire().await.expect("try").is_none());
-    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    let opts = url.parse::<RedisOptions>().expect("url").tls(TlsOptions::new().ca(ca.ca_pem().expect("pem")));
+    lock_and_release(RedisBackend::connect(opts).await.expect("TLS connect with the CA")).await;
 
     // The server's certificate is not trusted by the system's roots: refused, not ignored.
-    assert!(RedisBackend::connect(&url).await.is_err(), "an untrusted certificate was accepted");
-    let file_opts =
-        RedisOptions::from_url(&url).expect("url").tls_root_cert_file(&ca.ca_cert).expect("CA file");
-    RedisBackend::connect_with(file_opts).await.expect("CA from a file");
-    assert!(RedisOptions::from_url(&url).expect("url").tls_root_cert_file("/no/such/ca.pem").is_err());
+    let system_roots = url.parse().expect("url");
+    assert!(RedisBackend::connect(system_roots).await.is_err(), "an untrusted certificate was accepted");
+    let with_file = format!("{url}?ca_file={}", ca.ca_cert.display());
+    RedisBackend::connect(with_file.parse().expect("url")).await.expect("CA from a file");
+    assert!(format!("{url}?ca_file=/no/such/ca.pem").parse::<RedisOptions>().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::generate(dir.path()).expect("test CA (apt-get install openssl)");
+    let server = RedisServer::start_with(RedisConfig {
+        tls: Some(ca.clone()),
+        // Overrides the fixture's `--tls-auth-clients no`: a client must present a certificate.
+        extra_args: vec!["--tls-auth-clients".into(), "yes".into()],
+        ..RedisConfig::default()
+    })
+    .await
+    .expect("TLS redis requiring client certificates");
+    let url = server.url();
+
+    let ca_only = TlsOptions::new().ca_file(&ca.ca_cert).expect("CA");
+    let without = url.parse::<RedisOptions>().expect("url").tls(ca_only.clone());
+    assert!(RedisBackend::connect(without).await.is_err(), "connected without a client certificate");
+
+    let tls = ca_only.identity_files(&ca.client_cert, &ca.client_key).expect("client certificate");
+    let opts = url.parse::<RedisOptions>().expect("url").tls(tls);
+    assert!(!format!("{opts:?}").contains("PRIVATE KEY"), "the client key in Debug: {opts:?}");
+    lock_and_release(RedisBackend::connect(opts).await.expect("TLS connect with a client certificate")).await;
+
+    let with_files = format!(
+        "{url}?ca_file={}&cert_file={}&key_file={}",
+        ca.ca_cert.display(),
+        ca.client_cert.display(),
+        ca.client_key.display()
+    );
+    let backend = RedisBackend::connect(with_files.parse().expect("url")).await.expect("certificate files");
+    lock_and_release(backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_index_is_used() {
     let server = RedisServer::start().await.expect("redis-server");
-    let backend = RedisBackend::connect(&format!("{}/3", server.url())).await.expect("db 3");
+    let backend =
+        RedisBackend::connect(format!("{}/3", server.url()).parse().expect("url")).await.expect("db 3");
     let locks = LockClient::new(backend.clone());
     let g = locks.lock("dbk").acquire().await.expect("acquire");
     let key = backend.redis_key(&lock_core::LockKey::new("dbk").expect("key"));

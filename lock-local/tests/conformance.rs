@@ -20,8 +20,7 @@ conformance_suite!(file_backend, {
         // A new FileBackend per client, as a separate process would open the directory.
         // Without fdatasync, so timing checks do not measure the disk of a busy CI machine;
         // lock-local's own tests cover the synced path.
-        let dir = dir.clone();
-        let opts = FileOptions { sync: false, ..FileOptions::default() };
-        async move { Ok(LockClient::new(FileBackend::open_with(dir.path(), opts)?)) }
+        let opts = FileOptions::new(dir.path()).sync(false);
+        async move { Ok(LockClient::new(FileBackend::connect(opts)?)) }
     })
 });

@@ -1,4 +1,4 @@
-//! The single-node backend.
+//! The single-node backend: [`RedisBackend`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +8,8 @@ use lock_core::{
     LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
 };
 
-use crate::node::MAX_POLL;
-use crate::node::{Keys, Node, NodeGrant, NAME};
-use crate::options::RedisOptions;
+use crate::node::{Keys, Node, NodeGrant, MAX_POLL, NAME};
+use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
 
 /// Locks on one Redis server (or one Redis Cluster slot owner, or a Sentinel-managed master
 /// reached by its address).
@@ -42,22 +41,16 @@ struct Inner {
 }
 
 impl RedisBackend {
-    /// Connects to the server at `url` (`redis://…` or `rediss://…`).
+    /// Connects to the server `opts` names (`"redis://…".parse()?` for a URL).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`](lock_core::Error::InvalidConfig) for a malformed URL; a
-    /// retryable connection error when the server cannot be reached.
-    pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_with(RedisOptions::from_url(url)?).await
-    }
-
-    /// Connects with options.
-    ///
-    /// # Errors
-    /// As [`RedisBackend::connect`].
-    pub async fn connect_with(opts: RedisOptions) -> Result<Self> {
-        let node = Node::connect(&opts, NAME, false).await?;
-        Ok(Self { inner: Arc::new(Inner { node, prefix: opts.key_prefix.clone() }) })
+    /// [`Error::InvalidConfig`](lock_core::Error::InvalidConfig) for invalid options (see
+    /// [`RedisOptions::validate`]); a retryable connection error when the server cannot be
+    /// reached; an auth error when it refuses the credentials.
+    pub async fn connect(opts: RedisOptions) -> Result<Self> {
+        opts.validate()?;
+        let node = Node::connect(&opts, NAME, false, DEFAULT_REQUEST_TIMEOUT).await?;
+        Ok(Self { inner: Arc::new(Inner { node, prefix: opts.prefix }) })
     }
 
     /// The Redis key that holds the grant of `key`: hand it to a foreign client (for example
@@ -84,12 +77,11 @@ impl LockBackend for RedisBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::default();
-        c.wake = WakeMode::Notify;
-        c.ttl_granularity = Duration::from_millis(1);
-        c.min_ttl = Duration::from_millis(1);
-        c.expiry_margin = Duration::from_millis(20);
-        c
+        Capabilities::new()
+            .with_wake(WakeMode::Notify)
+            .with_ttl_granularity(Duration::from_millis(1))
+            .with_min_ttl(Duration::from_millis(1))
+            .with_expiry_margin(Duration::from_millis(20))
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {

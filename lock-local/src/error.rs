@@ -1,0 +1,41 @@
+//! The mapping of file-system failures to typed [`lock_core::Error`]s of the file backend.
+
+use std::io;
+use std::path::Path;
+
+use lock_core::{BackendErrorKind, Error};
+
+pub(crate) const NAME: &str = "file";
+
+/// An I/O failure on `path`: a permission problem is an auth error, an interrupted or
+/// would-block call is retryable, anything else is not.
+pub(crate) fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
+    let kind = match e.kind() {
+        io::ErrorKind::PermissionDenied => BackendErrorKind::Auth,
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            BackendErrorKind::Unavailable
+        }
+        _ => BackendErrorKind::Other,
+    };
+    Error::backend(NAME, kind, format!("{what} {}: {e}", path.display()), e)
+}
+
+/// A lock file that does not hold a record: never reset, since that would reset its fencing
+/// counter.
+pub(crate) fn corrupt(path: &Path) -> Error {
+    Error::backend_msg(
+        NAME,
+        BackendErrorKind::Protocol,
+        format!("lock file {} is corrupt; refusing to reset its fencing counter", path.display()),
+    )
+}
+
+/// The blocking task that ran a file operation panicked or was cancelled.
+pub(crate) fn task_failed(e: tokio::task::JoinError) -> Error {
+    Error::backend(NAME, BackendErrorKind::Other, "lock file task failed", e)
+}
+
+/// Anything else that should not happen.
+pub(crate) fn other(message: &str) -> Error {
+    Error::backend_msg(NAME, BackendErrorKind::Other, message)
+}

@@ -1,0 +1,60 @@
+//! The mapping of the redis crate's errors, and of our own time limits, to typed
+//! [`lock_core::Error`]s. `addr` names the node (never with its password).
+
+use std::time::Duration;
+
+use lock_core::{BackendErrorKind, Error};
+
+/// Maps a redis client error: its kind decides whether it is retryable.
+pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -> Error {
+    use redis::{ErrorKind, ServerErrorKind};
+    let kind = if e.is_timeout() {
+        BackendErrorKind::RequestTimedOut
+    } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        BackendErrorKind::Connection
+    } else {
+        match e.kind() {
+            ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
+                BackendErrorKind::Auth
+            }
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly,
+            ) => BackendErrorKind::Unavailable,
+            ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
+            _ => BackendErrorKind::Other,
+        }
+    };
+    Error::backend(backend, kind, format!("{addr}: {e}"), e)
+}
+
+/// A request that got no reply within the node's request timeout (retryable).
+pub(crate) fn request_timed_out(backend: &'static str, addr: &str, timeout: Duration) -> Error {
+    Error::backend_msg(
+        backend,
+        BackendErrorKind::RequestTimedOut,
+        format!("{addr}: no reply within {timeout:?}"),
+    )
+}
+
+/// A connection that was not made within the connect timeout (retryable).
+pub(crate) fn no_connection(backend: &'static str, addr: &str, timeout: Duration) -> Error {
+    Error::backend_msg(
+        backend,
+        BackendErrorKind::Connection,
+        format!("{addr}: no connection within {timeout:?}"),
+    )
+}
+
+/// A reply this client does not understand (not retryable).
+pub(crate) fn bad_reply(backend: &'static str, addr: &str, what: &str) -> Error {
+    Error::backend_msg(backend, BackendErrorKind::Protocol, format!("{addr}: bad {what} reply"))
+}
+
+/// Too few Redlock masters agreed (retryable).
+pub(crate) fn unavailable(backend: &'static str, message: String) -> Error {
+    Error::backend_msg(backend, BackendErrorKind::Unavailable, message)
+}
