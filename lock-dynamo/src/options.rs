@@ -1,6 +1,33 @@
-//! Options of a [`DynamoBackend`](crate::DynamoBackend).
+//! Options of a [`DynamoBackend`](crate::DynamoBackend): the builder, its validation, and the
+//! `dynamodb://` URL form.
 
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use lock_core::url::{BackendOptions, ConnectUrl};
+use lock_core::{Error, LockBackend, Result};
+
+use crate::DynamoBackend;
+
+/// The schemes [`DynamoOptions`] parses.
+pub const SCHEMES: &[&str] = &["dynamodb"];
+
+/// The URL options [`DynamoOptions`] reads (besides lock-core's client options).
+const URL_OPTIONS: &[&str] = &[
+    "region",
+    "endpoint",
+    "partition_key",
+    "sort_key",
+    "takeover",
+    "max_skew",
+    "poll",
+    "timeout",
+    "create_table",
+];
+
+/// The skew bound of `takeover=clock` when the URL gives no `max_skew`.
+const DEFAULT_MAX_SKEW: Duration = Duration::from_millis(100);
 
 /// How a contender decides that a holder who stopped heartbeating is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +58,11 @@ pub enum Takeover {
 
 /// The sort key of the lock table, when one table holds many lock namespaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SortKey {
+pub(crate) struct SortKey {
     /// The sort key attribute's name (a string attribute).
-    pub name: String,
+    pub(crate) name: String,
     /// The value this backend writes in it; backends with different values share nothing.
-    pub value: String,
+    pub(crate) value: String,
 }
 
 /// Where and how a [`DynamoBackend`](crate::DynamoBackend) keeps its locks.
@@ -43,33 +70,45 @@ pub struct SortKey {
 /// Credentials never appear here: they come from aws-config's default chain (environment,
 /// profile files, SSO, web identity, container and instance metadata), or from the client
 /// you pass to [`DynamoBackend::with_client`](crate::DynamoBackend::with_client).
+///
+/// Built with [`DynamoOptions::new`] and the builder methods, or parsed from a URL:
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_dynamo::{DynamoOptions, Takeover};
+///
+/// let built = DynamoOptions::new("locks")
+///     .region("eu-west-1")
+///     .takeover(Takeover::Clock { max_skew: Duration::from_millis(50) })
+///     .create_table(true);
+/// let parsed: DynamoOptions =
+///     "dynamodb://locks?region=eu-west-1&takeover=clock&max_skew=50ms&create_table=true".parse()?;
+/// assert_eq!(built, parsed);
+/// # Ok::<(), lock_core::Error>(())
+/// ```
+///
+/// # URL form
+/// `dynamodb://TABLE[?option=value&…]`, with no credentials and no path. Options: `region=`,
+/// `endpoint=` (DynamoDB Local, an emulator), `partition_key=lock_key`, `sort_key=NAME:VALUE`,
+/// `takeover=rvn|clock`, `max_skew=100ms` (only with `takeover=clock`), `poll=100ms`,
+/// `timeout=5s`, `create_table=true|false`.
 #[derive(Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct DynamoOptions {
-    /// The table's name.
-    pub table: String,
-    /// The partition key attribute's name (a string attribute; default `lock_key`). It holds
-    /// the lock's full key (namespace included).
-    pub partition_key: String,
-    /// An optional sort key, so that one table holds many lock namespaces.
-    pub sort_key: Option<SortKey>,
-    /// The region; `None` takes it from aws-config's chain (`AWS_REGION`, profile, ...).
-    pub region: Option<String>,
-    /// An endpoint override, for DynamoDB Local and emulators (`http://127.0.0.1:8000`).
-    pub endpoint: Option<String>,
-    /// How contenders take over from a holder that stopped heartbeating.
-    pub takeover: Takeover,
-    /// The longest sleep between two attempts of a waiting acquire (default 100 ms). Each
-    /// attempt is one conditional write, billed as one write request unit (also when it
-    /// fails); waiters never sleep past the moment they may take over.
-    pub poll_interval: Duration,
-    /// The time limit of one request attempt (default 5 s). The SDK retries throttling, 5xx
-    /// and connection errors up to three attempts in all before an error is returned.
-    pub request_timeout: Duration,
+    pub(crate) table: String,
+    pub(crate) partition_key: String,
+    pub(crate) sort_key: Option<SortKey>,
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) takeover: Takeover,
+    pub(crate) poll_interval: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) create_table: bool,
 }
 
 impl DynamoOptions {
-    /// Options for locks in `table`, with the defaults above.
+    /// Options for locks in `table`, with the defaults: partition key `lock_key`, no sort key,
+    /// region and endpoint from aws-config's chain, [`Takeover::RecordVersion`], polling at
+    /// most 100 ms apart, a 5 s request timeout, no table creation.
     pub fn new(table: impl Into<String>) -> Self {
         Self {
             table: table.into(),
@@ -80,49 +119,94 @@ impl DynamoOptions {
             takeover: Takeover::RecordVersion,
             poll_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(5),
+            create_table: false,
         }
     }
 
-    /// Sets the partition key attribute's name.
+    /// Sets the partition key attribute's name (a string attribute; default `lock_key`). It
+    /// holds the lock's full key (namespace included).
     pub fn partition_key(mut self, name: impl Into<String>) -> Self {
         self.partition_key = name.into();
         self
     }
 
-    /// Keeps this backend's locks under `value` in the sort key attribute `name`.
+    /// Keeps this backend's locks under `value` in the sort key attribute `name` (a string
+    /// attribute), so that one table holds many lock namespaces; backends with different
+    /// values share nothing.
     pub fn sort_key(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.sort_key = Some(SortKey { name: name.into(), value: value.into() });
         self
     }
 
-    /// Sets the region.
+    /// Sets the region (default: aws-config's chain, `AWS_REGION`, the profile, ...).
     pub fn region(mut self, region: impl Into<String>) -> Self {
         self.region = Some(region.into());
         self
     }
 
-    /// Sets an endpoint override (DynamoDB Local, an emulator, a VPC endpoint).
+    /// Sets an endpoint override (DynamoDB Local, an emulator, a VPC endpoint): an `http://`
+    /// or `https://` URL such as `http://127.0.0.1:8000`.
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoint = Some(url.into());
         self
     }
 
-    /// Sets the takeover rule.
+    /// Sets how contenders take over from a holder that stopped heartbeating (default
+    /// [`Takeover::RecordVersion`]).
     pub fn takeover(mut self, takeover: Takeover) -> Self {
         self.takeover = takeover;
         self
     }
 
-    /// Sets the longest sleep between two attempts of a waiting acquire.
+    /// Sets the longest sleep between two attempts of a waiting acquire (default 100 ms).
+    /// Each attempt is one conditional write, billed as one write request unit (also when it
+    /// fails); waiters never sleep past the moment they may take over.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
     }
 
-    /// Sets the time limit of one request attempt.
+    /// Sets the time limit of one request attempt (default 5 s). The SDK retries throttling,
+    /// 5xx and connection errors up to three attempts in all before an error is returned.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
+    }
+
+    /// Whether [`DynamoBackend::connect`](crate::DynamoBackend::connect) creates the table
+    /// (on-demand billing) if it does not exist, and waits until it is active (default
+    /// false). See [`DynamoBackend::create_table`](crate::DynamoBackend::create_table).
+    pub fn create_table(mut self, create: bool) -> Self {
+        self.create_table = create;
+        self
+    }
+
+    /// Checks the options without connecting: a table name of 3 to 255 letters, digits,
+    /// `_`, `-` and `.`, non-empty key names and sort key value, positive durations.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the option that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        self.problem().map_or(Ok(()), |what| Err(Error::InvalidConfig(format!("DynamoDB options: {what}"))))
+    }
+
+    /// What is wrong with the options, if anything.
+    fn problem(&self) -> Option<String> {
+        let t = &self.table;
+        let problem = if t.len() < 3 || t.len() > 255 {
+            "the table name must be 3 to 255 characters"
+        } else if !t.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+            "the table name may hold only letters, digits, '_', '-' and '.'"
+        } else if self.partition_key.is_empty() {
+            "the partition key name is empty"
+        } else if self.sort_key.as_ref().is_some_and(|s| s.name.is_empty() || s.value.is_empty()) {
+            "the sort key name and value must not be empty"
+        } else if self.poll_interval.is_zero() || self.request_timeout.is_zero() {
+            "poll_interval and request_timeout must be positive"
+        } else {
+            return None;
+        };
+        Some(problem.to_owned())
     }
 }
 
@@ -137,6 +221,169 @@ impl std::fmt::Debug for DynamoOptions {
             .field("takeover", &self.takeover)
             .field("poll_interval", &self.poll_interval)
             .field("request_timeout", &self.request_timeout)
+            .field("create_table", &self.create_table)
             .finish()
+    }
+}
+
+impl FromStr for DynamoOptions {
+    type Err = Error;
+
+    /// Parses a `dynamodb://` URL (see [`DynamoOptions`]).
+    fn from_str(url: &str) -> Result<Self> {
+        lock_core::url::parse(url)
+    }
+}
+
+/// The table named by the URL's one host.
+fn table_of(u: &ConnectUrl) -> Result<&str> {
+    match u.hosts.as_slice() {
+        [t] if !t.is_empty() => Ok(t),
+        [] => Err(u.error("dynamodb:// needs the table name as its host (dynamodb://locks?region=...)")),
+        _ => Err(u.error("dynamodb:// takes one table name")),
+    }
+}
+
+/// The takeover rule of `takeover=` and `max_skew=`.
+fn takeover_of(u: &ConnectUrl) -> Result<Takeover> {
+    let skew = u.duration("max_skew")?;
+    match u.option("takeover") {
+        None | Some("rvn") if skew.is_some() => Err(u.error("option max_skew: only with takeover=clock")),
+        None | Some("rvn") => Ok(Takeover::RecordVersion),
+        Some("clock") => Ok(Takeover::Clock { max_skew: skew.unwrap_or(DEFAULT_MAX_SKEW) }),
+        Some(other) => Err(u.error(format!("option takeover: '{other}' is not rvn or clock"))),
+    }
+}
+
+#[lock_core::async_trait]
+impl BackendOptions for DynamoOptions {
+    fn from_url(u: &ConnectUrl) -> Result<Self> {
+        u.expect_scheme(SCHEMES)?;
+        u.check_options(URL_OPTIONS)?;
+        let table = table_of(u)?;
+        u.no_credentials("; they come from AWS's default chain (environment, profile, role)")?;
+        u.no_path("")?;
+        let mut o = DynamoOptions::new(table).takeover(takeover_of(u)?);
+        if let Some(r) = u.option("region") {
+            o = o.region(r);
+        }
+        if let Some(e) = u.option("endpoint") {
+            o = o.endpoint(e);
+        }
+        if let Some(pk) = u.option("partition_key") {
+            o = o.partition_key(pk);
+        }
+        if let Some(sk) = u.option("sort_key") {
+            let (name, value) = sk
+                .split_once(':')
+                .ok_or_else(|| u.error(format!("option sort_key: '{sk}' is not NAME:VALUE")))?;
+            o = o.sort_key(name, value);
+        }
+        if let Some(p) = u.duration("poll")? {
+            o = o.poll_interval(p);
+        }
+        if let Some(t) = u.duration("timeout")? {
+            o = o.request_timeout(t);
+        }
+        if let Some(create) = u.flag("create_table")? {
+            o = o.create_table(create);
+        }
+        match o.problem() {
+            Some(what) => Err(u.error(what)),
+            None => Ok(o),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        DynamoOptions::validate(self)
+    }
+
+    async fn connect_dyn(self) -> Result<Arc<dyn LockBackend>> {
+        Ok(Arc::new(DynamoBackend::connect(self).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(url: &str) -> String {
+        let e = url.parse::<DynamoOptions>().expect_err(url);
+        assert!(matches!(e, Error::InvalidConfig(_)) && !e.is_retryable(), "{url}: {e:?}");
+        assert!(!format!("{e} {e:?}").contains("hunter2"), "{url}: the password shows: {e:?}");
+        e.to_string()
+    }
+
+    #[test]
+    fn every_url_form_parses() {
+        assert_eq!("dynamodb://locks".parse::<DynamoOptions>().expect("table"), DynamoOptions::new("locks"));
+        assert_eq!(
+            "dynamodb://locks/".parse::<DynamoOptions>().expect("root path"),
+            DynamoOptions::new("locks")
+        );
+        let o: DynamoOptions = "dynamodb://my.locks?region=eu-west-1&endpoint=http://127.0.0.1:8000\
+            &partition_key=k&sort_key=ns:team-a:x&takeover=clock&poll=50ms&timeout=2s&create_table=true\
+            &namespace=app&ttl=5s"
+            .parse()
+            .expect("every option");
+        let want = DynamoOptions::new("my.locks")
+            .region("eu-west-1")
+            .endpoint("http://127.0.0.1:8000")
+            .partition_key("k")
+            .sort_key("ns", "team-a:x")
+            .takeover(Takeover::Clock { max_skew: DEFAULT_MAX_SKEW })
+            .poll_interval(Duration::from_millis(50))
+            .request_timeout(Duration::from_secs(2))
+            .create_table(true);
+        assert_eq!(o, want);
+        let o: DynamoOptions = "dynamodb://locks?takeover=rvn&create_table=false".parse().expect("rvn");
+        assert_eq!(o, DynamoOptions::new("locks"));
+        let o: DynamoOptions = "dynamodb://locks?takeover=clock&max_skew=1s".parse().expect("clock");
+        assert_eq!(o.takeover, Takeover::Clock { max_skew: Duration::from_secs(1) });
+    }
+
+    #[test]
+    fn url_errors_point_at_the_part() {
+        for (url, expect) in [
+            ("dynamodb://?region=eu-west-1", "needs the table name as its host"),
+            ("dynamodb://a1,b2", "takes one table name"),
+            (
+                "dynamodb://u:hunter2@locks?region=eu-west-1",
+                "dynamodb:// takes no credentials in the URL; they come from AWS's default chain",
+            ),
+            ("dynamodb://locks/x", "dynamodb:// takes no path (got '/x')"),
+            ("dynamodb://locks?takeover=sometimes", "option takeover: 'sometimes' is not rvn or clock"),
+            ("dynamodb://locks?max_skew=1s", "option max_skew: only with takeover=clock"),
+            ("dynamodb://locks?takeover=rvn&max_skew=1s", "only with takeover=clock"),
+            ("dynamodb://locks?sort_key=ns", "option sort_key: 'ns' is not NAME:VALUE"),
+            ("dynamodb://locks?sort_key=ns:", "sort key name and value must not be empty"),
+            ("dynamodb://x?region=eu-west-1", "table name must be 3 to 255"),
+            ("dynamodb://locks?poll=0s", "must be positive"),
+            ("dynamodb://locks?timeout=later", "option timeout"),
+            ("dynamodb://locks?create_table=maybe", "not true or false"),
+            ("dynamodb://locks?bogus=1", "unknown option 'bogus'"),
+            ("redis://locks", "scheme 'redis' is not one of dynamodb://"),
+        ] {
+            let e = err(url);
+            assert!(e.contains(expect), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn options_are_validated_with_a_message() {
+        let e = DynamoOptions::new("x").validate().expect_err("short table name");
+        assert!(e.to_string().contains("table name"), "{e}");
+        let e = DynamoOptions::new("locks").sort_key("ns", "").validate().expect_err("empty sort key value");
+        assert!(e.to_string().contains("sort key"), "{e}");
+        let e = DynamoOptions::new("lo cks").validate().expect_err("a space");
+        assert!(e.to_string().contains("only letters"), "{e}");
+        DynamoOptions::new("locks").validate().expect("valid");
+    }
+
+    #[test]
+    fn debug_redacts_endpoint_credentials() {
+        let o = DynamoOptions::new("locks").endpoint("http://user:hunter2@127.0.0.1:8000");
+        let d = format!("{o:?}");
+        assert!(!d.contains("hunter2"), "{d}");
     }
 }

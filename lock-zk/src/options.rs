@@ -1,76 +1,153 @@
-//! Options of a [`ZkBackend`](crate::ZkBackend).
+//! Options of a [`ZkBackend`](crate::ZkBackend): the builder, its validation, and the
+//! `zk://` / `zookeeper://` URL forms.
 
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use lock_core::url::{BackendOptions, ConnectUrl};
+use lock_core::{Error, LockBackend, Result, Secret};
+use zookeeper_client::Acls;
+
+use crate::ZkBackend;
+
+/// The schemes [`ZkOptions`] parses.
+pub const SCHEMES: &[&str] = &["zk", "zookeeper"];
+
+/// The URL options [`ZkOptions`] reads (besides lock-core's client options).
+const URL_OPTIONS: &[&str] = &["prefix", "session_timeout", "connect_timeout"];
+
 /// Where and how a [`ZkBackend`](crate::ZkBackend) keeps its locks.
+///
+/// Built with [`ZkOptions::new`] and the builder methods, or parsed from a URL:
+///
+/// ```
+/// use std::time::Duration;
+/// use lock_zk::ZkOptions;
+///
+/// let built = ZkOptions::new("h1:2181,h2:2181/app")
+///     .credentials("app", "s3cret")
+///     .session_timeout(Duration::from_secs(4));
+/// let parsed: ZkOptions = "zk://app:s3cret@h1:2181,h2:2181/app?session_timeout=4s".parse()?;
+/// assert_eq!(built, parsed);
+/// assert!(!format!("{parsed:?}").contains("s3cret"));
+/// # Ok::<(), lock_core::Error>(())
+/// ```
+///
+/// # URL forms
+/// `zk://[user:password@]h1:2181,h2:2181[/chroot][?option=value&…]`, or `zookeeper://…`.
+/// `user:password` is digest auth ([`credentials`](Self::credentials)); the chroot is
+/// created if it does not exist. Options: `prefix=/distlock`, `session_timeout=10s`,
+/// `connect_timeout=5s`.
 #[derive(Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct ZkOptions {
     /// The connect string: `host:port[,host:port…][/chroot]`.
-    pub connect: String,
-    /// The requested session timeout (default 10 s; the server clamps it to its
-    /// `minSessionTimeout..maxSessionTimeout`, by default 2 to 20 ticks). It is every lock's
-    /// lease: see the crate documentation.
-    pub session_timeout: Duration,
-    /// How long to wait for the first connection (default 5 s).
-    pub connect_timeout: Duration,
-    /// The parent of every lock's path (default `/distlock`): a lock named `jobs/nightly`
-    /// lives at `/distlock/jobs/nightly`.
-    pub prefix: String,
-    /// Digest authentication: `(user, password)`. Nodes are then created with the
-    /// `creator_all` ACL; without it, `anyone_all`. So every client that locks under the same
-    /// prefix, Curator's included, must authenticate as the same digest user: another
-    /// identity (or none) cannot create children in a lock directory made under this one,
-    /// and gets a typed permission error, never a lock.
-    pub digest: Option<(String, String)>,
-    /// Close the session when the backend is dropped (default true), which deletes its nodes
-    /// at once. When false, the session is left to expire on the server after its timeout,
-    /// exactly as when the process crashes (tests use it to simulate one).
-    pub close_on_drop: bool,
+    pub(crate) connect: String,
+    pub(crate) session_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) prefix: String,
+    /// Digest authentication: user and password.
+    pub(crate) credentials: Option<(String, Secret)>,
+    pub(crate) close_on_drop: bool,
 }
 
 impl ZkOptions {
-    /// Options for the ensemble named by `connect` (`h1:2181,h2:2181[/chroot]`).
+    /// Options for the ensemble named by `connect` (`h1:2181,h2:2181[/chroot]`; a host
+    /// without a port means port 2181), with the defaults: session timeout 10 s, connect
+    /// timeout 5 s, prefix `/distlock`, no authentication, sessions closed on drop.
     pub fn new(connect: impl Into<String>) -> Self {
         Self {
             connect: connect.into(),
             session_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             prefix: "/distlock".into(),
-            digest: None,
+            credentials: None,
             close_on_drop: true,
         }
     }
 
-    /// Sets the requested session timeout.
+    /// Sets the requested session timeout (default 10 s). The server clamps it to its
+    /// `minSessionTimeout..maxSessionTimeout`, by default 2 to 20 ticks. It is every lock's
+    /// lease: see the [crate documentation](crate#sessions-and-ttls).
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.session_timeout = timeout;
         self
     }
 
-    /// Sets the connect timeout.
+    /// Sets how long to wait for the first connection (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// Sets the path prefix of every lock (absolute, without a trailing `/`).
+    /// Sets the parent of every lock's path (default `/distlock`; absolute, without a
+    /// trailing `/`): a lock named `jobs/nightly` lives at `/distlock/jobs/nightly`.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
-    /// Whether dropping the backend closes its session (see the field).
+    /// Whether dropping the backend closes its session (default true), which deletes its
+    /// nodes at once. When false, the session is left to expire on the server after its
+    /// timeout, exactly as when the process crashes (tests use it to simulate one).
     pub fn close_on_drop(mut self, close: bool) -> Self {
         self.close_on_drop = close;
         self
     }
 
-    /// Authenticates with the digest scheme (see [`ZkOptions::digest`](Self#structfield.digest)
-    /// for the ACLs this implies).
-    pub fn digest(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.digest = Some((user.into(), password.into()));
+    /// Authenticates with the digest scheme as `user`. Nodes are then created with the
+    /// `creator_all` ACL; without credentials, `anyone_all`. So every client that locks under
+    /// the same prefix, Curator's included, must authenticate as the same digest user:
+    /// another identity (or none) cannot create children in a lock directory made under
+    /// this one, and gets a typed permission error, never a lock. The password never shows
+    /// in `Debug` output or errors.
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some((user.into(), Secret::new(password.into())));
         self
+    }
+
+    /// Checks the options without connecting: a non-empty connect string, an absolute
+    /// prefix without a trailing `/`, positive timeouts.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the option that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        self.problem().map_or(Ok(()), |what| Err(Error::InvalidConfig(format!("ZooKeeper options: {what}"))))
+    }
+
+    /// What is wrong with the options, if anything.
+    fn problem(&self) -> Option<String> {
+        if self.connect.trim().is_empty() {
+            return Some("the connect string is empty (host:port[,host:port][/chroot])".into());
+        }
+        let p = &self.prefix;
+        if !p.starts_with('/') || p.ends_with('/') || p.contains("//") {
+            return Some(
+                "the prefix must be an absolute path without a trailing '/' (like /distlock)".into(),
+            );
+        }
+        if self.session_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Some("session_timeout and connect_timeout must be positive".into());
+        }
+        None
+    }
+
+    /// The hosts part of the connect string and its chroot (without a trailing `/`; empty
+    /// for none).
+    pub(crate) fn hosts_and_chroot(&self) -> (&str, &str) {
+        match self.connect.find('/') {
+            Some(i) => (&self.connect[..i], self.connect[i..].trim_end_matches('/')),
+            None => (self.connect.as_str(), ""),
+        }
+    }
+
+    /// The ACL of every node we create: only its creator with digest auth, anyone without.
+    pub(crate) fn acls(&self) -> Acls<'static> {
+        if self.credentials.is_some() {
+            Acls::creator_all()
+        } else {
+            Acls::anyone_all()
+        }
     }
 }
 
@@ -81,8 +158,122 @@ impl std::fmt::Debug for ZkOptions {
             .field("session_timeout", &self.session_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("prefix", &self.prefix)
-            .field("digest", &self.digest.as_ref().map(|(u, _)| format!("{u}:***")))
+            .field("credentials", &self.credentials.as_ref().map(|(u, _)| format!("{u}:***")))
             .field("close_on_drop", &self.close_on_drop)
             .finish()
+    }
+}
+
+impl FromStr for ZkOptions {
+    type Err = Error;
+
+    /// Parses a `zk://` or `zookeeper://` URL (see [`ZkOptions`]).
+    fn from_str(url: &str) -> Result<Self> {
+        lock_core::url::parse(url)
+    }
+}
+
+#[lock_core::async_trait]
+impl BackendOptions for ZkOptions {
+    fn from_url(u: &ConnectUrl) -> Result<Self> {
+        u.expect_scheme(SCHEMES)?;
+        u.check_options(URL_OPTIONS)?;
+        let scheme = &u.scheme;
+        if u.hosts.is_empty() {
+            return Err(u.error(format!("{scheme}:// needs at least one host:port")));
+        }
+        let chroot = if u.path == "/" { "" } else { u.path.as_str() };
+        let mut o = ZkOptions::new(format!("{}{chroot}", u.hosts.join(",")));
+        match (&u.user, &u.password) {
+            (Some(user), Some(password)) => o = o.credentials(user, password),
+            (None, None) => {}
+            _ => {
+                return Err(u.error(format!(
+                    "{scheme}:// digest auth needs both user and password ({scheme}://user:password@host)"
+                )))
+            }
+        }
+        if let Some(p) = u.option("prefix") {
+            o = o.prefix(p);
+        }
+        if let Some(t) = u.duration("session_timeout")? {
+            o = o.session_timeout(t);
+        }
+        if let Some(t) = u.duration("connect_timeout")? {
+            o = o.connect_timeout(t);
+        }
+        match o.problem() {
+            Some(what) => Err(u.error(what)),
+            None => Ok(o),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        ZkOptions::validate(self)
+    }
+
+    async fn connect_dyn(self) -> Result<Arc<dyn LockBackend>> {
+        Ok(Arc::new(ZkBackend::connect(self).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(url: &str) -> String {
+        let e = url.parse::<ZkOptions>().expect_err(url);
+        assert!(matches!(e, Error::InvalidConfig(_)) && !e.is_retryable(), "{url}: {e:?}");
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("hunter2"), "{url}: the password shows: {shown}");
+        e.to_string()
+    }
+
+    #[test]
+    fn every_url_form_parses() {
+        let o: ZkOptions = "zk://h1:2181,h2:2182".parse().expect("hosts");
+        assert_eq!(o, ZkOptions::new("h1:2181,h2:2182"));
+        let o: ZkOptions = "zookeeper://h1:2181/apps/one/".parse().expect("zookeeper:// with a chroot");
+        assert_eq!(o, ZkOptions::new("h1:2181/apps/one/"));
+        assert_eq!(o.hosts_and_chroot(), ("h1:2181", "/apps/one"));
+        assert_eq!("zk://h:2181/".parse::<ZkOptions>().expect("root"), ZkOptions::new("h:2181"));
+        let o: ZkOptions =
+            "zk://app:p%40ss@[::1]:2181,h?prefix=/locks&session_timeout=4s&connect_timeout=500ms&namespace=x&ttl=5s"
+                .parse()
+                .expect("everything");
+        let want = ZkOptions::new("[::1]:2181,h")
+            .credentials("app", "p@ss")
+            .prefix("/locks")
+            .session_timeout(Duration::from_secs(4))
+            .connect_timeout(Duration::from_millis(500));
+        assert_eq!(o, want);
+        assert_eq!(o.acls(), Acls::creator_all());
+        assert_eq!(ZkOptions::new("h").acls(), Acls::anyone_all());
+    }
+
+    #[test]
+    fn url_errors_point_at_the_part_and_hide_the_password() {
+        for (url, expect) in [
+            ("zk://u:hunter2@?session_timeout=5s", "zk:// needs at least one host:port"),
+            ("zookeeper://u:hunter2@", "zookeeper:// needs at least one host:port"),
+            ("zk://u:hunter2@h:2181?prefix=relative", "absolute path"),
+            ("zk://u:hunter2@h:2181?prefix=/a/", "absolute path"),
+            ("zk://u:hunter2@h:2181?bogus=1", "unknown option 'bogus'"),
+            ("zk://u:hunter2@h:2181?session_timeout=soon", "option session_timeout"),
+            ("zk://u:hunter2@h:2181?connect_timeout=0s", "must be positive"),
+            ("zk://u:hunter2@h:99999", "port '99999'"),
+            ("zk://user@h:2181", "digest auth needs both user and password (zk://user:password@host)"),
+            ("zk://:hunter2@h:2181", "digest auth needs both user and password"),
+            ("etcd://u:hunter2@h:2379", "scheme 'etcd' is not one of zk://, zookeeper://"),
+        ] {
+            let e = err(url);
+            assert!(e.contains(expect), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let d = format!("{:?}", ZkOptions::new("h:2181").credentials("app", "hunter2"));
+        assert!(!d.contains("hunter2") && d.contains("app:***"), "{d}");
     }
 }

@@ -4,8 +4,48 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_core::{Instant, LossReason, LossSignal};
-use zookeeper_client::{Client, SessionState};
+use lock_core::{Error, Instant, LossReason, LossSignal, Result};
+use zookeeper_client::{Client, CreateMode, SessionState};
+
+use crate::error::{zk_err, NAME};
+use crate::ZkOptions;
+
+/// Opens a session as `opts` say: digest auth, the chroot (made if it does not exist, as
+/// Curator's namespaces are, then entered), the first connect bounded by the connect timeout.
+pub(crate) async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
+    // The idle timeout is left at zookeeper-client's default, 2/5 of the session timeout:
+    // the disconnect grace (see `Session::grace`) rests on it.
+    let mut connector = Client::connector().with_session_timeout(opts.session_timeout);
+    if let Some((user, password)) = &opts.credentials {
+        connector = connector.with_auth("digest", format!("{user}:{}", password.expose()).as_bytes());
+    }
+    if !opts.close_on_drop {
+        connector = connector.with_detached();
+    }
+    let (hosts, chroot) = opts.hosts_and_chroot();
+    let client = tokio::time::timeout(opts.connect_timeout, connector.connect(hosts))
+        .await
+        .map_err(|_| {
+            Error::backend_msg(
+                NAME,
+                lock_core::BackendErrorKind::Connection,
+                format!("no ZooKeeper server at {hosts} answered within {:?}", opts.connect_timeout),
+            )
+        })?
+        .map_err(|e| zk_err("connect to", hosts, e))?;
+    let client = if chroot.is_empty() {
+        client
+    } else {
+        match client.mkdir(chroot, &CreateMode::Persistent.with_acls(opts.acls())).await {
+            Ok(()) | Err(zookeeper_client::Error::NodeExists) => {}
+            Err(e) => return Err(zk_err("create chroot", chroot, e)),
+        }
+        client.chroot(chroot).map_err(|_| {
+            Error::InvalidConfig(format!("ZooKeeper options: '{chroot}' is not a valid chroot"))
+        })?
+    };
+    Ok(Session::start(client))
+}
 
 /// What the session's state says about its ephemeral nodes.
 #[derive(Debug, Clone, Copy)]

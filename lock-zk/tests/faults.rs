@@ -265,7 +265,7 @@ async fn digest_auth_shares_locks_within_one_identity_and_refuses_others() {
     let as_user = |user: Option<&str>| {
         let mut o = ZkOptions::new(&connect).session_timeout(Duration::from_secs(10));
         if let Some(u) = user {
-            o = o.digest(u, "s3cret-pw");
+            o = o.credentials(u, "s3cret-pw");
         }
         async move { LockClient::new(ZkBackend::connect(o).await.expect("connect with digest auth")) }
     };
