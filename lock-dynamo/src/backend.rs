@@ -364,3 +364,34 @@ impl LockBackend for DynamoBackend {
         Ok(Some(LockInfo::new(Some(FencingToken::new(rec.fence)), Some(owner), Some(left))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A malformed endpoint is a configuration error found before anything is sent, never
+    /// "could not reach DynamoDB" (which is retryable).
+    #[tokio::test]
+    async fn a_malformed_endpoint_is_invalid_config_and_not_retryable() {
+        for endpoint in [
+            "http://127.0.0.1:99999",
+            "not a url",
+            "ftp://127.0.0.1:8000",
+            "http://",
+            "http://:8000",
+            "https://u:hunter2@h:0",
+        ] {
+            let o = DynamoOptions::new("locks").region("us-east-1").endpoint(endpoint);
+            let e = match DynamoBackend::connect(o).await {
+                Err(e) => e,
+                Ok(b) => {
+                    let first = lock_core::LockClient::new(b).lock("k").try_acquire().await.map(|_| ());
+                    panic!("{endpoint}: accepted; the first request gave {first:?}");
+                }
+            };
+            assert!(matches!(e, Error::InvalidConfig(_)) && !e.is_retryable(), "{endpoint}: {e:?}");
+            assert!(e.to_string().contains("endpoint"), "{endpoint}: {e}");
+            assert!(!format!("{e} {e:?}").contains("hunter2"), "{endpoint}: {e:?}");
+        }
+    }
+}

@@ -182,7 +182,8 @@ impl DynamoOptions {
     }
 
     /// Checks the options without connecting: a table name of 3 to 255 letters, digits,
-    /// `_`, `-` and `.`, non-empty key names and sort key value, positive durations.
+    /// `_`, `-` and `.`, non-empty key names and sort key value, positive durations, and an
+    /// endpoint that is an `http://` or `https://` URL with a host and a valid port.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the option that is wrong.
@@ -204,9 +205,46 @@ impl DynamoOptions {
         } else if self.poll_interval.is_zero() || self.request_timeout.is_zero() {
             "poll_interval and request_timeout must be positive"
         } else {
-            return None;
+            return self.endpoint.as_deref().and_then(endpoint_problem);
         };
         Some(problem.to_owned())
+    }
+}
+
+/// What is wrong with an endpoint override, if anything: it must be an `http://` or
+/// `https://` URL with a host and, if it names one, a port from 1 to 65535. (The SDK would
+/// take anything and fail at the first request as if DynamoDB could not be reached.)
+fn endpoint_problem(endpoint: &str) -> Option<String> {
+    let shown = lock_core::redact_url(endpoint);
+    let bad = |what: String| Some(format!("endpoint '{shown}': {what}"));
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return bad("not an http:// or https:// URL (like http://127.0.0.1:8000)".into());
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return bad(format!("the scheme '{scheme}' is not http or https"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, "")) => (addr, None),
+            Some((addr, after)) if after.starts_with(':') => (addr, Some(&after[1..])),
+            _ => return bad(format!("host '{hostport}' is not a bracketed IPv6 address")),
+        },
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    if host.is_empty() {
+        return bad("no host".into());
+    }
+    if !host.chars().all(|c| c.is_ascii_alphanumeric() || "-._:%".contains(c)) {
+        return bad(format!("'{host}' is not a host name or address"));
+    }
+    match port.map(str::parse::<u16>) {
+        None | Some(Ok(1..)) => None,
+        Some(_) => bad(format!("port '{}' is not a number from 1 to 65535", port.unwrap_or_default())),
     }
 }
 
@@ -257,7 +295,15 @@ fn takeover_of(u: &ConnectUrl) -> Result<Takeover> {
 
 #[lock_core::async_trait]
 impl BackendOptions for DynamoOptions {
-    fn from_url(u: &ConnectUrl) -> Result<Self> {
+    fn from_url(url: &ConnectUrl) -> Result<Self> {
+        // Errors show the URL with the endpoint's password (if any) redacted too.
+        let mut shown = url.clone();
+        shown
+            .options
+            .iter_mut()
+            .filter(|(k, _)| k == "endpoint")
+            .for_each(|(_, v)| *v = lock_core::redact_url(v));
+        let u = &shown;
         u.expect_scheme(SCHEMES)?;
         u.check_options(URL_OPTIONS)?;
         let table = table_of(u)?;
@@ -267,7 +313,7 @@ impl BackendOptions for DynamoOptions {
         if let Some(r) = u.option("region") {
             o = o.region(r);
         }
-        if let Some(e) = u.option("endpoint") {
+        if let Some(e) = url.option("endpoint") {
             o = o.endpoint(e);
         }
         if let Some(pk) = u.option("partition_key") {
@@ -362,6 +408,14 @@ mod tests {
             ("dynamodb://locks?timeout=later", "option timeout"),
             ("dynamodb://locks?create_table=maybe", "not true or false"),
             ("dynamodb://locks?bogus=1", "unknown option 'bogus'"),
+            (
+                "dynamodb://locks?endpoint=http://127.0.0.1:99999",
+                "endpoint 'http://127.0.0.1:99999': port '99999'",
+            ),
+            ("dynamodb://locks?endpoint=localhost:8000", "endpoint 'localhost:8000'"),
+            ("dynamodb://locks?endpoint=ftp://h:21", "http or https"),
+            ("dynamodb://locks?endpoint=http://u:hunter2%40:8000", "endpoint 'http://u:***@:8000': no host"),
+            ("dynamodb://locks?endpoint=http://u:hunter2%40h:8000&takeover=no", "option takeover"),
             ("redis://locks", "scheme 'redis' is not one of dynamodb://"),
         ] {
             let e = err(url);
@@ -378,6 +432,15 @@ mod tests {
         let e = DynamoOptions::new("lo cks").validate().expect_err("a space");
         assert!(e.to_string().contains("only letters"), "{e}");
         DynamoOptions::new("locks").validate().expect("valid");
+        for ok in [
+            "http://127.0.0.1:8000",
+            "https://dynamodb.eu-west-1.amazonaws.com",
+            "HTTP://localhost:8000/",
+            "http://[::1]:8000",
+            "http://user:pw@10.0.0.1:8000/prefix",
+        ] {
+            DynamoOptions::new("locks").endpoint(ok).validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 
     #[test]

@@ -195,3 +195,20 @@ impl LockBackend for ZkBackend {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A malformed connect string is a configuration error found before connecting, never
+    /// a connection error.
+    #[tokio::test]
+    async fn a_malformed_connect_string_is_invalid_config_before_connecting() {
+        for connect in ["127.0.0.1:99999", ",127.0.0.1:2181", ":2181", "127.0.0.1:2181,,h:2181", "h:0"] {
+            let o = ZkOptions::new(connect).connect_timeout(Duration::from_secs(1));
+            let e = ZkBackend::connect(o).await.expect_err(connect);
+            assert!(matches!(e, Error::InvalidConfig(_)) && !e.is_retryable(), "{connect}: {e:?}");
+            assert!(e.to_string().contains("connect string"), "{connect}: {e}");
+        }
+    }
+}

@@ -106,8 +106,9 @@ impl ZkOptions {
         self
     }
 
-    /// Checks the options without connecting: a non-empty connect string, an absolute
-    /// prefix without a trailing `/`, positive timeouts.
+    /// Checks the options without connecting: a non-empty connect string of well-formed
+    /// hosts (`host[:port]` or `[ipv6][:port]`, ports from 1 to 65535) and an absolute
+    /// chroot, an absolute prefix without a trailing `/`, positive timeouts.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the option that is wrong.
@@ -119,6 +120,16 @@ impl ZkOptions {
     fn problem(&self) -> Option<String> {
         if self.connect.trim().is_empty() {
             return Some("the connect string is empty (host:port[,host:port][/chroot])".into());
+        }
+        let (hosts, chroot) = self.hosts_and_chroot();
+        if let Some(what) = hosts.split(',').find_map(host_problem) {
+            return Some(format!("connect string '{}': {what}", self.connect));
+        }
+        if !chroot.is_empty() && !is_znode_path(chroot) {
+            return Some(format!(
+                "connect string '{}': the chroot '{chroot}' is not an absolute path (like /app)",
+                self.connect
+            ));
         }
         let p = &self.prefix;
         if !p.starts_with('/') || p.ends_with('/') || p.contains("//") {
@@ -149,6 +160,43 @@ impl ZkOptions {
             Acls::anyone_all()
         }
     }
+}
+
+/// What is wrong with one host of a connect string, if anything.
+fn host_problem(host: &str) -> Option<String> {
+    const FORMS: &str = "host:port[,host:port][/chroot]";
+    if host.trim().is_empty() {
+        return Some(format!("a host is empty ({FORMS})"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '@' || c == '?') {
+        return Some(format!("host '{host}' is not a host name or address"));
+    }
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((addr, "")) if !addr.is_empty() => (addr, None),
+            Some((addr, after)) if !addr.is_empty() && after.starts_with(':') => (addr, Some(&after[1..])),
+            _ => return Some(format!("host '{host}' is not a bracketed IPv6 address ([::1] or [::1]:PORT)")),
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        },
+    };
+    if name.is_empty() {
+        return Some(format!("host '{host}' has a port but no name"));
+    }
+    match port.map(str::parse::<u16>) {
+        None | Some(Ok(1..)) => None,
+        Some(_) => Some(format!(
+            "port '{}' of host '{name}' is not a number from 1 to 65535",
+            port.unwrap_or_default()
+        )),
+    }
+}
+
+/// An absolute znode path: starts with `/`, no empty, `.` or `..` segments, no trailing `/`.
+fn is_znode_path(path: &str) -> bool {
+    path.strip_prefix('/').is_some_and(|rest| rest.split('/').all(|s| !matches!(s, "" | "." | "..")))
 }
 
 impl std::fmt::Debug for ZkOptions {
@@ -262,12 +310,39 @@ mod tests {
             ("zk://u:hunter2@h:2181?session_timeout=soon", "option session_timeout"),
             ("zk://u:hunter2@h:2181?connect_timeout=0s", "must be positive"),
             ("zk://u:hunter2@h:99999", "port '99999'"),
+            ("zk://u:hunter2@h:2181/a//b", "chroot '/a//b'"),
             ("zk://user@h:2181", "digest auth needs both user and password (zk://user:password@host)"),
             ("zk://:hunter2@h:2181", "digest auth needs both user and password"),
             ("etcd://u:hunter2@h:2379", "scheme 'etcd' is not one of zk://, zookeeper://"),
         ] {
             let e = err(url);
             assert!(e.contains(expect), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn validate_checks_the_connect_string_prefix_and_timeouts() {
+        for (o, expect) in [
+            (ZkOptions::new(" "), "connect string is empty"),
+            (ZkOptions::new("127.0.0.1:99999"), "port '99999' of host '127.0.0.1'"),
+            (ZkOptions::new("h:0"), "port '0'"),
+            (ZkOptions::new("h:"), "port ''"),
+            (ZkOptions::new(":2181"), "host ':2181' has a port but no name"),
+            (ZkOptions::new(",127.0.0.1:2181"), "a host is empty"),
+            (ZkOptions::new("h1:2181,,h2:2181/app"), "a host is empty"),
+            (ZkOptions::new("[::1:2181"), "bracketed IPv6"),
+            (ZkOptions::new("h 1:2181"), "not a host name"),
+            (ZkOptions::new("h:2181/app/../x"), "chroot"),
+            (ZkOptions::new("h:2181").prefix("relative"), "absolute path"),
+            (ZkOptions::new("h:2181").prefix("/a/"), "absolute path"),
+            (ZkOptions::new("h:2181").session_timeout(Duration::ZERO), "positive"),
+        ] {
+            let e = o.validate().expect_err(&o.connect);
+            assert!(matches!(e, Error::InvalidConfig(_)) && !e.is_retryable(), "{e:?}");
+            assert!(e.to_string().contains(expect), "{:?}: {e}", o.connect);
+        }
+        for ok in ["h:2181", "h", "[::1]", "[::1]:2181,10.0.0.1:2181/app", "h1:1,h2:65535/a/b/"] {
+            ZkOptions::new(ok).validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 
