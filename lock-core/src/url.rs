@@ -203,7 +203,8 @@ impl ConnectUrl {
         s.push_str(&self.hosts.join(","));
         s.push_str(&self.path);
         if !self.options.is_empty() {
-            let q: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            // An option value may be a URL with credentials of its own (an endpoint).
+            let q: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={}", redact_url(v))).collect();
             s.push('?');
             s.push_str(&q.join("&"));
         }
@@ -494,6 +495,9 @@ mod tests {
             assert!(!e.contains("ss@") && !e.contains("pa/") && !e.contains("pw:"), "{url}: {e}");
             assert!(!redact(url).contains("ss@") && !redact(url).contains("pw:"), "{url}");
         }
+        let u = ConnectUrl::parse("dynamodb://t?endpoint=http://key:s3cret%40h:1&bogus=1").unwrap();
+        let e = u.check_options(&["endpoint"]).unwrap_err().to_string();
+        assert!(e.contains("unknown option 'bogus'") && !e.contains("s3cret"), "{e}");
         let u = ConnectUrl::parse("redis://u:p%2Fw?d@h:1").unwrap();
         assert_eq!(u.password.as_deref(), Some("p/w?d"));
         assert_eq!(u.hosts, vec!["h:1"]);
