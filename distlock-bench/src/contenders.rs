@@ -188,26 +188,31 @@ impl Factory for RslockPeer {
 }
 
 // --- etcd ----------------------------------------------------------------------------------
+// Sent with lock-etcd's own gRPC client (`lock_etcd::rpc`, the one its backend uses), as the
+// other floors use their backend's client crate.
+
+use lock_etcd::rpc::pb::{Compare, DeleteRangeRequest, RequestOp, TxnRequest};
+
+async fn etcd_rpc_client(endpoints: &[String]) -> Result<lock_etcd::rpc::Client> {
+    Ok(lock_etcd::rpc::Client::connect(&lock_etcd::EtcdOptions::new(endpoints)).await?)
+}
 
 /// etcd floor: a transaction that puts the key if it does not exist, then a delete.
 pub struct EtcdFloor {
     pub endpoints: Vec<String>,
 }
 
-struct EtcdFloorC(etcd_client::Client);
+struct EtcdFloorC(lock_etcd::rpc::Client);
 
 #[async_trait]
 impl Contender for EtcdFloorC {
     async fn cycle(&self, key: &str) -> Result<()> {
-        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-        let mut c = self.0.clone();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, "floor", None)]);
-        if !c.txn(txn).await?.succeeded() {
+        let txn = TxnRequest::when([Compare::create_revision_is(key, 0)])
+            .and_then([RequestOp::put(key, "floor", 0)]);
+        if !self.0.txn(txn).await?.succeeded {
             return Err(anyhow!("floor: {key} was held"));
         }
-        c.delete(key, None).await?;
+        self.0.delete_range(DeleteRangeRequest::key(key)).await?;
         Ok(())
     }
     async fn lock_wait(&self, _key: &str) -> Result<Option<Box<dyn Held>>> {
@@ -221,27 +226,28 @@ impl Factory for EtcdFloor {
         "floor"
     }
     fn describe(&self) -> String {
-        "txn (create_revision == 0 → put) + delete (etcd-client)".into()
+        "txn (create_revision == 0 → put) + delete (lock-etcd's gRPC client)".into()
     }
     async fn make(&self) -> Result<Arc<dyn Contender>> {
-        Ok(Arc::new(EtcdFloorC(etcd_client::Client::connect(&self.endpoints, None).await?)))
+        Ok(Arc::new(EtcdFloorC(etcd_rpc_client(&self.endpoints).await?)))
     }
 }
 
-/// etcd peer: etcd-client's `lock()`/`unlock()` (etcd's lock service), on a kept-alive lease.
+/// etcd peer: etcd's lock service (`v3lockpb.Lock`/`Unlock`, what etcd-client's
+/// `lock()`/`unlock()` and `etcdctl lock` call), on a kept-alive lease.
 pub struct EtcdPeer {
     pub endpoints: Vec<String>,
 }
 
-struct EtcdPeerC(etcd_client::Client, i64);
+struct EtcdPeerC(lock_etcd::rpc::Client, i64);
 
-struct EtcdPeerHeld(etcd_client::Client, Vec<u8>);
+struct EtcdPeerHeld(lock_etcd::rpc::Client, Vec<u8>);
 
 #[async_trait]
 impl Held for EtcdPeerHeld {
     async fn unlock(self: Box<Self>) -> Result<()> {
-        let mut c = self.0.clone();
-        c.unlock(self.1.clone()).await?;
+        let EtcdPeerHeld(client, key) = *self;
+        client.unlock(key).await?;
         Ok(())
     }
 }
@@ -249,15 +255,13 @@ impl Held for EtcdPeerHeld {
 #[async_trait]
 impl Contender for EtcdPeerC {
     async fn cycle(&self, key: &str) -> Result<()> {
-        let mut c = self.0.clone();
-        let k = c.lock(key, Some(etcd_client::LockOptions::new().with_lease(self.1))).await?;
-        c.unlock(k.key().to_vec()).await?;
+        let k = self.0.lock(key, self.1).await?;
+        self.0.unlock(k).await?;
         Ok(())
     }
     async fn lock_wait(&self, key: &str) -> Result<Option<Box<dyn Held>>> {
-        let mut c = self.0.clone();
-        let k = c.lock(key, Some(etcd_client::LockOptions::new().with_lease(self.1))).await?;
-        Ok(Some(Box::new(EtcdPeerHeld(c, k.key().to_vec()))))
+        let k = self.0.lock(key, self.1).await?;
+        Ok(Some(Box::new(EtcdPeerHeld(self.0.clone(), k))))
     }
 }
 
@@ -267,16 +271,16 @@ impl Factory for EtcdPeer {
         "peer"
     }
     fn describe(&self) -> String {
-        "etcd-client 0.18 lock() / unlock() (etcd's lock service)".into()
+        "etcd's lock service Lock / Unlock (as etcd-client's lock() / unlock())".into()
     }
     async fn make(&self) -> Result<Arc<dyn Contender>> {
-        let mut c = etcd_client::Client::connect(&self.endpoints, None).await?;
-        let lease = c.lease_grant(60, None).await?.id();
-        let (mut keeper, _stream) = c.lease_keep_alive(lease).await?;
+        let c = etcd_rpc_client(&self.endpoints).await?;
+        let lease = c.lease_grant(60).await?.id;
+        let (mut keeper, _) = c.lease_keep_alive(lease).await?;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                if keeper.keep_alive().await.is_err() {
+                if keeper.renew().await.is_err() {
                     return;
                 }
             }

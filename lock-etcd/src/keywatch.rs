@@ -7,9 +7,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchStream};
 use lock_core::{Backoff, LossReason, LossSignal};
 use tokio::sync::mpsc;
+
+use crate::error::token_expired;
+use crate::rpc::pb::{WatchCreateRequest, WatchResponse};
+use crate::rpc::{self, EventType, WatchStream};
 
 struct Entry {
     signal: LossSignal,
@@ -38,10 +41,20 @@ impl std::fmt::Debug for KeyWatch {
 
 impl KeyWatch {
     /// Starts the watcher task; it ends when the session is lost or the watcher is dropped.
-    pub(crate) fn start(client: Client, session_loss: LossSignal) -> Self {
+    pub(crate) fn start(client: rpc::Client, session_loss: LossSignal) -> Self {
         let entries: Arc<Mutex<HashMap<Vec<u8>, Entry>>> = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, session_loss, entries.clone(), rx));
+        let watcher = Watcher {
+            client,
+            entries: entries.clone(),
+            stream: None,
+            want: HashMap::new(),
+            pending: VecDeque::new(),
+            ids: HashMap::new(),
+            cancel_when_created: HashSet::new(),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+        };
+        tokio::spawn(watcher.run(session_loss, rx));
         Self { entries, tx }
     }
 
@@ -89,148 +102,161 @@ impl KeyWatch {
     }
 }
 
-fn watch_options(start: i64) -> WatchOptions {
-    WatchOptions::new().with_start_revision(start).with_filters([WatchFilterType::NoPut])
+/// The task behind a [`KeyWatch`]: the stream and what it watches.
+struct Watcher {
+    client: rpc::Client,
+    entries: Arc<Mutex<HashMap<Vec<u8>, Entry>>>,
+    stream: Option<WatchStream>,
+    /// Keys we want watched, with the revision to start from.
+    want: HashMap<Vec<u8>, i64>,
+    /// Keys whose watch was requested, in order, awaiting their `created` response.
+    pending: VecDeque<Vec<u8>>,
+    /// The watch id of each watched key.
+    ids: HashMap<Vec<u8>, i64>,
+    /// Keys released while their watch was being created: cancel it once it is.
+    cancel_when_created: HashSet<Vec<u8>>,
+    backoff: Backoff,
 }
 
-async fn run(
-    client: Client,
-    session_loss: LossSignal,
-    entries: Arc<Mutex<HashMap<Vec<u8>, Entry>>>,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
-) {
-    let lock = || entries.lock().unwrap_or_else(|p| p.into_inner());
-    let mut stream: Option<WatchStream> = None;
-    // Keys we want watched, with the revision to start from.
-    let mut want: HashMap<Vec<u8>, i64> = HashMap::new();
-    // Keys whose watch was requested, in order, awaiting their `created` response.
-    let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
-    let mut ids: HashMap<Vec<u8>, i64> = HashMap::new();
-    let mut cancel_when_created: HashSet<Vec<u8>> = HashSet::new();
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    loop {
-        // (Re)open the stream when keys want watching and it is down.
-        if stream.is_none() && !want.is_empty() {
-            pending.clear();
-            ids.clear();
-            cancel_when_created.clear();
-            let mut keys = want.iter();
-            let Some((first, rev)) = keys.next() else { continue };
-            match client.watch_client().watch(first.clone(), Some(watch_options(*rev))).await {
-                Ok(mut s) => {
-                    pending.push_back(first.clone());
-                    let mut ok = true;
-                    for (k, r) in keys {
-                        if s.watch(k.clone(), Some(watch_options(*r))).await.is_err() {
-                            ok = false;
-                            break;
-                        }
-                        pending.push_back(k.clone());
-                    }
-                    if ok {
-                        stream = Some(s);
-                        backoff.reset();
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "etcd key watch: cannot open the stream");
-                    if crate::token_expired(&e) {
-                        let _ = client.refresh_token().await;
+impl Watcher {
+    fn entries(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run(mut self, session_loss: LossSignal, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        loop {
+            // (Re)open the stream when keys want watching and it is down.
+            if self.stream.is_none() && !self.want.is_empty() {
+                self.open().await;
+                if self.stream.is_none() {
+                    tokio::select! {
+                        _ = session_loss.fired() => {}
+                        _ = tokio::time::sleep(self.backoff.next_delay()) => continue,
                     }
                 }
             }
-            if stream.is_none() {
-                tokio::select! {
-                    _ = session_loss.fired() => {}
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+            tokio::select! {
+                reason = session_loss.fired() => {
+                    for e in self.entries().values() {
+                        e.signal.fire(reason);
+                    }
+                    return;
+                }
+                cmd = rx.recv() => match cmd {
+                    None => return,
+                    Some(cmd) => self.command(cmd),
+                },
+                msg = async {
+                    match self.stream.as_mut() {
+                        Some(s) => s.message().await,
+                        None => std::future::pending().await,
+                    }
+                } => match msg {
+                    Ok(Some(resp)) => self.response(resp),
+                    // The stream broke: reopen it (from each key's grant revision) on the next turn.
+                    _ => {
+                        self.stream = None;
+                        tokio::select! {
+                            _ = session_loss.fired() => {}
+                            _ = tokio::time::sleep(self.backoff.next_delay()) => {}
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Opens the stream with a watcher for every wanted key.
+    async fn open(&mut self) {
+        self.pending.clear();
+        self.ids.clear();
+        self.cancel_when_created.clear();
+        let mut keys = self.want.iter();
+        let Some((first, rev)) = keys.next() else { return };
+        match self.client.watch(WatchCreateRequest::deletions_of(first.clone(), *rev)).await {
+            Ok(s) => {
+                self.pending.push_back(first.clone());
+                for (k, r) in keys {
+                    if s.watch(WatchCreateRequest::deletions_of(k.clone(), *r)).is_err() {
+                        return;
+                    }
+                    self.pending.push_back(k.clone());
+                }
+                self.stream = Some(s);
+                self.backoff.reset();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "etcd key watch: cannot open the stream");
+                if token_expired(&e) {
+                    let _ = self.client.refresh_token().await;
                 }
             }
         }
-        tokio::select! {
-            reason = session_loss.fired() => {
-                for e in lock().values() {
-                    e.signal.fire(reason);
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Add(key, start) => {
+                self.want.insert(key.clone(), start);
+                if let Some(s) = self.stream.as_ref() {
+                    if s.watch(WatchCreateRequest::deletions_of(key.clone(), start)).is_ok() {
+                        self.pending.push_back(key);
+                    } else {
+                        self.stream = None;
+                    }
                 }
-                return;
             }
-            cmd = rx.recv() => match cmd {
-                None => return,
-                Some(Cmd::Add(key, start)) => {
-                    want.insert(key.clone(), start);
-                    if let Some(s) = stream.as_mut() {
-                        if s.watch(key.clone(), Some(watch_options(start))).await.is_ok() {
-                            pending.push_back(key);
-                        } else {
-                            stream = None;
+            Cmd::Remove(key) => {
+                self.want.remove(&key);
+                match self.ids.remove(&key) {
+                    Some(id) => {
+                        if let Some(s) = self.stream.as_ref() {
+                            let _ = s.cancel(id);
                         }
                     }
+                    None if self.pending.contains(&key) => {
+                        self.cancel_when_created.insert(key);
+                    }
+                    None => {}
                 }
-                Some(Cmd::Remove(key)) => {
-                    want.remove(&key);
-                    match ids.remove(&key) {
-                        Some(id) => {
-                            if let Some(s) = stream.as_mut() {
-                                let _ = s.cancel(id).await;
-                            }
-                        }
-                        None if pending.contains(&key) => {
-                            cancel_when_created.insert(key);
-                        }
-                        None => {}
+            }
+        }
+    }
+
+    fn response(&mut self, resp: WatchResponse) {
+        if resp.created {
+            if let Some(key) = self.pending.pop_front() {
+                if self.cancel_when_created.remove(&key) {
+                    if let Some(s) = self.stream.as_ref() {
+                        let _ = s.cancel(resp.watch_id);
                     }
+                } else {
+                    self.ids.insert(key, resp.watch_id);
                 }
-            },
-            msg = async {
-                match stream.as_mut() {
-                    Some(s) => s.message().await,
-                    None => std::future::pending().await,
+            }
+        }
+        if resp.compact_revision > 0 {
+            // The start revision was compacted away: we cannot know what happened to that key
+            // since; a grant whose key is gone must not look held.
+            let key = self.ids.iter().find(|(_, id)| **id == resp.watch_id).map(|(k, _)| k.clone());
+            if let Some(k) = key {
+                self.ids.remove(&k);
+                self.want.remove(&k);
+                if let Some(e) = self.entries().get(&k) {
+                    e.signal.fire(LossReason::NotHeld);
                 }
-            } => match msg {
-                Ok(Some(resp)) => {
-                    if resp.created() {
-                        if let Some(key) = pending.pop_front() {
-                            if cancel_when_created.remove(&key) {
-                                if let Some(s) = stream.as_mut() {
-                                    let _ = s.cancel(resp.watch_id()).await;
-                                }
-                            } else {
-                                ids.insert(key, resp.watch_id());
-                            }
-                        }
-                    }
-                    if resp.compact_revision() > 0 {
-                        // The start revision was compacted away: we cannot know what happened
-                        // to that key since; a grant whose key is gone must not look held.
-                        let key = ids.iter().find(|(_, id)| **id == resp.watch_id()).map(|(k, _)| k.clone());
-                        if let Some(k) = key {
-                            ids.remove(&k);
-                            want.remove(&k);
-                            if let Some(e) = lock().get(&k) {
-                                e.signal.fire(LossReason::NotHeld);
-                            }
-                        }
-                    }
-                    for ev in resp.events() {
-                        if ev.event_type() != EventType::Delete {
-                            continue;
-                        }
-                        let Some(kv) = ev.kv() else { continue };
-                        if let Some(e) = lock().get(kv.key()) {
-                            if kv.mod_revision() > e.created {
-                                e.signal.fire(LossReason::NotHeld);
-                            }
-                        }
-                    }
+            }
+        }
+        for ev in &resp.events {
+            if ev.r#type() != EventType::Delete {
+                continue;
+            }
+            let Some(kv) = ev.kv.as_ref() else { continue };
+            if let Some(e) = self.entries().get(&kv.key) {
+                if kv.mod_revision > e.created {
+                    e.signal.fire(LossReason::NotHeld);
                 }
-                // The stream broke: reopen it (from each key's grant revision) on the next turn.
-                _ => {
-                    stream = None;
-                    tokio::select! {
-                        _ = session_loss.fired() => {}
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                }
-            },
+            }
         }
     }
 }

@@ -3,12 +3,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseGrantOptions};
 use lock_core::{drift_margin, Backoff, Instant, LossReason, LossSignal, Result};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{map_err, timeout, token_expired};
 use crate::keywatch::KeyWatch;
-use crate::map_err;
+use crate::rpc::{self, LeaseKeepAlive};
 
 /// One lease and its keep-alive task.
 #[derive(Debug)]
@@ -25,21 +25,20 @@ pub(crate) struct Session {
 impl Session {
     /// Grants a lease of `ttl` (whole seconds) and starts keeping it alive every TTL/3.
     pub(crate) async fn start(
-        client: &Client,
+        client: &rpc::Client,
         ttl: Duration,
         request_timeout: Duration,
     ) -> Result<Arc<Self>> {
         let secs = ttl.as_secs().max(1) as i64 + i64::from(ttl.subsec_nanos() > 0);
         let sent = Instant::now();
-        let mut lc = client.lease_client();
-        let grant = tokio::time::timeout(request_timeout, lc.grant(secs, None::<LeaseGrantOptions>))
+        let grant = tokio::time::timeout(request_timeout, client.lease_grant(secs))
             .await
-            .map_err(|_| crate::timeout("lease grant", request_timeout))?
+            .map_err(|_| timeout("lease grant", request_timeout))?
             .map_err(map_err)?;
-        let ttl = Duration::from_secs(grant.ttl().max(1) as u64);
+        let ttl = Duration::from_secs(grant.ttl.max(1) as u64);
         let loss = LossSignal::new();
         let session = Arc::new(Self {
-            id: grant.id(),
+            id: grant.id,
             ttl,
             keys: KeyWatch::start(client.clone(), loss.clone()),
             loss,
@@ -58,9 +57,33 @@ impl Session {
         !self.loss.is_fired() && Instant::now() < self.valid_until()
     }
 
-    fn renewed(&self, sent: Instant, ttl: Duration) {
+    /// Records one keep-alive reply (sent at `sent`, granting `ttl` seconds). `false` when the
+    /// lease is gone (TTL 0: revoked, or expired while we were away): the session is lost.
+    fn record(&self, sent: Instant, ttl: i64) -> bool {
+        if ttl <= 0 {
+            tracing::warn!(lease = self.id, "etcd session lease is gone");
+            self.loss.fire(LossReason::SessionLost);
+            return false;
+        }
+        let ttl = Duration::from_secs(ttl as u64);
         *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) =
             sent + ttl.saturating_sub(drift_margin(ttl));
+        true
+    }
+
+    /// After a failed keep-alive: the session is lost once its TTL has run out by our clock;
+    /// until then, try again after a backoff. `false` when the task should end (lost or
+    /// stopped).
+    async fn retry_later(&self, backoff: &mut Backoff) -> bool {
+        if Instant::now() >= self.valid_until() {
+            tracing::warn!(lease = self.id, "etcd session keep-alive failed past the TTL");
+            self.loss.fire(LossReason::SessionLost);
+            return false;
+        }
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep(backoff.next_delay()) => true,
+        }
     }
 
     /// Stops the keep-alive without revoking (what a crashed process does): the lease expires
@@ -70,77 +93,63 @@ impl Session {
     }
 
     /// Revokes the lease (deleting every key on it) and stops the keep-alive.
-    pub(crate) async fn close(&self, client: &Client) {
+    pub(crate) async fn close(&self, client: &rpc::Client) {
         self.stop.cancel();
-        let _ = client.lease_client().revoke(self.id).await;
+        let _ = client.lease_revoke(self.id).await;
         self.loss.fire(LossReason::SessionLost);
     }
 }
 
-async fn keep_alive(client: Client, s: Arc<Session>, request_timeout: Duration) {
+/// The keep-alive task: opens a keep-alive stream (its opening renews once) and renews on it
+/// every TTL/3; reopens it after a failure, until the session is stopped or lost.
+async fn keep_alive(client: rpc::Client, s: Arc<Session>, request_timeout: Duration) {
     let mut backoff = Backoff::new(Duration::from_millis(50), s.ttl / 6);
-    'reconnect: loop {
-        if s.stop.is_cancelled() {
+    while !s.stop.is_cancelled() {
+        let sent = Instant::now();
+        match tokio::time::timeout(request_timeout, client.lease_keep_alive(s.id)).await {
+            Ok(Ok((mut stream, ttl))) => {
+                if !s.record(sent, ttl) {
+                    return;
+                }
+                backoff.reset();
+                if !renew_on(&mut stream, &s, request_timeout, &mut backoff).await {
+                    return;
+                }
+            }
+            // An expired auth token: log in again before the next try.
+            Ok(Err(e)) if token_expired(&e) => {
+                let _ = client.refresh_token().await;
+            }
+            _ => {}
+        }
+        if !s.retry_later(&mut backoff).await {
             return;
         }
-        let stream = tokio::time::timeout(request_timeout, client.lease_client().keep_alive(s.id)).await;
-        let (mut keeper, mut responses) = match stream {
-            Ok(Ok(pair)) => pair,
-            failed => {
-                // An expired auth token: log in again before the next try.
-                if let Ok(Err(e)) = &failed {
-                    if crate::token_expired(e) {
-                        let _ = client.refresh_token().await;
-                    }
+    }
+}
+
+/// Renews on an open stream every TTL/3. Returns `true` when the stream failed (reopen it),
+/// `false` when the session is stopped or lost.
+async fn renew_on(
+    stream: &mut LeaseKeepAlive,
+    s: &Session,
+    request_timeout: Duration,
+    backoff: &mut Backoff,
+) -> bool {
+    loop {
+        tokio::select! {
+            _ = s.stop.cancelled() => return false,
+            _ = tokio::time::sleep(s.ttl / 3) => {}
+        }
+        let sent = Instant::now();
+        match tokio::time::timeout(request_timeout, stream.renew()).await {
+            Ok(Ok(ttl)) => {
+                if !s.record(sent, ttl) {
+                    return false;
                 }
-                if Instant::now() >= s.valid_until() {
-                    s.loss.fire(LossReason::SessionLost);
-                    return;
-                }
-                tokio::select! {
-                    _ = s.stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue 'reconnect,
-                }
+                backoff.reset();
             }
-        };
-        loop {
-            let sent = Instant::now();
-            // The TTL the server granted, or None when the keep-alive failed.
-            let reply: Option<i64> = if keeper.keep_alive().await.is_ok() {
-                match tokio::time::timeout(request_timeout, responses.message()).await {
-                    Ok(Ok(Some(r))) => Some(r.ttl()),
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            match reply {
-                Some(ttl) if ttl > 0 => {
-                    s.renewed(sent, Duration::from_secs(ttl as u64));
-                    backoff.reset();
-                }
-                Some(_) => {
-                    // TTL 0: the lease is gone (revoked, or expired while we were away).
-                    tracing::warn!(lease = s.id, "etcd session lease is gone");
-                    s.loss.fire(LossReason::SessionLost);
-                    return;
-                }
-                _ => {
-                    if Instant::now() >= s.valid_until() {
-                        tracing::warn!(lease = s.id, "etcd session keep-alive failed past the TTL");
-                        s.loss.fire(LossReason::SessionLost);
-                        return;
-                    }
-                    tokio::select! {
-                        _ = s.stop.cancelled() => return,
-                        _ = tokio::time::sleep(backoff.next_delay()) => continue 'reconnect,
-                    }
-                }
-            }
-            tokio::select! {
-                _ = s.stop.cancelled() => return,
-                _ = tokio::time::sleep(s.ttl / 3) => {}
-            }
+            _ => return true,
         }
     }
 }

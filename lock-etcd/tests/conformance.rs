@@ -28,7 +28,7 @@ async fn suite(members: usize, mode: LeaseMode) -> Suite {
         async move {
             let opts =
                 EtcdOptions::new(&endpoints).session_ttl(std::time::Duration::from_secs(3)).lease_mode(mode);
-            let backend = EtcdBackend::connect_with(opts).await?;
+            let backend = EtcdBackend::connect(opts).await?;
             let shared: Arc<dyn LockBackend> = Arc::new(backend.clone());
             made.lock().expect("registry").push((shared.clone(), backend));
             Ok(LockClient::from_arc(shared))

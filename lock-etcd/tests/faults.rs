@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::fixtures::etcd::EtcdCluster;
-use lock_core::{Instant, LockClient, LossReason, ReleaseOutcome};
-use lock_etcd::{EtcdBackend, EtcdOptions};
+use lock_core::{Instant, LockClient, LossReason, ReleaseOutcome, TlsOptions};
+use lock_etcd::{rpc, EtcdBackend, EtcdOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn backend(endpoints: &[String]) -> EtcdBackend {
@@ -15,7 +15,7 @@ async fn backend(endpoints: &[String]) -> EtcdBackend {
 }
 
 async fn backend_ttl(endpoints: &[String], secs: u64) -> EtcdBackend {
-    EtcdBackend::connect_with(EtcdOptions::new(endpoints).session_ttl(Duration::from_secs(secs)))
+    EtcdBackend::connect(EtcdOptions::new(endpoints).session_ttl(Duration::from_secs(secs)))
         .await
         .expect("connect")
 }
@@ -63,9 +63,9 @@ async fn a_waiter_whose_lease_is_lost_gets_an_error_never_the_lock() {
 
 async fn leader_index(etcd: &EtcdCluster) -> usize {
     for (i, ep) in etcd.endpoints().iter().enumerate() {
-        let Ok(mut c) = etcd_client::Client::connect([ep.as_str()], None).await else { continue };
+        let Ok(c) = rpc::Client::connect(&EtcdOptions::new([ep])).await else { continue };
         if let Ok(st) = c.status().await {
-            if st.header().map(|h| h.member_id()) == Some(st.leader()) {
+            if st.header.map(|h| h.member_id) == Some(st.leader) {
                 return i;
             }
         }
@@ -187,11 +187,11 @@ async fn unreachable_and_bad_options_are_typed_errors() {
     let port = conformance_tests::fixtures::free_port().expect("port");
     let opts =
         EtcdOptions::new(&[format!("http://127.0.0.1:{port}")]).connect_timeout(Duration::from_secs(1));
-    let e = EtcdBackend::connect_with(opts).await.expect_err("nobody listens");
+    let e = EtcdBackend::connect(opts).await.expect_err("nobody listens");
     assert!(e.is_retryable(), "{e:?}");
-    let e = EtcdBackend::connect_with(EtcdOptions::new::<&str>(&[])).await.expect_err("no endpoints");
+    let e = EtcdBackend::connect(EtcdOptions::new(Vec::<String>::new())).await.expect_err("no endpoints");
     assert!(matches!(e, lock_core::Error::InvalidConfig(_)));
-    let dbg = format!("{:?}", EtcdOptions::new(&["h:2379"]).user("root", "pa55-secret"));
+    let dbg = format!("{:?}", EtcdOptions::new(["h:2379"]).credentials("root", "pa55-secret"));
     assert!(!dbg.contains("pa55-secret"), "{dbg}");
 }
 
@@ -203,17 +203,17 @@ async fn https_endpoints_with_a_private_ca() {
     let etcd = EtcdCluster::start_with(1, Some(&ca)).await.expect("TLS etcd");
     let eps = etcd.endpoints();
     assert!(eps[0].starts_with("https://"));
-    let opts = EtcdOptions::new(&eps).tls_ca(ca.ca_pem().expect("pem"));
-    let locks = LockClient::new(EtcdBackend::connect_with(opts).await.expect("TLS connect with the CA"));
+    let opts = EtcdOptions::new(&eps).tls(TlsOptions::new().ca(ca.ca_pem().expect("pem")));
+    let locks = LockClient::new(EtcdBackend::connect(opts).await.expect("TLS connect with the CA"));
     let g = locks.lock("tls").acquire().await.expect("acquire over TLS");
     assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
     // Without the private CA, the system's roots are used, and they do not trust this one.
-    let e = EtcdBackend::connect_with(EtcdOptions::new(&eps).connect_timeout(Duration::from_secs(2)))
+    let e = EtcdBackend::connect(EtcdOptions::new(&eps).connect_timeout(Duration::from_secs(2)))
         .await
         .expect_err("https trusting only the system's roots");
     assert!(matches!(e, lock_core::Error::Backend { .. }), "{e:?}");
     // TLS on with an http:// endpoint is a contradiction, said at once.
-    let e = EtcdBackend::connect_with(EtcdOptions::new(&["http://127.0.0.1:1"]).tls(true))
+    let e = EtcdBackend::connect(EtcdOptions::new(["http://127.0.0.1:1"]).tls(TlsOptions::new()))
         .await
         .expect_err("tls with http://");
     assert!(matches!(e, lock_core::Error::InvalidConfig(_)), "{e:?}");
@@ -228,31 +228,57 @@ async fn a_cluster_requiring_client_certificates() {
     let eps = etcd.endpoints();
     // Bare host:port endpoints are dialled with TLS when TLS is configured.
     let bare: Vec<String> = eps.iter().map(|e| e.trim_start_matches("https://").to_owned()).collect();
-    let with_cert = EtcdOptions::new(&bare)
-        .tls_ca(ca.ca_pem().expect("pem"))
-        .tls_identity_files(&ca.client_cert, &ca.client_key)
+    let tls = TlsOptions::new()
+        .ca(ca.ca_pem().expect("pem"))
+        .identity_files(&ca.client_cert, &ca.client_key)
         .expect("client certificate files");
+    let with_cert = EtcdOptions::new(&bare).tls(tls);
     let dbg = format!("{with_cert:?}");
-    assert!(dbg.contains("tls_identity: true") && !dbg.contains("PRIVATE KEY"), "{dbg}");
-    let locks =
-        LockClient::new(EtcdBackend::connect_with(with_cert).await.expect("connect with a client cert"));
+    assert!(dbg.contains("client_certificate: true") && !dbg.contains("PRIVATE KEY"), "{dbg}");
+    let locks = LockClient::new(EtcdBackend::connect(with_cert).await.expect("connect with a client cert"));
     let g = locks.lock("mtls").acquire().await.expect("acquire over mutual TLS");
     assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    // The same from a URL: the files imply TLS.
+    let url = format!(
+        "etcd://{}?ca_file={}&cert_file={}&key_file={}",
+        bare.join(","),
+        ca.ca_cert.display(),
+        ca.client_cert.display(),
+        ca.client_key.display()
+    );
+    let from_url: EtcdOptions = url.parse().expect("etcd URL");
+    let locks = LockClient::new(EtcdBackend::connect(from_url).await.expect("connect from the URL"));
+    let g = locks.lock("mtls").acquire().await.expect("acquire over mutual TLS, from a URL");
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
     // The same cluster refuses a client without a certificate.
-    let e = EtcdBackend::connect_with(
-        EtcdOptions::new(&eps).tls_ca(ca.ca_pem().expect("pem")).connect_timeout(Duration::from_secs(2)),
+    let e = EtcdBackend::connect(
+        EtcdOptions::new(&eps)
+            .tls(TlsOptions::new().ca(ca.ca_pem().expect("pem")))
+            .connect_timeout(Duration::from_secs(2)),
     )
     .await
     .expect_err("no client certificate");
     assert!(matches!(e, lock_core::Error::Backend { .. }), "{e:?}");
 }
 
-/// Turns on etcd's auth with a root user (password `r00t-secret`), as an operator would.
+/// Turns on etcd's auth with a root user (password `r00t-secret`), as an operator would
+/// (with etcdctl, which the interop test needs anyway).
 async fn enable_root_auth(endpoints: &[String]) {
-    let mut admin = etcd_client::Client::connect(endpoints, None).await.expect("admin");
-    admin.user_add("root", "r00t-secret", None).await.expect("user add");
-    admin.user_grant_role("root", "root").await.expect("grant root");
-    admin.auth_enable().await.expect("auth enable");
+    for args in [
+        &["user", "add", "root", "--interactive=false", "--new-user-password=r00t-secret"][..],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        let out = tokio::process::Command::new("etcdctl")
+            .arg("--endpoints")
+            .arg(endpoints.join(","))
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .await
+            .expect("etcdctl (apt-get install etcd-client)");
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,12 +287,18 @@ async fn user_and_password_auth() {
     let eps = etcd.endpoints();
     enable_root_auth(&eps).await;
 
-    let opts = EtcdOptions::new(&eps).user("root", "r00t-secret");
-    let locks = LockClient::new(EtcdBackend::connect_with(opts).await.expect("authenticated connect"));
+    let opts = EtcdOptions::new(&eps).credentials("root", "r00t-secret");
+    let locks = LockClient::new(EtcdBackend::connect(opts).await.expect("authenticated connect"));
     let g = locks.lock("auth").acquire().await.expect("acquire with auth");
     assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    // The same from a URL.
+    let hosts: Vec<&str> = eps.iter().map(|e| e.trim_start_matches("http://")).collect();
+    let from_url: EtcdOptions = format!("etcd://root:r00t-secret@{}", hosts.join(",")).parse().expect("URL");
+    let locks = LockClient::new(EtcdBackend::connect(from_url).await.expect("authenticated connect, URL"));
+    let g = locks.lock("auth").acquire().await.expect("acquire with auth, from a URL");
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
 
-    let err = EtcdBackend::connect_with(EtcdOptions::new(&eps).user("root", "wrong-pass-9"))
+    let err = EtcdBackend::connect(EtcdOptions::new(&eps).credentials("root", "wrong-pass-9"))
         .await
         .expect_err("bad password");
     assert!(!err.is_retryable(), "{err:?}");
@@ -280,8 +312,8 @@ async fn an_expired_auth_token_is_renewed_with_a_new_login() {
     let eps = etcd.endpoints();
     enable_root_auth(&eps).await;
 
-    let opts = EtcdOptions::new(&eps).user("root", "r00t-secret");
-    let locks = LockClient::new(EtcdBackend::connect_with(opts).await.expect("authenticated connect"));
+    let opts = EtcdOptions::new(&eps).credentials("root", "r00t-secret");
+    let locks = LockClient::new(EtcdBackend::connect(opts).await.expect("authenticated connect"));
     let g = locks.lock("token/a").acquire().await.expect("acquire with a fresh token");
     assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
     // Idle past the token's TTL: the next requests meet "invalid auth token".
@@ -303,8 +335,8 @@ async fn deleting_a_held_key_from_outside_fires_only_that_locks_loss_signal() {
     // Past the first renewal, so the key watch is in place.
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Another process deletes x's key (etcdctl del --prefix outside/x/).
-    let mut raw = b.raw_client();
-    raw.delete("outside/x/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.expect("delete");
+    let raw = b.raw_client();
+    raw.delete_range(rpc::pb::DeleteRangeRequest::prefix("outside/x/")).await.expect("delete");
     let reason = tokio::time::timeout(Duration::from_secs(5), x.lost()).await.expect("x's loss fired");
     assert_eq!(reason, LossReason::NotHeld);
     assert!(!x.is_held());

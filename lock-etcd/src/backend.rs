@@ -1,0 +1,473 @@
+//! [`EtcdBackend`]: the connection, the session, and the [`LockBackend`] impl, which strings
+//! the mechanisms of the other files together.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lock_core::{
+    async_trait, drift_margin, AcquireRequest, Attempt, Backoff, Capabilities, Error, ExtendOutcome,
+    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result,
+    WakeMode,
+};
+use tonic::Status;
+
+use crate::error::{map_err, timeout, token_expired, NAME};
+use crate::keepalive::ttl_secs;
+use crate::local::LocalSlots;
+use crate::options::{EtcdOptions, LeaseMode};
+use crate::queue::QueueEntry;
+use crate::rpc::{self, pb};
+use crate::session::Session;
+
+/// Locks on an etcd v3 cluster.
+///
+/// # Behavior
+/// See the [crate docs](crate): Go `concurrency.Mutex` layout, fair queue, predecessor-only
+/// watches opened at the current revision, fencing token = create revision, session or
+/// per-lock leases. A dropped waiting acquire deletes its queue key (in the background if
+/// need be). Dropping the last handle on a backend revokes its session lease, releasing its
+/// locks at once.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: rpc::Client,
+    pub(crate) opts: EtcdOptions,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// Session mode: which local owner holds or is queued for a name (one key per session).
+    pub(crate) local: LocalSlots,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.get_mut().take() {
+            let client = self.client.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn(async move { s.close(&client).await });
+                }
+                Err(_) => s.abandon(),
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdBackend").field("options", &self.inner.opts).finish()
+    }
+}
+
+/// What one of our leases carries.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) etcd_key: String,
+    /// Session mode: fires when this grant's key is deleted or the session is lost.
+    pub(crate) signal: Option<lock_core::LossSignal>,
+    /// (lease id, granted TTL in seconds); per-lock leases change on a TTL change.
+    pub(crate) lease: Mutex<(i64, i64)>,
+    pub(crate) session: Option<Arc<Session>>,
+}
+
+impl Held {
+    fn lease(&self) -> (i64, i64) {
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A validity of `granted` from `sent`, less the drift margin.
+fn valid_until(sent: Instant, granted: i64) -> Instant {
+    let g = Duration::from_secs(granted.max(0) as u64);
+    sent + g.saturating_sub(drift_margin(g))
+}
+
+impl EtcdBackend {
+    /// Validates `options` and connects (session leases with a 10 s TTL unless the options
+    /// say otherwise).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for bad options; a retryable connection error when no endpoint
+    /// answers; an auth error for refused credentials.
+    pub async fn connect(options: EtcdOptions) -> Result<Self> {
+        options.validate()?;
+        let client = rpc::Client::connect(&options).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                opts: options,
+                session: tokio::sync::Mutex::new(None),
+                local: LocalSlots::default(),
+            }),
+        })
+    }
+
+    /// The etcd prefix that holds the queue of `key`: `<prefix><name>/`.
+    pub fn etcd_prefix(&self, key: &LockKey) -> String {
+        format!("{}{}/", self.inner.opts.prefix, key.full())
+    }
+
+    /// The underlying client (for tests and benchmarks).
+    #[doc(hidden)]
+    pub fn raw_client(&self) -> rpc::Client {
+        self.inner.client.clone()
+    }
+
+    pub(crate) fn client(&self) -> &rpc::Client {
+        &self.inner.client
+    }
+
+    /// The current session's lease id, if a session is open.
+    pub async fn session_lease(&self) -> Option<i64> {
+        self.inner.session.lock().await.as_ref().filter(|s| s.alive()).map(|s| s.id)
+    }
+
+    /// Stops keeping the session alive without revoking it, as a crashed process would: its
+    /// locks are freed when its TTL runs out. For tests.
+    #[doc(hidden)]
+    pub async fn abandon_session(&self) {
+        if let Some(s) = self.inner.session.lock().await.take() {
+            s.abandon();
+        }
+    }
+
+    /// Revokes the session lease (releasing every lock of this client at once).
+    pub async fn close(&self) {
+        if let Some(s) = self.inner.session.lock().await.take() {
+            s.close(self.client()).await;
+        }
+    }
+
+    /// Runs one request, retrying retryable failures (a leader election, a member going away)
+    /// until the request timeout. Only for requests that are safe to repeat.
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
+    {
+        let t = self.inner.opts.request_timeout;
+        let deadline = Instant::now() + t;
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
+        let mut reauthenticated = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let e = match tokio::time::timeout(left, f()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e,
+                Err(_) => return Err(timeout(what, t)),
+            };
+            // An auth token expires (etcd's simple tokens after 5 idle minutes, JWTs at their
+            // TTL): log in again once with the configured user, and repeat.
+            if !reauthenticated && self.client().has_credentials() && token_expired(&e) {
+                reauthenticated = true;
+                if self.client().refresh_token().await.is_ok() {
+                    tracing::debug!(what, "etcd auth token refreshed");
+                    continue;
+                }
+            }
+            let err = map_err(e);
+            if err.is_retryable() && Instant::now() < deadline {
+                tracing::debug!(what, error = %err, "etcd request failed; retrying");
+                backoff.sleep_until_deadline(Some(deadline)).await;
+                continue;
+            }
+            return Err(err);
+        }
+    }
+
+    async fn session(&self) -> Result<Arc<Session>> {
+        let mut cur = self.inner.session.lock().await;
+        if let Some(s) = cur.as_ref().filter(|s| s.alive()) {
+            return Ok(s.clone());
+        }
+        if let Some(old) = cur.take() {
+            // Past its TTL by our clock: its guards already count it lost. Say so, and revoke it
+            // so a late keep-alive cannot keep its keys alive behind our back.
+            old.loss.fire(lock_core::LossReason::SessionLost);
+            let client = self.inner.client.clone();
+            tokio::spawn(async move { old.close(&client).await });
+        }
+        let opts = &self.inner.opts;
+        let s = Session::start(self.client(), opts.session_ttl, opts.request_timeout).await?;
+        *cur = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Lease and key for one attempt: the session's, or a fresh per-lock lease.
+    pub(crate) async fn lease_for(
+        &self,
+        req: &AcquireRequest,
+    ) -> Result<(i64, Duration, Option<Arc<Session>>)> {
+        match self.inner.opts.mode {
+            LeaseMode::Session => {
+                let s = self.session().await?;
+                Ok((s.id, s.ttl, Some(s)))
+            }
+            LeaseMode::PerLock => {
+                let (id, secs) = self.grant(req.ttl).await?;
+                Ok((id, Duration::from_secs(secs as u64), None))
+            }
+        }
+    }
+
+    /// For a waiting acquire: the lease, and in session mode the name's local slot, waiting
+    /// while another task of this client holds or queues for the name. Returns when the
+    /// attempt started, the lease, its TTL and the session.
+    async fn lease_and_slot(
+        &self,
+        req: &AcquireRequest,
+        deadline: Instant,
+        start: Instant,
+    ) -> Result<(Instant, i64, Duration, Option<Arc<Session>>)> {
+        let name = req.key.full();
+        loop {
+            let sent = Instant::now();
+            let (lease, granted, session) = self.lease_for(req).await?;
+            if let Some(s) = &session {
+                if let Err(released) = self.inner.local.claim(name, req.owner, s.id) {
+                    // Another task of this client holds or queues for the name: wait for it.
+                    let notified = released.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if self.inner.local.claim(name, req.owner, s.id).is_err() {
+                        tokio::select! {
+                            _ = &mut notified => {}
+                            _ = tokio::time::sleep_until(deadline) => {
+                                return Err(Error::WaitTimedOut { key: name.to_owned(), waited: start.elapsed() });
+                            }
+                            _ = tokio::time::sleep(s.ttl) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            return Ok((sent, lease, granted, session));
+        }
+    }
+
+    /// extend() of a lease rebuilt elsewhere (an operator tool): its etcd lease may be a
+    /// session shared by other locks, and is not ours to move or revoke. Reports the life left
+    /// in it, if the grant is still this owner's.
+    async fn extend_rebuilt(&self, lease: &Lease, sent: Instant) -> Result<ExtendOutcome> {
+        let Some((_, lease_id)) = self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await? else {
+            return Ok(ExtendOutcome::NotHeld);
+        };
+        match self.time_to_live(lease_id).await? {
+            left if left <= 0 => Ok(ExtendOutcome::NotHeld),
+            left => Ok(ExtendOutcome::Extended { valid_until: valid_until(sent, left) }),
+        }
+    }
+
+    /// extend() in session mode: the session's one keep-alive renews every key on it. The
+    /// first renewal checks the key once and has the session's key watch report its deletion
+    /// from then on; later renewals send nothing.
+    async fn extend_on_session(&self, held: &Held, s: &Session, owner: OwnerToken) -> Result<ExtendOutcome> {
+        if !s.alive() || held.signal.as_ref().is_some_and(|x| x.is_fired()) {
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        let key = &held.etcd_key;
+        if s.keys.watch(key.as_bytes()) && !self.still_ours(key, owner).await? {
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        Ok(ExtendOutcome::Extended { valid_until: s.valid_until() })
+    }
+
+    /// extend() of a per-lock lease: one keep-alive for the same TTL, a new lease for a new
+    /// one.
+    async fn extend_per_lock(
+        &self,
+        held: &Held,
+        owner: OwnerToken,
+        ttl: Duration,
+        sent: Instant,
+    ) -> Result<ExtendOutcome> {
+        let key = &held.etcd_key;
+        let (id, secs) = held.lease();
+        if !self.still_ours(key, owner).await? {
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        if secs != ttl_secs(ttl) {
+            return self.move_to_new_lease(held, owner, ttl, sent).await;
+        }
+        let granted = self.keep_alive_once(id).await?;
+        if granted <= 0 || !self.still_ours(key, owner).await? {
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        Ok(ExtendOutcome::Extended { valid_until: valid_until(sent, granted) })
+    }
+
+    /// A new TTL: moves the key to a new lease of this grant's own (its create revision, the
+    /// fencing token, stays) and revokes the old lease.
+    async fn move_to_new_lease(
+        &self,
+        held: &Held,
+        owner: OwnerToken,
+        ttl: Duration,
+        sent: Instant,
+    ) -> Result<ExtendOutcome> {
+        let (key, (old_id, _)) = (held.etcd_key.as_str(), held.lease());
+        let (new_id, new_secs) = self.grant(ttl).await?;
+        let txn = pb::TxnRequest::when([pb::Compare::value_is(key, owner.to_string())])
+            .and_then([pb::RequestOp::put(key, owner.to_string(), new_id)]);
+        if !self.call("txn", || self.client().txn(txn.clone())).await?.succeeded {
+            self.revoke(new_id).await;
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        *held.lease.lock().unwrap_or_else(|p| p.into_inner()) = (new_id, new_secs);
+        self.revoke(old_id).await;
+        Ok(ExtendOutcome::Extended { valid_until: valid_until(sent, new_secs) })
+    }
+
+    /// A release whose delete failed. A per-lock lease is revoked, which deletes the key too.
+    /// A session outlives this call: the local slot stays (the key is still there) and the
+    /// delete is retried in the background until the session ends.
+    async fn release_failed(&self, held: Option<&Held>, key: String, name: &str, owner: OwnerToken) {
+        let Some(held) = held else { return };
+        if held.session.is_none() {
+            self.revoke(held.lease().0).await;
+            return;
+        }
+        let (b, name, session) = (self.clone(), name.to_owned(), held.session.clone());
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+            while session.as_ref().is_some_and(|s| s.alive()) {
+                if b.delete_if_ours(&key, owner).await.is_ok() {
+                    break;
+                }
+                backoff.sleep_until_deadline(None).await;
+            }
+            b.inner.local.free(&name, owner);
+        });
+    }
+}
+
+#[async_trait]
+impl LockBackend for EtcdBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let margin = Duration::from_millis(1500);
+        let c = Capabilities::new()
+            .with_fair_queueing(true)
+            .with_wake(WakeMode::Notify)
+            .with_ttl_granularity(Duration::from_secs(1))
+            .with_expiry_margin(margin);
+        match self.inner.opts.mode {
+            LeaseMode::Session => c
+                .with_session_leases()
+                .with_min_ttl(Duration::from_millis(1))
+                .with_expiry_margin(margin + self.inner.opts.session_ttl),
+            LeaseMode::PerLock => c.with_min_ttl(Duration::from_secs(2)),
+        }
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let sent = Instant::now();
+        let (lease, granted, session) = self.lease_for(req).await?;
+        if let Some(s) = &session {
+            if self.inner.local.claim(req.key.full(), req.owner, s.id).is_err() {
+                return Ok(Attempt::Held { expires_in: None });
+            }
+        }
+        let entry = QueueEntry::new(self, req, lease, session);
+        match self.enqueue(&entry).await {
+            Ok(Some((my_rev, owner_rev))) if my_rev == owner_rev => {
+                Ok(Attempt::Acquired(entry.won(req, my_rev, granted, sent)))
+            }
+            Ok(_) => {
+                entry.undo(false).await;
+                Ok(Attempt::Held { expires_in: None })
+            }
+            Err(e) => {
+                entry.undo(true).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        let start = Instant::now();
+        let (sent, lease, granted, session) = self.lease_and_slot(req, deadline, start).await?;
+        let entry = QueueEntry::new(self, req, lease, session);
+        match self.queue_and_wait(&entry, sent, granted, deadline).await {
+            Ok((my_rev, sent, granted)) => Ok(entry.won(req, my_rev, granted, sent)),
+            Err(e) => {
+                entry.undo(true).await;
+                match e {
+                    Error::WaitTimedOut { .. } => {
+                        Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: start.elapsed() })
+                    }
+                    other => Err(other),
+                }
+            }
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        let sent = Instant::now();
+        let Some(held) = lease.backend_data::<Held>() else {
+            return self.extend_rebuilt(lease, sent).await;
+        };
+        match held.session.as_ref() {
+            Some(s) => self.extend_on_session(held, s, lease.owner()).await,
+            None => self.extend_per_lock(held, lease.owner(), ttl, sent).await,
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let (name, owner) = (lease.key().full(), lease.owner());
+        let held = lease.backend_data::<Held>();
+        // Revoke only a per-lock lease this process granted; a lease found by its owner token
+        // may be another process's session, shared by its other locks.
+        let (key, own_lease) = match held {
+            Some(h) => (h.etcd_key.clone(), h.session.is_none().then(|| h.lease().0)),
+            None => match self.find_key(&self.etcd_prefix(lease.key()), owner).await? {
+                Some((k, _)) => (k, None),
+                None => {
+                    self.inner.local.free(name, owner);
+                    return Ok(ReleaseOutcome::NotHeld);
+                }
+            },
+        };
+        if let Some(s) = held.and_then(|h| h.session.as_ref()) {
+            s.keys.released(key.as_bytes());
+        }
+        match self.delete_if_ours(&key, owner).await {
+            Ok(deleted) => {
+                match own_lease {
+                    Some(id) => self.revoke(id).await,
+                    None => self.inner.local.free(name, owner),
+                }
+                Ok(if deleted { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+            }
+            Err(e) => {
+                self.release_failed(held, key, name, owner).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        let pfx = self.etcd_prefix(key);
+        let oldest = || pb::RangeRequest::prefix(pfx.as_str()).oldest_first().with_limit(1);
+        let r = self.call("get", || self.client().range(oldest())).await?;
+        let Some(kv) = r.kvs.first() else { return Ok(None) };
+        let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
+        let t = self.inner.opts.request_timeout;
+        let left = if kv.lease != 0 {
+            tokio::time::timeout(t, self.client().lease_time_to_live(kv.lease))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .filter(|ttl| *ttl >= 0)
+                .map(|ttl| Duration::from_secs(ttl as u64))
+        } else {
+            None
+        };
+        Ok(Some(LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner, left)))
+    }
+}

@@ -1,0 +1,109 @@
+//! The two bidirectional streams: lease keep-alive and watch. Requests go in through an
+//! unbounded channel (sending never waits), replies come out of tonic's `Streaming`.
+//! Dropping a handle ends its stream (and, for a watch, every watcher on it).
+
+use futures::channel::mpsc::UnboundedSender;
+use tonic::{Code, Status, Streaming};
+
+use super::pb;
+use pb::watch_request::RequestUnion;
+
+fn closed(what: &str) -> Status {
+    Status::unavailable(format!("the etcd {what} stream is closed"))
+}
+
+/// A watch request that adds a watcher.
+pub(super) fn create(req: pb::WatchCreateRequest) -> pb::WatchRequest {
+    pb::WatchRequest { request_union: Some(RequestUnion::CreateRequest(req)) }
+}
+
+/// An open `LeaseKeepAlive` stream for one lease (from
+/// [`Client::lease_keep_alive`](super::Client::lease_keep_alive)).
+#[derive(Debug)]
+pub struct LeaseKeepAlive {
+    id: i64,
+    requests: UnboundedSender<pb::LeaseKeepAliveRequest>,
+    replies: Streaming<pb::LeaseKeepAliveResponse>,
+}
+
+impl LeaseKeepAlive {
+    pub(super) fn new(
+        id: i64,
+        requests: UnboundedSender<pb::LeaseKeepAliveRequest>,
+        replies: Streaming<pb::LeaseKeepAliveResponse>,
+    ) -> Self {
+        Self { id, requests, replies }
+    }
+
+    /// The lease this stream renews.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Renews the lease once: the TTL the server granted, 0 when the lease is gone (revoked
+    /// or expired).
+    ///
+    /// # Errors
+    /// The stream's status when it broke (`Unavailable` when it closed).
+    pub async fn renew(&mut self) -> Result<i64, Status> {
+        self.requests
+            .unbounded_send(pb::LeaseKeepAliveRequest { id: self.id })
+            .map_err(|_| closed("keep-alive"))?;
+        self.reply().await
+    }
+
+    /// The next reply's TTL.
+    pub(super) async fn reply(&mut self) -> Result<i64, Status> {
+        match self.replies.message().await {
+            Ok(Some(r)) => Ok(r.ttl),
+            Ok(None) => Err(closed("keep-alive")),
+            Err(s) if s.code() == Code::NotFound => Ok(0),
+            Err(s) => Err(s),
+        }
+    }
+}
+
+/// An open `Watch` stream (from [`Client::watch`](super::Client::watch)): several watchers,
+/// told apart by their watch id.
+#[derive(Debug)]
+pub struct WatchStream {
+    requests: UnboundedSender<pb::WatchRequest>,
+    replies: Streaming<pb::WatchResponse>,
+}
+
+impl WatchStream {
+    pub(super) fn new(
+        requests: UnboundedSender<pb::WatchRequest>,
+        replies: Streaming<pb::WatchResponse>,
+    ) -> Self {
+        Self { requests, replies }
+    }
+
+    /// Adds a watcher; its `created` response (with its watch id) comes on the stream, in the
+    /// order the watchers were asked for.
+    ///
+    /// # Errors
+    /// `Unavailable` when the stream is closed.
+    pub fn watch(&self, req: pb::WatchCreateRequest) -> Result<(), Status> {
+        self.requests.unbounded_send(create(req)).map_err(|_| closed("watch"))
+    }
+
+    /// Cancels the watcher `watch_id`.
+    ///
+    /// # Errors
+    /// `Unavailable` when the stream is closed.
+    pub fn cancel(&self, watch_id: i64) -> Result<(), Status> {
+        let req = pb::WatchCancelRequest { watch_id };
+        self.requests
+            .unbounded_send(pb::WatchRequest { request_union: Some(RequestUnion::CancelRequest(req)) })
+            .map_err(|_| closed("watch"))
+    }
+
+    /// The next response (`None` when the server ended the stream).
+    ///
+    /// # Errors
+    /// The stream's status when it broke.
+    pub async fn message(&mut self) -> Result<Option<pb::WatchResponse>, Status> {
+        self.replies.message().await
+    }
+}
