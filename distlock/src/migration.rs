@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lock_core::{
     async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, Instant, Lease, LockBackend,
-    LockInfo, LockKey, LossSignal, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
+    LockInfo, LockKey, LossSignal, OwnerToken, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
 };
 
 /// Which backend's fencing tokens a [`MigrationBackend`] hands out.
@@ -24,6 +24,12 @@ pub enum Primary {
 ///   the new one cannot be had, the old one is released before the attempt reports. Since
 ///   every migrating process takes them in the same order, two of them never deadlock, and a
 ///   process still on the old backend alone, or already on the new one alone, is excluded.
+/// - While a waiting acquire waits for the new backend, it keeps the old grant alive
+///   (extending it about every third of its validity left), so the lease it returns is fresh;
+///   if the old grant is lost meanwhile, the attempt starts again. Every attempt has a new
+///   owner token, so a backend's cleanup of an earlier attempt never touches a later one.
+/// - **Cancel safe at every await**: from the moment the old grant is had until it is combined
+///   or released, dropping the future releases it in the background.
 /// - **Fencing tokens** are the primary backend's. Tokens of two backends are unrelated: when
 ///   the primary changes, the protected resource must accept the new backend's sequence (see
 ///   the migration playbook in the README).
@@ -44,6 +50,27 @@ fn release_on_drop(backend: &Arc<dyn LockBackend>, lease: &Lease) -> UndoOnDrop 
     UndoOnDrop::new(async move {
         let _ = backend.release(&lease).await;
     })
+}
+
+/// Keeps `lease` alive on `backend` (extending it about every third of its validity left, and
+/// retrying failures until `valid_until`); returns once it is lost.
+async fn keep_alive(backend: &dyn LockBackend, lease: &mut Lease) {
+    loop {
+        let now = Instant::now();
+        let left = lease.valid_until().saturating_duration_since(now);
+        tokio::time::sleep(left / 3).await;
+        match backend.extend(lease, lease.ttl()).await {
+            Ok(ExtendOutcome::Extended { valid_until }) => lease.set_extended(lease.ttl(), valid_until),
+            Ok(ExtendOutcome::NotHeld) => return,
+            Err(e) if e.is_retryable() && Instant::now() < lease.valid_until() => {
+                tracing::debug!(key = %lease.key(), error = %e, "migration lock: renewing the old grant failed; retrying");
+            }
+            Err(_) => return,
+        }
+        if Instant::now() >= lease.valid_until() {
+            return;
+        }
+    }
 }
 
 /// The two grants behind a migration lease. Each moves forward on every extend, since a
@@ -120,9 +147,7 @@ impl LockBackend for MigrationBackend {
 
     fn capabilities(&self) -> Capabilities {
         let (a, b) = (self.old.capabilities(), self.new.capabilities());
-        let mut c = Capabilities::default();
-        c.fair_queueing = a.fair_queueing && b.fair_queueing;
-        c.wake = match (a.wake, b.wake) {
+        let wake = match (a.wake, b.wake) {
             (WakeMode::Notify, WakeMode::Notify) => WakeMode::Notify,
             (WakeMode::Poll { max_interval }, WakeMode::Notify)
             | (WakeMode::Notify, WakeMode::Poll { max_interval }) => WakeMode::Poll { max_interval },
@@ -131,14 +156,19 @@ impl LockBackend for MigrationBackend {
             }
             _ => WakeMode::Poll { max_interval: Duration::from_millis(250) },
         };
-        c.ttl_granularity = a.ttl_granularity.max(b.ttl_granularity);
-        c.min_ttl = a.min_ttl.max(b.min_ttl);
-        c.max_ttl = a.max_ttl.min(b.max_ttl);
-        c.session_leases = a.session_leases || b.session_leases;
-        c.per_lock_ttl = a.per_lock_ttl && b.per_lock_ttl;
-        c.max_key_len = a.max_key_len.min(b.max_key_len);
-        c.expiry_margin = a.expiry_margin.max(b.expiry_margin);
-        c
+        let c = Capabilities::new()
+            .with_fair_queueing(a.fair_queueing && b.fair_queueing)
+            .with_wake(wake)
+            .with_ttl_granularity(a.ttl_granularity.max(b.ttl_granularity))
+            .with_min_ttl(a.min_ttl.max(b.min_ttl))
+            .with_max_ttl(a.max_ttl.min(b.max_ttl))
+            .with_max_key_len(a.max_key_len.min(b.max_key_len))
+            .with_expiry_margin(a.expiry_margin.max(b.expiry_margin));
+        if a.session_leases || b.session_leases {
+            c.with_session_leases()
+        } else {
+            c
+        }
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -146,49 +176,53 @@ impl LockBackend for MigrationBackend {
             Attempt::Acquired(l) => l,
             held => return Ok(held),
         };
+        // Armed until the old grant is combined or released: dropped at any await from here
+        // on, the old grant is released in the background.
         let undo = release_on_drop(&self.old, &a);
         let res = self.new.try_acquire(req).await;
-        undo.disarm();
-        match res {
-            Ok(Attempt::Acquired(b)) => Ok(Attempt::Acquired(self.combine(req, a, b))),
-            Ok(held) => {
-                let _ = self.old.release(&a).await;
-                Ok(held)
-            }
-            Err(e) => {
-                let _ = self.old.release(&a).await;
-                Err(e)
-            }
+        if let Ok(Attempt::Acquired(b)) = res {
+            undo.disarm();
+            return Ok(Attempt::Acquired(self.combine(req, a, b)));
         }
+        let _ = self.old.release(&a).await;
+        undo.disarm();
+        res
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let start = Instant::now();
+        let mut attempt = req.clone();
         loop {
-            let a = self.old.acquire(req, deadline).await?;
-            // If this future is dropped while waiting on the new backend, the old grant is
-            // released in the background.
+            let mut a = self.old.acquire(&attempt, deadline).await?;
+            // Armed until the old grant is combined or released (see try_acquire).
             let undo = release_on_drop(&self.old, &a);
-            // Wait for the new backend no longer than the old grant stays valid.
-            let until = deadline.min(a.valid_until());
-            let res = self.new.acquire(req, until).await;
-            undo.disarm();
+            // Wait for the new backend while keeping the old grant alive; if the old grant is
+            // lost meanwhile, this attempt ends and the next one starts afresh.
+            let res = tokio::select! {
+                r = self.new.acquire(&attempt, deadline) => Some(r),
+                () = keep_alive(self.old.as_ref(), &mut a) => None,
+            };
             match res {
-                Ok(b) => return Ok(self.combine(req, a, b)),
-                Err(Error::WaitTimedOut { .. }) => {
-                    let _ = self.old.release(&a).await;
-                    if Instant::now() >= deadline {
-                        return Err(Error::WaitTimedOut {
-                            key: req.key.full().to_owned(),
-                            waited: start.elapsed(),
-                        });
-                    }
+                Some(Ok(b)) => {
+                    undo.disarm();
+                    return Ok(self.combine(&attempt, a, b));
                 }
-                Err(e) => {
+                Some(Err(e)) if !matches!(e, Error::WaitTimedOut { .. }) => {
                     let _ = self.old.release(&a).await;
+                    undo.disarm();
                     return Err(e);
                 }
+                _ => {
+                    let _ = self.old.release(&a).await;
+                    undo.disarm();
+                }
             }
+            if Instant::now() >= deadline {
+                return Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: start.elapsed() });
+            }
+            // A new owner token for every attempt: a backend's background cleanup of the last
+            // one (ZooKeeper deletes a timed-out child by its owner's uuid) never touches it.
+            attempt.owner = OwnerToken::random();
         }
     }
 

@@ -1,0 +1,124 @@
+//! The migration lock under cancellation and slow backends (issue: the migration lock is
+//! cancel-safe at every await, never reuses an owner token, and renews the old grant while it
+//! waits for the new one).
+#![cfg(feature = "local")]
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use distlock::lock_local::MemoryBackend;
+use distlock::migration::{MigrationBackend, Primary};
+use distlock::{
+    async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, Instant, Lease, LockBackend,
+    LockClient, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result,
+};
+
+/// A memory backend whose releases take a while, and which records the owner token of every
+/// acquire attempt.
+#[derive(Debug, Clone, Default)]
+struct Recorded {
+    inner: MemoryBackend,
+    release_delay: Duration,
+    owners: Arc<Mutex<Vec<OwnerToken>>>,
+}
+
+#[async_trait]
+impl LockBackend for Recorded {
+    fn name(&self) -> &'static str {
+        "recorded"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        self.owners.lock().unwrap().push(req.owner);
+        self.inner.try_acquire(req).await
+    }
+    async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        self.owners.lock().unwrap().push(req.owner);
+        self.inner.acquire(req, deadline).await
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        self.inner.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        tokio::time::sleep(self.release_delay).await;
+        self.inner.release(lease).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.inner.inspect(key).await
+    }
+}
+
+/// A try_acquire dropped while it releases the old grant (the new backend was held) must not
+/// leave the old grant behind: the release goes on in the background.
+#[tokio::test]
+async fn a_try_acquire_dropped_while_undoing_the_old_grant_leaves_nothing() {
+    let old = Recorded { release_delay: Duration::from_millis(300), ..Default::default() };
+    let new = MemoryBackend::new();
+    let blocker =
+        LockClient::new(new.clone()).lock("job").ttl(Duration::from_secs(60)).acquire().await.unwrap();
+    let both = LockClient::new(MigrationBackend::new(Arc::new(old.clone()), Arc::new(new), Primary::Old));
+    let attempt = both.lock("job").ttl(Duration::from_secs(60)).try_acquire();
+    // The old grant is taken at once, the new one is refused, then the slow release starts.
+    let cut = tokio::time::timeout(Duration::from_millis(100), attempt).await;
+    assert!(cut.is_err(), "the attempt finished before it could be cut: {cut:?}");
+    let on_old = LockClient::new(old.inner.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while on_old.inspect("job").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the old grant of a dropped attempt was left behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(blocker);
+}
+
+/// Every attempt of the acquire loop uses a new owner token: a backend's background cleanup of
+/// a timed-out attempt (ZooKeeper deletes its child by the owner's uuid) can never touch the
+/// next attempt's grant.
+#[tokio::test]
+async fn every_attempt_has_its_own_owner_token() {
+    let old = Recorded::default();
+    let new = MemoryBackend::new();
+    let blocker =
+        LockClient::new(new.clone()).lock("job").ttl(Duration::from_secs(60)).acquire().await.unwrap();
+    let both = LockClient::new(MigrationBackend::new(Arc::new(old.clone()), Arc::new(new), Primary::Old));
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = blocker.release().await;
+    });
+    // The old grant's TTL (300 ms) runs out several times while the new backend is held.
+    let g = both
+        .lock("job")
+        .ttl(Duration::from_millis(300))
+        .wait(Duration::from_secs(10))
+        .acquire()
+        .await
+        .unwrap();
+    let owners = old.owners.lock().unwrap().clone();
+    let distinct: std::collections::HashSet<_> = owners.iter().collect();
+    assert_eq!(distinct.len(), owners.len(), "owner tokens reused across attempts: {owners:?}");
+    let _ = g.release().await;
+}
+
+/// While it waits for the new backend, the old grant is kept alive: the lease handed out is
+/// fresh, not one that is about to expire.
+#[tokio::test]
+async fn the_old_grant_is_renewed_while_waiting_for_the_new_one() {
+    let ttl = Duration::from_millis(1000);
+    let old = MemoryBackend::new();
+    let new = MemoryBackend::new();
+    let blocker =
+        LockClient::new(new.clone()).lock("job").ttl(Duration::from_secs(60)).acquire().await.unwrap();
+    let both = LockClient::new(MigrationBackend::new(Arc::new(old.clone()), Arc::new(new), Primary::Old));
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let _ = blocker.release().await;
+    });
+    let g = both.lock("job").ttl(ttl).wait(Duration::from_secs(10)).acquire().await.unwrap();
+    let left = g.valid_until().saturating_duration_since(Instant::now());
+    assert!(left >= ttl * 3 / 4, "the lease handed out had only {left:?} of its {ttl:?} left");
+    let info = LockClient::new(old).inspect("job").await.unwrap().expect("the old grant is held");
+    assert!(info.remaining_ttl.unwrap() >= ttl * 3 / 4, "old grant: {info:?}");
+    let _ = g.release().await;
+}
