@@ -34,7 +34,7 @@ async fn redis() -> Result<(Backend, Keep)> {
     let ours: Arc<dyn Factory> = Arc::new(OursFactory(
         move || {
             let u = u1.clone();
-            async move { Ok(LockClient::new(lock_redis::RedisBackend::connect(&u).await?)) }
+            async move { Ok(LockClient::new(lock_redis::RedisBackend::connect(u.parse()?).await?)) }
         },
         "distlock RedisBackend (acquire script with fencing counter + compare-and-delete script)".into(),
     ));
@@ -50,7 +50,7 @@ async fn redis() -> Result<(Backend, Keep)> {
         ours: Arc::new(move || {
             let u = u2.clone();
             Box::pin(async move {
-                Ok(Arc::new(lock_redis::RedisBackend::connect(&u).await?) as Arc<dyn LockBackend>)
+                Ok(Arc::new(lock_redis::RedisBackend::connect(u.parse()?).await?) as Arc<dyn LockBackend>)
             })
         }),
         server_requests: Some(Arc::new(move || {
@@ -78,7 +78,7 @@ async fn etcd() -> Result<(Backend, Keep)> {
     let ours: Arc<dyn Factory> = Arc::new(OursFactory(
         move || {
             let e = e1.clone();
-            async move { Ok(LockClient::new(lock_etcd::EtcdBackend::connect(&e).await?)) }
+            async move { Ok(LockClient::new(lock_etcd::EtcdBackend::connect(lock_etcd::EtcdOptions::new(&e)).await?)) }
         },
         "distlock EtcdBackend, session lease (txn put + compare-and-delete)".into(),
     ));
@@ -93,7 +93,7 @@ async fn etcd() -> Result<(Backend, Keep)> {
         ours: Arc::new(move || {
             let e = e2.clone();
             Box::pin(async move {
-                Ok(Arc::new(lock_etcd::EtcdBackend::connect(&e).await?) as Arc<dyn LockBackend>)
+                Ok(Arc::new(lock_etcd::EtcdBackend::connect(lock_etcd::EtcdOptions::new(&e)).await?) as Arc<dyn LockBackend>)
             })
         }),
         server_requests: Some(Arc::new(move || {

@@ -1,9 +1,10 @@
 //! Expose distlock's metrics to Prometheus from a library user's service.
 //!
 //! lock-core records through the `metrics` facade: install a Prometheus recorder once at
-//! start-up and serve its text on a `/metrics` endpoint. This example serves it on a loopback
-//! port with a minimal HTTP responder (in a real service, put `handle.render()` behind your
-//! web framework's route), takes and releases a lock, then scrapes itself once and prints the
+//! start-up and serve its text on a `/metrics` endpoint. This example lets the exporter serve
+//! it with its own HTTP listener (feature `http-listener`) on a loopback port (in a service
+//! with a web framework, `install_recorder()` instead and put `handle.render()` behind your
+//! `/metrics` route), takes and releases a lock, then scrapes itself once and prints the
 //! `distlock_*` series.
 //!
 //! ```text
@@ -20,28 +21,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Once per process, before any lock is taken. Buckets (seconds) make the histograms
     // usable by `histogram_quantile` and by the Grafana dashboard in `dashboards/`.
-    let handle = PrometheusBuilder::new()
+    // The exporter's listener serves /metrics; here on a loopback port the kernel picks (a
+    // service would use a fixed one, e.g. 0.0.0.0:9464).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
         .set_buckets(&[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0])?
-        .install_recorder()?;
-
-    // The /metrics endpoint: every request gets the current text.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let body = handle.render();
-            tokio::spawn(async move {
-                let mut request = [0u8; 1024];
-                let _ = sock.read(&mut request).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = sock.write_all(head.as_bytes()).await;
-                let _ = sock.write_all(body.as_bytes()).await;
-            });
-        }
-    });
+        .install()?;
 
     // Use locks as usual: every acquire, release, renewal and loss is counted.
     let url = std::env::var("DISTLOCK_URL").unwrap_or_else(|_| "mem://".into());
@@ -51,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // What Prometheus would scrape.
     let mut sock = tokio::net::TcpStream::connect(addr).await?;
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").await?;
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
     let mut response = String::new();
     sock.read_to_string(&mut response).await?;
     println!("scraped http://{addr}/metrics:");
