@@ -215,7 +215,7 @@ fn metrics_are_served_while_a_command_runs() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
             let mut body = String::new();
             let _ = s.read_to_string(&mut body);
             if body.contains("distlock_acquire_total") {

@@ -1,0 +1,53 @@
+//! The exit codes of every `distlock` command, in one place (the README's table is this one).
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success (`run`: the command exited 0) |
+//! | 1 | `release`: the lock was not held by that owner (expired or taken) |
+//! | 2 | bad command line |
+//! | 64 | invalid input (lock name, TTL, URL, option), or what the backend cannot do (`acquire` on a session-lease backend) |
+//! | 69 | the backend failed or could not be reached |
+//! | 70 | `run`: the lock was lost while the command ran (the command was stopped) |
+//! | 75 | the lock is held by someone else (not acquired within `--wait`) |
+//! | 126, 127 | `run`: the command could not be started / was not found |
+//! | 128+N | `run`: the command was killed by signal N |
+//! | other | `run`: the command's own exit status |
+
+use distlock::Error;
+
+/// `release`: the lock was not held by that owner.
+pub(crate) const NOT_HELD: u8 = 1;
+/// Invalid input, or what the backend cannot do (`EX_USAGE`).
+pub(crate) const INVALID: u8 = 64;
+/// The backend failed or could not be reached (`EX_UNAVAILABLE`).
+pub(crate) const BACKEND: u8 = 69;
+/// `run`: the lock was lost while the command ran (`EX_SOFTWARE`).
+pub(crate) const LOST: u8 = 70;
+/// The lock is held by someone else (`EX_TEMPFAIL`).
+pub(crate) const HELD: u8 = 75;
+/// `run`: the command could not be started.
+pub(crate) const CANNOT_START: u8 = 126;
+/// `run`: the command was not found.
+pub(crate) const NOT_FOUND: u8 = 127;
+
+/// The exit code for an error.
+pub(crate) fn for_error(e: &Error) -> u8 {
+    match e {
+        Error::WaitTimedOut { .. } => HELD,
+        Error::InvalidKey(_) | Error::InvalidTtl { .. } | Error::InvalidConfig(_) | Error::Unsupported { .. } => {
+            INVALID
+        }
+        Error::Lost { .. } => LOST,
+        _ => BACKEND,
+    }
+}
+
+/// The exit code for a command's status: its code, or 128 + the signal that killed it.
+pub(crate) fn for_status(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c.clamp(0, 255) as u8,
+        (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
+        _ => 1,
+    }
+}
