@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
 # distlock's full test suite, runnable on a fresh Debian machine as root (and what CI runs).
 #
-# 1. Installs what the tests need when it is missing (server packages join as backends land).
-# 2. Checks formatting and lints (warnings are errors).
-# 3. Runs every test: unit tests, the conformance suite against every backend (the server
+# 1. Runs the README's first command as a newcomer would, before anything is installed: only
+#    a Rust toolchain, and a `protoc` on PATH that fails if anything calls it.
+# 2. Installs what the tests need when it is missing (servers, tools).
+# 3. Checks formatting and lints (warnings are errors), and that the generated etcd API code
+#    matches its .proto files.
+# 4. Runs every test: unit tests, the conformance suite against every backend (the server
 #    fixtures start and stop real servers on free loopback ports), doc tests.
-# 4. Builds the docs with warnings as errors, and runs the README's first command.
+# 5. Builds the docs with warnings as errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
+
+# --- the README's first command, on a fresh machine ----------------------------------------
+# Nothing may need protoc (etcd's API code is generated ahead of time, see lock-etcd/proto):
+# a protoc that fails comes first on PATH, and PROTOC points nowhere.
+log "README's first command (embedded default, no server, no protoc)"
+first_dir="$(mktemp -d)"
+mkdir -p "$first_dir/bin"
+printf '#!/bin/sh\necho "protoc was called, but nothing may need it" >&2\nexit 1\n' >"$first_dir/bin/protoc"
+chmod +x "$first_dir/bin/protoc"
+out=$(env -u PROTOC PATH="$first_dir/bin:$PATH" DISTLOCK_DIR="$first_dir/locks" \
+  cargo run -q --locked -p distlock-cli -- run --lock nightly-report -- sh -c 'echo "job ran with token $DISTLOCK_FENCING_TOKEN"')
+echo "$out"
+[ "$out" = "job ran with token 1" ] || { echo "unexpected output from the README's first command" >&2; exit 1; }
+rm -rf "$first_dir"
 
 # --- what the tests need -------------------------------------------------------------------
 # Each entry: "command-that-must-exist:debian-package".
@@ -18,7 +35,7 @@ NEEDS=(
   "redis-server:redis-server"   # lock-redis: single node and Redlock masters
   "etcd:etcd-server"            # lock-etcd: one member and a three-member cluster
   "etcdctl:etcd-client"         # lock-etcd: interop with `etcdctl lock`
-  "protoc:protobuf-compiler"    # etcd-client's build script compiles etcd's protobufs
+  "protoc:protobuf-compiler"    # regenerates lock-etcd's etcd API code to check the committed copy
   "openssl:openssl"             # the TLS tests make a throwaway CA
   "java:default-jre-headless"   # lock-zk: the ZooKeeper servers and the Curator contender
   "javac:default-jdk-headless"  # lock-zk: compiles the Curator contender
@@ -68,6 +85,12 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 log "cargo fmt --check"
 cargo fmt --all --check
 
+log "the committed etcd API code matches its .proto files (scripts/gen-etcd-proto.sh)"
+gen_dir="$(mktemp -d)"
+bash scripts/gen-etcd-proto.sh "$gen_dir" >/dev/null
+diff -r "$gen_dir" lock-etcd/src/proto
+rm -rf "$gen_dir"
+
 log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
@@ -92,12 +115,5 @@ cargo run -q --locked -p distlock-bench -- --quick 2>/dev/null
 
 log "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
-
-log "README's first command (embedded default, no server)"
-export DISTLOCK_DIR="$(mktemp -d)"
-out=$(cargo run -q --locked -p distlock-cli -- run --lock nightly-report -- sh -c 'echo "job ran with token $DISTLOCK_FENCING_TOKEN"')
-echo "$out"
-[ "$out" = "job ran with token 1" ] || { echo "unexpected output from the README's first command" >&2; exit 1; }
-rm -rf "$DISTLOCK_DIR"
 
 log "all checks passed"

@@ -1,5 +1,6 @@
 //! One `pub async fn` per behaviour. Each takes a [`Ctx`] and returns a [`CheckResult`];
-//! [`CHECKS`] lists them with the promise (numbered as in DESIGN.md) each one checks and the
+//! [`CHECKS`] lists them with the promise each one checks (numbered as in the README's "The
+//! promises" table, the one place they are numbered) and the
 //! capabilities it needs.
 
 use std::future::Future;
@@ -18,7 +19,7 @@ use crate::{ensure, CheckResult, Ctx, Failure};
 pub struct Check {
     /// The name printed in reports and matched by `DISTLOCK_CONFORMANCE_FILTER`.
     pub name: &'static str,
-    /// The promise of DESIGN.md it checks (1..=8).
+    /// The promise it checks (1..=8), numbered as in the README's "The promises" table.
     pub promise: u8,
     /// `Err(reason)` when the backend's capabilities (or the absence of a crash hook) rule
     /// the check out; the reason is printed.
@@ -182,6 +183,53 @@ pub async fn keys_and_namespaces_are_independent(ctx: Ctx) -> CheckResult {
         "a namespaced lock did not exclude its own namespace"
     );
     for g in [Some(a), b, x, y].into_iter().flatten() {
+        ensure!(
+            g.release().await? == ReleaseOutcome::Released,
+            "release of a held lock did not report Released"
+        );
+    }
+    Ok(())
+}
+
+/// Promise 1: a lock is independent of every lock whose name extends it (`K/nightly`,
+/// `K/0000000001`, a name like an etcd lease id or a ZooKeeper lock node), in both directions,
+/// for acquire and for inspect.
+pub async fn names_that_extend_a_lock_are_independent(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let other = ctx.client().await?;
+    let base = ctx.key("jobs");
+    let long = ctx.long_ttl();
+    let nested = [
+        format!("{base}/nightly"),
+        format!("{base}/0000000001"),
+        format!("{base}/694d8a0b8c2a1f03"),
+        format!("{base}/_c_0b7c5a3e-1d2f-4a5b-8c9d-0e1f2a3b4c5d-lock-0000000007"),
+        format!("{base}/a/b"),
+    ];
+    let mut held = Vec::new();
+    for name in &nested {
+        held.push(c.lock(name).ttl(long).acquire().await?);
+    }
+    let seen = other.inspect(&base).await?;
+    ensure!(
+        seen.is_none(),
+        "inspect of {base:?} reports a holder ({seen:?}) while only names extending it are held"
+    );
+    let g = other.lock(&base).ttl(long).try_acquire().await?;
+    let Some(g) = g else {
+        return Err(Failure(format!("holding names that extend {base:?} blocked {base:?} itself")));
+    };
+    let seen = other.inspect(&base).await?;
+    ensure!(
+        seen.as_ref().is_some_and(|i| i.fencing_token.is_none_or(|t| t == g.fencing_token())),
+        "inspect of {base:?} reports {seen:?}, not its holder (token {})",
+        g.fencing_token()
+    );
+    let later = c.lock(&format!("{base}/later")).ttl(long).try_acquire().await?;
+    ensure!(later.is_some(), "holding {base:?} blocked a name that extends it");
+    held.extend(later);
+    held.push(g);
+    for g in held {
         ensure!(
             g.release().await? == ReleaseOutcome::Released,
             "release of a held lock did not report Released"

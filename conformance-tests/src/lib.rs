@@ -33,7 +33,7 @@
 //!   already run instead of starting them.
 //!
 //! ## Writing a backend
-//! See `conformance-tests/WRITING_A_BACKEND.md` in the repository.
+//! See `WRITING_A_BACKEND.md` at the root of the repository.
 
 use std::future::Future;
 use std::io::Write;
