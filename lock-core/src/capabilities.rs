@@ -56,9 +56,19 @@ pub struct Capabilities {
     pub per_lock_ttl: bool,
     /// The longest full key (namespace included), in bytes, the backend stores.
     pub max_key_len: usize,
-    /// How long past its TTL a crashed holder may still block others (server expiry lag,
-    /// session timeout rounding). Promise 3 is "at most TTL + this margin".
+    /// How long past its lease a crashed holder may still block others (server expiry lag,
+    /// session timeout rounding, a leader election). Promise 3 is "at most
+    /// [`crash_bound`](Self::crash_bound)".
     pub expiry_margin: Duration,
+    /// With session leases, the session's timeout: the lease every lock of the client shares,
+    /// which takes the place of the lock's TTL (`None` when leases are per lock, or the
+    /// backend cannot say).
+    pub session_timeout: Option<Duration>,
+    /// How many lease lengths a crashed holder may block others in the worst case: 1 where the
+    /// server counts a lease down once; 2 where a leader change restarts every lease's count
+    /// (etcd without lease checkpointing, ZooKeeper's session tracker) or a takeover waits a
+    /// whole lease after first seeing a stale holder (DynamoDB).
+    pub expiry_ttls: u32,
 }
 
 impl Default for Capabilities {
@@ -73,6 +83,8 @@ impl Default for Capabilities {
             per_lock_ttl: true,
             max_key_len: crate::key::MAX_KEY_LEN * 2 + 1,
             expiry_margin: Duration::from_millis(100),
+            session_timeout: None,
+            expiry_ttls: 1,
         }
     }
 }
@@ -112,6 +124,8 @@ impl Capabilities {
         with_max_key_len: max_key_len: usize;
         /// Sets [`expiry_margin`](Self::expiry_margin).
         with_expiry_margin: expiry_margin: Duration;
+        /// Sets [`expiry_ttls`](Self::expiry_ttls).
+        with_expiry_ttls: expiry_ttls: u32;
     }
 
     /// Leases belong to a client session whose timeout decides for every lock: sets
@@ -121,6 +135,31 @@ impl Capabilities {
         self.session_leases = true;
         self.per_lock_ttl = false;
         self
+    }
+
+    /// Leases belong to a client session of this timeout: sets
+    /// [`session_timeout`](Self::session_timeout) and what
+    /// [`with_session_leases`](Self::with_session_leases) sets.
+    #[must_use]
+    pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = Some(timeout);
+        self.with_session_leases()
+    }
+
+    /// The lease that bounds a lock taken with `ttl`: the session's timeout on a session
+    /// backend that states it, the lock's TTL otherwise.
+    pub fn lease_length(&self, ttl: Duration) -> Duration {
+        match self.session_timeout {
+            Some(s) if self.session_leases => s,
+            _ => ttl,
+        }
+    }
+
+    /// How long a crashed holder of a lock taken with `ttl` may block others at most
+    /// (promise 3): [`lease_length`](Self::lease_length) × [`expiry_ttls`](Self::expiry_ttls)
+    /// + [`expiry_margin`](Self::expiry_margin).
+    pub fn crash_bound(&self, ttl: Duration) -> Duration {
+        self.lease_length(ttl).saturating_mul(self.expiry_ttls.max(1)).saturating_add(self.expiry_margin)
     }
 
     /// Checks a TTL against these limits; `backend` names the backend in the message.
