@@ -57,6 +57,20 @@ pub type ClientFactory = Arc<dyn Fn() -> BoxFuture<'static, lock_core::Result<Lo
 /// session close. Gets the client that holds the lock and the guard.
 pub type CrashFn = Arc<dyn Fn(LockClient, Guard) -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// Ends a client's session on the server while the client lives on, as a pause of its process
+/// longer than the session timeout would: the client stops keeping the session alive, and the
+/// future resolves once the server has expired it (so the client's next request learns so).
+pub type ExpireFn = Arc<dyn Fn(LockClient) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Which hooks a suite has: what decides, beside the capabilities, whether a check applies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hooks {
+    /// [`Suite::crash_with`] was given.
+    pub crash: bool,
+    /// [`Suite::expire_with`] was given.
+    pub expire: bool,
+}
+
 /// Why a check failed.
 #[derive(Debug)]
 pub struct Failure(pub String);
@@ -98,7 +112,9 @@ pub struct Suite {
     name: String,
     factory: ClientFactory,
     crash: Option<CrashFn>,
+    expire: Option<ExpireFn>,
     skip: Vec<(String, String)>,
+    only: Vec<String>,
     concurrency: usize,
 }
 
@@ -130,7 +146,9 @@ impl Suite {
             name: name.to_owned(),
             factory: Arc::new(move || factory().boxed()),
             crash: None,
+            expire: None,
             skip: Vec::new(),
+            only: Vec::new(),
             concurrency: 6,
         }
     }
@@ -154,6 +172,30 @@ impl Suite {
     {
         self.crash = Some(Arc::new(move |c, g| crash(c, g).boxed()));
         self
+    }
+
+    /// How to end a client's session on the server while the client lives on (session
+    /// backends): the session forms of the expiry, stale-holder and loss checks use it in place
+    /// of a lock's TTL running out. Without it those checks are skipped on a session backend,
+    /// with that reason printed.
+    pub fn expire_with<F, Fut>(mut self, expire: F) -> Self
+    where
+        F: Fn(LockClient) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.expire = Some(Arc::new(move |c| expire(c).boxed()));
+        self
+    }
+
+    /// Runs only the named check (call again to add more); for a test of one check.
+    pub fn only(mut self, check: &str) -> Self {
+        self.only.push(check.to_owned());
+        self
+    }
+
+    /// The hooks this suite has.
+    pub fn hooks(&self) -> Hooks {
+        Hooks { crash: self.crash.is_some(), expire: self.expire.is_some() }
     }
 
     /// Skips one check by name, with a reason that is printed. Use it only for what the
@@ -226,6 +268,9 @@ impl Suite {
 
         let mut todo = Vec::new();
         for check in CHECKS {
+            if !self.only.is_empty() && !self.only.iter().any(|n| n == check.name) {
+                continue;
+            }
             if let Some(f) = &filter {
                 if !check.name.contains(f.as_str()) {
                     continue;
@@ -235,7 +280,7 @@ impl Suite {
                 report.skipped.push((check.name, format!("skipped by the backend's suite: {why}")));
                 continue;
             }
-            if let Err(why) = (check.applies)(&caps, self.crash.is_some()) {
+            if let Err(why) = (check.applies)(&caps, self.hooks()) {
                 report.skipped.push((check.name, why));
                 continue;
             }
@@ -333,6 +378,30 @@ impl Ctx {
                 let _ = guard.detach();
                 drop(client);
             }
+        }
+    }
+
+    /// Ends `client`'s session on the server (the suite's expire hook) and waits until the
+    /// server has expired it. Only called by checks that apply when the hook exists.
+    pub async fn expire(&self, client: LockClient) {
+        if let Some(f) = &self.suite.expire {
+            f(client).await;
+        }
+    }
+
+    /// Whether leases belong to a session (the session forms of the checks apply).
+    pub fn session(&self) -> bool {
+        self.caps.session_leases
+    }
+
+    /// The lease that bounds a lock taken with `ttl`: the session timeout on a session backend,
+    /// the TTL otherwise.
+    pub fn lease_length(&self, ttl: Duration) -> Duration {
+        match (self.caps.session_leases, self.caps.session_timeout) {
+            (true, Some(s)) => s,
+            // A session backend that does not state its timeout: assume the longest usual one.
+            (true, None) => Duration::from_secs(10),
+            _ => ttl,
         }
     }
 
