@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use lock_core::{
     async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, FencingToken, Instant, Lease,
-    LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
+    LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
 };
 
-use crate::node::{Keys, Node, NodeGrant, MAX_POLL, NAME};
+use crate::node::{Keys, Node, NodeGrant, NAME};
 use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
 
 /// Locks on one Redis server (or one Redis Cluster slot owner, or a Sentinel-managed master
@@ -16,13 +17,22 @@ use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
 ///
 /// # Behavior
 /// - Acquire is one Lua script: `SET lock value PX ttl` if absent, with the fencing counter
-///   bumped in the same step; release is compare-and-delete, extend compare-and-`PEXPIRE`,
+///   raised in the same step; release is compare-and-delete, extend compare-and-`PEXPIRE`,
 ///   both on the owner token. See [`scripts`](crate::scripts) for the keys and why the
-///   fencing token keeps rising even if the server loses the counter.
-/// - Waiting is by notification: release publishes on a per-key channel, and waiters
-///   subscribe (on one subscriber connection per client) before they try. They still retry at
-///   the holder's expiry and at least every 250 ms, so an expired holder or a foreign client
-///   that never publishes cannot stall them.
+///   fencing token keeps rising even when the server loses data (a restart from an older
+///   snapshot, a failover), as long as the server's clock does not step back.
+/// - A `try_acquire` that fails after its request went out (the reply was lost, or came after
+///   the request timeout) releases by owner token before it returns the error, so the grant
+///   the server may have made does not block others for a TTL; it can therefore take up to
+///   twice the request timeout. A waiting acquire that ends in an error does the same in the
+///   background.
+/// - Waiting is by notification: release publishes on a per-key channel. A waiter tries
+///   first; only if the lock is held does it subscribe (on one subscriber connection per
+///   client), waiting for the confirmation at most the request timeout and never past its
+///   deadline, and then tries again. It still retries at the holder's expiry and at least
+///   every 250 ms, so an expired holder, a foreign client that never publishes or a pub/sub
+///   connection that is down cannot stall it. A waiting acquire returns by its deadline plus
+///   at most one request timeout.
 /// - One multiplexed, self-reconnecting connection carries every command.
 /// - Mutual exclusion is as strong as the server: with replication, a failover that loses
 ///   the last writes can grant a lock twice (use Redlock, etcd or ZooKeeper if that matters);
@@ -68,6 +78,43 @@ impl RedisBackend {
     fn keys(&self, key: &LockKey) -> Keys {
         Keys::new(&self.inner.prefix, key)
     }
+
+    /// One acquire request. Dropped mid-flight, the script may still have granted: the
+    /// release by owner token then goes out in the background, on the same connection, so it
+    /// runs after the acquire. A failed attempt is not undone here: the waiting loop retries
+    /// with the same owner token (the script then returns the grant it already made); the
+    /// callers undo once no retry follows.
+    async fn attempt(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let keys = self.keys(&req.key);
+        let sent = Instant::now();
+        let undo = UndoOnDrop::new({
+            let (this, keys, owner) = (self.clone(), keys.clone(), req.owner);
+            async move {
+                let _ = this.inner.node.release(&keys, owner).await;
+            }
+        });
+        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl).await;
+        undo.disarm();
+        Ok(match reply? {
+            NodeGrant::Granted(f) => {
+                Attempt::Acquired(Lease::new(req.key.clone(), req.owner, FencingToken::new(f), req.ttl, sent))
+            }
+            NodeGrant::Held(expires_in) => Attempt::Held { expires_in },
+        })
+    }
+
+    /// A release of `owner`'s grant that says whether the server answered (whatever it said).
+    fn releaser(
+        &self,
+        keys: Keys,
+        owner: OwnerToken,
+    ) -> impl Fn() -> BoxFuture<'static, bool> + Send + 'static {
+        let this = self.clone();
+        move || {
+            let (this, keys) = (this.clone(), keys.clone());
+            Box::pin(async move { this.inner.node.release(&keys, owner).await.is_ok() })
+        }
+    }
 }
 
 #[async_trait]
@@ -85,32 +132,30 @@ impl LockBackend for RedisBackend {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let keys = self.keys(&req.key);
-        let sent = Instant::now();
-        // Dropped mid-flight, the script may still have granted: release by owner token on the
-        // same connection, which runs after it. (A failed attempt is not undone: the waiting
-        // loop may retry with the same owner token, and an undo racing that retry could
-        // release its grant. Its grant, if any, lasts the TTL.)
-        let undo = UndoOnDrop::new({
-            let (this, keys, owner) = (self.clone(), keys.clone(), req.owner);
-            async move {
-                let _ = this.inner.node.release(&keys, owner).await;
-            }
-        });
-        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl).await;
-        undo.disarm();
-        Ok(match reply? {
-            NodeGrant::Granted(f) => {
-                Attempt::Acquired(Lease::new(req.key.clone(), req.owner, FencingToken::new(f), req.ttl, sent))
-            }
-            NodeGrant::Held(expires_in) => Attempt::Held { expires_in },
-        })
+        let attempt = self.attempt(req).await;
+        if attempt.is_err() {
+            // The script may have run although the reply was lost or came too late: release by
+            // owner token before returning the error. The release travels on the same
+            // connection, so the server runs it after the acquire.
+            let keys = self.keys(&req.key);
+            crate::attempts::undo_now(self.releaser(keys, req.owner)).await;
+        }
+        attempt
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let keys = self.keys(&req.key);
-        let sub = self.inner.node.watch(&keys).await;
-        lock_core::wait_for_lock(&[&sub.notify], &req.key, deadline, MAX_POLL, || self.try_acquire(req)).await
+        let undo = crate::attempts::undo_later(self.releaser(keys.clone(), req.owner));
+        let node = &self.inner.node;
+        crate::attempts::acquire_waiting(
+            &req.key,
+            deadline,
+            node.timeout(),
+            |bound| async move { vec![node.watch(&keys, bound).await] },
+            || self.attempt(req),
+            undo,
+        )
+        .await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {

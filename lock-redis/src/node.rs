@@ -83,14 +83,14 @@ impl Node {
                 .map_err(|e| map_err(backend, &addr, e))?
         } else {
             tokio::time::timeout(
-                opts.connect_timeout + Duration::from_millis(100),
+                opts.connect_timeout.saturating_add(Duration::from_millis(100)),
                 ConnectionManager::new_with_config(client.clone(), config),
             )
             .await
             .map_err(|_| no_connection(backend, &addr, opts.connect_timeout))?
             .map_err(|e| map_err(backend, &addr, e))?
         };
-        let notifier = Notifier::start(client, opts.connect_timeout);
+        let notifier = Notifier::start(client, opts.connect_timeout, timeout);
         Ok(Self { addr, con, notifier, timeout, backend })
     }
 
@@ -157,8 +157,15 @@ impl Node {
         Ok(Some(LockInfo::new(fence, owner, (pttl >= 0).then(|| Duration::from_millis(pttl as u64)))))
     }
 
-    pub(crate) async fn watch(&self, keys: &Keys) -> Subscription {
-        self.notifier.watch(&keys.channel, self.timeout.max(Duration::from_millis(500))).await
+    /// Subscribes to the release channel of `keys`, waiting at most `confirm` for the
+    /// server's confirmation (see [`Notifier::watch`]).
+    pub(crate) async fn watch(&self, keys: &Keys, confirm: Duration) -> Subscription {
+        self.notifier.watch(&keys.channel, confirm).await
+    }
+
+    /// The request timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {

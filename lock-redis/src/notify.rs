@@ -68,17 +68,20 @@ impl Drop for Subscription {
 
 impl Notifier {
     /// Starts the subscriber task for `client`. The task ends when the notifier and all its
-    /// subscriptions are dropped.
-    pub(crate) fn start(client: redis::Client, connect_timeout: Duration) -> Self {
+    /// subscriptions are dropped. A (un)subscription that gets no confirmation within
+    /// `request_timeout` counts as a lost connection: the task reconnects.
+    pub(crate) fn start(client: redis::Client, connect_timeout: Duration, request_timeout: Duration) -> Self {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, connect_timeout, shared.clone(), rx));
+        let timeouts = Timeouts { connect: connect_timeout, request: request_timeout };
+        tokio::spawn(run(client, timeouts, shared.clone(), rx));
         Self { shared, tx }
     }
 
     /// Watches `channel`. Waits (at most `confirm`) until the subscription is confirmed, so a
     /// release published after this returns is not missed. If the subscriber connection is
-    /// down, returns unconfirmed: the waiter then relies on its bounded polling.
+    /// down or slow, returns unconfirmed: the waiter then relies on its bounded polling, and
+    /// is woken by messages once the subscription is in place.
     pub(crate) async fn watch(&self, channel: &str, confirm: Duration) -> Subscription {
         let notify = {
             let mut map = self.shared.channels();
@@ -100,29 +103,47 @@ impl Notifier {
     }
 }
 
+#[derive(Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    request: Duration,
+}
+
+/// `request` within `timeout`: `false` when it failed or got no answer in time.
+async fn within<T, E>(timeout: Duration, request: impl std::future::Future<Output = Result<T, E>>) -> bool {
+    matches!(tokio::time::timeout(timeout, request).await, Ok(Ok(_)))
+}
+
+/// Down: answers requests at once (waiters poll meanwhile) for `pause`; `false` when the
+/// notifier is gone.
+async fn answer_while_down(rx: &mut mpsc::UnboundedReceiver<Command>, pause: Duration) -> bool {
+    let sleep = tokio::time::sleep(pause);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            cmd = rx.recv() => match cmd {
+                None => return false,
+                Some(Command::Subscribe(_, reply)) => { let _ = reply.send(false); }
+                Some(Command::Unsubscribe(_)) => {}
+            }
+        }
+    }
+}
+
 async fn run(
     client: redis::Client,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut subscribed: HashSet<String> = HashSet::new();
     loop {
-        let conn = tokio::time::timeout(connect_timeout, client.get_async_pubsub()).await;
+        let conn = tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = conn else {
-            // Down: answer pending requests at once (waiters poll meanwhile), then retry.
-            let sleep = tokio::time::sleep(backoff.next_delay());
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    cmd = rx.recv() => match cmd {
-                        None => return,
-                        Some(Command::Subscribe(_, reply)) => { let _ = reply.send(false); }
-                        Some(Command::Unsubscribe(_)) => {}
-                    }
-                }
+            if !answer_while_down(&mut rx, backoff.next_delay()).await {
+                return;
             }
             continue;
         };
@@ -130,7 +151,8 @@ async fn run(
         subscribed.clear();
         let wanted: Vec<String> = shared.channels().keys().cloned().collect();
         if !wanted.is_empty() {
-            if sink.subscribe(&wanted).await.is_err() {
+            if !within(timeouts.request, sink.subscribe(&wanted)).await {
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
             subscribed.extend(wanted);
@@ -153,7 +175,7 @@ async fn run(
                     Some(Command::Subscribe(ch, reply)) => {
                         if subscribed.contains(&ch) {
                             let _ = reply.send(true);
-                        } else if sink.subscribe(&ch).await.is_ok() {
+                        } else if within(timeouts.request, sink.subscribe(&ch)).await {
                             subscribed.insert(ch);
                             let _ = reply.send(true);
                         } else {
@@ -163,7 +185,10 @@ async fn run(
                     }
                     Some(Command::Unsubscribe(ch)) => {
                         let still_wanted = shared.channels().contains_key(&ch);
-                        if !still_wanted && subscribed.remove(&ch) && sink.unsubscribe(&ch).await.is_err() {
+                        if !still_wanted
+                            && subscribed.remove(&ch)
+                            && !within(timeouts.request, sink.unsubscribe(&ch)).await
+                        {
                             break;
                         }
                     }

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
 use lock_core::{
     async_trait, drift_margin, AcquireRequest, Attempt, BackendErrorKind, Capabilities, Error, ExtendOutcome,
     FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, UndoOnDrop,
     WakeMode,
 };
 
-use crate::node::{Keys, Node, NodeGrant, MAX_POLL};
+use crate::node::{Keys, Node, NodeGrant};
 use crate::options::{RedlockOptions, DEFAULT_NODE_TIMEOUT};
 
 const NAME: &str = "redlock";
@@ -24,16 +24,21 @@ const NAME: &str = "redlock";
 ///   `sent + TTL - drift`, with `drift = 1% of TTL + 2 ms`, which is Redlock's
 ///   `TTL - elapsed - drift` counted from the moment the request was sent. Otherwise the
 ///   attempt is undone on **every** node (a node that timed out may have granted anyway) and
-///   reported as held (or, when too few nodes answered, as a retryable error).
+///   reported as held (or, when too few nodes answered, as a retryable error). After a failed
+///   `try_acquire`, a master that did not answer that undo is asked again in the background
+///   (50 ms, 250 ms and 1 s later) until it does.
 /// - **Extend** needs a quorum of nodes to confirm; **release** deletes on every node and
 ///   reports `Released` when a quorum held our grant.
-/// - **Waiting** subscribes to the release channel on every node; any node's message wakes
-///   the waiter, which also retries at the holder's expiry and at least every 250 ms.
+/// - **Waiting** tries first; only if the lock is held does it subscribe to the release
+///   channel on every node (waiting for the confirmations at most the node timeout, never past
+///   its deadline) and try again. Any node's message wakes the waiter, which also retries at
+///   the holder's expiry and at least every 250 ms; it returns by its deadline plus at most one
+///   round.
 ///
 /// # Fencing tokens across nodes
 /// No single node is authoritative, so the token is agreed as follows:
-/// 1. Each node's acquire script proposes `p_i = counter_i + 1` (its clock in µs when the
-///    counter is missing) and stores it in the same atomic step as the grant.
+/// 1. Each node's acquire script proposes `p_i = max(counter_i + 1, its clock in µs)` and
+///    stores it in the same atomic step as the grant.
 /// 2. The client takes `F = max p_i` over the nodes that granted.
 /// 3. **Write-back**: before the lease is returned, every granting node with `p_i < F` raises
 ///    its counter to `F` (the write-back script, conditional on still holding our grant). The
@@ -42,11 +47,28 @@ const NAME: &str = "redlock";
 ///
 /// Any later grant needs a quorum too, and two quorums share at least one node; that node's
 /// counter is already `>= F`, so its proposal, and therefore the later token, is `> F`.
-/// This holds under Redlock's own assumptions: nodes fail by stopping, and a node that
-/// restarts either kept its data (AOF with `fsync always`) or stays down for at least one
-/// TTL. A node that restarts empty breaks mutual exclusion (as for any Redlock); the token
-/// still rises if its clock is ahead of every earlier token, which the microsecond clock
-/// floor gives whenever the node's clock has not gone back.
+///
+/// **When masters lose data** (a restart from an RDB snapshot older than the last writes,
+/// redis-server's default after a `kill -9`; AOF `everysec` losing its last second):
+/// - *One* master restarted from a stale snapshot is covered by the overlap as long as the
+///   last grant's quorum kept another node that also takes part in the next grant: with all
+///   masters up, every grant is recorded on all of them, and any two of three include one
+///   that remembers.
+/// - *A majority* restarted from stale snapshots (the next quorum has no node that remembers)
+///   is covered by the clock: every token is at most the clock of the fastest master at its
+///   grant (a node's own proposal is at most its clock; a write-back raises a node at most to
+///   the fastest master's clock), and the next grant gets at least the clock of each master
+///   that grants it. **The assumption**: no master's clock steps back, and the masters' clocks
+///   differ by less than the time from the last grant before the crash to the first grant
+///   after it (a restart that loads a snapshot takes far longer than the skew of
+///   NTP-synchronised hosts; keep the clocks slewed, never stepped).
+///
+/// Mutual exclusion itself holds under Redlock's own assumptions: nodes fail by stopping, and
+/// a node that restarts either kept its data (AOF with `fsync always`) or stays down for at
+/// least one TTL. A majority that restarts with stale data can grant a lock that is still
+/// held (as for any Redlock): the fencing token, which still rises, is what protects the
+/// resource then. A master's clock that steps forward ends its grants early (Redis keeps
+/// expiries as wall-clock times), with the same effect.
 #[derive(Debug, Clone)]
 pub struct RedlockBackend {
     inner: Arc<Inner>,
@@ -124,7 +146,8 @@ impl RedlockBackend {
         let sent = Instant::now();
         let replies =
             join_all(self.inner.nodes.iter().map(|node| node.acquire(&keys, req.owner, req.ttl))).await;
-        let valid_until = sent + req.ttl.saturating_sub(drift_margin(req.ttl));
+        let valid_until =
+            lock_core::lease::add_saturating(sent, req.ttl.saturating_sub(drift_margin(req.ttl)));
         let mut granted = Vec::new();
         let mut held = Vec::new();
         let mut errors = Vec::new();
@@ -184,6 +207,35 @@ impl RedlockBackend {
     async fn release_everywhere(&self, keys: &Keys, req: &AcquireRequest) -> Vec<Result<bool>> {
         join_all(self.inner.nodes.iter().map(|n| n.release(keys, req.owner))).await
     }
+
+    /// One round. The round undoes its own partial grants; dropped mid-flight it cannot, so
+    /// the release on every node is then sent in the background. A failed round is not undone
+    /// again here: the waiting loop retries with the same owner token, and a late undo could
+    /// release that retry's grant on a master; the callers undo once no retry follows.
+    async fn attempt_once(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let undo = UndoOnDrop::new({
+            let (this, req) = (self.clone(), req.clone());
+            async move {
+                let keys = this.keys(&req.key);
+                this.release_everywhere(&keys, &req).await;
+            }
+        });
+        let attempt = self.attempt(req).await;
+        undo.disarm();
+        attempt
+    }
+
+    /// A release of `req`'s grant on every master that says whether every master answered.
+    fn releaser(&self, req: &AcquireRequest) -> impl Fn() -> BoxFuture<'static, bool> + Send + 'static {
+        let (this, req) = (self.clone(), req.clone());
+        move || {
+            let (this, req) = (this.clone(), req.clone());
+            Box::pin(async move {
+                let keys = this.keys(&req.key);
+                this.release_everywhere(&keys, &req).await.iter().all(Result::is_ok)
+            })
+        }
+    }
 }
 
 #[async_trait]
@@ -198,29 +250,37 @@ impl LockBackend for RedlockBackend {
             .with_ttl_granularity(Duration::from_millis(1))
             .with_min_ttl(Duration::from_millis(50))
             // A node may apply the grant up to one node timeout after it was sent.
-            .with_expiry_margin(self.inner.node_timeout + Duration::from_millis(50))
+            .with_expiry_margin(self.inner.node_timeout.saturating_add(Duration::from_millis(50)))
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        // The attempt undoes its own partial grants; dropped mid-flight it cannot, so the
-        // release on every node is then sent in the background.
-        let undo = UndoOnDrop::new({
-            let (this, req) = (self.clone(), req.clone());
-            async move {
-                let keys = this.keys(&req.key);
-                this.release_everywhere(&keys, &req).await;
-            }
-        });
-        let attempt = self.attempt(req).await;
-        undo.disarm();
+        let attempt = self.attempt_once(req).await;
+        if attempt.is_err() {
+            // The round already released on every master; a master that did not answer that
+            // release is asked again in the background until it does.
+            let release = self.releaser(req);
+            lock_core::cancel::spawn_detached(async move {
+                lock_core::cancel::undo_after(lock_core::cancel::LATE_GRANT_RECHECKS, release).await;
+            });
+        }
         attempt
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let keys = self.keys(&req.key);
-        let subs = join_all(self.inner.nodes.iter().map(|n| n.watch(&keys))).await;
-        let wakers: Vec<&tokio::sync::Notify> = subs.iter().map(|s| &*s.notify).collect();
-        lock_core::wait_for_lock(&wakers, &req.key, deadline, MAX_POLL, || self.try_acquire(req)).await
+        let nodes = &self.inner.nodes;
+        crate::attempts::acquire_waiting(
+            &req.key,
+            deadline,
+            self.inner.node_timeout,
+            |bound| {
+                let keys = &keys;
+                join_all(nodes.iter().map(move |n| n.watch(keys, bound)))
+            },
+            || self.attempt_once(req),
+            crate::attempts::undo_later(self.releaser(req)),
+        )
+        .await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {

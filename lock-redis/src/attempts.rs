@@ -1,0 +1,125 @@
+//! What both backends do around their attempts: the waiting acquire (try first, subscribe
+//! only when the lock is held, then lock-core's loop) and the undo of an attempt that failed
+//! after the server may have carried it out.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lock_core::cancel::{spawn_detached, undo_after, LATE_GRANT_RECHECKS};
+use lock_core::{Attempt, Error, Instant, Lease, LockKey, Result, UndoOnDrop};
+use tokio::sync::Notify;
+
+use crate::node::MAX_POLL;
+use crate::notify::Subscription;
+
+/// A waiting acquire, common to both backends.
+///
+/// 1. Tries at once, without a subscription: a free lock costs one request.
+/// 2. Only when the lock is held (or the try failed retryably) subscribes to the release
+///    channels through `subscribe(bound)`, which waits for the confirmations at most `bound`:
+///    `confirm`, cut to what is left of the deadline. A slow or unresponsive pub/sub
+///    connection therefore never pushes the acquire past its deadline; unconfirmed, the
+///    waiter still polls (at least every 250 ms and at the holder's expiry).
+/// 3. Runs lock-core's loop, which registers the wake-ups before each attempt and so attempts
+///    once more right after subscribing: a release between step 1 and the subscription is
+///    seen by that attempt, one after it by the notification.
+///
+/// Returns by the deadline plus at most one attempt (each bounded by the request timeout).
+///
+/// If it ends without the lock after an attempt failed with an error (which the server may
+/// have carried out anyway), or is dropped, `undo` (a release by owner token) runs in the
+/// background: no later attempt will reuse the owner token then, so it cannot release a
+/// grant this acquire returned.
+pub(crate) async fn acquire_waiting<S, SF, A, AF>(
+    key: &LockKey,
+    deadline: Instant,
+    confirm: Duration,
+    subscribe: S,
+    mut attempt: A,
+    undo: impl Future<Output = ()> + Send + 'static,
+) -> Result<Lease>
+where
+    S: FnOnce(Duration) -> SF,
+    SF: Future<Output = Vec<Subscription>>,
+    A: FnMut() -> AF,
+    AF: Future<Output = Result<Attempt>>,
+{
+    let start = Instant::now();
+    let undo = UndoOnDrop::new(undo);
+    let failed = AtomicBool::new(false);
+    let mut noted = || {
+        let fut = attempt();
+        let failed = &failed;
+        async move {
+            let r = fut.await;
+            if r.is_err() {
+                failed.store(true, Ordering::SeqCst);
+            }
+            r
+        }
+    };
+    let result = async {
+        let last_err = match noted().await {
+            Ok(Attempt::Acquired(lease)) => return Ok(lease),
+            Ok(Attempt::Held { .. }) => None,
+            Err(e) if e.is_retryable() => Some(e),
+            Err(e) => return Err(e),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(last_err.unwrap_or_else(|| timed_out(key, start)));
+        }
+        let subs = subscribe(confirm.min(left)).await;
+        let wakers: Vec<&Notify> = subs.iter().map(|s| &*s.notify).collect();
+        lock_core::wait_for_lock(&wakers, key, deadline, MAX_POLL, &mut noted).await
+    }
+    .await;
+    match result {
+        Ok(lease) => {
+            undo.disarm();
+            Ok(lease)
+        }
+        Err(e) => {
+            if failed.load(Ordering::SeqCst) {
+                drop(undo); // runs the undo in the background
+            } else {
+                undo.disarm();
+            }
+            Err(match e {
+                Error::WaitTimedOut { .. } => timed_out(key, start),
+                e => e,
+            })
+        }
+    }
+}
+
+fn timed_out(key: &LockKey, start: Instant) -> Error {
+    Error::WaitTimedOut { key: key.full().to_owned(), waited: start.elapsed() }
+}
+
+/// Undoes a failed non-waiting attempt: runs `release` (which reports whether it got an
+/// answer) once now, so that a grant the server made is gone when the error is returned, and,
+/// if it got no answer, again in the background after each of
+/// [`LATE_GRANT_RECHECKS`] until one does.
+pub(crate) async fn undo_now<R, RF>(release: R)
+where
+    R: Fn() -> RF + Send + 'static,
+    RF: Future<Output = bool> + Send,
+{
+    if !release().await {
+        spawn_detached(async move {
+            undo_after(LATE_GRANT_RECHECKS, release).await;
+        });
+    }
+}
+
+/// [`undo_now`] for the background: the first release at once, then the rechecks.
+pub(crate) async fn undo_later<R, RF>(release: R)
+where
+    R: Fn() -> RF,
+    RF: Future<Output = bool>,
+{
+    let pauses = std::iter::once(Duration::ZERO).chain(LATE_GRANT_RECHECKS);
+    undo_after(pauses, release).await;
+}

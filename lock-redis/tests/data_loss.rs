@@ -1,0 +1,135 @@
+//! Fencing tokens after a server loses data: redis-server with its default persistence (RDB
+//! snapshots by the built-in `save` policy, no AOF) killed with SIGKILL comes back with its last
+//! snapshot, older than the tokens it handed out since. The next token must still be greater
+//! than every token issued before the crash.
+
+use std::time::Duration;
+
+use conformance_tests::fixtures::redis::{Persistence, RedisConfig, RedisServer};
+use lock_core::{LockClient, LockKey};
+use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
+
+async fn snapshot_server() -> RedisServer {
+    RedisServer::start_with(RedisConfig { persistence: Persistence::Snapshot, ..RedisConfig::default() })
+        .await
+        .expect("redis-server with its default snapshots")
+}
+
+async fn raw(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
+}
+
+async fn save(port: u16) {
+    let _: () = redis::cmd("SAVE").query_async(&mut raw(port).await).await.expect("SAVE");
+}
+
+/// The fencing counter of `name` as the server at `port` holds it now.
+async fn counter(port: u16, name: &str) -> Option<u64> {
+    let key = format!("{{{}}}:fence", LockKey::new(name).expect("key").full());
+    redis::cmd("GET").arg(key).query_async(&mut raw(port).await).await.expect("GET counter")
+}
+
+/// Ten acquire/release cycles; returns the last token, checking that each one rose.
+async fn ten_cycles(locks: &LockClient, name: &str, mut last: u64) -> u64 {
+    for i in 0..10 {
+        let g = locks.lock(name).acquire().await.expect("acquire");
+        let t = g.fencing_token().get();
+        assert!(t > last, "cycle {i}: token {t} after {last}");
+        last = t;
+        let _ = g.release().await.expect("release");
+    }
+    last
+}
+
+/// Kills `server` with SIGKILL and starts it again on its directory: it loads its snapshot.
+async fn crash_and_restart(server: &mut RedisServer) {
+    server.process().kill().await;
+    server.process().restart().await.expect("restart on the same directory");
+}
+
+/// An acquire that rides out the reconnect after a restart.
+async fn acquire_token(locks: &LockClient, name: &str) -> u64 {
+    let g =
+        locks.lock(name).wait(Duration::from_secs(15)).acquire().await.expect("acquire after the restart");
+    let t = g.fencing_token().get();
+    let _ = g.release().await.expect("release");
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_token_rises_after_a_kill_restores_an_older_snapshot() {
+    let mut server = snapshot_server().await;
+    let port = server.port();
+    let locks = LockClient::new(
+        RedisBackend::connect(RedisOptions::new(format!("127.0.0.1:{port}"))).await.expect("connect"),
+    );
+    let t1 = acquire_token(&locks, "snap").await;
+    save(port).await;
+    let t11 = ten_cycles(&locks, "snap", t1).await;
+    crash_and_restart(&mut server).await;
+    // The fault is real: the server came back with the snapshot's counter, not the last one.
+    assert_eq!(
+        counter(port, "snap").await,
+        Some(t1),
+        "the restarted server should hold the snapshot's counter"
+    );
+    let next = acquire_token(&locks, "snap").await;
+    assert!(next > t11, "token {next} after a crash that lost tokens up to {t11}: a token was issued twice");
+}
+
+async fn snapshot_masters() -> Vec<RedisServer> {
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        v.push(snapshot_server().await);
+    }
+    v
+}
+
+async fn redlock(servers: &[RedisServer]) -> LockClient {
+    let nodes = servers.iter().map(|s| RedisOptions::new(format!("127.0.0.1:{}", s.port())));
+    LockClient::new(RedlockBackend::connect(RedlockOptions::new(nodes)).await.expect("redlock"))
+}
+
+/// Redlock, one master restarted from a stale snapshot while another is down: the surviving
+/// quorum overlaps the last grant's quorum on a node that kept its counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_token_rises_with_one_master_restarted_from_a_stale_snapshot() {
+    let mut servers = snapshot_masters().await;
+    let locks = redlock(&servers).await;
+    let t1 = acquire_token(&locks, "snap1").await;
+    save(servers[0].port()).await;
+    let t11 = ten_cycles(&locks, "snap1", t1).await;
+    crash_and_restart(&mut servers[0]).await;
+    assert_eq!(counter(servers[0].port(), "snap1").await, Some(t1), "master 0 should hold the stale counter");
+    servers[1].process().kill().await;
+    let next = acquire_token(&locks, "snap1").await;
+    assert!(next > t11, "token {next} after one master lost tokens up to {t11}");
+}
+
+/// Redlock, a majority of masters restarted from stale snapshots (the third is down): no node
+/// of the next quorum remembers the last tokens; the server clock must carry them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_token_rises_with_a_majority_restarted_from_stale_snapshots() {
+    let mut servers = snapshot_masters().await;
+    let locks = redlock(&servers).await;
+    let t1 = acquire_token(&locks, "snap2").await;
+    save(servers[0].port()).await;
+    save(servers[1].port()).await;
+    let t11 = ten_cycles(&locks, "snap2", t1).await;
+    crash_and_restart(&mut servers[0]).await;
+    crash_and_restart(&mut servers[1]).await;
+    for s in &servers[..2] {
+        assert_eq!(
+            counter(s.port(), "snap2").await,
+            Some(t1),
+            "a restarted master should hold the stale counter"
+        );
+    }
+    servers[2].process().kill().await;
+    let next = acquire_token(&locks, "snap2").await;
+    assert!(next > t11, "token {next} after a majority lost tokens up to {t11}: a token was issued twice");
+}

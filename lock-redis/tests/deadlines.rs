@@ -1,0 +1,88 @@
+//! A waiting acquire returns within its deadline plus at most one request timeout, even when
+//! the pub/sub connection that carries wake-ups is unresponsive: the first attempt does not
+//! wait for a subscription, and the wait for one is bounded.
+
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use std::time::Duration;
+
+use conformance_tests::fixtures::redis::RedisServer;
+use lock_core::{Error, Instant, LockClient};
+use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
+use proxy::Proxy;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(100);
+const WAIT: Duration = Duration::from_millis(200);
+/// Scheduling slack on a loaded machine.
+const SLACK: Duration = Duration::from_millis(100);
+
+async fn direct(server: &RedisServer) -> LockClient {
+    LockClient::new(RedisBackend::connect(server.url().parse().expect("url")).await.expect("connect"))
+}
+
+/// A client whose connections go through `proxy`, with a short request timeout.
+async fn through(proxy: &Proxy) -> LockClient {
+    let opts = RedisOptions::new(proxy.address()).request_timeout(REQUEST_TIMEOUT);
+    LockClient::new(RedisBackend::connect(opts).await.expect("connect through the proxy"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_acquire_keeps_its_deadline_when_pubsub_never_answers() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let proxy = Proxy::start(server.port()).await;
+    proxy.hang_subscribers();
+    let locks = through(&proxy).await;
+
+    // A free lock: the first attempt takes it, with no subscription at all.
+    let start = Instant::now();
+    let g = locks.lock("free").wait(WAIT).acquire().await.expect("a free lock is granted");
+    let took = start.elapsed();
+    assert!(
+        took < WAIT + REQUEST_TIMEOUT + SLACK,
+        "a waiting acquire of a free lock took {took:?} (wait {WAIT:?}, request timeout {REQUEST_TIMEOUT:?}): \
+         it waited for a pub/sub subscription before its first try"
+    );
+    let _ = g.release().await.expect("release");
+
+    // A held lock: the subscription never confirms; the wait still ends at its deadline.
+    let holder = direct(&server).await;
+    let held = holder.lock("held").ttl(Duration::from_secs(30)).acquire().await.expect("hold");
+    let start = Instant::now();
+    let err = locks.lock("held").wait(WAIT).acquire().await.expect_err("the lock stays held");
+    let took = start.elapsed();
+    assert!(matches!(err, Error::WaitTimedOut { .. }), "{err:?}");
+    assert!(
+        took < WAIT + REQUEST_TIMEOUT + SLACK,
+        "a {WAIT:?} wait returned after {took:?} (request timeout {REQUEST_TIMEOUT:?}): \
+         the wait for a subscription ran past the deadline"
+    );
+    let _ = held.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redlock_waiting_acquire_keeps_its_deadline_when_pubsub_never_answers() {
+    let mut servers = Vec::new();
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        let s = RedisServer::start().await.expect("redis-server");
+        let p = Proxy::start(s.port()).await;
+        p.hang_subscribers();
+        servers.push(s);
+        proxies.push(p);
+    }
+    let nodes = proxies.iter().map(|p| RedisOptions::new(p.address()));
+    let opts = RedlockOptions::new(nodes).request_timeout(REQUEST_TIMEOUT);
+    let locks = LockClient::new(RedlockBackend::connect(opts).await.expect("redlock"));
+    let start = Instant::now();
+    let g = locks.lock("free").wait(WAIT).acquire().await.expect("a free lock is granted");
+    let took = start.elapsed();
+    assert!(took < WAIT + REQUEST_TIMEOUT + SLACK, "a waiting Redlock acquire of a free lock took {took:?}");
+    // Held by the first grant: the next waiter times out at its deadline.
+    let start = Instant::now();
+    let err = locks.lock("free").wait(WAIT).acquire().await.expect_err("held");
+    let took = start.elapsed();
+    assert!(matches!(err, Error::WaitTimedOut { .. }), "{err:?}");
+    assert!(took < WAIT + REQUEST_TIMEOUT + SLACK, "a {WAIT:?} Redlock wait returned after {took:?}");
+    let _ = g.release().await.expect("release");
+}

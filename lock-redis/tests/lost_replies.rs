@@ -1,0 +1,103 @@
+//! A non-waiting acquire that fails after the server carried it out (its reply was lost, or
+//! it timed out on a paused server) leaves no grant behind: another client can take the lock
+//! at once, not after the TTL.
+
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use std::time::Duration;
+
+use conformance_tests::fixtures::redis::RedisServer;
+use lock_core::{BackendErrorKind, Error, LockClient, LockKey};
+use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
+use proxy::Proxy;
+
+const TTL: Duration = Duration::from_secs(30);
+
+async fn direct(server: &RedisServer) -> LockClient {
+    LockClient::new(RedisBackend::connect(server.url().parse().expect("url")).await.expect("connect"))
+}
+
+/// Loads the scripts (so the faulty request is the acquire itself, not a NOSCRIPT reload).
+async fn warm_up(locks: &LockClient) {
+    let _ = locks.lock("warm-up").acquire().await.expect("acquire").release().await.expect("release");
+}
+
+/// Whether the acquire script ran on the server at `port` for `name` (its counter exists).
+async fn counter_exists(port: u16, name: &str) -> bool {
+    let key = format!("{{{}}}:fence", LockKey::new(name).expect("key").full());
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    redis::cmd("EXISTS").arg(key).query_async::<i64>(&mut con).await.expect("EXISTS") == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_acquire_whose_reply_is_lost_leaves_no_grant() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let proxy = Proxy::start(server.port()).await;
+    let opts = RedisOptions::new(proxy.address()).request_timeout(Duration::from_millis(500));
+    let locks = LockClient::new(RedisBackend::connect(opts).await.expect("connect through the proxy"));
+    warm_up(&locks).await;
+    proxy.cut_next_reply();
+    let err = locks.lock("lost").ttl(TTL).try_acquire().await.expect_err("the reply was lost");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(counter_exists(server.port(), "lost").await, "the acquire should have run on the server");
+    let other = direct(&server).await;
+    let g = other.lock("lost").try_acquire().await.expect("try");
+    assert!(g.is_some(), "the grant whose reply was lost still blocks others (until its TTL of {TTL:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_acquire_that_timed_out_on_a_paused_server_leaves_no_grant() {
+    let mut server = RedisServer::start().await.expect("redis-server");
+    let opts =
+        RedisOptions::new(format!("127.0.0.1:{}", server.port())).request_timeout(Duration::from_millis(300));
+    let locks = LockClient::new(RedisBackend::connect(opts).await.expect("connect"));
+    warm_up(&locks).await;
+    server.process().pause().expect("pause");
+    let err = locks.lock("paused").ttl(TTL).try_acquire().await.expect_err("the server is paused");
+    assert!(matches!(err, Error::Backend { kind: BackendErrorKind::RequestTimedOut, .. }), "{err:?}");
+    // The server carries out what it had received once it runs again.
+    server.process().resume().expect("resume");
+    let other = direct(&server).await;
+    let g = other
+        .lock("paused")
+        .wait(Duration::from_secs(3))
+        .acquire()
+        .await
+        .expect("the timed-out grant was left behind: others wait for its TTL");
+    assert!(counter_exists(server.port(), "paused").await);
+    let _ = g.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redlock_try_acquire_whose_replies_are_lost_leaves_no_grant() {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(RedisServer::start().await.expect("redis-server"));
+    }
+    // Masters 0 and 1 behind proxies that lose the acquire's reply.
+    let proxies = [Proxy::start(servers[0].port()).await, Proxy::start(servers[1].port()).await];
+    let nodes = [proxies[0].address(), proxies[1].address(), format!("127.0.0.1:{}", servers[2].port())]
+        .map(RedisOptions::new);
+    let locks = LockClient::new(RedlockBackend::connect(RedlockOptions::new(nodes)).await.expect("redlock"));
+    warm_up(&locks).await;
+    for p in &proxies {
+        p.cut_next_reply();
+    }
+    let err = locks.lock("lost").ttl(TTL).try_acquire().await.expect_err("two of three replies were lost");
+    assert!(err.is_retryable(), "{err:?}");
+    for s in &servers[..2] {
+        assert!(counter_exists(s.port(), "lost").await, "the acquire should have run on the master");
+    }
+    let urls = servers.iter().map(|s| RedisOptions::new(format!("127.0.0.1:{}", s.port())));
+    let other = LockClient::new(RedlockBackend::connect(RedlockOptions::new(urls)).await.expect("redlock"));
+    let g = other.lock("lost").try_acquire().await.expect("try");
+    assert!(
+        g.is_some(),
+        "the grants whose replies were lost still block others (until their TTL of {TTL:?})"
+    );
+}
