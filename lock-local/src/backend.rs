@@ -11,10 +11,14 @@ use lock_core::{
     LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
 };
 
-use crate::error::{io_err, other, NAME};
+use crate::error::{busy, io_err, other, NAME};
 use crate::files::{self, path_of, waker, Op, OpResult};
 use crate::options::FileOptions;
 use crate::record::mono_ns;
+
+/// How long the last attempt of a waiting acquire, at its deadline, may wait for a busy
+/// record's `flock`.
+const LAST_TRY: Duration = Duration::from_millis(10);
 
 /// Locks shared by the processes of one host through files in one directory.
 ///
@@ -27,6 +31,14 @@ use crate::record::mono_ns;
 ///   counter lives in the key's file, which is never deleted.
 /// - Waiting polls with jittered backoff (at most [`FileOptions::poll_interval`] between
 ///   attempts, never past the holder's expiry); waiters in the same process wake at once.
+/// - Nothing waits unboundedly for a record file's `flock`: a process that holds one and does
+///   not let go (stopped in the middle of a write, or an operator's `flock(1)` on the file)
+///   makes `try_acquire` report the lock held after at most
+///   [`FileOptions::request_timeout`], a waiting acquire return `WaitTimedOut` by its deadline
+///   plus at most that, and extend, release and inspect fail with a retryable error. No
+///   thread is pinned meanwhile.
+/// - A record torn by a power loss or damaged is recovered without ever lowering its fencing
+///   counter, or refused with an error naming the file (the crate docs say how).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -91,7 +103,35 @@ impl FileBackend {
     }
 
     async fn run(&self, key: &LockKey, op: Op) -> Result<OpResult> {
-        files::run(&self.opts.dir, key, self.opts.sync, op).await
+        files::run(&self.opts.dir, key, self.opts.sync, op, self.opts.request_timeout).await
+    }
+
+    /// An extend or release that found the record's `flock` held throughout is an error.
+    async fn run_or_busy(&self, key: &LockKey, op: Op) -> Result<OpResult> {
+        match self.run(key, op).await? {
+            OpResult::Busy => Err(busy(&path_of(&self.opts.dir, key), self.opts.request_timeout)),
+            r => Ok(r),
+        }
+    }
+
+    /// One attempt, waiting at most `bound` for the record's `flock`; a record locked by
+    /// another process throughout reads as held (its holder is acquiring, extending or
+    /// releasing, or is an operator's `flock(1)`).
+    async fn attempt(&self, req: &AcquireRequest, bound: Duration) -> Result<Attempt> {
+        let sent = Instant::now();
+        let op = Op::Acquire { owner: req.owner, ttl: req.ttl };
+        match files::run(&self.opts.dir, &req.key, self.opts.sync, op, bound).await? {
+            OpResult::Acquired(fence) => Ok(Attempt::Acquired(Lease::new(
+                req.key.clone(),
+                req.owner,
+                FencingToken::new(fence),
+                req.ttl,
+                sent,
+            ))),
+            OpResult::Held(left) => Ok(Attempt::Held { expires_in: Some(left) }),
+            OpResult::Busy => Ok(Attempt::Held { expires_in: None }),
+            _ => Err(other("unexpected file operation result")),
+        }
     }
 }
 
@@ -109,32 +149,23 @@ impl LockBackend for FileBackend {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let sent = Instant::now();
-        match self.run(&req.key, Op::Acquire { owner: req.owner, ttl: req.ttl }).await? {
-            OpResult::Acquired(fence) => Ok(Attempt::Acquired(Lease::new(
-                req.key.clone(),
-                req.owner,
-                FencingToken::new(fence),
-                req.ttl,
-                sent,
-            ))),
-            OpResult::Held(left) => Ok(Attempt::Held { expires_in: Some(left) }),
-            _ => Err(other("unexpected file operation result")),
-        }
+        self.attempt(req, self.opts.request_timeout).await
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        // Waiters in this process wake at once on release; others poll.
+        // Waiters in this process wake at once on release; others poll. No attempt waits for
+        // a busy record's flock past the deadline (the last one gets a short try).
         let wake = waker(&path_of(&self.opts.dir, &req.key));
         lock_core::wait_for_lock(&[&wake], &req.key, deadline, self.opts.poll_interval, || {
-            self.try_acquire(req)
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.attempt(req, self.opts.request_timeout.min(left.max(LAST_TRY)))
         })
         .await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
         let sent = Instant::now();
-        match self.run(lease.key(), Op::Extend { owner: lease.owner(), ttl }).await? {
+        match self.run_or_busy(lease.key(), Op::Extend { owner: lease.owner(), ttl }).await? {
             OpResult::Extended => {
                 Ok(ExtendOutcome::Extended { valid_until: lock_core::lease::valid_until(sent, ttl) })
             }
@@ -143,7 +174,7 @@ impl LockBackend for FileBackend {
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let res = self.run(lease.key(), Op::Release { owner: lease.owner() }).await?;
+        let res = self.run_or_busy(lease.key(), Op::Release { owner: lease.owner() }).await?;
         waker(&path_of(&self.opts.dir, lease.key())).notify_waiters();
         Ok(match res {
             OpResult::Released => ReleaseOutcome::Released,
@@ -152,7 +183,7 @@ impl LockBackend for FileBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        let rec = files::read(path_of(&self.opts.dir, key)).await?;
+        let rec = files::read(path_of(&self.opts.dir, key), self.opts.request_timeout).await?;
         let now = mono_ns();
         Ok(rec.filter(|r| r.live(now)).map(|r| {
             LockInfo::new(

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::Path;
+use std::time::Duration;
 
 use lock_core::{BackendErrorKind, Error};
 
@@ -20,13 +21,27 @@ pub(crate) fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
     Error::backend(NAME, kind, format!("{what} {}: {e}", path.display()), e)
 }
 
-/// A lock file that does not hold a record: never reset, since that would reset its fencing
-/// counter.
-pub(crate) fn corrupt(path: &Path) -> Error {
+/// A lock file from which no trustworthy fencing counter can be read (see
+/// [`record::decode`](crate::record::decode)): never reset, since a reset counter would hand
+/// out tokens again. Not retryable; the message names the file and what to do.
+pub(crate) fn damaged(path: &Path, why: &str) -> Error {
     Error::backend_msg(
         NAME,
         BackendErrorKind::Protocol,
-        format!("lock file {} is corrupt; refusing to reset its fencing counter", path.display()),
+        format!(
+            "lock file {} is corrupt ({why}); refusing to reset its fencing counter. Move it away to \
+             start the key's counter again, once nothing relies on the tokens it handed out",
+            path.display()
+        ),
+    )
+}
+
+/// Another process held a record's `flock` for all of `bound` (retryable).
+pub(crate) fn busy(path: &Path, bound: Duration) -> Error {
+    Error::backend_msg(
+        NAME,
+        BackendErrorKind::Unavailable,
+        format!("lock file {} stayed locked by another process for {bound:?}", path.display()),
     )
 }
 

@@ -1,37 +1,44 @@
 //! The file mechanics of the file backend: one small file per key under a directory, read and
 //! rewritten under an exclusive `flock`.
 //!
-//! Each key maps to `<dir>/<first 32 hex digits of sha256(key)>.lock`, holding one
-//! [`Record`] line.
+//! Each key maps to `<dir>/<first 32 hex digits of sha256(key)>.lock`, holding its
+//! [`Record`] (see [`record`](crate::record) for the format and how a damaged one is read).
 //!
 //! - Mutual exclusion: every read-modify-write of a record happens under `flock`, which the
 //!   kernel drops when the process holding it dies, so a killed process never wedges a key.
-//! - Crash safety: a record is written with one `pwrite` at offset 0 and the file is then cut
-//!   to length. A process killed between the two leaves the new line followed by a tail of the
-//!   old one, and only the first line is read. With `sync` (the default) the write is flushed
-//!   with `fdatasync` before a grant is returned, so the fencing counter also survives a
-//!   power loss.
+//! - No unbounded wait: the `flock` is only ever *tried* (`LOCK_NB`), on a blocking thread
+//!   that returns at once; while another process holds it (a holder stopped in the middle of
+//!   a write, an operator's `flock(1)`), the operation retries with a short backoff, sleeping
+//!   on the async runtime, for at most its bound (the request timeout, and for a waiting
+//!   acquire never past its deadline), and then reports [`OpResult::Busy`]. No blocking thread
+//!   is pinned by a waiter.
+//! - Crash safety: a record is written in place with one `pwrite` at offset 0, always the same
+//!   length for a key; a file is never shortened. A new file is created with its first record
+//!   already in it (written to a temporary file, flushed, and hard-linked into place), so a
+//!   lock file is never empty. With `sync` (the default) a grant is flushed with `fdatasync`
+//!   before it is returned, so the fencing counter also survives a power loss.
 //! - Files are never deleted: the fencing counter must outlive releases. One file per key
-//!   ever locked, about 120 bytes each.
-//! - Operations run on tokio's blocking threads; an acquire whose caller is cancelled is
-//!   undone once its blocking task finishes ([`PendingOp`]).
+//!   ever locked, about 300 bytes each.
+//! - An acquire whose caller is cancelled is undone once its blocking task finishes
+//!   ([`PendingOp`]).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use lock_core::{LockKey, OwnerToken, Result};
+use lock_core::{Backoff, Instant, LockKey, OwnerToken, Result};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::error::{corrupt, io_err, other, task_failed};
-use crate::record::{boot_id, dur_ns, mono_ns, Record};
+use crate::error::{damaged, io_err, other, task_failed};
+use crate::record::{boot_id, decode, dur_ns, mono_ns, Record};
 
 /// One read-modify-write of a record.
+#[derive(Clone, Copy)]
 pub(crate) enum Op {
     Acquire { owner: OwnerToken, ttl: Duration },
     Extend { owner: OwnerToken, ttl: Duration },
@@ -45,6 +52,8 @@ pub(crate) enum OpResult {
     Extended,
     Released,
     NotHeld,
+    /// Another process held the record's `flock` for the whole bound; nothing was done.
+    Busy,
 }
 
 /// The file of `key` under `dir`.
@@ -62,52 +71,77 @@ pub(crate) fn waker(path: &Path) -> Arc<Notify> {
     map.entry(path.to_owned()).or_default().clone()
 }
 
-/// Opens (creating if needed) a record file. A new file's directory entry is flushed (with
-/// `sync`), so the counter it will hold cannot vanish with a power loss.
-fn open_file(path: &Path, sync: bool) -> Result<File> {
-    let open = |create: bool| OpenOptions::new().read(true).write(true).create_new(create).open(path);
-    match open(false) {
+/// Opens a record file, creating it (with its first record) if needed.
+fn open_file(path: &Path, key: &str, sync: bool) -> Result<File> {
+    let open = || OpenOptions::new().read(true).write(true).open(path);
+    match open() {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let f = match open(true) {
-                Ok(f) => f,
-                // Another process created it in between.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    open(false).map_err(|e| io_err("cannot open lock file", path, e))?
-                }
-                Err(e) => return Err(io_err("cannot create lock file", path, e)),
-            };
-            if sync {
-                if let Some(dir) = path.parent() {
-                    File::open(dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| io_err("cannot sync lock directory", dir, e))?;
-                }
-            }
-            Ok(f)
+            create_file(path, key, sync)?;
+            open().map_err(|e| io_err("cannot open lock file", path, e))
         }
         Err(e) => Err(io_err("cannot open lock file", path, e)),
     }
 }
 
-fn read_record(file: &mut File, path: &Path) -> Result<Record> {
-    let mut bytes = Vec::with_capacity(160);
-    file.read_to_end(&mut bytes).map_err(|e| io_err("cannot read lock file", path, e))?;
-    if bytes.is_empty() {
-        return Ok(Record::default());
+/// Creates `path` holding a fresh record (fence 0): the record is written to a temporary file
+/// (flushed with `sync`), which is then hard-linked into place, so that no process ever sees
+/// the lock file empty. The new directory entry is flushed too (with `sync`), so the counter
+/// the file will hold cannot vanish with a power loss. Another process creating it first is
+/// fine.
+fn create_file(path: &Path, key: &str, sync: bool) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), OwnerToken::random()));
+    let write_tmp = || -> io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(&Record::default().render(key))?;
+        if sync {
+            f.sync_data()?;
+        }
+        Ok(())
+    };
+    let linked = write_tmp().and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        r => r.map(|()| true),
+    });
+    let _ = std::fs::remove_file(&tmp);
+    let created = linked.map_err(|e| io_err("cannot create lock file", path, e))?;
+    if created && sync {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("cannot sync lock directory", dir, e))?;
     }
-    Record::parse(&bytes).ok_or_else(|| corrupt(path))
+    Ok(())
 }
 
-/// One read-modify-write of a record under an exclusive `flock` (blocking; run it on a
-/// blocking thread).
-pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: Op) -> Result<OpResult> {
-    let mut file = open_file(path, sync)?;
-    file.lock().map_err(|e| io_err("cannot lock", path, e))?;
+fn read_record(file: &mut File, path: &Path) -> Result<Record> {
+    let mut bytes = Vec::with_capacity(320);
+    file.read_to_end(&mut bytes).map_err(|e| io_err("cannot read lock file", path, e))?;
+    decode(&bytes).map_err(|why| damaged(path, why))
+}
+
+/// Tries the `flock` once: `false` when another open file description holds it.
+fn try_flock(file: &File, path: &Path, shared: bool) -> Result<bool> {
+    let tried = if shared { file.try_lock_shared() } else { file.try_lock() };
+    match tried {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(io_err("cannot lock", path, e)),
+    }
+}
+
+/// One read-modify-write of a record under an exclusive `flock`, if the `flock` can be had
+/// at once ([`OpResult::Busy`] otherwise). Blocking I/O: run it on a blocking thread.
+pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: &Op) -> Result<OpResult> {
+    let mut file = open_file(path, key, sync)?;
+    if !try_flock(&file, path, false)? {
+        return Ok(OpResult::Busy);
+    }
     let mut rec = read_record(&mut file, path)?;
     let now = mono_ns();
     let live = rec.live(now);
-    let (result, dirty) = match op {
+    let (result, dirty) = match *op {
         Op::Acquire { .. } if live => (OpResult::Held(Duration::from_nanos(rec.expires_ns - now)), false),
         Op::Acquire { owner, ttl } => {
             rec.fence = rec.fence.checked_add(1).ok_or_else(|| other("fencing counter exhausted"))?;
@@ -128,9 +162,9 @@ pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: Op) -> Result<OpResu
         Op::Extend { .. } | Op::Release { .. } => (OpResult::NotHeld, false),
     };
     if dirty {
-        let line = rec.render(key);
-        file.write_all_at(line.as_bytes(), 0).map_err(|e| io_err("cannot write lock file", path, e))?;
-        file.set_len(line.len() as u64).map_err(|e| io_err("cannot write lock file", path, e))?;
+        // In place, the same length for this key every time: never shortened.
+        let bytes = rec.render(key);
+        file.write_all_at(&bytes, 0).map_err(|e| io_err("cannot write lock file", path, e))?;
         if sync && matches!(result, OpResult::Acquired(_)) {
             file.sync_data().map_err(|e| io_err("cannot sync lock file", path, e))?;
         }
@@ -139,36 +173,70 @@ pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: Op) -> Result<OpResu
     // The flock is dropped with the file.
 }
 
-/// Reads the record of `path` under a shared `flock`; `None` when the key was never locked.
-pub(crate) async fn read(path: PathBuf) -> Result<Option<Record>> {
-    tokio::task::spawn_blocking(move || -> Result<Option<Record>> {
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("cannot open lock file", &path, e)),
-        };
-        file.lock_shared().map_err(|e| io_err("cannot lock", &path, e))?;
-        read_record(&mut file, &path).map(Some)
-    })
-    .await
-    .map_err(task_failed)?
+/// Retries `once` (a non-blocking try on a blocking thread) while it reports the record's
+/// `flock` busy, sleeping on the runtime between tries, for at most `bound`.
+async fn retry_while_busy<T, F, Fut>(bound: Duration, busy: impl Fn(&T) -> bool, mut once: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let give_up = lock_core::lease::add_saturating(Instant::now(), bound);
+    let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(20));
+    loop {
+        let r = once().await?;
+        let now = Instant::now();
+        if !busy(&r) || now >= give_up {
+            return Ok(r);
+        }
+        tokio::time::sleep_until(lock_core::lease::add_saturating(now, backoff.next_delay()).min(give_up))
+            .await;
+    }
 }
 
-/// Runs `op` on the record of `key` in `dir`, on a blocking thread.
-pub(crate) async fn run(dir: &Path, key: &LockKey, sync: bool, op: Op) -> Result<OpResult> {
+/// Reads the record of `path` under a shared `flock`, waiting at most `bound` for it;
+/// `Ok(None)` when the key was never locked, `Err` (retryable) when the `flock` stayed busy.
+pub(crate) async fn read(path: PathBuf, bound: Duration) -> Result<Option<Record>> {
+    let once = || {
+        let path = path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || -> Result<Option<Option<Record>>> {
+                let mut file = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(None)),
+                    Err(e) => return Err(io_err("cannot open lock file", &path, e)),
+                };
+                if !try_flock(&file, &path, true)? {
+                    return Ok(None);
+                }
+                read_record(&mut file, &path).map(|r| Some(Some(r)))
+            })
+            .await
+            .map_err(task_failed)?
+        }
+    };
+    retry_while_busy(bound, Option::is_none, once).await?.ok_or_else(|| crate::error::busy(&path, bound))
+}
+
+/// Runs `op` on the record of `key` in `dir`, waiting at most `bound` for the record's
+/// `flock` ([`OpResult::Busy`] if it stays held).
+pub(crate) async fn run(dir: &Path, key: &LockKey, sync: bool, op: Op, bound: Duration) -> Result<OpResult> {
     let path = path_of(dir, key);
     let full = key.full().to_owned();
-    // An acquire whose caller goes away before the reply must not leave its grant behind: the
-    // blocking task runs on regardless, so the undo waits for it and releases what it granted.
-    let undo_owner = match op {
-        Op::Acquire { owner, .. } => Some(owner),
-        _ => None,
-    };
-    let task = {
+    let once = || {
         let (path, full) = (path.clone(), full.clone());
-        tokio::task::spawn_blocking(move || apply(&path, &full, sync, op))
+        // An acquire whose caller goes away before the reply must not leave its grant behind:
+        // the blocking task runs on regardless, so the undo waits for it and releases it.
+        let undo_owner = match op {
+            Op::Acquire { owner, .. } => Some(owner),
+            _ => None,
+        };
+        let task = {
+            let (path, full) = (path.clone(), full.clone());
+            tokio::task::spawn_blocking(move || apply(&path, &full, sync, &op))
+        };
+        PendingOp { task: Some(task), undo: undo_owner.map(|o| (path, full, sync, o)) }.join()
     };
-    PendingOp { task: Some(task), undo: undo_owner.map(|o| (path, full, sync, o)) }.join().await
+    retry_while_busy(bound, |r| matches!(r, OpResult::Busy), once).await
 }
 
 /// A file operation in flight. Dropped before its task was joined (the caller was cancelled),
@@ -196,9 +264,21 @@ impl Drop for PendingOp {
         };
         lock_core::cancel::spawn_detached(async move {
             if let Ok(Ok(OpResult::Acquired(_))) = task.await {
-                let p = path.clone();
-                let undone =
-                    tokio::task::spawn_blocking(move || apply(&p, &full, sync, Op::Release { owner })).await;
+                // Waits for the flock as long as an operation may by default.
+                let undone = retry_while_busy(
+                    crate::options::DEFAULT_REQUEST_TIMEOUT,
+                    |r: &Result<OpResult>| matches!(r, Ok(OpResult::Busy)),
+                    || {
+                        let (p, full) = (path.clone(), full.clone());
+                        async move {
+                            let release = Op::Release { owner };
+                            let done =
+                                tokio::task::spawn_blocking(move || apply(&p, &full, sync, &release)).await;
+                            Ok(done.map_err(task_failed).and_then(|r| r))
+                        }
+                    },
+                )
+                .await;
                 if matches!(undone, Ok(Ok(OpResult::Released))) {
                     waker(&path).notify_waiters();
                 }

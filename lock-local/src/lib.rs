@@ -25,7 +25,32 @@
 //! ```
 //!
 //! Options ([`FileOptions`], [`MemoryOptions`]) are built in code or parsed from
-//! `file:///PATH?sync=&poll=` and `mem://NAME` URLs.
+//! `file:///PATH?sync=&poll=&timeout=` and `mem://NAME` URLs.
+//!
+//! ## The file backend's honest limits
+//!
+//! - **One host, a local file system**: `flock` is not reliable over NFS, and the lock files
+//!   must live on a file system that supports hard links (every local Linux one does: a new
+//!   lock file is linked into place with its first record already in it).
+//! - **Fencing tokens survive power loss** with `sync` (the default): a grant is flushed with
+//!   `fdatasync` before it is returned, records are written in place at a fixed width and never
+//!   shortened, and each is written twice with a checksum. A write torn by a power loss, a
+//!   damaged byte or a file cut short inside its first record is recovered without lowering
+//!   the counter. What cannot be trusted (an empty file, both copies damaged) is refused with
+//!   a non-retryable error naming the file, never reset: move the file away to start that
+//!   key's counter again, once nothing relies on its tokens. Without `sync`, a power loss can
+//!   roll a counter back (or leave a file that is refused).
+//! - **A process that holds a record's `flock` and does not let go** (one stopped in the
+//!   middle of a write, an operator's `flock(1)`) blocks nobody past a bound: `try_acquire`
+//!   reports the lock held after [`FileOptions::request_timeout`] (500 ms by default), a
+//!   waiting acquire ends with `WaitTimedOut` by its deadline plus at most that, and extend,
+//!   release and inspect fail with a retryable error. While it holds the `flock` the key cannot
+//!   be taken, extended or released.
+//! - **Files from the previous format** (one variable-width line) are read and rewritten in
+//!   the new one on their next write. Processes of the previous release read the new format's
+//!   first line but rewrite it in theirs, shortening the file: upgrade every process that shares
+//!   a directory together. An empty lock file left by a process of the previous release killed
+//!   between creating it and writing it is refused like a damaged one.
 
 mod backend;
 mod error;

@@ -3,7 +3,7 @@
 //! | URL | backend | options |
 //! |---|---|---|
 //! | `mem://` or `mem://NAME` | [`MemoryBackend::named`]: the same `NAME` shares one store within the process | |
-//! | `file:///PATH` or `file://` | [`FileBackend`] in `PATH` (default: [`FileBackend::default_dir`]) | `sync=true\|false`, `poll=20ms` |
+//! | `file:///PATH` or `file://` | [`FileBackend`] in `PATH` (default: [`FileBackend::default_dir`]) | `sync=true\|false`, `poll=20ms`, `timeout=500ms` |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,8 +14,11 @@ use lock_core::{Error, LockBackend, Result};
 
 use crate::{FileBackend, MemoryBackend};
 
-/// Options of a [`FileBackend`]: its directory, whether grants are flushed to disk, and how
-/// often waiters poll.
+/// How long one operation waits for a record's `flock` unless the options choose otherwise.
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Options of a [`FileBackend`]: its directory, whether grants are flushed to disk, how often
+/// waiters poll, and how long one operation waits for a record file's `flock`.
 ///
 /// [`FileOptions::default`] names [`FileBackend::default_dir`].
 ///
@@ -23,9 +26,12 @@ use crate::{FileBackend, MemoryBackend};
 /// use std::time::Duration;
 /// use lock_local::FileOptions;
 ///
-/// let opts = FileOptions::new("/var/lib/app/locks").sync(false).poll_interval(Duration::from_millis(5));
+/// let opts = FileOptions::new("/var/lib/app/locks")
+///     .sync(false)
+///     .poll_interval(Duration::from_millis(5))
+///     .request_timeout(Duration::from_millis(200));
 /// assert!(opts.validate().is_ok());
-/// let parsed: FileOptions = "file:///var/lib/app/locks?sync=false&poll=5ms".parse()?;
+/// let parsed: FileOptions = "file:///var/lib/app/locks?sync=false&poll=5ms&timeout=200ms".parse()?;
 /// assert_eq!(parsed, opts);
 /// # Ok::<(), lock_core::Error>(())
 /// ```
@@ -34,12 +40,19 @@ pub struct FileOptions {
     pub(crate) dir: PathBuf,
     pub(crate) sync: bool,
     pub(crate) poll_interval: Duration,
+    pub(crate) request_timeout: Duration,
 }
 
 impl FileOptions {
-    /// Locks in the directory `dir` (created if missing), synced, polling at most 20 ms apart.
+    /// Locks in the directory `dir` (created if missing), synced, polling at most 20 ms apart,
+    /// waiting at most 500 ms for a record's `flock`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), sync: true, poll_interval: Duration::from_millis(20) }
+        Self {
+            dir: dir.into(),
+            sync: true,
+            poll_interval: Duration::from_millis(20),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
     }
 
     /// Flush every grant to disk with `fdatasync` before returning it (default true). Without
@@ -56,6 +69,17 @@ impl FileOptions {
         self
     }
 
+    /// How long one operation waits for a record file's `flock` while another process holds
+    /// it (default 500 ms; URL `timeout=`). Records are locked for microseconds (a grant's
+    /// `fdatasync` included, milliseconds), so this only matters when a process holds one and
+    /// does not let go: one stopped in the middle of a write, or an operator's `flock(1)` on
+    /// the file. Then `try_acquire` reports the lock held, a waiting acquire keeps waiting
+    /// (never past its deadline), and extend, release and inspect fail with a retryable error.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
     /// The lock directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -64,10 +88,16 @@ impl FileOptions {
     /// Checks the options without touching the file system.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for an empty directory path or a zero poll interval.
+    /// [`Error::InvalidConfig`] for an empty directory path, a zero poll interval or a zero
+    /// request timeout.
     pub fn validate(&self) -> Result<()> {
         if self.poll_interval.is_zero() {
             return Err(Error::InvalidConfig("file backend: poll_interval must be greater than zero".into()));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "file backend: request_timeout must be greater than zero".into(),
+            ));
         }
         if self.dir.as_os_str().is_empty() {
             return Err(Error::InvalidConfig("file backend: the lock directory path is empty".into()));
@@ -117,7 +147,7 @@ impl BackendOptions for FileOptions {
     /// `file:///PATH` or `file://` (the default directory); `file://localhost/PATH` too.
     fn from_url(u: &ConnectUrl) -> Result<Self> {
         u.expect_scheme(&["file"])?;
-        u.check_options(&["sync", "poll"])?;
+        u.check_options(&["sync", "poll", "timeout"])?;
         u.no_credentials("")?;
         if !u.hosts.is_empty() && u.hosts != ["localhost"] {
             return Err(u.error(format!(
@@ -135,6 +165,9 @@ impl BackendOptions for FileOptions {
         }
         if let Some(poll) = u.duration("poll")? {
             opts = opts.poll_interval(poll);
+        }
+        if let Some(timeout) = u.duration("timeout")? {
+            opts = opts.request_timeout(timeout);
         }
         opts.validate().map_err(|e| match e {
             Error::InvalidConfig(m) => u.error(m),
@@ -155,7 +188,7 @@ impl BackendOptions for FileOptions {
 impl std::str::FromStr for FileOptions {
     type Err = Error;
 
-    /// Parses `file:///PATH` or `file://`, with `?sync=&poll=`.
+    /// Parses `file:///PATH` or `file://`, with `?sync=&poll=&timeout=`.
     fn from_str(url: &str) -> Result<Self> {
         lock_core::url::parse(url)
     }
@@ -197,6 +230,8 @@ mod tests {
     fn file_urls() {
         let o: FileOptions = "file:///var/lib/x?sync=false&poll=5ms&namespace=app".parse().unwrap();
         assert_eq!(o, FileOptions::new("/var/lib/x").sync(false).poll_interval(Duration::from_millis(5)));
+        let o: FileOptions = "file:///var/lib/x?timeout=2s".parse().unwrap();
+        assert_eq!(o, FileOptions::new("/var/lib/x").request_timeout(Duration::from_secs(2)));
         let o: FileOptions = "file://localhost/var/lib/x".parse().unwrap();
         assert_eq!(o, FileOptions::new("/var/lib/x"));
         for url in ["file://", "file:///"] {
@@ -221,6 +256,7 @@ mod tests {
             (file("file://somehost/x"), "file:///absolute/path (got host 'somehost')"),
             (file("file:///tmp/x?sync=maybe"), "not true or false"),
             (file("file:///tmp/x?poll=0ms"), "poll_interval must be greater than zero"),
+            (file("file:///tmp/x?timeout=0s"), "request_timeout must be greater than zero"),
             (file("file:///tmp/x?poll=soon"), "option poll"),
             (file("file:///tmp/x?bogus=1"), "unknown option 'bogus'"),
             (file("file://u:hunter2@/tmp/x"), "no credentials"),
@@ -236,6 +272,7 @@ mod tests {
     fn validation() {
         assert!(FileOptions::new("").validate().unwrap_err().to_string().contains("empty"));
         assert!(FileOptions::new("/x").poll_interval(Duration::ZERO).validate().is_err());
+        assert!(FileOptions::new("/x").request_timeout(Duration::ZERO).validate().is_err());
         FileOptions::default().validate().unwrap();
     }
 }

@@ -1,27 +1,69 @@
-//! The record a lock file holds, and the clocks it is read against.
+//! The record a lock file holds, how it is written and read back (also when torn or
+//! damaged), and the clocks it is read against.
 //!
-//! The file holds one line:
+//! # The format
+//!
+//! Three lines, always written together by one `pwrite` at offset 0:
 //!
 //! ```text
-//! distlock1 <fence> <owner hex or -> <expires, CLOCK_MONOTONIC ns> <boot id> <key>
+//! distlock1 <fence> <owner> <expires> <boot id> c=<checksum>
+//! distlock1 <fence> <owner> <expires> <boot id> c=<checksum>
+//! key <key>
 //! ```
+//!
+//! - Every field has a fixed width: the fence and the expiry (CLOCK_MONOTONIC ns) as 20
+//!   zero-padded digits, the owner token as 32 hex digits (zeros when nobody holds it), the boot
+//!   id as 36 characters (padded with `-`), the checksum as 16 hex digits (the first 8 bytes of
+//!   SHA-256 over the line up to the space before `c=`). A record line is always
+//!   [`LINE_LEN`] bytes, and a file always the same length for its key: records are written in
+//!   place and a file is **never shortened**, so no crash can leave a file cut to a new length
+//!   before its new bytes.
+//! - The record is written twice, so a write torn by a power loss (part new, part old bytes)
+//!   or a damaged byte leaves at least one copy whose checksum holds.
+//! - The key line is for people reading the directory; it is not read back.
+//!
+//! # Reading it back ([`decode`])
+//!
+//! 1. Of the copies whose checksum holds, the one with the highest fence (then the latest
+//!    expiry) is the record. Either copy is a state the file was in; the higher fence is never
+//!    below a token handed out (grants are flushed before they are returned, with `sync`).
+//! 2. Otherwise, a first line in the previous format (`distlock1 <fence> <owner or -> <expires>
+//!    <boot id> <key>`, variable width, the fence written without leading zeros) is read as it
+//!    was: files from earlier releases keep working and are rewritten in the new format by their
+//!    next write. Anything after that line (the torn tail an interrupted write of that format
+//!    could leave) is ignored, as before.
+//! 3. Otherwise, a file that ends inside its first line (cut short) but still holds that
+//!    line's whole fence field is recovered with that fence: bytes that are there were
+//!    written, and the file is overwritten in place, so the field holds the last fence written.
+//!    Its grant, if any, is dropped: only a crash of the machine (a new boot, so the grant is
+//!    dead anyway) or damage from outside cuts a file short.
+//! 4. Anything else (an empty file, both copies damaged) cannot be trusted to give a counter
+//!    that is not lower than one handed out: the key is refused with an error that names the
+//!    file, never reset. A lock file is never empty: it is created with its first record (a
+//!    temporary file linked into place).
+//!
+//! # Clocks
 //!
 //! - Expiry: CLOCK_MONOTONIC is one clock for every process of a boot; a record written under
 //!   another boot id is expired (its holder died with that boot).
-//! - Only the first line is read: a process killed between writing a record and cutting the
-//!   file to length leaves the new line followed by a tail of the old one (see
-//!   [`files`](crate::files)).
 //! - If `/proc/sys/kernel/random/boot_id` cannot be read, the boot id is `unknown` and a
 //!   record left by a holder that died with an earlier boot blocks its key until the
 //!   machine's uptime passes that record's expiry; Linux always provides it.
-//! - The key is written last, for people reading the directory; it is not read back.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use lock_core::OwnerToken;
+use sha2::{Digest, Sha256};
 
 const MAGIC: &str = "distlock1";
+/// The length of one record line, newline included.
+pub(crate) const LINE_LEN: usize = 141;
+/// Where the checksum field starts (`c=`): the checksum covers the bytes before it.
+const SUM_AT: usize = 122;
+const BOOT_WIDTH: usize = 36;
+/// Where the fence field ends in a line of the current format.
+const FENCE_END: usize = 30;
 
 /// One lock file's record: the fencing counter (kept across releases) and the grant, if any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,16 +80,65 @@ impl Record {
         self.owner.is_some() && self.boot == boot_id() && self.expires_ns > now_ns
     }
 
-    /// Parses the first line of `bytes` (anything after it is a torn tail and is ignored,
-    /// even if it is not UTF-8).
-    pub(crate) fn parse(bytes: &[u8]) -> Option<Self> {
+    /// The file's bytes for `key`: the record line twice, then the key line.
+    pub(crate) fn render(&self, key: &str) -> Vec<u8> {
+        let line = self.line();
+        let mut out = Vec::with_capacity(2 * LINE_LEN + key.len() + 5);
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(format!("key {key}\n").as_bytes());
+        out
+    }
+
+    /// One record line, [`LINE_LEN`] bytes.
+    fn line(&self) -> String {
+        let owner = self.owner.map_or_else(|| "0".repeat(32), |o| o.to_string());
+        let mut boot = self.boot.clone();
+        if boot.len() > BOOT_WIDTH || boot.contains([' ', '\n']) {
+            boot = "unknown".to_owned();
+        }
+        let head =
+            format!("{MAGIC} {:020} {owner} {:020} {boot:-<BOOT_WIDTH$} ", self.fence, self.expires_ns);
+        format!("{head}c={}\n", checksum(head.as_bytes()))
+    }
+
+    /// A line of the current format whose checksum holds.
+    fn parse_line(line: &[u8]) -> Option<Self> {
+        if line.len() != LINE_LEN || line[LINE_LEN - 1] != b'\n' || &line[SUM_AT..SUM_AT + 2] != b"c=" {
+            return None;
+        }
+        if line[SUM_AT + 2..LINE_LEN - 1] != *checksum(&line[..SUM_AT]).as_bytes() {
+            return None;
+        }
+        let text = std::str::from_utf8(&line[..SUM_AT - 1]).ok()?;
+        let mut it = text.split(' ');
+        if it.next()? != MAGIC {
+            return None;
+        }
+        let fence = it.next()?.parse().ok()?;
+        let owner = match it.next()? {
+            zeros if zeros.bytes().all(|b| b == b'0') => None,
+            hex => Some(OwnerToken::parse_hex(hex)?),
+        };
+        let expires_ns = it.next()?.parse().ok()?;
+        let boot = it.next()?.trim_end_matches('-').to_owned();
+        Some(Self { fence, owner, expires_ns, boot })
+    }
+
+    /// A first line of the previous format (`distlock1 <fence> <owner or -> <expires> <boot>
+    /// <key>`, the fence without leading zeros), up to its newline.
+    fn parse_previous(bytes: &[u8]) -> Option<Self> {
         let end = bytes.iter().position(|&b| b == b'\n')?;
         let line = std::str::from_utf8(&bytes[..end]).ok()?;
         let mut it = line.splitn(6, ' ');
         if it.next()? != MAGIC {
             return None;
         }
-        let fence = it.next()?.parse().ok()?;
+        let fence_text = it.next()?;
+        let fence: u64 = fence_text.parse().ok()?;
+        if fence_text != fence.to_string() {
+            return None; // zero-padded: a damaged line of the current format
+        }
         let owner = match it.next()? {
             "-" => None,
             hex => Some(OwnerToken::parse_hex(hex)?),
@@ -57,10 +148,46 @@ impl Record {
         Some(Self { fence, owner, expires_ns, boot })
     }
 
-    /// The line to write for `key`.
-    pub(crate) fn render(&self, key: &str) -> String {
-        let owner = self.owner.map_or_else(|| "-".to_owned(), |o| o.to_string());
-        format!("{MAGIC} {} {} {} {} {}\n", self.fence, owner, self.expires_ns, self.boot, key)
+    /// The fence of a file cut short inside its first line, if that line's whole fence field
+    /// is there: 20 digits (current format), or digits followed by a space (either format).
+    fn fence_of_cut_line(bytes: &[u8]) -> Option<u64> {
+        if bytes.contains(&b'\n') {
+            return None; // the first line is whole: not cut short
+        }
+        let rest = bytes.strip_prefix(format!("{MAGIC} ").as_bytes())?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let whole = digits == FENCE_END - MAGIC.len() - 1 || rest.get(digits) == Some(&b' ');
+        if digits == 0 || !whole {
+            return None;
+        }
+        std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    }
+}
+
+/// The first 8 bytes of SHA-256 over `bytes`, in hex.
+fn checksum(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a lock file's bytes back into its record (see the module docs for the rules).
+///
+/// # Errors
+/// Why nothing in the file can be trusted; the caller names the file.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Record, &'static str> {
+    if bytes.is_empty() {
+        return Err("it is empty");
+    }
+    let copies = [bytes.get(..LINE_LEN), bytes.get(LINE_LEN..2 * LINE_LEN)];
+    let valid = copies.into_iter().flatten().filter_map(Record::parse_line);
+    if let Some(best) = valid.max_by_key(|r| (r.fence, r.expires_ns)) {
+        return Ok(best);
+    }
+    if let Some(previous) = Record::parse_previous(bytes) {
+        return Ok(previous);
+    }
+    match Record::fence_of_cut_line(bytes) {
+        Some(fence) => Ok(Record { fence, ..Record::default() }),
+        None => Err("no copy of its record is intact"),
     }
 }
 
@@ -71,7 +198,7 @@ pub(crate) fn boot_id() -> &'static str {
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_owned())
             .ok()
-            .filter(|s| !s.is_empty() && !s.contains(' '))
+            .filter(|s| !s.is_empty() && s.len() <= BOOT_WIDTH && !s.contains(' ') && !s.ends_with('-'))
             .unwrap_or_else(|| "unknown".to_owned())
     })
 }
@@ -91,17 +218,66 @@ pub(crate) fn dur_ns(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    fn sample() -> Record {
+        Record { fence: 42, owner: Some(OwnerToken::from_u128(7)), expires_ns: 99, boot: boot_id().into() }
+    }
+
     #[test]
-    fn record_round_trips_and_ignores_a_torn_tail() {
-        let rec =
-            Record { fence: 42, owner: Some(OwnerToken::from_u128(7)), expires_ns: 99, boot: "b".into() };
-        let line = rec.render("jobs/a b");
-        assert_eq!(Record::parse(line.as_bytes()), Some(rec.clone()));
+    fn records_round_trip_at_a_fixed_width() {
+        for rec in [sample(), Record::default(), Record { fence: u64::MAX, expires_ns: u64::MAX, ..sample() }]
+        {
+            let bytes = rec.render("jobs/a b");
+            assert_eq!(bytes.len(), 2 * LINE_LEN + "key jobs/a b\n".len());
+            assert_eq!(decode(&bytes), Ok(rec));
+        }
+    }
+
+    #[test]
+    fn the_previous_format_is_read_with_its_torn_tail() {
+        let line = format!("distlock1 42 {} 99 {} jobs/a b\n", OwnerToken::from_u128(7), boot_id());
+        let mut torn = line.into_bytes();
         // A torn tail that starts inside a multi-byte character is not UTF-8; still fine.
-        let mut torn = line.clone().into_bytes();
         torn.extend_from_slice(&"ü-old-key-bytes".as_bytes()[1..]);
-        assert_eq!(Record::parse(&torn), Some(rec));
-        assert_eq!(Record::parse(b"garbage"), None);
+        assert_eq!(decode(&torn), Ok(sample()));
+        let free = format!("distlock1 5 - 0 {} k\n", boot_id());
+        assert_eq!(decode(free.as_bytes()).map(|r| (r.fence, r.owner)), Ok((5, None)));
+    }
+
+    #[test]
+    fn damaged_copies_fall_back_to_the_other_and_never_to_a_lower_fence() {
+        let bytes = sample().render("k");
+        let mut one = bytes.clone();
+        one[12] = b'9'; // a digit of the first copy's fence: its checksum no longer holds
+        assert_eq!(decode(&one), Ok(sample()));
+        let mut both = one.clone();
+        both[LINE_LEN + 12] = b'9';
+        assert!(decode(&both).is_err(), "two damaged copies must not be guessed from");
+        assert!(decode(b"").is_err());
+        assert!(decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn a_file_cut_inside_its_first_line_keeps_a_whole_fence_field() {
+        let bytes = sample().render("k");
+        assert_eq!(decode(&bytes[..FENCE_END]).map(|r| r.fence), Ok(42));
+        assert!(decode(&bytes[..FENCE_END - 1]).is_err());
+        assert_eq!(decode(b"distlock1 42 ").map(|r| r.fence), Ok(42));
+        assert!(decode(b"distlock1 42").is_err(), "the field may have gone on");
+    }
+
+    /// The parser of the previous release (its steps, verbatim) on a line of this format: a
+    /// process not yet upgraded reads the same fence, owner, expiry and boot id.
+    #[test]
+    fn the_previous_release_reads_the_first_line() {
+        let rec = sample();
+        let bytes = rec.render("k");
+        let line = std::str::from_utf8(&bytes[..LINE_LEN - 1]).expect("utf-8");
+        let mut it = line.splitn(6, ' ');
+        assert_eq!(it.next(), Some(MAGIC));
+        assert_eq!(it.next().and_then(|f| f.parse::<u64>().ok()), Some(rec.fence));
+        assert_eq!(it.next().and_then(OwnerToken::parse_hex), rec.owner);
+        assert_eq!(it.next().and_then(|e| e.parse::<u64>().ok()), Some(rec.expires_ns));
+        assert_eq!(it.next(), Some(boot_id()));
     }
 
     #[test]
