@@ -10,6 +10,7 @@ use crate::capabilities::{Capabilities, WakeMode};
 use crate::error::Result;
 use crate::key::LockKey;
 use crate::lease::Lease;
+use crate::mode::Mode;
 use crate::outcome::{AcquireRequest, Attempt, ExtendOutcome, LockInfo, ReleaseOutcome};
 use crate::wait::wait_for_lock;
 
@@ -103,6 +104,40 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// Backend errors only.
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>>;
+
+    /// Every unexpired holder of `key` in the primitive of `mode`: the permits of a semaphore,
+    /// or the readers and the writer of a read-write lock (each with its
+    /// [`LockInfo::mode`]).
+    ///
+    /// # Behavior
+    /// Reads only. Called only for a mode the backend's capabilities claim; the lock itself is
+    /// [`inspect`](Self::inspect).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) by default; backend errors.
+    async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
+        let _ = key;
+        Err(crate::Error::Unsupported {
+            backend: self.name(),
+            capability: format!("listing the holders of {}s", mode.primitive()),
+        })
+    }
+
+    /// Takes every lock of `reqs` (keys in canonical order, no duplicates) in one atomic
+    /// request, or none.
+    ///
+    /// # Behavior
+    /// `Ok(Some(leases))` in the order of `reqs` when all were granted; `Ok(None)` when any is
+    /// held, with nothing granted. Cancel safe like [`try_acquire`](Self::try_acquire). Only
+    /// called where [`Capabilities::atomic_multi_key`] is claimed; other backends are taken one
+    /// key at a time by the client.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) by default; backend errors.
+    async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
+        let _ = reqs;
+        Err(crate::Error::Unsupported { backend: self.name(), capability: "atomic multi-key locks".into() })
+    }
 }
 
 /// The default waiting acquire: attempts with [`LockBackend::try_acquire`] and sleeps with

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::mode::Mode;
 
 /// How a backend learns that a lock it waits for became free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,18 @@ pub struct Capabilities {
     /// (etcd without lease checkpointing, ZooKeeper's session tracker) or a takeover waits a
     /// whole lease after first seeing a stale holder (DynamoDB).
     pub expiry_ttls: u32,
+    /// Semaphores ([`Mode::Permit`](crate::Mode::Permit)) are supported, with at most this
+    /// many permits per semaphore (0: not supported).
+    pub max_permits: u32,
+    /// Read-write locks ([`Mode::Read`](crate::Mode::Read), [`Mode::Write`](crate::Mode::Write))
+    /// are supported.
+    pub read_write: bool,
+    /// A waiting writer blocks new readers, so a stream of readers cannot starve it.
+    pub writer_preference: bool,
+    /// Several keys can be taken all-or-nothing in one atomic request
+    /// ([`LockBackend::try_acquire_all`](crate::LockBackend::try_acquire_all)); without it,
+    /// multi-key locks are taken one key at a time in a canonical order.
+    pub atomic_multi_key: bool,
 }
 
 impl Default for Capabilities {
@@ -85,6 +98,10 @@ impl Default for Capabilities {
             expiry_margin: Duration::from_millis(100),
             session_timeout: None,
             expiry_ttls: 1,
+            max_permits: 0,
+            read_write: false,
+            writer_preference: false,
+            atomic_multi_key: false,
         }
     }
 }
@@ -126,6 +143,14 @@ impl Capabilities {
         with_expiry_margin: expiry_margin: Duration;
         /// Sets [`expiry_ttls`](Self::expiry_ttls).
         with_expiry_ttls: expiry_ttls: u32;
+        /// Sets [`max_permits`](Self::max_permits) (semaphores supported when not zero).
+        with_max_permits: max_permits: u32;
+        /// Sets [`read_write`](Self::read_write).
+        with_read_write: read_write: bool;
+        /// Sets [`writer_preference`](Self::writer_preference).
+        with_writer_preference: writer_preference: bool;
+        /// Sets [`atomic_multi_key`](Self::atomic_multi_key).
+        with_atomic_multi_key: atomic_multi_key: bool;
     }
 
     /// Leases belong to a client session whose timeout decides for every lock: sets
@@ -160,6 +185,37 @@ impl Capabilities {
     /// + [`expiry_margin`](Self::expiry_margin).
     pub fn crash_bound(&self, ttl: Duration) -> Duration {
         self.lease_length(ttl).saturating_mul(self.expiry_ttls.max(1)).saturating_add(self.expiry_margin)
+    }
+
+    /// Checks that the backend offers `mode`, with `limit` permits in range for a semaphore.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] naming the primitive; [`Error::InvalidPermits`] for zero permits
+    /// or more than the backend's (or [`MAX_PERMITS`](crate::MAX_PERMITS)) maximum.
+    pub fn validate_mode(&self, backend: &'static str, mode: Mode) -> Result<()> {
+        let supported = match mode {
+            Mode::Exclusive => true,
+            Mode::Permit { limit } => {
+                let max = self.max_permits.min(crate::MAX_PERMITS);
+                if self.max_permits > 0 && (limit == 0 || limit > max) {
+                    return Err(Error::InvalidPermits {
+                        permits: limit,
+                        reason: if limit == 0 {
+                            "a semaphore needs at least one permit".to_owned()
+                        } else {
+                            format!("the {backend} backend allows at most {max} permits")
+                        },
+                    });
+                }
+                self.max_permits > 0
+            }
+            Mode::Read | Mode::Write => self.read_write,
+        };
+        if supported {
+            Ok(())
+        } else {
+            Err(Error::Unsupported { backend, capability: format!("{}s", mode.primitive()) })
+        }
     }
 
     /// Checks a TTL against these limits; `backend` names the backend in the message.

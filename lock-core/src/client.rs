@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 use crate::guard::{Guard, RenewPolicy};
 use crate::key::{KeyError, LockKey, Namespace};
 use crate::lease::{FencingToken, Lease, OwnerToken};
+use crate::mode::Mode;
+use crate::multi::MultiLockBuilder;
 use crate::observe;
 use crate::outcome::{AcquireRequest, Attempt, ExtendOutcome, LockInfo, ReleaseOutcome};
 
@@ -104,13 +106,94 @@ impl LockClient {
     /// [`acquire`](LockBuilder::acquire), [`try_acquire`](LockBuilder::try_acquire) or
     /// [`run`](LockBuilder::run).
     pub fn lock(&self, name: &str) -> LockBuilder {
+        self.builder(name, Mode::Exclusive)
+    }
+
+    /// Starts describing one permit of the semaphore `name`, which has `permits` permits: at
+    /// most `permits` holders at once. The guard is a lock guard in every way (fencing token,
+    /// renewal, loss signal, release).
+    ///
+    /// # Behavior
+    /// Fencing tokens strictly increase per semaphore name across all its permits. Every
+    /// holder of one semaphore must ask for the same number of permits: a client that asks for
+    /// another number than the current holders use gets [`Error::PermitsMismatch`], never a
+    /// permit. The semaphore `name` is independent of the lock `name`.
+    ///
+    /// # Errors
+    /// At `acquire`: [`Error::InvalidPermits`] for zero permits or more than the backend allows
+    /// ([`MAX_PERMITS`](crate::MAX_PERMITS) at most); [`Error::Unsupported`] where the backend
+    /// has no semaphores; the errors of [`LockBuilder::acquire`].
+    ///
+    /// ```
+    /// # async fn demo(locks: lock_core::LockClient) -> lock_core::Result<()> {
+    /// let permit = locks.semaphore("pool/db", 8).wait(std::time::Duration::from_secs(5)).acquire().await?;
+    /// // at most 8 holders run this at once
+    /// permit.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn semaphore(&self, name: &str, permits: u32) -> LockBuilder {
+        self.builder(name, Mode::Permit { limit: permits })
+    }
+
+    /// Starts describing the read side of the read-write lock `name`: shared with other
+    /// readers, excluded by a writer.
+    ///
+    /// # Behavior
+    /// A reader's fencing token is at least the last writer's; a writer's is greater than every
+    /// earlier reader's and writer's. Where the backend claims
+    /// [`Capabilities::writer_preference`], a waiting writer blocks new readers. The read-write
+    /// lock `name` is independent of the lock `name`.
+    ///
+    /// # Errors
+    /// At `acquire`: [`Error::Unsupported`] where the backend has no read-write locks; the
+    /// errors of [`LockBuilder::acquire`].
+    pub fn read_lock(&self, name: &str) -> LockBuilder {
+        self.builder(name, Mode::Read)
+    }
+
+    /// Starts describing the write side of the read-write lock `name`: excludes readers and
+    /// other writers. See [`read_lock`](Self::read_lock).
+    pub fn write_lock(&self, name: &str) -> LockBuilder {
+        self.builder(name, Mode::Write)
+    }
+
+    /// Starts describing a lock on several names at once, taken all-or-nothing (see
+    /// [`MultiLockBuilder`]).
+    pub fn lock_all<I, S>(&self, names: I) -> MultiLockBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.builder_for(Many { names: names.into_iter().map(|n| n.as_ref().to_owned()).collect() })
+    }
+
+    fn builder(&self, name: &str, mode: Mode) -> LockBuilder {
+        self.builder_for(One { name: name.to_owned(), mode })
+    }
+
+    fn builder_for<T>(&self, target: T) -> LockBuilder<T> {
         LockBuilder {
             client: self.clone(),
-            name: name.to_owned(),
+            target,
             ttl: self.default_ttl,
             wait: None,
             policy: RenewPolicy::default(),
         }
+    }
+
+    /// Every holder of `name` in the primitive of `mode` (the permits of a semaphore; the
+    /// readers and the writer of a read-write lock; the lock's one holder), with its mode.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`]; [`Error::Unsupported`] where the backend cannot list the holders
+    /// of that primitive; backend errors.
+    pub async fn holders(&self, name: &str, mode: Mode) -> Result<Vec<LockInfo>> {
+        let key = self.key(name)?;
+        self.caps.validate_mode(self.backend.name(), mode)?;
+        if mode == Mode::Exclusive {
+            return Ok(self.backend.inspect(&key).await?.into_iter().collect());
+        }
+        self.backend.holders(&key, mode).await
     }
 
     /// Who holds `name`, if anyone.
@@ -170,18 +253,33 @@ impl LockClient {
     }
 }
 
-/// Describes one lock before it is taken: TTL, waiting, renewal. Made by [`LockClient::lock`].
+/// Describes a lock before it is taken: TTL, waiting, renewal. Made by [`LockClient::lock`],
+/// [`LockClient::semaphore`], [`LockClient::read_lock`], [`LockClient::write_lock`] (one name,
+/// `T` = [`One`]) and [`LockClient::lock_all`] (several names, `T` = [`Many`]).
 #[derive(Debug, Clone)]
 #[must_use = "a lock builder does nothing until acquire, try_acquire or run"]
-pub struct LockBuilder {
-    client: LockClient,
-    name: String,
-    ttl: Duration,
-    wait: Option<Duration>,
-    policy: RenewPolicy,
+pub struct LockBuilder<T = One> {
+    pub(crate) client: LockClient,
+    pub(crate) target: T,
+    pub(crate) ttl: Duration,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) policy: RenewPolicy,
 }
 
-impl LockBuilder {
+/// What a [`LockBuilder`] takes: one name, as a lock, a permit or a read or write lock.
+#[derive(Debug, Clone)]
+pub struct One {
+    name: String,
+    mode: Mode,
+}
+
+/// What a [`MultiLockBuilder`] takes: several names, all or nothing.
+#[derive(Debug, Clone)]
+pub struct Many {
+    pub(crate) names: Vec<String>,
+}
+
+impl<T> LockBuilder<T> {
     /// The lease's TTL (default: the client's, 30 s unless changed). A crashed holder blocks
     /// others for at most this long (plus the backend's stated margin).
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -214,10 +312,19 @@ impl LockBuilder {
         self
     }
 
+    /// The deadline of a waiting acquire that starts at `start`, if it waits.
+    pub(crate) fn deadline(&self, start: Instant) -> Option<Instant> {
+        self.wait.filter(|w| !w.is_zero()).map(|w| crate::lease::add_saturating(start, w))
+    }
+}
+
+impl LockBuilder<One> {
     fn request(&self) -> Result<AcquireRequest> {
-        let key = self.client.key(&self.name)?;
-        self.client.caps.validate_ttl(self.client.backend.name(), self.ttl)?;
-        Ok(AcquireRequest::new(key, self.ttl))
+        let key = self.client.key(&self.target.name)?;
+        let backend = self.client.backend.name();
+        self.client.caps.validate_mode(backend, self.target.mode)?;
+        self.client.caps.validate_ttl(backend, self.ttl)?;
+        Ok(AcquireRequest::new(key, self.ttl).with_mode(self.target.mode))
     }
 
     fn guard(&self, lease: Lease) -> Guard {
@@ -237,12 +344,9 @@ impl LockBuilder {
         let req = self.request()?;
         let backend = self.client.backend.name();
         let start = Instant::now();
-        let res = match self.wait {
-            Some(wait) if !wait.is_zero() => {
-                let deadline = crate::lease::add_saturating(start, wait);
-                self.client.backend.acquire(&req, deadline).await
-            }
-            _ => match self.client.backend.try_acquire(&req).await {
+        let res = match self.deadline(start) {
+            Some(deadline) => self.client.backend.acquire(&req, deadline).await,
+            None => match self.client.backend.try_acquire(&req).await {
                 Ok(Attempt::Acquired(lease)) => Ok(lease),
                 Ok(Attempt::Held { .. }) => {
                     Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: Duration::ZERO })
@@ -251,15 +355,13 @@ impl LockBuilder {
             },
         };
         let elapsed = start.elapsed();
+        observe::acquire(backend, observe::acquire_outcome(&res), elapsed);
         match res {
             Ok(lease) => {
-                observe::acquire(backend, "acquired", elapsed);
                 tracing::debug!(backend, key = %req.key, fence = %lease.fencing_token(), ?elapsed, "lock acquired");
                 Ok(self.guard(lease))
             }
             Err(e) => {
-                let outcome = if matches!(e, Error::WaitTimedOut { .. }) { "timed_out" } else { "failed" };
-                observe::acquire(backend, outcome, elapsed);
                 tracing::debug!(backend, key = %req.key, error = %e, "acquire did not succeed");
                 Err(e)
             }

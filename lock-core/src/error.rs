@@ -98,6 +98,25 @@ pub enum Error {
         /// The rule it broke.
         reason: String,
     },
+    /// A semaphore was asked for with zero permits, or more than the backend allows.
+    #[error("invalid number of permits {permits}: {reason}")]
+    InvalidPermits {
+        /// The number asked for.
+        permits: u32,
+        /// The rule it broke.
+        reason: String,
+    },
+    /// A semaphore was asked for with another number of permits than its holders use: granting
+    /// it would let more holders in than either number allows.
+    #[error("semaphore {key:?} has {held} permits; this client asked for {asked}")]
+    PermitsMismatch {
+        /// The full key.
+        key: String,
+        /// The number this client asked for.
+        asked: u32,
+        /// The number the current holders use.
+        held: u32,
+    },
     /// A configuration value (URL, option) is malformed or contradictory.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -161,6 +180,8 @@ impl Error {
             Error::Lost { .. } => "lost",
             Error::InvalidKey(_) => "invalid_key",
             Error::InvalidTtl { .. } => "invalid_ttl",
+            Error::InvalidPermits { .. } => "invalid_permits",
+            Error::PermitsMismatch { .. } => "permits_mismatch",
             Error::InvalidConfig(_) => "invalid_config",
             Error::Unsupported { .. } => "unsupported",
             Error::Backend { .. } => "backend",

@@ -35,6 +35,12 @@ pub enum KeyError {
     /// A namespace broke one of the key rules; the inner error says which.
     #[error("invalid namespace: {0}")]
     Namespace(Box<KeyError>),
+    /// A multi-key lock was asked for with no keys.
+    #[error("a multi-key lock needs at least one key")]
+    NoKeys,
+    /// A multi-key lock named the same key twice.
+    #[error("lock key {0:?} appears twice in one multi-key lock")]
+    Duplicate(String),
 }
 
 fn check(s: &str, max: usize) -> Result<(), KeyError> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::key::LockKey;
+use crate::mode::Mode;
 use crate::signal::LossSignal;
 
 /// 128 random bits naming one grant. Only the holder of a grant knows its token, and every
@@ -114,6 +115,7 @@ pub struct Lease {
     valid_until: Instant,
     session: Option<LossSignal>,
     backend_data: Option<Arc<dyn Any + Send + Sync>>,
+    mode: Mode,
 }
 
 impl Lease {
@@ -127,7 +129,17 @@ impl Lease {
         sent_at: Instant,
     ) -> Self {
         let valid_until = valid_until(sent_at, ttl);
-        Self { key, owner, fence, ttl, acquired_at: sent_at, valid_until, session: None, backend_data: None }
+        Self {
+            key,
+            owner,
+            fence,
+            ttl,
+            acquired_at: sent_at,
+            valid_until,
+            session: None,
+            backend_data: None,
+            mode: Mode::Exclusive,
+        }
     }
 
     /// Replaces `valid_until` (for backends that compute it themselves, such as Redlock).
@@ -147,6 +159,18 @@ impl Lease {
     pub fn with_backend_data(mut self, data: Arc<dyn Any + Send + Sync>) -> Self {
         self.backend_data = Some(data);
         self
+    }
+
+    /// Marks the grant as one of `mode` (a permit, a read or a write lock); backends set it
+    /// from the request, so that extend and release know what they hold.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// What the grant is of ([`Mode::Exclusive`] for the lock).
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// The lock's key.
@@ -220,6 +244,7 @@ impl fmt::Debug for Lease {
             .field("key", &self.key)
             .field("owner", &self.owner)
             .field("fencing_token", &self.fence)
+            .field("mode", &self.mode)
             .field("ttl", &self.ttl)
             .field("remaining", &self.remaining())
             .field("session", &self.session.is_some())

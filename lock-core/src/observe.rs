@@ -34,6 +34,15 @@ pub const RENEWALS_TOTAL: &str = "distlock_renewals_total";
 /// `distlock_lost_total`
 pub const LOST_TOTAL: &str = "distlock_lost_total";
 
+/// The `outcome` label of an acquire's result.
+pub(crate) fn acquire_outcome<T>(res: &crate::Result<T>) -> &'static str {
+    match res {
+        Ok(_) => "acquired",
+        Err(crate::Error::WaitTimedOut { .. }) => "timed_out",
+        Err(_) => "failed",
+    }
+}
+
 pub(crate) fn acquire(backend: &'static str, outcome: &'static str, elapsed: Duration) {
     metrics::counter!(ACQUIRE_TOTAL, "backend" => backend, "outcome" => outcome).increment(1);
     metrics::histogram!(ACQUIRE_SECONDS, "backend" => backend, "outcome" => outcome)

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use crate::key::LockKey;
 use crate::lease::{FencingToken, Lease, OwnerToken};
+use crate::mode::Mode;
 
 /// One request for a lock, built by the [`LockClient`](crate::LockClient) after validation.
 #[derive(Debug, Clone)]
@@ -17,12 +18,21 @@ pub struct AcquireRequest {
     /// The owner token for the grant, chosen before anything is sent so that a reply lost
     /// in flight can still be recognised (and cleaned up) by its token.
     pub owner: OwnerToken,
+    /// What is asked for: the lock, a permit, a read or a write lock. The client only sends a
+    /// mode the backend's capabilities claim.
+    pub mode: Mode,
 }
 
 impl AcquireRequest {
-    /// A request with a fresh random owner token.
+    /// A request for the lock ([`Mode::Exclusive`]) with a fresh random owner token.
     pub fn new(key: LockKey, ttl: Duration) -> Self {
-        Self { key, ttl, owner: OwnerToken::random() }
+        Self { key, ttl, owner: OwnerToken::random(), mode: Mode::Exclusive }
+    }
+
+    /// The same request for another mode.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
     }
 }
 
@@ -71,15 +81,23 @@ pub struct LockInfo {
     pub owner: Option<OwnerToken>,
     /// Time left on the holder's grant, when the backend knows it.
     pub remaining_ttl: Option<Duration>,
+    /// What the holder holds (a permit of `limit`, a read or a write lock, or the lock).
+    pub mode: Mode,
 }
 
 impl LockInfo {
-    /// Builds the record.
+    /// Builds the record of a holder of the lock ([`Mode::Exclusive`]).
     pub fn new(
         fencing_token: Option<FencingToken>,
         owner: Option<OwnerToken>,
         remaining_ttl: Option<Duration>,
     ) -> Self {
-        Self { fencing_token, owner, remaining_ttl }
+        Self { fencing_token, owner, remaining_ttl, mode: Mode::Exclusive }
+    }
+
+    /// The same record for a holder in another mode.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
     }
 }

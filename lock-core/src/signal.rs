@@ -96,3 +96,26 @@ impl fmt::Debug for LossSignal {
         f.debug_struct("LossSignal").field("fired", &self.reason()).finish()
     }
 }
+
+/// One signal that fires when any of `signals` fires, with its reason (the others may fire
+/// later, unseen). A small task watches them; it ends when the combined signal fires, so firing
+/// it yourself (on release) ends the watch. `None` for no signals; the one signal itself for
+/// one. Needs a tokio runtime for two or more.
+pub fn any_of(mut signals: Vec<LossSignal>) -> Option<LossSignal> {
+    match signals.len() {
+        0 => None,
+        1 => signals.pop(),
+        _ => {
+            let combined = LossSignal::new();
+            let fire = combined.clone();
+            tokio::spawn(async move {
+                let any = futures::future::select_all(signals.iter().map(|s| Box::pin(s.fired())));
+                tokio::select! {
+                    (reason, _, _) = any => { fire.fire(reason); }
+                    _ = fire.fired() => {}
+                }
+            });
+            Some(combined)
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Locks on several names at once, taken all-or-nothing.
+//!
+//! A [`MultiLockBuilder`] (from [`LockClient::lock_all`](crate::LockClient::lock_all)) takes every
+//! name in a canonical order (sorted by full key), so two multi-locks over overlapping names never
+//! deadlock; where the backend claims [`Capabilities::atomic_multi_key`](crate::Capabilities),
+//! a first attempt takes them all in one atomic request. The [`MultiGuard`] holds one grant per
+//! name: it renews them together, is lost when any of them is lost, and releases them all.
+//! Nothing is left behind on failure or cancellation: grants already taken are released (in the
+//! background if the future is dropped).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::backend::LockBackend;
+use crate::cancel::UndoOnDrop;
+use crate::capabilities::Capabilities;
+use crate::client::{LockBuilder, Many};
+use crate::error::{Error, Result};
+use crate::guard::Guard;
+use crate::key::{KeyError, LockKey};
+use crate::lease::{FencingToken, Lease, OwnerToken};
+use crate::observe;
+use crate::outcome::{AcquireRequest, Attempt, ExtendOutcome, LockInfo, ReleaseOutcome};
+
+/// Describes a lock on several names before it is taken; see the [module docs](self).
+pub type MultiLockBuilder = LockBuilder<Many>;
+
+/// What a multi-key acquire hands you: one guard over every name's grant.
+///
+/// # Behavior
+/// - Renewal ([`auto_renew`](LockBuilder::auto_renew)) extends every grant; the guard is lost as
+///   soon as any grant is (renewal finds it gone, or its session ends).
+/// - [`fencing_tokens`](Self::fencing_tokens) gives each name's token: pass the right one with
+///   each write to each protected resource. [`Guard::fencing_token`] (through `Deref`) is the
+///   highest of them.
+/// - Release, drop and [`run`](Self::run) act on every grant.
+#[derive(Debug)]
+#[must_use = "dropping a guard releases the locks"]
+pub struct MultiGuard {
+    guard: Guard,
+    tokens: Vec<(String, FencingToken)>,
+}
+
+impl MultiGuard {
+    /// Every name's full key and fencing token, in canonical (sorted) order.
+    pub fn fencing_tokens(&self) -> &[(String, FencingToken)] {
+        &self.tokens
+    }
+
+    /// The fencing token of one name (its full key, or the name under the client's namespace).
+    pub fn fencing_token_of(&self, key: &str) -> Option<FencingToken> {
+        let suffix = format!("/{key}");
+        self.tokens.iter().find(|(k, _)| k == key || k.ends_with(&suffix)).map(|(_, t)| *t)
+    }
+
+    /// Releases every grant; `Released` only if each one was still held.
+    ///
+    /// # Errors
+    /// The first backend error; the other grants are still released (the failed one expires
+    /// after its TTL).
+    pub async fn release(self) -> Result<ReleaseOutcome> {
+        self.guard.release().await
+    }
+
+    /// Runs `work` while every lock is held, then releases them; `Error::Lost` (and `work`
+    /// dropped) as soon as any is lost.
+    ///
+    /// # Errors
+    /// As [`Guard::run`].
+    pub async fn run<F: std::future::Future>(self, work: F) -> Result<F::Output> {
+        self.guard.run(work).await
+    }
+
+    /// The guard over the combined grant.
+    pub fn into_guard(self) -> Guard {
+        self.guard
+    }
+}
+
+impl std::ops::Deref for MultiGuard {
+    type Target = Guard;
+
+    fn deref(&self) -> &Guard {
+        &self.guard
+    }
+}
+
+impl LockBuilder<Many> {
+    fn requests(&self) -> Result<Vec<AcquireRequest>> {
+        if self.target.names.is_empty() {
+            return Err(KeyError::NoKeys.into());
+        }
+        let backend = self.client.backend().name();
+        self.client.capabilities().validate_ttl(backend, self.ttl)?;
+        let mut keys =
+            self.target.names.iter().map(|n| self.client.key(n)).collect::<Result<Vec<LockKey>>>()?;
+        keys.sort();
+        if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
+            return Err(KeyError::Duplicate(w[0].full().to_owned()).into());
+        }
+        // One owner token for all the grants: they are one holder's.
+        let owner = OwnerToken::random();
+        Ok(keys
+            .into_iter()
+            .map(|k| {
+                let mut r = AcquireRequest::new(k, self.ttl);
+                r.owner = owner;
+                r
+            })
+            .collect())
+    }
+
+    /// Takes every lock, waiting up to the configured wait; all or nothing.
+    ///
+    /// # Behavior
+    /// Input is validated before anything is sent (at least one name, no name twice). Names are
+    /// taken in canonical order; a name that stays held past the deadline releases the ones
+    /// taken before. Cancel safe: dropping the future releases what was taken, in the
+    /// background.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKey`] (including [`KeyError::NoKeys`] and [`KeyError::Duplicate`]),
+    /// [`Error::InvalidTtl`]; [`Error::WaitTimedOut`] when a name stayed held; backend errors.
+    pub async fn acquire(self) -> Result<MultiGuard> {
+        let reqs = self.requests()?;
+        let backend = self.client.backend().clone();
+        let start = Instant::now();
+        let res = take_all(&backend, self.client.capabilities(), &reqs, self.deadline(start)).await;
+        observe::acquire(backend.name(), observe::acquire_outcome(&res), start.elapsed());
+        let leases = res?;
+        let tokens = leases.iter().map(|l| (l.key().full().to_owned(), l.fencing_token())).collect();
+        let lease = combine(&reqs, leases);
+        let multi: Arc<dyn LockBackend> = Arc::new(MultiBackend { inner: backend });
+        Ok(MultiGuard { guard: Guard::new(multi, lease, self.policy), tokens })
+    }
+
+    /// One attempt, no waiting: `Ok(None)` when any name is held (nothing is left taken).
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), but a held name is `Ok(None)`.
+    pub async fn try_acquire(self) -> Result<Option<MultiGuard>> {
+        match self.wait(Duration::ZERO).acquire().await {
+            Ok(g) => Ok(Some(g)),
+            Err(Error::WaitTimedOut { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Takes every lock of `reqs` (canonical order): one atomic try where the backend offers it,
+/// then one name at a time, releasing what was taken if one cannot be had.
+async fn take_all(
+    backend: &Arc<dyn LockBackend>,
+    caps: &Capabilities,
+    reqs: &[AcquireRequest],
+    deadline: Option<Instant>,
+) -> Result<Vec<Lease>> {
+    let start = Instant::now();
+    let held = || Error::WaitTimedOut { key: reqs[0].key.full().to_owned(), waited: start.elapsed() };
+    if caps.atomic_multi_key {
+        if let Some(leases) = backend.try_acquire_all(reqs).await? {
+            return Ok(leases);
+        }
+        if deadline.is_none() {
+            return Err(held());
+        }
+    }
+    // Released in the background if this future is dropped before it returns.
+    let taken: Arc<Mutex<Vec<Lease>>> = Arc::default();
+    let undo = UndoOnDrop::new(release_all(backend.clone(), taken.clone()));
+    let mut failed = None;
+    for req in reqs {
+        let got = match deadline {
+            Some(d) => backend.acquire(req, d).await,
+            None => match backend.try_acquire(req).await {
+                Ok(Attempt::Acquired(l)) => Ok(l),
+                Ok(Attempt::Held { .. }) => Err(held()),
+                Err(e) => Err(e),
+            },
+        };
+        match got {
+            Ok(l) => locked(&taken).push(l),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    match failed {
+        None => {
+            undo.disarm();
+            Ok(std::mem::take(&mut *locked(&taken)))
+        }
+        Some(e) => {
+            release_all(backend.clone(), taken.clone()).await;
+            undo.disarm();
+            Err(match e {
+                Error::WaitTimedOut { key, .. } => Error::WaitTimedOut { key, waited: start.elapsed() },
+                other => other,
+            })
+        }
+    }
+}
+
+fn locked(v: &Mutex<Vec<Lease>>) -> std::sync::MutexGuard<'_, Vec<Lease>> {
+    v.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Releases the grants in `taken` (newest first), leaving it empty.
+async fn release_all(backend: Arc<dyn LockBackend>, taken: Arc<Mutex<Vec<Lease>>>) {
+    let leases = std::mem::take(&mut *locked(&taken));
+    for l in leases.iter().rev() {
+        if let Err(e) = backend.release(l).await {
+            tracing::warn!(backend = backend.name(), key = %l.key(), error = %e, "release of a multi-key part failed; it expires after its TTL");
+        }
+    }
+}
+
+/// The parts of a multi-key lease.
+#[derive(Debug)]
+struct Parts {
+    leases: Mutex<Vec<Lease>>,
+    /// The combined loss signal of the parts' sessions, fired on release so its watcher ends.
+    session: Option<crate::signal::LossSignal>,
+}
+
+/// One lease standing for every part: the first key, the highest token, the earliest validity.
+fn combine(reqs: &[AcquireRequest], leases: Vec<Lease>) -> Lease {
+    let fence = leases.iter().map(Lease::fencing_token).max().unwrap_or(FencingToken::new(0));
+    let sent = leases.iter().map(Lease::acquired_at).min().unwrap_or_else(Instant::now);
+    let valid_until = leases.iter().map(Lease::valid_until).min().unwrap_or(sent);
+    let session = crate::signal::any_of(leases.iter().filter_map(|l| l.session().cloned()).collect());
+    let mut lease = Lease::new(reqs[0].key.clone(), reqs[0].owner, fence, reqs[0].ttl, sent)
+        .with_valid_until(valid_until);
+    if let Some(s) = &session {
+        lease = lease.with_session(s.clone());
+    }
+    lease.with_backend_data(Arc::new(Parts { leases: Mutex::new(leases), session }))
+}
+
+/// The backend a [`MultiGuard`]'s guard talks to: every extend and release goes to each part.
+#[derive(Debug)]
+struct MultiBackend {
+    inner: Arc<dyn LockBackend>,
+}
+
+impl MultiBackend {
+    fn parts(lease: &Lease) -> Result<&Parts> {
+        lease.backend_data::<Parts>().ok_or_else(|| Error::InvalidConfig("not a multi-key lease".into()))
+    }
+}
+
+#[async_trait]
+impl LockBackend for MultiBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(&self, _: &AcquireRequest) -> Result<Attempt> {
+        Err(Error::Unsupported {
+            backend: self.name(),
+            capability: "acquiring through a multi-key guard".into(),
+        })
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        let parts = Self::parts(lease)?;
+        let current = locked(&parts.leases).clone();
+        let results = futures::future::join_all(current.iter().map(|l| self.inner.extend(l, ttl))).await;
+        let mut until: Option<Instant> = None;
+        let (mut not_held, mut error) = (false, None);
+        {
+            let mut leases = locked(&parts.leases);
+            for (l, r) in leases.iter_mut().zip(results) {
+                match r {
+                    Ok(ExtendOutcome::Extended { valid_until }) => {
+                        l.set_extended(ttl, valid_until);
+                        until = Some(until.map_or(valid_until, |u| u.min(valid_until)));
+                    }
+                    Ok(ExtendOutcome::NotHeld) => not_held = true,
+                    Err(e) => error = error.or(Some(e)),
+                }
+            }
+        }
+        match (not_held, error, until) {
+            (true, _, _) => Ok(ExtendOutcome::NotHeld),
+            (false, Some(e), _) => Err(e),
+            (false, None, Some(valid_until)) => Ok(ExtendOutcome::Extended { valid_until }),
+            (false, None, None) => Ok(ExtendOutcome::NotHeld),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let parts = Self::parts(lease)?;
+        let leases = locked(&parts.leases).clone();
+        let mut outcome = Ok(ReleaseOutcome::Released);
+        for l in leases.iter().rev() {
+            match self.inner.release(l).await {
+                Ok(ReleaseOutcome::Released) => {}
+                Ok(ReleaseOutcome::NotHeld) => {
+                    if outcome.is_ok() {
+                        outcome = Ok(ReleaseOutcome::NotHeld);
+                    }
+                }
+                Err(e) => {
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                }
+            }
+        }
+        if let Some(s) = &parts.session {
+            s.fire(crate::LossReason::NotHeld);
+        }
+        outcome
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.inner.inspect(key).await
+    }
+}

@@ -1,0 +1,148 @@
+//! Multi-key locks over the in-memory backend: all or nothing, canonical order, nothing left
+//! behind, lost when any part is lost.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use lock_core::{Error, KeyError, LockClient, LossReason, ReleaseOutcome};
+use lock_local::MemoryBackend;
+
+fn client() -> (MemoryBackend, LockClient) {
+    let store = MemoryBackend::new();
+    (store.clone(), LockClient::new(store))
+}
+
+#[tokio::test]
+async fn all_names_are_taken_with_their_own_tokens() {
+    let (_, locks) = client();
+    let g = locks.lock_all(["b", "a", "c"]).ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    let keys: Vec<&str> = g.fencing_tokens().iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "c"], "not in canonical order");
+    for name in ["a", "b", "c"] {
+        assert!(locks.lock(name).try_acquire().await.unwrap().is_none(), "{name} is not held");
+        let token = locks.inspect(name).await.unwrap().unwrap().fencing_token.unwrap();
+        assert_eq!(g.fencing_token_of(name), Some(token));
+    }
+    assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released);
+    for name in ["a", "b", "c"] {
+        assert!(locks.inspect(name).await.unwrap().is_none(), "{name} was left held");
+    }
+}
+
+#[tokio::test]
+async fn one_held_name_means_nothing_is_taken() {
+    let (_, locks) = client();
+    let b = locks.lock("b").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    assert!(locks.lock_all(["a", "b", "c"]).try_acquire().await.unwrap().is_none());
+    let err = locks.lock_all(["a", "b", "c"]).wait(Duration::from_millis(200)).acquire().await.unwrap_err();
+    assert!(matches!(err, Error::WaitTimedOut { .. }), "{err:?}");
+    for name in ["a", "c"] {
+        assert!(locks.inspect(name).await.unwrap().is_none(), "{name} was left behind");
+    }
+    drop(b);
+}
+
+#[tokio::test]
+async fn a_dropped_acquire_leaves_nothing_behind() {
+    let (_, locks) = client();
+    let c = locks.lock("c").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    // a and b are taken, then the acquire waits for c and is dropped.
+    let attempt = locks.lock_all(["a", "b", "c"]).wait(Duration::from_secs(30)).acquire();
+    assert!(tokio::time::timeout(Duration::from_millis(200), attempt).await.is_err());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for name in ["a", "b"] {
+        while locks.inspect(name).await.unwrap().is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "{name} was left behind");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_multi_locks_never_deadlock() {
+    let (_, locks) = client();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let locks = locks.clone();
+        let names = if i % 2 == 0 { vec!["x", "y", "z"] } else { vec!["z", "y", "x"] };
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let g = locks
+                    .lock_all(&names)
+                    .ttl(Duration::from_secs(30))
+                    .wait(Duration::from_secs(20))
+                    .acquire()
+                    .await?;
+                tokio::task::yield_now().await;
+                g.release().await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    let all = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(tasks)).await;
+    for r in all.expect("multi-locks deadlocked") {
+        r.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn losing_any_part_loses_the_guard() {
+    let (store, locks) = client();
+    let g = locks.lock_all(["a", "b"]).ttl(Duration::from_millis(600)).auto_renew().acquire().await.unwrap();
+    let signal = g.loss_signal();
+    // Someone deletes part b behind the guard's back (an operator's forced release).
+    let lease_b = {
+        let info = locks.inspect("b").await.unwrap().unwrap();
+        locks
+            .lease_from_parts("b", info.owner.unwrap(), info.fencing_token.unwrap(), Duration::from_secs(1))
+            .unwrap()
+    };
+    assert_eq!(LockClient::new(store).release_lease(&lease_b).await.unwrap(), ReleaseOutcome::Released);
+    let reason =
+        tokio::time::timeout(Duration::from_secs(5), signal.fired()).await.expect("the loss never fired");
+    assert_eq!(reason, LossReason::NotHeld);
+    assert!(!g.is_held());
+    let _ = g.release().await;
+    assert!(locks.inspect("a").await.unwrap().is_none(), "part a was left held");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error() {
+    let (_, locks) = client();
+    let none: [&str; 0] = [];
+    assert!(matches!(locks.lock_all(none).acquire().await, Err(Error::InvalidKey(KeyError::NoKeys))));
+    assert!(matches!(
+        locks.lock_all(["a", "b", "a"]).acquire().await,
+        Err(Error::InvalidKey(KeyError::Duplicate(k))) if k == "a"
+    ));
+    assert!(matches!(locks.lock_all(["a", ""]).acquire().await, Err(Error::InvalidKey(KeyError::Empty))));
+    assert!(locks.inspect("a").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn primitives_a_backend_lacks_are_unsupported_and_bad_permits_are_typed() {
+    let (_, locks) = client();
+    let caps = locks.capabilities().clone();
+    if caps.max_permits == 0 {
+        let e = locks.semaphore("s", 3).acquire().await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Unsupported { capability, .. } if capability.contains("semaphore")),
+            "{e:?}"
+        );
+    } else {
+        assert!(matches!(
+            locks.semaphore("s", 0).acquire().await,
+            Err(Error::InvalidPermits { permits: 0, .. })
+        ));
+        let over = caps.max_permits.min(lock_core::MAX_PERMITS) + 1;
+        assert!(matches!(locks.semaphore("s", over).acquire().await, Err(Error::InvalidPermits { .. })));
+    }
+    if !caps.read_write {
+        let e = locks.read_lock("r").acquire().await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Unsupported { capability, .. } if capability.contains("read-write")),
+            "{e:?}"
+        );
+    }
+}
