@@ -12,6 +12,10 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use lock_core::{Capabilities, Error, Instant, KeyError, LossReason, ReleaseOutcome};
 
+mod primitives;
+
+pub use primitives::*;
+
 use crate::history::History;
 use crate::{ensure, CheckResult, Ctx, Failure, Hooks};
 
@@ -72,6 +76,33 @@ fn needs_fair(c: &Capabilities, _: Hooks) -> Result<(), String> {
     Ok(())
 }
 
+fn needs_semaphore(c: &Capabilities, _: Hooks) -> Result<(), String> {
+    if c.max_permits == 0 {
+        return Err("the backend has no semaphores".into());
+    }
+    Ok(())
+}
+
+fn needs_semaphore_and_crash(c: &Capabilities, hooks: Hooks) -> Result<(), String> {
+    needs_semaphore(c, hooks)?;
+    needs_crash(c, hooks)
+}
+
+fn needs_read_write(c: &Capabilities, _: Hooks) -> Result<(), String> {
+    if !c.read_write {
+        return Err("the backend has no read-write locks".into());
+    }
+    Ok(())
+}
+
+fn needs_writer_preference(c: &Capabilities, hooks: Hooks) -> Result<(), String> {
+    needs_read_write(c, hooks)?;
+    if !c.writer_preference {
+        return Err("the backend does not claim that a waiting writer blocks new readers".into());
+    }
+    Ok(())
+}
+
 fn needs_notify(c: &Capabilities, _: Hooks) -> Result<(), String> {
     if c.wake != lock_core::WakeMode::Notify {
         return Err("the backend polls (it does not claim WakeMode::Notify)".into());
@@ -119,6 +150,15 @@ pub static CHECKS: &[Check] = &[
     check!(scoped_run_is_cancelled_on_loss, 7, needs_expiry),
     check!(bad_keys_are_typed_errors, 8, always),
     check!(bad_ttls_are_typed_errors, 8, always),
+    check!(semaphore_never_grants_more_than_n, 1, needs_semaphore),
+    check!(semaphore_tokens_increase_across_permits, 2, needs_semaphore),
+    check!(semaphore_crashed_holder_returns_its_permit, 3, needs_semaphore_and_crash),
+    check!(semaphore_dropped_waiter_leaves_nothing, 6, needs_semaphore),
+    check!(semaphore_bad_input_is_typed, 8, needs_semaphore),
+    check!(readers_share_and_writers_exclude, 1, needs_read_write),
+    check!(a_waiting_writer_is_not_starved, 5, needs_writer_preference),
+    check!(multi_key_locks_are_all_or_nothing, 1, always),
+    check!(multi_key_failure_and_cancel_leave_nothing, 6, always),
 ];
 
 /// Holds the lock in turn from `tasks` contenders, `rounds` times each; returns the history.
