@@ -45,10 +45,10 @@ pub use lock_core::url;
 pub use lock_core as core;
 pub use lock_core::parse_duration;
 pub use lock_core::{
-    async_trait, drift_margin, AcquireRequest, Attempt, BackendErrorKind, Backoff, Capabilities, Error,
-    ExtendOutcome, FencingToken, Guard, Instant, Lease, LockBackend, LockBuilder, LockClient, LockInfo,
-    LockKey, LossReason, LossSignal, Namespace, OwnerToken, ReleaseOutcome, Result, Secret, TlsOptions,
-    WakeMode,
+    async_trait, drift_margin, AcquireRequest, Attempt, BackendErrorKind, Backoff, Capabilities, Election,
+    Error, ExtendOutcome, FencingToken, Guard, Instant, Leader, Lease, LockBackend, LockBuilder, LockClient,
+    LockInfo, LockKey, LossReason, LossSignal, Metadata, Mode, MultiGuard, MultiLockBuilder, Namespace,
+    OwnerToken, ReleaseOutcome, Result, Secret, TlsOptions, WakeMode, MAX_PERMITS,
 };
 #[cfg(feature = "dynamo")]
 pub use lock_dynamo;

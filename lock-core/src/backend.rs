@@ -10,8 +10,9 @@ use crate::capabilities::{Capabilities, WakeMode};
 use crate::error::Result;
 use crate::key::LockKey;
 use crate::lease::Lease;
+use crate::metadata::Metadata;
 use crate::mode::Mode;
-use crate::outcome::{AcquireRequest, Attempt, ExtendOutcome, LockInfo, ReleaseOutcome};
+use crate::outcome::{AcquireRequest, Attempt, ExtendOutcome, ListPage, LockInfo, ReleaseOutcome};
 use crate::wait::wait_for_lock;
 
 /// A lock backend: one store's encoding of the promises (numbered in the README's
@@ -138,7 +139,56 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
         let _ = reqs;
         Err(crate::Error::Unsupported { backend: self.name(), capability: "atomic multi-key locks".into() })
     }
+
+    /// One page of the grants held under `prefix` (a full-key prefix: namespace included),
+    /// locks and every other primitive, with their metadata, fencing token and remaining TTL.
+    ///
+    /// # Behavior
+    /// Uses the store's own range reads (a SCAN with a match pattern, a key range, the
+    /// children of a node, a query), at most about `limit` entries a page; pass the returned
+    /// cursor to get the next page. Reads only; a grant that changes while listing may be
+    /// listed in either state. Only called where [`Capabilities::listing`] is claimed.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) by default; backend errors.
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<ListPage> {
+        let _ = (prefix, cursor, limit);
+        Err(crate::Error::Unsupported { backend: self.name(), capability: "listing locks".into() })
+    }
+
+    /// Replaces the metadata of our grant (an election's `proclaim`).
+    ///
+    /// # Behavior
+    /// Compares the owner token like [`extend`](Self::extend): [`ExtendOutcome::NotHeld`] when
+    /// the grant is gone, never a write to another holder's grant. Does not change the grant's
+    /// expiry unless the backend says so (`Extended` then carries the new `valid_until`).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) by default; backend errors.
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<ExtendOutcome> {
+        let _ = (lease, metadata);
+        Err(crate::Error::Unsupported { backend: self.name(), capability: "updating holder metadata".into() })
+    }
+
+    /// A stream of the holders of `key` in `mode` as they change (for an election: its leader),
+    /// where the store can notify; `Ok(None)` where it cannot, and the client polls
+    /// [`inspect`](Self::inspect) / [`holders`](Self::holders) instead.
+    ///
+    /// # Behavior
+    /// Each item is the current holder (`None`: vacant) after a change; the stream may repeat a
+    /// state but never skips the latest one, and ends with an error (never silently) when the
+    /// connection it watches through is lost.
+    ///
+    /// # Errors
+    /// Backend errors when the watch cannot be opened.
+    async fn observe(&self, key: &LockKey, mode: Mode) -> Result<Option<ObserveStream>> {
+        let _ = (key, mode);
+        Ok(None)
+    }
 }
+
+/// What [`LockBackend::observe`] returns: the holder after each change.
+pub type ObserveStream = futures::stream::BoxStream<'static, Result<Option<LockInfo>>>;
 
 /// The default waiting acquire: attempts with [`LockBackend::try_acquire`] and sleeps with
 /// jittered backoff between attempts, never past the holder's remaining TTL, the backend's

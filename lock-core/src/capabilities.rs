@@ -82,6 +82,10 @@ pub struct Capabilities {
     /// ([`LockBackend::try_acquire_all`](crate::LockBackend::try_acquire_all)); without it,
     /// multi-key locks are taken one key at a time in a canonical order.
     pub atomic_multi_key: bool,
+    /// Elections ([`Mode::Leader`](crate::Mode::Leader)) are supported.
+    pub elections: bool,
+    /// [`LockBackend::list`](crate::LockBackend::list) lists held grants under a prefix.
+    pub listing: bool,
 }
 
 impl Default for Capabilities {
@@ -102,6 +106,8 @@ impl Default for Capabilities {
             read_write: false,
             writer_preference: false,
             atomic_multi_key: false,
+            elections: false,
+            listing: false,
         }
     }
 }
@@ -151,6 +157,10 @@ impl Capabilities {
         with_writer_preference: writer_preference: bool;
         /// Sets [`atomic_multi_key`](Self::atomic_multi_key).
         with_atomic_multi_key: atomic_multi_key: bool;
+        /// Sets [`elections`](Self::elections).
+        with_elections: elections: bool;
+        /// Sets [`listing`](Self::listing).
+        with_listing: listing: bool;
     }
 
     /// Leases belong to a client session whose timeout decides for every lock: sets
@@ -210,6 +220,7 @@ impl Capabilities {
                 self.max_permits > 0
             }
             Mode::Read | Mode::Write => self.read_write,
+            Mode::Leader => self.elections,
         };
         if supported {
             Ok(())

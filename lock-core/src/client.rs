@@ -8,10 +8,13 @@ use tokio::time::Instant;
 
 use crate::backend::LockBackend;
 use crate::capabilities::Capabilities;
+use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::guard::{Guard, RenewPolicy};
+use crate::held::HeldByTasks;
 use crate::key::{KeyError, LockKey, Namespace};
 use crate::lease::{FencingToken, Lease, OwnerToken};
+use crate::metadata::Metadata;
 use crate::mode::Mode;
 use crate::multi::MultiLockBuilder;
 use crate::observe;
@@ -42,6 +45,7 @@ pub struct LockClient {
     caps: Capabilities,
     namespace: Namespace,
     default_ttl: Duration,
+    pub(crate) held: HeldByTasks,
 }
 
 impl LockClient {
@@ -53,7 +57,13 @@ impl LockClient {
     /// A client over a shared backend.
     pub fn from_arc(backend: Arc<dyn LockBackend>) -> Self {
         let caps = backend.capabilities();
-        Self { backend, caps, namespace: Namespace::default(), default_ttl: DEFAULT_TTL }
+        Self {
+            backend,
+            caps,
+            namespace: Namespace::default(),
+            default_ttl: DEFAULT_TTL,
+            held: HeldByTasks::default(),
+        }
     }
 
     /// Prefixes every key of this client with `namespace/`.
@@ -171,6 +181,10 @@ impl LockClient {
         self.builder_for(One { name: name.to_owned(), mode })
     }
 
+    pub(crate) fn builder_mode(&self, name: &str, mode: Mode) -> LockBuilder {
+        self.builder(name, mode)
+    }
+
     fn builder_for<T>(&self, target: T) -> LockBuilder<T> {
         LockBuilder {
             client: self.clone(),
@@ -178,7 +192,43 @@ impl LockClient {
             ttl: self.default_ttl,
             wait: None,
             policy: RenewPolicy::default(),
+            value: None,
         }
+    }
+
+    /// Every grant held under `prefix` (a name prefix under this client's namespace; `""` for
+    /// all of the namespace), locks and every other primitive, with metadata, fencing token and
+    /// remaining TTL, read page by page with the store's own range reads.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] where the backend cannot list; backend errors.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, LockInfo)>> {
+        if !self.caps.listing {
+            return Err(Error::Unsupported {
+                backend: self.backend.name(),
+                capability: "listing locks".into(),
+            });
+        }
+        let full = match self.namespace.as_str() {
+            "" => prefix.to_owned(),
+            ns => format!("{ns}/{prefix}"),
+        };
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.backend.list(&full, cursor, 1000).await?;
+            out.extend(page.entries);
+            match page.cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The election `name`: campaign for leadership, proclaim, observe the leader (see
+    /// [`Election`]).
+    pub fn election(&self, name: &str) -> Election {
+        Election::new(self.clone(), name)
     }
 
     /// Every holder of `name` in the primitive of `mode` (the permits of a semaphore; the
@@ -264,6 +314,7 @@ pub struct LockBuilder<T = One> {
     pub(crate) ttl: Duration,
     pub(crate) wait: Option<Duration>,
     pub(crate) policy: RenewPolicy,
+    pub(crate) value: Option<String>,
 }
 
 /// What a [`LockBuilder`] takes: one name, as a lock, a permit or a read or write lock.
@@ -312,6 +363,28 @@ impl<T> LockBuilder<T> {
         self
     }
 
+    /// A value of yours stored with the grant's holder metadata (at most
+    /// [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN) bytes), shown by `inspect`, `holders` and
+    /// `list`; the grant always carries this host, process, program and time.
+    pub fn value(mut self, value: impl Into<String>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// The holder metadata of a request: this process, now, and the value.
+    pub(crate) fn metadata(&self) -> Result<Arc<Metadata>> {
+        let m = Metadata::current();
+        Ok(Arc::new(match &self.value {
+            Some(v) => m.with_value(v.clone())?,
+            None => m,
+        }))
+    }
+
+    /// Whether an acquire waits when the lock is held.
+    pub(crate) fn waits(&self) -> bool {
+        self.wait.is_some_and(|w| !w.is_zero())
+    }
+
     /// The deadline of a waiting acquire that starts at `start`, if it waits.
     pub(crate) fn deadline(&self, start: Instant) -> Option<Instant> {
         self.wait.filter(|w| !w.is_zero()).map(|w| crate::lease::add_saturating(start, w))
@@ -324,11 +397,20 @@ impl LockBuilder<One> {
         let backend = self.client.backend.name();
         self.client.caps.validate_mode(backend, self.target.mode)?;
         self.client.caps.validate_ttl(backend, self.ttl)?;
-        Ok(AcquireRequest::new(key, self.ttl).with_mode(self.target.mode))
+        if self.waits() {
+            // Only a wait can wait for itself; one attempt just finds the lock held.
+            self.client.held.check(key.full(), self.target.mode)?;
+        }
+        let mut req = AcquireRequest::new(key, self.ttl).with_mode(self.target.mode);
+        req.metadata = self.metadata()?;
+        Ok(req)
     }
 
     fn guard(&self, lease: Lease) -> Guard {
-        Guard::new(self.client.backend.clone(), lease, self.policy)
+        let (key, mode) = (lease.key().full().to_owned(), lease.mode());
+        let guard = Guard::new(self.client.backend.clone(), lease, self.policy);
+        let entry = self.client.held.enter(&key, mode, guard.probe());
+        guard.with_held([entry])
     }
 
     /// Takes the lock, waiting up to the configured wait.

@@ -117,6 +117,16 @@ pub enum Error {
         /// The number the current holders use.
         held: u32,
     },
+    /// Holder metadata was refused (a value over the size limit).
+    #[error("invalid holder metadata: {0}")]
+    InvalidMetadata(String),
+    /// This task already holds the lock it asks for: waiting would wait for itself. (Another
+    /// task, or another client, asking for it waits as usual.)
+    #[error("lock {key:?} is already held by this task; it would wait for itself")]
+    AlreadyHeld {
+        /// The full key.
+        key: String,
+    },
     /// A configuration value (URL, option) is malformed or contradictory.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
@@ -182,6 +192,8 @@ impl Error {
             Error::InvalidTtl { .. } => "invalid_ttl",
             Error::InvalidPermits { .. } => "invalid_permits",
             Error::PermitsMismatch { .. } => "permits_mismatch",
+            Error::InvalidMetadata(_) => "invalid_metadata",
+            Error::AlreadyHeld { .. } => "already_held",
             Error::InvalidConfig(_) => "invalid_config",
             Error::Unsupported { .. } => "unsupported",
             Error::Backend { .. } => "backend",

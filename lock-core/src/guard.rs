@@ -253,6 +253,8 @@ pub struct Guard {
     shared: Arc<Shared>,
     renewal: Option<JoinHandle<()>>,
     finished: bool,
+    /// This task's entries in its client's registry of held grants, removed with the guard.
+    held: Vec<crate::held::HeldEntry>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -286,7 +288,19 @@ impl Guard {
         if renewal.is_some() {
             let _ = shared.watchdog.set(());
         }
-        Self { shared, renewal, finished: false }
+        Self { shared, renewal, finished: false, held: Vec::new() }
+    }
+
+    /// Whether the guard still holds its lock, for its client's registry of held grants.
+    pub(crate) fn probe(&self) -> crate::held::Probe {
+        let shared = self.shared.clone();
+        Arc::new(move || shared.check_now())
+    }
+
+    /// Records the guard in its client's registry of what each task holds.
+    pub(crate) fn with_held(mut self, entries: impl IntoIterator<Item = crate::held::HeldEntry>) -> Self {
+        self.held.extend(entries);
+        self
     }
 
     /// The fencing token of this grant: pass it with every write to the protected resource.
@@ -321,6 +335,34 @@ impl Guard {
     /// level-triggered: called after the loss, it resolves at once.
     pub async fn lost(&self) -> LossReason {
         self.shared.lost().await
+    }
+
+    /// Resolves when the lease is within `margin` of its `valid_until` without having been
+    /// renewed (or is lost): the moment to stop work that must not outlive the lock, before
+    /// the loss itself.
+    ///
+    /// # Behavior
+    /// Recomputed whenever renewal moves `valid_until`, so with auto-renewal it resolves only
+    /// when renewal is falling behind (like amazon-dynamodb-lock-client's session monitor).
+    /// Level-triggered: called when already that close, it resolves at once. [`lost`](Self::lost)
+    /// still says when the lock is actually gone.
+    pub async fn expiring(&self, margin: Duration) {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.shared.lost.is_fired() {
+                return;
+            }
+            let at = self.shared.valid_until().checked_sub(margin).unwrap_or_else(Instant::now);
+            if Instant::now() >= at {
+                return;
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(at) => {}
+            }
+        }
     }
 
     /// A cloneable signal that fires when the lock is lost, for tasks that cannot borrow the

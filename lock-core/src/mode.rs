@@ -21,6 +21,9 @@ pub enum Mode {
     Read,
     /// The write side of a read-write lock: excludes readers and other writers.
     Write,
+    /// Leadership of an election: one leader at a time, whose metadata value is what it
+    /// advertises and whose fencing token is its term.
+    Leader,
 }
 
 impl Mode {
@@ -30,6 +33,7 @@ impl Mode {
             Mode::Exclusive => "lock",
             Mode::Permit { .. } => "semaphore",
             Mode::Read | Mode::Write => "read-write lock",
+            Mode::Leader => "election",
         }
     }
 }

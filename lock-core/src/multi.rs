@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::guard::Guard;
 use crate::key::{KeyError, LockKey};
 use crate::lease::{FencingToken, Lease, OwnerToken};
+use crate::mode::Mode;
 use crate::observe;
 use crate::outcome::{AcquireRequest, Attempt, ExtendOutcome, LockInfo, ReleaseOutcome};
 
@@ -101,13 +102,20 @@ impl LockBuilder<Many> {
         if let Some(w) = keys.windows(2).find(|w| w[0] == w[1]) {
             return Err(KeyError::Duplicate(w[0].full().to_owned()).into());
         }
-        // One owner token for all the grants: they are one holder's.
+        if self.waits() {
+            for k in &keys {
+                self.client.held.check(k.full(), Mode::Exclusive)?;
+            }
+        }
+        // One owner token and one metadata for all the grants: they are one holder's.
         let owner = OwnerToken::random();
+        let metadata = self.metadata()?;
         Ok(keys
             .into_iter()
             .map(|k| {
                 let mut r = AcquireRequest::new(k, self.ttl);
                 r.owner = owner;
+                r.metadata = metadata.clone();
                 r
             })
             .collect())
@@ -131,10 +139,14 @@ impl LockBuilder<Many> {
         let res = take_all(&backend, self.client.capabilities(), &reqs, self.deadline(start)).await;
         observe::acquire(backend.name(), observe::acquire_outcome(&res), start.elapsed());
         let leases = res?;
-        let tokens = leases.iter().map(|l| (l.key().full().to_owned(), l.fencing_token())).collect();
+        let tokens: Vec<(String, FencingToken)> =
+            leases.iter().map(|l| (l.key().full().to_owned(), l.fencing_token())).collect();
         let lease = combine(&reqs, leases);
         let multi: Arc<dyn LockBackend> = Arc::new(MultiBackend { inner: backend });
-        Ok(MultiGuard { guard: Guard::new(multi, lease, self.policy), tokens })
+        let guard = Guard::new(multi, lease, self.policy);
+        let held: Vec<_> =
+            tokens.iter().map(|(k, _)| self.client.held.enter(k, Mode::Exclusive, guard.probe())).collect();
+        Ok(MultiGuard { guard: guard.with_held(held), tokens })
     }
 
     /// One attempt, no waiting: `Ok(None)` when any name is held (nothing is left taken).

@@ -1,11 +1,13 @@
 //! What one request to a backend carries and what it reports back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::key::LockKey;
 use crate::lease::{FencingToken, Lease, OwnerToken};
+use crate::metadata::Metadata;
 use crate::mode::Mode;
 
 /// One request for a lock, built by the [`LockClient`](crate::LockClient) after validation.
@@ -21,12 +23,21 @@ pub struct AcquireRequest {
     /// What is asked for: the lock, a permit, a read or a write lock. The client only sends a
     /// mode the backend's capabilities claim.
     pub mode: Mode,
+    /// What the grant says about its holder; backends store it beside the grant (see
+    /// [`Metadata`]).
+    pub metadata: Arc<Metadata>,
 }
 
 impl AcquireRequest {
     /// A request for the lock ([`Mode::Exclusive`]) with a fresh random owner token.
     pub fn new(key: LockKey, ttl: Duration) -> Self {
-        Self { key, ttl, owner: OwnerToken::random(), mode: Mode::Exclusive }
+        Self {
+            key,
+            ttl,
+            owner: OwnerToken::random(),
+            mode: Mode::Exclusive,
+            metadata: Arc::new(Metadata::current()),
+        }
     }
 
     /// The same request for another mode.
@@ -83,6 +94,8 @@ pub struct LockInfo {
     pub remaining_ttl: Option<Duration>,
     /// What the holder holds (a permit of `limit`, a read or a write lock, or the lock).
     pub mode: Mode,
+    /// What the holder's grant says about it, when it wrote metadata (a foreign client may not).
+    pub metadata: Option<Metadata>,
 }
 
 impl LockInfo {
@@ -92,12 +105,36 @@ impl LockInfo {
         owner: Option<OwnerToken>,
         remaining_ttl: Option<Duration>,
     ) -> Self {
-        Self { fencing_token, owner, remaining_ttl, mode: Mode::Exclusive }
+        Self { fencing_token, owner, remaining_ttl, mode: Mode::Exclusive, metadata: None }
+    }
+
+    /// The same record with the holder's metadata.
+    pub fn with_metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = metadata;
+        self
     }
 
     /// The same record for a holder in another mode.
     pub fn with_mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self
+    }
+}
+
+/// One page of [`LockBackend::list`](crate::LockBackend::list).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ListPage {
+    /// The held grants on this page: the full key and what [`LockBackend::inspect`] (or
+    /// `holders`) would say of each holder, with its mode.
+    pub entries: Vec<(String, LockInfo)>,
+    /// Where the next page starts; `None` on the last page.
+    pub cursor: Option<String>,
+}
+
+impl ListPage {
+    /// A page with these entries and this cursor.
+    pub fn new(entries: Vec<(String, LockInfo)>, cursor: Option<String>) -> Self {
+        Self { entries, cursor }
     }
 }

@@ -34,7 +34,9 @@ async fn one_held_name_means_nothing_is_taken() {
     let (_, locks) = client();
     let b = locks.lock("b").ttl(Duration::from_secs(30)).acquire().await.unwrap();
     assert!(locks.lock_all(["a", "b", "c"]).try_acquire().await.unwrap().is_none());
-    let err = locks.lock_all(["a", "b", "c"]).wait(Duration::from_millis(200)).acquire().await.unwrap_err();
+    // Another client (a task waiting for a name it holds gets AlreadyHeld instead).
+    let other = LockClient::from_arc(locks.backend().clone());
+    let err = other.lock_all(["a", "b", "c"]).wait(Duration::from_millis(200)).acquire().await.unwrap_err();
     assert!(matches!(err, Error::WaitTimedOut { .. }), "{err:?}");
     for name in ["a", "c"] {
         assert!(locks.inspect(name).await.unwrap().is_none(), "{name} was left behind");
@@ -46,8 +48,9 @@ async fn one_held_name_means_nothing_is_taken() {
 async fn a_dropped_acquire_leaves_nothing_behind() {
     let (_, locks) = client();
     let c = locks.lock("c").ttl(Duration::from_secs(30)).acquire().await.unwrap();
-    // a and b are taken, then the acquire waits for c and is dropped.
-    let attempt = locks.lock_all(["a", "b", "c"]).wait(Duration::from_secs(30)).acquire();
+    // a and b are taken, then the acquire (of another client) waits for c and is dropped.
+    let other = LockClient::from_arc(locks.backend().clone());
+    let attempt = other.lock_all(["a", "b", "c"]).wait(Duration::from_secs(30)).acquire();
     assert!(tokio::time::timeout(Duration::from_millis(200), attempt).await.is_err());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     for name in ["a", "b"] {

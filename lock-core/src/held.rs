@@ -1,0 +1,100 @@
+//! Which task of a client holds which lock, so that a task that waits for a lock it already
+//! holds gets [`Error::AlreadyHeld`](crate::Error::AlreadyHeld) at once instead of waiting for
+//! itself. (One attempt without a wait cannot wait for itself: it finds the lock held.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::task::Id;
+
+use crate::error::{Error, Result};
+use crate::mode::Mode;
+
+/// The kind of resource a mode takes on a name (modes of one primitive share one resource).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Resource {
+    Lock,
+    Semaphore,
+    ReadWrite,
+    Election,
+}
+
+fn resource(mode: Mode) -> Resource {
+    match mode {
+        Mode::Permit { .. } => Resource::Semaphore,
+        Mode::Read | Mode::Write => Resource::ReadWrite,
+        Mode::Leader => Resource::Election,
+        _ => Resource::Lock,
+    }
+}
+
+/// Whether a recorded grant is still held (the guard's `is_held`).
+pub(crate) type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+type Holders = HashMap<(String, Resource), Vec<(Option<Id>, Mode, Probe)>>;
+
+/// A client's registry of the grants its tasks hold (shared by the client's clones).
+#[derive(Default, Clone)]
+pub(crate) struct HeldByTasks(Arc<Mutex<Holders>>);
+
+impl std::fmt::Debug for HeldByTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldByTasks").field("names", &self.map().len()).finish()
+    }
+}
+
+impl HeldByTasks {
+    fn map(&self) -> std::sync::MutexGuard<'_, Holders> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses `mode` on `key` when the current task holds something there that the request
+    /// would wait for: the lock, the write side, or leadership; or the read side when it asks
+    /// to write. A task may hold several permits, and several read locks.
+    pub(crate) fn check(&self, key: &str, mode: Mode) -> Result<()> {
+        let me = tokio::task::try_id();
+        let map = self.map();
+        let Some(held) = map.get(&(key.to_owned(), resource(mode))) else { return Ok(()) };
+        let conflict = held.iter().any(|(task, m, alive)| {
+            *task == me
+                && alive()
+                && !matches!((m, mode), (Mode::Permit { .. }, Mode::Permit { .. }) | (Mode::Read, Mode::Read))
+        });
+        if conflict {
+            return Err(Error::AlreadyHeld { key: key.to_owned() });
+        }
+        Ok(())
+    }
+
+    /// Records that the current task holds `mode` on `key` while `alive` says so, until the
+    /// entry is dropped.
+    pub(crate) fn enter(&self, key: &str, mode: Mode, alive: Probe) -> HeldEntry {
+        let task = tokio::task::try_id();
+        self.map().entry((key.to_owned(), resource(mode))).or_default().push((task, mode, alive));
+        HeldEntry { registry: self.clone(), key: key.to_owned(), mode, task }
+    }
+}
+
+/// One task's hold of one grant in a client's registry; removed on drop.
+#[derive(Debug)]
+pub(crate) struct HeldEntry {
+    registry: HeldByTasks,
+    key: String,
+    mode: Mode,
+    task: Option<Id>,
+}
+
+impl Drop for HeldEntry {
+    fn drop(&mut self) {
+        let mut map = self.registry.map();
+        let slot = (std::mem::take(&mut self.key), resource(self.mode));
+        if let Some(v) = map.get_mut(&slot) {
+            if let Some(i) = v.iter().position(|(t, m, _)| *t == self.task && *m == self.mode) {
+                v.swap_remove(i);
+            }
+            if v.is_empty() {
+                map.remove(&slot);
+            }
+        }
+    }
+}

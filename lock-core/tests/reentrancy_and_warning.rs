@@ -1,0 +1,52 @@
+//! A task asking for a lock it already holds gets AlreadyHeld at once; `expiring` warns before
+//! the loss.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use lock_core::{Error, LockClient};
+use lock_local::MemoryBackend;
+
+#[tokio::test]
+async fn a_task_never_waits_for_itself() {
+    let locks = LockClient::new(MemoryBackend::new());
+    let g = locks.lock("k").acquire().await.unwrap();
+    // The same task, even with a long wait: at once, a typed error.
+    let start = tokio::time::Instant::now();
+    let e = locks.lock("k").wait(Duration::from_secs(30)).acquire().await.unwrap_err();
+    assert!(matches!(e, Error::AlreadyHeld { ref key } if key == "k"), "{e:?}");
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(matches!(
+        locks.lock_all(["j", "k"]).wait(Duration::from_secs(5)).acquire().await,
+        Err(Error::AlreadyHeld { .. })
+    ));
+    // One attempt without a wait cannot wait for itself: it finds the lock held.
+    assert!(locks.lock("k").try_acquire().await.unwrap().is_none());
+    // Another task of the same client waits as usual, and gets it once released.
+    let other = locks.clone();
+    let waiter = tokio::spawn(async move { other.lock("k").wait(Duration::from_secs(10)).acquire().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "another task did not wait");
+    g.release().await.unwrap();
+    let g2 = waiter.await.unwrap().unwrap();
+    g2.release().await.unwrap();
+    // Released: this task may take it again.
+    locks.lock("k").acquire().await.unwrap().release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiring_warns_before_the_lease_runs_out() {
+    let locks = LockClient::new(MemoryBackend::new());
+    let g = locks.lock("k").ttl(Duration::from_secs(10)).acquire().await.unwrap();
+    let start = tokio::time::Instant::now();
+    g.expiring(Duration::from_secs(3)).await;
+    let warned = start.elapsed();
+    assert!(warned >= Duration::from_secs(6) && warned < Duration::from_secs(7), "{warned:?}");
+    assert!(g.is_held(), "the warning came after the loss");
+    // With auto-renewal that keeps up, it does not fire.
+    let r = locks.lock("r").ttl(Duration::from_secs(3)).auto_renew().acquire().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(30), r.expiring(Duration::from_millis(500)))
+        .await
+        .is_err());
+    r.release().await.unwrap();
+}
