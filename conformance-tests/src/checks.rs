@@ -12,8 +12,10 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use lock_core::{Capabilities, Error, Instant, KeyError, LossReason, ReleaseOutcome};
 
+mod election;
 mod primitives;
 
+pub use election::*;
 pub use primitives::*;
 
 use crate::history::History;
@@ -103,6 +105,37 @@ fn needs_writer_preference(c: &Capabilities, hooks: Hooks) -> Result<(), String>
     Ok(())
 }
 
+fn needs_metadata(c: &Capabilities, _: Hooks) -> Result<(), String> {
+    if !c.holder_metadata {
+        return Err("the backend does not store holder metadata".into());
+    }
+    Ok(())
+}
+
+fn needs_listing(c: &Capabilities, _: Hooks) -> Result<(), String> {
+    if !c.listing {
+        return Err("the backend cannot list locks".into());
+    }
+    Ok(())
+}
+
+fn needs_elections(c: &Capabilities, _: Hooks) -> Result<(), String> {
+    if !c.elections {
+        return Err("the backend has no elections".into());
+    }
+    Ok(())
+}
+
+fn needs_elections_and_crash(c: &Capabilities, hooks: Hooks) -> Result<(), String> {
+    needs_elections(c, hooks)?;
+    needs_crash(c, hooks)
+}
+
+fn needs_elections_and_expiry(c: &Capabilities, hooks: Hooks) -> Result<(), String> {
+    needs_elections(c, hooks)?;
+    needs_expiry(c, hooks)
+}
+
 fn needs_notify(c: &Capabilities, _: Hooks) -> Result<(), String> {
     if c.wake != lock_core::WakeMode::Notify {
         return Err("the backend polls (it does not claim WakeMode::Notify)".into());
@@ -159,6 +192,13 @@ pub static CHECKS: &[Check] = &[
     check!(a_waiting_writer_is_not_starved, 5, needs_writer_preference),
     check!(multi_key_locks_are_all_or_nothing, 1, always),
     check!(multi_key_failure_and_cancel_leave_nothing, 6, always),
+    check!(inspect_returns_holder_metadata, 4, needs_metadata),
+    check!(list_returns_what_is_held_under_a_prefix, 4, needs_listing),
+    check!(one_leader_at_a_time, 1, needs_elections),
+    check!(leader_proclaim_and_resign, 4, needs_elections),
+    check!(a_crashed_leader_is_replaced_in_time, 3, needs_elections_and_crash),
+    check!(observers_see_every_change_in_order, 5, needs_elections),
+    check!(a_paused_leader_knows_before_a_new_one_rules, 7, needs_elections_and_expiry),
 ];
 
 /// Holds the lock in turn from `tasks` contenders, `rounds` times each; returns the history.

@@ -86,6 +86,8 @@ pub struct Capabilities {
     pub elections: bool,
     /// [`LockBackend::list`](crate::LockBackend::list) lists held grants under a prefix.
     pub listing: bool,
+    /// Grants store the holder's [`Metadata`](crate::Metadata) and `inspect` returns it.
+    pub holder_metadata: bool,
 }
 
 impl Default for Capabilities {
@@ -108,6 +110,7 @@ impl Default for Capabilities {
             atomic_multi_key: false,
             elections: false,
             listing: false,
+            holder_metadata: false,
         }
     }
 }
@@ -161,6 +164,8 @@ impl Capabilities {
         with_elections: elections: bool;
         /// Sets [`listing`](Self::listing).
         with_listing: listing: bool;
+        /// Sets [`holder_metadata`](Self::holder_metadata).
+        with_holder_metadata: holder_metadata: bool;
     }
 
     /// Leases belong to a client session whose timeout decides for every lock: sets
