@@ -9,17 +9,16 @@ use serde_json::json;
 use crate::output::Out;
 use crate::take::Take;
 
-/// `acquire --lock NAME [--ttl 30s] [--wait 0s]`.
+/// `acquire --lock NAME [--lock NAME…] [--permits N | --read | --write] [--ttl 30s] [--wait 0s]`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     #[command(flatten)]
     take: Take,
 }
 
-/// Takes the lock, prints its owner token and fencing token, and leaves it held.
+/// Takes the lock, prints its owner token and fencing token(s), and leaves it held.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
     let take = &args.take;
-    let name = take.lock.as_str();
     if locks.capabilities().session_leases {
         // A session lease ends with this process: the lock would not outlive the command.
         return out.fail(&Error::Unsupported {
@@ -29,32 +28,44 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
                 .into(),
         });
     }
-    let fut = take.builder(locks).acquire();
-    let guard = match out.waiting(&format!("waiting for lock '{name}'"), fut).await {
-        Ok(g) => g,
+    let fut = take.acquire(locks, false);
+    let taken = match out.waiting(&format!("waiting for lock '{}'", take.label()), fut).await {
+        Ok(t) => t,
         Err(e) => return out.fail(&e),
     };
-    let lease = guard.detach();
+    let lease = taken.guard.detach();
+    let mode = match (take.permits, take.read, take.write) {
+        (Some(n), _, _) => format!(" --permits {n}"),
+        (None, true, _) => " --read".to_owned(),
+        (None, false, true) => " --write".to_owned(),
+        _ => String::new(),
+    };
+    let names: Vec<String> = take.locks.iter().map(|n| format!("--lock {n}")).collect();
     if out.json {
-        println!(
-            "{}",
-            json!({
-                "key": lease.key().full(),
-                "owner": lease.owner().to_string(),
-                "fencing_token": lease.fencing_token().get(),
-                "ttl_ms": lease.ttl().as_millis() as u64,
-                "valid_for_ms": lease.remaining().as_millis() as u64,
-                "backend": locks.backend_name(),
-            })
-        );
+        let tokens: serde_json::Map<String, serde_json::Value> =
+            taken.tokens.iter().map(|(k, t)| (k.clone(), json!(t.get()))).collect();
+        let v = json!({
+            "key": lease.key().full(),
+            "owner": lease.owner().to_string(),
+            "fencing_token": lease.fencing_token().get(),
+            "fencing_tokens": tokens,
+            "mode": format!("{:?}", lease.mode()),
+            "ttl_ms": lease.ttl().as_millis() as u64,
+            "valid_for_ms": lease.remaining().as_millis() as u64,
+            "backend": locks.backend_name(),
+        });
+        println!("{v}");
     } else {
+        let tokens: Vec<String> = taken.tokens.iter().map(|(k, t)| format!("{k}={t}")).collect();
         println!(
-            "acquired '{}' on {}: fencing token {}, owner {}, valid for {:.1}s (release with: distlock release --lock {name} --owner {})",
-            lease.key(),
+            "acquired '{}' on {}: fencing token {} ({}), owner {}, valid for {:.1}s (release with: distlock release {}{mode} --owner {})",
+            take.label(),
             locks.backend_name(),
             lease.fencing_token(),
+            tokens.join(", "),
             lease.owner(),
             lease.remaining().as_secs_f64(),
+            names.join(" "),
             lease.owner()
         );
     }

@@ -3,19 +3,19 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success (`run`: the command exited 0) |
-//! | 1 | `release`: the lock was not held by that owner (expired or taken) |
+//! | 1 | `release`: the lock was not held by that owner (expired or taken); `force-release`: the lock was free |
 //! | 2 | bad command line |
-//! | 64 | invalid input (lock name, TTL, URL, option), or what the backend cannot do (`acquire` on a session-lease backend) |
+//! | 64 | invalid input (lock name, TTL, URL, option, permits, value), or what the backend cannot do (`acquire` on a session-lease backend, `list` where it cannot list) |
 //! | 69 | the backend failed or could not be reached |
 //! | 70 | `run`: the lock was lost while the command ran (the command was stopped) |
-//! | 75 | the lock is held by someone else (not acquired within `--wait`) |
+//! | 75 | the lock is held by someone else (not acquired within `--wait`; `elect`: not elected within `--wait`) |
 //! | 126, 127 | `run`: the command could not be started / was not found |
 //! | 128+N | `run`: the command was killed by signal N |
 //! | other | `run`: the command's own exit status |
 
 use distlock::Error;
 
-/// `release`: the lock was not held by that owner.
+/// `release`: the lock was not held by that owner; `force-release`: the lock was free.
 pub(crate) const NOT_HELD: u8 = 1;
 /// Invalid input, or what the backend cannot do (`EX_USAGE`).
 pub(crate) const INVALID: u8 = 64;
@@ -34,9 +34,14 @@ pub(crate) const NOT_FOUND: u8 = 127;
 pub(crate) fn for_error(e: &Error) -> u8 {
     match e {
         Error::WaitTimedOut { .. } => HELD,
-        Error::InvalidKey(_) | Error::InvalidTtl { .. } | Error::InvalidConfig(_) | Error::Unsupported { .. } => {
-            INVALID
-        }
+        Error::InvalidKey(_)
+        | Error::InvalidTtl { .. }
+        | Error::InvalidConfig(_)
+        | Error::Unsupported { .. }
+        | Error::InvalidPermits { .. }
+        | Error::PermitsMismatch { .. }
+        | Error::InvalidMetadata(_)
+        | Error::AlreadyHeld { .. } => INVALID,
         Error::Lost { .. } => LOST,
         _ => BACKEND,
     }

@@ -1,49 +1,59 @@
-//! `distlock inspect`: who holds a lock.
+//! `distlock inspect`: who holds a lock (or a semaphore's permits, a read-write lock's
+//! readers and writer, an election's leader), with each holder's metadata.
 
 use std::process::ExitCode;
 
-use distlock::LockClient;
+use distlock::{LockClient, Mode};
 use serde_json::json;
 
+use crate::holder;
 use crate::output::Out;
 
-/// `inspect --lock NAME`.
+/// `inspect --lock NAME [--permits N | --rw | --election]`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The lock's name.
     #[arg(long)]
     lock: String,
+    /// Show the permits held of the semaphore NAME with N permits.
+    #[arg(long, conflicts_with_all = ["rw", "election"])]
+    permits: Option<u32>,
+    /// Show the readers and the writer of the read-write lock NAME.
+    #[arg(long, conflicts_with = "election")]
+    rw: bool,
+    /// Show the leader of the election NAME.
+    #[arg(long)]
+    election: bool,
 }
 
-/// Prints who holds the lock (fencing token, owner, time left), or that it is free.
+/// Prints the holders (fencing token, owner, time left, mode, metadata), or that it is free.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
     let name = args.lock.as_str();
-    let info = match locks.inspect(name).await {
-        Ok(i) => i,
+    let mode = match (args.permits, args.rw, args.election) {
+        (Some(limit), _, _) => Mode::Permit { limit },
+        (None, true, _) => Mode::Read,
+        (None, false, true) => Mode::Leader,
+        _ => Mode::Exclusive,
+    };
+    let holders = match locks.holders(name, mode).await {
+        Ok(h) => h,
         Err(e) => return out.fail(&e),
     };
     let key = locks.key(name).map(|k| k.full().to_owned()).unwrap_or_else(|_| name.to_owned());
     if out.json {
-        let v = match &info {
-            Some(i) => json!({
-                "key": key,
-                "held": true,
-                "fencing_token": i.fencing_token.map(|f| f.get()),
-                "owner": i.owner.map(|o| o.to_string()),
-                "remaining_ttl_ms": i.remaining_ttl.map(|d| d.as_millis() as u64),
-            }),
-            None => json!({ "key": key, "held": false }),
+        let list: Vec<_> = holders.iter().map(|i| holder::to_json(&key, i)).collect();
+        let mut v = match holders.first() {
+            Some(first) if mode == Mode::Exclusive => holder::to_json(&key, first),
+            _ => json!({ "key": key }),
         };
+        v["held"] = json!(!holders.is_empty());
+        v["holders"] = json!(list);
         println!("{v}");
+    } else if holders.is_empty() {
+        println!("'{key}' is free");
     } else {
-        match info {
-            Some(i) => println!(
-                "'{key}' is held: fencing token {}, owner {}, {} left",
-                i.fencing_token.map_or("unknown (foreign holder)".to_owned(), |f| f.to_string()),
-                i.owner.map_or("unknown".to_owned(), |o| o.to_string()),
-                i.remaining_ttl.map_or("unknown time".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
-            ),
-            None => println!("'{key}' is free"),
+        for i in &holders {
+            println!("{}", holder::to_text(&key, i));
         }
     }
     ExitCode::SUCCESS

@@ -6,7 +6,14 @@
 //!   acquire  --lock NAME [--ttl 30s] [--wait 0s]
 //!   inspect  --lock NAME
 //!   release  --lock NAME --owner TOKEN
+//!   list     [--prefix P]
+//!   force-release --lock NAME
+//!   elect    --name NAME --value V [--ttl 30s] [--wait D] -- CMD [ARGS...]
+//!   leader   --name NAME [--watch]
 //! ```
+//!
+//! `run` and `acquire` also take `--permits N` (a semaphore), `--read` / `--write` (a
+//! read-write lock), several `--lock` (all of them, or none) and `--value V` (holder metadata).
 //!
 //! The backend is `--backend URL`, else `$DISTLOCK_URL`, else the single-host file backend
 //! (no server needed). See the facade's URL table for every form. One module per command;
@@ -18,8 +25,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod acquire;
+mod elect;
 mod exit;
+mod force_release;
+mod holder;
 mod inspect;
+mod leader;
+mod list;
 mod metrics;
 mod output;
 mod release;
@@ -57,6 +69,14 @@ enum Command {
     Inspect(inspect::Args),
     /// Release a lock taken with `acquire`, by its owner token.
     Release(release::Args),
+    /// List the locks held under a prefix, with their holders' metadata.
+    List(list::Args),
+    /// Release whoever holds the lock (an operator's tool; logged).
+    ForceRelease(force_release::Args),
+    /// Campaign in an election and run CMD only while leader.
+    Elect(elect::Args),
+    /// Show an election's leader, once or as it changes.
+    Leader(leader::Args),
 }
 
 #[tokio::main]
@@ -79,5 +99,9 @@ async fn main() -> ExitCode {
         Command::Acquire(args) => acquire::exec(&out, &locks, args).await,
         Command::Inspect(args) => inspect::exec(&out, &locks, args).await,
         Command::Release(args) => release::exec(&out, &locks, args).await,
+        Command::List(args) => list::exec(&out, &locks, args).await,
+        Command::ForceRelease(args) => force_release::exec(&out, &locks, args).await,
+        Command::Elect(args) => elect::exec(&out, &locks, args).await,
+        Command::Leader(args) => leader::exec(&out, &locks, args).await,
     }
 }

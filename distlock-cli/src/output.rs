@@ -21,7 +21,10 @@ impl Out {
     /// Reports `e` and returns its exit code.
     pub(crate) fn fail(&self, e: &Error) -> ExitCode {
         if self.json {
-            println!("{}", json!({ "error": e.to_string(), "kind": e.label(), "retryable": e.is_retryable() }));
+            println!(
+                "{}",
+                json!({ "error": e.to_string(), "kind": e.label(), "retryable": e.is_retryable() })
+            );
         } else {
             eprintln!("distlock: {e}");
         }

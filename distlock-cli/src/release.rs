@@ -3,52 +3,75 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use distlock::{Error, LockClient, OwnerToken, ReleaseOutcome};
+use distlock::{Error, LockClient, Mode, OwnerToken, ReleaseOutcome};
 use serde_json::json;
 
 use crate::exit;
 use crate::output::Out;
 
-/// `release --lock NAME --owner TOKEN`.
+/// `release --lock NAME [--lock NAME…] [--permits N | --read | --write] --owner TOKEN`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The lock's name.
-    #[arg(long)]
-    lock: String,
+    /// The lock's name (every name of a multi-key lock).
+    #[arg(long = "lock", required = true)]
+    locks: Vec<String>,
     /// The owner token `acquire` printed.
     #[arg(long)]
     owner: String,
+    /// A permit of the semaphore NAME with N permits.
+    #[arg(long, conflicts_with_all = ["read", "write"])]
+    permits: Option<u32>,
+    /// The read side of the read-write lock NAME.
+    #[arg(long, conflicts_with = "write")]
+    read: bool,
+    /// The write side of the read-write lock NAME.
+    #[arg(long)]
+    write: bool,
 }
 
-/// Releases the grant of that owner; exit code 1 when it was no longer held.
+impl Args {
+    fn mode(&self) -> Mode {
+        match (self.permits, self.read, self.write) {
+            (Some(limit), _, _) => Mode::Permit { limit },
+            (None, true, _) => Mode::Read,
+            (None, false, true) => Mode::Write,
+            _ => Mode::Exclusive,
+        }
+    }
+}
+
+/// Releases the grant(s) of that owner; exit code 1 when one was no longer held.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
-    let (name, owner) = (args.lock.as_str(), args.owner.as_str());
-    let Some(owner) = OwnerToken::parse_hex(owner) else {
+    let Some(owner) = OwnerToken::parse_hex(&args.owner) else {
         return out.fail(&Error::InvalidConfig(format!(
-            "--owner '{owner}' is not an owner token (32 hex digits, as `acquire` prints)"
+            "--owner '{}' is not an owner token (32 hex digits, as `acquire` prints)",
+            args.owner
         )));
     };
-    let lease =
-        match locks.lease_from_parts(name, owner, distlock::FencingToken::new(0), Duration::from_secs(1)) {
-            Ok(l) => l,
+    let mut all_released = true;
+    for name in &args.locks {
+        let lease =
+            match locks.lease_from_parts(name, owner, distlock::FencingToken::new(0), Duration::from_secs(1))
+            {
+                Ok(l) => l.with_mode(args.mode()),
+                Err(e) => return out.fail(&e),
+            };
+        let released = match locks.release_lease(&lease).await {
+            Ok(outcome) => outcome == ReleaseOutcome::Released,
             Err(e) => return out.fail(&e),
         };
-    match locks.release_lease(&lease).await {
-        Ok(outcome) => {
-            let released = outcome == ReleaseOutcome::Released;
-            if out.json {
-                println!("{}", json!({ "key": lease.key().full(), "released": released }));
-            } else if released {
-                println!("released '{}'", lease.key());
-            } else {
-                println!("'{}' was not held by that owner (it expired or another owner has it)", lease.key());
-            }
-            if released {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(exit::NOT_HELD)
-            }
+        all_released &= released;
+        if out.json {
+            println!("{}", json!({ "key": lease.key().full(), "released": released }));
+        } else if released {
+            println!("released '{}'", lease.key());
+        } else {
+            println!("'{}' was not held by that owner (it expired or another owner has it)", lease.key());
         }
-        Err(e) => out.fail(&e),
+    }
+    if all_released {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::NOT_HELD)
     }
 }

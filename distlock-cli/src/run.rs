@@ -26,11 +26,19 @@ pub(crate) enum OnLost {
     Ignore,
 }
 
-/// `run --lock NAME [--ttl 30s] [--wait 0s] [--on-lost term|kill|ignore] [--kill-grace 10s] -- CMD [ARGS...]`.
+/// `run --lock NAME [--lock NAME…] [--permits N | --read | --write] [--ttl 30s] [--wait 0s]
+/// [--on-lost term|kill|ignore] [--kill-grace 10s] -- CMD [ARGS...]`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     #[command(flatten)]
     take: Take,
+    #[command(flatten)]
+    command: Supervised,
+}
+
+/// The command `run` and `elect` supervise, and what they do to it when the lock is lost.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Supervised {
     /// What to do to the command if the lock is lost.
     #[arg(long, value_enum, default_value = "term")]
     on_lost: OnLost,
@@ -44,25 +52,36 @@ pub(crate) struct Args {
 
 /// Takes the lock with auto-renewal, runs the command under it, and reports.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
-    let name = args.take.lock.as_str();
-    let fut = args.take.builder(locks).auto_renew().acquire();
-    let guard = match out.waiting(&format!("waiting for lock '{name}'"), fut).await {
-        Ok(g) => g,
+    let fut = args.take.acquire(locks, true);
+    let taken = match out.waiting(&format!("waiting for lock '{}'", args.take.label()), fut).await {
+        Ok(t) => t,
         Err(e) => return out.fail(&e),
     };
-    announce(out, locks, &guard);
+    announce(out, locks, &taken.guard, "acquired");
+    supervise_command(out, taken.guard, &taken.tokens, &args.command).await
+}
+
+/// Runs `command` while `guard` holds, stops it as `--on-lost` says if the lock is lost,
+/// releases, and reports; the exit code is the command's (70 when stopped for a loss).
+pub(crate) async fn supervise_command(
+    out: &Out,
+    guard: Guard,
+    tokens: &[(String, distlock::FencingToken)],
+    args: &Supervised,
+) -> ExitCode {
     // Signals are caught before the command starts, so none can kill us and leave it running.
     let Some(mut signals) = Forwarded::install() else {
         let _ = guard.release().await;
         eprintln!("distlock: cannot install signal handlers");
         return ExitCode::from(exit::BACKEND);
     };
-    let mut child = match spawn(&args.cmd, &guard) {
+    let mut child = match spawn(&args.cmd, &guard, tokens) {
         Ok(c) => c,
         Err(e) => {
             let _ = guard.release().await;
             eprintln!("distlock: cannot start '{}': {e}", args.cmd[0]);
-            let code = if e.kind() == std::io::ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_START };
+            let code =
+                if e.kind() == std::io::ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_START };
             return ExitCode::from(code);
         }
     };
@@ -71,10 +90,10 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
 }
 
 /// Says that the lock is held (JSON lines go to stderr: stdout belongs to the command).
-fn announce(out: &Out, locks: &LockClient, guard: &Guard) {
+pub(crate) fn announce(out: &Out, locks: &LockClient, guard: &Guard, event: &str) {
     if out.json {
         let event = json!({
-            "event": "acquired",
+            "event": event,
             "key": guard.key(),
             "fencing_token": guard.fencing_token().get(),
             "backend": locks.backend_name(),
@@ -119,12 +138,19 @@ impl Forwarded {
     }
 }
 
-/// Starts the command with the lock's name and fencing token in its environment.
-fn spawn(cmd: &[String], guard: &Guard) -> std::io::Result<Child> {
+/// Starts the command with the lock's name and fencing token in its environment (for a
+/// multi-key lock, also every name's token in `DISTLOCK_FENCING_TOKENS`, `name=token,…`).
+fn spawn(
+    cmd: &[String],
+    guard: &Guard,
+    tokens: &[(String, distlock::FencingToken)],
+) -> std::io::Result<Child> {
     let mut command = tokio::process::Command::new(&cmd[0]);
+    let all: Vec<String> = tokens.iter().map(|(k, t)| format!("{k}={t}")).collect();
     command
         .args(&cmd[1..])
         .env("DISTLOCK_FENCING_TOKEN", guard.fencing_token().to_string())
+        .env("DISTLOCK_FENCING_TOKENS", all.join(","))
         .env("DISTLOCK_LOCK", guard.key())
         .kill_on_drop(true);
     // If distlock itself dies (even by SIGKILL), the kernel kills the command: it never runs
@@ -153,7 +179,7 @@ async fn supervise(
     guard: &Guard,
     child: &mut Child,
     signals: &mut Forwarded,
-    args: &Args,
+    args: &Supervised,
 ) -> (std::io::Result<std::process::ExitStatus>, Option<LossReason>) {
     let pid = child.id();
     let mut lost = None;

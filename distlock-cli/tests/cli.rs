@@ -379,3 +379,60 @@ fn the_command_works_against_zookeeper() {
     let _ = holder.wait();
     drop(zk);
 }
+
+#[test]
+fn run_takes_several_locks_all_or_nothing() {
+    let (_d, url) = file_backend();
+    let out = distlock(&url)
+        .args(["run", "--lock", "b", "--lock", "a", "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKENS"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a=1,b=1");
+    // One of the names held: the command never runs, and the other name is left free.
+    let held = json(
+        &distlock(&url)
+            .args(["--json", "acquire", "--lock", "b", "--ttl", "60s"])
+            .output()
+            .expect("acquire")
+            .stdout,
+    );
+    assert_eq!(held["fencing_token"], 2);
+    let out = distlock(&url).args(["run", "--lock", "a", "--lock", "b", "--", "true"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    let i =
+        json(&distlock(&url).args(["--json", "inspect", "--lock", "a"]).output().expect("inspect").stdout);
+    assert_eq!(i["held"], false, "a partial grant was left behind");
+    let bad = distlock(&url)
+        .args(["run", "--lock", "a", "--lock", "b", "--read", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(64));
+}
+
+#[test]
+fn force_release_frees_a_held_lock_and_says_when_it_was_free() {
+    let (_d, url) = file_backend();
+    let a = json(
+        &distlock(&url)
+            .args(["--json", "acquire", "--lock", "ops/y", "--ttl", "60s"])
+            .output()
+            .expect("acquire")
+            .stdout,
+    );
+    assert_eq!(a["fencing_token"], 1);
+    let out =
+        distlock(&url).args(["--json", "force-release", "--lock", "ops/y"]).output().expect("force-release");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out.stdout)["released"], true);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("force-releasing 'ops/y'"), "not logged");
+    // The next holder's token is higher, so the old holder's fenced writes are rejected.
+    let out = distlock(&url)
+        .args(["run", "--lock", "ops/y", "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKEN"])
+        .output()
+        .expect("run");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    let out = distlock(&url).args(["force-release", "--lock", "ops/y"]).output().expect("force-release");
+    assert_eq!(out.status.code(), Some(1), "force-release of a free lock");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("free"));
+}

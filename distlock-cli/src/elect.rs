@@ -1,0 +1,47 @@
+//! `distlock elect`: campaign in an election and run a command only while leader; stop it when
+//! leadership is lost, as `run` does when a lock is lost.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use distlock::LockClient;
+
+use crate::output::Out;
+use crate::run::{announce, supervise_command, Supervised};
+use crate::take::duration;
+
+/// `elect --name NAME --value V [--ttl 30s] [--wait DURATION] [--on-lost …] -- CMD [ARGS...]`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The election's name.
+    #[arg(long)]
+    name: String,
+    /// What this candidate advertises while leader (shown by `distlock leader`).
+    #[arg(long)]
+    value: String,
+    /// Leadership TTL; a crashed leader is replaced within about this long.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    ttl: Duration,
+    /// How long to campaign before giving up (default: until elected).
+    #[arg(long, value_parser = duration)]
+    wait: Option<Duration>,
+    #[command(flatten)]
+    command: Supervised,
+}
+
+/// Campaigns, then runs the command while leader; exit code as `run`'s (75 when not elected
+/// within `--wait`).
+pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
+    let mut election = locks.election(&args.name).ttl(args.ttl);
+    if let Some(w) = args.wait {
+        election = election.wait(w);
+    }
+    let fut = election.campaign(args.value.clone());
+    let guard = match out.waiting(&format!("campaigning in '{}'", args.name), fut).await {
+        Ok(g) => g,
+        Err(e) => return out.fail(&e),
+    };
+    announce(out, locks, &guard, "elected");
+    let tokens = vec![(guard.key().to_owned(), guard.fencing_token())];
+    supervise_command(out, guard, &tokens, &args.command).await
+}
