@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use lock_core::{
     async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, FencingToken, Instant, Lease,
-    LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
+    LockBackend, LockInfo, LockKey, LossReason, ReleaseOutcome, Result, WakeMode,
 };
 use tokio::sync::Mutex;
 
-use crate::children::{lock_dir, owner_of};
+use crate::children::{lock_dir, owner_of, stem};
 use crate::error::{zk_err, NAME};
 use crate::session::{open, Session};
 use crate::ZkOptions;
@@ -105,7 +105,12 @@ impl LockBackend for ZkBackend {
         let sent = Instant::now();
         let (s, dir, child, undo) = self.join_queue(req, None).await?;
         let order = self.contenders(&s, &dir).await?;
-        if order.first() == Some(&child.name) {
+        let Some(pos) = order.iter().position(|n| *n == child.name) else {
+            // Our child is already gone (the session ended): leave nothing behind, try again.
+            drop(undo);
+            return Err(crate::error::unavailable("the lock's child vanished as it was made; try again"));
+        };
+        if !self.contender_ahead(&s, &dir, &order[..pos]).await? {
             let lease = self.won(&s, req, child, sent)?;
             undo.disarm();
             return Ok(Attempt::Acquired(lease));
@@ -155,36 +160,51 @@ impl LockBackend for ZkBackend {
             return Ok(ExtendOutcome::NotHeld);
         }
         // The child lives and dies with the session that created it, never with a newer one.
+        // Its validity is what the server last confirmed, never the link's state: see
+        // `Session::confirm`.
         if let Some(h) = lease.backend_data::<Held>() {
-            return Ok(match h.session.upgrade() {
-                Some(s) if s.is_live() => ExtendOutcome::Extended { valid_until: s.valid_until() },
-                _ => ExtendOutcome::NotHeld,
+            let Some(s) = h.session.upgrade() else { return Ok(ExtendOutcome::NotHeld) };
+            return Ok(match s.confirm(&h.path).await? {
+                Some(valid_until) => ExtendOutcome::Extended { valid_until },
+                None => ExtendOutcome::NotHeld,
             });
         }
-        // A lease made elsewhere: its child must exist (its session is not ours to judge).
+        // A lease made elsewhere: its child must exist. Its session is another client's,
+        // which we cannot vouch for past the moment we saw the child, unless it is ours.
         let s = self.session().await?;
-        if !s.is_live() || self.path_of(&s, lease).await?.is_none() {
+        let sent = Instant::now();
+        let Some(child) = self.find(&s, &self.dir(lease.key()), &stem(lease.owner()), false).await? else {
             return Ok(ExtendOutcome::NotHeld);
-        }
-        Ok(ExtendOutcome::Extended { valid_until: s.valid_until() })
+        };
+        let ours = child.owner == s.client.session_id().0;
+        Ok(ExtendOutcome::Extended { valid_until: if ours { s.valid_until() } else { sent } })
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
         let s = self.session().await?;
         let Some(path) = self.path_of(&s, lease).await? else { return Ok(ReleaseOutcome::NotHeld) };
-        match s.client.delete(&path, None).await {
-            Ok(()) => Ok(ReleaseOutcome::Released),
-            Err(zookeeper_client::Error::NoNode) => Ok(ReleaseOutcome::NotHeld),
-            Err(e) => Err(zk_err("delete", &path, e)),
+        let outcome = match s.call(|c| c.delete(&path, None)).await {
+            Ok(()) => ReleaseOutcome::Released,
+            Err(zookeeper_client::Error::NoNode) => ReleaseOutcome::NotHeld,
+            Err(e) => return Err(zk_err("delete", &path, e)),
+        };
+        // The child is gone: the lease's signal says so now, not only once its watcher has
+        // seen the deletion, so an extend of any copy of the lease finds it not held.
+        if let Some(signal) = lease.session() {
+            signal.fire(LossReason::NotHeld);
         }
+        Ok(outcome)
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
         let s = self.session().await?;
         let dir = self.dir(key);
+        // The holder is the first lock node; directories of locks whose names extend this
+        // one are skipped.
         for name in self.contenders(&s, &dir).await? {
             let path = format!("{dir}/{name}");
-            if let Some(stat) = s.client.check_stat(&path).await.map_err(|e| zk_err("stat", &path, e))? {
+            let stat = s.call(|c| c.check_stat(&path)).await.map_err(|e| zk_err("stat", &path, e))?;
+            if let Some(stat) = stat.filter(|st| st.ephemeral_owner != 0) {
                 return Ok(Some(LockInfo::new(
                     Some(FencingToken::new(stat.czxid as u64)),
                     owner_of(&name),

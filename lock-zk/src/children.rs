@@ -7,11 +7,12 @@
 
 use lock_core::{LockKey, OwnerToken};
 
-/// A contender's child: the path, its sequence name, its czxid.
+/// A contender's child: the path, its sequence name, its czxid, the session that owns it.
 pub(crate) struct Child {
     pub(crate) path: String,
     pub(crate) name: String,
     pub(crate) czxid: i64,
+    pub(crate) owner: i64,
 }
 
 /// The directory of `key`'s contenders under `prefix`.
@@ -43,7 +44,10 @@ pub(crate) fn owner_of(name: &str) -> Option<OwnerToken> {
     uuid::Uuid::parse_str(uuid).ok().map(|u| OwnerToken::from_u128(u.as_u128()))
 }
 
-/// Keeps the children that carry a sequence and sorts them by it: the first holds the lock.
+/// Keeps the children that carry a sequence and sorts them by it. The first of them that is
+/// a lock node (an ephemeral child) holds the lock: a name that carries a sequence may also
+/// be the directory of a lock whose name extends this one (`jobs/0000000001` is the child
+/// `0000000001` of `jobs`), which is not ephemeral and never a contender.
 pub(crate) fn in_sequence_order(mut children: Vec<String>) -> Vec<String> {
     children.retain(|n| sequence(n).is_some());
     children.sort_by_key(|n| sequence(n).unwrap_or(u64::MAX));

@@ -17,6 +17,9 @@ pub const SCHEMES: &[&str] = &["zk", "zookeeper"];
 /// The URL options [`ZkOptions`] reads (besides lock-core's client options).
 const URL_OPTIONS: &[&str] = &["prefix", "session_timeout", "connect_timeout"];
 
+/// The longest session timeout the protocol carries: a 32-bit count of milliseconds (24.8 days).
+const MAX_SESSION_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// Where and how a [`ZkBackend`](crate::ZkBackend) keeps its locks.
 ///
 /// Built with [`ZkOptions::new`] and the builder methods, or parsed from a URL:
@@ -108,7 +111,8 @@ impl ZkOptions {
 
     /// Checks the options without connecting: a non-empty connect string of well-formed
     /// hosts (`host[:port]` or `[ipv6][:port]`, ports from 1 to 65535) and an absolute
-    /// chroot, an absolute prefix without a trailing `/`, positive timeouts.
+    /// chroot, an absolute prefix without a trailing `/`, positive timeouts, a session timeout
+    /// the protocol can carry (at most 2^31 - 1 ms).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the option that is wrong.
@@ -139,6 +143,12 @@ impl ZkOptions {
         }
         if self.session_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Some("session_timeout and connect_timeout must be positive".into());
+        }
+        if self.session_timeout > MAX_SESSION_TIMEOUT {
+            return Some(format!(
+                "session_timeout must be at most {MAX_SESSION_TIMEOUT:?} (the protocol's limit; servers cap it \
+                 at their maxSessionTimeout, 20 ticks by default)"
+            ));
         }
         None
     }
@@ -336,6 +346,7 @@ mod tests {
             (ZkOptions::new("h:2181").prefix("relative"), "absolute path"),
             (ZkOptions::new("h:2181").prefix("/a/"), "absolute path"),
             (ZkOptions::new("h:2181").session_timeout(Duration::ZERO), "positive"),
+            (ZkOptions::new("h:2181").session_timeout(Duration::MAX), "session_timeout must be at most"),
         ] {
             let e = o.validate().expect_err(&o.connect);
             assert!(matches!(e, Error::InvalidConfig(_)) && !e.is_retryable(), "{e:?}");

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use lock_core::{AcquireRequest, Lease, OwnerToken, Result, UndoOnDrop};
-use zookeeper_client::CreateMode;
+use zookeeper_client::{CreateMode, OneshotWatcher};
 
 use crate::backend::Held;
 use crate::children::{in_sequence_order, stem, Child};
@@ -27,13 +27,16 @@ impl ZkBackend {
         let prefix = format!("{dir}/{stem}");
         let acls = self.inner.opts.acls();
         for _ in 0..5 {
-            match s.client.create(&prefix, b"", &CreateMode::EphemeralSequential.with_acls(acls)).await {
+            let mode = CreateMode::EphemeralSequential.with_acls(acls);
+            match s.call(|c| c.create(&prefix, b"", &mode)).await {
                 Ok((stat, seq)) => {
                     let name = format!("{stem}{seq}");
-                    return Ok(Child { path: format!("{dir}/{name}"), name, czxid: stat.czxid });
+                    let (czxid, owner) = (stat.czxid, stat.ephemeral_owner);
+                    return Ok(Child { path: format!("{dir}/{name}"), name, czxid, owner });
                 }
                 Err(zookeeper_client::Error::NoNode) => {
-                    match s.client.mkdir(dir, &CreateMode::Container.with_acls(acls)).await {
+                    let mode = CreateMode::Container.with_acls(acls);
+                    match s.call(|c| c.mkdir(dir, &mode)).await {
                         Ok(()) | Err(zookeeper_client::Error::NodeExists) => continue,
                         Err(e) => return Err(zk_err("create lock directory", dir, e)),
                     }
@@ -49,33 +52,72 @@ impl ZkBackend {
         Err(unavailable(format!("could not create a child in {dir}")))
     }
 
-    /// Our child in `dir` whose name starts with `stem`, if it exists.
+    /// Our child in `dir` whose name starts with `stem`, if it exists (a lock node: ephemeral).
     /// With `mine`, only a child of this session counts (one left by an earlier session of
     /// ours is gone, or about to be, with that session).
     pub(crate) async fn find(&self, s: &Session, dir: &str, stem: &str, mine: bool) -> Result<Option<Child>> {
-        let children = match s.client.list_children(dir).await {
+        let children = match s.call(|c| c.list_children(dir)).await {
             Ok(c) => c,
             Err(zookeeper_client::Error::NoNode) => return Ok(None),
             Err(e) => return Err(zk_err("list", dir, e)),
         };
         for name in children.into_iter().filter(|n| n.starts_with(stem)) {
             let path = format!("{dir}/{name}");
-            if let Some(stat) = s.client.check_stat(&path).await.map_err(|e| zk_err("stat", &path, e))? {
+            let stat = s.call(|c| c.check_stat(&path)).await.map_err(|e| zk_err("stat", &path, e))?;
+            if let Some(stat) = stat.filter(|st| st.ephemeral_owner != 0) {
                 if !mine || stat.ephemeral_owner == s.client.session_id().0 {
-                    return Ok(Some(Child { path, name, czxid: stat.czxid }));
+                    let (czxid, owner) = (stat.czxid, stat.ephemeral_owner);
+                    return Ok(Some(Child { path, name, czxid, owner }));
                 }
             }
         }
         Ok(None)
     }
 
-    /// The names of `dir`'s contenders, in sequence order (empty if `dir` does not exist).
+    /// The names of `dir`'s children that carry a sequence, in sequence order (empty if `dir`
+    /// does not exist). Some may be directories of locks whose names extend this one: see
+    /// [`contender_ahead`](Self::contender_ahead).
     pub(crate) async fn contenders(&self, s: &Session, dir: &str) -> Result<Vec<String>> {
-        match s.client.list_children(dir).await {
+        match s.call(|c| c.list_children(dir)).await {
             Ok(c) => Ok(in_sequence_order(c)),
             Err(zookeeper_client::Error::NoNode) => Ok(Vec::new()),
             Err(e) => Err(zk_err("list", dir, e)),
         }
+    }
+
+    /// Whether a contender is among `ahead` (the children before ours, in order): a lock
+    /// node, that is an ephemeral child, of ours or of another client (Curator, kazoo).
+    /// Directories of locks whose names extend this one and children deleted meanwhile are
+    /// skipped (a deleted child never comes back, and every child made later comes after
+    /// ours). No contender ahead: ours holds the lock.
+    pub(crate) async fn contender_ahead(&self, s: &Session, dir: &str, ahead: &[String]) -> Result<bool> {
+        for name in ahead.iter().rev() {
+            let path = format!("{dir}/{name}");
+            let stat = s.call(|c| c.check_stat(&path)).await.map_err(|e| zk_err("stat", &path, e))?;
+            if stat.is_some_and(|st| st.ephemeral_owner != 0) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// As [`contender_ahead`](Self::contender_ahead), watching the nearest contender: its
+    /// watcher fires when it changes or goes. `None`: ours holds the lock.
+    pub(crate) async fn watch_contender_ahead(
+        &self,
+        s: &Session,
+        dir: &str,
+        ahead: &[String],
+    ) -> Result<Option<OneshotWatcher>> {
+        for name in ahead.iter().rev() {
+            let path = format!("{dir}/{name}");
+            let (stat, watcher) =
+                s.call(|c| c.check_and_watch_stat(&path)).await.map_err(|e| zk_err("watch", &path, e))?;
+            if stat.is_some_and(|st| st.ephemeral_owner != 0) {
+                return Ok(Some(watcher));
+            }
+        }
+        Ok(None)
     }
 
     /// If dropped armed (the create may have been sent), finds our child by its uuid and
@@ -86,7 +128,7 @@ impl ZkBackend {
         UndoOnDrop::new(async move {
             let Ok(s) = this.session().await else { return };
             if let Ok(Some(c)) = this.find(&s, &dir, &stem(owner), true).await {
-                let _ = s.client.delete(&c.path, None).await;
+                let _ = s.call(|client| client.delete(&c.path, None)).await;
             }
         })
     }

@@ -1,6 +1,8 @@
-//! One ZooKeeper session per backend: its connection state, how long its ephemeral nodes are
-//! certainly alive, and the loss signal every lock on it shares.
+//! One ZooKeeper session per backend: how long its ephemeral nodes are certainly alive,
+//! measured from the requests the server answered, and the loss signal every lock on it
+//! shares.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use crate::ZkOptions;
 /// Curator's namespaces are, then entered), the first connect bounded by the connect timeout.
 pub(crate) async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
     // The idle timeout is left at zookeeper-client's default, 2/5 of the session timeout:
-    // the disconnect grace (see `Session::grace`) rests on it.
+    // the disconnect grace (see `monitor`) rests on it.
     let mut connector = Client::connector().with_session_timeout(opts.session_timeout);
     if let Some((user, password)) = &opts.credentials {
         connector = connector.with_auth("digest", format!("{user}:{}", password.expose()).as_bytes());
@@ -23,6 +25,8 @@ pub(crate) async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
         connector = connector.with_detached();
     }
     let (hosts, chroot) = opts.hosts_and_chroot();
+    // The server creates the session when it receives the connect request, after this.
+    let asked = Instant::now();
     let client = tokio::time::timeout(opts.connect_timeout, connector.connect(hosts))
         .await
         .map_err(|_| {
@@ -44,43 +48,40 @@ pub(crate) async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
             Error::InvalidConfig(format!("ZooKeeper options: '{chroot}' is not a valid chroot"))
         })?
     };
-    Ok(Session::start(client))
-}
-
-/// What the session's state says about its ephemeral nodes.
-#[derive(Debug, Clone, Copy)]
-enum Link {
-    /// Connected: the server heard from us within the last 2/5 of the session timeout.
-    Connected,
-    /// Disconnected since then; the session may still be alive on the server.
-    Disconnected(Instant),
+    Ok(Session::start(client, asked))
 }
 
 /// A live session.
+///
+/// # Validity
+/// The server expires a session a whole session timeout after it last heard from the client,
+/// never sooner (its expiry buckets round up). Every request the server answers was received
+/// after it was sent, so when a request sent at `t` is answered, the session and its ephemeral
+/// nodes are certainly alive until `t` plus a timeout. The session's validity is half a timeout
+/// from the send time of the last answered request ([`Session::window`]): the other half is
+/// the margin for clock rates and for an ensemble follower that answered before it passed our
+/// activity on to the leader. The link's state (connected or not) says nothing about this:
+/// a client that was stopped (SIGSTOP, a long GC pause, a suspended VM) wakes up still
+/// "connected" although the server expired its session meanwhile.
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) client: Client,
     timeout: Duration,
-    link: Mutex<Link>,
+    /// The send time of the last request the server answered (the connect included).
+    heard: Mutex<Instant>,
     pub(crate) lost: LossSignal,
 }
 
 impl Session {
-    /// Wraps a connected client and starts watching its state.
-    pub(crate) fn start(client: Client) -> Arc<Self> {
+    /// Wraps a connected client, whose connect request was sent after `asked`, and starts
+    /// watching its state.
+    pub(crate) fn start(client: Client, asked: Instant) -> Arc<Self> {
         let timeout = client.session_timeout();
         // Watch first, then read the state, so that no change between the two is missed.
         let states = client.state_watcher();
-        let link = match client.state() {
-            SessionState::Disconnected => Link::Disconnected(Instant::now()),
-            _ => Link::Connected,
-        };
-        let s = Arc::new(Self { client, timeout, link: Mutex::new(link), lost: LossSignal::new() });
-        let since = match link {
-            Link::Disconnected(t) => Some(t),
-            Link::Connected => None,
-        };
-        tokio::spawn(monitor(Arc::downgrade(&s), states, s.lost.clone(), timeout, since));
+        let since = matches!(client.state(), SessionState::Disconnected).then(Instant::now);
+        let s = Arc::new(Self { client, timeout, heard: Mutex::new(asked), lost: LossSignal::new() });
+        tokio::spawn(monitor(Arc::downgrade(&s), states, s.lost.clone(), since));
         s
     }
 
@@ -89,25 +90,26 @@ impl Session {
         self.timeout
     }
 
-    /// How long after a disconnect the session's nodes are still certainly ours: the client
-    /// (with its default idle timeout, which `open` keeps) notices a silent connection within
-    /// 2/5 of the timeout (plus one 1/20 tick), and the
-    /// server expires a session only a whole timeout after it last heard from it, so half a
-    /// timeout from the disconnect leaves a margin of at least 1/20 of the timeout.
-    pub(crate) fn grace(&self) -> Duration {
+    /// How long after the send time of an answered request the session's nodes are counted
+    /// alive: half the session timeout (see [`Session`]).
+    pub(crate) fn window(&self) -> Duration {
         self.timeout / 2
     }
 
-    /// Until when our ephemeral nodes are certainly alive (nothing, once the session is lost).
+    /// Notes that the server answered a request sent at `sent`.
+    fn answered(&self, sent: Instant) {
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        *heard = (*heard).max(sent);
+    }
+
+    /// Until when our ephemeral nodes are certainly alive, by the last answered request
+    /// (now, once the session is lost).
     pub(crate) fn valid_until(&self) -> Instant {
         if self.lost.is_fired() {
             return Instant::now();
         }
-        let link = *self.link.lock().unwrap_or_else(|p| p.into_inner());
-        match link {
-            Link::Connected => Instant::now() + self.grace(),
-            Link::Disconnected(since) => since + self.grace(),
-        }
+        let heard = *self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        lock_core::lease::add_saturating(heard, self.window())
     }
 
     /// Whether the session can still hold locks.
@@ -115,46 +117,95 @@ impl Session {
         !self.lost.is_fired() && self.valid_until() > Instant::now()
     }
 
-    fn set(&self, link: Link) {
-        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
+    /// Sends one request with `request` and notes its send time if the server answered it
+    /// (with a result or a refusal of its own: no node, a node that exists...).
+    pub(crate) async fn call<'a, T, F>(
+        &'a self,
+        request: impl FnOnce(&'a Client) -> F,
+    ) -> std::result::Result<T, zookeeper_client::Error>
+    where
+        F: Future<Output = std::result::Result<T, zookeeper_client::Error>> + 'a,
+    {
+        use zookeeper_client::Error as Z;
+        // Taken before the request exists: the client sends it as soon as it is made.
+        let sent = Instant::now();
+        let r = request(&self.client).await;
+        if matches!(r, Ok(_) | Err(Z::NoNode | Z::NodeExists | Z::NotEmpty | Z::BadVersion | Z::NoAuth)) {
+            self.answered(sent);
+        }
+        r
+    }
+
+    /// Whether our child at `path` still exists, and until when it certainly lives: without a
+    /// request while more than half of the validity of the last answered request is left,
+    /// otherwise after one `exists` on the child, bounded by a session timeout.
+    ///
+    /// `None` when the child is gone, the session ended, or the check could not be answered
+    /// before the last validity ran out (the node may be gone: it is never vouched for past
+    /// what the server confirmed). A failure while validity is left is an error.
+    pub(crate) async fn confirm(&self, path: &str) -> Result<Option<Instant>> {
+        use zookeeper_client::Error as Z;
+        if self.lost.is_fired() {
+            return Ok(None);
+        }
+        if self.valid_until() >= Instant::now() + self.window() / 2 {
+            return Ok(Some(self.valid_until()));
+        }
+        let checked = tokio::time::timeout(self.timeout, self.call(|c| c.check_stat(path))).await;
+        let err = match checked {
+            Ok(Ok(Some(_))) => return Ok((!self.lost.is_fired()).then(|| self.valid_until())),
+            Ok(Ok(None)) | Ok(Err(Z::SessionExpired | Z::ClientClosed | Z::AuthFailed)) => return Ok(None),
+            Ok(Err(e)) => zk_err("stat", path, e),
+            Err(_) => Error::backend_msg(
+                NAME,
+                lock_core::BackendErrorKind::RequestTimedOut,
+                format!("stat {path}: no answer within the session timeout"),
+            ),
+        };
+        if Instant::now() >= self.valid_until() {
+            tracing::debug!(backend = NAME, path, error = %err, "the lock could not be confirmed in time");
+            return Ok(None);
+        }
+        Err(err)
     }
 }
 
-/// Follows the session's state: a disconnect longer than the grace, an expiry, a failed
-/// authentication or a closed client fire the loss signal of every lock on the session.
+/// Follows the session's state: an expiry, a failed authentication or a closed client fire
+/// the loss signal of every lock on the session at once, and so does a disconnect that lasts
+/// until the session's validity has passed (nothing can confirm it any more) or half a session
+/// timeout (the client notices a silent connection within 2/5 of it), whichever comes first.
+/// The backend then opens a new session on its next use.
 async fn monitor(
     session: std::sync::Weak<Session>,
     mut states: zookeeper_client::StateWatcher,
     lost: LossSignal,
-    timeout: Duration,
     since: Option<Instant>,
 ) {
-    let grace = timeout / 2;
     let mut disconnected_at: Option<Instant> = since;
     loop {
-        let give_up = disconnected_at.map(|t| t + grace);
+        let give_up = match disconnected_at {
+            None => None,
+            Some(t) => {
+                let Some(s) = session.upgrade() else { return };
+                Some((t + s.timeout / 2).min(s.valid_until().max(t)))
+            }
+        };
         let state = tokio::select! {
             s = states.changed() => s,
             _ = sleep_until_opt(give_up) => {
-                tracing::warn!(backend = "zookeeper", ?grace, "disconnected past the grace; every lock on the session is lost");
+                tracing::warn!(backend = NAME, "disconnected past the session's validity; every lock on it is lost");
                 lost.fire(LossReason::SessionLost);
                 return;
             }
             _ = lost.fired() => return,
         };
-        let Some(s) = session.upgrade() else { return };
         match state {
             SessionState::Disconnected => {
-                let now = Instant::now();
-                disconnected_at.get_or_insert(now);
-                s.set(Link::Disconnected(disconnected_at.unwrap_or(now)));
+                disconnected_at.get_or_insert_with(Instant::now);
             }
-            SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                disconnected_at = None;
-                s.set(Link::Connected);
-            }
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => disconnected_at = None,
             other => {
-                tracing::warn!(backend = "zookeeper", state = ?other, "session ended; every lock on it is lost");
+                tracing::warn!(backend = NAME, state = ?other, "session ended; every lock on it is lost");
                 lost.fire(LossReason::SessionLost);
                 return;
             }

@@ -10,12 +10,12 @@ use zookeeper_client::EventType;
 
 use crate::backend::Held;
 use crate::children::Child;
-use crate::error::{unavailable, zk_err};
+use crate::error::unavailable;
 use crate::session::Session;
 use crate::ZkBackend;
 
 impl ZkBackend {
-    /// One turn in the queue: our child, then waiting for each predecessor in turn.
+    /// One turn in the queue: our child, then waiting for each contender ahead of it in turn.
     pub(crate) async fn acquire_once(
         &self,
         req: &AcquireRequest,
@@ -32,21 +32,16 @@ impl ZkBackend {
                 undo.disarm();
                 return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
             };
-            if pos == 0 {
+            // The nearest contender ahead of ours (directories of nested locks are skipped).
+            let Some(watcher) = self.watch_contender_ahead(&s, &dir, &order[..pos]).await? else {
                 let lease = self.won(&s, req, child, sent)?;
                 undo.disarm();
                 return Ok(lease);
-            }
-            let pred = format!("{dir}/{}", order[pos - 1]);
-            let (stat, watcher) =
-                s.client.check_and_watch_stat(&pred).await.map_err(|e| zk_err("watch", &pred, e))?;
-            if stat.is_none() {
-                continue;
-            }
+            };
             tokio::select! {
                 _ = watcher.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    let _ = s.client.delete(&child.path, None).await;
+                    let _ = s.call(|c| c.delete(&child.path, None)).await;
                     undo.disarm();
                     return Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: start.elapsed() });
                 }

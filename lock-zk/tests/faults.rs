@@ -2,6 +2,8 @@
 //! `InterProcessMutex` (a Java contender compiled by the test), what kazoo's `Lock` does on
 //! the same path, the disconnect grace, and empty lock directories removed by the server.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -170,7 +172,7 @@ async fn a_short_disconnect_keeps_the_lock_and_a_long_one_loses_it() {
     let g = locks.lock("grace/k").auto_renew().acquire().await.expect("acquire");
     let fence = g.fencing_token();
 
-    // A pause far shorter than the grace (half the session timeout): nothing is lost.
+    // A pause far shorter than the validity (half the session timeout): nothing is lost.
     zk.servers[0].process().pause().expect("pause");
     tokio::time::sleep(Duration::from_millis(500)).await;
     zk.servers[0].process().resume().expect("resume");
@@ -178,24 +180,33 @@ async fn a_short_disconnect_keeps_the_lock_and_a_long_one_loses_it() {
     assert!(g.is_held(), "a 500 ms pause lost the lock");
     assert!(tokio::time::timeout(Duration::from_millis(10), g.lost()).await.is_err());
 
-    // A pause longer than the session timeout: the loss signal fires by the grace bound,
-    // before the server could have expired the session.
+    // A pause longer than the session timeout: the loss signal fires at the validity the
+    // server last confirmed (half a session timeout after the last answered request was
+    // sent), before the server could have expired the session.
     let paused_at = Instant::now();
     zk.servers[0].process().pause().expect("pause");
     let reason = tokio::time::timeout(session * 2, g.lost()).await;
     let after = paused_at.elapsed();
     zk.servers[0].process().resume().expect("resume");
     let reason = reason.expect("a long disconnect did not fire the loss signal");
-    // The session's grace, the lease's valid_until and the renewal that finds the session gone
-    // all end at the same moment: any of them may report it first.
+    // The lease ends where the server last confirmed it, and the renewal that cannot confirm
+    // it again (its check fails, or is answered too late) or the session's grace may report
+    // it first.
     assert!(
-        matches!(reason, LossReason::SessionLost | LossReason::Expired | LossReason::NotHeld),
+        matches!(
+            reason,
+            LossReason::SessionLost | LossReason::Expired | LossReason::NotHeld | LossReason::RenewalFailed
+        ),
         "loss reason {reason:?}"
     );
     assert!(!g.is_held(), "is_held is true after the session was lost");
     assert!(after < session, "the loss fired only after {after:?}, the session timeout is {session:?}");
 
-    // The backend opens a new session; the lock can be taken again, with a greater token.
+    // The lost guard is given up: its child goes with it (the session may have survived the
+    // pause, which was shorter than the session timeout, and then the child lives on until
+    // this release), or went with the session. The lock can be taken again (on a new session
+    // if the old one was given up), with a greater token.
+    let _ = g.release().await;
     let g2 = locks.lock("grace/k").wait(Duration::from_secs(20)).acquire().await.expect("after the loss");
     assert!(g2.fencing_token() > fence);
     g2.release().await.expect("release");
@@ -214,8 +225,15 @@ async fn empty_lock_directories_are_removed() {
     g.release().await.expect("release");
     // A dropped waiting acquire leaves no child behind either.
     let holder = locks.lock(&key).acquire().await.expect("acquire");
-    let waiting = locks.lock(&key).wait(Duration::from_secs(30)).acquire();
-    assert!(tokio::time::timeout(Duration::from_millis(300), waiting).await.is_err());
+    let waiting = {
+        // In a task of its own: this task holds the lock, and would be refused at once.
+        let (locks, key) = (locks.clone(), key.clone());
+        tokio::spawn(async move { locks.lock(&key).wait(Duration::from_secs(30)).acquire().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the waiter did not wait: {:?}", waiting.await);
+    waiting.abort();
+    let _ = waiting.await;
     holder.release().await.expect("release");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -308,132 +326,10 @@ async fn kazoo_with_the_lock_pattern_and_distlock_exclude_each_other() {
     they_queue_behind_our_holder(&ours, &key, g, kazoo, "kazoo", 1000).await;
 }
 
-// --- a TCP proxy between a client and ZooKeeper -------------------------------------------
-
-mod proxy {
-    use std::collections::HashSet;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::watch;
-
-    /// Forwards ZooKeeper's framed protocol; can cut every connection, or swallow the reply
-    /// to the next create (closing the connection instead, as a lost reply does).
-    pub struct ZkProxy {
-        pub addr: String,
-        cut: watch::Sender<bool>,
-        pub swallow_next_create: Arc<AtomicBool>,
-        pub swallowed: Arc<AtomicUsize>,
-    }
-
-    impl ZkProxy {
-        pub async fn start(upstream: String) -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr").to_string();
-            let (cut, cut_rx) = watch::channel(false);
-            let swallow_next_create = Arc::new(AtomicBool::new(false));
-            let swallowed = Arc::new(AtomicUsize::new(0));
-            let (arm, count) = (swallow_next_create.clone(), swallowed.clone());
-            tokio::spawn(async move {
-                while let Ok((conn, _)) = listener.accept().await {
-                    if *cut_rx.borrow() {
-                        drop(conn);
-                        continue;
-                    }
-                    tokio::spawn(serve(conn, upstream.clone(), cut_rx.clone(), arm.clone(), count.clone()));
-                }
-            });
-            Self { addr, cut, swallow_next_create, swallowed }
-        }
-
-        /// Cuts every connection and refuses new ones until [`ZkProxy::heal`].
-        pub fn cut(&self) {
-            self.cut.send_replace(true);
-        }
-
-        pub fn heal(&self) {
-            self.cut.send_replace(false);
-        }
-    }
-
-    async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> Option<Vec<u8>> {
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).await.ok()?;
-        let n = i32::from_be_bytes(len);
-        let mut body = vec![0u8; usize::try_from(n).ok()?];
-        s.read_exact(&mut body).await.ok()?;
-        let mut frame = len.to_vec();
-        frame.extend_from_slice(&body);
-        Some(frame)
-    }
-
-    fn int(frame: &[u8], at: usize) -> Option<i32> {
-        Some(i32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
-    }
-
-    async fn serve(
-        client: TcpStream,
-        upstream: String,
-        mut cut: watch::Receiver<bool>,
-        arm: Arc<AtomicBool>,
-        swallowed: Arc<AtomicUsize>,
-    ) {
-        let Ok(server) = TcpStream::connect(&upstream).await else { return };
-        let (mut cr, mut cw) = client.into_split();
-        let (mut sr, mut sw) = server.into_split();
-        let creates: Arc<Mutex<HashSet<i32>>> = Arc::default();
-        let pending = creates.clone();
-        // Client to server: note the xid of an armed create (opcodes create, create2,
-        // createContainer, createTTL). The first frame is the connect request.
-        let up = async move {
-            let mut first = true;
-            while let Some(frame) = read_frame(&mut cr).await {
-                if !first
-                    && matches!(int(&frame, 8), Some(1 | 15 | 19 | 21))
-                    && arm.swap(false, Ordering::SeqCst)
-                {
-                    if let Some(xid) = int(&frame, 4) {
-                        pending.lock().expect("creates").insert(xid);
-                    }
-                }
-                first = false;
-                if sw.write_all(&frame).await.is_err() {
-                    return;
-                }
-            }
-        };
-        // Server to client: the reply to a noted create is dropped with the connection.
-        let down = async move {
-            let mut first = true;
-            while let Some(frame) = read_frame(&mut sr).await {
-                if !first {
-                    if let Some(xid) = int(&frame, 4) {
-                        if creates.lock().expect("creates").remove(&xid) {
-                            swallowed.fetch_add(1, Ordering::SeqCst);
-                            return;
-                        }
-                    }
-                }
-                first = false;
-                if cw.write_all(&frame).await.is_err() {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            _ = up => {}
-            _ = down => {}
-            _ = cut.wait_for(|c| *c) => {}
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_expiry_while_holding_fires_the_loss_before_anyone_takes_over() {
     let zk = ZkEnsemble::single().await.expect("ZooKeeper");
-    let proxy = proxy::ZkProxy::start(zk.connect_string()).await;
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
     let session = Duration::from_secs(2);
     let a = client(&proxy.addr, session).await;
     let b = client(&zk.connect_string(), Duration::from_secs(10)).await;
@@ -459,15 +355,15 @@ async fn session_expiry_while_holding_fires_the_loss_before_anyone_takes_over() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_whose_reply_was_lost_is_found_again_by_its_uuid() {
     let zk = ZkEnsemble::single().await.expect("ZooKeeper");
-    let proxy = proxy::ZkProxy::start(zk.connect_string()).await;
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
     let locks = client(&proxy.addr, Duration::from_secs(10)).await;
     let key = format!("lost-create/{}", uuid::Uuid::new_v4().simple());
     // Make the directory first, so the swallowed create is the contender's child.
     locks.lock(&key).acquire().await.expect("first").release().await.expect("release");
-    proxy.swallow_next_create.store(true, std::sync::atomic::Ordering::SeqCst);
+    proxy.swallow_next(support::proxy::CREATE);
     let g =
         locks.lock(&key).wait(Duration::from_secs(20)).acquire().await.expect("acquire despite a lost reply");
-    assert_eq!(proxy.swallowed.load(std::sync::atomic::Ordering::SeqCst), 1, "no create reply was swallowed");
+    assert_eq!(proxy.swallowed(), 1, "no create reply was swallowed");
     let raw = zookeeper_client::Client::connect(&zk.connect_string()).await.expect("raw client");
     let dir = format!("/distlock/{key}");
     let children = raw.list_children(&dir).await.expect("children");
