@@ -13,12 +13,12 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use lock_core::{
     async_trait, AcquireRequest, Attempt, BackendErrorKind, Capabilities, Error, ExtendOutcome, FencingToken,
-    Instant, Lease, LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
+    Instant, Lease, LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
 };
 
-use crate::error::{self, protocol, NAME};
-use crate::item::{self, new_rvn, wall_ms, Record, FENCE};
-use crate::request::{ms, n, Written};
+use crate::error::{self, NAME};
+use crate::item::{new_rvn, wall_ms, Record};
+use crate::request::{ms, n, Update, Written};
 use crate::takeover::Observations;
 use crate::DynamoOptions;
 
@@ -66,9 +66,9 @@ impl Held {
 
 impl DynamoBackend {
     /// Validates the options, then connects with aws-config's default credential and region
-    /// chain, and `opts`' region and endpoint overrides. The SDK retries throttling, 5xx and
-    /// connection errors (three attempts, backoff from 20 ms); each attempt is limited to the
-    /// request timeout. With [`DynamoOptions::create_table`], the table is then created if it
+    /// chain, and `opts`' region and endpoint overrides. The SDK retries throttling, 5xx,
+    /// connection errors and timeouts (three attempts, backoff from 20 ms); each attempt is
+    /// limited to the request timeout, and an acquire attempt as a whole too. With [`DynamoOptions::create_table`], the table is then created if it
     /// does not exist ([`create_table`](Self::create_table)); otherwise nothing is sent.
     ///
     /// # Errors
@@ -110,8 +110,9 @@ impl DynamoBackend {
     }
 
     /// Uses a client you configured yourself (credentials, retries, interceptors). Only
-    /// `opts`' table, keys, takeover, polling and request timeout (the cancelled-acquire
-    /// clean-up's horizon) apply; region and endpoint are the client's. Nothing is sent, and
+    /// `opts`' table, keys, takeover, polling and request timeout (the time limit of every
+    /// acquire attempt, whatever the client's own timeouts and retries, and the
+    /// cancelled-acquire clean-up's horizon) apply; region and endpoint are the client's. Nothing is sent, and
     /// [`DynamoOptions::create_table`] does not apply: call [`create_table`](Self::create_table).
     pub fn with_client(client: Client, opts: DynamoOptions) -> Self {
         Self { inner: Arc::new(Inner { client, opts, seen: Observations::default() }) }
@@ -221,69 +222,15 @@ impl LockBackend for DynamoBackend {
             // from its own first look, so a crashed holder blocks it for up to twice the TTL:
             // that cannot be a constant margin, and the crate documentation says so
             // (Takeover::RecordVersion).
-            .with_expiry_margin(poll + Duration::from_millis(50))
+            .with_expiry_margin(poll.saturating_add(Duration::from_millis(50)))
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let sent = Instant::now();
-        let rvn = new_rvn();
-        let mut condition = String::from("attribute_not_exists(#o)");
-        let mut values = vec![
-            (":o", AttributeValue::S(req.owner.to_string())),
-            (":v", AttributeValue::S(rvn.clone())),
-            (":l", n(ms(req.ttl))),
-            (":e", n(wall_ms().saturating_add(ms(req.ttl)))),
-            (":zero", n(0)),
-            (":one", n(1)),
-        ];
-        self.takeover_condition(&req.key, &mut condition, &mut values);
-        // Dropped mid-flight, the write may still be applied: release it in the background.
-        let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner));
-        let written = self
-            .write(
-                "acquire",
-                &req.key,
-                "SET #o = :o, #v = :v, #l = :l, #e = :e, #f = if_not_exists(#f, :zero) + :one",
-                &condition,
-                values,
-                ReturnValue::UpdatedNew,
-            )
-            .await;
-        undo.disarm();
-        let item = match written? {
-            Written::Applied(attrs) => {
-                let fence =
-                    item::number(&attrs, FENCE)?.ok_or_else(|| protocol("acquire returned no fence"))?;
-                return Ok(Attempt::Acquired(self.lease(req, fence, rvn, sent)));
-            }
-            Written::Refused(Some(item)) => Record::parse(&item)?,
-            // An emulator that does not return the item: read it.
-            Written::Refused(None) => match self.read(&req.key).await? {
-                Some(rec) => rec,
-                None => return Ok(Attempt::Held { expires_in: Some(Duration::ZERO) }),
-            },
-        };
-        match item.owner {
-            // An earlier try of this same request was applied but its reply was lost (the
-            // SDK or the waiting loop retried): the grant is ours.
-            Some(owner) if owner == req.owner => self.recover(req, item).await,
-            Some(_) => Ok(Attempt::Held { expires_in: Some(self.saw_held(&req.key, &item)) }),
-            // Freed between the condition and now: try again at once.
-            None => Ok(Attempt::Held { expires_in: Some(Duration::ZERO) }),
-        }
+        self.try_once(req).await
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        // A try whose write was applied but whose reply was lost is recognised by the next
-        // try. If there is none (this call is dropped, or ends with an error), the grant is
-        // released in the background. A timeout needs nothing: its last try was refused
-        // cleanly, by an item that was not ours.
-        let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner));
-        let got = lock_core::backend::poll_acquire(self, req, deadline).await;
-        if matches!(got, Ok(_) | Err(Error::WaitTimedOut { .. })) {
-            undo.disarm();
-        }
-        got
+        self.wait_until(req, deadline).await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
@@ -311,17 +258,14 @@ impl LockBackend for DynamoBackend {
                 }
                 None => "#o = :o",
             };
-            let written = self
-                .write(
-                    "extend",
-                    lease.key(),
-                    "SET #v = :v, #l = :l, #e = :e",
-                    condition,
-                    values,
-                    ReturnValue::None,
-                )
-                .await?;
-            match written {
+            let heartbeat = Update {
+                op: "extend",
+                expression: "SET #v = :v, #l = :l, #e = :e",
+                condition,
+                values,
+                returns: ReturnValue::None,
+            };
+            match self.write(lease.key(), heartbeat, None).await? {
                 Written::Applied(_) => {
                     if let Some(h) = held {
                         h.set(rvn);
@@ -354,7 +298,7 @@ impl LockBackend for DynamoBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        let Some(rec) = self.read(key).await? else { return Ok(None) };
+        let Some(rec) = self.read(key, None).await? else { return Ok(None) };
         let Some(owner) = rec.owner else { return Ok(None) };
         let left = self.saw_held(key, &rec);
         // Unchanged for a whole lease on our clock: the holder is gone; we would take it over.

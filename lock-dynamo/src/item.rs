@@ -16,6 +16,9 @@ pub(crate) const RVN: &str = "rvn";
 pub(crate) const FENCE: &str = "fence";
 /// The holder's lease duration in milliseconds.
 pub(crate) const LEASE_MS: &str = "lease_ms";
+/// The RVN the last release wrote: a release whose reply was lost recognises itself by it
+/// when its request is sent again.
+pub(crate) const RELEASE_RVN: &str = "release_rvn";
 /// When the holder's lease ends by the holder's wall clock (ms since the Unix epoch); only
 /// [`Takeover::Clock`](crate::Takeover::Clock) contenders read it.
 pub(crate) const EXPIRES_MS: &str = "expires_at_ms";
@@ -28,30 +31,39 @@ pub(crate) struct Record {
     pub(crate) fence: u64,
     pub(crate) lease: Duration,
     pub(crate) expires_at_ms: Option<u64>,
+    pub(crate) release_rvn: Option<String>,
 }
 
 impl Record {
     pub(crate) fn parse(item: &HashMap<String, AttributeValue>) -> Result<Self> {
-        let owner = match item.get(OWNER) {
-            None => None,
-            Some(AttributeValue::S(s)) => Some(
-                OwnerToken::parse_hex(s)
-                    .ok_or_else(|| protocol(format!("owner attribute {s:?} is not a token")))?,
-            ),
-            Some(other) => return Err(protocol(format!("owner attribute has the wrong type: {other:?}"))),
-        };
-        let rvn = match item.get(RVN) {
-            Some(AttributeValue::S(s)) => s.clone(),
-            None => String::new(),
-            Some(other) => return Err(protocol(format!("rvn attribute has the wrong type: {other:?}"))),
-        };
         Ok(Self {
-            owner,
-            rvn,
+            owner: token(item, OWNER)?,
+            rvn: string(item, RVN)?.unwrap_or_default(),
             fence: number(item, FENCE)?.unwrap_or(0),
             lease: Duration::from_millis(number(item, LEASE_MS)?.unwrap_or(0)),
             expires_at_ms: number(item, EXPIRES_MS)?,
+            release_rvn: string(item, RELEASE_RVN)?,
         })
+    }
+}
+
+/// A string attribute, if present.
+fn string(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<String>> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::S(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(protocol(format!("{name} attribute has the wrong type: {other:?}"))),
+    }
+}
+
+/// An owner token attribute (hex), if present.
+fn token(item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<OwnerToken>> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::S(s)) => OwnerToken::parse_hex(s)
+            .map(Some)
+            .ok_or_else(|| protocol(format!("{name} attribute {s:?} is not a token"))),
+        Some(other) => Err(protocol(format!("{name} attribute has the wrong type: {other:?}"))),
     }
 }
 

@@ -29,6 +29,10 @@ const URL_OPTIONS: &[&str] = &[
 /// The skew bound of `takeover=clock` when the URL gives no `max_skew`.
 const DEFAULT_MAX_SKEW: Duration = Duration::from_millis(100);
 
+/// The longest request timeout accepted: a day (the SDK cannot compute with much longer
+/// ones, and no request needs one).
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 /// How a contender decides that a holder who stopped heartbeating is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -166,8 +170,13 @@ impl DynamoOptions {
         self
     }
 
-    /// Sets the time limit of one request attempt (default 5 s). The SDK retries throttling,
-    /// 5xx and connection errors up to three attempts in all before an error is returned.
+    /// Sets the time limit of one request (default 5 s; at most a day). An acquire attempt
+    /// never runs longer, whatever the client's retries would allow: `try_acquire` returns
+    /// within it, a waiting acquire within its deadline plus it (see the
+    /// [crate documentation](crate#the-item)). With the client
+    /// [`DynamoBackend::connect`](crate::DynamoBackend::connect) makes, it is also the limit of
+    /// each SDK attempt, and the SDK retries throttling, 5xx, connection errors and timeouts
+    /// up to three attempts in all (within an acquire attempt's limit, for acquires).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -182,8 +191,9 @@ impl DynamoOptions {
     }
 
     /// Checks the options without connecting: a table name of 3 to 255 letters, digits,
-    /// `_`, `-` and `.`, non-empty key names and sort key value, positive durations, and an
-    /// endpoint that is an `http://` or `https://` URL with a host and a valid port.
+    /// `_`, `-` and `.`, non-empty key names and sort key value, positive durations, a request
+    /// timeout of at most a day, and an endpoint that is an `http://` or `https://` URL with a
+    /// host and a valid port.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the option that is wrong.
@@ -204,6 +214,8 @@ impl DynamoOptions {
             "the sort key name and value must not be empty"
         } else if self.poll_interval.is_zero() || self.request_timeout.is_zero() {
             "poll_interval and request_timeout must be positive"
+        } else if self.request_timeout > MAX_REQUEST_TIMEOUT {
+            "request_timeout must be at most a day"
         } else {
             return self.endpoint.as_deref().and_then(endpoint_problem);
         };
@@ -431,6 +443,8 @@ mod tests {
         assert!(e.to_string().contains("sort key"), "{e}");
         let e = DynamoOptions::new("lo cks").validate().expect_err("a space");
         assert!(e.to_string().contains("only letters"), "{e}");
+        let e = DynamoOptions::new("locks").request_timeout(Duration::MAX).validate().expect_err("forever");
+        assert!(e.to_string().contains("request_timeout must be at most a day"), "{e}");
         DynamoOptions::new("locks").validate().expect("valid");
         for ok in [
             "http://127.0.0.1:8000",

@@ -110,6 +110,7 @@ mod tests {
             fence: 1,
             lease: Duration::from_millis(lease_ms),
             expires_at_ms: None,
+            release_rvn: None,
         }
     }
 

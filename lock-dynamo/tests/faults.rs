@@ -5,14 +5,12 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conformance_tests::fixtures::dynamo::DynamoTarget;
 use lock_core::{BackendErrorKind, Error, LockClient};
 use lock_dynamo::{DynamoBackend, DynamoOptions, Takeover};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::proxy::Proxy;
 
 fn opts() -> DynamoOptions {
     DynamoOptions::new("fault_locks")
@@ -89,122 +87,6 @@ async fn clock_takeover_needs_no_extra_lease() {
     let g = b.lock(&k).ttl(ttl).try_acquire().await.expect("try").expect("clock takeover at first look");
     assert!(g.fencing_token() > crashed.fencing_token());
     g.release().await.expect("release");
-}
-
-// --- a proxy that injects throttling and 5xx --------------------------------------------------
-
-/// What the proxy does to the requests it sees.
-#[derive(Debug, Default)]
-struct Faults {
-    /// Answer 1 in `throttle_every` requests with a ThrottlingException, unforwarded (0: none).
-    throttle_every: u32,
-    /// Forward the next this many UpdateItem requests, then answer 500 instead of the reply.
-    lose_update_replies: u32,
-    seen: u32,
-    throttled: u32,
-    lost: u32,
-}
-
-struct Proxy {
-    endpoint: String,
-    faults: Arc<Mutex<Faults>>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-        let faults = Arc::new(Mutex::new(Faults::default()));
-        let f = faults.clone();
-        let up = upstream.trim_start_matches("http://").to_owned();
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, up.clone(), f.clone()));
-            }
-        });
-        Self { endpoint, faults }
-    }
-
-    fn set(&self, f: impl FnOnce(&mut Faults)) {
-        f(&mut self.faults.lock().expect("faults"));
-    }
-
-    fn counts(&self) -> (u32, u32) {
-        let f = self.faults.lock().expect("faults");
-        (f.throttled, f.lost)
-    }
-}
-
-/// Reads one HTTP/1.1 message (head and Content-Length body); `None` at a clean EOF.
-async fn read_message(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok()).flatten()
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.ok()?;
-    Some((head, body))
-}
-
-fn error_reply(status: &str, kind: &str) -> Vec<u8> {
-    let body = format!("{{\"__type\":\"com.amazonaws.dynamodb.v20120810#{kind}\",\"message\":\"injected by the test proxy\"}}");
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: proxy\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-async fn serve(mut conn: TcpStream, upstream: String, faults: Arc<Mutex<Faults>>) {
-    while let Some((head, body)) = read_message(&mut conn).await {
-        let is_update = head.contains("DynamoDB_20120810.UpdateItem");
-        let (throttle, lose) = {
-            let mut f = faults.lock().expect("faults");
-            f.seen += 1;
-            let throttle = f.throttle_every > 0 && f.seen.is_multiple_of(f.throttle_every);
-            let lose = !throttle && is_update && f.lose_update_replies > 0;
-            if throttle {
-                f.throttled += 1;
-            }
-            if lose {
-                f.lose_update_replies -= 1;
-                f.lost += 1;
-            }
-            (throttle, lose)
-        };
-        let reply = if throttle {
-            error_reply("400 Bad Request", "ThrottlingException")
-        } else {
-            let Ok(mut up) = TcpStream::connect(&upstream).await else { return };
-            if up.write_all(head.as_bytes()).await.is_err() || up.write_all(&body).await.is_err() {
-                return;
-            }
-            let Some((rhead, rbody)) = read_message(&mut up).await else { return };
-            if lose {
-                // The write was applied; its reply never arrives.
-                error_reply("500 Internal Server Error", "InternalServerError")
-            } else {
-                let mut r = rhead.into_bytes();
-                r.extend_from_slice(&rbody);
-                r
-            }
-        };
-        if conn.write_all(&reply).await.is_err() {
-            return;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

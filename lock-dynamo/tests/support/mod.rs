@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
@@ -11,6 +13,12 @@ use lock_dynamo::{DynamoBackend, DynamoOptions};
 /// An SDK client for `endpoint` with throwaway credentials, fast retries and a 5 s attempt
 /// limit.
 pub fn client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    client_with_attempt_timeout(endpoint, Duration::from_secs(5))
+}
+
+/// An SDK client for `endpoint` with throwaway credentials, three attempts with fast retries,
+/// and the time limit `attempt` on each.
+pub fn client_with_attempt_timeout(endpoint: &str, attempt: Duration) -> aws_sdk_dynamodb::Client {
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
@@ -23,7 +31,7 @@ pub fn client(endpoint: &str) -> aws_sdk_dynamodb::Client {
         )
         .timeout_config(
             aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(attempt)
                 .build(),
         )
         .build();
