@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::backend::LockBackend;
 use crate::capabilities::Capabilities;
@@ -426,17 +427,33 @@ impl LockBuilder<One> {
         let req = self.request()?;
         let backend = self.client.backend.name();
         let start = Instant::now();
-        let res = match self.deadline(start) {
-            Some(deadline) => self.client.backend.acquire(&req, deadline).await,
-            None => match self.client.backend.try_acquire(&req).await {
-                Ok(Attempt::Acquired(lease)) => Ok(lease),
-                Ok(Attempt::Held { .. }) => {
-                    Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: Duration::ZERO })
-                }
-                Err(e) => Err(e),
-            },
+        let span = tracing::info_span!(
+            "distlock.acquire",
+            backend,
+            key = %req.key,
+            mode = ?req.mode,
+            wait_ms = self.wait.map(|w| w.as_millis().min(u128::from(u64::MAX)) as u64),
+            outcome = tracing::field::Empty,
+            fencing_token = tracing::field::Empty,
+        );
+        let attempt = async {
+            match self.deadline(start) {
+                Some(deadline) => self.client.backend.acquire(&req, deadline).await,
+                None => match self.client.backend.try_acquire(&req).await {
+                    Ok(Attempt::Acquired(lease)) => Ok(lease),
+                    Ok(Attempt::Held { .. }) => {
+                        Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: Duration::ZERO })
+                    }
+                    Err(e) => Err(e),
+                },
+            }
         };
+        let res = attempt.instrument(span.clone()).await;
         let elapsed = start.elapsed();
+        span.record("outcome", observe::acquire_outcome(&res));
+        if let Ok(lease) = &res {
+            span.record("fencing_token", lease.fencing_token().get());
+        }
         observe::acquire(backend, observe::acquire_outcome(&res), elapsed);
         match res {
             Ok(lease) => {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::backend::LockBackend;
 use crate::backoff::Backoff;
@@ -50,6 +51,9 @@ struct Shared {
     /// Serialises extends (user and renewal), so the server applies them in the order their
     /// results are recorded.
     extend_lock: tokio::sync::Mutex<()>,
+    /// The guard's span (`distlock.guard`): renewal, extends, the release and the loss event
+    /// are its children.
+    span: tracing::Span,
 }
 
 impl Shared {
@@ -79,7 +83,7 @@ impl Shared {
     fn fire(&self, reason: LossReason) {
         if self.lost.fire(reason) {
             observe::lost(self.backend.name(), reason);
-            tracing::warn!(backend = self.backend.name(), key = %self.key, %reason, "lock lost");
+            tracing::warn!(parent: &self.span, backend = self.backend.name(), key = %self.key, %reason, "lock lost");
             self.changed.notify_waiters();
         }
     }
@@ -197,7 +201,9 @@ impl Shared {
 
     async fn extend_locked(&self, ttl: Duration) -> Result<ExtendOutcome> {
         let lease = self.lease();
-        let res = self.backend.extend(&lease, ttl).await;
+        let span = tracing::debug_span!(parent: &self.span, "distlock.extend", ttl_ms = ttl.as_millis() as u64, outcome = tracing::field::Empty);
+        let res = self.backend.extend(&lease, ttl).instrument(span.clone()).await;
+        span.record("outcome", observe::extend_outcome(&res));
         if let Ok(ExtendOutcome::Extended { valid_until }) = res {
             self.set_extended(ttl, valid_until);
         }
@@ -215,7 +221,10 @@ impl Shared {
             return Ok(ReleaseOutcome::NotHeld);
         }
         let lease = self.lease();
-        let res = self.backend.release(&lease).await;
+        let span =
+            tracing::debug_span!(parent: &self.span, "distlock.release", outcome = tracing::field::Empty);
+        let res = self.backend.release(&lease).instrument(span.clone()).await;
+        span.record("outcome", observe::release_outcome(res.as_ref().ok().copied()));
         if res.is_ok() {
             self.released.store(true, Ordering::Release);
         }
@@ -270,6 +279,13 @@ impl std::fmt::Debug for Guard {
 
 impl Guard {
     pub(crate) fn new(backend: Arc<dyn LockBackend>, lease: Lease, policy: RenewPolicy) -> Self {
+        let span = tracing::info_span!(
+            "distlock.guard",
+            backend = backend.name(),
+            key = %lease.key(),
+            mode = ?lease.mode(),
+            fencing_token = lease.fencing_token().get(),
+        );
         let shared = Arc::new(Shared {
             fence: lease.fencing_token(),
             key: lease.key().full().to_owned(),
@@ -283,8 +299,12 @@ impl Guard {
             stopped: AtomicBool::new(false),
             watchdog: OnceLock::new(),
             extend_lock: tokio::sync::Mutex::new(()),
+            span,
         });
-        let renewal = policy.auto_renew.then(|| tokio::spawn(renew_loop(shared.clone(), policy.max_hold)));
+        let renewal = policy.auto_renew.then(|| {
+            let span = tracing::debug_span!(parent: &shared.span, "distlock.renewal");
+            tokio::spawn(renew_loop(shared.clone(), policy.max_hold).instrument(span))
+        });
         if renewal.is_some() {
             let _ = shared.watchdog.set(());
         }

@@ -14,7 +14,21 @@
 //! | `distlock_renewals_total` | counter | `backend`, `outcome` = `ok` / `not_held` / `error` | renewal attempts |
 //! | `distlock_lost_total` | counter | `backend`, `reason` | locks lost while held |
 //!
-//! Keys are never used as labels (unbounded cardinality); they appear in `tracing` events.
+//! Keys are never used as labels (unbounded cardinality); they appear in `tracing` spans and
+//! events.
+//!
+//! ## Spans
+//!
+//! | span | fields | covers |
+//! |---|---|---|
+//! | `distlock.acquire` | `backend`, `key`, `mode`, `wait_ms`, then `outcome` (`acquired` / `timed_out` / `failed`) and `fencing_token` | one acquire, waiting included |
+//! | `distlock.guard` | `backend`, `key`, `mode`, `fencing_token` | a held lock, from the grant to its release |
+//! | `distlock.renewal` | (inherits the guard's) | the renewal task, child of the guard's span |
+//! | `distlock.extend` | `ttl_ms`, `outcome` (`ok` / `not_held` / `error`) | one extend, child of the guard's span |
+//! | `distlock.release` | `outcome` (`released` / `expired` / `failed`) | the release, child of the guard's span |
+//!
+//! A loss is a `warn` event (`lock lost`, with its `reason`) inside the guard's span. No span
+//! or event carries a secret: keys, tokens and outcomes only.
 
 use std::time::Duration;
 
@@ -49,12 +63,26 @@ pub(crate) fn acquire(backend: &'static str, outcome: &'static str, elapsed: Dur
         .record(elapsed.as_secs_f64());
 }
 
-pub(crate) fn release(backend: &'static str, outcome: Option<ReleaseOutcome>, held: Duration) {
-    let outcome = match outcome {
+/// The `outcome` of a release (metric label and span field).
+pub(crate) fn release_outcome(outcome: Option<ReleaseOutcome>) -> &'static str {
+    match outcome {
         Some(ReleaseOutcome::Released) => "released",
         Some(ReleaseOutcome::NotHeld) => "expired",
         None => "failed",
-    };
+    }
+}
+
+/// The `outcome` of an extend (span field).
+pub(crate) fn extend_outcome(res: &crate::Result<crate::ExtendOutcome>) -> &'static str {
+    match res {
+        Ok(crate::ExtendOutcome::Extended { .. }) => "ok",
+        Ok(crate::ExtendOutcome::NotHeld) => "not_held",
+        Err(_) => "error",
+    }
+}
+
+pub(crate) fn release(backend: &'static str, outcome: Option<ReleaseOutcome>, held: Duration) {
+    let outcome = release_outcome(outcome);
     metrics::counter!(RELEASE_TOTAL, "backend" => backend, "outcome" => outcome).increment(1);
     metrics::histogram!(HOLD_SECONDS, "backend" => backend).record(held.as_secs_f64());
 }
