@@ -14,12 +14,16 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
+type FieldMap = HashMap<String, String>;
+/// Span id -> (name, fields).
+type Spans = HashMap<u64, (String, FieldMap)>;
+/// (event message, the name of the span it was in, its fields).
+type Events = Vec<(String, Option<String>, FieldMap)>;
+
 #[derive(Default, Clone)]
 struct Seen {
-    /// Span id -> (name, fields).
-    spans: Arc<Mutex<HashMap<u64, (String, HashMap<String, String>)>>>,
-    /// (event message, the name of the span it was in, its fields).
-    events: Arc<Mutex<Vec<(String, Option<String>, HashMap<String, String>)>>>,
+    spans: Arc<Mutex<Spans>>,
+    events: Arc<Mutex<Events>>,
 }
 
 struct Fields<'a>(&'a mut HashMap<String, String>);
