@@ -103,7 +103,7 @@ cargo test -q --locked -p distlock --test connect
 
 log "the examples, each on its embedded default (no server)"
 examples_dir="$(mktemp -d)"
-for ex in cron_once worker_stops_on_loss fenced_write migration metrics; do
+for ex in cron_once worker_stops_on_loss fenced_write migration metrics tracing; do
   DISTLOCK_DIR="$examples_dir" cargo run -q --locked -p distlock --example "$ex"
 done
 rm -rf "$examples_dir"
