@@ -1,4 +1,6 @@
-//! A lock held on two backends at once, for moving a fleet from one backend to another.
+//! Moving a fleet from one backend to another: a lock held on two backends at once
+//! ([`MigrationBackend`]), and fencing counters carried over so that tokens never go down at
+//! the cut-over ([`migrate_tokens`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,7 @@ pub struct MigrationBackend {
     old: Arc<dyn LockBackend>,
     new: Arc<dyn LockBackend>,
     primary: Primary,
+    carry_tokens: bool,
 }
 
 /// Arms the release of the old backend's grant, for when the future taking the new one is
@@ -93,7 +96,37 @@ impl Parts {
 impl MigrationBackend {
     /// A migration lock from `old` to `new`, with tokens from `primary`.
     pub fn new(old: Arc<dyn LockBackend>, new: Arc<dyn LockBackend>, primary: Primary) -> Self {
-        Self { old, new, primary }
+        Self { old, new, primary, carry_tokens: false }
+    }
+
+    /// With `Primary::Old`, after every grant also raise the new backend's fencing counter of
+    /// the key above the old grant's token (one more request per acquire), so that by the
+    /// cut-over every key in use has been carried over, as [`migrate_tokens`] does for all.
+    /// Where the new backend cannot raise its counters, the acquire is not failed: a warning is
+    /// logged.
+    pub fn carry_tokens(mut self, on: bool) -> Self {
+        self.carry_tokens = on;
+        self
+    }
+
+    /// Arms the release of both grants, for a future dropped between taking them and handing
+    /// out the combined lease.
+    fn release_both_on_drop(&self, a: &Lease, b: &Lease) -> UndoOnDrop {
+        let (old, new, a, b) = (self.old.clone(), self.new.clone(), a.clone(), b.clone());
+        UndoOnDrop::new(async move {
+            let _ = new.release(&b).await;
+            let _ = old.release(&a).await;
+        })
+    }
+
+    /// Carries the old grant's token over to the new backend (see [`carry_tokens`](Self::carry_tokens)).
+    async fn carry(&self, req: &AcquireRequest, old_grant: &Lease) {
+        if !self.carry_tokens || self.primary != Primary::Old {
+            return;
+        }
+        if let Err(e) = self.new.raise_fencing_counter(&req.key, req.mode, old_grant.fencing_token()).await {
+            tracing::warn!(key = %req.key, error = %e, "migration lock: cannot carry the fencing token over to the new backend");
+        }
     }
 
     fn combine(&self, req: &AcquireRequest, a: Lease, b: Lease) -> Lease {
@@ -181,7 +214,10 @@ impl LockBackend for MigrationBackend {
         let undo = release_on_drop(&self.old, &a);
         let res = self.new.try_acquire(req).await;
         if let Ok(Attempt::Acquired(b)) = res {
+            let both = self.release_both_on_drop(&a, &b);
             undo.disarm();
+            self.carry(req, &a).await;
+            both.disarm();
             return Ok(Attempt::Acquired(self.combine(req, a, b)));
         }
         let _ = self.old.release(&a).await;
@@ -204,7 +240,10 @@ impl LockBackend for MigrationBackend {
             };
             match res {
                 Some(Ok(b)) => {
+                    let both = self.release_both_on_drop(&a, &b);
                     undo.disarm();
+                    self.carry(&attempt, &a).await;
+                    both.disarm();
                     return Ok(self.combine(&attempt, a, b));
                 }
                 Some(Err(e)) if !matches!(e, Error::WaitTimedOut { .. }) => {
@@ -264,6 +303,61 @@ impl LockBackend for MigrationBackend {
         match self.primary {
             Primary::Old => self.old.inspect(key).await,
             Primary::New => self.new.inspect(key).await,
+        }
+    }
+}
+
+/// What [`migrate_tokens`] did (or, in a dry run, would do) for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenMove {
+    /// The key's full name.
+    pub key: String,
+    /// The primitive whose counter it is.
+    pub mode: lock_core::Mode,
+    /// The last token the old backend issued for it.
+    pub old: lock_core::FencingToken,
+    /// The new backend's counter after raising it (`None` in a dry run).
+    pub new: Option<lock_core::FencingToken>,
+}
+
+/// Raises, for every key under `prefix` that the old backend has issued tokens for, the new
+/// backend's fencing counter above the old one's last token: the first grant on the new
+/// backend is then fenced above every grant on the old one, and resources that check tokens
+/// need no epoch bump at the cut-over.
+///
+/// # Behavior
+/// Reads the old backend's counters page by page ([`LockBackend::fencing_counters`]) and raises
+/// each on the new one ([`LockBackend::raise_fencing_counter`]), which never lowers a counter:
+/// running it twice, or while the fleet still takes locks on both, is safe. Run it after every
+/// process takes its locks on both backends (phase 1 of the playbook) and before any takes them
+/// on the new one alone. With `dry_run`, reads only.
+///
+/// # Errors
+/// [`Error::Unsupported`] where the old backend has no per-key counters (etcd, ZooKeeper: one
+/// store-wide counter) or the new one cannot raise its counters; backend errors (a run that
+/// failed half-way can simply be run again).
+pub async fn migrate_tokens(
+    old: &dyn LockBackend,
+    new: &dyn LockBackend,
+    prefix: &str,
+    dry_run: bool,
+) -> Result<Vec<TokenMove>> {
+    let mut moves = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = old.fencing_counters(prefix, cursor, 1000).await?;
+        for (key, mode, token) in page.counters {
+            let new_after = if dry_run {
+                None
+            } else {
+                Some(new.raise_fencing_counter(&LockKey::from_full(&key)?, mode, token).await?)
+            };
+            moves.push(TokenMove { key, mode, old: token, new: new_after });
+        }
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(moves),
         }
     }
 }

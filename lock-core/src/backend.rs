@@ -9,10 +9,12 @@ use tokio::time::Instant;
 use crate::capabilities::{Capabilities, WakeMode};
 use crate::error::Result;
 use crate::key::LockKey;
-use crate::lease::Lease;
+use crate::lease::{FencingToken, Lease};
 use crate::metadata::Metadata;
 use crate::mode::Mode;
-use crate::outcome::{AcquireRequest, Attempt, ExtendOutcome, ListPage, LockInfo, ReleaseOutcome};
+use crate::outcome::{
+    AcquireRequest, Attempt, CounterPage, ExtendOutcome, ListPage, LockInfo, ReleaseOutcome,
+};
 use crate::wait::wait_for_lock;
 
 /// A lock backend: one store's encoding of the promises (numbered in the README's
@@ -184,6 +186,46 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     async fn observe(&self, key: &LockKey, mode: Mode) -> Result<Option<ObserveStream>> {
         let _ = (key, mode);
         Ok(None)
+    }
+
+    /// One page of the fencing counters kept under `prefix` (a full-key prefix): for every key
+    /// the backend has granted, held or not, the last token it issued. For moving a fleet to
+    /// another backend without the resources' tokens going down (`migrate_tokens`).
+    ///
+    /// # Behavior
+    /// Reads only. A backend whose tokens come from one counter for the whole store (etcd's
+    /// revision, ZooKeeper's zxid) has no per-key counters and says so with `Unsupported`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) by default; backend errors.
+    async fn fencing_counters(
+        &self,
+        prefix: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<CounterPage> {
+        let _ = (prefix, cursor, limit);
+        Err(crate::Error::Unsupported { backend: self.name(), capability: "reading fencing counters".into() })
+    }
+
+    /// Raises the fencing counter of `key` (for `mode`'s primitive) so that its next grant's
+    /// token is greater than `at_least`; never lowers it. Returns the counter's value after.
+    ///
+    /// # Behavior
+    /// Safe to repeat and to run while the key is held or contended: it only ever raises the
+    /// counter, in one atomic step.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) by default (and where tokens come from
+    /// one store-wide counter that cannot be set); backend errors.
+    async fn raise_fencing_counter(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        at_least: FencingToken,
+    ) -> Result<FencingToken> {
+        let _ = (key, mode, at_least);
+        Err(crate::Error::Unsupported { backend: self.name(), capability: "raising fencing counters".into() })
     }
 }
 

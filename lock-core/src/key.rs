@@ -96,6 +96,18 @@ impl LockKey {
         Ok(Self { full, ns_len: ns.0.len() })
     }
 
+    /// A key from its full form as a backend stored it (`namespace/name` or `name`), for
+    /// operator tools that read keys back from a store. The namespace is not told apart
+    /// ([`namespace`](Self::namespace) is empty): backends only ever use [`full`](Self::full).
+    ///
+    /// # Errors
+    /// [`KeyError`] when it is empty, longer than a namespaced key may be, or holds a control
+    /// character.
+    pub fn from_full(full: &str) -> Result<Self, KeyError> {
+        check(full, MAX_KEY_LEN * 2 + 1)?;
+        Ok(Self { full: full.to_owned(), ns_len: 0 })
+    }
+
     /// The name the user gave, without the namespace.
     pub fn name(&self) -> &str {
         if self.ns_len == 0 {

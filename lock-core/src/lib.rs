@@ -61,7 +61,7 @@ pub use lease::{drift_margin, FencingToken, Lease, OwnerToken};
 pub use metadata::{Metadata, MAX_VALUE_LEN};
 pub use mode::{Mode, MAX_PERMITS};
 pub use multi::{MultiGuard, MultiLockBuilder};
-pub use outcome::{AcquireRequest, Attempt, ExtendOutcome, ListPage, LockInfo, ReleaseOutcome};
+pub use outcome::{AcquireRequest, Attempt, CounterPage, ExtendOutcome, ListPage, LockInfo, ReleaseOutcome};
 pub use signal::{LossReason, LossSignal};
 pub use tls::{Secret, TlsOptions};
 pub use url::{parse_duration, redact_url, BackendOptions, ConnectUrl};

@@ -138,3 +138,20 @@ impl ListPage {
         Self { entries, cursor }
     }
 }
+
+/// One page of [`LockBackend::fencing_counters`](crate::LockBackend::fencing_counters).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CounterPage {
+    /// Each key's full name, the primitive its counter belongs to, and the last token issued.
+    pub counters: Vec<(String, Mode, FencingToken)>,
+    /// Where the next page starts; `None` on the last page.
+    pub cursor: Option<String>,
+}
+
+impl CounterPage {
+    /// A page with these counters and this cursor.
+    pub fn new(counters: Vec<(String, Mode, FencingToken)>, cursor: Option<String>) -> Self {
+        Self { counters, cursor }
+    }
+}
