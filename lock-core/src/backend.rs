@@ -188,6 +188,18 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// Extends many grants at once (renewal in batches; see [`crate::batch`]): one result per
+    /// `(lease, ttl)`, in order.
+    ///
+    /// # Behavior
+    /// Each grant as [`extend`](Self::extend) would: owner-compared, never reviving an expired
+    /// grant, `valid_until` measured from before the request was sent. The default extends them
+    /// one by one, concurrently; a backend that claims
+    /// [`Capabilities::batch_extend`] sends them in as few requests as it can.
+    async fn extend_many(&self, grants: &[(Lease, Duration)]) -> Vec<Result<ExtendOutcome>> {
+        futures::future::join_all(grants.iter().map(|(l, ttl)| self.extend(l, *ttl))).await
+    }
+
     /// One page of the fencing counters kept under `prefix` (a full-key prefix): for every key
     /// the backend has granted, held or not, the last token it issued. For moving a fleet to
     /// another backend without the resources' tokens going down (`migrate_tokens`).

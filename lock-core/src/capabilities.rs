@@ -88,6 +88,9 @@ pub struct Capabilities {
     pub listing: bool,
     /// Grants store the holder's [`Metadata`](crate::Metadata) and `inspect` returns it.
     pub holder_metadata: bool,
+    /// [`LockBackend::extend_many`](crate::LockBackend::extend_many) renews many grants in a
+    /// few requests: guards then renew in batches (see [`crate::batch`]).
+    pub batch_extend: bool,
 }
 
 impl Default for Capabilities {
@@ -111,6 +114,7 @@ impl Default for Capabilities {
             elections: false,
             listing: false,
             holder_metadata: false,
+            batch_extend: false,
         }
     }
 }
@@ -166,6 +170,8 @@ impl Capabilities {
         with_listing: listing: bool;
         /// Sets [`holder_metadata`](Self::holder_metadata).
         with_holder_metadata: holder_metadata: bool;
+        /// Sets [`batch_extend`](Self::batch_extend).
+        with_batch_extend: batch_extend: bool;
     }
 
     /// Leases belong to a client session whose timeout decides for every lock: sets

@@ -47,6 +47,7 @@ pub struct LockClient {
     namespace: Namespace,
     default_ttl: Duration,
     pub(crate) held: HeldByTasks,
+    batcher: crate::batch::Batcher,
 }
 
 impl LockClient {
@@ -64,6 +65,7 @@ impl LockClient {
             namespace: Namespace::default(),
             default_ttl: DEFAULT_TTL,
             held: HeldByTasks::default(),
+            batcher: crate::batch::Batcher::default(),
         }
     }
 
@@ -94,6 +96,11 @@ impl LockClient {
     /// The backend's capabilities.
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// The renewal batcher guards share, where the backend renews in batches.
+    pub(crate) fn batcher(&self) -> Option<crate::batch::Batcher> {
+        self.caps.batch_extend.then(|| self.batcher.clone())
     }
 
     /// The backend itself.
@@ -300,7 +307,7 @@ impl LockClient {
 
     /// Puts a detached lease back under a guard (renewing it if `auto_renew`).
     pub fn resume(&self, lease: Lease, auto_renew: bool) -> Guard {
-        Guard::new(self.backend.clone(), lease, RenewPolicy { auto_renew, max_hold: None })
+        Guard::new(self.backend.clone(), lease, RenewPolicy { auto_renew, max_hold: None }, self.batcher())
     }
 }
 
@@ -409,7 +416,7 @@ impl LockBuilder<One> {
 
     fn guard(&self, lease: Lease) -> Guard {
         let (key, mode) = (lease.key().full().to_owned(), lease.mode());
-        let guard = Guard::new(self.client.backend.clone(), lease, self.policy);
+        let guard = Guard::new(self.client.backend.clone(), lease, self.policy, self.client.batcher());
         let entry = self.client.held.enter(&key, mode, guard.probe());
         guard.with_held([entry])
     }

@@ -54,6 +54,8 @@ struct Shared {
     /// The guard's span (`distlock.guard`): renewal, extends, the release and the loss event
     /// are its children.
     span: tracing::Span,
+    /// The client's renewal batcher, where the backend extends in batches.
+    batcher: Option<crate::batch::Batcher>,
 }
 
 impl Shared {
@@ -184,7 +186,7 @@ impl Shared {
     /// One extend, serialised with every other extend of this guard; records the result.
     async fn extend(&self, ttl: Duration) -> Result<ExtendOutcome> {
         let _one_at_a_time = self.extend_lock.lock().await;
-        self.extend_locked(ttl).await
+        self.extend_locked(ttl, None).await
     }
 
     /// An extend for renewal: none is sent once renewal stopped, so none can follow a release
@@ -196,13 +198,20 @@ impl Shared {
             drop(one_at_a_time);
             return std::future::pending().await;
         }
-        self.extend_locked(ttl).await
+        self.extend_locked(ttl, self.batcher.as_ref()).await
     }
 
-    async fn extend_locked(&self, ttl: Duration) -> Result<ExtendOutcome> {
+    async fn extend_locked(
+        &self,
+        ttl: Duration,
+        batcher: Option<&crate::batch::Batcher>,
+    ) -> Result<ExtendOutcome> {
         let lease = self.lease();
         let span = tracing::debug_span!(parent: &self.span, "distlock.extend", ttl_ms = ttl.as_millis() as u64, outcome = tracing::field::Empty);
-        let res = self.backend.extend(&lease, ttl).instrument(span.clone()).await;
+        let res = match batcher {
+            Some(b) => b.extend(&self.backend, lease, ttl).instrument(span.clone()).await,
+            None => self.backend.extend(&lease, ttl).instrument(span.clone()).await,
+        };
         span.record("outcome", observe::extend_outcome(&res));
         if let Ok(ExtendOutcome::Extended { valid_until }) = res {
             self.set_extended(ttl, valid_until);
@@ -278,7 +287,12 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
-    pub(crate) fn new(backend: Arc<dyn LockBackend>, lease: Lease, policy: RenewPolicy) -> Self {
+    pub(crate) fn new(
+        backend: Arc<dyn LockBackend>,
+        lease: Lease,
+        policy: RenewPolicy,
+        batcher: Option<crate::batch::Batcher>,
+    ) -> Self {
         let span = tracing::info_span!(
             "distlock.guard",
             backend = backend.name(),
@@ -300,6 +314,7 @@ impl Guard {
             watchdog: OnceLock::new(),
             extend_lock: tokio::sync::Mutex::new(()),
             span,
+            batcher,
         });
         let renewal = policy.auto_renew.then(|| {
             let span = tracing::debug_span!(parent: &shared.span, "distlock.renewal");
@@ -727,7 +742,7 @@ mod tests {
             Duration::from_secs(30),
             Instant::now(),
         );
-        let g = Guard::new(Arc::new(Nothing), lease, RenewPolicy::default());
+        let g = Guard::new(Arc::new(Nothing), lease, RenewPolicy::default(), None);
         let task = renew_loop(g.shared.clone(), None);
         let (shared, task) = (std::mem::size_of::<Shared>(), std::mem::size_of_val(&task));
         eprintln!("Shared: {shared} bytes; renewal task future: {task} bytes");

@@ -28,6 +28,7 @@
 
 pub mod backend;
 pub mod backoff;
+pub mod batch;
 pub mod cancel;
 pub mod capabilities;
 pub mod client;

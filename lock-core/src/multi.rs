@@ -143,7 +143,7 @@ impl LockBuilder<Many> {
             leases.iter().map(|l| (l.key().full().to_owned(), l.fencing_token())).collect();
         let lease = combine(&reqs, leases);
         let multi: Arc<dyn LockBackend> = Arc::new(MultiBackend { inner: backend });
-        let guard = Guard::new(multi, lease, self.policy);
+        let guard = Guard::new(multi, lease, self.policy, None);
         let held: Vec<_> =
             tokens.iter().map(|(k, _)| self.client.held.enter(k, Mode::Exclusive, guard.probe())).collect();
         Ok(MultiGuard { guard: guard.with_held(held), tokens })

@@ -1,0 +1,106 @@
+//! Renewal in batches: where a backend can extend many grants in one request
+//! ([`Capabilities::batch_extend`](crate::Capabilities::batch_extend)), the renewals of a
+//! client's guards that fall due close together are sent as one
+//! [`LockBackend::extend_many`](crate::LockBackend::extend_many) call, so that renewing
+//! thousands of held locks costs a few requests per renewal round, not one per lock.
+//!
+//! # Behavior
+//! - A renewal waits at most one *window* (a twentieth of its TTL, at most 100 ms) for others
+//!   to join it; renewal is due when a third of the validity left has passed, so the wait
+//!   never puts a lease at risk.
+//! - Each grant's outcome is its own: a key found gone in a batch fires that lock's loss alone.
+//! - A renewal whose guard was released or dropped before the batch went out is left out of it.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::backend::LockBackend;
+use crate::error::Result;
+use crate::lease::Lease;
+use crate::outcome::ExtendOutcome;
+
+/// The most grants sent in one `extend_many` call.
+pub const MAX_BATCH: usize = 1000;
+
+struct Job {
+    lease: Lease,
+    ttl: Duration,
+    reply: oneshot::Sender<Result<ExtendOutcome>>,
+}
+
+/// A client's renewal batcher (shared by its clones); its task starts on first use.
+#[derive(Clone, Default)]
+pub(crate) struct Batcher {
+    tx: Arc<OnceLock<mpsc::UnboundedSender<Job>>>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").field("running", &self.tx.get().is_some()).finish()
+    }
+}
+
+/// How long a renewal with `ttl` waits for others to join its batch.
+fn window(ttl: Duration) -> Duration {
+    (ttl / 20).min(Duration::from_millis(100))
+}
+
+impl Batcher {
+    /// Extends `lease` by `ttl` in the next batch of `backend`'s renewals.
+    pub(crate) async fn extend(
+        &self,
+        backend: &Arc<dyn LockBackend>,
+        lease: Lease,
+        ttl: Duration,
+    ) -> Result<ExtendOutcome> {
+        let tx = self.tx.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run(backend.clone(), rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        if tx.send(Job { lease: lease.clone(), ttl, reply }).is_err() {
+            // The batcher's runtime is gone: renew on our own.
+            return backend.extend(&lease, ttl).await;
+        }
+        match answer.await {
+            Ok(r) => r,
+            Err(_) => backend.extend(&lease, ttl).await,
+        }
+    }
+}
+
+/// The batcher's task: gathers renewals for one window after the first, then sends them.
+async fn run(backend: Arc<dyn LockBackend>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let flush_at = Instant::now() + window(first.ttl);
+        let mut jobs = vec![first];
+        loop {
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(j) => {
+                        jobs.push(j);
+                        if jobs.len() >= MAX_BATCH {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(flush_at) => break,
+            }
+        }
+        // Leave out the renewals nobody waits for any more (released or dropped guards).
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let batch: Vec<(Lease, Duration)> = jobs.iter().map(|j| (j.lease.clone(), j.ttl)).collect();
+        let results = backend.extend_many(&batch).await;
+        for (job, res) in jobs.into_iter().zip(results) {
+            let _ = job.reply.send(res);
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Renewal in batches: the renewals of many held locks go out in a few extend_many calls, and
+//! a key found gone in a batch fires that lock's loss alone.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{
+    async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, Lease, LockBackend, LockClient,
+    LockInfo, LockKey, LossReason, ReleaseOutcome, Result,
+};
+use lock_local::MemoryBackend;
+
+#[derive(Debug, Default)]
+struct Batching {
+    inner: MemoryBackend,
+    calls: AtomicUsize,
+    extended: AtomicUsize,
+}
+
+#[async_trait]
+impl LockBackend for Batching {
+    fn name(&self) -> &'static str {
+        "batching"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities().with_batch_extend(true)
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        self.inner.try_acquire(req).await
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.extended.fetch_add(1, Ordering::SeqCst);
+        self.inner.extend(lease, ttl).await
+    }
+    async fn extend_many(&self, grants: &[(Lease, Duration)]) -> Vec<Result<ExtendOutcome>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.extended.fetch_add(grants.len(), Ordering::SeqCst);
+        let mut out = Vec::new();
+        for (l, ttl) in grants {
+            out.push(self.inner.extend(l, *ttl).await);
+        }
+        out
+    }
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        self.inner.release(lease).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.inner.inspect(key).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_held_locks_renew_in_a_few_requests() {
+    let backend = Arc::new(Batching::default());
+    let locks = LockClient::from_arc(backend.clone());
+    let mut guards = Vec::new();
+    for i in 0..200 {
+        guards.push(
+            locks.lock(&format!("k{i}")).ttl(Duration::from_secs(3)).auto_renew().acquire().await.unwrap(),
+        );
+        // Spread the grants over a second, as a service's locks would be.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(guards.iter().all(|g| g.is_held()), "a lock was lost under batched renewal");
+    let (calls, extended) = (backend.calls.load(Ordering::SeqCst), backend.extended.load(Ordering::SeqCst));
+    assert!(extended >= 200 * 4, "only {extended} renewals in 12 s of 3 s TTLs");
+    assert!(calls * 10 <= extended, "{calls} requests for {extended} renewals: not batched");
+    // A key deleted behind one guard's back: that lock alone is lost.
+    let victim = guards.swap_remove(7);
+    let info = locks.inspect(victim.key()).await.unwrap().unwrap();
+    let lease = locks
+        .lease_from_parts(victim.key(), info.owner.unwrap(), victim.fencing_token(), Duration::from_secs(1))
+        .unwrap();
+    locks.release_lease(&lease).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), victim.lost())
+        .await
+        .expect("the victim's loss never fired");
+    assert_eq!(reason, LossReason::NotHeld);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(guards.iter().all(|g| g.is_held()), "another lock was lost with the victim");
+    for g in guards {
+        g.release().await.unwrap();
+    }
+}
