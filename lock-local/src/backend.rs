@@ -1,5 +1,6 @@
-//! The single-host backend: [`FileBackend`], one small file per key under a directory (see
-//! [`files`](crate::files) for the mechanics and [`record`](crate::record) for the format).
+//! The single-host backend: [`FileBackend`], one small file per key and primitive under a
+//! directory (see [`files`](crate::files) for the mechanics, [`record`](crate::record) and
+//! [`table_record`](crate::table_record) for the formats).
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -8,13 +9,15 @@ use std::time::Duration;
 
 use lock_core::{
     async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, FencingToken, Instant, Lease,
-    LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
+    LockBackend, LockInfo, LockKey, Mode, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
 };
 
-use crate::error::{busy, io_err, other, NAME};
+use crate::error::{busy, damaged, io_err, mismatch, other, NAME};
 use crate::files::{self, path_of, waker, Op, OpResult};
 use crate::options::FileOptions;
-use crate::record::mono_ns;
+use crate::record::{self, mono_ns};
+use crate::table::Role;
+use crate::table_record::{self, SLOTS};
 
 /// How long the last attempt of a waiting acquire, at its deadline, may wait for a busy
 /// record's `flock`.
@@ -39,6 +42,10 @@ const LAST_TRY: Duration = Duration::from_millis(10);
 ///   thread is pinned meanwhile.
 /// - A record torn by a power loss or damaged is recovered without ever lowering its fencing
 ///   counter, or refused with an error naming the file (the crate docs say how).
+/// - Semaphores (at most 64 permits) and read-write locks (at most 64 readers at once, with
+///   writer preference) keep their holders in one record file per name, under the same
+///   `flock` and the same torn-write-safe format (see the crate docs). Multi-key locks are
+///   taken one key at a time, in canonical order, by `lock_core`.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -109,29 +116,47 @@ impl FileBackend {
     /// An extend or release that found the record's `flock` held throughout is an error.
     async fn run_or_busy(&self, key: &LockKey, op: Op) -> Result<OpResult> {
         match self.run(key, op).await? {
-            OpResult::Busy => Err(busy(&path_of(&self.opts.dir, key), self.opts.request_timeout)),
+            OpResult::Busy => Err(busy(&path_of(&self.opts.dir, key, op.mode()), self.opts.request_timeout)),
             r => Ok(r),
         }
     }
 
+    /// A release (of a grant or a waiting writer's intent) that wakes this process's waiters.
+    async fn release_op(&self, key: &LockKey, op: Op) -> Result<OpResult> {
+        let res = self.run_or_busy(key, op).await?;
+        waker(&path_of(&self.opts.dir, key, op.mode())).notify_waiters();
+        Ok(res)
+    }
+
     /// One attempt, waiting at most `bound` for the record's `flock`; a record locked by
     /// another process throughout reads as held (its holder is acquiring, extending or
-    /// releasing, or is an operator's `flock(1)`).
-    async fn attempt(&self, req: &AcquireRequest, bound: Duration) -> Result<Attempt> {
+    /// releasing, or is an operator's `flock(1)`). `intent`: for a waiting writer, how long
+    /// its intent lasts.
+    async fn attempt(
+        &self,
+        req: &AcquireRequest,
+        bound: Duration,
+        intent: Option<Duration>,
+    ) -> Result<Attempt> {
         let sent = Instant::now();
-        let op = Op::Acquire { owner: req.owner, ttl: req.ttl };
+        let op = Op::Acquire { owner: req.owner, ttl: req.ttl, mode: req.mode, intent };
         match files::run(&self.opts.dir, &req.key, self.opts.sync, op, bound).await? {
-            OpResult::Acquired(fence) => Ok(Attempt::Acquired(Lease::new(
-                req.key.clone(),
-                req.owner,
-                FencingToken::new(fence),
-                req.ttl,
-                sent,
-            ))),
-            OpResult::Held(left) => Ok(Attempt::Held { expires_in: Some(left) }),
+            OpResult::Acquired(fence) => Ok(Attempt::Acquired(
+                Lease::new(req.key.clone(), req.owner, FencingToken::new(fence), req.ttl, sent)
+                    .with_mode(req.mode),
+            )),
+            OpResult::Held(left) => Ok(Attempt::Held { expires_in: left }),
             OpResult::Busy => Ok(Attempt::Held { expires_in: None }),
+            OpResult::Mismatch(held) => Err(mismatch(req, held)),
             _ => Err(other("unexpected file operation result")),
         }
+    }
+
+    /// How long a waiting writer's intent lasts unless its next attempt refreshes it: twice the
+    /// longest gap between two attempts (a poll interval and a busy record's bound). A writer
+    /// that dies while waiting blocks new readers for at most this long.
+    pub fn writer_intent_ttl(&self) -> Duration {
+        self.opts.poll_interval.saturating_add(self.opts.request_timeout).saturating_mul(2)
     }
 }
 
@@ -146,26 +171,47 @@ impl LockBackend for FileBackend {
             .with_wake(WakeMode::Poll { max_interval: self.opts.poll_interval })
             .with_min_ttl(Duration::from_millis(1))
             .with_expiry_margin(Duration::from_millis(50))
+            .with_max_permits(SLOTS as u32)
+            .with_read_write(true)
+            .with_writer_preference(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        self.attempt(req, self.opts.request_timeout).await
+        self.attempt(req, self.opts.request_timeout, None).await
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         // Waiters in this process wake at once on release; others poll. No attempt waits for
         // a busy record's flock past the deadline (the last one gets a short try).
-        let wake = waker(&path_of(&self.opts.dir, &req.key));
-        lock_core::wait_for_lock(&[&wake], &req.key, deadline, self.opts.poll_interval, || {
+        let wake = waker(&path_of(&self.opts.dir, &req.key, req.mode));
+        let intent = (req.mode == Mode::Write).then(|| self.writer_intent_ttl());
+        // A waiting writer that ends without the lock (dropped, timed out, failed) withdraws
+        // its intent, so readers do not wait for it to expire.
+        let withdraw = || {
+            let (this, key, owner) = (self.clone(), req.key.clone(), req.owner);
+            async move {
+                let _ = this.release_op(&key, Op::Release { owner, mode: Mode::Write }).await;
+            }
+        };
+        let undo = intent.map(|_| UndoOnDrop::new(withdraw()));
+        let res = lock_core::wait_for_lock(&[&wake], &req.key, deadline, self.opts.poll_interval, || {
             let left = deadline.saturating_duration_since(Instant::now());
-            self.attempt(req, self.opts.request_timeout.min(left.max(LAST_TRY)))
+            self.attempt(req, self.opts.request_timeout.min(left.max(LAST_TRY)), intent)
         })
-        .await
+        .await;
+        if let Some(undo) = undo {
+            if res.is_err() {
+                withdraw().await;
+            }
+            undo.disarm();
+        }
+        res
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
         let sent = Instant::now();
-        match self.run_or_busy(lease.key(), Op::Extend { owner: lease.owner(), ttl }).await? {
+        let op = Op::Extend { owner: lease.owner(), ttl, mode: lease.mode() };
+        match self.run_or_busy(lease.key(), op).await? {
             OpResult::Extended => {
                 Ok(ExtendOutcome::Extended { valid_until: lock_core::lease::valid_until(sent, ttl) })
             }
@@ -174,8 +220,8 @@ impl LockBackend for FileBackend {
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let res = self.run_or_busy(lease.key(), Op::Release { owner: lease.owner() }).await?;
-        waker(&path_of(&self.opts.dir, lease.key())).notify_waiters();
+        let res =
+            self.release_op(lease.key(), Op::Release { owner: lease.owner(), mode: lease.mode() }).await?;
         Ok(match res {
             OpResult::Released => ReleaseOutcome::Released,
             _ => ReleaseOutcome::NotHeld,
@@ -183,14 +229,33 @@ impl LockBackend for FileBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        let rec = files::read(path_of(&self.opts.dir, key), self.opts.request_timeout).await?;
+        let path = path_of(&self.opts.dir, key, Mode::Exclusive);
+        let Some(bytes) = files::read(path.clone(), self.opts.request_timeout).await? else {
+            return Ok(None);
+        };
+        let rec = record::decode(&bytes).map_err(|why| damaged(&path, why))?;
         let now = mono_ns();
-        Ok(rec.filter(|r| r.live(now)).map(|r| {
+        Ok(rec.live(now).then(|| {
             LockInfo::new(
-                Some(FencingToken::new(r.fence)),
-                r.owner,
-                Some(Duration::from_nanos(r.expires_ns - now)),
+                Some(FencingToken::new(rec.fence)),
+                rec.owner,
+                Some(Duration::from_nanos(rec.expires_ns - now)),
             )
         }))
+    }
+
+    async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
+        let kind = Role::of(mode, NAME)?.kind();
+        let path = path_of(&self.opts.dir, key, mode);
+        let Some(bytes) = files::read(path.clone(), self.opts.request_timeout).await? else {
+            return Ok(vec![]);
+        };
+        let rec = table_record::decode(&bytes, kind).map_err(|why| damaged(&path, why))?;
+        Ok(table_record::holders(&rec, mono_ns())
+            .into_iter()
+            .map(|(e, mode, left)| {
+                LockInfo::new(Some(FencingToken::new(e.fence)), Some(e.owner), Some(left)).with_mode(mode)
+            })
+            .collect())
     }
 }

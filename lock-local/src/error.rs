@@ -54,3 +54,13 @@ pub(crate) fn task_failed(e: tokio::task::JoinError) -> Error {
 pub(crate) fn other(message: &str) -> Error {
     Error::backend_msg(NAME, BackendErrorKind::Other, message)
 }
+
+/// A semaphore asked for with another number of permits than its holders use (not
+/// retryable).
+pub(crate) fn mismatch(req: &lock_core::AcquireRequest, held: u32) -> Error {
+    let asked = match req.mode {
+        lock_core::Mode::Permit { limit } => limit,
+        _ => 0,
+    };
+    Error::PermitsMismatch { key: req.key.full().to_owned(), asked, held }
+}

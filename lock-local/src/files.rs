@@ -1,8 +1,10 @@
-//! The file mechanics of the file backend: one small file per key under a directory, read and
-//! rewritten under an exclusive `flock`.
+//! The file mechanics of the file backend: one small file per key and primitive under a
+//! directory, read and rewritten under an exclusive `flock`.
 //!
-//! Each key maps to `<dir>/<first 32 hex digits of sha256(key)>.lock`, holding its
-//! [`Record`] (see [`record`](crate::record) for the format and how a damaged one is read).
+//! Each key maps to `<dir>/<first 32 hex digits of sha256(key)>.<ext>`: `.lock` for the lock,
+//! holding its [`Record`] (see [`record`](crate::record) for the format and how a damaged one
+//! is read); `.sem` for the semaphore and `.rw` for the read-write lock of that name, each
+//! holding a [`TableRecord`] (see [`table_record`](crate::table_record)).
 //!
 //! - Mutual exclusion: every read-modify-write of a record happens under `flock`, which the
 //!   kernel drops when the process holding it dies, so a killed process never wedges a key.
@@ -15,10 +17,11 @@
 //! - Crash safety: a record is written in place with one `pwrite` at offset 0, always the same
 //!   length for a key; a file is never shortened. A new file is created with its first record
 //!   already in it (written to a temporary file, flushed, and hard-linked into place), so a
-//!   lock file is never empty. With `sync` (the default) a grant is flushed with `fdatasync`
-//!   before it is returned, so the fencing counter also survives a power loss.
+//!   record file is never empty. With `sync` (the default) a grant is flushed with
+//!   `fdatasync` before it is returned, so the fencing counter also survives a power loss.
 //! - Files are never deleted: the fencing counter must outlive releases. One file per key
-//!   ever locked, about 300 bytes each.
+//!   and primitive ever used: about 300 bytes for a lock, 10 KB for a semaphore or a
+//!   read-write lock.
 //! - An acquire whose caller is cancelled is undone once its blocking task finishes
 //!   ([`PendingOp`]).
 
@@ -30,25 +33,52 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use lock_core::{Backoff, Instant, LockKey, OwnerToken, Result};
+use lock_core::{Backoff, Instant, LockKey, Mode, OwnerToken, Result};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::error::{damaged, io_err, other, task_failed};
-use crate::record::{boot_id, decode, dur_ns, mono_ns, Record};
+use crate::error::{io_err, other, task_failed, NAME};
+use crate::record::{self, mono_ns, Record};
+use crate::table::{Kind, Role};
+use crate::table_record::{self, TableRecord};
 
-/// One read-modify-write of a record.
-#[derive(Clone, Copy)]
+/// One read-modify-write of a record, on the grant of `mode`.
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
-    Acquire { owner: OwnerToken, ttl: Duration },
-    Extend { owner: OwnerToken, ttl: Duration },
-    Release { owner: OwnerToken },
+    /// `intent`: for a waiting writer, how long its intent lasts if it is not refreshed.
+    Acquire {
+        owner: OwnerToken,
+        ttl: Duration,
+        mode: Mode,
+        intent: Option<Duration>,
+    },
+    Extend {
+        owner: OwnerToken,
+        ttl: Duration,
+        mode: Mode,
+    },
+    Release {
+        owner: OwnerToken,
+        mode: Mode,
+    },
+}
+
+impl Op {
+    pub(crate) fn mode(&self) -> Mode {
+        match *self {
+            Op::Acquire { mode, .. } | Op::Extend { mode, .. } | Op::Release { mode, .. } => mode,
+        }
+    }
 }
 
 /// What an [`Op`] found and did.
+#[derive(Debug)]
 pub(crate) enum OpResult {
     Acquired(u64),
-    Held(Duration),
+    /// Held; the earliest expiry among what stands in the way.
+    Held(Option<Duration>),
+    /// The semaphore's holders use this other number of permits.
+    Mismatch(u32),
     Extended,
     Released,
     NotHeld,
@@ -56,11 +86,16 @@ pub(crate) enum OpResult {
     Busy,
 }
 
-/// The file of `key` under `dir`.
-pub(crate) fn path_of(dir: &Path, key: &LockKey) -> PathBuf {
+/// The file of `key`'s primitive of `mode` under `dir`.
+pub(crate) fn path_of(dir: &Path, key: &LockKey, mode: Mode) -> PathBuf {
     let digest = Sha256::digest(key.full().as_bytes());
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    dir.join(format!("{hex}.lock"))
+    let ext = match Role::of(mode, NAME).map(Role::kind) {
+        Ok(Kind::Semaphore) => "sem",
+        Ok(Kind::ReadWrite) => "rw",
+        _ => "lock",
+    };
+    dir.join(format!("{hex}.{ext}"))
 }
 
 /// In-process wake-ups, shared by every `FileBackend` of this process, keyed by file path.
@@ -71,31 +106,39 @@ pub(crate) fn waker(path: &Path) -> Arc<Notify> {
     map.entry(path.to_owned()).or_default().clone()
 }
 
-/// Opens a record file, creating it (with its first record) if needed.
-fn open_file(path: &Path, key: &str, sync: bool) -> Result<File> {
+/// The bytes a new record file of `mode`'s primitive starts with.
+fn initial(mode: Mode, key: &str) -> Result<Vec<u8>> {
+    Ok(match Role::of(mode, NAME)?.kind() {
+        Kind::Lock => Record::default().render(key),
+        kind => TableRecord::new(kind).render(key),
+    })
+}
+
+/// Opens a record file, creating it (with its first record, made by `initial`) if needed.
+fn open_file(path: &Path, initial: impl FnOnce() -> Result<Vec<u8>>, sync: bool) -> Result<File> {
     let open = || OpenOptions::new().read(true).write(true).open(path);
     match open() {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create_file(path, key, sync)?;
+            create_file(path, &initial()?, sync)?;
             open().map_err(|e| io_err("cannot open lock file", path, e))
         }
         Err(e) => Err(io_err("cannot open lock file", path, e)),
     }
 }
 
-/// Creates `path` holding a fresh record (fence 0): the record is written to a temporary file
-/// (flushed with `sync`), which is then hard-linked into place, so that no process ever sees
-/// the lock file empty. The new directory entry is flushed too (with `sync`), so the counter
-/// the file will hold cannot vanish with a power loss. Another process creating it first is
-/// fine.
-fn create_file(path: &Path, key: &str, sync: bool) -> Result<()> {
+/// Creates `path` holding `initial` (a fresh record, fence 0): the record is written to a
+/// temporary file (flushed with `sync`), which is then hard-linked into place, so that no
+/// process ever sees the lock file empty. The new directory entry is flushed too (with
+/// `sync`), so the counter the file will hold cannot vanish with a power loss. Another process
+/// creating it first is fine.
+fn create_file(path: &Path, initial: &[u8], sync: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.{}.tmp", std::process::id(), OwnerToken::random()));
     let write_tmp = || -> io::Result<()> {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(&Record::default().render(key))?;
+        f.write_all(initial)?;
         if sync {
             f.sync_data()?;
         }
@@ -115,10 +158,10 @@ fn create_file(path: &Path, key: &str, sync: bool) -> Result<()> {
     Ok(())
 }
 
-fn read_record(file: &mut File, path: &Path) -> Result<Record> {
+fn read_bytes(file: &mut File, path: &Path) -> Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(320);
     file.read_to_end(&mut bytes).map_err(|e| io_err("cannot read lock file", path, e))?;
-    decode(&bytes).map_err(|why| damaged(path, why))
+    Ok(bytes)
 }
 
 /// Tries the `flock` once: `false` when another open file description holds it.
@@ -134,37 +177,19 @@ fn try_flock(file: &File, path: &Path, shared: bool) -> Result<bool> {
 /// One read-modify-write of a record under an exclusive `flock`, if the `flock` can be had
 /// at once ([`OpResult::Busy`] otherwise). Blocking I/O: run it on a blocking thread.
 pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: &Op) -> Result<OpResult> {
-    let mut file = open_file(path, key, sync)?;
+    let mut file = open_file(path, || initial(op.mode(), key), sync)?;
     if !try_flock(&file, path, false)? {
         return Ok(OpResult::Busy);
     }
-    let mut rec = read_record(&mut file, path)?;
+    let bytes = read_bytes(&mut file, path)?;
     let now = mono_ns();
-    let live = rec.live(now);
-    let (result, dirty) = match *op {
-        Op::Acquire { .. } if live => (OpResult::Held(Duration::from_nanos(rec.expires_ns - now)), false),
-        Op::Acquire { owner, ttl } => {
-            rec.fence = rec.fence.checked_add(1).ok_or_else(|| other("fencing counter exhausted"))?;
-            rec.owner = Some(owner);
-            rec.expires_ns = now.saturating_add(dur_ns(ttl));
-            rec.boot = boot_id().to_owned();
-            (OpResult::Acquired(rec.fence), true)
-        }
-        Op::Extend { owner, ttl } if live && rec.owner == Some(owner) => {
-            rec.expires_ns = now.saturating_add(dur_ns(ttl));
-            (OpResult::Extended, true)
-        }
-        Op::Release { owner } if rec.owner == Some(owner) => {
-            rec.owner = None;
-            rec.expires_ns = 0;
-            (if live { OpResult::Released } else { OpResult::NotHeld }, true)
-        }
-        Op::Extend { .. } | Op::Release { .. } => (OpResult::NotHeld, false),
+    let (result, new) = match op.mode() {
+        Mode::Exclusive => record::apply(path, &bytes, key, op, now)?,
+        _ => table_record::apply(path, &bytes, key, op, now)?,
     };
-    if dirty {
+    if let Some(new) = new {
         // In place, the same length for this key every time: never shortened.
-        let bytes = rec.render(key);
-        file.write_all_at(&bytes, 0).map_err(|e| io_err("cannot write lock file", path, e))?;
+        file.write_all_at(&new, 0).map_err(|e| io_err("cannot write lock file", path, e))?;
         if sync && matches!(result, OpResult::Acquired(_)) {
             file.sync_data().map_err(|e| io_err("cannot sync lock file", path, e))?;
         }
@@ -193,13 +218,14 @@ where
     }
 }
 
-/// Reads the record of `path` under a shared `flock`, waiting at most `bound` for it;
-/// `Ok(None)` when the key was never locked, `Err` (retryable) when the `flock` stayed busy.
-pub(crate) async fn read(path: PathBuf, bound: Duration) -> Result<Option<Record>> {
+/// Reads the bytes of the record file `path` under a shared `flock`, waiting at most `bound`
+/// for it; `Ok(None)` when the file does not exist (never used), `Err` (retryable) when the
+/// `flock` stayed busy.
+pub(crate) async fn read(path: PathBuf, bound: Duration) -> Result<Option<Vec<u8>>> {
     let once = || {
         let path = path.clone();
         async move {
-            tokio::task::spawn_blocking(move || -> Result<Option<Option<Record>>> {
+            tokio::task::spawn_blocking(move || -> Result<Option<Option<Vec<u8>>>> {
                 let mut file = match File::open(&path) {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(None)),
@@ -208,7 +234,7 @@ pub(crate) async fn read(path: PathBuf, bound: Duration) -> Result<Option<Record
                 if !try_flock(&file, &path, true)? {
                     return Ok(None);
                 }
-                read_record(&mut file, &path).map(|r| Some(Some(r)))
+                read_bytes(&mut file, &path).map(|r| Some(Some(r)))
             })
             .await
             .map_err(task_failed)?
@@ -220,21 +246,21 @@ pub(crate) async fn read(path: PathBuf, bound: Duration) -> Result<Option<Record
 /// Runs `op` on the record of `key` in `dir`, waiting at most `bound` for the record's
 /// `flock` ([`OpResult::Busy`] if it stays held).
 pub(crate) async fn run(dir: &Path, key: &LockKey, sync: bool, op: Op, bound: Duration) -> Result<OpResult> {
-    let path = path_of(dir, key);
+    let path = path_of(dir, key, op.mode());
     let full = key.full().to_owned();
     let once = || {
         let (path, full) = (path.clone(), full.clone());
         // An acquire whose caller goes away before the reply must not leave its grant behind:
         // the blocking task runs on regardless, so the undo waits for it and releases it.
-        let undo_owner = match op {
-            Op::Acquire { owner, .. } => Some(owner),
+        let undo = match op {
+            Op::Acquire { owner, mode, .. } => Some(Op::Release { owner, mode }),
             _ => None,
         };
         let task = {
             let (path, full) = (path.clone(), full.clone());
             tokio::task::spawn_blocking(move || apply(&path, &full, sync, &op))
         };
-        PendingOp { task: Some(task), undo: undo_owner.map(|o| (path, full, sync, o)) }.join()
+        PendingOp { task: Some(task), undo: undo.map(|op| (path, full, sync, op)) }.join()
     };
     retry_while_busy(bound, |r| matches!(r, OpResult::Busy), once).await
 }
@@ -243,7 +269,7 @@ pub(crate) async fn run(dir: &Path, key: &LockKey, sync: bool, op: Op, bound: Du
 /// an acquire is undone once its task has finished: what it granted is released.
 struct PendingOp {
     task: Option<tokio::task::JoinHandle<Result<OpResult>>>,
-    undo: Option<(PathBuf, String, bool, OwnerToken)>,
+    undo: Option<(PathBuf, String, bool, Op)>,
 }
 
 impl PendingOp {
@@ -259,7 +285,7 @@ impl PendingOp {
 
 impl Drop for PendingOp {
     fn drop(&mut self) {
-        let (Some(task), Some((path, full, sync, owner))) = (self.task.take(), self.undo.take()) else {
+        let (Some(task), Some((path, full, sync, release))) = (self.task.take(), self.undo.take()) else {
             return;
         };
         lock_core::cancel::spawn_detached(async move {
@@ -271,7 +297,6 @@ impl Drop for PendingOp {
                     || {
                         let (p, full) = (path.clone(), full.clone());
                         async move {
-                            let release = Op::Release { owner };
                             let done =
                                 tokio::task::spawn_blocking(move || apply(&p, &full, sync, &release)).await;
                             Ok(done.map_err(task_failed).and_then(|r| r))

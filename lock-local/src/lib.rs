@@ -27,6 +27,51 @@
 //! Options ([`FileOptions`], [`MemoryOptions`]) are built in code or parsed from
 //! `file:///PATH?sync=&poll=&timeout=` and `mem://NAME` URLs.
 //!
+//! ## Semaphores, read-write locks and multi-key locks
+//!
+//! The lock, the semaphore and the read-write lock of one name are three independent
+//! resources (three entries of the memory store; three files, `.lock`, `.sem` and `.rw`). Each
+//! keeps its grants in one table with one fencing counter, under the rules of the lock
+//! (checked after dropping expired grants, in one critical section: the store's mutex, or the
+//! record file's `flock`):
+//!
+//! - **Semaphore** (`N` permits): at most `N` unexpired permits; every grant takes the next
+//!   value of the semaphore's counter, so tokens strictly increase across all its permits.
+//!   `N` is stored with the holders: a client that asks for another `N` while permits are
+//!   held gets [`Error::PermitsMismatch`](lock_core::Error::PermitsMismatch) and nothing is
+//!   written; once every permit is gone, the next grant sets `N` again. A crashed holder's
+//!   permit comes back when its TTL runs out (CLOCK_MONOTONIC for files, tokio's clock in
+//!   memory); release wakes waiters in the process at once, other processes poll.
+//! - **Read-write lock**: readers share, a writer excludes readers and writers, with one
+//!   counter for both: a writer's token is above every earlier grant's, a reader's above the
+//!   last writer's. **Writer preference**: a writer that waits leaves an *intent* in the table,
+//!   refreshed by each of its attempts; new readers are refused while an unexpired intent
+//!   exists, so a stream of readers cannot starve it. The intent is removed when the writer is
+//!   granted or its acquire ends without the lock (a timeout, an error, the future dropped),
+//!   and lapses on its own unless refreshed: a writer that dies while waiting holds readers
+//!   back for at most 1 s (memory: a future that is never dropped nor polled again) or
+//!   [`FileBackend::writer_intent_ttl`] (file: twice a poll interval plus a busy record's
+//!   bound, 1.04 s by default).
+//! - **Multi-key locks**: the memory backend takes every name in one step under its mutex
+//!   (`atomic_multi_key`); the file backend takes them one at a time in canonical order, as
+//!   `lock_core` does for every backend without an atomic request, releasing what it took if
+//!   one name stays held.
+//!
+//! The file record of a semaphore or read-write lock (see `table_record.rs`) is, like the
+//! lock's, fixed-width, written twice with checksums, in place and never shortened, created
+//! whole by a hard link, and recovered from a torn write or a cut without ever lowering its
+//! counter (or refused with an error naming the file). Its width is the file backend's
+//! bound: **at most 64 permits per semaphore** (claimed as `max_permits`; more is
+//! [`Error::InvalidPermits`](lock_core::Error::InvalidPermits)), and at most 64 readers,
+//! writers and waiting writers at once per read-write lock: a 65th reader waits for a slot,
+//! and a writer that finds no slot for its intent waits without holding readers back. Each
+//! such file is about 10 KB. The memory backend allows up to
+//! [`MAX_PERMITS`](lock_core::MAX_PERMITS) permits and any number of readers.
+//!
+//! What they do not promise: waiters are not served in order (no fairness among permits or
+//! readers); a semaphore's `N` is only checked against current holders, so two groups of
+//! clients that never overlap in time may use different `N`s.
+//!
 //! ## The file backend's honest limits
 //!
 //! - **One host, a local file system**: `flock` is not reliable over NFS, and the lock files
@@ -58,6 +103,8 @@ mod files;
 mod memory;
 mod options;
 mod record;
+mod table;
+mod table_record;
 
 pub use backend::FileBackend;
 pub use memory::MemoryBackend;

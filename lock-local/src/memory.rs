@@ -4,13 +4,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use lock_core::lease::add_saturating;
 use lock_core::{
     async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, FencingToken, Instant, Lease,
-    LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result, WakeMode,
+    LockBackend, LockInfo, LockKey, Mode, ReleaseOutcome, Result, WakeMode,
 };
 use tokio::sync::Notify;
 
+use crate::error::mismatch;
+use crate::table::{Admit, Ask, Kind, Role, Table};
+
 const NAME: &str = "memory";
+
+/// How often a waiter tries again when nothing wakes it.
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+/// How long a waiting writer's intent lasts unless its next attempt (at most [`MAX_POLL`]
+/// later) refreshes it.
+const INTENT_TTL: Duration = Duration::from_secs(1);
 
 /// Locks held in this process's memory.
 ///
@@ -22,32 +33,22 @@ const NAME: &str = "memory";
 ///   connects to; `mem://` is the store named `""`): every caller with the same name shares
 ///   one store, which lives as long as the process.
 /// - Expiry is measured on tokio's clock, so tests may pause and advance time.
-/// - Fencing counters are kept per key for the life of the store (one `u64` per key ever
-///   locked).
+/// - Fencing counters are kept per key and primitive for the life of the store (one `u64` per
+///   name ever used).
 /// - Waiters are woken at once on release and at the holder's expiry; not fair.
+/// - Semaphores (up to [`MAX_PERMITS`](lock_core::MAX_PERMITS) permits), read-write locks with
+///   writer preference, and atomic multi-key locks (every key checked and granted under the
+///   store's one mutex); see the crate docs.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
-    store: Arc<Mutex<HashMap<String, Slot>>>,
+    store: Arc<Mutex<HashMap<(Kind, String), Slot>>>,
 }
 
+/// One name's primitive: its grants and its waiters' wake-up.
 #[derive(Debug, Default)]
 struct Slot {
-    counter: u64,
-    holder: Option<Holder>,
+    table: Table<Instant>,
     notify: Arc<Notify>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Holder {
-    owner: OwnerToken,
-    fence: FencingToken,
-    expires: Instant,
-}
-
-impl Slot {
-    fn live_holder(&self, now: Instant) -> Option<Holder> {
-        self.holder.filter(|h| h.expires > now)
-    }
 }
 
 impl MemoryBackend {
@@ -65,24 +66,64 @@ impl MemoryBackend {
         stores.entry(name.to_owned()).or_default().clone()
     }
 
-    fn store(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+    fn store(&self) -> MutexGuard<'_, HashMap<(Kind, String), Slot>> {
         // The critical sections below cannot panic halfway, so a poisoned map is still sound.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn attempt(&self, req: &AcquireRequest) -> (Attempt, Arc<Notify>) {
+    fn ask(req: &AcquireRequest, now: Instant, intent: Option<Instant>) -> Ask<Instant> {
+        let expires = add_saturating(now, req.ttl);
+        Ask { owner: req.owner, mode: req.mode, now, expires, intent, capacity: usize::MAX }
+    }
+
+    fn lease(req: &AcquireRequest, fence: u64, sent: Instant) -> Lease {
+        Lease::new(req.key.clone(), req.owner, FencingToken::new(fence), req.ttl, sent).with_mode(req.mode)
+    }
+
+    /// One attempt; a waiting writer (`intent`) leaves its intent when refused.
+    fn attempt(&self, req: &AcquireRequest, intent: bool) -> Result<Attempt> {
         let sent = Instant::now();
+        let kind = Role::of(req.mode, NAME)?.kind();
         let mut store = self.store();
-        let slot = store.entry(req.key.full().to_owned()).or_default();
-        let notify = slot.notify.clone();
-        if let Some(h) = slot.live_holder(sent) {
-            return (Attempt::Held { expires_in: Some(h.expires - sent) }, notify);
+        let slot = store.entry((kind, req.key.full().to_owned())).or_default();
+        let ask = Self::ask(req, sent, intent.then(|| add_saturating(sent, INTENT_TTL)));
+        match slot.table.acquire(&ask, NAME)? {
+            Admit::Granted(fence) => Ok(Attempt::Acquired(Self::lease(req, fence, sent))),
+            Admit::Held(until) => Ok(Attempt::Held { expires_in: until.map(|t| t - sent) }),
+            Admit::Mismatch(held) => Err(mismatch(req, held)),
         }
-        slot.counter += 1;
-        let fence = FencingToken::new(slot.counter);
-        slot.holder = Some(Holder { owner: req.owner, fence, expires: sent + req.ttl });
-        let lease = Lease::new(req.key.clone(), req.owner, fence, req.ttl, sent);
-        (Attempt::Acquired(lease), notify)
+    }
+
+    fn notify_of(&self, kind: Kind, key: &LockKey) -> Arc<Notify> {
+        self.store().entry((kind, key.full().to_owned())).or_default().notify.clone()
+    }
+
+    /// Runs `f` on the slot of `key`'s primitive of `mode`, if it exists.
+    fn with_slot<R>(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        f: impl FnOnce(&mut Slot, Role) -> R,
+    ) -> Result<Option<R>> {
+        let role = Role::of(mode, NAME)?;
+        Ok(self.store().get_mut(&(role.kind(), key.full().to_owned())).map(|slot| f(slot, role)))
+    }
+}
+
+/// Withdraws a waiting writer's intent when its acquire ends, however it ends (a granted
+/// writer has none left), and wakes the readers it held back.
+struct Intent<'a> {
+    backend: &'a MemoryBackend,
+    req: &'a AcquireRequest,
+}
+
+impl Drop for Intent<'_> {
+    fn drop(&mut self) {
+        let _ = self.backend.with_slot(&self.req.key, Mode::Write, |slot, _| {
+            if slot.table.withdraw_intent(self.req.owner) {
+                slot.notify.notify_waiters();
+            }
+        });
     }
 }
 
@@ -97,62 +138,106 @@ impl LockBackend for MemoryBackend {
             .with_wake(WakeMode::Notify)
             .with_min_ttl(Duration::from_millis(1))
             .with_expiry_margin(Duration::from_millis(5))
+            .with_max_permits(lock_core::MAX_PERMITS)
+            .with_read_write(true)
+            .with_writer_preference(true)
+            .with_atomic_multi_key(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        Ok(self.attempt(req).0)
+        self.attempt(req, false)
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let notify = self.store().entry(req.key.full().to_owned()).or_default().notify.clone();
+        let notify = self.notify_of(Role::of(req.mode, NAME)?.kind(), &req.key);
+        let writer = req.mode == Mode::Write;
+        let _intent = writer.then_some(Intent { backend: self, req });
         // Released grants wake waiters at once; expired ones are retried at their expiry.
-        lock_core::wait_for_lock(&[&notify], &req.key, deadline, Duration::from_millis(50), || async {
-            Ok(self.attempt(req).0)
+        lock_core::wait_for_lock(&[&notify], &req.key, deadline, MAX_POLL, || async {
+            self.attempt(req, writer)
         })
         .await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
         let sent = Instant::now();
-        let mut store = self.store();
-        let Some(slot) = store.get_mut(lease.key().full()) else { return Ok(ExtendOutcome::NotHeld) };
-        match slot.holder.as_mut() {
-            Some(h) if h.owner == lease.owner() && h.expires > sent => {
-                h.expires = sent + ttl;
-                Ok(ExtendOutcome::Extended { valid_until: lock_core::lease::valid_until(sent, ttl) })
-            }
-            _ => Ok(ExtendOutcome::NotHeld),
-        }
+        let extended = self.with_slot(lease.key(), lease.mode(), |slot, role| {
+            slot.table.extend(lease.owner(), role, sent, add_saturating(sent, ttl))
+        })?;
+        Ok(if extended == Some(true) {
+            ExtendOutcome::Extended { valid_until: lock_core::lease::valid_until(sent, ttl) }
+        } else {
+            ExtendOutcome::NotHeld
+        })
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
         let now = Instant::now();
-        let mut store = self.store();
-        let Some(slot) = store.get_mut(lease.key().full()) else { return Ok(ReleaseOutcome::NotHeld) };
-        match slot.holder {
-            Some(h) if h.owner == lease.owner() => {
-                slot.holder = None;
+        let live = self.with_slot(lease.key(), lease.mode(), |slot, role| {
+            let (live, removed) = slot.table.release(lease.owner(), role, now);
+            if removed {
                 slot.notify.notify_waiters();
-                Ok(if h.expires > now { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
             }
-            _ => Ok(ReleaseOutcome::NotHeld),
-        }
+            live
+        })?;
+        Ok(if live == Some(true) { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        Ok(self.holders(key, Mode::Exclusive).await?.into_iter().next())
+    }
+
+    async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
         let now = Instant::now();
-        let store = self.store();
-        Ok(store
-            .get(key.full())
-            .and_then(|s| s.live_holder(now))
-            .map(|h| LockInfo::new(Some(h.fence), Some(h.owner), Some(h.expires - now))))
+        let found = self.with_slot(key, mode, |slot, _| {
+            slot.table
+                .holders(now)
+                .map(|(e, mode)| {
+                    LockInfo::new(Some(FencingToken::new(e.fence)), Some(e.owner), Some(e.expires - now))
+                        .with_mode(mode)
+                })
+                .collect()
+        })?;
+        Ok(found.unwrap_or_default())
+    }
+
+    async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
+        let sent = Instant::now();
+        let mut store = self.store();
+        for req in reqs {
+            let role = Role::of(req.mode, NAME)?;
+            let slot = store.entry((role.kind(), req.key.full().to_owned())).or_default();
+            slot.table.prune(sent);
+            if slot.table.check(&Self::ask(req, sent, None), role).is_some() {
+                return Ok(None);
+            }
+        }
+        let mut leases = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let slot =
+                store.entry((Role::of(req.mode, NAME)?.kind(), req.key.full().to_owned())).or_default();
+            match slot.table.acquire(&Self::ask(req, sent, None), NAME)? {
+                Admit::Granted(fence) => leases.push(Self::lease(req, fence, sent)),
+                // Checked above under the same mutex; cannot happen.
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(leases))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lock_core::LockClient;
+    use lock_core::{LockClient, OwnerToken};
+
+    /// The owner tokens of the holders of one name's lock.
+    fn owners(b: &MemoryBackend, key: &str) -> Vec<OwnerToken> {
+        let key = LockKey::new(key).expect("key");
+        b.with_slot(&key, Mode::Exclusive, |s, _| s.table.entries.iter().map(|e| e.owner).collect())
+            .expect("slot")
+            .unwrap_or_default()
+    }
 
     #[tokio::test(start_paused = true)]
     async fn expiry_follows_tokio_clock() {
@@ -177,5 +262,22 @@ mod tests {
         assert!(other.lock("k").try_acquire().await.unwrap().is_some(), "another name, another store");
         assert!(private.lock("k").try_acquire().await.unwrap().is_some(), "new() is private");
         assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released);
+    }
+
+    #[tokio::test]
+    async fn an_atomic_multi_key_attempt_takes_nothing_when_one_key_is_held() {
+        let store = MemoryBackend::new();
+        let locks = LockClient::new(store.clone());
+        let held = locks.lock("b").acquire().await.unwrap();
+        let reqs: Vec<AcquireRequest> = ["a", "b", "c"]
+            .iter()
+            .map(|n| AcquireRequest::new(LockKey::new(n).unwrap(), Duration::from_secs(5)))
+            .collect();
+        assert!(store.try_acquire_all(&reqs).await.unwrap().is_none());
+        assert!(owners(&store, "a").is_empty() && owners(&store, "c").is_empty(), "a partial grant stayed");
+        held.release().await.unwrap();
+        let leases = store.try_acquire_all(&reqs).await.unwrap().expect("all free");
+        assert_eq!(leases.len(), 3);
+        assert_eq!(owners(&store, "b"), vec![reqs[1].owner]);
     }
 }

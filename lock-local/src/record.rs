@@ -50,18 +50,22 @@
 //!   record left by a holder that died with an earlier boot blocks its key until the
 //!   machine's uptime passes that record's expiry; Linux always provides it.
 
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use lock_core::OwnerToken;
+use lock_core::{OwnerToken, Result};
 use sha2::{Digest, Sha256};
+
+use crate::error::{damaged, other};
+use crate::files::{Op, OpResult};
 
 const MAGIC: &str = "distlock1";
 /// The length of one record line, newline included.
 pub(crate) const LINE_LEN: usize = 141;
 /// Where the checksum field starts (`c=`): the checksum covers the bytes before it.
 const SUM_AT: usize = 122;
-const BOOT_WIDTH: usize = 36;
+pub(crate) const BOOT_WIDTH: usize = 36;
 /// Where the fence field ends in a line of the current format.
 const FENCE_END: usize = 30;
 
@@ -165,7 +169,7 @@ impl Record {
 }
 
 /// The first 8 bytes of SHA-256 over `bytes`, in hex.
-fn checksum(bytes: &[u8]) -> String {
+pub(crate) fn checksum(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -189,6 +193,46 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record, &'static str> {
         Some(fence) => Ok(Record { fence, ..Record::default() }),
         None => Err("no copy of its record is intact"),
     }
+}
+
+/// One operation on a lock file's bytes, at `now` (CLOCK_MONOTONIC ns): what it found and
+/// did, and the bytes to write back (`None` when nothing changed). The bytes are written in
+/// place, the same length for a key every time: never shortened.
+///
+/// # Errors
+/// A damaged record (naming `path`), or an exhausted fencing counter.
+pub(crate) fn apply(
+    path: &Path,
+    bytes: &[u8],
+    key: &str,
+    op: &Op,
+    now: u64,
+) -> Result<(OpResult, Option<Vec<u8>>)> {
+    let mut rec = decode(bytes).map_err(|why| damaged(path, why))?;
+    let live = rec.live(now);
+    let (result, dirty) = match *op {
+        Op::Acquire { .. } if live => {
+            (OpResult::Held(Some(Duration::from_nanos(rec.expires_ns - now))), false)
+        }
+        Op::Acquire { owner, ttl, .. } => {
+            rec.fence = rec.fence.checked_add(1).ok_or_else(|| other("fencing counter exhausted"))?;
+            rec.owner = Some(owner);
+            rec.expires_ns = now.saturating_add(dur_ns(ttl));
+            rec.boot = boot_id().to_owned();
+            (OpResult::Acquired(rec.fence), true)
+        }
+        Op::Extend { owner, ttl, .. } if live && rec.owner == Some(owner) => {
+            rec.expires_ns = now.saturating_add(dur_ns(ttl));
+            (OpResult::Extended, true)
+        }
+        Op::Release { owner, .. } if rec.owner == Some(owner) => {
+            rec.owner = None;
+            rec.expires_ns = 0;
+            (if live { OpResult::Released } else { OpResult::NotHeld }, true)
+        }
+        Op::Extend { .. } | Op::Release { .. } => (OpResult::NotHeld, false),
+    };
+    Ok((result, dirty.then(|| rec.render(key))))
 }
 
 /// This boot's id (`unknown` when the kernel does not say).

@@ -114,6 +114,18 @@ where
     }
 }
 
+/// Arms `release` to run once in the background if the returned guard is dropped before
+/// [`UndoOnDrop::disarm`]: the undo of one request in flight.
+pub(crate) fn arm<R, RF>(release: R) -> UndoOnDrop
+where
+    R: FnOnce() -> RF + Send + 'static,
+    RF: Future<Output = bool> + Send,
+{
+    UndoOnDrop::new(async move {
+        release().await;
+    })
+}
+
 /// [`undo_now`] for the background: the first release at once, then the rechecks.
 pub(crate) async fn undo_later<R, RF>(release: R)
 where
@@ -122,4 +134,20 @@ where
 {
     let pauses = std::iter::once(Duration::ZERO).chain(LATE_GRANT_RECHECKS);
     undo_after(pauses, release).await;
+}
+
+/// How long a waiting writer's intent lasts unless its next attempt refreshes it: twice the
+/// longest gap between two attempts (a poll and one attempt's round of `round`).
+pub(crate) fn intent_ttl(round: Duration) -> Duration {
+    MAX_POLL.saturating_add(round).saturating_mul(2)
+}
+
+/// The acquire script's third argument for `req`: the number of permits of a semaphore, the
+/// intent of a waiting writer in ms (0: none).
+pub(crate) fn extra(req: &lock_core::AcquireRequest, intent: Option<Duration>) -> u64 {
+    match req.mode {
+        lock_core::Mode::Permit { limit } => u64::from(limit),
+        lock_core::Mode::Write => intent.map_or(0, crate::node::ttl_ms),
+        _ => 0,
+    }
 }

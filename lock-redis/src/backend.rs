@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use lock_core::{
-    async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, FencingToken, Instant, Lease,
-    LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
+    async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, FencingToken, Instant, Lease,
+    LockBackend, LockInfo, LockKey, Mode, OwnerToken, ReleaseOutcome, Result, WakeMode,
 };
 
-use crate::node::{Keys, Node, NodeGrant, NAME};
+use crate::attempts::{arm, extra, intent_ttl};
+use crate::error::mismatch;
+use crate::keys::Keys;
+use crate::node::{Node, NodeGrant, NAME};
 use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
 
 /// Locks on one Redis server (or one Redis Cluster slot owner, or a Sentinel-managed master
@@ -39,6 +42,9 @@ use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
 ///   fencing tokens still rise, as long as the new master's clock has not gone back.
 /// - The fencing counters never expire; configure `maxmemory-policy` as `noeviction` or a
 ///   `volatile-*` policy so they are never evicted.
+/// - Semaphores (a sorted set of permits), read-write locks (with writer preference) and
+///   atomic multi-key locks (one script over every key), each one script per step with the
+///   same fencing rule; see the crate docs and [`scripts`](crate::scripts).
 #[derive(Debug, Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
@@ -66,7 +72,13 @@ impl RedisBackend {
     /// The Redis key that holds the grant of `key`: hand it to a foreign client (for example
     /// redis-py's `Lock`) that must exclude and be excluded by distlock.
     pub fn redis_key(&self, key: &LockKey) -> String {
-        Keys::new(&self.inner.prefix, key).lock
+        Keys::lock(&self.inner.prefix, key).all[0].clone()
+    }
+
+    /// How long a waiting writer's intent lasts unless its next attempt refreshes it; a writer
+    /// that dies while waiting blocks new readers for at most this long.
+    pub fn writer_intent_ttl(&self) -> Duration {
+        intent_ttl(self.inner.node.timeout())
     }
 
     /// The underlying connection (for benchmarks measuring the raw floor with the same client).
@@ -75,44 +87,46 @@ impl RedisBackend {
         self.inner.node.connection()
     }
 
-    fn keys(&self, key: &LockKey) -> Keys {
-        Keys::new(&self.inner.prefix, key)
+    fn keys(&self, key: &LockKey, mode: Mode) -> Result<Keys> {
+        Keys::new(NAME, &self.inner.prefix, key, mode)
     }
 
-    /// One acquire request. Dropped mid-flight, the script may still have granted: the
-    /// release by owner token then goes out in the background, on the same connection, so it
-    /// runs after the acquire. A failed attempt is not undone here: the waiting loop retries
-    /// with the same owner token (the script then returns the grant it already made); the
-    /// callers undo once no retry follows.
-    async fn attempt(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let keys = self.keys(&req.key);
+    /// One acquire request (`intent`: a waiting writer's). Dropped mid-flight, the script may
+    /// still have granted: the release by owner token then goes out in the background, on the
+    /// same connection, so it runs after the acquire. A failed attempt is not undone here: the
+    /// waiting loop retries with the same owner token (the script then returns the grant it
+    /// already made); the callers undo once no retry follows.
+    async fn attempt(&self, req: &AcquireRequest, intent: Option<Duration>) -> Result<Attempt> {
+        let keys = self.keys(&req.key, req.mode)?;
         let sent = Instant::now();
-        let undo = UndoOnDrop::new({
-            let (this, keys, owner) = (self.clone(), keys.clone(), req.owner);
-            async move {
-                let _ = this.inner.node.release(&keys, owner).await;
-            }
-        });
-        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl).await;
+        let undo = arm(self.releaser(vec![keys.clone()], req.owner));
+        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl, extra(req, intent)).await;
         undo.disarm();
         Ok(match reply? {
-            NodeGrant::Granted(f) => {
-                Attempt::Acquired(Lease::new(req.key.clone(), req.owner, FencingToken::new(f), req.ttl, sent))
-            }
+            NodeGrant::Granted(f) => Attempt::Acquired(
+                Lease::new(req.key.clone(), req.owner, FencingToken::new(f), req.ttl, sent)
+                    .with_mode(req.mode),
+            ),
             NodeGrant::Held(expires_in) => Attempt::Held { expires_in },
+            NodeGrant::Mismatch(held) => return Err(mismatch(req, held)),
         })
     }
 
-    /// A release of `owner`'s grant that says whether the server answered (whatever it said).
+    /// A release of `owner`'s grants of `keys` that says whether the server answered every
+    /// release (whatever it said).
     fn releaser(
         &self,
-        keys: Keys,
+        keys: Vec<Keys>,
         owner: OwnerToken,
     ) -> impl Fn() -> BoxFuture<'static, bool> + Send + 'static {
         let this = self.clone();
         move || {
             let (this, keys) = (this.clone(), keys.clone());
-            Box::pin(async move { this.inner.node.release(&keys, owner).await.is_ok() })
+            Box::pin(async move {
+                let done =
+                    futures::future::join_all(keys.iter().map(|k| this.inner.node.release(k, owner))).await;
+                done.iter().all(Result::is_ok)
+            })
         }
     }
 }
@@ -129,37 +143,50 @@ impl LockBackend for RedisBackend {
             .with_ttl_granularity(Duration::from_millis(1))
             .with_min_ttl(Duration::from_millis(1))
             .with_expiry_margin(Duration::from_millis(20))
+            .with_max_permits(lock_core::MAX_PERMITS)
+            .with_read_write(true)
+            .with_writer_preference(true)
+            .with_atomic_multi_key(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let attempt = self.attempt(req).await;
-        if attempt.is_err() {
+        let attempt = self.attempt(req, None).await;
+        if let Err(Error::Backend { .. }) = attempt {
             // The script may have run although the reply was lost or came too late: release by
             // owner token before returning the error. The release travels on the same
             // connection, so the server runs it after the acquire.
-            let keys = self.keys(&req.key);
-            crate::attempts::undo_now(self.releaser(keys, req.owner)).await;
+            let keys = self.keys(&req.key, req.mode)?;
+            crate::attempts::undo_now(self.releaser(vec![keys], req.owner)).await;
         }
         attempt
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let keys = self.keys(&req.key);
-        let undo = crate::attempts::undo_later(self.releaser(keys.clone(), req.owner));
+        let keys = self.keys(&req.key, req.mode)?;
+        let undo = crate::attempts::undo_later(self.releaser(vec![keys.clone()], req.owner));
         let node = &self.inner.node;
-        crate::attempts::acquire_waiting(
+        let intent = (req.mode == Mode::Write).then(|| self.writer_intent_ttl());
+        let res = crate::attempts::acquire_waiting(
             &req.key,
             deadline,
             node.timeout(),
-            |bound| async move { vec![node.watch(&keys, bound).await] },
-            || self.attempt(req),
+            |bound| {
+                let keys = &keys;
+                async move { vec![node.watch(keys, bound).await] }
+            },
+            || self.attempt(req, intent),
             undo,
         )
-        .await
+        .await;
+        if res.is_err() && intent.is_some() {
+            // A writer that gives up withdraws its intent now rather than when it lapses.
+            let _ = node.release(&keys, req.owner).await;
+        }
+        res
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
-        let keys = self.keys(lease.key());
+        let keys = self.keys(lease.key(), lease.mode())?;
         let sent = Instant::now();
         Ok(if self.inner.node.extend(&keys, lease.owner(), ttl).await? {
             ExtendOutcome::Extended { valid_until: lock_core::lease::valid_until(sent, ttl) }
@@ -169,7 +196,7 @@ impl LockBackend for RedisBackend {
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let keys = self.keys(lease.key());
+        let keys = self.keys(lease.key(), lease.mode())?;
         Ok(if self.inner.node.release(&keys, lease.owner()).await? {
             ReleaseOutcome::Released
         } else {
@@ -178,6 +205,39 @@ impl LockBackend for RedisBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        self.inner.node.inspect(&self.keys(key)).await
+        self.inner.node.inspect(&Keys::lock(&self.inner.prefix, key)).await
+    }
+
+    async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
+        self.inner.node.holders(&self.keys(key, mode)?).await
+    }
+
+    /// One script over every key (see [`scripts::ACQUIRE_ALL`](crate::scripts::ACQUIRE_ALL)).
+    async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
+        let Some(first) = reqs.first() else { return Ok(Some(Vec::new())) };
+        if reqs.iter().any(|r| r.mode != Mode::Exclusive || r.owner != first.owner || r.ttl != first.ttl) {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                capability: "one atomic request for grants of different modes, owners or TTLs".into(),
+            });
+        }
+        let keys: Vec<Keys> = reqs.iter().map(|r| Keys::lock(&self.inner.prefix, &r.key)).collect();
+        let sent = Instant::now();
+        let undo = arm(self.releaser(keys.clone(), first.owner));
+        let reply = self.inner.node.acquire_all(&keys, first.owner, first.ttl).await;
+        undo.disarm();
+        match reply {
+            Ok(Some(fences)) => Ok(Some(
+                reqs.iter()
+                    .zip(fences)
+                    .map(|(r, f)| Lease::new(r.key.clone(), r.owner, FencingToken::new(f), r.ttl, sent))
+                    .collect(),
+            )),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                crate::attempts::undo_now(self.releaser(keys, first.owner)).await;
+                Err(e)
+            }
+        }
     }
 }

@@ -58,3 +58,13 @@ pub(crate) fn bad_reply(backend: &'static str, addr: &str, what: &str) -> Error 
 pub(crate) fn unavailable(backend: &'static str, message: String) -> Error {
     Error::backend_msg(backend, BackendErrorKind::Unavailable, message)
 }
+
+/// A semaphore asked for with another number of permits than its holders use (not
+/// retryable).
+pub(crate) fn mismatch(req: &lock_core::AcquireRequest, held: u32) -> Error {
+    let asked = match req.mode {
+        lock_core::Mode::Permit { limit } => limit,
+        _ => 0,
+    };
+    Error::PermitsMismatch { key: req.key.full().to_owned(), asked, held }
+}

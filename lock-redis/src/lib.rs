@@ -38,6 +38,59 @@
 //!   acquire); a waiting acquire returns by its deadline plus at most one request timeout and
 //!   cleans up in the background.
 //!
+//! ## Semaphores, read-write locks and multi-key locks
+//!
+//! The lock, the semaphore and the read-write lock of one name are independent resources,
+//! under different keys of the same hash tag `{K}` (so each primitive's keys stay in one
+//! Redis Cluster slot). Each step (acquire, extend, release, list) is one Lua script, and
+//! every grant takes its token from the primitive's one counter by the lock's rule,
+//! `max(counter + 1, the server's clock in µs)`, so tokens keep rising across a loss of data
+//! under the same assumptions (see [`scripts`]).
+//!
+//! - **Semaphore** ([`RedisBackend`] only, up to [`MAX_PERMITS`](lock_core::MAX_PERMITS)
+//!   permits; layout in [`scripts::semaphore`]): a sorted set of permits, member = owner
+//!   token, score = expiry in ms read from the server's `TIME`, beside a hash holding `N`
+//!   and each holder's token, and the counter. The acquire script drops expired members,
+//!   refuses a different `N` while permits are held
+//!   ([`Error::PermitsMismatch`](lock_core::Error::PermitsMismatch), nothing written),
+//!   grants while fewer than `N` remain, and takes the next token, all at once; extend is
+//!   `ZADD XX` on an unexpired member; release is `ZREM` and a message on
+//!   `P{K}:sem:released`, which wakes waiters (who also retry when the first permit expires).
+//!   The set and the hash expire with the last permit; only the counter stays.
+//! - **Read-write lock** (both backends; layout in [`scripts::rwlock`]): the writer's grant
+//!   is a string like a lock's, the readers a sorted set like the permits, with one counter
+//!   for both (a writer's token is above every earlier grant's, a reader's above the last
+//!   writer's). **Writer preference**: a waiting writer leaves an intent (a sorted set of
+//!   waiting writers with expiries), refreshed by each attempt, and readers are refused while
+//!   one exists; it is withdrawn when the writer is granted or gives up (timeout, error,
+//!   future dropped), and lapses by itself after [`RedisBackend::writer_intent_ttl`] (4.5 s
+//!   with the default 2 s request timeout) or [`RedlockBackend::writer_intent_ttl`] (1.3 s
+//!   with the default 200 ms node timeout) when the writer dies while waiting.
+//! - **Multi-key locks**: [`RedisBackend`] takes every name in one script
+//!   ([`scripts::ACQUIRE_ALL`]): all are granted or nothing is written, each with its own
+//!   token; a reply lost in flight is undone by owner token like a single lock's. On Redis
+//!   Cluster the keys of one script must share a hash slot, which the names of different
+//!   locks do not: Cluster is not supported yet. [`RedlockBackend`] has no atomic request;
+//!   `lock_core` takes the names one at a time in canonical order there.
+//!
+//! **Why Redlock offers no semaphores.** Running the semaphore script on every master and
+//! granting on a quorum does not bound the holders by `N`: a master admits `N` holders, and
+//! a holder needs `Q = n/2 + 1` masters, so up to `n * N / Q` holders fit (for 3 masters,
+//! `1.5 N`). With three masters A, B, C and `N = 2`, three clients whose requests arrive in
+//! different orders (A: 1, 3; B: 1, 2; C: 2, 3) are each admitted by two masters, a quorum:
+//! three holders of a 2-permit semaphore (`tests/redlock_primitives.rs` shows it on real
+//! servers). Only unanimity (`Q = n`) bounds the holders by `N`, which gives up the one
+//! master down that Redlock is for; a sound quorum design would be `N` slot locks, each a
+//! Redlock lock sharing one counter, and is not implemented. Use the single node, etcd or
+//! ZooKeeper for semaphores. Read-write locks are sound on a quorum: a writer's quorum and
+//! any reader's or writer's quorum share a master, which refuses the second.
+//!
+//! What they do not promise, beyond the lock's limits above: waiters are not served in order
+//! (no fairness among permits or readers); a semaphore's `N` is checked only against current
+//! holders; a server that loses its data (the same faults as for the lock) loses the permits
+//! and readers on it and can admit new holders beside them while their TTLs run; the tokens
+//! still rise.
+//!
 //! Connection options ([`RedisOptions`], [`RedlockOptions`]): built in code, or parsed from
 //! `redis://[user[:password]@]host[:port][/db]`, `rediss://` for TLS (feature `tls`, on by
 //! default: a private CA and a client certificate through [`lock_core::TlsOptions`]) and
@@ -47,6 +100,7 @@
 mod attempts;
 mod backend;
 mod error;
+mod keys;
 mod node;
 mod notify;
 mod options;

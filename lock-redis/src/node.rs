@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use lock_core::{Error, FencingToken, LockInfo, LockKey, OwnerToken, Result};
+use lock_core::{Error, FencingToken, LockInfo, Mode, OwnerToken, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
 
 use crate::error::{bad_reply, map_err, no_connection, request_timed_out};
+use crate::keys::Keys;
 use crate::notify::{Notifier, Subscription};
 use crate::options::RedisOptions;
 use crate::scripts;
@@ -18,26 +19,18 @@ pub(crate) const NAME: &str = "redis";
 /// foreign holder that never publishes, or a lost message).
 pub(crate) const MAX_POLL: Duration = Duration::from_millis(250);
 
-/// The Redis keys of one lock (see [`scripts`](crate::scripts) for the layout).
-#[derive(Debug, Clone)]
-pub(crate) struct Keys {
-    pub(crate) lock: String,
-    pub(crate) counter: String,
-    pub(crate) channel: String,
-}
-
-impl Keys {
-    pub(crate) fn new(prefix: &str, key: &LockKey) -> Self {
-        let lock = format!("{prefix}{{{}}}", key.full());
-        Self { counter: format!("{lock}:fence"), channel: format!("{lock}:released"), lock }
-    }
-}
-
 /// What one node said to an acquire.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum NodeGrant {
     Granted(u64),
     Held(Option<Duration>),
+    /// The semaphore's holders use this other number of permits.
+    Mismatch(u32),
+}
+
+/// A remaining time in ms as the scripts report it (negative: unknown or none).
+fn millis(ms: i64) -> Option<Duration> {
+    (ms >= 0).then(|| Duration::from_millis(ms as u64))
 }
 
 pub(crate) struct Node {
@@ -107,40 +100,95 @@ impl Node {
         self.timed(inv.invoke_async::<T>(&mut con)).await
     }
 
-    pub(crate) async fn acquire(&self, keys: &Keys, owner: OwnerToken, ttl: Duration) -> Result<NodeGrant> {
-        let mut inv = scripts::ACQUIRE.prepare_invoke();
-        inv.key(&keys.lock).key(&keys.counter).arg(owner.to_string()).arg(ttl_ms(ttl));
-        let (granted, value): (i64, String) = self.call(inv).await?;
+    /// One acquire script on `keys`' primitive. `extra`: the number of permits of a semaphore,
+    /// a waiting writer's intent in ms (0: none); ignored by the others.
+    pub(crate) async fn acquire(
+        &self,
+        keys: &Keys,
+        owner: OwnerToken,
+        ttl: Duration,
+        extra: u64,
+    ) -> Result<NodeGrant> {
+        let mut inv = keys.scripts().acquire.prepare_invoke();
+        keys.add_to(&mut inv);
+        inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(extra);
+        let (status, value): (i64, String) = self.call(inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "acquire");
-        if granted == 1 {
-            Ok(NodeGrant::Granted(value.parse().map_err(|_| bad())?))
-        } else {
-            let pttl: i64 = value.parse().map_err(|_| bad())?;
-            Ok(NodeGrant::Held((pttl >= 0).then(|| Duration::from_millis(pttl as u64))))
+        Ok(match status {
+            1 => NodeGrant::Granted(value.parse().map_err(|_| bad())?),
+            0 => NodeGrant::Held(millis(value.parse().map_err(|_| bad())?)),
+            2 => NodeGrant::Mismatch(value.parse().map_err(|_| bad())?),
+            _ => return Err(bad()),
+        })
+    }
+
+    /// Takes the locks of every `keys` at once (one script): their tokens, or `None` when one
+    /// is held by someone else (nothing written).
+    pub(crate) async fn acquire_all(
+        &self,
+        keys: &[Keys],
+        owner: OwnerToken,
+        ttl: Duration,
+    ) -> Result<Option<Vec<u64>>> {
+        let mut inv = scripts::ACQUIRE_ALL.prepare_invoke();
+        for k in keys {
+            k.add_to(&mut inv);
+        }
+        inv.arg(owner.to_string()).arg(ttl_ms(ttl));
+        let reply: Vec<String> = self.call(inv).await?;
+        let bad = || bad_reply(self.backend, &self.addr, "multi-key acquire");
+        match reply.split_first() {
+            Some((status, fences)) if status == "1" && fences.len() == keys.len() => {
+                fences.iter().map(|f| f.parse().map_err(|_| bad())).collect::<Result<_>>().map(Some)
+            }
+            Some((status, _)) if status == "0" => Ok(None),
+            _ => Err(bad()),
         }
     }
 
     pub(crate) async fn extend(&self, keys: &Keys, owner: OwnerToken, ttl: Duration) -> Result<bool> {
-        let mut inv = scripts::EXTEND.prepare_invoke();
-        inv.key(&keys.lock).arg(owner.to_string()).arg(ttl_ms(ttl));
+        let mut inv = keys.scripts().extend.prepare_invoke();
+        keys.add_to(&mut inv);
+        inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(keys.role());
         Ok(self.call::<i64>(inv).await? == 1)
     }
 
+    /// Releases `owner`'s grant (and a waiting writer's intent) and wakes waiters.
     pub(crate) async fn release(&self, keys: &Keys, owner: OwnerToken) -> Result<bool> {
-        let mut inv = scripts::RELEASE.prepare_invoke();
-        inv.key(&keys.lock).arg(owner.to_string()).arg(&keys.channel);
+        self.release_with(keys, owner, false).await
+    }
+
+    /// Releases `owner`'s grant, or only its grant (`keep_intent`: a writer's intent stays,
+    /// for a writer that goes on waiting).
+    pub(crate) async fn release_with(
+        &self,
+        keys: &Keys,
+        owner: OwnerToken,
+        keep_intent: bool,
+    ) -> Result<bool> {
+        let mut inv = keys.scripts().release.prepare_invoke();
+        keys.add_to(&mut inv);
+        inv.arg(owner.to_string()).arg(&keys.channel).arg(keys.role()).arg(if keep_intent {
+            "1"
+        } else {
+            "0"
+        });
         Ok(self.call::<i64>(inv).await? == 1)
     }
 
     pub(crate) async fn write_back(&self, keys: &Keys, owner: OwnerToken, fence: u64) -> Result<bool> {
-        let mut inv = scripts::WRITE_BACK.prepare_invoke();
-        inv.key(&keys.lock).key(&keys.counter).arg(owner.to_string()).arg(fence.to_string());
+        let Some(script) = keys.scripts().write_back else {
+            return Err(bad_reply(self.backend, &self.addr, "write-back (none for this primitive)"));
+        };
+        let mut inv = script.prepare_invoke();
+        keys.add_to(&mut inv);
+        inv.arg(owner.to_string()).arg(fence.to_string()).arg(keys.role());
         Ok(self.call::<i64>(inv).await? == 1)
     }
 
     pub(crate) async fn inspect(&self, keys: &Keys) -> Result<Option<LockInfo>> {
         let mut inv = scripts::INSPECT.prepare_invoke();
-        inv.key(&keys.lock);
+        inv.key(&keys.all[0]);
         let (value, pttl): (String, String) = self.call(inv).await?;
         if value.is_empty() {
             return Ok(None);
@@ -154,7 +202,35 @@ impl Node {
             },
             None => (None, None),
         };
-        Ok(Some(LockInfo::new(fence, owner, (pttl >= 0).then(|| Duration::from_millis(pttl as u64)))))
+        Ok(Some(LockInfo::new(fence, owner, millis(pttl))))
+    }
+
+    /// Every unexpired holder of `keys`' primitive, with its mode.
+    pub(crate) async fn holders(&self, keys: &Keys) -> Result<Vec<LockInfo>> {
+        let Some(script) = keys.scripts().holders else {
+            return Ok(self.inspect(keys).await?.into_iter().collect());
+        };
+        let mut inv = script.prepare_invoke();
+        keys.add_to(&mut inv);
+        let flat: Vec<String> = self.call(inv).await?;
+        let bad = || bad_reply(self.backend, &self.addr, "holders");
+        if !flat.len().is_multiple_of(4) {
+            return Err(bad());
+        }
+        flat.chunks(4)
+            .map(|h| {
+                let mode = match h[3].as_str() {
+                    "r" => Mode::Read,
+                    "w" => Mode::Write,
+                    p => Mode::Permit {
+                        limit: p.strip_prefix("p:").and_then(|l| l.parse().ok()).ok_or_else(bad)?,
+                    },
+                };
+                let left = millis(h[2].parse().map_err(|_| bad())?);
+                let fence = h[1].parse().ok().map(FencingToken::new);
+                Ok(LockInfo::new(fence, OwnerToken::parse_hex(&h[0]), left).with_mode(mode))
+            })
+            .collect()
     }
 
     /// Subscribes to the release channel of `keys`, waiting at most `confirm` for the

@@ -6,11 +6,13 @@ use std::time::Duration;
 use futures::future::{join_all, BoxFuture};
 use lock_core::{
     async_trait, drift_margin, AcquireRequest, Attempt, BackendErrorKind, Capabilities, Error, ExtendOutcome,
-    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, UndoOnDrop,
+    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, Mode, OwnerToken, ReleaseOutcome, Result,
     WakeMode,
 };
 
-use crate::node::{Keys, Node, NodeGrant};
+use crate::attempts::{arm, extra, intent_ttl};
+use crate::keys::Keys;
+use crate::node::{Node, NodeGrant};
 use crate::options::{RedlockOptions, DEFAULT_NODE_TIMEOUT};
 
 const NAME: &str = "redlock";
@@ -62,6 +64,12 @@ const NAME: &str = "redlock";
 ///   differ by less than the time from the last grant before the crash to the first grant
 ///   after it (a restart that loads a snapshot takes far longer than the skew of
 ///   NTP-synchronised hosts; keep the clocks slewed, never stepped).
+///
+/// # Read-write locks, and why no semaphores
+/// Read-write locks run the single node's scripts on every master and need a quorum, as the
+/// lock does, with the same token agreement; a waiting writer leaves its intent on every master
+/// it reaches. Semaphores are not offered: a quorum of masters that each admit `N` does not
+/// bound the holders by `N` (see the crate docs for the counter-example).
 ///
 /// Mutual exclusion itself holds under Redlock's own assumptions: nodes fail by stopping, and
 /// a node that restarts either kept its data (AOF with `fsync always`) or stays down for at
@@ -133,108 +141,176 @@ impl RedlockBackend {
         self.inner.nodes.len()
     }
 
-    fn keys(&self, key: &LockKey) -> Keys {
-        Keys::new(&self.inner.prefix, key)
+    /// How long a waiting writer's intent lasts unless its next round refreshes it; a writer
+    /// that dies while waiting blocks new readers for at most this long.
+    pub fn writer_intent_ttl(&self) -> Duration {
+        // A round is one request to every master, and maybe a write-back.
+        intent_ttl(self.inner.node_timeout.saturating_mul(2))
+    }
+
+    fn keys(&self, key: &LockKey, mode: Mode) -> Result<Keys> {
+        if let Mode::Permit { .. } = mode {
+            return Err(Error::Unsupported { backend: NAME, capability: "semaphores".into() });
+        }
+        Keys::new(NAME, &self.inner.prefix, key, mode)
     }
 
     /// One Redlock round: ask every master, keep a quorum's grant or undo everywhere.
-    async fn attempt(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let keys = self.keys(&req.key);
-
-        let n = self.inner.nodes.len();
-        let quorum = self.inner.quorum;
+    async fn attempt(&self, req: &AcquireRequest, intent: Option<Duration>) -> Result<Attempt> {
+        let keys = self.keys(&req.key, req.mode)?;
         let sent = Instant::now();
+        let extra = extra(req, intent);
         let replies =
-            join_all(self.inner.nodes.iter().map(|node| node.acquire(&keys, req.owner, req.ttl))).await;
+            join_all(self.inner.nodes.iter().map(|node| node.acquire(&keys, req.owner, req.ttl, extra)))
+                .await;
         let valid_until =
             lock_core::lease::add_saturating(sent, req.ttl.saturating_sub(drift_margin(req.ttl)));
-        let mut granted = Vec::new();
-        let mut held = Vec::new();
-        let mut errors = Vec::new();
-        for (i, r) in replies.into_iter().enumerate() {
-            match r {
-                Ok(NodeGrant::Granted(f)) => granted.push((i, f)),
-                Ok(NodeGrant::Held(left)) => held.push(left),
-                Err(e) => errors.push(e),
-            }
-        }
-        if granted.len() >= quorum && Instant::now() < valid_until {
-            let fence = granted.iter().map(|(_, f)| *f).max().unwrap_or(0);
-            let at_fence = granted.iter().filter(|(_, f)| *f == fence).count();
-            let mut recorded = at_fence;
-            if at_fence < quorum {
-                let behind: Vec<usize> =
-                    granted.iter().filter(|(_, f)| *f < fence).map(|(i, _)| *i).collect();
-                let wb =
-                    join_all(behind.iter().map(|&i| self.inner.nodes[i].write_back(&keys, req.owner, fence)))
-                        .await;
-                recorded += wb.iter().filter(|r| matches!(r, Ok(true))).count();
-            }
-            if recorded < quorum {
-                self.release_everywhere(&keys, req).await;
-                return Err(unavailable(format!(
-                    "granted by {} of {n} masters but the fencing token reached only {recorded}; retrying is safe",
-                    granted.len()
-                )));
-            }
+        let round = Round::of(replies);
+        if round.granted.len() >= self.inner.quorum && Instant::now() < valid_until {
+            let fence = self.agree(&keys, req.owner, &round.granted).await?;
             if Instant::now() < valid_until {
                 let lease = Lease::new(req.key.clone(), req.owner, FencingToken::new(fence), req.ttl, sent);
-                return Ok(Attempt::Acquired(lease));
+                return Ok(Attempt::Acquired(lease.with_mode(req.mode)));
             }
         }
-        // No usable quorum: undo on every node (one that timed out may have granted anyway).
-        if !granted.is_empty() || !errors.is_empty() {
-            self.release_everywhere(&keys, req).await;
+        self.refuse(&keys, req.owner, round).await
+    }
+
+    /// The token of a quorum's grant: the highest proposal, written back to the masters that
+    /// proposed less until a quorum records it; otherwise the grant is released everywhere and
+    /// the round fails with a retryable error.
+    async fn agree(&self, keys: &Keys, owner: OwnerToken, granted: &[(usize, u64)]) -> Result<u64> {
+        let quorum = self.inner.quorum;
+        let fence = granted.iter().map(|(_, f)| *f).max().unwrap_or(0);
+        let mut recorded = granted.iter().filter(|(_, f)| *f == fence).count();
+        if recorded < quorum {
+            let behind = granted.iter().filter(|(_, f)| *f < fence).map(|(i, _)| &self.inner.nodes[*i]);
+            let wb = join_all(behind.map(|node| node.write_back(keys, owner, fence))).await;
+            recorded += wb.iter().filter(|r| matches!(r, Ok(true))).count();
         }
-        let expires_in = held.iter().flatten().min().copied();
-        if held.len() > n - quorum || errors.is_empty() {
+        if recorded < quorum {
+            self.undo_round(keys, owner).await;
+            return Err(unavailable(format!(
+                "granted by {} of {} masters but the fencing token reached only {recorded}; retrying is safe",
+                granted.len(),
+                self.inner.nodes.len()
+            )));
+        }
+        Ok(fence)
+    }
+
+    /// A round without a usable quorum: undo on every node (one that timed out may have
+    /// granted anyway); held, or a retryable error when too few masters answered.
+    async fn refuse(&self, keys: &Keys, owner: OwnerToken, mut round: Round) -> Result<Attempt> {
+        let (n, quorum) = (self.inner.nodes.len(), self.inner.quorum);
+        if !round.granted.is_empty() || !round.errors.is_empty() {
+            self.undo_round(keys, owner).await;
+        }
+        let expires_in = round.held.iter().flatten().min().copied();
+        if round.held.len() > n - quorum || round.errors.is_empty() {
             return Ok(Attempt::Held { expires_in });
         }
-        let first = errors.swap_remove(0);
+        let first = round.errors.swap_remove(0);
         Err(Error::Backend {
             backend: NAME,
             kind: BackendErrorKind::Unavailable,
             message: format!(
                 "no quorum: {} of {n} masters granted, {} held, {} failed (a quorum is {quorum})",
-                granted.len(),
-                held.len(),
-                errors.len() + 1
+                round.granted.len(),
+                round.held.len(),
+                round.errors.len() + 1
             ),
             source: Some(Box::new(first)),
         })
     }
 
-    async fn release_everywhere(&self, keys: &Keys, req: &AcquireRequest) -> Vec<Result<bool>> {
-        join_all(self.inner.nodes.iter().map(|n| n.release(keys, req.owner))).await
+    async fn release_everywhere(&self, keys: &Keys, owner: OwnerToken) -> Vec<Result<bool>> {
+        join_all(self.inner.nodes.iter().map(|n| n.release(keys, owner))).await
+    }
+
+    /// The undo of one round: its grants on every master, but not a waiting writer's intent
+    /// (the writer goes on waiting; its acquire withdraws the intent when it ends).
+    async fn undo_round(&self, keys: &Keys, owner: OwnerToken) {
+        join_all(self.inner.nodes.iter().map(|n| n.release_with(keys, owner, true))).await;
     }
 
     /// One round. The round undoes its own partial grants; dropped mid-flight it cannot, so
     /// the release on every node is then sent in the background. A failed round is not undone
     /// again here: the waiting loop retries with the same owner token, and a late undo could
     /// release that retry's grant on a master; the callers undo once no retry follows.
-    async fn attempt_once(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let undo = UndoOnDrop::new({
-            let (this, req) = (self.clone(), req.clone());
-            async move {
-                let keys = this.keys(&req.key);
-                this.release_everywhere(&keys, &req).await;
-            }
-        });
-        let attempt = self.attempt(req).await;
+    async fn attempt_once(&self, req: &AcquireRequest, intent: Option<Duration>) -> Result<Attempt> {
+        let keys = self.keys(&req.key, req.mode)?;
+        let undo = arm(self.releaser(keys, req.owner));
+        let attempt = self.attempt(req, intent).await;
         undo.disarm();
         attempt
     }
 
-    /// A release of `req`'s grant on every master that says whether every master answered.
-    fn releaser(&self, req: &AcquireRequest) -> impl Fn() -> BoxFuture<'static, bool> + Send + 'static {
-        let (this, req) = (self.clone(), req.clone());
+    /// A release of `owner`'s grant on every master that says whether every master answered.
+    fn releaser(
+        &self,
+        keys: Keys,
+        owner: OwnerToken,
+    ) -> impl Fn() -> BoxFuture<'static, bool> + Send + 'static {
+        let this = self.clone();
         move || {
-            let (this, req) = (this.clone(), req.clone());
-            Box::pin(async move {
-                let keys = this.keys(&req.key);
-                this.release_everywhere(&keys, &req).await.iter().all(Result::is_ok)
-            })
+            let (this, keys) = (this.clone(), keys.clone());
+            Box::pin(async move { this.release_everywhere(&keys, owner).await.iter().all(Result::is_ok) })
         }
+    }
+
+    /// The holders of `keys` that a quorum of masters agrees on (by owner and mode: the
+    /// highest token, the least time left), and how many masters answered.
+    async fn agreed_holders(&self, keys: &Keys) -> (Vec<LockInfo>, usize) {
+        let replies = join_all(self.inner.nodes.iter().map(|node| node.holders(keys))).await;
+        let answered = replies.iter().filter(|r| r.is_ok()).count();
+        let infos: Vec<LockInfo> = replies.into_iter().filter_map(Result::ok).flatten().collect();
+        let mut agreed: Vec<LockInfo> = Vec::new();
+        for info in &infos {
+            let Some(owner) = info.owner else { continue };
+            if agreed.iter().any(|a| a.owner == Some(owner) && a.mode == info.mode) {
+                continue;
+            }
+            let same: Vec<&LockInfo> =
+                infos.iter().filter(|i| i.owner == Some(owner) && i.mode == info.mode).collect();
+            if same.len() >= self.inner.quorum {
+                let fence = same.iter().filter_map(|i| i.fencing_token).max();
+                let left = same.iter().filter_map(|i| i.remaining_ttl).min();
+                agreed.push(LockInfo::new(fence, Some(owner), left).with_mode(info.mode));
+            }
+        }
+        (agreed, answered)
+    }
+
+    fn too_few(&self, answered: usize) -> Error {
+        unavailable(format!(
+            "only {answered} of {} masters answered; a quorum is {}",
+            self.inner.nodes.len(),
+            self.inner.quorum
+        ))
+    }
+}
+
+/// What the masters said to one round.
+struct Round {
+    granted: Vec<(usize, u64)>,
+    held: Vec<Option<Duration>>,
+    errors: Vec<Error>,
+}
+
+impl Round {
+    fn of(replies: Vec<Result<NodeGrant>>) -> Self {
+        let mut round = Round { granted: Vec::new(), held: Vec::new(), errors: Vec::new() };
+        for (i, r) in replies.into_iter().enumerate() {
+            match r {
+                Ok(NodeGrant::Granted(f)) => round.granted.push((i, f)),
+                Ok(NodeGrant::Held(left)) => round.held.push(left),
+                // Only semaphores report a mismatch, and Redlock has none.
+                Ok(NodeGrant::Mismatch(_)) => round.held.push(None),
+                Err(e) => round.errors.push(e),
+            }
+        }
+        round
     }
 }
 
@@ -251,14 +327,16 @@ impl LockBackend for RedlockBackend {
             .with_min_ttl(Duration::from_millis(50))
             // A node may apply the grant up to one node timeout after it was sent.
             .with_expiry_margin(self.inner.node_timeout.saturating_add(Duration::from_millis(50)))
+            .with_read_write(true)
+            .with_writer_preference(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let attempt = self.attempt_once(req).await;
-        if attempt.is_err() {
+        let attempt = self.attempt_once(req, None).await;
+        if let Err(Error::Backend { .. }) = attempt {
             // The round already released on every master; a master that did not answer that
             // release is asked again in the background until it does.
-            let release = self.releaser(req);
+            let release = self.releaser(self.keys(&req.key, req.mode)?, req.owner);
             lock_core::cancel::spawn_detached(async move {
                 lock_core::cancel::undo_after(lock_core::cancel::LATE_GRANT_RECHECKS, release).await;
             });
@@ -267,9 +345,10 @@ impl LockBackend for RedlockBackend {
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let keys = self.keys(&req.key);
+        let keys = self.keys(&req.key, req.mode)?;
         let nodes = &self.inner.nodes;
-        crate::attempts::acquire_waiting(
+        let intent = (req.mode == Mode::Write).then(|| self.writer_intent_ttl());
+        let res = crate::attempts::acquire_waiting(
             &req.key,
             deadline,
             self.inner.node_timeout,
@@ -277,14 +356,19 @@ impl LockBackend for RedlockBackend {
                 let keys = &keys;
                 join_all(nodes.iter().map(move |n| n.watch(keys, bound)))
             },
-            || self.attempt_once(req),
-            crate::attempts::undo_later(self.releaser(req)),
+            || self.attempt_once(req, intent),
+            crate::attempts::undo_later(self.releaser(keys.clone(), req.owner)),
         )
-        .await
+        .await;
+        if res.is_err() && intent.is_some() {
+            // A writer that gives up withdraws its intent now rather than when it lapses.
+            self.release_everywhere(&keys, req.owner).await;
+        }
+        res
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
-        let keys = self.keys(lease.key());
+        let keys = self.keys(lease.key(), lease.mode())?;
         let n = self.inner.nodes.len();
         let quorum = self.inner.quorum;
         let sent = Instant::now();
@@ -304,10 +388,10 @@ impl LockBackend for RedlockBackend {
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let keys = self.keys(lease.key());
+        let keys = self.keys(lease.key(), lease.mode())?;
         let n = self.inner.nodes.len();
         let quorum = self.inner.quorum;
-        let replies = join_all(self.inner.nodes.iter().map(|node| node.release(&keys, lease.owner()))).await;
+        let replies = self.release_everywhere(&keys, lease.owner()).await;
         let released = replies.iter().filter(|r| matches!(r, Ok(true))).count();
         let failed = replies.iter().filter(|r| r.is_err()).count();
         if released >= quorum {
@@ -322,27 +406,20 @@ impl LockBackend for RedlockBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        let keys = self.keys(key);
-        let n = self.inner.nodes.len();
-        let quorum = self.inner.quorum;
-        let replies = join_all(self.inner.nodes.iter().map(|node| node.inspect(&keys))).await;
-        let answered = replies.iter().filter(|r| r.is_ok()).count();
-        let infos: Vec<LockInfo> = replies.into_iter().filter_map(|r| r.ok().flatten()).collect();
         // The holder is the owner present on a quorum of nodes.
-        for info in &infos {
-            let Some(owner) = info.owner else { continue };
-            let same: Vec<&LockInfo> = infos.iter().filter(|i| i.owner == Some(owner)).collect();
-            if same.len() >= quorum {
-                let fence = same.iter().filter_map(|i| i.fencing_token).max();
-                let left = same.iter().filter_map(|i| i.remaining_ttl).min();
-                return Ok(Some(LockInfo::new(fence, Some(owner), left)));
-            }
+        let (agreed, answered) = self.agreed_holders(&Keys::lock(&self.inner.prefix, key)).await;
+        match agreed.into_iter().next() {
+            Some(holder) => Ok(Some(holder)),
+            None if answered < self.inner.quorum => Err(self.too_few(answered)),
+            None => Ok(None),
         }
-        if answered < quorum {
-            return Err(unavailable(format!(
-                "only {answered} of {n} masters answered; a quorum is {quorum}"
-            )));
+    }
+
+    async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
+        let (agreed, answered) = self.agreed_holders(&self.keys(key, mode)?).await;
+        if answered < self.inner.quorum {
+            return Err(self.too_few(answered));
         }
-        Ok(None)
+        Ok(agreed)
     }
 }

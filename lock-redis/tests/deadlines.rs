@@ -73,14 +73,16 @@ async fn a_redlock_waiting_acquire_keeps_its_deadline_when_pubsub_never_answers(
     }
     let nodes = proxies.iter().map(|p| RedisOptions::new(p.address()));
     let opts = RedlockOptions::new(nodes).request_timeout(REQUEST_TIMEOUT);
-    let locks = LockClient::new(RedlockBackend::connect(opts).await.expect("redlock"));
+    let locks = LockClient::new(RedlockBackend::connect(opts.clone()).await.expect("redlock"));
     let start = Instant::now();
     let g = locks.lock("free").wait(WAIT).acquire().await.expect("a free lock is granted");
     let took = start.elapsed();
     assert!(took < WAIT + REQUEST_TIMEOUT + SLACK, "a waiting Redlock acquire of a free lock took {took:?}");
-    // Held by the first grant: the next waiter times out at its deadline.
+    // Held by the first grant: the next waiter (another client, as another process; this task
+    // waiting for its own lock would be refused at once) times out at its deadline.
+    let other = LockClient::new(RedlockBackend::connect(opts).await.expect("redlock"));
     let start = Instant::now();
-    let err = locks.lock("free").wait(WAIT).acquire().await.expect_err("held");
+    let err = other.lock("free").wait(WAIT).acquire().await.expect_err("held");
     let took = start.elapsed();
     assert!(matches!(err, Error::WaitTimedOut { .. }), "{err:?}");
     assert!(took < WAIT + REQUEST_TIMEOUT + SLACK, "a {WAIT:?} Redlock wait returned after {took:?}");

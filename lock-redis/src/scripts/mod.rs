@@ -13,6 +13,10 @@
 //! excludes us and is excluded by us; it does not bump the counter, and our release never
 //! deletes its value.
 //!
+//! The semaphore and the read-write lock of the same name are other resources, under other
+//! keys of the same hash tag: see [`semaphore`] and [`rwlock`]. A multi-key lock takes the
+//! locks of several names in one script ([`ACQUIRE_ALL`]).
+//!
 //! ## Fencing tokens
 //!
 //! A grant's token is `max(counter + 1, the server's clock in microseconds)`, read from `TIME`
@@ -52,13 +56,58 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+pub mod rwlock;
+pub mod semaphore;
+
+/// Lua functions every script starts with:
+/// - `now_us()`: the server's clock (`TIME`) in microseconds;
+/// - `next_fence(counter, now_us)`: the next fencing token of `counter`,
+///   `max(counter + 1, now_us)`, stored as the new counter (see the module docs); `INCR`
+///   keeps the `+ 1` exact on counters beyond 2^53, and the result is the counter as stored;
+/// - `raise(counter, f)`: raises `counter` to at least `f` (Redlock's write-back);
+/// - `prune(zset, hash, now_ms)`: drops the members of `zset` whose score (expiry, ms) is
+///   past, and their fields in `hash`;
+/// - `keep(ms, key…)`: makes each key live at least `ms` more (never shortens an expiry).
+pub(crate) const PRELUDE: &str = r#"
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function next_fence(counter, now)
+  if redis.call('INCR', counter) < now then
+    local f = string.format('%.0f', now)
+    redis.call('SET', counter, f)
+    return f
+  end
+  return redis.call('GET', counter)
+end
+local function raise(counter, f)
+  local last = tonumber(redis.call('GET', counter) or '0') or 0
+  if tonumber(f) > last then redis.call('SET', counter, f) end
+end
+local function prune(zset, hash, now)
+  local gone = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
+  for _, m in ipairs(gone) do redis.call('HDEL', hash, m) end
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', zset, '-inf', now) end
+end
+local function keep(ms, ...)
+  for _, k in ipairs({...}) do
+    if redis.call('PTTL', k) < ms then redis.call('PEXPIRE', k, ms) end
+  end
+end
+"#;
+
+/// A script of `body` with the [`PRELUDE`] before it.
+pub(crate) fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
 /// KEYS: lock, counter. ARGV: owner hex, ttl ms.
 /// Returns `{1, fence}` when granted (or already ours: a retried request whose reply was
 /// lost; the TTL is refreshed and the grant keeps its token), `{0, pttl}` when held by someone
-/// else. A grant's fence is `max(counter + 1, TIME in µs)` (see the module docs); `INCR`
-/// keeps the `+ 1` exact on counters beyond 2^53, and the reply is the counter as stored.
+/// else. A grant's fence is `max(counter + 1, TIME in µs)` (see the module docs).
 pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -68,15 +117,7 @@ if cur then
   end
   return {0, tostring(redis.call('PTTL', KEYS[1]))}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local f
-if redis.call('INCR', KEYS[2]) < now then
-  f = string.format('%.0f', now)
-  redis.call('SET', KEYS[2], f)
-else
-  f = redis.call('GET', KEYS[2])
-end
+local f = next_fence(KEYS[2], now_us())
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f, 'PX', ARGV[2])
 return {1, f}
 "#,
@@ -128,14 +169,50 @@ return {v, tostring(redis.call('PTTL', KEYS[1]))}
 /// If the grant is still ours, raises the counter to at least `fence` and records `fence` in
 /// the grant (keeping its TTL). Returns 1 if done, 0 if the grant is gone.
 pub static WRITE_BACK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local cur = redis.call('GET', KEYS[1])
 if not (cur and string.sub(cur, 1, 33) == ARGV[1] .. ':') then return 0 end
-local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if tonumber(ARGV[2]) > last then redis.call('SET', KEYS[2], ARGV[2]) end
+raise(KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'KEEPTTL')
 return 1
+"#,
+    )
+});
+
+/// A multi-key lock in one step. KEYS: lock and counter of each name, in turn (`lock1,
+/// counter1, lock2, counter2, …`). ARGV: owner hex, ttl ms.
+/// Returns `{'1', fence1, fence2, …}` when every lock was free (or already ours) and is now
+/// granted, each with its own token by the rule of [`ACQUIRE`]; `{'0', pttl}` when one is held
+/// by someone else, with nothing written.
+///
+/// On Redis Cluster every key of one call must be in one hash slot: name the locks with a
+/// common hash tag, or take them one at a time (Cluster is not supported yet).
+pub static ACQUIRE_ALL: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local mine = ARGV[1] .. ':'
+for i = 1, #KEYS, 2 do
+  local cur = redis.call('GET', KEYS[i])
+  if cur and string.sub(cur, 1, 33) ~= mine then
+    return {'0', tostring(redis.call('PTTL', KEYS[i]))}
+  end
+end
+local us = now_us()
+local out = {'1'}
+for i = 1, #KEYS, 2 do
+  local cur = redis.call('GET', KEYS[i])
+  local f
+  if cur then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    f = string.sub(cur, 34)
+  else
+    f = next_fence(KEYS[i + 1], us)
+    redis.call('SET', KEYS[i], mine .. f, 'PX', ARGV[2])
+  end
+  out[#out + 1] = f
+end
+return out
 "#,
     )
 });

@@ -1,0 +1,348 @@
+//! The record file of a semaphore or a read-write lock (file backend): its [`Table`] of
+//! holders at a fixed width, torn-write safe like the lock's [`record`](crate::record).
+//!
+//! # The format
+//!
+//! Two copies of one block, then a key line, always written together by one `pwrite` at
+//! offset 0; the file is never shortened:
+//!
+//! ```text
+//! distlock-set1 <kind> <seq> <fence> <limit> <boot id>     header
+//! <owner> <fence> <expires> <role>                          × 64 slots
+//! c=<checksum>
+//! (the same block again)
+//! key <key>
+//! ```
+//!
+//! - `kind` is `sem` (a semaphore) or `rwl` (a read-write lock); `seq` counts the writes of
+//!   the record and `fence` is the fencing counter (20 zero-padded digits each); `limit` is
+//!   the semaphore's number of permits while it has holders (5 digits); the boot id is padded
+//!   with `-` to 36 characters.
+//! - [`SLOTS`] slot lines hold the holders: owner token (32 hex digits), the holder's fencing
+//!   token, its expiry (CLOCK_MONOTONIC ns; 20 digits each) and its role (`p` permit, `r`
+//!   reader, `w` writer, `i` a waiting writer's intent, `-` an empty slot). This is the file
+//!   backend's bound: at most 64 permits per semaphore, and at most 64 readers, writers and
+//!   waiting writers at once per read-write lock (a 65th reader waits for a slot).
+//! - The checksum is the first 8 bytes of SHA-256 over the block up to `c=`, in hex.
+//!
+//! # Reading it back ([`decode`])
+//!
+//! 1. Of the copies whose checksum holds, the one with the highest `seq` is the record (the
+//!    copies differ only after a torn write; either is a state the file was in, and the fence
+//!    never falls from one write to the next).
+//! 2. Otherwise, a file that ends inside its first block (cut short) but still holds that
+//!    block's whole fence field is recovered with that fence and no holders, as a lock record
+//!    cut inside its first line is.
+//! 3. Anything else is refused with an error that names the file, never reset.
+//!
+//! Holders written under another boot id are dropped when the record is read: they died with
+//! that boot.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lock_core::{Mode, OwnerToken, Result};
+
+use crate::error::{damaged, NAME};
+use crate::files::{Op, OpResult};
+use crate::record::{boot_id, checksum, dur_ns, BOOT_WIDTH};
+use crate::table::{Admit, Ask, Entry, Kind, Role, Table};
+
+const MAGIC: &str = "distlock-set1";
+/// How many holders (and waiting writers) one record holds.
+pub(crate) const SLOTS: usize = 64;
+const HEADER_LEN: usize = MAGIC.len() + 1 + 3 + 1 + 20 + 1 + 20 + 1 + 5 + 1 + BOOT_WIDTH + 1;
+const SLOT_LEN: usize = 32 + 1 + 20 + 1 + 20 + 1 + 1 + 1;
+const SUM_AT: usize = HEADER_LEN + SLOTS * SLOT_LEN;
+/// The length of one block (one copy of the record).
+pub(crate) const COPY_LEN: usize = SUM_AT + 2 + 16 + 1;
+/// Where the fence field of the header ends.
+const FENCE_END: usize = MAGIC.len() + 1 + 3 + 1 + 20 + 1 + 20;
+
+/// A semaphore's or read-write lock's record: its table, as of write number `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableRecord {
+    pub(crate) kind: Kind,
+    pub(crate) seq: u64,
+    pub(crate) boot: String,
+    pub(crate) table: Table<u64>,
+}
+
+fn kind_tag(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Semaphore => "sem",
+        Kind::ReadWrite | Kind::Lock => "rwl",
+    }
+}
+
+fn role_char(role: Role) -> char {
+    match role {
+        Role::Lock => 'l',
+        Role::Permit => 'p',
+        Role::Reader => 'r',
+        Role::Writer => 'w',
+        Role::Intent => 'i',
+    }
+}
+
+fn role_of_char(c: &str) -> Option<Option<Role>> {
+    Some(Some(match c {
+        "l" => Role::Lock,
+        "p" => Role::Permit,
+        "r" => Role::Reader,
+        "w" => Role::Writer,
+        "i" => Role::Intent,
+        "-" => return Some(None),
+        _ => return None,
+    }))
+}
+
+impl TableRecord {
+    /// A fresh record (fence 0, no holders) of `kind`.
+    pub(crate) fn new(kind: Kind) -> Self {
+        Self { kind, seq: 0, boot: boot_id().to_owned(), table: Table::default() }
+    }
+
+    /// The file's bytes for `key`: the block twice, then the key line.
+    pub(crate) fn render(&self, key: &str) -> Vec<u8> {
+        let block = self.block();
+        let mut out = Vec::with_capacity(2 * COPY_LEN + key.len() + 5);
+        out.extend_from_slice(block.as_bytes());
+        out.extend_from_slice(block.as_bytes());
+        out.extend_from_slice(format!("key {key}\n").as_bytes());
+        out
+    }
+
+    /// One block, [`COPY_LEN`] bytes.
+    fn block(&self) -> String {
+        let mut boot = self.boot.clone();
+        if boot.len() > BOOT_WIDTH || boot.contains([' ', '\n']) {
+            boot = "unknown".to_owned();
+        }
+        let t = &self.table;
+        let mut out = format!(
+            "{MAGIC} {} {:020} {:020} {:05} {boot:-<BOOT_WIDTH$}\n",
+            kind_tag(self.kind),
+            self.seq,
+            t.fence,
+            t.limit.min(99_999)
+        );
+        for e in t.entries.iter().take(SLOTS) {
+            out.push_str(&format!("{} {:020} {:020} {}\n", e.owner, e.fence, e.expires, role_char(e.role)));
+        }
+        for _ in t.entries.len().min(SLOTS)..SLOTS {
+            out.push_str(&format!("{} {:020} {:020} -\n", "0".repeat(32), 0, 0));
+        }
+        let sum = checksum(out.as_bytes());
+        out.push_str(&format!("c={sum}\n"));
+        out
+    }
+
+    /// A block whose checksum holds.
+    fn parse_block(block: &[u8]) -> Option<Self> {
+        if block.len() != COPY_LEN || &block[SUM_AT..SUM_AT + 2] != b"c=" || block[COPY_LEN - 1] != b'\n' {
+            return None;
+        }
+        if block[SUM_AT + 2..COPY_LEN - 1] != *checksum(&block[..SUM_AT]).as_bytes() {
+            return None;
+        }
+        let text = std::str::from_utf8(&block[..SUM_AT]).ok()?;
+        let mut lines = text.lines();
+        let mut head = lines.next()?.split(' ');
+        if head.next()? != MAGIC {
+            return None;
+        }
+        let kind = match head.next()? {
+            "sem" => Kind::Semaphore,
+            "rwl" => Kind::ReadWrite,
+            _ => return None,
+        };
+        let seq = head.next()?.parse().ok()?;
+        let fence = head.next()?.parse().ok()?;
+        let limit = head.next()?.parse().ok()?;
+        let boot = head.next()?.trim_end_matches('-').to_owned();
+        let mut entries = Vec::new();
+        for line in lines {
+            let mut f = line.split(' ');
+            let (owner, efence, expires, role) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            if let Some(role) = role_of_char(role)? {
+                let owner = OwnerToken::parse_hex(owner)?;
+                entries.push(Entry {
+                    owner,
+                    fence: efence.parse().ok()?,
+                    expires: expires.parse().ok()?,
+                    role,
+                });
+            }
+        }
+        Some(Self { kind, seq, boot, table: Table { fence, limit, entries } })
+    }
+
+    /// The fence of a file cut short inside its first block, if the header's whole fence
+    /// field is there.
+    fn fence_of_cut_block(bytes: &[u8], kind: Kind) -> Option<u64> {
+        let prefix = format!("{MAGIC} {} ", kind_tag(kind));
+        if bytes.len() >= COPY_LEN || bytes.len() < FENCE_END || !bytes.starts_with(prefix.as_bytes()) {
+            return None;
+        }
+        let field = &bytes[FENCE_END - 20..FENCE_END];
+        if !field.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(field).ok()?.parse().ok()
+    }
+}
+
+/// Reads a record file's bytes back (see the module docs for the rules), dropping holders of
+/// another boot.
+///
+/// # Errors
+/// Why nothing in the file can be trusted; the caller names the file.
+pub(crate) fn decode(bytes: &[u8], kind: Kind) -> Result<TableRecord, &'static str> {
+    if bytes.is_empty() {
+        return Err("it is empty");
+    }
+    let copies = [bytes.get(..COPY_LEN), bytes.get(COPY_LEN..2 * COPY_LEN)];
+    let valid = copies.into_iter().flatten().filter_map(TableRecord::parse_block);
+    let mut rec = match valid.max_by_key(|r| r.seq) {
+        Some(r) if r.kind != kind => return Err("it holds the record of another primitive"),
+        Some(r) => r,
+        None => match TableRecord::fence_of_cut_block(bytes, kind) {
+            Some(fence) => {
+                TableRecord { table: Table { fence, ..Table::default() }, ..TableRecord::new(kind) }
+            }
+            None => return Err("no copy of its record is intact"),
+        },
+    };
+    if rec.boot != boot_id() {
+        rec.table.entries.clear();
+        rec.boot = boot_id().to_owned();
+    }
+    Ok(rec)
+}
+
+/// One operation on a record file's bytes, at `now` (CLOCK_MONOTONIC ns): what it found and
+/// did, and the bytes to write back (`None` when nothing changed).
+///
+/// # Errors
+/// A damaged record (naming `path`), or an exhausted fencing counter.
+pub(crate) fn apply(
+    path: &Path,
+    bytes: &[u8],
+    key: &str,
+    op: &Op,
+    now: u64,
+) -> Result<(OpResult, Option<Vec<u8>>)> {
+    let kind = Role::of(op.mode(), NAME)?.kind();
+    let mut rec = decode(bytes, kind).map_err(|why| damaged(path, why))?;
+    let before = rec.table.clone();
+    let at = |d: Duration| now.saturating_add(dur_ns(d));
+    let result = match *op {
+        Op::Acquire { owner, ttl, mode, intent } => {
+            let ask = Ask { owner, mode, now, expires: at(ttl), intent: intent.map(at), capacity: SLOTS };
+            match rec.table.acquire(&ask, NAME)? {
+                Admit::Granted(f) => OpResult::Acquired(f),
+                Admit::Held(t) => OpResult::Held(t.map(|t| Duration::from_nanos(t.saturating_sub(now)))),
+                Admit::Mismatch(held) => OpResult::Mismatch(held),
+            }
+        }
+        Op::Extend { owner, ttl, mode } => {
+            let role = Role::of(mode, NAME)?;
+            if rec.table.extend(owner, role, now, at(ttl)) {
+                OpResult::Extended
+            } else {
+                OpResult::NotHeld
+            }
+        }
+        Op::Release { owner, mode } => match rec.table.release(owner, Role::of(mode, NAME)?, now) {
+            (true, _) => OpResult::Released,
+            (false, _) => OpResult::NotHeld,
+        },
+    };
+    if rec.table == before {
+        return Ok((result, None));
+    }
+    rec.seq = rec.seq.saturating_add(1);
+    Ok((result, Some(rec.render(key))))
+}
+
+/// The holders of a record, with their modes and the time they have left at `now`.
+pub(crate) fn holders(rec: &TableRecord, now: u64) -> Vec<(Entry<u64>, Mode, Duration)> {
+    rec.table.holders(now).map(|(e, mode)| (*e, mode, Duration::from_nanos(e.expires - now))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(kind: Kind) -> TableRecord {
+        let mut rec = TableRecord::new(kind);
+        rec.seq = 7;
+        rec.table.fence = 1_000;
+        rec.table.limit = 64;
+        for i in 0..SLOTS as u128 {
+            let role = if i == 0 { Role::Intent } else { Role::Permit };
+            rec.table.entries.push(Entry {
+                owner: OwnerToken::from_u128(i + 1),
+                fence: 900 + i as u64,
+                expires: u64::MAX - i as u64,
+                role,
+            });
+        }
+        rec
+    }
+
+    #[test]
+    fn a_full_record_round_trips_at_a_fixed_width() {
+        for rec in [full(Kind::Semaphore), TableRecord::new(Kind::ReadWrite)] {
+            let bytes = rec.render("pool/db");
+            assert_eq!(bytes.len(), 2 * COPY_LEN + "key pool/db\n".len());
+            assert_eq!(decode(&bytes, rec.kind), Ok(rec));
+        }
+    }
+
+    #[test]
+    fn the_newer_intact_copy_wins_and_two_damaged_copies_are_refused() {
+        let old = full(Kind::Semaphore);
+        let mut new = old.clone();
+        new.seq += 1;
+        new.table.entries.truncate(3);
+        // A write torn after the first copy: new first block, old second block.
+        let mut torn = new.render("k")[..COPY_LEN].to_vec();
+        torn.extend_from_slice(&old.render("k")[COPY_LEN..]);
+        assert_eq!(decode(&torn, Kind::Semaphore), Ok(new.clone()));
+        // Torn inside the first copy: the old second copy is the record.
+        let mut half = old.render("k");
+        half[..COPY_LEN / 2].copy_from_slice(&new.render("k")[..COPY_LEN / 2]);
+        assert_eq!(decode(&half, Kind::Semaphore), Ok(old.clone()));
+        let mut both = old.render("k");
+        both[100] ^= 1;
+        both[COPY_LEN + 100] ^= 1;
+        assert!(decode(&both, Kind::Semaphore).is_err());
+        assert!(
+            decode(&old.render("k"), Kind::ReadWrite).is_err(),
+            "a semaphore's record read as an rwlock's"
+        );
+    }
+
+    #[test]
+    fn a_file_cut_at_any_byte_never_yields_a_lower_fence() {
+        let rec = full(Kind::ReadWrite);
+        let bytes = rec.render("k");
+        for cut in 0..bytes.len() {
+            match decode(&bytes[..cut], Kind::ReadWrite) {
+                Ok(r) => assert!(r.table.fence >= rec.table.fence, "cut at {cut}: fence {}", r.table.fence),
+                Err(_) => assert!(cut < FENCE_END, "cut at {cut} was refused with the fence field whole"),
+            }
+        }
+    }
+
+    #[test]
+    fn holders_of_another_boot_are_dropped() {
+        let mut rec = full(Kind::Semaphore);
+        rec.boot = "another-boot".into();
+        let back = decode(&rec.render("k"), Kind::Semaphore).expect("decode");
+        assert!(back.table.entries.is_empty());
+        assert_eq!(back.table.fence, rec.table.fence);
+    }
+}

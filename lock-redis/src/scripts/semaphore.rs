@@ -1,0 +1,112 @@
+//! The semaphore's scripts.
+//!
+//! Key layout for the semaphore whose full key is `K`, under the backend's prefix `P` (the
+//! same hash tag as the lock `K`, different keys: the lock and the semaphore of one name are
+//! independent):
+//!
+//! | Redis key | holds |
+//! |---|---|
+//! | `P{K}:sem` | sorted set of the permits: member = owner token (hex), score = expiry (ms, the server's `TIME`) |
+//! | `P{K}:sem:info` | hash: `limit` = the number of permits the holders use; one field per holder, owner → fencing token |
+//! | `P{K}:sem:fence` | the fencing counter, one for all the permits: never expires |
+//! | channel `P{K}:sem:released` | one message per release, for waiters |
+//!
+//! The set and the hash expire (`PEXPIRE`) with the last permit, and the hash is deleted with
+//! the last release, so an unused semaphore leaves only its counter behind. Expired members
+//! are dropped by every acquire, before counting.
+//!
+//! Every script takes the three keys, in that order.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+use super::script;
+
+/// ARGV: owner hex, ttl ms, the number of permits asked for.
+/// Drops expired permits; then returns `{1, fence}` when a permit is granted (or already
+/// ours: refreshed, same token), `{2, limit}` when the holders use another number of permits
+/// (nothing written), `{0, ms}` when all permits are taken (`ms`: until the first expires).
+/// A grant's token is `max(counter + 1, TIME in µs)`, as the lock's.
+pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local us = now_us()
+local now = math.floor(us / 1000)
+local ttl = tonumber(ARGV[2])
+prune(KEYS[1], KEYS[2], now)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  keep(ttl, KEYS[1], KEYS[2])
+  return {1, redis.call('HGET', KEYS[2], ARGV[1])}
+end
+local held = redis.call('ZCARD', KEYS[1])
+if held > 0 then
+  local limit = tonumber(redis.call('HGET', KEYS[2], 'limit') or ARGV[3])
+  if limit ~= tonumber(ARGV[3]) then return {2, tostring(limit)} end
+  if held >= limit then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {0, tostring(tonumber(first[2]) - now)}
+  end
+end
+local f = next_fence(KEYS[3], us)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], f, 'limit', ARGV[3])
+keep(ttl, KEYS[1], KEYS[2])
+return {1, f}
+"#,
+    )
+});
+
+/// ARGV: owner hex, ttl ms. Extends our unexpired permit (`ZADD XX`); 1 if done, 0 if gone.
+pub static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = math.floor(now_us() / 1000)
+local ttl = tonumber(ARGV[2])
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) > now then
+  redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[1])
+  keep(ttl, KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// ARGV: owner hex, channel. Removes our permit (`ZREM`) and wakes waiters; 1 if it was
+/// unexpired, 0 if it had expired or was gone.
+pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+redis.call('PUBLISH', ARGV[2], 'released')
+if tonumber(s) > math.floor(now_us() / 1000) then return 1 end
+return 0
+"#,
+    )
+});
+
+/// No ARGV. The unexpired permits: `{owner, fence, ms left, 'p:<limit>'}` for each, flat.
+pub static HOLDERS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = math.floor(now_us() / 1000)
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+local role = 'p:' .. (redis.call('HGET', KEYS[2], 'limit') or '0')
+local out = {}
+for i = 1, #m, 2 do
+  out[#out + 1] = m[i]
+  out[#out + 1] = redis.call('HGET', KEYS[2], m[i]) or '0'
+  out[#out + 1] = tostring(tonumber(m[i + 1]) - now)
+  out[#out + 1] = role
+end
+return out
+"#,
+    )
+});
