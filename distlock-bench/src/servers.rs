@@ -78,7 +78,9 @@ async fn etcd() -> Result<(Backend, Keep)> {
     let ours: Arc<dyn Factory> = Arc::new(OursFactory(
         move || {
             let e = e1.clone();
-            async move { Ok(LockClient::new(lock_etcd::EtcdBackend::connect(lock_etcd::EtcdOptions::new(&e)).await?)) }
+            async move {
+                Ok(LockClient::new(lock_etcd::EtcdBackend::connect(lock_etcd::EtcdOptions::new(&e)).await?))
+            }
         },
         "distlock EtcdBackend, session lease (txn put + compare-and-delete)".into(),
     ));
@@ -93,7 +95,8 @@ async fn etcd() -> Result<(Backend, Keep)> {
         ours: Arc::new(move || {
             let e = e2.clone();
             Box::pin(async move {
-                Ok(Arc::new(lock_etcd::EtcdBackend::connect(lock_etcd::EtcdOptions::new(&e)).await?) as Arc<dyn LockBackend>)
+                Ok(Arc::new(lock_etcd::EtcdBackend::connect(lock_etcd::EtcdOptions::new(&e)).await?)
+                    as Arc<dyn LockBackend>)
             })
         }),
         server_requests: Some(Arc::new(move || {

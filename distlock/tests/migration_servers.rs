@@ -68,7 +68,8 @@ conformance_suite!(migration_redis_to_dynamodb, {
 async fn a_migration_lock_renewed_for_several_ttls_stays_held_on_both() {
     let servers = Servers::start().await;
     let both = LockClient::new(servers.migration(Primary::Old).await.expect("migration backend"));
-    let on_redis = LockClient::new(RedisBackend::connect(servers.redis.url.parse().expect("url")).await.expect("redis"));
+    let on_redis =
+        LockClient::new(RedisBackend::connect(servers.redis.url.parse().expect("url")).await.expect("redis"));
     let on_dynamo = LockClient::new(DynamoBackend::with_client(
         dynamo_client(&servers.dynamo.endpoint),
         DynamoOptions::new("migration_locks"),

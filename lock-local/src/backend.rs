@@ -8,16 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{
-    async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, FencingToken, Instant, Lease,
-    LockBackend, LockInfo, LockKey, Mode, ReleaseOutcome, Result, UndoOnDrop, WakeMode,
+    async_trait, AcquireRequest, Attempt, Capabilities, CounterPage, ExtendOutcome, FencingToken, Instant,
+    Lease, ListPage, LockBackend, LockInfo, LockKey, Metadata, Mode, ReleaseOutcome, Result, UndoOnDrop,
+    WakeMode,
 };
 
-use crate::error::{busy, damaged, io_err, mismatch, other, NAME};
+use crate::error::{busy, damaged, io_err, mismatch, other, task_failed, NAME};
 use crate::files::{self, path_of, waker, Op, OpResult};
+use crate::listing;
 use crate::options::FileOptions;
-use crate::record::{self, mono_ns};
+use crate::record::mono_ns;
 use crate::table::Role;
-use crate::table_record::{self, SLOTS};
+use crate::table_record::SLOTS;
 
 /// How long the last attempt of a waiting acquire, at its deadline, may wait for a busy
 /// record's `flock`.
@@ -46,6 +48,9 @@ const LAST_TRY: Duration = Duration::from_millis(10);
 ///   writer preference) keep their holders in one record file per name, under the same
 ///   `flock` and the same torn-write-safe format (see the crate docs). Multi-key locks are
 ///   taken one key at a time, in canonical order, by `lock_core`.
+/// - Elections keep their leader in a lock record of their own (`.elect`); observers poll.
+///   Every grant's holder metadata is kept in a side file beside its record; `list` reads the
+///   directory (see the crate docs).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -115,16 +120,18 @@ impl FileBackend {
 
     /// An extend or release that found the record's `flock` held throughout is an error.
     async fn run_or_busy(&self, key: &LockKey, op: Op) -> Result<OpResult> {
+        let mode = op.mode();
         match self.run(key, op).await? {
-            OpResult::Busy => Err(busy(&path_of(&self.opts.dir, key, op.mode()), self.opts.request_timeout)),
+            OpResult::Busy => Err(busy(&path_of(&self.opts.dir, key, mode), self.opts.request_timeout)),
             r => Ok(r),
         }
     }
 
     /// A release (of a grant or a waiting writer's intent) that wakes this process's waiters.
     async fn release_op(&self, key: &LockKey, op: Op) -> Result<OpResult> {
+        let mode = op.mode();
         let res = self.run_or_busy(key, op).await?;
-        waker(&path_of(&self.opts.dir, key, op.mode())).notify_waiters();
+        waker(&path_of(&self.opts.dir, key, mode)).notify_waiters();
         Ok(res)
     }
 
@@ -139,7 +146,8 @@ impl FileBackend {
         intent: Option<Duration>,
     ) -> Result<Attempt> {
         let sent = Instant::now();
-        let op = Op::Acquire { owner: req.owner, ttl: req.ttl, mode: req.mode, intent };
+        let meta = Some(req.metadata.encode().into());
+        let op = Op::Acquire { owner: req.owner, ttl: req.ttl, mode: req.mode, intent, meta };
         match files::run(&self.opts.dir, &req.key, self.opts.sync, op, bound).await? {
             OpResult::Acquired(fence) => Ok(Attempt::Acquired(
                 Lease::new(req.key.clone(), req.owner, FencingToken::new(fence), req.ttl, sent)
@@ -150,6 +158,19 @@ impl FileBackend {
             OpResult::Mismatch(held) => Err(mismatch(req, held)),
             _ => Err(other("unexpected file operation result")),
         }
+    }
+
+    /// The unexpired holders of `key`'s primitive of `mode`, with their metadata.
+    async fn read_holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
+        let kind = Role::of(mode, NAME)?.kind();
+        let path = path_of(&self.opts.dir, key, mode);
+        let Some(bytes) = files::read(path.clone(), self.opts.request_timeout).await? else {
+            return Ok(vec![]);
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            listing::infos(&path, &bytes, kind, mono_ns()).map_err(|why| damaged(&path, why))
+        });
+        read.await.map_err(task_failed)?
     }
 
     /// How long a waiting writer's intent lasts unless its next attempt refreshes it: twice the
@@ -174,6 +195,9 @@ impl LockBackend for FileBackend {
             .with_max_permits(SLOTS as u32)
             .with_read_write(true)
             .with_writer_preference(true)
+            .with_elections(true)
+            .with_listing(true)
+            .with_holder_metadata(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -229,33 +253,51 @@ impl LockBackend for FileBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        let path = path_of(&self.opts.dir, key, Mode::Exclusive);
-        let Some(bytes) = files::read(path.clone(), self.opts.request_timeout).await? else {
-            return Ok(None);
-        };
-        let rec = record::decode(&bytes).map_err(|why| damaged(&path, why))?;
-        let now = mono_ns();
-        Ok(rec.live(now).then(|| {
-            LockInfo::new(
-                Some(FencingToken::new(rec.fence)),
-                rec.owner,
-                Some(Duration::from_nanos(rec.expires_ns - now)),
-            )
-        }))
+        Ok(self.read_holders(key, Mode::Exclusive).await?.into_iter().next())
     }
 
     async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
-        let kind = Role::of(mode, NAME)?.kind();
-        let path = path_of(&self.opts.dir, key, mode);
-        let Some(bytes) = files::read(path.clone(), self.opts.request_timeout).await? else {
-            return Ok(vec![]);
-        };
-        let rec = table_record::decode(&bytes, kind).map_err(|why| damaged(&path, why))?;
-        Ok(table_record::holders(&rec, mono_ns())
-            .into_iter()
-            .map(|(e, mode, left)| {
-                LockInfo::new(Some(FencingToken::new(e.fence)), Some(e.owner), Some(left)).with_mode(mode)
-            })
-            .collect())
+        Role::of(mode, NAME)?;
+        self.read_holders(key, mode).await
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<ExtendOutcome> {
+        let op = Op::SetMeta { owner: lease.owner(), mode: lease.mode(), meta: metadata.encode().into() };
+        Ok(match self.run_or_busy(lease.key(), op).await? {
+            OpResult::Extended => ExtendOutcome::Extended { valid_until: lease.valid_until() },
+            _ => ExtendOutcome::NotHeld,
+        })
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<ListPage> {
+        let (dir, prefix) = (self.opts.dir.clone(), prefix.to_owned());
+        tokio::task::spawn_blocking(move || listing::list_page(&dir, &prefix, cursor.as_deref(), limit))
+            .await
+            .map_err(task_failed)?
+    }
+
+    async fn fencing_counters(
+        &self,
+        prefix: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<CounterPage> {
+        let (dir, prefix) = (self.opts.dir.clone(), prefix.to_owned());
+        tokio::task::spawn_blocking(move || listing::counters_page(&dir, &prefix, cursor.as_deref(), limit))
+            .await
+            .map_err(task_failed)?
+    }
+
+    /// Raises the counter in the key's record file (created if needed), flushed with `sync`.
+    async fn raise_fencing_counter(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        at_least: FencingToken,
+    ) -> Result<FencingToken> {
+        match self.run_or_busy(key, Op::Raise { mode, at_least: at_least.get() }).await? {
+            OpResult::Raised(f) => Ok(FencingToken::new(f)),
+            _ => Err(other("unexpected file operation result")),
+        }
     }
 }

@@ -1,10 +1,14 @@
 //! The file mechanics of the file backend: one small file per key and primitive under a
 //! directory, read and rewritten under an exclusive `flock`.
 //!
-//! Each key maps to `<dir>/<first 32 hex digits of sha256(key)>.<ext>`: `.lock` for the lock,
-//! holding its [`Record`] (see [`record`](crate::record) for the format and how a damaged one
-//! is read); `.sem` for the semaphore and `.rw` for the read-write lock of that name, each
-//! holding a [`TableRecord`] (see [`table_record`](crate::table_record)).
+//! Each key maps to `<dir>/<first 32 hex digits of sha256(key)>.<ext>`: `.lock` for the lock
+//! and `.elect` for the election of that name, each holding a [`Record`] (see
+//! [`record`](crate::record) for the format and how a damaged one is read); `.sem` for the
+//! semaphore and `.rw` for the read-write lock of that name, each holding a [`TableRecord`]
+//! (see [`table_record`](crate::table_record)). The name cannot be read back from the file
+//! name (a hash): every record file ends with a `key <full key>` line, which listing reads
+//! ([`listing`](crate::listing)). Beside a record, `<record file>.meta` holds its holders'
+//! metadata ([`metafile`](crate::metafile)).
 //!
 //! - Mutual exclusion: every read-modify-write of a record happens under `flock`, which the
 //!   kernel drops when the process holding it dies, so a killed process never wedges a key.
@@ -38,19 +42,22 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::error::{io_err, other, task_failed, NAME};
+use crate::metafile;
 use crate::record::{self, mono_ns, Record};
 use crate::table::{Kind, Role};
 use crate::table_record::{self, TableRecord};
 
 /// One read-modify-write of a record, on the grant of `mode`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Op {
-    /// `intent`: for a waiting writer, how long its intent lasts if it is not refreshed.
+    /// `intent`: for a waiting writer, how long its intent lasts if it is not refreshed;
+    /// `meta`: the holder's metadata, encoded, for the side file.
     Acquire {
         owner: OwnerToken,
         ttl: Duration,
         mode: Mode,
         intent: Option<Duration>,
+        meta: Option<Arc<str>>,
     },
     Extend {
         owner: OwnerToken,
@@ -61,12 +68,41 @@ pub(crate) enum Op {
         owner: OwnerToken,
         mode: Mode,
     },
+    /// Replaces the metadata of `owner`'s unexpired grant (the record is not written).
+    SetMeta {
+        owner: OwnerToken,
+        mode: Mode,
+        meta: Arc<str>,
+    },
+    /// Raises the fencing counter so that the next token is above `at_least`.
+    Raise {
+        mode: Mode,
+        at_least: u64,
+    },
 }
 
 impl Op {
     pub(crate) fn mode(&self) -> Mode {
         match *self {
-            Op::Acquire { mode, .. } | Op::Extend { mode, .. } | Op::Release { mode, .. } => mode,
+            Op::Acquire { mode, .. }
+            | Op::Extend { mode, .. }
+            | Op::Release { mode, .. }
+            | Op::SetMeta { mode, .. }
+            | Op::Raise { mode, .. } => mode,
+        }
+    }
+
+    /// What the metadata side file must do after this op found `result`: `None` when it stays
+    /// as it is; otherwise follow the record's holders, and set this holder's metadata if any.
+    fn side_file(&self, result: &OpResult, changed: bool) -> Option<Option<(OwnerToken, Role, Arc<str>)>> {
+        let role = Role::of(self.mode(), NAME).ok()?;
+        match (self, result) {
+            (Op::Acquire { owner, meta, .. }, OpResult::Acquired(_)) => {
+                Some(meta.clone().map(|m| (*owner, role, m)))
+            }
+            (Op::SetMeta { owner, meta, .. }, OpResult::Extended) => Some(Some((*owner, role, meta.clone()))),
+            (Op::Release { .. }, _) if changed => Some(None),
+            _ => None,
         }
     }
 }
@@ -82,6 +118,8 @@ pub(crate) enum OpResult {
     Extended,
     Released,
     NotHeld,
+    /// The fencing counter after a raise.
+    Raised(u64),
     /// Another process held the record's `flock` for the whole bound; nothing was done.
     Busy,
 }
@@ -90,12 +128,28 @@ pub(crate) enum OpResult {
 pub(crate) fn path_of(dir: &Path, key: &LockKey, mode: Mode) -> PathBuf {
     let digest = Sha256::digest(key.full().as_bytes());
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    let ext = match Role::of(mode, NAME).map(Role::kind) {
-        Ok(Kind::Semaphore) => "sem",
-        Ok(Kind::ReadWrite) => "rw",
-        _ => "lock",
-    };
-    dir.join(format!("{hex}.{ext}"))
+    let kind = Role::of(mode, NAME).map_or(Kind::Lock, Role::kind);
+    dir.join(format!("{hex}.{}", ext_of(kind)))
+}
+
+/// The file extension of a record of `kind`.
+pub(crate) fn ext_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Lock => "lock",
+        Kind::Semaphore => "sem",
+        Kind::ReadWrite => "rw",
+        Kind::Election => "elect",
+    }
+}
+
+/// The kind of record a file extension names (`None`: not a record file).
+pub(crate) fn kind_of_ext(ext: &str) -> Option<Kind> {
+    Kind::ALL.into_iter().find(|k| ext_of(*k) == ext)
+}
+
+/// Whether `kind`'s records are lock records ([`Record`]) rather than tables.
+pub(crate) fn is_single(kind: Kind) -> bool {
+    matches!(kind, Kind::Lock | Kind::Election)
 }
 
 /// In-process wake-ups, shared by every `FileBackend` of this process, keyed by file path.
@@ -109,7 +163,7 @@ pub(crate) fn waker(path: &Path) -> Arc<Notify> {
 /// The bytes a new record file of `mode`'s primitive starts with.
 fn initial(mode: Mode, key: &str) -> Result<Vec<u8>> {
     Ok(match Role::of(mode, NAME)?.kind() {
-        Kind::Lock => Record::default().render(key),
+        kind if is_single(kind) => Record::default().render(key),
         kind => TableRecord::new(kind).render(key),
     })
 }
@@ -183,19 +237,41 @@ pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: &Op) -> Result<OpRes
     }
     let bytes = read_bytes(&mut file, path)?;
     let now = mono_ns();
-    let (result, new) = match op.mode() {
-        Mode::Exclusive => record::apply(path, &bytes, key, op, now)?,
-        _ => table_record::apply(path, &bytes, key, op, now)?,
+    let kind = Role::of(op.mode(), NAME)?.kind();
+    let (result, new) = if is_single(kind) {
+        record::apply(path, &bytes, key, op, now)?
+    } else {
+        table_record::apply(path, &bytes, key, op, now)?
     };
-    if let Some(new) = new {
+    if let Some(new) = &new {
         // In place, the same length for this key every time: never shortened.
-        file.write_all_at(&new, 0).map_err(|e| io_err("cannot write lock file", path, e))?;
-        if sync && matches!(result, OpResult::Acquired(_)) {
+        file.write_all_at(new, 0).map_err(|e| io_err("cannot write lock file", path, e))?;
+        if sync && matches!(result, OpResult::Acquired(_) | OpResult::Raised(_)) {
             file.sync_data().map_err(|e| io_err("cannot sync lock file", path, e))?;
         }
     }
+    if let Some(set) = op.side_file(&result, new.is_some()) {
+        // Still under the record's flock: the side file follows the record's holders.
+        let holders = holders_of(new.as_deref().unwrap_or(&bytes), kind, now);
+        metafile::update(path, &holders, set);
+    }
     Ok(result)
     // The flock is dropped with the file.
+}
+
+/// The grants a record's bytes hold at `now` (none when they cannot be read).
+pub(crate) fn holders_of(bytes: &[u8], kind: Kind, now: u64) -> Vec<(OwnerToken, Role)> {
+    let single_role = if kind == Kind::Election { Role::Leader } else { Role::Lock };
+    if is_single(kind) {
+        return match record::decode(bytes) {
+            Ok(rec) if rec.live(now) => rec.owner.map(|o| (o, single_role)).into_iter().collect(),
+            _ => Vec::new(),
+        };
+    }
+    match table_record::decode(bytes, kind) {
+        Ok(rec) => rec.table.holders(now).map(|(e, _)| (e.owner, e.role)).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Retries `once` (a non-blocking try on a blocking thread) while it reports the record's
@@ -257,7 +333,7 @@ pub(crate) async fn run(dir: &Path, key: &LockKey, sync: bool, op: Op, bound: Du
             _ => None,
         };
         let task = {
-            let (path, full) = (path.clone(), full.clone());
+            let (path, full, op) = (path.clone(), full.clone(), op.clone());
             tokio::task::spawn_blocking(move || apply(&path, &full, sync, &op))
         };
         PendingOp { task: Some(task), undo: undo.map(|op| (path, full, sync, op)) }.join()
@@ -295,7 +371,7 @@ impl Drop for PendingOp {
                     crate::options::DEFAULT_REQUEST_TIMEOUT,
                     |r: &Result<OpResult>| matches!(r, Ok(OpResult::Busy)),
                     || {
-                        let (p, full) = (path.clone(), full.clone());
+                        let (p, full, release) = (path.clone(), full.clone(), release.clone());
                         async move {
                             let done =
                                 tokio::task::spawn_blocking(move || apply(&p, &full, sync, &release)).await;

@@ -100,7 +100,9 @@
 mod backend;
 mod error;
 mod files;
+mod listing;
 mod memory;
+mod metafile;
 mod options;
 mod record;
 mod table;

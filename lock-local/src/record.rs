@@ -230,7 +230,13 @@ pub(crate) fn apply(
             rec.expires_ns = 0;
             (if live { OpResult::Released } else { OpResult::NotHeld }, true)
         }
-        Op::Extend { .. } | Op::Release { .. } => (OpResult::NotHeld, false),
+        Op::SetMeta { owner, .. } if live && rec.owner == Some(owner) => (OpResult::Extended, false),
+        Op::Raise { at_least, .. } => {
+            let raised = at_least > rec.fence;
+            rec.fence = rec.fence.max(at_least);
+            (OpResult::Raised(rec.fence), raised)
+        }
+        Op::Extend { .. } | Op::Release { .. } | Op::SetMeta { .. } => (OpResult::NotHeld, false),
     };
     Ok((result, dirty.then(|| rec.render(key))))
 }

@@ -12,6 +12,7 @@
 //! | a permit of `N` | `N` permits are held; another `N` is in use ([`Admit::Mismatch`]) | at most `N` holders |
 //! | a read lock | a writer holds it, or a writer waits (an intent) | readers share |
 //! | a write lock | a reader or a writer holds it | one writer; a waiting writer leaves an intent |
+//! | leadership of an election | any grant | one leader |
 //!
 //! Every grant takes the next value of the table's one fencing counter, so tokens strictly
 //! increase across all the permits of a semaphore, and across the readers and writers of a
@@ -22,7 +23,7 @@
 use lock_core::{Error, Mode, OwnerToken, Result};
 
 /// What an entry of a table is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Role {
     Lock,
     Permit,
@@ -30,15 +31,34 @@ pub(crate) enum Role {
     Writer,
     /// A waiting writer's intent: not a grant; new readers wait while it lasts.
     Intent,
+    /// The leader of an election: an exclusive grant in the election's own table.
+    Leader,
 }
 
-/// Which resource a name's grants belong to: the lock, the semaphore and the read-write lock
-/// of one name are three independent resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which resource a name's grants belong to: the lock, the semaphore, the read-write lock and
+/// the election of one name are four independent resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Kind {
     Lock,
     Semaphore,
     ReadWrite,
+    Election,
+}
+
+impl Kind {
+    /// Every kind, in the order listings go through them.
+    pub(crate) const ALL: [Kind; 4] = [Kind::Lock, Kind::Semaphore, Kind::ReadWrite, Kind::Election];
+
+    /// The mode a fencing counter of this kind is reported with (`limit`: a semaphore's number
+    /// of permits, 0 when it has none on record).
+    pub(crate) fn counter_mode(self, limit: u32) -> Mode {
+        match self {
+            Kind::Lock => Mode::Exclusive,
+            Kind::Semaphore => Mode::Permit { limit },
+            Kind::ReadWrite => Mode::Write,
+            Kind::Election => Mode::Leader,
+        }
+    }
 }
 
 impl Role {
@@ -49,6 +69,7 @@ impl Role {
             Mode::Permit { .. } => Ok(Role::Permit),
             Mode::Read => Ok(Role::Reader),
             Mode::Write => Ok(Role::Writer),
+            Mode::Leader => Ok(Role::Leader),
             other => Err(Error::Unsupported { backend, capability: format!("{other:?} grants") }),
         }
     }
@@ -58,6 +79,7 @@ impl Role {
             Role::Lock => Kind::Lock,
             Role::Permit => Kind::Semaphore,
             Role::Reader | Role::Writer | Role::Intent => Kind::ReadWrite,
+            Role::Leader => Kind::Election,
         }
     }
 
@@ -68,7 +90,33 @@ impl Role {
             Role::Permit => Mode::Permit { limit },
             Role::Reader => Mode::Read,
             Role::Writer | Role::Intent => Mode::Write,
+            Role::Leader => Mode::Leader,
         }
+    }
+
+    /// The role's one-letter tag in files (`-` is an empty slot).
+    pub(crate) fn tag(self) -> char {
+        match self {
+            Role::Lock => 'l',
+            Role::Permit => 'p',
+            Role::Reader => 'r',
+            Role::Writer => 'w',
+            Role::Intent => 'i',
+            Role::Leader => 'e',
+        }
+    }
+
+    /// The role of a tag written by [`tag`](Self::tag).
+    pub(crate) fn of_tag(tag: char) -> Option<Role> {
+        Some(match tag {
+            'l' => Role::Lock,
+            'p' => Role::Permit,
+            'r' => Role::Reader,
+            'w' => Role::Writer,
+            'i' => Role::Intent,
+            'e' => Role::Leader,
+            _ => return None,
+        })
     }
 }
 
@@ -225,6 +273,18 @@ impl<T: Copy + Ord> Table<T> {
             !(e.owner == owner && (e.role == role || (role == Role::Writer && e.role == Role::Intent)))
         });
         (live, self.entries.len() != before)
+    }
+
+    /// Raises the fencing counter so that the next grant's token is above `at_least` (never
+    /// lowers it); returns the counter after.
+    pub(crate) fn raise(&mut self, at_least: u64) -> u64 {
+        self.fence = self.fence.max(at_least);
+        self.fence
+    }
+
+    /// Whether `owner` holds an unexpired grant in `role` at `now`.
+    pub(crate) fn holds(&self, owner: OwnerToken, role: Role, now: T) -> bool {
+        self.entries.iter().any(|e| e.owner == owner && e.role == role && e.expires > now)
     }
 
     /// Removes `owner`'s intent only (a waiting writer that gave up); whether there was one.

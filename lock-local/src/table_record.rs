@@ -71,30 +71,17 @@ pub(crate) struct TableRecord {
 fn kind_tag(kind: Kind) -> &'static str {
     match kind {
         Kind::Semaphore => "sem",
-        Kind::ReadWrite | Kind::Lock => "rwl",
-    }
-}
-
-fn role_char(role: Role) -> char {
-    match role {
-        Role::Lock => 'l',
-        Role::Permit => 'p',
-        Role::Reader => 'r',
-        Role::Writer => 'w',
-        Role::Intent => 'i',
+        Kind::ReadWrite | Kind::Lock | Kind::Election => "rwl",
     }
 }
 
 fn role_of_char(c: &str) -> Option<Option<Role>> {
-    Some(Some(match c {
-        "l" => Role::Lock,
-        "p" => Role::Permit,
-        "r" => Role::Reader,
-        "w" => Role::Writer,
-        "i" => Role::Intent,
-        "-" => return Some(None),
-        _ => return None,
-    }))
+    let mut chars = c.chars();
+    match (chars.next(), chars.next()) {
+        (Some('-'), None) => Some(None),
+        (Some(tag), None) => Role::of_tag(tag).map(Some),
+        _ => None,
+    }
 }
 
 impl TableRecord {
@@ -128,7 +115,7 @@ impl TableRecord {
             t.limit.min(99_999)
         );
         for e in t.entries.iter().take(SLOTS) {
-            out.push_str(&format!("{} {:020} {:020} {}\n", e.owner, e.fence, e.expires, role_char(e.role)));
+            out.push_str(&format!("{} {:020} {:020} {}\n", e.owner, e.fence, e.expires, e.role.tag()));
         }
         for _ in t.entries.len().min(SLOTS)..SLOTS {
             out.push_str(&format!("{} {:020} {:020} -\n", "0".repeat(32), 0, 0));
@@ -238,7 +225,7 @@ pub(crate) fn apply(
     let before = rec.table.clone();
     let at = |d: Duration| now.saturating_add(dur_ns(d));
     let result = match *op {
-        Op::Acquire { owner, ttl, mode, intent } => {
+        Op::Acquire { owner, ttl, mode, intent, .. } => {
             let ask = Ask { owner, mode, now, expires: at(ttl), intent: intent.map(at), capacity: SLOTS };
             match rec.table.acquire(&ask, NAME)? {
                 Admit::Granted(f) => OpResult::Acquired(f),
@@ -258,6 +245,14 @@ pub(crate) fn apply(
             (true, _) => OpResult::Released,
             (false, _) => OpResult::NotHeld,
         },
+        Op::SetMeta { owner, mode, .. } => {
+            if rec.table.holds(owner, Role::of(mode, NAME)?, now) {
+                OpResult::Extended
+            } else {
+                OpResult::NotHeld
+            }
+        }
+        Op::Raise { at_least, .. } => OpResult::Raised(rec.table.raise(at_least)),
     };
     if rec.table == before {
         return Ok((result, None));

@@ -170,7 +170,11 @@ pub async fn a_paused_leader_knows_before_a_new_one_rules(ctx: Ctx) -> CheckResu
     let name = ctx.key("election");
     let ttl = ctx.short_ttl();
     let g = a.election(&name).ttl(ttl).campaign("a").await?;
-    let signal = g.loss_signal();
+    // Session form: the whole session expires. Per-lock form: the leader stops renewing (as a
+    // paused process would): its lease is put back under a guard without renewal, whose loss
+    // signal must fire by `valid_until`. The guard is kept (dropping it would resign).
+    let paused = if ctx.session() { g } else { a.resume(g.detach(), false) };
+    let signal = paused.loss_signal();
     let lost_at = Arc::new(std::sync::Mutex::new(None));
     let l2 = lost_at.clone();
     tokio::spawn(async move {
@@ -179,10 +183,6 @@ pub async fn a_paused_leader_knows_before_a_new_one_rules(ctx: Ctx) -> CheckResu
     });
     if ctx.session() {
         ctx.expire(a.clone()).await;
-    } else {
-        // Per-lock form: the leader stops renewing (as a paused process would).
-        let lease = g.detach();
-        let _ = a.resume(lease, false).loss_signal();
     }
     let bound = ctx.caps.crash_bound(ttl);
     let gb = b.election(&name).ttl(ttl).wait(bound * 3 + ctx.slack()).campaign("b").await?;
@@ -198,6 +198,7 @@ pub async fn a_paused_leader_knows_before_a_new_one_rules(ctx: Ctx) -> CheckResu
         None => return Err(Failure("the paused leader's loss never fired".into())),
     }
     let _ = gb.release().await?;
+    drop(paused);
     Ok(())
 }
 
