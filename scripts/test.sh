@@ -39,6 +39,8 @@ NEEDS=(
   "openssl:openssl"             # the TLS tests make a throwaway CA
   "java:default-jre-headless"   # lock-zk: the ZooKeeper servers and the Curator contender
   "javac:default-jdk-headless"  # lock-zk: compiles the Curator contender
+  "node:nodejs"                 # lock-dynamo: dynalite, the emulator that serves in parallel
+  "npm:npm"                     # lock-dynamo: installs dynalite into target/dynalite
 )
 # Each entry: "file-that-must-exist:debian-package".
 NEED_FILES=(

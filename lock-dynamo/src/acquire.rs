@@ -1,5 +1,6 @@
-//! Acquiring: one attempt (the conditional write that grants, bounded in time), the waiting
-//! loop around it, and the undo of a grant the caller never learnt of.
+//! Acquiring: one attempt (the conditional write that grants, bounded in time, for whichever
+//! primitive the request is of), the waiting loop around it, and the undo of a grant the
+//! caller never learnt of.
 //!
 //! # Deadlines
 //! An attempt is cut off at its own time limit, whatever the client's retry and timeout
@@ -18,16 +19,19 @@
 //! other client for a whole lease, then a takeover period. It is released by owner token in
 //! the background instead: by `try_acquire` when it fails or is dropped, and by the waiting
 //! acquire when it ends without the lock (its own later attempts recognise an earlier grant
-//! by the owner token, so they must not be undone behind it).
+//! by the owner token, so they must not be undone behind it). A waiting writer's intent is
+//! withdrawn the same way, and when its wait runs out.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
-use lock_core::{AcquireRequest, Attempt, Error, Instant, Lease, Result, UndoOnDrop};
+use lock_core::{
+    AcquireRequest, Attempt, Error, Instant, Lease, LockKey, Mode, OwnerToken, Result, UndoOnDrop,
+};
 
-use crate::error::protocol;
-use crate::item::{self, new_rvn, wall_ms, Record, FENCE};
-use crate::request::{ms, n, Update, Written};
+use crate::error::NAME;
+use crate::place::{unsupported, Place};
+use crate::rwlock::IntentState;
 use crate::DynamoBackend;
 
 /// The least time an attempt of a waiting acquire gets, even at its deadline (unless the
@@ -38,7 +42,7 @@ impl DynamoBackend {
     /// Until when an attempt that starts now may run: one request timeout, or for a waiting
     /// acquire with `deadline` the time left (at least [`MIN_ATTEMPT`], at most one request
     /// timeout).
-    fn attempt_until(&self, deadline: Option<Instant>) -> Instant {
+    pub(crate) fn attempt_until(&self, deadline: Option<Instant>) -> Instant {
         let timeout = self.inner.opts.request_timeout;
         let now = Instant::now();
         let limit = match deadline {
@@ -51,23 +55,29 @@ impl DynamoBackend {
     /// A `try_acquire`: one attempt within one request timeout; a grant it may have left
     /// behind when it fails is undone.
     pub(crate) async fn try_once(&self, req: &AcquireRequest) -> Result<Attempt> {
-        self.attempt(req, self.attempt_until(None), true).await
+        self.attempt(req, self.attempt_until(None), true, None).await
     }
 
     /// A waiting acquire: attempts until `deadline` (polling with lock-core's backoff), each
     /// within its own time; when it ends without the lock (or is dropped), a grant an attempt
-    /// may have left behind is undone.
+    /// may have left behind is undone, and a writer's intent withdrawn.
     pub(crate) async fn wait_until(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner));
+        let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner, req.mode));
         let poll = self.inner.opts.poll_interval;
+        let intent = (req.mode == Mode::Write).then(|| Mutex::new(IntentState::default()));
         let got = lock_core::wait_for_lock(&[], &req.key, deadline, poll, || {
-            self.attempt(req, self.attempt_until(Some(deadline)), false)
+            self.attempt(req, self.attempt_until(Some(deadline)), false, intent.as_ref())
         })
         .await;
-        // A timeout needs nothing: its last attempt was refused cleanly, by an item that was
-        // not ours.
+        // A timeout needs no undo of a grant: its last attempt was refused cleanly, by an item
+        // that was not ours. A writer's intent still goes.
         if matches!(got, Ok(_) | Err(Error::WaitTimedOut { .. })) {
             undo.disarm();
+            if intent.is_some() && got.is_err() {
+                if let Err(e) = self.withdraw_intent(&req.key, req.owner).await {
+                    tracing::debug!(backend = NAME, key = %req.key, error = %e, "could not withdraw a writer's intent; it lapses");
+                }
+            }
         }
         got
     }
@@ -75,9 +85,20 @@ impl DynamoBackend {
     /// One attempt, done by `until`. Dropped mid-flight, or (with `undo_on_error`) failed in a
     /// way that may hide an applied write (a timeout, a lost connection, a 5xx: the retryable
     /// errors), it releases by owner token in the background whatever it may have granted.
-    async fn attempt(&self, req: &AcquireRequest, until: Instant, undo_on_error: bool) -> Result<Attempt> {
-        let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner));
-        let got = self.grant(req, until).await;
+    async fn attempt(
+        &self,
+        req: &AcquireRequest,
+        until: Instant,
+        undo_on_error: bool,
+        intent: Option<&Mutex<IntentState>>,
+    ) -> Result<Attempt> {
+        let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner, req.mode));
+        let got = match req.mode {
+            Mode::Exclusive | Mode::Leader => self.grant_lock(req, until).await,
+            Mode::Permit { limit } => self.grant_permit(req, limit, until).await,
+            Mode::Read | Mode::Write => self.grant_rw(req, until, intent).await,
+            other => Err(unsupported(other)),
+        };
         let maybe_applied = matches!(&got, Err(e) if e.is_retryable());
         if !(undo_on_error && maybe_applied) {
             undo.disarm();
@@ -85,50 +106,24 @@ impl DynamoBackend {
         got
     }
 
-    /// The conditional write that grants: free (never used, or released), or held by an RVN
-    /// this client has seen unchanged for a whole lease. A refusal says how long the lock
-    /// stays held; one that carries our own owner token is an earlier try's grant whose reply
-    /// was lost.
-    async fn grant(&self, req: &AcquireRequest, until: Instant) -> Result<Attempt> {
-        let sent = Instant::now();
-        let rvn = new_rvn();
-        let mut condition = String::from("attribute_not_exists(#o)");
-        let mut values = vec![
-            (":o", AttributeValue::S(req.owner.to_string())),
-            (":v", AttributeValue::S(rvn.clone())),
-            (":l", n(ms(req.ttl))),
-            (":e", n(wall_ms().saturating_add(ms(req.ttl)))),
-            (":zero", n(0)),
-            (":one", n(1)),
-        ];
-        self.takeover_condition(&req.key, &mut condition, &mut values);
-        let acquire = Update {
-            op: "acquire",
-            expression: "SET #o = :o, #v = :v, #l = :l, #e = :e, #f = if_not_exists(#f, :zero) + :one",
-            condition: &condition,
-            values,
-            returns: ReturnValue::UpdatedNew,
-        };
-        let item = match self.write(&req.key, acquire, Some(until)).await? {
-            Written::Applied(attrs) => {
-                let fence =
-                    item::number(&attrs, FENCE)?.ok_or_else(|| protocol("acquire returned no fence"))?;
-                return Ok(Attempt::Acquired(self.lease(req, fence, rvn, sent)));
+    /// The undo of an acquire whose caller went away mid-flight. The request may still reach
+    /// DynamoDB after this starts (it travels on its own connection), so the release is
+    /// tried again, a few times, until it finds the grant or a request timeout has passed; a
+    /// writer's intent is withdrawn each time too.
+    pub(crate) async fn undo_acquire(self, key: LockKey, owner: OwnerToken, mode: Mode) {
+        let Ok(place) = Place::of(&key, mode, owner) else { return };
+        let pauses = std::iter::once(Duration::ZERO)
+            .chain(lock_core::cancel::LATE_GRANT_RECHECKS)
+            .chain([self.inner.opts.request_timeout]);
+        let released = lock_core::cancel::undo_after(pauses, || async {
+            if mode == Mode::Write {
+                let _ = self.withdraw_intent(&key, owner).await;
             }
-            Written::Refused(Some(item)) => Record::parse(&item)?,
-            // An emulator that does not return the item: read it.
-            Written::Refused(None) => match self.read(&req.key, Some(until)).await? {
-                Some(rec) => rec,
-                None => return Ok(Attempt::Held { expires_in: Some(Duration::ZERO) }),
-            },
-        };
-        match item.owner {
-            // An earlier try of this same request was applied but its reply was lost (the
-            // SDK or the waiting loop retried): the grant is ours.
-            Some(owner) if owner == req.owner => self.recover(req, item, until).await,
-            Some(_) => Ok(Attempt::Held { expires_in: Some(self.saw_held(&req.key, &item)) }),
-            // Freed between the condition and now: try again at once.
-            None => Ok(Attempt::Held { expires_in: Some(Duration::ZERO) }),
+            matches!(self.release_grant(&place, owner).await, Ok(true))
+        })
+        .await;
+        if released {
+            tracing::debug!(backend = NAME, key = %key, "released the grant of a cancelled acquire");
         }
     }
 }

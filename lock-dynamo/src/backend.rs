@@ -1,24 +1,21 @@
 //! [`DynamoBackend`]: the client, the table, and the [`LockBackend`] impl.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, TableStatus,
-};
 use aws_sdk_dynamodb::Client;
 use lock_core::{
-    async_trait, AcquireRequest, Attempt, BackendErrorKind, Capabilities, Error, ExtendOutcome, FencingToken,
-    Instant, Lease, LockBackend, LockInfo, LockKey, ReleaseOutcome, Result, WakeMode,
+    async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, Instant, Lease, ListPage,
+    LockBackend, LockInfo, LockKey, Metadata, Mode, ReleaseOutcome, Result, WakeMode,
 };
 
-use crate::error::{self, NAME};
-use crate::item::{new_rvn, wall_ms, Record};
-use crate::request::{ms, n, Update, Written};
+use crate::error::NAME;
+use crate::item::Kind;
+use crate::place::Place;
 use crate::takeover::Observations;
 use crate::DynamoOptions;
 
@@ -38,29 +35,13 @@ pub(crate) struct Inner {
     pub(crate) client: Client,
     pub(crate) opts: DynamoOptions,
     pub(crate) seen: Observations,
+    /// The endpoint answered that it has no `TransactWriteItems` (dynalite).
+    pub(crate) no_transactions: AtomicBool,
 }
 
 impl std::fmt::Debug for DynamoBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DynamoBackend").field("opts", &self.inner.opts).finish_non_exhaustive()
-    }
-}
-
-/// What a lease of this backend remembers: the RVN of its last write.
-#[derive(Debug)]
-struct Held {
-    rvn: Mutex<String>,
-}
-
-impl Held {
-    fn new(rvn: String) -> Arc<Self> {
-        Arc::new(Self { rvn: Mutex::new(rvn) })
-    }
-    fn rvn(&self) -> String {
-        self.rvn.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-    fn set(&self, rvn: String) {
-        *self.rvn.lock().unwrap_or_else(|p| p.into_inner()) = rvn;
     }
 }
 
@@ -115,7 +96,14 @@ impl DynamoBackend {
     /// cancelled-acquire clean-up's horizon) apply; region and endpoint are the client's. Nothing is sent, and
     /// [`DynamoOptions::create_table`] does not apply: call [`create_table`](Self::create_table).
     pub fn with_client(client: Client, opts: DynamoOptions) -> Self {
-        Self { inner: Arc::new(Inner { client, opts, seen: Observations::default() }) }
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                opts,
+                seen: Observations::default(),
+                no_transactions: AtomicBool::new(false),
+            }),
+        }
     }
 
     /// The SDK client.
@@ -126,82 +114,6 @@ impl DynamoBackend {
     /// The options.
     pub fn options(&self) -> &DynamoOptions {
         &self.inner.opts
-    }
-
-    /// Creates the lock table (on-demand billing) if it does not exist, and waits until it
-    /// is active.
-    ///
-    /// # Errors
-    /// Backend errors; a table that already exists is not one. A table that exists with
-    /// other key attributes is not detected here; lock operations on it then fail.
-    pub async fn create_table(&self) -> Result<()> {
-        let o = &self.inner.opts;
-        let def = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(|e| Error::InvalidConfig(format!("table definition: {e}")))
-        };
-        let key = |name: &str, kind: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .map_err(|e| Error::InvalidConfig(format!("table key: {e}")))
-        };
-        let mut req = self
-            .inner
-            .client
-            .create_table()
-            .table_name(&o.table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(def(&o.partition_key)?)
-            .key_schema(key(&o.partition_key, KeyType::Hash)?);
-        if let Some(sk) = &o.sort_key {
-            req = req.attribute_definitions(def(&sk.name)?).key_schema(key(&sk.name, KeyType::Range)?);
-        }
-        if let Err(e) = req.send().await {
-            let exists = e.as_service_error().is_some_and(|s| s.is_resource_in_use_exception());
-            if !exists {
-                return Err(error::sdk("CreateTable", &o.table, e));
-            }
-        }
-        self.await_active_table().await
-    }
-
-    /// Waits (up to 120 s) until the table is active.
-    async fn await_active_table(&self) -> Result<()> {
-        let table = &self.inner.opts.table;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let out = self
-                .inner
-                .client
-                .describe_table()
-                .table_name(table)
-                .send()
-                .await
-                .map_err(|e| error::sdk("DescribeTable", table, e))?;
-            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::backend_msg(
-                    NAME,
-                    BackendErrorKind::RequestTimedOut,
-                    format!("table {table} did not become active in 120 s"),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The lease for a grant of `req` with fencing token `fence` and RVN `rvn`.
-    pub(crate) fn lease(&self, req: &AcquireRequest, fence: u64, rvn: String, sent: Instant) -> Lease {
-        self.inner.seen.forget(req.key.full());
-        Lease::new(req.key.clone(), req.owner, FencingToken::new(fence), req.ttl, sent)
-            .with_backend_data(Held::new(rvn))
     }
 }
 
@@ -217,12 +129,19 @@ impl LockBackend for DynamoBackend {
             .with_wake(WakeMode::Poll { max_interval: poll })
             .with_ttl_granularity(Duration::from_millis(1))
             .with_min_ttl(Duration::from_millis(100))
-            // A contender that was already waiting takes over one lease after the holder's
-            // last write, plus at most one poll. One that arrives later counts a whole lease
-            // from its own first look, so a crashed holder blocks it for up to twice the TTL:
-            // that cannot be a constant margin, and the crate documentation says so
-            // (Takeover::RecordVersion).
+            // A contender takes over once it has seen the holder's RVN unchanged for a whole
+            // lease on its own clock. One that was already waiting does so one lease after the
+            // holder's last write; one that arrives later counts a whole lease from its own
+            // first look: a crashed holder blocks others for up to two leases, plus a poll.
+            .with_expiry_ttls(2)
             .with_expiry_margin(poll.saturating_add(Duration::from_millis(50)))
+            .with_max_permits(crate::MAX_PERMITS)
+            .with_read_write(true)
+            .with_writer_preference(true)
+            .with_atomic_multi_key(true)
+            .with_elections(true)
+            .with_listing(true)
+            .with_holder_metadata(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -234,63 +153,12 @@ impl LockBackend for DynamoBackend {
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
-        let held = lease.backend_data::<Held>();
-        if held.is_some() && Instant::now() >= lease.valid_until() {
-            // Our lease ran out on our own clock, so a contender may already count it gone:
-            // never revive it. Give it up instead, so nobody waits for it.
-            let _ = self.release_owner(lease.key(), lease.owner()).await;
-            return Ok(ExtendOutcome::NotHeld);
-        }
-        let mut known = held.map(|h| h.rvn());
-        for _ in 0..2 {
-            let sent = Instant::now();
-            let rvn = new_rvn();
-            let mut values = vec![
-                (":o", AttributeValue::S(lease.owner().to_string())),
-                (":v", AttributeValue::S(rvn.clone())),
-                (":l", n(ms(ttl))),
-                (":e", n(wall_ms().saturating_add(ms(ttl)))),
-            ];
-            let condition = match &known {
-                Some(k) => {
-                    values.push((":known", AttributeValue::S(k.clone())));
-                    "#o = :o AND #v = :known"
-                }
-                None => "#o = :o",
-            };
-            let heartbeat = Update {
-                op: "extend",
-                expression: "SET #v = :v, #l = :l, #e = :e",
-                condition,
-                values,
-                returns: ReturnValue::None,
-            };
-            match self.write(lease.key(), heartbeat, None).await? {
-                Written::Applied(_) => {
-                    if let Some(h) = held {
-                        h.set(rvn);
-                    }
-                    return Ok(ExtendOutcome::Extended {
-                        valid_until: lock_core::lease::valid_until(sent, ttl),
-                    });
-                }
-                Written::Refused(Some(item)) => {
-                    let rec = Record::parse(&item)?;
-                    // Still ours, but our last heartbeat's reply was lost: adopt its RVN.
-                    if rec.owner == Some(lease.owner()) && known.as_deref() != Some(rec.rvn.as_str()) {
-                        known = Some(rec.rvn);
-                        continue;
-                    }
-                    return Ok(ExtendOutcome::NotHeld);
-                }
-                Written::Refused(None) => return Ok(ExtendOutcome::NotHeld),
-            }
-        }
-        Ok(ExtendOutcome::NotHeld)
+        self.extend_grant(lease, ttl).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        Ok(if self.release_owner(lease.key(), lease.owner()).await? {
+        let place = Place::of(lease.key(), lease.mode(), lease.owner())?;
+        Ok(if self.release_grant(&place, lease.owner()).await? {
             ReleaseOutcome::Released
         } else {
             ReleaseOutcome::NotHeld
@@ -298,14 +166,31 @@ impl LockBackend for DynamoBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        let Some(rec) = self.read(key, None).await? else { return Ok(None) };
-        let Some(owner) = rec.owner else { return Ok(None) };
-        let left = self.saw_held(key, &rec);
-        // Unchanged for a whole lease on our clock: the holder is gone; we would take it over.
-        if left.is_zero() {
-            return Ok(None);
+        self.inspect_item(&Kind::Lock.id(key), Mode::Exclusive).await
+    }
+
+    async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
+        match mode {
+            Mode::Exclusive | Mode::Leader => {
+                let id = Kind::of(mode).map(|k| k.id(key)).unwrap_or_default();
+                Ok(self.inspect_item(&id, mode).await?.into_iter().collect())
+            }
+            Mode::Permit { limit } => self.permit_holders(key, limit).await,
+            Mode::Read | Mode::Write => self.rw_holders(key).await,
+            other => Err(crate::place::unsupported(other)),
         }
-        Ok(Some(LockInfo::new(Some(FencingToken::new(rec.fence)), Some(owner), Some(left))))
+    }
+
+    async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
+        self.try_all(reqs).await
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<ListPage> {
+        self.list_page(prefix, cursor, limit).await
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<ExtendOutcome> {
+        self.update_grant_metadata(lease, &metadata.encode()).await
     }
 }
 

@@ -1,5 +1,7 @@
-//! DynamoDB and SDK failures as distlock errors: throttling, 5xx and transport failures are
-//! retryable; a failed condition is never an error (the callers turn it into "held").
+//! DynamoDB and SDK failures as distlock errors: throttling, 5xx, transaction conflicts and
+//! transport failures are retryable; an item that would pass DynamoDB's size limit is
+//! [`Error::InvalidMetadata`]; a failed condition is never an error (the callers turn it into
+//! "held").
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -19,6 +21,13 @@ where
         }
         SdkError::DispatchFailure(_) => (BackendErrorKind::Connection, "could not reach DynamoDB".to_owned()),
         SdkError::ResponseError(_) => (BackendErrorKind::Protocol, "unreadable response".to_owned()),
+        SdkError::ServiceError(se) if too_large(se.err().code(), se.err().message()) => {
+            return Error::InvalidMetadata(format!(
+                "{op} on table {table}: the item would pass DynamoDB's 400 KB item limit (every permit \
+                 or reader keeps its holder's metadata in the one item: use shorter values, or fewer \
+                 permits)"
+            ));
+        }
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or("unknown error");
             let status = se.raw().status().as_u16();
@@ -37,6 +46,12 @@ where
     Error::backend(NAME, kind, message, SdkErrorText(DisplayErrorContext(e).to_string()))
 }
 
+/// Whether a service error says the item would grow past DynamoDB's item size limit.
+fn too_large(code: Option<&str>, message: Option<&str>) -> bool {
+    code == Some("ValidationException")
+        && message.is_some_and(|m| m.contains("Item size") && m.contains("exceeded"))
+}
+
 /// The kind of a service error, by its code and HTTP status.
 pub(crate) fn service_kind(code: &str, status: u16) -> BackendErrorKind {
     match code {
@@ -44,7 +59,9 @@ pub(crate) fn service_kind(code: &str, status: u16) -> BackendErrorKind {
         | "ProvisionedThroughputExceededException"
         | "RequestLimitExceeded"
         | "LimitExceededException" => BackendErrorKind::Throttled,
-        "InternalServerError" | "ServiceUnavailable" | "InternalFailure" => BackendErrorKind::Unavailable,
+        "InternalServerError" | "ServiceUnavailable" | "InternalFailure" | "TransactionConflictException" => {
+            BackendErrorKind::Unavailable
+        }
         "UnrecognizedClientException"
         | "AccessDeniedException"
         | "InvalidSignatureException"
@@ -85,5 +102,15 @@ mod tests {
         assert!(service_kind("SomethingNew", 503).is_retryable());
         assert!(!service_kind("UnrecognizedClientException", 400).is_retryable());
         assert!(!service_kind("ValidationException", 400).is_retryable());
+        assert!(service_kind("TransactionConflictException", 400).is_retryable());
+        assert!(too_large(
+            Some("ValidationException"),
+            Some("Item size has exceeded the maximum allowed size")
+        ));
+        assert!(too_large(
+            Some("ValidationException"),
+            Some("Item size to update has exceeded the maximum allowed size")
+        ));
+        assert!(!too_large(Some("ValidationException"), Some("Invalid UpdateExpression")));
     }
 }

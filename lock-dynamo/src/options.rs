@@ -45,8 +45,9 @@ pub enum Takeover {
     /// within its lease, which changes the RVN and restarts every contender's count.
     ///
     /// The price: a contender that arrives after the holder died still waits one lease
-    /// duration from its first look, so a crashed holder blocks a new contender for up to
-    /// twice its TTL after it last heartbeated.
+    /// duration from its first look. A crashed holder so blocks a contender that arrives during
+    /// its last lease for up to twice its TTL after it last heartbeated, and one that arrives
+    /// later for one TTL from its arrival.
     RecordVersion,
     /// Opt-in, faster: the item also records when the holder's lease ends by the holder's wall
     /// clock, and a contender may take over once its own wall clock is past that time plus

@@ -1,6 +1,9 @@
-//! The requests on a lock item: the conditional `UpdateItem` every write is (acquire,
-//! heartbeat, release), the strongly consistent read, and the writes that clean up after a
-//! lost reply or a cancelled acquire.
+//! The requests on an item: the conditional `UpdateItem` every write is, with its attribute
+//! names and values resolved from the expressions, and the strongly consistent read.
+//!
+//! A failed condition returns the item as it was (`ReturnValuesOnConditionCheckFailure`), so
+//! a refusal costs no extra request; a server that does not return it (dynalite, DynamoDB
+//! Local before 2023) costs one consistent `GetItem` instead.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,34 +11,130 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
-use lock_core::{AcquireRequest, Attempt, BackendErrorKind, Error, Instant, LockKey, OwnerToken, Result};
+use lock_core::{BackendErrorKind, Error, Instant, Result};
 
-use crate::error::{self, NAME};
-use crate::item::{new_rvn, wall_ms, Record, EXPIRES_MS, FENCE, LEASE_MS, OWNER, RELEASE_RVN, RVN};
+use crate::error::{self, protocol, NAME};
+use crate::item::{self, Item};
 use crate::DynamoBackend;
 
 /// What a conditional write found.
 pub(crate) enum Written {
-    /// Applied.
-    Applied(HashMap<String, AttributeValue>),
-    /// The condition failed; the item as it was (`None` if the server did not return it).
-    Refused(Option<HashMap<String, AttributeValue>>),
+    /// Applied; the attributes it was asked to return.
+    Applied(Item),
+    /// The condition failed; the item as it is (`None`: there is no item).
+    Refused(Option<Item>),
 }
 
+/// The attribute names every expression may use by alias.
+const ALIASES: &[(&str, &str)] = &[
+    ("#o", item::OWNER),
+    ("#v", item::RVN),
+    ("#f", item::FENCE),
+    ("#l", item::LEASE_MS),
+    ("#e", item::EXPIRES_MS),
+    ("#r", item::RELEASE_RVN),
+    ("#m", item::META),
+    ("#n", item::COUNT),
+    ("#lim", item::LIMIT),
+    ("#w", item::WRITER),
+    ("#wf", item::WRITER_FENCE),
+    ("#i", item::INTENT),
+    ("#ko", item::E_OWNER),
+    ("#kr", item::E_RVN),
+    ("#kl", item::E_LEASE),
+    ("#ke", item::E_EXPIRES),
+    ("#km", item::E_META),
+];
+
 /// One conditional `UpdateItem`: what it is called in errors, its update and condition
-/// expressions (attribute names as `#o`, `#v`, `#f`, `#l`, `#e`, `#r`), their values, and what
-/// it returns when applied.
-pub(crate) struct Update<'a> {
-    pub(crate) op: &'a str,
-    pub(crate) expression: &'a str,
-    pub(crate) condition: &'a str,
-    pub(crate) values: Vec<(&'a str, AttributeValue)>,
+/// expressions, the attribute names it uses beyond [`ALIASES`], the values, and what it
+/// returns when applied. Only the names and values the expressions use are sent.
+pub(crate) struct Update {
+    pub(crate) op: &'static str,
+    pub(crate) expression: String,
+    pub(crate) condition: String,
+    pub(crate) names: Vec<(String, String)>,
+    pub(crate) values: Vec<(String, AttributeValue)>,
     pub(crate) returns: ReturnValue,
+    /// Whether a refusal needs the item (read when the server does not return it).
+    pub(crate) need_item: bool,
+}
+
+impl Update {
+    /// An update with no names, values or return values yet.
+    pub(crate) fn new(op: &'static str, expression: impl Into<String>, condition: impl Into<String>) -> Self {
+        Self {
+            op,
+            expression: expression.into(),
+            condition: condition.into(),
+            names: Vec::new(),
+            values: Vec::new(),
+            returns: ReturnValue::None,
+            need_item: true,
+        }
+    }
+
+    /// A refusal needs no item: it is not read when the server does not return it.
+    pub(crate) fn without_item(mut self) -> Self {
+        self.need_item = false;
+        self
+    }
+
+    /// Adds a value.
+    pub(crate) fn value(mut self, alias: &str, v: AttributeValue) -> Self {
+        self.values.push((alias.to_owned(), v));
+        self
+    }
+
+    /// Adds an attribute name alias.
+    pub(crate) fn name(mut self, alias: &str, attr: &str) -> Self {
+        self.names.push((alias.to_owned(), attr.to_owned()));
+        self
+    }
+
+    /// Sets what it returns when applied.
+    pub(crate) fn returning(mut self, r: ReturnValue) -> Self {
+        self.returns = r;
+        self
+    }
+
+    /// The `#alias` → name and `:alias` → value maps of the tokens the expressions use.
+    ///
+    /// # Errors
+    /// A protocol error naming a token that has no name or value (a bug of this crate).
+    pub(crate) fn resolve(&self) -> Result<(HashMap<String, String>, HashMap<String, AttributeValue>)> {
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        for text in [&self.expression, &self.condition] {
+            for tok in tokens(text, '#') {
+                let found = self.names.iter().find(|(a, _)| a == tok).map(|(_, n)| n.as_str());
+                let found = found.or_else(|| ALIASES.iter().find(|(a, _)| *a == tok).map(|(_, n)| *n));
+                let name =
+                    found.ok_or_else(|| protocol(format!("{}: no attribute name for {tok}", self.op)))?;
+                names.insert(tok.to_owned(), name.to_owned());
+            }
+            for tok in tokens(text, ':') {
+                let v = self.values.iter().find(|(a, _)| a == tok).map(|(_, v)| v.clone());
+                let v = v.ok_or_else(|| protocol(format!("{}: no value for {tok}", self.op)))?;
+                values.insert(tok.to_owned(), v);
+            }
+        }
+        Ok((names, values))
+    }
+}
+
+/// The `#name` or `:value` tokens of an expression.
+fn tokens(text: &str, sigil: char) -> impl Iterator<Item = &str> {
+    text.match_indices(sigil).map(move |(i, _)| {
+        let rest = &text[i + 1..];
+        let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+        &text[i..i + 1 + len]
+    })
 }
 
 /// `send`, cut off at `until` if given: a request without an answer by then is a retryable
 /// "request timed out" (it may still be applied: the callers undo what it may have granted).
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     op: &str,
     table: &str,
     until: Option<Instant>,
@@ -56,157 +155,112 @@ pub(crate) fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// A signed number attribute value.
+pub(crate) fn signed(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// A string attribute value.
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
 /// A duration in whole milliseconds.
 pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
 impl DynamoBackend {
-    /// The item's key attributes.
-    fn item_key(&self, key: &LockKey) -> HashMap<String, AttributeValue> {
+    /// The key attributes of the item whose partition key is `id`.
+    pub(crate) fn item_key(&self, id: &str) -> Item {
         let o = &self.inner.opts;
         let mut k = HashMap::with_capacity(2);
-        k.insert(o.partition_key.clone(), AttributeValue::S(key.full().to_owned()));
+        k.insert(o.partition_key.clone(), AttributeValue::S(id.to_owned()));
         if let Some(sk) = &o.sort_key {
             k.insert(sk.name.clone(), AttributeValue::S(sk.value.clone()));
         }
         k
     }
 
-    /// One conditional `UpdateItem` on `key`'s item, bounded by `until` if given (otherwise
-    /// by the client's own attempts and retries). A failed condition returns the item
-    /// (`ReturnValuesOnConditionCheckFailure`), so a held lock costs no extra read.
-    pub(crate) async fn write(
-        &self,
-        key: &LockKey,
-        u: Update<'_>,
-        until: Option<Instant>,
-    ) -> Result<Written> {
+    /// One conditional `UpdateItem` on the item `id`, bounded by `until` if given (otherwise
+    /// by the client's own attempts and retries). A refusal carries the item as it is: the one
+    /// the server returned with the failed condition, or (when it returns none) one consistent
+    /// read, within the same bound.
+    pub(crate) async fn write(&self, id: &str, u: Update, until: Option<Instant>) -> Result<Written> {
+        let (names, values) = u.resolve()?;
+        let table = &self.inner.opts.table;
         let mut req = self
             .inner
             .client
             .update_item()
-            .table_name(&self.inner.opts.table)
-            .set_key(Some(self.item_key(key)))
-            .update_expression(u.expression)
-            .condition_expression(u.condition)
-            .return_values(u.returns)
+            .table_name(table)
+            .set_key(Some(self.item_key(id)))
+            .update_expression(&u.expression)
+            .return_values(u.returns.clone())
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        for (alias, name) in [
-            ("#o", OWNER),
-            ("#v", RVN),
-            ("#f", FENCE),
-            ("#l", LEASE_MS),
-            ("#e", EXPIRES_MS),
-            ("#r", RELEASE_RVN),
-        ] {
-            if u.expression.contains(alias) || u.condition.contains(alias) {
-                req = req.expression_attribute_names(alias, name);
-            }
+        if !u.condition.is_empty() {
+            req = req.condition_expression(&u.condition);
         }
-        for (name, value) in u.values {
-            req = req.expression_attribute_values(name, value);
+        if !names.is_empty() {
+            req = req.set_expression_attribute_names(Some(names));
         }
-        let table = &self.inner.opts.table;
+        if !values.is_empty() {
+            req = req.set_expression_attribute_values(Some(values));
+        }
         match bounded(u.op, table, until, req.send()).await? {
             Ok(out) => Ok(Written::Applied(out.attributes.unwrap_or_default())),
             Err(e) => match e.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
-                    Ok(Written::Refused(c.item.clone()))
-                }
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => match &c.item {
+                    Some(item) => Ok(Written::Refused(Some(item.clone()))),
+                    None if u.need_item => Ok(Written::Refused(self.read_item(id, until).await?)),
+                    None => Ok(Written::Refused(None)),
+                },
                 _ => Err(error::sdk(u.op, table, e)),
             },
         }
     }
 
-    /// The item as it is now (a strongly consistent read), if it exists; bounded by `until`
-    /// if given.
-    pub(crate) async fn read(&self, key: &LockKey, until: Option<Instant>) -> Result<Option<Record>> {
+    /// The item `id` as it is now (a strongly consistent read), if it exists; bounded by
+    /// `until` if given.
+    pub(crate) async fn read_item(&self, id: &str, until: Option<Instant>) -> Result<Option<Item>> {
         let table = &self.inner.opts.table;
         let get = self
             .inner
             .client
             .get_item()
             .table_name(table)
-            .set_key(Some(self.item_key(key)))
+            .set_key(Some(self.item_key(id)))
             .consistent_read(true);
         let out = bounded("GetItem", table, until, get.send())
             .await?
             .map_err(|e| error::sdk("GetItem", table, e))?;
-        out.item().map(Record::parse).transpose()
+        Ok(out.item)
     }
+}
 
-    /// A grant of `req` found on the item although no reply said so: an earlier try of the
-    /// same request was applied and its reply lost. That try may have been sent long ago
-    /// (contenders count the lease from when they first saw its RVN), so the grant is
-    /// confirmed with a heartbeat first, and the lease is measured from that heartbeat.
-    pub(crate) async fn recover(
-        &self,
-        req: &AcquireRequest,
-        item: Record,
-        until: Instant,
-    ) -> Result<Attempt> {
-        let sent = Instant::now();
-        let rvn = new_rvn();
-        let confirm = Update {
-            op: "acquire (confirm)",
-            expression: "SET #v = :v, #l = :l, #e = :e",
-            condition: "#o = :o AND #v = :known",
-            values: vec![
-                (":o", AttributeValue::S(req.owner.to_string())),
-                (":known", AttributeValue::S(item.rvn)),
-                (":v", AttributeValue::S(rvn.clone())),
-                (":l", n(ms(req.ttl))),
-                (":e", n(wall_ms().saturating_add(ms(req.ttl)))),
-            ],
-            returns: ReturnValue::None,
-        };
-        Ok(match self.write(&req.key, confirm, Some(until)).await? {
-            Written::Applied(_) => Attempt::Acquired(self.lease(req, item.fence, rvn, sent)),
-            // Taken over (or changed) meanwhile: look again.
-            Written::Refused(_) => Attempt::Held { expires_in: Some(Duration::ZERO) },
-        })
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Removes `owner`'s grant of `key`: `true` if it held it. The release also writes its
-    /// new RVN as `release_rvn`, which no other write touches: when its request is sent again
-    /// because the reply was lost (the SDK retries), the refusal carries that RVN, and the
-    /// release recognises itself, even if the lock was taken again meanwhile. A second
-    /// release (a new call, a new RVN) reports that it found nothing.
-    pub(crate) async fn release_owner(&self, key: &LockKey, owner: OwnerToken) -> Result<bool> {
-        let rvn = new_rvn();
-        let release = Update {
-            op: "release",
-            expression: "REMOVE #o, #l, #e SET #v = :v, #r = :v",
-            condition: "#o = :o",
-            values: vec![
-                (":o", AttributeValue::S(owner.to_string())),
-                (":v", AttributeValue::S(rvn.clone())),
-            ],
-            returns: ReturnValue::None,
-        };
-        Ok(match self.write(key, release, None).await? {
-            Written::Applied(_) => true,
-            Written::Refused(Some(item)) => {
-                Record::parse(&item)?.release_rvn.as_deref() == Some(rvn.as_str())
-            }
-            Written::Refused(None) => false,
-        })
-    }
-
-    /// The undo of an acquire whose caller went away mid-flight. The request may still reach
-    /// DynamoDB after this starts (it travels on its own connection), so the release is
-    /// tried again, a few times, until it finds the grant or a request timeout has passed.
-    pub(crate) async fn undo_acquire(self, key: LockKey, owner: OwnerToken) {
-        let pauses = std::iter::once(Duration::ZERO)
-            .chain(lock_core::cancel::LATE_GRANT_RECHECKS)
-            .chain([self.inner.opts.request_timeout]);
-        let released = lock_core::cancel::undo_after(pauses, || async {
-            matches!(self.release_owner(&key, owner).await, Ok(true))
-        })
-        .await;
-        if released {
-            tracing::debug!(backend = NAME, key = %key, "released the grant of a cancelled acquire");
-        }
+    #[test]
+    fn only_the_names_and_values_used_are_sent() {
+        let u = Update::new("t", "SET #o = :o, #me.#kr = :v", "attribute_not_exists(#me) OR #x0.#kr = :x0")
+            .name("#me", "p:1")
+            .name("#x0", "p:2")
+            .name("#unused", "p:3")
+            .value(":o", s("a"))
+            .value(":v", s("b"))
+            .value(":x0", s("c"))
+            .value(":unused", s("d"));
+        let (names, values) = u.resolve().expect("resolves");
+        let mut n: Vec<_> = names.keys().cloned().collect();
+        n.sort();
+        assert_eq!(n, ["#kr", "#me", "#o", "#x0"]);
+        assert_eq!(names["#o"], "owner");
+        let mut v: Vec<_> = values.keys().cloned().collect();
+        v.sort();
+        assert_eq!(v, [":o", ":v", ":x0"]);
+        assert!(Update::new("t", "SET #nope = :o", "").value(":o", s("a")).resolve().is_err());
+        assert!(Update::new("t", "SET #o = :nope", "").resolve().is_err());
     }
 }

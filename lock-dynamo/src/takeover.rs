@@ -1,100 +1,214 @@
 //! Takeover from a holder that stopped heartbeating: what this client has seen of held
-//! items (record versions counted on its own monotonic clock), and, with
+//! items and entries (record versions counted on its own monotonic clock), and, with
 //! [`Takeover::Clock`], the holder's wall-clock expiry plus the skew bound.
+//!
+//! A lock (or leader) item has one RVN; a semaphore or read-write lock item has one per
+//! entry (each permit, reader, the writer, a waiting writer's intent), and each entry is taken
+//! over on its own: once this client has seen the same RVN for a whole lease of that entry,
+//! its next write removes the entry, on the condition that the RVN is still the one it saw.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use lock_core::{Instant, LockKey};
+use lock_core::Instant;
 
-use crate::item::{wall_ms, Record};
-use crate::request::{ms, n};
+use crate::item::{wall_ms, Entry, Record, Slots};
+use crate::request::{ms, n, s, Update};
 use crate::{DynamoBackend, Takeover};
 
+/// The most stale entries one write removes (DynamoDB limits an expression to 4 KB).
+pub(crate) const MAX_STALE: usize = 40;
+
 impl DynamoBackend {
-    /// Notes that `key` is held as `rec`; how long until this client may take it over.
-    pub(crate) fn saw_held(&self, key: &LockKey, rec: &Record) -> Duration {
-        let by_rvn = self.inner.seen.saw_held(key.full(), rec);
-        match (self.inner.opts.takeover, rec.expires_at_ms) {
+    /// Notes that the lock item `id` is held as `rec`; how long until this client may take it
+    /// over.
+    pub(crate) fn saw_held(&self, id: &str, rec: &Record) -> Duration {
+        let by_rvn = self.inner.seen.saw(id, &rec.rvn, rec.lease);
+        by_rvn.min(self.by_clock(rec.lease, rec.expires_at_ms))
+    }
+
+    /// How long until a lease of `lease` that ends at `expires_at_ms` (the holder's wall
+    /// clock) may be taken over by the clock rule: never sooner than `lease` without it.
+    fn by_clock(&self, lease: Duration, expires_at_ms: Option<u64>) -> Duration {
+        match (self.inner.opts.takeover, expires_at_ms) {
             (Takeover::Clock { max_skew }, Some(exp)) => {
-                let cutoff = exp.saturating_add(max_skew.as_millis() as u64);
-                by_rvn.min(Duration::from_millis(cutoff.saturating_sub(wall_ms())))
+                let cutoff = exp.saturating_add(ms(max_skew));
+                lease.min(Duration::from_millis(cutoff.saturating_sub(wall_ms())))
             }
-            _ => by_rvn,
+            _ => lease,
         }
     }
 
-    /// The takeover part of an acquire's condition, added to `condition` and `values`: the
-    /// RVN this client has seen unchanged for a whole lease, and with [`Takeover::Clock`] a
-    /// wall-clock expiry older than the skew bound.
-    pub(crate) fn takeover_condition(
-        &self,
-        key: &LockKey,
-        condition: &mut String,
-        values: &mut Vec<(&str, AttributeValue)>,
-    ) {
-        if let Some(stale) = self.inner.seen.stale_rvn(key.full()) {
-            condition.push_str(" OR #v = :stale");
-            values.push((":stale", AttributeValue::S(stale)));
+    /// How long a lock item `id` held as `rec` stays held by what this client has seen,
+    /// without noting anything (a listing reads many items it will never contend for).
+    pub(crate) fn peek_held(&self, id: &str, rec: &Record) -> Duration {
+        let by_rvn = self.inner.seen.peek(id, &rec.rvn).unwrap_or(rec.lease);
+        by_rvn.min(self.by_clock(rec.lease, rec.expires_at_ms))
+    }
+
+    /// Notes every entry of the item `id`; returns each entry's time until this client may
+    /// take it over (zero: now).
+    pub(crate) fn saw_entries(&self, id: &str, slots: &Slots) -> HashMap<String, Duration> {
+        let entries: Vec<(&str, &Entry, Duration)> =
+            slots.all().map(|(name, e)| (name, e, self.by_clock(e.lease, e.expires_at_ms))).collect();
+        self.inner.seen.saw_entries(id, &entries)
+    }
+
+    /// How long entry `name` of item `id` stays held by what this client has seen, without
+    /// noting anything.
+    pub(crate) fn peek_entry(&self, id: &str, name: &str, e: &Entry) -> Duration {
+        let by_rvn = self.inner.seen.peek_entry(id, name, &e.rvn).unwrap_or(e.lease);
+        by_rvn.min(self.by_clock(e.lease, e.expires_at_ms))
+    }
+
+    /// The entries of item `id` this client may take over now: (attribute name, RVN).
+    pub(crate) fn stale_entries(&self, id: &str) -> Vec<(String, String)> {
+        self.inner.seen.stale_entries(id)
+    }
+
+    /// Adds the takeover part of a lock acquire's condition to `u`: the RVN this client has
+    /// seen unchanged for a whole lease, and with [`Takeover::Clock`] a wall-clock expiry
+    /// older than the skew bound.
+    pub(crate) fn takeover_condition(&self, id: &str, mut u: Update) -> Update {
+        if let Some(stale) = self.inner.seen.stale_rvn(id) {
+            u.condition.push_str(" OR #v = :stale");
+            u = u.value(":stale", s(stale));
         }
         if let Takeover::Clock { max_skew } = self.inner.opts.takeover {
-            condition.push_str(" OR #e < :cutoff");
-            values.push((":cutoff", n(wall_ms().saturating_sub(ms(max_skew)))));
+            u.condition.push_str(" OR #e < :cutoff");
+            u = u.value(":cutoff", n(wall_ms().saturating_sub(ms(max_skew))));
         }
+        u
+    }
+
+    /// Forgets what was seen of the lock item `id` (we hold it).
+    pub(crate) fn forget(&self, id: &str) {
+        self.inner.seen.forget(id);
     }
 }
 
-/// One held item as a contender saw it: the RVN, since when (monotonic), for how long.
-#[derive(Debug)]
+/// One RVN as a contender saw it: since when (monotonic), and when it may be taken over.
+#[derive(Debug, Clone)]
 struct Seen {
     rvn: String,
     since: Instant,
-    lease: Duration,
+    stale_at: Instant,
+}
+
+impl Seen {
+    fn new(rvn: &str, now: Instant, after: Duration) -> Self {
+        Self { rvn: rvn.to_owned(), since: now, stale_at: lock_core::lease::add_saturating(now, after) }
+    }
+    /// Seen long enough ago to forget: twice its takeover time.
+    fn old(&self, now: Instant) -> bool {
+        lock_core::lease::add_saturating(self.stale_at, self.stale_at - self.since) <= now
+    }
+}
+
+/// The entries of one item as last seen.
+#[derive(Debug, Default)]
+struct ItemSeen {
+    entries: HashMap<String, Seen>,
 }
 
 /// What this client has seen of held items, to take over without trusting clocks.
 #[derive(Debug, Default)]
 pub(crate) struct Observations {
-    seen: Mutex<HashMap<String, Seen>>,
+    locks: Mutex<HashMap<String, Seen>>,
+    items: Mutex<HashMap<String, ItemSeen>>,
 }
 
-/// Entries kept before old ones are pruned.
+/// Items kept before old ones are pruned.
 const PRUNE_AT: usize = 4096;
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Observations {
-    /// Records that `id` was seen held as `rec`; returns how long until the holder may be
-    /// taken over (zero once the same RVN has been seen for a whole lease).
-    pub(crate) fn saw_held(&self, id: &str, rec: &Record) -> Duration {
+    /// Records that lock item `id` was seen with `rvn` and lease `lease`; returns how long until
+    /// the holder may be taken over (zero once the same RVN has been seen for a whole lease).
+    pub(crate) fn saw(&self, id: &str, rvn: &str, lease: Duration) -> Duration {
         let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = locked(&self.locks);
         if seen.len() >= PRUNE_AT && !seen.contains_key(id) {
-            seen.retain(|_, s| s.since + s.lease * 2 > now);
+            seen.retain(|_, s| !s.old(now));
         }
-        let entry = seen.entry(id.to_owned()).or_insert_with(|| Seen {
-            rvn: rec.rvn.clone(),
-            since: now,
-            lease: rec.lease,
-        });
-        if entry.rvn != rec.rvn {
-            *entry = Seen { rvn: rec.rvn.clone(), since: now, lease: rec.lease };
+        let entry = seen.entry(id.to_owned()).or_insert_with(|| Seen::new(rvn, now, lease));
+        if entry.rvn != rvn {
+            *entry = Seen::new(rvn, now, lease);
         }
-        (entry.since + entry.lease).saturating_duration_since(now)
+        entry.stale_at.saturating_duration_since(now)
     }
 
-    /// The RVN of `id` that has stayed unchanged for a whole lease, if any: the one an
-    /// acquire may overwrite.
+    /// How long until lock item `id` with `rvn` may be taken over, if this RVN was seen.
+    pub(crate) fn peek(&self, id: &str, rvn: &str) -> Option<Duration> {
+        let now = Instant::now();
+        locked(&self.locks)
+            .get(id)
+            .filter(|s| s.rvn == rvn)
+            .map(|s| s.stale_at.saturating_duration_since(now))
+    }
+
+    /// The RVN of lock item `id` that has stayed unchanged for a whole lease, if any: the one
+    /// an acquire may overwrite.
     pub(crate) fn stale_rvn(&self, id: &str) -> Option<String> {
         let now = Instant::now();
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(id).filter(|s| now >= s.since + s.lease).map(|s| s.rvn.clone())
+        locked(&self.locks).get(id).filter(|s| now >= s.stale_at).map(|s| s.rvn.clone())
     }
 
-    /// Forgets `id` (we hold it, or it was free).
+    /// Forgets lock item `id` (we hold it, or it was free).
     pub(crate) fn forget(&self, id: &str) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.remove(id);
+        locked(&self.locks).remove(id);
+    }
+
+    /// Records the entries of item `id` as seen now, each with its takeover time; entries no
+    /// longer there are forgotten. Returns each entry's time until takeover.
+    fn saw_entries(&self, id: &str, entries: &[(&str, &Entry, Duration)]) -> HashMap<String, Duration> {
+        let now = Instant::now();
+        let mut items = locked(&self.items);
+        if items.len() >= PRUNE_AT && !items.contains_key(id) {
+            items.retain(|_, i| i.entries.values().any(|s| !s.old(now)));
+        }
+        let item = items.entry(id.to_owned()).or_default();
+        let mut next = HashMap::with_capacity(entries.len());
+        let mut left = HashMap::with_capacity(entries.len());
+        for (name, e, after) in entries {
+            let seen = match item.entries.remove(*name) {
+                Some(s) if s.rvn == e.rvn => s,
+                _ => Seen::new(&e.rvn, now, *after),
+            };
+            left.insert((*name).to_owned(), seen.stale_at.saturating_duration_since(now));
+            next.insert((*name).to_owned(), seen);
+        }
+        item.entries = next;
+        left
+    }
+
+    /// How long until entry `name` of item `id` with `rvn` may be taken over, if seen.
+    fn peek_entry(&self, id: &str, name: &str, rvn: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let items = locked(&self.items);
+        let seen = items.get(id)?.entries.get(name).filter(|s| s.rvn == rvn)?;
+        Some(seen.stale_at.saturating_duration_since(now))
+    }
+
+    /// The entries of item `id` seen unchanged for their whole takeover time (at most
+    /// [`MAX_STALE`]).
+    fn stale_entries(&self, id: &str) -> Vec<(String, String)> {
+        let now = Instant::now();
+        let items = locked(&self.items);
+        let Some(item) = items.get(id) else { return Vec::new() };
+        let mut stale: Vec<(String, String)> = item
+            .entries
+            .iter()
+            .filter(|(_, s)| now >= s.stale_at)
+            .map(|(n, s)| (n.clone(), s.rvn.clone()))
+            .collect();
+        stale.sort();
+        stale.truncate(MAX_STALE);
+        stale
     }
 }
 
@@ -103,31 +217,53 @@ mod tests {
     use super::*;
     use lock_core::OwnerToken;
 
-    fn rec(rvn: &str, lease_ms: u64) -> Record {
-        Record {
-            owner: Some(OwnerToken::from_u128(1)),
+    fn entry(rvn: &str, lease_ms: u64) -> Entry {
+        Entry {
+            owner: OwnerToken::from_u128(1),
             rvn: rvn.into(),
-            fence: 1,
             lease: Duration::from_millis(lease_ms),
             expires_at_ms: None,
-            release_rvn: None,
+            fence: 1,
+            meta: None,
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_rvn_goes_stale_only_after_a_whole_unchanged_lease() {
         let o = Observations::default();
-        assert_eq!(o.saw_held("k", &rec("a", 1000)), Duration::from_millis(1000));
+        let lease = Duration::from_millis(1000);
+        assert_eq!(o.saw("k", "a", lease), Duration::from_millis(1000));
         tokio::time::advance(Duration::from_millis(600)).await;
-        assert_eq!(o.saw_held("k", &rec("a", 1000)), Duration::from_millis(400));
+        assert_eq!(o.saw("k", "a", lease), Duration::from_millis(400));
         assert_eq!(o.stale_rvn("k"), None);
         // A heartbeat changed the RVN: the count starts again.
-        assert_eq!(o.saw_held("k", &rec("b", 1000)), Duration::from_millis(1000));
+        assert_eq!(o.saw("k", "b", lease), Duration::from_millis(1000));
         tokio::time::advance(Duration::from_millis(999)).await;
         assert_eq!(o.stale_rvn("k"), None);
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(o.stale_rvn("k").as_deref(), Some("b"));
+        assert_eq!(o.peek("k", "b"), Some(Duration::ZERO));
         o.forget("k");
         assert_eq!(o.stale_rvn("k"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_entry_goes_stale_on_its_own() {
+        let o = Observations::default();
+        let (a, b) = (entry("a", 1000), entry("b", 1000));
+        let d = Duration::from_millis(1000);
+        o.saw_entries("sem", &[("p:1", &a, d), ("p:2", &b, d)]);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        // p:2 heartbeated (a new RVN); p:1 did not.
+        let b2 = entry("b2", 1000);
+        let left = o.saw_entries("sem", &[("p:1", &a, d), ("p:2", &b2, d)]);
+        assert_eq!(left["p:1"], Duration::from_millis(400));
+        assert_eq!(left["p:2"], Duration::from_millis(1000));
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(o.stale_entries("sem"), vec![("p:1".to_owned(), "a".to_owned())]);
+        // p:1 was released: it is forgotten at the next look.
+        o.saw_entries("sem", &[("p:2", &b2, d)]);
+        assert!(o.stale_entries("sem").is_empty());
+        assert_eq!(o.peek_entry("sem", "p:2", "b2"), Some(Duration::from_millis(600)));
     }
 }

@@ -1,5 +1,5 @@
-//! Deadlines are deadlines, against a DynamoDB emulator behind a proxy that swallows every
-//! reply (the requests are applied; no answer ever comes): a waiting acquire returns within
+//! Deadlines are deadlines, against each DynamoDB emulator (moto, dynalite) behind a proxy
+//! that swallows every reply (the requests are applied; no answer ever comes): a waiting acquire returns within
 //! its wait plus one request timeout, a `try_acquire` within one request timeout, whether the
 //! client is made by `DynamoBackend::connect` or passed in with `with_client` (whose own
 //! attempts may be longer and retried).
@@ -11,10 +11,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use conformance_tests::fixtures::dynamo::DynamoTarget;
 use lock_core::{Error, LockClient};
 use lock_dynamo::{DynamoBackend, DynamoOptions};
 use support::proxy::Proxy;
+use support::Emulator;
 
 const TABLE: &str = "deadline_locks";
 /// The request timeout of the clients under test.
@@ -69,20 +69,25 @@ fn acquires_keep_their_deadlines_when_no_reply_comes() {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
-        let target = DynamoTarget::get().await.expect("DynamoDB emulator");
-        support::backend(&target.endpoint, DynamoOptions::new(TABLE)).await;
-        let proxy = Proxy::start(target.endpoint.clone()).await;
-        proxy.set(|f| f.swallow_all = true);
-        let opts =
-            DynamoOptions::new(TABLE).region("us-east-1").endpoint(&proxy.endpoint).request_timeout(TIMEOUT);
+        let mut broken = Vec::new();
+        for emulator in [Emulator::Moto, Emulator::Dynalite] {
+            let target = emulator.with_table(&DynamoOptions::new(TABLE)).await;
+            let proxy = Proxy::start(target.endpoint.clone()).await;
+            proxy.set(|f| f.swallow_all = true);
+            let opts = DynamoOptions::new(TABLE)
+                .region("us-east-1")
+                .endpoint(&proxy.endpoint)
+                .request_timeout(TIMEOUT);
 
-        // The client `connect` makes: three attempts of one request timeout each in the SDK.
-        let made = DynamoBackend::connect(opts.clone()).await.expect("connect");
-        let mut broken = bounds_broken("connect", &LockClient::new(made)).await;
-        // A client of the caller's, whose attempts last 5 s each, three of them.
-        let theirs = DynamoBackend::with_client(support::client(&proxy.endpoint), opts);
-        broken.extend(bounds_broken("with_client", &LockClient::new(theirs)).await);
-        assert!(proxy.swallowed() > 0, "the proxy swallowed nothing");
+            // The client `connect` makes: three attempts of one request timeout each in the SDK.
+            let made = DynamoBackend::connect(opts.clone()).await.expect("connect");
+            broken.extend(bounds_broken(&format!("{emulator:?}/connect"), &LockClient::new(made)).await);
+            // A client of the caller's, whose attempts last 5 s each, three of them.
+            let theirs = DynamoBackend::with_client(support::client(&proxy.endpoint), opts);
+            broken
+                .extend(bounds_broken(&format!("{emulator:?}/with_client"), &LockClient::new(theirs)).await);
+            assert!(proxy.swallowed() > 0, "the proxy swallowed nothing");
+        }
         assert!(broken.is_empty(), "deadlines overrun:\n{}", broken.join("\n"));
     });
 }

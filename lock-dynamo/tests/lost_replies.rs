@@ -1,18 +1,22 @@
-//! DynamoDB reports the truth when a reply is lost, against a DynamoDB emulator behind a proxy
-//! that swallows chosen replies (the request is applied, its answer never comes):
+//! DynamoDB reports the truth when a reply is lost, against both emulators behind a proxy that
+//! swallows chosen replies (the request is applied, its answer never comes) or answers 500 in
+//! their place (the SDK sends the request again):
 //! - a release whose reply was lost, and whose retry finds the item already released by this
 //!   owner, reports `Released`;
 //! - a `try_acquire` that fails after its write was applied leaves no grant behind: another
-//!   client takes the lock at once, not after a lease or a takeover period.
+//!   client takes the lock at once, not after a lease or a takeover period;
+//! - a permit, a reader or a writer whose grant's reply was lost is recognised as ours by the
+//!   SDK's retry (on dynalite, which returns no item with a failed condition, through one
+//!   consistent read), and its release whose reply was lost reports `Released`.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use conformance_tests::fixtures::dynamo::DynamoTarget;
-use lock_core::{LockClient, ReleaseOutcome};
+use lock_core::{LockClient, Mode, ReleaseOutcome};
 use lock_dynamo::{DynamoBackend, DynamoOptions};
 use support::proxy::Proxy;
+use support::{Emu, Emulator};
 
 const TABLE: &str = "lost_reply_locks";
 /// The attempt and request timeout of the clients behind the proxy.
@@ -22,9 +26,8 @@ fn opts() -> DynamoOptions {
     DynamoOptions::new(TABLE).request_timeout(ATTEMPT)
 }
 
-async fn setup() -> (DynamoTarget, Proxy, LockClient, LockClient) {
-    let t = DynamoTarget::get().await.expect("DynamoDB emulator");
-    support::backend(&t.endpoint, opts()).await;
+async fn setup(emulator: Emulator) -> (Emu, Proxy, LockClient, LockClient) {
+    let t = emulator.with_table(&opts()).await;
     let proxy = Proxy::start(t.endpoint.clone()).await;
     let through =
         DynamoBackend::with_client(support::client_with_attempt_timeout(&proxy.endpoint, ATTEMPT), opts());
@@ -36,9 +39,8 @@ fn key(name: &str) -> String {
     format!("lost/{}/{name}", uuid::Uuid::new_v4().simple())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_release_whose_reply_was_lost_reports_released() {
-    let (_t, proxy, through, direct) = setup().await;
+async fn a_release_whose_reply_was_lost_reports_released(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
     let k = key("release");
     let g = through.lock(&k).ttl(Duration::from_secs(30)).acquire().await.expect("acquire");
     let lease = g.lease();
@@ -51,9 +53,8 @@ async fn a_release_whose_reply_was_lost_reports_released() {
     assert_eq!(through.release_lease(&lease).await.expect("release"), ReleaseOutcome::NotHeld);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_try_acquire_whose_write_was_applied_leaves_no_grant() {
-    let (_t, proxy, through, direct) = setup().await;
+async fn a_failed_try_acquire_whose_write_was_applied_leaves_no_grant(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
     let k = key("try");
     let ttl = Duration::from_secs(30);
     // Every UpdateItem reply is swallowed for as long as the try runs: its write is applied,
@@ -73,3 +74,39 @@ async fn a_failed_try_acquire_whose_write_was_applied_leaves_no_grant() {
     });
     g.release().await.expect("release");
 }
+
+async fn grants_of_every_primitive_whose_reply_was_lost_are_ours(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
+    let ttl = Duration::from_secs(30);
+    let k = key("primitives");
+    for mode in [Mode::Permit { limit: 2 }, Mode::Read, Mode::Write] {
+        let builder = |c: &LockClient| match mode {
+            Mode::Permit { limit } => c.semaphore(&k, limit),
+            Mode::Read => c.read_lock(&k),
+            _ => c.write_lock(&k),
+        };
+        // Applied, and a 500 comes instead of the reply: the SDK's retry finds our entry.
+        proxy.set(|f| f.lose_update_replies = 1);
+        let lost_before = proxy.counts().1;
+        let g = builder(&through).ttl(ttl).try_acquire().await.expect("try");
+        let g = g.unwrap_or_else(|| panic!("{mode:?}: a grant whose reply was lost was not recognised"));
+        assert_eq!(proxy.counts().1, lost_before + 1, "{mode:?}: the proxy lost no reply");
+        let holders = direct.holders(&k, mode).await.expect("holders");
+        assert_eq!(holders.len(), 1, "{mode:?}: {holders:?}");
+        assert_eq!(holders[0].fencing_token, Some(g.fencing_token()), "{mode:?}: counted twice?");
+        // A heartbeat whose reply is lost adopts its RVN; the next one still works.
+        proxy.set(|f| f.lose_update_replies = 1);
+        g.extend(ttl).await.unwrap_or_else(|e| panic!("{mode:?}: extend despite a lost reply: {e}"));
+        g.extend(ttl).await.unwrap_or_else(|e| panic!("{mode:?}: the next extend: {e}"));
+        // A release whose reply is lost recognises itself.
+        proxy.set(|f| f.lose_update_replies = 1);
+        assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released, "{mode:?}");
+        assert!(direct.holders(&k, mode).await.expect("holders").is_empty(), "{mode:?}: still held");
+    }
+}
+
+on_each_emulator!(
+    a_release_whose_reply_was_lost_reports_released,
+    a_failed_try_acquire_whose_write_was_applied_leaves_no_grant,
+    grants_of_every_primitive_whose_reply_was_lost_are_ours
+);

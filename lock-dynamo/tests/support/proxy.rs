@@ -1,6 +1,7 @@
 //! A proxy between a client and the DynamoDB emulator that speaks just enough HTTP/1.1 to
 //! inject faults: throttling, 5xx in place of a reply, and replies swallowed (the request is
-//! applied, its reply never comes: the client's request times out).
+//! applied, its reply never comes: the client's request times out). Writes are `UpdateItem`s
+//! and `TransactWriteItems`. It also logs each request's operation, to count them.
 
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +23,8 @@ pub struct Faults {
     pub throttled: u32,
     pub lost: u32,
     pub swallowed: u32,
+    /// Every request's operation (`UpdateItem`, `GetItem`…), in order.
+    pub ops: Vec<String>,
 }
 
 /// The proxy; it runs until the test's runtime ends.
@@ -53,6 +56,11 @@ impl Proxy {
     pub fn counts(&self) -> (u32, u32) {
         let f = self.faults.lock().expect("faults");
         (f.throttled, f.lost)
+    }
+
+    /// The operations of the requests seen so far, and forgets them.
+    pub fn take_ops(&self) -> Vec<String> {
+        std::mem::take(&mut self.faults.lock().expect("faults").ops)
     }
 
     /// Swallowed replies so far.
@@ -102,9 +110,12 @@ enum Fate {
     Swallow,
 }
 
-fn fate(faults: &Mutex<Faults>, is_update: bool) -> Fate {
+fn fate(faults: &Mutex<Faults>, op: &str) -> Fate {
+    // A write: UpdateItem, or a transaction of them.
+    let is_update = op == "UpdateItem" || op == "TransactWriteItems";
     let mut f = faults.lock().expect("faults");
     f.seen += 1;
+    f.ops.push(op.to_owned());
     if f.throttle_every > 0 && f.seen.is_multiple_of(f.throttle_every) {
         f.throttled += 1;
         Fate::Throttle
@@ -125,7 +136,15 @@ fn fate(faults: &Mutex<Faults>, is_update: bool) -> Fate {
 
 async fn serve(mut conn: TcpStream, upstream: String, faults: Arc<Mutex<Faults>>) {
     while let Some((head, body)) = read_message(&mut conn).await {
-        let fate = fate(&faults, head.contains("DynamoDB_20120810.UpdateItem"));
+        let op = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-amz-target")
+                    .then(|| v.trim().rsplit('.').next().unwrap_or("").to_owned())
+            })
+            .unwrap_or_default();
+        let fate = fate(&faults, &op);
         let reply = if fate == Fate::Throttle {
             error_reply("400 Bad Request", "ThrottlingException")
         } else {
