@@ -4,12 +4,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use lock_core::{
-    async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, FencingToken, Instant, Lease,
-    LockBackend, LockInfo, LockKey, LossReason, ReleaseOutcome, Result, WakeMode,
+    async_trait, AcquireRequest, Attempt, Capabilities, Error, ExtendOutcome, Instant, Lease, ListPage,
+    LockBackend, LockInfo, LockKey, LossReason, Metadata, Mode, ObserveStream, ReleaseOutcome, Result,
+    WakeMode,
 };
 use tokio::sync::Mutex;
 
-use crate::children::{lock_dir, owner_of, stem};
+use crate::children::{lock_dir, queue, semaphore_mutex, Queue};
 use crate::error::{zk_err, NAME};
 use crate::session::{open, Session};
 use crate::ZkOptions;
@@ -17,8 +18,9 @@ use crate::ZkOptions;
 /// Locks in a ZooKeeper ensemble. Cheap to clone; clones share one session.
 ///
 /// # Behavior
-/// See the [crate documentation](crate): Curator's layout and order, czxid fencing tokens,
-/// one session per backend whose timeout is every lock's lease.
+/// See the [crate documentation](crate): Curator's layouts and order (the lock, semaphores,
+/// read-write locks, elections), czxid fencing tokens, one session per backend whose timeout
+/// is every grant's lease.
 #[derive(Clone)]
 pub struct ZkBackend {
     pub(crate) inner: Arc<Inner>,
@@ -38,7 +40,7 @@ impl std::fmt::Debug for ZkBackend {
     }
 }
 
-/// What a lease of this backend remembers: its child's path and the session that owns it.
+/// What a lease of this backend remembers: its node's path and the session that owns it.
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) path: String,
@@ -78,11 +80,52 @@ impl ZkBackend {
         Ok(current.clone())
     }
 
-    /// The directory of `key`'s contenders.
+    /// The node of `key`: its lock's queue, and the parent of longer names.
     pub(crate) fn dir(&self, key: &LockKey) -> String {
         lock_dir(&self.inner.opts.prefix, key)
     }
+
+    /// The queue of `key`'s primitive `mode` (a semaphore's: its leases).
+    pub(crate) fn queue(&self, key: &LockKey, mode: Mode) -> Queue {
+        queue(&self.inner.opts.prefix, key, mode)
+    }
+
+    /// One attempt at a queue (the lock, a read or write lock, an election): our node, held
+    /// if nothing ahead keeps it waiting, deleted otherwise.
+    async fn try_queue(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let sent = Instant::now();
+        let q = self.queue(&req.key, req.mode);
+        let j = self.join_queue(req, &q, &Self::node_data(req), None).await?;
+        let order = self.contenders(&j.s, &q.dir).await?;
+        let Some(pos) = order.iter().position(|n| *n == j.child.name) else {
+            // Our node is already gone (the session ended): leave nothing behind, try again.
+            drop(j.undo);
+            return Err(crate::error::unavailable("the lock's child vanished as it was made; try again"));
+        };
+        if !self.contender_ahead(&j.s, &q.dir, &order[..pos], q.rule).await? {
+            let lease = self.won(&j.s, req, j.child, sent)?;
+            j.undo.disarm();
+            return Ok(Attempt::Acquired(lease));
+        }
+        drop(j.undo); // deletes our node in the background
+        Ok(Attempt::Held { expires_in: None })
+    }
+
+    /// Where `req`'s nodes may be: the queue's, and for a semaphore also its mutex's.
+    pub(crate) fn places(&self, req: &AcquireRequest) -> Vec<(String, String)> {
+        let q = self.queue(&req.key, req.mode);
+        let mut places = vec![(q.dir.clone(), q.stem(req.owner))];
+        if let Mode::Permit { .. } = req.mode {
+            let m = semaphore_mutex(&self.inner.opts.prefix, &req.key);
+            places.push((m.dir.clone(), m.stem(req.owner)));
+        }
+        places
+    }
 }
+
+/// How many session timeouts a crashed holder's nodes may outlive it: a change of the
+/// ensemble's leader restarts the count of every session (`tests/leader_change.rs` measures it).
+const EXPIRY_SESSIONS: u32 = 2;
 
 #[async_trait]
 impl LockBackend for ZkBackend {
@@ -91,42 +134,46 @@ impl LockBackend for ZkBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let session = self.inner.negotiated;
         Capabilities::new()
             .with_fair_queueing(true)
             .with_wake(WakeMode::Notify)
-            .with_session_leases()
+            // Every grant lives as long as the session: the timeout the server agreed.
+            .with_session_timeout(session)
             .with_min_ttl(Duration::from_millis(1))
-            // A crashed holder's child lives until the server expires its session: the
-            // timeout the server agreed, not the one asked for.
-            .with_expiry_margin(self.inner.negotiated + Duration::from_millis(1500))
+            .with_expiry_ttls(EXPIRY_SESSIONS)
+            // The server expires sessions on tick boundaries and hears of a follower's
+            // sessions at its pings (2.5 ticks in all, counting a leader change), and a
+            // leader election takes its time: one more session timeout (a tick is at most
+            // 2/5 of it in any usual configuration) and 1.5 s.
+            .with_expiry_margin(session + Duration::from_millis(1500))
+            .with_max_permits(lock_core::MAX_PERMITS)
+            .with_read_write(true)
+            .with_writer_preference(true)
+            .with_atomic_multi_key(true)
+            .with_elections(true)
+            .with_listing(true)
+            .with_holder_metadata(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let sent = Instant::now();
-        let (s, dir, child, undo) = self.join_queue(req, None).await?;
-        let order = self.contenders(&s, &dir).await?;
-        let Some(pos) = order.iter().position(|n| *n == child.name) else {
-            // Our child is already gone (the session ended): leave nothing behind, try again.
-            drop(undo);
-            return Err(crate::error::unavailable("the lock's child vanished as it was made; try again"));
-        };
-        if !self.contender_ahead(&s, &dir, &order[..pos]).await? {
-            let lease = self.won(&s, req, child, sent)?;
-            undo.disarm();
-            return Ok(Attempt::Acquired(lease));
+        match req.mode {
+            Mode::Permit { limit } => self.try_permit(req, limit).await,
+            _ => self.try_queue(req).await,
         }
-        drop(undo); // deletes our child in the background
-        Ok(Attempt::Held { expires_in: None })
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let start = Instant::now();
-        // Until a try succeeds, a child some try left behind (its create's reply lost) is
-        // deleted if this call ends without the lock, or is dropped, even between tries.
-        let cleanup = self.undo_create(&self.dir(&req.key), req.owner);
+        // Until a try succeeds, a node some try left behind (its create's reply lost) is
+        // deleted if this call ends without the grant, or is dropped, even between tries.
+        let cleanup = self.undo_create(self.places(req));
         let mut retry = false;
         loop {
-            let attempt = self.acquire_once(req, deadline, retry).await;
+            let attempt = match req.mode {
+                Mode::Permit { limit } => self.permit_once(req, limit, deadline, retry).await,
+                _ => self.acquire_once(req, deadline, retry).await,
+            };
             retry = true;
             match attempt {
                 // The session ended, or the connection broke, while we waited (not while we
@@ -159,7 +206,7 @@ impl LockBackend for ZkBackend {
         if lease.session().is_some_and(|sig| sig.is_fired()) {
             return Ok(ExtendOutcome::NotHeld);
         }
-        // The child lives and dies with the session that created it, never with a newer one.
+        // The node lives and dies with the session that created it, never with a newer one.
         // Its validity is what the server last confirmed, never the link's state: see
         // `Session::confirm`.
         if let Some(h) = lease.backend_data::<Held>() {
@@ -169,11 +216,12 @@ impl LockBackend for ZkBackend {
                 None => ExtendOutcome::NotHeld,
             });
         }
-        // A lease made elsewhere: its child must exist. Its session is another client's,
-        // which we cannot vouch for past the moment we saw the child, unless it is ours.
+        // A lease made elsewhere: its node must exist. Its session is another client's,
+        // which we cannot vouch for past the moment we saw the node, unless it is ours.
         let s = self.session().await?;
         let sent = Instant::now();
-        let Some(child) = self.find(&s, &self.dir(lease.key()), &stem(lease.owner()), false).await? else {
+        let q = self.queue(lease.key(), lease.mode());
+        let Some(child) = self.find(&s, &q.dir, &q.stem(lease.owner()), false).await? else {
             return Ok(ExtendOutcome::NotHeld);
         };
         let ours = child.owner == s.client.session_id().0;
@@ -188,7 +236,7 @@ impl LockBackend for ZkBackend {
             Err(zookeeper_client::Error::NoNode) => ReleaseOutcome::NotHeld,
             Err(e) => return Err(zk_err("delete", &path, e)),
         };
-        // The child is gone: the lease's signal says so now, not only once its watcher has
+        // The node is gone: the lease's signal says so now, not only once its watcher has
         // seen the deletion, so an extend of any copy of the lease finds it not held.
         if let Some(signal) = lease.session() {
             signal.fire(LossReason::NotHeld);
@@ -198,21 +246,36 @@ impl LockBackend for ZkBackend {
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
         let s = self.session().await?;
-        let dir = self.dir(key);
-        // The holder is the first lock node; directories of locks whose names extend this
-        // one are skipped.
-        for name in self.contenders(&s, &dir).await? {
-            let path = format!("{dir}/{name}");
-            let stat = s.call(|c| c.check_stat(&path)).await.map_err(|e| zk_err("stat", &path, e))?;
-            if let Some(stat) = stat.filter(|st| st.ephemeral_owner != 0) {
-                return Ok(Some(LockInfo::new(
-                    Some(FencingToken::new(stat.czxid as u64)),
-                    owner_of(&name),
-                    None,
-                )));
-            }
+        self.first_holder(&s, &self.dir(key), Mode::Exclusive).await
+    }
+
+    async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
+        let s = self.session().await?;
+        let q = self.queue(key, mode);
+        match mode {
+            Mode::Permit { limit } => self.permit_holders(&s, &q.dir, limit).await,
+            Mode::Read | Mode::Write => self.rw_holders(&s, &q.dir).await,
+            _ => Ok(self.first_holder(&s, &q.dir, mode).await?.into_iter().collect()),
         }
-        Ok(None)
+    }
+
+    async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
+        self.try_all(reqs).await
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<ListPage> {
+        self.list_page(prefix, cursor, limit).await
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<ExtendOutcome> {
+        self.set_metadata(lease, metadata).await
+    }
+
+    async fn observe(&self, key: &LockKey, mode: Mode) -> Result<Option<ObserveStream>> {
+        match mode {
+            Mode::Exclusive | Mode::Leader => Ok(Some(self.observe_first(key, mode).await?)),
+            _ => Ok(None),
+        }
     }
 }
 

@@ -1,13 +1,35 @@
-//! Curator's layout: where a lock's contenders live, how their children are named, and the
+//! Curator's layouts: where each primitive of a name lives, how its nodes are named, and the
 //! order they are served in.
 //!
-//! A lock named `jobs/nightly` is the directory `<prefix>/jobs/nightly`; each contender is an
-//! EPHEMERAL_SEQUENTIAL child named as Curator's protected mode names it,
-//! `_c_<uuid>-lock-<10-digit sequence>`, with the attempt's owner token as its uuid.
+//! The name `jobs/nightly` is the znode path `<prefix>/jobs/nightly`, one node per key
+//! segment. Its lock queues in that node; its semaphore, read-write lock and election live in
+//! the sibling nodes `nightly#semaphore`, `nightly#rwlock` and `nightly#election`. `#` is never
+//! in an encoded key segment, so no other name's node is ever called that, and the suffix keeps
+//! them from ending in ten digits (the sequence of a queue node). Every queue node is
+//! EPHEMERAL_SEQUENTIAL and named as Curator's protected mode names it,
+//! `_c_<uuid>-<recipe name><10-digit sequence>`, with the attempt's owner token as its uuid.
 
-use lock_core::{LockKey, OwnerToken};
+use lock_core::{LockKey, Mode, OwnerToken};
 
-/// A contender's child: the path, its sequence name, its czxid, the session that owns it.
+/// The suffix of a name's semaphore node (Curator's `InterProcessSemaphoreV2` path).
+pub(crate) const SEMAPHORE: &str = "#semaphore";
+/// The suffix of a name's read-write lock node (Curator's `InterProcessReadWriteLock` path).
+pub(crate) const RWLOCK: &str = "#rwlock";
+/// The suffix of a name's election node (Curator's `LeaderLatch` path).
+pub(crate) const ELECTION: &str = "#election";
+
+/// Curator's name of a lock's (and a semaphore mutex's) queue nodes.
+pub(crate) const LOCK: &str = "lock-";
+/// Curator's name of a semaphore's lease nodes.
+pub(crate) const LEASE: &str = "lease-";
+/// Curator's name of a reader's node.
+pub(crate) const READ: &str = "__READ__";
+/// Curator's name of a writer's node.
+pub(crate) const WRITE: &str = "__WRIT__";
+/// Curator's name of an election candidate's node.
+pub(crate) const LATCH: &str = "latch-";
+
+/// A queue node: the path, its sequence name, its czxid, the session that owns it.
 pub(crate) struct Child {
     pub(crate) path: String,
     pub(crate) name: String,
@@ -15,7 +37,45 @@ pub(crate) struct Child {
     pub(crate) owner: i64,
 }
 
-/// The directory of `key`'s contenders under `prefix`.
+/// Who keeps a contender waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// Every contender ahead: only the first holds (a lock, a writer, a leader, a semaphore's
+    /// mutex).
+    First,
+    /// Only writers ahead: a reader holds when no writer is ahead of it.
+    Reader,
+}
+
+impl Rule {
+    /// Whether a contender named `name` ahead of ours keeps ours waiting.
+    pub(crate) fn blocks(self, name: &str) -> bool {
+        match self {
+            Rule::First => true,
+            Rule::Reader => crate::rwlock::is_writer(name),
+        }
+    }
+}
+
+/// Where one primitive's contenders queue, what their nodes are called, and who they wait for.
+#[derive(Debug, Clone)]
+pub(crate) struct Queue {
+    /// The node whose children are the queue.
+    pub(crate) dir: String,
+    /// The recipe's name of the nodes (after the protected-mode prefix).
+    pub(crate) name: &'static str,
+    /// Who keeps a contender waiting.
+    pub(crate) rule: Rule,
+}
+
+impl Queue {
+    /// The start of the name of `owner`'s node in this queue.
+    pub(crate) fn stem(&self, owner: OwnerToken) -> String {
+        stem(owner, self.name)
+    }
+}
+
+/// The node of `key` under `prefix`: the directory of its lock's contenders.
 pub(crate) fn lock_dir(prefix: &str, key: &LockKey) -> String {
     let mut dir = prefix.to_owned();
     for seg in key.full().split('/') {
@@ -25,10 +85,36 @@ pub(crate) fn lock_dir(prefix: &str, key: &LockKey) -> String {
     dir
 }
 
-/// The start of the name of `owner`'s child: Curator's protected-mode prefix with the owner
-/// token as its uuid, and Curator's lock name.
-pub(crate) fn stem(owner: OwnerToken) -> String {
-    format!("_c_{}-lock-", uuid::Uuid::from_u128(owner.as_u128()).hyphenated())
+/// The queue of `key`'s primitive `mode` under `prefix`. For a semaphore it is the queue of
+/// its leases (see [`semaphore_mutex`] for the mutex that guards it).
+pub(crate) fn queue(prefix: &str, key: &LockKey, mode: Mode) -> Queue {
+    let base = lock_dir(prefix, key);
+    match mode {
+        Mode::Permit { .. } => {
+            Queue { dir: format!("{base}{SEMAPHORE}/leases"), name: LEASE, rule: Rule::First }
+        }
+        Mode::Read => Queue { dir: format!("{base}{RWLOCK}"), name: READ, rule: Rule::Reader },
+        Mode::Write => Queue { dir: format!("{base}{RWLOCK}"), name: WRITE, rule: Rule::First },
+        Mode::Leader => Queue { dir: format!("{base}{ELECTION}"), name: LATCH, rule: Rule::First },
+        _ => Queue { dir: base, name: LOCK, rule: Rule::First },
+    }
+}
+
+/// The node of `key`'s semaphore (its data holds the permit count distlock clients use).
+pub(crate) fn semaphore_dir(prefix: &str, key: &LockKey) -> String {
+    format!("{}{SEMAPHORE}", lock_dir(prefix, key))
+}
+
+/// The mutex that guards the creation of `key`'s semaphore leases: Curator's
+/// `<semaphore>/locks`, an `InterProcessMutex`.
+pub(crate) fn semaphore_mutex(prefix: &str, key: &LockKey) -> Queue {
+    Queue { dir: format!("{}/locks", semaphore_dir(prefix, key)), name: LOCK, rule: Rule::First }
+}
+
+/// The start of the name of `owner`'s node of recipe `name`: Curator's protected-mode prefix
+/// with the owner token as its uuid, then the recipe's name.
+pub(crate) fn stem(owner: OwnerToken, name: &str) -> String {
+    format!("_c_{}-{name}", uuid::Uuid::from_u128(owner.as_u128()).hyphenated())
 }
 
 /// The sequence ZooKeeper appended to `name`: its last 10 digits. Children are ordered by
@@ -38,16 +124,17 @@ pub(crate) fn sequence(name: &str) -> Option<u64> {
     tail.bytes().all(|b| b.is_ascii_digit()).then(|| tail.parse().ok()).flatten()
 }
 
-/// The owner token in a child named `_c_<uuid>-lock-<sequence>`.
+/// The owner token in a node named `_c_<uuid>-…`.
 pub(crate) fn owner_of(name: &str) -> Option<OwnerToken> {
     let uuid = name.strip_prefix("_c_")?.get(..36)?;
     uuid::Uuid::parse_str(uuid).ok().map(|u| OwnerToken::from_u128(u.as_u128()))
 }
 
-/// Keeps the children that carry a sequence and sorts them by it. The first of them that is
-/// a lock node (an ephemeral child) holds the lock: a name that carries a sequence may also
-/// be the directory of a lock whose name extends this one (`jobs/0000000001` is the child
-/// `0000000001` of `jobs`), which is not ephemeral and never a contender.
+/// Keeps the children that carry a sequence and sorts them by it. In a lock's directory the
+/// first of them that is a lock node (an ephemeral child) holds the lock: a name that carries
+/// a sequence may also be the directory of a lock whose name extends this one
+/// (`jobs/0000000001` is the child `0000000001` of `jobs`), which is not ephemeral and never a
+/// contender.
 pub(crate) fn in_sequence_order(mut children: Vec<String>) -> Vec<String> {
     children.retain(|n| sequence(n).is_some());
     children.sort_by_key(|n| sequence(n).unwrap_or(u64::MAX));
@@ -74,6 +161,56 @@ pub(crate) fn encode_segment(seg: &str) -> String {
     out
 }
 
+/// The key segment a znode name encodes ([`encode_segment`] reversed); `None` for a name no
+/// key segment is encoded as.
+pub(crate) fn decode_segment(name: &str) -> Option<String> {
+    if name == "%" {
+        return Some(String::new());
+    }
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b"_.:@~-".contains(&b) => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// What a node under the prefix is, by its name: a name's node (its lock's directory, and the
+/// parent of longer names), or one of its other primitives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A name's node: its lock's queue, and the nodes of longer names.
+    Name,
+    /// A name's semaphore.
+    Semaphore,
+    /// A name's read-write lock.
+    RwLock,
+    /// A name's election.
+    Election,
+}
+
+/// The key segment and the kind of the node named `name`; `None` for a node no key makes.
+pub(crate) fn classify(name: &str) -> Option<(String, Kind)> {
+    for (suffix, kind) in [(SEMAPHORE, Kind::Semaphore), (RWLOCK, Kind::RwLock), (ELECTION, Kind::Election)] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            return decode_segment(base).map(|s| (s, kind));
+        }
+    }
+    decode_segment(name).map(|s| (s, Kind::Name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,9 +218,11 @@ mod tests {
     #[test]
     fn sequences_and_owners_are_read_from_child_names() {
         let owner = OwnerToken::from_u128(0x1234);
-        let name = format!("{}0000000042", stem(owner));
+        let name = format!("{}0000000042", stem(owner, LOCK));
         assert_eq!(sequence(&name), Some(42));
         assert_eq!(owner_of(&name), Some(owner));
+        let reader = format!("{}0000000043", stem(owner, READ));
+        assert!(reader.ends_with("-__READ__0000000043") && owner_of(&reader) == Some(owner));
         assert_eq!(sequence("x__lock__0000000007"), Some(7));
         assert_eq!(sequence("nightly"), None);
         assert_eq!(owner_of("abc__lock__0000000007"), None);
@@ -97,11 +236,34 @@ mod tests {
     }
 
     #[test]
-    fn key_segments_become_valid_znode_names() {
+    fn key_segments_become_valid_znode_names_and_back() {
         assert_eq!(encode_segment("jobs"), "jobs");
         assert_eq!(encode_segment(""), "%");
         assert_eq!(encode_segment(".."), "%2E%2E");
         assert_eq!(encode_segment("a b%"), "a%20b%25");
         assert_eq!(encode_segment("ü"), "%C3%BC");
+        for seg in ["jobs", "", ".", "..", "a b%", "ü", "x#semaphore", "0000000001"] {
+            assert_eq!(decode_segment(&encode_segment(seg)).as_deref(), Some(seg), "{seg:?}");
+        }
+        assert_eq!(decode_segment("a#b"), None);
+        assert_eq!(decode_segment("%zz"), None);
+    }
+
+    #[test]
+    fn every_primitive_of_a_name_has_its_own_node() {
+        let key = LockKey::new("pool/db").expect("key");
+        let q = |m| queue("/distlock", &key, m).dir;
+        assert_eq!(q(Mode::Exclusive), "/distlock/pool/db");
+        assert_eq!(q(Mode::Permit { limit: 2 }), "/distlock/pool/db#semaphore/leases");
+        assert_eq!(semaphore_mutex("/distlock", &key).dir, "/distlock/pool/db#semaphore/locks");
+        assert_eq!(q(Mode::Read), "/distlock/pool/db#rwlock");
+        assert_eq!(q(Mode::Write), "/distlock/pool/db#rwlock");
+        assert_eq!(q(Mode::Leader), "/distlock/pool/db#election");
+        assert_eq!(classify("db#semaphore"), Some(("db".into(), Kind::Semaphore)));
+        assert_eq!(classify("a%20b#election"), Some(("a b".into(), Kind::Election)));
+        assert_eq!(classify("db"), Some(("db".into(), Kind::Name)));
+        assert_eq!(classify("db#other"), None);
+        // A primitive's node never looks like a queue node.
+        assert_eq!(sequence("0000000001#rwlock"), None);
     }
 }

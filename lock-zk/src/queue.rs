@@ -1,6 +1,7 @@
-//! The queue of a lock's contenders on the server: joining it (a create whose reply was lost
-//! is found again by its uuid, so no orphan blocks the queue), reading its order, and leaving
-//! it when an attempt is cancelled.
+//! A queue of contenders on the server: joining it (a create whose reply was lost is found
+//! again by its uuid, so no orphan blocks the queue), reading its order, finding who is ahead,
+//! and leaving it when an attempt is cancelled. Every primitive queues this way; the
+//! [`Queue`] says where and under which name.
 
 use std::sync::Arc;
 
@@ -8,17 +9,32 @@ use lock_core::{AcquireRequest, Lease, OwnerToken, Result, UndoOnDrop};
 use zookeeper_client::{CreateMode, OneshotWatcher};
 
 use crate::backend::Held;
-use crate::children::{in_sequence_order, stem, Child};
+use crate::children::{in_sequence_order, Child, Queue, Rule};
 use crate::error::{unavailable, zk_err};
 use crate::session::Session;
 use crate::ZkBackend;
 
+/// What joining a queue gives: the session, our node, and the undo that deletes the node
+/// unless disarmed.
+pub(crate) struct Joined {
+    pub(crate) s: Arc<Session>,
+    pub(crate) child: Child,
+    pub(crate) undo: UndoOnDrop,
+}
+
 impl ZkBackend {
-    /// Creates our child in `dir` (making the directory as containers if needed). A create
-    /// whose reply was lost is found again by its uuid.
-    async fn enqueue(&self, s: &Session, dir: &str, owner: OwnerToken, adopt: bool) -> Result<Child> {
-        let stem = stem(owner);
-        // A retry of the same request adopts the child an earlier try created, if any.
+    /// Creates our node in `q` with `data` (making the directory as containers if needed). A
+    /// create whose reply was lost is found again by its uuid.
+    pub(crate) async fn enqueue(
+        &self,
+        s: &Session,
+        q: &Queue,
+        owner: OwnerToken,
+        data: &[u8],
+        adopt: bool,
+    ) -> Result<Child> {
+        let (dir, stem) = (&q.dir, q.stem(owner));
+        // A retry of the same request adopts the node an earlier try created, if any.
         if adopt {
             if let Some(c) = self.find(s, dir, &stem, true).await? {
                 return Ok(c);
@@ -28,7 +44,7 @@ impl ZkBackend {
         let acls = self.inner.opts.acls();
         for _ in 0..5 {
             let mode = CreateMode::EphemeralSequential.with_acls(acls);
-            match s.call(|c| c.create(&prefix, b"", &mode)).await {
+            match s.call(|c| c.create(&prefix, data, &mode)).await {
                 Ok((stat, seq)) => {
                     let name = format!("{stem}{seq}");
                     let (czxid, owner) = (stat.czxid, stat.ephemeral_owner);
@@ -52,9 +68,9 @@ impl ZkBackend {
         Err(unavailable(format!("could not create a child in {dir}")))
     }
 
-    /// Our child in `dir` whose name starts with `stem`, if it exists (a lock node: ephemeral).
-    /// With `mine`, only a child of this session counts (one left by an earlier session of
-    /// ours is gone, or about to be, with that session).
+    /// Our node in `dir` whose name starts with `stem`, if it exists (a queue node:
+    /// ephemeral). With `mine`, only a node of this session counts (one left by an earlier
+    /// session of ours is gone, or about to be, with that session).
     pub(crate) async fn find(&self, s: &Session, dir: &str, stem: &str, mine: bool) -> Result<Option<Child>> {
         let children = match s.call(|c| c.list_children(dir)).await {
             Ok(c) => c,
@@ -75,8 +91,8 @@ impl ZkBackend {
     }
 
     /// The names of `dir`'s children that carry a sequence, in sequence order (empty if `dir`
-    /// does not exist). Some may be directories of locks whose names extend this one: see
-    /// [`contender_ahead`](Self::contender_ahead).
+    /// does not exist). In a lock's directory some may be directories of locks whose names
+    /// extend this one: see [`contender_ahead`](Self::contender_ahead).
     pub(crate) async fn contenders(&self, s: &Session, dir: &str) -> Result<Vec<String>> {
         match s.call(|c| c.list_children(dir)).await {
             Ok(c) => Ok(in_sequence_order(c)),
@@ -85,13 +101,19 @@ impl ZkBackend {
         }
     }
 
-    /// Whether a contender is among `ahead` (the children before ours, in order): a lock
-    /// node, that is an ephemeral child, of ours or of another client (Curator, kazoo).
-    /// Directories of locks whose names extend this one and children deleted meanwhile are
-    /// skipped (a deleted child never comes back, and every child made later comes after
-    /// ours). No contender ahead: ours holds the lock.
-    pub(crate) async fn contender_ahead(&self, s: &Session, dir: &str, ahead: &[String]) -> Result<bool> {
-        for name in ahead.iter().rev() {
+    /// Whether a contender that keeps ours waiting under `rule` is among `ahead` (the children
+    /// before ours, in order): a queue node, that is an ephemeral child, of ours or of another
+    /// client (Curator, kazoo). Directories of locks whose names extend this one and children
+    /// deleted meanwhile are skipped (a deleted child never comes back, and every child made
+    /// later comes after ours). None: ours holds.
+    pub(crate) async fn contender_ahead(
+        &self,
+        s: &Session,
+        dir: &str,
+        ahead: &[String],
+        rule: Rule,
+    ) -> Result<bool> {
+        for name in ahead.iter().rev().filter(|n| rule.blocks(n)) {
             let path = format!("{dir}/{name}");
             let stat = s.call(|c| c.check_stat(&path)).await.map_err(|e| zk_err("stat", &path, e))?;
             if stat.is_some_and(|st| st.ephemeral_owner != 0) {
@@ -101,15 +123,16 @@ impl ZkBackend {
         Ok(false)
     }
 
-    /// As [`contender_ahead`](Self::contender_ahead), watching the nearest contender: its
-    /// watcher fires when it changes or goes. `None`: ours holds the lock.
+    /// As [`contender_ahead`](Self::contender_ahead), watching the nearest such contender:
+    /// its watcher fires when it changes or goes. `None`: ours holds.
     pub(crate) async fn watch_contender_ahead(
         &self,
         s: &Session,
         dir: &str,
         ahead: &[String],
+        rule: Rule,
     ) -> Result<Option<OneshotWatcher>> {
-        for name in ahead.iter().rev() {
+        for name in ahead.iter().rev().filter(|n| rule.blocks(n)) {
             let path = format!("{dir}/{name}");
             let (stat, watcher) =
                 s.call(|c| c.check_and_watch_stat(&path)).await.map_err(|e| zk_err("watch", &path, e))?;
@@ -120,60 +143,72 @@ impl ZkBackend {
         Ok(None)
     }
 
-    /// If dropped armed (the create may have been sent), finds our child by its uuid and
-    /// deletes it, in the background. Requests of one session are applied in order, so the
-    /// lookup sees the create if it was sent.
-    pub(crate) fn undo_create(&self, dir: &str, owner: OwnerToken) -> UndoOnDrop {
-        let (this, dir) = (self.clone(), dir.to_owned());
-        UndoOnDrop::new(async move {
-            let Ok(s) = this.session().await else { return };
-            if let Ok(Some(c)) = this.find(&s, &dir, &stem(owner), true).await {
-                let _ = s.call(|client| client.delete(&c.path, None)).await;
-            }
-        })
+    /// If dropped armed (the creates may have been sent), finds our node in each `(dir, stem)`
+    /// by its uuid and deletes it, in the background. Requests of one session are applied in
+    /// order, so the lookup sees the create if it was sent.
+    pub(crate) fn undo_create(&self, places: Vec<(String, String)>) -> UndoOnDrop {
+        let this = self.clone();
+        UndoOnDrop::new(async move { this.delete_ours(&places).await })
     }
 
-    /// Deletes our child (in the background if this is dropped first).
-    fn undo(&self, s: &Arc<Session>, path: &str) -> UndoOnDrop {
+    /// Finds our node in each `(dir, stem)` of this session and deletes it.
+    pub(crate) async fn delete_ours(&self, places: &[(String, String)]) {
+        let Ok(s) = self.session().await else { return };
+        for (dir, stem) in places {
+            if let Ok(Some(c)) = self.find(&s, dir, stem, true).await {
+                let _ = s.call(|client| client.delete(&c.path, None)).await;
+            }
+        }
+    }
+
+    /// Deletes our node (in the background if this is dropped first).
+    pub(crate) fn undo(&self, s: &Arc<Session>, path: &str) -> UndoOnDrop {
         let (client, path) = (s.client.clone(), path.to_owned());
         UndoOnDrop::new(async move {
             let _ = client.delete(&path, None).await;
         })
     }
 
-    /// Creates our child for `req` on the live session. Returns the session, the lock's
-    /// directory, the child, and the undo that deletes the child unless disarmed.
+    /// Creates our node for `req` in `q` on the live session, with `data`.
     ///
-    /// `retry`: an earlier try of this request failed; its child, if one was made, is adopted,
+    /// `retry`: an earlier try of this request failed; its node, if one was made, is adopted,
     /// and a failure of this one is left to the next retry rather than undone (an undo racing
-    /// the retry could delete the retry's child).
+    /// the retry could delete the retry's node).
     pub(crate) async fn join_queue(
         &self,
         req: &AcquireRequest,
+        q: &Queue,
+        data: &[u8],
         retry: Option<bool>,
-    ) -> Result<(Arc<Session>, String, Child, UndoOnDrop)> {
+    ) -> Result<Joined> {
         let s = self.session().await?;
-        let dir = self.dir(&req.key);
-        let undo_create = self.undo_create(&dir, req.owner);
-        let child = self.enqueue(&s, &dir, req.owner, retry == Some(true)).await;
+        let undo_create = self.undo_create(vec![(q.dir.clone(), q.stem(req.owner))]);
+        let child = self.enqueue(&s, q, req.owner, data, retry == Some(true)).await;
         if retry.is_some() {
             undo_create.disarm();
             return child.map(|child| {
                 let undo = self.undo(&s, &child.path);
-                (s, dir, child, undo)
+                Joined { s, child, undo }
             });
         }
         let child = child?;
         undo_create.disarm();
         let undo = self.undo(&s, &child.path);
-        Ok((s, dir, child, undo))
+        Ok(Joined { s, child, undo })
     }
 
-    /// The path of `lease`'s child: remembered, or found by its owner token.
+    /// The path of `lease`'s node: remembered, or found by its owner token.
     pub(crate) async fn path_of(&self, s: &Session, lease: &Lease) -> Result<Option<String>> {
         if let Some(h) = lease.backend_data::<Held>() {
             return Ok(Some(h.path.clone()));
         }
-        Ok(self.find(s, &self.dir(lease.key()), &stem(lease.owner()), false).await?.map(|c| c.path))
+        let q = self.queue(lease.key(), lease.mode());
+        Ok(self.find(s, &q.dir, &q.stem(lease.owner()), false).await?.map(|c| c.path))
+    }
+
+    /// The data a grant's node carries: the holder's metadata, compact JSON (Curator writes
+    /// the client's address there).
+    pub(crate) fn node_data(req: &AcquireRequest) -> Vec<u8> {
+        req.metadata.encode().into_bytes()
     }
 }

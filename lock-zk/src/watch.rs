@@ -1,21 +1,26 @@
-//! Watches: a waiter watches only the child just before its own, so a release wakes one
-//! waiter (no herd); a held lock's watcher fires its loss signal when its child is deleted by
+//! Watches: a waiter watches only the nearest contender ahead of it that keeps it waiting (the
+//! node just before its own; for a reader, the nearest writer ahead), so a release wakes one
+//! waiter (no herd); a held grant's watcher fires its loss signal when its node is deleted by
 //! someone else or the session is lost.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use lock_core::{AcquireRequest, Error, FencingToken, Instant, Lease, LossReason, LossSignal, Result};
+use lock_core::{
+    AcquireRequest, Error, FencingToken, Instant, Lease, LockKey, LossReason, LossSignal, Result,
+};
 use zookeeper_client::EventType;
 
 use crate::backend::Held;
-use crate::children::Child;
+use crate::children::{Child, Queue};
 use crate::error::unavailable;
+use crate::queue::Joined;
 use crate::session::Session;
 use crate::ZkBackend;
 
 impl ZkBackend {
-    /// One turn in the queue: our child, then waiting for each contender ahead of it in turn.
+    /// One turn in the queue of `req`'s primitive: our node, then waiting for each contender
+    /// ahead of it that keeps it waiting, in turn.
     pub(crate) async fn acquire_once(
         &self,
         req: &AcquireRequest,
@@ -23,31 +28,45 @@ impl ZkBackend {
         retry: bool,
     ) -> Result<Lease> {
         let sent = Instant::now();
-        let (s, dir, child, undo) = self.join_queue(req, Some(retry)).await?;
+        let q = self.queue(&req.key, req.mode);
+        let j = self.join_queue(req, &q, &Self::node_data(req), Some(retry)).await?;
+        let j = self.wait_turn(j, &q, &req.key, deadline).await?;
+        let lease = self.won(&j.s, req, j.child, sent)?;
+        j.undo.disarm();
+        Ok(lease)
+    }
+
+    /// Waits until nothing in `q` keeps our node waiting any more (then it holds), or until
+    /// `deadline` (our node is deleted: [`Error::WaitTimedOut`]), or until the session is lost.
+    pub(crate) async fn wait_turn(
+        &self,
+        j: Joined,
+        q: &Queue,
+        key: &LockKey,
+        deadline: Instant,
+    ) -> Result<Joined> {
         let start = Instant::now();
+        let lost = || Error::Lost { key: key.full().to_owned(), reason: LossReason::SessionLost };
         loop {
-            let order = self.contenders(&s, &dir).await?;
-            let Some(pos) = order.iter().position(|n| *n == child.name) else {
-                // Our child is gone: the session was lost, or someone deleted it.
-                undo.disarm();
-                return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
+            let order = self.contenders(&j.s, &q.dir).await?;
+            let Some(pos) = order.iter().position(|n| *n == j.child.name) else {
+                // Our node is gone: the session was lost, or someone deleted it.
+                j.undo.disarm();
+                return Err(lost());
             };
-            // The nearest contender ahead of ours (directories of nested locks are skipped).
-            let Some(watcher) = self.watch_contender_ahead(&s, &dir, &order[..pos]).await? else {
-                let lease = self.won(&s, req, child, sent)?;
-                undo.disarm();
-                return Ok(lease);
+            // The nearest contender ahead that keeps us waiting (directories of nested locks
+            // are skipped).
+            let Some(watcher) = self.watch_contender_ahead(&j.s, &q.dir, &order[..pos], q.rule).await? else {
+                return Ok(j);
             };
             tokio::select! {
                 _ = watcher.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    let _ = s.call(|c| c.delete(&child.path, None)).await;
-                    undo.disarm();
-                    return Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: start.elapsed() });
+                    let _ = j.s.call(|c| c.delete(&j.child.path, None)).await;
+                    j.undo.disarm();
+                    return Err(Error::WaitTimedOut { key: key.full().to_owned(), waited: start.elapsed() });
                 }
-                _ = s.lost.fired() => {
-                    return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
-                }
+                _ = j.s.lost.fired() => return Err(lost()),
             }
         }
     }
@@ -70,6 +89,7 @@ impl ZkBackend {
         let signal = LossSignal::new();
         tokio::spawn(watch_child(Arc::downgrade(s), child.path.clone(), signal.clone()));
         Ok(Lease::new(req.key.clone(), req.owner, FencingToken::new(child.czxid as u64), req.ttl, sent)
+            .with_mode(req.mode)
             .with_valid_until(s.valid_until())
             .with_session(signal)
             .with_backend_data(Arc::new(Held { path: child.path, session: Arc::downgrade(s) })))

@@ -4,103 +4,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use conformance_tests::fixtures::zk::{ZkEnsemble, ZOOKEEPER_JAR};
+use conformance_tests::fixtures::zk::ZkEnsemble;
 use lock_core::{LockClient, LossReason, ReleaseOutcome};
 use lock_zk::{ZkBackend, ZkOptions};
-
-const CURATOR_JARS: &[&str] = &[
-    "/usr/share/java/curator-client.jar",
-    "/usr/share/java/curator-framework.jar",
-    "/usr/share/java/curator-recipes.jar",
-    ZOOKEEPER_JAR,
-    "/usr/share/java/zookeeper-jute.jar",
-    "/usr/share/java/guava.jar",
-    "/usr/share/java/slf4j-api.jar",
-];
+use support::contender::Contender;
 
 async fn client(connect: &str, session: Duration) -> LockClient {
     let o = ZkOptions::new(connect).session_timeout(session);
     LockClient::new(ZkBackend::connect(o).await.expect("connect to ZooKeeper"))
-}
-
-/// A contender process of another client (Curator, kazoo) driven over stdin.
-struct Contender {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Contender {
-    /// Curator's `InterProcessMutex`, compiled from tests/java.
-    fn curator(connect: &str, path: &str) -> Self {
-        for jar in CURATOR_JARS {
-            assert!(
-                std::path::Path::new(jar).is_file(),
-                "{jar} is missing: install Debian's libcurator-recipes-java and zookeeper (bash scripts/test.sh does)"
-            );
-        }
-        let classes = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("curator-contender");
-        std::fs::create_dir_all(&classes).expect("class dir");
-        let cp = CURATOR_JARS.join(":");
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/java/CuratorContender.java");
-        let javac = Command::new("javac")
-            .args(["-d", &classes.display().to_string(), "-cp", &cp, src])
-            .status()
-            .expect("javac: install a JDK (default-jdk-headless; bash scripts/test.sh does)");
-        assert!(javac.success(), "javac failed");
-        let mut cmd = Command::new("java");
-        cmd.args(["-cp", &format!("{}:{cp}", classes.display()), "CuratorContender", connect, path]);
-        Self::spawn(cmd)
-    }
-
-    /// kazoo's `Lock`, from the virtualenv the test command makes, ordering also the
-    /// children that match `extra_lock_patterns` (comma-separated; none when empty).
-    fn kazoo(connect: &str, path: &str, extra_lock_patterns: &str) -> Self {
-        let python =
-            conformance_tests::fixtures::test_python("DISTLOCK_PYTHON").unwrap_or_else(|e| panic!("{e}"));
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/kazoo_contender.py");
-        let mut cmd = Command::new(&python);
-        cmd.args([script, connect, path, extra_lock_patterns]);
-        Self::spawn(cmd)
-    }
-
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the contender (bash scripts/test.sh installs Java, Curator and kazoo)");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut c = Self { child, stdin, stdout };
-        assert_eq!(c.line(), "READY", "the contender did not start");
-        c
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.stdout.read_line(&mut l).expect("read from the contender");
-        l.trim().to_owned()
-    }
-
-    fn send(&mut self, cmd: &str) -> String {
-        writeln!(self.stdin, "{cmd}").expect("write to the contender");
-        self.stdin.flush().expect("flush");
-        self.line()
-    }
-}
-
-impl Drop for Contender {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
-//! What the lock-zk tests share: a client, and a TCP proxy that speaks ZooKeeper's framing.
+//! What the lock-zk tests share: a client, contender processes of other clients, and a TCP
+//! proxy that speaks ZooKeeper's framing.
 
 #![allow(dead_code)]
 
+pub mod contender;
 pub mod proxy;
 
 use std::time::Duration;

@@ -1,9 +1,10 @@
 //! A TCP proxy between a client and ZooKeeper that forwards its framed protocol; it can cut
-//! every connection, or swallow the reply to chosen requests (closing the connection instead,
-//! as a lost reply does).
+//! every connection, swallow the reply to chosen requests (closing the connection instead, as
+//! a lost reply does), or stall: forward nothing either way, as if the client's process were
+//! paused, until the server has expired the client's session.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,53 +16,96 @@ pub const CREATE: &[i32] = &[1, 15, 19, 21];
 /// Opcodes of the requests that list children: getChildren, getChildren2.
 pub const LIST: &[i32] = &[8, 12];
 
+/// What the connections of one proxy share.
+struct Ctl {
+    cut: watch::Sender<bool>,
+    /// Whether the proxy stalls (forwards nothing).
+    stalled: AtomicBool,
+    stall: watch::Sender<bool>,
+    /// How many connections to a server are open.
+    open: watch::Sender<usize>,
+    rules: Mutex<VecDeque<&'static [i32]>>,
+    swallowed: AtomicUsize,
+    next: AtomicUsize,
+}
+
 /// The proxy; it runs until the test's runtime ends.
 pub struct ZkProxy {
     pub addr: String,
-    cut: watch::Sender<bool>,
-    rules: Arc<Mutex<VecDeque<&'static [i32]>>>,
-    swallowed: Arc<AtomicUsize>,
+    ctl: Arc<Ctl>,
 }
 
 impl ZkProxy {
+    /// A proxy to one server.
     pub async fn start(upstream: String) -> Self {
+        Self::start_many(vec![upstream]).await
+    }
+
+    /// A proxy to an ensemble: each new connection goes to the next server in turn, as a
+    /// client's connect string would send it.
+    pub async fn start_many(upstreams: Vec<String>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let (cut, cut_rx) = watch::channel(false);
-        let rules: Arc<Mutex<VecDeque<&'static [i32]>>> = Arc::default();
-        let swallowed = Arc::new(AtomicUsize::new(0));
-        let (r, count) = (rules.clone(), swallowed.clone());
+        let ctl = Arc::new(Ctl {
+            cut: watch::channel(false).0,
+            stalled: AtomicBool::new(false),
+            stall: watch::channel(false).0,
+            open: watch::channel(0).0,
+            rules: Mutex::default(),
+            swallowed: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+        });
+        let c = ctl.clone();
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                if *cut_rx.borrow() {
+                if *c.cut.borrow() {
                     drop(conn);
                     continue;
                 }
-                tokio::spawn(serve(conn, upstream.clone(), cut_rx.clone(), r.clone(), count.clone()));
+                let upstream = upstreams[c.next.fetch_add(1, Ordering::SeqCst) % upstreams.len()].clone();
+                tokio::spawn(serve(conn, upstream, c.clone()));
             }
         });
-        Self { addr, cut, rules, swallowed }
+        Self { addr, ctl }
     }
 
     /// Cuts every connection and refuses new ones until [`ZkProxy::heal`].
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.ctl.cut.send_replace(true);
     }
 
+    /// Ends a cut or a stall: connections are accepted and forwarded again; those that were
+    /// stalled are closed, so the client connects anew.
     pub fn heal(&self) {
-        self.cut.send_replace(false);
+        self.ctl.cut.send_replace(false);
+        self.ctl.stalled.store(false, Ordering::SeqCst);
+        self.ctl.stall.send_replace(false);
+    }
+
+    /// Forwards nothing either way on any connection, and holds new connections unanswered,
+    /// until [`ZkProxy::heal`]: to the server, the client has gone silent; to the client, the
+    /// server has. Connections to the server are kept open until the server closes them.
+    pub fn stall(&self) {
+        self.ctl.stalled.store(true, Ordering::SeqCst);
+        self.ctl.stall.send_replace(true);
+    }
+
+    /// Resolves once no connection to a server is open: during a stall, once the server has
+    /// closed the session's connection, which it does when it expires the session.
+    pub async fn upstreams_closed(&self) {
+        let _ = self.ctl.open.subscribe().wait_for(|n| *n == 0).await;
     }
 
     /// Swallows the reply to the next request with one of `opcodes` (after the replies
     /// already queued to be swallowed): the request reaches the server, and the connection
     /// closes where its reply would come.
     pub fn swallow_next(&self, opcodes: &'static [i32]) {
-        self.rules.lock().expect("rules").push_back(opcodes);
+        self.ctl.rules.lock().expect("rules").push_back(opcodes);
     }
 
     /// How many replies were swallowed.
     pub fn swallowed(&self) -> usize {
-        self.swallowed.load(Ordering::SeqCst)
+        self.ctl.swallowed.load(Ordering::SeqCst)
     }
 }
 
@@ -80,59 +124,112 @@ fn int(frame: &[u8], at: usize) -> Option<i32> {
     Some(i32::from_be_bytes(frame.get(at..at + 4)?.try_into().ok()?))
 }
 
-async fn serve(
-    client: TcpStream,
-    upstream: String,
-    mut cut: watch::Receiver<bool>,
-    rules: Arc<Mutex<VecDeque<&'static [i32]>>>,
-    swallowed: Arc<AtomicUsize>,
-) {
+/// Counts an open connection to a server while it lives.
+struct Open(Arc<Ctl>);
+
+impl Open {
+    fn new(ctl: Arc<Ctl>) -> Self {
+        ctl.open.send_modify(|n| *n += 1);
+        Self(ctl)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|n| *n -= 1);
+    }
+}
+
+async fn serve(client: TcpStream, upstream: String, ctl: Arc<Ctl>) {
+    let mut stall = ctl.stall.subscribe();
+    if ctl.stalled.load(Ordering::SeqCst) {
+        // A paused client's new connection: never answered; closed when the stall ends.
+        let _ = stall.wait_for(|s| !*s).await;
+        return;
+    }
     let Ok(server) = TcpStream::connect(&upstream).await else { return };
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
+    let _open = Open::new(ctl.clone());
+    let mut cut = ctl.cut.subscribe();
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
     let noted: Arc<Mutex<HashSet<i32>>> = Arc::default();
-    let pending = noted.clone();
-    // Client to server: note the xid of a request the first rule matches (the opcode is the
-    // int after the xid). The first frame is the connect request.
-    let up = async move {
-        let mut first = true;
-        while let Some(frame) = read_frame(&mut cr).await {
-            if !first {
-                if let (Some(xid), Some(op)) = (int(&frame, 4), int(&frame, 8)) {
-                    let mut rules = rules.lock().expect("rules");
-                    if rules.front().is_some_and(|ops| ops.contains(&op)) {
-                        rules.pop_front();
-                        pending.lock().expect("noted").insert(xid);
-                    }
-                }
-            }
-            first = false;
-            if sw.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-    };
-    // Server to client: the reply to a noted request is dropped with the connection.
-    let down = async move {
-        let mut first = true;
-        while let Some(frame) = read_frame(&mut sr).await {
-            if !first {
-                if let Some(xid) = int(&frame, 4) {
-                    if noted.lock().expect("noted").remove(&xid) {
-                        swallowed.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                }
-            }
-            first = false;
-            if cw.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-    };
+    let up = forward_up(cr, sw, ctl.clone(), noted.clone());
+    let down = forward_down(sr, cw, ctl.clone(), noted);
+    tokio::pin!(down);
+    let mut stall2 = ctl.stall.subscribe();
+    let mut cut2 = ctl.cut.subscribe();
     tokio::select! {
-        _ = up => {}
-        _ = down => {}
-        _ = cut.wait_for(|c| *c) => {}
+        _ = up => {
+            // The client closed its side. A stalled connection's server side stays open
+            // until the server closes it (the session expired) or the stall ends.
+            if ctl.stalled.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = &mut down => {}
+                    _ = async { let _ = stall.wait_for(|s| !*s).await; } => {}
+                    _ = async { let _ = cut2.wait_for(|c| *c).await; } => {}
+                }
+            }
+        }
+        _ = &mut down => {}
+        _ = async { let _ = cut.wait_for(|c| *c).await; } => {}
+        // Stalled, then healed: closed, so that the client connects anew.
+        _ = async { let _ = stall2.wait_for(|s| *s).await; let _ = stall2.wait_for(|s| !*s).await; } => {}
+    }
+}
+
+/// Client to server: notes the xid of a request the first rule matches (the opcode is the int
+/// after the xid); forwards nothing while stalled. The first frame is the connect request.
+async fn forward_up(
+    mut cr: tokio::net::tcp::OwnedReadHalf,
+    mut sw: tokio::net::tcp::OwnedWriteHalf,
+    c: Arc<Ctl>,
+    pending: Arc<Mutex<HashSet<i32>>>,
+) {
+    let mut first = true;
+    while let Some(frame) = read_frame(&mut cr).await {
+        if c.stalled.load(Ordering::SeqCst) {
+            continue;
+        }
+        if !first {
+            if let (Some(xid), Some(op)) = (int(&frame, 4), int(&frame, 8)) {
+                let mut rules = c.rules.lock().expect("rules");
+                if rules.front().is_some_and(|ops| ops.contains(&op)) {
+                    rules.pop_front();
+                    pending.lock().expect("noted").insert(xid);
+                }
+            }
+        }
+        first = false;
+        if sw.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Server to client: the reply to a noted request is dropped with the connection; nothing is
+/// forwarded while stalled. Ends when the server closes the connection.
+async fn forward_down(
+    mut sr: tokio::net::tcp::OwnedReadHalf,
+    mut cw: tokio::net::tcp::OwnedWriteHalf,
+    c: Arc<Ctl>,
+    noted: Arc<Mutex<HashSet<i32>>>,
+) {
+    let mut first = true;
+    while let Some(frame) = read_frame(&mut sr).await {
+        if c.stalled.load(Ordering::SeqCst) {
+            continue;
+        }
+        if !first {
+            if let Some(xid) = int(&frame, 4) {
+                if noted.lock().expect("noted").remove(&xid) {
+                    c.swallowed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        first = false;
+        if cw.write_all(&frame).await.is_err() {
+            return;
+        }
     }
 }
