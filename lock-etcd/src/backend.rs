@@ -78,10 +78,19 @@ impl Held {
     }
 }
 
+/// How long past two leases a crashed holder may block others, for a cluster with etcd's
+/// default election timeout (1 s, heartbeat 100 ms): the election after the leader dies (up
+/// to two election timeouts, as raft randomises it), the election timeout a new leader adds to
+/// every lease (1 s), etcd's expiry check (every 500 ms), and 1.5 s for the revoke's commit,
+/// the waiter's wake-up and a loaded machine. Measured through distlock on a loaded 2-core
+/// machine, with the leader killed just before a 3 s lease would end: at most 3.6 s past two
+/// leases. A larger election timeout needs a larger margin (three times the difference more).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+
 /// A validity of `granted` from `sent`, less the drift margin.
 fn valid_until(sent: Instant, granted: i64) -> Instant {
     let g = Duration::from_secs(granted.max(0) as u64);
-    sent + g.saturating_sub(drift_margin(g))
+    lock_core::lease::add_saturating(sent, g.saturating_sub(drift_margin(g)))
 }
 
 impl EtcdBackend {
@@ -107,6 +116,16 @@ impl EtcdBackend {
     /// The etcd prefix that holds the queue of `key`: `<prefix><name>/`.
     pub fn etcd_prefix(&self, key: &LockKey) -> String {
         format!("{}{}/", self.inner.opts.prefix, key.full())
+    }
+
+    /// The session lease's TTL: as etcd granted it to the open session, or as asked for (in
+    /// whole seconds; etcd grants at least that) before one is open.
+    fn session_timeout(&self) -> Duration {
+        let asked = Duration::from_secs(ttl_secs(self.inner.opts.session_ttl) as u64);
+        match self.inner.session.try_lock() {
+            Ok(s) => s.as_ref().map_or(asked, |s| s.ttl.max(asked)),
+            Err(_) => asked,
+        }
     }
 
     /// The underlying client (for tests and benchmarks).
@@ -148,7 +167,7 @@ impl EtcdBackend {
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
         let t = self.inner.opts.request_timeout;
-        let deadline = Instant::now() + t;
+        let deadline = lock_core::lease::add_saturating(Instant::now(), t);
         let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
         let mut reauthenticated = false;
         loop {
@@ -209,41 +228,6 @@ impl EtcdBackend {
                 let (id, secs) = self.grant(req.ttl).await?;
                 Ok((id, Duration::from_secs(secs as u64), None))
             }
-        }
-    }
-
-    /// For a waiting acquire: the lease, and in session mode the name's local slot, waiting
-    /// while another task of this client holds or queues for the name. Returns when the
-    /// attempt started, the lease, its TTL and the session.
-    async fn lease_and_slot(
-        &self,
-        req: &AcquireRequest,
-        deadline: Instant,
-        start: Instant,
-    ) -> Result<(Instant, i64, Duration, Option<Arc<Session>>)> {
-        let name = req.key.full();
-        loop {
-            let sent = Instant::now();
-            let (lease, granted, session) = self.lease_for(req).await?;
-            if let Some(s) = &session {
-                if let Err(released) = self.inner.local.claim(name, req.owner, s.id) {
-                    // Another task of this client holds or queues for the name: wait for it.
-                    let notified = released.notified();
-                    tokio::pin!(notified);
-                    notified.as_mut().enable();
-                    if self.inner.local.claim(name, req.owner, s.id).is_err() {
-                        tokio::select! {
-                            _ = &mut notified => {}
-                            _ = tokio::time::sleep_until(deadline) => {
-                                return Err(Error::WaitTimedOut { key: name.to_owned(), waited: start.elapsed() });
-                            }
-                            _ = tokio::time::sleep(s.ttl) => {}
-                        }
-                        continue;
-                    }
-                }
-            }
-            return Ok((sent, lease, granted, session));
         }
     }
 
@@ -349,18 +333,20 @@ impl LockBackend for EtcdBackend {
         NAME
     }
 
+    /// A crashed holder blocks others for at most two leases plus a margin of 5 s: without
+    /// lease checkpointing a new leader renews every lease to its full TTL (see the crate
+    /// docs, "Honest limits"). In session mode the lease is the session's TTL, as granted.
     fn capabilities(&self) -> Capabilities {
-        let margin = Duration::from_millis(1500);
         let c = Capabilities::new()
             .with_fair_queueing(true)
             .with_wake(WakeMode::Notify)
             .with_ttl_granularity(Duration::from_secs(1))
-            .with_expiry_margin(margin);
+            .with_expiry_ttls(2)
+            .with_expiry_margin(EXPIRY_MARGIN);
         match self.inner.opts.mode {
-            LeaseMode::Session => c
-                .with_session_leases()
-                .with_min_ttl(Duration::from_millis(1))
-                .with_expiry_margin(margin + self.inner.opts.session_ttl),
+            LeaseMode::Session => {
+                c.with_session_timeout(self.session_timeout()).with_min_ttl(Duration::from_millis(1))
+            }
             LeaseMode::PerLock => c.with_min_ttl(Duration::from_secs(2)),
         }
     }
@@ -391,19 +377,14 @@ impl LockBackend for EtcdBackend {
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let start = Instant::now();
-        let (sent, lease, granted, session) = self.lease_and_slot(req, deadline, start).await?;
-        let entry = QueueEntry::new(self, req, lease, session);
-        match self.queue_and_wait(&entry, sent, granted, deadline).await {
-            Ok((my_rev, sent, granted)) => Ok(entry.won(req, my_rev, granted, sent)),
-            Err(e) => {
-                entry.undo(true).await;
-                match e {
-                    Error::WaitTimedOut { .. } => {
-                        Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: start.elapsed() })
-                    }
-                    other => Err(other),
-                }
+        // Returns by the deadline plus at most one request timeout (a request sent just before
+        // the deadline); an attempt cut there is undone in the background.
+        let hard = lock_core::lease::add_saturating(deadline, self.inner.opts.request_timeout);
+        match tokio::time::timeout_at(hard, self.wait_in_queue(req, deadline)).await {
+            Ok(Err(Error::WaitTimedOut { .. })) | Err(_) => {
+                Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: start.elapsed() })
             }
+            Ok(res) => res,
         }
     }
 
@@ -452,10 +433,7 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        let pfx = self.etcd_prefix(key);
-        let oldest = || pb::RangeRequest::prefix(pfx.as_str()).oldest_first().with_limit(1);
-        let r = self.call("get", || self.client().range(oldest())).await?;
-        let Some(kv) = r.kvs.first() else { return Ok(None) };
+        let Some(kv) = self.oldest_contender(&self.etcd_prefix(key), 0, 0).await? else { return Ok(None) };
         let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
         let t = self.inner.opts.request_timeout;
         let left = if kv.lease != 0 {

@@ -4,10 +4,19 @@
 //! and Go services using that package exclude one another on the same name:
 //!
 //! - Each contender puts `<prefix><name>/<lease id in hex>` attached to its lease, in one
-//!   transaction that also reads the current owner: the key with the lowest create revision
-//!   under `<prefix><name>/`. Contenders are served in the order their keys were created
-//!   (a fair queue).
-//! - A waiter watches only the key created just before its own (no thundering herd). The
+//!   transaction that also reads the current owner: the contender with the lowest create
+//!   revision under `<prefix><name>/`. Contenders are served in the order their keys were
+//!   created (a fair queue).
+//! - **A contender of `<name>` is a direct child of `<prefix><name>/` whose last segment is a
+//!   lease id in lowercase hex, on a lease.** The same prefix holds the keys of every lock
+//!   whose name extends `<name>` (`<name>/nightly/<lease>`) and of every lock of the namespace
+//!   `<name>`; they are at least two levels down, so a lock is independent of them, even of a
+//!   nested lock named like a lease id (`<name>/694d8a0b8c2a1f03/<lease>`). etcd ranges by
+//!   prefix only: the owner read, the waiter's view and `inspect` read a page of keys in
+//!   create order and skip the others, reading on while a page held none (`layout.rs`). Go's
+//!   Mutex counts every key under the prefix, so it also waits for nested locks; it never
+//!   sees less than we do, so the two never hold a lock at once.
+//! - A waiter watches only the contender created just before its own (no thundering herd). The
 //!   watch is opened at the current revision and the predecessor re-read after the watch is
 //!   in place: a watch opened at an older revision lands in etcd's "unsynced" watcher group,
 //!   which the server catches up only every 100 ms, and hand-off would wait for it.
@@ -35,7 +44,16 @@
 //! queued inside the client (they would share one key), then on etcd.
 //!
 //! [`LeaseMode::PerLock`]: a lease per grant with the lock's TTL (whole seconds), extended by
-//! keep-alive, or swapped for a new lease when the TTL changes.
+//! keep-alive, or swapped for a new lease when the TTL changes. A waiter's lease is kept alive
+//! for the whole wait on a keep-alive stream that is reopened, through the other members,
+//! when it breaks or stops answering (a member restarting, an election); it counts as lost
+//! only when etcd says it is gone (a new leader extends every lease, so an outage longer than
+//! the TTL may leave it alive).
+//!
+//! A waiter whose lease is lost while it waits (revoked, its process paused past the TTL, its
+//! session expired) never gets the lock on it: its attempt is undone and it queues again, at
+//! the back, on a new lease and with a new owner token, until its deadline (as ZooKeeper and
+//! DynamoDB waiters do). A wait that runs out is `WaitTimedOut`.
 //!
 //! ## Failures
 //! Requests that are safe to repeat (compare-and-delete, compare-and-put, reads) are retried
@@ -50,6 +68,36 @@
 //! and the client's next attempt on the name deletes a key of its session that no live
 //! attempt owns before it queues. In per-lock mode the attempt's lease is revoked, so a late
 //! put fails.
+//!
+//! An attempt whose request failed may have been carried out with its reply lost; it returns
+//! the error, and its undo (by owner token, or revoking its own per-lock lease) goes on in the
+//! background until etcd answers: while the session lives, or until a per-lock lease has
+//! surely run out. Another client can take the lock as soon as etcd is reachable again.
+//!
+//! A waiting acquire returns by its deadline plus at most one request timeout (a request
+//! sent just before the deadline); an attempt cut there is undone in the background. Failed
+//! requests are retried, and a failed attempt queues again, until the deadline. A member that
+//! stops answering leaves its streams open and silent: a waiter asks its watch stream for a
+//! progress report every 2 s and watches again through another member when no answer comes
+//! within the request timeout.
+//!
+//! ## Honest limits
+//! - **A leader change restarts every lease.** Without lease checkpointing a new leader
+//!   renews every lease to its full TTL plus an election timeout, so a crashed holder can
+//!   block others for about two leases (the session TTL, or the lock's TTL) plus the
+//!   election. The capabilities say so: `expiry_ttls` 2, an `expiry_margin` of 5 s for etcd's
+//!   default election timeout (1 s), and in session mode `session_timeout` (the session TTL).
+//!   Measured through distlock on a three-member cluster with the leader killed just before a
+//!   3 s lease would end: the lock was free 7.9–9.6 s after the crash (session leases, p50
+//!   8.5 s) and 7.9–9.0 s (per-lock leases, p50 8.1 s). Lease checkpointing would remove the
+//!   doubling, but Debian's etcd 3.4.23 crashes with `--experimental-enable-lease-checkpoint`.
+//!   A longer election timeout needs a longer margin (about three times the difference).
+//! - The fencing token is etcd's revision: it never repeats or falls on one cluster, but a
+//!   cluster restored from a snapshot taken before later grants re-issues their revisions
+//!   (unless the restore raises the revision).
+//! - A member that stops answering holds the requests it was given for up to the request
+//!   timeout each (the client then tries another), and a renewal or a release can wait that
+//!   long; a lock's `valid_until` is the truth the holder must act on.
 //!
 //! ## Options
 //! [`EtcdOptions`]: several endpoints, user/password auth, TLS (the system's roots or a private
@@ -71,19 +119,23 @@
 //! ## Source layout
 //! `backend.rs` ([`EtcdBackend`] and its [`LockBackend`](lock_core::LockBackend) impl),
 //! `options.rs`, `error.rs`, `rpc.rs` (the client) and `proto.rs` (over the generated
-//! `proto/*.rs`), then one file per mechanism: `queue.rs` (the fair queue: enqueue, the
-//! waiter's view, waiting for predecessors, undoing an attempt), `session.rs` (the session
-//! lease), `keywatch.rs` (the session's watch of held keys), `keepalive.rs` (per-lock lease
-//! keep-alives) and `local.rs` (one queue entry per name per session).
+//! `proto/*.rs`), then one file per mechanism: `layout.rs` (which keys are contenders, and
+//! the reads of a queue that skip the others), `queue.rs` (the fair queue: enqueue, waiting
+//! for predecessors, queueing again on a lost lease), `undo.rs` (undoing an attempt, and the
+//! owner-checked deletes), `session.rs` (the session lease), `keywatch.rs` (the session's
+//! watch of held keys), `keepalive.rs` (keeping a lease alive, and per-lock lease requests)
+//! and `local.rs` (one queue entry per name per session, and a waiting attempt's lease).
 
 mod backend;
 mod error;
 mod keepalive;
 mod keywatch;
+mod layout;
 mod local;
 mod options;
 mod queue;
 mod session;
+mod undo;
 
 // Public for the tests and benchmarks (outside admin operations, etcd's lock service as a
 // peer) and distlock-bench; not a stable API.

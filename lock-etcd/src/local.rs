@@ -1,12 +1,17 @@
 //! Session mode's local slots: a session has one queue key per name (`<prefix><name>/<lease
 //! id>`), so the client's own tasks that want the same name queue here, inside the process,
-//! and only the slot's owner queues on etcd.
+//! and only the slot's owner queues on etcd. Also a waiting attempt's lease and slot.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use lock_core::OwnerToken;
+use lock_core::{AcquireRequest, Backoff, Error, Instant, OwnerToken, Result};
 use tokio::sync::Notify;
+
+use crate::backend::EtcdBackend;
+use crate::error::NAME;
+use crate::session::Session;
 
 struct LocalSlot {
     owner: OwnerToken,
@@ -44,6 +49,52 @@ impl LocalSlots {
             if let Some(slot) = local.remove(name) {
                 slot.released.notify_waiters();
             }
+        }
+    }
+}
+
+impl EtcdBackend {
+    /// For a waiting acquire: the lease, and in session mode the name's local slot, waiting
+    /// while another task of this client holds or queues for the name. Returns when the
+    /// attempt started, the lease, its TTL and the session. Retryable failures are retried
+    /// until `deadline`.
+    pub(crate) async fn lease_and_slot(
+        &self,
+        req: &AcquireRequest,
+        deadline: Instant,
+    ) -> Result<(Instant, i64, Duration, Option<Arc<Session>>)> {
+        let name = req.key.full();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            let sent = Instant::now();
+            let (lease, granted, session) = match self.lease_for(req).await {
+                Ok(got) => got,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tracing::debug!(backend = NAME, error = %e, "no lease yet; retrying");
+                    backoff.sleep_until_deadline(Some(deadline)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(s) = &session {
+                if let Err(released) = self.inner.local.claim(name, req.owner, s.id) {
+                    // Another task of this client holds or queues for the name: wait for it.
+                    let notified = released.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if self.inner.local.claim(name, req.owner, s.id).is_err() {
+                        tokio::select! {
+                            _ = &mut notified => {}
+                            _ = tokio::time::sleep_until(deadline) => {
+                                return Err(Error::WaitTimedOut { key: name.to_owned(), waited: Duration::ZERO });
+                            }
+                            _ = tokio::time::sleep(s.ttl) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            return Ok((sent, lease, granted, session));
         }
     }
 }

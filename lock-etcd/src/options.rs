@@ -89,7 +89,8 @@ impl EtcdOptions {
         self
     }
 
-    /// The session lease's TTL (whole seconds, at least 2; default 10 s).
+    /// The session lease's TTL (whole seconds, at least 2 and at most etcd's maximum lease TTL
+    /// of 9 000 000 000 s; default 10 s).
     pub fn session_ttl(mut self, d: Duration) -> Self {
         self.session_ttl = d;
         self
@@ -117,7 +118,8 @@ impl EtcdOptions {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for no endpoints, TLS without the `tls` feature or beside an
-    /// `http://` endpoint, a session TTL under 2 s, or a zero timeout.
+    /// `http://` endpoint, a session TTL under 2 s or above etcd's maximum lease TTL
+    /// (9 000 000 000 s), or a zero timeout.
     pub fn validate(&self) -> Result<()> {
         if self.uses_tls() && !cfg!(feature = "tls") {
             return Err(Error::InvalidConfig(
@@ -136,6 +138,13 @@ impl EtcdOptions {
             return Err(Error::InvalidConfig(format!(
                 "etcd: session TTL {:?} is below etcd's practical minimum of 2 s",
                 self.session_ttl
+            )));
+        }
+        if self.session_ttl > MAX_LEASE_TTL {
+            return Err(Error::InvalidConfig(format!(
+                "etcd: session TTL {:?} is above etcd's maximum lease TTL of {} s",
+                self.session_ttl,
+                MAX_LEASE_TTL.as_secs()
             )));
         }
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
@@ -159,6 +168,9 @@ impl fmt::Debug for EtcdOptions {
             .finish()
     }
 }
+
+/// The longest lease etcd grants (`MaxLeaseTTL`, 9 000 000 000 s).
+const MAX_LEASE_TTL: Duration = Duration::from_secs(9_000_000_000);
 
 /// The options `etcd://` URLs take (besides the client's own `namespace` and `ttl`).
 const URL_OPTIONS: &[&str] = &[
@@ -332,6 +344,7 @@ mod tests {
         assert!(bad(EtcdOptions::new(Vec::<String>::new())).contains("no endpoints"));
         assert!(bad(EtcdOptions::new(["http://h:1"]).tls(TlsOptions::new())).contains("http://"));
         assert!(bad(EtcdOptions::new(["h:1"]).session_ttl(Duration::from_secs(1))).contains("session TTL"));
+        assert!(bad(EtcdOptions::new(["h:1"]).session_ttl(Duration::MAX)).contains("maximum lease TTL"));
         assert!(bad(EtcdOptions::new(["h:1"]).request_timeout(Duration::ZERO)).contains("timeouts"));
         EtcdOptions::new(["https://h:1", "h:2"]).validate().unwrap();
         let dbg = format!("{:?}", EtcdOptions::new(["h:1"]).credentials("root", "pa55-secret"));

@@ -1,19 +1,23 @@
 //! The fair queue, in the layout of etcd's Go `concurrency.Mutex`: each contender's key
 //! `<prefix><name>/<lease id in hex>`, served in create-revision order; a waiter watches only
-//! the key just before its own. Also the owner-checked reads and deletes the queue is built
-//! from, and the undo of an attempt that did not win.
+//! the contender just before its own, keeps its lease alive while it waits, and queues again
+//! on a new lease if that one is lost.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lock_core::{AcquireRequest, BackendErrorKind, Error, FencingToken, Instant, Lease, OwnerToken, Result};
+use lock_core::{
+    AcquireRequest, BackendErrorKind, Error, FencingToken, Instant, Lease, LossSignal, OwnerToken, Result,
+};
 
 use crate::backend::{EtcdBackend, Held};
 use crate::error::{map_err, timeout, NAME};
-use crate::keepalive::{ttl_secs, KeepAlive};
-use crate::rpc::pb::{Compare, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest};
+use crate::keepalive::{ttl_secs, KeepAlive, KeptLease};
+use crate::layout::{is_contender, PAGE};
+use crate::rpc::pb::{Compare, RangeRequest, RangeResponse, RequestOp, TxnRequest, WatchCreateRequest};
 use crate::rpc::{EventType, WatchStream};
 use crate::session::Session;
+use crate::undo::Undo;
 
 /// One attempt's queue entry: its key, lease and local slot. Dropped before [`won`] or
 /// [`undo`] (a cancelled acquire), it cleans up in the background.
@@ -27,6 +31,8 @@ pub(crate) struct QueueEntry {
     my_key: String,
     owner: OwnerToken,
     lease: i64,
+    /// The attempt's TTL: how long a per-lock lease that cannot be revoked may live.
+    ttl: Duration,
     session: Option<Arc<Session>>,
 }
 
@@ -34,12 +40,21 @@ pub(crate) struct QueueEntry {
 enum Round {
     /// No older key is left and ours is there: the lock is ours.
     Mine,
-    /// Our key is gone (the lease expired or was revoked while we waited).
-    Gone,
+    /// Our key is gone, or our lease was lost (expired, revoked, or its session ended) while
+    /// we waited: the place in the queue is lost.
+    Lost,
     /// Look again, at the revision of the deletion that woke us if there was one.
     Again(Option<i64>),
-    /// The session lease was lost while we waited: an error, not retried.
-    SessionLost,
+}
+
+/// How a queued attempt ended.
+pub(crate) enum Waited {
+    /// The lock is ours: the fencing token, when the grant's validity starts, the granted TTL.
+    Won(i64, Instant, Duration),
+    /// The attempt's lease was lost, or its key deleted, while it waited (a process paused
+    /// past its TTL, a lease revoked from outside): it never gets the lock on that lease; the
+    /// caller queues again with a fresh one.
+    Lost,
 }
 
 impl QueueEntry {
@@ -57,7 +72,20 @@ impl QueueEntry {
             pfx,
             owner: req.owner,
             lease,
+            ttl: req.ttl,
             session,
+        }
+    }
+
+    /// What undoing this attempt needs.
+    fn undo_parts(&self) -> Undo {
+        Undo {
+            name: self.name.clone(),
+            key: self.my_key.clone(),
+            owner: self.owner,
+            lease: self.lease,
+            ttl: self.ttl,
+            session: self.session.clone(),
         }
     }
 
@@ -66,7 +94,7 @@ impl QueueEntry {
     /// finishes in the background.
     pub(crate) async fn undo(mut self, in_flight: bool) {
         if let Some(b) = self.backend.clone() {
-            b.undo(&self.name, &self.my_key, self.owner, self.lease, &self.session, in_flight).await;
+            b.undo(&self.undo_parts(), in_flight).await;
         }
         self.backend = None;
     }
@@ -106,26 +134,32 @@ impl QueueEntry {
 impl Drop for QueueEntry {
     fn drop(&mut self) {
         if let Some(b) = self.backend.take() {
-            let (name, key, owner, lease, session) = (
-                std::mem::take(&mut self.name),
-                std::mem::take(&mut self.my_key),
-                self.owner,
-                self.lease,
-                self.session.take(),
-            );
-            lock_core::cancel::spawn_detached(async move {
-                b.undo(&name, &key, owner, lease, &session, true).await
-            });
+            let undo = self.undo_parts();
+            lock_core::cancel::spawn_detached(async move { b.undo(&undo, true).await });
         }
     }
 }
 
-fn expired() -> Error {
-    Error::backend_msg(
-        NAME,
-        BackendErrorKind::Unavailable,
-        "the lease expired while waiting; the queue entry is gone",
-    )
+/// How often a waiter checks that its watch stream still answers.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Completes when the waiter's lease is lost: `loss` fired, or the session ran past its TTL
+/// by our clock with no renewal (its keep-alive stopped: nobody else would say so).
+async fn lease_lost(loss: &LossSignal, session: Option<&Session>) {
+    let past_ttl = async {
+        match session {
+            Some(s) => {
+                while s.alive() {
+                    tokio::time::sleep_until(s.valid_until()).await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = loss.fired() => {}
+        _ = past_ttl => {}
+    }
 }
 
 impl EtcdBackend {
@@ -134,8 +168,12 @@ impl EtcdBackend {
     /// when the key exists with another owner's value.
     pub(crate) async fn enqueue(&self, e: &QueueEntry) -> Result<Option<(i64, i64)>> {
         let (my_key, owner) = (e.my_key.as_str(), e.owner.to_string());
-        let owner_get =
-            || RequestOp::range(RangeRequest::prefix(e.pfx.as_str()).oldest_first().with_limit(1));
+        // The oldest keys under the prefix, in the same transaction; the owner is the oldest
+        // contender among them (keys of nested locks are skipped, see `layout`).
+        let owner_get = || {
+            let oldest = RangeRequest::prefix(e.pfx.as_str()).oldest_first().with_limit(PAGE);
+            RequestOp::range(oldest.without_values())
+        };
         let txn = TxnRequest::when([Compare::create_revision_is(my_key, 0)])
             .and_then([RequestOp::put(my_key, owner.as_str(), e.lease), owner_get()])
             .or_else([RequestOp::range(RangeRequest::key(my_key)), owner_get()]);
@@ -159,21 +197,77 @@ impl EtcdBackend {
                     None => resp.revision(),
                 }
             };
-            let owner_rev = resp.first_kv(1).map_or(my_rev, |kv| kv.create_revision);
+            let owner_rev = self.owner_rev(&e.pfx, resp.range(1), my_rev).await?;
             return Ok(Some((my_rev, owner_rev)));
         }
         Ok(None)
     }
 
-    /// Queues `e` and waits for the lock until `deadline`: (fencing token, when the grant's
-    /// validity starts, granted TTL). A per-lock lease is kept alive while it waits.
+    /// The create revision of the owner (the oldest contender), from the transaction's read
+    /// of the oldest keys and, when that page held only keys of nested locks, the pages after
+    /// it (keys up to `my_rev`, which is among them). 0 when none is found: not ours.
+    async fn owner_rev(&self, pfx: &str, read: Option<&RangeResponse>, my_rev: i64) -> Result<i64> {
+        let Some(r) = read else { return Ok(0) };
+        if let Some(kv) = r.kvs.iter().find(|kv| is_contender(pfx, kv)) {
+            return Ok(kv.create_revision);
+        }
+        match r.kvs.last() {
+            Some(last) if r.more => {
+                let found = self.oldest_contender(pfx, last.create_revision + 1, my_rev).await?;
+                Ok(found.map_or(0, |kv| kv.create_revision))
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Queues for the lock and waits until `deadline`. When the attempt's lease is lost while
+    /// it waits, it is undone and the request queues again on a new lease, with a new owner
+    /// token (so that a late undo of the lost attempt, which compares its token, can never
+    /// touch the new one).
+    pub(crate) async fn wait_in_queue(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        let mut req = std::borrow::Cow::Borrowed(req);
+        loop {
+            let (sent, lease, granted, session) = self.lease_and_slot(&req, deadline).await?;
+            let entry = QueueEntry::new(self, &req, lease, session);
+            match self.queue_and_wait(&entry, sent, granted, deadline).await {
+                Ok(Waited::Won(my_rev, sent, granted)) => return Ok(entry.won(&req, my_rev, granted, sent)),
+                Ok(Waited::Lost) => {
+                    entry.undo(true).await;
+                    if Instant::now() >= deadline {
+                        return Err(Error::WaitTimedOut {
+                            key: req.key.full().to_owned(),
+                            waited: Duration::ZERO,
+                        });
+                    }
+                    tracing::info!(backend = NAME, key = %req.key, "lease lost while waiting; queueing again");
+                    req.to_mut().owner = OwnerToken::random();
+                }
+                // A request that failed (a member going away, an election) is undone by
+                // owner token and the request queues again, until the deadline.
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    entry.undo(true).await;
+                    tracing::debug!(backend = NAME, error = %e, "queueing failed; queueing again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    req.to_mut().owner = OwnerToken::random();
+                }
+                Err(e) => {
+                    entry.undo(true).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Queues `e` and waits for the lock until `deadline`. A per-lock lease is kept alive
+    /// while it waits (through failing members and broken streams, until the server says it
+    /// is gone).
     pub(crate) async fn queue_and_wait(
         &self,
         e: &QueueEntry,
         sent: Instant,
         granted: Duration,
         deadline: Instant,
-    ) -> Result<(i64, Instant, Duration)> {
+    ) -> Result<Waited> {
         let Some((my_rev, owner_rev)) = self.enqueue(e).await? else {
             return Err(Error::backend_msg(
                 NAME,
@@ -182,51 +276,67 @@ impl EtcdBackend {
             ));
         };
         if my_rev == owner_rev {
-            return Ok((my_rev, sent, granted));
+            return Ok(Waited::Won(my_rev, sent, granted));
         }
         let session = e.session.as_deref();
-        // A per-lock lease must outlive the wait: keep it alive until we hold the lock.
-        let keep = session.is_none().then(|| KeepAlive::start(self.client().clone(), e.lease, granted));
-        let mine = self.wait_for_predecessors(e, my_rev, deadline).await?;
-        // A waiter whose lease expired while it waited gets an error, never the lock.
-        if !mine || session.is_some_and(|s| !s.alive()) {
-            return Err(expired());
+        let t = self.inner.opts.request_timeout;
+        let keep = session
+            .is_none()
+            .then(|| KeepAlive(KeptLease::start(self.client().clone(), (e.lease, granted, sent), false, t)));
+        let loss = match (session, &keep) {
+            (Some(s), _) => s.loss.clone(),
+            (None, Some(k)) => k.0.loss.clone(),
+            (None, None) => LossSignal::new(),
+        };
+        // A waiter whose lease was lost while it waited never gets the lock on it.
+        if !self.wait_for_predecessors(e, my_rev, &loss, deadline).await?
+            || session.is_some_and(|s| !s.alive())
+        {
+            return Ok(Waited::Lost);
         }
-        drop(keep);
         if session.is_some() {
-            return Ok((my_rev, sent, granted));
+            return Ok(Waited::Won(my_rev, sent, granted));
         }
         // The per-lock lease was kept alive while we waited: measure its validity from a
-        // keep-alive sent now, not from before the wait.
-        let at = Instant::now();
-        match self.keep_alive_once(e.lease).await? {
-            ttl if ttl > 0 => Ok((my_rev, at, Duration::from_secs(ttl as u64))),
-            _ => Err(expired()),
+        // keep-alive sent now, not from before the wait (repeated until the deadline: the
+        // lock is ours, a member that does not answer must not cost it).
+        loop {
+            let at = Instant::now();
+            match self.keep_alive_once(e.lease).await {
+                Ok(ttl) if ttl > 0 => return Ok(Waited::Won(my_rev, at, Duration::from_secs(ttl as u64))),
+                Ok(_) => return Ok(Waited::Lost),
+                Err(err) if err.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => return Err(err),
+            }
         }
     }
 
-    /// Waits until no key created before `my_rev` is left under the entry's prefix: watch the
-    /// one just before ours from the current revision, then re-read it, so a deletion is never
-    /// missed and never delayed. Returns `false` if our own key is gone (the lease expired or
-    /// was revoked while we waited).
+    /// Waits until no contender created before `my_rev` is left under the entry's prefix:
+    /// watch the one just before ours from the current revision, then re-read it, so a
+    /// deletion is never missed and never delayed. Returns `false` if our own key is gone or
+    /// `loss` (the lease's) fired.
     ///
     /// After the watched deletion one read decides, of the revision of that deletion: no
-    /// older key left and ours still there means the lock is ours as of that revision.
-    async fn wait_for_predecessors(&self, e: &QueueEntry, my_rev: i64, deadline: Instant) -> Result<bool> {
+    /// older contender left and ours still there means the lock is ours as of that revision.
+    async fn wait_for_predecessors(
+        &self,
+        e: &QueueEntry,
+        my_rev: i64,
+        loss: &LossSignal,
+        deadline: Instant,
+    ) -> Result<bool> {
         // The revision of the deletion that woke us, for the next read.
         let mut at: Option<i64> = None;
         loop {
-            match self.wait_round(e, my_rev, at.take(), deadline).await {
+            if loss.is_fired() {
+                return Ok(false);
+            }
+            match self.wait_round(e, my_rev, at.take(), loss, deadline).await {
                 Ok(Round::Mine) => return Ok(true),
-                Ok(Round::Gone) => return Ok(false),
+                Ok(Round::Lost) => return Ok(false),
                 Ok(Round::Again(rev)) => at = rev,
-                Ok(Round::SessionLost) => {
-                    return Err(Error::backend_msg(
-                        NAME,
-                        BackendErrorKind::Unavailable,
-                        "the session lease was lost while waiting for the lock",
-                    ));
-                }
                 // A member that died, or an election, fails a read or a watch with a retryable
                 // error: waiting goes on (through the other members) until the deadline, as the
                 // trait asks.
@@ -246,9 +356,10 @@ impl EtcdBackend {
         e: &QueueEntry,
         my_rev: i64,
         at: Option<i64>,
+        loss: &LossSignal,
         deadline: Instant,
     ) -> Result<Round> {
-        let (pred, mine) = match (self.queue_view(e, my_rev, at).await, at) {
+        let (pred, mine) = match (self.queue_view(&e.pfx, &e.my_key, e.owner, my_rev, at).await, at) {
             (Ok(v), _) => v,
             // A member behind the one that reported the deletion has not applied its
             // revision yet (or it was compacted away): read the current state instead.
@@ -256,42 +367,13 @@ impl EtcdBackend {
             (Err(err), None) => return Err(err),
         };
         if !mine {
-            return Ok(Round::Gone);
+            return Ok(Round::Lost);
         }
         let Some(pred) = pred else { return Ok(Round::Mine) };
         let Some(mut ws) = self.watch_predecessor(e, &pred, my_rev, deadline).await? else {
             return Ok(Round::Again(None));
         };
-        self.next_deletion(e, &mut ws, deadline).await
-    }
-
-    /// The queue as a waiter sees it, in one read: the key created just before `my_rev`
-    /// under the entry's prefix (if any), and whether the entry's key still holds its owner.
-    ///
-    /// With `at`, the read is of that revision and served by the member without a quorum
-    /// round (a serializable read): the state just after the event that woke the waiter,
-    /// which every member that reported the event has applied.
-    async fn queue_view(
-        &self,
-        e: &QueueEntry,
-        my_rev: i64,
-        at: Option<i64>,
-    ) -> Result<(Option<Vec<u8>>, bool)> {
-        // The two newest keys created up to ours: ours first, then the one just before it.
-        let read = || {
-            let req = RangeRequest::prefix(e.pfx.as_str()).newest_first().with_max_create_revision(my_rev);
-            let req = req.with_limit(2);
-            match at {
-                Some(rev) => req.serializable_at(rev),
-                None => req,
-            }
-        };
-        let r = self.call("get", || self.client().range(read())).await?;
-        let owner = e.owner.to_string();
-        let mine = r.kvs.first().is_some_and(|kv| {
-            kv.key == e.my_key.as_bytes() && kv.create_revision == my_rev && kv.value == owner.as_bytes()
-        });
-        Ok((if mine { r.kvs.get(1) } else { r.kvs.first() }.map(|kv| kv.key.clone()), mine))
+        self.next_deletion(e, &mut ws, loss, deadline).await
     }
 
     /// Opens a watch for deletions of `pred` from the current revision and, once the server
@@ -330,21 +412,36 @@ impl EtcdBackend {
     }
 
     /// Waits on `ws` for the predecessor's deletion: `Again` with its revision, or `Again`
-    /// without one when the watch broke or was cancelled; `SessionLost` when the session lease
+    /// without one when the watch broke, was cancelled, or fell silent; `Lost` when our lease
     /// was lost meanwhile.
-    async fn next_deletion(&self, e: &QueueEntry, ws: &mut WatchStream, deadline: Instant) -> Result<Round> {
-        let session_lost = async {
-            match e.session.as_deref() {
-                Some(s) => {
-                    s.loss.fired().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(session_lost);
+    ///
+    /// A member that stops answering (paused, partitioned) leaves its streams open and silent:
+    /// every [`PROBE_EVERY`] the stream is asked for a progress report, and a stream that does
+    /// not answer within the request timeout is given up, so the next round reads the queue
+    /// and watches again through a member that answers.
+    async fn next_deletion(
+        &self,
+        e: &QueueEntry,
+        ws: &mut WatchStream,
+        loss: &LossSignal,
+        deadline: Instant,
+    ) -> Result<Round> {
+        let lost = lease_lost(loss, e.session.as_deref());
+        tokio::pin!(lost);
+        // The next probe, or (after one was sent) the time by which the stream must answer.
+        let (mut probe, mut probing) = (Instant::now() + PROBE_EVERY, false);
         loop {
             tokio::select! {
+                _ = tokio::time::sleep_until(probe) => {
+                    if probing || ws.request_progress().is_err() {
+                        tracing::debug!(backend = NAME, "the watch stream fell silent; watching again");
+                        return Ok(Round::Again(None));
+                    }
+                    let answer_by = lock_core::lease::add_saturating(Instant::now(), self.inner.opts.request_timeout);
+                    (probe, probing) = (answer_by, true);
+                }
                 msg = ws.message() => {
+                    (probe, probing) = (Instant::now() + PROBE_EVERY, false);
                     let Ok(Some(resp)) = msg else { return Ok(Round::Again(None)) };
                     if resp.canceled {
                         return Ok(Round::Again(None));
@@ -360,75 +457,8 @@ impl EtcdBackend {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => return Err(e.wait_timed_out()),
-                _ = &mut session_lost => return Ok(Round::SessionLost),
+                _ = &mut lost => return Ok(Round::Lost),
             }
-        }
-    }
-
-    /// Deletes `key` if it is still the key created at revision `rev`.
-    async fn delete_at_revision(&self, key: &str, rev: i64) -> Result<bool> {
-        let txn =
-            TxnRequest::when([Compare::create_revision_is(key, rev)]).and_then([RequestOp::delete(key)]);
-        Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
-    }
-
-    /// Deletes `key` if its value is still `owner`; true if it did.
-    pub(crate) async fn delete_if_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
-        let txn =
-            TxnRequest::when([Compare::value_is(key, owner.to_string())]).and_then([RequestOp::delete(key)]);
-        Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
-    }
-
-    /// Whether `key` still holds `owner`.
-    pub(crate) async fn still_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
-        let r = self.call("get", || self.client().range(RangeRequest::key(key))).await?;
-        Ok(r.kvs.first().is_some_and(|kv| kv.value == owner.to_string().as_bytes()))
-    }
-
-    /// Finds the key under `pfx` whose value is `owner` (for a lease rebuilt by an operator):
-    /// the key and its lease.
-    pub(crate) async fn find_key(&self, pfx: &str, owner: OwnerToken) -> Result<Option<(String, i64)>> {
-        let r = self.call("get", || self.client().range(RangeRequest::prefix(pfx))).await?;
-        let want = owner.to_string();
-        Ok(r.kvs
-            .iter()
-            .find(|kv| kv.value == want.as_bytes())
-            .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.lease)))
-    }
-
-    /// Undoes a failed or abandoned attempt: our queue key, a per-lock lease, the local slot.
-    ///
-    /// With `in_flight` (the attempt was cancelled or its request failed, so its put may still
-    /// reach the server after this delete), a session key that was not there is looked for
-    /// again a few times in the background. A per-lock lease needs no second look: once it
-    /// is revoked, a late put attached to it fails.
-    async fn undo(
-        &self,
-        name: &str,
-        my_key: &str,
-        owner: OwnerToken,
-        lease: i64,
-        session: &Option<Arc<Session>>,
-        in_flight: bool,
-    ) {
-        let deleted = matches!(self.delete_if_ours(my_key, owner).await, Ok(true));
-        if session.is_none() {
-            self.revoke(lease).await;
-            return;
-        }
-        self.inner.local.free(name, owner);
-        if in_flight && !deleted {
-            // Compared by owner token, so this never deletes the key of a later attempt.
-            let (b, key) = (self.clone(), my_key.to_owned());
-            lock_core::cancel::spawn_detached(async move {
-                let late = lock_core::cancel::undo_after(lock_core::cancel::LATE_GRANT_RECHECKS, || async {
-                    matches!(b.delete_if_ours(&key, owner).await, Ok(true))
-                })
-                .await;
-                if late {
-                    tracing::debug!(key, "deleted the late queue key of a cancelled attempt");
-                }
-            });
         }
     }
 }

@@ -147,7 +147,7 @@ impl Client {
             credentials: opts.credentials.clone().map(Arc::new),
             request_timeout: opts.request_timeout,
         };
-        let wait = opts.connect_timeout + Duration::from_millis(500);
+        let wait = opts.connect_timeout.saturating_add(Duration::from_millis(500));
         if client.credentials.is_some() {
             tokio::time::timeout(wait, client.refresh_token())
                 .await

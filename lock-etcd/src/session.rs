@@ -1,23 +1,24 @@
-//! A session: one etcd lease, kept alive by one keep-alive stream, with a loss signal.
+//! A session: one etcd lease shared by every lock of a client, kept alive by a
+//! [`KeptLease`], with a loss signal and the watch of the keys held on it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{drift_margin, Backoff, Instant, LossReason, LossSignal, Result};
-use tokio_util::sync::CancellationToken;
+use lock_core::{Instant, LossReason, LossSignal, Result};
 
-use crate::error::{map_err, timeout, token_expired};
+use crate::error::{map_err, timeout};
+use crate::keepalive::{ttl_secs, KeptLease};
 use crate::keywatch::KeyWatch;
-use crate::rpc::{self, LeaseKeepAlive};
+use crate::rpc;
 
-/// One lease and its keep-alive task.
+/// One lease, its keep-alive and its key watch.
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) id: i64,
     pub(crate) ttl: Duration,
+    /// Fires when the lease is lost (gone on the server, or past its TTL by our clock).
     pub(crate) loss: LossSignal,
-    valid_until: Mutex<Instant>,
-    stop: CancellationToken,
+    lease: Arc<KeptLease>,
     /// Watches the keys held on this session, so renewing them needs no request.
     pub(crate) keys: KeyWatch,
 }
@@ -29,127 +30,48 @@ impl Session {
         ttl: Duration,
         request_timeout: Duration,
     ) -> Result<Arc<Self>> {
-        let secs = ttl.as_secs().max(1) as i64 + i64::from(ttl.subsec_nanos() > 0);
         let sent = Instant::now();
-        let grant = tokio::time::timeout(request_timeout, client.lease_grant(secs))
+        let grant = tokio::time::timeout(request_timeout, client.lease_grant(ttl_secs(ttl)))
             .await
             .map_err(|_| timeout("lease grant", request_timeout))?
             .map_err(map_err)?;
         let ttl = Duration::from_secs(grant.ttl.max(1) as u64);
-        let loss = LossSignal::new();
-        let session = Arc::new(Self {
+        let lease = KeptLease::start(client.clone(), (grant.id, ttl, sent), true, request_timeout);
+        let loss = lease.loss.clone();
+        Ok(Arc::new(Self {
             id: grant.id,
             ttl,
             keys: KeyWatch::start(client.clone(), loss.clone()),
             loss,
-            valid_until: Mutex::new(sent + ttl.saturating_sub(drift_margin(ttl))),
-            stop: CancellationToken::new(),
-        });
-        tokio::spawn(keep_alive(client.clone(), session.clone(), request_timeout));
-        Ok(session)
+            lease,
+        }))
     }
 
     pub(crate) fn valid_until(&self) -> Instant {
-        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+        self.lease.valid_until()
     }
 
     pub(crate) fn alive(&self) -> bool {
-        !self.loss.is_fired() && Instant::now() < self.valid_until()
-    }
-
-    /// Records one keep-alive reply (sent at `sent`, granting `ttl` seconds). `false` when the
-    /// lease is gone (TTL 0: revoked, or expired while we were away): the session is lost.
-    fn record(&self, sent: Instant, ttl: i64) -> bool {
-        if ttl <= 0 {
-            tracing::warn!(lease = self.id, "etcd session lease is gone");
-            self.loss.fire(LossReason::SessionLost);
-            return false;
-        }
-        let ttl = Duration::from_secs(ttl as u64);
-        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            sent + ttl.saturating_sub(drift_margin(ttl));
-        true
-    }
-
-    /// After a failed keep-alive: the session is lost once its TTL has run out by our clock;
-    /// until then, try again after a backoff. `false` when the task should end (lost or
-    /// stopped).
-    async fn retry_later(&self, backoff: &mut Backoff) -> bool {
-        if Instant::now() >= self.valid_until() {
-            tracing::warn!(lease = self.id, "etcd session keep-alive failed past the TTL");
-            self.loss.fire(LossReason::SessionLost);
-            return false;
-        }
-        tokio::select! {
-            _ = self.stop.cancelled() => false,
-            _ = tokio::time::sleep(backoff.next_delay()) => true,
-        }
+        self.lease.alive()
     }
 
     /// Stops the keep-alive without revoking (what a crashed process does): the lease expires
     /// after its TTL.
     pub(crate) fn abandon(&self) {
-        self.stop.cancel();
+        self.lease.stop();
     }
 
     /// Revokes the lease (deleting every key on it) and stops the keep-alive.
     pub(crate) async fn close(&self, client: &rpc::Client) {
-        self.stop.cancel();
+        self.lease.stop();
         let _ = client.lease_revoke(self.id).await;
         self.loss.fire(LossReason::SessionLost);
     }
 }
 
-/// The keep-alive task: opens a keep-alive stream (its opening renews once) and renews on it
-/// every TTL/3; reopens it after a failure, until the session is stopped or lost.
-async fn keep_alive(client: rpc::Client, s: Arc<Session>, request_timeout: Duration) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), s.ttl / 6);
-    while !s.stop.is_cancelled() {
-        let sent = Instant::now();
-        match tokio::time::timeout(request_timeout, client.lease_keep_alive(s.id)).await {
-            Ok(Ok((mut stream, ttl))) => {
-                if !s.record(sent, ttl) {
-                    return;
-                }
-                backoff.reset();
-                if !renew_on(&mut stream, &s, request_timeout, &mut backoff).await {
-                    return;
-                }
-            }
-            // An expired auth token: log in again before the next try.
-            Ok(Err(e)) if token_expired(&e) => {
-                let _ = client.refresh_token().await;
-            }
-            _ => {}
-        }
-        if !s.retry_later(&mut backoff).await {
-            return;
-        }
-    }
-}
-
-/// Renews on an open stream every TTL/3. Returns `true` when the stream failed (reopen it),
-/// `false` when the session is stopped or lost.
-async fn renew_on(
-    stream: &mut LeaseKeepAlive,
-    s: &Session,
-    request_timeout: Duration,
-    backoff: &mut Backoff,
-) -> bool {
-    loop {
-        tokio::select! {
-            _ = s.stop.cancelled() => return false,
-            _ = tokio::time::sleep(s.ttl / 3) => {}
-        }
-        let sent = Instant::now();
-        match tokio::time::timeout(request_timeout, stream.renew()).await {
-            Ok(Ok(ttl)) => {
-                if !s.record(sent, ttl) {
-                    return false;
-                }
-                backoff.reset();
-            }
-            _ => return true,
-        }
+impl Drop for Session {
+    /// Nobody can use the lease any more: stop renewing it (it expires after its TTL).
+    fn drop(&mut self) {
+        self.lease.stop();
     }
 }

@@ -34,25 +34,38 @@ async fn suite(members: usize, mode: LeaseMode) -> Suite {
             Ok(LockClient::from_arc(shared))
         }
     });
+    let made3 = made2.clone();
     match mode {
         // A crashed process stops its session's keep-alive without revoking it.
-        LeaseMode::Session => s.crash_with(move |client, guard| {
-            let made = made2.clone();
-            async move {
-                let _ = guard.detach();
-                let backend = made
-                    .lock()
-                    .expect("registry")
-                    .iter()
-                    .find(|(b, _)| Arc::ptr_eq(b, client.backend()))
-                    .map(|(_, e)| e.clone());
-                if let Some(b) = backend {
-                    b.abandon_session().await;
+        LeaseMode::Session => s
+            .crash_with(move |client, guard| {
+                let made = made2.clone();
+                async move {
+                    let _ = guard.detach();
+                    if let Some(b) = find(&made, &client) {
+                        b.abandon_session().await;
+                    }
                 }
-            }
-        }),
+            })
+            // A client paused past its session's TTL: the server ends the session (revokes
+            // its lease) while the client lives on.
+            .expire_with(move |client| {
+                let made = made3.clone();
+                async move {
+                    let Some(b) = find(&made, &client) else { return };
+                    if let Some(lease) = b.session_lease().await {
+                        b.raw_client().lease_revoke(lease).await.expect("revoke the session lease");
+                    }
+                }
+            }),
         LeaseMode::PerLock => s,
     }
+}
+
+/// The etcd backend behind `client`.
+fn find(made: &Made, client: &LockClient) -> Option<EtcdBackend> {
+    let made = made.lock().expect("registry");
+    made.iter().find(|(b, _)| Arc::ptr_eq(b, client.backend())).map(|(_, e)| e.clone())
 }
 
 conformance_suite!(etcd_single_session_leases, suite(1, LeaseMode::Session).await);

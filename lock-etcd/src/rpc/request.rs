@@ -61,9 +61,15 @@ impl RangeRequest {
         self
     }
 
-    /// Only keys created at revision `rev` or before.
+    /// Only keys created at revision `rev` or before (0: no bound).
     pub fn with_max_create_revision(mut self, rev: i64) -> Self {
         self.max_create_revision = rev;
+        self
+    }
+
+    /// Only keys created at revision `rev` or after (0: no bound).
+    pub fn with_min_create_revision(mut self, rev: i64) -> Self {
+        self.min_create_revision = rev;
         self
     }
 

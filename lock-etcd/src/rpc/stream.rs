@@ -99,6 +99,18 @@ impl WatchStream {
             .map_err(|_| closed("watch"))
     }
 
+    /// Asks the server for a progress report: a response with no events and watch id -1,
+    /// which says the stream still answers.
+    ///
+    /// # Errors
+    /// `Unavailable` when the stream is closed.
+    pub fn request_progress(&self) -> Result<(), Status> {
+        let req = RequestUnion::ProgressRequest(pb::WatchProgressRequest {});
+        self.requests
+            .unbounded_send(pb::WatchRequest { request_union: Some(req) })
+            .map_err(|_| closed("watch"))
+    }
+
     /// The next response (`None` when the server ended the stream).
     ///
     /// # Errors

@@ -1,0 +1,135 @@
+//! Undoing an attempt that did not win, and the owner-checked deletes and reads that undo,
+//! release and extend are built from.
+//!
+//! An undo compares the attempt's owner token (or revokes the attempt's own per-lock lease),
+//! so it never touches a later grant. An attempt whose request failed may have been carried
+//! out with its reply lost: its undo goes on in the background until it reaches etcd (while
+//! the session lives; for a per-lock lease, until the lease has surely run out), so the grant
+//! does not block others for the life of the session or the lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::cancel::{spawn_detached, undo_after, LATE_GRANT_RECHECKS};
+use lock_core::{Backoff, Instant, OwnerToken, Result};
+
+use crate::backend::EtcdBackend;
+use crate::rpc::pb::{Compare, RangeRequest, RequestOp, TxnRequest};
+use crate::session::Session;
+
+/// What undoing one attempt needs.
+#[derive(Clone)]
+pub(crate) struct Undo {
+    /// The lock's name (its local slot in session mode).
+    pub(crate) name: String,
+    /// The attempt's queue key.
+    pub(crate) key: String,
+    pub(crate) owner: OwnerToken,
+    /// Its lease (a per-lock lease is revoked; a session's is not).
+    pub(crate) lease: i64,
+    /// The attempt's TTL: how long its per-lock lease may live unrevoked.
+    pub(crate) ttl: Duration,
+    pub(crate) session: Option<Arc<Session>>,
+}
+
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+}
+
+impl EtcdBackend {
+    /// Undoes a failed or abandoned attempt: its queue key, its per-lock lease, its local
+    /// slot. `in_flight` when its last request may have been carried out unseen (it failed
+    /// or was cancelled).
+    pub(crate) async fn undo(&self, u: &Undo, in_flight: bool) {
+        match &u.session {
+            None => self.undo_per_lock(u.lease, u.ttl).await,
+            Some(s) => self.undo_on_session(u, s, in_flight).await,
+        }
+    }
+
+    /// Revokes the attempt's lease: its key goes with it, and a late put attached to it
+    /// fails, so no second look is needed. A revoke that cannot reach etcd is repeated in the
+    /// background until it does, or until the lease has surely run out (twice its TTL, as a
+    /// leader change restarts the count, and an election).
+    async fn undo_per_lock(&self, lease: i64, ttl: Duration) {
+        if self.try_revoke(lease).await.is_ok() {
+            return;
+        }
+        let until = lock_core::lease::add_saturating(
+            Instant::now(),
+            ttl.saturating_mul(2).saturating_add(Duration::from_secs(10)),
+        );
+        let b = self.clone();
+        spawn_detached(async move {
+            let mut backoff = backoff();
+            while Instant::now() < until {
+                backoff.sleep_until_deadline(Some(until)).await;
+                if b.try_revoke(lease).await.is_ok() {
+                    tracing::debug!(lease, "revoked the lease of a failed attempt");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Deletes the attempt's key by owner token and frees the local slot. When the delete
+    /// fails, or finds nothing while the put may still be on its way (etcd serves one
+    /// connection's requests concurrently, and the client spreads them over members, so a
+    /// put can land after its undo), the background goes on: the delete is repeated until
+    /// etcd answers, while the session lives, then the key is looked for again a few times
+    /// (`LATE_GRANT_RECHECKS`).
+    async fn undo_on_session(&self, u: &Undo, s: &Arc<Session>, in_flight: bool) {
+        let first = self.delete_if_ours(&u.key, u.owner).await;
+        self.inner.local.free(&u.name, u.owner);
+        let reached = match first {
+            Ok(true) => return,
+            Ok(false) if !in_flight => return,
+            Ok(false) => true,
+            Err(_) => false,
+        };
+        let (b, u, s) = (self.clone(), u.clone(), s.clone());
+        spawn_detached(async move {
+            let mut reached = reached;
+            let mut backoff = backoff();
+            while !reached && s.alive() {
+                backoff.sleep_until_deadline(None).await;
+                match b.delete_if_ours(&u.key, u.owner).await {
+                    Ok(true) => {
+                        tracing::debug!(key = u.key, "deleted the queue key of a failed attempt");
+                        return;
+                    }
+                    Ok(false) => reached = true,
+                    Err(_) => {}
+                }
+            }
+            let late = s.alive()
+                && undo_after(LATE_GRANT_RECHECKS, || async {
+                    matches!(b.delete_if_ours(&u.key, u.owner).await, Ok(true))
+                })
+                .await;
+            if late {
+                tracing::debug!(key = u.key, "deleted the late queue key of a cancelled attempt");
+            }
+        });
+    }
+
+    /// Deletes `key` if it is still the key created at revision `rev`.
+    pub(crate) async fn delete_at_revision(&self, key: &str, rev: i64) -> Result<bool> {
+        let txn =
+            TxnRequest::when([Compare::create_revision_is(key, rev)]).and_then([RequestOp::delete(key)]);
+        Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
+    }
+
+    /// Deletes `key` if its value is still `owner`; true if it did.
+    pub(crate) async fn delete_if_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
+        let txn =
+            TxnRequest::when([Compare::value_is(key, owner.to_string())]).and_then([RequestOp::delete(key)]);
+        Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
+    }
+
+    /// Whether `key` still holds `owner`.
+    pub(crate) async fn still_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
+        let r = self.call("get", || self.client().range(RangeRequest::key(key))).await?;
+        Ok(r.kvs.first().is_some_and(|kv| kv.value == owner.to_string().as_bytes()))
+    }
+}

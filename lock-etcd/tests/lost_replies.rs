@@ -1,0 +1,50 @@
+//! A non-waiting acquire whose write was carried out by etcd but whose reply was lost (the
+//! connection partitioned right after the request went out) returns an error, and leaves no
+//! grant behind: its undo, by owner token, goes on until it can reach etcd, so another client
+//! takes the lock once the partition heals, without waiting for the attempt's lease (60 s) or
+//! its client's session (kept alive by the client).
+
+mod support;
+
+use std::time::Duration;
+
+use conformance_tests::fixtures::etcd::EtcdCluster;
+use lock_core::{LockClient, ReleaseOutcome};
+use lock_etcd::{EtcdBackend, EtcdOptions};
+use support::proxy::Proxy;
+use support::{keys_under, MODES};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_acquire_whose_reply_was_lost_leaves_no_grant() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let raw = support::raw(&eps).await;
+    for mode in MODES {
+        let name = format!("lost-reply-{mode:?}");
+        let proxy = Proxy::start(&eps[0]).await;
+        let opts = EtcdOptions::new([&proxy.endpoint])
+            .lease_mode(mode)
+            .request_timeout(Duration::from_secs(1))
+            .session_ttl(Duration::from_secs(10));
+        let a = LockClient::new(EtcdBackend::connect(opts).await.expect("connect through the proxy"));
+        // The session is open before the attempt (session mode): the attempt sends its txn only.
+        let warm = a.lock("warm-up").acquire().await.expect("warm up");
+        warm.release().await.expect("release");
+
+        proxy.partition_after_request_with(format!("{name}/").as_bytes());
+        let res = a.lock(&name).ttl(Duration::from_secs(60)).try_acquire().await;
+        assert!(res.is_err(), "{mode:?}: the attempt whose reply was lost did not fail: {res:?}");
+        let keys = keys_under(&raw, &format!("{name}/")).await;
+        assert_eq!(keys.len(), 1, "{mode:?}: the attempt's write was not carried out: {keys:?}");
+        // The partition outlasts the attempt's first undo and its rechecks.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        proxy.heal();
+
+        let b = support::client(&eps, mode).await;
+        let g = b.lock(&name).ttl(Duration::from_secs(60)).wait(Duration::from_secs(8)).acquire().await;
+        let g = g.unwrap_or_else(|e| {
+            panic!("{mode:?}: the lost attempt's grant still blocks the lock after the partition healed: {e}")
+        });
+        assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    }
+}

@@ -1,0 +1,103 @@
+//! Helpers shared by lock-etcd's fault tests: clients in either lease mode, the leader of a
+//! cluster, waiting for a condition, and a TCP proxy that can lose replies.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::future::Future;
+use std::time::Duration;
+
+use conformance_tests::fixtures::etcd::EtcdCluster;
+use lock_core::{Instant, LockClient, ReleaseOutcome};
+use lock_etcd::{rpc, EtcdBackend, EtcdOptions, LeaseMode};
+
+/// Both lease modes, for tests that run in each.
+pub const MODES: [LeaseMode; 2] = [LeaseMode::Session, LeaseMode::PerLock];
+
+/// A backend on `endpoints` in `mode`, with a `session_ttl` session (in session mode).
+pub async fn backend(endpoints: &[String], mode: LeaseMode, session_ttl: Duration) -> EtcdBackend {
+    EtcdBackend::connect(EtcdOptions::new(endpoints).lease_mode(mode).session_ttl(session_ttl))
+        .await
+        .expect("connect")
+}
+
+/// A client (as a separate process would have) on `endpoints` in `mode`, 10 s sessions.
+pub async fn client(endpoints: &[String], mode: LeaseMode) -> LockClient {
+    LockClient::new(backend(endpoints, mode, Duration::from_secs(10)).await)
+}
+
+/// A raw client of the cluster, for what another process or an operator would do.
+pub async fn raw(endpoints: &[String]) -> rpc::Client {
+    rpc::Client::connect(&EtcdOptions::new(endpoints)).await.expect("raw client")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The keys under `prefix` (oldest first), with their create revisions and leases; a read
+/// that fails (an election, a member that does not answer) is repeated for up to 20 s.
+pub async fn keys_under(raw: &rpc::Client, prefix: &str) -> Vec<(String, i64, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        match raw.range(rpc::pb::RangeRequest::prefix(prefix).oldest_first()).await {
+            Ok(r) => break r,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("range: {e}"),
+        }
+    };
+    r.kvs
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.create_revision, kv.lease))
+        .collect()
+}
+
+/// The index of the cluster's leader among its members.
+pub async fn leader_index(etcd: &EtcdCluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (i, ep) in etcd.endpoints().iter().enumerate() {
+            let opts = EtcdOptions::new([ep]).connect_timeout(Duration::from_secs(1));
+            let Ok(c) = rpc::Client::connect(&opts).await else { continue };
+            if let Ok(st) = c.status().await {
+                if st.header.map(|h| h.member_id) == Some(st.leader) {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader found");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Releases `g` through `c`, retrying while the cluster elects a leader or a member does not
+/// answer. A retry after a first try that landed finds the key gone (`NotHeld`): released.
+pub async fn release_retrying(c: &LockClient, g: lock_core::Guard) {
+    let lease = g.detach();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.release_lease(&lease).await {
+            Ok(ReleaseOutcome::Released | ReleaseOutcome::NotHeld) => return,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!("release: {other:?}"),
+        }
+    }
+}
