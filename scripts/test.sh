@@ -41,6 +41,7 @@ NEEDS=(
   "javac:default-jdk-headless"  # lock-zk: compiles the Curator contender
   "node:nodejs"                 # lock-dynamo: dynalite, the emulator that serves in parallel
   "npm:npm"                     # lock-dynamo: installs dynalite into target/dynalite
+  "prometheus:prometheus"       # distlock-cli: the Grafana dashboard's queries on a real Prometheus
 )
 # Each entry: "file-that-must-exist:debian-package".
 NEED_FILES=(

@@ -10,6 +10,7 @@
 //!   force-release --lock NAME
 //!   elect    --name NAME --value V [--ttl 30s] [--wait D] -- CMD [ARGS...]
 //!   leader   --name NAME [--watch]
+//!   migrate-tokens --from OLD_URL --to NEW_URL [--prefix P] [--dry-run]
 //! ```
 //!
 //! `run` and `acquire` also take `--permits N` (a semaphore), `--read` / `--write` (a
@@ -33,6 +34,7 @@ mod inspect;
 mod leader;
 mod list;
 mod metrics;
+mod migrate_tokens;
 mod output;
 mod release;
 mod run;
@@ -55,6 +57,10 @@ struct Cli {
     /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9464) while the command runs.
     #[arg(long, global = true)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// With --metrics-addr: keep serving the metrics this long after the command ends, so that
+    /// the next scrape sees how a short job ended (timed out, released, lost).
+    #[arg(long, global = true, value_parser = take::duration, default_value = "0s")]
+    metrics_linger: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +83,8 @@ enum Command {
     Elect(elect::Args),
     /// Show an election's leader, once or as it changes.
     Leader(leader::Args),
+    /// Raise a new backend's fencing counters above an old one's before a cut-over.
+    MigrateTokens(migrate_tokens::Args),
 }
 
 #[tokio::main]
@@ -89,12 +97,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(exit::INVALID);
         }
     }
+    if let Command::MigrateTokens(args) = &cli.command {
+        return migrate_tokens::exec(&out, args).await;
+    }
     let url = cli.backend.clone().unwrap_or_else(|| "file://".to_owned());
     let locks = match distlock::connect(&url).await {
         Ok(c) => c,
         Err(e) => return out.fail(&e),
     };
-    match &cli.command {
+    if cli.metrics_addr.is_some() {
+        // Every series from zero, so the first event of this short-lived process counts.
+        distlock::core::observe::register(locks.backend().name());
+    }
+    let code = match &cli.command {
         Command::Run(args) => run::exec(&out, &locks, args).await,
         Command::Acquire(args) => acquire::exec(&out, &locks, args).await,
         Command::Inspect(args) => inspect::exec(&out, &locks, args).await,
@@ -103,5 +118,10 @@ async fn main() -> ExitCode {
         Command::ForceRelease(args) => force_release::exec(&out, &locks, args).await,
         Command::Elect(args) => elect::exec(&out, &locks, args).await,
         Command::Leader(args) => leader::exec(&out, &locks, args).await,
+        Command::MigrateTokens(args) => migrate_tokens::exec(&out, args).await,
+    };
+    if cli.metrics_addr.is_some() && !cli.metrics_linger.is_zero() {
+        tokio::time::sleep(cli.metrics_linger).await;
     }
+    code
 }

@@ -436,3 +436,62 @@ fn force_release_frees_a_held_lock_and_says_when_it_was_free() {
     assert_eq!(out.status.code(), Some(1), "force-release of a free lock");
     assert!(String::from_utf8_lossy(&out.stdout).contains("free"));
 }
+
+#[test]
+fn migrate_tokens_raises_the_new_backends_counters_above_the_old() {
+    let (_old_dir, old) = file_backend();
+    let (_new_dir, new) = file_backend();
+    for _ in 0..3 {
+        let out = distlock(&old).args(["run", "--lock", "jobs/a", "--", "true"]).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = distlock(&old).args(["run", "--lock", "other/b", "--", "true"]).output().expect("run");
+    assert!(out.status.success());
+    // A dry run changes nothing.
+    let out = distlock(&new)
+        .args(["--json", "migrate-tokens", "--from", &old, "--to", &new, "--prefix", "jobs/", "--dry-run"])
+        .output()
+        .expect("migrate-tokens");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out.stdout);
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["keys"].as_array().map(Vec::len), Some(1), "only the key under the prefix: {v}");
+    assert_eq!(v["keys"][0]["old"], 3);
+    let token = |url: &str, name: &str| {
+        let out = distlock(url)
+            .args(["run", "--lock", name, "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKEN"])
+            .output()
+            .expect("run");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (_fresh_dir, fresh) = file_backend();
+    let out = distlock(&fresh)
+        .args(["migrate-tokens", "--from", &old, "--to", &fresh, "--prefix", "jobs/", "--dry-run"])
+        .output()
+        .expect("dry run");
+    assert!(out.status.success());
+    assert_eq!(token(&fresh, "jobs/a"), "1", "a dry run raised a counter");
+    // The real run: the first grant on the new backend is fenced above every old grant.
+    let out = distlock(&new)
+        .args(["migrate-tokens", "--from", &old, "--to", &new])
+        .output()
+        .expect("migrate-tokens");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 key(s) carried over"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(token(&new, "jobs/a"), "4");
+    assert_eq!(token(&new, "other/b"), "2");
+    // Safe to run twice: never lowers a counter.
+    let out = distlock(&new).args(["migrate-tokens", "--from", &old, "--to", &new]).output().expect("again");
+    assert!(out.status.success());
+    assert_eq!(token(&new, "jobs/a"), "5");
+    // An unreachable side is a typed failure with its exit code, not a panic.
+    let out = distlock(&new)
+        .args(["migrate-tokens", "--from", "redis://127.0.0.1:1", "--to", &new])
+        .output()
+        .expect("unreachable");
+    assert!(!out.status.success());
+}

@@ -48,6 +48,27 @@ pub const RENEWALS_TOTAL: &str = "distlock_renewals_total";
 /// `distlock_lost_total`
 pub const LOST_TOTAL: &str = "distlock_lost_total";
 
+/// Registers every series of `backend` at zero: every counter under each of its label values,
+/// and both histograms. A recorder that renders registered series (Prometheus's does) then
+/// shows them before the first event, so `rate` and `increase` count the first acquire, loss
+/// or release of a short-lived process, which a series first seen at 1 would hide.
+pub fn register(backend: &'static str) {
+    for outcome in ["acquired", "timed_out", "failed"] {
+        metrics::counter!(ACQUIRE_TOTAL, "backend" => backend, "outcome" => outcome).increment(0);
+        let _ = metrics::histogram!(ACQUIRE_SECONDS, "backend" => backend, "outcome" => outcome);
+    }
+    for outcome in ["released", "expired", "failed"] {
+        metrics::counter!(RELEASE_TOTAL, "backend" => backend, "outcome" => outcome).increment(0);
+    }
+    for outcome in ["ok", "not_held", "error"] {
+        metrics::counter!(RENEWALS_TOTAL, "backend" => backend, "outcome" => outcome).increment(0);
+    }
+    for reason in ["expired", "not_held", "renewal_failed", "session_lost", "max_hold"] {
+        metrics::counter!(LOST_TOTAL, "backend" => backend, "reason" => reason).increment(0);
+    }
+    let _ = metrics::histogram!(HOLD_SECONDS, "backend" => backend);
+}
+
 /// The `outcome` label of an acquire's result.
 pub(crate) fn acquire_outcome<T>(res: &crate::Result<T>) -> &'static str {
     match res {
