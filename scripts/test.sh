@@ -116,6 +116,9 @@ cargo bench -q --locked -p lock-redis --bench latency -- --quick
 cargo bench -q --locked -p lock-etcd --bench etcd -- --quick
 cargo run -q --locked -p distlock-bench -- --quick 2>/dev/null
 
+log "the fault harness, quick mode: every backend under pauses and kills, real processes and servers"
+cargo run -q --locked -p distlock-chaos -- --quick --out target/chaos
+
 log "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 

@@ -1,0 +1,395 @@
+//! The checker: reads one scenario's history (the workers' operations, the registers' log and
+//! final values, the kills) and computes every figure the report shows, and the verdict.
+//!
+//! What it holds the run to:
+//!
+//! - **Fencing** (always; any violation fails): no acknowledged write to the fenced register
+//!   is missing from its final value, and the fenced register never accepted a token lower
+//!   than one it had accepted before. The fenced register checks reads too (see
+//!   [`crate::register`]), so the first figure is provably 0 whenever tokens are unique.
+//! - **Tokens** (promise 2): no two grants share a token, and a grant that began after
+//!   another ended has a higher token. Fails unless the scenario's faults are on the
+//!   expected list (a store that loses its data restarts its counter).
+//! - **Server-side exclusion** (promise 1): no two *definite-hold* intervals of different
+//!   grants overlap. A grant certainly holds from its acquire's completion to the earliest of
+//!   its release's invoke, its acquire's invoke plus the lease (the TTL, or the session
+//!   timeout on session backends: `Capabilities::lease_length`), and the guard's
+//!   `valid_until` (the backend's own promise). Fails unless expected, with its reason.
+//!   *Belief* overlaps (from acquire completion to release invoke, the time the holder acted
+//!   as if it held the lock; a paused holder still believes) are counted, never failed: they
+//!   are what fencing is for.
+//! - **Takeover** (promise 3): after a holder is killed, the next grant comes within
+//!   `Capabilities::crash_bound(ttl)` plus a slack for the waiter to notice.
+//! - **The nemesis was strong enough**: where the scenario paused holders, the unfenced
+//!   control must have lost acknowledged updates; if it did not, the run proves nothing.
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::clock::ms;
+use crate::record::{Op, OpKind, Phase, Reg, RegOutcome};
+use crate::register::RegisterLog;
+
+/// A holder killed by the nemesis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill {
+    /// When it was killed.
+    pub at: u64,
+    /// Its grant's token.
+    pub token: u64,
+}
+
+/// What the checker needs besides the history.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    /// The lease of a grant (TTL, or session timeout), ns.
+    pub lease_ns: u64,
+    /// `crash_bound(ttl)`, ns.
+    pub bound_ns: u64,
+    /// Allowed on top of the bound for a waiter to notice a free lock, ns.
+    pub slack_ns: u64,
+    /// Holders killed by the nemesis.
+    pub kills: Vec<Kill>,
+    /// Holders were paused past their lease: the unfenced control must lose updates.
+    pub require_unfenced_loss: bool,
+    /// Exclusion violations are expected here, for this reason.
+    pub expected_exclusion: Option<String>,
+    /// Token violations are expected here, for this reason.
+    pub expected_tokens: Option<String>,
+}
+
+/// One register's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RegFigures {
+    /// Reads it rejected (stale token).
+    pub reads_rejected: usize,
+    /// Writes it accepted.
+    pub writes_accepted: usize,
+    /// Writes it rejected.
+    pub writes_rejected: usize,
+    /// Writes whose acceptance reached the worker.
+    pub writes_acknowledged: usize,
+    /// Acknowledged writes whose element is missing from the final value.
+    pub lost: usize,
+    /// Accepted writes whose token was lower than an earlier accepted write's.
+    pub accepted_tokens_down: usize,
+    /// Elements in the final value.
+    pub final_len: usize,
+}
+
+/// Every figure of one scenario.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    /// Operations recorded (invoked).
+    pub ops: usize,
+    /// Successful acquires.
+    pub grants: usize,
+    /// Acquires that certainly failed (timed out waiting).
+    pub acquires_failed: usize,
+    /// Acquires that may or may not have taken effect (errors, no completion).
+    pub acquires_indeterminate: usize,
+    /// Distinct fencing tokens among the grants.
+    pub distinct_tokens: usize,
+    /// Grants whose token another grant also had.
+    pub duplicate_tokens: usize,
+    /// Grants that began after another ended but got a token not above it.
+    pub token_order_violations: usize,
+    /// Per register figures, by name.
+    pub registers: BTreeMap<&'static str, RegFigures>,
+    /// Pairs of grants whose definite-hold intervals overlap.
+    pub definite_overlaps: usize,
+    /// Pairs of grants whose belief intervals overlap.
+    pub belief_overlaps: usize,
+    /// Takeover times after kills, ms.
+    pub takeovers_ms: Vec<f64>,
+    /// Median takeover, ms.
+    pub takeover_p50_ms: Option<f64>,
+    /// Longest takeover, ms.
+    pub takeover_max_ms: Option<f64>,
+    /// The crash bound they are held to, ms.
+    pub crash_bound_ms: f64,
+    /// Takeovers longer than the bound plus slack.
+    pub takeovers_over_bound: usize,
+    /// Longest time without any grant, ms.
+    pub longest_gap_ms: f64,
+    /// Descriptions of the first violations of each kind.
+    pub examples: Vec<String>,
+}
+
+/// The verdict: failures fail the run; expected violations are reported with their reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Violations that fail the run.
+    pub failures: Vec<String>,
+    /// Violations that the backend does not promise to prevent here (reason given).
+    pub expected: Vec<String>,
+}
+
+impl Verdict {
+    /// No failures.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    w: u32,
+    inc: u32,
+    token: u64,
+    invoke: u64,
+    complete: u64,
+    definite_end: u64,
+    belief_end: u64,
+}
+
+/// Checks one scenario.
+pub fn check(ops: &[Op], log: &RegisterLog, p: &Params) -> (Figures, Verdict) {
+    let mut f = Figures { ops: ops.len(), crash_bound_ms: ms(p.bound_ns), ..Figures::default() };
+    let grants = grants(ops, p.lease_ns);
+    f.grants = grants.len();
+    for op in ops.iter().filter(|o| o.kind == OpKind::Acquire) {
+        match op.phase {
+            Phase::Fail => f.acquires_failed += 1,
+            Phase::Info | Phase::Invoke => f.acquires_indeterminate += 1,
+            Phase::Ok => {}
+        }
+    }
+    tokens(&grants, &mut f);
+    let (definite, ex) = overlaps(&grants, |g| g.definite_end);
+    f.definite_overlaps = definite;
+    f.examples.extend(ex.into_iter().map(|e| format!("definite holds overlap: {e}")));
+    f.belief_overlaps = overlaps(&grants, |g| g.belief_end).0;
+    for reg in Reg::ALL {
+        f.registers.insert(reg.name(), register(ops, log, reg, &mut f.examples));
+    }
+    takeovers(&grants, p, &mut f);
+    let mut done: Vec<u64> = grants.iter().map(|g| g.complete).collect();
+    done.sort_unstable();
+    f.longest_gap_ms = done.windows(2).map(|w| ms(w[1] - w[0])).fold(0.0, f64::max);
+    let v = verdict(&f, p);
+    (f, v)
+}
+
+/// The grants, each with the operations its worker made under it: those of the same worker
+/// incarnation that follow its acquire, up to that worker's next acquire (tokens alone do not
+/// identify a grant when a store lost its counter and handed them out again).
+fn grants(ops: &[Op], lease_ns: u64) -> Vec<Grant> {
+    let mut by_worker: HashMap<(u32, u32), Vec<&Op>> = HashMap::new();
+    for op in ops {
+        by_worker.entry((op.w, op.inc)).or_default().push(op);
+    }
+    let mut out = Vec::new();
+    for mut mine in by_worker.into_values() {
+        mine.sort_by_key(|o| o.invoke);
+        for (i, op) in mine.iter().enumerate() {
+            if op.kind != OpKind::Acquire || op.phase != Phase::Ok {
+                continue;
+            }
+            let (Some(token), Some(complete)) = (op.token, op.complete) else { continue };
+            let under: Vec<&&Op> = mine[i + 1..].iter().take_while(|o| o.kind != OpKind::Acquire).collect();
+            let release = under.iter().find(|o| o.kind == OpKind::Release).map(|o| o.invoke);
+            let mut end = op.invoke.saturating_add(lease_ns);
+            if let Some(v) = op.valid_until {
+                end = end.min(v);
+            }
+            if let Some(inv) = release {
+                end = end.min(inv);
+            }
+            // It acted on its belief until it began to release (or, killed, until the last
+            // thing it did).
+            let last = under.iter().map(|o| o.complete.unwrap_or(o.invoke)).max().unwrap_or(complete);
+            let belief_end = release.unwrap_or(last);
+            out.push(Grant {
+                w: op.w,
+                inc: op.inc,
+                token,
+                invoke: op.invoke,
+                complete,
+                definite_end: end,
+                belief_end: belief_end.max(complete),
+            });
+        }
+    }
+    out.sort_by_key(|g| (g.complete, g.w, g.inc));
+    out
+}
+
+fn tokens(grants: &[Grant], f: &mut Figures) {
+    let mut count: HashMap<u64, usize> = HashMap::new();
+    for g in grants {
+        *count.entry(g.token).or_default() += 1;
+    }
+    f.distinct_tokens = count.len();
+    f.duplicate_tokens = count.values().filter(|c| **c > 1).copied().sum();
+    if let Some((t, c)) = count.iter().find(|(_, c)| **c > 1) {
+        f.examples.push(format!("token {t} was granted {c} times"));
+    }
+    // grants are sorted by completion; walk them by invoke with the max token completed before.
+    let mut by_invoke: Vec<&Grant> = grants.iter().collect();
+    by_invoke.sort_by_key(|g| g.invoke);
+    let (mut i, mut max): (usize, Option<&Grant>) = (0, None);
+    for g in by_invoke {
+        while i < grants.len() && grants[i].complete < g.invoke {
+            if max.is_none_or(|m| grants[i].token > m.token) {
+                max = Some(&grants[i]);
+            }
+            i += 1;
+        }
+        if let Some(m) = max.filter(|m| g.token <= m.token) {
+            f.token_order_violations += 1;
+            if f.token_order_violations == 1 {
+                f.examples.push(format!(
+                    "token went down: worker {}.{} got {} after worker {}.{}'s grant {} had completed",
+                    g.w, g.inc, g.token, m.w, m.inc, m.token
+                ));
+            }
+        }
+    }
+}
+
+/// Counts overlapping pairs of different grants, with up to three examples.
+fn overlaps(grants: &[Grant], end: impl Fn(&Grant) -> u64) -> (usize, Vec<String>) {
+    let mut by_start: Vec<&Grant> = grants.iter().filter(|g| end(g) > g.complete).collect();
+    by_start.sort_by_key(|g| g.complete);
+    let mut active: BinaryHeap<std::cmp::Reverse<(u64, usize)>> = BinaryHeap::new();
+    let (mut pairs, mut examples) = (0, Vec::new());
+    for (idx, g) in by_start.iter().enumerate() {
+        while active.peek().is_some_and(|std::cmp::Reverse((e, _))| *e <= g.complete) {
+            active.pop();
+        }
+        for std::cmp::Reverse((e, j)) in active.iter() {
+            pairs += 1;
+            if examples.len() < 3 {
+                let o = by_start[*j];
+                examples.push(format!(
+                    "worker {}.{} token {} held {:.1}–{:.1} ms, worker {}.{} token {} from {:.1} ms",
+                    o.w,
+                    o.inc,
+                    o.token,
+                    ms(o.complete),
+                    ms(*e),
+                    g.w,
+                    g.inc,
+                    g.token,
+                    ms(g.complete)
+                ));
+            }
+        }
+        active.push(std::cmp::Reverse((end(g), idx)));
+    }
+    (pairs, examples)
+}
+
+fn register(ops: &[Op], log: &RegisterLog, reg: Reg, examples: &mut Vec<String>) -> RegFigures {
+    let mut r = RegFigures::default();
+    let mut max_accepted: Option<u64> = None;
+    for e in log.events.iter().filter(|e| e.reg == reg) {
+        match (e.write, e.accepted) {
+            (false, false) => r.reads_rejected += 1,
+            (false, true) => {}
+            (true, false) => r.writes_rejected += 1,
+            (true, true) => {
+                r.writes_accepted += 1;
+                if max_accepted.is_some_and(|m| e.token < m) {
+                    r.accepted_tokens_down += 1;
+                }
+                max_accepted = Some(max_accepted.map_or(e.token, |m| m.max(e.token)));
+            }
+        }
+    }
+    let finals: HashSet<&str> = log.finals[reg.index()].iter().map(String::as_str).collect();
+    r.final_len = log.finals[reg.index()].len();
+    for op in ops.iter().filter(|o| o.kind == OpKind::Write && o.phase == Phase::Ok) {
+        let acked = op.regs.is_some_and(|rs| rs[reg.index()].outcome == RegOutcome::Ok);
+        let Some(elem) = op.elem.as_deref().filter(|_| acked) else { continue };
+        r.writes_acknowledged += 1;
+        if !finals.contains(elem) {
+            r.lost += 1;
+            if r.lost == 1 && reg == Reg::Fenced {
+                examples
+                    .push(format!("fenced update {elem} (token {:?}) was acknowledged and lost", op.token));
+            }
+        }
+    }
+    r
+}
+
+fn takeovers(grants: &[Grant], p: &Params, f: &mut Figures) {
+    for k in &p.kills {
+        let next = grants.iter().find(|g| g.complete > k.at && g.token != k.token);
+        if let Some(g) = next {
+            let took = g.complete - k.at;
+            f.takeovers_ms.push(ms(took));
+            if took > p.bound_ns + p.slack_ns {
+                f.takeovers_over_bound += 1;
+                f.examples.push(format!(
+                    "takeover after the holder with token {} was killed took {:.0} ms (bound {:.0} ms + slack {:.0} ms)",
+                    k.token,
+                    ms(took),
+                    ms(p.bound_ns),
+                    ms(p.slack_ns)
+                ));
+            }
+        }
+    }
+    let mut t = f.takeovers_ms.clone();
+    t.sort_by(f64::total_cmp);
+    f.takeover_p50_ms = t.get(t.len() / 2).copied();
+    f.takeover_max_ms = t.last().copied();
+}
+
+fn verdict(f: &Figures, p: &Params) -> Verdict {
+    let mut v = Verdict::default();
+    let fenced = &f.registers[Reg::Fenced.name()];
+    if fenced.lost > 0 {
+        v.failures.push(format!("{} acknowledged fenced updates lost", fenced.lost));
+    }
+    for reg in [Reg::Fenced, Reg::WriteFenced] {
+        let r = &f.registers[reg.name()];
+        if r.accepted_tokens_down > 0 {
+            v.failures.push(format!(
+                "the {} register accepted {} lower tokens",
+                reg.name(),
+                r.accepted_tokens_down
+            ));
+        }
+    }
+    let token_bad = f.duplicate_tokens + f.token_order_violations;
+    if token_bad > 0 {
+        let what = format!(
+            "tokens: {} duplicated, {} out of real-time order",
+            f.duplicate_tokens, f.token_order_violations
+        );
+        match &p.expected_tokens {
+            Some(why) => v.expected.push(format!("{what} (expected: {why})")),
+            None => v.failures.push(what),
+        }
+    }
+    if f.definite_overlaps > 0 {
+        let what = format!("server-side exclusion: {} overlapping definite holds", f.definite_overlaps);
+        match &p.expected_exclusion {
+            Some(why) => v.expected.push(format!("{what} (expected, documented: {why})")),
+            None => v.failures.push(what),
+        }
+    }
+    if f.takeovers_over_bound > 0 {
+        v.failures
+            .push(format!("{} takeovers after a kill exceeded the crash bound", f.takeovers_over_bound));
+    }
+    if p.require_unfenced_loss && f.registers[Reg::Unfenced.name()].lost == 0 {
+        v.failures.push(
+            "the nemesis was too weak: holders were paused past their lease, yet the unfenced control lost no update"
+                .into(),
+        );
+    }
+    if f.grants == 0 {
+        v.failures.push("no grants at all".into());
+    }
+    v
+}
+
+#[cfg(test)]
+#[path = "checker_tests.rs"]
+mod tests;

@@ -1,0 +1,209 @@
+//! Hand-made histories the checker must fail, and ones it must pass.
+
+use super::*;
+use crate::record::{Op, OpKind, Phase, RegOutcome, RegResult};
+use crate::register::RegEvent;
+
+const MS: u64 = 1_000_000;
+
+fn op(w: u32, kind: OpKind, invoke: u64, complete: u64, token: u64) -> Op {
+    Op {
+        w,
+        inc: 0,
+        kind,
+        invoke: invoke * MS,
+        complete: Some(complete * MS),
+        phase: Phase::Ok,
+        token: Some(token),
+        valid_until: None,
+        elem: None,
+        regs: None,
+        err: None,
+    }
+}
+
+/// A whole grant: acquire [a0, a1], write at a1 + 1 (acknowledged by the registers marked
+/// true), release [r0, r0 + 1].
+#[derive(Default)]
+struct History {
+    ops: Vec<Op>,
+    log: RegisterLog,
+}
+
+impl History {
+    fn grant(mut self, w: u32, token: u64, a0: u64, a1: u64, r0: u64, acked: [bool; 3]) -> Self {
+        self.ops.push(op(w, OpKind::Acquire, a0, a1, token));
+        let mut write = op(w, OpKind::Write, a1 + 1, a1 + 1, token);
+        let elem = format!("{w}.0.{token}");
+        write.elem = Some(elem.clone());
+        write.regs = Some(acked.map(|ok| RegResult {
+            outcome: if ok { RegOutcome::Ok } else { RegOutcome::Stale },
+            version: 1,
+            len: 1,
+        }));
+        self.ops.push(write);
+        self.ops.push(op(w, OpKind::Release, r0, r0 + 1, token));
+        for reg in Reg::ALL {
+            let accepted = acked[reg.index()];
+            self.log.events.push(RegEvent { t: (a1 + 1) * MS, w, inc: 0, reg, write: true, token, accepted });
+            if accepted {
+                self.log.finals[reg.index()].push(elem.clone());
+            }
+        }
+        self
+    }
+
+    /// Removes `elem` from a register's final value (an update that was overwritten).
+    fn lose(mut self, reg: Reg, elem: &str) -> Self {
+        self.log.finals[reg.index()].retain(|e| e != elem);
+        self
+    }
+
+    fn check(&self, p: &Params) -> (Figures, Verdict) {
+        check(&self.ops, &self.log, p)
+    }
+}
+
+fn params() -> Params {
+    Params { lease_ns: 2000 * MS, bound_ns: 2100 * MS, slack_ns: 500 * MS, ..Params::default() }
+}
+
+const ALL: [bool; 3] = [true, true, true];
+
+#[test]
+fn a_clean_history_passes() {
+    let h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 2, 7, 9, ALL);
+    let (f, v) = h.check(&params());
+    assert!(v.passed(), "{v:?}");
+    assert_eq!(f.grants, 2);
+    assert_eq!(f.distinct_tokens, 2);
+    assert_eq!(f.definite_overlaps, 0);
+    assert_eq!(f.registers["fenced"].writes_acknowledged, 2);
+    assert_eq!(f.registers["fenced"].lost, 0);
+}
+
+#[test]
+fn overlapping_definite_holds_fail() {
+    // Worker 1 is granted at 3 ms while worker 0 holds (granted at 1, releasing at 5).
+    let h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 2, 3, 9, ALL);
+    let (f, v) = h.check(&params());
+    assert_eq!(f.definite_overlaps, 1);
+    assert!(v.failures.iter().any(|m| m.contains("server-side exclusion")), "{v:?}");
+    assert!(f.examples.iter().any(|e| e.contains("definite holds overlap")), "{:?}", f.examples);
+}
+
+#[test]
+fn an_expected_overlap_is_reported_with_its_reason_and_passes() {
+    let h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 2, 3, 9, ALL);
+    let p = Params { expected_exclusion: Some("the grant is lost on restart".into()), ..params() };
+    let (_, v) = h.check(&p);
+    assert!(v.passed(), "{v:?}");
+    assert!(v.expected[0].contains("the grant is lost on restart"), "{v:?}");
+}
+
+#[test]
+fn a_paused_holder_is_a_belief_overlap_not_an_exclusion_violation() {
+    // Worker 0 is granted at 1 ms and paused: it releases at 5 s, long after its 2 s lease.
+    // Worker 1 is granted at 2.5 s.
+    let h = History::default().grant(0, 1, 0, 1, 5000, ALL).grant(1, 2, 2400, 2500, 2600, ALL);
+    let (f, v) = h.check(&params());
+    assert_eq!(f.definite_overlaps, 0);
+    assert_eq!(f.belief_overlaps, 1);
+    assert!(v.passed(), "{v:?}");
+}
+
+#[test]
+fn the_guards_valid_until_shortens_the_definite_hold() {
+    let mut h = History::default().grant(0, 1, 0, 1, 5000, ALL).grant(1, 2, 1400, 1500, 1600, ALL);
+    h.ops[0].valid_until = Some(1200 * MS);
+    let (f, _) = h.check(&params());
+    assert_eq!(f.definite_overlaps, 0);
+}
+
+#[test]
+fn a_token_going_down_fails() {
+    let h = History::default().grant(0, 5, 0, 1, 5, ALL).grant(1, 3, 7, 8, 9, [false, true, true]);
+    let (f, v) = h.check(&params());
+    assert_eq!(f.token_order_violations, 1);
+    assert!(v.failures.iter().any(|m| m.contains("out of real-time order")), "{v:?}");
+    // The write-fenced register's log shows an accepted write going down; that fails too.
+    let h = History::default().grant(0, 5, 0, 1, 5, ALL).grant(1, 6, 7, 8, 9, ALL);
+    let mut h = h;
+    h.log.events.push(RegEvent {
+        t: 10 * MS,
+        w: 0,
+        inc: 0,
+        reg: Reg::Fenced,
+        write: true,
+        token: 4,
+        accepted: true,
+    });
+    let (f, v) = h.check(&params());
+    assert_eq!(f.registers["fenced"].accepted_tokens_down, 1);
+    assert!(v.failures.iter().any(|m| m.contains("accepted 1 lower tokens")), "{v:?}");
+}
+
+#[test]
+fn a_duplicate_token_fails_unless_expected() {
+    let h = History::default().grant(0, 4, 0, 1, 5, ALL).grant(1, 4, 7, 8, 9, ALL);
+    let (f, v) = h.check(&params());
+    assert_eq!(f.duplicate_tokens, 2);
+    assert!(!v.passed());
+    let p = Params { expected_tokens: Some("the emulator lost its data".into()), ..params() };
+    assert!(h.check(&p).1.passed());
+}
+
+#[test]
+fn a_lost_fenced_update_fails() {
+    let h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 7, 8, 9, ALL).lose(Reg::Fenced, "0.0.1");
+    let (f, v) = h.check(&params());
+    assert_eq!(f.registers["fenced"].lost, 1);
+    assert!(v.failures.iter().any(|m| m.contains("acknowledged fenced updates lost")), "{v:?}");
+}
+
+#[test]
+fn a_pause_scenario_whose_control_lost_nothing_fails_as_too_weak() {
+    let p = Params { require_unfenced_loss: true, ..params() };
+    let h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 7, 8, 9, ALL);
+    let (_, v) = h.check(&p);
+    assert!(v.failures.iter().any(|m| m.contains("too weak")), "{v:?}");
+    let h = h.lose(Reg::Unfenced, "0.0.1");
+    let (f, v) = h.check(&p);
+    assert_eq!(f.registers["unfenced"].lost, 1);
+    assert!(v.passed(), "{v:?}");
+}
+
+#[test]
+fn a_slow_takeover_after_a_kill_fails() {
+    let h = History::default().grant(0, 1, 0, 1, 2, ALL).grant(1, 2, 3, 4000, 4001, ALL);
+    let p = Params { kills: vec![Kill { at: 2 * MS, token: 1 }], ..params() };
+    let (f, v) = h.check(&p);
+    assert_eq!(f.takeovers_ms.len(), 1);
+    assert_eq!(f.takeovers_over_bound, 1);
+    assert!(!v.passed());
+    let h = History::default().grant(0, 1, 0, 1, 2, ALL).grant(1, 2, 3, 2000, 2001, ALL);
+    let (f, v) = h.check(&p);
+    assert_eq!(f.takeover_max_ms, Some(1998.0));
+    assert!(v.passed(), "{v:?}");
+}
+
+#[test]
+fn an_empty_history_fails() {
+    let (_, v) = History::default().check(&params());
+    assert!(v.failures.iter().any(|m| m.contains("no grants")));
+}
+
+#[test]
+fn a_token_handed_out_again_does_not_merge_two_grants() {
+    // Worker 0 gets token 3 twice (the store lost its counter in between): each grant ends at
+    // its own release, so worker 1's grant in between overlaps neither.
+    let h = History::default()
+        .grant(0, 3, 0, 1, 5, ALL)
+        .grant(1, 4, 6, 7, 9, ALL)
+        .grant(0, 3, 1000, 1001, 1005, ALL);
+    let (f, v) = h.check(&params());
+    assert_eq!(f.definite_overlaps, 0, "{:?}", f.examples);
+    assert_eq!(f.belief_overlaps, 0);
+    assert_eq!(f.duplicate_tokens, 2);
+    assert!(!v.passed());
+}
