@@ -1,5 +1,6 @@
 //! The single-node backend: [`RedisBackend`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,6 +148,7 @@ impl LockBackend for RedisBackend {
             .with_read_write(true)
             .with_writer_preference(true)
             .with_atomic_multi_key(true)
+            .with_batch_extend(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -193,6 +195,40 @@ impl LockBackend for RedisBackend {
         } else {
             ExtendOutcome::NotHeld
         })
+    }
+
+    /// Locks (exclusive grants) in one script call ([`scripts::EXTEND_MANY`]); the grants of
+    /// the other primitives one by one, concurrently. If the batch call fails, each of its
+    /// grants is tried once more on its own, so one bad moment costs no lock a renewal that an
+    /// individual extend would have made.
+    async fn extend_many(&self, grants: &[(Lease, Duration)]) -> Vec<Result<ExtendOutcome>> {
+        let batch: Vec<(usize, Keys)> = grants
+            .iter()
+            .enumerate()
+            .filter(|(_, (lease, _))| lease.mode() == Mode::Exclusive)
+            .filter_map(|(i, (lease, _))| self.keys(lease.key(), Mode::Exclusive).ok().map(|k| (i, k)))
+            .collect();
+        let sent = Instant::now();
+        let mut extended: HashMap<usize, bool> = HashMap::new();
+        if !batch.is_empty() {
+            let args: Vec<_> = batch.iter().map(|(i, k)| (k, grants[*i].0.owner(), grants[*i].1)).collect();
+            if let Ok(done) = self.inner.node.extend_many(&args).await {
+                extended.extend(batch.iter().map(|(i, _)| *i).zip(done));
+            }
+        }
+        let each = grants.iter().enumerate().map(|(i, (lease, ttl))| {
+            let batched = extended.get(&i).copied();
+            async move {
+                match batched {
+                    Some(true) => {
+                        Ok(ExtendOutcome::Extended { valid_until: lock_core::lease::valid_until(sent, *ttl) })
+                    }
+                    Some(false) => Ok(ExtendOutcome::NotHeld),
+                    None => self.extend(lease, *ttl).await,
+                }
+            }
+        });
+        futures::future::join_all(each).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {

@@ -153,6 +153,20 @@ impl Node {
         Ok(self.call::<i64>(inv).await? == 1)
     }
 
+    /// Extends many locks (exclusive grants: the lock key of each `keys`) in one script call:
+    /// whether each was still `owner`'s and is extended, in order.
+    pub(crate) async fn extend_many(&self, grants: &[(&Keys, OwnerToken, Duration)]) -> Result<Vec<bool>> {
+        let mut inv = scripts::EXTEND_MANY.prepare_invoke();
+        for (keys, owner, ttl) in grants {
+            inv.key(&keys.all[0]).arg(owner.to_string()).arg(ttl_ms(*ttl));
+        }
+        let reply: Vec<i64> = self.call(inv).await?;
+        if reply.len() != grants.len() {
+            return Err(bad_reply(self.backend, &self.addr, "batch extend"));
+        }
+        Ok(reply.into_iter().map(|r| r == 1).collect())
+    }
+
     /// Releases `owner`'s grant (and a waiting writer's intent) and wakes waiters.
     pub(crate) async fn release(&self, keys: &Keys, owner: OwnerToken) -> Result<bool> {
         self.release_with(keys, owner, false).await

@@ -138,6 +138,30 @@ return 0
     )
 });
 
+/// Renewal in batches: many locks' [`EXTEND`] in one call. KEYS: the locks. ARGV: per key, its
+/// owner hex and ttl ms, in turn (`owner1, ttl1, owner2, ttl2, …`). Returns one 1 (extended)
+/// or 0 (not ours, or gone) per key, in order.
+///
+/// On Redis Cluster every key of one call must be in one hash slot (Cluster is not supported
+/// yet).
+pub static EXTEND_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if cur and string.sub(cur, 1, 33) == ARGV[2 * i - 1] .. ':' then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"#,
+    )
+});
+
 /// KEYS: lock. ARGV: owner hex, channel. Deletes our grant and wakes waiters.
 /// Returns 1 if released, 0 if not ours (or gone).
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
