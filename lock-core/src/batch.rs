@@ -1,7 +1,7 @@
 //! Renewal in batches: where a backend can extend many grants in one request
 //! ([`Capabilities::batch_extend`](crate::Capabilities::batch_extend)), the renewals of a
 //! client's guards that fall due close together are sent as one
-//! [`LockBackend::extend_many`](crate::LockBackend::extend_many) call, so that renewing
+//! [`LockBackend::extend_many`] call, so that renewing
 //! thousands of held locks costs a few requests per renewal round, not one per lock.
 //!
 //! # Behavior

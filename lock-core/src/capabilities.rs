@@ -70,10 +70,10 @@ pub struct Capabilities {
     /// (etcd without lease checkpointing, ZooKeeper's session tracker) or a takeover waits a
     /// whole lease after first seeing a stale holder (DynamoDB).
     pub expiry_ttls: u32,
-    /// Semaphores ([`Mode::Permit`](crate::Mode::Permit)) are supported, with at most this
+    /// Semaphores ([`Mode::Permit`]) are supported, with at most this
     /// many permits per semaphore (0: not supported).
     pub max_permits: u32,
-    /// Read-write locks ([`Mode::Read`](crate::Mode::Read), [`Mode::Write`](crate::Mode::Write))
+    /// Read-write locks ([`Mode::Read`], [`Mode::Write`])
     /// are supported.
     pub read_write: bool,
     /// A waiting writer blocks new readers, so a stream of readers cannot starve it.
@@ -82,7 +82,7 @@ pub struct Capabilities {
     /// ([`LockBackend::try_acquire_all`](crate::LockBackend::try_acquire_all)); without it,
     /// multi-key locks are taken one key at a time in a canonical order.
     pub atomic_multi_key: bool,
-    /// Elections ([`Mode::Leader`](crate::Mode::Leader)) are supported.
+    /// Elections ([`Mode::Leader`]) are supported.
     pub elections: bool,
     /// [`LockBackend::list`](crate::LockBackend::list) lists held grants under a prefix.
     pub listing: bool,

@@ -82,7 +82,7 @@ pub enum ReleaseOutcome {
     NotHeld,
 }
 
-/// What [`LockBackend::inspect`] sees of a key.
+/// What [`LockBackend::inspect`](crate::LockBackend::inspect) sees of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LockInfo {
@@ -125,7 +125,7 @@ impl LockInfo {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ListPage {
-    /// The held grants on this page: the full key and what [`LockBackend::inspect`] (or
+    /// The held grants on this page: the full key and what [`LockBackend::inspect`](crate::LockBackend::inspect) (or
     /// `holders`) would say of each holder, with its mode.
     pub entries: Vec<(String, LockInfo)>,
     /// Where the next page starts; `None` on the last page.

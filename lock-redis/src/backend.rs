@@ -197,7 +197,7 @@ impl LockBackend for RedisBackend {
         })
     }
 
-    /// Locks (exclusive grants) in one script call ([`scripts::EXTEND_MANY`]); the grants of
+    /// Locks (exclusive grants) in one script call ([`scripts::EXTEND_MANY`](crate::scripts::EXTEND_MANY)); the grants of
     /// the other primitives one by one, concurrently. If the batch call fails, each of its
     /// grants is tried once more on its own, so one bad moment costs no lock a renewal that an
     /// individual extend would have made.
