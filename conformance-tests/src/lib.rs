@@ -47,6 +47,7 @@ use lock_core::{Capabilities, Guard, LockClient};
 pub mod checks;
 pub mod fixtures;
 pub mod history;
+pub mod props;
 
 pub use checks::{Check, CHECKS};
 

@@ -8,59 +8,16 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
+use conformance_tests::props::{accepted_or_invalid, count_panics, duration, panics, url_duration};
 use lock_core::{Error, LockClient};
 use lock_dynamo::{DynamoBackend, DynamoOptions, Takeover};
 use proptest::prelude::*;
 
-fn duration() -> impl Strategy<Value = Duration> {
-    prop_oneof![
-        Just(Duration::ZERO),
-        Just(Duration::MAX),
-        Just(Duration::from_nanos(1)),
-        any::<u64>().prop_map(Duration::from_nanos),
-        any::<u64>().prop_map(Duration::from_millis),
-        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
-    ]
-}
-
-/// A duration as a URL spells it, valid or not.
-fn url_duration() -> impl Strategy<Value = String> {
-    prop_oneof![
-        (any::<u64>(), prop::sample::select(vec!["", "ms", "s", "m", "h", "d", "us", "x"]))
-            .prop_map(|(n, u)| format!("{n}{u}")),
-        Just("0".to_owned()),
-        Just("1e300s".to_owned()),
-        "\\PC{0,12}",
-    ]
-}
-
 fn takeover() -> impl Strategy<Value = Takeover> {
     prop_oneof![Just(Takeover::RecordVersion), duration().prop_map(|max_skew| Takeover::Clock { max_skew })]
-}
-
-fn accepted_or_invalid(r: lock_core::Result<()>, what: &str) -> Result<(), TestCaseError> {
-    match r {
-        Ok(()) | Err(Error::InvalidConfig(_)) => Ok(()),
-        Err(e) => Err(TestCaseError::fail(format!("{what}: {e:?}"))),
-    }
-}
-
-/// Panics anywhere in the process (a background task's too), counted.
-static PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn count_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            default(info);
-        }));
-    });
 }
 
 /// Throwaway credentials in the environment, set once.
@@ -147,7 +104,7 @@ proptest! {
     ) {
         count_panics();
         throwaway_credentials();
-        let before = PANICS.load(Ordering::SeqCst);
+        let before = panics();
         let port = conformance_tests::fixtures::free_port().expect("port");
         let endpoint = format!("http://127.0.0.1:{port}");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -187,6 +144,6 @@ proptest! {
             tokio::time::sleep(Duration::from_millis(20)).await;
         });
         rt.shutdown_timeout(Duration::from_secs(1));
-        prop_assert_eq!(PANICS.load(Ordering::SeqCst), before, "something panicked (see the output above)");
+        prop_assert_eq!(panics(), before, "something panicked (see the output above)");
     }
 }

@@ -4,57 +4,12 @@
 //! error (or is still trying when the test's 3 s run out), never a panic, in the caller or in
 //! a background task.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
 use std::time::Duration;
 
+use conformance_tests::props::{accepted_or_invalid, count_panics, duration, panics, url_duration};
 use lock_core::Error;
 use lock_etcd::{EtcdBackend, EtcdOptions, LeaseMode};
 use proptest::prelude::*;
-
-fn duration() -> impl Strategy<Value = Duration> {
-    prop_oneof![
-        Just(Duration::ZERO),
-        Just(Duration::MAX),
-        Just(Duration::from_nanos(1)),
-        any::<u64>().prop_map(Duration::from_nanos),
-        any::<u64>().prop_map(Duration::from_millis),
-        any::<u64>().prop_map(Duration::from_secs),
-        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
-    ]
-}
-
-/// A duration as a URL spells it, valid or not.
-fn url_duration() -> impl Strategy<Value = String> {
-    prop_oneof![
-        (any::<u64>(), prop::sample::select(vec!["", "ms", "s", "m", "h", "d", "us", "x"]))
-            .prop_map(|(n, u)| format!("{n}{u}")),
-        Just("0".to_owned()),
-        Just("1e300s".to_owned()),
-        "\\PC{0,12}",
-    ]
-}
-
-fn accepted_or_invalid(r: lock_core::Result<()>, what: &str) -> Result<(), TestCaseError> {
-    match r {
-        Ok(()) | Err(Error::InvalidConfig(_)) => Ok(()),
-        Err(e) => Err(TestCaseError::fail(format!("{what}: {e:?}"))),
-    }
-}
-
-/// Panics anywhere in the process (a background task's too), counted.
-static PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn count_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            default(info);
-        }));
-    });
-}
 
 fn mode() -> impl Strategy<Value = LeaseMode> {
     prop_oneof![Just(LeaseMode::Session), Just(LeaseMode::PerLock)]
@@ -117,8 +72,7 @@ proptest! {
         session_ttl in duration(),
         mode in mode(),
     ) {
-        count_panics();
-        let before = PANICS.load(Ordering::SeqCst);
+        let before = count_panics();
         let port = conformance_tests::fixtures::free_port().expect("port");
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         rt.block_on(async {
@@ -135,7 +89,7 @@ proptest! {
             tokio::time::sleep(Duration::from_millis(20)).await;
         });
         rt.shutdown_timeout(Duration::from_secs(1));
-        prop_assert_eq!(PANICS.load(Ordering::SeqCst), before, "something panicked (see the output above)");
+        prop_assert_eq!(panics(), before, "something panicked (see the output above)");
     }
 }
 

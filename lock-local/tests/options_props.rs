@@ -3,59 +3,16 @@
 //! reject with `InvalidConfig` only; connecting and acquiring with any TTL, wait and poll
 //! interval never panics.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
 use std::time::Duration;
 
-use lock_core::{Error, LockClient};
+use conformance_tests::props::{accepted_or_invalid, count_panics, duration, panics, url_duration};
+use lock_core::LockClient;
 use lock_local::{FileBackend, FileOptions, MemoryBackend, MemoryOptions};
 use proptest::prelude::*;
-
-fn duration() -> impl Strategy<Value = Duration> {
-    prop_oneof![
-        Just(Duration::ZERO),
-        Just(Duration::MAX),
-        Just(Duration::from_nanos(1)),
-        any::<u64>().prop_map(Duration::from_nanos),
-        any::<u64>().prop_map(Duration::from_millis),
-        (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
-    ]
-}
 
 /// Mostly durations a lock would use (so that acquires get through to waiting), and any.
 fn lock_duration() -> impl Strategy<Value = Duration> {
     prop_oneof![3 => (1u64..3_000).prop_map(Duration::from_millis), 1 => duration()]
-}
-
-fn url_duration() -> impl Strategy<Value = String> {
-    prop_oneof![
-        (any::<u64>(), prop::sample::select(vec!["", "ms", "s", "m", "h", "d", "us", "x"]))
-            .prop_map(|(n, u)| format!("{n}{u}")),
-        Just("0".to_owned()),
-        "\\PC{0,12}",
-    ]
-}
-
-fn accepted_or_invalid(r: lock_core::Result<()>, what: &str) -> Result<(), TestCaseError> {
-    match r {
-        Ok(()) | Err(Error::InvalidConfig(_)) => Ok(()),
-        Err(e) => Err(TestCaseError::fail(format!("{what}: {e:?}"))),
-    }
-}
-
-/// Panics anywhere in the process (a background task's too), counted.
-static PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn count_panics() -> usize {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            default(info);
-        }));
-    });
-    PANICS.load(Ordering::SeqCst)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -132,7 +89,7 @@ proptest! {
             rt.block_on(exercise(LockClient::new(backend), ttl, wait));
             rt.shutdown_timeout(Duration::from_secs(1));
         }
-        prop_assert_eq!(PANICS.load(Ordering::SeqCst), before, "something panicked (see the output above)");
+        prop_assert_eq!(panics(), before, "something panicked (see the output above)");
     }
 
     #[test]
@@ -141,6 +98,6 @@ proptest! {
         let rt = runtime();
         rt.block_on(exercise(LockClient::new(MemoryBackend::new()), ttl, wait));
         rt.shutdown_timeout(Duration::from_secs(1));
-        prop_assert_eq!(PANICS.load(Ordering::SeqCst), before, "something panicked (see the output above)");
+        prop_assert_eq!(panics(), before, "something panicked (see the output above)");
     }
 }
