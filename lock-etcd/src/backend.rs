@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lock_core::{
     async_trait, drift_margin, AcquireRequest, Attempt, Backoff, Capabilities, Error, ExtendOutcome,
-    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, OwnerToken, ReleaseOutcome, Result,
-    WakeMode,
+    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, Metadata, Mode, ObserveStream, OwnerToken,
+    ReleaseOutcome, Result, WakeMode,
 };
 use tonic::Status;
 
@@ -17,6 +17,7 @@ use crate::keepalive::ttl_secs;
 use crate::local::LocalSlots;
 use crate::options::{EtcdOptions, LeaseMode};
 use crate::queue::QueueEntry;
+use crate::rpc::pb::RangeRequest;
 use crate::rpc::{self, pb};
 use crate::session::Session;
 
@@ -70,6 +71,10 @@ pub(crate) struct Held {
     /// (lease id, granted TTL in seconds); per-lock leases change on a TTL change.
     pub(crate) lease: Mutex<(i64, i64)>,
     pub(crate) session: Option<Arc<Session>>,
+    /// The key is the grant's own (every primitive but the lock, see `grants`): it is ours
+    /// while it exists at its create revision (the fencing token). The lock's key is ours
+    /// while it holds the owner token.
+    pub(crate) by_key: bool,
 }
 
 impl Held {
@@ -235,7 +240,18 @@ impl EtcdBackend {
     /// session shared by other locks, and is not ours to move or revoke. Reports the life left
     /// in it, if the grant is still this owner's.
     async fn extend_rebuilt(&self, lease: &Lease, sent: Instant) -> Result<ExtendOutcome> {
-        let Some((_, lease_id)) = self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await? else {
+        let found = match lease.mode() {
+            Mode::Exclusive => self.find_key(&self.etcd_prefix(lease.key()), lease.owner()).await?,
+            mode => {
+                let (_, key) = self.grant_key(lease.key(), mode, lease.owner());
+                let r = self.call("get", || self.client().range(RangeRequest::key(key.as_str()))).await?;
+                r.kvs
+                    .first()
+                    .filter(|kv| kv.create_revision as u64 == lease.fencing_token().get())
+                    .map(|kv| (key.clone(), kv.lease))
+            }
+        };
+        let Some((_, lease_id)) = found else {
             return Ok(ExtendOutcome::NotHeld);
         };
         match self.time_to_live(lease_id).await? {
@@ -247,12 +263,11 @@ impl EtcdBackend {
     /// extend() in session mode: the session's one keep-alive renews every key on it. The
     /// first renewal checks the key once and has the session's key watch report its deletion
     /// from then on; later renewals send nothing.
-    async fn extend_on_session(&self, held: &Held, s: &Session, owner: OwnerToken) -> Result<ExtendOutcome> {
+    async fn extend_on_session(&self, held: &Held, s: &Session, lease: &Lease) -> Result<ExtendOutcome> {
         if !s.alive() || held.signal.as_ref().is_some_and(|x| x.is_fired()) {
             return Ok(ExtendOutcome::NotHeld);
         }
-        let key = &held.etcd_key;
-        if s.keys.watch(key.as_bytes()) && !self.still_ours(key, owner).await? {
+        if s.keys.watch(held.etcd_key.as_bytes()) && !self.held_still(held, lease).await? {
             return Ok(ExtendOutcome::NotHeld);
         }
         Ok(ExtendOutcome::Extended { valid_until: s.valid_until() })
@@ -263,20 +278,19 @@ impl EtcdBackend {
     async fn extend_per_lock(
         &self,
         held: &Held,
-        owner: OwnerToken,
+        lease: &Lease,
         ttl: Duration,
         sent: Instant,
     ) -> Result<ExtendOutcome> {
-        let key = &held.etcd_key;
         let (id, secs) = held.lease();
-        if !self.still_ours(key, owner).await? {
+        if !self.held_still(held, lease).await? {
             return Ok(ExtendOutcome::NotHeld);
         }
         if secs != ttl_secs(ttl) {
-            return self.move_to_new_lease(held, owner, ttl, sent).await;
+            return self.move_to_new_lease(held, lease, ttl, sent).await;
         }
         let granted = self.keep_alive_once(id).await?;
-        if granted <= 0 || !self.still_ours(key, owner).await? {
+        if granted <= 0 || !self.held_still(held, lease).await? {
             return Ok(ExtendOutcome::NotHeld);
         }
         Ok(ExtendOutcome::Extended { valid_until: valid_until(sent, granted) })
@@ -287,14 +301,20 @@ impl EtcdBackend {
     async fn move_to_new_lease(
         &self,
         held: &Held,
-        owner: OwnerToken,
+        lease: &Lease,
         ttl: Duration,
         sent: Instant,
     ) -> Result<ExtendOutcome> {
         let (key, (old_id, _)) = (held.etcd_key.as_str(), held.lease());
         let (new_id, new_secs) = self.grant(ttl).await?;
-        let txn = pb::TxnRequest::when([pb::Compare::value_is(key, owner.to_string())])
-            .and_then([pb::RequestOp::put(key, owner.to_string(), new_id)]);
+        let txn = if held.by_key {
+            pb::TxnRequest::when([pb::Compare::create_revision_is(key, token_rev(lease))])
+                .and_then([pb::RequestOp::move_to_lease(key, new_id)])
+        } else {
+            let owner = lease.owner().to_string();
+            pb::TxnRequest::when([pb::Compare::value_is(key, owner.as_str())])
+                .and_then([pb::RequestOp::put(key, owner, new_id)])
+        };
         if !self.call("txn", || self.client().txn(txn.clone())).await?.succeeded {
             self.revoke(new_id).await;
             return Ok(ExtendOutcome::NotHeld);
@@ -307,17 +327,18 @@ impl EtcdBackend {
     /// A release whose delete failed. A per-lock lease is revoked, which deletes the key too.
     /// A session outlives this call: the local slot stays (the key is still there) and the
     /// delete is retried in the background until the session ends.
-    async fn release_failed(&self, held: Option<&Held>, key: String, name: &str, owner: OwnerToken) {
+    async fn release_failed(&self, held: Option<&Held>, key: String, lease: &Lease) {
         let Some(held) = held else { return };
         if held.session.is_none() {
             self.revoke(held.lease().0).await;
             return;
         }
-        let (b, name, session) = (self.clone(), name.to_owned(), held.session.clone());
+        let (b, session, by_key) = (self.clone(), held.session.clone(), held.by_key);
+        let (name, owner, rev) = (lease.key().full().to_owned(), lease.owner(), token_rev(lease));
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             while session.as_ref().is_some_and(|s| s.alive()) {
-                if b.delete_if_ours(&key, owner).await.is_ok() {
+                if b.delete_grant(&key, owner, rev, by_key).await.is_ok() {
                     break;
                 }
                 backoff.sleep_until_deadline(None).await;
@@ -325,6 +346,55 @@ impl EtcdBackend {
             b.inner.local.free(&name, owner);
         });
     }
+
+    /// Whether the grant of `held` is still there and ours.
+    async fn held_still(&self, held: &Held, lease: &Lease) -> Result<bool> {
+        if held.by_key {
+            self.created_at(&held.etcd_key, token_rev(lease)).await
+        } else {
+            self.still_ours(&held.etcd_key, lease.owner()).await
+        }
+    }
+
+    /// Deletes a grant's key if it is still ours (by owner token, or for a key of its own by
+    /// its create revision); true if it did.
+    async fn delete_grant(&self, key: &str, owner: OwnerToken, rev: i64, by_key: bool) -> Result<bool> {
+        if by_key {
+            self.delete_at_revision(key, rev).await
+        } else {
+            self.delete_if_ours(key, owner).await
+        }
+    }
+}
+
+impl EtcdBackend {
+    /// The holder of the lock `key`: the oldest contender.
+    pub(crate) async fn inspect_lock(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        let Some(kv) = self.oldest_contender(&self.etcd_prefix(key), 0, 0).await? else { return Ok(None) };
+        let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
+        let left = self.lease_left(kv.lease).await;
+        Ok(Some(LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner, left)))
+    }
+
+    /// The time left on lease `id` (whole seconds, as etcd counts), if etcd says within the
+    /// request timeout; `None` for no lease.
+    pub(crate) async fn lease_left(&self, id: i64) -> Option<Duration> {
+        if id == 0 {
+            return None;
+        }
+        let t = self.inner.opts.request_timeout;
+        tokio::time::timeout(t, self.client().lease_time_to_live(id))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .filter(|ttl| *ttl >= 0)
+            .map(|ttl| Duration::from_secs(ttl as u64))
+    }
+}
+
+/// The create revision of a grant's key: its fencing token.
+pub(crate) fn token_rev(lease: &Lease) -> i64 {
+    i64::try_from(lease.fencing_token().get()).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -338,6 +408,10 @@ impl LockBackend for EtcdBackend {
     /// docs, "Honest limits"). In session mode the lease is the session's TTL, as granted.
     fn capabilities(&self) -> Capabilities {
         let c = Capabilities::new()
+            .with_max_permits(lock_core::MAX_PERMITS)
+            .with_read_write(true)
+            .with_writer_preference(true)
+            .with_elections(true)
             .with_fair_queueing(true)
             .with_wake(WakeMode::Notify)
             .with_ttl_granularity(Duration::from_secs(1))
@@ -354,16 +428,14 @@ impl LockBackend for EtcdBackend {
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let sent = Instant::now();
         let (lease, granted, session) = self.lease_for(req).await?;
-        if let Some(s) = &session {
+        if let Some(s) = session.as_ref().filter(|_| req.mode == Mode::Exclusive) {
             if self.inner.local.claim(req.key.full(), req.owner, s.id).is_err() {
                 return Ok(Attempt::Held { expires_in: None });
             }
         }
         let entry = QueueEntry::new(self, req, lease, session);
         match self.enqueue(&entry).await {
-            Ok(Some((my_rev, owner_rev))) if my_rev == owner_rev => {
-                Ok(Attempt::Acquired(entry.won(req, my_rev, granted, sent)))
-            }
+            Ok(Some((my_rev, true))) => Ok(Attempt::Acquired(entry.won(req, my_rev, granted, sent))),
             Ok(_) => {
                 entry.undo(false).await;
                 Ok(Attempt::Held { expires_in: None })
@@ -394,8 +466,8 @@ impl LockBackend for EtcdBackend {
             return self.extend_rebuilt(lease, sent).await;
         };
         match held.session.as_ref() {
-            Some(s) => self.extend_on_session(held, s, lease.owner()).await,
-            None => self.extend_per_lock(held, lease.owner(), ttl, sent).await,
+            Some(s) => self.extend_on_session(held, s, lease).await,
+            None => self.extend_per_lock(held, lease, ttl, sent).await,
         }
     }
 
@@ -404,20 +476,21 @@ impl LockBackend for EtcdBackend {
         let held = lease.backend_data::<Held>();
         // Revoke only a per-lock lease this process granted; a lease found by its owner token
         // may be another process's session, shared by its other locks.
-        let (key, own_lease) = match held {
-            Some(h) => (h.etcd_key.clone(), h.session.is_none().then(|| h.lease().0)),
-            None => match self.find_key(&self.etcd_prefix(lease.key()), owner).await? {
-                Some((k, _)) => (k, None),
+        let (key, own_lease, by_key) = match (held, lease.mode()) {
+            (Some(h), _) => (h.etcd_key.clone(), h.session.is_none().then(|| h.lease().0), h.by_key),
+            (None, Mode::Exclusive) => match self.find_key(&self.etcd_prefix(lease.key()), owner).await? {
+                Some((k, _)) => (k, None, false),
                 None => {
                     self.inner.local.free(name, owner);
                     return Ok(ReleaseOutcome::NotHeld);
                 }
             },
+            (None, mode) => (self.grant_key(lease.key(), mode, owner).1, None, true),
         };
         if let Some(s) = held.and_then(|h| h.session.as_ref()) {
             s.keys.released(key.as_bytes());
         }
-        match self.delete_if_ours(&key, owner).await {
+        match self.delete_grant(&key, owner, token_rev(lease), by_key).await {
             Ok(deleted) => {
                 match own_lease {
                     Some(id) => self.revoke(id).await,
@@ -426,26 +499,30 @@ impl LockBackend for EtcdBackend {
                 Ok(if deleted { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
             }
             Err(e) => {
-                self.release_failed(held, key, name, owner).await;
+                self.release_failed(held, key, lease).await;
                 Err(e)
             }
         }
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        let Some(kv) = self.oldest_contender(&self.etcd_prefix(key), 0, 0).await? else { return Ok(None) };
-        let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
-        let t = self.inner.opts.request_timeout;
-        let left = if kv.lease != 0 {
-            tokio::time::timeout(t, self.client().lease_time_to_live(kv.lease))
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .filter(|ttl| *ttl >= 0)
-                .map(|ttl| Duration::from_secs(ttl as u64))
-        } else {
-            None
-        };
-        Ok(Some(LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner, left)))
+        self.inspect_lock(key).await
+    }
+
+    async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
+        self.grant_holders(key, mode).await
+    }
+
+    /// Proclaim (and holder metadata) for the primitives other than the lock: one transaction
+    /// that compares the key's create revision and rewrites its value, keeping its lease.
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<ExtendOutcome> {
+        self.rewrite_value(lease, metadata).await
+    }
+
+    async fn observe(&self, key: &LockKey, mode: Mode) -> Result<Option<ObserveStream>> {
+        match mode {
+            Mode::Leader => self.observe_leader(key).await.map(Some),
+            _ => Ok(None),
+        }
     }
 }

@@ -31,6 +31,18 @@
 //! - The value of our keys is the owner token (Go's Mutex writes an empty value); release and
 //!   extend compare it, so a stale holder never deletes or extends a newer grant.
 //!
+//! ## Semaphores, read-write locks and elections
+//! Each has a queue of its own under `<prefix><name>#semaphore/`, `#rwlock/` or `#election/`,
+//! one key per attempt named by its owner token, in create-revision order; the fencing token is
+//! again the key's create revision (`grants.rs`). A semaphore of `N` is held by the `N` oldest
+//! keys (a waiter watches every deletion under the prefix); a writer holds when no key is
+//! older, a reader when no writer's key is older (a waiting writer holds back later readers);
+//! a candidate leads when its key is the oldest. Elections are etcd's Go
+//! `concurrency.Election` on `<name>#election`: `etcdctl elect '<name>#election' PROPOSAL`
+//! campaigns against distlock, `etcdctl elect -l '<name>#election'` observes distlock's
+//! leader, and `observe` is one watch of the election's prefix (`election.rs`). The leases,
+//! waiting, re-queueing on a lost lease and undo are the lock's.
+//!
 //! ## Leases
 //! [`LeaseMode::Session`] (the default): one lease per client, kept alive by one keep-alive
 //! stream about every TTL/3 and shared by all the client's locks. Renewing them costs one
@@ -92,6 +104,11 @@
 //!   8.5 s) and 7.9–9.0 s (per-lock leases, p50 8.1 s). Lease checkpointing would remove the
 //!   doubling, but Debian's etcd 3.4.23 crashes with `--experimental-enable-lease-checkpoint`.
 //!   A longer election timeout needs a longer margin (about three times the difference).
+//! - A semaphore's waiters are all woken by each release under its name and each read a page
+//!   of the `N` oldest keys (a herd, bounded by the number of waiters); writers, readers and
+//!   candidates watch one key each. An election's key holds the bare value, as Go's does, so
+//!   its holder metadata on etcd is the value alone. Names ending in `#semaphore`, `#rwlock`
+//!   or `#election` are reserved (a lock of that name would share a primitive's prefix).
 //! - The fencing token is etcd's revision: it never repeats or falls on one cluster, but a
 //!   cluster restored from a snapshot taken before later grants re-issues their revisions
 //!   (unless the restore raises the revision).
@@ -122,12 +139,15 @@
 //! `proto/*.rs`), then one file per mechanism: `layout.rs` (which keys are contenders, and
 //! the reads of a queue that skip the others), `queue.rs` (the fair queue: enqueue, waiting
 //! for predecessors, queueing again on a lost lease), `undo.rs` (undoing an attempt, and the
-//! owner-checked deletes), `session.rs` (the session lease), `keywatch.rs` (the session's
+//! owner-checked deletes), `grants.rs` (semaphores, read-write locks and elections: their
+//! layout, who holds, holders, proclaim), `election.rs` (observing a leader), `session.rs` (the session lease), `keywatch.rs` (the session's
 //! watch of held keys), `keepalive.rs` (keeping a lease alive, and per-lock lease requests)
 //! and `local.rs` (one queue entry per name per session, and a waiting attempt's lease).
 
 mod backend;
+mod election;
 mod error;
+mod grants;
 mod keepalive;
 mod keywatch;
 mod layout;

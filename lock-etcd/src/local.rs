@@ -76,7 +76,8 @@ impl EtcdBackend {
                 }
                 Err(e) => return Err(e),
             };
-            if let Some(s) = &session {
+            // Only the lock's key is shared by a session's attempts (see `grants`).
+            if let Some(s) = session.as_ref().filter(|_| req.mode == lock_core::Mode::Exclusive) {
                 if let Err(released) = self.inner.local.claim(name, req.owner, s.id) {
                     // Another task of this client holds or queues for the name: wait for it.
                     let notified = released.notified();

@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lock_core::{
-    AcquireRequest, BackendErrorKind, Error, FencingToken, Instant, Lease, LossSignal, OwnerToken, Result,
+    AcquireRequest, BackendErrorKind, Error, FencingToken, Instant, Lease, LossSignal, Mode, OwnerToken,
+    Result,
 };
 
 use crate::backend::{EtcdBackend, Held};
 use crate::error::{map_err, timeout, NAME};
+use crate::grants;
 use crate::keepalive::{ttl_secs, KeepAlive, KeptLease};
 use crate::layout::{is_contender, PAGE};
 use crate::rpc::pb::{Compare, RangeRequest, RangeResponse, RequestOp, TxnRequest, WatchCreateRequest};
@@ -27,17 +29,21 @@ use crate::undo::Undo;
 pub(crate) struct QueueEntry {
     backend: Option<EtcdBackend>,
     name: String,
-    pfx: String,
-    my_key: String,
-    owner: OwnerToken,
-    lease: i64,
+    pub(crate) pfx: String,
+    pub(crate) my_key: String,
+    pub(crate) owner: OwnerToken,
+    /// What the attempt is for: the lock, or another primitive (see `grants`).
+    pub(crate) mode: Mode,
+    /// The value the attempt puts.
+    pub(crate) value: Vec<u8>,
+    pub(crate) lease: i64,
     /// The attempt's TTL: how long a per-lock lease that cannot be revoked may live.
     ttl: Duration,
-    session: Option<Arc<Session>>,
+    pub(crate) session: Option<Arc<Session>>,
 }
 
 /// What one round of waiting found out.
-enum Round {
+pub(crate) enum Round {
     /// No older key is left and ours is there: the lock is ours.
     Mine,
     /// Our key is gone, or our lease was lost (expired, revoked, or its session ended) while
@@ -64,13 +70,24 @@ impl QueueEntry {
         lease: i64,
         session: Option<Arc<Session>>,
     ) -> Self {
-        let pfx = backend.etcd_prefix(&req.key);
+        let (pfx, my_key, value) = match req.mode {
+            Mode::Exclusive => {
+                let pfx = backend.etcd_prefix(&req.key);
+                (pfx.clone(), format!("{pfx}{lease:x}"), req.owner.to_string().into_bytes())
+            }
+            mode => {
+                let (pfx, key) = backend.grant_key(&req.key, mode, req.owner);
+                (pfx, key, grants::encode(mode, &req.metadata))
+            }
+        };
         Self {
             backend: Some(backend.clone()),
             name: req.key.full().to_owned(),
-            my_key: format!("{pfx}{lease:x}"),
+            my_key,
             pfx,
             owner: req.owner,
+            mode: req.mode,
+            value,
             lease,
             ttl: req.ttl,
             session,
@@ -86,7 +103,14 @@ impl QueueEntry {
             lease: self.lease,
             ttl: self.ttl,
             session: self.session.clone(),
+            by_key: self.by_key(),
         }
+    }
+
+    /// Whether the attempt's key is its own (named by its owner token: every primitive but
+    /// the lock), so that the key's existence at its create revision says it is ours.
+    pub(crate) fn by_key(&self) -> bool {
+        self.mode != Mode::Exclusive
     }
 
     /// Undoes the attempt now; `in_flight` when its last request may not have been carried
@@ -112,7 +136,8 @@ impl QueueEntry {
         self.backend = None;
         let session = self.session.take();
         let signal = session.as_ref().map(|s| s.keys.add(self.my_key.as_bytes(), my_rev));
-        let base = Lease::new(req.key.clone(), req.owner, FencingToken::new(my_rev as u64), granted, sent);
+        let base = Lease::new(req.key.clone(), req.owner, FencingToken::new(my_rev as u64), granted, sent)
+            .with_mode(req.mode);
         let lease = match (&session, &signal) {
             (Some(s), Some(sig)) => base.with_valid_until(s.valid_until()).with_session(sig.clone()),
             _ => base,
@@ -122,11 +147,12 @@ impl QueueEntry {
             signal,
             lease: Mutex::new((self.lease, ttl_secs(granted))),
             session,
+            by_key: self.by_key(),
         };
         lease.with_backend_data(Arc::new(held))
     }
 
-    fn wait_timed_out(&self) -> Error {
+    pub(crate) fn wait_timed_out(&self) -> Error {
         Error::WaitTimedOut { key: self.pfx.trim_end_matches('/').to_owned(), waited: Duration::ZERO }
     }
 }
@@ -145,7 +171,7 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Completes when the waiter's lease is lost: `loss` fired, or the session ran past its TTL
 /// by our clock with no renewal (its keep-alive stopped: nobody else would say so).
-async fn lease_lost(loss: &LossSignal, session: Option<&Session>) {
+pub(crate) async fn lease_lost(loss: &LossSignal, session: Option<&Session>) {
     let past_ttl = async {
         match session {
             Some(s) => {
@@ -163,10 +189,18 @@ async fn lease_lost(loss: &LossSignal, session: Option<&Session>) {
 }
 
 impl EtcdBackend {
-    /// Puts our key (unless it exists) and reads the owner, in one transaction.
-    /// Returns (our create revision, owner's create revision), or `None`
-    /// when the key exists with another owner's value.
-    pub(crate) async fn enqueue(&self, e: &QueueEntry) -> Result<Option<(i64, i64)>> {
+    /// Puts our key (unless it exists) and reads who holds, in one transaction. Returns our
+    /// create revision and whether the attempt holds now, or `None` when the lock's key exists
+    /// with another owner's value.
+    pub(crate) async fn enqueue(&self, e: &QueueEntry) -> Result<Option<(i64, bool)>> {
+        if e.by_key() {
+            return self.enqueue_grant(e).await.map(Some);
+        }
+        Ok(self.enqueue_lock(e).await?.map(|(mine, owner)| (mine, mine == owner)))
+    }
+
+    /// [`enqueue`](Self::enqueue) for the lock: (our create revision, the owner's).
+    async fn enqueue_lock(&self, e: &QueueEntry) -> Result<Option<(i64, i64)>> {
         let (my_key, owner) = (e.my_key.as_str(), e.owner.to_string());
         // The oldest keys under the prefix, in the same transaction; the owner is the oldest
         // contender among them (keys of nested locks are skipped, see `layout`).
@@ -268,14 +302,14 @@ impl EtcdBackend {
         granted: Duration,
         deadline: Instant,
     ) -> Result<Waited> {
-        let Some((my_rev, owner_rev)) = self.enqueue(e).await? else {
+        let Some((my_rev, now)) = self.enqueue(e).await? else {
             return Err(Error::backend_msg(
                 NAME,
                 BackendErrorKind::Other,
                 "queue key held by another owner of this session",
             ));
         };
-        if my_rev == owner_rev {
+        if now {
             return Ok(Waited::Won(my_rev, sent, granted));
         }
         let session = e.session.as_deref();
@@ -359,6 +393,9 @@ impl EtcdBackend {
         loss: &LossSignal,
         deadline: Instant,
     ) -> Result<Round> {
+        if e.by_key() {
+            return self.grant_round(e, my_rev, loss, deadline).await;
+        }
         let (pred, mine) = match (self.queue_view(&e.pfx, &e.my_key, e.owner, my_rev, at).await, at) {
             (Ok(v), _) => v,
             // A member behind the one that reported the deletion has not applied its
@@ -419,7 +456,7 @@ impl EtcdBackend {
     /// every [`PROBE_EVERY`] the stream is asked for a progress report, and a stream that does
     /// not answer within the request timeout is given up, so the next round reads the queue
     /// and watches again through a member that answers.
-    async fn next_deletion(
+    pub(crate) async fn next_deletion(
         &self,
         e: &QueueEntry,
         ws: &mut WatchStream,

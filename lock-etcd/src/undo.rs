@@ -14,7 +14,7 @@ use lock_core::cancel::{spawn_detached, undo_after, LATE_GRANT_RECHECKS};
 use lock_core::{Backoff, Instant, OwnerToken, Result};
 
 use crate::backend::EtcdBackend;
-use crate::rpc::pb::{Compare, RangeRequest, RequestOp, TxnRequest};
+use crate::rpc::pb::{Compare, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest};
 use crate::session::Session;
 
 /// What undoing one attempt needs.
@@ -30,6 +30,9 @@ pub(crate) struct Undo {
     /// The attempt's TTL: how long its per-lock lease may live unrevoked.
     pub(crate) ttl: Duration,
     pub(crate) session: Option<Arc<Session>>,
+    /// The key is the attempt's own (named by its owner token, see `grants`): it is deleted
+    /// whatever its value; the lock's key is deleted only while it holds the owner token.
+    pub(crate) by_key: bool,
 }
 
 fn backoff() -> Backoff {
@@ -79,7 +82,7 @@ impl EtcdBackend {
     /// etcd answers, while the session lives, then the key is looked for again a few times
     /// (`LATE_GRANT_RECHECKS`).
     async fn undo_on_session(&self, u: &Undo, s: &Arc<Session>, in_flight: bool) {
-        let first = self.delete_if_ours(&u.key, u.owner).await;
+        let first = self.delete_attempt(u).await;
         self.inner.local.free(&u.name, u.owner);
         let reached = match first {
             Ok(true) => return,
@@ -93,7 +96,7 @@ impl EtcdBackend {
             let mut backoff = backoff();
             while !reached && s.alive() {
                 backoff.sleep_until_deadline(None).await;
-                match b.delete_if_ours(&u.key, u.owner).await {
+                match b.delete_attempt(&u).await {
                     Ok(true) => {
                         tracing::debug!(key = u.key, "deleted the queue key of a failed attempt");
                         return;
@@ -104,13 +107,22 @@ impl EtcdBackend {
             }
             let late = s.alive()
                 && undo_after(LATE_GRANT_RECHECKS, || async {
-                    matches!(b.delete_if_ours(&u.key, u.owner).await, Ok(true))
+                    matches!(b.delete_attempt(&u).await, Ok(true))
                 })
                 .await;
             if late {
                 tracing::debug!(key = u.key, "deleted the late queue key of a cancelled attempt");
             }
         });
+    }
+
+    /// Deletes the attempt's key, if it is still the attempt's; true if it did.
+    async fn delete_attempt(&self, u: &Undo) -> Result<bool> {
+        if !u.by_key {
+            return self.delete_if_ours(&u.key, u.owner).await;
+        }
+        let del = || self.client().delete_range(DeleteRangeRequest::key(u.key.as_str()));
+        Ok(self.call("delete", del).await?.deleted > 0)
     }
 
     /// Deletes `key` if it is still the key created at revision `rev`.
@@ -125,6 +137,12 @@ impl EtcdBackend {
         let txn =
             TxnRequest::when([Compare::value_is(key, owner.to_string())]).and_then([RequestOp::delete(key)]);
         Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
+    }
+
+    /// Whether `key` is still the key created at revision `rev`.
+    pub(crate) async fn created_at(&self, key: &str, rev: i64) -> Result<bool> {
+        let r = self.call("get", || self.client().range(RangeRequest::key(key).without_values())).await?;
+        Ok(r.kvs.first().is_some_and(|kv| kv.create_revision == rev))
     }
 
     /// Whether `key` still holds `owner`.

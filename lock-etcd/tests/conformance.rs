@@ -47,15 +47,24 @@ async fn suite(members: usize, mode: LeaseMode) -> Suite {
                     }
                 }
             })
-            // A client paused past its session's TTL: the server ends the session (revokes
-            // its lease) while the client lives on.
+            // A client paused past its session's TTL: its keep-alive stops (as a paused
+            // process sends nothing) while the client lives on, and the hook returns once the
+            // server has ended the session (its lease expired).
             .expire_with(move |client| {
                 let made = made3.clone();
                 async move {
                     let Some(b) = find(&made, &client) else { return };
-                    if let Some(lease) = b.session_lease().await {
-                        b.raw_client().lease_revoke(lease).await.expect("revoke the session lease");
+                    let Some(lease) = b.session_lease().await else { return };
+                    b.abandon_session().await;
+                    let raw = b.raw_client();
+                    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                    while std::time::Instant::now() < until {
+                        if matches!(raw.lease_time_to_live(lease).await, Ok(ttl) if ttl < 0) {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
+                    panic!("the abandoned session's lease did not expire within 30 s");
                 }
             }),
         LeaseMode::PerLock => s,

@@ -86,6 +86,12 @@ impl RangeRequest {
         self.keys_only = true;
         self
     }
+
+    /// Only the number of keys (the reply's `count`), no keys.
+    pub fn count_only(mut self) -> Self {
+        self.count_only = true;
+        self
+    }
 }
 
 impl DeleteRangeRequest {
@@ -136,6 +142,18 @@ impl RequestOp {
     /// A write inside a transaction.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, lease: i64) -> Self {
         Self { request: Some(request_op::Request::RequestPut(PutRequest::new(key, value, lease))) }
+    }
+
+    /// A write of `value` at `key` that keeps the key's lease.
+    pub fn put_keeping_lease(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        let put = PutRequest { ignore_lease: true, ..PutRequest::new(key, value, 0) };
+        Self { request: Some(request_op::Request::RequestPut(put)) }
+    }
+
+    /// Moves `key` to lease `lease`, keeping its value.
+    pub fn move_to_lease(key: impl Into<Vec<u8>>, lease: i64) -> Self {
+        let put = PutRequest { ignore_value: true, ..PutRequest::new(key, Vec::new(), lease) };
+        Self { request: Some(request_op::Request::RequestPut(put)) }
     }
 
     /// A delete of `key` inside a transaction.
@@ -190,6 +208,18 @@ impl WatchCreateRequest {
         let mut req = Self { key: key.into(), start_revision: start, ..Self::default() };
         req.filters = vec![watch_create_request::FilterType::Noput as i32];
         req
+    }
+
+    /// Watches deletions of every key under `prefix` from revision `start` (0: from now).
+    pub fn deletions_under(prefix: impl Into<Vec<u8>>, start: i64) -> Self {
+        let key = prefix.into();
+        Self { range_end: prefix_end(&key), ..Self::deletions_of(key, start) }
+    }
+
+    /// Watches every change (puts and deletions) under `prefix` from revision `start`.
+    pub fn changes_under(prefix: impl Into<Vec<u8>>, start: i64) -> Self {
+        let key = prefix.into();
+        Self { range_end: prefix_end(&key), key, start_revision: start, ..Self::default() }
     }
 }
 

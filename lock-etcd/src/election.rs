@@ -1,0 +1,84 @@
+//! Watching who leads an election (the layout is in `grants.rs`): one watch of every change
+//! under the election's prefix, opened at the revision after the first read, and a read of the
+//! leader (the oldest key) after each change, as Go's `Election.Observe` does.
+//!
+//! No change after a report goes unseen: the watch starts just after the first read, so every
+//! later campaign, resignation, expiry and proclaim arrives on it and is followed by a read. The
+//! stream ends with an error when the watch breaks, is cancelled (its start revision compacted
+//! away) or a read fails; it holds only a client handle, not the backend (so it never keeps a
+//! session alive), and stops when its receiver is dropped.
+
+use futures::StreamExt;
+use lock_core::{
+    BackendErrorKind, Error, FencingToken, LockInfo, LockKey, Mode, ObserveStream, OwnerToken, Result,
+};
+use tokio::sync::mpsc;
+
+use crate::backend::EtcdBackend;
+use crate::error::{map_err, NAME};
+use crate::grants::{owner_of, stored_metadata};
+use crate::rpc::pb::{RangeRequest, WatchCreateRequest};
+use crate::rpc::{self, WatchStream};
+
+impl EtcdBackend {
+    /// A stream of the leader of `key`'s election: the current one, then the one after each
+    /// change.
+    pub(crate) async fn observe_leader(&self, key: &LockKey) -> Result<ObserveStream> {
+        let (pfx, _) = self.grant_key(key, Mode::Leader, OwnerToken::from_u128(0));
+        let (tx, rx) = mpsc::channel(8);
+        let (first, rev) = leader_at(self.client(), &pfx).await?;
+        let ws = self
+            .call("watch", || self.client().watch(WatchCreateRequest::changes_under(pfx.as_str(), rev + 1)))
+            .await?;
+        tokio::spawn(follow(self.client().clone(), pfx, ws, first, tx));
+        Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+            .boxed())
+    }
+}
+
+/// The leader under `pfx` (the oldest key) and the revision read.
+async fn leader_at(client: &rpc::Client, pfx: &str) -> Result<(Option<LockInfo>, i64)> {
+    let r = client.range(RangeRequest::prefix(pfx).oldest_first().with_limit(1)).await.map_err(map_err)?;
+    let rev = r.header.map_or(0, |h| h.revision);
+    let leader = r.kvs.first().map(|kv| {
+        LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner_of(pfx, &kv.key), None)
+            .with_mode(Mode::Leader)
+            .with_metadata(stored_metadata(Mode::Leader, &kv.value))
+    });
+    Ok((leader, rev))
+}
+
+fn watch_ended(why: &str) -> Error {
+    Error::backend_msg(NAME, BackendErrorKind::Unavailable, format!("the election's watch {why}"))
+}
+
+/// Sends `first`, then the leader after every change `ws` reports, until the receiver is
+/// dropped; ends with an error when the watch ends or a read fails.
+async fn follow(
+    client: rpc::Client,
+    pfx: String,
+    mut ws: WatchStream,
+    first: Option<LockInfo>,
+    tx: mpsc::Sender<Result<Option<LockInfo>>>,
+) {
+    if tx.send(Ok(first)).await.is_err() {
+        return;
+    }
+    loop {
+        let msg = tokio::select! {
+            m = ws.message() => m,
+            _ = tx.closed() => return,
+        };
+        let item = match msg {
+            Ok(Some(resp)) if resp.canceled => Err(watch_ended("was cancelled by the server")),
+            Ok(Some(resp)) if resp.events.is_empty() => continue,
+            Ok(Some(_)) => leader_at(&client, &pfx).await.map(|(l, _)| l),
+            Ok(None) => Err(watch_ended("stream ended")),
+            Err(e) => Err(map_err(e)),
+        };
+        let end = item.is_err();
+        if tx.send(item).await.is_err() || end {
+            return;
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Semaphores, read-write locks and elections: a queue per primitive of a name, in create
+//! revision order like the lock's, with a rule per primitive for which keys hold.
+//!
+//! - **Layout.** The primitive of name `<name>` keeps its queue under
+//!   `<prefix><name>#semaphore/`, `<prefix><name>#rwlock/` or `<prefix><name>#election/`
+//!   (so the lock `jobs` and the semaphore `jobs` never meet; names ending in one of those
+//!   suffixes are reserved). Each attempt puts one key named by its owner token
+//!   (`<owner hex>`; read-write lock: `r-<owner hex>` or `w-<owner hex>`), attached to the
+//!   session's or its own lease. The owner token in the name makes the key the attempt's own:
+//!   any number of one client's tasks queue at once (no local slot, unlike the lock), an undo
+//!   deletes the key whatever it holds, and release, extend and proclaim compare the key's
+//!   create revision, which is the grant's fencing token.
+//! - **Who holds.** Semaphore of `N`: the `N` oldest keys (an attempt holds when fewer than `N`
+//!   keys are older). Read-write lock: a writer when no key is older; a reader when no writer's
+//!   key is older, so a waiting writer holds back every reader that comes after it (writer
+//!   preference; no starvation of writers), and readers that came first go on sharing.
+//!   Election: the oldest key, as etcd's Go `concurrency.Election` (see below).
+//! - **Fencing.** The token is the key's create revision: one counter for the whole cluster,
+//!   so tokens increase across all permits of a semaphore, a writer's is above every earlier
+//!   reader's and writer's, and a reader's is above the last writer's.
+//! - **Waiting.** A waiter re-reads its view (its own key, and the newest key that holds it
+//!   back) in one transaction, then watches from the revision after that read, so no deletion
+//!   is missed: the newest blocker's deletion for writers, readers and candidates (one watcher
+//!   each, no herd); every deletion under the prefix for a semaphore, where the end of any
+//!   older grant may admit it (each release wakes the semaphore's waiters, which each read a
+//!   count). Leases are kept alive while waiting and a waiter whose lease is lost queues again,
+//!   as for the lock (`queue.rs`).
+//! - **Values.** A semaphore's key holds `<N>\n<metadata JSON>`: a waiter whose `N` differs from
+//!   the oldest holder's gets [`Error::PermitsMismatch`]. A read-write lock's key holds the
+//!   metadata JSON. A candidate's key holds its value alone, as Go's `Election` writes it.
+//!
+//! ## Elections and `etcdctl elect`
+//! Go's `concurrency.Election` on prefix `P` puts `P/<lease id in hex>` with the proposal as
+//! value, leads while its key is the oldest under `P/`, waits for every older key's deletion,
+//! and proclaims by rewriting its key's value; `Leader()` and `Observe()` read the oldest key.
+//! distlock's election `<name>` is Go's election on `<prefix><name>#election`, so
+//! `etcdctl elect '<name>#election' PROPOSAL` campaigns against distlock and
+//! `etcdctl elect -l '<name>#election'` prints distlock's leader. Our candidates' keys are named
+//! by owner token rather than lease id, which Go's election reads the same way (any key under
+//! the prefix is a candidate, the oldest leads). The value being the bare proposal, an
+//! election's holder metadata on etcd is its value alone (no host, process or time).
+
+use lock_core::{
+    Error, ExtendOutcome, FencingToken, Instant, Lease, LockInfo, LockKey, LossSignal, Metadata, Mode,
+    OwnerToken, Result,
+};
+
+use crate::backend::{token_rev, EtcdBackend};
+use crate::queue::{QueueEntry, Round};
+use crate::rpc::pb::{Compare, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest};
+use crate::rpc::KeyValue;
+
+/// What holds a waiter back.
+enum Blocker {
+    /// This key (the newest that holds it back): its deletion may admit the waiter.
+    Key(Vec<u8>),
+    /// Enough keys that any deletion under the prefix may admit it (a semaphore).
+    Any,
+}
+
+/// The directory of `mode`'s queue under the name.
+fn dir(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Permit { .. } => "semaphore",
+        Mode::Read | Mode::Write => "rwlock",
+        _ => "election",
+    }
+}
+
+/// The value an attempt of `mode` puts: see the module docs.
+pub(crate) fn encode(mode: Mode, metadata: &Metadata) -> Vec<u8> {
+    match mode {
+        Mode::Permit { limit } => format!("{limit}\n{}", metadata.encode()).into_bytes(),
+        Mode::Read | Mode::Write => metadata.encode().into_bytes(),
+        _ => metadata.value.clone().unwrap_or_default().into_bytes(),
+    }
+}
+
+/// The number of permits a semaphore key was put with, if it is one of ours.
+fn stored_limit(value: &[u8]) -> Option<u32> {
+    let (n, _) = std::str::from_utf8(value).ok()?.split_once('\n')?;
+    n.parse().ok()
+}
+
+/// The holder metadata stored in a key of `mode`'s queue.
+pub(crate) fn stored_metadata(mode: Mode, value: &[u8]) -> Option<Metadata> {
+    let s = std::str::from_utf8(value).ok()?;
+    match mode {
+        Mode::Permit { .. } => Metadata::decode(s.split_once('\n')?.1),
+        Mode::Read | Mode::Write => Metadata::decode(s),
+        // A candidate's value alone (Go's candidates write nothing else).
+        _ => Metadata::decode("{}")?.with_value(s).ok(),
+    }
+}
+
+/// The owner token in one of our keys' names (`None` for a Go candidate's key).
+pub(crate) fn owner_of(pfx: &str, key: &[u8]) -> Option<OwnerToken> {
+    let rest = std::str::from_utf8(key.strip_prefix(pfx.as_bytes())?).ok()?;
+    let hex = rest.strip_prefix("r-").or_else(|| rest.strip_prefix("w-")).unwrap_or(rest);
+    (hex.len() == 32).then(|| OwnerToken::parse_hex(hex)).flatten()
+}
+
+/// Whether a key of a read-write lock's queue is a writer's.
+fn is_writer(pfx: &str, key: &[u8]) -> bool {
+    key.strip_prefix(pfx.as_bytes()).is_some_and(|rest| rest.starts_with(b"w-"))
+}
+
+impl EtcdBackend {
+    /// The queue prefix of `key`'s primitive `mode`, and the key an attempt by `owner` puts.
+    pub(crate) fn grant_key(&self, key: &LockKey, mode: Mode, owner: OwnerToken) -> (String, String) {
+        let pfx = format!("{}{}#{}/", self.inner.opts.prefix, key.full(), dir(mode));
+        let tag = match mode {
+            Mode::Read => "r-",
+            Mode::Write => "w-",
+            _ => "",
+        };
+        let key = format!("{pfx}{tag}{owner}");
+        (pfx, key)
+    }
+
+    /// Puts the attempt's key and decides whether it holds, in one transaction: our create
+    /// revision and whether we hold now.
+    ///
+    /// # Errors
+    /// [`Error::PermitsMismatch`] when the oldest holder of a semaphore was put with another
+    /// number of permits (our key is then undone by the caller); backend errors.
+    pub(crate) async fn enqueue_grant(&self, e: &QueueEntry) -> Result<(i64, bool)> {
+        let key = e.my_key.as_str();
+        let oldest = RangeRequest::prefix(e.pfx.as_str()).oldest_first().with_limit(1);
+        let decide = match e.mode {
+            Mode::Read => Some(RangeRequest::prefix(format!("{}w-", e.pfx)).count_only()),
+            Mode::Permit { .. } => Some(RangeRequest::prefix(e.pfx.as_str()).count_only()),
+            _ => None,
+        };
+        let mut then = vec![RequestOp::put(key, e.value.clone(), e.lease), RequestOp::range(oldest)];
+        then.extend(decide.map(RequestOp::range));
+        let txn = TxnRequest::when([Compare::create_revision_is(key, 0)])
+            .and_then(then)
+            .or_else([RequestOp::range(RangeRequest::key(key).without_values())]);
+        let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
+        if !resp.succeeded {
+            // Our key exists: a retried put whose first reply was lost. Read where it stands.
+            let Some(my_rev) = resp.first_kv(0).map(|kv| kv.create_revision) else {
+                return Ok((resp.revision(), false));
+            };
+            let (blocker, mine, _) = self.grant_view(e, my_rev).await?;
+            return Ok((my_rev, mine && blocker.is_none()));
+        }
+        let my_rev = resp.revision();
+        let oldest = resp.first_kv(1);
+        let count = resp.range(2).map_or(0, |r| r.count);
+        let holds = match e.mode {
+            Mode::Read => count == 0,
+            Mode::Permit { limit } => {
+                if let Some(held) =
+                    oldest.filter(|kv| kv.key != key.as_bytes()).and_then(|kv| stored_limit(&kv.value))
+                {
+                    if held != limit {
+                        return Err(Error::PermitsMismatch { key: e.pfx.clone(), asked: limit, held });
+                    }
+                }
+                count <= i64::from(limit)
+            }
+            _ => oldest.is_some_and(|kv| kv.key == key.as_bytes()),
+        };
+        Ok((my_rev, holds))
+    }
+
+    /// The waiter's view, in one transaction: what holds it back (`None`: nothing, it holds),
+    /// whether its own key is still there at `my_rev`, and the revision read.
+    async fn grant_view(&self, e: &QueueEntry, my_rev: i64) -> Result<(Option<Blocker>, bool, i64)> {
+        let older = |pfx: String| RangeRequest::prefix(pfx).with_max_create_revision((my_rev - 1).max(1));
+        // etcd counts the keys of a range before its revision filters: a semaphore's waiter
+        // reads the keys of the `N` oldest and looks for its own among them.
+        let blocker_read = match e.mode {
+            Mode::Permit { limit } => RangeRequest::prefix(e.pfx.as_str())
+                .oldest_first()
+                .with_limit(i64::from(limit))
+                .without_values(),
+            Mode::Read => older(format!("{}w-", e.pfx)).newest_first().with_limit(1).without_values(),
+            _ => older(e.pfx.clone()).newest_first().with_limit(1).without_values(),
+        };
+        let txn = TxnRequest::when([]).and_then([
+            RequestOp::range(RangeRequest::key(e.my_key.as_str()).without_values()),
+            RequestOp::range(blocker_read),
+        ]);
+        let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
+        let mine = resp.first_kv(0).is_some_and(|kv| kv.create_revision == my_rev);
+        let blocker = match (e.mode, resp.range(1)) {
+            (Mode::Permit { .. }, Some(r)) => {
+                (!r.kvs.iter().any(|kv| kv.key == e.my_key.as_bytes())).then_some(Blocker::Any)
+            }
+            (_, Some(r)) => {
+                r.kvs.iter().find(|kv| kv.create_revision < my_rev).map(|kv| Blocker::Key(kv.key.clone()))
+            }
+            (_, None) => None,
+        };
+        Ok((blocker, mine, resp.revision()))
+    }
+
+    /// One round of waiting for a primitive other than the lock: read the view, then wait for
+    /// the next deletion that may admit us, watched from the revision after the read.
+    pub(crate) async fn grant_round(
+        &self,
+        e: &QueueEntry,
+        my_rev: i64,
+        loss: &LossSignal,
+        deadline: Instant,
+    ) -> Result<Round> {
+        let (blocker, mine, rev) = self.grant_view(e, my_rev).await?;
+        if !mine {
+            return Ok(Round::Lost);
+        }
+        let watch = match blocker {
+            None => return Ok(Round::Mine),
+            Some(Blocker::Key(k)) => WatchCreateRequest::deletions_of(k, rev + 1),
+            Some(Blocker::Any) => WatchCreateRequest::deletions_under(e.pfx.as_str(), rev + 1),
+        };
+        let mut ws = self.call("watch", || self.client().watch(watch.clone())).await?;
+        self.next_deletion(e, &mut ws, loss, deadline).await
+    }
+
+    /// The holders of `key`'s primitive `mode`, oldest first, by the rule of the module docs.
+    pub(crate) async fn grant_holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
+        if mode == Mode::Exclusive {
+            return Ok(self.inspect_lock(key).await?.into_iter().collect());
+        }
+        let (pfx, _) = self.grant_key(key, mode, OwnerToken::from_u128(0));
+        let read = || RangeRequest::prefix(pfx.as_str()).oldest_first();
+        let kvs = self.call("get", || self.client().range(read())).await?.kvs;
+        let holding: Vec<&KeyValue> = match mode {
+            Mode::Permit { limit } => {
+                let n = kvs.first().and_then(|kv| stored_limit(&kv.value)).unwrap_or(limit);
+                kvs.iter().take(n as usize).collect()
+            }
+            Mode::Read | Mode::Write => match kvs.first() {
+                Some(kv) if is_writer(&pfx, &kv.key) => vec![kv],
+                _ => kvs.iter().take_while(|kv| !is_writer(&pfx, &kv.key)).collect(),
+            },
+            _ => kvs.first().into_iter().collect(),
+        };
+        let mut infos = Vec::with_capacity(holding.len());
+        for kv in holding {
+            let kv_mode = match mode {
+                Mode::Read | Mode::Write if is_writer(&pfx, &kv.key) => Mode::Write,
+                Mode::Read | Mode::Write => Mode::Read,
+                m => m,
+            };
+            let info = LockInfo::new(
+                Some(FencingToken::new(kv.create_revision as u64)),
+                owner_of(&pfx, &kv.key),
+                self.lease_left(kv.lease).await,
+            );
+            infos.push(info.with_mode(kv_mode).with_metadata(stored_metadata(kv_mode, &kv.value)));
+        }
+        Ok(infos)
+    }
+
+    /// Rewrites the value of our grant's key (an election's proclaim), keeping its lease, in
+    /// one transaction that compares the key's create revision (the fencing token).
+    pub(crate) async fn rewrite_value(&self, lease: &Lease, metadata: &Metadata) -> Result<ExtendOutcome> {
+        if lease.mode() == Mode::Exclusive {
+            return Err(Error::Unsupported {
+                backend: crate::error::NAME,
+                capability: "holder metadata on the lock (its key's value is the owner token)".into(),
+            });
+        }
+        let (_, key) = self.grant_key(lease.key(), lease.mode(), lease.owner());
+        let txn = TxnRequest::when([Compare::create_revision_is(key.as_str(), token_rev(lease))])
+            .and_then([RequestOp::put_keeping_lease(key.as_str(), encode(lease.mode(), metadata))]);
+        if self.call("txn", || self.client().txn(txn.clone())).await?.succeeded {
+            Ok(ExtendOutcome::Extended { valid_until: lease.valid_until() })
+        } else {
+            Ok(ExtendOutcome::NotHeld)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_foreign_keys_are_read_safely() {
+        let m = Metadata::current().with_value("a:1").expect("value");
+        let v = encode(Mode::Permit { limit: 3 }, &m);
+        assert_eq!(stored_limit(&v), Some(3));
+        assert_eq!(stored_metadata(Mode::Permit { limit: 3 }, &v), Some(m.clone()));
+        assert_eq!(stored_metadata(Mode::Read, &encode(Mode::Read, &m)), Some(m.clone()));
+        let leader = stored_metadata(Mode::Leader, &encode(Mode::Leader, &m)).expect("leader value");
+        assert_eq!(leader.value.as_deref(), Some("a:1"));
+        assert_eq!(stored_limit(b"a Go candidate's proposal"), None);
+        let owner = OwnerToken::random();
+        assert_eq!(owner_of("p/", format!("p/w-{owner}").as_bytes()), Some(owner));
+        assert_eq!(owner_of("p/", format!("p/{owner}").as_bytes()), Some(owner));
+        assert_eq!(owner_of("p/", b"p/694d8a0b8c2a1f03"), None, "a Go candidate's lease id");
+        assert!(is_writer("p/", b"p/w-1") && !is_writer("p/", b"p/r-1"));
+    }
+}
