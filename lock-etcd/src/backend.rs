@@ -75,10 +75,12 @@ pub(crate) struct Held {
     /// while it exists at its create revision (the fencing token). The lock's key is ours
     /// while it holds the owner token.
     pub(crate) by_key: bool,
+    /// The lock's holder metadata as stored beside its key (empty for the other primitives).
+    pub(crate) meta: Vec<u8>,
 }
 
 impl Held {
-    fn lease(&self) -> (i64, i64) {
+    pub(crate) fn lease(&self) -> (i64, i64) {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -312,8 +314,10 @@ impl EtcdBackend {
                 .and_then([pb::RequestOp::move_to_lease(key, new_id)])
         } else {
             let owner = lease.owner().to_string();
-            pb::TxnRequest::when([pb::Compare::value_is(key, owner.as_str())])
-                .and_then([pb::RequestOp::put(key, owner, new_id)])
+            pb::TxnRequest::when([pb::Compare::value_is(key, owner.as_str())]).and_then([
+                pb::RequestOp::put(key, owner, new_id),
+                pb::RequestOp::put(self.meta_key(key), held.meta.clone(), new_id),
+            ])
         };
         if !self.call("txn", || self.client().txn(txn.clone())).await?.succeeded {
             self.revoke(new_id).await;
@@ -370,10 +374,19 @@ impl EtcdBackend {
 impl EtcdBackend {
     /// The holder of the lock `key`: the oldest contender.
     pub(crate) async fn inspect_lock(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        let Some(kv) = self.oldest_contender(&self.etcd_prefix(key), 0, 0).await? else { return Ok(None) };
+        self.lock_holder(&self.etcd_prefix(key)).await
+    }
+
+    /// The holder of the lock whose queue prefix is `pfx`.
+    pub(crate) async fn lock_holder(&self, pfx: &str) -> Result<Option<LockInfo>> {
+        let Some(kv) = self.oldest_contender(pfx, 0, 0).await? else { return Ok(None) };
         let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
         let left = self.lease_left(kv.lease).await;
-        Ok(Some(LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner, left)))
+        let metadata = self.lock_metadata(&kv).await?;
+        Ok(Some(
+            LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner, left)
+                .with_metadata(metadata),
+        ))
     }
 
     /// The time left on lease `id` (whole seconds, as etcd counts), if etcd says within the
@@ -412,6 +425,8 @@ impl LockBackend for EtcdBackend {
             .with_read_write(true)
             .with_writer_preference(true)
             .with_elections(true)
+            .with_holder_metadata(true)
+            .with_listing(true)
             .with_fair_queueing(true)
             .with_wake(WakeMode::Notify)
             .with_ttl_granularity(Duration::from_secs(1))
@@ -507,6 +522,10 @@ impl LockBackend for EtcdBackend {
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
         self.inspect_lock(key).await
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<lock_core::ListPage> {
+        self.list_grants(prefix, cursor, limit).await
     }
 
     async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {

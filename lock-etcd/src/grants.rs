@@ -59,7 +59,7 @@ enum Blocker {
 }
 
 /// The directory of `mode`'s queue under the name.
-fn dir(mode: Mode) -> &'static str {
+pub(crate) fn dir(mode: Mode) -> &'static str {
     match mode {
         Mode::Permit { .. } => "semaphore",
         Mode::Read | Mode::Write => "rwlock",
@@ -226,29 +226,36 @@ impl EtcdBackend {
             return Ok(self.inspect_lock(key).await?.into_iter().collect());
         }
         let (pfx, _) = self.grant_key(key, mode, OwnerToken::from_u128(0));
-        let read = || RangeRequest::prefix(pfx.as_str()).oldest_first();
+        self.holders_under(&pfx, mode).await
+    }
+
+    /// The holders of the queue under `pfx` of a primitive of `mode` (other than the lock).
+    pub(crate) async fn holders_under(&self, pfx: &str, mode: Mode) -> Result<Vec<LockInfo>> {
+        let read = || RangeRequest::prefix(pfx).oldest_first();
         let kvs = self.call("get", || self.client().range(read())).await?.kvs;
+        let mut mode = mode;
         let holding: Vec<&KeyValue> = match mode {
             Mode::Permit { limit } => {
                 let n = kvs.first().and_then(|kv| stored_limit(&kv.value)).unwrap_or(limit);
+                mode = Mode::Permit { limit: n };
                 kvs.iter().take(n as usize).collect()
             }
             Mode::Read | Mode::Write => match kvs.first() {
-                Some(kv) if is_writer(&pfx, &kv.key) => vec![kv],
-                _ => kvs.iter().take_while(|kv| !is_writer(&pfx, &kv.key)).collect(),
+                Some(kv) if is_writer(pfx, &kv.key) => vec![kv],
+                _ => kvs.iter().take_while(|kv| !is_writer(pfx, &kv.key)).collect(),
             },
             _ => kvs.first().into_iter().collect(),
         };
         let mut infos = Vec::with_capacity(holding.len());
         for kv in holding {
             let kv_mode = match mode {
-                Mode::Read | Mode::Write if is_writer(&pfx, &kv.key) => Mode::Write,
+                Mode::Read | Mode::Write if is_writer(pfx, &kv.key) => Mode::Write,
                 Mode::Read | Mode::Write => Mode::Read,
                 m => m,
             };
             let info = LockInfo::new(
                 Some(FencingToken::new(kv.create_revision as u64)),
-                owner_of(&pfx, &kv.key),
+                owner_of(pfx, &kv.key),
                 self.lease_left(kv.lease).await,
             );
             infos.push(info.with_mode(kv_mode).with_metadata(stored_metadata(kv_mode, &kv.value)));
@@ -260,10 +267,7 @@ impl EtcdBackend {
     /// one transaction that compares the key's create revision (the fencing token).
     pub(crate) async fn rewrite_value(&self, lease: &Lease, metadata: &Metadata) -> Result<ExtendOutcome> {
         if lease.mode() == Mode::Exclusive {
-            return Err(Error::Unsupported {
-                backend: crate::error::NAME,
-                capability: "holder metadata on the lock (its key's value is the owner token)".into(),
-            });
+            return self.rewrite_lock_metadata(lease, metadata).await;
         }
         let (_, key) = self.grant_key(lease.key(), lease.mode(), lease.owner());
         let txn = TxnRequest::when([Compare::create_revision_is(key.as_str(), token_rev(lease))])

@@ -43,6 +43,10 @@
 //! leader, and `observe` is one watch of the election's prefix (`election.rs`). The leases,
 //! waiting, re-queueing on a lost lease and undo are the lock's.
 //!
+//! Holder metadata: the lock's key holds the owner token, so the lock's metadata is put beside
+//! it on the same lease (`metadata.rs`); the other primitives keep it in their own key.
+//! `list(prefix)` reads the keys under the prefix and each queue's holders by its rule.
+//!
 //! ## Leases
 //! [`LeaseMode::Session`] (the default): one lease per client, kept alive by one keep-alive
 //! stream about every TTL/3 and shared by all the client's locks. Renewing them costs one
@@ -140,7 +144,9 @@
 //! the reads of a queue that skip the others), `queue.rs` (the fair queue: enqueue, waiting
 //! for predecessors, queueing again on a lost lease), `undo.rs` (undoing an attempt, and the
 //! owner-checked deletes), `grants.rs` (semaphores, read-write locks and elections: their
-//! layout, who holds, holders, proclaim), `election.rs` (observing a leader), `session.rs` (the session lease), `keywatch.rs` (the session's
+//! layout, who holds, holders, proclaim), `election.rs` (observing a leader), `metadata.rs`
+//! (the lock's holder metadata, kept beside its key), `list.rs` (listing grants under a
+//! prefix), `session.rs` (the session lease), `keywatch.rs` (the session's
 //! watch of held keys), `keepalive.rs` (keeping a lease alive, and per-lock lease requests)
 //! and `local.rs` (one queue entry per name per session, and a waiting attempt's lease).
 
@@ -151,7 +157,9 @@ mod grants;
 mod keepalive;
 mod keywatch;
 mod layout;
+mod list;
 mod local;
+mod metadata;
 mod options;
 mod queue;
 mod session;

@@ -36,6 +36,9 @@ pub(crate) struct QueueEntry {
     pub(crate) mode: Mode,
     /// The value the attempt puts.
     pub(crate) value: Vec<u8>,
+    /// The lock's holder metadata, put beside its key (see `metadata.rs`); empty for the other
+    /// primitives, whose key holds it.
+    meta: Vec<u8>,
     pub(crate) lease: i64,
     /// The attempt's TTL: how long a per-lock lease that cannot be revoked may live.
     ttl: Duration,
@@ -88,6 +91,7 @@ impl QueueEntry {
             owner: req.owner,
             mode: req.mode,
             value,
+            meta: if req.mode == Mode::Exclusive { req.metadata.encode().into_bytes() } else { Vec::new() },
             lease,
             ttl: req.ttl,
             session,
@@ -148,6 +152,7 @@ impl QueueEntry {
             lease: Mutex::new((self.lease, ttl_secs(granted))),
             session,
             by_key: self.by_key(),
+            meta: std::mem::take(&mut self.meta),
         };
         lease.with_backend_data(Arc::new(held))
     }
@@ -208,8 +213,9 @@ impl EtcdBackend {
             let oldest = RangeRequest::prefix(e.pfx.as_str()).oldest_first().with_limit(PAGE);
             RequestOp::range(oldest.without_values())
         };
+        let meta = RequestOp::put(self.meta_key(my_key), e.meta.clone(), e.lease);
         let txn = TxnRequest::when([Compare::create_revision_is(my_key, 0)])
-            .and_then([RequestOp::put(my_key, owner.as_str(), e.lease), owner_get()])
+            .and_then([RequestOp::put(my_key, owner.as_str(), e.lease), owner_get(), meta])
             .or_else([RequestOp::range(RangeRequest::key(my_key)), owner_get()]);
         // A key of ours with another owner token is an orphan: the callers hold the name's
         // local slot (session mode) or a fresh lease (per-lock mode), so no live attempt or

@@ -132,10 +132,11 @@ impl EtcdBackend {
         Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
     }
 
-    /// Deletes `key` if its value is still `owner`; true if it did.
+    /// Deletes the lock's `key` (and the metadata beside it) if its value is still `owner`;
+    /// true if it did.
     pub(crate) async fn delete_if_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
-        let txn =
-            TxnRequest::when([Compare::value_is(key, owner.to_string())]).and_then([RequestOp::delete(key)]);
+        let txn = TxnRequest::when([Compare::value_is(key, owner.to_string())])
+            .and_then([RequestOp::delete(key), RequestOp::delete(self.meta_key(key))]);
         Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
     }
 
