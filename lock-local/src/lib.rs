@@ -68,6 +68,10 @@
 //! such file is about 10 KB. The memory backend allows up to
 //! [`MAX_PERMITS`](lock_core::MAX_PERMITS) permits and any number of readers.
 //!
+//! Both backends have elections (the leader is an exclusive grant in the election's own table
+//! or record; observers poll), holder metadata (the memory backend keeps it beside each grant,
+//! the file backend in a side file) and `list(prefix)`.
+//!
 //! What they do not promise: waiters are not served in order (no fairness among permits or
 //! readers); a semaphore's `N` is only checked against current holders, so two groups of
 //! clients that never overlap in time may use different `N`s.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lock_core::lease::add_saturating;
 use lock_core::{
     async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, FencingToken, Instant, Lease,
-    LockBackend, LockInfo, LockKey, Mode, ReleaseOutcome, Result, WakeMode,
+    ListPage, LockBackend, LockInfo, LockKey, Metadata, Mode, OwnerToken, ReleaseOutcome, Result, WakeMode,
 };
 use tokio::sync::Notify;
 
@@ -39,16 +39,29 @@ const INTENT_TTL: Duration = Duration::from_secs(1);
 /// - Semaphores (up to [`MAX_PERMITS`](lock_core::MAX_PERMITS) permits), read-write locks with
 ///   writer preference, and atomic multi-key locks (every key checked and granted under the
 ///   store's one mutex); see the crate docs.
+/// - Elections (the leader is an exclusive grant in the election's own table; observers poll
+///   `holders` every 250 ms), holder metadata kept beside each grant, and `list(prefix)` over
+///   the whole store in one page.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     store: Arc<Mutex<HashMap<(Kind, String), Slot>>>,
 }
 
-/// One name's primitive: its grants and its waiters' wake-up.
+/// One name's primitive: its grants, their holders' metadata, and its waiters' wake-up.
 #[derive(Debug, Default)]
 struct Slot {
     table: Table<Instant>,
+    /// The metadata of each grant in `table`, by owner (pruned with the grants).
+    meta: HashMap<OwnerToken, Metadata>,
     notify: Arc<Notify>,
+}
+
+impl Slot {
+    /// Drops the metadata of grants no longer in the table (released or expired and pruned).
+    fn prune_meta(&mut self) {
+        let entries = &self.table.entries;
+        self.meta.retain(|o, _| entries.iter().any(|e| e.owner == *o));
+    }
 }
 
 impl MemoryBackend {
@@ -88,10 +101,26 @@ impl MemoryBackend {
         let slot = store.entry((kind, req.key.full().to_owned())).or_default();
         let ask = Self::ask(req, sent, intent.then(|| add_saturating(sent, INTENT_TTL)));
         match slot.table.acquire(&ask, NAME)? {
-            Admit::Granted(fence) => Ok(Attempt::Acquired(Self::lease(req, fence, sent))),
+            Admit::Granted(fence) => {
+                slot.meta.insert(req.owner, (*req.metadata).clone());
+                slot.prune_meta();
+                Ok(Attempt::Acquired(Self::lease(req, fence, sent)))
+            }
             Admit::Held(until) => Ok(Attempt::Held { expires_in: until.map(|t| t - sent) }),
             Admit::Mismatch(held) => Err(mismatch(req, held)),
         }
+    }
+
+    /// The unexpired holders of a slot, with their metadata.
+    fn infos(slot: &Slot, now: Instant) -> Vec<LockInfo> {
+        slot.table
+            .holders(now)
+            .map(|(e, mode)| {
+                LockInfo::new(Some(FencingToken::new(e.fence)), Some(e.owner), Some(e.expires - now))
+                    .with_mode(mode)
+                    .with_metadata(slot.meta.get(&e.owner).cloned())
+            })
+            .collect()
     }
 
     fn notify_of(&self, kind: Kind, key: &LockKey) -> Arc<Notify> {
@@ -142,6 +171,9 @@ impl LockBackend for MemoryBackend {
             .with_read_write(true)
             .with_writer_preference(true)
             .with_atomic_multi_key(true)
+            .with_elections(true)
+            .with_holder_metadata(true)
+            .with_listing(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -175,6 +207,7 @@ impl LockBackend for MemoryBackend {
         let now = Instant::now();
         let live = self.with_slot(lease.key(), lease.mode(), |slot, role| {
             let (live, removed) = slot.table.release(lease.owner(), role, now);
+            slot.prune_meta();
             if removed {
                 slot.notify.notify_waiters();
             }
@@ -189,16 +222,36 @@ impl LockBackend for MemoryBackend {
 
     async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
         let now = Instant::now();
-        let found = self.with_slot(key, mode, |slot, _| {
-            slot.table
-                .holders(now)
-                .map(|(e, mode)| {
-                    LockInfo::new(Some(FencingToken::new(e.fence)), Some(e.owner), Some(e.expires - now))
-                        .with_mode(mode)
-                })
-                .collect()
+        Ok(self.with_slot(key, mode, |slot, _| Self::infos(slot, now))?.unwrap_or_default())
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<ExtendOutcome> {
+        let now = Instant::now();
+        let held = self.with_slot(lease.key(), lease.mode(), |slot, role| {
+            let held = slot.table.holds(lease.owner(), role, now);
+            if held {
+                slot.meta.insert(lease.owner(), metadata.clone());
+            }
+            held
         })?;
-        Ok(found.unwrap_or_default())
+        Ok(if held == Some(true) {
+            ExtendOutcome::Extended { valid_until: lease.valid_until() }
+        } else {
+            ExtendOutcome::NotHeld
+        })
+    }
+
+    /// Every grant under `prefix`, in one page (the store is read under its mutex at once).
+    async fn list(&self, prefix: &str, _cursor: Option<String>, _limit: usize) -> Result<ListPage> {
+        let now = Instant::now();
+        let store = self.store();
+        let mut entries: Vec<(String, LockInfo)> = store
+            .iter()
+            .filter(|((_, name), _)| name.starts_with(prefix))
+            .flat_map(|((_, name), slot)| Self::infos(slot, now).into_iter().map(move |i| (name.clone(), i)))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(ListPage::new(entries, None))
     }
 
     async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
@@ -217,7 +270,10 @@ impl LockBackend for MemoryBackend {
             let slot =
                 store.entry((Role::of(req.mode, NAME)?.kind(), req.key.full().to_owned())).or_default();
             match slot.table.acquire(&Self::ask(req, sent, None), NAME)? {
-                Admit::Granted(fence) => leases.push(Self::lease(req, fence, sent)),
+                Admit::Granted(fence) => {
+                    slot.meta.insert(req.owner, (*req.metadata).clone());
+                    leases.push(Self::lease(req, fence, sent));
+                }
                 // Checked above under the same mutex; cannot happen.
                 _ => return Ok(None),
             }
