@@ -13,7 +13,7 @@ use lock_core::{
 use crate::attempts::{arm, extra, intent_ttl};
 use crate::error::mismatch;
 use crate::keys::Keys;
-use crate::node::{Node, NodeGrant, NAME};
+use crate::node::{meta_arg, Node, NodeGrant, NAME};
 use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
 
 /// Locks on one Redis server (or one Redis Cluster slot owner, or a Sentinel-managed master
@@ -46,6 +46,9 @@ use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
 /// - Semaphores (a sorted set of permits), read-write locks (with writer preference) and
 ///   atomic multi-key locks (one script over every key), each one script per step with the
 ///   same fencing rule; see the crate docs and [`scripts`](crate::scripts).
+/// - Elections, laid out as the lock under `P{K}:elect` (waiters woken on release; observers
+///   poll the leader every 250 ms); holder metadata in the grant's value of a lock or an
+///   election; `list(prefix)` by `SCAN` over the fencing counters under the prefix.
 #[derive(Debug, Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
@@ -101,7 +104,8 @@ impl RedisBackend {
         let keys = self.keys(&req.key, req.mode)?;
         let sent = Instant::now();
         let undo = arm(self.releaser(vec![keys.clone()], req.owner));
-        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl, extra(req, intent)).await;
+        let meta = meta_arg(req.mode, &req.metadata);
+        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl, extra(req, intent), &meta).await;
         undo.disarm();
         Ok(match reply? {
             NodeGrant::Granted(f) => Attempt::Acquired(
@@ -149,6 +153,9 @@ impl LockBackend for RedisBackend {
             .with_writer_preference(true)
             .with_atomic_multi_key(true)
             .with_batch_extend(true)
+            .with_elections(true)
+            .with_holder_metadata(true)
+            .with_listing(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -248,6 +255,28 @@ impl LockBackend for RedisBackend {
         self.inner.node.holders(&self.keys(key, mode)?).await
     }
 
+    /// The metadata of a lock or an election (proclaim): one script that compares the owner
+    /// token and rewrites the grant's value, keeping its token and TTL. The other primitives
+    /// keep no metadata on Redis.
+    async fn update_metadata(&self, lease: &Lease, metadata: &lock_core::Metadata) -> Result<ExtendOutcome> {
+        if !matches!(lease.mode(), Mode::Exclusive | Mode::Leader) {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                capability: format!("metadata of {}s", lease.mode().primitive()),
+            });
+        }
+        let keys = self.keys(lease.key(), lease.mode())?;
+        Ok(if self.inner.node.set_meta(&keys, lease.owner(), &meta_arg(lease.mode(), metadata)).await? {
+            ExtendOutcome::Extended { valid_until: lease.valid_until() }
+        } else {
+            ExtendOutcome::NotHeld
+        })
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<lock_core::ListPage> {
+        crate::list::page(&self.inner.node, &self.inner.prefix, prefix, cursor, limit).await
+    }
+
     /// One script over every key (see [`scripts::ACQUIRE_ALL`](crate::scripts::ACQUIRE_ALL)).
     async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
         let Some(first) = reqs.first() else { return Ok(Some(Vec::new())) };
@@ -260,7 +289,8 @@ impl LockBackend for RedisBackend {
         let keys: Vec<Keys> = reqs.iter().map(|r| Keys::lock(&self.inner.prefix, &r.key)).collect();
         let sent = Instant::now();
         let undo = arm(self.releaser(keys.clone(), first.owner));
-        let reply = self.inner.node.acquire_all(&keys, first.owner, first.ttl).await;
+        let meta = meta_arg(Mode::Exclusive, &first.metadata);
+        let reply = self.inner.node.acquire_all(&keys, first.owner, first.ttl, &meta).await;
         undo.disarm();
         match reply {
             Ok(Some(fences)) => Ok(Some(

@@ -74,22 +74,32 @@ impl Keys {
     /// # Errors
     /// [`Error::Unsupported`] for a mode this crate does not know.
     pub(crate) fn new(backend: &'static str, prefix: &str, key: &LockKey, mode: Mode) -> Result<Self> {
+        Self::of_full(backend, prefix, key.full(), mode)
+    }
+
+    /// The keys of the primitive of `mode` of the full key `full` (namespace included; as a
+    /// listing finds it).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for a mode this crate does not know.
+    pub(crate) fn of_full(backend: &'static str, prefix: &str, full: &str, mode: Mode) -> Result<Self> {
         let layout: Layout = match mode {
             Mode::Exclusive => LOCK_LAYOUT,
             Mode::Permit { .. } => (":sem", &["", ":info", ":fence"]),
             Mode::Read | Mode::Write => (":rw", &[":writer", ":readers", ":tokens", ":intents", ":fence"]),
+            Mode::Leader => (":elect", &["", ":fence"]),
             other => return Err(Error::Unsupported { backend, capability: format!("{other:?} grants") }),
         };
-        Ok(Self::at(prefix, key, mode, layout))
+        Ok(Self::at(prefix, full, mode, layout))
     }
 
     /// The lock's keys of `key`.
     pub(crate) fn lock(prefix: &str, key: &LockKey) -> Self {
-        Self::at(prefix, key, Mode::Exclusive, LOCK_LAYOUT)
+        Self::at(prefix, key.full(), Mode::Exclusive, LOCK_LAYOUT)
     }
 
-    fn at(prefix: &str, key: &LockKey, mode: Mode, (stem, names): Layout) -> Self {
-        let stem = format!("{prefix}{{{}}}{stem}", key.full());
+    fn at(prefix: &str, full: &str, mode: Mode, (stem, names): Layout) -> Self {
+        let stem = format!("{prefix}{{{full}}}{stem}");
         let all = names.iter().map(|n| format!("{stem}{n}")).collect();
         Self { mode, all, channel: format!("{stem}:released") }
     }

@@ -101,6 +101,7 @@ mod attempts;
 mod backend;
 mod error;
 mod keys;
+mod list;
 mod node;
 mod notify;
 mod options;

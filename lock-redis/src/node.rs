@@ -47,6 +47,15 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// The metadata argument of the lock's and the election's scripts: `"\n<JSON>"` (the grant's
+/// value is `"<owner>:<fence>"` then this), empty for the other primitives.
+pub(crate) fn meta_arg(mode: Mode, metadata: &lock_core::Metadata) -> String {
+    match mode {
+        Mode::Exclusive | Mode::Leader => format!("\n{}", metadata.encode()),
+        _ => String::new(),
+    }
+}
+
 /// Milliseconds for PX/PEXPIRE, rounded up so the server never holds less than asked.
 pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
     let ms = ttl.as_nanos().div_ceil(1_000_000);
@@ -101,17 +110,19 @@ impl Node {
     }
 
     /// One acquire script on `keys`' primitive. `extra`: the number of permits of a semaphore,
-    /// a waiting writer's intent in ms (0: none); ignored by the others.
+    /// a waiting writer's intent in ms (0: none); ignored by the others. `meta`: the holder's
+    /// metadata, kept in the grant of a lock or an election (see [`meta_arg`]).
     pub(crate) async fn acquire(
         &self,
         keys: &Keys,
         owner: OwnerToken,
         ttl: Duration,
         extra: u64,
+        meta: &str,
     ) -> Result<NodeGrant> {
         let mut inv = keys.scripts().acquire.prepare_invoke();
         keys.add_to(&mut inv);
-        inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(extra);
+        inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(extra).arg(meta);
         let (status, value): (i64, String) = self.call(inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "acquire");
         Ok(match status {
@@ -129,12 +140,13 @@ impl Node {
         keys: &[Keys],
         owner: OwnerToken,
         ttl: Duration,
+        meta: &str,
     ) -> Result<Option<Vec<u64>>> {
         let mut inv = scripts::ACQUIRE_ALL.prepare_invoke();
         for k in keys {
             k.add_to(&mut inv);
         }
-        inv.arg(owner.to_string()).arg(ttl_ms(ttl));
+        inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(meta);
         let reply: Vec<String> = self.call(inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "multi-key acquire");
         match reply.split_first() {
@@ -208,15 +220,33 @@ impl Node {
             return Ok(None);
         }
         let pttl: i64 = pttl.parse().unwrap_or(-1);
-        // Ours: "<32 hex>:<fence>"; anything else is a foreign client's value.
-        let (owner, fence) = match value.split_once(':') {
+        // Ours: "<32 hex>:<fence>" and "\n<metadata JSON>"; anything else is a foreign
+        // client's value.
+        let (grant, meta) = value.split_once('\n').unwrap_or((value.as_str(), ""));
+        let (owner, fence, metadata) = match grant.split_once(':') {
             Some((o, f)) => match (OwnerToken::parse_hex(o), f.parse::<u64>()) {
-                (Some(o), Ok(f)) => (Some(o), Some(FencingToken::new(f))),
-                _ => (None, None),
+                (Some(o), Ok(f)) => (Some(o), Some(FencingToken::new(f)), lock_core::Metadata::decode(meta)),
+                _ => (None, None, None),
             },
-            None => (None, None),
+            None => (None, None, None),
         };
-        Ok(Some(LockInfo::new(fence, owner, millis(pttl))))
+        Ok(Some(LockInfo::new(fence, owner, millis(pttl)).with_mode(keys.mode).with_metadata(metadata)))
+    }
+
+    /// Replaces the metadata of `owner`'s grant of a lock or an election ([`scripts::SET_META`]):
+    /// whether the grant was still ours.
+    pub(crate) async fn set_meta(&self, keys: &Keys, owner: OwnerToken, meta: &str) -> Result<bool> {
+        let mut inv = scripts::SET_META.prepare_invoke();
+        inv.key(&keys.all[0]).arg(owner.to_string()).arg(meta);
+        Ok(self.call::<i64>(inv).await? == 1)
+    }
+
+    /// One page of a `SCAN` with `pattern` from `cursor`: the next cursor (`0`: done) and the
+    /// keys.
+    pub(crate) async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count).clone();
+        self.timed(cmd.query_async::<(u64, Vec<String>)>(&mut con)).await
     }
 
     /// Every unexpired holder of `keys`' primitive, with its mode.

@@ -160,9 +160,11 @@ impl RedlockBackend {
         let keys = self.keys(&req.key, req.mode)?;
         let sent = Instant::now();
         let extra = extra(req, intent);
-        let replies =
-            join_all(self.inner.nodes.iter().map(|node| node.acquire(&keys, req.owner, req.ttl, extra)))
-                .await;
+        let meta = crate::node::meta_arg(req.mode, &req.metadata);
+        let replies = join_all(
+            self.inner.nodes.iter().map(|node| node.acquire(&keys, req.owner, req.ttl, extra, &meta)),
+        )
+        .await;
         let valid_until =
             lock_core::lease::add_saturating(sent, req.ttl.saturating_sub(drift_margin(req.ttl)));
         let round = Round::of(replies);
@@ -276,7 +278,15 @@ impl RedlockBackend {
             if same.len() >= self.inner.quorum {
                 let fence = same.iter().filter_map(|i| i.fencing_token).max();
                 let left = same.iter().filter_map(|i| i.remaining_ttl).min();
-                agreed.push(LockInfo::new(fence, Some(owner), left).with_mode(info.mode));
+                // The metadata most masters hold (a proclaim reaches a quorum, perhaps not all).
+                let metadata = same
+                    .iter()
+                    .filter_map(|i| i.metadata.as_ref())
+                    .max_by_key(|m| same.iter().filter(|i| i.metadata.as_ref() == Some(*m)).count())
+                    .cloned();
+                agreed.push(
+                    LockInfo::new(fence, Some(owner), left).with_mode(info.mode).with_metadata(metadata),
+                );
             }
         }
         (agreed, answered)
@@ -329,6 +339,8 @@ impl LockBackend for RedlockBackend {
             .with_expiry_margin(self.inner.node_timeout.saturating_add(Duration::from_millis(50)))
             .with_read_write(true)
             .with_writer_preference(true)
+            .with_elections(true)
+            .with_holder_metadata(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -421,5 +433,32 @@ impl LockBackend for RedlockBackend {
             return Err(self.too_few(answered));
         }
         Ok(agreed)
+    }
+
+    /// The metadata of a lock or an election (proclaim), rewritten on every master where the
+    /// grant is ours; done when a quorum did.
+    async fn update_metadata(&self, lease: &Lease, metadata: &lock_core::Metadata) -> Result<ExtendOutcome> {
+        if !matches!(lease.mode(), Mode::Exclusive | Mode::Leader) {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                capability: format!("metadata of {}s", lease.mode().primitive()),
+            });
+        }
+        let keys = self.keys(lease.key(), lease.mode())?;
+        let meta = crate::node::meta_arg(lease.mode(), metadata);
+        let (n, quorum) = (self.inner.nodes.len(), self.inner.quorum);
+        let replies =
+            join_all(self.inner.nodes.iter().map(|node| node.set_meta(&keys, lease.owner(), &meta))).await;
+        let ok = replies.iter().filter(|r| matches!(r, Ok(true))).count();
+        let refused = replies.iter().filter(|r| matches!(r, Ok(false))).count();
+        if ok >= quorum {
+            return Ok(ExtendOutcome::Extended { valid_until: lease.valid_until() });
+        }
+        if refused > n - quorum {
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        Err(unavailable(format!(
+            "metadata written on {ok} of {n} masters, {refused} refused; a quorum is {quorum}"
+        )))
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | Redis key | holds |
 //! |---|---|
-//! | `P{K}` | the grant: `"<owner token hex>:<fencing token>"`, with the TTL as its expiry |
+//! | `P{K}` | the grant: `"<owner token hex>:<fencing token>"`, then `"\n<metadata JSON>"` (the holder's metadata, see [`lock_core::Metadata`]), with the TTL as its expiry |
 //! | `P{K}:fence` | the fencing counter: never expires, survives release and expiry |
 //! | channel `P{K}:released` | one message per release, for waiters |
 //!
@@ -14,7 +14,10 @@
 //! deletes its value.
 //!
 //! The semaphore and the read-write lock of the same name are other resources, under other
-//! keys of the same hash tag: see [`semaphore`] and [`rwlock`]. A multi-key lock takes the
+//! keys of the same hash tag: see [`semaphore`] and [`rwlock`]. The election of the name is
+//! laid out as the lock, at `P{K}:elect` and `P{K}:elect:fence` (channel
+//! `P{K}:elect:released`), with the same scripts: the leader's value is its metadata's, and
+//! proclaim is [`SET_META`]. A multi-key lock takes the
 //! locks of several names in one script ([`ACQUIRE_ALL`]).
 //!
 //! ## Fencing tokens
@@ -102,7 +105,7 @@ pub(crate) fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-/// KEYS: lock, counter. ARGV: owner hex, ttl ms.
+/// KEYS: lock, counter. ARGV: owner hex, ttl ms, (unused), metadata (`"\n<JSON>"`, or empty).
 /// Returns `{1, fence}` when granted (or already ours: a retried request whose reply was
 /// lost; the TTL is refreshed and the grant keeps its token), `{0, pttl}` when held by someone
 /// else. A grant's fence is `max(counter + 1, TIME in µs)` (see the module docs).
@@ -113,12 +116,12 @@ local cur = redis.call('GET', KEYS[1])
 if cur then
   if string.sub(cur, 1, 33) == ARGV[1] .. ':' then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, string.sub(cur, 34)}
+    return {1, string.match(cur, '^%d+', 34)}
   end
   return {0, tostring(redis.call('PTTL', KEYS[1]))}
 end
 local f = next_fence(KEYS[2], now_us())
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f, 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f .. (ARGV[4] or ''), 'PX', ARGV[2])
 return {1, f}
 "#,
     )
@@ -191,21 +194,36 @@ return {v, tostring(redis.call('PTTL', KEYS[1]))}
 
 /// Redlock's write-back. KEYS: lock, counter. ARGV: owner hex, fence.
 /// If the grant is still ours, raises the counter to at least `fence` and records `fence` in
-/// the grant (keeping its TTL). Returns 1 if done, 0 if the grant is gone.
+/// the grant (keeping its TTL and metadata). Returns 1 if done, 0 if the grant is gone.
 pub static WRITE_BACK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local cur = redis.call('GET', KEYS[1])
 if not (cur and string.sub(cur, 1, 33) == ARGV[1] .. ':') then return 0 end
 raise(KEYS[2], ARGV[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'KEEPTTL')
+local meta = string.match(cur, '\n.*$') or ''
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2] .. meta, 'KEEPTTL')
+return 1
+"#,
+    )
+});
+
+/// Proclaim (and any rewrite of a grant's metadata). KEYS: lock. ARGV: owner hex, metadata
+/// (`"\n<JSON>"`). If the grant is still ours, replaces its metadata, keeping its token and
+/// TTL. Returns 1 if done, 0 if the grant is gone.
+pub static SET_META: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if not (cur and string.sub(cur, 1, 33) == ARGV[1] .. ':') then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.match(cur, '^%d+', 34) .. ARGV[2], 'KEEPTTL')
 return 1
 "#,
     )
 });
 
 /// A multi-key lock in one step. KEYS: lock and counter of each name, in turn (`lock1,
-/// counter1, lock2, counter2, …`). ARGV: owner hex, ttl ms.
+/// counter1, lock2, counter2, …`). ARGV: owner hex, ttl ms, metadata (`"\n<JSON>"`, or empty).
 /// Returns `{'1', fence1, fence2, …}` when every lock was free (or already ours) and is now
 /// granted, each with its own token by the rule of [`ACQUIRE`]; `{'0', pttl}` when one is held
 /// by someone else, with nothing written.
@@ -229,10 +247,10 @@ for i = 1, #KEYS, 2 do
   local f
   if cur then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    f = string.sub(cur, 34)
+    f = string.match(cur, '^%d+', 34)
   else
     f = next_fence(KEYS[i + 1], us)
-    redis.call('SET', KEYS[i], mine .. f, 'PX', ARGV[2])
+    redis.call('SET', KEYS[i], mine .. f .. (ARGV[3] or ''), 'PX', ARGV[2])
   end
   out[#out + 1] = f
 end

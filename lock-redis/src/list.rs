@@ -1,0 +1,77 @@
+//! Listing what is held under a prefix: `SCAN` with a `MATCH` pattern over the fencing
+//! counters of every primitive under it (`P{<name>}:fence`, `P{<name>}:sem:fence`,
+//! `P{<name>}:rw:fence`, `P{<name>}:elect:fence`: one key per primitive ever granted, so each
+//! is found once), then each one's holders by its own script. The SCAN cursor is the page
+//! cursor. Locks held only by a foreign client (a `SET NX` on `P{K}` that keeps no counter)
+//! are not listed.
+
+use lock_core::{ListPage, LockInfo, Mode, Result};
+
+use crate::keys::Keys;
+use crate::node::{Node, NAME};
+
+/// The counter suffix of each primitive, after the hash tag's closing brace.
+const COUNTERS: [(&str, Mode); 4] = [
+    ("}:fence", Mode::Exclusive),
+    ("}:sem:fence", Mode::Permit { limit: 1 }),
+    ("}:rw:fence", Mode::Read),
+    ("}:elect:fence", Mode::Leader),
+];
+
+/// `s` with the glob characters of `SCAN MATCH` escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The full name and primitive of a counter key found under `base` (the backend's prefix).
+fn counter_of<'a>(base: &str, key: &'a str) -> Option<(&'a str, Mode)> {
+    let rest = key.strip_prefix(base)?.strip_prefix('{')?;
+    COUNTERS.iter().find_map(|(suffix, mode)| rest.strip_suffix(suffix).map(|name| (name, *mode)))
+}
+
+/// One page of the grants held under `prefix` (a full-key prefix): one `SCAN` call.
+pub(crate) async fn page(
+    node: &Node,
+    base: &str,
+    prefix: &str,
+    cursor: Option<String>,
+    limit: usize,
+) -> Result<ListPage> {
+    let from = match cursor {
+        Some(c) => {
+            c.parse().map_err(|_| lock_core::Error::InvalidConfig(format!("bad list cursor {c:?}")))?
+        }
+        None => 0,
+    };
+    let pattern = format!("{}{{{}*:fence", glob_escape(base), glob_escape(prefix));
+    let (next, keys) = node.scan(from, &pattern, limit.max(10)).await?;
+    let mut entries: Vec<(String, LockInfo)> = Vec::new();
+    for key in &keys {
+        let Some((name, mode)) = counter_of(base, key) else { continue };
+        let keys = Keys::of_full(NAME, base, name, mode)?;
+        entries.extend(node.holders(&keys).await?.into_iter().map(|h| (name.to_owned(), h)));
+    }
+    Ok(ListPage::new(entries, (next != 0).then(|| next.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_name_their_primitive_and_globs_are_escaped() {
+        assert_eq!(counter_of("p:", "p:{jobs/a}:fence"), Some(("jobs/a", Mode::Exclusive)));
+        assert_eq!(counter_of("p:", "p:{jobs/a}:sem:fence").map(|c| c.0), Some("jobs/a"));
+        assert_eq!(counter_of("p:", "p:{a}b}:elect:fence"), Some(("a}b", Mode::Leader)));
+        assert_eq!(counter_of("p:", "p:{jobs/a}"), None);
+        assert_eq!(counter_of("p:", "q:{jobs/a}:fence"), None);
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
