@@ -91,6 +91,15 @@
 //! and readers on it and can admit new holders beside them while their TTLs run; the tokens
 //! still rise.
 //!
+//! ## Elections, holder metadata and listing
+//! The election of a name is laid out as its lock under `P{K}:elect` and uses the lock's
+//! scripts (terms are fencing tokens; candidates wait by notification; observers poll every
+//! 250 ms). A lock's or a leader's metadata rides in its grant's value after the token
+//! (`"<owner>:<token>\n<JSON>"`): it expires, renews and is deleted with the grant, and
+//! proclaim rewrites it ([`scripts::SET_META`]). [`RedisBackend`] lists by `SCAN` over the
+//! fencing counters under a prefix; Redlock offers elections and metadata on a quorum but no
+//! listing. Semaphore permits and read-write grants carry no metadata.
+//!
 //! Connection options ([`RedisOptions`], [`RedlockOptions`]): built in code, or parsed from
 //! `redis://[user[:password]@]host[:port][/db]`, `rediss://` for TLS (feature `tls`, on by
 //! default: a private CA and a client certificate through [`lock_core::TlsOptions`]) and
