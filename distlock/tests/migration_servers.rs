@@ -95,3 +95,72 @@ async fn a_migration_lock_renewed_for_several_ttls_stays_held_on_both() {
     let _ = r.release().await;
     let _ = d.release().await;
 }
+
+/// `migrate_tokens` from Redis to the memory backend: every primitive's counter (lock,
+/// semaphore, read-write lock, election) is carried over, so the first grant on the new
+/// backend is fenced above every Redis grant; back from memory to Redis it never lowers a
+/// Redis counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_tokens_carries_every_primitives_counter_from_redis() {
+    use distlock::lock_local::MemoryBackend;
+    use distlock::migration::migrate_tokens;
+    use distlock::{LockBackend, Mode};
+
+    let servers = Servers::start().await;
+    let redis = RedisBackend::connect(servers.redis.url.parse().expect("url")).await.expect("redis");
+    let old = LockClient::new(redis.clone());
+    let p = format!("carry-{}/", lock_core_token());
+    let (lock, sem, rw, elect) =
+        (format!("{p}lock"), format!("{p}sem"), format!("{p}rw"), format!("{p}elect"));
+    let mut last = std::collections::HashMap::new();
+    let g = old.lock(&lock).acquire().await.expect("lock");
+    last.insert((lock.clone(), Mode::Exclusive), g.fencing_token());
+    g.release().await.expect("release");
+    let g = old.semaphore(&sem, 3).acquire().await.expect("permit");
+    last.insert((sem.clone(), Mode::Permit { limit: 3 }), g.fencing_token());
+    g.release().await.expect("release");
+    let g = old.write_lock(&rw).acquire().await.expect("write lock");
+    last.insert((rw.clone(), Mode::Write), g.fencing_token());
+    g.release().await.expect("release");
+    let g = old.election(&elect).campaign("a").await.expect("leader");
+    last.insert((elect.clone(), Mode::Leader), g.fencing_token());
+    g.release().await.expect("resign");
+
+    let mem = MemoryBackend::new();
+    let dry = migrate_tokens(&redis, &mem, &p, true).await.expect("dry run");
+    assert_eq!(dry.len(), 4, "one counter per primitive: {dry:?}");
+    assert!(dry.iter().all(|m| m.new.is_none()));
+    let moves = migrate_tokens(&redis, &mem, &p, false).await.expect("migrate");
+    assert_eq!(moves.len(), 4, "{moves:?}");
+    let new = LockClient::new(mem.clone());
+    let checks = [
+        (new.lock(&lock).try_acquire().await, &lock),
+        (new.semaphore(&sem, 3).try_acquire().await, &sem),
+        (new.write_lock(&rw).try_acquire().await, &rw),
+        (new.election(&elect).wait(Duration::from_secs(1)).campaign("b").await.map(Some), &elect),
+    ];
+    for (got, name) in checks {
+        let g = got.expect("grant on the new backend").expect("free");
+        let old_token = last.iter().find(|((n, _), _)| n == name).map(|(_, t)| *t).expect("old token");
+        assert!(
+            g.fencing_token() > old_token,
+            "{name}: new token {} is not above {old_token}",
+            g.fencing_token()
+        );
+    }
+
+    // Back from memory to Redis: Redis's counters are far above (its tokens follow its clock
+    // in microseconds), and a raise never lowers them.
+    let before = redis.fencing_counters(&p, None, 100).await.expect("counters").counters;
+    migrate_tokens(&mem, &redis, &p, false).await.expect("migrate back");
+    let after = redis.fencing_counters(&p, None, 100).await.expect("counters").counters;
+    for (key, mode, token) in before {
+        let now = after.iter().find(|(k, m, _)| *k == key && *m == mode).map(|c| c.2).expect("still there");
+        assert!(now >= token, "{key} {mode:?}: counter went from {token} down to {now}");
+    }
+}
+
+/// A fresh random name part.
+fn lock_core_token() -> String {
+    distlock::core::OwnerToken::random().to_string()[..12].to_owned()
+}

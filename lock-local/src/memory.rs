@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use lock_core::lease::add_saturating;
 use lock_core::{
-    async_trait, AcquireRequest, Attempt, Capabilities, ExtendOutcome, FencingToken, Instant, Lease,
-    ListPage, LockBackend, LockInfo, LockKey, Metadata, Mode, OwnerToken, ReleaseOutcome, Result, WakeMode,
+    async_trait, AcquireRequest, Attempt, Capabilities, CounterPage, ExtendOutcome, FencingToken, Instant,
+    Lease, ListPage, LockBackend, LockInfo, LockKey, Metadata, Mode, OwnerToken, ReleaseOutcome, Result,
+    WakeMode,
 };
 use tokio::sync::Notify;
 
@@ -239,6 +240,38 @@ impl LockBackend for MemoryBackend {
         } else {
             ExtendOutcome::NotHeld
         })
+    }
+
+    /// Every counter under `prefix`, in one page.
+    async fn fencing_counters(
+        &self,
+        prefix: &str,
+        _cursor: Option<String>,
+        _limit: usize,
+    ) -> Result<CounterPage> {
+        let store = self.store();
+        let mut counters: Vec<(String, Mode, FencingToken)> = store
+            .iter()
+            .filter(|((_, name), slot)| name.starts_with(prefix) && slot.table.fence > 0)
+            .map(|((kind, name), slot)| {
+                (name.clone(), kind.counter_mode(slot.table.limit), FencingToken::new(slot.table.fence))
+            })
+            .collect();
+        counters.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(CounterPage::new(counters, None))
+    }
+
+    /// Raises the counter of `key`'s primitive of `mode` (never lowers it).
+    async fn raise_fencing_counter(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        at_least: FencingToken,
+    ) -> Result<FencingToken> {
+        let kind = Role::of(mode, NAME)?.kind();
+        let mut store = self.store();
+        let slot = store.entry((kind, key.full().to_owned())).or_default();
+        Ok(FencingToken::new(slot.table.raise(at_least.get())))
     }
 
     /// Every grant under `prefix`, in one page (the store is read under its mutex at once).

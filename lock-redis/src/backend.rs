@@ -277,6 +277,28 @@ impl LockBackend for RedisBackend {
         crate::list::page(&self.inner.node, &self.inner.prefix, prefix, cursor, limit).await
     }
 
+    /// The counters under `prefix`, found as `list` finds them (a `SCAN` over `…:fence` keys).
+    async fn fencing_counters(
+        &self,
+        prefix: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<lock_core::CounterPage> {
+        crate::list::counters(&self.inner.node, &self.inner.prefix, prefix, cursor, limit).await
+    }
+
+    /// One script that raises the primitive's counter (never lowers it); the next grant's
+    /// token is above it, by the usual `max(counter + 1, clock)` rule.
+    async fn raise_fencing_counter(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        at_least: FencingToken,
+    ) -> Result<FencingToken> {
+        let keys = self.keys(key, mode)?;
+        self.inner.node.raise(&keys, at_least.get()).await.map(FencingToken::new)
+    }
+
     /// One script over every key (see [`scripts::ACQUIRE_ALL`](crate::scripts::ACQUIRE_ALL)).
     async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
         let Some(first) = reqs.first() else { return Ok(Some(Vec::new())) };

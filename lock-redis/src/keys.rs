@@ -104,6 +104,11 @@ impl Keys {
         Self { mode, all, channel: format!("{stem}:released") }
     }
 
+    /// The primitive's fencing counter (the last of its keys in every layout).
+    pub(crate) fn counter(&self) -> &str {
+        self.all.last().map_or("", String::as_str)
+    }
+
     /// The scripts of this primitive.
     pub(crate) fn scripts(&self) -> &'static Scripts {
         match self.mode {

@@ -5,7 +5,7 @@
 //! cursor. Locks held only by a foreign client (a `SET NX` on `P{K}` that keeps no counter)
 //! are not listed.
 
-use lock_core::{ListPage, LockInfo, Mode, Result};
+use lock_core::{CounterPage, FencingToken, ListPage, LockInfo, Mode, Result};
 
 use crate::keys::Keys;
 use crate::node::{Node, NAME};
@@ -36,14 +36,15 @@ fn counter_of<'a>(base: &str, key: &'a str) -> Option<(&'a str, Mode)> {
     COUNTERS.iter().find_map(|(suffix, mode)| rest.strip_suffix(suffix).map(|name| (name, *mode)))
 }
 
-/// One page of the grants held under `prefix` (a full-key prefix): one `SCAN` call.
-pub(crate) async fn page(
+/// One `SCAN` call for the counters under `prefix`: the (full name, primitive, counter key)
+/// found, and the next cursor (`None`: done).
+async fn scan_counters(
     node: &Node,
     base: &str,
     prefix: &str,
     cursor: Option<String>,
     limit: usize,
-) -> Result<ListPage> {
+) -> Result<(Vec<(String, Mode, String)>, Option<String>)> {
     let from = match cursor {
         Some(c) => {
             c.parse().map_err(|_| lock_core::Error::InvalidConfig(format!("bad list cursor {c:?}")))?
@@ -52,13 +53,52 @@ pub(crate) async fn page(
     };
     let pattern = format!("{}{{{}*:fence", glob_escape(base), glob_escape(prefix));
     let (next, keys) = node.scan(from, &pattern, limit.max(10)).await?;
+    let found = keys
+        .iter()
+        .filter_map(|key| counter_of(base, key).map(|(name, mode)| (name.to_owned(), mode, key.clone())))
+        .collect();
+    Ok((found, (next != 0).then(|| next.to_string())))
+}
+
+/// One page of the grants held under `prefix` (a full-key prefix): one `SCAN` call.
+pub(crate) async fn page(
+    node: &Node,
+    base: &str,
+    prefix: &str,
+    cursor: Option<String>,
+    limit: usize,
+) -> Result<ListPage> {
+    let (found, next) = scan_counters(node, base, prefix, cursor, limit).await?;
     let mut entries: Vec<(String, LockInfo)> = Vec::new();
-    for key in &keys {
-        let Some((name, mode)) = counter_of(base, key) else { continue };
-        let keys = Keys::of_full(NAME, base, name, mode)?;
-        entries.extend(node.holders(&keys).await?.into_iter().map(|h| (name.to_owned(), h)));
+    for (name, mode, _) in found {
+        let keys = Keys::of_full(NAME, base, &name, mode)?;
+        entries.extend(node.holders(&keys).await?.into_iter().map(|h| (name.clone(), h)));
     }
-    Ok(ListPage::new(entries, (next != 0).then(|| next.to_string())))
+    Ok(ListPage::new(entries, next))
+}
+
+/// One page of the fencing counters under `prefix`: one `SCAN` call and one `MGET`. A
+/// read-write lock's counter is reported with [`Mode::Write`], a semaphore's with its mode
+/// (any number of permits: the counter is the semaphore's).
+pub(crate) async fn counters(
+    node: &Node,
+    base: &str,
+    prefix: &str,
+    cursor: Option<String>,
+    limit: usize,
+) -> Result<CounterPage> {
+    let (found, next) = scan_counters(node, base, prefix, cursor, limit).await?;
+    let values = node.counters(&found.iter().map(|(_, _, k)| k.clone()).collect::<Vec<_>>()).await?;
+    let counters = found
+        .into_iter()
+        .zip(values)
+        .filter(|(_, v)| *v > 0)
+        .map(|((name, mode, _), v)| {
+            let mode = if mode == Mode::Read { Mode::Write } else { mode };
+            (name, mode, FencingToken::new(v))
+        })
+        .collect();
+    Ok(CounterPage::new(counters, next))
 }
 
 #[cfg(test)]

@@ -241,6 +241,25 @@ impl Node {
         Ok(self.call::<i64>(inv).await? == 1)
     }
 
+    /// Raises the fencing counter of `keys`' primitive to at least `at_least` ([`scripts::RAISE`]):
+    /// the counter after.
+    pub(crate) async fn raise(&self, keys: &Keys, at_least: u64) -> Result<u64> {
+        let mut inv = scripts::RAISE.prepare_invoke();
+        inv.key(keys.counter()).arg(at_least.to_string());
+        let v: String = self.call(inv).await?;
+        v.parse().map_err(|_| bad_reply(self.backend, &self.addr, "raise"))
+    }
+
+    /// The fencing counters of `keys`, in order (0 where none), in one `MGET`.
+    pub(crate) async fn counters(&self, keys: &[String]) -> Result<Vec<u64>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut con = self.con.clone();
+        let got: Vec<Option<String>> = self.timed(redis::cmd("MGET").arg(keys).query_async(&mut con)).await?;
+        Ok(got.into_iter().map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0)).collect())
+    }
+
     /// One page of a `SCAN` with `pattern` from `cursor`: the next cursor (`0`: done) and the
     /// keys.
     pub(crate) async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {

@@ -208,6 +208,17 @@ return 1
     )
 });
 
+/// Raises a fencing counter (a migration's token carry-over). KEYS: counter. ARGV: at least.
+/// Raises the counter to at least the value (never lowers it) and returns it as stored.
+pub static RAISE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+raise(KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1]) or '0'
+"#,
+    )
+});
+
 /// Proclaim (and any rewrite of a grant's metadata). KEYS: lock. ARGV: owner hex, metadata
 /// (`"\n<JSON>"`). If the grant is still ours, replaces its metadata, keeping its token and
 /// TTL. Returns 1 if done, 0 if the grant is gone.
