@@ -16,6 +16,10 @@ use crate::keys::Keys;
 use crate::node::{meta_arg, Node, NodeGrant, NAME};
 use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
 
+/// The longest an election observer goes without reading the leader (an expiry publishes
+/// nothing).
+const OBSERVE_POLL: Duration = Duration::from_secs(1);
+
 /// Locks on one Redis server (or one Redis Cluster slot owner, or a Sentinel-managed master
 /// reached by its address).
 ///
@@ -47,7 +51,8 @@ use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
 ///   atomic multi-key locks (one script over every key), each one script per step with the
 ///   same fencing rule; see the crate docs and [`scripts`](crate::scripts).
 /// - Elections, laid out as the lock under `P{K}:elect` (waiters woken on release; observers
-///   poll the leader every 250 ms); holder metadata in the grant's value of a lock or an
+///   woken by the grants, proclaims and releases published on the election's channel, and at
+///   the leader's expiry); holder metadata in the grant's value of a lock or an
 ///   election; `list(prefix)` by `SCAN` over the fencing counters under the prefix.
 #[derive(Debug, Clone)]
 pub struct RedisBackend {
@@ -271,6 +276,45 @@ impl LockBackend for RedisBackend {
         } else {
             ExtendOutcome::NotHeld
         })
+    }
+
+    /// An election's leader by notification: grants, proclaims and releases are published on
+    /// the election's channel; each message (and, for an expiry, which publishes nothing, the
+    /// leader's remaining TTL or 1 s at most) leads to one read of the leader.
+    async fn observe(&self, key: &LockKey, mode: Mode) -> Result<Option<lock_core::ObserveStream>> {
+        if mode != Mode::Leader {
+            return Ok(None);
+        }
+        let keys = self.keys(key, mode)?;
+        let sub = self.inner.node.watch(&keys, self.inner.node.timeout()).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // Armed before the read, so a message that comes during it is not missed.
+                let notified = sub.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let state = this.inner.node.holders(&keys).await.map(|h| h.into_iter().next());
+                let next = match &state {
+                    Ok(Some(l)) => {
+                        l.remaining_ttl.unwrap_or(OBSERVE_POLL).clamp(Duration::from_millis(10), OBSERVE_POLL)
+                    }
+                    _ => OBSERVE_POLL,
+                };
+                let end = state.is_err();
+                if tx.send(state).await.is_err() || end {
+                    return;
+                }
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(next) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+        Ok(Some(Box::pin(stream)))
     }
 
     async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<lock_core::ListPage> {

@@ -93,8 +93,9 @@
 //!
 //! ## Elections, holder metadata and listing
 //! The election of a name is laid out as its lock under `P{K}:elect` and uses the lock's
-//! scripts (terms are fencing tokens; candidates wait by notification; observers poll every
-//! 250 ms). A lock's or a leader's metadata rides in its grant's value after the token
+//! scripts (terms are fencing tokens; candidates wait by notification; grants, proclaims and
+//! releases are published on the election's channel, which observers listen to; Redlock's
+//! observers poll). A lock's or a leader's metadata rides in its grant's value after the token
 //! (`"<owner>:<token>\n<JSON>"`): it expires, renews and is deleted with the grant, and
 //! proclaim rewrites it ([`scripts::SET_META`]). [`RedisBackend`] lists by `SCAN` over the
 //! fencing counters under a prefix; Redlock offers elections and metadata on a quorum but no

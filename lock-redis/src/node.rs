@@ -56,6 +56,16 @@ pub(crate) fn meta_arg(mode: Mode, metadata: &lock_core::Metadata) -> String {
     }
 }
 
+/// The channel a grant or a proclaim is announced on: an election's release channel (its
+/// observers listen there); none for the other primitives.
+fn announce(keys: &Keys) -> &str {
+    if keys.mode == Mode::Leader {
+        &keys.channel
+    } else {
+        ""
+    }
+}
+
 /// Milliseconds for PX/PEXPIRE, rounded up so the server never holds less than asked.
 pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
     let ms = ttl.as_nanos().div_ceil(1_000_000);
@@ -122,7 +132,7 @@ impl Node {
     ) -> Result<NodeGrant> {
         let mut inv = keys.scripts().acquire.prepare_invoke();
         keys.add_to(&mut inv);
-        inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(extra).arg(meta);
+        inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(extra).arg(meta).arg(announce(keys));
         let (status, value): (i64, String) = self.call(inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "acquire");
         Ok(match status {
@@ -237,7 +247,7 @@ impl Node {
     /// whether the grant was still ours.
     pub(crate) async fn set_meta(&self, keys: &Keys, owner: OwnerToken, meta: &str) -> Result<bool> {
         let mut inv = scripts::SET_META.prepare_invoke();
-        inv.key(&keys.all[0]).arg(owner.to_string()).arg(meta);
+        inv.key(&keys.all[0]).arg(owner.to_string()).arg(meta).arg(announce(keys));
         Ok(self.call::<i64>(inv).await? == 1)
     }
 

@@ -284,3 +284,56 @@ async fn a_multi_key_attempt_whose_reply_is_lost_leaves_nothing() {
     let g = other.lock_all(["x", "y"]).try_acquire().await.expect("try");
     assert!(g.is_some(), "the multi-key grant whose reply was lost still blocks others");
 }
+
+/// An election's observer is woken by what the election publishes (grants, proclaims and
+/// releases), not by its 1 s poll: each change reaches it well within that. The grant's value
+/// carries the leader's metadata, which expires with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn election_observers_are_woken_by_grants_proclaims_and_releases() {
+    use futures::StreamExt;
+    let server = RedisServer::start().await.expect("redis-server");
+    let b = backend(&server).await;
+    let native = b.observe(&LockKey::new("svc/observed").expect("key"), Mode::Leader).await.expect("observe");
+    assert!(native.is_some(), "the backend's own observer stream, not the client's polling");
+    let locks = LockClient::new(b);
+    let election = locks.election("svc/observed");
+    let mut seen = election.observe().await.expect("observe");
+    let first = seen.next().await.expect("stream").expect("state");
+    assert!(first.is_none(), "a fresh election has a leader: {first:?}");
+    // Well below the 1 s poll, generous for a loaded machine.
+    let prompt = Duration::from_millis(600);
+    let mut next = async || {
+        let started = Instant::now();
+        let item = tokio::time::timeout(Duration::from_secs(5), seen.next())
+            .await
+            .expect("a change")
+            .expect("stream");
+        (item.expect("state"), started.elapsed())
+    };
+
+    let g = election.campaign("a:1").await.expect("elected");
+    let (l, took) = next().await;
+    assert_eq!(l.as_ref().and_then(|l| l.value.as_deref()), Some("a:1"));
+    assert!(took < prompt, "the grant reached the observer after {took:?}");
+    election.proclaim(&g, "a:2").await.expect("proclaim");
+    let (l, took) = next().await;
+    assert_eq!(l.as_ref().and_then(|l| l.value.as_deref()), Some("a:2"));
+    assert!(took < prompt, "the proclaim reached the observer after {took:?}");
+    let m = l.and_then(|l| l.info.metadata).expect("the leader's metadata");
+    assert_eq!(m.pid, std::process::id());
+    g.release().await.expect("resign");
+    let (l, took) = next().await;
+    assert!(l.is_none(), "after the resignation the observer saw {l:?}");
+    assert!(took < prompt, "the resignation reached the observer after {took:?}");
+
+    let mut con = raw(&server).await;
+    let g = election.ttl(Duration::from_millis(500)).campaign("b").await.expect("elected");
+    let lease = g.detach();
+    assert!(exists(&mut con, "{svc/observed}:elect").await);
+    let (l, _) = next().await;
+    assert_eq!(l.and_then(|l| l.term), Some(lease.fencing_token()));
+    // An expiry publishes nothing: the observer reads again at the leader's expiry.
+    let (l, took) = next().await;
+    assert!(l.is_none(), "after the expiry the observer saw {l:?}");
+    assert!(took < Duration::from_millis(1500), "the expiry reached the observer after {took:?}");
+}

@@ -105,7 +105,8 @@ pub(crate) fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-/// KEYS: lock, counter. ARGV: owner hex, ttl ms, (unused), metadata (`"\n<JSON>"`, or empty).
+/// KEYS: lock, counter. ARGV: owner hex, ttl ms, (unused), metadata (`"\n<JSON>"`, or empty),
+/// a channel to announce a new grant on (an election's, for its observers; empty: none).
 /// Returns `{1, fence}` when granted (or already ours: a retried request whose reply was
 /// lost; the TTL is refreshed and the grant keeps its token), `{0, pttl}` when held by someone
 /// else. A grant's fence is `max(counter + 1, TIME in µs)` (see the module docs).
@@ -122,6 +123,7 @@ if cur then
 end
 local f = next_fence(KEYS[2], now_us())
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f .. (ARGV[4] or ''), 'PX', ARGV[2])
+if ARGV[5] and ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], 'granted') end
 return {1, f}
 "#,
     )
@@ -220,14 +222,15 @@ return redis.call('GET', KEYS[1]) or '0'
 });
 
 /// Proclaim (and any rewrite of a grant's metadata). KEYS: lock. ARGV: owner hex, metadata
-/// (`"\n<JSON>"`). If the grant is still ours, replaces its metadata, keeping its token and
-/// TTL. Returns 1 if done, 0 if the grant is gone.
+/// (`"\n<JSON>"`), a channel to announce it on (empty: none). If the grant is still ours,
+/// replaces its metadata, keeping its token and TTL. Returns 1 if done, 0 if the grant is gone.
 pub static SET_META: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local cur = redis.call('GET', KEYS[1])
 if not (cur and string.sub(cur, 1, 33) == ARGV[1] .. ':') then return 0 end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.match(cur, '^%d+', 34) .. ARGV[2], 'KEEPTTL')
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], 'proclaimed') end
 return 1
 "#,
     )
