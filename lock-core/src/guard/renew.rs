@@ -1,0 +1,192 @@
+//! The renewal task of a guard: renews the lease about every TTL/3 until the guard stops it,
+//! the lock is lost, or the hold cap is reached.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use std::sync::atomic::Ordering;
+
+use super::Shared;
+use crate::backoff::Backoff;
+use crate::observe;
+use crate::outcome::ExtendOutcome;
+use crate::signal::{LossReason, LossSignal};
+
+/// Resolves when the lease's session signal fires; never without one.
+pub(super) async fn session_fired(session: &Option<LossSignal>) -> LossReason {
+    match session {
+        Some(s) => s.fired().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Renews the lease until the guard stops it or the lock is lost.
+///
+/// The next renewal is due once a third of the validity left has passed (about every TTL/3),
+/// recomputed whenever `valid_until` changes (a user's `extend` included).
+/// Every extend races `valid_until`: if it has not succeeded by then, the loss signal fires.
+/// With a hold cap, the lease is shortened to end at the cap as soon as a full TTL would pass
+/// it, and renewal stops.
+///
+/// While it waits for the next renewal this task holds only a few wake-up registrations and
+/// one timer; the renewal itself and the hold cap run boxed, so their larger state exists
+/// only while they run.
+pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) {
+    // However this task ends (a panic in a backend, a runtime shutting down), the loss fires
+    // unless renewal was stopped on purpose.
+    let _silent_end = FireUnlessStopped(&shared);
+    // A cap too large to add to an `Instant` is no cap.
+    let hold_until = max_hold.and_then(|m| shared.locked().acquired_at().checked_add(m));
+    // Only a session-based lease has a session to watch: boxed, so the others pay nothing.
+    let mut session = shared.locked().session().cloned().map(|s| Box::pin(async move { s.fired().await }));
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if shared.is_stopped() || shared.lost.is_fired() {
+            return;
+        }
+        let (ttl, valid_until) = shared.ttl_and_valid_until();
+        // Renew once a third of the validity left has passed (about every TTL/3), and never
+        // sooner: a backend that cannot move `valid_until` on every extend (a session kept
+        // alive elsewhere) is then asked at a falling pace, not in a loop. `due` never passes
+        // `valid_until`, so the expiry is raced by the renewal below.
+        let now = Instant::now();
+        let mut due = now + valid_until.saturating_duration_since(now).min(ttl) / 3;
+        if let Some(h) = hold_until {
+            due = due.min(h.checked_sub(ttl).unwrap_or(h));
+        }
+        tokio::select! {
+            biased;
+            _ = &mut changed => continue,
+            r = async {
+                match &mut session {
+                    Some(s) => s.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                shared.fire(r);
+                return;
+            }
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        if let Some(h) = hold_until {
+            let left = h.saturating_duration_since(Instant::now());
+            if left <= ttl {
+                Box::pin(cap_hold(&shared, left)).await;
+                return;
+            }
+        }
+        if !Box::pin(renew_once(&shared, ttl)).await {
+            return;
+        }
+    }
+}
+
+/// Fires the loss with [`LossReason::RenewalFailed`] when dropped while renewal was not stopped
+/// on purpose: the renewal task ending any other way must not leave the lock silently unrenewed.
+struct FireUnlessStopped<'a>(&'a Shared);
+
+impl Drop for FireUnlessStopped<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_stopped() && !self.0.lost.is_fired() {
+            self.0.fire(LossReason::RenewalFailed);
+        }
+    }
+}
+
+/// One renewal, retried with backoff on retryable errors until `valid_until`. Returns whether
+/// renewal goes on (false: stopped, or the lock is lost and the signal fired).
+async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
+    let backend = shared.backend.name();
+    let mut backoff = Backoff::new(ttl / 24 + Duration::from_millis(1), ttl / 6 + Duration::from_millis(1));
+    // Whether an extend failed with an error: reaching `valid_until` is then a failed renewal,
+    // otherwise an expiry (a session backend whose extends cannot move `valid_until` while
+    // it is disconnected reaches it without any error).
+    let mut failed = false;
+    loop {
+        let until = shared.valid_until();
+        let res = tokio::select! {
+            biased;
+            _ = shared.stopped() => return false,
+            _ = tokio::time::sleep_until(until) => {
+                shared.fire(if failed { LossReason::RenewalFailed } else { shared.expiry_reason() });
+                return false;
+            }
+            r = shared.renew(ttl) => r,
+        };
+        match res {
+            Ok(ExtendOutcome::Extended { .. }) => {
+                observe::renewal(backend, "ok");
+                return true;
+            }
+            Ok(ExtendOutcome::NotHeld) => {
+                observe::renewal(backend, "not_held");
+                shared.fire(LossReason::NotHeld);
+                return false;
+            }
+            Err(e) => {
+                failed = true;
+                observe::renewal(backend, "error");
+                tracing::warn!(backend, key = %shared.key, error = %e, "renewal failed");
+                if !e.is_retryable() {
+                    shared.fire(LossReason::RenewalFailed);
+                    return false;
+                }
+                tokio::select! {
+                    _ = shared.stopped() => return false,
+                    _ = backoff.sleep_until_deadline(Some(until)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The hold cap is reached within one TTL. One last extend makes the grant end at the cap on
+/// the server (when the backend accepts so short a TTL; a session lease cannot be shortened),
+/// so the cap holds even if this process stalls. Then, at the cap (or at `valid_until`, if
+/// that comes first), the guard stops claiming the lock, releases it so that others can take
+/// it at once, and fires the loss with `MaxHoldReached`.
+async fn cap_hold(shared: &Shared, left: Duration) {
+    let backend = shared.backend.name();
+    shared.capped.store(true, Ordering::Release);
+    tracing::debug!(backend, key = %shared.key, "hold cap reached; renewal stops");
+    let cap = crate::lease::add_saturating(Instant::now(), left);
+    // The backend's minimum TTL may exceed what is left: then the grant ends that much past
+    // the cap on the server, but this guard still releases it at the cap.
+    let last = left.max(shared.backend.capabilities().min_ttl).max(Duration::from_millis(1));
+    if last < shared.lease().ttl() {
+        let until = shared.lease().valid_until();
+        let res = tokio::select! {
+            biased;
+            _ = shared.stopped() => return,
+            _ = tokio::time::sleep_until(until) => None,
+            r = shared.renew(last) => Some(r),
+        };
+        match res {
+            Some(Ok(ExtendOutcome::Extended { .. })) => observe::renewal(backend, "ok"),
+            Some(Ok(ExtendOutcome::NotHeld)) => {
+                observe::renewal(backend, "not_held");
+                shared.fire(LossReason::NotHeld);
+                return;
+            }
+            Some(Err(_)) => observe::renewal(backend, "error"),
+            None => {}
+        }
+    }
+    let at = cap.min(shared.valid_until());
+    let _ = shared.cap_at.set(at);
+    shared.changed.notify_waiters();
+    tokio::select! {
+        biased;
+        _ = shared.stopped() => return,
+        _ = tokio::time::sleep_until(at) => {}
+    }
+    // Released first, then the loss: whoever waits for the signal finds the lock free.
+    if let Err(e) = Box::pin(shared.release()).await {
+        tracing::warn!(backend, key = %shared.key, error = %e, "release at the hold cap failed; the lock expires after its TTL");
+    }
+    shared.fire(LossReason::MaxHoldReached);
+}
