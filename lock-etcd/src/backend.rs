@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lock_core::{
-    async_trait, drift_margin, AcquireRequest, Attempt, Backoff, Capabilities, Error, ExtendOutcome,
-    FencingToken, Instant, Lease, LockBackend, LockInfo, LockKey, Metadata, Mode, ObserveStream, OwnerToken,
-    ReleaseOutcome, Result, WakeMode,
+    async_trait, drift_margin, AcquireRequest, Attempt, Backoff, Capabilities, Error, ExtendOutcome, Instant,
+    Lease, LockBackend, LockInfo, LockKey, Metadata, Mode, ObserveStream, ReleaseOutcome, Result, WakeMode,
 };
 use tonic::Status;
 
@@ -349,59 +348,6 @@ impl EtcdBackend {
             }
             b.inner.local.free(&name, owner);
         });
-    }
-
-    /// Whether the grant of `held` is still there and ours.
-    async fn held_still(&self, held: &Held, lease: &Lease) -> Result<bool> {
-        if held.by_key {
-            self.created_at(&held.etcd_key, token_rev(lease)).await
-        } else {
-            self.still_ours(&held.etcd_key, lease.owner()).await
-        }
-    }
-
-    /// Deletes a grant's key if it is still ours (by owner token, or for a key of its own by
-    /// its create revision); true if it did.
-    async fn delete_grant(&self, key: &str, owner: OwnerToken, rev: i64, by_key: bool) -> Result<bool> {
-        if by_key {
-            self.delete_at_revision(key, rev).await
-        } else {
-            self.delete_if_ours(key, owner).await
-        }
-    }
-}
-
-impl EtcdBackend {
-    /// The holder of the lock `key`: the oldest contender.
-    pub(crate) async fn inspect_lock(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        self.lock_holder(&self.etcd_prefix(key)).await
-    }
-
-    /// The holder of the lock whose queue prefix is `pfx`.
-    pub(crate) async fn lock_holder(&self, pfx: &str) -> Result<Option<LockInfo>> {
-        let Some(kv) = self.oldest_contender(pfx, 0, 0).await? else { return Ok(None) };
-        let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
-        let left = self.lease_left(kv.lease).await;
-        let metadata = self.lock_metadata(&kv).await?;
-        Ok(Some(
-            LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner, left)
-                .with_metadata(metadata),
-        ))
-    }
-
-    /// The time left on lease `id` (whole seconds, as etcd counts), if etcd says within the
-    /// request timeout; `None` for no lease.
-    pub(crate) async fn lease_left(&self, id: i64) -> Option<Duration> {
-        if id == 0 {
-            return None;
-        }
-        let t = self.inner.opts.request_timeout;
-        tokio::time::timeout(t, self.client().lease_time_to_live(id))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .filter(|ttl| *ttl >= 0)
-            .map(|ttl| Duration::from_secs(ttl as u64))
     }
 }
 

@@ -239,6 +239,23 @@ impl EtcdBackend {
     }
 }
 
+impl EtcdBackend {
+    /// The time left on lease `id` (whole seconds, as etcd counts), if etcd says within the
+    /// request timeout; `None` for no lease.
+    pub(crate) async fn lease_left(&self, id: i64) -> Option<Duration> {
+        if id == 0 {
+            return None;
+        }
+        let t = self.inner.opts.request_timeout;
+        tokio::time::timeout(t, self.client().lease_time_to_live(id))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .filter(|ttl| *ttl >= 0)
+            .map(|ttl| Duration::from_secs(ttl as u64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

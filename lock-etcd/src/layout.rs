@@ -15,7 +15,7 @@
 use crate::backend::EtcdBackend;
 use crate::rpc::pb::RangeRequest;
 use crate::rpc::KeyValue;
-use lock_core::{OwnerToken, Result};
+use lock_core::{FencingToken, LockInfo, LockKey, OwnerToken, Result};
 
 /// How many keys one read of a queue takes.
 pub(crate) const PAGE: i64 = 32;
@@ -123,6 +123,25 @@ impl EtcdBackend {
             .filter(|kv| is_contender(pfx, kv))
             .find(|kv| kv.value == want.as_bytes())
             .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.lease)))
+    }
+}
+
+impl EtcdBackend {
+    /// The holder of the lock `key`: the oldest contender.
+    pub(crate) async fn inspect_lock(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.lock_holder(&self.etcd_prefix(key)).await
+    }
+
+    /// The holder of the lock whose queue prefix is `pfx`.
+    pub(crate) async fn lock_holder(&self, pfx: &str) -> Result<Option<LockInfo>> {
+        let Some(kv) = self.oldest_contender(pfx, 0, 0).await? else { return Ok(None) };
+        let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
+        let left = self.lease_left(kv.lease).await;
+        let metadata = self.lock_metadata(&kv).await?;
+        Ok(Some(
+            LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner, left)
+                .with_metadata(metadata),
+        ))
     }
 }
 

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::cancel::{spawn_detached, undo_after, LATE_GRANT_RECHECKS};
-use lock_core::{Backoff, Instant, OwnerToken, Result};
+use lock_core::{Backoff, Instant, Lease, OwnerToken, Result};
 
-use crate::backend::EtcdBackend;
+use crate::backend::{token_rev, EtcdBackend, Held};
 use crate::rpc::pb::{Compare, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest};
 use crate::session::Session;
 
@@ -150,5 +150,30 @@ impl EtcdBackend {
     pub(crate) async fn still_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
         let r = self.call("get", || self.client().range(RangeRequest::key(key))).await?;
         Ok(r.kvs.first().is_some_and(|kv| kv.value == owner.to_string().as_bytes()))
+    }
+
+    /// Whether the grant of `held` is still there and ours.
+    pub(crate) async fn held_still(&self, held: &Held, lease: &Lease) -> Result<bool> {
+        if held.by_key {
+            self.created_at(&held.etcd_key, token_rev(lease)).await
+        } else {
+            self.still_ours(&held.etcd_key, lease.owner()).await
+        }
+    }
+
+    /// Deletes a grant's key if it is still ours (by owner token, or for a key of its own by
+    /// its create revision); true if it did.
+    pub(crate) async fn delete_grant(
+        &self,
+        key: &str,
+        owner: OwnerToken,
+        rev: i64,
+        by_key: bool,
+    ) -> Result<bool> {
+        if by_key {
+            self.delete_at_revision(key, rev).await
+        } else {
+            self.delete_if_ours(key, owner).await
+        }
     }
 }
