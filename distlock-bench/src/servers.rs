@@ -132,7 +132,7 @@ async fn etcd_unary_requests(endpoint: &str) -> Option<u64> {
 
 async fn zookeeper() -> Result<(Backend, Keep)> {
     let t = fixtures::zk::ZkTarget::get().await?;
-    let connect = t.connect.clone();
+    let connect = t.url.clone();
     let c1 = connect.clone();
     let ours: Arc<dyn Factory> = Arc::new(OursFactory(
         move || {
@@ -276,7 +276,7 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
     let t = fixtures::dynamo::DynamoTarget::get().await?;
     let table = "bench_locks";
     let requests = Arc::new(AtomicU64::new(0));
-    let client = dynamo_client(&t.endpoint, requests.clone());
+    let client = dynamo_client(&t.url, requests.clone());
     lock_dynamo::DynamoBackend::with_client(client.clone(), lock_dynamo::DynamoOptions::new(table))
         .create_table()
         .await?;
@@ -289,7 +289,7 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
     .create_table()
     .await?;
     let peer = Arc::new(c::DynamoPeer {
-        endpoint: t.endpoint.clone(),
+        endpoint: t.url.clone(),
         table: peer_table.into(),
         requests: Arc::new(AtomicU64::new(0)),
     });

@@ -36,7 +36,7 @@ impl Servers {
     async fn start() -> Arc<Self> {
         let redis = RedisTarget::get().await.expect("redis-server");
         let dynamo = DynamoTarget::get().await.expect("DynamoDB emulator");
-        DynamoBackend::with_client(dynamo_client(&dynamo.endpoint), DynamoOptions::new("migration_locks"))
+        DynamoBackend::with_client(dynamo_client(&dynamo.url), DynamoOptions::new("migration_locks"))
             .create_table()
             .await
             .expect("create the lock table");
@@ -46,7 +46,7 @@ impl Servers {
     async fn migration(&self, primary: Primary) -> distlock::Result<MigrationBackend> {
         let old = RedisBackend::connect(self.redis.url.parse()?).await?;
         let new = DynamoBackend::with_client(
-            dynamo_client(&self.dynamo.endpoint),
+            dynamo_client(&self.dynamo.url),
             DynamoOptions::new("migration_locks"),
         );
         Ok(MigrationBackend::new(Arc::new(old), Arc::new(new), primary))
@@ -71,7 +71,7 @@ async fn a_migration_lock_renewed_for_several_ttls_stays_held_on_both() {
     let on_redis =
         LockClient::new(RedisBackend::connect(servers.redis.url.parse().expect("url")).await.expect("redis"));
     let on_dynamo = LockClient::new(DynamoBackend::with_client(
-        dynamo_client(&servers.dynamo.endpoint),
+        dynamo_client(&servers.dynamo.url),
         DynamoOptions::new("migration_locks"),
     ));
     let ttl = Duration::from_secs(2);

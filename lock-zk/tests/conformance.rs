@@ -83,7 +83,7 @@ fn suite(name: &str, connect: String, keep: Arc<dyn std::any::Any + Send + Sync>
 
 conformance_suite!(zookeeper_single_server, {
     let t = ZkTarget::get().await.expect("ZooKeeper for the suite");
-    let connect = t.connect.clone();
+    let connect = t.url.clone();
     suite("zookeeper", connect, Arc::new(t))
 });
 
