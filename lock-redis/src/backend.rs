@@ -264,12 +264,7 @@ impl LockBackend for RedisBackend {
     /// token and rewrites the grant's value, keeping its token and TTL. The other primitives
     /// keep no metadata on Redis.
     async fn update_metadata(&self, lease: &Lease, metadata: &lock_core::Metadata) -> Result<ExtendOutcome> {
-        if !matches!(lease.mode(), Mode::Exclusive | Mode::Leader) {
-            return Err(Error::Unsupported {
-                backend: NAME,
-                capability: format!("metadata of {}s", lease.mode().primitive()),
-            });
-        }
+        crate::node::keeps_metadata(NAME, lease.mode())?;
         let keys = self.keys(lease.key(), lease.mode())?;
         Ok(if self.inner.node.set_meta(&keys, lease.owner(), &meta_arg(lease.mode(), metadata)).await? {
             ExtendOutcome::Extended { valid_until: lease.valid_until() }

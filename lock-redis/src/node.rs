@@ -56,6 +56,20 @@ pub(crate) fn meta_arg(mode: Mode, metadata: &lock_core::Metadata) -> String {
     }
 }
 
+/// Whether grants of `mode` keep holder metadata on Redis (the lock's and the election's do,
+/// in their value).
+///
+/// # Errors
+/// [`Error::Unsupported`] for the other primitives.
+pub(crate) fn keeps_metadata(backend: &'static str, mode: Mode) -> Result<()> {
+    match mode {
+        Mode::Exclusive | Mode::Leader => Ok(()),
+        other => {
+            Err(Error::Unsupported { backend, capability: format!("metadata of {}s", other.primitive()) })
+        }
+    }
+}
+
 /// The channel a grant or a proclaim is announced on: an election's release channel (its
 /// observers listen there); none for the other primitives.
 fn announce(keys: &Keys) -> &str {

@@ -438,12 +438,7 @@ impl LockBackend for RedlockBackend {
     /// The metadata of a lock or an election (proclaim), rewritten on every master where the
     /// grant is ours; done when a quorum did.
     async fn update_metadata(&self, lease: &Lease, metadata: &lock_core::Metadata) -> Result<ExtendOutcome> {
-        if !matches!(lease.mode(), Mode::Exclusive | Mode::Leader) {
-            return Err(Error::Unsupported {
-                backend: NAME,
-                capability: format!("metadata of {}s", lease.mode().primitive()),
-            });
-        }
+        crate::node::keeps_metadata(NAME, lease.mode())?;
         let keys = self.keys(lease.key(), lease.mode())?;
         let meta = crate::node::meta_arg(lease.mode(), metadata);
         let (n, quorum) = (self.inner.nodes.len(), self.inner.quorum);
