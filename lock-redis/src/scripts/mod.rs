@@ -70,7 +70,10 @@ pub mod semaphore;
 /// - `raise(counter, f)`: raises `counter` to at least `f` (Redlock's write-back);
 /// - `prune(zset, hash, now_ms)`: drops the members of `zset` whose score (expiry, ms) is
 ///   past, and their fields in `hash`;
-/// - `keep(ms, key…)`: makes each key live at least `ms` more (never shortens an expiry).
+/// - `keep(ms, key…)`: makes each key live at least `ms` more (never shortens an expiry);
+/// - `leave(zset, hash, owner, channel)`: removes `owner`'s grant from a sorted set of grants
+///   (a semaphore's permits, a read-write lock's readers) and its field in `hash`, drops
+///   `hash` with the last grant, wakes waiters; 1 if the grant was there and unexpired.
 pub(crate) const PRELUDE: &str = r#"
 local function now_us()
   local t = redis.call('TIME')
@@ -97,6 +100,16 @@ local function keep(ms, ...)
   for _, k in ipairs({...}) do
     if redis.call('PTTL', k) < ms then redis.call('PEXPIRE', k, ms) end
   end
+end
+local function leave(zset, hash, owner, channel)
+  local s = redis.call('ZSCORE', zset, owner)
+  if not s then return 0 end
+  redis.call('ZREM', zset, owner)
+  redis.call('HDEL', hash, owner)
+  if redis.call('EXISTS', zset) == 0 then redis.call('DEL', hash) end
+  redis.call('PUBLISH', channel, 'released')
+  if tonumber(s) > math.floor(now_us() / 1000) then return 1 end
+  return 0
 end
 "#;
 

@@ -144,14 +144,7 @@ if ARGV[3] == 'w' then
   end
   return done
 end
-local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not s then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
-redis.call('PUBLISH', ARGV[2], 'released')
-if tonumber(s) > math.floor(now_us() / 1000) then return 1 end
-return 0
+return leave(KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 "#,
     )
 });

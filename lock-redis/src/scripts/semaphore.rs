@@ -80,14 +80,7 @@ return 0
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not s then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
-redis.call('PUBLISH', ARGV[2], 'released')
-if tonumber(s) > math.floor(now_us() / 1000) then return 1 end
-return 0
+return leave(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 "#,
     )
 });
