@@ -71,6 +71,8 @@ pub mod semaphore;
 /// - `prune(zset, hash, now_ms)`: drops the members of `zset` whose score (expiry, ms) is
 ///   past, and their fields in `hash`;
 /// - `keep(ms, key…)`: makes each key live at least `ms` more (never shortens an expiry);
+/// - `stay(zset, hash, owner, ttl)`: extends `owner`'s unexpired grant in a sorted set of
+///   grants to `ttl` ms from now, keeping the set and `hash` alive as long; 1 if done;
 /// - `leave(zset, hash, owner, channel)`: removes `owner`'s grant from a sorted set of grants
 ///   (a semaphore's permits, a read-write lock's readers) and its field in `hash`, drops
 ///   `hash` with the last grant, wakes waiters; 1 if the grant was there and unexpired.
@@ -100,6 +102,16 @@ local function keep(ms, ...)
   for _, k in ipairs({...}) do
     if redis.call('PTTL', k) < ms then redis.call('PEXPIRE', k, ms) end
   end
+end
+local function stay(zset, hash, owner, ttl)
+  local now = math.floor(now_us() / 1000)
+  local s = redis.call('ZSCORE', zset, owner)
+  if s and tonumber(s) > now then
+    redis.call('ZADD', zset, 'XX', now + ttl, owner)
+    keep(ttl, zset, hash)
+    return 1
+  end
+  return 0
 end
 local function leave(zset, hash, owner, channel)
   local s = redis.call('ZSCORE', zset, owner)

@@ -112,14 +112,7 @@ if ARGV[3] == 'w' then
   end
   return 0
 end
-local now = math.floor(now_us() / 1000)
-local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if s and tonumber(s) > now then
-  redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[1])
-  keep(ttl, KEYS[2], KEYS[3])
-  return 1
-end
-return 0
+return stay(KEYS[2], KEYS[3], ARGV[1], ttl)
 "#,
     )
 });

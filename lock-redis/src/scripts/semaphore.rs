@@ -62,15 +62,7 @@ return {1, f}
 pub static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local now = math.floor(now_us() / 1000)
-local ttl = tonumber(ARGV[2])
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s and tonumber(s) > now then
-  redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[1])
-  keep(ttl, KEYS[1], KEYS[2])
-  return 1
-end
-return 0
+return stay(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
 "#,
     )
 });
