@@ -86,12 +86,7 @@ impl Record {
 
     /// The file's bytes for `key`: the record line twice, then the key line.
     pub(crate) fn render(&self, key: &str) -> Vec<u8> {
-        let line = self.line();
-        let mut out = Vec::with_capacity(2 * LINE_LEN + key.len() + 5);
-        out.extend_from_slice(line.as_bytes());
-        out.extend_from_slice(line.as_bytes());
-        out.extend_from_slice(format!("key {key}\n").as_bytes());
-        out
+        twice_then_key(&self.line(), key)
     }
 
     /// One record line, [`LINE_LEN`] bytes.
@@ -262,6 +257,15 @@ pub(crate) fn mono_ns() -> u64 {
 /// A duration in nanoseconds, saturating.
 pub(crate) fn dur_ns(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// A record file's bytes: `copy` twice (a torn write spoils at most one), then the key line.
+pub(crate) fn twice_then_key(copy: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 * copy.len() + key.len() + 5);
+    out.extend_from_slice(copy.as_bytes());
+    out.extend_from_slice(copy.as_bytes());
+    out.extend_from_slice(format!("key {key}\n").as_bytes());
+    out
 }
 
 #[cfg(test)]

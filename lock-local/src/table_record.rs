@@ -92,12 +92,7 @@ impl TableRecord {
 
     /// The file's bytes for `key`: the block twice, then the key line.
     pub(crate) fn render(&self, key: &str) -> Vec<u8> {
-        let block = self.block();
-        let mut out = Vec::with_capacity(2 * COPY_LEN + key.len() + 5);
-        out.extend_from_slice(block.as_bytes());
-        out.extend_from_slice(block.as_bytes());
-        out.extend_from_slice(format!("key {key}\n").as_bytes());
-        out
+        crate::record::twice_then_key(&self.block(), key)
     }
 
     /// One block, [`COPY_LEN`] bytes.
