@@ -34,7 +34,8 @@ impl EtcdBackend {
         let end = prefix_end(start.as_bytes());
         // (full name, mode) of every queue with a key on a lease under the prefix.
         let mut queues: BTreeSet<(String, u8)> = BTreeSet::new();
-        let mut from = start.clone().into_bytes();
+        // etcd takes no empty key: the whole key space is the range from `\0` to `\0`.
+        let mut from = if start.is_empty() { vec![0] } else { start.clone().into_bytes() };
         loop {
             let read = || {
                 RangeRequest { key: from.clone(), range_end: end.clone(), ..RangeRequest::default() }
@@ -46,6 +47,10 @@ impl EtcdBackend {
                 let Some(rest) = std::str::from_utf8(&kv.key).ok().and_then(|k| k.strip_prefix(base)) else {
                     continue;
                 };
+                // The lock's metadata keys (`<prefix>\0meta/…`, see `metadata.rs`) are no grants.
+                if rest.starts_with('\0') {
+                    continue;
+                }
                 let primitive = PRIMITIVES.iter().enumerate().find_map(|(i, m)| {
                     let (name, _) = rest.split_once(&format!("#{}/", dir(*m)))?;
                     Some((name.to_owned(), i as u8 + 1))
