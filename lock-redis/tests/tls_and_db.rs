@@ -1,10 +1,10 @@
 //! `rediss://` against a real TLS redis-server with a private CA (and one that requires a
-//! client certificate), and the database index.
+//! client certificate), `redlock://…?tls=true` against three of them, and the database index.
 
 use conformance_tests::fixtures::redis::{RedisConfig, RedisServer};
 use conformance_tests::fixtures::tls::TestCa;
 use lock_core::{LockClient, ReleaseOutcome, TlsOptions};
-use lock_redis::{RedisBackend, RedisOptions};
+use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
 
 async fn lock_and_release(backend: RedisBackend) {
     let locks = LockClient::new(backend);
@@ -65,6 +65,57 @@ async fn rediss_with_a_client_certificate() {
     );
     let backend = RedisBackend::connect(with_files.parse().expect("url")).await.expect("certificate files");
     lock_and_release(backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redlock_over_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::generate(dir.path()).expect("test CA (apt-get install openssl)");
+    let mut masters = Vec::new();
+    for _ in 0..3 {
+        let config = RedisConfig {
+            tls: Some(ca.clone()),
+            extra_args: vec!["--tls-auth-clients".into(), "yes".into()],
+            ..RedisConfig::default()
+        };
+        masters.push(RedisServer::start_with(config).await.expect("TLS redis"));
+    }
+    let hosts: Vec<String> = masters.iter().map(|m| format!("127.0.0.1:{}", m.port())).collect();
+    let files = format!(
+        "ca_file={}&cert_file={}&key_file={}",
+        ca.ca_cert.display(),
+        ca.client_cert.display(),
+        ca.client_key.display()
+    );
+    let url = format!("redlock://{}?tls=true&{files}", hosts.join(","));
+    let opts: RedlockOptions = url.parse().expect("url");
+    assert!(!format!("{opts:?}").contains("PRIVATE KEY"), "the client key in Debug: {opts:?}");
+    let locks = LockClient::new(RedlockBackend::connect(opts).await.expect("Redlock over TLS"));
+    let g = locks.lock("tls").acquire().await.expect("acquire on a quorum over TLS");
+    assert!(locks.lock("tls").try_acquire().await.expect("try").is_none());
+    // Every master holds the grant: each was reached over TLS.
+    for m in &masters {
+        let con = RedisBackend::connect(
+            m.url().parse::<RedisOptions>().expect("url").tls(
+                TlsOptions::new()
+                    .ca_file(&ca.ca_cert)
+                    .expect("CA")
+                    .identity_files(&ca.client_cert, &ca.client_key)
+                    .expect("id"),
+            ),
+        );
+        let direct = LockClient::new(con.await.expect("one master over TLS"));
+        assert!(direct.lock("tls").try_acquire().await.expect("try").is_none(), "a master without the grant");
+    }
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+
+    // Without the client certificate, or without tls=true (plain TCP to TLS ports): refused.
+    for bad in [
+        format!("redlock://{}?ca_file={}", hosts.join(","), ca.ca_cert.display()),
+        format!("redlock://{}?connect_timeout=2s", hosts.join(",")),
+    ] {
+        assert!(RedlockBackend::connect(bad.parse().expect("url")).await.is_err(), "{bad} connected");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

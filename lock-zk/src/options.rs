@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::url::{BackendOptions, ConnectUrl};
-use lock_core::{Error, LockBackend, Result, Secret};
+use lock_core::{Error, LockBackend, Result, Secret, TlsOptions};
 use zookeeper_client::Acls;
 
 use crate::ZkBackend;
@@ -15,7 +15,8 @@ use crate::ZkBackend;
 pub const SCHEMES: &[&str] = &["zk", "zookeeper"];
 
 /// The URL options [`ZkOptions`] reads (besides lock-core's client options).
-const URL_OPTIONS: &[&str] = &["prefix", "session_timeout", "connect_timeout"];
+const URL_OPTIONS: &[&str] =
+    &["prefix", "session_timeout", "connect_timeout", "tls", "ca_file", "cert_file", "key_file"];
 
 /// The longest session timeout the protocol carries: a 32-bit count of milliseconds (24.8 days).
 const MAX_SESSION_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
@@ -41,7 +42,10 @@ const MAX_SESSION_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 /// `zk://[user:password@]h1:2181,h2:2181[/chroot][?option=value&…]`, or `zookeeper://…`.
 /// `user:password` is digest auth ([`credentials`](Self::credentials)); the chroot is
 /// created if it does not exist. Options: `prefix=/distlock`, `session_timeout=10s`,
-/// `connect_timeout=5s`.
+/// `connect_timeout=5s`, and TLS to the servers' `secureClientPort`: `tls=true`,
+/// `ca_file=` (a private CA; without it the system's CA bundle), `cert_file=` + `key_file=`
+/// (a client certificate, for servers with `ssl.clientAuth=need`). Any of the files implies
+/// `tls=true`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ZkOptions {
     /// The connect string: `host:port[,host:port…][/chroot]`.
@@ -52,6 +56,8 @@ pub struct ZkOptions {
     /// Digest authentication: user and password.
     pub(crate) credentials: Option<(String, Secret)>,
     pub(crate) close_on_drop: bool,
+    /// TLS to the servers' secure client port.
+    pub(crate) tls: Option<TlsOptions>,
 }
 
 impl ZkOptions {
@@ -66,6 +72,7 @@ impl ZkOptions {
             prefix: "/distlock".into(),
             credentials: None,
             close_on_drop: true,
+            tls: None,
         }
     }
 
@@ -109,10 +116,22 @@ impl ZkOptions {
         self
     }
 
+    /// Connects over TLS (to the servers' `secureClientPort`, which needs ZooKeeper's Netty
+    /// connection factory), trusting `tls`'s CA, or the system's CA bundle when it names none
+    /// (`SSL_CERT_FILE`, else the usual bundle paths), and presenting its client certificate
+    /// if it has one. Every server of the connect string is reached over TLS. Needs the `tls`
+    /// feature (on by default). The server's certificate must name the host as written in the
+    /// connect string (an IP address or a DNS name).
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Checks the options without connecting: a non-empty connect string of well-formed
     /// hosts (`host[:port]` or `[ipv6][:port]`, ports from 1 to 65535) and an absolute
     /// chroot, an absolute prefix without a trailing `/`, positive timeouts, a session timeout
-    /// the protocol can carry (at most 2^31 - 1 ms).
+    /// the protocol can carry (at most 2^31 - 1 ms), and no TLS in a build without the `tls`
+    /// feature.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the option that is wrong.
@@ -143,6 +162,9 @@ impl ZkOptions {
         }
         if self.session_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Some("session_timeout and connect_timeout must be positive".into());
+        }
+        if self.tls.is_some() && !cfg!(feature = "tls") {
+            return Some("TLS needs lock-zk's `tls` feature, which is disabled in this build".into());
         }
         if self.session_timeout > MAX_SESSION_TIMEOUT {
             return Some(format!(
@@ -218,6 +240,7 @@ impl std::fmt::Debug for ZkOptions {
             .field("prefix", &self.prefix)
             .field("credentials", &self.credentials.as_ref().map(|(u, _)| format!("{u}:***")))
             .field("close_on_drop", &self.close_on_drop)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -259,6 +282,9 @@ impl BackendOptions for ZkOptions {
         }
         if let Some(t) = u.duration("connect_timeout")? {
             o = o.connect_timeout(t);
+        }
+        if let Some(tls) = u.tls()? {
+            o = o.tls(tls);
         }
         match o.problem() {
             Some(what) => Err(u.error(what)),
@@ -307,6 +333,24 @@ mod tests {
         assert_eq!(o, want);
         assert_eq!(o.acls(), Acls::creator_all());
         assert_eq!(ZkOptions::new("h").acls(), Acls::anyone_all());
+    }
+
+    #[test]
+    fn tls_in_urls() {
+        let o: ZkOptions = "zk://h:2281?tls=true".parse().expect("tls=true");
+        assert_eq!(o, ZkOptions::new("h:2281").tls(TlsOptions::new()));
+        assert_eq!(
+            "zk://h:2281?tls=false".parse::<ZkOptions>().expect("tls=false"),
+            ZkOptions::new("h:2281")
+        );
+        for (url, expect) in [
+            ("zk://h:2281?ca_file=/no/such/ca.pem", "cannot read the TLS CA file"),
+            ("zk://h:2281?cert_file=/c.pem", "go together"),
+            ("zk://h:2281?tls=false&ca_file=/ca.pem", "contradicts"),
+        ] {
+            let e = err(url);
+            assert!(e.contains(expect), "{url}: {e}");
+        }
     }
 
     #[test]

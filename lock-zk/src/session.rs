@@ -25,9 +25,18 @@ pub(crate) async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
         connector = connector.with_detached();
     }
     let (hosts, chroot) = opts.hosts_and_chroot();
+    #[cfg(feature = "tls")]
+    let tls = opts.tls.as_ref().map(client_tls).transpose()?;
     // The server creates the session when it receives the connect request, after this.
     let asked = Instant::now();
-    let client = tokio::time::timeout(opts.connect_timeout, connector.connect(hosts))
+    let dial = async move {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = tls {
+            return connector.with_tls(tls).secure_connect(hosts).await;
+        }
+        connector.connect(hosts).await
+    };
+    let client = tokio::time::timeout(opts.connect_timeout, dial)
         .await
         .map_err(|_| {
             Error::backend_msg(
@@ -49,6 +58,53 @@ pub(crate) async fn open(opts: &ZkOptions) -> Result<Arc<Session>> {
         })?
     };
     Ok(Session::start(client, asked))
+}
+
+/// The system's CA bundle: `SSL_CERT_FILE`, else the first of the usual paths that exists.
+#[cfg(feature = "tls")]
+fn system_ca() -> Result<Vec<u8>> {
+    const BUNDLES: [&str; 3] =
+        ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+    let env = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
+    env.into_iter()
+        .chain(BUNDLES.iter().map(std::path::PathBuf::from))
+        .find_map(|path| std::fs::read(path).ok())
+        .ok_or_else(|| {
+            Error::InvalidConfig(
+                "ZooKeeper TLS: no CA was given (ca_file= or TlsOptions::ca) and no system CA bundle was found \
+                 (SSL_CERT_FILE, /etc/ssl/certs/ca-certificates.crt)"
+                    .into(),
+            )
+        })
+}
+
+/// zookeeper-client's TLS options for ours: the CA (or the system's bundle) and the client
+/// certificate. Installs rustls's ring provider as the process default if none is (the
+/// client asks rustls for the default provider).
+#[cfg(feature = "tls")]
+fn client_tls(tls: &lock_core::TlsOptions) -> Result<zookeeper_client::TlsOptions> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bad =
+        |what: &str, e: &dyn std::fmt::Display| Error::InvalidConfig(format!("ZooKeeper TLS: {what}: {e}"));
+    let ca = match tls.ca_pem() {
+        Some(pem) => pem.to_vec(),
+        None => system_ca()?,
+    };
+    let ca = String::from_utf8(ca).map_err(|e| bad("the CA is not PEM text", &e))?;
+    let mut out = zookeeper_client::TlsOptions::new()
+        .with_pem_ca(&ca)
+        .map_err(|e| bad("no CA certificate could be read", &e))?;
+    if let Some((cert, key)) = tls.identity_pem() {
+        let cert =
+            std::str::from_utf8(cert).map_err(|e| bad("the client certificate is not PEM text", &e))?;
+        // The key's bytes are never part of a message.
+        let key =
+            std::str::from_utf8(key).map_err(|_| bad("the client key is not PEM text", &"invalid UTF-8"))?;
+        out = out
+            .with_pem_identity(cert, key)
+            .map_err(|e| bad("the client certificate or its key could not be read", &e))?;
+    }
+    Ok(out)
 }
 
 /// A live session.
