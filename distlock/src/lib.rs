@@ -21,11 +21,11 @@
 //! |---|---|---|---|
 //! | `mem://` or `mem://NAME` | in-process store; the same `NAME` shares one store within the process | `local` (default) | |
 //! | `file:///PATH` or `file://` | single-host file backend in `PATH` (default: [`lock_local::FileBackend::default_dir`]) | `local` (default) | `sync=true\|false`, `poll=20ms` |
-//! | `redis://[user[:password]@]host[:port][/db]` | one Redis server | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=2s` |
-//! | `rediss://…` | the same over TLS | `redis` | as `redis://`, and `ca_file=` (a private CA, PEM) |
-//! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true`, `ca_file=` |
+//! | `redis://[user[:password]@]host[:port][/db]` | one Redis server | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=2s`, `wait_replicas=0` + `wait_timeout=100ms` (grants confirmed by replicas) |
+//! | `rediss://…` | the same over TLS | `redis` | as `redis://`, and `ca_file=` (a private CA, PEM), `cert_file=` + `key_file=` (a client certificate) |
+//! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `wait_replicas=`, `wait_timeout=`, `tls=true`, `ca_file=`, `cert_file=` + `key_file=` |
 //! | `etcd://[user:password@]h1:2379,h2:2379` | etcd v3 (session leases by default) | `etcd` | `prefix=`, `lease=session\|per-lock`, `session_ttl=10s`, `connect_timeout=5s`, `timeout=5s`, `tls=true` (the system's roots), `ca_file=` (a private CA), `cert_file=` + `key_file=` (a client certificate); each implies TLS |
-//! | `zk://[user:password@]h1:2181,h2:2181[/chroot]` (or `zookeeper://…`) | ZooKeeper (Curator's lock layout; `user:password` is digest auth; the chroot is created if missing) | `zk` | `prefix=/distlock`, `session_timeout=10s`, `connect_timeout=5s` |
+//! | `zk://[user:password@]h1:2181,h2:2181[/chroot]` (or `zookeeper://…`) | ZooKeeper (Curator's lock layout; `user:password` is digest auth; the chroot is created if missing) | `zk` | `prefix=/distlock`, `session_timeout=10s`, `connect_timeout=5s`, `tls=true` (the servers' `secureClientPort`), `ca_file=`, `cert_file=` + `key_file=`; each implies TLS |
 //! | `dynamodb://TABLE` | DynamoDB, one item per lock in `TABLE`; credentials from aws-config's default chain | `dynamo` | `region=`, `endpoint=` (DynamoDB Local, an emulator), `partition_key=lock_key`, `sort_key=NAME:VALUE`, `takeover=rvn\|clock`, `max_skew=100ms` (with `clock`), `poll=100ms`, `timeout=5s`, `create_table=true` |
 //!
 //! A host may be a bracketed IPv6 address, with or without a port (`[::1]`, `[::1]:2379`).

@@ -39,6 +39,16 @@ pub(crate) struct Node {
     notifier: Notifier,
     timeout: Duration,
     backend: &'static str,
+    /// With `wait_replicas`: the grants' own connection and what they wait for.
+    replicas: Option<Replicas>,
+}
+
+/// Grants confirmed by replicas ([`RedisOptions::wait_replicas`]): they go out on a connection
+/// of their own, since `WAIT` holds its connection until it returns.
+struct Replicas {
+    con: ConnectionManager,
+    count: u32,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Node {
@@ -105,19 +115,33 @@ impl Node {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let con = if lazy {
-            ConnectionManager::new_lazy_with_config(client.clone(), config)
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
                 .map_err(|e| map_err(backend, &addr, e))?
         } else {
             tokio::time::timeout(
                 opts.connect_timeout.saturating_add(Duration::from_millis(100)),
-                ConnectionManager::new_with_config(client.clone(), config),
+                ConnectionManager::new_with_config(client.clone(), config.clone()),
             )
             .await
             .map_err(|_| no_connection(backend, &addr, opts.connect_timeout))?
             .map_err(|e| map_err(backend, &addr, e))?
         };
+        let replicas = match opts.wait_replicas {
+            0 => None,
+            count => {
+                if opts.wait_timeout >= timeout {
+                    return Err(Error::InvalidConfig(format!(
+                        "redis {addr}: wait_timeout ({:?}) must be shorter than the request timeout ({timeout:?})",
+                        opts.wait_timeout
+                    )));
+                }
+                let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map_err(|e| map_err(backend, &addr, e))?;
+                Some(Replicas { con, count, timeout: opts.wait_timeout })
+            }
+        };
         let notifier = Notifier::start(client, opts.connect_timeout, timeout);
-        Ok(Self { addr, con, notifier, timeout, backend })
+        Ok(Self { addr, con, notifier, timeout, backend, replicas })
     }
 
     /// Awaits one request with the node's timeout, mapping both failures to typed errors.
@@ -129,8 +153,50 @@ impl Node {
     }
 
     async fn call<T: redis::FromRedisValue>(&self, inv: redis::ScriptInvocation<'_>) -> Result<T> {
-        let mut con = self.con.clone();
+        self.call_on(&self.con, inv).await
+    }
+
+    async fn call_on<T: redis::FromRedisValue>(
+        &self,
+        con: &ConnectionManager,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut con = con.clone();
         self.timed(inv.invoke_async::<T>(&mut con)).await
+    }
+
+    /// The connection grants go out on: their own with `wait_replicas`, else the node's.
+    fn grant_connection(&self) -> &ConnectionManager {
+        self.replicas.as_ref().map_or(&self.con, |r| &r.con)
+    }
+
+    /// With `wait_replicas`, waits for the replicas to confirm the grant just made on the
+    /// grants' connection (`WAIT` covers every write sent before it there), and undoes
+    /// `owner`'s grants of `keys` if too few do in time.
+    ///
+    /// # Errors
+    /// A retryable [`BackendErrorKind::Unavailable`](lock_core::BackendErrorKind::Unavailable)
+    /// error when too few confirmed (the grant was released); the request's error when `WAIT`
+    /// failed (the caller's undo of a failed attempt then applies).
+    async fn confirm(&self, keys: &[Keys], owner: OwnerToken) -> Result<()> {
+        let Some(r) = &self.replicas else { return Ok(()) };
+        let mut con = r.con.clone();
+        let wait = redis::cmd("WAIT").arg(r.count).arg(ttl_ms(r.timeout)).clone();
+        let acked: i64 = self.timed(wait.query_async(&mut con)).await?;
+        if acked >= i64::from(r.count) {
+            return Ok(());
+        }
+        for k in keys {
+            let _ = self.release(k, owner).await;
+        }
+        Err(Error::backend_msg(
+            self.backend,
+            lock_core::BackendErrorKind::Unavailable,
+            format!(
+                "{}: {acked} of the {} replicas asked for (wait_replicas) confirmed the grant within {:?}; it was undone",
+                self.addr, r.count, r.timeout
+            ),
+        ))
     }
 
     /// One acquire script on `keys`' primitive. `extra`: the number of permits of a semaphore,
@@ -147,10 +213,14 @@ impl Node {
         let mut inv = keys.scripts().acquire.prepare_invoke();
         keys.add_to(&mut inv);
         inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(extra).arg(meta).arg(announce(keys));
-        let (status, value): (i64, String) = self.call(inv).await?;
+        let (status, value): (i64, String) = self.call_on(self.grant_connection(), inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "acquire");
         Ok(match status {
-            1 => NodeGrant::Granted(value.parse().map_err(|_| bad())?),
+            1 => {
+                let fence = value.parse().map_err(|_| bad())?;
+                self.confirm(std::slice::from_ref(keys), owner).await?;
+                NodeGrant::Granted(fence)
+            }
             0 => NodeGrant::Held(millis(value.parse().map_err(|_| bad())?)),
             2 => NodeGrant::Mismatch(value.parse().map_err(|_| bad())?),
             _ => return Err(bad()),
@@ -171,11 +241,13 @@ impl Node {
             k.add_to(&mut inv);
         }
         inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(meta);
-        let reply: Vec<String> = self.call(inv).await?;
+        let reply: Vec<String> = self.call_on(self.grant_connection(), inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "multi-key acquire");
         match reply.split_first() {
             Some((status, fences)) if status == "1" && fences.len() == keys.len() => {
-                fences.iter().map(|f| f.parse().map_err(|_| bad())).collect::<Result<_>>().map(Some)
+                let fences = fences.iter().map(|f| f.parse().map_err(|_| bad())).collect::<Result<_>>()?;
+                self.confirm(keys, owner).await?;
+                Ok(Some(fences))
             }
             Some((status, _)) if status == "0" => Ok(None),
             _ => Err(bad()),

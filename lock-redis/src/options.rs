@@ -3,9 +3,9 @@
 //!
 //! | URL | options |
 //! |---|---|
-//! | `redis://[user[:password]@]host[:port][/db]` | `prefix=`, `connect_timeout=5s`, `timeout=2s` |
+//! | `redis://[user[:password]@]host[:port][/db]` | `prefix=`, `connect_timeout=5s`, `timeout=2s`, `wait_replicas=0` + `wait_timeout=100ms` (see [`RedisOptions::wait_replicas`]) |
 //! | `rediss://…` (TLS) | as `redis://`, and `ca_file=` (a private CA), `cert_file=` + `key_file=` (a client certificate) |
-//! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` (3 or more) | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `tls=true`, `ca_file=`, `cert_file=` + `key_file=` |
+//! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` (3 or more) | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `wait_replicas=`, `wait_timeout=` (on every master), `tls=true`, `ca_file=`, `cert_file=` + `key_file=` |
 //!
 //! A host may be a bracketed IPv6 address (`[::1]`, `[::1]:6379`); the port defaults to 6379.
 //! A password without a user (`redis://:password@host`) authenticates as the default user.
@@ -29,6 +29,8 @@ pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Redlock's per-node timeout unless the options choose one: a node that answers later is
 /// treated as down, so one slow master never eats the lock's validity.
 pub(crate) const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a grant waits for its replicas' confirmation unless the options choose otherwise.
+pub(crate) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Options of one Redis server's connection and of the lock keys on it.
 ///
@@ -57,6 +59,9 @@ pub struct RedisOptions {
     /// `None`: the backend's default (one node: 2 s; Redlock: 200 ms per node).
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) tls: Option<TlsOptions>,
+    /// Replicas that must confirm a grant (`WAIT`), and how long to wait for them; 0: none.
+    pub(crate) wait_replicas: u32,
+    pub(crate) wait_timeout: Duration,
 }
 
 impl RedisOptions {
@@ -74,6 +79,8 @@ impl RedisOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: None,
             tls: None,
+            wait_replicas: 0,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
         }
     }
 
@@ -120,6 +127,29 @@ impl RedisOptions {
         self
     }
 
+    /// Makes every grant wait until `replicas` replicas have confirmed it (Redis's `WAIT`,
+    /// at most `timeout`, default 100 ms with `?wait_replicas=N`), and undoes a grant they do
+    /// not confirm in time: the attempt then fails with a retryable
+    /// [`BackendErrorKind::Unavailable`](lock_core::BackendErrorKind::Unavailable) error (a
+    /// waiting acquire tries again until its deadline). `0` turns it off (the default).
+    ///
+    /// # Behavior
+    /// - A confirmed grant (its fencing counter included) is on the primary and `replicas`
+    ///   replicas, so a failover to one of those replicas keeps it: this narrows the window in
+    ///   which a failover lets a second holder in. It does not close it: replication stays
+    ///   asynchronous, a failover may promote a replica that did not confirm, and renewals and
+    ///   releases are not confirmed (a failover right after a renewal can cut the lease back to
+    ///   the previous expiry).
+    /// - Grants go out on a connection of their own, because `WAIT` holds its connection until
+    ///   it returns: with a replica down, each grant takes up to `timeout`, and grants queue
+    ///   behind each other's `WAIT`; renewals, releases and reads are not held up.
+    /// - `timeout` must be shorter than the request timeout (checked on connect).
+    pub fn wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = replicas;
+        self.wait_timeout = timeout;
+        self
+    }
+
     /// The server's address, as given.
     pub fn address(&self) -> &str {
         &self.address
@@ -135,7 +165,10 @@ impl RedisOptions {
         if self.db < 0 {
             return Err(Error::InvalidConfig(format!("redis database {} is negative", self.db)));
         }
-        if self.connect_timeout.is_zero() || self.request_timeout.is_some_and(|t| t.is_zero()) {
+        if self.connect_timeout.is_zero()
+            || self.request_timeout.is_some_and(|t| t.is_zero())
+            || (self.wait_replicas > 0 && self.wait_timeout.is_zero())
+        {
             return Err(Error::InvalidConfig("redis timeouts must be greater than zero".into()));
         }
         if self.prefix.contains(['{', '}']) {
@@ -220,6 +253,8 @@ impl fmt::Debug for RedisOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("tls", &self.tls)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .finish()
     }
 }
@@ -334,6 +369,8 @@ struct UrlSettings {
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
     tls: Option<TlsOptions>,
+    wait_replicas: Option<u32>,
+    wait_timeout: Option<Duration>,
 }
 
 impl UrlSettings {
@@ -356,6 +393,13 @@ impl UrlSettings {
             connect_timeout: u.duration("connect_timeout")?,
             request_timeout: u.duration("timeout")?,
             tls,
+            wait_replicas: match u.option("wait_replicas") {
+                None => None,
+                Some(n) => Some(n.parse::<u32>().map_err(|_| {
+                    u.error(format!("option wait_replicas: '{n}' is not a number of replicas (0 or more)"))
+                })?),
+            },
+            wait_timeout: u.duration("wait_timeout")?,
         })
     }
 
@@ -376,6 +420,11 @@ impl UrlSettings {
         if let Some(tls) = &self.tls {
             o = o.tls(tls.clone());
         }
+        if self.wait_replicas.is_some() || self.wait_timeout.is_some() {
+            let n = self.wait_replicas.unwrap_or(o.wait_replicas);
+            let timeout = self.wait_timeout.unwrap_or(o.wait_timeout);
+            o = o.wait_replicas(n, timeout);
+        }
         o
     }
 }
@@ -395,13 +444,22 @@ impl BackendOptions for RedisOptions {
     fn from_url(u: &ConnectUrl) -> Result<Self> {
         u.expect_scheme(&["redis", "rediss"])?;
         let tls = if u.scheme == "rediss" {
-            u.check_options(&["prefix", "connect_timeout", "timeout", "ca_file", "cert_file", "key_file"])?;
+            u.check_options(&[
+                "prefix",
+                "connect_timeout",
+                "timeout",
+                "wait_replicas",
+                "wait_timeout",
+                "ca_file",
+                "cert_file",
+                "key_file",
+            ])?;
             Some(u.tls()?.unwrap_or_default())
         } else {
             if let Some(k) = TLS_OPTIONS.iter().find(|k| u.option(k).is_some()) {
                 return Err(u.error(format!("redis:// is plain TCP; option {k}= needs rediss:// (TLS)")));
             }
-            u.check_options(&["prefix", "connect_timeout", "timeout"])?;
+            u.check_options(&["prefix", "connect_timeout", "timeout", "wait_replicas", "wait_timeout"])?;
             None
         };
         let host = u.single_host("host", " (use redlock://h1,h2,h3 for several masters)")?;
@@ -432,7 +490,7 @@ impl std::str::FromStr for RedisOptions {
 impl BackendOptions for RedlockOptions {
     fn from_url(u: &ConnectUrl) -> Result<Self> {
         u.expect_scheme(&["redlock"])?;
-        let mut known = vec!["prefix", "connect_timeout", "timeout"];
+        let mut known = vec!["prefix", "connect_timeout", "timeout", "wait_replicas", "wait_timeout"];
         known.extend(TLS_OPTIONS);
         u.check_options(&known)?;
         let hosts = u.hosts_at_least(3, "hosts")?;

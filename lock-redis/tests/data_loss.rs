@@ -1,7 +1,8 @@
 //! Fencing tokens after a server loses data: redis-server with its default persistence (RDB
 //! snapshots by the built-in `save` policy, no AOF) killed with SIGKILL comes back with its last
 //! snapshot, older than the tokens it handed out since. The next token must still be greater
-//! than every token issued before the crash.
+//! than every token issued before the crash. And `wait_replicas`: grants confirmed by a real
+//! replica before they are returned, unconfirmed ones undone.
 
 use std::time::Duration;
 
@@ -132,4 +133,72 @@ async fn redlock_token_rises_with_a_majority_restarted_from_stale_snapshots() {
     servers[2].process().kill().await;
     let next = acquire_token(&locks, "snap2").await;
     assert!(next > t11, "token {next} after a majority lost tokens up to {t11}: a token was issued twice");
+}
+
+/// A replica of the server at `port`, returned once the primary counts it online.
+async fn replica_of(port: u16) -> RedisServer {
+    let args = ["--replicaof", "127.0.0.1", &port.to_string()].map(str::to_owned).to_vec();
+    let replica = RedisServer::start_with(RedisConfig { extra_args: args, ..RedisConfig::default() })
+        .await
+        .expect("redis-server as a replica");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: String =
+            redis::cmd("INFO").arg("replication").query_async(&mut raw(port).await).await.expect("INFO");
+        if info.contains("state=online") {
+            return replica;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the replica never came online: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn get(port: u16, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(&mut raw(port).await).await.expect("GET")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_returns_confirmed_grants_and_undoes_the_others() {
+    let primary = RedisServer::start().await.expect("redis-server");
+    let replica = replica_of(primary.port()).await;
+    let connect = |query: &str| {
+        let url = format!("{}?{query}", primary.url());
+        async move { RedisBackend::connect(url.parse().expect("url")).await }
+    };
+
+    // One replica asked for, one there: granted, and the replica already holds the grant
+    // and its fencing counter when the acquire returns.
+    let one = connect("wait_replicas=1&wait_timeout=500ms").await.expect("connect");
+    let locks = LockClient::new(one.clone());
+    let g = locks.lock("replicated").acquire().await.expect("a grant the replica confirms");
+    let token = g.fencing_token().get();
+    let key = one.redis_key(&LockKey::new("replicated").expect("key"));
+    let held = get(replica.port(), &key).await.expect("the grant on the replica");
+    assert!(held.split('\n').next().is_some_and(|v| v.ends_with(&format!(":{token}"))), "{held}");
+    assert_eq!(counter(replica.port(), "replicated").await, Some(token));
+    g.release().await.expect("release");
+
+    // Two asked for, one there: every attempt is undone, and the error says why.
+    let two = LockClient::new(connect("wait_replicas=2&wait_timeout=200ms").await.expect("connect"));
+    let key = one.redis_key(&LockKey::new("unconfirmed").expect("key"));
+    let e = two.lock("unconfirmed").try_acquire().await.expect_err("one replica cannot confirm for two");
+    assert!(e.is_retryable() && e.to_string().contains("1 of the 2 replicas"), "{e}");
+    assert_eq!(get(primary.port(), &key).await, None, "an unconfirmed grant was left behind");
+    let waited = two.lock("unconfirmed").wait(Duration::from_millis(800)).acquire().await;
+    assert!(waited.is_err(), "a waiting acquire got an unconfirmed grant");
+    assert_eq!(get(primary.port(), &key).await, None, "a waiting acquire left a grant behind");
+    // Others are not kept out meanwhile.
+    locks
+        .lock("unconfirmed")
+        .try_acquire()
+        .await
+        .expect("try")
+        .expect("free")
+        .release()
+        .await
+        .expect("release");
+
+    // A WAIT longer than the request timeout could never be told apart from a lost reply.
+    let e = connect("wait_replicas=1&wait_timeout=2s&timeout=1s").await.expect_err("wait_timeout >= timeout");
+    assert!(e.to_string().contains("wait_timeout"), "{e}");
 }

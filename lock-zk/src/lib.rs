@@ -16,7 +16,7 @@
 //!
 //! The same backend from a URL, as the `distlock` facade's `connect` reads it
 //! (`zk://[user:password@]h1:2181,h2:2181[/chroot]?prefix=/distlock&session_timeout=10s&connect_timeout=5s`,
-//! or `zookeeper://…`): `"zk://10.0.0.1:2181,10.0.0.2:2181/app".parse::<ZkOptions>()`. See
+//! or `zookeeper://…`; TLS with `tls=true`, `ca_file=`, `cert_file=` + `key_file=`): `"zk://10.0.0.1:2181,10.0.0.2:2181/app".parse::<ZkOptions>()`. See
 //! [`ZkOptions`].
 //!
 //! ## Layout and order

@@ -142,3 +142,22 @@ fn passwords_never_show() {
     assert!(!shown.contains("s3cret") && !shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("user: Some(\"app\")"), "{shown}");
 }
+
+#[test]
+fn wait_replicas_in_urls() {
+    let o: RedisOptions = "redis://h?wait_replicas=1".parse().unwrap();
+    assert_eq!(o, RedisOptions::new("h").wait_replicas(1, DEFAULT_WAIT_TIMEOUT));
+    let o: RedisOptions = "rediss://h?wait_replicas=2&wait_timeout=50ms".parse().unwrap();
+    assert_eq!(o, RedisOptions::new("h").tls(TlsOptions::new()).wait_replicas(2, Duration::from_millis(50)));
+    let o: RedlockOptions = "redlock://a,b,c?wait_replicas=1".parse().unwrap();
+    assert!(o.nodes.iter().all(|n| n.wait_replicas == 1), "{o:?}");
+    for (url, expect) in [
+        ("redis://:hunter2@h?wait_replicas=many", "'many' is not a number of replicas"),
+        ("redis://:hunter2@h?wait_replicas=-1", "is not a number of replicas"),
+        ("redis://:hunter2@h?wait_replicas=1&wait_timeout=0s", "greater than zero"),
+        ("redis://:hunter2@h?wait_timeout=soon", "wait_timeout"),
+    ] {
+        let e = url_err(url);
+        assert!(e.contains(expect), "{url}: {e}");
+    }
+}
