@@ -14,7 +14,8 @@ use crate::attempts::{arm, extra, intent_ttl};
 use crate::error::mismatch;
 use crate::keys::Keys;
 use crate::node::{meta_arg, Node, NodeGrant, NAME};
-use crate::options::{RedisOptions, DEFAULT_REQUEST_TIMEOUT};
+use crate::options::RedisOptions;
+use crate::sentinel::Primary;
 
 /// The longest an election observer goes without reading the leader (an expiry publishes
 /// nothing).
@@ -61,7 +62,7 @@ pub struct RedisBackend {
 
 #[derive(Debug)]
 struct Inner {
-    node: Node,
+    primary: Arc<Primary>,
     prefix: String,
 }
 
@@ -74,8 +75,13 @@ impl RedisBackend {
     /// reached; an auth error when it refuses the credentials.
     pub async fn connect(opts: RedisOptions) -> Result<Self> {
         opts.validate()?;
-        let node = Node::connect(&opts, NAME, false, DEFAULT_REQUEST_TIMEOUT).await?;
-        Ok(Self { inner: Arc::new(Inner { node, prefix: opts.prefix }) })
+        let primary = Primary::connect(&opts).await?;
+        Ok(Self { inner: Arc::new(Inner { primary, prefix: opts.prefix }) })
+    }
+
+    /// The server new requests go to (after a Sentinel failover, the new primary).
+    fn node(&self) -> Arc<Node> {
+        self.inner.primary.node()
     }
 
     /// The Redis key that holds the grant of `key`: hand it to a foreign client (for example
@@ -87,13 +93,13 @@ impl RedisBackend {
     /// How long a waiting writer's intent lasts unless its next attempt refreshes it; a writer
     /// that dies while waiting blocks new readers for at most this long.
     pub fn writer_intent_ttl(&self) -> Duration {
-        intent_ttl(self.inner.node.timeout())
+        intent_ttl(self.node().timeout())
     }
 
     /// The underlying connection (for benchmarks measuring the raw floor with the same client).
     #[doc(hidden)]
     pub fn raw_connection(&self) -> redis::aio::ConnectionManager {
-        self.inner.node.connection()
+        self.node().connection()
     }
 
     fn keys(&self, key: &LockKey, mode: Mode) -> Result<Keys> {
@@ -110,7 +116,7 @@ impl RedisBackend {
         let sent = Instant::now();
         let undo = arm(self.releaser(vec![keys.clone()], req.owner));
         let meta = meta_arg(req.mode, &req.metadata);
-        let reply = self.inner.node.acquire(&keys, req.owner, req.ttl, extra(req, intent), &meta).await;
+        let reply = self.node().acquire(&keys, req.owner, req.ttl, extra(req, intent), &meta).await;
         undo.disarm();
         Ok(match reply? {
             NodeGrant::Granted(f) => Attempt::Acquired(
@@ -133,8 +139,8 @@ impl RedisBackend {
         move || {
             let (this, keys) = (this.clone(), keys.clone());
             Box::pin(async move {
-                let done =
-                    futures::future::join_all(keys.iter().map(|k| this.inner.node.release(k, owner))).await;
+                let node = this.node();
+                let done = futures::future::join_all(keys.iter().map(|k| node.release(k, owner))).await;
                 done.iter().all(Result::is_ok)
             })
         }
@@ -178,7 +184,7 @@ impl LockBackend for RedisBackend {
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let keys = self.keys(&req.key, req.mode)?;
         let undo = crate::attempts::undo_later(self.releaser(vec![keys.clone()], req.owner));
-        let node = &self.inner.node;
+        let node = &*self.node();
         let intent = (req.mode == Mode::Write).then(|| self.writer_intent_ttl());
         let res = crate::attempts::acquire_waiting(
             &req.key,
@@ -202,7 +208,7 @@ impl LockBackend for RedisBackend {
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
         let keys = self.keys(lease.key(), lease.mode())?;
         let sent = Instant::now();
-        Ok(if self.inner.node.extend(&keys, lease.owner(), ttl).await? {
+        Ok(if self.node().extend(&keys, lease.owner(), ttl).await? {
             ExtendOutcome::Extended { valid_until: lock_core::lease::valid_until(sent, ttl) }
         } else {
             ExtendOutcome::NotHeld
@@ -224,7 +230,7 @@ impl LockBackend for RedisBackend {
         let mut extended: HashMap<usize, bool> = HashMap::new();
         if !batch.is_empty() {
             let args: Vec<_> = batch.iter().map(|(i, k)| (k, grants[*i].0.owner(), grants[*i].1)).collect();
-            if let Ok(done) = self.inner.node.extend_many(&args).await {
+            if let Ok(done) = self.node().extend_many(&args).await {
                 extended.extend(batch.iter().map(|(i, _)| *i).zip(done));
             }
         }
@@ -245,7 +251,7 @@ impl LockBackend for RedisBackend {
 
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
         let keys = self.keys(lease.key(), lease.mode())?;
-        Ok(if self.inner.node.release(&keys, lease.owner()).await? {
+        Ok(if self.node().release(&keys, lease.owner()).await? {
             ReleaseOutcome::Released
         } else {
             ReleaseOutcome::NotHeld
@@ -253,11 +259,11 @@ impl LockBackend for RedisBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
-        self.inner.node.inspect(&Keys::lock(&self.inner.prefix, key)).await
+        self.node().inspect(&Keys::lock(&self.inner.prefix, key)).await
     }
 
     async fn holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
-        self.inner.node.holders(&self.keys(key, mode)?).await
+        self.node().holders(&self.keys(key, mode)?).await
     }
 
     /// The metadata of a lock or an election (proclaim): one script that compares the owner
@@ -266,7 +272,7 @@ impl LockBackend for RedisBackend {
     async fn update_metadata(&self, lease: &Lease, metadata: &lock_core::Metadata) -> Result<ExtendOutcome> {
         crate::node::keeps_metadata(NAME, lease.mode())?;
         let keys = self.keys(lease.key(), lease.mode())?;
-        Ok(if self.inner.node.set_meta(&keys, lease.owner(), &meta_arg(lease.mode(), metadata)).await? {
+        Ok(if self.node().set_meta(&keys, lease.owner(), &meta_arg(lease.mode(), metadata)).await? {
             ExtendOutcome::Extended { valid_until: lease.valid_until() }
         } else {
             ExtendOutcome::NotHeld
@@ -281,7 +287,7 @@ impl LockBackend for RedisBackend {
             return Ok(None);
         }
         let keys = self.keys(key, mode)?;
-        let sub = self.inner.node.watch(&keys, self.inner.node.timeout()).await;
+        let sub = self.node().watch(&keys, self.node().timeout()).await;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let this = self.clone();
         tokio::spawn(async move {
@@ -290,7 +296,7 @@ impl LockBackend for RedisBackend {
                 let notified = sub.notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let state = this.inner.node.holders(&keys).await.map(|h| h.into_iter().next());
+                let state = this.node().holders(&keys).await.map(|h| h.into_iter().next());
                 let next = match &state {
                     Ok(Some(l)) => {
                         l.remaining_ttl.unwrap_or(OBSERVE_POLL).clamp(Duration::from_millis(10), OBSERVE_POLL)
@@ -313,7 +319,7 @@ impl LockBackend for RedisBackend {
     }
 
     async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<lock_core::ListPage> {
-        crate::list::page(&self.inner.node, &self.inner.prefix, prefix, cursor, limit).await
+        crate::list::page(&self.node(), &self.inner.prefix, prefix, cursor, limit).await
     }
 
     /// The counters under `prefix`, found as `list` finds them (a `SCAN` over `…:fence` keys).
@@ -323,7 +329,7 @@ impl LockBackend for RedisBackend {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<lock_core::CounterPage> {
-        crate::list::counters(&self.inner.node, &self.inner.prefix, prefix, cursor, limit).await
+        crate::list::counters(&self.node(), &self.inner.prefix, prefix, cursor, limit).await
     }
 
     /// One script that raises the primitive's counter (never lowers it); the next grant's
@@ -335,7 +341,7 @@ impl LockBackend for RedisBackend {
         at_least: FencingToken,
     ) -> Result<FencingToken> {
         let keys = self.keys(key, mode)?;
-        self.inner.node.raise(&keys, at_least.get()).await.map(FencingToken::new)
+        self.node().raise(&keys, at_least.get()).await.map(FencingToken::new)
     }
 
     /// One script over every key (see [`scripts::ACQUIRE_ALL`](crate::scripts::ACQUIRE_ALL)).
@@ -351,7 +357,7 @@ impl LockBackend for RedisBackend {
         let sent = Instant::now();
         let undo = arm(self.releaser(keys.clone(), first.owner));
         let meta = meta_arg(Mode::Exclusive, &first.metadata);
-        let reply = self.inner.node.acquire_all(&keys, first.owner, first.ttl, &meta).await;
+        let reply = self.node().acquire_all(&keys, first.owner, first.ttl, &meta).await;
         undo.disarm();
         match reply {
             Ok(Some(fences)) => Ok(Some(

@@ -117,6 +117,7 @@ mod notify;
 mod options;
 mod redlock;
 pub mod scripts;
+mod sentinel;
 
 pub use backend::RedisBackend;
 pub use options::{RedisOptions, RedlockOptions, DEFAULT_PORT};

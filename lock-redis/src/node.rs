@@ -1,6 +1,7 @@
 //! One Redis server: a multiplexed, self-reconnecting connection for commands and a
 //! subscriber connection for wake-ups, plus the scripts' calls.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{Error, FencingToken, LockInfo, Mode, OwnerToken, Result};
@@ -41,6 +42,8 @@ pub(crate) struct Node {
     backend: &'static str,
     /// With `wait_replicas`: the grants' own connection and what they wait for.
     replicas: Option<Replicas>,
+    /// Told when a request fails in a way a failover explains (a Sentinel-managed primary).
+    trouble: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Grants confirmed by replicas ([`RedisOptions::wait_replicas`]): they go out on a connection
@@ -141,15 +144,28 @@ impl Node {
             }
         };
         let notifier = Notifier::start(client, opts.connect_timeout, timeout);
-        Ok(Self { addr, con, notifier, timeout, backend, replicas })
+        Ok(Self { addr, con, notifier, timeout, backend, replicas, trouble: None })
+    }
+
+    /// Tells `trouble` of every request that fails retryably (the connection, a timeout,
+    /// `READONLY`): what a Sentinel-managed primary's follower listens to.
+    pub(crate) fn on_trouble(mut self, trouble: Arc<tokio::sync::Notify>) -> Self {
+        self.trouble = Some(trouble);
+        self
     }
 
     /// Awaits one request with the node's timeout, mapping both failures to typed errors.
     async fn timed<T>(&self, request: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        match tokio::time::timeout(self.timeout, request).await {
+        let r = match tokio::time::timeout(self.timeout, request).await {
             Ok(r) => r.map_err(|e| map_err(self.backend, &self.addr, e)),
             Err(_) => Err(request_timed_out(self.backend, &self.addr, self.timeout)),
+        };
+        if let (Err(e), Some(trouble)) = (&r, &self.trouble) {
+            if e.is_retryable() {
+                trouble.notify_one();
+            }
         }
+        r
     }
 
     async fn call<T: redis::FromRedisValue>(&self, inv: redis::ScriptInvocation<'_>) -> Result<T> {
@@ -416,7 +432,7 @@ impl Node {
 
 /// The redis crate's client for `opts`: address, credentials, database and TLS (a private CA
 /// and a client certificate are handed to rustls).
-fn client(opts: &RedisOptions) -> Result<redis::Client> {
+pub(crate) fn client(opts: &RedisOptions) -> Result<redis::Client> {
     let (host, port) = opts.host_port()?;
     let addr = match opts.tls {
         Some(_) => redis::ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },

@@ -5,9 +5,12 @@
 //! |---|---|
 //! | `redis://[user[:password]@]host[:port][/db]` | `prefix=`, `connect_timeout=5s`, `timeout=2s`, `wait_replicas=0` + `wait_timeout=100ms` (see [`RedisOptions::wait_replicas`]) |
 //! | `rediss://…` (TLS) | as `redis://`, and `ca_file=` (a private CA), `cert_file=` + `key_file=` (a client certificate) |
+//! | `redis+sentinel://[user[:password]@]s1[:port],s2[:port]/MASTER[/db]` | the primary the sentinels call `MASTER`, followed across failovers (see [`RedisOptions::sentinel`]); as `redis://` |
+//! | `rediss+sentinel://…` | the same over TLS, to the sentinels and the primary; as `rediss://` |
 //! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` (3 or more) | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `wait_replicas=`, `wait_timeout=` (on every master), `tls=true`, `ca_file=`, `cert_file=` + `key_file=` |
 //!
-//! A host may be a bracketed IPv6 address (`[::1]`, `[::1]:6379`); the port defaults to 6379.
+//! A host may be a bracketed IPv6 address (`[::1]`, `[::1]:6379`); the port defaults to 6379
+//! (26379 for a sentinel).
 //! A password without a user (`redis://:password@host`) authenticates as the default user.
 
 use std::fmt;
@@ -22,6 +25,10 @@ use crate::{RedisBackend, RedlockBackend};
 
 /// The port used when an address names none.
 pub const DEFAULT_PORT: u16 = 6379;
+/// The port used when a sentinel's address names none.
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
+/// The URL schemes of a Sentinel-managed primary (plain and TLS).
+const SENTINEL_SCHEMES: [&str; 2] = ["redis+sentinel", "rediss+sentinel"];
 /// How long to wait for a connection unless the options choose otherwise.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one request may take on a single node unless the options choose otherwise.
@@ -62,6 +69,15 @@ pub struct RedisOptions {
     /// Replicas that must confirm a grant (`WAIT`), and how long to wait for them; 0: none.
     pub(crate) wait_replicas: u32,
     pub(crate) wait_timeout: Duration,
+    /// Where the sentinels are and the master's name, for a Sentinel-managed primary.
+    pub(crate) sentinel: Option<Sentinel>,
+}
+
+/// The sentinels (`host[:port]`) and the name they know the master by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Sentinel {
+    pub(crate) sentinels: Vec<String>,
+    pub(crate) master: String,
 }
 
 impl RedisOptions {
@@ -81,7 +97,35 @@ impl RedisOptions {
             tls: None,
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            sentinel: None,
         }
+    }
+
+    /// Options for the primary that the Redis Sentinels at `sentinels` (`host[:port]`, port
+    /// 26379 by default) know as `master`, with the same defaults as [`new`](Self::new). The
+    /// other builders apply to the primary; TLS applies to the sentinels too.
+    ///
+    /// # Behavior
+    /// - On connect the sentinels are asked in turn (`SENTINEL get-master-addr-by-name`) until
+    ///   one answers; the backend then talks to that primary as to one server.
+    /// - **Failovers are followed**: the sentinels are asked again every second, and at once
+    ///   when a request fails with a connection error, a timeout or `READONLY` (a demoted
+    ///   primary); when they name another primary, every new request goes there. Requests in
+    ///   flight on the old primary fail as any request to a lost server does (retryable).
+    /// - What a failover does to locks is Redis replication's doing: grants the new primary
+    ///   did not receive are gone (their holders' renewals fail and their guards report the
+    ///   loss), so exclusion can break in that window; fencing tokens still rise (see
+    ///   [`scripts`](crate::scripts)). [`wait_replicas`](Self::wait_replicas) narrows it.
+    /// - The sentinels are reached without authentication (the credentials are the
+    ///   primary's).
+    pub fn sentinel(
+        sentinels: impl IntoIterator<Item = impl Into<String>>,
+        master: impl Into<String>,
+    ) -> Self {
+        let sentinels: Vec<String> = sentinels.into_iter().map(Into::into).collect();
+        let mut o = Self::new(sentinels.first().cloned().unwrap_or_default());
+        o.sentinel = Some(Sentinel { sentinels, master: master.into() });
+        o
     }
 
     /// Authenticates as ACL `user` with `password`; an empty `user` is the default user
@@ -161,7 +205,27 @@ impl RedisOptions {
     /// [`Error::InvalidConfig`] for a malformed address, a negative database, a zero
     /// timeout, a key prefix with `{` or `}`, or TLS in a build without the `tls` feature.
     pub fn validate(&self) -> Result<()> {
-        self.host_port()?;
+        match &self.sentinel {
+            None => {
+                self.host_port()?;
+            }
+            Some(s) => {
+                if s.sentinels.is_empty() {
+                    return Err(Error::InvalidConfig("redis sentinel: no sentinel address given".into()));
+                }
+                for a in &s.sentinels {
+                    split_address(a, DEFAULT_SENTINEL_PORT).map_err(|why| {
+                        Error::InvalidConfig(format!("redis sentinel address '{a}': {why}"))
+                    })?;
+                }
+                if s.master.is_empty() || s.master.contains(|c: char| c.is_whitespace() || c == '/') {
+                    return Err(Error::InvalidConfig(format!(
+                        "redis sentinel: '{}' is not a master name (the name in the sentinels' `sentinel monitor`)",
+                        s.master
+                    )));
+                }
+            }
+        }
         if self.db < 0 {
             return Err(Error::InvalidConfig(format!("redis database {} is negative", self.db)));
         }
@@ -187,7 +251,7 @@ impl RedisOptions {
 
     /// The host (IPv6 without its brackets) and port.
     pub(crate) fn host_port(&self) -> Result<(String, u16)> {
-        split_address(&self.address)
+        split_address(&self.address, DEFAULT_PORT)
             .map_err(|why| Error::InvalidConfig(format!("redis address '{}': {why}", self.address)))
     }
 
@@ -200,12 +264,21 @@ impl RedisOptions {
     pub(crate) fn describe(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         let db = if self.db == 0 { String::new() } else { format!("/{}", self.db) };
-        format!("{scheme}://{}{db}", self.address)
+        match &self.sentinel {
+            None => format!("{scheme}://{}{db}", self.address),
+            Some(s) => format!("{scheme}+sentinel://{}/{}{db}", s.sentinels.join(","), s.master),
+        }
+    }
+
+    /// These options with `address` as the server and no sentinel: the primary the sentinels
+    /// named.
+    pub(crate) fn at(&self, address: String) -> Self {
+        Self { address, sentinel: None, ..self.clone() }
     }
 }
 
-/// Splits `host[:port]` into the host (IPv6 without brackets) and the port.
-fn split_address(address: &str) -> std::result::Result<(String, u16), String> {
+/// Splits `host[:port]` into the host (IPv6 without brackets) and the port (`default` if none).
+pub(crate) fn split_address(address: &str, default: u16) -> std::result::Result<(String, u16), String> {
     let (host, port) = match address.strip_prefix('[') {
         Some(rest) => {
             let (ip, after) = rest.split_once(']').ok_or("a bracketed IPv6 address needs its ']'")?;
@@ -233,7 +306,7 @@ fn split_address(address: &str) -> std::result::Result<(String, u16), String> {
         return Err(format!("'{host}' is a wildcard address; name the server's own address"));
     }
     let port = match port {
-        None => DEFAULT_PORT,
+        None => default,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 => n,
             _ => return Err(format!("port '{p}' is not a number from 1 to 65535")),
@@ -255,6 +328,7 @@ impl fmt::Debug for RedisOptions {
             .field("tls", &self.tls)
             .field("wait_replicas", &self.wait_replicas)
             .field("wait_timeout", &self.wait_timeout)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -345,6 +419,13 @@ impl RedlockOptions {
         let mut seen = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             node.validate()?;
+            if node.sentinel.is_some() {
+                return Err(Error::InvalidConfig(
+                    "Redlock masters are single servers: a Sentinel-managed master (RedisOptions::sentinel) \
+                     is not supported under Redlock"
+                        .into(),
+                ));
+            }
             let at = node.host_port()?;
             if seen.contains(&at) {
                 return Err(Error::InvalidConfig(format!(
@@ -374,13 +455,14 @@ struct UrlSettings {
 }
 
 impl UrlSettings {
-    fn parse(u: &ConnectUrl, tls: Option<TlsOptions>) -> Result<Self> {
+    /// The settings of `u`, whose path (`db_path`: the part that names the database) is `/DB`.
+    fn parse(u: &ConnectUrl, tls: Option<TlsOptions>, db_path: &str) -> Result<Self> {
         let credentials = match (&u.user, &u.password) {
             // A password alone authenticates as the default user.
             (None, Some(p)) => Some((String::new(), p.clone())),
             _ => u.user_and_password()?.map(|(user, p)| (user.to_owned(), p.to_owned())),
         };
-        let db = match u.path.trim_matches('/') {
+        let db = match db_path.trim_matches('/') {
             "" => 0,
             db => db.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
                 u.error(format!("path '{}' is not valid for Redis: expected /DB, a database number", u.path))
@@ -442,8 +524,8 @@ const TLS_OPTIONS: [&str; 4] = ["tls", "ca_file", "cert_file", "key_file"];
 #[lock_core::async_trait]
 impl BackendOptions for RedisOptions {
     fn from_url(u: &ConnectUrl) -> Result<Self> {
-        u.expect_scheme(&["redis", "rediss"])?;
-        let tls = if u.scheme == "rediss" {
+        u.expect_scheme(&["redis", "rediss", SENTINEL_SCHEMES[0], SENTINEL_SCHEMES[1]])?;
+        let tls = if u.scheme.starts_with("rediss") {
             u.check_options(&[
                 "prefix",
                 "connect_timeout",
@@ -457,13 +539,26 @@ impl BackendOptions for RedisOptions {
             Some(u.tls()?.unwrap_or_default())
         } else {
             if let Some(k) = TLS_OPTIONS.iter().find(|k| u.option(k).is_some()) {
-                return Err(u.error(format!("redis:// is plain TCP; option {k}= needs rediss:// (TLS)")));
+                return Err(u.error(format!("{}:// is plain TCP; option {k}= needs rediss… (TLS)", u.scheme)));
             }
             u.check_options(&["prefix", "connect_timeout", "timeout", "wait_replicas", "wait_timeout"])?;
             None
         };
-        let host = u.single_host("host", " (use redlock://h1,h2,h3 for several masters)")?;
-        let opts = UrlSettings::parse(u, tls)?.apply(RedisOptions::new(host));
+        let opts = if SENTINEL_SCHEMES.contains(&u.scheme.as_str()) {
+            let sentinels = u.hosts_at_least(1, "sentinel addresses")?;
+            let path = u.path.trim_start_matches('/');
+            let (master, db) = path.split_once('/').unwrap_or((path, ""));
+            if master.is_empty() {
+                return Err(u.error(format!(
+                    "{}:// needs the master's name: {}://s1,s2/MASTER[/db]",
+                    u.scheme, u.scheme
+                )));
+            }
+            UrlSettings::parse(u, tls, db)?.apply(RedisOptions::sentinel(sentinels.to_vec(), master))
+        } else {
+            let host = u.single_host("host", " (use redlock://h1,h2,h3 for several masters)")?;
+            UrlSettings::parse(u, tls, &u.path)?.apply(RedisOptions::new(host))
+        };
         opts.validate().map_err(|e| in_url(u, e))?;
         Ok(opts)
     }
@@ -494,7 +589,7 @@ impl BackendOptions for RedlockOptions {
         known.extend(TLS_OPTIONS);
         u.check_options(&known)?;
         let hosts = u.hosts_at_least(3, "hosts")?;
-        let settings = UrlSettings::parse(u, u.tls()?)?;
+        let settings = UrlSettings::parse(u, u.tls()?, &u.path)?;
         let opts = RedlockOptions::new(hosts.iter().map(|h| settings.apply(RedisOptions::new(h.as_str()))));
         opts.validate().map_err(|e| in_url(u, e))?;
         Ok(opts)

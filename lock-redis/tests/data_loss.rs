@@ -2,11 +2,12 @@
 //! snapshots by the built-in `save` policy, no AOF) killed with SIGKILL comes back with its last
 //! snapshot, older than the tokens it handed out since. The next token must still be greater
 //! than every token issued before the crash. And `wait_replicas`: grants confirmed by a real
-//! replica before they are returned, unconfirmed ones undone.
+//! replica before they are returned, unconfirmed ones undone. And a Sentinel failover: the
+//! primary killed while a lock is held and a waiter waits.
 
 use std::time::Duration;
 
-use conformance_tests::fixtures::redis::{Persistence, RedisConfig, RedisServer};
+use conformance_tests::fixtures::redis::{command, Persistence, RedisConfig, RedisServer, SentinelSet};
 use lock_core::{LockClient, LockKey};
 use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
 
@@ -201,4 +202,65 @@ async fn wait_replicas_returns_confirmed_grants_and_undoes_the_others() {
     // A WAIT longer than the request timeout could never be told apart from a lost reply.
     let e = connect("wait_replicas=1&wait_timeout=2s&timeout=1s").await.expect_err("wait_timeout >= timeout");
     assert!(e.to_string().contains("wait_timeout"), "{e}");
+}
+
+/// Returns once the replica of the primary at `port` has every write the primary has.
+async fn caught_up(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = command(port, &["INFO", "replication"]).await.unwrap_or_default().concat();
+        let field = |name: &str| {
+            info.split(['\r', '\n', ','])
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let (Some(primary), Some(replica)) = (field("master_repl_offset:"), field("offset=")) {
+            if info.contains("state=online") && replica >= primary {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the replica never caught up: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_followed_and_tokens_keep_rising() {
+    let mut set = SentinelSet::start().await.expect("a primary, a replica and three sentinels");
+    let (old, new) = (set.servers[0].port(), set.servers[1].port());
+    assert_eq!(set.primary_port().await, Some(old));
+    let backend =
+        RedisBackend::connect(set.url().parse().expect("url")).await.expect("connect through the sentinels");
+    let locks = LockClient::new(backend);
+    let last = ten_cycles(&locks, "failover", 0).await;
+
+    // A holder, and a waiter for its lock.
+    let held = locks.lock("held").ttl(Duration::from_secs(30)).acquire().await.expect("holder");
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.lock("held").wait(Duration::from_secs(60)).acquire().await })
+    };
+    // Everything so far is on the replica (replication is asynchronous: without this, the
+    // failover may lose the holder's grant, which is Redis's promise, not ours to test).
+    caught_up(old).await;
+
+    set.servers[0].process().kill().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while set.primary_port().await != Some(new) {
+        assert!(tokio::time::Instant::now() < deadline, "the sentinels never promoted the replica");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // New grants go to the new primary, with tokens above every earlier one.
+    let after = acquire_token(&locks, "failover").await;
+    assert!(after > last, "token {after} after the failover, {last} before");
+    // The holder still holds on the new primary, the waiter still waits; the release hands over.
+    assert!(!waiter.is_finished(), "the waiter got a lock that is held");
+    assert_eq!(
+        held.release().await.expect("release on the new primary"),
+        lock_core::ReleaseOutcome::Released
+    );
+    let g = waiter.await.expect("join").expect("the waiter carries on against the new primary");
+    assert!(g.fencing_token().get() > after, "the waiter's token {} after {after}", g.fencing_token().get());
+    g.release().await.expect("release");
 }

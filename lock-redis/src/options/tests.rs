@@ -161,3 +161,40 @@ fn wait_replicas_in_urls() {
         assert!(e.contains(expect), "{url}: {e}");
     }
 }
+
+#[test]
+fn sentinel_urls() {
+    let o: RedisOptions = "redis+sentinel://s1,s2:26380/mymaster".parse().unwrap();
+    assert_eq!(o, RedisOptions::sentinel(["s1", "s2:26380"], "mymaster"));
+    assert_eq!(o.describe(), "redis+sentinel://s1,s2:26380/mymaster");
+    let o: RedisOptions =
+        "rediss+sentinel://app:hunter2@[::1]:26379/main/3?prefix=p:&wait_replicas=1".parse().unwrap();
+    let want = RedisOptions::sentinel(["[::1]:26379"], "main")
+        .credentials("app", "hunter2")
+        .database(3)
+        .prefix("p:")
+        .tls(TlsOptions::new())
+        .wait_replicas(1, DEFAULT_WAIT_TIMEOUT);
+    assert_eq!(o, want);
+    assert!(!format!("{o:?}").contains("hunter2"), "{o:?}");
+    for (url, expect) in [
+        ("redis+sentinel://:hunter2@s1", "needs the master's name"),
+        ("redis+sentinel://:hunter2@s1/", "needs the master's name"),
+        ("redis+sentinel://:hunter2@s1/m/x", "expected /DB"),
+        ("redis+sentinel://:hunter2@s1:0/m", "port '0'"),
+        ("redis+sentinel://:hunter2@s1/m?ca_file=/x", "needs rediss"),
+    ] {
+        let e = url_err(url);
+        assert!(e.contains(expect), "{url}: {e}");
+    }
+    let e = RedisOptions::sentinel(Vec::<String>::new(), "m").validate().unwrap_err();
+    assert!(e.to_string().contains("no sentinel"), "{e}");
+    let e = RedisOptions::sentinel(["s1"], "two words").validate().unwrap_err();
+    assert!(e.to_string().contains("not a master name"), "{e}");
+    let redlock = RedlockOptions::new([
+        RedisOptions::sentinel(["s1"], "m"),
+        RedisOptions::new("b"),
+        RedisOptions::new("c"),
+    ]);
+    assert!(redlock.validate().unwrap_err().to_string().contains("not supported under Redlock"));
+}

@@ -1,0 +1,157 @@
+//! The server a [`RedisBackend`](crate::RedisBackend) talks to: one fixed address, or the
+//! primary that Redis Sentinels name, followed across failovers.
+
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use lock_core::{BackendErrorKind, Error, Result};
+use tokio::sync::Notify;
+
+use crate::node::{Node, NAME};
+use crate::options::{split_address, RedisOptions, Sentinel, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SENTINEL_PORT};
+
+/// How often the sentinels are asked where the primary is, when nothing went wrong.
+const SENTINEL_POLL: Duration = Duration::from_secs(1);
+/// The shortest gap between two rounds of questions (trouble can come in bursts).
+const SENTINEL_MIN_GAP: Duration = Duration::from_millis(100);
+
+/// The node in use and, for a Sentinel-managed primary, how to find the next one.
+pub(crate) struct Primary {
+    /// The primary's address (`host:port`) and its node.
+    current: RwLock<(String, Arc<Node>)>,
+    /// Fired by the node when a request fails in a way a failover explains.
+    trouble: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Primary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Primary").field("node", &self.node()).finish()
+    }
+}
+
+impl Primary {
+    /// Connects to the server `opts` name: the one address, or the primary the sentinels
+    /// name (then followed in the background for as long as the backend lives).
+    pub(crate) async fn connect(opts: &RedisOptions) -> Result<Arc<Self>> {
+        let trouble = Arc::new(Notify::new());
+        let Some(sentinel) = opts.sentinel.clone() else {
+            let node = Node::connect(opts, NAME, false, DEFAULT_REQUEST_TIMEOUT).await?;
+            return Ok(Arc::new(Self {
+                current: RwLock::new((opts.address.clone(), Arc::new(node))),
+                trouble,
+            }));
+        };
+        let address = ask(opts, &sentinel).await?;
+        let node = Node::connect(&opts.at(address.clone()), NAME, false, DEFAULT_REQUEST_TIMEOUT)
+            .await?
+            .on_trouble(trouble.clone());
+        let me = Arc::new(Self { current: RwLock::new((address, Arc::new(node))), trouble });
+        tokio::spawn(follow(Arc::downgrade(&me), opts.clone(), sentinel));
+        Ok(me)
+    }
+
+    /// The node new requests go to.
+    pub(crate) fn node(&self) -> Arc<Node> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).1.clone()
+    }
+
+    fn address(&self) -> String {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+}
+
+/// Asks the sentinels in turn where the master is: `host:port` from the first that knows.
+///
+/// # Errors
+/// A retryable connection error naming what each sentinel said when none answered with an
+/// address.
+async fn ask(opts: &RedisOptions, sentinel: &Sentinel) -> Result<String> {
+    let mut said = Vec::new();
+    for addr in &sentinel.sentinels {
+        match ask_one(opts, addr, &sentinel.master).await {
+            Ok(Some(found)) => return Ok(found),
+            Ok(None) => said.push(format!("{addr}: no master named '{}'", sentinel.master)),
+            Err(e) => said.push(format!("{addr}: {e}")),
+        }
+    }
+    Err(Error::backend_msg(
+        NAME,
+        BackendErrorKind::Connection,
+        format!("no sentinel named the primary '{}' ({})", sentinel.master, said.join("; ")),
+    ))
+}
+
+/// One sentinel's answer: the master's `host:port`, or `None` if it knows no such master.
+async fn ask_one(
+    opts: &RedisOptions,
+    addr: &str,
+    master: &str,
+) -> std::result::Result<Option<String>, String> {
+    let (host, port) = split_address(addr, DEFAULT_SENTINEL_PORT)?;
+    let mut at =
+        RedisOptions::new(format!("{}:{port}", bracket(&host))).connect_timeout(opts.connect_timeout);
+    if let Some(tls) = &opts.tls {
+        at = at.tls(tls.clone());
+    }
+    let client = crate::node::client(&at).map_err(|e| e.to_string())?;
+    let limit = opts.connect_timeout.saturating_add(opts.request_timeout_or(DEFAULT_REQUEST_TIMEOUT));
+    let question = async {
+        let mut con = client.get_multiplexed_async_connection().await?;
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(master)
+            .query_async::<Option<(String, u16)>>(&mut con)
+            .await
+    };
+    match tokio::time::timeout(limit, question).await {
+        Err(_) => Err(format!("no answer within {limit:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(found)) => Ok(found.map(|(host, port)| format!("{}:{port}", bracket(&host)))),
+    }
+}
+
+/// An IPv6 address in brackets, as addresses are written with a port.
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// Follows failovers: asks the sentinels every [`SENTINEL_POLL`], and at once on trouble;
+/// when they name another primary, connects to it and makes it the node in use. Ends when
+/// the backend is dropped.
+async fn follow(me: Weak<Primary>, opts: RedisOptions, sentinel: Sentinel) {
+    loop {
+        let Some(trouble) = me.upgrade().map(|p| p.trouble.clone()) else { return };
+        tokio::select! {
+            _ = tokio::time::sleep(SENTINEL_POLL) => {}
+            _ = trouble.notified() => {}
+        }
+        drop(trouble);
+        let found = ask(&opts, &sentinel).await;
+        let Some(primary) = me.upgrade() else { return };
+        match found {
+            Ok(address) if address != primary.address() => {
+                match Node::connect(&opts.at(address.clone()), NAME, false, DEFAULT_REQUEST_TIMEOUT).await {
+                    Ok(node) => {
+                        let node = Arc::new(node.on_trouble(primary.trouble.clone()));
+                        let mut current = primary.current.write().unwrap_or_else(|p| p.into_inner());
+                        tracing::info!(master = %sentinel.master, from = %current.0, to = %address, "redis sentinel: following a failover");
+                        *current = (address, node);
+                    }
+                    Err(e) => {
+                        tracing::warn!(master = %sentinel.master, to = %address, error = %e, "redis sentinel: cannot reach the new primary yet")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(master = %sentinel.master, error = %e, "redis sentinel: no sentinel answered")
+            }
+        }
+        drop(primary);
+        tokio::time::sleep(SENTINEL_MIN_GAP).await;
+    }
+}
