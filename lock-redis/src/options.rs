@@ -539,7 +539,10 @@ impl BackendOptions for RedisOptions {
             Some(u.tls()?.unwrap_or_default())
         } else {
             if let Some(k) = TLS_OPTIONS.iter().find(|k| u.option(k).is_some()) {
-                return Err(u.error(format!("{}:// is plain TCP; option {k}= needs rediss… (TLS)", u.scheme)));
+                let tls = u.scheme.replacen("redis", "rediss", 1);
+                return Err(
+                    u.error(format!("{}:// is plain TCP; option {k}= needs {tls}:// (TLS)", u.scheme))
+                );
             }
             u.check_options(&["prefix", "connect_timeout", "timeout", "wait_replicas", "wait_timeout"])?;
             None

@@ -182,7 +182,7 @@ fn sentinel_urls() {
         ("redis+sentinel://:hunter2@s1/", "needs the master's name"),
         ("redis+sentinel://:hunter2@s1/m/x", "expected /DB"),
         ("redis+sentinel://:hunter2@s1:0/m", "port '0'"),
-        ("redis+sentinel://:hunter2@s1/m?ca_file=/x", "needs rediss"),
+        ("redis+sentinel://:hunter2@s1/m?ca_file=/x", "needs rediss+sentinel://"),
     ] {
         let e = url_err(url);
         assert!(e.contains(expect), "{url}: {e}");
