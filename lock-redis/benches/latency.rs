@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use conformance_tests::fixtures::redis::RedisTarget;
 use lock_core::{LockClient, ReleaseOutcome};
 use lock_redis::RedisBackend;
-use redis::aio::ConnectionManager;
+use lock_redis::Connection;
 
 const FLOOR_RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
@@ -42,7 +42,7 @@ struct Samples {
 }
 
 /// One minimal, unfenced lock round: `SET NX PX`, then the compare-and-delete script.
-async fn unfenced_round(con: &mut ConnectionManager, release: &redis::Script, token: &str) -> (bool, i64) {
+async fn unfenced_round(con: &mut Connection, release: &redis::Script, token: &str) -> (bool, i64) {
     let set: Option<String> = redis::cmd("SET")
         .arg("bench/floor")
         .arg(token)
@@ -57,7 +57,7 @@ async fn unfenced_round(con: &mut ConnectionManager, release: &redis::Script, to
 }
 
 /// Warms up both paths (script cache, connection, allocator).
-async fn warm_up(locks: &LockClient, con: &mut ConnectionManager, release: &redis::Script) {
+async fn warm_up(locks: &LockClient, con: &mut Connection, release: &redis::Script) {
     for i in 0..200 {
         let g = locks.lock("bench/ours").ttl(TTL).acquire().await.expect("acquire");
         assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
@@ -68,7 +68,7 @@ async fn warm_up(locks: &LockClient, con: &mut ConnectionManager, release: &redi
 /// One block of `block` rounds of each path, `done` rounds having run before.
 async fn measure_block(
     locks: &LockClient,
-    con: &mut ConnectionManager,
+    con: &mut Connection,
     release: &redis::Script,
     (done, block): (usize, usize),
     samples: &mut Samples,

@@ -21,7 +21,7 @@ use conformance_tests::fixtures::redis::RedisTarget;
 use lock_core::{LockClient, OwnerToken, ReleaseOutcome};
 use lock_redis::scripts::{rwlock, semaphore};
 use lock_redis::RedisBackend;
-use redis::aio::ConnectionManager;
+use lock_redis::Connection;
 
 const TTL: Duration = Duration::from_secs(30);
 const READERS: usize = 64;
@@ -36,7 +36,7 @@ fn us(d: Duration) -> f64 {
 }
 
 /// One raw semaphore round on `name` with `n` permits: the acquire and release scripts.
-async fn raw_permit(con: &mut ConnectionManager, name: &str, n: u32) {
+async fn raw_permit(con: &mut Connection, name: &str, n: u32) {
     let owner = OwnerToken::random().to_string();
     let keys = [format!("{{{name}}}:sem"), format!("{{{name}}}:sem:info"), format!("{{{name}}}:sem:fence")];
     let (granted, _): (i64, String) = semaphore::ACQUIRE
@@ -67,7 +67,7 @@ async fn our_permit(locks: &LockClient, name: &str, n: u32) {
 }
 
 /// Semaphore latency for `n` permits: (ours, floor) p50 and p99.
-async fn semaphore_latency(locks: &LockClient, con: &mut ConnectionManager, n: u32, rounds: usize) {
+async fn semaphore_latency(locks: &LockClient, con: &mut Connection, n: u32, rounds: usize) {
     let (ours_name, raw_name) = (format!("bench/sem-{n}"), format!("bench/sem-raw-{n}"));
     // N/2 other permits held on each, so the set is not empty.
     let mut held = Vec::new();
@@ -110,7 +110,7 @@ async fn semaphore_latency(locks: &LockClient, con: &mut ConnectionManager, n: u
 }
 
 /// One raw reader round on `name`: the read acquire and the release scripts.
-async fn raw_read(con: &mut ConnectionManager, keys: &[String; 5], channel: &str) {
+async fn raw_read(con: &mut Connection, keys: &[String; 5], channel: &str) {
     let owner = OwnerToken::random().to_string();
     let mut acquire = rwlock::ACQUIRE_READ.prepare_invoke();
     let mut release = rwlock::RELEASE.prepare_invoke();
@@ -153,7 +153,7 @@ where
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn read_throughput(locks: &LockClient, con: &ConnectionManager, span: Duration) {
+async fn read_throughput(locks: &LockClient, con: &Connection, span: Duration) {
     let keys =
         ["writer", "readers", "tokens", "intents", "fence"].map(|k| format!("{{bench/rw-raw}}:rw:{k}"));
     let (keys, channel) = (Arc::new(keys), Arc::new("{bench/rw-raw}:rw:released".to_owned()));

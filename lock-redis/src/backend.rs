@@ -84,6 +84,14 @@ impl RedisBackend {
         self.inner.primary.node()
     }
 
+    /// [`Error::Unsupported`] naming `what` on a cluster (a `SCAN` reaches one node there).
+    fn not_on_a_cluster(&self, what: &str) -> Result<()> {
+        if self.node().is_cluster() {
+            return Err(Error::Unsupported { backend: NAME, capability: format!("{what} on a Redis Cluster") });
+        }
+        Ok(())
+    }
+
     /// The Redis key that holds the grant of `key`: hand it to a foreign client (for example
     /// redis-py's `Lock`) that must exclude and be excluded by distlock.
     pub fn redis_key(&self, key: &LockKey) -> String {
@@ -98,7 +106,7 @@ impl RedisBackend {
 
     /// The underlying connection (for benchmarks measuring the raw floor with the same client).
     #[doc(hidden)]
-    pub fn raw_connection(&self) -> redis::aio::ConnectionManager {
+    pub fn raw_connection(&self) -> crate::node::Connection {
         self.node().connection()
     }
 
@@ -154,6 +162,7 @@ impl LockBackend for RedisBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let cluster = self.node().is_cluster();
         Capabilities::new()
             .with_wake(WakeMode::Notify)
             .with_ttl_granularity(Duration::from_millis(1))
@@ -162,11 +171,11 @@ impl LockBackend for RedisBackend {
             .with_max_permits(lock_core::MAX_PERMITS)
             .with_read_write(true)
             .with_writer_preference(true)
-            .with_atomic_multi_key(true)
-            .with_batch_extend(true)
+            .with_atomic_multi_key(!cluster)
+            .with_batch_extend(!cluster)
             .with_elections(true)
             .with_holder_metadata(true)
-            .with_listing(true)
+            .with_listing(!cluster)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -319,6 +328,7 @@ impl LockBackend for RedisBackend {
     }
 
     async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<lock_core::ListPage> {
+        self.not_on_a_cluster("list")?;
         crate::list::page(&self.node(), &self.inner.prefix, prefix, cursor, limit).await
     }
 
@@ -329,6 +339,7 @@ impl LockBackend for RedisBackend {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<lock_core::CounterPage> {
+        self.not_on_a_cluster("fencing_counters")?;
         crate::list::counters(&self.node(), &self.inner.prefix, prefix, cursor, limit).await
     }
 

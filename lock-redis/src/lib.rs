@@ -119,6 +119,9 @@ mod redlock;
 pub mod scripts;
 mod sentinel;
 
+#[doc(hidden)]
+pub use node::Connection;
+
 pub use backend::RedisBackend;
 pub use options::{RedisOptions, RedlockOptions, DEFAULT_PORT};
 pub use redlock::RedlockBackend;

@@ -34,9 +34,48 @@ fn millis(ms: i64) -> Option<Duration> {
     (ms >= 0).then(|| Duration::from_millis(ms as u64))
 }
 
+/// The connection requests go out on: one server's (self-reconnecting), or a cluster's
+/// (each request routed to its key's slot, following `MOVED` and `ASK`).
+#[doc(hidden)]
+#[derive(Clone)]
+pub enum Connection {
+    /// One server.
+    Server(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Server(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Server(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub(crate) struct Node {
     pub(crate) addr: String,
-    con: ConnectionManager,
+    con: Connection,
     notifier: Notifier,
     timeout: Duration,
     backend: &'static str,
@@ -49,7 +88,7 @@ pub(crate) struct Node {
 /// Grants confirmed by replicas ([`RedisOptions::wait_replicas`]): they go out on a connection
 /// of their own, since `WAIT` holds its connection until it returns.
 struct Replicas {
-    con: ConnectionManager,
+    con: Connection,
     count: u32,
     timeout: Duration,
 }
@@ -109,6 +148,9 @@ impl Node {
         lazy: bool,
         default_timeout: Duration,
     ) -> Result<Self> {
+        if opts.cluster.is_some() {
+            return Self::connect_cluster(opts, backend, default_timeout).await;
+        }
         let client = client(opts)?;
         let addr = opts.describe();
         let timeout = opts.request_timeout_or(default_timeout);
@@ -140,11 +182,65 @@ impl Node {
                 }
                 let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
                     .map_err(|e| map_err(backend, &addr, e))?;
-                Some(Replicas { con, count, timeout: opts.wait_timeout })
+                Some(Replicas { con: Connection::Server(con), count, timeout: opts.wait_timeout })
             }
         };
         let notifier = Notifier::start(client, opts.connect_timeout, timeout);
-        Ok(Self { addr, con, notifier, timeout, backend, replicas, trouble: None })
+        Ok(Self { addr, con: Connection::Server(con), notifier, timeout, backend, replicas, trouble: None })
+    }
+
+    /// Connects to the cluster `opts` name (validated: no database, no `wait_replicas`): the
+    /// slot map from the first node that answers; wake-ups from one node's pub/sub (a
+    /// cluster delivers `PUBLISH` on every node).
+    async fn connect_cluster(opts: &RedisOptions, backend: &'static str, default_timeout: Duration) -> Result<Self> {
+        let addr = opts.describe();
+        let timeout = opts.request_timeout_or(default_timeout);
+        let nodes = opts.cluster.as_deref().unwrap_or_default();
+        let seeds: Vec<RedisOptions> = nodes.iter().map(|n| opts.at(n.clone())).collect();
+        let infos = seeds
+            .iter()
+            .map(|o| client(o).map(|c| c.get_connection_info().clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+            .connection_timeout(opts.connect_timeout)
+            .response_timeout(timeout)
+            .retries(3);
+        if let Some(password) = &opts.password {
+            builder = builder.password(password.expose());
+            if let Some(user) = &opts.user {
+                builder = builder.username(user);
+            }
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &opts.tls {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            builder = builder.tls(redis::TlsMode::Secure);
+            if tls.ca_pem().is_some() || tls.identity_pem().is_some() {
+                builder = builder.certs(redis::TlsCertificates {
+                    client_tls: tls.identity_pem().map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert.to_vec(),
+                        client_key: key.to_vec(),
+                    }),
+                    root_cert: tls.ca_pem().map(<[u8]>::to_vec),
+                });
+            }
+        }
+        let cluster = builder.build().map_err(|e| Error::InvalidConfig(format!("redis {addr}: {e}")))?;
+        let con = tokio::time::timeout(
+            opts.connect_timeout.saturating_add(Duration::from_millis(100)),
+            cluster.get_async_connection(),
+        )
+        .await
+        .map_err(|_| no_connection(backend, &addr, opts.connect_timeout))?
+        .map_err(|e| map_err(backend, &addr, e))?;
+        let first = seeds.first().ok_or_else(|| Error::InvalidConfig(format!("redis {addr}: no node")))?;
+        let notifier = Notifier::start(client(first)?, opts.connect_timeout, timeout);
+        Ok(Self { addr, con: Connection::Cluster(con), notifier, timeout, backend, replicas: None, trouble: None })
+    }
+
+    /// Whether this node is a cluster (requests routed by slot).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.con, Connection::Cluster(_))
     }
 
     /// Tells `trouble` of every request that fails retryably (the connection, a timeout,
@@ -174,7 +270,7 @@ impl Node {
 
     async fn call_on<T: redis::FromRedisValue>(
         &self,
-        con: &ConnectionManager,
+        con: &Connection,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T> {
         let mut con = con.clone();
@@ -182,7 +278,7 @@ impl Node {
     }
 
     /// The connection grants go out on: their own with `wait_replicas`, else the node's.
-    fn grant_connection(&self) -> &ConnectionManager {
+    fn grant_connection(&self) -> &Connection {
         self.replicas.as_ref().map_or(&self.con, |r| &r.con)
     }
 
@@ -425,7 +521,7 @@ impl Node {
     }
 
     /// A raw connection handle, for benchmarks that measure the floor with the same client.
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> Connection {
         self.con.clone()
     }
 }

@@ -7,6 +7,8 @@
 //! | `rediss://…` (TLS) | as `redis://`, and `ca_file=` (a private CA), `cert_file=` + `key_file=` (a client certificate) |
 //! | `redis+sentinel://[user[:password]@]s1[:port],s2[:port]/MASTER[/db]` | the primary the sentinels call `MASTER`, followed across failovers (see [`RedisOptions::sentinel`]); as `redis://` |
 //! | `rediss+sentinel://…` | the same over TLS, to the sentinels and the primary; as `rediss://` |
+//! | `redis+cluster://[user[:password]@]h1[:port],h2[:port],…` | a Redis Cluster, discovered from these nodes (see [`RedisOptions::cluster`]); as `redis://`, without a database |
+//! | `rediss+cluster://…` | the same over TLS; as `rediss://` |
 //! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` (3 or more) | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `wait_replicas=`, `wait_timeout=` (on every master), `tls=true`, `ca_file=`, `cert_file=` + `key_file=` |
 //!
 //! A host may be a bracketed IPv6 address (`[::1]`, `[::1]:6379`); the port defaults to 6379
@@ -29,6 +31,8 @@ pub const DEFAULT_PORT: u16 = 6379;
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 /// The URL schemes of a Sentinel-managed primary (plain and TLS).
 const SENTINEL_SCHEMES: [&str; 2] = ["redis+sentinel", "rediss+sentinel"];
+/// The URL schemes of a Redis Cluster (plain and TLS).
+const CLUSTER_SCHEMES: [&str; 2] = ["redis+cluster", "rediss+cluster"];
 /// How long to wait for a connection unless the options choose otherwise.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one request may take on a single node unless the options choose otherwise.
@@ -71,6 +75,8 @@ pub struct RedisOptions {
     pub(crate) wait_timeout: Duration,
     /// Where the sentinels are and the master's name, for a Sentinel-managed primary.
     pub(crate) sentinel: Option<Sentinel>,
+    /// The nodes a Redis Cluster is discovered from.
+    pub(crate) cluster: Option<Vec<String>>,
 }
 
 /// The sentinels (`host[:port]`) and the name they know the master by.
@@ -98,7 +104,36 @@ impl RedisOptions {
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             sentinel: None,
+            cluster: None,
         }
+    }
+
+    /// Options for the Redis Cluster that `nodes` (`host[:port]`, any of its nodes) belong to,
+    /// with the same defaults as [`new`](Self::new) (database 0 only: a cluster has no other).
+    ///
+    /// # Behavior
+    /// - The client discovers the cluster's slots from the first node that answers and sends
+    ///   each request to the primary of its key's slot, following `MOVED` and `ASK` (a slot
+    ///   being resharded) and refreshing its slot map. Every key of one lock, semaphore,
+    ///   read-write lock or election shares the hash tag `{name}`, so it lives in one slot and
+    ///   its scripts run on one node.
+    /// - Waiters are woken by the scripts' `PUBLISH`, which a cluster delivers on every node;
+    ///   each client subscribes on one node (the first it can reach of `nodes`). Not sharded
+    ///   pub/sub: a release's message crosses the cluster bus to every node, which costs bus
+    ///   traffic per release but keeps wake-ups working through resharding and failover.
+    /// - Multi-key locks over names in different slots are taken one name at a time in a
+    ///   canonical order (no atomic multi-slot request); renewals go one request per lock
+    ///   (no batches across slots); `list` and the fencing-counter reads are
+    ///   [`Unsupported`](lock_core::Error::Unsupported) (a `SCAN` per node is not done);
+    ///   [`wait_replicas`](Self::wait_replicas) is refused.
+    /// - A primary that fails is replaced by its replica: grants the replica had not received
+    ///   are gone (exclusion can break in that window); fencing tokens still rise (see
+    ///   [`scripts`](crate::scripts)).
+    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut o = Self::new(nodes.first().cloned().unwrap_or_default());
+        o.cluster = Some(nodes);
+        o
     }
 
     /// Options for the primary that the Redis Sentinels at `sentinels` (`host[:port]`, port
@@ -205,7 +240,30 @@ impl RedisOptions {
     /// [`Error::InvalidConfig`] for a malformed address, a negative database, a zero
     /// timeout, a key prefix with `{` or `}`, or TLS in a build without the `tls` feature.
     pub fn validate(&self) -> Result<()> {
+        if let Some(nodes) = &self.cluster {
+            if nodes.is_empty() {
+                return Err(Error::InvalidConfig("redis cluster: no node address given".into()));
+            }
+            for a in nodes {
+                split_address(a, DEFAULT_PORT)
+                    .map_err(|why| Error::InvalidConfig(format!("redis cluster node address '{a}': {why}")))?;
+            }
+            if self.db != 0 {
+                return Err(Error::InvalidConfig(format!(
+                    "redis cluster: database {} asked for, but a cluster has database 0 only",
+                    self.db
+                )));
+            }
+            if self.wait_replicas > 0 {
+                return Err(Error::InvalidConfig(
+                    "redis cluster: wait_replicas is not supported on a cluster (WAIT would not reach the \
+                     slot's primary alone)"
+                        .into(),
+                ));
+            }
+        }
         match &self.sentinel {
+            None if self.cluster.is_some() => {}
             None => {
                 self.host_port()?;
             }
@@ -264,6 +322,9 @@ impl RedisOptions {
     pub(crate) fn describe(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         let db = if self.db == 0 { String::new() } else { format!("/{}", self.db) };
+        if let Some(nodes) = &self.cluster {
+            return format!("{scheme}+cluster://{}", nodes.join(","));
+        }
         match &self.sentinel {
             None => format!("{scheme}://{}{db}", self.address),
             Some(s) => format!("{scheme}+sentinel://{}/{}{db}", s.sentinels.join(","), s.master),
@@ -273,7 +334,7 @@ impl RedisOptions {
     /// These options with `address` as the server and no sentinel: the primary the sentinels
     /// named.
     pub(crate) fn at(&self, address: String) -> Self {
-        Self { address, sentinel: None, ..self.clone() }
+        Self { address, sentinel: None, cluster: None, ..self.clone() }
     }
 }
 
@@ -329,6 +390,7 @@ impl fmt::Debug for RedisOptions {
             .field("wait_replicas", &self.wait_replicas)
             .field("wait_timeout", &self.wait_timeout)
             .field("sentinel", &self.sentinel)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -419,10 +481,10 @@ impl RedlockOptions {
         let mut seen = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             node.validate()?;
-            if node.sentinel.is_some() {
+            if node.sentinel.is_some() || node.cluster.is_some() {
                 return Err(Error::InvalidConfig(
-                    "Redlock masters are single servers: a Sentinel-managed master (RedisOptions::sentinel) \
-                     is not supported under Redlock"
+                    "Redlock masters are single servers: a Sentinel-managed master or a cluster \
+                     (RedisOptions::sentinel, RedisOptions::cluster) is not supported under Redlock"
                         .into(),
                 ));
             }
@@ -524,7 +586,14 @@ const TLS_OPTIONS: [&str; 4] = ["tls", "ca_file", "cert_file", "key_file"];
 #[lock_core::async_trait]
 impl BackendOptions for RedisOptions {
     fn from_url(u: &ConnectUrl) -> Result<Self> {
-        u.expect_scheme(&["redis", "rediss", SENTINEL_SCHEMES[0], SENTINEL_SCHEMES[1]])?;
+        u.expect_scheme(&[
+            "redis",
+            "rediss",
+            SENTINEL_SCHEMES[0],
+            SENTINEL_SCHEMES[1],
+            CLUSTER_SCHEMES[0],
+            CLUSTER_SCHEMES[1],
+        ])?;
         let tls = if u.scheme.starts_with("rediss") {
             u.check_options(&[
                 "prefix",
@@ -547,7 +616,16 @@ impl BackendOptions for RedisOptions {
             u.check_options(&["prefix", "connect_timeout", "timeout", "wait_replicas", "wait_timeout"])?;
             None
         };
-        let opts = if SENTINEL_SCHEMES.contains(&u.scheme.as_str()) {
+        let opts = if CLUSTER_SCHEMES.contains(&u.scheme.as_str()) {
+            let nodes = u.hosts_at_least(1, "node addresses")?;
+            if !matches!(u.path.as_str(), "" | "/") {
+                return Err(u.error(format!(
+                    "{}:// takes no path (a cluster has database 0 only; got '{}')",
+                    u.scheme, u.path
+                )));
+            }
+            UrlSettings::parse(u, tls, "")?.apply(RedisOptions::cluster(nodes.to_vec()))
+        } else if SENTINEL_SCHEMES.contains(&u.scheme.as_str()) {
             let sentinels = u.hosts_at_least(1, "sentinel addresses")?;
             let path = u.path.trim_start_matches('/');
             let (master, db) = path.split_once('/').unwrap_or((path, ""));

@@ -1,7 +1,7 @@
-//! The whole conformance suite against real redis-server processes: one node, and Redlock
-//! over 3 and 5 independent masters.
+//! The whole conformance suite against real redis-server processes: one node, a Redis Cluster
+//! of three primaries with a replica each, and Redlock over 3 and 5 independent masters.
 
-use conformance_tests::fixtures::redis::{redlock_targets, RedisTarget};
+use conformance_tests::fixtures::redis::{redlock_targets, RedisCluster, RedisTarget};
 use conformance_tests::{conformance_suite, Suite};
 use lock_core::LockClient;
 use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
@@ -11,6 +11,15 @@ conformance_suite!(redis_single_node, {
     Suite::new("redis", move || {
         let target = target.clone();
         async move { Ok(LockClient::new(RedisBackend::connect(target.url.parse()?).await?)) }
+    })
+});
+
+conformance_suite!(redis_cluster, {
+    let cluster = std::sync::Arc::new(RedisCluster::start(3).await.expect("a Redis Cluster for the suite"));
+    let url = cluster.url();
+    Suite::new("redis-cluster", move || {
+        let (url, _keep_alive) = (url.clone(), cluster.clone());
+        async move { Ok(LockClient::new(RedisBackend::connect(url.parse()?).await?)) }
     })
 });
 

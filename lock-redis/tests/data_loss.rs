@@ -2,12 +2,15 @@
 //! snapshots by the built-in `save` policy, no AOF) killed with SIGKILL comes back with its last
 //! snapshot, older than the tokens it handed out since. The next token must still be greater
 //! than every token issued before the crash. And `wait_replicas`: grants confirmed by a real
-//! replica before they are returned, unconfirmed ones undone. And a Sentinel failover: the
-//! primary killed while a lock is held and a waiter waits.
+//! replica before they are returned, unconfirmed ones undone. And failovers and resharding: a
+//! Sentinel-managed primary killed while a lock is held and a waiter waits; on a Redis
+//! Cluster, a slot with a held lock moved while clients work, and a primary killed.
 
 use std::time::Duration;
 
-use conformance_tests::fixtures::redis::{command, Persistence, RedisConfig, RedisServer, SentinelSet};
+use conformance_tests::fixtures::redis::{
+    command, Persistence, RedisCluster, RedisConfig, RedisServer, SentinelSet,
+};
 use lock_core::{LockClient, LockKey};
 use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
 
@@ -263,4 +266,87 @@ async fn a_sentinel_failover_is_followed_and_tokens_keep_rising() {
     let g = waiter.await.expect("join").expect("the waiter carries on against the new primary");
     assert!(g.fencing_token().get() > after, "the waiter's token {} after {after}", g.fencing_token().get());
     g.release().await.expect("release");
+}
+
+/// A cluster client's lock `name`: the backend, the client, and the slot its keys live in.
+async fn cluster_lock(cluster: &RedisCluster, name: &str) -> (LockClient, u16) {
+    let backend = RedisBackend::connect(cluster.url().parse().expect("url")).await.expect("connect to the cluster");
+    let key = backend.redis_key(&LockKey::new(name).expect("key"));
+    let slot = cluster.slot(&key).await.expect("the key's slot");
+    (LockClient::new(backend), slot)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_slot_moves_with_a_held_lock_while_clients_work() {
+    let cluster = RedisCluster::start(3).await.expect("a Redis Cluster");
+    let (locks, slot) = cluster_lock(&cluster, "moving").await;
+    let held = locks.lock("moving").ttl(Duration::from_secs(30)).acquire().await.expect("holder");
+    let first = held.fencing_token().get();
+    let from = cluster.owner(slot).await.expect("the slot's primary");
+    let to = cluster.primaries().await.into_iter().find(|p| *p != from).expect("another primary");
+
+    // Clients at work on the same slot while it moves: a waiter for the held lock, and a
+    // semaphore on the same name (its keys share the lock's hash tag) taken and given back.
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.lock("moving").wait(Duration::from_secs(60)).acquire().await })
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let (locks, stop) = (locks.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut last, mut rounds) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let g = locks.semaphore("moving", 2).wait(Duration::from_secs(20)).acquire().await;
+                let g = g.expect("a permit while the slot moves");
+                let t = g.fencing_token().get();
+                assert!(t > last, "permit token {t} after {last}");
+                last = t;
+                g.release().await.expect("release a permit");
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.move_slot(slot, to).await.expect("move the slot");
+    assert_eq!(cluster.owner(slot).await, Some(to), "the slot did not move");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rounds = worker.await.expect("the worker");
+    assert!(rounds > 0, "no permit was taken while the slot moved");
+
+    // The grant moved with its slot: it still extends; the waiter still waits; the release
+    // (on the new primary) hands the lock over with a higher token.
+    held.extend(Duration::from_secs(30)).await.expect("extend after the move");
+    assert!(!waiter.is_finished(), "the waiter got a lock that is held");
+    assert_eq!(held.release().await.expect("release after the move"), lock_core::ReleaseOutcome::Released);
+    let g = waiter.await.expect("join").expect("the waiter carries on after the move");
+    assert!(g.fencing_token().get() > first, "token {} after {first}", g.fencing_token().get());
+    g.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_primary_killed_with_a_held_lock_keeps_tokens_rising() {
+    let mut cluster = RedisCluster::start(3).await.expect("a Redis Cluster");
+    let (locks, slot) = cluster_lock(&cluster, "failover").await;
+    let last = ten_cycles(&locks, "failover", 0).await;
+    let held = locks.lock("failover").ttl(Duration::from_secs(30)).acquire().await.expect("holder");
+    let token = held.fencing_token().get();
+    assert!(token > last);
+    let owner = cluster.owner(slot).await.expect("the slot's primary");
+    caught_up(owner).await;
+
+    let server = cluster.servers.iter_mut().find(|s| s.port() == owner).expect("the primary's server");
+    server.process().kill().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cluster.owner(slot).await.is_none_or(|p| p == owner) {
+        assert!(tokio::time::Instant::now() < deadline, "no replica took over the slot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The replica has the holder's grant; new grants on the new primary rise above it.
+    assert_eq!(held.release().await.expect("release on the new primary"), lock_core::ReleaseOutcome::Released);
+    let after = acquire_token(&locks, "failover").await;
+    assert!(after > token, "token {after} after the failover, {token} before");
 }
