@@ -32,7 +32,8 @@ rm -rf "$first_dir"
 # Each entry: "command-that-must-exist:debian-package".
 NEEDS=(
   "python3:python3"             # the fixture self-test uses it as a stand-in server
-  "redis-server:redis-server"   # lock-redis: single node and Redlock masters
+  "redis-server:redis-server"   # lock-redis: single node, Redlock masters, Sentinel (redis-server --sentinel), Cluster
+  "redis-cli:redis-tools"       # lock-redis: creates the Cluster (redis-cli --cluster create)
   "etcd:etcd-server"            # lock-etcd: one member and a three-member cluster
   "etcdctl:etcd-client"         # lock-etcd: interop with `etcdctl lock`
   "protoc:protobuf-compiler"    # regenerates lock-etcd's etcd API code to check the committed copy

@@ -23,6 +23,7 @@
 //! | `file:///PATH` or `file://` | single-host file backend in `PATH` (default: [`lock_local::FileBackend::default_dir`]) | `local` (default) | `sync=true\|false`, `poll=20ms` |
 //! | `redis://[user[:password]@]host[:port][/db]` | one Redis server | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=2s`, `wait_replicas=0` + `wait_timeout=100ms` (grants confirmed by replicas) |
 //! | `rediss://…` | the same over TLS | `redis` | as `redis://`, and `ca_file=` (a private CA, PEM), `cert_file=` + `key_file=` (a client certificate) |
+//! | `redis+cluster://[user[:password]@]h1[:port],h2[:port],…` (or `rediss+cluster://`) | a Redis Cluster, discovered from any of these nodes | `redis` | as `redis://` (`rediss://`), without a database |
 //! | `redis+sentinel://[user[:password]@]s1[:port],s2[:port]/MASTER[/db]` (or `rediss+sentinel://`) | the primary the Redis Sentinels call `MASTER`, followed across failovers | `redis` | as `redis://` (`rediss://`) |
 //! | `redlock://[user[:password]@]h1[:port],h2[:port],h3[:port][/db]` | Redlock over independent masters (3 or more) | `redis` | `prefix=`, `connect_timeout=5s`, `timeout=200ms` (per node), `wait_replicas=`, `wait_timeout=`, `tls=true`, `ca_file=`, `cert_file=` + `key_file=` |
 //! | `etcd://[user:password@]h1:2379,h2:2379` | etcd v3 (session leases by default) | `etcd` | `prefix=`, `lease=session\|per-lock`, `session_ttl=10s`, `connect_timeout=5s`, `timeout=5s`, `tls=true` (the system's roots), `ca_file=` (a private CA), `cert_file=` + `key_file=` (a client certificate); each implies TLS |
@@ -105,7 +106,7 @@ macro_rules! backends {
 backends! {
     "local" => ["mem"] lock_local::MemoryOptions;
     "local" => ["file"] lock_local::FileOptions;
-    "redis" => ["redis", "rediss", "redis+sentinel", "rediss+sentinel"] lock_redis::RedisOptions;
+    "redis" => ["redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"] lock_redis::RedisOptions;
     "redis" => ["redlock"] lock_redis::RedlockOptions;
     "etcd" => ["etcd"] lock_etcd::EtcdOptions;
     "zk" => ["zk", "zookeeper"] lock_zk::ZkOptions;

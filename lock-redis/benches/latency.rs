@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use conformance_tests::fixtures::redis::RedisTarget;
 use lock_core::{LockClient, ReleaseOutcome};
-use lock_redis::RedisBackend;
 use lock_redis::Connection;
+use lock_redis::RedisBackend;
 
 const FLOOR_RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use conformance_tests::fixtures::redis::RedisTarget;
 use lock_core::{LockClient, OwnerToken, ReleaseOutcome};
 use lock_redis::scripts::{rwlock, semaphore};
-use lock_redis::RedisBackend;
 use lock_redis::Connection;
+use lock_redis::RedisBackend;
 
 const TTL: Duration = Duration::from_secs(30);
 const READERS: usize = 64;

@@ -21,8 +21,8 @@ use crate::sentinel::Primary;
 /// nothing).
 const OBSERVE_POLL: Duration = Duration::from_secs(1);
 
-/// Locks on one Redis server (or one Redis Cluster slot owner, or a Sentinel-managed master
-/// reached by its address).
+/// Locks on one Redis server, a Redis Cluster ([`RedisOptions::cluster`]) or a
+/// Sentinel-managed primary ([`RedisOptions::sentinel`]).
 ///
 /// # Behavior
 /// - Acquire is one Lua script: `SET lock value PX ttl` if absent, with the fencing counter
@@ -87,7 +87,10 @@ impl RedisBackend {
     /// [`Error::Unsupported`] naming `what` on a cluster (a `SCAN` reaches one node there).
     fn not_on_a_cluster(&self, what: &str) -> Result<()> {
         if self.node().is_cluster() {
-            return Err(Error::Unsupported { backend: NAME, capability: format!("{what} on a Redis Cluster") });
+            return Err(Error::Unsupported {
+                backend: NAME,
+                capability: format!("{what} on a Redis Cluster"),
+            });
         }
         Ok(())
     }

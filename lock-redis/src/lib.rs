@@ -2,7 +2,10 @@
 //!
 //! - [`RedisBackend`]: one Redis server. Acquire, extend and release are single Lua scripts
 //!   (run by EVALSHA, reloaded on NOSCRIPT) over one multiplexed, self-reconnecting
-//!   connection; waiters wake on a per-key pub/sub channel.
+//!   connection; waiters wake on a per-key pub/sub channel. The same backend reaches a
+//!   Redis Cluster ([`RedisOptions::cluster`], `redis+cluster://`) and a Sentinel-managed
+//!   primary, following failovers ([`RedisOptions::sentinel`], `redis+sentinel://`); grants
+//!   can wait for replicas ([`RedisOptions::wait_replicas`]).
 //! - [`RedlockBackend`]: the Redlock algorithm over N independent masters, with fencing
 //!   tokens that still strictly increase (see its docs for the protocol).
 //!

@@ -192,7 +192,11 @@ impl Node {
     /// Connects to the cluster `opts` name (validated: no database, no `wait_replicas`): the
     /// slot map from the first node that answers; wake-ups from one node's pub/sub (a
     /// cluster delivers `PUBLISH` on every node).
-    async fn connect_cluster(opts: &RedisOptions, backend: &'static str, default_timeout: Duration) -> Result<Self> {
+    async fn connect_cluster(
+        opts: &RedisOptions,
+        backend: &'static str,
+        default_timeout: Duration,
+    ) -> Result<Self> {
         let addr = opts.describe();
         let timeout = opts.request_timeout_or(default_timeout);
         let nodes = opts.cluster.as_deref().unwrap_or_default();
@@ -235,7 +239,15 @@ impl Node {
         .map_err(|e| map_err(backend, &addr, e))?;
         let first = seeds.first().ok_or_else(|| Error::InvalidConfig(format!("redis {addr}: no node")))?;
         let notifier = Notifier::start(client(first)?, opts.connect_timeout, timeout);
-        Ok(Self { addr, con: Connection::Cluster(con), notifier, timeout, backend, replicas: None, trouble: None })
+        Ok(Self {
+            addr,
+            con: Connection::Cluster(con),
+            notifier,
+            timeout,
+            backend,
+            replicas: None,
+            trouble: None,
+        })
     }
 
     /// Whether this node is a cluster (requests routed by slot).

@@ -245,8 +245,9 @@ impl RedisOptions {
                 return Err(Error::InvalidConfig("redis cluster: no node address given".into()));
             }
             for a in nodes {
-                split_address(a, DEFAULT_PORT)
-                    .map_err(|why| Error::InvalidConfig(format!("redis cluster node address '{a}': {why}")))?;
+                split_address(a, DEFAULT_PORT).map_err(|why| {
+                    Error::InvalidConfig(format!("redis cluster node address '{a}': {why}"))
+                })?;
             }
             if self.db != 0 {
                 return Err(Error::InvalidConfig(format!(

@@ -270,7 +270,8 @@ async fn a_sentinel_failover_is_followed_and_tokens_keep_rising() {
 
 /// A cluster client's lock `name`: the backend, the client, and the slot its keys live in.
 async fn cluster_lock(cluster: &RedisCluster, name: &str) -> (LockClient, u16) {
-    let backend = RedisBackend::connect(cluster.url().parse().expect("url")).await.expect("connect to the cluster");
+    let backend =
+        RedisBackend::connect(cluster.url().parse().expect("url")).await.expect("connect to the cluster");
     let key = backend.redis_key(&LockKey::new(name).expect("key"));
     let slot = cluster.slot(&key).await.expect("the key's slot");
     (LockClient::new(backend), slot)
@@ -346,7 +347,10 @@ async fn a_cluster_primary_killed_with_a_held_lock_keeps_tokens_rising() {
     }
 
     // The replica has the holder's grant; new grants on the new primary rise above it.
-    assert_eq!(held.release().await.expect("release on the new primary"), lock_core::ReleaseOutcome::Released);
+    assert_eq!(
+        held.release().await.expect("release on the new primary"),
+        lock_core::ReleaseOutcome::Released
+    );
     let after = acquire_token(&locks, "failover").await;
     assert!(after > token, "token {after} after the failover, {token} before");
 }
