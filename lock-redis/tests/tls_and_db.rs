@@ -1,7 +1,8 @@
 //! `rediss://` against a real TLS redis-server with a private CA (and one that requires a
-//! client certificate), `redlock://…?tls=true` against three of them, and the database index.
+//! client certificate), `redlock://…?tls=true` against three of them, `rediss+cluster://`
+//! against a TLS Redis Cluster, and the database index.
 
-use conformance_tests::fixtures::redis::{RedisConfig, RedisServer};
+use conformance_tests::fixtures::redis::{RedisCluster, RedisConfig, RedisServer};
 use conformance_tests::fixtures::tls::TestCa;
 use lock_core::{LockClient, ReleaseOutcome, TlsOptions};
 use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
@@ -116,6 +117,31 @@ async fn redlock_over_tls_with_client_certificates() {
     ] {
         assert!(RedlockBackend::connect(bad.parse().expect("url")).await.is_err(), "{bad} connected");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_cluster_with_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::generate(dir.path()).expect("test CA (apt-get install openssl)");
+    let cluster = RedisCluster::start_with(3, Some(ca.clone())).await.expect("a Redis Cluster over TLS");
+    let url = cluster.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let with_ca = format!("{url}?ca_file={}", ca.ca_cert.display());
+    let one =
+        LockClient::new(RedisBackend::connect(with_ca.parse().expect("url")).await.expect("TLS cluster"));
+    let two =
+        LockClient::new(RedisBackend::connect(with_ca.parse().expect("url")).await.expect("TLS cluster"));
+    // Names in different slots, so more than one primary is reached over TLS.
+    for name in ["tls/a", "tls/b", "tls/c", "tls/d", "tls/e", "tls/f"] {
+        let g = one.lock(name).acquire().await.expect("acquire on a TLS cluster");
+        assert!(two.lock(name).try_acquire().await.expect("try").is_none(), "{name}: a second holder");
+        assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    }
+    // The system's roots do not trust the private CA: refused, not ignored.
+    assert!(
+        RedisBackend::connect(url.parse().expect("url")).await.is_err(),
+        "an untrusted cluster was accepted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
