@@ -313,6 +313,8 @@ async fn held(b: &Backend, plan: &Plan, tag: &str, out: &mut Value) -> Result<()
             "client_cpu_pct": (cost.cpu_pct * 10.0).round() / 10.0,
             "client_bytes_per_lock": cost.bytes_per_lock.round(),
             "client_bytes_per_lock_all": cost.bytes_per_lock_all.round(),
+            "list_ms": cost.listing.map(|l| (l.ms * 10.0).round() / 10.0),
+            "list_server_requests": cost.listing.and_then(|l| l.requests),
         }));
     }
     out["held_locks"] = json!(held);
@@ -426,21 +428,23 @@ fn markdown(report: &Value) -> String {
                 cell("peer")
             ));
         }
-        md.push_str("\nHolding many locks with auto-renewal (distlock):\n\n| locks | TTL (ms) | extend calls/s | server requests/s | client CPU % | client heap bytes/lock (one more lock) | (all locks, pools included) |\n|---|---|---|---|---|---|---|\n");
+        md.push_str("\nHolding many locks with auto-renewal (distlock):\n\n| locks | TTL (ms) | extend calls/s | server requests/s | client CPU % | client heap bytes/lock (one more lock) | (all locks, pools included) | list all (ms) | list server requests |\n|---|---|---|---|---|---|---|---|---|\n");
         for r in b["held_locks"].as_array().into_iter().flatten() {
             if let Some(e) = r["error"].as_str() {
-                md.push_str(&format!("| {} | {} | failed: {e} | | | | |\n", r["locks"], r["ttl_ms"]));
+                md.push_str(&format!("| {} | {} | failed: {e} | | | | | | |\n", r["locks"], r["ttl_ms"]));
                 continue;
             }
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r["locks"],
                 r["ttl_ms"],
                 fmt(&r["extend_calls_per_s"]),
                 fmt(&r["server_requests_per_s"]),
                 fmt(&r["client_cpu_pct"]),
                 fmt(&r["client_bytes_per_lock"]),
-                fmt(&r["client_bytes_per_lock_all"])
+                fmt(&r["client_bytes_per_lock_all"]),
+                fmt(&r["list_ms"]),
+                fmt(&r["list_server_requests"])
             ));
         }
         md.push('\n');

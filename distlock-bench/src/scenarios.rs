@@ -130,7 +130,8 @@ pub async fn handoff(
     Ok(Some((pct_ms(&mut s, 0.5), pct_ms(&mut s, 0.99))))
 }
 
-/// Counts the extends a backend is asked for.
+/// Counts the extends a backend is asked for (each grant of a renewal batch counts one);
+/// everything else, renewal batches and listing included, goes to the backend as it is.
 #[derive(Debug)]
 pub struct Counting {
     pub inner: Arc<dyn LockBackend>,
@@ -155,17 +156,40 @@ impl LockBackend for Counting {
         self.extends.fetch_add(1, Ordering::Relaxed);
         self.inner.extend(lease, ttl).await
     }
+    async fn extend_many(&self, grants: &[(Lease, Duration)]) -> Vec<lock_core::Result<ExtendOutcome>> {
+        self.extends.fetch_add(grants.len() as u64, Ordering::Relaxed);
+        self.inner.extend_many(grants).await
+    }
     async fn release(&self, lease: &Lease) -> lock_core::Result<ReleaseOutcome> {
         self.inner.release(lease).await
     }
     async fn inspect(&self, key: &LockKey) -> lock_core::Result<Option<LockInfo>> {
         self.inner.inspect(key).await
     }
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> lock_core::Result<lock_core::ListPage> {
+        self.inner.list(prefix, cursor, limit).await
+    }
+}
+
+/// Listing every held lock once.
+#[derive(Debug, Clone, Copy)]
+pub struct Listing {
+    /// How long `list` took, paging included, in ms.
+    pub ms: f64,
+    /// The server requests it cost, where the server counts them.
+    pub requests: Option<u64>,
 }
 
 /// What holding many locks with auto-renewal costs the client.
 #[derive(Debug, Clone, Copy)]
 pub struct HeldCost {
+    /// Listing them all, where the backend can list.
+    pub listing: Option<Listing>,
     /// Extend calls per second (session backends answer them without a request per lock).
     pub extends_per_s: f64,
     /// Client CPU while holding, in percent of one core.
@@ -235,6 +259,26 @@ pub async fn held_cost(
     };
     let lost = guards.iter().filter(|g| !g.is_held()).count();
     anyhow::ensure!(lost == 0, "{lost} of {n} held locks were lost while renewing");
+    // Listing them all (paged by the client): time and server requests.
+    let listing = if locks.capabilities().listing {
+        let s0 = match server {
+            Some(f) => f().await,
+            None => None,
+        };
+        let t0 = Instant::now();
+        let found = locks.list(&format!("{tag}/held/")).await?.len();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let s1 = match server {
+            Some(f) => f().await,
+            None => None,
+        };
+        anyhow::ensure!(found == n, "list found {found} of {n} held locks");
+        // The counter reads themselves are requests too (one before, one after).
+        let requests = s0.zip(s1).map(|(a, z)| z.saturating_sub(a).saturating_sub(1));
+        Some(Listing { ms, requests })
+    } else {
+        None
+    };
     for chunk in guards.chunks(0x100).map(|c| c.len()).collect::<Vec<_>>() {
         let batch: Vec<_> = guards.drain(..chunk).collect();
         let hs: Vec<_> = batch.into_iter().map(|g| tokio::spawn(async move { g.release().await })).collect();
@@ -251,6 +295,7 @@ pub async fn held_cost(
             (Some(a), Some(z)) => Some(z.saturating_sub(a) as f64 / dt),
             _ => None,
         },
+        listing,
     })
 }
 

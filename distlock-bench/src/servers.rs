@@ -58,10 +58,31 @@ async fn redis() -> Result<(Backend, Keep)> {
             Box::pin(async move {
                 let client = redis::Client::open(u.as_str()).ok()?;
                 let mut con = client.get_multiplexed_async_connection().await.ok()?;
-                let info: String = redis::cmd("INFO").arg("stats").query_async(&mut con).await.ok()?;
-                info.lines()
-                    .find_map(|l| l.strip_prefix("total_commands_processed:"))
-                    .and_then(|v| v.trim().parse().ok())
+                // Requests, not commands: `total_commands_processed` also counts every command a
+                // script runs, so a renewal batch of 1,000 keys would count 2,000. The client
+                // sends only these (everything else runs inside its scripts).
+                const SENT: [&str; 10] = [
+                    "evalsha",
+                    "eval",
+                    "scan",
+                    "mget",
+                    "ping",
+                    "subscribe",
+                    "unsubscribe",
+                    "script",
+                    "info",
+                    "wait",
+                ];
+                let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut con).await.ok()?;
+                Some(
+                    info.lines()
+                        .filter_map(|l| l.strip_prefix("cmdstat_")?.split_once(':'))
+                        .filter(|(name, _)| SENT.contains(name))
+                        .filter_map(|(_, stats)| {
+                            stats.split(',').find_map(|f| f.strip_prefix("calls="))?.parse::<u64>().ok()
+                        })
+                        .sum(),
+                )
             })
         })),
         held_ttl: Duration::from_secs(3),

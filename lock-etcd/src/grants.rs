@@ -94,6 +94,34 @@ pub(crate) fn stored_metadata(mode: Mode, value: &[u8]) -> Option<Metadata> {
 }
 
 /// The owner token in one of our keys' names (`None` for a Go candidate's key).
+/// Which keys of the queue under `pfx` of a primitive of `mode` (other than the lock) hold,
+/// each with the mode it holds in: `kvs` are the queue's keys, oldest first.
+pub(crate) fn holding<'a>(pfx: &str, mode: Mode, kvs: &'a [KeyValue]) -> Vec<(&'a KeyValue, Mode)> {
+    match mode {
+        Mode::Permit { limit } => {
+            let n = kvs.first().and_then(|kv| stored_limit(&kv.value)).unwrap_or(limit);
+            kvs.iter().take(n as usize).map(|kv| (kv, Mode::Permit { limit: n })).collect()
+        }
+        Mode::Read | Mode::Write => match kvs.first() {
+            Some(kv) if is_writer(pfx, &kv.key) => vec![(kv, Mode::Write)],
+            _ => kvs.iter().take_while(|kv| !is_writer(pfx, &kv.key)).map(|kv| (kv, Mode::Read)).collect(),
+        },
+        m => kvs.first().into_iter().map(|kv| (kv, m)).collect(),
+    }
+}
+
+/// What `inspect` and `list` say of the holding key `kv` of the queue under `pfx`.
+pub(crate) fn grant_info(
+    pfx: &str,
+    kv: &KeyValue,
+    mode: Mode,
+    left: Option<std::time::Duration>,
+) -> LockInfo {
+    LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner_of(pfx, &kv.key), left)
+        .with_mode(mode)
+        .with_metadata(stored_metadata(mode, &kv.value))
+}
+
 pub(crate) fn owner_of(pfx: &str, key: &[u8]) -> Option<OwnerToken> {
     let rest = std::str::from_utf8(key.strip_prefix(pfx.as_bytes())?).ok()?;
     let hex = rest.strip_prefix("r-").or_else(|| rest.strip_prefix("w-")).unwrap_or(rest);
@@ -233,32 +261,9 @@ impl EtcdBackend {
     pub(crate) async fn holders_under(&self, pfx: &str, mode: Mode) -> Result<Vec<LockInfo>> {
         let read = || RangeRequest::prefix(pfx).oldest_first();
         let kvs = self.call("get", || self.client().range(read())).await?.kvs;
-        let mut mode = mode;
-        let holding: Vec<&KeyValue> = match mode {
-            Mode::Permit { limit } => {
-                let n = kvs.first().and_then(|kv| stored_limit(&kv.value)).unwrap_or(limit);
-                mode = Mode::Permit { limit: n };
-                kvs.iter().take(n as usize).collect()
-            }
-            Mode::Read | Mode::Write => match kvs.first() {
-                Some(kv) if is_writer(pfx, &kv.key) => vec![kv],
-                _ => kvs.iter().take_while(|kv| !is_writer(pfx, &kv.key)).collect(),
-            },
-            _ => kvs.first().into_iter().collect(),
-        };
-        let mut infos = Vec::with_capacity(holding.len());
-        for kv in holding {
-            let kv_mode = match mode {
-                Mode::Read | Mode::Write if is_writer(pfx, &kv.key) => Mode::Write,
-                Mode::Read | Mode::Write => Mode::Read,
-                m => m,
-            };
-            let info = LockInfo::new(
-                Some(FencingToken::new(kv.create_revision as u64)),
-                owner_of(pfx, &kv.key),
-                self.lease_left(kv.lease).await,
-            );
-            infos.push(info.with_mode(kv_mode).with_metadata(stored_metadata(kv_mode, &kv.value)));
+        let mut infos = Vec::new();
+        for (kv, kv_mode) in holding(pfx, mode, &kvs) {
+            infos.push(grant_info(pfx, kv, kv_mode, self.lease_left(kv.lease).await));
         }
         Ok(infos)
     }

@@ -1,22 +1,33 @@
-//! Listing what is held under a prefix: range reads of every key under
-//! `<prefix><list prefix>` (keys only, a thousand at a time), grouped by queue: a lock's queue
-//! is the parent of a contender key (`layout.rs`), a primitive's is its `#semaphore/`,
-//! `#rwlock/` or `#election/` directory (`grants.rs`). Each queue's holders are then read by
-//! its own rule, with their metadata, fencing token and remaining TTL. The result is one page
-//! (no cursor): a queue must be read whole to know who holds it.
+//! Listing what is held under a prefix, in a number of requests that does not grow with the
+//! number of locks: one range read of every key under `<prefix><list prefix>` with its value
+//! (a thousand keys per request), one of the lock metadata under `<prefix>\0meta/<list
+//! prefix>`, and one `LeaseTimeToLive` per distinct lease among the holders (one per session
+//! in session mode). Keys are grouped by queue: a lock's queue is the parent of a contender
+//! key (`layout.rs`), a primitive's is its `#semaphore/`, `#rwlock/` or `#election/`
+//! directory (`grants.rs`); each queue's holders are chosen locally by its own rule. The
+//! result is one page (no cursor): a queue must be read whole to know who holds it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
-use lock_core::{ListPage, Mode, Result};
+use futures::StreamExt;
+use lock_core::{FencingToken, LockInfo, Metadata, Mode, OwnerToken, Result};
 
 use crate::backend::EtcdBackend;
-use crate::grants::dir;
+use crate::grants::{dir, grant_info, holding};
 use crate::layout::is_contender;
 use crate::rpc::pb::RangeRequest;
 use crate::rpc::request::prefix_end;
+use crate::rpc::KeyValue;
 
 /// Keys read per request.
 const READ: i64 = 1000;
+
+/// Lease lookups in flight at once.
+const LEASE_LOOKUPS: usize = 32;
+
+/// A holder's entry, once its lease's remaining time is known.
+type Info<'a> = Box<dyn Fn(Option<Duration>) -> LockInfo + Send + 'a>;
 
 /// The primitives other than the lock, by the directory of their queue.
 const PRIMITIVES: [Mode; 3] = [Mode::Permit { limit: 1 }, Mode::Read, Mode::Leader];
@@ -28,60 +39,108 @@ impl EtcdBackend {
         prefix: &str,
         _cursor: Option<String>,
         _limit: usize,
-    ) -> Result<ListPage> {
+    ) -> Result<lock_core::ListPage> {
         let base = self.inner.opts.prefix.as_str();
-        let start = format!("{base}{prefix}");
+        // Every key on a lease under the prefix, by queue: (name, 0 for the lock or the
+        // primitive's index + 1) → its keys.
+        let mut queues: BTreeMap<(String, u8), Vec<KeyValue>> = BTreeMap::new();
+        for kv in self.read_all(&format!("{base}{prefix}")).await? {
+            let Some(rest) = std::str::from_utf8(&kv.key).ok().and_then(|k| k.strip_prefix(base)) else {
+                continue;
+            };
+            // The lock's metadata keys (`<prefix>\0meta/…`, see `metadata.rs`) are no grants.
+            if rest.starts_with('\0') {
+                continue;
+            }
+            let primitive = PRIMITIVES.iter().enumerate().find_map(|(i, m)| {
+                let (name, _) = rest.split_once(&format!("#{}/", dir(*m)))?;
+                Some((name.to_owned(), i as u8 + 1))
+            });
+            let queue = match primitive {
+                Some(q) => q,
+                None => match rest.rsplit_once('/') {
+                    Some((parent, _)) if is_contender(&format!("{base}{parent}/"), &kv) => {
+                        (parent.to_owned(), 0)
+                    }
+                    _ => continue,
+                },
+            };
+            queues.entry(queue).or_default().push(kv);
+        }
+        let metadata = if queues.keys().any(|(_, kind)| *kind == 0) {
+            self.read_all(&self.meta_key(&format!("{base}{prefix}"))).await?
+        } else {
+            Vec::new()
+        };
+        let metadata: HashMap<&[u8], &KeyValue> = metadata.iter().map(|m| (m.key.as_slice(), m)).collect();
+
+        // The holders of each queue, by its rule, with their lease to look up.
+        let mut held: Vec<(String, &KeyValue, Info<'_>)> = Vec::new();
+        for ((name, kind), kvs) in queues.iter_mut() {
+            kvs.sort_by_key(|kv| kv.create_revision);
+            if *kind == 0 {
+                let Some(kv) = kvs.first() else { continue };
+                let meta = metadata
+                    .get(self.meta_key(&String::from_utf8_lossy(&kv.key)).as_bytes())
+                    .filter(|m| m.lease == kv.lease)
+                    .and_then(|m| std::str::from_utf8(&m.value).ok())
+                    .and_then(Metadata::decode);
+                let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
+                let token = FencingToken::new(kv.create_revision as u64);
+                held.push((
+                    name.clone(),
+                    kv,
+                    Box::new(move |left| LockInfo::new(Some(token), owner, left).with_metadata(meta.clone())),
+                ));
+            } else {
+                let mode = PRIMITIVES[usize::from(*kind) - 1];
+                let pfx = format!("{base}{name}#{}/", dir(mode));
+                for (kv, kv_mode) in holding(&pfx, mode, kvs) {
+                    let pfx = pfx.clone();
+                    held.push((name.clone(), kv, Box::new(move |left| grant_info(&pfx, kv, kv_mode, left))));
+                }
+            }
+        }
+        let leases: Vec<i64> = {
+            let mut ids: Vec<i64> = held.iter().map(|(_, kv, _)| kv.lease).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        let left: HashMap<i64, Option<Duration>> = futures::stream::iter(leases)
+            .map(|id| async move { (id, self.lease_left(id).await) })
+            .buffer_unordered(LEASE_LOOKUPS)
+            .collect()
+            .await;
+        let entries = held
+            .into_iter()
+            .map(|(name, kv, info)| (name, info(left.get(&kv.lease).copied().flatten())))
+            .collect();
+        Ok(lock_core::ListPage::new(entries, None))
+    }
+
+    /// Every key on a lease under `start` (a key prefix; the whole key space when empty),
+    /// with its value, a thousand per request.
+    async fn read_all(&self, start: &str) -> Result<Vec<KeyValue>> {
         let end = prefix_end(start.as_bytes());
-        // (full name, mode) of every queue with a key on a lease under the prefix.
-        let mut queues: BTreeSet<(String, u8)> = BTreeSet::new();
         // etcd takes no empty key: the whole key space is the range from `\0` to `\0`.
-        let mut from = if start.is_empty() { vec![0] } else { start.clone().into_bytes() };
+        let mut from = if start.is_empty() { vec![0] } else { start.as_bytes().to_vec() };
+        let mut out = Vec::new();
         loop {
             let read = || {
                 RangeRequest { key: from.clone(), range_end: end.clone(), ..RangeRequest::default() }
                     .with_limit(READ)
-                    .without_values()
             };
             let r = self.call("get", || self.client().range(read())).await?;
-            for kv in r.kvs.iter().filter(|kv| kv.lease != 0) {
-                let Some(rest) = std::str::from_utf8(&kv.key).ok().and_then(|k| k.strip_prefix(base)) else {
-                    continue;
-                };
-                // The lock's metadata keys (`<prefix>\0meta/…`, see `metadata.rs`) are no grants.
-                if rest.starts_with('\0') {
-                    continue;
+            let (more, last) = (r.more, r.kvs.last().map(|kv| kv.key.clone()));
+            out.extend(r.kvs.into_iter().filter(|kv| kv.lease != 0));
+            match last {
+                Some(mut last) if more => {
+                    last.push(0);
+                    from = last;
                 }
-                let primitive = PRIMITIVES.iter().enumerate().find_map(|(i, m)| {
-                    let (name, _) = rest.split_once(&format!("#{}/", dir(*m)))?;
-                    Some((name.to_owned(), i as u8 + 1))
-                });
-                if let Some(q) = primitive {
-                    queues.insert(q);
-                } else if let Some((parent, _)) = rest.rsplit_once('/') {
-                    if is_contender(&format!("{base}{parent}/"), kv) {
-                        queues.insert((parent.to_owned(), 0));
-                    }
-                }
-            }
-            match r.kvs.last() {
-                Some(last) if r.more => {
-                    from = last.key.clone();
-                    from.push(0);
-                }
-                _ => break,
+                _ => return Ok(out),
             }
         }
-        let mut entries = Vec::new();
-        for (name, kind) in queues {
-            let holders = match kind {
-                0 => self.lock_holder(&format!("{base}{name}/")).await?.into_iter().collect(),
-                i => {
-                    let mode = PRIMITIVES[usize::from(i) - 1];
-                    self.holders_under(&format!("{base}{name}#{}/", dir(mode)), mode).await?
-                }
-            };
-            entries.extend(holders.into_iter().map(|h| (name.clone(), h)));
-        }
-        Ok(ListPage::new(entries, None))
     }
 }

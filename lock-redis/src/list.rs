@@ -1,14 +1,17 @@
 //! Listing what is held under a prefix: `SCAN` with a `MATCH` pattern over the fencing
 //! counters of every primitive under it (`P{<name>}:fence`, `P{<name>}:sem:fence`,
 //! `P{<name>}:rw:fence`, `P{<name>}:elect:fence`: one key per primitive ever granted, so each
-//! is found once), then each one's holders by its own script. The SCAN cursor is the page
-//! cursor. Locks held only by a foreign client (a `SET NX` on `P{K}` that keeps no counter)
+//! is found once), then each one's holders by its own script, sent together. The SCAN cursor
+//! is the page cursor. Locks held only by a foreign client (a `SET NX` on `P{K}` that keeps no counter)
 //! are not listed.
 
 use lock_core::{CounterPage, FencingToken, ListPage, LockInfo, Mode, Result};
 
 use crate::keys::Keys;
 use crate::node::{Node, NAME};
+
+/// Holders scripts of one page in flight at once.
+const HOLDER_READS: usize = 64;
 
 /// The counter suffix of each primitive, after the hash tag's closing brace.
 const COUNTERS: [(&str, Mode); 4] = [
@@ -68,11 +71,20 @@ pub(crate) async fn page(
     cursor: Option<String>,
     limit: usize,
 ) -> Result<ListPage> {
+    use futures::StreamExt;
     let (found, next) = scan_counters(node, base, prefix, cursor, limit).await?;
+    // One holders script per primitive found, sent together (the connection pipelines them).
+    let reads = futures::stream::iter(found)
+        .map(|(name, mode, _)| async move {
+            let keys = Keys::of_full(NAME, base, &name, mode)?;
+            Ok::<_, lock_core::Error>(node.holders(&keys).await?.into_iter().map(move |h| (name.clone(), h)))
+        })
+        .buffered(HOLDER_READS)
+        .collect::<Vec<_>>()
+        .await;
     let mut entries: Vec<(String, LockInfo)> = Vec::new();
-    for (name, mode, _) in found {
-        let keys = Keys::of_full(NAME, base, &name, mode)?;
-        entries.extend(node.holders(&keys).await?.into_iter().map(|h| (name.clone(), h)));
+    for r in reads {
+        entries.extend(r?);
     }
     Ok(ListPage::new(entries, next))
 }
