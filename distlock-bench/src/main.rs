@@ -14,12 +14,16 @@
 //! Measured per backend: uncontended acquire+release latency (p50, p99); throughput over
 //! 10,000 keys with 1, 16 and 64 tasks; hand-off latency on one key with 2 to 32 waiters and
 //! holds of 10, 50 and 300 ms; and what holding 1,000 and 10,000 locks with auto-renewal costs
-//! (server requests and extend calls per second, client CPU, client memory per lock). Numbers
+//! (server requests and extend calls per second, client CPU, client memory per lock) and what
+//! listing them all takes; and leader failover, a leader process killed with SIGKILL while a
+//! candidate waits and an observer watches (time to the new leader, beside the backend's
+//! claimed bound). Numbers
 //! are reported with ratios against the floor and the peer, and the targets of issue 8 beside
 //! them; nothing is asserted.
 
 mod alloc;
 mod contenders;
+mod failover;
 mod scenarios;
 mod servers;
 
@@ -41,7 +45,10 @@ struct Plan {
     handoffs: usize,
     held: Vec<usize>,
     window: Duration,
-    /// Which scenarios run: `latency`, `throughput`, `handoff`, `held` (all by default).
+    /// Leader failovers measured per backend.
+    failovers: usize,
+    /// Which scenarios run: `latency`, `throughput`, `handoff`, `held`, `failover` (all by
+    /// default).
     only: Option<Vec<String>>,
 }
 
@@ -62,6 +69,7 @@ impl Plan {
                 handoffs: 6,
                 held: vec![200],
                 window: Duration::from_secs(2),
+                failovers: 1,
                 only: None,
             }
         } else {
@@ -75,6 +83,7 @@ impl Plan {
                 handoffs: 40,
                 held: vec![1_000, 10_000],
                 window: Duration::from_secs(10),
+                failovers: 5,
                 only: None,
             }
         }
@@ -108,6 +117,8 @@ pub(crate) struct Backend {
     pub(crate) cap: Option<Cap>,
     /// Counts requests per uncontended acquire and per release, where the client can.
     pub(crate) requests_per_op: Option<Arc<dyn Fn() -> BoxFut<Result<Value>> + Send + Sync>>,
+    /// How a leader process reaches the backend, for the failover measurement.
+    pub(crate) reach: Option<failover::Reach>,
 }
 
 /// Upper bounds on a plan's sizes.
@@ -182,6 +193,7 @@ async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
                     .into_iter()
                     .collect(),
                 window: plan.window,
+                failovers: plan.failovers,
                 only: plan.only.clone(),
             };
             &capped
@@ -206,6 +218,10 @@ async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
     }
     if plan.runs("held") {
         held(b, plan, &tag, &mut out).await?;
+    }
+    if let (true, Some(reach)) = (plan.runs("failover"), &b.reach) {
+        eprintln!("[{}] leader failover x{}", b.name, plan.failovers);
+        out["failover"] = failover::measure(reach, plan.failovers, &tag).await?;
     }
     Ok(out)
 }
@@ -447,6 +463,22 @@ fn markdown(report: &Value) -> String {
                 fmt(&r["list_server_requests"])
             ));
         }
+        let f = &b["failover"];
+        if !f.is_null() {
+            md.push_str(&format!(
+                "\nLeader failover: a leader process killed with SIGKILL, a candidate waiting and an observer watching \
+                 ({} rounds, leadership TTL {} ms, the backend's bound {} ms):\n\n\
+                 | from the kill to | p50 (ms) | max (ms) |\n|---|---|---|\n\
+                 | the candidate elected | {} | {} |\n| the observer seeing it | {} | {} |\n",
+                f["rounds"],
+                f["ttl_ms"],
+                f["bound_ms"],
+                fmt(&f["elected_ms"]["p50"]),
+                fmt(&f["elected_ms"]["max"]),
+                fmt(&f["observed_ms"]["p50"]),
+                fmt(&f["observed_ms"]["max"])
+            ));
+        }
         md.push('\n');
     }
     md.push_str(TARGETS);
@@ -460,11 +492,17 @@ const TARGETS: &str = "## Targets (issue 8; reported, not asserted)\n\n\
 - Client memory at most 2 KiB per held lock (read against the one-more-lock column: the other one includes connection pools grown by 64 concurrent acquires).\n";
 
 /// The scenarios `--only` can pick.
-const SCENARIOS: [&str; 4] = ["latency", "throughput", "handoff", "held"];
+const SCENARIOS: [&str; 5] = ["latency", "throughput", "handoff", "held", "failover"];
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The leader process of the failover measurement: this program again.
+    if let [flag, kind, target, name] = args.as_slice() {
+        if flag == "--leader" {
+            return failover::lead(kind, target, name).await;
+        }
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let wanted: Vec<String> = value("--backends")

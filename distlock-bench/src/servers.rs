@@ -89,6 +89,7 @@ async fn redis() -> Result<(Backend, Keep)> {
         notes: vec![],
         cap: None,
         requests_per_op: None,
+        reach: Some(crate::failover::Reach { kind: "redis", target: url.clone() }),
     };
     Ok((b, Box::new(t)))
 }
@@ -130,6 +131,7 @@ async fn etcd() -> Result<(Backend, Keep)> {
         ],
         cap: None,
         requests_per_op: None,
+        reach: Some(crate::failover::Reach { kind: "etcd", target: eps.join(",") }),
     };
     Ok((b, Box::new(cluster)))
 }
@@ -187,6 +189,7 @@ async fn zookeeper() -> Result<(Backend, Keep)> {
         notes: vec!["session leases: a lock lasts as long as its session (10 s timeout); packets received include pings".into()],
         cap: None,
         requests_per_op: None,
+        reach: Some(crate::failover::Reach { kind: "zookeeper", target: connect.clone() }),
     };
     Ok((b, Box::new(t)))
 }
@@ -211,7 +214,11 @@ impl aws_sdk_dynamodb::config::Intercept for CountRequests {
     }
 }
 
-fn dynamo_client(endpoint: &str, requests: Arc<AtomicU64>) -> aws_sdk_dynamodb::Client {
+/// The table distlock's DynamoDB contender uses.
+pub(crate) const DYNAMO_TABLE: &str = "bench_locks";
+
+/// A DynamoDB client for the emulator at `endpoint` that counts its requests in `requests`.
+pub(crate) fn dynamo_client(endpoint: &str, requests: Arc<AtomicU64>) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -295,7 +302,7 @@ async fn dynamo_requests_per_op(
 
 async fn dynamodb() -> Result<(Backend, Keep)> {
     let t = fixtures::dynamo::DynamoTarget::get().await?;
-    let table = "bench_locks";
+    let table = DYNAMO_TABLE;
     let requests = Arc::new(AtomicU64::new(0));
     let client = dynamo_client(&t.url, requests.clone());
     lock_dynamo::DynamoBackend::with_client(client.clone(), lock_dynamo::DynamoOptions::new(table))
@@ -367,6 +374,7 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
                 Box::pin(async move { dynamo_requests_per_op(client, requests, table, peer).await })
             })
         }),
+        reach: Some(crate::failover::Reach { kind: "dynamodb", target: t.url.clone() }),
     };
     Ok((b, Box::new(t)))
 }

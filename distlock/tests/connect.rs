@@ -48,6 +48,11 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
         cases.push(("redis://u:hunter2@h1,h2", "takes one host"));
         cases.push(("redlock://u:hunter2@h1,h2", "at least 3 hosts"));
         cases.push(("redis://u:hunter2@h?bogus=1", "unknown option 'bogus'"));
+        cases.push(("redis://u:hunter2@h?wait_replicas=x", "not a number of replicas"));
+        cases.push(("redis+cluster://u:hunter2@h1,h2/3", "takes no path"));
+        cases.push(("rediss+cluster://u:hunter2@h1?ca_file=/nonexistent/ca.pem", "CA file"));
+        cases.push(("redis+sentinel://u:hunter2@s1,s2", "needs the master's name"));
+        cases.push(("redis+sentinel://u:hunter2@s1/m?tls=true", "needs rediss+sentinel://"));
     }
     if cfg!(feature = "etcd") {
         cases.push(("etcd://u:hunter2@h:2379?cert_file=/c.pem", "go together"));
@@ -58,6 +63,7 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
         cases.push(("zk://u:hunter2@?session_timeout=5s", "at least one host"));
         cases.push(("zk://u:hunter2@h:2181?prefix=relative", "absolute path"));
         cases.push(("zk://u:hunter2@h:2181?bogus=1", "unknown option 'bogus'"));
+        cases.push(("zk://u:hunter2@h:2181?cert_file=/c.pem", "go together"));
     }
     if cfg!(feature = "dynamo") {
         cases.push(("dynamodb://?region=eu-west-1", "table name"));
