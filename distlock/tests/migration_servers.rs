@@ -96,10 +96,10 @@ async fn a_migration_lock_renewed_for_several_ttls_stays_held_on_both() {
     let _ = d.release().await;
 }
 
-/// `migrate_tokens` from Redis to the memory backend: every primitive's counter (lock,
-/// semaphore, read-write lock, election) is carried over, so the first grant on the new
-/// backend is fenced above every Redis grant; back from memory to Redis it never lowers a
-/// Redis counter.
+/// `migrate_tokens` from Redis to the memory backend and to DynamoDB: every primitive's
+/// counter (lock, semaphore, read-write lock, election) is carried over, so the first grant on
+/// the new backend is fenced above every Redis grant; back from memory to Redis it never lowers
+/// a Redis counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_tokens_carries_every_primitives_counter_from_redis() {
     use distlock::lock_local::MemoryBackend;
@@ -132,22 +132,17 @@ async fn migrate_tokens_carries_every_primitives_counter_from_redis() {
     assert!(dry.iter().all(|m| m.new.is_none()));
     let moves = migrate_tokens(&redis, &mem, &p, false).await.expect("migrate");
     assert_eq!(moves.len(), 4, "{moves:?}");
-    let new = LockClient::new(mem.clone());
-    let checks = [
-        (new.lock(&lock).try_acquire().await, &lock),
-        (new.semaphore(&sem, 3).try_acquire().await, &sem),
-        (new.write_lock(&rw).try_acquire().await, &rw),
-        (new.election(&elect).wait(Duration::from_secs(1)).campaign("b").await.map(Some), &elect),
-    ];
-    for (got, name) in checks {
-        let g = got.expect("grant on the new backend").expect("free");
-        let old_token = last.iter().find(|((n, _), _)| n == name).map(|(_, t)| *t).expect("old token");
-        assert!(
-            g.fencing_token() > old_token,
-            "{name}: new token {} is not above {old_token}",
-            g.fencing_token()
-        );
+    first_grants_are_above(&LockClient::new(mem.clone()), [&lock, &sem, &rw, &elect], &last).await;
+
+    // Redis to DynamoDB, the pair the migration suite runs: the same carry-over, and safe to
+    // run twice.
+    let dynamo =
+        DynamoBackend::with_client(dynamo_client(&servers.dynamo.url), DynamoOptions::new("migration_locks"));
+    for _ in 0..2 {
+        let moves = migrate_tokens(&redis, &dynamo, &p, false).await.expect("migrate to DynamoDB");
+        assert_eq!(moves.len(), 4, "{moves:?}");
     }
+    first_grants_are_above(&LockClient::new(dynamo.clone()), [&lock, &sem, &rw, &elect], &last).await;
 
     // Back from memory to Redis: Redis's counters are far above (its tokens follow its clock
     // in microseconds), and a raise never lowers them.
@@ -157,6 +152,31 @@ async fn migrate_tokens_carries_every_primitives_counter_from_redis() {
     for (key, mode, token) in before {
         let now = after.iter().find(|(k, m, _)| *k == key && *m == mode).map(|c| c.2).expect("still there");
         assert!(now >= token, "{key} {mode:?}: counter went from {token} down to {now}");
+    }
+}
+
+/// The first grant of each of `names` (a lock, a 3-permit semaphore, a read-write lock, an
+/// election, in that order) on `new` is fenced above the last token `last` records for it.
+async fn first_grants_are_above(
+    new: &LockClient,
+    [lock, sem, rw, elect]: [&String; 4],
+    last: &std::collections::HashMap<(String, distlock::Mode), distlock::FencingToken>,
+) {
+    let checks = [
+        (new.lock(lock).try_acquire().await, lock),
+        (new.semaphore(sem, 3).try_acquire().await, sem),
+        (new.write_lock(rw).try_acquire().await, rw),
+        (new.election(elect).wait(Duration::from_secs(1)).campaign("b").await.map(Some), elect),
+    ];
+    for (got, name) in checks {
+        let g = got.expect("grant on the new backend").expect("free");
+        let old_token = last.iter().find(|((n, _), _)| n == name).map(|(_, t)| *t).expect("old token");
+        assert!(
+            g.fencing_token() > old_token,
+            "{name}: new token {} is not above {old_token}",
+            g.fencing_token()
+        );
+        g.release().await.expect("release");
     }
 }
 

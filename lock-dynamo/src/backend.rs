@@ -192,6 +192,26 @@ impl LockBackend for DynamoBackend {
     async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<ExtendOutcome> {
         self.update_grant_metadata(lease, &metadata.encode()).await
     }
+
+    /// A scan for the `fence` attribute of every item under `prefix` (see `counters.rs`).
+    async fn fencing_counters(
+        &self,
+        prefix: &str,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<lock_core::CounterPage> {
+        self.counters_page(prefix, cursor, limit).await
+    }
+
+    /// One `UpdateItem` that sets the counter if it is lower (or absent), never lowering it.
+    async fn raise_fencing_counter(
+        &self,
+        key: &LockKey,
+        mode: Mode,
+        at_least: lock_core::FencingToken,
+    ) -> Result<lock_core::FencingToken> {
+        self.raise_counter(key, mode, at_least).await
+    }
 }
 
 #[cfg(test)]

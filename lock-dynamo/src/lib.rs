@@ -180,6 +180,7 @@
 
 mod acquire;
 mod backend;
+mod counters;
 mod entries;
 mod error;
 mod item;

@@ -31,10 +31,35 @@ impl DynamoBackend {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<ListPage> {
+        let held = "attribute_exists(#o) OR #n > :zero OR attribute_exists(#w)";
+        let scan = self
+            .scan_under(prefix, cursor, limit, held)?
+            .expression_attribute_names("#o", OWNER)
+            .expression_attribute_names("#n", COUNT)
+            .expression_attribute_names("#w", WRITER)
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()));
         let o = &self.inner.opts;
-        let mut filter = String::from(
-            "begins_with(#pk, :prefix) AND (attribute_exists(#o) OR #n > :zero OR attribute_exists(#w))",
-        );
+        let out = scan.send().await.map_err(|e| error::sdk("Scan", &o.table, e))?;
+        let mut entries = Vec::new();
+        for item in out.items() {
+            entries.extend(self.listed(item)?);
+        }
+        let cursor = out.last_evaluated_key().map(|k| self.cursor_of(k)).transpose()?;
+        Ok(ListPage::new(entries, cursor))
+    }
+
+    /// A consistent scan of this backend's items whose partition key begins with `prefix`
+    /// (and that carry its sort key value), from `cursor`, at most `limit` items read, kept by
+    /// `filter` too (`#pk`, `:prefix`, `#sk` and `:sk` are bound; the caller binds the rest).
+    pub(crate) fn scan_under(
+        &self,
+        prefix: &str,
+        cursor: Option<String>,
+        limit: usize,
+        filter: &str,
+    ) -> Result<aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder> {
+        let o = &self.inner.opts;
+        let mut expression = format!("begins_with(#pk, :prefix) AND ({filter})");
         let mut scan = self
             .inner
             .client
@@ -43,13 +68,9 @@ impl DynamoBackend {
             .consistent_read(true)
             .limit(limit.clamp(1, 10_000) as i32)
             .expression_attribute_names("#pk", &o.partition_key)
-            .expression_attribute_names("#o", OWNER)
-            .expression_attribute_names("#n", COUNT)
-            .expression_attribute_names("#w", WRITER)
-            .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_owned()))
-            .expression_attribute_values(":zero", AttributeValue::N("0".into()));
+            .expression_attribute_values(":prefix", AttributeValue::S(prefix.to_owned()));
         if let Some(sk) = &o.sort_key {
-            filter.push_str(" AND #sk = :sk");
+            expression.push_str(" AND #sk = :sk");
             scan = scan
                 .expression_attribute_names("#sk", &sk.name)
                 .expression_attribute_values(":sk", AttributeValue::S(sk.value.clone()));
@@ -57,13 +78,7 @@ impl DynamoBackend {
         if let Some(c) = cursor {
             scan = scan.set_exclusive_start_key(Some(self.start_key(&c)?));
         }
-        let out = scan.filter_expression(filter).send().await.map_err(|e| error::sdk("Scan", &o.table, e))?;
-        let mut entries = Vec::new();
-        for item in out.items() {
-            entries.extend(self.listed(item)?);
-        }
-        let cursor = out.last_evaluated_key().map(|k| self.cursor_of(k)).transpose()?;
-        Ok(ListPage::new(entries, cursor))
+        Ok(scan.filter_expression(expression))
     }
 
     /// The live grants of one listed item, each with its full key.
@@ -96,7 +111,7 @@ impl DynamoBackend {
 
     /// A cursor from a scan's `LastEvaluatedKey`: `<length of the partition key>:<partition
     /// key><sort key>`.
-    fn cursor_of(&self, k: &HashMap<String, AttributeValue>) -> Result<String> {
+    pub(crate) fn cursor_of(&self, k: &HashMap<String, AttributeValue>) -> Result<String> {
         let o = &self.inner.opts;
         let part = |name: &str| match k.get(name) {
             Some(AttributeValue::S(v)) => Ok(v.clone()),

@@ -1,6 +1,7 @@
 //! Listing on DynamoDB, on both emulators: pages of a scan (the cursor carries the last key,
 //! with the sort key when the table has one), every primitive with its mode, nothing released,
-//! nothing of another namespace sharing the table.
+//! nothing of another namespace sharing the table; and the fencing counters a migration reads
+//! and raises.
 
 mod support;
 
@@ -104,4 +105,54 @@ async fn in_pages_of_one(backend: &DynamoBackend, prefix: &str) -> Vec<(String, 
     listed
 }
 
-on_each_emulator!(pages_list_every_grant_once);
+/// The fencing counters, as a migration's token carry-over reads and raises them: every
+/// primitive's counter under a prefix, raised so that the next grant is fenced above a
+/// given token, never lowered, made for a name that never had one.
+async fn counters_are_read_and_raised_never_lowered(emulator: Emulator) {
+    let opts = DynamoOptions::new("list_counters");
+    let emu = emulator.with_table(&opts).await;
+    let backend = DynamoBackend::with_client(support::client(&emu.endpoint), opts);
+    let c = lock_core::LockClient::new(backend.clone());
+    let base = support::key("counters", "");
+    let ttl = Duration::from_secs(30);
+    let lock = c.lock(&format!("{base}lock")).ttl(ttl).acquire().await.expect("lock");
+    let permit = c.semaphore(&format!("{base}sem"), 2).ttl(ttl).acquire().await.expect("permit");
+    let writer = c.write_lock(&format!("{base}rw")).ttl(ttl).acquire().await.expect("writer");
+    let leader = c.election(&format!("{base}elect")).ttl(ttl).campaign("v").await.expect("leader");
+    let full = |n: &str| lock_core::LockKey::new(&format!("{base}{n}")).expect("key").full().to_owned();
+    let page = backend.fencing_counters(&base, None, 100).await.expect("counters");
+    let mut found: Vec<(String, Mode, u64)> =
+        page.counters.iter().map(|(k, m, t)| (k.clone(), *m, t.get())).collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want = vec![
+        (full("elect"), Mode::Leader, leader.fencing_token().get()),
+        (full("lock"), Mode::Exclusive, lock.fencing_token().get()),
+        (full("rw"), Mode::Write, writer.fencing_token().get()),
+        (full("sem"), Mode::Permit { limit: 2 }, permit.fencing_token().get()),
+    ];
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(found, want, "every primitive's counter, at its last grant's token");
+    for g in [lock, permit, writer, leader] {
+        g.release().await.expect("release");
+    }
+
+    // Raised: the next grant is above; a lower target leaves it; a fresh name gets one.
+    let key = lock_core::LockKey::new(&format!("{base}lock")).expect("key");
+    let high = lock_core::FencingToken::new(1_000_000);
+    assert_eq!(backend.raise_fencing_counter(&key, Mode::Exclusive, high).await.expect("raise"), high);
+    let again = backend.raise_fencing_counter(&key, Mode::Exclusive, lock_core::FencingToken::new(5)).await;
+    assert_eq!(again.expect("raise lower"), high, "a lower target lowered the counter");
+    let next = c.lock(&format!("{base}lock")).ttl(ttl).acquire().await.expect("lock after the raise");
+    assert!(next.fencing_token() > high, "{:?} after raising to {high:?}", next.fencing_token());
+    next.release().await.expect("release");
+    for (name, mode) in [("fresh-sem", Mode::Permit { limit: 3 }), ("fresh-rw", Mode::Write)] {
+        let key = lock_core::LockKey::new(&format!("{base}{name}")).expect("key");
+        backend.raise_fencing_counter(&key, mode, high).await.expect("raise a fresh counter");
+    }
+    let permit = c.semaphore(&format!("{base}fresh-sem"), 3).ttl(ttl).acquire().await.expect("permit");
+    assert!(permit.fencing_token() > high);
+    let reader = c.read_lock(&format!("{base}fresh-rw")).ttl(ttl).acquire().await.expect("reader");
+    assert!(reader.fencing_token() > high);
+}
+
+on_each_emulator!(pages_list_every_grant_once, counters_are_read_and_raised_never_lowered);
