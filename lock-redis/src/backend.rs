@@ -126,7 +126,7 @@ impl RedisBackend {
         let keys = self.keys(&req.key, req.mode)?;
         let sent = Instant::now();
         let undo = arm(self.releaser(vec![keys.clone()], req.owner));
-        let meta = meta_arg(req.mode, &req.metadata);
+        let meta = meta_arg(&req.metadata);
         let reply = self.node().acquire(&keys, req.owner, req.ttl, extra(req, intent), &meta).await;
         undo.disarm();
         Ok(match reply? {
@@ -284,7 +284,7 @@ impl LockBackend for RedisBackend {
     async fn update_metadata(&self, lease: &Lease, metadata: &lock_core::Metadata) -> Result<ExtendOutcome> {
         crate::node::keeps_metadata(NAME, lease.mode())?;
         let keys = self.keys(lease.key(), lease.mode())?;
-        Ok(if self.node().set_meta(&keys, lease.owner(), &meta_arg(lease.mode(), metadata)).await? {
+        Ok(if self.node().set_meta(&keys, lease.owner(), &meta_arg(metadata)).await? {
             ExtendOutcome::Extended { valid_until: lease.valid_until() }
         } else {
             ExtendOutcome::NotHeld
@@ -370,7 +370,7 @@ impl LockBackend for RedisBackend {
         let keys: Vec<Keys> = reqs.iter().map(|r| Keys::lock(&self.inner.prefix, &r.key)).collect();
         let sent = Instant::now();
         let undo = arm(self.releaser(keys.clone(), first.owner));
-        let meta = meta_arg(Mode::Exclusive, &first.metadata);
+        let meta = meta_arg(&first.metadata);
         let reply = self.node().acquire_all(&keys, first.owner, first.ttl, &meta).await;
         undo.disarm();
         match reply {

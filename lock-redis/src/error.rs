@@ -24,11 +24,21 @@ pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::ReadOnly,
             ) => BackendErrorKind::Unavailable,
+            // A cluster slot being migrated: a script touched a key that is not (or no longer)
+            // on this node. Nothing after that point ran; the slot's new owner serves it soon.
+            _ if is_slot_moving(&e) => BackendErrorKind::Unavailable,
             ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
             _ => BackendErrorKind::Other,
         }
     };
     Error::backend(backend, kind, format!("{addr}: {e}"), e)
+}
+
+/// Whether `e` is a cluster's refusal while a slot moves: `TRYAGAIN`, or a script that met a
+/// key of a migrating slot that is not on this node.
+pub(crate) fn is_slot_moving(e: &redis::RedisError) -> bool {
+    matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain))
+        || e.to_string().contains("non local key")
 }
 
 /// A request that got no reply within the node's request timeout (retryable).

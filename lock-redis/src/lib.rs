@@ -102,7 +102,10 @@
 //! (`"<owner>:<token>\n<JSON>"`): it expires, renews and is deleted with the grant, and
 //! proclaim rewrites it ([`scripts::SET_META`]). [`RedisBackend`] lists by `SCAN` over the
 //! fencing counters under a prefix; Redlock offers elections and metadata on a quorum but no
-//! listing. Semaphore permits and read-write grants carry no metadata.
+//! listing. A writer's metadata rides in its grant's value the same way; a permit's or a
+//! reader's is kept in its primitive's hash under `m:<owner>` and leaves with the grant (its
+//! release, or the prune of an expired one). Only a lock's and a leader's metadata can be
+//! replaced while held (proclaim); the others' is the one given at the grant.
 //!
 //! Connection options ([`RedisOptions`], [`RedlockOptions`]): built in code, or parsed from
 //! `redis://[user[:password]@]host[:port][/db]`, `rediss://` for TLS (feature `tls`, on by

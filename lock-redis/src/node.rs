@@ -99,13 +99,11 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// The metadata argument of the lock's and the election's scripts: `"\n<JSON>"` (the grant's
-/// value is `"<owner>:<fence>"` then this), empty for the other primitives.
-pub(crate) fn meta_arg(mode: Mode, metadata: &lock_core::Metadata) -> String {
-    match mode {
-        Mode::Exclusive | Mode::Leader => format!("\n{}", metadata.encode()),
-        _ => String::new(),
-    }
+/// The metadata argument of every acquire script: `"\n<JSON>"` (a lock's, an election's and
+/// a writer's grant value is `"<owner>:<fence>"` then this; a permit's or a reader's is kept
+/// in its primitive's hash).
+pub(crate) fn meta_arg(metadata: &lock_core::Metadata) -> String {
+    format!("\n{}", metadata.encode())
 }
 
 /// Whether grants of `mode` keep holder metadata on Redis (the lock's and the election's do,
@@ -280,13 +278,33 @@ impl Node {
         self.call_on(&self.con, inv).await
     }
 
+    /// One script call on `con`. On a cluster, a call refused because its slot is being
+    /// migrated (see [`is_slot_moving`](crate::error::is_slot_moving)) is sent again after a
+    /// short pause until the request timeout: the scripts are safe to repeat (each step is
+    /// keyed by the owner token) and stop at the refused access.
     async fn call_on<T: redis::FromRedisValue>(
         &self,
         con: &Connection,
         inv: redis::ScriptInvocation<'_>,
     ) -> Result<T> {
         let mut con = con.clone();
-        self.timed(inv.invoke_async::<T>(&mut con)).await
+        if !matches!(con, Connection::Cluster(_)) {
+            return self.timed(inv.invoke_async::<T>(&mut con)).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = match tokio::time::timeout(left, inv.invoke_async::<T>(&mut con)).await {
+                Ok(r) => r,
+                Err(_) => return Err(request_timed_out(self.backend, &self.addr, self.timeout)),
+            };
+            match r {
+                Err(e) if crate::error::is_slot_moving(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                r => return r.map_err(|e| map_err(self.backend, &self.addr, e)),
+            }
+        }
     }
 
     /// The connection grants go out on: their own with `wait_replicas`, else the node's.
@@ -497,10 +515,10 @@ impl Node {
         keys.add_to(&mut inv);
         let flat: Vec<String> = self.call(inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "holders");
-        if !flat.len().is_multiple_of(4) {
+        if !flat.len().is_multiple_of(5) {
             return Err(bad());
         }
-        flat.chunks(4)
+        flat.chunks(5)
             .map(|h| {
                 let mode = match h[3].as_str() {
                     "r" => Mode::Read,
@@ -511,7 +529,10 @@ impl Node {
                 };
                 let left = millis(h[2].parse().map_err(|_| bad())?);
                 let fence = h[1].parse().ok().map(FencingToken::new);
-                Ok(LockInfo::new(fence, OwnerToken::parse_hex(&h[0]), left).with_mode(mode))
+                let metadata = h[4].strip_prefix('\n').and_then(lock_core::Metadata::decode);
+                Ok(LockInfo::new(fence, OwnerToken::parse_hex(&h[0]), left)
+                    .with_mode(mode)
+                    .with_metadata(metadata))
             })
             .collect()
     }

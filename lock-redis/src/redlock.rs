@@ -160,7 +160,7 @@ impl RedlockBackend {
         let keys = self.keys(&req.key, req.mode)?;
         let sent = Instant::now();
         let extra = extra(req, intent);
-        let meta = crate::node::meta_arg(req.mode, &req.metadata);
+        let meta = crate::node::meta_arg(&req.metadata);
         let replies = join_all(
             self.inner.nodes.iter().map(|node| node.acquire(&keys, req.owner, req.ttl, extra, &meta)),
         )
@@ -440,7 +440,7 @@ impl LockBackend for RedlockBackend {
     async fn update_metadata(&self, lease: &Lease, metadata: &lock_core::Metadata) -> Result<ExtendOutcome> {
         crate::node::keeps_metadata(NAME, lease.mode())?;
         let keys = self.keys(lease.key(), lease.mode())?;
-        let meta = crate::node::meta_arg(lease.mode(), metadata);
+        let meta = crate::node::meta_arg(metadata);
         let (n, quorum) = (self.inner.nodes.len(), self.inner.quorum);
         let replies =
             join_all(self.inner.nodes.iter().map(|node| node.set_meta(&keys, lease.owner(), &meta))).await;

@@ -329,7 +329,9 @@ async fn a_cluster_slot_moves_with_a_held_lock_while_clients_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_primary_killed_with_a_held_lock_keeps_tokens_rising() {
-    let mut cluster = RedisCluster::start(3).await.expect("a Redis Cluster");
+    // Fails over 2 s after the primary stops answering.
+    let mut cluster =
+        RedisCluster::start_with(3, None, Duration::from_secs(2)).await.expect("a Redis Cluster");
     let (locks, slot) = cluster_lock(&cluster, "failover").await;
     let last = ten_cycles(&locks, "failover", 0).await;
     let held = locks.lock("failover").ttl(Duration::from_secs(30)).acquire().await.expect("holder");

@@ -83,7 +83,7 @@ async fn read_write_keys_are_cleaned_up_and_a_try_leaves_no_intent() {
     let r1 = locks.read_lock("doc").ttl(LONG).acquire().await.expect("reader");
     let r2 = locks.read_lock("doc").ttl(LONG).acquire().await.expect("reader");
     let n: i64 = redis::cmd("HLEN").arg("{doc}:rw:tokens").query_async(&mut con).await.expect("HLEN");
-    assert_eq!(n, 2, "one token per reader");
+    assert_eq!(n, 4, "a token and the metadata per reader");
     assert!(locks.write_lock("doc").try_acquire().await.expect("try").is_none());
     assert!(!exists(&mut con, "{doc}:rw:intents").await, "a writer that did not wait left an intent");
     let holders = locks.holders("doc", Mode::Read).await.expect("holders");
@@ -96,7 +96,9 @@ async fn read_write_keys_are_cleaned_up_and_a_try_leaves_no_intent() {
     }
     let w = locks.write_lock("doc").ttl(LONG).acquire().await.expect("writer");
     let value: String = redis::cmd("GET").arg("{doc}:rw:writer").query_async(&mut con).await.expect("GET");
-    assert_eq!(value, format!("{}:{}", w.lease().owner(), w.fencing_token()));
+    let (grant, meta) = value.split_once('\n').expect("the writer's metadata after its grant");
+    assert_eq!(grant, format!("{}:{}", w.lease().owner(), w.fencing_token()));
+    assert!(lock_core::Metadata::decode(meta).is_some(), "{meta}");
     let holders = locks.holders("doc", Mode::Write).await.expect("holders");
     assert_eq!(holders.len(), 1);
     assert_eq!((holders[0].mode, holders[0].fencing_token), (Mode::Write, Some(w.fencing_token())));
@@ -336,4 +338,60 @@ async fn election_observers_are_woken_by_grants_proclaims_and_releases() {
     let (l, took) = next().await;
     assert!(l.is_none(), "after the expiry the observer saw {l:?}");
     assert!(took < Duration::from_millis(1500), "the expiry reached the observer after {took:?}");
+}
+
+/// Every grant carries its holder's metadata: a semaphore's permits and a read-write lock's
+/// readers (kept in the primitive's hash, gone with the grant) and its writer (in the grant's
+/// value, as a lock's), shown by `holders` and `list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permits_readers_and_writers_carry_their_metadata() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let b = backend(&server).await;
+    let locks = LockClient::new(b.clone());
+    let value_of = |info: &lock_core::LockInfo| info.metadata.as_ref().and_then(|m| m.value.clone());
+    let permits: Vec<_> = futures::future::join_all(
+        ["permit-a", "permit-b"].map(|v| locks.semaphore("meta/sem", 2).value(v).acquire()),
+    )
+    .await
+    .into_iter()
+    .map(|g| g.expect("permit"))
+    .collect();
+    let mut held: Vec<_> = locks.holders("meta/sem", Mode::Permit { limit: 2 }).await.expect("holders");
+    held.sort_by_key(|i| i.fencing_token);
+    let values: Vec<_> = held.iter().map(value_of).collect();
+    assert_eq!(values.len(), 2, "{held:?}");
+    assert!(
+        values.contains(&Some("permit-a".into())) && values.contains(&Some("permit-b".into())),
+        "{values:?}"
+    );
+    let m = held[0].metadata.as_ref().expect("metadata");
+    assert_eq!(m.pid, std::process::id());
+    let reader = locks.read_lock("meta/rw").value("reader").acquire().await.expect("reader");
+    let listed = locks.list("meta/").await.expect("list");
+    let of =
+        |name: &str| listed.iter().filter(|(n, _)| n == name).map(|(_, i)| value_of(i)).collect::<Vec<_>>();
+    assert_eq!(of("meta/rw"), vec![Some("reader".to_owned())], "{listed:?}");
+    assert_eq!(of("meta/sem").len(), 2, "{listed:?}");
+    for p in permits {
+        p.release().await.expect("release");
+    }
+    reader.release().await.expect("release");
+
+    // The writer's metadata rides in its value; its token is read back whole.
+    let writer = locks.write_lock("meta/rw").value("writer").acquire().await.expect("writer");
+    let held = locks.holders("meta/rw", Mode::Write).await.expect("holders");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(value_of(&held[0]), Some("writer".into()));
+    assert_eq!(held[0].fencing_token, Some(writer.fencing_token()));
+    writer.extend(Duration::from_secs(30)).await.expect("extend keeps the value");
+    assert_eq!(
+        value_of(&locks.holders("meta/rw", Mode::Write).await.expect("holders")[0]),
+        Some("writer".into())
+    );
+    writer.release().await.expect("release");
+
+    // Nothing of the metadata outlives the grants: only the counters stay.
+    let mut con = raw(&server).await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*meta*").query_async(&mut con).await.expect("KEYS");
+    assert!(keys.iter().all(|k| k.ends_with(":fence")), "left behind: {keys:?}");
 }

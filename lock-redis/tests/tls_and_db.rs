@@ -123,7 +123,9 @@ async fn redlock_over_tls_with_client_certificates() {
 async fn rediss_cluster_with_a_private_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = TestCa::generate(dir.path()).expect("test CA (apt-get install openssl)");
-    let cluster = RedisCluster::start_with(3, Some(ca.clone())).await.expect("a Redis Cluster over TLS");
+    let cluster = RedisCluster::start_with(3, Some(ca.clone()), RedisCluster::STEADY)
+        .await
+        .expect("a Redis Cluster over TLS");
     let url = cluster.url();
     assert!(url.starts_with("rediss+cluster://"), "{url}");
     let with_ca = format!("{url}?ca_file={}", ca.ca_cert.display());

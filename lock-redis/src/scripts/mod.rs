@@ -69,13 +69,21 @@ pub mod semaphore;
 ///   keeps the `+ 1` exact on counters beyond 2^53, and the result is the counter as stored;
 /// - `raise(counter, f)`: raises `counter` to at least `f` (Redlock's write-back);
 /// - `prune(zset, hash, now_ms)`: drops the members of `zset` whose score (expiry, ms) is
-///   past, and their fields in `hash`;
+///   past, and their fields in `hash` (token and metadata);
+/// - `remember(hash, owner, meta)`: keeps a counted grant's metadata (`"\n<JSON>"`, or
+///   nothing when empty) in `hash` under `m:<owner>`;
+/// - `split_grant(value)`: a `"<owner>:<fence>[\n<JSON>]"` grant's fence and metadata part;
 /// - `keep(ms, key…)`: makes each key live at least `ms` more (never shortens an expiry);
 /// - `stay(zset, hash, owner, ttl)`: extends `owner`'s unexpired grant in a sorted set of
 ///   grants to `ttl` ms from now, keeping the set and `hash` alive as long; 1 if done;
 /// - `leave(zset, hash, owner, channel)`: removes `owner`'s grant from a sorted set of grants
-///   (a semaphore's permits, a read-write lock's readers) and its field in `hash`, drops
+///   (a semaphore's permits, a read-write lock's readers) and its fields in `hash`, drops
 ///   `hash` with the last grant, wakes waiters; 1 if the grant was there and unexpired.
+///
+/// No function reads a key after it may have deleted it: on a Redis Cluster, a script that
+/// touches a key that does not exist in a slot being migrated fails mid-way ("non local key"),
+/// so `leave` deletes the set and the hash together with the last grant rather than checking
+/// whether they emptied.
 pub(crate) const PRELUDE: &str = r#"
 local function now_us()
   local t = redis.call('TIME')
@@ -95,8 +103,17 @@ local function raise(counter, f)
 end
 local function prune(zset, hash, now)
   local gone = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
-  for _, m in ipairs(gone) do redis.call('HDEL', hash, m) end
+  for _, m in ipairs(gone) do redis.call('HDEL', hash, m, 'm:' .. m) end
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', zset, '-inf', now) end
+end
+local function remember(hash, owner, meta)
+  if meta and meta ~= '' then redis.call('HSET', hash, 'm:' .. owner, meta) end
+end
+local function split_grant(cur)
+  local rest = string.sub(cur, 34)
+  local nl = string.find(rest, '\n', 1, true)
+  if nl then return string.sub(rest, 1, nl - 1), string.sub(rest, nl) end
+  return rest, ''
 end
 local function keep(ms, ...)
   for _, k in ipairs({...}) do
@@ -116,9 +133,12 @@ end
 local function leave(zset, hash, owner, channel)
   local s = redis.call('ZSCORE', zset, owner)
   if not s then return 0 end
-  redis.call('ZREM', zset, owner)
-  redis.call('HDEL', hash, owner)
-  if redis.call('EXISTS', zset) == 0 then redis.call('DEL', hash) end
+  if redis.call('ZCARD', zset) == 1 then
+    redis.call('DEL', zset, hash)
+  else
+    redis.call('ZREM', zset, owner)
+    redis.call('HDEL', hash, owner, 'm:' .. owner)
+  end
   redis.call('PUBLISH', channel, 'released')
   if tonumber(s) > math.floor(now_us() / 1000) then return 1 end
   return 0

@@ -6,9 +6,9 @@
 //!
 //! | Redis key | holds |
 //! |---|---|
-//! | `P{K}:rw:writer` | the writer's grant, `"<owner token hex>:<fencing token>"`, with the TTL as its expiry (as a lock's) |
+//! | `P{K}:rw:writer` | the writer's grant, `"<owner token hex>:<fencing token>"` then its metadata (`"\n<JSON>"`), with the TTL as its expiry (as a lock's) |
 //! | `P{K}:rw:readers` | sorted set of the readers: member = owner token, score = expiry (ms, the server's `TIME`) |
-//! | `P{K}:rw:tokens` | hash: reader's owner token → its fencing token |
+//! | `P{K}:rw:tokens` | hash: reader's owner token → its fencing token; `m:<owner>` → the reader's metadata |
 //! | `P{K}:rw:intents` | sorted set of the waiting writers: member = owner token, score = when the intent lapses (ms) |
 //! | `P{K}:rw:fence` | the fencing counter, one for readers and writers: never expires |
 //! | channel `P{K}:rw:released` | one message per release (and per withdrawn intent), for waiters |
@@ -31,8 +31,8 @@ use redis::Script;
 
 use super::script;
 
-/// ARGV: owner hex, ttl ms. Returns `{1, fence}` when granted (or already ours: refreshed,
-/// same token); `{0, ms}` while a writer holds it or a writer waits (`ms`: until that grant or
+/// ARGV: owner hex, ttl ms, (unused), the reader's metadata (`"\n<JSON>"` or empty). Returns
+/// `{1, fence}` when granted (or already ours: refreshed, same token); `{0, ms}` while a writer holds it or a writer waits (`ms`: until that grant or
 /// intent runs out).
 pub static ACQUIRE_READ: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -54,13 +54,15 @@ if #first > 0 then return {0, tostring(tonumber(first[2]) - now)} end
 local f = next_fence(KEYS[5], us)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], f)
+remember(KEYS[3], ARGV[1], ARGV[4])
 keep(ttl, KEYS[2], KEYS[3])
 return {1, f}
 "#,
     )
 });
 
-/// ARGV: owner hex, ttl ms, intent ms (0: none). Returns `{1, fence}` when granted (or
+/// ARGV: owner hex, ttl ms, intent ms (0: none), the writer's metadata (`"\n<JSON>"` or
+/// empty, kept in the grant's value after the token). Returns `{1, fence}` when granted (or
 /// already ours), withdrawing our intent; `{0, ms}` while a reader or another writer holds it
 /// (`ms`: until the first of them runs out), leaving or refreshing our intent for `intent ms`
 /// when it is not 0 (a waiting writer).
@@ -73,7 +75,7 @@ local ttl = tonumber(ARGV[2])
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, 33) == ARGV[1] .. ':' then
   redis.call('PEXPIRE', KEYS[1], ttl)
-  return {1, string.sub(cur, 34)}
+  return {1, (split_grant(cur))}
 end
 prune(KEYS[2], KEYS[3], now)
 local wait
@@ -92,7 +94,7 @@ if wait then
   return {0, tostring(wait)}
 end
 local f = next_fence(KEYS[5], us)
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f, 'PX', ttl)
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f .. (ARGV[4] or ''), 'PX', ttl)
 redis.call('ZREM', KEYS[4], ARGV[1])
 return {1, f}
 "#,
@@ -142,8 +144,8 @@ return leave(KEYS[2], KEYS[3], ARGV[1], ARGV[2])
     )
 });
 
-/// No ARGV. The writer and the unexpired readers: `{owner, fence, ms left, 'w' or 'r'}` for
-/// each, flat.
+/// No ARGV. The writer and the unexpired readers: `{owner, fence, ms left, 'w' or 'r',
+/// metadata}` for each, flat.
 pub static HOLDERS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -151,7 +153,8 @@ local now = math.floor(now_us() / 1000)
 local out = {}
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  out = {string.sub(cur, 1, 32), string.sub(cur, 34), tostring(redis.call('PTTL', KEYS[1])), 'w'}
+  local fence, meta = split_grant(cur)
+  out = {string.sub(cur, 1, 32), fence, tostring(redis.call('PTTL', KEYS[1])), 'w', meta}
 end
 local m = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES')
 for i = 1, #m, 2 do
@@ -159,6 +162,7 @@ for i = 1, #m, 2 do
   out[#out + 1] = redis.call('HGET', KEYS[3], m[i]) or '0'
   out[#out + 1] = tostring(tonumber(m[i + 1]) - now)
   out[#out + 1] = 'r'
+  out[#out + 1] = redis.call('HGET', KEYS[3], 'm:' .. m[i]) or ''
 end
 return out
 "#,
@@ -173,7 +177,8 @@ pub static WRITE_BACK: LazyLock<Script> = LazyLock::new(|| {
 if ARGV[3] == 'w' then
   local cur = redis.call('GET', KEYS[1])
   if not (cur and string.sub(cur, 1, 33) == ARGV[1] .. ':') then return 0 end
-  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'KEEPTTL')
+  local _, meta = split_grant(cur)
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2] .. meta, 'KEEPTTL')
 else
   if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])

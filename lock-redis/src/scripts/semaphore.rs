@@ -7,7 +7,7 @@
 //! | Redis key | holds |
 //! |---|---|
 //! | `P{K}:sem` | sorted set of the permits: member = owner token (hex), score = expiry (ms, the server's `TIME`) |
-//! | `P{K}:sem:info` | hash: `limit` = the number of permits the holders use; one field per holder, owner → fencing token |
+//! | `P{K}:sem:info` | hash: `limit` = the number of permits the holders use; one field per holder, owner → fencing token; `m:<owner>` → the holder's metadata (`"\n<JSON>"`) |
 //! | `P{K}:sem:fence` | the fencing counter, one for all the permits: never expires |
 //! | channel `P{K}:sem:released` | one message per release, for waiters |
 //!
@@ -23,7 +23,8 @@ use redis::Script;
 
 use super::script;
 
-/// ARGV: owner hex, ttl ms, the number of permits asked for.
+/// ARGV: owner hex, ttl ms, the number of permits asked for, the holder's metadata
+/// (`"\n<JSON>"` or empty).
 /// Drops expired permits; then returns `{1, fence}` when a permit is granted (or already
 /// ours: refreshed, same token), `{2, limit}` when the holders use another number of permits
 /// (nothing written), `{0, ms}` when all permits are taken (`ms`: until the first expires).
@@ -52,6 +53,7 @@ end
 local f = next_fence(KEYS[3], us)
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], f, 'limit', ARGV[3])
+remember(KEYS[2], ARGV[1], ARGV[4])
 keep(ttl, KEYS[1], KEYS[2])
 return {1, f}
 "#,
@@ -77,7 +79,8 @@ return leave(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
     )
 });
 
-/// No ARGV. The unexpired permits: `{owner, fence, ms left, 'p:<limit>'}` for each, flat.
+/// No ARGV. The unexpired permits: `{owner, fence, ms left, 'p:<limit>', metadata}` for each,
+/// flat.
 pub static HOLDERS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -90,6 +93,7 @@ for i = 1, #m, 2 do
   out[#out + 1] = redis.call('HGET', KEYS[2], m[i]) or '0'
   out[#out + 1] = tostring(tonumber(m[i + 1]) - now)
   out[#out + 1] = role
+  out[#out + 1] = redis.call('HGET', KEYS[2], 'm:' .. m[i]) or ''
 end
 return out
 "#,
