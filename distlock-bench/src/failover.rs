@@ -22,7 +22,7 @@ pub(crate) const TTL: Duration = Duration::from_secs(2);
 /// connect the same way.
 #[derive(Debug, Clone)]
 pub(crate) struct Reach {
-    /// `redis`, `etcd`, `zookeeper` or `dynamodb`.
+    /// `redis`, `redlock`, `file`, `etcd`, `zookeeper` or `dynamodb`.
     pub(crate) kind: &'static str,
     /// The URL, endpoints or connect string the fixture gave.
     pub(crate) target: String,
@@ -32,6 +32,10 @@ pub(crate) struct Reach {
 pub(crate) async fn connect(kind: &str, target: &str) -> Result<LockClient> {
     Ok(match kind {
         "redis" => LockClient::new(lock_redis::RedisBackend::connect(target.parse()?).await?),
+        "redlock" => LockClient::new(lock_redis::RedlockBackend::connect(target.parse()?).await?),
+        "file" => LockClient::new(lock_local::FileBackend::connect(
+            lock_local::FileOptions::new(target).sync(false),
+        )?),
         "etcd" => {
             let opts = lock_etcd::EtcdOptions::new(target.split(',').map(str::to_owned)).session_ttl(TTL);
             LockClient::new(lock_etcd::EtcdBackend::connect(opts).await?)

@@ -117,8 +117,10 @@ pub(crate) struct Backend {
     pub(crate) cap: Option<Cap>,
     /// Counts requests per uncontended acquire and per release, where the client can.
     pub(crate) requests_per_op: Option<Arc<dyn Fn() -> BoxFut<Result<Value>> + Send + Sync>>,
-    /// How a leader process reaches the backend, for the failover measurement.
-    pub(crate) reach: Option<failover::Reach>,
+    /// How a leader process reaches the backend, for the failover measurement (more than
+    /// one: the Redis run also measures Redlock and the file backend, which have no run of
+    /// their own).
+    pub(crate) reach: Vec<failover::Reach>,
 }
 
 /// Upper bounds on a plan's sizes.
@@ -219,9 +221,15 @@ async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
     if plan.runs("held") {
         held(b, plan, &tag, &mut out).await?;
     }
-    if let (true, Some(reach)) = (plan.runs("failover"), &b.reach) {
-        eprintln!("[{}] leader failover x{}", b.name, plan.failovers);
-        out["failover"] = failover::measure(reach, plan.failovers, &tag).await?;
+    if plan.runs("failover") {
+        let mut rows = Vec::new();
+        for reach in &b.reach {
+            eprintln!("[{}] leader failover on {} x{}", b.name, reach.kind, plan.failovers);
+            let mut row = failover::measure(reach, plan.failovers, &tag).await?;
+            row["backend"] = json!(reach.kind);
+            rows.push(row);
+        }
+        out["failover"] = json!(rows);
     }
     Ok(out)
 }
@@ -463,21 +471,27 @@ fn markdown(report: &Value) -> String {
                 fmt(&r["list_server_requests"])
             ));
         }
-        let f = &b["failover"];
-        if !f.is_null() {
-            md.push_str(&format!(
+        let rows = b["failover"].as_array().cloned().unwrap_or_default();
+        if !rows.is_empty() {
+            md.push_str(
                 "\nLeader failover: a leader process killed with SIGKILL, a candidate waiting and an observer watching \
-                 ({} rounds, leadership TTL {} ms, the backend's bound {} ms):\n\n\
-                 | from the kill to | p50 (ms) | max (ms) |\n|---|---|---|\n\
-                 | the candidate elected | {} | {} |\n| the observer seeing it | {} | {} |\n",
-                f["rounds"],
-                f["ttl_ms"],
-                f["bound_ms"],
-                fmt(&f["elected_ms"]["p50"]),
-                fmt(&f["elected_ms"]["max"]),
-                fmt(&f["observed_ms"]["p50"]),
-                fmt(&f["observed_ms"]["max"])
-            ));
+                 (from the kill, ms):\n\n\
+                 | backend | rounds | TTL | bound | elected p50 | elected max | observed p50 | observed max |\n\
+                 |---|---|---|---|---|---|---|---|\n",
+            );
+            for f in rows {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    f["backend"].as_str().unwrap_or("?"),
+                    f["rounds"],
+                    f["ttl_ms"],
+                    f["bound_ms"],
+                    fmt(&f["elected_ms"]["p50"]),
+                    fmt(&f["elected_ms"]["max"]),
+                    fmt(&f["observed_ms"]["p50"]),
+                    fmt(&f["observed_ms"]["max"])
+                ));
+            }
         }
         md.push('\n');
     }

@@ -29,6 +29,17 @@ pub async fn start(name: &str) -> Result<(Backend, Keep)> {
 
 async fn redis() -> Result<(Backend, Keep)> {
     let t = fixtures::redis::RedisTarget::get().await?;
+    // For the failover measurement only: Redlock over three masters of its own, and the file
+    // backend in a directory of its own.
+    let mut masters = Vec::new();
+    for _ in 0..3 {
+        masters.push(fixtures::redis::RedisServer::start().await?);
+    }
+    let redlock_url = format!(
+        "redlock://{}",
+        masters.iter().map(|m| format!("127.0.0.1:{}", m.port())).collect::<Vec<_>>().join(",")
+    );
+    let files = tempfile::tempdir()?;
     let url = t.url.clone();
     let u1 = url.clone();
     let ours: Arc<dyn Factory> = Arc::new(OursFactory(
@@ -89,9 +100,13 @@ async fn redis() -> Result<(Backend, Keep)> {
         notes: vec![],
         cap: None,
         requests_per_op: None,
-        reach: Some(crate::failover::Reach { kind: "redis", target: url.clone() }),
+        reach: vec![
+            crate::failover::Reach { kind: "redis", target: url.clone() },
+            crate::failover::Reach { kind: "redlock", target: redlock_url },
+            crate::failover::Reach { kind: "file", target: files.path().display().to_string() },
+        ],
     };
-    Ok((b, Box::new(t)))
+    Ok((b, Box::new((t, masters, files))))
 }
 
 async fn etcd() -> Result<(Backend, Keep)> {
@@ -131,7 +146,7 @@ async fn etcd() -> Result<(Backend, Keep)> {
         ],
         cap: None,
         requests_per_op: None,
-        reach: Some(crate::failover::Reach { kind: "etcd", target: eps.join(",") }),
+        reach: vec![crate::failover::Reach { kind: "etcd", target: eps.join(",") }],
     };
     Ok((b, Box::new(cluster)))
 }
@@ -189,7 +204,7 @@ async fn zookeeper() -> Result<(Backend, Keep)> {
         notes: vec!["session leases: a lock lasts as long as its session (10 s timeout); packets received include pings".into()],
         cap: None,
         requests_per_op: None,
-        reach: Some(crate::failover::Reach { kind: "zookeeper", target: connect.clone() }),
+        reach: vec![crate::failover::Reach { kind: "zookeeper", target: connect.clone() }],
     };
     Ok((b, Box::new(t)))
 }
@@ -374,7 +389,7 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
                 Box::pin(async move { dynamo_requests_per_op(client, requests, table, peer).await })
             })
         }),
-        reach: Some(crate::failover::Reach { kind: "dynamodb", target: t.url.clone() }),
+        reach: vec![crate::failover::Reach { kind: "dynamodb", target: t.url.clone() }],
     };
     Ok((b, Box::new(t)))
 }
