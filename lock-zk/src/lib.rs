@@ -128,7 +128,9 @@
 //!   and its first `extend` says `NotHeld` (tested with a stopped holder process).
 //! - A disconnect that lasts until the session's validity has passed, or half a session
 //!   timeout (the client notices a silent connection within 2/5 of it), fires every grant's
-//!   loss signal, and the backend opens a new session on its next use. Session expiry,
+//!   loss signal, and the backend opens a new session on its next use. If the old session
+//!   comes back before the server expired it, its nodes are deleted at once (`getEphemerals`),
+//!   so a lock reported lost is never kept by a session nothing uses (tested). Session expiry,
 //!   failed authentication, or the client closing fire it at once. A grant whose node is
 //!   deleted by someone else fires its own signal.
 //! - A waiter whose session ends (or whose connection breaks) while it waits queues again, on

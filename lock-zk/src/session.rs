@@ -231,6 +231,10 @@ impl Session {
 /// until the session's validity has passed (nothing can confirm it any more) or half a session
 /// timeout (the client notices a silent connection within 2/5 of it), whichever comes first.
 /// The backend then opens a new session on its next use.
+///
+/// A session given up that way may still be alive on the server (it expires it only a full
+/// session timeout after it last heard from the client): if the client reconnects in time,
+/// [`free_given_up`] deletes its nodes, so that nothing reported lost stays held.
 async fn monitor(
     session: std::sync::Weak<Session>,
     mut states: zookeeper_client::StateWatcher,
@@ -251,6 +255,7 @@ async fn monitor(
             _ = sleep_until_opt(give_up) => {
                 tracing::warn!(backend = NAME, "disconnected past the session's validity; every lock on it is lost");
                 lost.fire(LossReason::SessionLost);
+                free_given_up(session, states).await;
                 return;
             }
             _ = lost.fired() => return,
@@ -267,6 +272,39 @@ async fn monitor(
             }
         }
     }
+}
+
+/// Waits, after the client gave the session up, for the session either to end on the server
+/// (expired, closed: its nodes are gone) or to come back (the server never expired it), and
+/// then deletes every ephemeral node it still owns (`getEphemerals`): the locks, permits and
+/// queue places on it were all reported lost, and none of them may keep others waiting.
+async fn free_given_up(session: std::sync::Weak<Session>, mut states: zookeeper_client::StateWatcher) {
+    loop {
+        match states.changed().await {
+            SessionState::Disconnected => continue,
+            SessionState::SyncConnected | SessionState::ConnectedReadOnly => break,
+            _ => return,
+        }
+    }
+    let Some(s) = session.upgrade() else { return };
+    let nodes = match s.client.list_ephemerals("/").await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            tracing::warn!(backend = NAME, error = %e, "a session given up came back; its nodes could not be listed");
+            return;
+        }
+    };
+    let mut deleted = 0;
+    for path in &nodes {
+        match s.client.delete(path, None).await {
+            Ok(()) => deleted += 1,
+            Err(zookeeper_client::Error::NoNode) => {}
+            Err(e) => {
+                tracing::warn!(backend = NAME, path, error = %e, "a session given up came back; a node of it could not be deleted");
+            }
+        }
+    }
+    tracing::info!(backend = NAME, deleted, "a session given up came back; its nodes were deleted");
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

@@ -51,7 +51,10 @@ fn suite(name: &str, connect: String, keep: Arc<dyn std::any::Any + Send + Sync>
         drop(client);
     })
     // A pause: the client's proxy forwards nothing until the server has expired the session
-    // (it closes the session's connection then), and connects the client anew after.
+    // (it closes the session's connection then), and connects the client anew after. A server
+    // may close the connection for another reason first (a loaded follower losing its
+    // leader): the client then resumes a session it has given up, and deletes its nodes
+    // (`tests/lost_session.rs`), which is what the checks see either way.
     .expire_with(move |client| {
         let proxies = proxies.clone();
         async move {

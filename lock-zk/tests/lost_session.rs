@@ -119,3 +119,37 @@ async fn a_waiter_whose_session_expires_queues_again_with_a_fresh_one() {
     assert!(g.is_held());
     g.release().await.expect("release");
 }
+
+/// A holder cut off long enough that its client gives the session up (the guard reports the
+/// loss), healed before the server expires the session: the client resumes the session, and
+/// deletes its nodes at once, so that the lock it reported lost is free for others, not kept
+/// by a session nothing uses any more (until the process ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_given_up_then_resumed_frees_what_it_held() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = ZkProxy::start(zk.connect_string()).await;
+    let key = support::key("given-up");
+    // Long, so that the server keeps the session while the client gives it up.
+    let session = Duration::from_secs(16);
+    let hb = support::backend(&proxy.addr, session).await;
+    let holder = lock_core::LockClient::new(hb.clone());
+    let g = holder.lock(&key).acquire().await.expect("the holder");
+
+    let cut_at = Instant::now();
+    proxy.cut();
+    tokio::time::timeout(session, g.lost()).await.expect("the cut-off guard never reported its loss");
+    assert!(!g.is_held());
+    proxy.heal();
+
+    let other = support::client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let got = other.lock(&key).wait(Duration::from_secs(6)).acquire().await;
+    let g2 = got.expect("the lock reported lost stayed held by the resumed session");
+    assert!(
+        cut_at.elapsed() < session,
+        "inconclusive: {:?} after the cut, the server may have expired the session itself",
+        cut_at.elapsed()
+    );
+    assert!(g2.fencing_token() > g.fencing_token());
+    g2.release().await.expect("release");
+    drop(hb);
+}
