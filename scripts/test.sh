@@ -115,7 +115,7 @@ rm -rf "$examples_dir"
 log "benchmarks, quick mode (so they never rot; numbers are reported, not asserted)"
 cargo bench -q --locked -p lock-redis --bench latency -- --quick
 cargo bench -q --locked -p lock-etcd --bench etcd -- --quick
-cargo run -q --locked -p distlock-bench -- --quick 2>/dev/null
+cargo run -q --locked -p distlock-bench -- --quick --svg target/bench-curves-quick.svg 2>/dev/null
 
 log "the fault harness, quick mode: every backend under pauses and kills, real processes and servers"
 cargo run -q --locked -p distlock-chaos -- --quick --out target/chaos

@@ -2,13 +2,16 @@
 //!
 //! distlock beside the raw backend floor and beside the peer crate a user would otherwise
 //! pick, on every backend, in one run, against servers the conformance fixtures start
-//! (redis-server, etcd, ZooKeeper, moto's DynamoDB emulator) on loopback.
+//! (redis-server, etcd, ZooKeeper, and DynamoDB on two emulators: moto, which serves one
+//! request at a time, and dynalite, which serves them concurrently) on loopback.
 //!
 //! ```text
 //! cargo run --release -p distlock-bench                      # the full run (several minutes)
 //! cargo run --release -p distlock-bench -- --quick           # a few seconds per backend (CI)
 //! cargo run --release -p distlock-bench -- --backends redis,etcd --md out.md --json out.json
 //! cargo run --release -p distlock-bench -- --backends etcd --only handoff   # one scenario
+//! cargo run --release -p distlock-bench -- --only curves --svg bench-results/curves.svg
+//! cargo run --release -p distlock-bench -- --backends redis --only throughput --contenders distlock
 //! ```
 //!
 //! Measured per backend: uncontended acquire+release latency (p50, p99); throughput over
@@ -23,6 +26,7 @@
 
 mod alloc;
 mod contenders;
+mod curves;
 mod failover;
 mod scenarios;
 mod servers;
@@ -40,6 +44,8 @@ struct Plan {
     latency_rounds: usize,
     keys: usize,
     tasks: Vec<usize>,
+    /// Throughput passes per contender (the median is reported).
+    rounds: usize,
     waiters: Vec<usize>,
     holds: Vec<Duration>,
     handoffs: usize,
@@ -47,8 +53,14 @@ struct Plan {
     window: Duration,
     /// Leader failovers measured per backend.
     failovers: usize,
-    /// Which scenarios run: `latency`, `throughput`, `handoff`, `held`, `failover` (all by
-    /// default).
+    /// The cost curves' points: held locks, and waiters on one key.
+    curve_held: Vec<usize>,
+    curve_waiters: Vec<usize>,
+    /// How long each held-locks point is measured, and hand-offs per waiters point.
+    curve_window: Duration,
+    curve_handoffs: usize,
+    /// Which scenarios run: `latency`, `throughput`, `handoff`, `held`, `failover`, `curves`
+    /// (all by default).
     only: Option<Vec<String>>,
 }
 
@@ -64,12 +76,17 @@ impl Plan {
                 latency_rounds: 200,
                 keys: 400,
                 tasks: vec![1, 16],
+                rounds: 1,
                 waiters: vec![2],
                 holds: vec![Duration::from_millis(10)],
                 handoffs: 6,
                 held: vec![200],
                 window: Duration::from_secs(2),
                 failovers: 1,
+                curve_held: vec![100],
+                curve_waiters: vec![1, 4],
+                curve_window: Duration::from_secs(1),
+                curve_handoffs: 6,
                 only: None,
             }
         } else {
@@ -78,12 +95,17 @@ impl Plan {
                 latency_rounds: 2000,
                 keys: 10_000,
                 tasks: vec![1, 16, 64],
+                rounds: 3,
                 waiters: vec![2, 8, 32],
                 holds: vec![Duration::from_millis(10), Duration::from_millis(50), Duration::from_millis(300)],
                 handoffs: 40,
                 held: vec![1_000, 10_000],
                 window: Duration::from_secs(10),
                 failovers: 5,
+                curve_held: vec![100, 1_000, 10_000, 100_000],
+                curve_waiters: vec![1, 4, 16, 64, 256],
+                curve_window: Duration::from_secs(5),
+                curve_handoffs: 20,
                 only: None,
             }
         }
@@ -129,6 +151,13 @@ pub(crate) struct Cap {
     pub(crate) latency_rounds: usize,
     pub(crate) keys: usize,
     pub(crate) held: usize,
+    /// Waiters on one key in the cost curve.
+    pub(crate) waiters: usize,
+}
+
+/// `sizes`, each at most `cap`, without repeats, in order.
+fn dedup_capped(sizes: &[usize], cap: usize) -> Vec<usize> {
+    sizes.iter().map(|&n| n.min(cap)).collect::<std::collections::BTreeSet<_>>().into_iter().collect()
 }
 
 fn ratio(a: f64, b: f64) -> Value {
@@ -172,6 +201,11 @@ fn machine() -> Value {
         "etcd": version("etcd", &["--version"]),
         "zookeeper": version("sh", &["-c", "dpkg-query -W -f='${Version}' zookeeper 2>/dev/null"]),
         "moto": version(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/pyenv/bin/python"), &["-c", "import moto; print(moto.__version__)"]),
+        "dynalite": std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/dynalite/node_modules/dynalite/package.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
     })
 }
 
@@ -184,18 +218,17 @@ async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
                 latency_rounds: plan.latency_rounds.min(c.latency_rounds),
                 keys: plan.keys.min(c.keys),
                 tasks: plan.tasks.clone(),
+                rounds: plan.rounds,
                 waiters: plan.waiters.clone(),
                 holds: plan.holds.clone(),
                 handoffs: plan.handoffs,
-                held: plan
-                    .held
-                    .iter()
-                    .map(|&n| n.min(c.held))
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
+                held: dedup_capped(&plan.held, c.held),
                 window: plan.window,
                 failovers: plan.failovers,
+                curve_held: dedup_capped(&plan.curve_held, c.held),
+                curve_waiters: dedup_capped(&plan.curve_waiters, c.waiters),
+                curve_window: plan.curve_window,
+                curve_handoffs: plan.curve_handoffs,
                 only: plan.only.clone(),
             };
             &capped
@@ -220,6 +253,9 @@ async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
     }
     if plan.runs("held") {
         held(b, plan, &tag, &mut out).await?;
+    }
+    if plan.runs("curves") {
+        curves::measure(b, plan, &tag, &mut out).await?;
     }
     if plan.runs("failover") {
         let mut rows = Vec::new();
@@ -258,15 +294,29 @@ async fn latency(b: &Backend, plan: &Plan, tag: &str, out: &mut Value) -> Result
     Ok(())
 }
 
+/// Throughput, each contender measured `plan.rounds` times in turn, the order rotated each
+/// round (so none always runs first, right after another's clients went away), and the
+/// median kept: one pass over the keys takes well under a second on a fast backend, and
+/// single passes on this machine vary by tens of percent.
 async fn throughput(b: &Backend, plan: &Plan, tag: &str, out: &mut Value) -> Result<()> {
     let mut tp = Vec::new();
     for &tasks in &plan.tasks {
-        let mut row = json!({"tasks": tasks, "keys": plan.keys});
+        let mut row = json!({"tasks": tasks, "keys": plan.keys, "rounds": plan.rounds});
         let mut ours_ops = f64::NAN;
-        for f in &b.factories {
-            eprintln!("[{}] throughput {} x{tasks}", b.name, f.kind());
-            let ops =
-                scenarios::throughput(f, plan.keys, tasks, &format!("{tag}/{}/{tasks}", f.kind())).await?;
+        let n = b.factories.len();
+        let mut runs = vec![Vec::new(); n];
+        for round in 0..plan.rounds {
+            for k in 0..n {
+                let i = (round + k) % n;
+                let f = &b.factories[i];
+                eprintln!("[{}] throughput {} x{tasks} (round {})", b.name, f.kind(), round + 1);
+                let t = format!("{tag}/{}/{tasks}/{round}", f.kind());
+                runs[i].push(scenarios::throughput(f, plan.keys, tasks, &t).await?);
+            }
+        }
+        for (f, mut r) in b.factories.iter().zip(runs) {
+            r.sort_by(f64::total_cmp);
+            let ops = r[r.len() / 2];
             if f.kind() == "distlock" {
                 ours_ops = ops;
             }
@@ -315,6 +365,7 @@ async fn held(b: &Backend, plan: &Plan, tag: &str, out: &mut Value) -> Result<()
             plan.window,
             &tag_n,
             b.server_requests.as_ref(),
+            true,
         )
         .await
         {
@@ -365,7 +416,7 @@ fn markdown(report: &Value) -> String {
     md.push_str("# distlock-bench results\n\n");
     let m = &report["machine"];
     md.push_str(&format!(
-        "Machine: {} ({} cores), {} GiB, {}. Servers: {}; {}; ZooKeeper {}; moto {}. Mode: {}.\n\n",
+        "Machine: {} ({} cores), {} GiB, {}. Servers: {}; {}; ZooKeeper {}; moto {}; dynalite {}. Mode: {}.\n\n",
         m["cpu"].as_str().unwrap_or(""),
         m["cores"],
         m["memory_gib"],
@@ -374,6 +425,7 @@ fn markdown(report: &Value) -> String {
         m["etcd"].as_str().unwrap_or(""),
         m["zookeeper"].as_str().unwrap_or(""),
         m["moto"].as_str().unwrap_or(""),
+        m["dynalite"].as_str().unwrap_or(""),
         report["mode"].as_str().unwrap_or(""),
     ));
     md.push_str("Client and servers share the machine over loopback: compare the ratios, not the absolute numbers.\n\n");
@@ -422,7 +474,7 @@ fn markdown(report: &Value) -> String {
                 fmt(&r["peer"]["release"])
             ));
         }
-        md.push_str("Throughput (lock+release per second over distinct keys):\n\n| tasks | keys | distlock | floor | peer | ours/floor | ours/peer |\n|---|---|---|---|---|---|---|\n");
+        md.push_str("Throughput (lock+release per second over distinct keys; the median of the passes, each contender in turn, the order rotated each pass):\n\n| tasks | keys | distlock | floor | peer | ours/floor | ours/peer |\n|---|---|---|---|---|---|---|\n");
         for r in b["throughput_ops_per_s"].as_array().into_iter().flatten() {
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} |\n",
@@ -471,6 +523,7 @@ fn markdown(report: &Value) -> String {
                 fmt(&r["list_server_requests"])
             ));
         }
+        md.push_str(&curves::markdown(b, fmt));
         let rows = b["failover"].as_array().cloned().unwrap_or_default();
         if !rows.is_empty() {
             md.push_str(
@@ -506,7 +559,7 @@ const TARGETS: &str = "## Targets (issue 8; reported, not asserted)\n\n\
 - Client memory at most 2 KiB per held lock (read against the one-more-lock column: the other one includes connection pools grown by 64 concurrent acquires).\n";
 
 /// The scenarios `--only` can pick.
-const SCENARIOS: [&str; 5] = ["latency", "throughput", "handoff", "held", "failover"];
+const SCENARIOS: [&str; 6] = ["latency", "throughput", "handoff", "held", "failover", "curves"];
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -520,7 +573,7 @@ async fn main() -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let wanted: Vec<String> = value("--backends")
-        .unwrap_or_else(|| "redis,etcd,zookeeper,dynamodb".into())
+        .unwrap_or_else(|| "redis,etcd,zookeeper,dynamodb,dynalite".into())
         .split(',')
         .map(|s| s.trim().to_owned())
         .collect();
@@ -529,11 +582,20 @@ async fn main() -> Result<()> {
     if let Some(bad) = plan.only.iter().flatten().find(|s| !SCENARIOS.contains(&s.as_str())) {
         anyhow::bail!("--only: unknown scenario {bad:?}; the scenarios are {}", SCENARIOS.join(", "));
     }
+    // Only these contenders (distlock, floor, peer), for profiling one of them.
+    let contenders: Option<Vec<String>> =
+        value("--contenders").map(|s| s.split(',').map(|x| x.trim().to_owned()).collect());
     let mut results = Vec::new();
     let mut keep = Vec::new();
     let mut failed = Vec::new();
     for name in &wanted {
-        let (backend, servers) = servers::start(name).await.with_context(|| format!("starting {name}"))?;
+        let (mut backend, servers) =
+            servers::start(name).await.with_context(|| format!("starting {name}"))?;
+        if let Some(kinds) = &contenders {
+            // distlock stays first where kept: the scenarios read it as the first contender.
+            backend.factories.retain(|f| kinds.iter().any(|k| k == f.kind()));
+            anyhow::ensure!(!backend.factories.is_empty(), "--contenders: none of {kinds:?} runs on {name}");
+        }
         keep.push(servers);
         // One backend failing does not lose the others' results; the run still fails at the end.
         match run_backend(&backend, &plan).await {
@@ -554,6 +616,9 @@ async fn main() -> Result<()> {
     println!("{md}");
     if let Some(p) = value("--md") {
         std::fs::write(&p, &md).with_context(|| format!("writing {p}"))?;
+    }
+    if let Some(p) = value("--svg") {
+        std::fs::write(&p, curves::svg(&report)).with_context(|| format!("writing {p}"))?;
     }
     if let Some(p) = value("--json") {
         std::fs::write(&p, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {p}"))?;

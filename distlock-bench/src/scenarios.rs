@@ -206,7 +206,7 @@ pub struct HeldCost {
 }
 
 /// Takes `n` locks with auto-renewal through `backend` (TTL `ttl`), holds them for `window`,
-/// and measures.
+/// and measures; lists them all once if `list` and the backend can.
 pub async fn held_cost(
     backend: Arc<dyn LockBackend>,
     n: usize,
@@ -214,6 +214,7 @@ pub async fn held_cost(
     window: Duration,
     tag: &str,
     server: Option<&crate::RequestCounter>,
+    list: bool,
 ) -> Result<HeldCost> {
     let extends = Arc::new(AtomicU64::new(0));
     let locks = LockClient::from_arc(Arc::new(Counting { inner: backend, extends: extends.clone() }));
@@ -260,7 +261,7 @@ pub async fn held_cost(
     let lost = guards.iter().filter(|g| !g.is_held()).count();
     anyhow::ensure!(lost == 0, "{lost} of {n} held locks were lost while renewing");
     // Listing them all (paged by the client): time and server requests.
-    let listing = if locks.capabilities().listing {
+    let listing = if list && locks.capabilities().listing {
         let s0 = match server {
             Some(f) => f().await,
             None => None,
@@ -300,7 +301,7 @@ pub async fn held_cost(
 }
 
 /// This process's user+system CPU time (USER_HZ = 100 on Linux).
-fn cpu_seconds() -> f64 {
+pub fn cpu_seconds() -> f64 {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {

@@ -15,15 +15,24 @@ use crate::Backend;
 
 type Keep = Box<dyn Any + Send>;
 
-/// The backend named `name` (`redis`, `etcd`, `zookeeper`, `dynamodb`), and what keeps its
-/// servers running.
+/// The backend named `name` (`redis`, `etcd`, `zookeeper`, `dynamodb` on moto, `dynalite`:
+/// DynamoDB on dynalite), and what keeps its servers running.
 pub async fn start(name: &str) -> Result<(Backend, Keep)> {
     match name {
         "redis" => redis().await,
         "etcd" => etcd().await,
         "zookeeper" | "zk" => zookeeper().await,
-        "dynamodb" | "dynamo" => dynamodb().await,
-        other => Err(anyhow!("unknown backend '{other}' (redis, etcd, zookeeper, dynamodb)")),
+        "dynamodb" | "dynamo" => {
+            let t = fixtures::dynamo::DynamoTarget::get().await?;
+            let url = t.url.clone();
+            dynamodb(Emulator::Moto, url, Box::new(t)).await
+        }
+        "dynalite" => {
+            let t = fixtures::dynamo::DynaliteServer::start().await?;
+            let url = t.endpoint();
+            dynamodb(Emulator::Dynalite, url, Box::new(t)).await
+        }
+        other => Err(anyhow!("unknown backend '{other}' (redis, etcd, zookeeper, dynamodb, dynalite)")),
     }
 }
 
@@ -315,11 +324,19 @@ async fn dynamo_requests_per_op(
     }))
 }
 
-async fn dynamodb() -> Result<(Backend, Keep)> {
-    let t = fixtures::dynamo::DynamoTarget::get().await?;
+/// The DynamoDB emulator a run measures on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Emulator {
+    /// moto's server: one request at a time, expressions parsed slowly.
+    Moto,
+    /// dynalite (Node.js): serves requests concurrently.
+    Dynalite,
+}
+
+async fn dynamodb(emulator: Emulator, url: String, keep: Keep) -> Result<(Backend, Keep)> {
     let table = DYNAMO_TABLE;
     let requests = Arc::new(AtomicU64::new(0));
-    let client = dynamo_client(&t.url, requests.clone());
+    let client = dynamo_client(&url, requests.clone());
     lock_dynamo::DynamoBackend::with_client(client.clone(), lock_dynamo::DynamoOptions::new(table))
         .create_table()
         .await?;
@@ -332,7 +349,7 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
     .create_table()
     .await?;
     let peer = Arc::new(c::DynamoPeer {
-        endpoint: t.url.clone(),
+        endpoint: url.clone(),
         table: peer_table.into(),
         requests: Arc::new(AtomicU64::new(0)),
     });
@@ -349,8 +366,44 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
         },
         "distlock DynamoBackend (conditional UpdateItem with fencing counter + conditional release)".into(),
     ));
+    let peer_note = "peer: dynamodb_lock 0.6.1 (its last release, Nov 2023), built on rusoto 0.47, which is \
+         deprecated; it still builds. Its acquire is a read then a conditional write (2 requests), and a waiter \
+         polls every refresh_period (set to 100 ms, our default poll interval; its default is 10 s)"
+        .to_owned();
+    let (name, notes, cap) = match emulator {
+        Emulator::Moto => (
+            "DynamoDB (moto's emulator)",
+            vec![
+                peer_note,
+                "moto serves one request at a time (see the fixture) at a few ms each: absolute numbers are the \
+                 emulator's, not DynamoDB's, and the sizes are capped (300 latency rounds, 1,000 keys, 200 held \
+                 locks)"
+                    .into(),
+                "moto's time per request grows with the expressions it parses: distlock's acquire and release \
+                 are UpdateItems with conditions (the acquire also bumps the fencing counter; the release keeps \
+                 the item and its counter): timed with boto3 against the same emulator, the acquire's costs it \
+                 2.3x a conditional PutItem and the release's 1.5x a conditional DeleteItem, so here distlock's 2 \
+                 requests per cycle take longer than the peer's 3. On DynamoDB a request costs about one network \
+                 round trip whatever its expression: compare requests per operation"
+                    .into(),
+            ],
+            crate::Cap { latency_rounds: 300, keys: 1_000, held: 200, waiters: 16 },
+        ),
+        Emulator::Dynalite => (
+            "DynamoDB (dynalite)",
+            vec![
+                peer_note,
+                "dynalite (npm, Node.js) serves requests concurrently, in memory (LevelDB in memory); it returns \
+                 no item with a failed condition, so a refused acquire reads the item once (a consistent GetItem) \
+                 to learn the holder's remaining lease: 2 requests per refused attempt here, 1 on DynamoDB. Sizes \
+                 capped (1,000 latency rounds, 5,000 keys, 1,000 held locks)"
+                    .into(),
+            ],
+            crate::Cap { latency_rounds: 1_000, keys: 5_000, held: 1_000, waiters: 64 },
+        ),
+    };
     let b = Backend {
-        name: "DynamoDB (moto's emulator)",
+        name,
         factories: vec![
             ours,
             Arc::new(c::DynamoFloor { client: client.clone(), table: table.into() }),
@@ -359,29 +412,16 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
         ours: Arc::new(move || {
             let c = c2.clone();
             Box::pin(async move {
-                Ok(Arc::new(lock_dynamo::DynamoBackend::with_client(c, lock_dynamo::DynamoOptions::new(table)))
-                    as Arc<dyn LockBackend>)
+                Ok(Arc::new(lock_dynamo::DynamoBackend::with_client(
+                    c,
+                    lock_dynamo::DynamoOptions::new(table),
+                )) as Arc<dyn LockBackend>)
             })
         }),
         server_requests: None,
         held_ttl: Duration::from_secs(10),
-        notes: vec![
-            "peer: dynamodb_lock 0.6.1 (its last release, Nov 2023), built on rusoto 0.47, which is deprecated; \
-             it still builds. Its acquire is a read then a conditional write (2 requests), and a waiter polls \
-             every refresh_period (set to 100 ms, our default poll interval; its default is 10 s)"
-                .into(),
-            "moto serves one request at a time (see the fixture) at a few ms each: absolute numbers are the \
-             emulator's, not DynamoDB's, and the sizes are capped (300 latency rounds, 1,000 keys, 200 held locks)"
-                .into(),
-            "moto's time per request grows with the expressions it parses: distlock's acquire and release are \
-             UpdateItems with conditions (the acquire also bumps the fencing counter; the release keeps the item \
-             and its counter): timed with boto3 against the same emulator, the acquire's costs it 2.3x a \
-             conditional PutItem and the release's 1.5x a conditional DeleteItem, so here distlock's 2 \
-             requests per cycle take longer than the peer's 3. On DynamoDB a request costs about one network \
-             round trip whatever its expression: compare requests per operation"
-                .into(),
-        ],
-        cap: Some(crate::Cap { latency_rounds: 300, keys: 1_000, held: 200 }),
+        notes,
+        cap: Some(cap),
         requests_per_op: Some({
             let (client, requests, peer) = (client.clone(), requests.clone(), peer.clone());
             Arc::new(move || {
@@ -389,7 +429,7 @@ async fn dynamodb() -> Result<(Backend, Keep)> {
                 Box::pin(async move { dynamo_requests_per_op(client, requests, table, peer).await })
             })
         }),
-        reach: vec![crate::failover::Reach { kind: "dynamodb", target: t.url.clone() }],
+        reach: vec![crate::failover::Reach { kind: "dynamodb", target: url.clone() }],
     };
-    Ok((b, Box::new(t)))
+    Ok((b, keep))
 }

@@ -132,7 +132,9 @@
 //!   comes back before the server expired it, its nodes are deleted at once (`getEphemerals`),
 //!   so a lock reported lost is never kept by a session nothing uses (tested). Session expiry,
 //!   failed authentication, or the client closing fire it at once. A grant whose node is
-//!   deleted by someone else fires its own signal.
+//!   deleted by someone else fires its own signal: its node is watched from 100 ms after the
+//!   grant (a grant released sooner sends no watch request), so a deletion in its first
+//!   100 ms is reported when the watch is set.
 //! - A waiter whose session ends (or whose connection breaks) while it waits queues again, on
 //!   a new session if need be, until its deadline: it never holds on a lost session.
 //! - **A crashed holder** blocks others until the server expires its session: one session

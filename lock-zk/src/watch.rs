@@ -96,9 +96,34 @@ impl ZkBackend {
     }
 }
 
+/// How long a held grant goes before its node is watched. A grant released sooner (under
+/// load, most are) costs no watch request, which would otherwise sit in the session's queue
+/// ahead of its release; a deletion by someone else in that time is seen when the watch is
+/// set (the node is found gone), so its loss signal fires at most this much later.
+pub(crate) const WATCH_AFTER: Duration = Duration::from_millis(100);
+
 /// Fires `signal` when the child at `path` is deleted (by our release, by someone else, or
 /// with the session) or the session is lost. After our own release nobody listens any more.
 async fn watch_child(session: Weak<Session>, path: String, signal: LossSignal) {
+    {
+        let Some(s) = session.upgrade() else {
+            signal.fire(LossReason::SessionLost);
+            return;
+        };
+        let lost = s.lost.clone();
+        drop(s);
+        let settled = Box::pin(async {
+            tokio::select! {
+                // Released (its signal fired) or lost before the watch was due: nothing to watch.
+                _ = signal.fired() => true,
+                _ = lost.fired() => { signal.fire(LossReason::SessionLost); true }
+                _ = tokio::time::sleep(WATCH_AFTER) => false,
+            }
+        });
+        if settled.await {
+            return;
+        }
+    }
     loop {
         let Some(s) = session.upgrade() else {
             // The backend (and its session) is gone: so is the child.
