@@ -24,31 +24,8 @@ fn round1(v: f64) -> Value {
 
 /// Sweeps held locks and waiters for `b`'s distlock contender; writes `out["curves"]`.
 pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str, out: &mut Value) -> Result<()> {
-    let mut held = Vec::new();
-    for &n in &plan.curve_held {
-        eprintln!("[{}] curve: holding {n} locks", b.name);
-        let backend = (b.ours)().await?;
-        let got = scenarios::held_cost(
-            backend,
-            n,
-            b.held_ttl,
-            plan.curve_window,
-            &format!("{tag}/curve/{n}"),
-            b.server_requests.as_ref(),
-            false,
-        )
-        .await;
-        held.push(match got {
-            Ok(c) => json!({
-                "locks": n,
-                "server_requests_per_s": c.server_per_s.map(round1),
-                "client_cpu_pct": round1(c.cpu_pct),
-                "client_bytes_per_lock": c.bytes_per_lock_all.round(),
-            }),
-            // Reported, not fatal: an emulator that cannot keep up loses locks.
-            Err(e) => json!({ "locks": n, "error": format!("{e:#}") }),
-        });
-    }
+    // Waiters first: the largest held-locks point leaves the server busy deleting what it
+    // held (a ZooKeeper server took seconds over 100,000 nodes), which would slow the hand-offs.
     let mut waiters = Vec::new();
     let ours = b.factories.iter().find(|f| f.kind() == "distlock");
     for &w in ours.map_or(&[][..], |_| &plan.curve_waiters[..]) {
@@ -75,6 +52,31 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str, out: &mut Value
             "client_cpu_pct": round1((cpu1 - cpu0) / dt * 100.0),
             "server_requests_per_s": s0.zip(s1).map(|(a, z)| round1(z.saturating_sub(a) as f64 / dt)),
         }));
+    }
+    let mut held = Vec::new();
+    for &n in &plan.curve_held {
+        eprintln!("[{}] curve: holding {n} locks", b.name);
+        let backend = (b.ours)().await?;
+        let got = scenarios::held_cost(
+            backend,
+            n,
+            b.held_ttl,
+            plan.curve_window,
+            &format!("{tag}/curve/{n}"),
+            b.server_requests.as_ref(),
+            false,
+        )
+        .await;
+        held.push(match got {
+            Ok(c) => json!({
+                "locks": n,
+                "server_requests_per_s": c.server_per_s.map(round1),
+                "client_cpu_pct": round1(c.cpu_pct),
+                "client_bytes_per_lock": c.bytes_per_lock_all.round(),
+            }),
+            // Reported, not fatal: an emulator that cannot keep up loses locks.
+            Err(e) => json!({ "locks": n, "error": format!("{e:#}") }),
+        });
     }
     out["curves"] = json!({ "held": held, "waiters": waiters });
     Ok(())
