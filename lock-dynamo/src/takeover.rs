@@ -30,11 +30,14 @@ impl DynamoBackend {
 
     /// How long until a lease of `lease` that ends at `expires_at_ms` (the holder's wall
     /// clock) may be taken over by the clock rule: never sooner than `lease` without it.
+    /// Zero only once the wall clock is strictly past expiry + skew, as the acquire's
+    /// condition (`expiry < now - skew`) requires: otherwise `inspect` could call a lock free
+    /// in the very millisecond an acquire is still refused (seen on dynalite in CI).
     fn by_clock(&self, lease: Duration, expires_at_ms: Option<u64>) -> Duration {
         match (self.inner.opts.takeover, expires_at_ms) {
             (Takeover::Clock { max_skew }, Some(exp)) => {
                 let cutoff = exp.saturating_add(ms(max_skew));
-                lease.min(Duration::from_millis(cutoff.saturating_sub(wall_ms())))
+                lease.min(Duration::from_millis(cutoff.saturating_add(1).saturating_sub(wall_ms())))
             }
             _ => lease,
         }
