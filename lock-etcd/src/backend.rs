@@ -373,6 +373,7 @@ impl LockBackend for EtcdBackend {
             .with_elections(true)
             .with_holder_metadata(true)
             .with_listing(true)
+            .with_atomic_multi_key(true)
             .with_fair_queueing(true)
             .with_wake(WakeMode::Notify)
             .with_ttl_granularity(Duration::from_secs(1))
@@ -406,6 +407,11 @@ impl LockBackend for EtcdBackend {
                 Err(e)
             }
         }
+    }
+
+    /// One transaction puts every name's queue key and reads every queue (see `multi.rs`).
+    async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
+        self.try_lock_all(reqs).await
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {

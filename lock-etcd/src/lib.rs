@@ -47,6 +47,11 @@
 //! it on the same lease (`metadata.rs`); the other primitives keep it in their own key.
 //! `list(prefix)` reads the keys under the prefix and each queue's holders by its rule.
 //!
+//! Multi-key locks: the first try is one transaction that puts every name's queue key and
+//! reads every queue; it holds them all when each key is its queue's oldest contender, and
+//! otherwise deletes them and the client takes the names one at a time in canonical order
+//! (`multi.rs`).
+//!
 //! ## Leases
 //! [`LeaseMode::Session`] (the default): one lease per client, kept alive by one keep-alive
 //! stream about every TTL/3 and shared by all the client's locks. Renewing them costs one
@@ -160,6 +165,7 @@ mod layout;
 mod list;
 mod local;
 mod metadata;
+mod multi;
 mod options;
 mod queue;
 mod session;

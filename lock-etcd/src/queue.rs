@@ -204,19 +204,30 @@ impl EtcdBackend {
         Ok(self.enqueue_lock(e).await?.map(|(mine, owner)| (mine, mine == owner)))
     }
 
+    /// What a lock attempt's transaction does when its key is new: put the key, read the
+    /// queue's oldest keys (the owner is the oldest contender among them; keys of nested locks
+    /// are skipped, see `layout`), put the holder metadata. The read is the second operation.
+    pub(crate) fn lock_ops(&self, e: &QueueEntry) -> [RequestOp; 3] {
+        let my_key = e.my_key.as_str();
+        [
+            RequestOp::put(my_key, e.owner.to_string(), e.lease),
+            Self::oldest_keys(e),
+            RequestOp::put(self.meta_key(my_key), e.meta.clone(), e.lease),
+        ]
+    }
+
+    /// A read of the oldest keys of the entry's queue, inside a transaction.
+    fn oldest_keys(e: &QueueEntry) -> RequestOp {
+        let oldest = RangeRequest::prefix(e.pfx.as_str()).oldest_first().with_limit(PAGE);
+        RequestOp::range(oldest.without_values())
+    }
+
     /// [`enqueue`](Self::enqueue) for the lock: (our create revision, the owner's).
     async fn enqueue_lock(&self, e: &QueueEntry) -> Result<Option<(i64, i64)>> {
         let (my_key, owner) = (e.my_key.as_str(), e.owner.to_string());
-        // The oldest keys under the prefix, in the same transaction; the owner is the oldest
-        // contender among them (keys of nested locks are skipped, see `layout`).
-        let owner_get = || {
-            let oldest = RangeRequest::prefix(e.pfx.as_str()).oldest_first().with_limit(PAGE);
-            RequestOp::range(oldest.without_values())
-        };
-        let meta = RequestOp::put(self.meta_key(my_key), e.meta.clone(), e.lease);
         let txn = TxnRequest::when([Compare::create_revision_is(my_key, 0)])
-            .and_then([RequestOp::put(my_key, owner.as_str(), e.lease), owner_get(), meta])
-            .or_else([RequestOp::range(RangeRequest::key(my_key)), owner_get()]);
+            .and_then(self.lock_ops(e))
+            .or_else([RequestOp::range(RangeRequest::key(my_key)), Self::oldest_keys(e)]);
         // A key of ours with another owner token is an orphan: the callers hold the name's
         // local slot (session mode) or a fresh lease (per-lock mode), so no live attempt or
         // guard of this client owns it. It is the put of a cancelled attempt that reached the
@@ -246,7 +257,12 @@ impl EtcdBackend {
     /// The create revision of the owner (the oldest contender), from the transaction's read
     /// of the oldest keys and, when that page held only keys of nested locks, the pages after
     /// it (keys up to `my_rev`, which is among them). 0 when none is found: not ours.
-    async fn owner_rev(&self, pfx: &str, read: Option<&RangeResponse>, my_rev: i64) -> Result<i64> {
+    pub(crate) async fn owner_rev(
+        &self,
+        pfx: &str,
+        read: Option<&RangeResponse>,
+        my_rev: i64,
+    ) -> Result<i64> {
         let Some(r) = read else { return Ok(0) };
         if let Some(kv) = r.kvs.iter().find(|kv| is_contender(pfx, kv)) {
             return Ok(kv.create_revision);

@@ -1,0 +1,100 @@
+//! A multi-key lock's first try is one transaction: every name's queue key put and every
+//! queue read in one request, in both lease modes; names held by nested locks do not refuse
+//! it; a name held elsewhere leaves nothing behind.
+
+mod support;
+
+use std::time::Duration;
+
+use conformance_tests::fixtures::etcd::EtcdCluster;
+use lock_core::ReleaseOutcome;
+use lock_etcd::LeaseMode;
+use support::{client, MODES};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The sum of etcd's `grpc_server_handled_total` for `method`, from its metrics endpoint.
+async fn handled(endpoint: &str, method: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body.lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{"))
+        .filter(|l| l.contains(&format!("grpc_method=\"{method}\"")))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_multi_key_lock_is_one_transaction() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let c = client(&eps, LeaseMode::Session).await;
+    // The session's lease is granted by a first lock.
+    let _ = c.lock("warm-up").try_acquire().await.expect("warm-up").expect("free").release().await;
+    let kv = |m| handled(&eps[0], m);
+    let before = (kv("Txn").await, kv("Range").await + kv("Put").await + kv("DeleteRange").await);
+    let g = c.lock_all(["m/a", "m/b", "m/c", "m/d"]).ttl(LONG).try_acquire().await.expect("try");
+    let after = (kv("Txn").await, kv("Range").await + kv("Put").await + kv("DeleteRange").await);
+    let g = g.expect("four free names");
+    assert_eq!(after.0 - before.0, 1.0, "the multi-key try sent {} transactions", after.0 - before.0);
+    assert_eq!(after.1 - before.1, 0.0, "the multi-key try sent other KV requests");
+    let tokens = g.fencing_tokens();
+    assert_eq!(tokens.len(), 4);
+    assert!(tokens.iter().all(|(_, t)| *t == tokens[0].1), "one transaction: one create revision");
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_name_refuses_the_try_and_leaves_nothing_behind() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    for mode in MODES {
+        let (a, b) = (client(&eps, mode).await, client(&eps, mode).await);
+        let p = format!("{mode:?}");
+        let names = [format!("{p}/x"), format!("{p}/y"), format!("{p}/z")];
+        let held = a.lock(&names[1]).ttl(LONG).acquire().await.expect("y");
+        assert!(
+            b.lock_all(&names).ttl(LONG).try_acquire().await.expect("try").is_none(),
+            "{mode:?}: y is held"
+        );
+        for n in [&names[0], &names[2]] {
+            assert!(a.inspect(n).await.expect("inspect").is_none(), "{mode:?}: {n} was left held");
+        }
+        // The same client again, at once: its own earlier keys must not be in the way.
+        assert!(b.lock_all(&names).ttl(LONG).try_acquire().await.expect("try").is_none());
+        assert_eq!(held.release().await.expect("release"), ReleaseOutcome::Released);
+        let g = b.lock_all(&names).ttl(LONG).try_acquire().await.expect("try").expect("all free now");
+        let tokens: Vec<u64> = g.fencing_tokens().iter().map(|(_, t)| t.get()).collect();
+        assert_eq!(tokens.len(), 3);
+        assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_locks_do_not_refuse_a_multi_key_lock() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    for mode in MODES {
+        let (a, b) = (client(&eps, mode).await, client(&eps, mode).await);
+        let base = format!("nest-{mode:?}");
+        // More nested keys than one page of the transaction's queue read (32).
+        let mut held = Vec::new();
+        for i in 0..40 {
+            held.push(a.lock(&format!("{base}/one/n{i}")).ttl(LONG).acquire().await.expect("nested"));
+        }
+        held.push(a.lock(&format!("{base}/two/694d8a0b8c2a1f03")).ttl(LONG).acquire().await.expect("nested"));
+        let names = [format!("{base}/one"), format!("{base}/two")];
+        let g = b.lock_all(&names).ttl(LONG).try_acquire().await.expect("try");
+        let g = g.unwrap_or_else(|| panic!("{mode:?}: nested locks refused the multi-key lock"));
+        // And the names are truly held: another client's lock on one is refused.
+        assert!(a.lock(&names[0]).try_acquire().await.expect("try").is_none(), "{mode:?}: not exclusive");
+        assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+        for h in held {
+            let _ = h.release().await;
+        }
+    }
+}
