@@ -295,6 +295,22 @@ fn zk_dir(key: &str) -> String {
     format!("/bench/{}", key.replace('/', "_"))
 }
 
+/// The floor's ephemeral sequential child `n-` of `dir` (made when missing).
+pub(crate) async fn zk_floor_create(
+    zk: &zookeeper_client::Client,
+    dir: &str,
+) -> Result<(zookeeper_client::Stat, zookeeper_client::CreateSequence)> {
+    use zookeeper_client::{Acls, CreateMode};
+    let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+    Ok(match zk.create(&format!("{dir}/n-"), b"", &opts).await {
+        Err(zookeeper_client::Error::NoNode) => {
+            let _ = zk.mkdir(dir, &CreateMode::Persistent.with_acls(Acls::anyone_all())).await;
+            zk.create(&format!("{dir}/n-"), b"", &opts).await?
+        }
+        other => other?,
+    })
+}
+
 /// ZooKeeper floor: create an ephemeral sequential child, list the children, delete it.
 pub struct ZkFloor {
     pub connect: String,
@@ -305,16 +321,8 @@ struct ZkFloorC(zookeeper_client::Client);
 #[async_trait]
 impl Contender for ZkFloorC {
     async fn cycle(&self, key: &str) -> Result<()> {
-        use zookeeper_client::{Acls, CreateMode};
         let dir = zk_dir(key);
-        let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
-        let created = match self.0.create(&format!("{dir}/n-"), b"", &opts).await {
-            Err(zookeeper_client::Error::NoNode) => {
-                let _ = self.0.mkdir(&dir, &CreateMode::Persistent.with_acls(Acls::anyone_all())).await;
-                self.0.create(&format!("{dir}/n-"), b"", &opts).await?
-            }
-            other => other?,
-        };
+        let created = zk_floor_create(&self.0, &dir).await?;
         let children = self.0.list_children(&dir).await?;
         if children.len() != 1 {
             return Err(anyhow!("floor: {key} was held"));
@@ -395,6 +403,52 @@ impl Factory for ZkPeer {
 
 // --- DynamoDB ------------------------------------------------------------------------------
 
+/// The floor's conditional `PutItem` of `key` for `token`: `false` when the item exists.
+pub(crate) async fn dynamo_floor_put(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &str,
+    token: &str,
+) -> Result<bool> {
+    use aws_sdk_dynamodb::types::AttributeValue as V;
+    let put = client
+        .put_item()
+        .table_name(table)
+        .item("lock_key", V::S(key.to_owned()))
+        .item("owner", V::S(token.to_owned()))
+        .condition_expression("attribute_not_exists(lock_key)")
+        .send()
+        .await;
+    match put {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+            Ok(false)
+        }
+        Err(e) => Err(e).context("floor put"),
+    }
+}
+
+/// The floor's `DeleteItem` of `key`, on the condition that `token` still owns it.
+pub(crate) async fn dynamo_floor_delete(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &str,
+    token: &str,
+) -> Result<()> {
+    use aws_sdk_dynamodb::types::AttributeValue as V;
+    client
+        .delete_item()
+        .table_name(table)
+        .key("lock_key", V::S(key.to_owned()))
+        .condition_expression("#o = :o")
+        .expression_attribute_names("#o", "owner")
+        .expression_attribute_values(":o", V::S(token.to_owned()))
+        .send()
+        .await
+        .context("floor delete")?;
+    Ok(())
+}
+
 /// DynamoDB floor: a conditional put (no owner yet), then a conditional delete.
 pub struct DynamoFloor {
     pub client: aws_sdk_dynamodb::Client,
@@ -406,29 +460,10 @@ struct DynamoFloorC(aws_sdk_dynamodb::Client, String);
 #[async_trait]
 impl Contender for DynamoFloorC {
     async fn cycle(&self, key: &str) -> Result<()> {
-        use aws_sdk_dynamodb::types::AttributeValue as V;
         let token = uuid::Uuid::new_v4().simple().to_string();
         let k = format!("floor/{key}");
-        self.0
-            .put_item()
-            .table_name(&self.1)
-            .item("lock_key", V::S(k.clone()))
-            .item("owner", V::S(token.clone()))
-            .condition_expression("attribute_not_exists(lock_key)")
-            .send()
-            .await
-            .context("floor put")?;
-        self.0
-            .delete_item()
-            .table_name(&self.1)
-            .key("lock_key", V::S(k))
-            .condition_expression("#o = :o")
-            .expression_attribute_names("#o", "owner")
-            .expression_attribute_values(":o", V::S(token))
-            .send()
-            .await
-            .context("floor delete")?;
-        Ok(())
+        anyhow::ensure!(dynamo_floor_put(&self.0, &self.1, &k, &token).await?, "floor: {key} was held");
+        dynamo_floor_delete(&self.0, &self.1, &k, &token).await
     }
     async fn lock_wait(&self, _key: &str) -> Result<Option<Box<dyn Held>>> {
         Ok(None)

@@ -27,31 +27,25 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str, out: &mut Value
     // Waiters first: the largest held-locks point leaves the server busy deleting what it
     // held (a ZooKeeper server took seconds over 100,000 nodes), which would slow the hand-offs.
     let mut waiters = Vec::new();
-    let ours = b.factories.iter().find(|f| f.kind() == "distlock");
-    for &w in ours.map_or(&[][..], |_| &plan.curve_waiters[..]) {
-        let Some(ours) = ours else { break };
-        eprintln!("[{}] curve: hand-off with {w} waiters", b.name);
-        let s0 = match &b.server_requests {
-            Some(f) => f().await,
-            None => None,
-        };
-        let (cpu0, t0) = (scenarios::cpu_seconds(), Instant::now());
-        let key = format!("{tag}/curve/ho/{w}");
-        let got = scenarios::handoff(ours, w, HOLD, plan.curve_handoffs, &key).await?;
-        let (cpu1, dt) = (scenarios::cpu_seconds(), t0.elapsed().as_secs_f64());
-        let s1 = match &b.server_requests {
-            Some(f) => f().await,
-            None => None,
-        };
-        let Some((p50, p99)) = got else { continue };
-        waiters.push(json!({
-            "waiters": w,
-            "hold_ms": HOLD.as_millis() as u64,
-            "p50": p50,
-            "p99": p99,
-            "client_cpu_pct": round1((cpu1 - cpu0) / dt * 100.0),
-            "server_requests_per_s": s0.zip(s1).map(|(a, z)| round1(z.saturating_sub(a) as f64 / dt)),
-        }));
+    if let Some(ours) = b.factories.iter().find(|f| f.kind() == "distlock") {
+        for &w in &plan.curve_waiters {
+            eprintln!("[{}] curve: hand-off with {w} waiters", b.name);
+            let s0 = scenarios::server_count(b.server_requests.as_ref()).await;
+            let (cpu0, t0) = (scenarios::cpu_seconds(), Instant::now());
+            let key = format!("{tag}/curve/ho/{w}");
+            let got = scenarios::handoff(ours, w, HOLD, plan.curve_handoffs, &key).await?;
+            let (cpu1, dt) = (scenarios::cpu_seconds(), t0.elapsed().as_secs_f64());
+            let s1 = scenarios::server_count(b.server_requests.as_ref()).await;
+            let Some((p50, p99)) = got else { continue };
+            waiters.push(json!({
+                "waiters": w,
+                "hold_ms": HOLD.as_millis() as u64,
+                "p50": p50,
+                "p99": p99,
+                "client_cpu_pct": round1((cpu1 - cpu0) / dt * 100.0),
+                "server_requests_per_s": s0.zip(s1).map(|(a, z)| round1(z.saturating_sub(a) as f64 / dt)),
+            }));
+        }
     }
     let mut held = Vec::new();
     for &n in &plan.curve_held {

@@ -20,7 +20,9 @@
 //! (server requests and extend calls per second, client CPU, client memory per lock) and what
 //! listing them all takes; and leader failover, a leader process killed with SIGKILL while a
 //! candidate waits and an observer watches (time to the new leader, beside the backend's
-//! claimed bound). Numbers
+//! claimed bound); semaphores (uncontended latency for N = 1, 8, 64, throughput on one name
+//! with 1, 16, 64 tasks) and read-write locks (read lock throughput with 64 readers, writer to
+//! readers hand-off), each beside the floor of one permit (`primitives.rs`). Numbers
 //! are reported with ratios against the floor and the peer, and the targets of issue 8 beside
 //! them; nothing is asserted.
 
@@ -28,6 +30,7 @@ mod alloc;
 mod contenders;
 mod curves;
 mod failover;
+mod primitives;
 mod scenarios;
 mod servers;
 
@@ -59,8 +62,15 @@ struct Plan {
     /// How long each held-locks point is measured, and hand-offs per waiters point.
     curve_window: Duration,
     curve_handoffs: usize,
-    /// Which scenarios run: `latency`, `throughput`, `handoff`, `held`, `failover`, `curves`
-    /// (all by default).
+    /// Semaphore sizes measured, how long each throughput point runs, readers in the read
+    /// lock throughput, and readers and rounds of the writer-to-readers hand-off.
+    permits: Vec<u32>,
+    prim_window: Duration,
+    readers: usize,
+    rw_readers: usize,
+    rw_handoffs: usize,
+    /// Which scenarios run: `latency`, `throughput`, `handoff`, `held`, `failover`, `curves`,
+    /// `primitives` (all by default).
     only: Option<Vec<String>>,
 }
 
@@ -73,20 +83,25 @@ impl Plan {
         if quick {
             Self {
                 quick,
-                latency_rounds: 200,
-                keys: 400,
+                latency_rounds: 100,
+                keys: 150,
                 tasks: vec![1, 16],
                 rounds: 1,
                 waiters: vec![2],
                 holds: vec![Duration::from_millis(10)],
                 handoffs: 6,
                 held: vec![200],
-                window: Duration::from_secs(2),
+                window: Duration::from_secs(1),
                 failovers: 1,
                 curve_held: vec![100],
                 curve_waiters: vec![1, 4],
                 curve_window: Duration::from_secs(1),
                 curve_handoffs: 6,
+                permits: vec![8],
+                prim_window: Duration::from_millis(500),
+                readers: 16,
+                rw_readers: 4,
+                rw_handoffs: 2,
                 only: None,
             }
         } else {
@@ -106,6 +121,11 @@ impl Plan {
                 curve_waiters: vec![1, 4, 16, 64, 256],
                 curve_window: Duration::from_secs(5),
                 curve_handoffs: 20,
+                permits: vec![1, 8, 64],
+                prim_window: Duration::from_secs(3),
+                readers: 64,
+                rw_readers: 16,
+                rw_handoffs: 20,
                 only: None,
             }
         }
@@ -143,6 +163,8 @@ pub(crate) struct Backend {
     /// one: the Redis run also measures Redlock and the file backend, which have no run of
     /// their own).
     pub(crate) reach: Vec<failover::Reach>,
+    /// The floor of a semaphore permit on this store.
+    pub(crate) permit_floor: Option<primitives::PermitFloors>,
 }
 
 /// Upper bounds on a plan's sizes.
@@ -229,6 +251,11 @@ async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
                 curve_waiters: dedup_capped(&plan.curve_waiters, c.waiters),
                 curve_window: plan.curve_window,
                 curve_handoffs: plan.curve_handoffs,
+                permits: plan.permits.clone(),
+                prim_window: plan.prim_window,
+                readers: plan.readers,
+                rw_readers: plan.rw_readers,
+                rw_handoffs: plan.rw_handoffs,
                 only: plan.only.clone(),
             };
             &capped
@@ -256,6 +283,9 @@ async fn run_backend(b: &Backend, plan: &Plan) -> Result<Value> {
     }
     if plan.runs("curves") {
         curves::measure(b, plan, &tag, &mut out).await?;
+    }
+    if plan.runs("primitives") {
+        out["primitives"] = primitives::measure(b, plan, &tag).await?;
     }
     if plan.runs("failover") {
         let mut rows = Vec::new();
@@ -524,6 +554,7 @@ fn markdown(report: &Value) -> String {
             ));
         }
         md.push_str(&curves::markdown(b, fmt));
+        md.push_str(&primitives::markdown(b, fmt));
         let rows = b["failover"].as_array().cloned().unwrap_or_default();
         if !rows.is_empty() {
             md.push_str(
@@ -559,7 +590,7 @@ const TARGETS: &str = "## Targets (issue 8; reported, not asserted)\n\n\
 - Client memory at most 2 KiB per held lock (read against the one-more-lock column: the other one includes connection pools grown by 64 concurrent acquires).\n";
 
 /// The scenarios `--only` can pick.
-const SCENARIOS: [&str; 6] = ["latency", "throughput", "handoff", "held", "failover", "curves"];
+const SCENARIOS: [&str; 7] = ["latency", "throughput", "handoff", "held", "failover", "curves", "primitives"];
 
 #[tokio::main]
 async fn main() -> Result<()> {

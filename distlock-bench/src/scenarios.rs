@@ -14,6 +14,14 @@ use lock_core::{
 
 use crate::contenders::{Factory, Held};
 
+/// The server's request count now, where it has a counter.
+pub(crate) async fn server_count(server: Option<&crate::RequestCounter>) -> Option<u64> {
+    match server {
+        Some(f) => f().await,
+        None => None,
+    }
+}
+
 /// Percentile `q` of `samples` (sorted in place), in milliseconds.
 pub fn pct_ms(samples: &mut [Duration], q: f64) -> f64 {
     if samples.is_empty() {
@@ -247,32 +255,20 @@ pub async fn held_cost(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(ttl / 10).await;
-    let s0 = match server {
-        Some(f) => f().await,
-        None => None,
-    };
+    let s0 = server_count(server).await;
     let (e0, cpu0, t0) = (extends.load(Ordering::Relaxed), cpu_seconds(), Instant::now());
     tokio::time::sleep(window).await;
     let (e1, cpu1, dt) = (extends.load(Ordering::Relaxed), cpu_seconds(), t0.elapsed().as_secs_f64());
-    let s1 = match server {
-        Some(f) => f().await,
-        None => None,
-    };
+    let s1 = server_count(server).await;
     let lost = guards.iter().filter(|g| !g.is_held()).count();
     anyhow::ensure!(lost == 0, "{lost} of {n} held locks were lost while renewing");
     // Listing them all (paged by the client): time and server requests.
     let listing = if list && locks.capabilities().listing {
-        let s0 = match server {
-            Some(f) => f().await,
-            None => None,
-        };
+        let s0 = server_count(server).await;
         let t0 = Instant::now();
         let found = locks.list(&format!("{tag}/held/")).await?.len();
         let ms = t0.elapsed().as_secs_f64() * 1e3;
-        let s1 = match server {
-            Some(f) => f().await,
-            None => None,
-        };
+        let s1 = server_count(server).await;
         anyhow::ensure!(found == n, "list found {found} of {n} held locks");
         // The counter reads themselves are requests too (one before, one after).
         let requests = s0.zip(s1).map(|(a, z)| z.saturating_sub(a).saturating_sub(1));

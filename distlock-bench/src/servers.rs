@@ -114,6 +114,7 @@ async fn redis() -> Result<(Backend, Keep)> {
             crate::failover::Reach { kind: "redlock", target: redlock_url },
             crate::failover::Reach { kind: "file", target: files.path().display().to_string() },
         ],
+        permit_floor: Some(crate::primitives::redis_floors(url.clone())),
     };
     Ok((b, Box::new((t, masters, files))))
 }
@@ -156,6 +157,7 @@ async fn etcd() -> Result<(Backend, Keep)> {
         cap: None,
         requests_per_op: None,
         reach: vec![crate::failover::Reach { kind: "etcd", target: eps.join(",") }],
+        permit_floor: Some(crate::primitives::etcd_floors(eps.clone())),
     };
     Ok((b, Box::new(cluster)))
 }
@@ -214,6 +216,7 @@ async fn zookeeper() -> Result<(Backend, Keep)> {
         cap: None,
         requests_per_op: None,
         reach: vec![crate::failover::Reach { kind: "zookeeper", target: connect.clone() }],
+        permit_floor: Some(crate::primitives::zk_floors(connect.clone())),
     };
     Ok((b, Box::new(t)))
 }
@@ -430,6 +433,7 @@ async fn dynamodb(emulator: Emulator, url: String, keep: Keep) -> Result<(Backen
             })
         }),
         reach: vec![crate::failover::Reach { kind: "dynamodb", target: url.clone() }],
+        permit_floor: Some(crate::primitives::dynamo_floors(client.clone(), table.into())),
     };
     Ok((b, keep))
 }

@@ -294,9 +294,12 @@ async fn free_given_up(session: std::sync::Weak<Session>, mut states: zookeeper_
             return;
         }
     };
+    // Sent together: the session pipelines them, so thousands of nodes cost one round trip's
+    // wait, not thousands.
+    let results = futures::future::join_all(nodes.iter().map(|path| s.client.delete(path, None))).await;
     let mut deleted = 0;
-    for path in &nodes {
-        match s.client.delete(path, None).await {
+    for (path, r) in nodes.iter().zip(results) {
+        match r {
             Ok(()) => deleted += 1,
             Err(zookeeper_client::Error::NoNode) => {}
             Err(e) => {

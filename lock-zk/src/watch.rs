@@ -100,7 +100,7 @@ impl ZkBackend {
 /// load, most are) costs no watch request, which would otherwise sit in the session's queue
 /// ahead of its release; a deletion by someone else in that time is seen when the watch is
 /// set (the node is found gone), so its loss signal fires at most this much later.
-pub(crate) const WATCH_AFTER: Duration = Duration::from_millis(100);
+const WATCH_AFTER: Duration = Duration::from_millis(100);
 
 /// Fires `signal` when the child at `path` is deleted (by our release, by someone else, or
 /// with the session) or the session is lost. After our own release nobody listens any more.
