@@ -87,6 +87,7 @@ async fn measure_block(
         let (granted, _fence): (i64, String) = lock_redis::scripts::ACQUIRE
             .key("{bench/same}")
             .key("{bench/same}:fence")
+            .key("{bench/same}:q")
             .arg(&owner)
             .arg(30_000)
             .invoke_async(con)
@@ -94,8 +95,13 @@ async fn measure_block(
             .expect("acquire script");
         let released: i64 = lock_redis::scripts::RELEASE
             .key("{bench/same}")
+            .key("{bench/same}:fence")
+            .key("{bench/same}:q")
             .arg(&owner)
             .arg("{bench/same}:released")
+            .arg("l")
+            .arg("0")
+            .arg(format!("{owner} bench:wake"))
             .invoke_async(con)
             .await
             .expect("release script");

@@ -38,11 +38,17 @@ fn us(d: Duration) -> f64 {
 /// One raw semaphore round on `name` with `n` permits: the acquire and release scripts.
 async fn raw_permit(con: &mut Connection, name: &str, n: u32) {
     let owner = OwnerToken::random().to_string();
-    let keys = [format!("{{{name}}}:sem"), format!("{{{name}}}:sem:info"), format!("{{{name}}}:sem:fence")];
+    let keys = [
+        format!("{{{name}}}:sem"),
+        format!("{{{name}}}:sem:info"),
+        format!("{{{name}}}:sem:fence"),
+        format!("{{{name}}}:sem:q"),
+    ];
     let (granted, _): (i64, String) = semaphore::ACQUIRE
         .key(&keys[0])
         .key(&keys[1])
         .key(&keys[2])
+        .key(&keys[3])
         .arg(&owner)
         .arg(30_000)
         .arg(n)
@@ -53,8 +59,12 @@ async fn raw_permit(con: &mut Connection, name: &str, n: u32) {
         .key(&keys[0])
         .key(&keys[1])
         .key(&keys[2])
+        .key(&keys[3])
         .arg(&owner)
         .arg(format!("{{{name}}}:sem:released"))
+        .arg("p")
+        .arg("0")
+        .arg(format!("{owner} bench:wake"))
         .invoke_async(con)
         .await
         .expect("release script");

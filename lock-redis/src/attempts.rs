@@ -71,7 +71,7 @@ where
             return Err(last_err.unwrap_or_else(|| timed_out(key, start)));
         }
         let subs = subscribe(confirm.min(left)).await;
-        let wakers: Vec<&Notify> = subs.iter().map(|s| &*s.notify).collect();
+        let wakers: Vec<&Notify> = subs.iter().flat_map(Subscription::wakers).collect();
         lock_core::wait_for_lock(&wakers, key, deadline, MAX_POLL, &mut noted).await
     }
     .await;

@@ -41,7 +41,9 @@ const OBSERVE_POLL: Duration = Duration::from_secs(1);
 ///   deadline, and then tries again. It still retries at the holder's expiry and at least
 ///   every 250 ms, so an expired holder, a foreign client that never publishes or a pub/sub
 ///   connection that is down cannot stall it. A waiting acquire returns by its deadline plus
-///   at most one request timeout.
+///   at most one request timeout. A release of a lock or a permit wakes one waiter: the one
+///   its script takes out of the name's queue of waiters, where waiting attempts register
+///   (see [`scripts`](crate::scripts)); the others keep polling meanwhile.
 /// - One multiplexed, self-reconnecting connection carries every command.
 /// - Mutual exclusion is as strong as the server: with replication, a failover that loses
 ///   the last writes can grant a lock twice (use Redlock, etcd or ZooKeeper if that matters);
@@ -122,12 +124,22 @@ impl RedisBackend {
     /// same connection, so it runs after the acquire. A failed attempt is not undone here: the
     /// waiting loop retries with the same owner token (the script then returns the grant it
     /// already made); the callers undo once no retry follows.
-    async fn attempt(&self, req: &AcquireRequest, intent: Option<Duration>) -> Result<Attempt> {
+    ///
+    /// `waiting`: an attempt of a waiting acquire, registered in the queue of waiters when the
+    /// lock or the semaphore is held, so that a release wakes it (see
+    /// [`scripts`](crate::scripts)).
+    async fn attempt(
+        &self,
+        req: &AcquireRequest,
+        intent: Option<Duration>,
+        waiting: bool,
+    ) -> Result<Attempt> {
         let keys = self.keys(&req.key, req.mode)?;
         let sent = Instant::now();
         let undo = arm(self.releaser(vec![keys.clone()], req.owner));
         let meta = meta_arg(&req.metadata);
-        let reply = self.node().acquire(&keys, req.owner, req.ttl, extra(req, intent), &meta).await;
+        let waiting = waiting.then(|| self.writer_intent_ttl());
+        let reply = self.node().acquire(&keys, req.owner, req.ttl, extra(req, intent), &meta, waiting).await;
         undo.disarm();
         Ok(match reply? {
             NodeGrant::Granted(f) => Attempt::Acquired(
@@ -182,7 +194,7 @@ impl LockBackend for RedisBackend {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let attempt = self.attempt(req, None).await;
+        let attempt = self.attempt(req, None, false).await;
         if let Err(Error::Backend { .. }) = attempt {
             // The script may have run although the reply was lost or came too late: release by
             // owner token before returning the error. The release travels on the same
@@ -204,14 +216,15 @@ impl LockBackend for RedisBackend {
             node.timeout(),
             |bound| {
                 let keys = &keys;
-                async move { vec![node.watch(keys, bound).await] }
+                async move { vec![node.watch(keys, bound, Some(req.owner)).await] }
             },
-            || self.attempt(req, intent),
+            || self.attempt(req, intent, true),
             undo,
         )
         .await;
-        if res.is_err() && intent.is_some() {
-            // A writer that gives up withdraws its intent now rather than when it lapses.
+        if res.is_err() && (intent.is_some() || keys.queue.is_some()) {
+            // A writer that gives up withdraws its intent, and a waiter its place in the queue
+            // of waiters, now rather than when they lapse.
             let _ = node.release(&keys, req.owner).await;
         }
         res
@@ -299,7 +312,7 @@ impl LockBackend for RedisBackend {
             return Ok(None);
         }
         let keys = self.keys(key, mode)?;
-        let sub = self.node().watch(&keys, self.node().timeout()).await;
+        let sub = self.node().watch(&keys, self.node().timeout(), None).await;
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let this = self.clone();
         tokio::spawn(async move {

@@ -66,6 +66,9 @@ pub(crate) struct Keys {
     pub(crate) all: Vec<String>,
     /// The release channel of the primitive.
     pub(crate) channel: String,
+    /// The queue of waiters, where a release wakes one waiter (the lock and the semaphore;
+    /// see [`scripts`](crate::scripts)); `None` where a release wakes every waiter.
+    pub(crate) queue: Option<String>,
 }
 
 impl Keys {
@@ -101,7 +104,15 @@ impl Keys {
     fn at(prefix: &str, full: &str, mode: Mode, (stem, names): Layout) -> Self {
         let stem = format!("{prefix}{{{full}}}{stem}");
         let all = names.iter().map(|n| format!("{stem}{n}")).collect();
-        Self { mode, all, channel: format!("{stem}:released") }
+        let queue = matches!(mode, Mode::Exclusive | Mode::Permit { .. }).then(|| format!("{stem}:q"));
+        Self { mode, all, channel: format!("{stem}:released"), queue }
+    }
+
+    /// These keys with every waiter woken by a release (no queue of waiters): Redlock's, whose
+    /// masters' queues would each pick another waiter.
+    pub(crate) fn waking_all(mut self) -> Self {
+        self.queue = None;
+        self
     }
 
     /// The primitive's fencing counter (the last of its keys in every layout).
@@ -133,6 +144,15 @@ impl Keys {
     pub(crate) fn add_to(&self, inv: &mut ScriptInvocation<'_>) {
         for k in &self.all {
             inv.key(k);
+        }
+    }
+
+    /// Adds every key and then the queue of waiters, if any, to `inv` (the acquire and release
+    /// scripts).
+    pub(crate) fn add_with_queue(&self, inv: &mut ScriptInvocation<'_>) {
+        self.add_to(inv);
+        if let Some(q) = &self.queue {
+            inv.key(q);
         }
     }
 }

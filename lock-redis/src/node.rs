@@ -77,6 +77,9 @@ pub(crate) struct Node {
     pub(crate) addr: String,
     con: Connection,
     notifier: Notifier,
+    /// This client's own wake-up channel (`<prefix>wake:<uuid>`): a release that takes one of
+    /// our waiters out of a queue of waiters publishes `w:<owner>` there, to us alone.
+    wake_channel: String,
     timeout: Duration,
     backend: &'static str,
     /// With `wait_replicas`: the grants' own connection and what they wait for.
@@ -128,6 +131,12 @@ fn announce(keys: &Keys) -> &str {
     } else {
         ""
     }
+}
+
+/// A new client's own wake-up channel, under the key prefix (so an ACL that allows the
+/// prefix's channels allows it).
+fn wake_channel(opts: &RedisOptions) -> String {
+    format!("{}wake:{}", opts.prefix, OwnerToken::random())
 }
 
 /// Milliseconds for PX/PEXPIRE, rounded up so the server never holds less than asked.
@@ -184,7 +193,16 @@ impl Node {
             }
         };
         let notifier = Notifier::start(client, opts.connect_timeout, timeout);
-        Ok(Self { addr, con: Connection::Server(con), notifier, timeout, backend, replicas, trouble: None })
+        Ok(Self {
+            addr,
+            con: Connection::Server(con),
+            notifier,
+            wake_channel: wake_channel(opts),
+            timeout,
+            backend,
+            replicas,
+            trouble: None,
+        })
     }
 
     /// Connects to the cluster `opts` name (validated: no database, no `wait_replicas`): the
@@ -241,6 +259,7 @@ impl Node {
             addr,
             con: Connection::Cluster(con),
             notifier,
+            wake_channel: wake_channel(opts),
             timeout,
             backend,
             replicas: None,
@@ -343,7 +362,9 @@ impl Node {
 
     /// One acquire script on `keys`' primitive. `extra`: the number of permits of a semaphore,
     /// a waiting writer's intent in ms (0: none); ignored by the others. `meta`: the holder's
-    /// metadata, kept in the grant of a lock or an election (see [`meta_arg`]).
+    /// metadata, kept in the grant of a lock or an election (see [`meta_arg`]). `waiting`: for
+    /// an attempt of a waiting acquire, how long its registration in the primitive's queue of
+    /// waiters lasts (where it has one).
     pub(crate) async fn acquire(
         &self,
         keys: &Keys,
@@ -351,10 +372,12 @@ impl Node {
         ttl: Duration,
         extra: u64,
         meta: &str,
+        waiting: Option<Duration>,
     ) -> Result<NodeGrant> {
         let mut inv = keys.scripts().acquire.prepare_invoke();
-        keys.add_to(&mut inv);
+        keys.add_with_queue(&mut inv);
         inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(extra).arg(meta).arg(announce(keys));
+        inv.arg(waiting.map_or_else(String::new, |w| ttl_ms(w).to_string())).arg(self.member(owner));
         let (status, value): (i64, String) = self.call_on(self.grant_connection(), inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "acquire");
         Ok(match status {
@@ -431,12 +454,13 @@ impl Node {
         keep_intent: bool,
     ) -> Result<bool> {
         let mut inv = keys.scripts().release.prepare_invoke();
-        keys.add_to(&mut inv);
+        keys.add_with_queue(&mut inv);
         inv.arg(owner.to_string()).arg(&keys.channel).arg(keys.role()).arg(if keep_intent {
             "1"
         } else {
             "0"
         });
+        inv.arg(self.member(owner));
         Ok(self.call::<i64>(inv).await? == 1)
     }
 
@@ -537,10 +561,25 @@ impl Node {
             .collect()
     }
 
-    /// Subscribes to the release channel of `keys`, waiting at most `confirm` for the
-    /// server's confirmation (see [`Notifier::watch`]).
-    pub(crate) async fn watch(&self, keys: &Keys, confirm: Duration) -> Subscription {
-        self.notifier.watch(&keys.channel, confirm).await
+    /// Subscribes to what wakes a waiter of `keys`' primitive, waiting at most `confirm` for
+    /// the server's confirmation (see [`Notifier::watch`]): for the waiter `owner` of a
+    /// primitive with a queue of waiters, this client's own wake-up channel (a release wakes it
+    /// alone, there); otherwise the primitive's release channel.
+    pub(crate) async fn watch(
+        &self,
+        keys: &Keys,
+        confirm: Duration,
+        owner: Option<OwnerToken>,
+    ) -> Subscription {
+        match owner.filter(|_| keys.queue.is_some()) {
+            Some(o) => self.notifier.watch(&self.wake_channel, confirm, Some(o.to_string())).await,
+            None => self.notifier.watch(&keys.channel, confirm, None).await,
+        }
+    }
+
+    /// `owner`'s entry in a queue of waiters: its token and where to wake it.
+    fn member(&self, owner: OwnerToken) -> String {
+        format!("{owner} {}", self.wake_channel)
     }
 
     /// The request timeout.

@@ -1,7 +1,8 @@
 //! Wake-ups by pub/sub: one subscriber connection per node per client, shared by all its
-//! waiters, reconnecting on its own.
+//! waiters, reconnecting on its own. A channel stays subscribed for a second after its last
+//! waiter left, so repeated waits on one name do not subscribe each time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ enum Command {
 #[derive(Default)]
 struct Shared {
     channels: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+    /// The waiters a release can wake alone (message `w:<owner>`), by owner token (hex).
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Shared {
@@ -26,9 +29,31 @@ impl Shared {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn waiters(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Delivers one message of `channel`: `w:<owner>` wakes that waiter alone (if it is
+    /// ours), anything else every waiter of the channel.
+    fn deliver(&self, channel: &str, payload: &[u8]) {
+        if let Some(owner) = payload.strip_prefix(b"w:") {
+            if let Some(n) = std::str::from_utf8(owner).ok().and_then(|o| self.waiters().get(o).cloned()) {
+                // A permit is kept if the waiter is between two waits: it is not lost.
+                n.notify_one();
+            }
+            return;
+        }
+        if let Some((n, _)) = self.channels().get(channel) {
+            n.notify_waiters();
+        }
+    }
+
     fn wake_all(&self) {
         for (n, _) in self.channels().values() {
             n.notify_waiters();
+        }
+        for n in self.waiters().values() {
+            n.notify_one();
         }
     }
 }
@@ -50,11 +75,24 @@ pub(crate) struct Subscription {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Command>,
     channel: String,
+    /// Woken by every message of the channel but those addressed to one waiter.
     pub(crate) notify: Arc<Notify>,
+    /// The waiter this subscription is for, woken by messages addressed to it (`w:<owner>`).
+    pub(crate) own: Option<(String, Arc<Notify>)>,
+}
+
+impl Subscription {
+    /// What wakes the waiter: the channel's messages, and those addressed to it.
+    pub(crate) fn wakers(&self) -> impl Iterator<Item = &Notify> {
+        std::iter::once(&*self.notify).chain(self.own.as_ref().map(|(_, n)| &**n))
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if let Some((owner, _)) = &self.own {
+            self.shared.waiters().remove(owner);
+        }
         let mut map = self.shared.channels();
         if let Some(entry) = map.get_mut(&self.channel) {
             entry.1 -= 1;
@@ -78,22 +116,34 @@ impl Notifier {
         Self { shared, tx }
     }
 
-    /// Watches `channel`. Waits (at most `confirm`) until the subscription is confirmed, so a
-    /// release published after this returns is not missed. If the subscriber connection is
-    /// down or slow, returns unconfirmed: the waiter then relies on its bounded polling, and
-    /// is woken by messages once the subscription is in place.
-    pub(crate) async fn watch(&self, channel: &str, confirm: Duration) -> Subscription {
+    /// Watches `channel`, for the waiter `owner` (hex) where a release may wake it alone.
+    /// Waits (at most `confirm`) until the subscription is confirmed, so a release published
+    /// after this returns is not missed. If the subscriber connection is down or slow, returns
+    /// unconfirmed: the waiter then relies on its bounded polling, and is woken by messages
+    /// once the subscription is in place.
+    pub(crate) async fn watch(
+        &self,
+        channel: &str,
+        confirm: Duration,
+        owner: Option<String>,
+    ) -> Subscription {
         let notify = {
             let mut map = self.shared.channels();
             let entry = map.entry(channel.to_owned()).or_insert_with(|| (Arc::new(Notify::new()), 0));
             entry.1 += 1;
             entry.0.clone()
         };
+        let own = owner.map(|o| {
+            let n = Arc::new(Notify::new());
+            self.shared.waiters().insert(o.clone(), n.clone());
+            (o, n)
+        });
         let sub = Subscription {
             shared: self.shared.clone(),
             tx: self.tx.clone(),
             channel: channel.to_owned(),
             notify,
+            own,
         };
         let (reply, confirmed) = oneshot::channel();
         if self.tx.send(Command::Subscribe(channel.to_owned(), reply)).is_ok() {
@@ -131,6 +181,19 @@ async fn answer_while_down(rx: &mut mpsc::UnboundedReceiver<Command>, pause: Dur
     }
 }
 
+/// How long a channel stays subscribed after its last watcher left: a client that waits for
+/// the same name again and again (a worker pool on one semaphore) subscribes once, not per
+/// wait.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Completes when the first of `lingering` is due; never when there is none.
+async fn sleep_until_first(lingering: &VecDeque<(tokio::time::Instant, String)>) {
+    match lingering.front() {
+        Some((at, _)) => tokio::time::sleep_until(*at).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn run(
     client: redis::Client,
     timeouts: Timeouts,
@@ -139,6 +202,9 @@ async fn run(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut subscribed: HashSet<String> = HashSet::new();
+    // Channels nobody watches any more, unsubscribed once `LINGER` has passed with nobody
+    // watching them again.
+    let mut lingering: VecDeque<(tokio::time::Instant, String)> = VecDeque::new();
     loop {
         let conn = tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = conn else {
@@ -163,11 +229,7 @@ async fn run(
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
-                    Some(msg) => {
-                        if let Some((n, _)) = shared.channels().get(msg.get_channel_name()) {
-                            n.notify_waiters();
-                        }
-                    }
+                    Some(msg) => shared.deliver(msg.get_channel_name(), msg.get_payload_bytes()),
                     None => break,
                 },
                 cmd = rx.recv() => match cmd {
@@ -184,17 +246,28 @@ async fn run(
                         }
                     }
                     Some(Command::Unsubscribe(ch)) => {
-                        let still_wanted = shared.channels().contains_key(&ch);
-                        if !still_wanted
-                            && subscribed.remove(&ch)
-                            && !within(timeouts.request, sink.unsubscribe(&ch)).await
-                        {
-                            break;
+                        if subscribed.contains(&ch) {
+                            lingering.push_back((tokio::time::Instant::now() + LINGER, ch));
                         }
                     }
                 },
+                _ = sleep_until_first(&lingering) => {
+                    let now = tokio::time::Instant::now();
+                    let mut gone = Vec::new();
+                    while lingering.front().is_some_and(|(at, _)| *at <= now) {
+                        if let Some((_, ch)) = lingering.pop_front() {
+                            if !shared.channels().contains_key(&ch) && subscribed.remove(&ch) {
+                                gone.push(ch);
+                            }
+                        }
+                    }
+                    if !gone.is_empty() && !within(timeouts.request, sink.unsubscribe(&gone)).await {
+                        break;
+                    }
+                }
             }
         }
+        lingering.clear();
         tracing::debug!("redis subscriber connection lost; reconnecting");
         // Wake everyone so they retry now rather than at their next poll.
         shared.wake_all();

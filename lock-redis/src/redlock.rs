@@ -152,7 +152,7 @@ impl RedlockBackend {
         if let Mode::Permit { .. } = mode {
             return Err(Error::Unsupported { backend: NAME, capability: "semaphores".into() });
         }
-        Keys::new(NAME, &self.inner.prefix, key, mode)
+        Ok(Keys::new(NAME, &self.inner.prefix, key, mode)?.waking_all())
     }
 
     /// One Redlock round: ask every master, keep a quorum's grant or undo everywhere.
@@ -162,7 +162,7 @@ impl RedlockBackend {
         let extra = extra(req, intent);
         let meta = crate::node::meta_arg(&req.metadata);
         let replies = join_all(
-            self.inner.nodes.iter().map(|node| node.acquire(&keys, req.owner, req.ttl, extra, &meta)),
+            self.inner.nodes.iter().map(|node| node.acquire(&keys, req.owner, req.ttl, extra, &meta, None)),
         )
         .await;
         let valid_until =
@@ -366,7 +366,7 @@ impl LockBackend for RedlockBackend {
             self.inner.node_timeout,
             |bound| {
                 let keys = &keys;
-                join_all(nodes.iter().map(move |n| n.watch(keys, bound)))
+                join_all(nodes.iter().map(move |n| n.watch(keys, bound, None)))
             },
             || self.attempt_once(req, intent),
             crate::attempts::undo_later(self.releaser(keys.clone(), req.owner)),
@@ -419,7 +419,7 @@ impl LockBackend for RedlockBackend {
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
         // The holder is the owner present on a quorum of nodes.
-        let (agreed, answered) = self.agreed_holders(&Keys::lock(&self.inner.prefix, key)).await;
+        let (agreed, answered) = self.agreed_holders(&Keys::lock(&self.inner.prefix, key).waking_all()).await;
         match agreed.into_iter().next() {
             Some(holder) => Ok(Some(holder)),
             None if answered < self.inner.quorum => Err(self.too_few(answered)),

@@ -211,41 +211,49 @@ async fn one_subscriber_connection_serves_all_waiters_of_a_client() {
 }
 
 /// Waiters are woken by the release's notice, not only by their polls: while a waiter waits
-/// it is subscribed to the lock's release channel, the release publishes on that channel
-/// (one subscriber receives it), and once the waiter holds the lock nobody stays subscribed.
+/// it is subscribed to its client's wake-up channel, the release publishes one notice (to
+/// that channel alone), and once the waiter holds the lock nobody stays subscribed (after the
+/// channel's linger of a second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_listens_on_the_channel_the_release_publishes_on() {
     let server = RedisServer::start().await.expect("redis-server");
     let holder = LockClient::new(connect_single(&server).await);
     let waiter = LockClient::new(connect_single(&server).await);
-    let channel = "{wake/me}:released";
     let mut con = raw(&server.url()).await;
-    let numsub = |con: &mut redis::aio::MultiplexedConnection| {
+    let subscribed = |con: &mut redis::aio::MultiplexedConnection| {
         let mut con = con.clone();
         async move {
-            let r: (String, i64) =
-                redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut con).await.expect("numsub");
-            r.1
+            let chans: Vec<String> =
+                redis::cmd("PUBSUB").arg("CHANNELS").arg("*").query_async(&mut con).await.expect("channels");
+            chans
         }
     };
-    assert_eq!(numsub(&mut con).await, 0);
+    assert!(subscribed(&mut con).await.is_empty());
     let g = holder.lock("wake/me").ttl(Duration::from_secs(30)).acquire().await.expect("hold");
     let w = waiter.clone();
     let wait = tokio::spawn(async move { w.lock("wake/me").wait(Duration::from_secs(20)).acquire().await });
     // The waiter subscribes before its next attempt: wait (bounded) for the subscription.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while numsub(&mut con).await != 1 {
-        assert!(Instant::now() < deadline, "the waiter never subscribed to {channel}");
+    let chans = loop {
+        let chans = subscribed(&mut con).await;
+        if !chans.is_empty() {
+            break chans;
+        }
+        assert!(Instant::now() < deadline, "the waiter never subscribed");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    assert!(
+        chans.len() == 1 && chans[0].starts_with("wake:"),
+        "the waiter should listen on its client's wake-up channel alone: {chans:?}"
+    );
     let published_before = published(&mut con).await;
     assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
-    assert!(published(&mut con).await > published_before, "the release published no notice");
+    assert_eq!(published(&mut con).await, published_before + 1, "the release published one notice");
     let got = wait.await.expect("join").expect("the waiter acquired after the release");
     // The waiter unsubscribed once it held the lock (no subscription is left behind).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while numsub(&mut con).await != 0 {
-        assert!(Instant::now() < deadline, "the waiter stayed subscribed to {channel}");
+    while !subscribed(&mut con).await.is_empty() {
+        assert!(Instant::now() < deadline, "the waiter stayed subscribed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = got.release().await.expect("release");

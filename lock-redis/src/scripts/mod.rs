@@ -6,7 +6,22 @@
 //! |---|---|
 //! | `P{K}` | the grant: `"<owner token hex>:<fencing token>"`, then `"\n<metadata JSON>"` (the holder's metadata, see [`lock_core::Metadata`]), with the TTL as its expiry |
 //! | `P{K}:fence` | the fencing counter: never expires, survives release and expiry |
-//! | channel `P{K}:released` | one message per release, for waiters |
+//! | `P{K}:q` | the queue of waiters: a sorted set, member = a waiting acquire's owner token and its client's wake-up channel, score = when its registration lapses (ms, the server's `TIME`) |
+//! | channel `P{K}:released` | wake-ups of an election's waiters and observers |
+//! | channel `<prefix>wake:<client>` | one per client: `w:<owner>` wakes that waiter alone |
+//!
+//! **Waking one waiter.** A waiting acquire's failed attempt registers it in the queue (and
+//! refreshes the registration: each poll does), a grant takes it out. A release takes the
+//! live waiter whose registration lapses first out of the queue and publishes `w:<owner>` on
+//! that waiter's client's own channel: only that waiter tries again, instead of every waiter
+//! (a herd of failing scripts at each release), and only its client receives the message
+//! (a per-name channel would deliver it to every subscribed client). A woken waiter that loses the race (another client's fresh attempt came first)
+//! registers again; a waiter that gave up is taken out by its undo (the release script,
+//! which finds no grant), or lapses. Nothing is published when nobody waits. Waiters that
+//! were not woken still poll (every 250 ms at most, and at the holder's expiry), which also
+//! covers a waiter that was woken and died, a holder that expired, and clients of an earlier
+//! version, which do not register. An election keeps waking everyone (its observers listen
+//! on its channel); Redlock does too (its masters' queues would pick different waiters).
 //!
 //! Both keys share the hash tag `{K}`, so Redis Cluster keeps them in one slot. A plain
 //! `SET P{K} <value> NX PX <ttl>` client (for example redis-py's `Lock` on the name `P{K}`)
@@ -76,9 +91,19 @@ pub mod semaphore;
 /// - `keep(ms, key…)`: makes each key live at least `ms` more (never shortens an expiry);
 /// - `stay(zset, hash, owner, ttl)`: extends `owner`'s unexpired grant in a sorted set of
 ///   grants to `ttl` ms from now, keeping the set and `hash` alive as long; 1 if done;
-/// - `leave(zset, hash, owner, channel)`: removes `owner`'s grant from a sorted set of grants
-///   (a semaphore's permits, a read-write lock's readers) and its fields in `hash`, drops
-///   `hash` with the last grant, wakes waiters; 1 if the grant was there and unexpired.
+/// - `queue_up(queue, member, now_ms, ms)`: registers a waiter in a primitive's queue of
+///   waiters (a sorted set: member = `"<owner token> <its client's wake-up channel>"`, score
+///   = when the registration lapses), dropping lapsed ones; every failed attempt of a waiting
+///   acquire refreshes it;
+/// - `next_waiter(queue)`: the waiter whose registration lapses first, among the live ones
+///   (none without a queue);
+/// - `wake(queue, member)`: takes the waiter out of the queue and wakes it alone (message
+///   `w:<owner>` on its client's channel); nothing without one;
+/// - `leave(zset, hash, owner, channel, queue, member)`: removes `owner`'s grant from a sorted
+///   set of grants (a semaphore's permits, a read-write lock's readers) and its fields in
+///   `hash`, drops `hash` with the last grant, wakes one waiter of `queue` (or, without a
+///   queue, every waiter: message `released` on `channel`); 1 if the grant was there and
+///   unexpired. Without the grant, takes `member` (the caller as a waiter) out of `queue`.
 ///
 /// No function reads a key after it may have deleted it: on a Redis Cluster, a script that
 /// touches a key that does not exist in a slot being migrated fails mid-way ("non local key"),
@@ -130,16 +155,37 @@ local function stay(zset, hash, owner, ttl)
   end
   return 0
 end
-local function leave(zset, hash, owner, channel)
+local function queue_up(queue, member, now, ms)
+  redis.call('ZREMRANGEBYSCORE', queue, '-inf', now)
+  redis.call('ZADD', queue, now + ms, member)
+  keep(ms, queue)
+end
+local function next_waiter(queue)
+  if redis.call('EXISTS', queue) == 0 then return nil end
+  local now = math.floor(now_us() / 1000)
+  return redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'LIMIT', 0, 1)[1]
+end
+local function wake(queue, w)
+  if w then
+    redis.call('ZREM', queue, w)
+    local sp = string.find(w, ' ', 1, true)
+    if sp then redis.call('PUBLISH', string.sub(w, sp + 1), 'w:' .. string.sub(w, 1, sp - 1)) end
+  end
+end
+local function leave(zset, hash, owner, channel, queue, member)
   local s = redis.call('ZSCORE', zset, owner)
-  if not s then return 0 end
+  if not s then
+    if queue then redis.call('ZREM', queue, member) end
+    return 0
+  end
+  local w = queue and next_waiter(queue)
   if redis.call('ZCARD', zset) == 1 then
     redis.call('DEL', zset, hash)
   else
     redis.call('ZREM', zset, owner)
     redis.call('HDEL', hash, owner, 'm:' .. owner)
   end
-  redis.call('PUBLISH', channel, 'released')
+  if queue then wake(queue, w) else redis.call('PUBLISH', channel, 'released') end
   if tonumber(s) > math.floor(now_us() / 1000) then return 1 end
   return 0
 end
@@ -186,22 +232,30 @@ fn with_prelude(body: &str) -> String {
     out
 }
 
-/// KEYS: lock, counter. ARGV: owner hex, ttl ms, (unused), metadata (`"\n<JSON>"`, or empty),
-/// a channel to announce a new grant on (an election's, for its observers; empty: none).
+/// KEYS: lock, counter, and the queue of waiters (the lock's; none for an election). ARGV:
+/// owner hex, ttl ms, (unused), metadata (`"\n<JSON>"`, or empty), a channel to announce a
+/// new grant on (an election's, for its observers; empty: none), for a waiting acquire how
+/// long its registration in the queue lasts (ms; empty: not waiting), and its entry there
+/// (`"<owner hex> <wake-up channel>"`).
 /// Returns `{1, fence}` when granted (or already ours: a retried request whose reply was
 /// lost; the TTL is refreshed and the grant keeps its token), `{0, pttl}` when held by someone
-/// else. A grant's fence is `max(counter + 1, TIME in µs)` (see the module docs).
+/// else (a waiting acquire is then registered in the queue, for [`RELEASE`] to wake it). A
+/// grant's fence is `max(counter + 1, TIME in µs)` (see the module docs).
 pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local cur = redis.call('GET', KEYS[1])
+local waits = KEYS[3] and ARGV[6] and ARGV[6] ~= ''
 if cur then
   if string.sub(cur, 1, 33) == ARGV[1] .. ':' then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     return {1, string.match(cur, '^%d+', 34)}
   end
-  return {0, tostring(redis.call('PTTL', KEYS[1]))}
+  local left = tostring(redis.call('PTTL', KEYS[1]))
+  if waits then queue_up(KEYS[3], ARGV[7], math.floor(now_us() / 1000), tonumber(ARGV[6])) end
+  return {0, left}
 end
+if waits then redis.call('ZREM', KEYS[3], ARGV[7]) end
 local f = next_fence(KEYS[2], now_us())
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f .. (ARGV[4] or ''), 'PX', ARGV[2])
 if ARGV[5] and ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], 'granted') end
@@ -248,17 +302,27 @@ return out
     )
 });
 
-/// KEYS: lock. ARGV: owner hex, channel. Deletes our grant and wakes waiters.
-/// Returns 1 if released, 0 if not ours (or gone).
+/// KEYS: lock, counter, and the queue of waiters (none for an election). ARGV: owner hex,
+/// channel, (unused), (unused), our entry in the queue as a waiter. Deletes our grant and
+/// wakes one waiter of the queue (without a queue: every waiter, message `released` on the
+/// channel). Returns 1 if released, 0 if not ours (or gone; our entry is then taken out of the
+/// queue: a waiter that gave up).
 pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, 33) == ARGV[1] .. ':' then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], 'released')
+  if KEYS[3] then
+    local w = next_waiter(KEYS[3])
+    redis.call('DEL', KEYS[1])
+    wake(KEYS[3], w)
+  else
+    redis.call('DEL', KEYS[1])
+    redis.call('PUBLISH', ARGV[2], 'released')
+  end
   return 1
 end
+if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[5]) end
 return 0
 "#,
     )
