@@ -25,7 +25,7 @@ type Lease3 = (i64, Duration, Option<Arc<Session>>);
 
 /// The most names one transaction takes: three operations each, within etcd's default
 /// `--max-txn-ops` of 128. More names are tried one transaction each.
-pub(crate) const MAX_NAMES: usize = 128 / 3;
+const MAX_NAMES: usize = 128 / 3;
 
 impl EtcdBackend {
     /// [`try_acquire_all`](lock_core::LockBackend::try_acquire_all): every lock of `reqs`, or
@@ -39,19 +39,22 @@ impl EtcdBackend {
         }
         let sent = Instant::now();
         let got = futures::future::join_all(reqs.iter().map(|r| self.lease_for(r))).await;
-        if let Some(pos) = got.iter().position(Result::is_err) {
-            // Per-lock leases already granted are revoked (the entries' undo).
-            let mut err = None;
-            for (i, (req, g)) in reqs.iter().zip(got).enumerate() {
-                match g {
-                    Ok((lease, _, session)) => QueueEntry::new(self, req, lease, session).undo(false).await,
-                    Err(e) if i == pos => err = Some(e),
-                    Err(_) => {}
-                }
+        let (mut leases, mut failed) = (Vec::with_capacity(reqs.len()), None);
+        for (req, g) in reqs.iter().zip(got) {
+            match g {
+                Ok(l) => leases.push((req, l)),
+                Err(e) => failed = failed.or(Some(e)),
             }
-            return Err(err.unwrap_or_else(|| Error::InvalidConfig("no lease".into())));
         }
-        let leases: Vec<Lease3> = got.into_iter().flatten().collect();
+        if let Some(e) = failed {
+            // Per-lock leases already granted are revoked (the entries' undo).
+            let undo = leases
+                .into_iter()
+                .map(|(req, (lease, _, session))| QueueEntry::new(self, req, lease, session).undo(false));
+            futures::future::join_all(undo).await;
+            return Err(e);
+        }
+        let leases: Vec<Lease3> = leases.into_iter().map(|(_, l)| l).collect();
         // In session mode, another task of this client that holds or queues for a name holds
         // it: nothing is sent.
         if !self.claim_slots(reqs, &leases) {

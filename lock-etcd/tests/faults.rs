@@ -1,5 +1,7 @@
 //! Failure and interoperability tests on real etcd.
 
+mod support;
+
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use conformance_tests::fixtures::etcd::EtcdCluster;
 use lock_core::{Instant, LockClient, LossReason, ReleaseOutcome, TlsOptions};
 use lock_etcd::{rpc, EtcdBackend, EtcdOptions};
+use support::handled;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn backend(endpoints: &[String]) -> EtcdBackend {
@@ -317,21 +320,6 @@ async fn deleting_a_held_key_from_outside_fires_only_that_locks_loss_signal() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(y.is_held(), "a deletion of x's key cost y its lock");
     assert_eq!(y.release().await.expect("release"), ReleaseOutcome::Released);
-}
-
-/// The sum of etcd's `grpc_server_handled_total` for these methods, from its metrics endpoint.
-async fn handled(endpoint: &str, methods: &[&str]) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = endpoint.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read");
-    body.lines()
-        .filter(|l| l.starts_with("grpc_server_handled_total{"))
-        .filter(|l| methods.iter().any(|m| l.contains(&format!("grpc_method=\"{m}\""))))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,24 +9,9 @@ use std::time::Duration;
 use conformance_tests::fixtures::etcd::EtcdCluster;
 use lock_core::ReleaseOutcome;
 use lock_etcd::LeaseMode;
-use support::{client, MODES};
+use support::{client, handled, MODES};
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// The sum of etcd's `grpc_server_handled_total` for `method`, from its metrics endpoint.
-async fn handled(endpoint: &str, method: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = endpoint.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read");
-    body.lines()
-        .filter(|l| l.starts_with("grpc_server_handled_total{"))
-        .filter(|l| l.contains(&format!("grpc_method=\"{method}\"")))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncontended_multi_key_lock_is_one_transaction() {
@@ -35,10 +20,9 @@ async fn an_uncontended_multi_key_lock_is_one_transaction() {
     let c = client(&eps, LeaseMode::Session).await;
     // The session's lease is granted by a first lock.
     let _ = c.lock("warm-up").try_acquire().await.expect("warm-up").expect("free").release().await;
-    let kv = |m| handled(&eps[0], m);
-    let before = (kv("Txn").await, kv("Range").await + kv("Put").await + kv("DeleteRange").await);
+    let before = (handled(&eps[0], &["Txn"]).await, handled(&eps[0], &["Range", "Put", "DeleteRange"]).await);
     let g = c.lock_all(["m/a", "m/b", "m/c", "m/d"]).ttl(LONG).try_acquire().await.expect("try");
-    let after = (kv("Txn").await, kv("Range").await + kv("Put").await + kv("DeleteRange").await);
+    let after = (handled(&eps[0], &["Txn"]).await, handled(&eps[0], &["Range", "Put", "DeleteRange"]).await);
     let g = g.expect("four free names");
     assert_eq!(after.0 - before.0, 1.0, "the multi-key try sent {} transactions", after.0 - before.0);
     assert_eq!(after.1 - before.1, 0.0, "the multi-key try sent other KV requests");

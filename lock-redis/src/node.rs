@@ -377,7 +377,11 @@ impl Node {
         let mut inv = keys.scripts().acquire.prepare_invoke();
         keys.add_with_queue(&mut inv);
         inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(extra).arg(meta).arg(announce(keys));
-        inv.arg(waiting.map_or_else(String::new, |w| ttl_ms(w).to_string())).arg(self.member(owner));
+        // A waiting attempt's registration in the queue: how long it lasts and its entry.
+        match waiting.filter(|_| keys.queue.is_some()) {
+            Some(w) => inv.arg(ttl_ms(w)).arg(self.member(owner)),
+            None => inv.arg("").arg(""),
+        };
         let (status, value): (i64, String) = self.call_on(self.grant_connection(), inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "acquire");
         Ok(match status {

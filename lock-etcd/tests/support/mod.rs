@@ -101,3 +101,18 @@ pub async fn release_retrying(c: &LockClient, g: lock_core::Guard) {
         }
     }
 }
+
+/// The sum of etcd's `grpc_server_handled_total` for these methods, from its metrics endpoint.
+pub async fn handled(endpoint: &str, methods: &[&str]) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body.lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{"))
+        .filter(|l| methods.iter().any(|m| l.contains(&format!("grpc_method=\"{m}\""))))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}

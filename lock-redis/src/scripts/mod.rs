@@ -312,14 +312,9 @@ pub static RELEASE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, 33) == ARGV[1] .. ':' then
-  if KEYS[3] then
-    local w = next_waiter(KEYS[3])
-    redis.call('DEL', KEYS[1])
-    wake(KEYS[3], w)
-  else
-    redis.call('DEL', KEYS[1])
-    redis.call('PUBLISH', ARGV[2], 'released')
-  end
+  local w = KEYS[3] and next_waiter(KEYS[3])
+  redis.call('DEL', KEYS[1])
+  if KEYS[3] then wake(KEYS[3], w) else redis.call('PUBLISH', ARGV[2], 'released') end
   return 1
 end
 if KEYS[3] then redis.call('ZREM', KEYS[3], ARGV[5]) end
