@@ -22,9 +22,11 @@
 //!   back) in one transaction, then watches from the revision after that read, so no deletion
 //!   is missed: the newest blocker's deletion for writers, readers and candidates (one watcher
 //!   each, no herd); every deletion under the prefix for a semaphore, where the end of any
-//!   older grant may admit it (each release wakes the semaphore's waiters, which each read a
-//!   count). Leases are kept alive while waiting and a waiter whose lease is lost queues again,
-//!   as for the lock (`queue.rs`).
+//!   older grant may admit it: the waiter reads the names of the keys older than its own once
+//!   and counts their deletions off the watch (no key older than it can appear later), holding
+//!   when fewer than `N` are left, so a release costs the waiters no request (its event still
+//!   reaches each of them). Leases are kept alive while waiting and a waiter whose lease is
+//!   lost queues again, as for the lock (`queue.rs`).
 //! - **Values.** A semaphore's key holds `<N>\n<metadata JSON>`: a waiter whose `N` differs from
 //!   the oldest holder's gets [`Error::PermitsMismatch`]. A read-write lock's key holds the
 //!   metadata JSON. A candidate's key holds its value alone, as Go's `Election` writes it.
@@ -40,13 +42,15 @@
 //! the prefix is a candidate, the oldest leads). The value being the bare proposal, an
 //! election's holder metadata on etcd is its value alone (no host, process or time).
 
+use std::collections::HashSet;
+
 use lock_core::{
     Error, ExtendOutcome, FencingToken, Instant, Lease, LockInfo, LockKey, LossSignal, Metadata, Mode,
     OwnerToken, Result,
 };
 
 use crate::backend::{token_rev, EtcdBackend};
-use crate::queue::{QueueEntry, Round};
+use crate::queue::{look_again, QueueEntry, Round};
 use crate::rpc::pb::{Compare, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest};
 use crate::rpc::KeyValue;
 
@@ -54,8 +58,9 @@ use crate::rpc::KeyValue;
 enum Blocker {
     /// This key (the newest that holds it back): its deletion may admit the waiter.
     Key(Vec<u8>),
-    /// Enough keys that any deletion under the prefix may admit it (a semaphore).
-    Any,
+    /// A semaphore's older keys, at least its number of permits: the waiter holds once
+    /// deletions have left fewer than that many.
+    Older(HashSet<Vec<u8>>, usize),
 }
 
 /// The directory of `mode`'s queue under the name.
@@ -198,13 +203,10 @@ impl EtcdBackend {
     /// whether its own key is still there at `my_rev`, and the revision read.
     async fn grant_view(&self, e: &QueueEntry, my_rev: i64) -> Result<(Option<Blocker>, bool, i64)> {
         let older = |pfx: String| RangeRequest::prefix(pfx).with_max_create_revision((my_rev - 1).max(1));
-        // etcd counts the keys of a range before its revision filters: a semaphore's waiter
-        // reads the keys of the `N` oldest and looks for its own among them.
+        // A semaphore's waiter reads the names of all keys older than its own (etcd applies
+        // a range's limit and count before its revision filters, so it reads them all).
         let blocker_read = match e.mode {
-            Mode::Permit { limit } => RangeRequest::prefix(e.pfx.as_str())
-                .oldest_first()
-                .with_limit(i64::from(limit))
-                .without_values(),
+            Mode::Permit { .. } => older(e.pfx.clone()).without_values(),
             Mode::Read => older(format!("{}w-", e.pfx)).newest_first().with_limit(1).without_values(),
             _ => older(e.pfx.clone()).newest_first().with_limit(1).without_values(),
         };
@@ -215,8 +217,11 @@ impl EtcdBackend {
         let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
         let mine = resp.first_kv(0).is_some_and(|kv| kv.create_revision == my_rev);
         let blocker = match (e.mode, resp.range(1)) {
-            (Mode::Permit { .. }, Some(r)) => {
-                (!r.kvs.iter().any(|kv| kv.key == e.my_key.as_bytes())).then_some(Blocker::Any)
+            (Mode::Permit { limit }, Some(r)) => {
+                let older: HashSet<Vec<u8>> =
+                    r.kvs.iter().filter(|kv| kv.create_revision < my_rev).map(|kv| kv.key.clone()).collect();
+                let limit = limit as usize;
+                (older.len() >= limit).then_some(Blocker::Older(older, limit))
             }
             (_, Some(r)) => {
                 r.kvs.iter().find(|kv| kv.create_revision < my_rev).map(|kv| Blocker::Key(kv.key.clone()))
@@ -239,13 +244,32 @@ impl EtcdBackend {
         if !mine {
             return Ok(Round::Lost);
         }
-        let watch = match blocker {
-            None => return Ok(Round::Mine),
-            Some(Blocker::Key(k)) => WatchCreateRequest::deletions_of(k, rev + 1),
-            Some(Blocker::Any) => WatchCreateRequest::deletions_under(e.pfx.as_str(), rev + 1),
+        let watch = |w: WatchCreateRequest| async move {
+            self.call("watch", || self.client().watch(w.clone())).await
         };
-        let mut ws = self.call("watch", || self.client().watch(watch.clone())).await?;
-        self.next_deletion(e, &mut ws, loss, deadline).await
+        match blocker {
+            None => Ok(Round::Mine),
+            Some(Blocker::Key(k)) => {
+                let mut ws = watch(WatchCreateRequest::deletions_of(k, rev + 1)).await?;
+                self.next_deletion(e, &mut ws, loss, deadline, look_again).await
+            }
+            // No key older than ours can appear (new keys are newer), so the deletions seen
+            // from the revision after the read count down to the grant: no re-read, and one
+            // release costs the waiters no request.
+            Some(Blocker::Older(mut older, limit)) => {
+                let mut ws = watch(WatchCreateRequest::deletions_under(e.pfx.as_str(), rev + 1)).await?;
+                let count_down = |deleted: &[&KeyValue]| {
+                    for kv in deleted {
+                        if kv.key == e.my_key.as_bytes() {
+                            return Some(Round::Lost);
+                        }
+                        older.remove(&kv.key);
+                    }
+                    (older.len() < limit).then_some(Round::Mine)
+                };
+                self.next_deletion(e, &mut ws, loss, deadline, count_down).await
+            }
+        }
     }
 
     /// The holders of `key`'s primitive `mode`, oldest first, by the rule of the module docs.

@@ -17,7 +17,7 @@ use crate::grants;
 use crate::keepalive::{ttl_secs, KeepAlive, KeptLease};
 use crate::layout::{is_contender, PAGE};
 use crate::rpc::pb::{Compare, RangeRequest, RangeResponse, RequestOp, TxnRequest, WatchCreateRequest};
-use crate::rpc::{EventType, WatchStream};
+use crate::rpc::{EventType, KeyValue, WatchStream};
 use crate::session::Session;
 use crate::undo::Undo;
 
@@ -432,7 +432,7 @@ impl EtcdBackend {
         let Some(mut ws) = self.watch_predecessor(e, &pred, my_rev, deadline).await? else {
             return Ok(Round::Again(None));
         };
-        self.next_deletion(e, &mut ws, loss, deadline).await
+        self.next_deletion(e, &mut ws, loss, deadline, look_again).await
     }
 
     /// Opens a watch for deletions of `pred` from the current revision and, once the server
@@ -470,8 +470,9 @@ impl EtcdBackend {
         Ok(Some(ws))
     }
 
-    /// Waits on `ws` for the predecessor's deletion: `Again` with its revision, or `Again`
-    /// without one when the watch broke, was cancelled, or fell silent; `Lost` when our lease
+    /// Waits on `ws` until `decide` makes something of a batch of deletion events (the
+    /// lock's [`look_again`]: `Again` with the deletion's revision), or `Again` without a
+    /// revision when the watch broke, was cancelled, or fell silent; `Lost` when our lease
     /// was lost meanwhile.
     ///
     /// A member that stops answering (paused, partitioned) leaves its streams open and silent:
@@ -484,6 +485,7 @@ impl EtcdBackend {
         ws: &mut WatchStream,
         loss: &LossSignal,
         deadline: Instant,
+        mut decide: impl FnMut(&[&KeyValue]) -> Option<Round>,
     ) -> Result<Round> {
         let lost = lease_lost(loss, e.session.as_deref());
         tokio::pin!(lost);
@@ -505,14 +507,17 @@ impl EtcdBackend {
                     if resp.canceled {
                         return Ok(Round::Again(None));
                     }
-                    let deleted = resp
+                    let deleted: Vec<&KeyValue> = resp
                         .events
                         .iter()
                         .filter(|ev| ev.r#type() == EventType::Delete)
-                        .filter_map(|ev| ev.kv.as_ref().map(|kv| kv.mod_revision))
-                        .max();
-                    if let Some(rev) = deleted {
-                        return Ok(Round::Again((rev > 0).then_some(rev)));
+                        .filter_map(|ev| ev.kv.as_ref())
+                        .collect();
+                    if deleted.is_empty() {
+                        continue;
+                    }
+                    if let Some(round) = decide(&deleted) {
+                        return Ok(round);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => return Err(e.wait_timed_out()),
@@ -520,4 +525,11 @@ impl EtcdBackend {
             }
         }
     }
+}
+
+/// What a deletion of a watched predecessor means: look again, at the revision of the
+/// deletion.
+pub(crate) fn look_again(deleted: &[&KeyValue]) -> Option<Round> {
+    let rev = deleted.iter().map(|kv| kv.mod_revision).max()?;
+    Some(Round::Again((rev > 0).then_some(rev)))
 }

@@ -104,6 +104,15 @@ pub async fn release_retrying(c: &LockClient, g: lock_core::Guard) {
 
 /// The sum of etcd's `grpc_server_handled_total` for these methods, from its metrics endpoint.
 pub async fn handled(endpoint: &str, methods: &[&str]) -> f64 {
+    metric(endpoint, "grpc_server_handled_total{", |l| {
+        methods.iter().any(|m| l.contains(&format!("grpc_method=\"{m}\"")))
+    })
+    .await
+}
+
+/// The sum of the series of etcd's metric lines starting with `series` that `pick` keeps,
+/// read from `endpoint`'s `/metrics`.
+pub async fn metric(endpoint: &str, series: &str, pick: impl Fn(&str) -> bool) -> f64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = endpoint.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics");
@@ -111,8 +120,7 @@ pub async fn handled(endpoint: &str, methods: &[&str]) -> f64 {
     let mut body = String::new();
     s.read_to_string(&mut body).await.expect("read");
     body.lines()
-        .filter(|l| l.starts_with("grpc_server_handled_total{"))
-        .filter(|l| methods.iter().any(|m| l.contains(&format!("grpc_method=\"{m}\""))))
+        .filter(|l| l.starts_with(series) && pick(l))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
