@@ -83,16 +83,17 @@ impl Plan {
         if quick {
             Self {
                 quick,
-                latency_rounds: 100,
-                keys: 150,
+                latency_rounds: 50,
+                keys: 100,
                 tasks: vec![1, 16],
                 rounds: 1,
                 waiters: vec![2],
                 holds: vec![Duration::from_millis(10)],
                 handoffs: 6,
-                held: vec![200],
+                held: vec![100],
                 window: Duration::from_secs(1),
                 failovers: 1,
+                // The held-locks scenario's point, so the quick run holds locks once.
                 curve_held: vec![100],
                 curve_waiters: vec![1, 4],
                 curve_window: Duration::from_secs(1),

@@ -84,7 +84,7 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str) -> Result<Value
         let mut lat = Vec::new();
         for &n in &plan.permits {
             eprintln!("[{}] semaphore latency N={n}", b.name);
-            let rounds = if plan.quick { plan.latency_rounds.min(100) } else { plan.latency_rounds };
+            let rounds = if plan.quick { plan.latency_rounds.min(50) } else { plan.latency_rounds };
             lat.push(semaphore_latency(&probe, floors, n, rounds, &format!("{tag}/sl{n}")).await?);
         }
         out["semaphore_latency_ms"] = json!(lat);
