@@ -31,6 +31,7 @@ mod contenders;
 mod curves;
 mod failover;
 mod primitives;
+mod same;
 mod scenarios;
 mod servers;
 
@@ -166,6 +167,9 @@ pub(crate) struct Backend {
     pub(crate) reach: Vec<failover::Reach>,
     /// The floor of a semaphore permit on this store.
     pub(crate) permit_floor: Option<primitives::PermitFloors>,
+    /// The same requests distlock sends for a permit, sent raw (where this program measures
+    /// it; Redis and etcd have it in their crates' benches).
+    pub(crate) same_floor: Option<primitives::PermitFloors>,
 }
 
 /// Upper bounds on a plan's sizes.

@@ -115,6 +115,8 @@ async fn redis() -> Result<(Backend, Keep)> {
             crate::failover::Reach { kind: "file", target: files.path().display().to_string() },
         ],
         permit_floor: Some(crate::primitives::redis_floors(url.clone())),
+        // The same scripts sent raw: `cargo bench -p lock-redis --bench primitives`.
+        same_floor: None,
     };
     Ok((b, Box::new((t, masters, files))))
 }
@@ -158,6 +160,8 @@ async fn etcd() -> Result<(Backend, Keep)> {
         requests_per_op: None,
         reach: vec![crate::failover::Reach { kind: "etcd", target: eps.join(",") }],
         permit_floor: Some(crate::primitives::etcd_floors(eps.clone())),
+        // The same requests sent raw: `cargo bench -p lock-etcd --bench primitives`.
+        same_floor: None,
     };
     Ok((b, Box::new(cluster)))
 }
@@ -217,6 +221,7 @@ async fn zookeeper() -> Result<(Backend, Keep)> {
         requests_per_op: None,
         reach: vec![crate::failover::Reach { kind: "zookeeper", target: connect.clone() }],
         permit_floor: Some(crate::primitives::zk_floors(connect.clone())),
+        same_floor: Some(crate::same::zk_same(connect.clone())),
     };
     Ok((b, Box::new(t)))
 }
@@ -246,13 +251,21 @@ pub(crate) const DYNAMO_TABLE: &str = "bench_locks";
 
 /// A DynamoDB client for the emulator at `endpoint` that counts its requests in `requests`.
 pub(crate) fn dynamo_client(endpoint: &str, requests: Arc<AtomicU64>) -> aws_sdk_dynamodb::Client {
+    dynamo_client_with(endpoint, CountRequests(requests))
+}
+
+/// A DynamoDB client for the emulator at `endpoint` with `interceptor`.
+pub(crate) fn dynamo_client_with(
+    endpoint: &str,
+    interceptor: impl aws_sdk_dynamodb::config::Intercept + 'static,
+) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
     let conf = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("bench", "bench", None, None, "distlock-bench"))
-        .interceptor(CountRequests(requests))
+        .interceptor(interceptor)
         .build();
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
@@ -434,6 +447,7 @@ async fn dynamodb(emulator: Emulator, url: String, keep: Keep) -> Result<(Backen
         }),
         reach: vec![crate::failover::Reach { kind: "dynamodb", target: url.clone() }],
         permit_floor: Some(crate::primitives::dynamo_floors(client.clone(), table.into())),
+        same_floor: Some(crate::same::dynamo_same(url.clone(), table.into())),
     };
     Ok((b, keep))
 }
