@@ -170,6 +170,9 @@ pub(crate) struct Backend {
     /// The same requests distlock sends for a permit, sent raw (where this program measures
     /// it; Redis and etcd have it in their crates' benches).
     pub(crate) same_floor: Option<primitives::PermitFloors>,
+    /// A Rust crate that offers semaphores and read-write locks on this store, as a user
+    /// would otherwise pick (Redis: distributed-lock-redis; none found for the others).
+    pub(crate) permit_peer: Option<primitives::PermitFloors>,
 }
 
 /// Upper bounds on a plan's sizes.

@@ -32,6 +32,12 @@ pub trait PermitFloor: Send + Sync {
     /// Takes one of the `n` permits of `name` if one is free, then gives it back; `false`
     /// when all were taken.
     async fn cycle(&self, name: &str, n: u32) -> Result<bool>;
+
+    /// Takes a read lock on `name` and gives it back; the floors take a permit of a semaphore
+    /// whose limit is never reached.
+    async fn read(&self, name: &str) -> Result<bool> {
+        self.cycle(name, UNLIMITED).await
+    }
 }
 
 /// Makes permit floors, each with its own connection or session.
@@ -63,12 +69,19 @@ async fn our_read(locks: &LockClient, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A floor cycle that retries (after 1 ms) until it had a permit.
-async fn floor_permit(f: &dyn PermitFloor, name: &str, n: u32) -> Result<()> {
-    while !f.cycle(name, n).await? {
+/// A floor cycle that retries (after 1 ms) until it had a permit (`n`), or a read lock
+/// (`None`).
+async fn floor_permit(f: &dyn PermitFloor, name: &str, n: Option<u32>) -> Result<()> {
+    loop {
+        let got = match n {
+            Some(n) => f.cycle(name, n).await?,
+            None => f.read(name).await?,
+        };
+        if got {
+            return Ok(());
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(())
 }
 
 /// Every measurement of this module on `b`, as one JSON object.
@@ -79,6 +92,7 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str) -> Result<Value
     let floors = b.permit_floor.as_ref();
     out["floor"] = json!(floors.map(|f| f.what));
     out["same_floor"] = json!(b.same_floor.as_ref().map(|f| f.what));
+    out["peer"] = json!(b.permit_peer.as_ref().map(|f| f.what));
     if caps.max_permits == 0 {
         out["semaphore"] = json!("not supported by this backend");
     } else {
@@ -86,8 +100,8 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str) -> Result<Value
         for &n in &plan.permits {
             eprintln!("[{}] semaphore latency N={n}", b.name);
             let rounds = if plan.quick { plan.latency_rounds.min(50) } else { plan.latency_rounds };
-            let both = [floors, b.same_floor.as_ref()];
-            lat.push(semaphore_latency(&probe, both, n, rounds, &format!("{tag}/sl{n}")).await?);
+            let all = [floors, b.same_floor.as_ref(), b.permit_peer.as_ref()];
+            lat.push(semaphore_latency(&probe, all, n, rounds, &format!("{tag}/sl{n}")).await?);
         }
         out["semaphore_latency_ms"] = json!(lat);
         let mut tp = Vec::new();
@@ -106,10 +120,13 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str) -> Result<Value
                 })
                 .await?;
                 let mut row = json!({"permits": n, "tasks": tasks, "distlock": mine.round()});
-                if let Some(f) = floors {
-                    let raw = floor_rate(tasks, plan.prim_window, f, format!("{name}-floor"), n).await?;
-                    row["floor"] = json!(raw.round());
-                    row["ours_over_floor"] = ratio(mine, raw);
+                for (kind, f) in [("floor", floors), ("peer", b.permit_peer.as_ref())] {
+                    if let Some(f) = f {
+                        let raw =
+                            floor_rate(tasks, plan.prim_window, f, format!("{name}-{kind}"), Some(n)).await?;
+                        row[kind] = json!(raw.round());
+                        row[format!("ours_over_{kind}")] = ratio(mine, raw);
+                    }
                 }
                 tp.push(row);
             }
@@ -131,10 +148,12 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str) -> Result<Value
     })
     .await?;
     let mut row = json!({"readers": plan.readers, "distlock": mine.round()});
-    if let Some(f) = floors {
-        let raw = floor_rate(plan.readers, plan.prim_window, f, format!("{name}-floor"), UNLIMITED).await?;
-        row["floor"] = json!(raw.round());
-        row["ours_over_floor"] = ratio(mine, raw);
+    for (kind, f) in [("floor", floors), ("peer", b.permit_peer.as_ref())] {
+        if let Some(f) = f {
+            let raw = floor_rate(plan.readers, plan.prim_window, f, format!("{name}-{kind}"), None).await?;
+            row[kind] = json!(raw.round());
+            row[format!("ours_over_{kind}")] = ratio(mine, raw);
+        }
     }
     out["read_throughput_ops_per_s"] = row;
     eprintln!("[{}] writer -> {} readers hand-off x{}", b.name, plan.rw_readers, plan.rw_handoffs);
@@ -145,14 +164,14 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str) -> Result<Value
 
 async fn semaphore_latency(
     locks: &LockClient,
-    floors: [Option<&PermitFloors>; 2],
+    floors: [Option<&PermitFloors>; 3],
     n: u32,
     rounds: usize,
     name: &str,
 ) -> Result<Value> {
-    // The minimal floor and the same requests sent raw, where this backend has them.
+    // The minimal floor, the same requests sent raw and the peer, where this backend has them.
     let mut raw_floors = Vec::new();
-    for (kind, f) in ["floor", "same"].into_iter().zip(floors) {
+    for (kind, f) in ["floor", "same", "peer"].into_iter().zip(floors) {
         if let Some(f) = f {
             raw_floors.push((kind, (f.make)().await?, format!("{name}-{kind}"), Vec::with_capacity(rounds)));
         }
@@ -160,7 +179,7 @@ async fn semaphore_latency(
     for _ in 0..20 {
         our_permit(locks, name, n).await?;
         for (_, f, fname, _) in &raw_floors {
-            floor_permit(f.as_ref(), fname, n).await?;
+            floor_permit(f.as_ref(), fname, Some(n)).await?;
         }
     }
     let mut mine = Vec::with_capacity(rounds);
@@ -186,7 +205,9 @@ async fn semaphore_latency(
         row[kind] = json!({"p50": p50, "p99": pct_ms(&mut raw, 0.99)});
         row[format!("ours_over_{kind}")] = ratio(ours_p50, p50);
         // The target is set against the same requests where they are measured.
-        row["target_met"] = json!(ours_p50 / p50 <= 1.2);
+        if kind != "peer" {
+            row["target_met"] = json!(ours_p50 / p50 <= 1.2);
+        }
     }
     Ok(row)
 }
@@ -205,7 +226,13 @@ where
     run_for(window, clients, round).await
 }
 
-async fn floor_rate(tasks: usize, window: Duration, f: &PermitFloors, name: String, n: u32) -> Result<f64> {
+async fn floor_rate(
+    tasks: usize,
+    window: Duration,
+    f: &PermitFloors,
+    name: String,
+    n: Option<u32>,
+) -> Result<f64> {
     let mut floors = Vec::with_capacity(tasks);
     for _ in 0..tasks {
         floors.push((f.make)().await?);
@@ -349,16 +376,40 @@ pub(crate) fn markdown(b: &Value, fmt: fn(&Value) -> String) -> String {
             }
             md.push('\n');
         }
-        md.push_str("\nSemaphore throughput on one name (permits acquired+released per second; distlock waits, the floor retries every 1 ms):\n\n| N | tasks | distlock | floor | ours/floor |\n|---|---|---|---|---|\n");
+        if let Some(peer) = p["peer"].as_str() {
+            md.push_str(&format!("\nBeside the peer ({peer}), p50 ms, ours/peer:"));
+            for r in p["semaphore_latency_ms"].as_array().into_iter().flatten() {
+                md.push_str(&format!(
+                    " N = {}: {} ({});",
+                    r["permits"],
+                    fmt(&r["peer"]["p50"]),
+                    fmt(&r["ours_over_peer"])
+                ));
+            }
+            md.push('\n');
+        }
+        let peer = p["peer"].is_string();
+        md.push_str(if peer {
+            "\nSemaphore throughput on one name (permits acquired+released per second; distlock waits, the floor \
+             retries every 1 ms, the peer polls with its own backoff):\n\n| N | tasks | distlock | floor | ours/floor \
+             | peer | ours/peer |\n|---|---|---|---|---|---|---|\n"
+        } else {
+            "\nSemaphore throughput on one name (permits acquired+released per second; distlock waits, the floor \
+             retries every 1 ms):\n\n| N | tasks | distlock | floor | ours/floor |\n|---|---|---|---|---|\n"
+        });
         for r in p["semaphore_throughput_ops_per_s"].as_array().into_iter().flatten() {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} |",
                 r["permits"],
                 r["tasks"],
                 fmt(&r["distlock"]),
                 fmt(&r["floor"]),
                 fmt(&r["ours_over_floor"])
             ));
+            if peer {
+                md.push_str(&format!(" {} | {} |", fmt(&r["peer"]), fmt(&r["ours_over_peer"])));
+            }
+            md.push('\n');
         }
     }
     if let Some(s) = p["read_write"].as_str() {
@@ -367,12 +418,16 @@ pub(crate) fn markdown(b: &Value, fmt: fn(&Value) -> String) -> String {
     }
     let r = &p["read_throughput_ops_per_s"];
     md.push_str(&format!(
-        "\nRead lock throughput, {} readers on one name (per second): distlock {}, floor {}, ours/floor {}.\n",
+        "\nRead lock throughput, {} readers on one name (per second): distlock {}, floor {}, ours/floor {}",
         r["readers"],
         fmt(&r["distlock"]),
         fmt(&r["floor"]),
         fmt(&r["ours_over_floor"])
     ));
+    if r["peer"].is_number() {
+        md.push_str(&format!("; peer {}, ours/peer {}", fmt(&r["peer"]), fmt(&r["ours_over_peer"])));
+    }
+    md.push_str(".\n");
     let h = &p["writer_to_readers_ms"];
     md.push_str(&format!(
         "\nWriter → {} readers hand-off, from the writer's release call ({} rounds): first reader p50 {} ms, last reader p50 {} ms (p99 {}).\n",
@@ -432,6 +487,52 @@ pub(crate) fn redis_floors(url: String) -> PermitFloors {
                 let con = redis::aio::ConnectionManager::new(redis::Client::open(url.as_str())?).await?;
                 Ok(Arc::new(RedisPermits { con, script: redis::Script::new(REDIS_PERMIT) })
                     as Arc<dyn PermitFloor>)
+            })
+        }),
+    }
+}
+
+/// The Redis peer: distributed-lock-redis (a Rust port of .NET's DistributedLock, on fred):
+/// a semaphore is a sorted set of tickets taken by one `EVAL` (the whole script sent each
+/// time), given back by another; a waiting acquire polls with a backoff of 10 to 200 ms. Its
+/// read-write lock likewise. Each maker connects its own provider (its own client).
+struct RedisPeerPermits(distributed_lock_redis::RedisLockProvider);
+
+/// How long a peer acquire may wait (as distlock's, see `our_permit`).
+const PEER_WAIT: Duration = Duration::from_secs(120);
+
+#[async_trait]
+impl PermitFloor for RedisPeerPermits {
+    async fn cycle(&self, name: &str, n: u32) -> Result<bool> {
+        use distributed_lock_core::traits::{DistributedSemaphore, LockHandle, SemaphoreProvider};
+        let ticket = self.0.create_semaphore(&format!("peer/{name}"), n).acquire(Some(PEER_WAIT)).await?;
+        ticket.release().await?;
+        Ok(true)
+    }
+
+    async fn read(&self, name: &str) -> Result<bool> {
+        use distributed_lock_core::traits::{
+            DistributedReaderWriterLock, LockHandle, ReaderWriterLockProvider,
+        };
+        let h =
+            self.0.create_reader_writer_lock(&format!("peer/{name}")).acquire_read(Some(PEER_WAIT)).await?;
+        h.release().await?;
+        Ok(true)
+    }
+}
+
+pub(crate) fn redis_peer(url: String) -> PermitFloors {
+    PermitFloors {
+        what: "distributed-lock-redis 0.2 (fred): EVAL of its acquire script, EVAL of its release; polls 10-200 ms",
+        make: Arc::new(move || {
+            let url = url.clone();
+            Box::pin(async move {
+                let provider = distributed_lock_redis::RedisLockProvider::builder()
+                    .url(url)
+                    .expiry(TTL)
+                    .build()
+                    .await?;
+                Ok(Arc::new(RedisPeerPermits(provider)) as Arc<dyn PermitFloor>)
             })
         }),
     }

@@ -117,6 +117,7 @@ async fn redis() -> Result<(Backend, Keep)> {
         permit_floor: Some(crate::primitives::redis_floors(url.clone())),
         // The same scripts sent raw: `cargo bench -p lock-redis --bench primitives`.
         same_floor: None,
+        permit_peer: Some(crate::primitives::redis_peer(url.clone())),
     };
     Ok((b, Box::new((t, masters, files))))
 }
@@ -162,6 +163,7 @@ async fn etcd() -> Result<(Backend, Keep)> {
         permit_floor: Some(crate::primitives::etcd_floors(eps.clone())),
         // The same requests sent raw: `cargo bench -p lock-etcd --bench primitives`.
         same_floor: None,
+        permit_peer: None,
     };
     Ok((b, Box::new(cluster)))
 }
@@ -222,6 +224,7 @@ async fn zookeeper() -> Result<(Backend, Keep)> {
         reach: vec![crate::failover::Reach { kind: "zookeeper", target: connect.clone() }],
         permit_floor: Some(crate::primitives::zk_floors(connect.clone())),
         same_floor: Some(crate::same::zk_same(connect.clone())),
+        permit_peer: None,
     };
     Ok((b, Box::new(t)))
 }
@@ -448,6 +451,7 @@ async fn dynamodb(emulator: Emulator, url: String, keep: Keep) -> Result<(Backen
         reach: vec![crate::failover::Reach { kind: "dynamodb", target: url.clone() }],
         permit_floor: Some(crate::primitives::dynamo_floors(client.clone(), table.into())),
         same_floor: Some(crate::same::dynamo_same(url.clone(), table.into())),
+        permit_peer: None,
     };
     Ok((b, keep))
 }
