@@ -2,21 +2,15 @@
 //! script call per batch (`EXTEND_MANY`), not one call per lock, and a key found gone in a
 //! batch loses that lock alone.
 
+#[path = "support/stats.rs"]
+mod stats;
+
 use std::time::Duration;
 
 use conformance_tests::fixtures::redis::RedisServer;
 use lock_core::{Instant, LockBackend, LockClient};
 use lock_redis::RedisBackend;
-
-/// How many scripts the server has run (EVALSHA and EVAL calls).
-async fn scripts_run(con: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(con).await.expect("info");
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .sum()
-}
+use stats::scripts_run;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_held_locks_are_renewed_in_a_few_script_calls() {

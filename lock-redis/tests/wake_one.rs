@@ -2,24 +2,18 @@
 //! register in the primitive's queue of waiters, and a release takes one out and wakes it
 //! alone (see `lock_redis::scripts`). Counted on a real redis-server with `INFO commandstats`.
 
+#[path = "support/stats.rs"]
+mod stats;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::fixtures::redis::RedisServer;
 use lock_core::{Guard, Instant, LockClient, ReleaseOutcome};
 use lock_redis::RedisBackend;
+use stats::scripts_run;
 
 const WAITERS: usize = 16;
-
-/// How many scripts the server has run (EVALSHA and EVAL calls).
-async fn scripts_run(con: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(con).await.expect("info");
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .sum()
-}
 
 async fn queued(con: &mut redis::aio::MultiplexedConnection, queue: &str) -> usize {
     redis::cmd("ZCARD").arg(queue).query_async(con).await.expect("zcard")
@@ -53,6 +47,36 @@ async fn take(c: &LockClient, kind: Kind, name: &str, wait: Duration) -> lock_co
     b.ttl(Duration::from_secs(60)).wait(wait).acquire().await
 }
 
+/// A redis-server, a raw connection to it, and a backend on it.
+struct Server {
+    _server: RedisServer,
+    url: String,
+    con: redis::aio::MultiplexedConnection,
+    backend: RedisBackend,
+}
+
+async fn start() -> Server {
+    let server = RedisServer::start().await.expect("redis-server");
+    let url = server.url();
+    let con = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection");
+    let backend = RedisBackend::connect(url.parse().expect("url")).await.expect("connect");
+    Server { _server: server, url, con, backend }
+}
+
+impl Server {
+    /// Takes `kind` on the free `name`: the grant, and the primitive's queue of waiters.
+    async fn hold(&self, kind: Kind, name: &str) -> (Guard, String) {
+        let holder = LockClient::new(self.backend.clone());
+        let held = take(&holder, kind, name, Duration::ZERO).await.expect("free");
+        let queue = queue_of(&self.backend.redis_key(held.lease().key()), kind);
+        (held, queue)
+    }
+}
+
 /// The queue key of `name`'s primitive, from its grant key `P{K}`.
 fn queue_of(grant_key: &str, kind: Kind) -> String {
     match kind {
@@ -63,19 +87,11 @@ fn queue_of(grant_key: &str, kind: Kind) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_one_waiter_not_every_waiter() {
-    let server = RedisServer::start().await.expect("redis-server");
-    let url = server.url();
-    let mut con = redis::Client::open(url.as_str())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    let backend = RedisBackend::connect(url.parse().expect("url")).await.expect("connect");
+    let mut t = start().await;
+    let url = t.url.clone();
     for kind in [Kind::Lock, Kind::Semaphore] {
         let name = format!("wake-one/{kind:?}");
-        let holder = LockClient::new(backend.clone());
-        let held = take(&holder, kind, &name, Duration::ZERO).await.expect("free");
-        let queue = queue_of(&backend.redis_key(held.lease().key()), kind);
+        let (held, queue) = t.hold(kind, &name).await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         for _ in 0..WAITERS {
@@ -85,16 +101,16 @@ async fn a_release_wakes_one_waiter_not_every_waiter() {
                 let _ = tx.send(g);
             }));
         }
-        until_queued(&mut con, &queue, WAITERS, "every waiter is queued").await;
+        until_queued(&mut t.con, &queue, WAITERS, "every waiter is queued").await;
         // Long enough for the waiters' polling to slow to its 250 ms ceiling.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let before = scripts_run(&mut con).await;
+        let before = scripts_run(&mut t.con).await;
         assert_eq!(held.release().await.expect("release"), ReleaseOutcome::Released);
         let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("a waiter was granted")
             .expect("sent");
-        let during = scripts_run(&mut con).await - before;
+        let during = scripts_run(&mut t.con).await - before;
         // The release, the woken waiter's attempt, and now and then a waiter's poll. Waking
         // every waiter costs one failing script per waiter besides.
         assert!(
@@ -117,66 +133,50 @@ async fn a_release_wakes_one_waiter_not_every_waiter() {
         }
         assert_eq!(granted, WAITERS);
         println!("{kind:?}: {during} scripts for one hand-off; {WAITERS} hand-offs in {:?}", start.elapsed());
-        assert_eq!(queued(&mut con, &queue).await, 0, "{kind:?}: registrations left in the queue");
+        assert_eq!(queued(&mut t.con, &queue).await, 0, "{kind:?}: registrations left in the queue");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_that_gives_up_leaves_the_queue() {
-    let server = RedisServer::start().await.expect("redis-server");
-    let url = server.url();
-    let mut con = redis::Client::open(url.as_str())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    let backend = RedisBackend::connect(url.parse().expect("url")).await.expect("connect");
+    let mut t = start().await;
+    let url = t.url.clone();
     for kind in [Kind::Lock, Kind::Semaphore] {
         let name = format!("give-up/{kind:?}");
-        let holder = LockClient::new(backend.clone());
-        let held = take(&holder, kind, &name, Duration::ZERO).await.expect("free");
-        let queue = queue_of(&backend.redis_key(held.lease().key()), kind);
+        let (held, queue) = t.hold(kind, &name).await;
         // Timed out.
         let c = client(&url).await;
         assert!(take(&c, kind, &name, Duration::from_millis(300)).await.is_err(), "{kind:?}: held");
-        assert_eq!(queued(&mut con, &queue).await, 0, "{kind:?}: a timed-out waiter stayed queued");
+        assert_eq!(queued(&mut t.con, &queue).await, 0, "{kind:?}: a timed-out waiter stayed queued");
         // Dropped while it waits.
         let (c, n) = (Arc::new(client(&url).await), name.clone());
         let waiting = tokio::spawn(async move { take(&c, kind, &n, Duration::from_secs(60)).await });
-        until_queued(&mut con, &queue, 1, "the waiter is queued").await;
+        until_queued(&mut t.con, &queue, 1, "the waiter is queued").await;
         waiting.abort();
-        until_queued(&mut con, &queue, 0, "the dropped waiter left the queue").await;
+        until_queued(&mut t.con, &queue, 0, "the dropped waiter left the queue").await;
         assert_eq!(held.release().await.expect("release"), ReleaseOutcome::Released);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_woken_waiter_that_is_gone_does_not_strand_the_others() {
-    let server = RedisServer::start().await.expect("redis-server");
-    let url = server.url();
-    let mut con = redis::Client::open(url.as_str())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("raw connection");
-    let backend = RedisBackend::connect(url.parse().expect("url")).await.expect("connect");
+    let mut t = start().await;
+    let url = t.url.clone();
     for kind in [Kind::Lock, Kind::Semaphore] {
         let name = format!("gone/{kind:?}");
-        let holder = LockClient::new(backend.clone());
-        let held = take(&holder, kind, &name, Duration::ZERO).await.expect("free");
-        let queue = queue_of(&backend.redis_key(held.lease().key()), kind);
+        let (held, queue) = t.hold(kind, &name).await;
         let (c, n) = (client(&url).await, name.clone());
         let waiting = tokio::spawn(async move { take(&c, kind, &n, Duration::from_secs(60)).await });
-        until_queued(&mut con, &queue, 1, "the waiter is queued").await;
+        until_queued(&mut t.con, &queue, 1, "the waiter is queued").await;
         // A waiter that crashed: registered, lapsing first (in 1 s, before the live waiter's
         // registration, which its polls keep about 4 s ahead), so the release wakes it.
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut con).await.expect("time");
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut t.con).await.expect("time");
         let lapses = secs * 1000 + micros / 1000 + 1000;
         let _: () = redis::cmd("ZADD")
             .arg(&queue)
             .arg(lapses)
             .arg(format!("{} gone:wake:channel", "f".repeat(32)))
-            .query_async(&mut con)
+            .query_async(&mut t.con)
             .await
             .expect("zadd");
         assert_eq!(held.release().await.expect("release"), ReleaseOutcome::Released);
