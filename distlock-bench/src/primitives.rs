@@ -24,7 +24,9 @@ use serde_json::{json, Value};
 use crate::scenarios::pct_ms;
 use crate::{ratio, Backend, BoxFut, Plan};
 
-const TTL: Duration = Duration::from_secs(30);
+/// The TTL and the longest wait of every grant this module takes.
+pub(crate) const TTL: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(120);
 
 /// One permit of a semaphore taken and given back with the store's own commands.
 #[async_trait]
@@ -58,13 +60,13 @@ async fn ours(b: &Backend) -> Result<LockClient> {
 }
 
 async fn our_permit(locks: &LockClient, name: &str, n: u32) -> Result<()> {
-    let g = locks.semaphore(name, n).ttl(TTL).wait(Duration::from_secs(120)).acquire().await?;
+    let g = locks.semaphore(name, n).ttl(TTL).wait(WAIT).acquire().await?;
     g.release().await?;
     Ok(())
 }
 
 async fn our_read(locks: &LockClient, name: &str) -> Result<()> {
-    let g = locks.read_lock(name).ttl(TTL).wait(Duration::from_secs(120)).acquire().await?;
+    let g = locks.read_lock(name).ttl(TTL).wait(WAIT).acquire().await?;
     g.release().await?;
     Ok(())
 }
@@ -498,14 +500,11 @@ pub(crate) fn redis_floors(url: String) -> PermitFloors {
 /// read-write lock likewise. Each maker connects its own provider (its own client).
 struct RedisPeerPermits(distributed_lock_redis::RedisLockProvider);
 
-/// How long a peer acquire may wait (as distlock's, see `our_permit`).
-const PEER_WAIT: Duration = Duration::from_secs(120);
-
 #[async_trait]
 impl PermitFloor for RedisPeerPermits {
     async fn cycle(&self, name: &str, n: u32) -> Result<bool> {
         use distributed_lock_core::traits::{DistributedSemaphore, LockHandle, SemaphoreProvider};
-        let ticket = self.0.create_semaphore(&format!("peer/{name}"), n).acquire(Some(PEER_WAIT)).await?;
+        let ticket = self.0.create_semaphore(&format!("peer/{name}"), n).acquire(Some(WAIT)).await?;
         ticket.release().await?;
         Ok(true)
     }
@@ -514,8 +513,7 @@ impl PermitFloor for RedisPeerPermits {
         use distributed_lock_core::traits::{
             DistributedReaderWriterLock, LockHandle, ReaderWriterLockProvider,
         };
-        let h =
-            self.0.create_reader_writer_lock(&format!("peer/{name}")).acquire_read(Some(PEER_WAIT)).await?;
+        let h = self.0.create_reader_writer_lock(&format!("peer/{name}")).acquire_read(Some(WAIT)).await?;
         h.release().await?;
         Ok(true)
     }

