@@ -300,12 +300,25 @@ pub(crate) async fn zk_floor_create(
     zk: &zookeeper_client::Client,
     dir: &str,
 ) -> Result<(zookeeper_client::Stat, zookeeper_client::CreateSequence)> {
+    zk_create_sequential(zk, dir, "n-", b"", zookeeper_client::CreateMode::Persistent).await
+}
+
+/// An ephemeral sequential child `<dir>/<stem><sequence>` holding `data`; `dir` (and its
+/// parents) is made with `dir_mode` when missing.
+pub(crate) async fn zk_create_sequential(
+    zk: &zookeeper_client::Client,
+    dir: &str,
+    stem: &str,
+    data: &[u8],
+    dir_mode: zookeeper_client::CreateMode,
+) -> Result<(zookeeper_client::Stat, zookeeper_client::CreateSequence)> {
     use zookeeper_client::{Acls, CreateMode};
     let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
-    Ok(match zk.create(&format!("{dir}/n-"), b"", &opts).await {
+    let path = format!("{dir}/{stem}");
+    Ok(match zk.create(&path, data, &opts).await {
         Err(zookeeper_client::Error::NoNode) => {
-            let _ = zk.mkdir(dir, &CreateMode::Persistent.with_acls(Acls::anyone_all())).await;
-            zk.create(&format!("{dir}/n-"), b"", &opts).await?
+            let _ = zk.mkdir(dir, &dir_mode.with_acls(Acls::anyone_all())).await;
+            zk.create(&path, data, &opts).await?
         }
         other => other?,
     })

@@ -25,8 +25,8 @@ use crate::scenarios::pct_ms;
 use crate::{ratio, Backend, BoxFut, Plan};
 
 /// The TTL and the longest wait of every grant this module takes.
-pub(crate) const TTL: Duration = Duration::from_secs(30);
-pub(crate) const WAIT: Duration = Duration::from_secs(120);
+const TTL: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(120);
 
 /// One permit of a semaphore taken and given back with the store's own commands.
 #[async_trait]
@@ -59,7 +59,9 @@ async fn ours(b: &Backend) -> Result<LockClient> {
     Ok(LockClient::from_arc((b.ours)().await?))
 }
 
-async fn our_permit(locks: &LockClient, name: &str, n: u32) -> Result<()> {
+/// One permit of `name` taken (waiting if need be) and given back, as every measurement of
+/// distlock here takes it.
+pub(crate) async fn our_permit(locks: &LockClient, name: &str, n: u32) -> Result<()> {
     let g = locks.semaphore(name, n).ttl(TTL).wait(WAIT).acquire().await?;
     g.release().await?;
     Ok(())
@@ -122,14 +124,7 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str) -> Result<Value
                 })
                 .await?;
                 let mut row = json!({"permits": n, "tasks": tasks, "distlock": mine.round()});
-                for (kind, f) in [("floor", floors), ("peer", b.permit_peer.as_ref())] {
-                    if let Some(f) = f {
-                        let raw =
-                            floor_rate(tasks, plan.prim_window, f, format!("{name}-{kind}"), Some(n)).await?;
-                        row[kind] = json!(raw.round());
-                        row[format!("ours_over_{kind}")] = ratio(mine, raw);
-                    }
-                }
+                beside(&mut row, mine, b, tasks, plan.prim_window, &name, Some(n)).await?;
                 tp.push(row);
             }
         }
@@ -150,13 +145,7 @@ pub(crate) async fn measure(b: &Backend, plan: &Plan, tag: &str) -> Result<Value
     })
     .await?;
     let mut row = json!({"readers": plan.readers, "distlock": mine.round()});
-    for (kind, f) in [("floor", floors), ("peer", b.permit_peer.as_ref())] {
-        if let Some(f) = f {
-            let raw = floor_rate(plan.readers, plan.prim_window, f, format!("{name}-{kind}"), None).await?;
-            row[kind] = json!(raw.round());
-            row[format!("ours_over_{kind}")] = ratio(mine, raw);
-        }
-    }
+    beside(&mut row, mine, b, plan.readers, plan.prim_window, &name, None).await?;
     out["read_throughput_ops_per_s"] = row;
     eprintln!("[{}] writer -> {} readers hand-off x{}", b.name, plan.rw_readers, plan.rw_handoffs);
     out["writer_to_readers_ms"] =
@@ -226,6 +215,27 @@ where
         clients.push(Arc::new(ours(b).await?));
     }
     run_for(window, clients, round).await
+}
+
+/// The floor's and the peer's rates (where `b` has them) with `tasks` tasks on `name`, each
+/// beside distlock's `mine` in `row`: permits of `n`, or read locks (`None`).
+async fn beside(
+    row: &mut Value,
+    mine: f64,
+    b: &Backend,
+    tasks: usize,
+    window: Duration,
+    name: &str,
+    n: Option<u32>,
+) -> Result<()> {
+    for (kind, f) in [("floor", b.permit_floor.as_ref()), ("peer", b.permit_peer.as_ref())] {
+        if let Some(f) = f {
+            let raw = floor_rate(tasks, window, f, format!("{name}-{kind}"), n).await?;
+            row[kind] = json!(raw.round());
+            row[format!("ours_over_{kind}")] = ratio(mine, raw);
+        }
+    }
+    Ok(())
 }
 
 async fn floor_rate(

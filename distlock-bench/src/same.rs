@@ -20,7 +20,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemInput;
 use lock_core::{LockClient, Metadata};
 
-use crate::primitives::{PermitFloor, PermitFloors, TTL, WAIT};
+use crate::contenders::zk_create_sequential;
+use crate::primitives::{our_permit, PermitFloor, PermitFloors};
 
 /// ZooKeeper: lock-zk's requests for one permit, in its order.
 struct ZkSame(zookeeper_client::Client);
@@ -28,22 +29,14 @@ struct ZkSame(zookeeper_client::Client);
 #[async_trait]
 impl PermitFloor for ZkSame {
     async fn cycle(&self, name: &str, n: u32) -> Result<bool> {
-        use zookeeper_client::{Acls, CreateMode};
+        use zookeeper_client::CreateMode::Container;
         let sem = format!("/bench/same_{}#semaphore", name.replace('/', "_"));
         let (locks, leases) = (format!("{sem}/locks"), format!("{sem}/leases"));
         let id = uuid::Uuid::new_v4().hyphenated();
-        let eph = &CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        // Directories are containers, as lock-zk makes them.
         let create = |dir: String, stem: String, data: Vec<u8>| async move {
-            let path = format!("{dir}/{stem}");
-            let made = match self.0.create(&path, &data, eph).await {
-                Err(zookeeper_client::Error::NoNode) => {
-                    // Containers, as lock-zk makes them.
-                    let _ = self.0.mkdir(&dir, &CreateMode::Container.with_acls(Acls::anyone_all())).await;
-                    self.0.create(&path, &data, eph).await?
-                }
-                other => other?,
-            };
-            anyhow::Ok(format!("{path}{}", made.1))
+            let made = zk_create_sequential(&self.0, &dir, &stem, &data, Container).await?;
+            anyhow::Ok(format!("{dir}/{stem}{}", made.1))
         };
         let mutex = create(locks.clone(), format!("_c_{id}-lock-"), Vec::new()).await?;
         self.0.list_children(&locks).await?;
@@ -120,11 +113,7 @@ impl DynamoSame {
     /// so one-time work is not among them), taken as the benchmark takes it (`our_permit`):
     /// one grant and one release.
     async fn record(&self, name: &str, n: u32) -> Result<Vec<UpdateItemInput>> {
-        let round = || async {
-            let g = self.locks.semaphore(name, n).ttl(TTL).wait(WAIT).acquire().await?;
-            g.release().await?;
-            anyhow::Ok(())
-        };
+        let round = || our_permit(&self.locks, name, n);
         round().await?;
         *self.recorder.on.lock().map_err(|_| anyhow::anyhow!("recorder poisoned"))? = Some(Vec::new());
         let done = round().await;
