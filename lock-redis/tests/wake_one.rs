@@ -104,35 +104,35 @@ async fn a_release_wakes_one_waiter_not_every_waiter() {
         until_queued(&mut t.con, &queue, WAITERS, "every waiter is queued").await;
         // Long enough for the waiters' polling to slow to its 250 ms ceiling.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let before = scripts_run(&mut t.con).await;
-        assert_eq!(held.release().await.expect("release"), ReleaseOutcome::Released);
-        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("a waiter was granted")
-            .expect("sent");
-        let during = scripts_run(&mut t.con).await - before;
-        // The release, the woken waiter's attempt, and now and then a waiter's poll. Waking
-        // every waiter costs one failing script per waiter besides.
-        assert!(
-            during <= 6,
-            "{kind:?}: {during} scripts between the release and the next grant with {WAITERS} waiters: every waiter woke"
-        );
-        // Each grant's release wakes the next waiter: they all get it in turn.
+        // Each grant's release wakes the next waiter: they all get it in turn. The scripts run
+        // between a release and the next grant are counted for every hand-off.
         let start = Instant::now();
-        let mut granted = 1;
-        assert_eq!(first.release().await.expect("release"), ReleaseOutcome::Released);
-        while granted < WAITERS {
+        let mut costs = Vec::with_capacity(WAITERS);
+        let mut current = held;
+        for _ in 0..WAITERS {
+            let before = scripts_run(&mut t.con).await;
+            assert_eq!(current.release().await.expect("release"), ReleaseOutcome::Released);
             let Ok(Some(g)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else {
                 panic!("{kind:?}: a waiter was not granted within 10 s of the last release");
             };
-            granted += 1;
-            assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+            costs.push(scripts_run(&mut t.con).await - before);
+            current = g;
         }
+        assert_eq!(current.release().await.expect("release"), ReleaseOutcome::Released);
+        // A hand-off costs the release, the woken waiter's attempt, and now and then a
+        // waiter's poll (16 waiters at 250 ms poll 64 times a second: a loaded machine's slow
+        // round trip lets a few in). Waking every waiter costs one failing script per waiter
+        // besides: at least 14 in each of the first four hand-offs, which still have 13 to 16
+        // waiters. The fewest of those four is the one the polls disturbed least.
+        let fewest = costs[..4].iter().min().copied().unwrap_or(u64::MAX);
+        assert!(
+            fewest <= 6,
+            "{kind:?}: {costs:?} scripts per hand-off with {WAITERS} waiters: every waiter woke"
+        );
         for t in tasks {
             t.await.expect("waiter task");
         }
-        assert_eq!(granted, WAITERS);
-        println!("{kind:?}: {during} scripts for one hand-off; {WAITERS} hand-offs in {:?}", start.elapsed());
+        println!("{kind:?}: {costs:?} scripts per hand-off; {WAITERS} hand-offs in {:?}", start.elapsed());
         assert_eq!(queued(&mut t.con, &queue).await, 0, "{kind:?}: registrations left in the queue");
     }
 }
