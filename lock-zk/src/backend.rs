@@ -43,7 +43,7 @@ impl std::fmt::Debug for ZkBackend {
 /// What a lease of this backend remembers: its node's path and the session that owns it.
 #[derive(Debug)]
 pub(crate) struct Held {
-    pub(crate) path: String,
+    pub(crate) path: Arc<str>,
     pub(crate) session: Weak<Session>,
 }
 
@@ -240,6 +240,11 @@ impl LockBackend for ZkBackend {
         // seen the deletion, so an extend of any copy of the lease finds it not held.
         if let Some(signal) = lease.session() {
             signal.fire(LossReason::NotHeld);
+        }
+        if let Some(h) = lease.backend_data::<Held>() {
+            if let Some(s) = h.session.upgrade() {
+                s.held.forget(&h.path);
+            }
         }
         Ok(outcome)
     }

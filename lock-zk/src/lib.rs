@@ -132,9 +132,12 @@
 //!   comes back before the server expired it, its nodes are deleted at once (`getEphemerals`),
 //!   so a lock reported lost is never kept by a session nothing uses (tested). Session expiry,
 //!   failed authentication, or the client closing fire it at once. A grant whose node is
-//!   deleted by someone else fires its own signal: its node is watched from 100 ms after the
-//!   grant (a grant released sooner sends no watch request), so a deletion in its first
-//!   100 ms is reported when the watch is set.
+//!   deleted by someone else fires its own signal. A session holding fewer than 32 grants
+//!   watches each node from 100 ms after its grant (a grant released sooner sends no watch
+//!   request, and a deletion in its first 100 ms is reported when the watch is set). From 32
+//!   grants held at once the session watches its prefix as a whole instead (one persistent
+//!   recursive watch, ZooKeeper 3.6+), and each further grant costs a map entry, not a watch
+//!   and a task: about 2 KiB of client memory per held lock in place of 3.2.
 //! - A waiter whose session ends (or whose connection breaks) while it waits queues again, on
 //!   a new session if need be, until its deadline: it never holds on a lost session.
 //! - **A crashed holder** blocks others until the server expires its session: one session
@@ -170,6 +173,12 @@
 //!   another N is not detected, and admits by its own N. A `try_acquire` of a permit is
 //!   refused while another contender holds the semaphore's mutex (one waiting for a permit, or
 //!   one making its lease), as Curator's `acquire(0, …)` is.
+//! - A session that has held 32 grants or more at once receives, for the rest of its life,
+//!   an event for every node created, changed or deleted under the prefix by any client:
+//!   with many such sessions, each change is sent to each of them. A server older than 3.6
+//!   keeps the node-by-node watches. Deletions during a disconnection are found by listing
+//!   the session's own nodes once it is back (the server does not replay them to a
+//!   persistent watch), so such a loss is reported on reconnection, not when it happened.
 //! - Curator's `LeaderLatch` shows a distlock leader's metadata JSON, as campaigned, as its
 //!   participant id: proclaimed values are distlock's alone.
 //! - A listing is not a snapshot: a grant that changes while the walk runs may be listed in
@@ -184,7 +193,8 @@
 //! ## Where things are
 //! In the source: `backend.rs` holds [`ZkBackend`] and the trait impl, `options.rs` the
 //! options and their URL, `children.rs` Curator's names, paths and order, `queue.rs` joining
-//! and leaving a queue, `watch.rs` waiting in a queue and each held grant's watcher,
+//! and leaving a queue, `watch.rs` waiting in a queue and a held grant's own watcher,
+//! `held.rs` a session's held grants and its prefix-wide watch,
 //! `semaphore.rs`, `rwlock.rs` and `election.rs` those primitives (observing included),
 //! `holders.rs` reading holders and their metadata, `multi.rs` atomic multi-key tries,
 //! `list.rs` listing, `session.rs` the session, its validity and its grace, `error.rs` the
@@ -194,6 +204,7 @@ mod backend;
 mod children;
 mod election;
 mod error;
+mod held;
 mod holders;
 mod list;
 mod multi;

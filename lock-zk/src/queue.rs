@@ -200,7 +200,7 @@ impl ZkBackend {
     /// The path of `lease`'s node: remembered, or found by its owner token.
     pub(crate) async fn path_of(&self, s: &Session, lease: &Lease) -> Result<Option<String>> {
         if let Some(h) = lease.backend_data::<Held>() {
-            return Ok(Some(h.path.clone()));
+            return Ok(Some(h.path.to_string()));
         }
         let q = self.queue(lease.key(), lease.mode());
         Ok(self.find(s, &q.dir, &q.stem(lease.owner()), false).await?.map(|c| c.path))

@@ -121,6 +121,9 @@ fn client_tls(tls: &lock_core::TlsOptions) -> Result<zookeeper_client::TlsOption
 /// "connected" although the server expired its session meanwhile.
 #[derive(Debug)]
 pub(crate) struct Session {
+    /// The grants held on this session and how their nodes are watched (declared before the
+    /// client: dropped first, it ends its watch's task before the client goes).
+    pub(crate) held: crate::held::Registry,
     pub(crate) client: Client,
     timeout: Duration,
     /// The send time of the last request the server answered (the connect included).
@@ -136,7 +139,13 @@ impl Session {
         // Watch first, then read the state, so that no change between the two is missed.
         let states = client.state_watcher();
         let since = matches!(client.state(), SessionState::Disconnected).then(Instant::now);
-        let s = Arc::new(Self { client, timeout, heard: Mutex::new(asked), lost: LossSignal::new() });
+        let s = Arc::new(Self {
+            held: crate::held::Registry::default(),
+            client,
+            timeout,
+            heard: Mutex::new(asked),
+            lost: LossSignal::new(),
+        });
         tokio::spawn(monitor(Arc::downgrade(&s), states, s.lost.clone(), since));
         s
     }

@@ -87,12 +87,13 @@ impl ZkBackend {
             ));
         }
         let signal = LossSignal::new();
-        tokio::spawn(watch_child(Arc::downgrade(s), child.path.clone(), signal.clone()));
+        let path: Arc<str> = Arc::from(child.path);
+        s.hold(&self.inner.opts.prefix, path.clone(), signal.clone());
         Ok(Lease::new(req.key.clone(), req.owner, FencingToken::new(child.czxid as u64), req.ttl, sent)
             .with_mode(req.mode)
             .with_valid_until(s.valid_until())
             .with_session(signal)
-            .with_backend_data(Arc::new(Held { path: child.path, session: Arc::downgrade(s) })))
+            .with_backend_data(Arc::new(Held { path, session: Arc::downgrade(s) })))
     }
 }
 
@@ -104,7 +105,9 @@ const WATCH_AFTER: Duration = Duration::from_millis(100);
 
 /// Fires `signal` when the child at `path` is deleted (by our release, by someone else, or
 /// with the session) or the session is lost. After our own release nobody listens any more.
-async fn watch_child(session: Weak<Session>, path: String, signal: LossSignal) {
+/// The way a session holding few grants watches them (see `held.rs`).
+pub(crate) async fn watch_child(session: Weak<Session>, path: Arc<str>, signal: LossSignal) {
+    let _counted = Counted(session.clone());
     {
         let Some(s) = session.upgrade() else {
             signal.fire(LossReason::SessionLost);
@@ -172,6 +175,18 @@ async fn watch_child(session: Weak<Session>, path: String, signal: LossSignal) {
     }
 }
 
+/// Tells the session's registry, however [`watch_child`] ends, that one node-by-node watcher
+/// fewer runs.
+struct Counted(Weak<Session>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.upgrade() {
+            s.held.per_node_ended();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,7 +194,7 @@ mod tests {
     /// Each held lock has one of these tasks: it stays small while it waits.
     #[test]
     fn a_held_locks_watcher_is_small() {
-        let task = watch_child(Weak::new(), String::new(), LossSignal::new());
+        let task = watch_child(Weak::new(), Arc::from(""), LossSignal::new());
         let size = std::mem::size_of_val(&task);
         eprintln!("watch_child future: {size} bytes");
         assert!(size <= 480, "a held lock's watcher task grew to {size} bytes");
