@@ -16,14 +16,20 @@
 //!   create order and skip the others, reading on while a page held none (`layout.rs`). Go's
 //!   Mutex counts every key under the prefix, so it also waits for nested locks; it never
 //!   sees less than we do, so the two never hold a lock at once.
-//! - A waiter watches only the contender created just before its own (no thundering herd). The
-//!   watch is opened at the current revision and the predecessor re-read after the watch is
-//!   in place: a watch opened at an older revision lands in etcd's "unsynced" watcher group,
-//!   which the server catches up only every 100 ms, and hand-off would wait for it.
-//!   When the predecessor's deletion arrives, one read of the revision of that deletion,
-//!   served by the member without a quorum round (it has applied that revision, since it
-//!   reported it), says whether an older key is left and whether the waiter's own key is still
-//!   there: the hand-off costs the releaser's delete and that one read.
+//! - A waiter counts down the contenders older than its own: it opens a watch of the
+//!   deletions under the lock's prefix at the current revision (a watch opened at an older
+//!   revision lands in etcd's "unsynced" watcher group, which the server catches up only every
+//!   100 ms), then reads its own key and the names of the older keys in one transaction; each
+//!   deletion event takes one off, and when none is left the lock is ours. No key older than
+//!   ours can appear later, and our own key's deletion (a lost lease) arrives on the same
+//!   ordered stream first, so the hand-off costs the releaser's delete and nothing else: the
+//!   woken waiter sends no request (Go's Mutex reads the queue again after each deletion, and
+//!   etcd's lock service does so inside the server). The price is that every deletion under
+//!   the prefix reaches every waiter that counts down. Behind more than 64 older keys a
+//!   waiter watches only the contender just before its own (no herd), re-reads it once the
+//!   watch is in place, and after its deletion reads the revision of that deletion (served
+//!   by the member without a quorum round) to see whether an older key is left and its own
+//!   key is still there.
 //! - **Fencing token** = the create revision of the holder's key. etcd's revision is one
 //!   counter for the whole cluster that every write raises by one, never reused (compaction
 //!   drops old revisions but never lowers the counter), and a later holder's key is created

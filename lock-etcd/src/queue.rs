@@ -1,8 +1,10 @@
 //! The fair queue, in the layout of etcd's Go `concurrency.Mutex`: each contender's key
-//! `<prefix><name>/<lease id in hex>`, served in create-revision order; a waiter watches only
-//! the contender just before its own, keeps its lease alive while it waits, and queues again
-//! on a new lease if that one is lost.
+//! `<prefix><name>/<lease id in hex>`, served in create-revision order; a waiter counts the
+//! deletions of the keys older than its own off one watch of the prefix (behind a long queue,
+//! it watches only the contender just before its own), keeps its lease alive while it waits,
+//! and queues again on a new lease if that one is lost.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -170,6 +172,11 @@ impl Drop for QueueEntry {
         }
     }
 }
+
+/// The most keys older than its own a lock waiter counts down (see
+/// [`EtcdBackend::count_down_round`]); behind a longer queue it watches its predecessor, so
+/// that a release's event reaches at most this many waiters and one more.
+const COUNT_DOWN_MAX: i64 = 64;
 
 /// How often a waiter checks that its watch stream still answers.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -345,9 +352,13 @@ impl EtcdBackend {
             (None, None) => LossSignal::new(),
         };
         // A waiter whose lease was lost while it waited never gets the lock on it.
-        if !self.wait_for_predecessors(e, my_rev, &loss, deadline).await?
-            || session.is_some_and(|s| !s.alive())
-        {
+        if !self.wait_for_predecessors(e, my_rev, &loss, deadline).await? {
+            if let Some(s) = session {
+                self.check_session(s).await;
+            }
+            return Ok(Waited::Lost);
+        }
+        if session.is_some_and(|s| !s.alive()) {
             return Ok(Waited::Lost);
         }
         if session.is_some() {
@@ -366,6 +377,24 @@ impl EtcdBackend {
                 }
                 Err(err) => return Err(err),
             }
+        }
+    }
+
+    /// After a waiter lost its place on session `s`: whether the session's lease is gone. A
+    /// waiter that counts deletions sees its own key's deletion (the lease revoked or expired)
+    /// before the session's keep-alive finds the lease gone; queueing again on that lease would
+    /// fail, so the session is marked lost now and the next attempt opens a new one. A key
+    /// deleted by someone else leaves a live lease, and the session is kept.
+    async fn check_session(&self, s: &Session) {
+        if !s.alive() {
+            return;
+        }
+        match self.keep_alive_once(s.id).await {
+            Ok(ttl) if ttl <= 0 => {
+                s.loss.fire(lock_core::LossReason::SessionLost);
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(backend = NAME, error = %err, "could not check the session's lease"),
         }
     }
 
@@ -418,6 +447,11 @@ impl EtcdBackend {
         if e.by_key() {
             return self.grant_round(e, my_rev, loss, deadline).await;
         }
+        if at.is_none() {
+            if let Some(round) = self.count_down_round(e, my_rev, loss, deadline).await? {
+                return Ok(round);
+            }
+        }
         let (pred, mine) = match (self.queue_view(&e.pfx, &e.my_key, e.owner, my_rev, at).await, at) {
             (Ok(v), _) => v,
             // A member behind the one that reported the deletion has not applied its
@@ -435,6 +469,94 @@ impl EtcdBackend {
         self.next_deletion(e, &mut ws, loss, deadline, look_again).await
     }
 
+    /// One round of the lock's waiting by count-down: a watch of the deletions under the
+    /// prefix, opened at the current revision, then one transaction that reads our key and
+    /// the names of the keys older than ours; the watch's events count the older contenders
+    /// off. No key older than ours can appear later, so when none is left the lock is ours,
+    /// with no further read: the hand-off costs the woken waiter no request (Go's Mutex, and
+    /// etcd's lock service inside the server, read the queue again after each deletion). Our
+    /// own key's deletion (its lease expired or was revoked) comes on the same ordered stream
+    /// before any later event, so a waiter whose lease was lost never counts down to the lock.
+    ///
+    /// The watch comes first and at the current revision: one opened at the read's revision
+    /// would, once anything else was written meanwhile, land in etcd's unsynced watchers,
+    /// which the server catches up only every 100 ms. A deletion between the watch and the
+    /// read shows in both; the count-down takes it once.
+    ///
+    /// The price: every deletion under the prefix (nested locks' too) reaches every waiter.
+    /// `None` when more than [`COUNT_DOWN_MAX`] keys are older than ours: the round then
+    /// watches the predecessor alone.
+    async fn count_down_round(
+        &self,
+        e: &QueueEntry,
+        my_rev: i64,
+        loss: &LossSignal,
+        deadline: Instant,
+    ) -> Result<Option<Round>> {
+        let Some(mut ws) =
+            self.open_watch(e, WatchCreateRequest::deletions_under(e.pfx.as_str(), 0), deadline).await?
+        else {
+            return Ok(Some(Round::Again(None)));
+        };
+        let older = RangeRequest::prefix(e.pfx.as_str())
+            .with_max_create_revision((my_rev - 1).max(1))
+            .with_limit(COUNT_DOWN_MAX)
+            .without_values();
+        let txn = TxnRequest::when([])
+            .and_then([RequestOp::range(RangeRequest::key(e.my_key.as_str())), RequestOp::range(older)]);
+        let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
+        let owner = e.owner.to_string();
+        let mine =
+            resp.first_kv(0).is_some_and(|kv| kv.create_revision == my_rev && kv.value == owner.as_bytes());
+        if !mine {
+            return Ok(Some(Round::Lost));
+        }
+        // etcd applies the limit after the revision filter: `more` says more are older.
+        let Some(read) = resp.range(1).filter(|r| !r.more) else { return Ok(None) };
+        let mut older: HashSet<Vec<u8>> = read
+            .kvs
+            .iter()
+            .filter(|kv| kv.create_revision < my_rev && is_contender(&e.pfx, kv))
+            .map(|kv| kv.key.clone())
+            .collect();
+        if older.is_empty() {
+            return Ok(Some(Round::Mine));
+        }
+        let count_down = |deleted: &[&KeyValue]| {
+            for kv in deleted {
+                if kv.key == e.my_key.as_bytes() {
+                    return Some(Round::Lost);
+                }
+                older.remove(&kv.key);
+            }
+            older.is_empty().then_some(Round::Mine)
+        };
+        self.next_deletion(e, &mut ws, loss, deadline, count_down).await.map(Some)
+    }
+
+    /// Opens the watch `w` and waits (a request timeout at most) for the server to confirm it.
+    /// `None`, after a short pause, when the stream ended first: the round starts again.
+    async fn open_watch(
+        &self,
+        e: &QueueEntry,
+        w: WatchCreateRequest,
+        deadline: Instant,
+    ) -> Result<Option<WatchStream>> {
+        let t = self.inner.opts.request_timeout;
+        // Opening a watch is safe to repeat; an expired auth token is renewed in `call`.
+        let mut ws = self.call("watch", || self.client().watch(w.clone())).await?;
+        let created =
+            tokio::time::timeout(t, ws.message()).await.map_err(|_| timeout("watch", t))?.map_err(map_err)?;
+        if created.is_none() {
+            if Instant::now() >= deadline {
+                return Err(e.wait_timed_out());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Ok(None);
+        }
+        Ok(Some(ws))
+    }
+
     /// Opens a watch for deletions of `pred` from the current revision and, once the server
     /// confirms it, re-reads `pred`: a deletion before this point shows in the read, one after
     /// it arrives on the watch. `None` when the round must start again (the watch stream
@@ -446,19 +568,9 @@ impl EtcdBackend {
         my_rev: i64,
         deadline: Instant,
     ) -> Result<Option<WatchStream>> {
-        let t = self.inner.opts.request_timeout;
-        // Opening a watch is safe to repeat; an expired auth token is renewed in `call`.
-        let mut ws =
-            self.call("watch", || self.client().watch(WatchCreateRequest::deletions_of(pred, 0))).await?;
-        let created =
-            tokio::time::timeout(t, ws.message()).await.map_err(|_| timeout("watch", t))?.map_err(map_err)?;
-        if created.is_none() {
-            if Instant::now() >= deadline {
-                return Err(e.wait_timed_out());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(ws) = self.open_watch(e, WatchCreateRequest::deletions_of(pred, 0), deadline).await? else {
             return Ok(None);
-        }
+        };
         // The predecessor is still ahead of us only if it exists with a create revision
         // below ours: a key of the same name created again (by another task of the same
         // session) is behind us, and waiting for it would deadlock.

@@ -8,29 +8,10 @@ use std::time::Duration;
 
 use conformance_tests::fixtures::etcd::EtcdCluster;
 use lock_core::ReleaseOutcome;
-use support::{client, eventually, handled, keys_under, metric, raw, MODES};
+use support::{client, handled, raw, settled_watchers, until_queued, until_watching, MODES};
 
 const LONG: Duration = Duration::from_secs(60);
 const WAITERS: usize = 8;
-
-/// etcd's count of open watchers.
-async fn watchers(endpoint: &str) -> f64 {
-    metric(endpoint, "etcd_debugging_mvcc_watcher_total", |_| true).await
-}
-
-/// etcd's count of open watchers once it has held still for 300 ms (clients opening or
-/// closing watches are done).
-async fn settled_watchers(endpoint: &str) -> f64 {
-    let mut last = watchers(endpoint).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = watchers(endpoint).await;
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_admit_waiters_in_order_without_a_request_from_each_waiter() {
@@ -55,17 +36,9 @@ async fn releases_admit_waiters_in_order_without_a_request_from_each_waiter() {
                 let _ = tx.send((i, g));
             });
             // Queued one after another, so the order of their keys is known.
-            let want = 3 + i;
-            eventually("the waiter queued", Duration::from_secs(20), || async {
-                (keys_under(&raw, &format!("{name}#semaphore/")).await.len() >= want).then_some(())
-            })
-            .await;
+            until_queued(&raw, &format!("{name}#semaphore/"), 3 + i).await;
         }
-        eventually("every waiter watches", Duration::from_secs(20), || async {
-            (watchers(ep).await >= base + WAITERS as f64).then_some(())
-        })
-        .await;
-        settled_watchers(ep).await;
+        until_watching(ep, base + WAITERS as f64).await;
         // Each release admits the oldest waiter; the others send nothing.
         let before = handled(ep, &["Txn", "Range"]).await;
         for round in 0..4 {

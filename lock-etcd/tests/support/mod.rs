@@ -124,3 +124,40 @@ pub async fn metric(endpoint: &str, series: &str, pick: impl Fn(&str) -> bool) -
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
+
+/// etcd's count of open watchers.
+pub async fn watchers(endpoint: &str) -> f64 {
+    metric(endpoint, "etcd_debugging_mvcc_watcher_total", |_| true).await
+}
+
+/// etcd's count of open watchers once it has held still for 300 ms (clients opening or
+/// closing watches are done).
+pub async fn settled_watchers(endpoint: &str) -> f64 {
+    let mut last = watchers(endpoint).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = watchers(endpoint).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Waits (20 s at most) until at least `n` keys are under `prefix`.
+pub async fn until_queued(raw: &rpc::Client, prefix: &str, n: usize) {
+    eventually("the waiter queued", Duration::from_secs(20), || async {
+        (keys_under(raw, prefix).await.len() >= n).then_some(())
+    })
+    .await;
+}
+
+/// Waits (20 s at most) until etcd counts at least `n` open watchers, then until that count
+/// holds still.
+pub async fn until_watching(endpoint: &str, n: f64) {
+    eventually("every waiter watches", Duration::from_secs(20), || async {
+        (watchers(endpoint).await >= n).then_some(())
+    })
+    .await;
+    settled_watchers(endpoint).await;
+}

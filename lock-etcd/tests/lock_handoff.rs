@@ -1,0 +1,70 @@
+//! A lock's hand-off costs the woken waiter no request: each waiter counts the deletions of
+//! the keys older than its own off one watch (no read after its predecessor's deletion), and
+//! waiters get the lock in the order they queued, in both lease modes.
+
+mod support;
+
+use std::time::Duration;
+
+use conformance_tests::fixtures::etcd::EtcdCluster;
+use lock_core::ReleaseOutcome;
+use support::{client, handled, raw, settled_watchers, until_queued, until_watching, MODES};
+
+const LONG: Duration = Duration::from_secs(60);
+const WAITERS: usize = 6;
+const HANDOFFS: usize = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_hand_off_costs_the_release_alone() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let ep = eps[0].as_str();
+    let raw = raw(&eps).await;
+    for mode in MODES {
+        let name = format!("handoff-{mode:?}");
+        let holder = client(&eps, mode).await;
+        let mut current = holder.lock(&name).ttl(LONG).acquire().await.expect("free");
+        let base = settled_watchers(ep).await;
+        // One client per waiter: a client's own tasks take turns on one queue key.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..WAITERS {
+            let (c, n, tx) = (client(&eps, mode).await, name.clone(), tx.clone());
+            tokio::spawn(async move {
+                let g = c.lock(&n).ttl(LONG).wait(LONG).acquire().await.expect("waiting acquire");
+                let _ = tx.send((i, g));
+                // The client lives as long as its guard is used.
+                std::future::pending::<()>().await;
+            });
+            // Queued one after another, so the order of their keys is known.
+            until_queued(&raw, &format!("{name}/"), 2 + i).await;
+        }
+        until_watching(ep, base + WAITERS as f64).await;
+        let before = handled(ep, &["Txn", "Range"]).await;
+        for round in 0..HANDOFFS {
+            assert_eq!(current.release().await.expect("release"), ReleaseOutcome::Released);
+            let (i, g) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("a waiter gets the lock")
+                .expect("channel");
+            assert_eq!(i, round, "{mode:?}: waiters get the lock in the order they queued");
+            current = g;
+        }
+        // Quiet for a moment: a waiter that read after each deletion would show here.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = handled(ep, &["Txn", "Range"]).await - before;
+        // One transaction per release (and room for one waiter whose stream a slow machine
+        // made it read again); a read by each woken waiter makes it 8.
+        assert!(
+            sent <= HANDOFFS as f64 + 1.0,
+            "{mode:?}: {HANDOFFS} hand-offs with {WAITERS} waiters cost {sent} KV requests"
+        );
+        assert_eq!(current.release().await.expect("release"), ReleaseOutcome::Released);
+        for _ in HANDOFFS..WAITERS {
+            let (_, g) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("the rest get the lock")
+                .expect("channel");
+            assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+        }
+    }
+}
