@@ -18,14 +18,15 @@
 //! - **Fencing.** The token is the key's create revision: one counter for the whole cluster,
 //!   so tokens increase across all permits of a semaphore, a writer's is above every earlier
 //!   reader's and writer's, and a reader's is above the last writer's.
-//! - **Waiting.** A waiter re-reads its view (its own key, and the newest key that holds it
-//!   back) in one transaction, then watches from the revision after that read, so no deletion
-//!   is missed: the newest blocker's deletion for writers, readers and candidates (one watcher
-//!   each, no herd); every deletion under the prefix for a semaphore, where the end of any
-//!   older grant may admit it: the waiter reads the names of the keys older than its own once
-//!   and counts their deletions off the watch (no key older than it can appear later), holding
-//!   when fewer than `N` are left, so a release costs the waiters no request (its event still
-//!   reaches each of them). Leases are kept alive while waiting and a waiter whose lease is
+//! - **Waiting.** A waiter reads its view (its own key, and what holds it back) in one
+//!   transaction and watches so that no deletion is missed. Writers, readers and candidates
+//!   watch the newest blocker's deletion from the revision after the read (one watcher each,
+//!   no herd). A semaphore's waiter, where the end of any older grant may admit it, opens a
+//!   watch of every deletion under the prefix at the current revision first (a watch opened
+//!   at a past revision waits for etcd's unsynced catch-up, every 100 ms), then reads the
+//!   names of the keys older than its own once and counts their deletions off the watch (no
+//!   key older than it can appear later), holding when fewer than `N` are left, so a release
+//!   costs the waiters no request (its event still reaches each of them). Leases are kept alive while waiting and a waiter whose lease is
 //!   lost queues again, as for the lock (`queue.rs`).
 //! - **Values.** A semaphore's key holds `<N>\n<metadata JSON>`: a waiter whose `N` differs from
 //!   the oldest holder's gets [`Error::PermitsMismatch`]. A read-write lock's key holds the
@@ -50,7 +51,7 @@ use lock_core::{
 };
 
 use crate::backend::{token_rev, EtcdBackend};
-use crate::queue::{look_again, QueueEntry, Round};
+use crate::queue::{count_off, look_again, QueueEntry, Round};
 use crate::rpc::pb::{Compare, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest};
 use crate::rpc::KeyValue;
 
@@ -234,7 +235,12 @@ impl EtcdBackend {
     }
 
     /// One round of waiting for a primitive other than the lock: read the view, then wait for
-    /// the next deletion that may admit us, watched from the revision after the read.
+    /// the next deletion that may admit us. A semaphore's waiter, which watches the whole
+    /// prefix, opens that watch first, at the current revision, and reads after it (a watch
+    /// opened at the read's revision would, once anything else was written meanwhile, land in
+    /// etcd's unsynced watchers, caught up only every 100 ms; a deletion between the watch and
+    /// the read shows in both, and the count-down takes it once). The others watch the one
+    /// key that holds them back, from the revision after the read.
     pub(crate) async fn grant_round(
         &self,
         e: &QueueEntry,
@@ -242,35 +248,35 @@ impl EtcdBackend {
         loss: &LossSignal,
         deadline: Instant,
     ) -> Result<Round> {
+        let mut prefix_watch = None;
+        if matches!(e.mode, Mode::Permit { .. }) {
+            let w = WatchCreateRequest::deletions_under(e.pfx.as_str(), 0);
+            match self.open_watch(e, w, deadline).await? {
+                Some(ws) => prefix_watch = Some(ws),
+                None => return Ok(Round::Again(None)),
+            }
+        }
         let (blocker, mine, rev) = self.grant_view(e, my_rev).await?;
         if !mine {
             return Ok(Round::Lost);
         }
-        let watch = |w: WatchCreateRequest| async move {
-            self.call("watch", || self.client().watch(w.clone())).await
-        };
-        match blocker {
-            None => Ok(Round::Mine),
-            Some(Blocker::Key(k)) => {
-                let mut ws = watch(WatchCreateRequest::deletions_of(k, rev + 1)).await?;
-                self.next_deletion(e, &mut ws, loss, deadline, look_again).await
-            }
+        match (blocker, prefix_watch) {
+            (None, _) => Ok(Round::Mine),
             // No key older than ours can appear (new keys are newer), so the deletions seen
-            // from the revision after the read count down to the grant: no re-read, and one
-            // release costs the waiters no request.
-            Some(Blocker::Older(mut older, limit)) => {
-                let mut ws = watch(WatchCreateRequest::deletions_under(e.pfx.as_str(), rev + 1)).await?;
-                let count_down = |deleted: &[&KeyValue]| {
-                    for kv in deleted {
-                        if kv.key == e.my_key.as_bytes() {
-                            return Some(Round::Lost);
-                        }
-                        older.remove(&kv.key);
-                    }
-                    (older.len() < limit).then_some(Round::Mine)
-                };
+            // on the watch count down to the grant: no re-read, and one release costs the
+            // waiters no request.
+            (Some(Blocker::Older(mut older, limit)), Some(mut ws)) => {
+                let count_down =
+                    |deleted: &[&KeyValue]| count_off(&mut older, limit, e.my_key.as_bytes(), rev, deleted);
                 self.next_deletion(e, &mut ws, loss, deadline, count_down).await
             }
+            (Some(Blocker::Key(k)), _) => {
+                let w = WatchCreateRequest::deletions_of(k, rev + 1);
+                let mut ws = self.call("watch", || self.client().watch(w.clone())).await?;
+                self.next_deletion(e, &mut ws, loss, deadline, look_again).await
+            }
+            // Only a semaphore's waiter counts older keys, and it opened its watch above.
+            (Some(Blocker::Older(..)), None) => Ok(Round::Again(None)),
         }
     }
 

@@ -173,9 +173,9 @@ impl Drop for QueueEntry {
     }
 }
 
-/// The most keys older than its own a lock waiter counts down (see
-/// [`EtcdBackend::count_down_round`]); behind a longer queue it watches its predecessor, so
-/// that a release's event reaches at most this many waiters and one more.
+/// The most keys older than its own under the prefix (nested locks' keys included) with which
+/// a lock waiter counts down (see [`EtcdBackend::count_down_round`]); behind more it watches
+/// its predecessor, so that a release's event reaches a bounded number of waiters.
 const COUNT_DOWN_MAX: i64 = 64;
 
 /// How often a waiter checks that its watch stream still answers.
@@ -398,13 +398,9 @@ impl EtcdBackend {
         }
     }
 
-    /// Waits until no contender created before `my_rev` is left under the entry's prefix:
-    /// watch the one just before ours from the current revision, then re-read it, so a
-    /// deletion is never missed and never delayed. Returns `false` if our own key is gone or
-    /// `loss` (the lease's) fired.
-    ///
-    /// After the watched deletion one read decides, of the revision of that deletion: no
-    /// older contender left and ours still there means the lock is ours as of that revision.
+    /// Waits until no contender created before `my_rev` is left under the entry's prefix, in
+    /// rounds (see [`wait_round`](Self::wait_round)). Returns `false` if our own key is gone
+    /// or `loss` (the lease's) fired.
     async fn wait_for_predecessors(
         &self,
         e: &QueueEntry,
@@ -434,8 +430,13 @@ impl EtcdBackend {
         }
     }
 
-    /// One round: read the queue (at `at` if a deletion woke us), then watch the predecessor
-    /// until it is deleted.
+    /// One round. The lock's waiter counts the older keys' deletions down
+    /// ([`count_down_round`](Self::count_down_round)); behind a long queue, or after a
+    /// deletion woke it (`at`, the deletion's revision), it reads the queue (at `at`) and
+    /// watches the one contender just before its own from the current revision, re-read once
+    /// the watch is in place, so that a deletion is never missed and never delayed; after
+    /// that deletion the next round's read decides, of its revision. The other primitives:
+    /// see `grants.rs`.
     async fn wait_round(
         &self,
         e: &QueueEntry,
@@ -480,8 +481,10 @@ impl EtcdBackend {
     ///
     /// The watch comes first and at the current revision: one opened at the read's revision
     /// would, once anything else was written meanwhile, land in etcd's unsynced watchers,
-    /// which the server catches up only every 100 ms. A deletion between the watch and the
-    /// read shows in both; the count-down takes it once.
+    /// which the server catches up only every 100 ms. Deletions up to the read's revision are
+    /// in the read already and their events are skipped: the member serving the watch may be
+    /// behind the one that answered the read, and an old deletion of a key created again
+    /// since (a session's key of the same name) must not count the new one off.
     ///
     /// The price: every deletion under the prefix (nested locks' too) reaches every waiter.
     /// `None` when more than [`COUNT_DOWN_MAX`] keys are older than ours: the round then
@@ -522,21 +525,15 @@ impl EtcdBackend {
         if older.is_empty() {
             return Ok(Some(Round::Mine));
         }
-        let count_down = |deleted: &[&KeyValue]| {
-            for kv in deleted {
-                if kv.key == e.my_key.as_bytes() {
-                    return Some(Round::Lost);
-                }
-                older.remove(&kv.key);
-            }
-            older.is_empty().then_some(Round::Mine)
-        };
+        let read_at = resp.revision();
+        let count_down =
+            |deleted: &[&KeyValue]| count_off(&mut older, 1, e.my_key.as_bytes(), read_at, deleted);
         self.next_deletion(e, &mut ws, loss, deadline, count_down).await.map(Some)
     }
 
     /// Opens the watch `w` and waits (a request timeout at most) for the server to confirm it.
     /// `None`, after a short pause, when the stream ended first: the round starts again.
-    async fn open_watch(
+    pub(crate) async fn open_watch(
         &self,
         e: &QueueEntry,
         w: WatchCreateRequest,
@@ -639,9 +636,69 @@ impl EtcdBackend {
     }
 }
 
+/// Counts a batch of deletion events off `older`, the names of the keys older than ours
+/// (`mine`) that a read at revision `read_at` found: `Lost` when our own key is deleted,
+/// `Mine` when fewer than `limit` older keys are left (1 for the lock, `N` for a semaphore),
+/// `None` to wait on. Deletions up to `read_at` are in the read already and are skipped: the
+/// member serving the watch may be behind the one that answered the read, and an old deletion
+/// of a key created again since (a session's key of the same name) must not count the new one
+/// off, nor an old deletion of our own key's name end our wait.
+pub(crate) fn count_off(
+    older: &mut HashSet<Vec<u8>>,
+    limit: usize,
+    mine: &[u8],
+    read_at: i64,
+    deleted: &[&KeyValue],
+) -> Option<Round> {
+    for kv in deleted.iter().filter(|kv| kv.mod_revision > read_at) {
+        if kv.key == mine {
+            return Some(Round::Lost);
+        }
+        older.remove(&kv.key);
+    }
+    (older.len() < limit).then_some(Round::Mine)
+}
+
 /// What a deletion of a watched predecessor means: look again, at the revision of the
 /// deletion.
 pub(crate) fn look_again(deleted: &[&KeyValue]) -> Option<Round> {
     let rev = deleted.iter().map(|kv| kv.mod_revision).max()?;
     Some(Round::Again((rev > 0).then_some(rev)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deleted(key: &str, rev: i64) -> KeyValue {
+        KeyValue { key: key.as_bytes().to_vec(), mod_revision: rev, ..Default::default() }
+    }
+
+    #[test]
+    fn the_count_down_skips_deletions_the_read_already_reflects() {
+        let mut older: HashSet<Vec<u8>> = ["p/a", "p/b"].iter().map(|k| k.as_bytes().to_vec()).collect();
+        // Read at 10. An old deletion of `p/a` (before it was created again) and of our own
+        // name, from a member behind the reader: neither counts.
+        let stale = [deleted("p/a", 7), deleted("p/me", 8)];
+        assert!(count_off(&mut older, 1, b"p/me", 10, &stale.iter().collect::<Vec<_>>()).is_none());
+        assert_eq!(older.len(), 2);
+        let a = deleted("p/a", 11);
+        assert!(count_off(&mut older, 1, b"p/me", 10, &[&a]).is_none());
+        let b = deleted("p/b", 12);
+        assert!(matches!(count_off(&mut older, 1, b"p/me", 10, &[&b]), Some(Round::Mine)));
+        // Our own key deleted after the read: the place is lost, whatever else the batch holds.
+        let mut older: HashSet<Vec<u8>> = [b"p/a".to_vec()].into();
+        let batch = [deleted("p/me", 11), deleted("p/a", 12)];
+        assert!(matches!(
+            count_off(&mut older, 1, b"p/me", 10, &batch.iter().collect::<Vec<_>>()),
+            Some(Round::Lost)
+        ));
+        // A semaphore of 2: holds once fewer than 2 older keys are left.
+        let mut older: HashSet<Vec<u8>> =
+            ["p/a", "p/b", "p/c"].iter().map(|k| k.as_bytes().to_vec()).collect();
+        let c = deleted("p/c", 11);
+        assert!(count_off(&mut older, 2, b"p/me", 10, &[&c]).is_none());
+        let b = deleted("p/b", 12);
+        assert!(matches!(count_off(&mut older, 2, b"p/me", 10, &[&b]), Some(Round::Mine)));
+    }
 }

@@ -171,8 +171,9 @@ async fn wait_replicas_returns_confirmed_grants_and_undoes_the_others() {
     };
 
     // One replica asked for, one there: granted, and the replica already holds the grant
-    // and its fencing counter when the acquire returns.
-    let one = connect("wait_replicas=1&wait_timeout=500ms").await.expect("connect");
+    // and its fencing counter when the acquire returns. (A generous timeout: a loaded CI
+    // machine once kept a fresh replica from acknowledging within 500 ms.)
+    let one = connect("wait_replicas=1&wait_timeout=5s&timeout=10s").await.expect("connect");
     let locks = LockClient::new(one.clone());
     let g = locks.lock("replicated").acquire().await.expect("a grant the replica confirms");
     let token = g.fencing_token().get();

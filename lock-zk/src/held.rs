@@ -17,14 +17,18 @@
 //!
 //! # What no event misses
 //! - A grant made while the session-wide watch is being set is checked (one `exists`) once
-//!   the watch is set.
+//!   the watch is set; a grant entered later whose attempt began before the watch was
+//!   confirmed (its node was read before the server had the watch) checks itself the same way.
 //! - A deletion event that arrives before its grant is entered in the map (the node deleted
 //!   right after its owner found it held) is remembered: the last [`RECENT`] deleted paths
-//!   that no entry matched are kept (as hashes) and looked up when a grant is entered.
-//! - Events during a disconnection are not replayed by the server for persistent watches
-//!   (ZOOKEEPER-4698): after a reconnection the session lists its own ephemeral nodes under
-//!   the prefix (`getEphemerals`, one request) and fires the signal of every grant entered
-//!   before it whose node is not among them.
+//!   that no entry matched are kept (as hashes) and looked up when a grant is entered. A grant
+//!   whose attempt began before the last time that memory overflowed checks itself.
+//! - The server forgets a connection's watches when it breaks, and zookeeper-client 0.11
+//!   sets only the one-shot ones again on reconnection; events during a disconnection are not
+//!   replayed for persistent watches either (ZOOKEEPER-4698). So after a reconnection the
+//!   watch is set again, and the session then lists its own ephemeral nodes under the prefix
+//!   (`getEphemerals`, one request) and fires the signal of every grant entered before it
+//!   whose node is not among them.
 //! - The session's end (expiry, closed, given up) fires every signal with `SessionLost`, and
 //!   so does dropping the session.
 
@@ -33,7 +37,7 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use lock_core::{LossReason, LossSignal};
+use lock_core::{Instant, LossReason, LossSignal};
 use zookeeper_client::{AddWatchMode, EventType, SessionState};
 
 use crate::error::NAME;
@@ -62,6 +66,11 @@ struct State {
     nodes: HashMap<Arc<str>, LossSignal>,
     /// Hashes of the last deleted paths that matched no entry of `nodes`.
     recent: VecDeque<u64>,
+    /// When [`recent`](Self::recent) last let a hash go.
+    overflowed_at: Option<Instant>,
+    /// When the server last confirmed the session-wide watch (set, or set again after a
+    /// reconnection).
+    confirmed_at: Option<Instant>,
     hasher: std::hash::RandomState,
     watch: Watch,
 }
@@ -123,6 +132,7 @@ impl Registry {
                     let h = st.hasher.hash_one(path);
                     if st.recent.len() == RECENT {
                         st.recent.pop_front();
+                        st.overflowed_at = Some(Instant::now());
                     }
                     st.recent.push_back(h);
                     None
@@ -147,10 +157,10 @@ impl Registry {
 }
 
 impl Session {
-    /// Watches the node at `path` of a grant just made on this session, whose lease's loss
-    /// signal is `signal`, one way or the other (see the module's docs). `prefix` is the
-    /// backend's, under which every node of it lies.
-    pub(crate) fn hold(self: &Arc<Self>, prefix: &str, path: Arc<str>, signal: LossSignal) {
+    /// Watches the node at `path` of a grant just made on this session by an attempt that
+    /// began at `since`, whose lease's loss signal is `signal`, one way or the other (see the
+    /// module's docs). `prefix` is the backend's, under which every node of it lies.
+    pub(crate) fn hold(self: &Arc<Self>, prefix: &str, path: Arc<str>, signal: LossSignal, since: Instant) {
         let mut st = self.held.lock();
         let mapped = match st.watch {
             Watch::Setting | Watch::Set => true,
@@ -173,11 +183,24 @@ impl Session {
             signal.fire(LossReason::NotHeld);
             return;
         }
-        st.nodes.insert(path, signal);
+        // Read before the server had the watch, or before the memory of deletions last let
+        // one go: no event may ever come for a deletion already made.
+        let before = |t: Option<Instant>| t.is_some_and(|t| since <= t);
+        let check = st.watch == Watch::Set && (before(st.confirmed_at) || before(st.overflowed_at));
+        st.nodes.insert(path.clone(), signal);
         drop(st);
         // Lost before the entry was made: the watch's task may have fired the others already.
         if self.lost.is_fired() {
             self.held.fire_all(LossReason::SessionLost);
+            return;
+        }
+        if check {
+            let session = Arc::downgrade(self);
+            tokio::spawn(async move {
+                if let Some(s) = session.upgrade() {
+                    verify(&s, &[path]).await;
+                }
+            });
         }
     }
 }
@@ -216,6 +239,7 @@ async fn follow(session: Weak<Session>, prefix: String) {
     let entered: Vec<Arc<str>> = {
         let mut st = s.held.lock();
         st.watch = Watch::Set;
+        st.confirmed_at = Some(Instant::now());
         st.nodes.keys().cloned().collect()
     };
     verify(&s, &entered).await;
@@ -241,6 +265,12 @@ async fn follow(session: Weak<Session>, prefix: String) {
                 if disconnected =>
             {
                 disconnected = false;
+                // The new watch goes in before the old one is dropped: dropping it alone
+                // would ask the server to remove the prefix's watch.
+                match watch_again(&s, &prefix, &lost, &closed).await {
+                    Some(w) => watcher = w,
+                    None => return,
+                }
                 recheck(&s, &prefix).await;
             }
             (EventType::Session, state) if state.is_terminated() => {
@@ -249,6 +279,43 @@ async fn follow(session: Weak<Session>, prefix: String) {
                 return;
             }
             _ => {}
+        }
+    }
+}
+
+/// Sets the prefix's watch again after a reconnection (the server forgot it with the old
+/// connection), trying until it is set or the session ends (`None`: the task ends, every
+/// signal fired if the session was lost).
+async fn watch_again(
+    s: &Arc<Session>,
+    prefix: &str,
+    lost: &LossSignal,
+    closed: &LossSignal,
+) -> Option<zookeeper_client::PersistentWatcher> {
+    loop {
+        let set = tokio::select! {
+            biased;
+            _ = closed.fired() => return None,
+            _ = lost.fired() => {
+                s.held.fire_all(LossReason::SessionLost);
+                return None;
+            }
+            r = s.client.watch(prefix, AddWatchMode::PersistentRecursive) => r,
+        };
+        match set {
+            Ok(w) => {
+                s.held.lock().confirmed_at = Some(Instant::now());
+                return Some(w);
+            }
+            Err(e) => {
+                tracing::debug!(backend = NAME, prefix, error = %e, "could not watch the prefix again; trying again");
+                tokio::select! {
+                    biased;
+                    _ = closed.fired() => return None,
+                    _ = lost.fired() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
         }
     }
 }

@@ -122,7 +122,8 @@ fn client_tls(tls: &lock_core::TlsOptions) -> Result<zookeeper_client::TlsOption
 #[derive(Debug)]
 pub(crate) struct Session {
     /// The grants held on this session and how their nodes are watched (declared before the
-    /// client: dropped first, it ends its watch's task before the client goes).
+    /// client: dropped first, it tells its watch's task to end, which it does at its next
+    /// poll, before looking at the watch's events).
     pub(crate) held: crate::held::Registry,
     pub(crate) client: Client,
     timeout: Duration,

@@ -88,7 +88,7 @@ impl ZkBackend {
         }
         let signal = LossSignal::new();
         let path: Arc<str> = Arc::from(child.path);
-        s.hold(&self.inner.opts.prefix, path.clone(), signal.clone());
+        s.hold(&self.inner.opts.prefix, path.clone(), signal.clone(), sent);
         Ok(Lease::new(req.key.clone(), req.owner, FencingToken::new(child.czxid as u64), req.ttl, sent)
             .with_mode(req.mode)
             .with_valid_until(s.valid_until())

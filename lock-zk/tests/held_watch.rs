@@ -1,8 +1,8 @@
 //! A session holding many grants watches its prefix as a whole (one persistent recursive
 //! watch) instead of one node per grant, and still fires the loss signal of exactly the grant
-//! whose node someone else deleted: while connected, and across a reconnection (whose
-//! deletions the server does not replay to a persistent watch). Watches are counted by the
-//! server (`wchs`).
+//! whose node someone else deleted: while connected, across a reconnection (whose deletions
+//! the server does not replay to a persistent watch), and after it (the server forgets a
+//! connection's watches). Watches are counted by the server (`wchs`).
 
 mod support;
 
@@ -115,6 +115,13 @@ async fn a_deletion_while_disconnected_is_reported_on_reconnection() {
             assert!(lost_within(g, Duration::ZERO).await.is_none(), "lock {j} was reported lost");
         }
     }
+    // The server forgot the prefix's watch with the old connection: it was set again, so a
+    // deletion after the reconnection is reported as it happens.
+    let k = HELD - 1;
+    let node = node_of(&raw, &format!("{base}/{k}")).await;
+    raw.delete(&node, None).await.expect("delete after the reconnection");
+    let reason = lost_within(&held[k], Duration::from_secs(5)).await;
+    assert_eq!(reason, Some(LossReason::NotHeld), "a deletion after the reconnection was not reported");
     for g in held {
         let _ = g.release().await;
     }
