@@ -61,7 +61,10 @@ impl std::fmt::Debug for EtcdBackend {
     }
 }
 
-/// What one of our leases carries.
+/// What one of our leases carries. A grant's key is ours while it exists at its create
+/// revision, the fencing token: release, extend and a TTL change compare that alone (one
+/// comparison; a cancelled attempt's late put of the lock's key, its other writer, has a later
+/// one). A lease rebuilt without this (by an operator) is matched by its owner token.
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) etcd_key: String,
@@ -70,12 +73,6 @@ pub(crate) struct Held {
     /// (lease id, granted TTL in seconds); per-lock leases change on a TTL change.
     pub(crate) lease: Mutex<(i64, i64)>,
     pub(crate) session: Option<Arc<Session>>,
-    /// The key is the grant's own (every primitive but the lock, see `grants`): it is ours
-    /// while it exists at its create revision (the fencing token). The lock's key is ours
-    /// while it holds the owner token.
-    pub(crate) by_key: bool,
-    /// The lock's holder metadata as stored beside its key (empty for the other primitives).
-    pub(crate) meta: Vec<u8>,
 }
 
 impl Held {
@@ -308,16 +305,8 @@ impl EtcdBackend {
     ) -> Result<ExtendOutcome> {
         let (key, (old_id, _)) = (held.etcd_key.as_str(), held.lease());
         let (new_id, new_secs) = self.grant(ttl).await?;
-        let txn = if held.by_key {
-            pb::TxnRequest::when([pb::Compare::create_revision_is(key, token_rev(lease))])
-                .and_then([pb::RequestOp::move_to_lease(key, new_id)])
-        } else {
-            let owner = lease.owner().to_string();
-            pb::TxnRequest::when([pb::Compare::value_is(key, owner.as_str())]).and_then([
-                pb::RequestOp::put(key, owner, new_id),
-                pb::RequestOp::put(self.meta_key(key), held.meta.clone(), new_id),
-            ])
-        };
+        let txn = pb::TxnRequest::when([pb::Compare::create_revision_is(key, token_rev(lease))])
+            .and_then([pb::RequestOp::move_to_lease(key, new_id)]);
         if !self.call("txn", || self.client().txn(txn.clone())).await?.succeeded {
             self.revoke(new_id).await;
             return Ok(ExtendOutcome::NotHeld);
@@ -336,12 +325,12 @@ impl EtcdBackend {
             self.revoke(held.lease().0).await;
             return;
         }
-        let (b, session, by_key) = (self.clone(), held.session.clone(), held.by_key);
+        let (b, session) = (self.clone(), held.session.clone());
         let (name, owner, rev) = (lease.key().full().to_owned(), lease.owner(), token_rev(lease));
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             while session.as_ref().is_some_and(|s| s.alive()) {
-                if b.delete_grant(&key, owner, rev, by_key).await.is_ok() {
+                if b.delete_at_revision(&key, rev).await.is_ok() {
                     break;
                 }
                 backoff.sleep_until_deadline(None).await;
@@ -443,8 +432,8 @@ impl LockBackend for EtcdBackend {
         let held = lease.backend_data::<Held>();
         // Revoke only a per-lock lease this process granted; a lease found by its owner token
         // may be another process's session, shared by its other locks.
-        let (key, own_lease, by_key) = match (held, lease.mode()) {
-            (Some(h), _) => (h.etcd_key.clone(), h.session.is_none().then(|| h.lease().0), h.by_key),
+        let (key, own_lease, by_rev) = match (held, lease.mode()) {
+            (Some(h), _) => (h.etcd_key.clone(), h.session.is_none().then(|| h.lease().0), true),
             (None, Mode::Exclusive) => match self.find_key(&self.etcd_prefix(lease.key()), owner).await? {
                 Some((k, _)) => (k, None, false),
                 None => {
@@ -457,7 +446,7 @@ impl LockBackend for EtcdBackend {
         if let Some(s) = held.and_then(|h| h.session.as_ref()) {
             s.keys.released(key.as_bytes());
         }
-        match self.delete_grant(&key, owner, token_rev(lease), by_key).await {
+        match self.delete_grant(&key, owner, token_rev(lease), by_rev).await {
             Ok(deleted) => {
                 match own_lease {
                     Some(id) => self.revoke(id).await,

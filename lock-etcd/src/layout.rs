@@ -13,6 +13,7 @@
 //! held no contender.
 
 use crate::backend::EtcdBackend;
+use crate::metadata::{holds, value_metadata, value_owner};
 use crate::rpc::pb::RangeRequest;
 use crate::rpc::KeyValue;
 use lock_core::{FencingToken, LockInfo, LockKey, OwnerToken, Result};
@@ -80,7 +81,6 @@ impl EtcdBackend {
         my_rev: i64,
         at: Option<i64>,
     ) -> Result<(Option<Vec<u8>>, bool)> {
-        let owner = owner.to_string();
         let mut upto = my_rev;
         // Decided by the newest contender up to `my_rev`: ours, or not.
         let mut mine = None;
@@ -98,9 +98,8 @@ impl EtcdBackend {
                 if mine.is_some() {
                     return Ok((Some(kv.key.clone()), true));
                 }
-                let ours = kv.key == my_key.as_bytes()
-                    && kv.create_revision == my_rev
-                    && kv.value == owner.as_bytes();
+                let ours =
+                    kv.key == my_key.as_bytes() && kv.create_revision == my_rev && holds(&kv.value, owner);
                 if !ours {
                     return Ok((Some(kv.key.clone()), false));
                 }
@@ -113,15 +112,14 @@ impl EtcdBackend {
         }
     }
 
-    /// Finds the contender under `pfx` whose value is `owner` (for a lease rebuilt by an
+    /// Finds the contender under `pfx` whose value is `owner`'s (for a lease rebuilt by an
     /// operator): the key and its lease.
     pub(crate) async fn find_key(&self, pfx: &str, owner: OwnerToken) -> Result<Option<(String, i64)>> {
         let r = self.call("get", || self.client().range(RangeRequest::prefix(pfx))).await?;
-        let want = owner.to_string();
         Ok(r.kvs
             .iter()
             .filter(|kv| is_contender(pfx, kv))
-            .find(|kv| kv.value == want.as_bytes())
+            .find(|kv| holds(&kv.value, owner))
             .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.lease)))
     }
 }
@@ -135,12 +133,10 @@ impl EtcdBackend {
     /// The holder of the lock whose queue prefix is `pfx`.
     pub(crate) async fn lock_holder(&self, pfx: &str) -> Result<Option<LockInfo>> {
         let Some(kv) = self.oldest_contender(pfx, 0, 0).await? else { return Ok(None) };
-        let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
         let left = self.lease_left(kv.lease).await;
-        let metadata = self.lock_metadata(&kv).await?;
         Ok(Some(
-            LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner, left)
-                .with_metadata(metadata),
+            LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), value_owner(&kv.value), left)
+                .with_metadata(value_metadata(&kv.value)),
         ))
     }
 }

@@ -49,8 +49,9 @@
 //! leader, and `observe` is one watch of the election's prefix (`election.rs`). The leases,
 //! waiting, re-queueing on a lost lease and undo are the lock's.
 //!
-//! Holder metadata: the lock's key holds the owner token, so the lock's metadata is put beside
-//! it on the same lease (`metadata.rs`); the other primitives keep it in their own key.
+//! Holder metadata: the lock's key holds the owner token and the metadata, `<owner>\n<JSON>`
+//! (`metadata.rs`; release and extend compare the token alone on the server); the other
+//! primitives keep it in their own key.
 //! `list(prefix)` reads the keys under the prefix and each queue's holders by its rule.
 //!
 //! Multi-key locks: the first try is one transaction that puts every name's queue key and
@@ -156,7 +157,7 @@
 //! for predecessors, queueing again on a lost lease), `undo.rs` (undoing an attempt, and the
 //! owner-checked deletes), `grants.rs` (semaphores, read-write locks and elections: their
 //! layout, who holds, holders, proclaim), `election.rs` (observing a leader), `metadata.rs`
-//! (the lock's holder metadata, kept beside its key), `list.rs` (listing grants under a
+//! (the lock key's value: owner token and holder metadata), `list.rs` (listing grants under a
 //! prefix), `session.rs` (the session lease), `keywatch.rs` (the session's
 //! watch of held keys), `keepalive.rs` (keeping a lease alive, and per-lock lease requests)
 //! and `local.rs` (one queue entry per name per session, and a waiting attempt's lease).

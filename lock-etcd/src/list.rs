@@ -1,8 +1,8 @@
 //! Listing what is held under a prefix, in a number of requests that does not grow with the
 //! number of locks: one range read of every key under `<prefix><list prefix>` with its value
-//! (a thousand keys per request), one of the lock metadata under `<prefix>\0meta/<list
-//! prefix>`, and one `LeaseTimeToLive` per distinct lease among the holders (one per session
-//! in session mode). Keys are grouped by queue: a lock's queue is the parent of a contender
+//! (a thousand keys per request; a lock key's value holds its owner token and metadata, see
+//! `metadata.rs`), and one `LeaseTimeToLive` per distinct lease among the holders (one per
+//! session in session mode). Keys are grouped by queue: a lock's queue is the parent of a contender
 //! key (`layout.rs`), a primitive's is its `#semaphore/`, `#rwlock/` or `#election/`
 //! directory (`grants.rs`); each queue's holders are chosen locally by its own rule. The
 //! result is one page (no cursor): a queue must be read whole to know who holds it.
@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lock_core::{FencingToken, LockInfo, Metadata, Mode, OwnerToken, Result};
+use lock_core::{FencingToken, LockInfo, Mode, Result};
 
 use crate::backend::EtcdBackend;
 use crate::grants::{dir, grant_info, holding};
 use crate::layout::is_contender;
+use crate::metadata::{value_metadata, value_owner};
 use crate::rpc::pb::RangeRequest;
 use crate::rpc::request::prefix_end;
 use crate::rpc::KeyValue;
@@ -48,7 +49,8 @@ impl EtcdBackend {
             let Some(rest) = std::str::from_utf8(&kv.key).ok().and_then(|k| k.strip_prefix(base)) else {
                 continue;
             };
-            // The lock's metadata keys (`<prefix>\0meta/…`, see `metadata.rs`) are no grants.
+            // No lock name starts with a control character: such a key is no grant (before
+            // 2026-12-03, the lock's metadata was kept at `<prefix>\0meta/…`).
             if rest.starts_with('\0') {
                 continue;
             }
@@ -67,12 +69,6 @@ impl EtcdBackend {
             };
             queues.entry(queue).or_default().push(kv);
         }
-        let metadata = if queues.keys().any(|(_, kind)| *kind == 0) {
-            self.read_all(&self.meta_key(&format!("{base}{prefix}"))).await?
-        } else {
-            Vec::new()
-        };
-        let metadata: HashMap<&[u8], &KeyValue> = metadata.iter().map(|m| (m.key.as_slice(), m)).collect();
 
         // The holders of each queue, by its rule, with their lease to look up.
         let mut held: Vec<(String, &KeyValue, Info<'_>)> = Vec::new();
@@ -80,12 +76,7 @@ impl EtcdBackend {
             kvs.sort_by_key(|kv| kv.create_revision);
             if *kind == 0 {
                 let Some(kv) = kvs.first() else { continue };
-                let meta = metadata
-                    .get(self.meta_key(&String::from_utf8_lossy(&kv.key)).as_bytes())
-                    .filter(|m| m.lease == kv.lease)
-                    .and_then(|m| std::str::from_utf8(&m.value).ok())
-                    .and_then(Metadata::decode);
-                let owner = std::str::from_utf8(&kv.value).ok().and_then(OwnerToken::parse_hex);
+                let (meta, owner) = (value_metadata(&kv.value), value_owner(&kv.value));
                 let token = FencingToken::new(kv.create_revision as u64);
                 held.push((
                     name.clone(),

@@ -23,9 +23,9 @@ use crate::session::Session;
 /// A name's lease: its id, TTL and session (session mode).
 type Lease3 = (i64, Duration, Option<Arc<Session>>);
 
-/// The most names one transaction takes: three operations each, within etcd's default
-/// `--max-txn-ops` of 128. More names are tried one transaction each.
-const MAX_NAMES: usize = 128 / 3;
+/// The most names one transaction takes: two operations each (the lock's `lock_ops`), within
+/// etcd's default `--max-txn-ops` of 128. More names are tried one transaction each.
+const MAX_NAMES: usize = 128 / 2;
 
 impl EtcdBackend {
     /// [`try_acquire_all`](lock_core::LockBackend::try_acquire_all): every lock of `reqs`, or
@@ -108,12 +108,12 @@ impl EtcdBackend {
             let txn = TxnRequest::when(
                 entries.iter().map(|(e, _)| Compare::create_revision_is(e.my_key.as_str(), 0)),
             )
-            .and_then(entries.iter().flat_map(|(e, _)| self.lock_ops(e)));
+            .and_then(entries.iter().flat_map(|(e, _)| Self::lock_ops(e)));
             let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
             if resp.succeeded {
                 let rev = resp.revision();
                 for (i, (e, _)) in entries.iter().enumerate() {
-                    if self.owner_rev(&e.pfx, resp.range(3 * i + 1), rev).await? != rev {
+                    if self.owner_rev(&e.pfx, resp.range(2 * i + 1), rev).await? != rev {
                         return Ok(None);
                     }
                 }

@@ -18,6 +18,7 @@ use crate::error::{map_err, timeout, NAME};
 use crate::grants;
 use crate::keepalive::{ttl_secs, KeepAlive, KeptLease};
 use crate::layout::{is_contender, PAGE};
+use crate::metadata::{holds, lock_value};
 use crate::rpc::pb::{Compare, RangeRequest, RangeResponse, RequestOp, TxnRequest, WatchCreateRequest};
 use crate::rpc::{EventType, KeyValue, WatchStream};
 use crate::session::Session;
@@ -36,11 +37,9 @@ pub(crate) struct QueueEntry {
     pub(crate) owner: OwnerToken,
     /// What the attempt is for: the lock, or another primitive (see `grants`).
     pub(crate) mode: Mode,
-    /// The value the attempt puts.
+    /// The value the attempt puts: for the lock its owner token and holder metadata (see
+    /// `metadata.rs`), for the other primitives theirs (see `grants`).
     pub(crate) value: Vec<u8>,
-    /// The lock's holder metadata, put beside its key (see `metadata.rs`); empty for the other
-    /// primitives, whose key holds it.
-    meta: Vec<u8>,
     pub(crate) lease: i64,
     /// The attempt's TTL: how long a per-lock lease that cannot be revoked may live.
     ttl: Duration,
@@ -78,7 +77,7 @@ impl QueueEntry {
         let (pfx, my_key, value) = match req.mode {
             Mode::Exclusive => {
                 let pfx = backend.etcd_prefix(&req.key);
-                (pfx.clone(), format!("{pfx}{lease:x}"), req.owner.to_string().into_bytes())
+                (pfx.clone(), format!("{pfx}{lease:x}"), lock_value(req.owner, &req.metadata))
             }
             mode => {
                 let (pfx, key) = backend.grant_key(&req.key, mode, req.owner);
@@ -93,7 +92,6 @@ impl QueueEntry {
             owner: req.owner,
             mode: req.mode,
             value,
-            meta: if req.mode == Mode::Exclusive { req.metadata.encode().into_bytes() } else { Vec::new() },
             lease,
             ttl: req.ttl,
             session,
@@ -153,8 +151,6 @@ impl QueueEntry {
             signal,
             lease: Mutex::new((self.lease, ttl_secs(granted))),
             session,
-            by_key: self.by_key(),
-            meta: std::mem::take(&mut self.meta),
         };
         lease.with_backend_data(Arc::new(held))
     }
@@ -211,16 +207,12 @@ impl EtcdBackend {
         Ok(self.enqueue_lock(e).await?.map(|(mine, owner)| (mine, mine == owner)))
     }
 
-    /// What a lock attempt's transaction does when its key is new: put the key, read the
-    /// queue's oldest keys (the owner is the oldest contender among them; keys of nested locks
-    /// are skipped, see `layout`), put the holder metadata. The read is the second operation.
-    pub(crate) fn lock_ops(&self, e: &QueueEntry) -> [RequestOp; 3] {
-        let my_key = e.my_key.as_str();
-        [
-            RequestOp::put(my_key, e.owner.to_string(), e.lease),
-            Self::oldest_keys(e),
-            RequestOp::put(self.meta_key(my_key), e.meta.clone(), e.lease),
-        ]
+    /// What a lock attempt's transaction does when its key is new: put the key (its value the
+    /// owner token and holder metadata), read the queue's oldest keys (the owner is the oldest
+    /// contender among them; keys of nested locks are skipped, see `layout`). The read is the
+    /// second operation.
+    pub(crate) fn lock_ops(e: &QueueEntry) -> [RequestOp; 2] {
+        [RequestOp::put(e.my_key.as_str(), e.value.clone(), e.lease), Self::oldest_keys(e)]
     }
 
     /// A read of the oldest keys of the entry's queue, inside a transaction.
@@ -231,9 +223,9 @@ impl EtcdBackend {
 
     /// [`enqueue`](Self::enqueue) for the lock: (our create revision, the owner's).
     async fn enqueue_lock(&self, e: &QueueEntry) -> Result<Option<(i64, i64)>> {
-        let (my_key, owner) = (e.my_key.as_str(), e.owner.to_string());
+        let my_key = e.my_key.as_str();
         let txn = TxnRequest::when([Compare::create_revision_is(my_key, 0)])
-            .and_then(self.lock_ops(e))
+            .and_then(Self::lock_ops(e))
             .or_else([RequestOp::range(RangeRequest::key(my_key)), Self::oldest_keys(e)]);
         // A key of ours with another owner token is an orphan: the callers hold the name's
         // local slot (session mode) or a fresh lease (per-lock mode), so no live attempt or
@@ -246,7 +238,7 @@ impl EtcdBackend {
                 resp.revision()
             } else {
                 match resp.first_kv(0) {
-                    Some(kv) if kv.value == owner.as_bytes() => kv.create_revision,
+                    Some(kv) if holds(&kv.value, e.owner) => kv.create_revision,
                     Some(kv) => {
                         tracing::debug!(key = my_key, "deleting the orphan queue key of a cancelled attempt");
                         self.delete_at_revision(my_key, kv.create_revision).await?;
@@ -508,9 +500,8 @@ impl EtcdBackend {
         let txn = TxnRequest::when([])
             .and_then([RequestOp::range(RangeRequest::key(e.my_key.as_str())), RequestOp::range(older)]);
         let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
-        let owner = e.owner.to_string();
         let mine =
-            resp.first_kv(0).is_some_and(|kv| kv.create_revision == my_rev && kv.value == owner.as_bytes());
+            resp.first_kv(0).is_some_and(|kv| kv.create_revision == my_rev && holds(&kv.value, e.owner));
         if !mine {
             return Ok(Some(Round::Lost));
         }

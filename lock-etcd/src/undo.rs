@@ -14,6 +14,7 @@ use lock_core::cancel::{spawn_detached, undo_after, LATE_GRANT_RECHECKS};
 use lock_core::{Backoff, Instant, Lease, OwnerToken, Result};
 
 use crate::backend::{token_rev, EtcdBackend, Held};
+use crate::metadata::owned_by;
 use crate::rpc::pb::{Compare, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest};
 use crate::session::Session;
 
@@ -132,11 +133,9 @@ impl EtcdBackend {
         Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
     }
 
-    /// Deletes the lock's `key` (and the metadata beside it) if its value is still `owner`;
-    /// true if it did.
+    /// Deletes the lock's `key` if its value is still `owner`'s; true if it did.
     pub(crate) async fn delete_if_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
-        let txn = TxnRequest::when([Compare::value_is(key, owner.to_string())])
-            .and_then([RequestOp::delete(key), RequestOp::delete(self.meta_key(key))]);
+        let txn = TxnRequest::when(owned_by(key, owner)).and_then([RequestOp::delete(key)]);
         Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
     }
 
@@ -146,31 +145,22 @@ impl EtcdBackend {
         Ok(r.kvs.first().is_some_and(|kv| kv.create_revision == rev))
     }
 
-    /// Whether `key` still holds `owner`.
-    pub(crate) async fn still_ours(&self, key: &str, owner: OwnerToken) -> Result<bool> {
-        let r = self.call("get", || self.client().range(RangeRequest::key(key))).await?;
-        Ok(r.kvs.first().is_some_and(|kv| kv.value == owner.to_string().as_bytes()))
-    }
-
-    /// Whether the grant of `held` is still there and ours.
+    /// Whether the grant of `held` is still there and ours: its key at its create revision.
     pub(crate) async fn held_still(&self, held: &Held, lease: &Lease) -> Result<bool> {
-        if held.by_key {
-            self.created_at(&held.etcd_key, token_rev(lease)).await
-        } else {
-            self.still_ours(&held.etcd_key, lease.owner()).await
-        }
+        self.created_at(&held.etcd_key, token_rev(lease)).await
     }
 
-    /// Deletes a grant's key if it is still ours (by owner token, or for a key of its own by
-    /// its create revision); true if it did.
+    /// Deletes a grant's key if it is still ours (by its create revision when `by_rev`: a
+    /// held grant's or a key of its own; else the lock's key by its owner token); true if it
+    /// did.
     pub(crate) async fn delete_grant(
         &self,
         key: &str,
         owner: OwnerToken,
         rev: i64,
-        by_key: bool,
+        by_rev: bool,
     ) -> Result<bool> {
-        if by_key {
+        if by_rev {
             self.delete_at_revision(key, rev).await
         } else {
             self.delete_if_ours(key, owner).await

@@ -1,14 +1,71 @@
 //! `list` on etcd from the root of the key space: each grant once, with its primitive and
-//! metadata, and never the keys that hold the lock's metadata.
+//! metadata; and the lock's layout behind it: one key per grant, holding the owner token and
+//! the holder metadata.
 
 use std::time::Duration;
 
 use conformance_tests::fixtures::etcd::EtcdCluster;
-use lock_core::{LockClient, Mode};
-use lock_etcd::{EtcdBackend, EtcdOptions};
+use lock_core::{
+    ExtendOutcome, Instant, Lease, LockBackend, LockClient, LockKey, Metadata, Mode, OwnerToken,
+    ReleaseOutcome,
+};
+use lock_etcd::rpc::pb::RangeRequest;
+use lock_etcd::{rpc, EtcdBackend, EtcdOptions};
+
+/// Every key in the store: (key, value).
+async fn every_key(raw: &rpc::Client) -> Vec<(String, String)> {
+    // From "\0" to the end of the key space (etcd refuses an empty key).
+    let all = RangeRequest { key: vec![0], range_end: vec![0], ..RangeRequest::default() };
+    let r = raw.range(all).await.expect("range");
+    r.kvs
+        .iter()
+        .map(|kv| {
+            (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned())
+        })
+        .collect()
+}
+
+/// A lock grant writes one key, whose value is its owner token, a newline and its metadata.
+/// A lease rebuilt from the owner token alone (as an operator's tool rebuilds one) rewrites the
+/// metadata and releases the lock through the server's comparison of the token (the value's
+/// metadata is not needed), keeping the fencing token; a lease with another token does neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_grant_is_one_key_holding_its_owner_and_metadata() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let opts = EtcdOptions::new(etcd.endpoints()).session_ttl(Duration::from_secs(5));
+    let backend = EtcdBackend::connect(opts).await.expect("connect");
+    let locks = LockClient::new(backend.clone());
+    let raw = rpc::Client::connect(&EtcdOptions::new(etcd.endpoints())).await.expect("raw client");
+
+    let lease = locks.lock("one/a").value("first").acquire().await.expect("lock").detach();
+    let keys = every_key(&raw).await;
+    assert_eq!(keys.len(), 1, "one key per grant: {keys:?}");
+    let (owner, meta) = keys[0].1.split_once('\n').expect("owner token, newline, metadata");
+    assert_eq!(owner, lease.owner().to_string());
+    assert_eq!(Metadata::decode(meta).and_then(|m| m.value).as_deref(), Some("first"));
+
+    let key = LockKey::new("one/a").expect("key");
+    let ttl = Duration::from_secs(5);
+    let rebuilt = Lease::new(key.clone(), lease.owner(), lease.fencing_token(), ttl, Instant::now());
+    let stranger = Lease::new(key, OwnerToken::random(), lease.fencing_token(), ttl, Instant::now());
+    let second = Metadata::current().with_value("second").expect("value");
+    assert_eq!(backend.update_metadata(&stranger, &second).await.expect("update"), ExtendOutcome::NotHeld);
+    assert_eq!(backend.release(&stranger).await.expect("release"), ReleaseOutcome::NotHeld);
+    assert!(matches!(
+        backend.update_metadata(&rebuilt, &second).await.expect("update"),
+        ExtendOutcome::Extended { .. }
+    ));
+    let info = locks.inspect("one/a").await.expect("inspect").expect("held");
+    assert_eq!(info.metadata.and_then(|m| m.value).as_deref(), Some("second"));
+    assert_eq!((info.fencing_token, info.owner), (Some(lease.fencing_token()), Some(lease.owner())));
+    assert_eq!(every_key(&raw).await.len(), 1);
+
+    assert_eq!(backend.release(&rebuilt).await.expect("release"), ReleaseOutcome::Released);
+    assert!(every_key(&raw).await.is_empty(), "the release left a key behind");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_from_the_root_shows_each_grant_once_and_no_metadata_key() {
+async fn list_from_the_root_shows_each_grant_once() {
     let etcd = EtcdCluster::single().await.expect("etcd");
     let opts = EtcdOptions::new(etcd.endpoints()).session_ttl(Duration::from_secs(5));
     let locks = LockClient::new(EtcdBackend::connect(opts).await.expect("connect"));

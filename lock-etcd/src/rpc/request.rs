@@ -116,10 +116,31 @@ impl PutRequest {
 
 impl Compare {
     fn equal(key: impl Into<Vec<u8>>, target: compare::CompareTarget, union: compare::TargetUnion) -> Self {
+        Self::of(key, target, union, compare::CompareResult::Equal)
+    }
+
+    fn of(
+        key: impl Into<Vec<u8>>,
+        target: compare::CompareTarget,
+        union: compare::TargetUnion,
+        result: compare::CompareResult,
+    ) -> Self {
         let mut c = Self { key: key.into(), target_union: Some(union), ..Self::default() };
         c.set_target(target);
-        c.set_result(compare::CompareResult::Equal);
+        c.set_result(result);
         c
+    }
+
+    /// `key`'s value is greater than `value`, byte by byte (false when the key does not exist).
+    pub fn value_above(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        let v = compare::TargetUnion::Value(value.into());
+        Self::of(key, compare::CompareTarget::Value, v, compare::CompareResult::Greater)
+    }
+
+    /// `key`'s value is less than `value`, byte by byte (false when the key does not exist).
+    pub fn value_below(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        let v = compare::TargetUnion::Value(value.into());
+        Self::of(key, compare::CompareTarget::Value, v, compare::CompareResult::Less)
     }
 
     /// `key`'s value is `value` (false when the key does not exist).
