@@ -211,29 +211,7 @@ async fn follow(session: Weak<Session>, prefix: String) {
     let Some(s) = session.upgrade() else { return };
     let (lost, closed) = (s.lost.clone(), s.held.closed.clone());
     drop(s);
-    let mut watcher = loop {
-        let Some(s) = session.upgrade() else { return };
-        let set = tokio::select! {
-            biased;
-            _ = closed.fired() => return,
-            _ = lost.fired() => return s.held.fire_all(LossReason::SessionLost),
-            r = s.client.watch(&prefix, AddWatchMode::PersistentRecursive) => r,
-        };
-        match set {
-            Ok(w) => break w,
-            Err(zookeeper_client::Error::Unimplemented) => return node_by_node(&s),
-            Err(e) => {
-                drop(s);
-                tracing::debug!(backend = NAME, prefix, error = %e, "could not watch the prefix; trying again");
-                tokio::select! {
-                    biased;
-                    _ = closed.fired() => return,
-                    _ = lost.fired() => continue,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                }
-            }
-        }
-    };
+    let Some(mut watcher) = set_watch(&session, &prefix, &lost, &closed).await else { return };
     // The grants entered while the watch was being set: their nodes may have gone before.
     let Some(s) = session.upgrade() else { return };
     let entered: Vec<Arc<str>> = {
@@ -265,12 +243,14 @@ async fn follow(session: Weak<Session>, prefix: String) {
                 if disconnected =>
             {
                 disconnected = false;
-                // The new watch goes in before the old one is dropped: dropping it alone
-                // would ask the server to remove the prefix's watch.
-                match watch_again(&s, &prefix, &lost, &closed).await {
-                    Some(w) => watcher = w,
-                    None => return,
-                }
+                drop(s);
+                // The server forgot the watch with the old connection. The new watch goes in
+                // before the old one is dropped: dropping it alone would ask the server to
+                // remove the prefix's watch.
+                let Some(w) = set_watch(&session, &prefix, &lost, &closed).await else { return };
+                watcher = w;
+                let Some(s) = session.upgrade() else { return };
+                s.held.lock().confirmed_at = Some(Instant::now());
                 recheck(&s, &prefix).await;
             }
             (EventType::Session, state) if state.is_terminated() => {
@@ -283,16 +263,19 @@ async fn follow(session: Weak<Session>, prefix: String) {
     }
 }
 
-/// Sets the prefix's watch again after a reconnection (the server forgot it with the old
-/// connection), trying until it is set or the session ends (`None`: the task ends, every
-/// signal fired if the session was lost).
-async fn watch_again(
-    s: &Arc<Session>,
+/// Sets the persistent recursive watch on `prefix` (at the start, and again after each
+/// reconnection), trying again every 200 ms after an error, until it is set. `None` when the
+/// task should end instead: the session was dropped or closed; or lost (every signal fired);
+/// or the server has no such watches (before ZooKeeper 3.6: the grants are then watched node
+/// by node, see [`node_by_node`]).
+async fn set_watch(
+    session: &Weak<Session>,
     prefix: &str,
     lost: &LossSignal,
     closed: &LossSignal,
 ) -> Option<zookeeper_client::PersistentWatcher> {
     loop {
+        let s = session.upgrade()?;
         let set = tokio::select! {
             biased;
             _ = closed.fired() => return None,
@@ -303,12 +286,14 @@ async fn watch_again(
             r = s.client.watch(prefix, AddWatchMode::PersistentRecursive) => r,
         };
         match set {
-            Ok(w) => {
-                s.held.lock().confirmed_at = Some(Instant::now());
-                return Some(w);
+            Ok(w) => return Some(w),
+            Err(zookeeper_client::Error::Unimplemented) => {
+                node_by_node(&s);
+                return None;
             }
             Err(e) => {
-                tracing::debug!(backend = NAME, prefix, error = %e, "could not watch the prefix again; trying again");
+                drop(s);
+                tracing::debug!(backend = NAME, prefix, error = %e, "could not watch the prefix; trying again");
                 tokio::select! {
                     biased;
                     _ = closed.fired() => return None,
