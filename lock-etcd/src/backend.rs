@@ -19,6 +19,7 @@ use crate::queue::QueueEntry;
 use crate::rpc::pb::RangeRequest;
 use crate::rpc::{self, pb};
 use crate::session::Session;
+use crate::undo::Whose;
 
 /// Locks on an etcd v3 cluster.
 ///
@@ -432,21 +433,25 @@ impl LockBackend for EtcdBackend {
         let held = lease.backend_data::<Held>();
         // Revoke only a per-lock lease this process granted; a lease found by its owner token
         // may be another process's session, shared by its other locks.
-        let (key, own_lease, by_rev) = match (held, lease.mode()) {
-            (Some(h), _) => (h.etcd_key.clone(), h.session.is_none().then(|| h.lease().0), true),
+        let rev = token_rev(lease);
+        let (key, own_lease, whose) = match (held, lease.mode()) {
+            (Some(h), mode) => {
+                let whose = if mode == Mode::Exclusive { Whose::OwnKey(rev) } else { Whose::Created(rev) };
+                (h.etcd_key.clone(), h.session.is_none().then(|| h.lease().0), whose)
+            }
             (None, Mode::Exclusive) => match self.find_key(&self.etcd_prefix(lease.key()), owner).await? {
-                Some((k, _)) => (k, None, false),
+                Some((k, _)) => (k, None, Whose::Owner(owner)),
                 None => {
                     self.inner.local.free(name, owner);
                     return Ok(ReleaseOutcome::NotHeld);
                 }
             },
-            (None, mode) => (self.grant_key(lease.key(), mode, owner).1, None, true),
+            (None, mode) => (self.grant_key(lease.key(), mode, owner).1, None, Whose::Created(rev)),
         };
         if let Some(s) = held.and_then(|h| h.session.as_ref()) {
             s.keys.released(key.as_bytes());
         }
-        match self.delete_grant(&key, owner, token_rev(lease), by_rev).await {
+        match self.delete_grant(&key, whose).await {
             Ok(deleted) => {
                 match own_lease {
                     Some(id) => self.revoke(id).await,

@@ -34,8 +34,13 @@
 //!   counter for the whole cluster that every write raises by one, never reused (compaction
 //!   drops old revisions but never lowers the counter), and a later holder's key is created
 //!   after the earlier holder's key was created, so its create revision is strictly greater.
-//! - The value of our keys is the owner token (Go's Mutex writes an empty value); release and
-//!   extend compare it, so a stale holder never deletes or extends a newer grant.
+//! - The value of our keys is the owner token (Go's Mutex writes an empty value); extend
+//!   compares it, so a stale holder never extends a newer grant. A held lock's release is a
+//!   plain delete, as Go's `Mutex.Unlock`: only this client writes its key (the key's name
+//!   carries the lease, and the name's local slot admits one attempt of a session at a
+//!   time), and the deleted key's create revision, returned with the delete, says whether it
+//!   was the grant (`undo.rs`, `delete_own_key`). A lease rebuilt from its owner token alone
+//!   is released by comparing the token on the server.
 //!
 //! ## Semaphores, read-write locks and elections
 //! Each has a queue of its own under `<prefix><name>#semaphore/`, `#rwlock/` or `#election/`,
@@ -50,7 +55,7 @@
 //! waiting, re-queueing on a lost lease and undo are the lock's.
 //!
 //! Holder metadata: the lock's key holds the owner token and the metadata, `<owner>\n<JSON>`
-//! (`metadata.rs`; release and extend compare the token alone on the server); the other
+//! (`metadata.rs`; extend and a release by owner token compare the token alone on the server); the other
 //! primitives keep it in their own key.
 //! `list(prefix)` reads the keys under the prefix and each queue's holders by its rule.
 //!

@@ -150,20 +150,42 @@ impl EtcdBackend {
         self.created_at(&held.etcd_key, token_rev(lease)).await
     }
 
-    /// Deletes a grant's key if it is still ours (by its create revision when `by_rev`: a
-    /// held grant's or a key of its own; else the lock's key by its owner token); true if it
-    /// did.
-    pub(crate) async fn delete_grant(
-        &self,
-        key: &str,
-        owner: OwnerToken,
-        rev: i64,
-        by_rev: bool,
-    ) -> Result<bool> {
-        if by_rev {
-            self.delete_at_revision(key, rev).await
-        } else {
-            self.delete_if_ours(key, owner).await
+    /// Deletes a held lock's key with a plain delete, as etcd's own `Mutex.Unlock` does; true
+    /// if the key deleted was the grant created at `rev`.
+    ///
+    /// Only this client writes that key, so no comparison is needed to spare another holder:
+    /// the key's name carries the lease (the session's, or the lock's own), and in session
+    /// mode the name's local slot, held until this release ends, admits one attempt of the
+    /// session at a time. The one other value the key can have is an orphan of our own: the
+    /// put of a cancelled attempt that reached the server after its undo, and after our grant
+    /// was deleted (a put never overwrites: it is conditioned on the key's absence). Deleting
+    /// it is what its undo meant to do; the release then says the grant was not held. A
+    /// plain delete costs etcd less than a transaction's comparison and delete.
+    pub(crate) async fn delete_own_key(&self, key: &str, rev: i64) -> Result<bool> {
+        let req = DeleteRangeRequest::key(key).with_prev_kv();
+        let r = self.call("delete", || self.client().delete_range(req.clone())).await?;
+        Ok(r.prev_kvs.iter().any(|kv| kv.create_revision == rev))
+    }
+
+    /// Deletes a grant's key if it is still ours; true if it did.
+    pub(crate) async fn delete_grant(&self, key: &str, whose: Whose) -> Result<bool> {
+        match whose {
+            Whose::OwnKey(rev) => self.delete_own_key(key, rev).await,
+            Whose::Created(rev) => self.delete_at_revision(key, rev).await,
+            Whose::Owner(owner) => self.delete_if_ours(key, owner).await,
         }
     }
+}
+
+/// How a release knows the key it deletes is its grant.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Whose {
+    /// A held lock's key, which only this client writes (see
+    /// [`EtcdBackend::delete_own_key`]), created at this revision.
+    OwnKey(i64),
+    /// The key created at this revision: a held grant of another primitive, or a key of its
+    /// own.
+    Created(i64),
+    /// The lock's key whose value is this owner's: a grant found by its owner token.
+    Owner(OwnerToken),
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use conformance_tests::fixtures::etcd::EtcdCluster;
 use lock_core::ReleaseOutcome;
-use support::{client, handled, raw, settled_watchers, until_queued, until_watching, MODES};
+use lock_etcd::rpc;
+use support::{client, handled, keys_under, raw, settled_watchers, until_queued, until_watching, MODES};
 
 const LONG: Duration = Duration::from_secs(60);
 const WAITERS: usize = 6;
@@ -39,7 +40,7 @@ async fn each_hand_off_costs_the_release_alone() {
             until_queued(&raw, &format!("{name}/"), 2 + i).await;
         }
         until_watching(ep, base + WAITERS as f64).await;
-        let before = handled(ep, &["Txn", "Range"]).await;
+        let before = handled(ep, &["Txn", "Range", "DeleteRange"]).await;
         for round in 0..HANDOFFS {
             assert_eq!(current.release().await.expect("release"), ReleaseOutcome::Released);
             let (i, g) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
@@ -51,7 +52,7 @@ async fn each_hand_off_costs_the_release_alone() {
         }
         // Quiet for a moment: a waiter that read after each deletion would show here.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let sent = handled(ep, &["Txn", "Range"]).await - before;
+        let sent = handled(ep, &["Txn", "Range", "DeleteRange"]).await - before;
         // One transaction per release (and room for one waiter whose stream a slow machine
         // made it read again); a read by each woken waiter makes it 8.
         assert!(
@@ -66,5 +67,36 @@ async fn each_hand_off_costs_the_release_alone() {
                 .expect("channel");
             assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
         }
+    }
+}
+
+/// A held lock's release is one plain delete, as etcd's own `Mutex.Unlock` (no transaction:
+/// only this client writes the key, see `delete_own_key`), and it still says whether the key
+/// it deleted was its grant: after an operator deleted the grant and an orphan put landed at
+/// the same key, the release deletes the orphan and says `NotHeld`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_one_plain_delete_that_knows_its_grant() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let ep = eps[0].as_str();
+    let raw = raw(&eps).await;
+    for mode in MODES {
+        let name = format!("plain-{mode:?}");
+        let c = client(&eps, mode).await;
+        let g = c.lock(&name).ttl(LONG).acquire().await.expect("free");
+        let (txn, del) = (handled(ep, &["Txn"]).await, handled(ep, &["DeleteRange"]).await);
+        assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+        let (txn, del) = (handled(ep, &["Txn"]).await - txn, handled(ep, &["DeleteRange"]).await - del);
+        assert_eq!((txn, del), (0.0, 1.0), "{mode:?}: (transactions, deletes) of one release");
+        assert!(keys_under(&raw, &format!("{name}/")).await.is_empty(), "{mode:?}: the key is gone");
+
+        // The grant deleted by an operator, then an orphan put at its key.
+        let lease = c.lock(&name).ttl(LONG).acquire().await.expect("free again").detach();
+        let keys = keys_under(&raw, &format!("{name}/")).await;
+        let [(key, _, _)] = keys.as_slice() else { panic!("{mode:?}: one key, not {keys:?}") };
+        raw.delete_range(rpc::pb::DeleteRangeRequest::key(key.as_str())).await.expect("operator delete");
+        raw.put(rpc::pb::PutRequest::new(key.as_str(), "orphan", 0)).await.expect("orphan put");
+        assert_eq!(c.release_lease(&lease).await.expect("release"), ReleaseOutcome::NotHeld, "{mode:?}");
+        assert!(keys_under(&raw, &format!("{name}/")).await.is_empty(), "{mode:?}: the orphan is gone");
     }
 }

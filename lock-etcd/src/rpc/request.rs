@@ -105,6 +105,12 @@ impl DeleteRangeRequest {
         let key = prefix.into();
         Self { range_end: prefix_end(&key), key, ..Self::default() }
     }
+
+    /// The reply carries the keys deleted, as they were.
+    pub fn with_prev_kv(mut self) -> Self {
+        self.prev_kv = true;
+        self
+    }
 }
 
 impl PutRequest {
