@@ -24,12 +24,16 @@
 //!   ours can appear later, and our own key's deletion (a lost lease) arrives on the same
 //!   ordered stream first, so the hand-off costs the releaser's delete and nothing else: the
 //!   woken waiter sends no request (Go's Mutex reads the queue again after each deletion, and
-//!   etcd's lock service does so inside the server). The price is that every deletion under
-//!   the prefix reaches every waiter that counts down. Behind more than 64 older keys under
-//!   the prefix (nested locks' included) a waiter watches only the contender just before its
-//!   own (no herd), re-reads it once the watch is in place, and after its deletion reads the
-//!   revision of that deletion (served by the member without a quorum round) to see whether
-//!   an older key is left and its own key is still there.
+//!   etcd's lock service does so inside the server). Only the first four waiters count down
+//!   on the prefix's watch, so a release's event reaches at most five: a waiter with more
+//!   contenders ahead watches the one key five places ahead of its own (its gate), re-read
+//!   once the watch is in place, and counts down once that key is gone (keys usually leave
+//!   the queue oldest first, so four are left ahead of it then; a gate gone out of turn only
+//!   makes the next round pick another; the move costs one read, while the holder holds). When the 64 newest keys older than its own under the prefix
+//!   (nested locks' included) hold fewer than five contenders, a waiter watches only the
+//!   contender just before its own, re-reads it once the watch is in place, and after its
+//!   deletion reads the revision of that deletion (served by the member without a quorum
+//!   round) to see whether an older key is left and its own key is still there.
 //! - **Fencing token** = the create revision of the holder's key. etcd's revision is one
 //!   counter for the whole cluster that every write raises by one, never reused (compaction
 //!   drops old revisions but never lowers the counter), and a later holder's key is created

@@ -169,10 +169,16 @@ impl Drop for QueueEntry {
     }
 }
 
-/// The most keys older than its own under the prefix (nested locks' keys included) with which
-/// a lock waiter counts down (see [`EtcdBackend::count_down_round`]); behind more it watches
-/// its predecessor, so that a release's event reaches a bounded number of waiters.
+/// The most keys older than its own under the prefix (nested locks' keys included) that a lock
+/// waiter reads in a round (see [`EtcdBackend::count_down_round`]); behind more, when fewer
+/// than [`FAN_OUT`] of them are contenders, it watches its predecessor.
 const COUNT_DOWN_MAX: i64 = 64;
+
+/// The most contenders ahead of it with which a lock waiter counts down on a watch of the
+/// whole prefix. A waiter further back watches only the contender `FAN_OUT + 1` places ahead
+/// of it (its gate) and counts down once that one is gone: a release's event reaches the
+/// first `FAN_OUT` waiters and one gated waiter, not every waiter.
+const FAN_OUT: usize = 4;
 
 /// How often a waiter checks that its watch stream still answers.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -478,9 +484,11 @@ impl EtcdBackend {
     /// behind the one that answered the read, and an old deletion of a key created again
     /// since (a session's key of the same name) must not count the new one off.
     ///
-    /// The price: every deletion under the prefix (nested locks' too) reaches every waiter.
-    /// `None` when more than [`COUNT_DOWN_MAX`] keys are older than ours: the round then
-    /// watches the predecessor alone.
+    /// The price: every deletion under the prefix (nested locks' too) reaches every waiter
+    /// that counts down, so only a waiter with at most [`FAN_OUT`] contenders ahead does; one
+    /// further back waits [`behind_gate`](Self::behind_gate). `None` when more than
+    /// [`COUNT_DOWN_MAX`] keys are older than ours and fewer than `FAN_OUT + 1` of the newest
+    /// of them are contenders: the round then watches the predecessor alone.
     async fn count_down_round(
         &self,
         e: &QueueEntry,
@@ -495,6 +503,7 @@ impl EtcdBackend {
         };
         let older = RangeRequest::prefix(e.pfx.as_str())
             .with_max_create_revision((my_rev - 1).max(1))
+            .newest_first()
             .with_limit(COUNT_DOWN_MAX)
             .without_values();
         let txn = TxnRequest::when([])
@@ -505,14 +514,21 @@ impl EtcdBackend {
         if !mine {
             return Ok(Some(Round::Lost));
         }
+        let Some(read) = resp.range(1) else { return Ok(None) };
+        // The contenders older than ours, newest first.
+        let ahead: Vec<&KeyValue> =
+            read.kvs.iter().filter(|kv| kv.create_revision < my_rev && is_contender(&e.pfx, kv)).collect();
+        if let Some(gate) = ahead.get(FAN_OUT) {
+            let gate = gate.key.clone();
+            // Only the gate's deletion matters now: closing the stream ends the prefix's watch.
+            drop(ws);
+            return self.behind_gate(e, &gate, my_rev, loss, deadline).await.map(Some);
+        }
         // etcd applies the limit after the revision filter: `more` says more are older.
-        let Some(read) = resp.range(1).filter(|r| !r.more) else { return Ok(None) };
-        let mut older: HashSet<Vec<u8>> = read
-            .kvs
-            .iter()
-            .filter(|kv| kv.create_revision < my_rev && is_contender(&e.pfx, kv))
-            .map(|kv| kv.key.clone())
-            .collect();
+        if read.more {
+            return Ok(None);
+        }
+        let mut older: HashSet<Vec<u8>> = ahead.iter().map(|kv| kv.key.clone()).collect();
         if older.is_empty() {
             return Ok(Some(Round::Mine));
         }
@@ -520,6 +536,25 @@ impl EtcdBackend {
         let count_down =
             |deleted: &[&KeyValue]| count_off(&mut older, 1, e.my_key.as_bytes(), read_at, deleted);
         self.next_deletion(e, &mut ws, loss, deadline, count_down).await.map(Some)
+    }
+
+    /// Waits behind a long queue: watches the deletion of `gate` alone, the contender
+    /// [`FAN_OUT`]` + 1` places ahead (re-read once the watch is in place, as a predecessor
+    /// is), then the next round counts down. Keys leave the queue oldest first, so by then at
+    /// most `FAN_OUT` contenders are ahead; a gate deleted out of turn (its lease lost) only
+    /// makes the next round pick another.
+    async fn behind_gate(
+        &self,
+        e: &QueueEntry,
+        gate: &[u8],
+        my_rev: i64,
+        loss: &LossSignal,
+        deadline: Instant,
+    ) -> Result<Round> {
+        let Some(mut ws) = self.watch_predecessor(e, gate, my_rev, deadline).await? else {
+            return Ok(Round::Again(None));
+        };
+        self.next_deletion(e, &mut ws, loss, deadline, |_| Some(Round::Again(None))).await
     }
 
     /// Opens the watch `w` and waits (a request timeout at most) for the server to confirm it.
