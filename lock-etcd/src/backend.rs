@@ -63,9 +63,11 @@ impl std::fmt::Debug for EtcdBackend {
 }
 
 /// What one of our leases carries. A grant's key is ours while it exists at its create
-/// revision, the fencing token: release, extend and a TTL change compare that alone (one
-/// comparison; a cancelled attempt's late put of the lock's key, its other writer, has a later
-/// one). A lease rebuilt without this (by an operator) is matched by its owner token.
+/// revision, the fencing token: extend, a TTL change and the other primitives' release compare
+/// that alone (one comparison; a cancelled attempt's late put of the lock's key, its other
+/// writer, has a later one); the lock's release needs no comparison and checks the revision
+/// of the key it deleted (`undo.rs`, `delete_own_key`). A lease rebuilt without this (by an
+/// operator) is matched by its owner token.
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) etcd_key: String,

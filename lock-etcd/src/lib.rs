@@ -29,22 +29,24 @@
 //!   contenders ahead watches the one key five places ahead of its own (its gate), re-read
 //!   once the watch is in place, and counts down once that key is gone (keys usually leave
 //!   the queue oldest first, so four are left ahead of it then; a gate gone out of turn only
-//!   makes the next round pick another; the move costs one read, while the holder holds). When the 64 newest keys older than its own under the prefix
-//!   (nested locks' included) hold fewer than five contenders, a waiter watches only the
-//!   contender just before its own, re-reads it once the watch is in place, and after its
-//!   deletion reads the revision of that deletion (served by the member without a quorum
-//!   round) to see whether an older key is left and its own key is still there.
+//!   makes the next round pick another; the move costs one read, while the holder holds).
+//!   When the 64 newest keys older than its own under the prefix (nested locks' included)
+//!   hold fewer than five contenders, a waiter watches only the contender just before its
+//!   own, re-reads it once the watch is in place, and after its deletion reads the revision
+//!   of that deletion (served by the member without a quorum round) to see whether an older
+//!   key is left and its own key is still there.
 //! - **Fencing token** = the create revision of the holder's key. etcd's revision is one
 //!   counter for the whole cluster that every write raises by one, never reused (compaction
 //!   drops old revisions but never lowers the counter), and a later holder's key is created
 //!   after the earlier holder's key was created, so its create revision is strictly greater.
-//! - The value of our keys is the owner token (Go's Mutex writes an empty value); extend
-//!   compares it, so a stale holder never extends a newer grant. A held lock's release is a
-//!   plain delete, as Go's `Mutex.Unlock`: only this client writes its key (the key's name
-//!   carries the lease, and the name's local slot admits one attempt of a session at a
-//!   time), and the deleted key's create revision, returned with the delete, says whether it
-//!   was the grant (`undo.rs`, `delete_own_key`). A lease rebuilt from its owner token alone
-//!   is released by comparing the token on the server.
+//! - The value of our lock keys starts with the owner token (Go's Mutex writes an empty
+//!   value). A held grant is extended by comparing its key's create revision, so a stale
+//!   holder never extends a newer grant; a held lock's release is a plain delete, as Go's
+//!   `Mutex.Unlock`: only this client writes its key (the key's name carries the lease, and
+//!   the name's local slot admits one attempt of a session at a time), and the deleted key's
+//!   create revision, returned with the delete, says whether it was the grant (`undo.rs`,
+//!   `delete_own_key`). A lease rebuilt from its owner token alone is matched by comparing
+//!   the token on the server.
 //!
 //! ## Semaphores, read-write locks and elections
 //! Each has a queue of its own under `<prefix><name>#semaphore/`, `#rwlock/` or `#election/`,
@@ -59,8 +61,8 @@
 //! waiting, re-queueing on a lost lease and undo are the lock's.
 //!
 //! Holder metadata: the lock's key holds the owner token and the metadata, `<owner>\n<JSON>`
-//! (`metadata.rs`; extend and a release by owner token compare the token alone on the server); the other
-//! primitives keep it in their own key.
+//! (`metadata.rs`; whatever matches a grant by its owner token compares the token alone on
+//! the server); the other primitives keep it in their own key.
 //! `list(prefix)` reads the keys under the prefix and each queue's holders by its rule.
 //!
 //! Multi-key locks: the first try is one transaction that puts every name's queue key and

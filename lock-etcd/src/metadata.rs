@@ -3,11 +3,12 @@
 //! both and a grant writes one key (before, the metadata had a key of its own: a second write
 //! per grant and per release, a fifth of etcd's work in a lock+release cycle).
 //!
-//! Release, extend, undo and metadata rewrites compare the owner token alone, on the server:
-//! a value starts with `<owner>\n` exactly when it lies strictly between `<owner>\t` and
-//! `<owner>\x0b` (bytes compare in order; the token has a fixed length), two comparisons of
-//! the transaction ([`owned_by`]). So none of them needs the metadata, and a rewritten
-//! metadata changes no one's comparison. A lock key put by `etcdctl lock` or Go's Mutex
+//! Whatever matches the lock's grant by its owner token (an attempt's undo, a metadata
+//! rewrite, the release of a lease rebuilt without its client) compares the token alone, on
+//! the server: a value starts with `<owner>\n` exactly when it lies strictly between
+//! `<owner>\t` and `<owner>\x0b` (bytes compare in order; the token has a fixed length), two
+//! comparisons of the transaction ([`owned_by`]). So none of them needs the metadata, and a
+//! rewritten metadata changes no one's comparison. A lock key put by `etcdctl lock` or Go's Mutex
 //! (an empty value) has no owner token and no metadata. The other primitives keep their
 //! metadata in their own key's value (`grants.rs`).
 

@@ -540,9 +540,9 @@ impl EtcdBackend {
 
     /// Waits behind a long queue: watches the deletion of `gate` alone, the contender
     /// [`FAN_OUT`]` + 1` places ahead (re-read once the watch is in place, as a predecessor
-    /// is), then the next round counts down. Keys leave the queue oldest first, so by then at
-    /// most `FAN_OUT` contenders are ahead; a gate deleted out of turn (its lease lost) only
-    /// makes the next round pick another.
+    /// is), then the next round counts down. Keys usually leave the queue oldest first, so by
+    /// then at most `FAN_OUT` contenders are ahead; a gate deleted out of turn (its lease
+    /// lost) only makes the next round pick another.
     async fn behind_gate(
         &self,
         e: &QueueEntry,

@@ -23,6 +23,11 @@ const HANDOFFS: usize = 4;
 /// ahead of it, its gate.
 const FAN_OUT: usize = 4;
 
+/// The next waiter to get the lock (its place in the queue, its guard), within 20 s.
+async fn next_holder(rx: &mut UnboundedReceiver<(usize, Guard)>, what: &str) -> (usize, Guard) {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect(what).expect("channel")
+}
+
 /// A holder of `name` and `n` waiters, each its own client, queued one after another and
 /// watching; each waiter's guard comes on the channel with its place in the queue.
 async fn queue(
@@ -66,10 +71,7 @@ async fn each_hand_off_costs_the_release_alone() {
         let before = handled(ep, &["Txn", "Range", "DeleteRange"]).await;
         for round in 0..HANDOFFS {
             assert_eq!(current.release().await.expect("release"), ReleaseOutcome::Released);
-            let (i, g) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-                .await
-                .expect("a waiter gets the lock")
-                .expect("channel");
+            let (i, g) = next_holder(&mut rx, "a waiter gets the lock").await;
             assert_eq!(i, round, "{mode:?}: waiters get the lock in the order they queued");
             current = g;
         }
@@ -86,10 +88,7 @@ async fn each_hand_off_costs_the_release_alone() {
         );
         assert_eq!(current.release().await.expect("release"), ReleaseOutcome::Released);
         for _ in HANDOFFS..WAITERS {
-            let (_, g) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-                .await
-                .expect("the rest get the lock")
-                .expect("channel");
+            let (_, g) = next_holder(&mut rx, "the rest get the lock").await;
             assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
         }
     }
@@ -144,10 +143,7 @@ async fn a_release_reaches_a_bounded_number_of_waiters() {
         for round in 0..MANY {
             let before = events().await;
             assert_eq!(current.release().await.expect("release"), ReleaseOutcome::Released);
-            let (i, g) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-                .await
-                .expect("a waiter gets the lock")
-                .expect("channel");
+            let (i, g) = next_holder(&mut rx, "a waiter gets the lock").await;
             assert_eq!(i, round, "{mode:?}: waiters get the lock in the order they queued");
             // The events of this release only, late ones included.
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -149,11 +149,6 @@ impl Compare {
         Self::of(key, compare::CompareTarget::Value, v, compare::CompareResult::Less)
     }
 
-    /// `key`'s value is `value` (false when the key does not exist).
-    pub fn value_is(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
-        Self::equal(key, compare::CompareTarget::Value, compare::TargetUnion::Value(value.into()))
-    }
-
     /// `key` was created at revision `rev` (0: the key does not exist).
     pub fn create_revision_is(key: impl Into<Vec<u8>>, rev: i64) -> Self {
         Self::equal(key, compare::CompareTarget::Create, compare::TargetUnion::CreateRevision(rev))
