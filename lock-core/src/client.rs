@@ -409,15 +409,14 @@ impl LockBuilder<One> {
             // Only a wait can wait for itself; one attempt just finds the lock held.
             self.client.held.check(key.full(), self.target.mode)?;
         }
-        let mut req = AcquireRequest::new(key, self.ttl).with_mode(self.target.mode);
-        req.metadata = self.metadata()?;
-        Ok(req)
+        let (ttl, mode, metadata) = (self.ttl, self.target.mode, self.metadata()?);
+        Ok(AcquireRequest { key, ttl, owner: OwnerToken::random(), mode, metadata })
     }
 
     fn guard(&self, lease: Lease) -> Guard {
-        let (key, mode) = (lease.key().full().to_owned(), lease.mode());
+        let mode = lease.mode();
         let guard = Guard::new(self.client.backend.clone(), lease, self.policy, self.client.batcher());
-        let entry = self.client.held.enter(&key, mode, guard.probe());
+        let entry = self.client.held.enter(guard.key(), mode, guard.probe());
         guard.with_held([entry])
     }
 

@@ -61,6 +61,12 @@ struct Shared {
     batcher: Option<crate::batch::Batcher>,
 }
 
+impl crate::held::Alive for Shared {
+    fn alive(&self) -> bool {
+        self.check_now()
+    }
+}
+
 /// What `acquire` hands you: the right to act under the lock while it lasts.
 ///
 /// # Behavior
@@ -138,8 +144,7 @@ impl Guard {
 
     /// Whether the guard still holds its lock, for its client's registry of held grants.
     pub(crate) fn probe(&self) -> crate::held::Probe {
-        let shared = self.shared.clone();
-        Arc::new(move || shared.check_now())
+        self.shared.clone()
     }
 
     /// Records the guard in its client's registry of what each task holds.

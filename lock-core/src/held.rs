@@ -29,9 +29,23 @@ fn resource(mode: Mode) -> Resource {
 }
 
 /// Whether a recorded grant is still held (the guard's `is_held`).
-pub(crate) type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
+pub(crate) trait Alive: Send + Sync {
+    fn alive(&self) -> bool;
+}
 
-type Holders = HashMap<(String, Resource), Vec<(Option<Id>, Mode, Probe)>>;
+/// A recorded grant's probe: the guard's shared state.
+pub(crate) type Probe = Arc<dyn Alive>;
+
+/// One task's hold of a name.
+struct Holder {
+    resource: Resource,
+    task: Option<Id>,
+    mode: Mode,
+    alive: Probe,
+}
+
+/// Who holds what on each name (one entry per name, however many grants).
+type Holders = HashMap<Arc<str>, Vec<Holder>>;
 
 /// A client's registry of the grants its tasks hold (shared by the client's clones).
 #[derive(Default, Clone)]
@@ -54,11 +68,15 @@ impl HeldByTasks {
     pub(crate) fn check(&self, key: &str, mode: Mode) -> Result<()> {
         let me = tokio::task::try_id();
         let map = self.map();
-        let Some(held) = map.get(&(key.to_owned(), resource(mode))) else { return Ok(()) };
-        let conflict = held.iter().any(|(task, m, alive)| {
-            *task == me
-                && alive()
-                && !matches!((m, mode), (Mode::Permit { .. }, Mode::Permit { .. }) | (Mode::Read, Mode::Read))
+        let Some(held) = map.get(key) else { return Ok(()) };
+        let conflict = held.iter().any(|h| {
+            h.resource == resource(mode)
+                && h.task == me
+                && h.alive.alive()
+                && !matches!(
+                    (h.mode, mode),
+                    (Mode::Permit { .. }, Mode::Permit { .. }) | (Mode::Read, Mode::Read)
+                )
         });
         if conflict {
             return Err(Error::AlreadyHeld { key: key.to_owned() });
@@ -70,8 +88,13 @@ impl HeldByTasks {
     /// entry is dropped.
     pub(crate) fn enter(&self, key: &str, mode: Mode, alive: Probe) -> HeldEntry {
         let task = tokio::task::try_id();
-        self.map().entry((key.to_owned(), resource(mode))).or_default().push((task, mode, alive));
-        HeldEntry { registry: self.clone(), key: key.to_owned(), mode, task }
+        let mut map = self.map();
+        let name = match map.get_key_value(key) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(key),
+        };
+        map.entry(name.clone()).or_default().push(Holder { resource: resource(mode), task, mode, alive });
+        HeldEntry { registry: self.clone(), key: name, mode, task }
     }
 }
 
@@ -79,7 +102,7 @@ impl HeldByTasks {
 #[derive(Debug)]
 pub(crate) struct HeldEntry {
     registry: HeldByTasks,
-    key: String,
+    key: Arc<str>,
     mode: Mode,
     task: Option<Id>,
 }
@@ -87,13 +110,12 @@ pub(crate) struct HeldEntry {
 impl Drop for HeldEntry {
     fn drop(&mut self) {
         let mut map = self.registry.map();
-        let slot = (std::mem::take(&mut self.key), resource(self.mode));
-        if let Some(v) = map.get_mut(&slot) {
-            if let Some(i) = v.iter().position(|(t, m, _)| *t == self.task && *m == self.mode) {
+        if let Some(v) = map.get_mut(&*self.key) {
+            if let Some(i) = v.iter().position(|h| h.task == self.task && h.mode == self.mode) {
                 v.swap_remove(i);
             }
             if v.is_empty() {
-                map.remove(&slot);
+                map.remove(&*self.key);
             }
         }
     }

@@ -112,11 +112,12 @@ impl LockBuilder<Many> {
         let metadata = self.metadata()?;
         Ok(keys
             .into_iter()
-            .map(|k| {
-                let mut r = AcquireRequest::new(k, self.ttl);
-                r.owner = owner;
-                r.metadata = metadata.clone();
-                r
+            .map(|key| AcquireRequest {
+                key,
+                ttl: self.ttl,
+                owner,
+                mode: Mode::Exclusive,
+                metadata: metadata.clone(),
             })
             .collect())
     }

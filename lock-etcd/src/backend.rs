@@ -1,6 +1,7 @@
 //! [`EtcdBackend`]: the connection, the session, and the [`LockBackend`] impl, which strings
 //! the mechanisms of the other files together.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -121,7 +122,13 @@ impl EtcdBackend {
 
     /// The etcd prefix that holds the queue of `key`: `<prefix><name>/`.
     pub fn etcd_prefix(&self, key: &LockKey) -> String {
-        format!("{}{}/", self.inner.opts.prefix, key.full())
+        let (prefix, name) = (self.inner.opts.prefix.as_str(), key.full());
+        // Room for a queue key's lease id too (`QueueEntry`): one allocation for both.
+        let mut p = String::with_capacity(prefix.len() + name.len() + 17);
+        p.push_str(prefix);
+        p.push_str(name);
+        p.push('/');
+        p
     }
 
     /// The session lease's TTL: as etcd granted it to the open session, or as asked for (in
@@ -176,9 +183,18 @@ impl EtcdBackend {
         let deadline = lock_core::lease::add_saturating(Instant::now(), t);
         let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
         let mut reauthenticated = false;
+        let mut first = true;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-            let e = match tokio::time::timeout(left, f()).await {
+            // Each request is bounded by the request timeout on its own (`rpc::Client`): that
+            // is the first attempt's bound, and a retry's is what is left of it.
+            let attempt = f();
+            let sent = if std::mem::take(&mut first) {
+                Ok(attempt.await)
+            } else {
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+                tokio::time::timeout(left, attempt).await
+            };
+            let e = match sent {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => e,
                 Err(_) => return Err(timeout(what, t)),
@@ -439,16 +455,18 @@ impl LockBackend for EtcdBackend {
         let (key, own_lease, whose) = match (held, lease.mode()) {
             (Some(h), mode) => {
                 let whose = if mode == Mode::Exclusive { Whose::OwnKey(rev) } else { Whose::Created(rev) };
-                (h.etcd_key.clone(), h.session.is_none().then(|| h.lease().0), whose)
+                (Cow::Borrowed(h.etcd_key.as_str()), h.session.is_none().then(|| h.lease().0), whose)
             }
             (None, Mode::Exclusive) => match self.find_key(&self.etcd_prefix(lease.key()), owner).await? {
-                Some((k, _)) => (k, None, Whose::Owner(owner)),
+                Some((k, _)) => (Cow::Owned(k), None, Whose::Owner(owner)),
                 None => {
                     self.inner.local.free(name, owner);
                     return Ok(ReleaseOutcome::NotHeld);
                 }
             },
-            (None, mode) => (self.grant_key(lease.key(), mode, owner).1, None, Whose::Created(rev)),
+            (None, mode) => {
+                (Cow::Owned(self.grant_key(lease.key(), mode, owner).1), None, Whose::Created(rev))
+            }
         };
         if let Some(s) = held.and_then(|h| h.session.as_ref()) {
             s.keys.released(key.as_bytes());
@@ -462,7 +480,7 @@ impl LockBackend for EtcdBackend {
                 Ok(if deleted { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
             }
             Err(e) => {
-                self.release_failed(held, key, lease).await;
+                self.release_failed(held, key.into_owned(), lease).await;
                 Err(e)
             }
         }

@@ -16,7 +16,8 @@ use crate::session::Session;
 struct LocalSlot {
     owner: OwnerToken,
     session: i64,
-    released: Arc<Notify>,
+    /// What the slot's release signals; made when a first task waits for it.
+    released: Option<Arc<Notify>>,
 }
 
 /// Which local owner holds or queues for each name, per session.
@@ -32,11 +33,17 @@ impl LocalSlots {
     /// of the same session holds or queues for it, returns the `Notify` its release signals.
     pub(crate) fn claim(&self, name: &str, owner: OwnerToken, session: i64) -> Result<(), Arc<Notify>> {
         let mut local = self.lock();
-        match local.get(name) {
-            Some(slot) if slot.owner != owner && slot.session == session => Err(slot.released.clone()),
-            _ => {
-                let released = local.get(name).map(|s| s.released.clone()).unwrap_or_default();
-                local.insert(name.to_owned(), LocalSlot { owner, session, released });
+        match local.get_mut(name) {
+            Some(slot) if slot.owner != owner && slot.session == session => {
+                Err(slot.released.get_or_insert_with(Arc::default).clone())
+            }
+            Some(slot) => {
+                // Ours already, or left by a lost session: the waiters stay with the slot.
+                (slot.owner, slot.session) = (owner, session);
+                Ok(())
+            }
+            None => {
+                local.insert(name.to_owned(), LocalSlot { owner, session, released: None });
                 Ok(())
             }
         }
@@ -46,8 +53,8 @@ impl LocalSlots {
     pub(crate) fn free(&self, name: &str, owner: OwnerToken) {
         let mut local = self.lock();
         if local.get(name).is_some_and(|s| s.owner == owner) {
-            if let Some(slot) = local.remove(name) {
-                slot.released.notify_waiters();
+            if let Some(released) = local.remove(name).and_then(|slot| slot.released) {
+                released.notify_waiters();
             }
         }
     }

@@ -12,6 +12,8 @@
 //! (an empty value) has no owner token and no metadata. The other primitives keep their
 //! metadata in their own key's value (`grants.rs`).
 
+use std::io::Write;
+
 use lock_core::{ExtendOutcome, Lease, Metadata, OwnerToken, Result};
 
 use crate::backend::{EtcdBackend, Held};
@@ -19,7 +21,11 @@ use crate::rpc::pb::{Compare, RequestOp, TxnRequest};
 
 /// The value of a lock key: the owner token, a newline, the holder metadata.
 pub(crate) fn lock_value(owner: OwnerToken, metadata: &Metadata) -> Vec<u8> {
-    format!("{owner}\n{}", metadata.encode()).into_bytes()
+    let json = metadata.encode();
+    let mut value = Vec::with_capacity(33 + json.len());
+    let _ = writeln!(value, "{owner}");
+    value.extend_from_slice(json.as_bytes());
+    value
 }
 
 /// The owner token a lock key's value starts with, if it holds one.
@@ -36,7 +42,9 @@ pub(crate) fn value_metadata(value: &[u8]) -> Option<Metadata> {
 
 /// Whether a lock key's value is `owner`'s (what [`owned_by`] compares on the server).
 pub(crate) fn holds(value: &[u8], owner: OwnerToken) -> bool {
-    split(value).is_some_and(|(token, _)| token.as_bytes() == owner.to_string().as_bytes())
+    let mut token = [0u8; 32];
+    let _ = write!(&mut token[..], "{owner}");
+    split(value).is_some_and(|(t, _)| t.as_bytes() == token)
 }
 
 /// A lock key's value split at its first newline into the owner token and the metadata.

@@ -5,6 +5,7 @@
 //! and queues again on a new lease if that one is lost.
 
 use std::collections::HashSet;
+use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,7 +78,9 @@ impl QueueEntry {
         let (pfx, my_key, value) = match req.mode {
             Mode::Exclusive => {
                 let pfx = backend.etcd_prefix(&req.key);
-                (pfx.clone(), format!("{pfx}{lease:x}"), lock_value(req.owner, &req.metadata))
+                let mut my_key = pfx.clone();
+                let _ = write!(my_key, "{lease:x}");
+                (pfx, my_key, lock_value(req.owner, &req.metadata))
             }
             mode => {
                 let (pfx, key) = backend.grant_key(&req.key, mode, req.owner);
@@ -230,16 +233,19 @@ impl EtcdBackend {
     /// [`enqueue`](Self::enqueue) for the lock: (our create revision, the owner's).
     async fn enqueue_lock(&self, e: &QueueEntry) -> Result<Option<(i64, i64)>> {
         let my_key = e.my_key.as_str();
-        let txn = TxnRequest::when([Compare::create_revision_is(my_key, 0)])
-            .and_then(Self::lock_ops(e))
-            .or_else([RequestOp::range(RangeRequest::key(my_key)), Self::oldest_keys(e)]);
+        // Built for each attempt: cheaper than a copy kept for a retry that seldom comes.
+        let txn = || {
+            TxnRequest::when([Compare::create_revision_is(my_key, 0)])
+                .and_then(Self::lock_ops(e))
+                .or_else([RequestOp::range(RangeRequest::key(my_key)), Self::oldest_keys(e)])
+        };
         // A key of ours with another owner token is an orphan: the callers hold the name's
         // local slot (session mode) or a fresh lease (per-lock mode), so no live attempt or
         // guard of this client owns it. It is the put of a cancelled attempt that reached the
         // server after that attempt's undo (etcd serves one connection's requests
         // concurrently, so they can overtake each other). Delete it and queue afresh.
         for _ in 0..3 {
-            let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
+            let resp = self.call("txn", || self.client().txn(txn())).await?;
             let my_rev = if resp.succeeded {
                 resp.revision()
             } else {

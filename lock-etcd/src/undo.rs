@@ -162,8 +162,8 @@ impl EtcdBackend {
     /// it is what its undo meant to do; the release then says the grant was not held. A
     /// plain delete costs etcd less than a transaction's comparison and delete.
     pub(crate) async fn delete_own_key(&self, key: &str, rev: i64) -> Result<bool> {
-        let req = DeleteRangeRequest::key(key).with_prev_kv();
-        let r = self.call("delete", || self.client().delete_range(req.clone())).await?;
+        let req = || DeleteRangeRequest::key(key).with_prev_kv();
+        let r = self.call("delete", || self.client().delete_range(req())).await?;
         Ok(r.prev_kvs.iter().any(|kv| kv.create_revision == rev))
     }
 
