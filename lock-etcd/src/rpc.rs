@@ -7,8 +7,9 @@
 //!   `etcd-client` crate does), each dialled with the connect timeout. Bare `host:port`
 //!   endpoints are dialled `https://` when TLS is configured, `http://` otherwise.
 //! - **Timeouts**: every unary request is bounded by the request timeout (a `DeadlineExceeded`
-//!   status after it), and so is opening a stream; etcd's lock service waits as long as the
-//!   lock is held.
+//!   status after it), and so is opening a stream (a keep-alive stream with its first
+//!   renewal); etcd's lock service waits as long as the lock is held. lock-etcd's retry loop
+//!   relies on this: a request's first attempt has no other bound.
 //! - **TLS** (feature `tls`): a private CA or the system's roots, and a client certificate.
 //! - **Auth**: `Authenticate` at connect; the token rides in the `token` metadata header of
 //!   every KV, Watch, Maintenance and lock-service request (not on Lease or Auth requests, as
@@ -266,17 +267,28 @@ impl Client {
     }
 
     /// `Lease.LeaseKeepAlive`: opens a keep-alive stream for lease `id` and renews it once.
-    /// Returns the stream and the TTL granted by that renewal (0 when the lease is gone).
+    /// Returns the stream and the TTL granted by that renewal (0 when the lease is gone). The
+    /// open and the first renewal together are bounded by the request timeout.
     ///
     /// # Errors
-    /// The status of a failed open or first renewal.
+    /// The status of a failed open or first renewal; `DeadlineExceeded` when the first
+    /// renewal's reply is not in within the request timeout.
     pub async fn lease_keep_alive(&self, id: i64) -> std::result::Result<(LeaseKeepAlive, i64), Status> {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let _ = tx.unbounded_send(pb::LeaseKeepAliveRequest { id });
-        let responses = self.unary(self.lease().lease_keep_alive(rx)).await?;
-        let mut keep_alive = LeaseKeepAlive::new(id, tx, responses);
-        let ttl = keep_alive.reply().await?;
-        Ok((keep_alive, ttl))
+        let open_and_renew = async {
+            let responses = self.lease().lease_keep_alive(rx).await?.into_inner();
+            let mut keep_alive = LeaseKeepAlive::new(id, tx, responses);
+            let ttl = keep_alive.reply().await?;
+            Ok((keep_alive, ttl))
+        };
+        match tokio::time::timeout(self.request_timeout, open_and_renew).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "no keep-alive reply within {:?}",
+                self.request_timeout
+            ))),
+        }
     }
 
     /// `Watch.Watch`: opens a watch stream with `create` as its first watcher. The stream's
