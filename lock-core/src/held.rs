@@ -93,25 +93,34 @@ impl HeldByTasks {
             Some((name, _)) => name.clone(),
             None => Arc::from(key),
         };
+        let probe = alive.clone();
         map.entry(name.clone()).or_default().push(Holder { resource: resource(mode), task, mode, alive });
-        HeldEntry { registry: self.clone(), key: name, mode, task }
+        HeldEntry { registry: self.clone(), key: name, probe }
     }
 }
 
 /// One task's hold of one grant in a client's registry; removed on drop.
-#[derive(Debug)]
 pub(crate) struct HeldEntry {
     registry: HeldByTasks,
     key: Arc<str>,
-    mode: Mode,
-    task: Option<Id>,
+    /// The grant's probe, which tells its holder apart from the same task's other grants in
+    /// the same mode on the same name (two read locks, two permits).
+    probe: Probe,
+}
+
+impl std::fmt::Debug for HeldEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldEntry").field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 impl Drop for HeldEntry {
     fn drop(&mut self) {
         let mut map = self.registry.map();
         if let Some(v) = map.get_mut(&*self.key) {
-            if let Some(i) = v.iter().position(|h| h.task == self.task && h.mode == self.mode) {
+            if let Some(i) =
+                v.iter().position(|h| std::ptr::addr_eq(Arc::as_ptr(&h.alive), Arc::as_ptr(&self.probe)))
+            {
                 v.swap_remove(i);
             }
             if v.is_empty() {

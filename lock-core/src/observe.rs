@@ -142,8 +142,11 @@ impl Keys {
     }
 }
 
+/// Where `outcome` is among `outcomes` (each caller names one of them).
 fn index(outcomes: &[&str; 3], outcome: &str) -> usize {
-    outcomes.iter().position(|o| *o == outcome).unwrap_or(2)
+    let i = outcomes.iter().position(|o| *o == outcome);
+    debug_assert!(i.is_some(), "unknown outcome {outcome}");
+    i.unwrap_or(2)
 }
 
 pub(crate) fn acquire(backend: &'static str, outcome: &'static str, elapsed: Duration) {

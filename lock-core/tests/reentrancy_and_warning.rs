@@ -50,3 +50,22 @@ async fn expiring_warns_before_the_lease_runs_out() {
         .is_err());
     r.release().await.unwrap();
 }
+
+/// A task holding two read locks on one name releases the second: the registry forgets that
+/// grant, not the first. Once the first has expired too, the task holds nothing there, and a
+/// write lock is its to take (a registry that kept the released grant's entry instead would
+/// still count it as held, and refuse the task its own write lock).
+#[tokio::test]
+async fn releasing_one_of_two_read_locks_forgets_that_one() {
+    let locks = LockClient::new(MemoryBackend::new());
+    let first = locks.read_lock("k").ttl(Duration::from_millis(300)).acquire().await.unwrap();
+    let second = locks.read_lock("k").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    second.release().await.unwrap();
+    // While the first is held, writing would wait for the task's own read lock.
+    let e = locks.write_lock("k").wait(Duration::from_secs(2)).acquire().await.unwrap_err();
+    assert!(matches!(e, Error::AlreadyHeld { ref key } if key == "k"), "{e:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!first.is_held());
+    let w = locks.write_lock("k").wait(Duration::from_secs(2)).acquire().await.unwrap();
+    w.release().await.unwrap();
+}

@@ -123,8 +123,7 @@ impl EtcdBackend {
     /// The etcd prefix that holds the queue of `key`: `<prefix><name>/`.
     pub fn etcd_prefix(&self, key: &LockKey) -> String {
         let (prefix, name) = (self.inner.opts.prefix.as_str(), key.full());
-        // Room for a queue key's lease id too (`QueueEntry`): one allocation for both.
-        let mut p = String::with_capacity(prefix.len() + name.len() + 17);
+        let mut p = String::with_capacity(prefix.len() + name.len() + 1);
         p.push_str(prefix);
         p.push_str(name);
         p.push('/');
@@ -196,6 +195,10 @@ impl EtcdBackend {
             };
             let e = match sent {
                 Ok(Ok(v)) => return Ok(v),
+                // The client's own bound ran out: say which request it was.
+                Ok(Err(e)) if e.code() == tonic::Code::DeadlineExceeded && Instant::now() >= deadline => {
+                    return Err(timeout(what, t))
+                }
                 Ok(Err(e)) => e,
                 Err(_) => return Err(timeout(what, t)),
             };

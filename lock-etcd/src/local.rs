@@ -90,15 +90,21 @@ impl EtcdBackend {
                     let notified = released.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    if self.inner.local.claim(name, req.owner, s.id).is_err() {
-                        tokio::select! {
-                            _ = &mut notified => {}
-                            _ = tokio::time::sleep_until(deadline) => {
-                                return Err(Error::WaitTimedOut { key: name.to_owned(), waited: Duration::ZERO });
+                    match self.inner.local.claim(name, req.owner, s.id) {
+                        Ok(()) => {}
+                        // Freed and claimed by another task in between: wait on its slot's
+                        // signal instead (this one will not be given again).
+                        Err(again) if !Arc::ptr_eq(&again, &released) => continue,
+                        Err(_) => {
+                            tokio::select! {
+                                _ = &mut notified => {}
+                                _ = tokio::time::sleep_until(deadline) => {
+                                    return Err(Error::WaitTimedOut { key: name.to_owned(), waited: Duration::ZERO });
+                                }
+                                _ = tokio::time::sleep(s.ttl) => {}
                             }
-                            _ = tokio::time::sleep(s.ttl) => {}
+                            continue;
                         }
-                        continue;
                     }
                 }
             }

@@ -78,7 +78,8 @@ impl QueueEntry {
         let (pfx, my_key, value) = match req.mode {
             Mode::Exclusive => {
                 let pfx = backend.etcd_prefix(&req.key);
-                let mut my_key = pfx.clone();
+                let mut my_key = String::with_capacity(pfx.len() + 16);
+                my_key.push_str(&pfx);
                 let _ = write!(my_key, "{lease:x}");
                 (pfx, my_key, lock_value(req.owner, &req.metadata))
             }
