@@ -38,7 +38,6 @@ pub(crate) type Probe = Arc<dyn Alive>;
 
 /// One task's hold of a name.
 struct Holder {
-    resource: Resource,
     task: Option<Id>,
     mode: Mode,
     alive: Probe,
@@ -70,7 +69,7 @@ impl HeldByTasks {
         let map = self.map();
         let Some(held) = map.get(key) else { return Ok(()) };
         let conflict = held.iter().any(|h| {
-            h.resource == resource(mode)
+            resource(h.mode) == resource(mode)
                 && h.task == me
                 && h.alive.alive()
                 && !matches!(
@@ -94,7 +93,7 @@ impl HeldByTasks {
             None => Arc::from(key),
         };
         let probe = alive.clone();
-        map.entry(name.clone()).or_default().push(Holder { resource: resource(mode), task, mode, alive });
+        map.entry(name.clone()).or_default().push(Holder { task, mode, alive });
         HeldEntry { registry: self.clone(), key: name, probe }
     }
 }
