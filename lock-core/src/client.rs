@@ -277,6 +277,7 @@ impl LockClient {
     /// [`Error::InvalidTtl`]; [`Error::NotHeld`] when the grant is gone; backend errors.
     pub async fn extend_lease(&self, lease: &mut Lease, ttl: Duration) -> Result<()> {
         self.caps.validate_ttl(self.backend.name(), ttl)?;
+        lease.limit_for_extend(ttl);
         match self.backend.extend(lease, ttl).await? {
             ExtendOutcome::Extended { valid_until } => {
                 lease.set_extended(ttl, valid_until);

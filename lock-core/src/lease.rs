@@ -223,6 +223,23 @@ impl Lease {
         self.ttl = ttl;
         self.valid_until = valid_until;
     }
+
+    /// Before an extend to `ttl` is sent: if it shortens the grant, the lease is trusted no
+    /// longer than `ttl` from now from here on, until the extend's success says otherwise. An
+    /// extend whose outcome stays unknown (an error after the request left, a lost reply, a
+    /// call given up) may have been applied, and the server would then end the grant sooner
+    /// than the lease said. Returns whether `valid_until` moved.
+    pub(crate) fn limit_for_extend(&mut self, ttl: Duration) -> bool {
+        if ttl >= self.ttl {
+            return false;
+        }
+        let at = valid_until(Instant::now(), ttl);
+        if at >= self.valid_until {
+            return false;
+        }
+        self.valid_until = at;
+        true
+    }
 }
 
 /// `sent_at + ttl - drift_margin(ttl)`, saturating.

@@ -28,6 +28,10 @@ enum Mode {
     /// Extends renew with the full TTL whatever TTL is asked for (a session lease, which
     /// cannot be shortened).
     Session,
+    /// Extends are applied, then their reply is lost (a retryable error).
+    AppliedReplyLost,
+    /// Extends are applied, then never answer.
+    AppliedThenHang,
 }
 
 #[derive(Debug)]
@@ -82,6 +86,14 @@ impl LockBackend for Faulty {
             Mode::Hang => std::future::pending().await,
             Mode::StandStill => Ok(ExtendOutcome::Extended { valid_until: lease.valid_until() }),
             Mode::Session => self.inner.extend(lease, TTL).await,
+            Mode::AppliedReplyLost => {
+                self.inner.extend(lease, ttl).await?;
+                Err(Error::backend_msg("faulty", BackendErrorKind::Connection, "injected lost reply"))
+            }
+            Mode::AppliedThenHang => {
+                self.inner.extend(lease, ttl).await?;
+                std::future::pending().await
+            }
             Mode::Slow(d) => {
                 tokio::time::sleep(d).await;
                 let r = self.inner.extend(lease, ttl).await;
@@ -330,4 +342,37 @@ async fn the_hold_cap_releases_the_lock_then_fires() {
     // The user's own release afterwards sends nothing and says the lock is no longer held.
     assert_eq!(g.release().await.unwrap(), ReleaseOutcome::NotHeld);
     assert_eq!(b.log.lock().unwrap().iter().filter(|e| **e == "release").count(), 1);
+}
+
+/// A shortening extend whose outcome stays unknown (its reply lost, or the call given up) may
+/// have been applied: the guard must not claim the lock past what the shorter TTL gives, or it
+/// would still say held while the server has let another client in.
+#[tokio::test(start_paused = true)]
+async fn a_shortening_extend_of_unknown_outcome_is_trusted_only_that_long() {
+    for mode in [Mode::AppliedReplyLost, Mode::AppliedThenHang] {
+        let b = Faulty::new();
+        let locks = client(&b);
+        let g = locks.lock("k").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+        b.set(mode);
+        let r = tokio::time::timeout(Duration::from_millis(100), g.extend(Duration::from_secs(1))).await;
+        assert!(!matches!(r, Ok(Ok(()))), "{mode:?}: the extend reported success: {r:?}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // The server applied the shorter TTL: the grant is gone there.
+        assert!(locks.inspect("k").await.unwrap().is_none(), "{mode:?}: the grant outlived its new TTL");
+        assert!(!g.is_held(), "{mode:?}: the guard still claims a lock the server let go");
+        let lost = tokio::time::timeout(Duration::from_millis(10), g.lost()).await;
+        assert!(lost.is_ok(), "{mode:?}: no loss signal");
+    }
+}
+
+/// The same for a detached lease extended by `LockClient::extend_lease`.
+#[tokio::test(start_paused = true)]
+async fn a_detached_lease_shortened_with_unknown_outcome_is_trusted_only_that_long() {
+    let b = Faulty::new();
+    let locks = client(&b);
+    let g = locks.lock("k").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    let mut lease = g.detach();
+    b.set(Mode::AppliedReplyLost);
+    assert!(locks.extend_lease(&mut lease, Duration::from_secs(1)).await.is_err());
+    assert!(lease.remaining() <= Duration::from_secs(1), "still trusted for {:?}", lease.remaining());
 }

@@ -164,7 +164,15 @@ impl Shared {
         ttl: Duration,
         batcher: Option<&crate::batch::Batcher>,
     ) -> Result<ExtendOutcome> {
-        let lease = self.lease();
+        // A shortening extend may take effect even if its outcome stays unknown (see
+        // `Lease::limit_for_extend`); those waiting for `valid_until` look again.
+        let lease = {
+            let mut l = self.locked();
+            if l.limit_for_extend(ttl) {
+                self.changed.notify_waiters();
+            }
+            l.clone()
+        };
         let span = tracing::debug_span!(parent: &self.span, "distlock.extend", ttl_ms = ttl.as_millis() as u64, outcome = tracing::field::Empty);
         let res = match batcher {
             Some(b) => b.extend(&self.backend, lease, ttl).instrument(span.clone()).await,
