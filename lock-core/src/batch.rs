@@ -5,9 +5,11 @@
 //! thousands of held locks costs a few requests per renewal round, not one per lock.
 //!
 //! # Behavior
-//! - A renewal waits at most one *window* (a twentieth of its TTL, at most 100 ms) for others
-//!   to join it; renewal is due when a third of the validity left has passed, so the wait
-//!   never puts a lease at risk.
+//! - A renewal waits at most its own *window* (a twentieth of its TTL, at most 100 ms) for
+//!   others to join it, even in a batch that a longer TTL's renewal opened; renewal is due
+//!   when a third of the validity left has passed, so the wait never puts a lease at risk.
+//! - A batch in flight does not hold back the next one: a slow or failing request delays
+//!   only the renewals in it.
 //! - Each grant's outcome is its own: a key found gone in a batch fires that lock's loss alone.
 //! - A renewal whose guard was released or dropped before the batch went out is left out of it.
 
@@ -73,15 +75,25 @@ impl Batcher {
     }
 }
 
-/// The batcher's task: gathers renewals for one window after the first, then sends them.
+/// The batcher's task: gathers renewals until the earliest of their windows ends (each
+/// renewal waits at most its own window, however long the batch's first one would), then
+/// sends them. A batch's request runs on its own task, so a slow or failing one does not hold
+/// back the renewals due meanwhile.
 async fn run(backend: Arc<dyn LockBackend>, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = rx.recv().await {
-        let flush_at = Instant::now() + window(first.ttl);
+        let mut flush_at = Instant::now() + window(first.ttl);
         let mut jobs = vec![first];
+        let flush = tokio::time::sleep_until(flush_at);
+        tokio::pin!(flush);
         loop {
             tokio::select! {
                 job = rx.recv() => match job {
                     Some(j) => {
+                        let due = Instant::now() + window(j.ttl);
+                        if due < flush_at {
+                            flush_at = due;
+                            flush.as_mut().reset(flush_at);
+                        }
                         jobs.push(j);
                         if jobs.len() >= MAX_BATCH {
                             break;
@@ -89,7 +101,7 @@ async fn run(backend: Arc<dyn LockBackend>, mut rx: mpsc::UnboundedReceiver<Job>
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep_until(flush_at) => break,
+                _ = &mut flush => break,
             }
         }
         // Leave out the renewals nobody waits for any more (released or dropped guards).
@@ -97,10 +109,13 @@ async fn run(backend: Arc<dyn LockBackend>, mut rx: mpsc::UnboundedReceiver<Job>
         if jobs.is_empty() {
             continue;
         }
-        let batch: Vec<(Lease, Duration)> = jobs.iter().map(|j| (j.lease.clone(), j.ttl)).collect();
-        let results = backend.extend_many(&batch).await;
-        for (job, res) in jobs.into_iter().zip(results) {
-            let _ = job.reply.send(res);
-        }
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let batch: Vec<(Lease, Duration)> = jobs.iter().map(|j| (j.lease.clone(), j.ttl)).collect();
+            let results = backend.extend_many(&batch).await;
+            for (job, res) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(res);
+            }
+        });
     }
 }

@@ -253,7 +253,10 @@ impl Guard {
     ///
     /// # Behavior
     /// Renewal is stopped before the release is sent (an extend already in flight is let
-    /// finish or dropped first), so no renewal can follow it. [`ReleaseOutcome::NotHeld`] means the grant had already expired or been taken.
+    /// finish or dropped first), so this guard sends no renewal after it. A renewal already
+    /// handed to a batch ([`crate::batch`]) cannot be recalled and may reach the server after
+    /// the release; extends compare the owner token, so it finds the grant gone and changes
+    /// nothing. [`ReleaseOutcome::NotHeld`] means the grant had already expired or been taken.
     ///
     /// # Errors
     /// Backend errors; the lock then expires after its TTL.

@@ -17,6 +17,8 @@ struct Batching {
     inner: MemoryBackend,
     calls: AtomicUsize,
     extended: AtomicUsize,
+    /// The next `extend_many` never answers.
+    hang_next: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -36,6 +38,9 @@ impl LockBackend for Batching {
         self.inner.extend(lease, ttl).await
     }
     async fn extend_many(&self, grants: &[(Lease, Duration)]) -> Vec<Result<ExtendOutcome>> {
+        if self.hang_next.swap(false, Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.extended.fetch_add(grants.len(), Ordering::SeqCst);
         let mut out = Vec::new();
@@ -85,4 +90,42 @@ async fn many_held_locks_renew_in_a_few_requests() {
     for g in guards {
         g.release().await.unwrap();
     }
+}
+
+/// A short TTL's renewal that joins a batch opened by a long TTL's waits only its own window:
+/// the long one's 100 ms would outlast a 90 ms lease's validity left at its renewal (60 ms).
+#[tokio::test(start_paused = true)]
+async fn a_short_ttl_is_not_held_back_by_a_long_ttls_batch() {
+    let backend = Arc::new(Batching::default());
+    let locks = LockClient::from_arc(backend.clone());
+    let mut long = Vec::new();
+    // Twenty 3 s locks granted 50 ms apart: a renewal falls due every 50 ms, so a batch with a
+    // 100 ms window is almost always open.
+    for i in 0..20 {
+        long.push(
+            locks.lock(&format!("long{i}")).ttl(Duration::from_secs(3)).auto_renew().acquire().await.unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let short = locks.lock("short").ttl(Duration::from_millis(90)).auto_renew().acquire().await.unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(3), short.lost()).await;
+    assert!(lost.is_err(), "the short lock was lost: {lost:?}");
+    assert!(short.is_held());
+    assert!(long.iter().all(|g| g.is_held()));
+}
+
+/// A batch whose request hangs does not hold back the renewals that fall due after it.
+#[tokio::test(start_paused = true)]
+async fn a_hung_batch_does_not_hold_back_the_next() {
+    let backend = Arc::new(Batching::default());
+    let locks = LockClient::from_arc(backend.clone());
+    let first = locks.lock("first").ttl(Duration::from_secs(3)).auto_renew().acquire().await.unwrap();
+    // The first renewal (due at 1 s) hangs.
+    backend.hang_next.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = locks.lock("second").ttl(Duration::from_secs(3)).auto_renew().acquire().await.unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(6), second.lost()).await;
+    assert!(lost.is_err(), "the second lock was lost behind the hung batch: {lost:?}");
+    // The first lock's renewal hung until its validity ran out.
+    assert!(!first.is_held());
 }
