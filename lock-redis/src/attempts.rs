@@ -60,17 +60,22 @@ where
         }
     };
     let result = async {
-        let last_err = match noted().await {
+        let (last_err, expires_in) = match noted().await {
             Ok(Attempt::Acquired(lease)) => return Ok(lease),
-            Ok(Attempt::Held { .. }) => None,
-            Err(e) if e.is_retryable() => Some(e),
+            Ok(Attempt::Held { expires_in }) => (None, expires_in),
+            Err(e) if e.is_retryable() => (Some(e), None),
             Err(e) => return Err(e),
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(last_err.unwrap_or_else(|| timed_out(key, start)));
         }
-        let subs = subscribe(confirm.min(left)).await;
+        // A subscription that is slow to be confirmed (the subscriber connection down or
+        // reconnecting) is waited for no longer than the waiter would poll, nor past the
+        // holder's expiry: the waiter goes on without it, polling, and is woken by messages
+        // once it is in place.
+        let bound = confirm.min(left).min(MAX_POLL).min(expires_in.unwrap_or(MAX_POLL));
+        let subs = subscribe(bound).await;
         let wakers: Vec<&Notify> = subs.iter().flat_map(Subscription::wakers).collect();
         lock_core::wait_for_lock(&wakers, key, deadline, MAX_POLL, &mut noted).await
     }

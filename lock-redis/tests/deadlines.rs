@@ -88,3 +88,32 @@ async fn a_redlock_waiting_acquire_keeps_its_deadline_when_pubsub_never_answers(
     assert!(took < WAIT + REQUEST_TIMEOUT + SLACK, "a {WAIT:?} Redlock wait returned after {took:?}");
     let _ = g.release().await.expect("release");
 }
+
+/// While the subscription for wake-ups is not confirmed, a waiter still tries again at the
+/// holder's expiry and at least every poll interval: it does not sit out the whole request
+/// timeout (2 s by default) waiting for the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_subscription_hangs_still_takes_an_expired_lock_promptly() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let proxy = Proxy::start(server.port()).await;
+    proxy.hang_subscribers();
+    // The default request timeout, said out loud.
+    let opts = RedisOptions::new(proxy.address()).request_timeout(Duration::from_secs(2));
+    let locks = LockClient::new(RedisBackend::connect(opts).await.expect("connect through the proxy"));
+    let holder = direct(&server).await;
+    const HOLD: Duration = Duration::from_millis(300);
+    let held = holder.lock("expiring").ttl(HOLD).acquire().await.expect("hold");
+    let start = Instant::now();
+    let g = locks
+        .lock("expiring")
+        .wait(Duration::from_secs(5))
+        .acquire()
+        .await
+        .expect("granted after the expiry");
+    let took = start.elapsed();
+    // The holder's expiry, one poll interval (250 ms) and a loaded machine's slack; waiting for
+    // the subscription first would take the 2 s request timeout.
+    assert!(took < Duration::from_millis(1500), "took {took:?} to take a lock that expired after {HOLD:?}");
+    drop(held);
+    let _ = g.release().await.expect("release");
+}
