@@ -11,7 +11,7 @@ use lock_core::{Backoff, LossReason, LossSignal};
 use tokio::sync::mpsc;
 
 use crate::error::token_expired;
-use crate::rpc::pb::{WatchCreateRequest, WatchResponse};
+use crate::rpc::pb::{RangeRequest, WatchCreateRequest, WatchResponse};
 use crate::rpc::{self, EventType, WatchStream};
 
 struct Entry {
@@ -53,6 +53,9 @@ impl KeyWatch {
             ids: HashMap::new(),
             cancel_when_created: HashSet::new(),
             backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+            refresh: false,
+            fresh: false,
+            recheck: Vec::new(),
         };
         tokio::spawn(watcher.run(session_loss, rx));
         Self { entries, tx }
@@ -116,6 +119,13 @@ struct Watcher {
     /// Keys released while their watch was being created: cancel it once it is.
     cancel_when_created: HashSet<Vec<u8>>,
     backoff: Backoff,
+    /// Log in again before the stream is next opened (a watch was refused).
+    refresh: bool,
+    /// The stream was opened right after a new login: a refusal on it is not an expired token.
+    fresh: bool,
+    /// Keys whose watch was cancelled because its start revision was compacted, with their
+    /// grant's create revision: read again before they are watched again or reported lost.
+    recheck: Vec<(Vec<u8>, i64)>,
 }
 
 impl Watcher {
@@ -125,8 +135,15 @@ impl Watcher {
 
     async fn run(mut self, session_loss: LossSignal, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         loop {
+            if !self.recheck.is_empty() {
+                self.recheck().await;
+            }
             // (Re)open the stream when keys want watching and it is down.
             if self.stream.is_none() && !self.want.is_empty() {
+                self.fresh = false;
+                if std::mem::take(&mut self.refresh) {
+                    self.fresh = self.client.refresh_token().await.is_ok();
+                }
                 self.open().await;
                 if self.stream.is_none() {
                     tokio::select! {
@@ -151,17 +168,21 @@ impl Watcher {
                         Some(s) => s.message().await,
                         None => std::future::pending().await,
                     }
-                } => match msg {
-                    Ok(Some(resp)) => self.response(resp),
-                    // The stream broke: reopen it (from each key's grant revision) on the next turn.
-                    _ => {
+                } => {
+                    // The stream broke, or a watch on it was refused: reopen it (from each
+                    // key's grant revision) on the next turn.
+                    let keep = match msg {
+                        Ok(Some(resp)) => self.response(resp),
+                        _ => false,
+                    };
+                    if !keep {
                         self.stream = None;
                         tokio::select! {
                             _ = session_loss.fired() => {}
                             _ = tokio::time::sleep(self.backoff.next_delay()) => {}
                         }
                     }
-                },
+                }
             }
         }
     }
@@ -183,12 +204,47 @@ impl Watcher {
                     self.pending.push_back(k.clone());
                 }
                 self.stream = Some(s);
-                self.backoff.reset();
             }
             Err(e) => {
                 tracing::debug!(error = %e, "etcd key watch: cannot open the stream");
                 if token_expired(&e) {
                     let _ = self.client.refresh_token().await;
+                }
+            }
+        }
+    }
+
+    /// Reads each key whose watch history was compacted away: the grant still stands if its
+    /// key exists with the grant's create revision (a key deleted and created again has
+    /// another), and is then watched from after the read; otherwise, or if the read fails,
+    /// the grant must not look held.
+    async fn recheck(&mut self) {
+        for (key, created) in std::mem::take(&mut self.recheck) {
+            if !self.want.contains_key(&key) {
+                continue; // released meanwhile
+            }
+            let req = || RangeRequest::key(key.clone()).without_values();
+            let mut read = self.client.range(req()).await;
+            if read.as_ref().is_err_and(token_expired) && self.client.refresh_token().await.is_ok() {
+                read = self.client.range(req()).await;
+            }
+            let from = match read {
+                Ok(r) if r.kvs.first().is_some_and(|kv| kv.create_revision == created) => {
+                    r.header.map(|h| h.revision + 1)
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "etcd key watch: cannot read a key whose history was compacted");
+                    None
+                }
+            };
+            match from {
+                Some(rev) => self.command(Cmd::Add(key, rev)),
+                None => {
+                    self.want.remove(&key);
+                    if let Some(e) = self.entries().get(&key) {
+                        e.signal.fire(LossReason::NotHeld);
+                    }
                 }
             }
         }
@@ -223,8 +279,31 @@ impl Watcher {
         }
     }
 
-    fn response(&mut self, resp: WatchResponse) {
+    /// Handles one message of the stream; `false` when the stream must be opened again.
+    fn response(&mut self, resp: WatchResponse) -> bool {
+        if resp.created && resp.canceled && resp.compact_revision == 0 {
+            // The server refused a new watch. etcd checks the auth token the stream was opened
+            // with on each new watch, and the session's keep-alives do not keep that token
+            // alive: once it expired, every key added later would go unwatched. Its reply may
+            // also carry the id of a watch in place, so the whole stream is opened again after
+            // a new login. A watch refused on a stream opened with a token just issued is not
+            // an expired token: that key cannot be watched, and its grant must not look held.
+            let key = self.pending.pop_front();
+            tracing::debug!(reason = %resp.cancel_reason, "etcd key watch refused; opening the stream again");
+            if self.fresh || !self.client.has_credentials() {
+                if let Some(k) = key {
+                    tracing::warn!(reason = %resp.cancel_reason, "etcd refused to watch a held key; its lock is reported lost");
+                    self.want.remove(&k);
+                    if let Some(e) = self.entries().get(&k) {
+                        e.signal.fire(LossReason::NotHeld);
+                    }
+                }
+            }
+            self.refresh = self.client.has_credentials();
+            return false;
+        }
         if resp.created {
+            self.backoff.reset();
             if let Some(key) = self.pending.pop_front() {
                 if self.cancel_when_created.remove(&key) {
                     if let Some(s) = self.stream.as_ref() {
@@ -236,14 +315,15 @@ impl Watcher {
             }
         }
         if resp.compact_revision > 0 {
-            // The start revision was compacted away: we cannot know what happened to that key
-            // since; a grant whose key is gone must not look held.
+            // The start revision was compacted away (the stream was opened again from each
+            // grant's revision, or the first renewal came after a compaction): the events
+            // since are gone, so the key is read again before it is watched again.
             let key = self.ids.iter().find(|(_, id)| **id == resp.watch_id).map(|(k, _)| k.clone());
             if let Some(k) = key {
                 self.ids.remove(&k);
-                self.want.remove(&k);
-                if let Some(e) = self.entries().get(&k) {
-                    e.signal.fire(LossReason::NotHeld);
+                let created = self.entries().get(&k).map(|e| e.created);
+                if let Some(created) = created {
+                    self.recheck.push((k, created));
                 }
             }
         }
@@ -258,5 +338,6 @@ impl Watcher {
                 }
             }
         }
+        true
     }
 }

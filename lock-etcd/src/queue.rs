@@ -565,7 +565,8 @@ impl EtcdBackend {
     }
 
     /// Opens the watch `w` and waits (a request timeout at most) for the server to confirm it.
-    /// `None`, after a short pause, when the stream ended first: the round starts again.
+    /// `None`, after a short pause, when the stream ended first or the server refused the
+    /// watch (after a new login: an expired auth token): the round starts again.
     pub(crate) async fn open_watch(
         &self,
         e: &QueueEntry,
@@ -577,14 +578,31 @@ impl EtcdBackend {
         let mut ws = self.call("watch", || self.client().watch(w.clone())).await?;
         let created =
             tokio::time::timeout(t, ws.message()).await.map_err(|_| timeout("watch", t))?.map_err(map_err)?;
-        if created.is_none() {
-            if Instant::now() >= deadline {
-                return Err(e.wait_timed_out());
+        let refused = match &created {
+            None => false,
+            Some(r) if r.canceled => true,
+            Some(_) => return Ok(Some(ws)),
+        };
+        if refused {
+            // etcd refuses a watch (a reply both created and cancelled) whose stream carries an
+            // auth token that expired: the waiter sent nothing with its token while it waited.
+            // A watch taken as set up would never report the deletion it waits for.
+            let reason = created.map(|r| r.cancel_reason).unwrap_or_default();
+            if !self.client().has_credentials() {
+                return Err(Error::backend_msg(
+                    NAME,
+                    BackendErrorKind::Auth,
+                    format!("etcd refused a watch: {reason}"),
+                ));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            return Ok(None);
+            tracing::debug!(backend = NAME, %reason, "etcd refused a watch; logging in again");
+            self.client().refresh_token().await.map_err(map_err)?;
         }
-        Ok(Some(ws))
+        if Instant::now() >= deadline {
+            return Err(e.wait_timed_out());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(None)
     }
 
     /// Opens a watch for deletions of `pred` from the current revision and, once the server

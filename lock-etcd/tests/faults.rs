@@ -302,6 +302,124 @@ async fn an_expired_auth_token_is_renewed_with_a_new_login() {
     assert_eq!(g.release().await.expect("release after the token expired"), ReleaseOutcome::Released);
 }
 
+/// The session's key watch stream keeps the auth token it was opened with. Once that token
+/// expired, etcd refuses each new watch on the stream (a reply both created and cancelled):
+/// the refused key must be watched again on a stream with a fresh token, or a deletion of it
+/// would never be reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_watch_refused_for_an_expired_token_is_set_again() {
+    let etcd = EtcdCluster::single_with_flags(&["--auth-token-ttl=2"]).await.expect("etcd");
+    let eps = etcd.endpoints();
+    enable_root_auth(&eps).await;
+    let opts = EtcdOptions::new(&eps).credentials("root", "r00t-secret").session_ttl(Duration::from_secs(3));
+    let b = EtcdBackend::connect(opts).await.expect("authenticated connect");
+    let locks = LockClient::new(b.clone());
+    let x = locks.lock("refused/x").auto_renew().acquire().await.expect("x");
+    // Past x's first renewal: the key watch stream is open, with the first token.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Idle past the token's TTL (the keep-alives carry none); y's acquire logs in again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let y = locks.lock("refused/y").auto_renew().acquire().await.expect("y after a new login");
+    // Past y's first renewal: y's key is added to the stream opened with the expired token.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let raw = b.raw_client();
+    raw.delete_range(rpc::pb::DeleteRangeRequest::prefix("refused/y/")).await.expect("delete");
+    let reason = tokio::time::timeout(Duration::from_secs(5), y.lost()).await.expect("y's loss fired");
+    assert_eq!(reason, LossReason::NotHeld);
+    assert!(x.is_held(), "x was lost");
+    // x's watch, on the stream set up again, still reports its key's deletion.
+    raw.delete_range(rpc::pb::DeleteRangeRequest::prefix("refused/x/")).await.expect("delete");
+    let reason = tokio::time::timeout(Duration::from_secs(5), x.lost()).await.expect("x's loss fired");
+    assert_eq!(reason, LossReason::NotHeld);
+}
+
+/// A waiter far back in the queue watches only its gate (the contender five places ahead);
+/// when the gate goes, its next round opens a new watch before any other request. If it
+/// waited past its auth token's TTL (waiting sends nothing with the token), etcd refuses that
+/// watch: the waiter must log in and watch again, not wait on the refused watch until its
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_watch_is_refused_for_an_expired_token_still_gets_the_lock() {
+    let etcd = EtcdCluster::single_with_flags(&["--auth-token-ttl=2"]).await.expect("etcd");
+    let eps = etcd.endpoints();
+    enable_root_auth(&eps).await;
+    let connect = || async {
+        let opts =
+            EtcdOptions::new(&eps).credentials("root", "r00t-secret").session_ttl(Duration::from_secs(3));
+        LockClient::new(EtcdBackend::connect(opts).await.expect("authenticated connect"))
+    };
+    let holder = connect().await;
+    let held = holder.lock("refused-wait").acquire().await.expect("hold");
+    // Four waiters ahead (each its own client), each holding the lock 100 ms in turn.
+    let mut ahead = Vec::new();
+    for _ in 0..4 {
+        let c = connect().await;
+        ahead.push(tokio::spawn(async move {
+            let g =
+                c.lock("refused-wait").wait(Duration::from_secs(30)).acquire().await.expect("a waiter ahead");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            g.release().await.expect("release");
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Sixth in line: it watches the holder's key alone.
+    let last = connect().await;
+    let waits = tokio::spawn(async move {
+        let g = last.lock("refused-wait").wait(Duration::from_secs(30)).acquire().await;
+        (g.map(|g| g.is_held()), Instant::now())
+    });
+    // Past the last waiter's token TTL.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let released = Instant::now();
+    assert_eq!(held.release().await.expect("release"), ReleaseOutcome::Released);
+    for w in ahead {
+        w.await.expect("join");
+    }
+    let (got, at) = tokio::time::timeout(Duration::from_secs(40), waits)
+        .await
+        .expect("the waiter returned")
+        .expect("join");
+    assert!(got.expect("the waiter got the lock"));
+    let after = at.saturating_duration_since(released);
+    assert!(
+        after < Duration::from_secs(5),
+        "the last waiter took the lock {after:?} after the holder's release"
+    );
+}
+
+/// A held key's watch starts from the grant's revision. When the history since was compacted
+/// by the time the watch is set up (the first renewal after a compaction, or the stream opened
+/// again later), the key is read again: a grant whose key still stands is not reported lost,
+/// and a deletion after the read is still reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_watch_history_does_not_lose_a_standing_grant() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let b = backend(&etcd.endpoints()).await; // 3 s session: the first renewal comes at 1 s
+    let locks = LockClient::new(b.clone());
+    let g = locks.lock("compacted/a").auto_renew().acquire().await.expect("a");
+    let raw = b.raw_client();
+    let mut rev = 0;
+    for i in 0..3 {
+        let put = raw.put(rpc::pb::PutRequest::new(format!("other/{i}"), "x", 0)).await.expect("put");
+        rev = put.header.map_or(0, |h| h.revision);
+    }
+    let compacted = tokio::process::Command::new("etcdctl")
+        .arg(format!("--endpoints={}", etcd.endpoints().join(",")))
+        .args(["compact", &rev.to_string()])
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .expect("etcdctl (apt-get install etcd-client)");
+    assert!(compacted.success(), "etcdctl compact {rev} failed");
+    // Past the first renewal, which sets up the watch from the grant's (compacted) revision.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(g.is_held(), "a standing grant was reported lost after a compaction");
+    raw.delete_range(rpc::pb::DeleteRangeRequest::prefix("compacted/a/")).await.expect("delete");
+    let reason = tokio::time::timeout(Duration::from_secs(5), g.lost()).await.expect("the loss fired");
+    assert_eq!(reason, LossReason::NotHeld);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_held_key_from_outside_fires_only_that_locks_loss_signal() {
     let etcd = EtcdCluster::single().await.expect("etcd");
