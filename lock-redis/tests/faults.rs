@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use conformance_tests::fixtures::redis::{RedisConfig, RedisServer};
-use lock_core::{BackendErrorKind, Error, Instant, LockClient, LockKey, ReleaseOutcome};
+use lock_core::{BackendErrorKind, Error, FencingToken, Instant, LockBackend, LockClient, LockKey, Mode, ReleaseOutcome};
 use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
 
 async fn masters(n: usize) -> Vec<RedisServer> {
@@ -125,6 +125,29 @@ async fn redlock_write_back_carries_the_highest_proposal_to_a_quorum() {
         "{} must exceed {first}: write-back did not reach a quorum",
         g.fencing_token()
     );
+    let _ = g.release().await.expect("release");
+}
+
+/// Raising a counter compares the decimal numbers exactly: above 2^53 two counters one apart
+/// are the same Lua number, and a raise by one was skipped (then the next grant repeated the
+/// token it was raised to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_a_counter_above_2_pow_53_is_exact() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let single = connect_single(&server).await;
+    let key = LockKey::new("big").expect("key");
+    let counter = format!("{}:fence", single.redis_key(&key));
+    let base: u64 = 1 << 53;
+    let mut con = raw(&server.url()).await;
+    let _: () = redis::cmd("SET").arg(&counter).arg(base).query_async(&mut con).await.expect("set counter");
+    let raised = single
+        .raise_fencing_counter(&key, Mode::Exclusive, FencingToken::new(base + 1))
+        .await
+        .expect("raise");
+    assert_eq!(raised.get(), base + 1, "the counter was not raised by one above 2^53");
+    let locks = LockClient::new(single);
+    let g = locks.lock("big").acquire().await.expect("acquire");
+    assert!(g.fencing_token().get() > base + 1, "token {} repeats the raised counter", g.fencing_token());
     let _ = g.release().await.expect("release");
 }
 

@@ -82,7 +82,9 @@ pub mod semaphore;
 /// - `next_fence(counter, now_us)`: the next fencing token of `counter`,
 ///   `max(counter + 1, now_us)`, stored as the new counter (see the module docs); `INCR`
 ///   keeps the `+ 1` exact on counters beyond 2^53, and the result is the counter as stored;
-/// - `raise(counter, f)`: raises `counter` to at least `f` (Redlock's write-back);
+/// - `raise(counter, f)`: raises `counter` to at least `f` (Redlock's write-back), comparing
+///   the decimal strings (both without sign or leading zeros), so that counters beyond 2^53,
+///   which Lua numbers cannot tell apart, are compared exactly;
 /// - `prune(zset, hash, now_ms)`: drops the members of `zset` whose score (expiry, ms) is
 ///   past, and their fields in `hash` (token and metadata);
 /// - `remember(hash, owner, meta)`: keeps a counted grant's metadata (`"\n<JSON>"`, or
@@ -123,8 +125,8 @@ local function next_fence(counter, now)
   return redis.call('GET', counter)
 end
 local function raise(counter, f)
-  local last = tonumber(redis.call('GET', counter) or '0') or 0
-  if tonumber(f) > last then redis.call('SET', counter, f) end
+  local last = redis.call('GET', counter) or '0'
+  if #f > #last or (#f == #last and f > last) then redis.call('SET', counter, f) end
 end
 local function prune(zset, hash, now)
   local gone = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
