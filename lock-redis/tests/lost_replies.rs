@@ -8,7 +8,7 @@ mod proxy;
 use std::time::Duration;
 
 use conformance_tests::fixtures::redis::RedisServer;
-use lock_core::{BackendErrorKind, Error, LockClient, LockKey};
+use lock_core::{BackendErrorKind, Error, Instant, LockClient, LockKey};
 use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
 use proxy::Proxy;
 
@@ -100,4 +100,34 @@ async fn a_redlock_try_acquire_whose_replies_are_lost_leaves_no_grant() {
         g.is_some(),
         "the grants whose replies were lost still block others (until their TTL of {TTL:?})"
     );
+}
+
+/// A waiting acquire that gives up while the server stopped answering returns within its
+/// deadline plus one request timeout, as documented: taking its place out of the queue of
+/// waiters does not add a second request timeout (it goes on in the background).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_acquire_that_gives_up_on_a_paused_server_keeps_its_bound() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    const WAIT: Duration = Duration::from_millis(300);
+    let mut server = RedisServer::start().await.expect("redis-server");
+    let opts = RedisOptions::new(format!("127.0.0.1:{}", server.port())).request_timeout(TIMEOUT);
+    let locks = LockClient::new(RedisBackend::connect(opts).await.expect("connect"));
+    warm_up(&locks).await;
+    let holder = direct(&server).await;
+    let held = holder.lock("paused-wait").ttl(Duration::from_secs(30)).acquire().await.expect("hold");
+    let start = Instant::now();
+    let waiting =
+        tokio::spawn(async move { locks.lock("paused-wait").wait(WAIT).acquire().await.map(|_| ()) });
+    // The first attempt is refused and registers the waiter; then the server stops answering.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.process().pause().expect("pause");
+    let res = waiting.await.expect("join");
+    let took = start.elapsed();
+    server.process().resume().expect("resume");
+    assert!(res.is_err(), "the lock is held");
+    assert!(
+        took < WAIT + TIMEOUT + Duration::from_millis(400),
+        "a {WAIT:?} wait with a {TIMEOUT:?} request timeout returned after {took:?}"
+    );
+    drop(held);
 }
