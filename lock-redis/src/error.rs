@@ -27,6 +27,9 @@ pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -
             // A cluster slot being migrated: a script touched a key that is not (or no longer)
             // on this node. Nothing after that point ran; the slot's new owner serves it soon.
             _ if is_slot_moving(&e) => BackendErrorKind::Unavailable,
+            // A script's write on a node that became a replica (a failover): Redis before 7
+            // wraps the READONLY refusal in the script's own error.
+            _ if e.to_string().contains("-READONLY") => BackendErrorKind::Unavailable,
             ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
             _ => BackendErrorKind::Other,
         }
@@ -77,4 +80,27 @@ pub(crate) fn mismatch(req: &lock_core::AcquireRequest, held: u32) -> Error {
         _ => 0,
     };
     Error::PermitsMismatch { key: req.key.full().to_owned(), asked, held }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(reply: &str) -> redis::RedisError {
+        let v = redis::parse_redis_value(reply.as_bytes()).expect("a reply");
+        v.extract_error().expect_err("an error reply")
+    }
+
+    #[test]
+    fn a_replica_refusing_a_write_is_retryable_plain_or_inside_a_script() {
+        for reply in [
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-ERR Error running script (call to f_1e8c): @user_script:12: @user_script: 12: -READONLY You can't write against a read only replica.\r\n",
+        ] {
+            let e = map_err("redis", "127.0.0.1:6379", server_error(reply));
+            assert!(e.is_retryable(), "{reply:?} gave {e:?}");
+        }
+        let other = map_err("redis", "127.0.0.1:6379", server_error("-ERR unknown command\r\n"));
+        assert!(!other.is_retryable(), "{other:?}");
+    }
 }
