@@ -41,7 +41,7 @@ impl Primary {
                 trouble,
             }));
         };
-        let address = ask(opts, &sentinel).await?;
+        let address = ask(opts, &sentinel, None).await?;
         let node = Node::connect(&opts.at(address.clone()), NAME, false, DEFAULT_REQUEST_TIMEOUT)
             .await?
             .on_trouble(trouble.clone());
@@ -60,16 +60,24 @@ impl Primary {
     }
 }
 
-/// Asks the sentinels in turn where the master is: `host:port` from the first that knows.
+/// Asks the sentinels in turn where the master is: `host:port` from the first that names a
+/// server that says it is a master (`ROLE`, as Redis's guidelines for Sentinel clients ask).
+/// A sentinel that has not yet seen a failover names the old master, now a replica or gone;
+/// the next sentinel is asked then. `trusted` (the primary in use, while no request failed)
+/// is taken without asking it.
 ///
 /// # Errors
-/// A retryable connection error naming what each sentinel said when none answered with an
-/// address.
-async fn ask(opts: &RedisOptions, sentinel: &Sentinel) -> Result<String> {
+/// A retryable connection error naming what each sentinel said when none named a master.
+async fn ask(opts: &RedisOptions, sentinel: &Sentinel, trusted: Option<&str>) -> Result<String> {
     let mut said = Vec::new();
     for addr in &sentinel.sentinels {
         match ask_one(opts, addr, &sentinel.master).await {
-            Ok(Some(found)) => return Ok(found),
+            Ok(Some(found)) if trusted == Some(found.as_str()) => return Ok(found),
+            Ok(Some(found)) => match role(opts, &found).await {
+                Ok(role) if role == "master" => return Ok(found),
+                Ok(role) => said.push(format!("{addr}: named {found}, whose role is {role}")),
+                Err(e) => said.push(format!("{addr}: named {found}, which did not say its role: {e}")),
+            },
             Ok(None) => said.push(format!("{addr}: no master named '{}'", sentinel.master)),
             Err(e) => said.push(format!("{addr}: {e}")),
         }
@@ -110,6 +118,24 @@ async fn ask_one(
     }
 }
 
+/// What the server at `address` says it is (`ROLE`: `master`, `slave` or `sentinel`).
+async fn role(opts: &RedisOptions, address: &str) -> std::result::Result<String, String> {
+    let client = crate::node::client(&opts.at(address.to_owned())).map_err(|e| e.to_string())?;
+    let limit = opts.connect_timeout.saturating_add(opts.request_timeout_or(DEFAULT_REQUEST_TIMEOUT));
+    let question = async {
+        let mut con = client.get_multiplexed_async_connection().await?;
+        redis::cmd("ROLE").query_async::<Vec<redis::Value>>(&mut con).await
+    };
+    match tokio::time::timeout(limit, question).await {
+        Err(_) => Err(format!("no answer within {limit:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(reply)) => match reply.into_iter().next().map(redis::from_redis_value::<String>) {
+            Some(Ok(role)) => Ok(role),
+            _ => Err("a ROLE reply without a role".to_owned()),
+        },
+    }
+}
+
 /// An IPv6 address in brackets, as addresses are written with a port.
 fn bracket(host: &str) -> String {
     if host.contains(':') {
@@ -125,12 +151,14 @@ fn bracket(host: &str) -> String {
 async fn follow(me: Weak<Primary>, opts: RedisOptions, sentinel: Sentinel) {
     loop {
         let Some(trouble) = me.upgrade().map(|p| p.trouble.clone()) else { return };
-        tokio::select! {
-            _ = tokio::time::sleep(SENTINEL_POLL) => {}
-            _ = trouble.notified() => {}
-        }
+        let troubled = tokio::select! {
+            _ = tokio::time::sleep(SENTINEL_POLL) => false,
+            _ = trouble.notified() => true,
+        };
         drop(trouble);
-        let found = ask(&opts, &sentinel).await;
+        // After a failed request even the primary in use must say it still is one.
+        let current = if troubled { None } else { me.upgrade().map(|p| p.address()) };
+        let found = ask(&opts, &sentinel, current.as_deref()).await;
         let Some(primary) = me.upgrade() else { return };
         match found {
             Ok(address) if address != primary.address() => {

@@ -269,6 +269,74 @@ async fn a_sentinel_failover_is_followed_and_tokens_keep_rising() {
     g.release().await.expect("release");
 }
 
+/// A stand-in for a sentinel that missed a failover, or knows it first: answers `SENTINEL
+/// get-master-addr-by-name` with the server at `port` on loopback, anything else with OK.
+async fn fake_sentinel(port: u16) -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let me = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = conn.into_split();
+                let mut r = tokio::io::BufReader::new(r);
+                while let Some(cmd) = read_command(&mut r).await {
+                    let reply = match cmd.first().map(|c| c.to_ascii_uppercase()).as_deref() {
+                        Some("SENTINEL") => {
+                            let p = port.to_string();
+                            format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{p}\r\n", p.len())
+                        }
+                        Some("HELLO") => "-ERR unknown command 'HELLO'\r\n".to_owned(),
+                        Some("PING") => "+PONG\r\n".to_owned(),
+                        _ => "+OK\r\n".to_owned(),
+                    };
+                    if w.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    me
+}
+
+/// One RESP command (an array of bulk strings); `None` at the end of the stream.
+async fn read_command(r: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> Option<Vec<String>> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    r.read_line(&mut line).await.ok()?;
+    let n: usize = line.trim().strip_prefix('*')?.parse().ok()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        line.clear();
+        r.read_line(&mut line).await.ok()?;
+        let len: usize = line.trim().strip_prefix('$')?.parse().ok()?;
+        let mut buf = vec![0; len + 2];
+        r.read_exact(&mut buf).await.ok()?;
+        buf.truncate(len);
+        out.push(String::from_utf8(buf).ok()?);
+    }
+    Some(out)
+}
+
+/// A sentinel that names a replica (one that has not seen a failover yet, listed first) is
+/// passed over: the client asks the named server its `ROLE` and takes the next sentinel's
+/// answer, so no write goes to a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_that_names_a_replica_is_passed_over() {
+    let primary = RedisServer::start().await.expect("redis-server");
+    let replica = replica_of(primary.port()).await;
+    let (stale, knows) = (fake_sentinel(replica.port()).await, fake_sentinel(primary.port()).await);
+    let url = format!("redis+sentinel://127.0.0.1:{stale},127.0.0.1:{knows}/fake");
+    let backend =
+        RedisBackend::connect(url.parse().expect("url")).await.expect("connect through the sentinels");
+    let key = backend.redis_key(&LockKey::new("role").expect("key"));
+    let locks = LockClient::new(backend);
+    let g = locks.lock("role").acquire().await.expect("a grant on the primary");
+    assert!(get(primary.port(), &key).await.is_some(), "the grant is not on the primary");
+    g.release().await.expect("release");
+}
+
 /// A cluster client's lock `name`: the backend, the client, and the slot its keys live in.
 async fn cluster_lock(cluster: &RedisCluster, name: &str) -> (LockClient, u16) {
     let backend =

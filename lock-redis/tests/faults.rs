@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use conformance_tests::fixtures::redis::{RedisConfig, RedisServer};
-use lock_core::{BackendErrorKind, Error, FencingToken, Instant, LockBackend, LockClient, LockKey, Mode, ReleaseOutcome};
+use lock_core::{
+    BackendErrorKind, Error, FencingToken, Instant, LockBackend, LockClient, LockKey, Mode, ReleaseOutcome,
+};
 use lock_redis::{RedisBackend, RedisOptions, RedlockBackend, RedlockOptions};
 
 async fn masters(n: usize) -> Vec<RedisServer> {
