@@ -116,6 +116,17 @@ impl RedisBackend {
     }
 
     fn keys(&self, key: &LockKey, mode: Mode) -> Result<Keys> {
+        // `P{}x}`: an empty hash tag, so Redis Cluster would hash each of the name's keys
+        // whole, into different slots, and every script would fail.
+        if key.full().starts_with('}') && self.node().is_cluster() {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                capability: format!(
+                    "the name {:?} on a Redis Cluster: a name that starts with '}}' gives its keys no common hash slot",
+                    key.full()
+                ),
+            });
+        }
         Keys::new(NAME, &self.inner.prefix, key, mode)
     }
 

@@ -350,6 +350,10 @@ async fn cluster_lock(cluster: &RedisCluster, name: &str) -> (LockClient, u16) {
 async fn a_cluster_slot_moves_with_a_held_lock_while_clients_work() {
     let cluster = RedisCluster::start(3).await.expect("a Redis Cluster");
     let (locks, slot) = cluster_lock(&cluster, "moving").await;
+    // A name whose keys would get an empty hash tag (`P{}x}`), and so no common slot, is
+    // refused with a typed error.
+    let err = locks.lock("}x").try_acquire().await.expect_err("a name starting with '}'");
+    assert!(matches!(err, lock_core::Error::Unsupported { .. }), "{err:?}");
     let held = locks.lock("moving").ttl(Duration::from_secs(30)).acquire().await.expect("holder");
     let first = held.fencing_token().get();
     let from = cluster.owner(slot).await.expect("the slot's primary");

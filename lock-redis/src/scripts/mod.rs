@@ -284,8 +284,8 @@ return 0
 /// owner hex and ttl ms, in turn (`owner1, ttl1, owner2, ttl2, …`). Returns one 1 (extended)
 /// or 0 (not ours, or gone) per key, in order.
 ///
-/// On Redis Cluster every key of one call must be in one hash slot (Cluster is not supported
-/// yet).
+/// On Redis Cluster every key of one call must be in one hash slot, so a cluster's guards
+/// renew one by one (the backend does not claim batched renewal there).
 pub static EXTEND_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -384,8 +384,8 @@ return 1
 /// granted, each with its own token by the rule of [`ACQUIRE`]; `{'0', pttl}` when one is held
 /// by someone else, with nothing written.
 ///
-/// On Redis Cluster every key of one call must be in one hash slot: name the locks with a
-/// common hash tag, or take them one at a time (Cluster is not supported yet).
+/// On Redis Cluster every key of one call must be in one hash slot, so a cluster's multi-key
+/// locks are taken one name at a time (the backend does not claim atomic multi-key there).
 pub static ACQUIRE_ALL: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
