@@ -43,6 +43,8 @@ pub type MultiLockBuilder = LockBuilder<Many>;
 pub struct MultiGuard {
     guard: Guard,
     tokens: Vec<(String, FencingToken)>,
+    /// Each name as it was given, with its full key.
+    names: Vec<(String, String)>,
 }
 
 impl MultiGuard {
@@ -51,10 +53,14 @@ impl MultiGuard {
         &self.tokens
     }
 
-    /// The fencing token of one name (its full key, or the name under the client's namespace).
+    /// The fencing token of one name: its full key, or the name as it was given to
+    /// [`lock_all`](crate::LockClient::lock_all) (under the client's namespace).
     pub fn fencing_token_of(&self, key: &str) -> Option<FencingToken> {
-        let suffix = format!("/{key}");
-        self.tokens.iter().find(|(k, _)| k == key || k.ends_with(&suffix)).map(|(_, t)| *t)
+        let full = match self.tokens.iter().find(|(k, _)| k == key) {
+            Some((_, t)) => return Some(*t),
+            None => self.names.iter().find(|(name, _)| name == key).map(|(_, full)| full.as_str())?,
+        };
+        self.tokens.iter().find(|(k, _)| k == full).map(|(_, t)| *t)
     }
 
     /// Releases every grant; `Released` only if each one was still held.
@@ -127,8 +133,10 @@ impl LockBuilder<Many> {
     /// # Behavior
     /// Input is validated before anything is sent (at least one name, no name twice). Names are
     /// taken in canonical order; a name that stays held past the deadline releases the ones
-    /// taken before. Cancel safe: dropping the future releases what was taken, in the
-    /// background.
+    /// taken before. A name taken early whose grant expired while a later one was waited for
+    /// (nothing renews them before the guard exists) is not handed out: everything is given
+    /// back and taken again while the wait lasts. Cancel safe: dropping the future releases
+    /// what was taken, in the background, even midway through giving it back.
     ///
     /// # Errors
     /// [`Error::InvalidKey`] (including [`KeyError::NoKeys`] and [`KeyError::Duplicate`]),
@@ -147,7 +155,13 @@ impl LockBuilder<Many> {
         let guard = Guard::new(multi, lease, self.policy, None);
         let held: Vec<_> =
             tokens.iter().map(|(k, _)| self.client.held.enter(k, Mode::Exclusive, guard.probe())).collect();
-        Ok(MultiGuard { guard: guard.with_held(held), tokens })
+        let names = self
+            .target
+            .names
+            .iter()
+            .filter_map(|n| self.client.key(n).ok().map(|k| (n.clone(), k.full().to_owned())))
+            .collect();
+        Ok(MultiGuard { guard: guard.with_held(held), tokens, names })
     }
 
     /// One attempt, no waiting: `Ok(None)` when any name is held (nothing is left taken).
@@ -184,7 +198,41 @@ async fn take_all(
     // Released in the background if this future is dropped before it returns.
     let taken: Arc<Mutex<Vec<Lease>>> = Arc::default();
     let undo = UndoOnDrop::new(release_all(backend.clone(), taken.clone()));
-    let mut failed = None;
+    loop {
+        match take_in_turn(backend, reqs, deadline, &taken, &held).await {
+            Ok(()) if locked(&taken).iter().all(|l| l.valid_until() > Instant::now()) => {
+                undo.disarm();
+                return Ok(std::mem::take(&mut *locked(&taken)));
+            }
+            // A name taken early expired while a later one was waited for (someone else may
+            // hold it now): give everything back and start again, while the wait lasts.
+            Ok(()) => {
+                release_all(backend.clone(), taken.clone()).await;
+                if deadline.is_none_or(|d| Instant::now() >= d) {
+                    undo.disarm();
+                    return Err(held());
+                }
+            }
+            Err(e) => {
+                release_all(backend.clone(), taken.clone()).await;
+                undo.disarm();
+                return Err(match e {
+                    Error::WaitTimedOut { key, .. } => Error::WaitTimedOut { key, waited: start.elapsed() },
+                    other => other,
+                });
+            }
+        }
+    }
+}
+
+/// One pass over `reqs` in order, each grant pushed onto `taken`; the first failure ends it.
+async fn take_in_turn(
+    backend: &Arc<dyn LockBackend>,
+    reqs: &[AcquireRequest],
+    deadline: Option<Instant>,
+    taken: &Mutex<Vec<Lease>>,
+    held: &impl Fn() -> Error,
+) -> Result<()> {
     for req in reqs {
         let got = match deadline {
             Some(d) => backend.acquire(req, d).await,
@@ -194,41 +242,25 @@ async fn take_all(
                 Err(e) => Err(e),
             },
         };
-        match got {
-            Ok(l) => locked(&taken).push(l),
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-        }
+        locked(taken).push(got?);
     }
-    match failed {
-        None => {
-            undo.disarm();
-            Ok(std::mem::take(&mut *locked(&taken)))
-        }
-        Some(e) => {
-            release_all(backend.clone(), taken.clone()).await;
-            undo.disarm();
-            Err(match e {
-                Error::WaitTimedOut { key, .. } => Error::WaitTimedOut { key, waited: start.elapsed() },
-                other => other,
-            })
-        }
-    }
+    Ok(())
 }
 
 fn locked(v: &Mutex<Vec<Lease>>) -> std::sync::MutexGuard<'_, Vec<Lease>> {
     v.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Releases the grants in `taken` (newest first), leaving it empty.
+/// Releases the grants in `taken` (newest first), leaving it empty. Each grant leaves `taken`
+/// only once its release is done: dropped midway, what is left (the grant in flight included)
+/// is still there for the undo that releases it in the background.
 async fn release_all(backend: Arc<dyn LockBackend>, taken: Arc<Mutex<Vec<Lease>>>) {
-    let leases = std::mem::take(&mut *locked(&taken));
-    for l in leases.iter().rev() {
-        if let Err(e) = backend.release(l).await {
+    loop {
+        let Some(l) = locked(&taken).last().cloned() else { return };
+        if let Err(e) = backend.release(&l).await {
             tracing::warn!(backend = backend.name(), key = %l.key(), error = %e, "release of a multi-key part failed; it expires after its TTL");
         }
+        locked(&taken).pop();
     }
 }
 

@@ -149,3 +149,98 @@ async fn primitives_a_backend_lacks_are_unsupported_and_bad_permits_are_typed() 
         );
     }
 }
+
+/// A name that ends another name ("b" and "a/b") gets its own token, not the other's.
+#[tokio::test]
+async fn each_names_token_is_its_own_when_one_name_ends_another() {
+    let (_, locks) = client();
+    for _ in 0..3 {
+        locks.lock("b").acquire().await.unwrap().release().await.unwrap();
+    }
+    let g = locks.lock_all(["a/b", "b"]).ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    for name in ["a/b", "b"] {
+        let token = locks.inspect(name).await.unwrap().unwrap().fencing_token.unwrap();
+        assert_eq!(g.fencing_token_of(name), Some(token), "{name}");
+    }
+    g.release().await.unwrap();
+}
+
+/// A part taken early that expired while the acquire waited for a later one (and was taken by
+/// someone else meanwhile) is not handed out as held: all or nothing.
+#[tokio::test(start_paused = true)]
+async fn a_part_that_expired_while_waiting_for_the_rest_is_not_handed_out() {
+    let (_, locks) = client();
+    let other = LockClient::from_arc(locks.backend().clone());
+    let third = LockClient::from_arc(locks.backend().clone());
+    // b is held until 2 s (no renewal).
+    let _b = other.lock("b").ttl(Duration::from_secs(2)).acquire().await.unwrap();
+    let multi = tokio::spawn(async move {
+        let g = locks
+            .lock_all(["a", "b"])
+            .ttl(Duration::from_secs(1))
+            .wait(Duration::from_secs(5))
+            .acquire()
+            .await;
+        g.map(|g| g.is_held())
+    });
+    // a, taken at once with a 1 s TTL, expires at 1 s; a third client takes it at 1.5 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let a = third.lock("a").ttl(Duration::from_secs(30)).try_acquire().await.unwrap();
+    assert!(a.is_some(), "a did not expire");
+    match multi.await.unwrap() {
+        Err(Error::WaitTimedOut { .. }) => {}
+        other => panic!("expected a timeout while the third client holds a, got {other:?}"),
+    }
+}
+
+/// A backend whose releases take a second, and which takes names one at a time.
+#[derive(Debug, Clone)]
+struct SlowRelease(MemoryBackend);
+
+#[lock_core::async_trait]
+impl lock_core::LockBackend for SlowRelease {
+    fn name(&self) -> &'static str {
+        "slow-release"
+    }
+    fn capabilities(&self) -> lock_core::Capabilities {
+        self.0.capabilities().with_atomic_multi_key(false)
+    }
+    async fn try_acquire(&self, req: &lock_core::AcquireRequest) -> lock_core::Result<lock_core::Attempt> {
+        self.0.try_acquire(req).await
+    }
+    async fn extend(
+        &self,
+        lease: &lock_core::Lease,
+        ttl: Duration,
+    ) -> lock_core::Result<lock_core::ExtendOutcome> {
+        self.0.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &lock_core::Lease) -> lock_core::Result<ReleaseOutcome> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.0.release(lease).await
+    }
+    async fn inspect(&self, key: &lock_core::LockKey) -> lock_core::Result<Option<lock_core::LockInfo>> {
+        self.0.inspect(key).await
+    }
+}
+
+/// An acquire dropped while it releases what it took (after a name stayed held) still
+/// releases all of it in the background: none is left for its TTL.
+#[tokio::test(start_paused = true)]
+async fn an_acquire_dropped_while_it_gives_back_what_it_took_leaves_nothing_behind() {
+    let store = MemoryBackend::new();
+    let locks = LockClient::new(SlowRelease(store.clone()));
+    let plain = LockClient::new(store);
+    let _c = plain.lock("c").ttl(Duration::from_secs(60)).acquire().await.unwrap();
+    let attempt = locks
+        .lock_all(["a", "b", "c"])
+        .ttl(Duration::from_secs(30))
+        .wait(Duration::from_millis(100))
+        .acquire();
+    // Times out on c at 100 ms, then releases b (1 s) and a (1 s): dropped during b's.
+    assert!(tokio::time::timeout(Duration::from_millis(600), attempt).await.is_err());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for name in ["a", "b"] {
+        assert!(plain.inspect(name).await.unwrap().is_none(), "{name} was left behind");
+    }
+}
