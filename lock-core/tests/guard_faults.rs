@@ -376,3 +376,52 @@ async fn a_detached_lease_shortened_with_unknown_outcome_is_trusted_only_that_lo
     assert!(locks.extend_lease(&mut lease, Duration::from_secs(1)).await.is_err());
     assert!(lease.remaining() <= Duration::from_secs(1), "still trusted for {:?}", lease.remaining());
 }
+
+/// A backend whose grants belong to a session (its loss signal, fired by the test).
+#[derive(Debug)]
+struct WithSession {
+    inner: MemoryBackend,
+    session: lock_core::LossSignal,
+}
+
+#[async_trait]
+impl LockBackend for WithSession {
+    fn name(&self) -> &'static str {
+        "with-session"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        Ok(match self.inner.try_acquire(req).await? {
+            Attempt::Acquired(l) => Attempt::Acquired(l.with_session(self.session.clone())),
+            other => other,
+        })
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        self.inner.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        self.inner.release(lease).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.inner.inspect(key).await
+    }
+}
+
+/// Within the hold cap's last TTL (renewal has stopped and the guard waits for the cap), a
+/// lost session is still reported at once: the guard stops claiming a lock others may hold.
+#[tokio::test(start_paused = true)]
+async fn a_session_lost_in_the_hold_caps_last_ttl_is_reported() {
+    let session = lock_core::LossSignal::new();
+    let b = Arc::new(WithSession { inner: MemoryBackend::new(), session: session.clone() });
+    let locks = LockClient::from_arc(b);
+    let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(TTL * 3 / 2).acquire().await.unwrap();
+    // The cap's last TTL starts at half a TTL in: be well into it.
+    tokio::time::sleep(TTL * 3 / 4).await;
+    assert!(g.is_held());
+    session.fire(LossReason::SessionLost);
+    assert!(!g.is_held(), "the guard still claims a lock whose session is gone");
+    let reason = tokio::time::timeout(Duration::from_millis(10), g.lost()).await;
+    assert_eq!(reason.ok(), Some(LossReason::SessionLost));
+}

@@ -91,12 +91,8 @@ impl Shared {
         if self.lost.is_fired() {
             return false;
         }
-        if self.cap_at.get().is_some() {
-            // The cap's task releases the lock and then fires the loss; until it does, the
-            // guard stops claiming the lock at the cap, and does not fire early.
-            return !self.cap_reached();
-        }
-        // The lease's signal carries its own reason (session lost, or the grant deleted).
+        // The lease's signal carries its own reason (session lost, or the grant deleted); it
+        // counts within the hold cap's last TTL too.
         let lease_lost = {
             let l = self.locked();
             l.session().filter(|s| s.is_fired()).map(|s| s.reason().unwrap_or(LossReason::SessionLost))
@@ -104,6 +100,11 @@ impl Shared {
         if let Some(reason) = lease_lost {
             self.fire(reason);
             return false;
+        }
+        if self.cap_at.get().is_some() {
+            // The cap's task releases the lock and then fires the loss; until it does, the
+            // guard stops claiming the lock at the cap, and does not fire early.
+            return !self.cap_reached();
         }
         if Instant::now() >= self.valid_until() {
             self.fire(self.expiry_reason());
@@ -121,8 +122,15 @@ impl Shared {
                 return r;
             }
             if self.cap_at.get().is_some() {
-                // The cap's task releases the lock, then fires the signal: wait for it.
-                return self.lost.fired().await;
+                // The cap's task releases the lock, then fires the signal: wait for it, or for
+                // the session's end before it.
+                tokio::select! {
+                    r = self.lost.fired() => return r,
+                    r = session_fired(&session) => {
+                        self.fire(r);
+                        continue;
+                    }
+                }
             }
             let changed = self.changed.notified();
             tokio::pin!(changed);
