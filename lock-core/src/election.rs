@@ -36,6 +36,21 @@ impl Leader {
     }
 }
 
+/// Whether two observed states are the same leader saying the same thing (or both vacant): the
+/// remaining TTL a poll reads changes on every read and is not a change of state.
+fn same_state(a: &Option<Leader>, b: &Option<Leader>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.term == b.term
+                && a.value == b.value
+                && a.info.owner == b.info.owner
+                && a.info.metadata == b.info.metadata
+        }
+        _ => false,
+    }
+}
+
 /// An election on one name; made by [`LockClient::election`].
 ///
 /// ```
@@ -105,7 +120,10 @@ impl Election {
     /// this election); [`Error::InvalidMetadata`]; backend errors.
     pub async fn proclaim(&self, leadership: &Guard, value: impl Into<String>) -> Result<()> {
         let lease = leadership.lease();
-        if lease.mode() != Mode::Leader || !leadership.is_held() {
+        if lease.mode() != Mode::Leader
+            || *lease.key() != self.client.key(&self.name)?
+            || !leadership.is_held()
+        {
             return Err(Error::NotHeld { key: leadership.key().to_owned() });
         }
         let metadata = Metadata::current().with_value(value)?;
@@ -149,7 +167,7 @@ impl Election {
                 Ok(state) => {
                     let stale =
                         matches!((state, highest), (Some(l), Some(h)) if l.term.is_some_and(|t| t < h));
-                    let repeat = last.as_ref() == Some(state);
+                    let repeat = last.as_ref().is_some_and(|l| same_state(l, state));
                     if !stale && !repeat {
                         if let Some(t) = state.as_ref().and_then(|l| l.term) {
                             highest = Some(highest.map_or(t, |h| h.max(t)));
@@ -179,7 +197,8 @@ impl Election {
         let interval = match self.client.capabilities().wake {
             WakeMode::Poll { max_interval } => max_interval.min(Duration::from_millis(250)),
             _ => Duration::from_millis(250),
-        };
+        }
+        .max(Duration::from_millis(1));
         let (client, name) = (self.client.clone(), self.name.clone());
         futures::stream::unfold(true, move |first| {
             let (client, name) = (client.clone(), name.clone());
