@@ -132,10 +132,17 @@ impl Guard {
             span,
             batcher,
         });
-        let renewal = policy.auto_renew.then(|| {
-            let span = tracing::debug_span!(parent: &shared.span, "distlock.renewal");
-            tokio::spawn(renew_loop(shared.clone(), policy.max_hold).instrument(span))
-        });
+        let renewal =
+            policy.auto_renew.then(|| tokio::runtime::Handle::try_current().ok()).flatten().map(|rt| {
+                let span = tracing::debug_span!(parent: &shared.span, "distlock.renewal");
+                rt.spawn(renew_loop(shared.clone(), policy.max_hold).instrument(span))
+            });
+        if policy.auto_renew && renewal.is_none() {
+            // Outside a tokio runtime (a lease resumed from synchronous code) nothing can renew:
+            // the guard says so at once rather than panicking.
+            tracing::warn!(parent: &shared.span, backend = shared.backend.name(), key = %shared.key, "auto-renewal needs a tokio runtime; none is running");
+            shared.fire(LossReason::RenewalFailed);
+        }
         if renewal.is_some() {
             let _ = shared.watchdog.set(());
         }
@@ -221,8 +228,10 @@ impl Guard {
     pub fn loss_signal(&self) -> LossSignal {
         if self.shared.watchdog.set(()).is_ok() {
             // The task ends when the lock is lost or the guard is released, dropped or detached.
+            // Outside a runtime there is no watchdog: the signal then fires on the guard's
+            // own events (a loss it observes, a session's end) but not at `valid_until`.
             let shared = self.shared.clone();
-            tokio::spawn(async move {
+            crate::cancel::spawn_detached(async move {
                 tokio::select! {
                     _ = shared.lost() => {}
                     _ = shared.stopped() => {}

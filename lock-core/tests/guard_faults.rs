@@ -425,3 +425,18 @@ async fn a_session_lost_in_the_hold_caps_last_ttl_is_reported() {
     let reason = tokio::time::timeout(Duration::from_millis(10), g.lost()).await;
     assert_eq!(reason.ok(), Some(LossReason::SessionLost));
 }
+
+/// A detached lease resumed with auto-renewal from synchronous code (no runtime) does not
+/// panic: nothing can renew it, and the guard says it is lost.
+#[test]
+fn resuming_with_auto_renewal_outside_a_runtime_does_not_panic() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let b = Faulty::new();
+    let locks = client(&b);
+    let lease = rt.block_on(locks.lock("k").ttl(TTL).acquire()).unwrap().detach();
+    let g = locks.resume(lease, true);
+    assert!(!g.is_held(), "a guard nothing renews claims its lock");
+    let _ = g.loss_signal();
+    drop(g); // no runtime for the release: logged, the TTL is the backstop
+    drop(rt);
+}
