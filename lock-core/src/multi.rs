@@ -187,12 +187,23 @@ async fn take_all(
 ) -> Result<Vec<Lease>> {
     let start = Instant::now();
     let held = || Error::WaitTimedOut { key: reqs[0].key.full().to_owned(), waited: start.elapsed() };
+    let renewed;
+    let mut reqs = reqs;
     if caps.atomic_multi_key {
-        if let Some(leases) = backend.try_acquire_all(reqs).await? {
-            return Ok(leases);
-        }
-        if deadline.is_none() {
-            return Err(held());
+        match backend.try_acquire_all(reqs).await {
+            Ok(Some(leases)) => return Ok(leases),
+            Ok(None) if deadline.is_none() => return Err(held()),
+            Ok(None) => {}
+            // A retryable error with time left to wait: go on one name at a time, as a
+            // single name's wait would retry. Under a new owner token: the atomic request may
+            // still be carried out after its error, and its undo (by the old token) must not
+            // release the new grants.
+            Err(e) if e.is_retryable() && deadline.is_some() => {
+                let owner = OwnerToken::random();
+                renewed = reqs.iter().map(|r| AcquireRequest { owner, ..r.clone() }).collect::<Vec<_>>();
+                reqs = &renewed;
+            }
+            Err(e) => return Err(e),
         }
     }
     // Released in the background if this future is dropped before it returns.
@@ -278,8 +289,11 @@ fn combine(reqs: &[AcquireRequest], leases: Vec<Lease>) -> Lease {
     let sent = leases.iter().map(Lease::acquired_at).min().unwrap_or_else(Instant::now);
     let valid_until = leases.iter().map(Lease::valid_until).min().unwrap_or(sent);
     let session = crate::signal::any_of(leases.iter().filter_map(|l| l.session().cloned()).collect());
-    let mut lease = Lease::new(reqs[0].key.clone(), reqs[0].owner, fence, reqs[0].ttl, sent)
-        .with_valid_until(valid_until);
+    // The grants' owner token (a new one if the atomic try failed and the names were taken
+    // one at a time).
+    let owner = leases.first().map_or(reqs[0].owner, Lease::owner);
+    let mut lease =
+        Lease::new(reqs[0].key.clone(), owner, fence, reqs[0].ttl, sent).with_valid_until(valid_until);
     if let Some(s) = &session {
         lease = lease.with_session(s.clone());
     }

@@ -244,3 +244,56 @@ async fn an_acquire_dropped_while_it_gives_back_what_it_took_leaves_nothing_behi
         assert!(plain.inspect(name).await.unwrap().is_none(), "{name} was left behind");
     }
 }
+
+/// A backend whose atomic multi-key request always fails with a retryable error.
+#[derive(Debug, Clone)]
+struct FlakyAtomic(MemoryBackend);
+
+#[lock_core::async_trait]
+impl lock_core::LockBackend for FlakyAtomic {
+    fn name(&self) -> &'static str {
+        "flaky-atomic"
+    }
+    fn capabilities(&self) -> lock_core::Capabilities {
+        self.0.capabilities().with_atomic_multi_key(true)
+    }
+    async fn try_acquire(&self, req: &lock_core::AcquireRequest) -> lock_core::Result<lock_core::Attempt> {
+        self.0.try_acquire(req).await
+    }
+    async fn try_acquire_all(
+        &self,
+        _: &[lock_core::AcquireRequest],
+    ) -> lock_core::Result<Option<Vec<lock_core::Lease>>> {
+        Err(Error::backend_msg("flaky-atomic", lock_core::BackendErrorKind::Connection, "injected"))
+    }
+    async fn extend(
+        &self,
+        lease: &lock_core::Lease,
+        ttl: Duration,
+    ) -> lock_core::Result<lock_core::ExtendOutcome> {
+        self.0.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &lock_core::Lease) -> lock_core::Result<ReleaseOutcome> {
+        self.0.release(lease).await
+    }
+    async fn inspect(&self, key: &lock_core::LockKey) -> lock_core::Result<Option<lock_core::LockInfo>> {
+        self.0.inspect(key).await
+    }
+}
+
+/// A retryable error of the atomic first try does not end a waiting acquire: the names are
+/// then taken one at a time, as a single name's wait retries, under one owner token.
+#[tokio::test]
+async fn a_retryable_error_of_the_atomic_try_is_waited_through() {
+    let store = MemoryBackend::new();
+    let locks = LockClient::new(FlakyAtomic(store.clone()));
+    let g = locks.lock_all(["a", "b"]).wait(Duration::from_secs(2)).acquire().await.unwrap();
+    let plain = LockClient::new(store);
+    for name in ["a", "b"] {
+        let info = plain.inspect(name).await.unwrap().unwrap();
+        assert_eq!(info.owner, Some(g.lease().owner()), "{name}'s owner is not the guard's");
+    }
+    assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released);
+    // Without a wait, the error is the answer.
+    assert!(locks.lock_all(["a", "b"]).try_acquire().await.is_err());
+}
