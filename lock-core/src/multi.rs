@@ -187,29 +187,33 @@ async fn take_all(
 ) -> Result<Vec<Lease>> {
     let start = Instant::now();
     let held = || Error::WaitTimedOut { key: reqs[0].key.full().to_owned(), waited: start.elapsed() };
-    let renewed;
-    let mut reqs = reqs;
     if caps.atomic_multi_key {
         match backend.try_acquire_all(reqs).await {
             Ok(Some(leases)) => return Ok(leases),
             Ok(None) if deadline.is_none() => return Err(held()),
             Ok(None) => {}
             // A retryable error with time left to wait: go on one name at a time, as a
-            // single name's wait would retry. Under a new owner token: the atomic request may
-            // still be carried out after its error, and its undo (by the old token) must not
-            // release the new grants.
-            Err(e) if e.is_retryable() && deadline.is_some() => {
-                let owner = OwnerToken::random();
-                renewed = reqs.iter().map(|r| AcquireRequest { owner, ..r.clone() }).collect::<Vec<_>>();
-                reqs = &renewed;
-            }
+            // single name's wait would retry.
+            Err(e) if e.is_retryable() && deadline.is_some() => {}
             Err(e) => return Err(e),
         }
     }
     // Released in the background if this future is dropped before it returns.
     let taken: Arc<Mutex<Vec<Lease>>> = Arc::default();
     let undo = UndoOnDrop::new(release_all(backend.clone(), taken.clone()));
+    let mut first = !caps.atomic_multi_key;
     loop {
+        // Each round after the first request under a new owner token: a copy of an earlier
+        // round's request (or of its undo, or of the atomic try), delayed in the network and
+        // carried out late, must not grant or release by the token of this round's grants.
+        let round: Vec<AcquireRequest>;
+        let reqs = if std::mem::take(&mut first) {
+            reqs
+        } else {
+            let owner = OwnerToken::random();
+            round = reqs.iter().map(|r| AcquireRequest { owner, ..r.clone() }).collect();
+            &round[..]
+        };
         match take_in_turn(backend, reqs, deadline, &taken, &held).await {
             Ok(()) if locked(&taken).iter().all(|l| l.valid_until() > Instant::now()) => {
                 undo.disarm();

@@ -297,3 +297,61 @@ async fn a_retryable_error_of_the_atomic_try_is_waited_through() {
     // Without a wait, the error is the answer.
     assert!(locks.lock_all(["a", "b"]).try_acquire().await.is_err());
 }
+
+/// A backend whose atomic request finds a name held, recording the owner token of every
+/// request.
+#[derive(Debug, Clone, Default)]
+struct AtomicRefused(
+    MemoryBackend,
+    std::sync::Arc<std::sync::Mutex<Vec<(&'static str, lock_core::OwnerToken)>>>,
+);
+
+#[lock_core::async_trait]
+impl lock_core::LockBackend for AtomicRefused {
+    fn name(&self) -> &'static str {
+        "atomic-refused"
+    }
+    fn capabilities(&self) -> lock_core::Capabilities {
+        self.0.capabilities().with_atomic_multi_key(true)
+    }
+    async fn try_acquire(&self, req: &lock_core::AcquireRequest) -> lock_core::Result<lock_core::Attempt> {
+        self.1.lock().unwrap().push(("one", req.owner));
+        self.0.try_acquire(req).await
+    }
+    async fn try_acquire_all(
+        &self,
+        reqs: &[lock_core::AcquireRequest],
+    ) -> lock_core::Result<Option<Vec<lock_core::Lease>>> {
+        self.1.lock().unwrap().push(("all", reqs[0].owner));
+        Ok(None)
+    }
+    async fn extend(
+        &self,
+        lease: &lock_core::Lease,
+        ttl: Duration,
+    ) -> lock_core::Result<lock_core::ExtendOutcome> {
+        self.0.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &lock_core::Lease) -> lock_core::Result<ReleaseOutcome> {
+        self.0.release(lease).await
+    }
+    async fn inspect(&self, key: &lock_core::LockKey) -> lock_core::Result<Option<lock_core::LockInfo>> {
+        self.0.inspect(key).await
+    }
+}
+
+/// The names taken one at a time after the atomic try are asked for under another owner
+/// token than that try: a delayed copy of it, or of its undo, cannot touch them.
+#[tokio::test]
+async fn each_round_of_taking_names_has_its_own_owner_token() {
+    let backend = AtomicRefused::default();
+    let locks = LockClient::new(backend.clone());
+    let g = locks.lock_all(["a", "b"]).wait(Duration::from_secs(1)).acquire().await.unwrap();
+    let seen = backend.1.lock().unwrap().clone();
+    let atomic = seen.iter().find(|(k, _)| *k == "all").unwrap().1;
+    let one: Vec<_> = seen.iter().filter(|(k, _)| *k == "one").map(|(_, o)| *o).collect();
+    assert_eq!(one.len(), 2, "{seen:?}");
+    assert!(one.iter().all(|o| *o != atomic), "a name was asked for under the atomic try's token: {seen:?}");
+    assert_eq!(g.lease().owner(), one[0]);
+    g.release().await.unwrap();
+}
