@@ -25,6 +25,7 @@ use crate::error::protocol;
 use crate::item::{self, new_rvn, Item, Kind, Slots, FENCE, INTENT, WRITER};
 use crate::place::{entry_value, Place};
 use crate::request::{n, s, signed, Update, Written};
+use crate::takeover::MAX_STALE;
 use crate::DynamoBackend;
 
 /// The attribute prefix of a reader entry.
@@ -162,12 +163,33 @@ impl DynamoBackend {
             .filter_map(|(n, _)| left.get(n))
             .collect();
         if blocking.is_empty() {
+            if is_writer && slots.counted.len() > MAX_STALE {
+                // A writer's grant must remove every reader, and one write removes at most
+                // MAX_STALE: past that many crashed readers it would be refused for ever.
+                // Stale readers go in writes of their own first.
+                self.remove_stale_readers(place, until).await?;
+            }
             return Ok(Attempt::Held { expires_in: Some(AGAIN) });
         }
         if let Some(state) = writer {
             self.leave_intent(req, place, &slots, live(INTENT), state, until).await;
         }
         Ok(Attempt::Held { expires_in: soonest(blocking) })
+    }
+
+    /// Removes up to [`MAX_STALE`] readers this client saw unchanged for a whole lease, in a
+    /// write of their own (each on the condition that it still carries the RVN seen).
+    async fn remove_stale_readers(&self, place: &Place, until: Instant) -> Result<()> {
+        let (readers, _, _) = split_stale(self.stale_entries(&place.id));
+        if readers.is_empty() {
+            return Ok(());
+        }
+        let mut p =
+            Parts::new(place.update("remove stale readers", "", "").value(":k", n(readers.len() as u64)));
+        p.remove_stale(&readers);
+        p.set.push("#n = #n - :k".into());
+        self.write(&place.id, p.build().without_item(), Some(until)).await?;
+        Ok(())
     }
 
     /// Leaves or refreshes a waiting writer's intent: when the slot is free, ours, or stale,

@@ -82,7 +82,24 @@ async fn a_crashed_waiting_writers_intent_is_taken_over(emulator: Emulator) {
     reader.release().await.expect("release");
 }
 
+/// More crashed readers than one write may remove (40): the writer still gets in, the stale
+/// readers going in writes of their own first.
+async fn a_writer_gets_past_more_crashed_readers_than_one_write_removes(emulator: Emulator) {
+    let emu = emulator.with_table(&opts()).await;
+    let (r, w) = (support::locks(&emu.endpoint, opts()), support::locks(&emu.endpoint, opts()));
+    let name = support::key("rw", "many-crashed");
+    for _ in 0..45 {
+        let g = r.read_lock(&name).ttl(Duration::from_millis(300)).acquire().await.expect("reader");
+        // Crashed: never renewed, never released.
+        let _ = g.detach();
+    }
+    let g = w.write_lock(&name).ttl(Duration::from_secs(5)).wait(Duration::from_secs(15)).acquire().await;
+    let g = g.expect("a writer never got past 45 crashed readers");
+    g.release().await.expect("release");
+}
+
 on_each_emulator!(
     a_writer_that_gives_up_withdraws_its_intent,
-    a_crashed_waiting_writers_intent_is_taken_over
+    a_crashed_waiting_writers_intent_is_taken_over,
+    a_writer_gets_past_more_crashed_readers_than_one_write_removes
 );
