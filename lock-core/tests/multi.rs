@@ -193,43 +193,12 @@ async fn a_part_that_expired_while_waiting_for_the_rest_is_not_handed_out() {
     }
 }
 
-/// A backend whose releases take a second, and which takes names one at a time.
-#[derive(Debug, Clone)]
-struct SlowRelease(MemoryBackend);
-
-#[lock_core::async_trait]
-impl lock_core::LockBackend for SlowRelease {
-    fn name(&self) -> &'static str {
-        "slow-release"
-    }
-    fn capabilities(&self) -> lock_core::Capabilities {
-        self.0.capabilities().with_atomic_multi_key(false)
-    }
-    async fn try_acquire(&self, req: &lock_core::AcquireRequest) -> lock_core::Result<lock_core::Attempt> {
-        self.0.try_acquire(req).await
-    }
-    async fn extend(
-        &self,
-        lease: &lock_core::Lease,
-        ttl: Duration,
-    ) -> lock_core::Result<lock_core::ExtendOutcome> {
-        self.0.extend(lease, ttl).await
-    }
-    async fn release(&self, lease: &lock_core::Lease) -> lock_core::Result<ReleaseOutcome> {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        self.0.release(lease).await
-    }
-    async fn inspect(&self, key: &lock_core::LockKey) -> lock_core::Result<Option<lock_core::LockInfo>> {
-        self.0.inspect(key).await
-    }
-}
-
 /// An acquire dropped while it releases what it took (after a name stayed held) still
 /// releases all of it in the background: none is left for its TTL.
 #[tokio::test(start_paused = true)]
 async fn an_acquire_dropped_while_it_gives_back_what_it_took_leaves_nothing_behind() {
     let store = MemoryBackend::new();
-    let locks = LockClient::new(SlowRelease(store.clone()));
+    let locks = LockClient::new(Scripted { slow_release: true, ..Scripted::on(&store) });
     let plain = LockClient::new(store);
     let _c = plain.lock("c").ttl(Duration::from_secs(60)).acquire().await.unwrap();
     let attempt = locks
@@ -245,48 +214,12 @@ async fn an_acquire_dropped_while_it_gives_back_what_it_took_leaves_nothing_behi
     }
 }
 
-/// A backend whose atomic multi-key request always fails with a retryable error.
-#[derive(Debug, Clone)]
-struct FlakyAtomic(MemoryBackend);
-
-#[lock_core::async_trait]
-impl lock_core::LockBackend for FlakyAtomic {
-    fn name(&self) -> &'static str {
-        "flaky-atomic"
-    }
-    fn capabilities(&self) -> lock_core::Capabilities {
-        self.0.capabilities().with_atomic_multi_key(true)
-    }
-    async fn try_acquire(&self, req: &lock_core::AcquireRequest) -> lock_core::Result<lock_core::Attempt> {
-        self.0.try_acquire(req).await
-    }
-    async fn try_acquire_all(
-        &self,
-        _: &[lock_core::AcquireRequest],
-    ) -> lock_core::Result<Option<Vec<lock_core::Lease>>> {
-        Err(Error::backend_msg("flaky-atomic", lock_core::BackendErrorKind::Connection, "injected"))
-    }
-    async fn extend(
-        &self,
-        lease: &lock_core::Lease,
-        ttl: Duration,
-    ) -> lock_core::Result<lock_core::ExtendOutcome> {
-        self.0.extend(lease, ttl).await
-    }
-    async fn release(&self, lease: &lock_core::Lease) -> lock_core::Result<ReleaseOutcome> {
-        self.0.release(lease).await
-    }
-    async fn inspect(&self, key: &lock_core::LockKey) -> lock_core::Result<Option<lock_core::LockInfo>> {
-        self.0.inspect(key).await
-    }
-}
-
 /// A retryable error of the atomic first try does not end a waiting acquire: the names are
 /// then taken one at a time, as a single name's wait retries, under one owner token.
 #[tokio::test]
 async fn a_retryable_error_of_the_atomic_try_is_waited_through() {
     let store = MemoryBackend::new();
-    let locks = LockClient::new(FlakyAtomic(store.clone()));
+    let locks = LockClient::new(Scripted { atomic: Some(Atomic::Fails), ..Scripted::on(&store) });
     let g = locks.lock_all(["a", "b"]).wait(Duration::from_secs(2)).acquire().await.unwrap();
     let plain = LockClient::new(store);
     for name in ["a", "b"] {
@@ -298,60 +231,87 @@ async fn a_retryable_error_of_the_atomic_try_is_waited_through() {
     assert!(locks.lock_all(["a", "b"]).try_acquire().await.is_err());
 }
 
-/// A backend whose atomic request finds a name held, recording the owner token of every
-/// request.
-#[derive(Debug, Clone, Default)]
-struct AtomicRefused(
-    MemoryBackend,
-    std::sync::Arc<std::sync::Mutex<Vec<(&'static str, lock_core::OwnerToken)>>>,
-);
-
-#[lock_core::async_trait]
-impl lock_core::LockBackend for AtomicRefused {
-    fn name(&self) -> &'static str {
-        "atomic-refused"
-    }
-    fn capabilities(&self) -> lock_core::Capabilities {
-        self.0.capabilities().with_atomic_multi_key(true)
-    }
-    async fn try_acquire(&self, req: &lock_core::AcquireRequest) -> lock_core::Result<lock_core::Attempt> {
-        self.1.lock().unwrap().push(("one", req.owner));
-        self.0.try_acquire(req).await
-    }
-    async fn try_acquire_all(
-        &self,
-        reqs: &[lock_core::AcquireRequest],
-    ) -> lock_core::Result<Option<Vec<lock_core::Lease>>> {
-        self.1.lock().unwrap().push(("all", reqs[0].owner));
-        Ok(None)
-    }
-    async fn extend(
-        &self,
-        lease: &lock_core::Lease,
-        ttl: Duration,
-    ) -> lock_core::Result<lock_core::ExtendOutcome> {
-        self.0.extend(lease, ttl).await
-    }
-    async fn release(&self, lease: &lock_core::Lease) -> lock_core::Result<ReleaseOutcome> {
-        self.0.release(lease).await
-    }
-    async fn inspect(&self, key: &lock_core::LockKey) -> lock_core::Result<Option<lock_core::LockInfo>> {
-        self.0.inspect(key).await
-    }
-}
-
 /// The names taken one at a time after the atomic try are asked for under another owner
 /// token than that try: a delayed copy of it, or of its undo, cannot touch them.
 #[tokio::test]
 async fn each_round_of_taking_names_has_its_own_owner_token() {
-    let backend = AtomicRefused::default();
+    let backend = Scripted { atomic: Some(Atomic::Refuses), ..Scripted::on(&MemoryBackend::new()) };
     let locks = LockClient::new(backend.clone());
     let g = locks.lock_all(["a", "b"]).wait(Duration::from_secs(1)).acquire().await.unwrap();
-    let seen = backend.1.lock().unwrap().clone();
+    let seen = backend.seen.lock().unwrap().clone();
     let atomic = seen.iter().find(|(k, _)| *k == "all").unwrap().1;
     let one: Vec<_> = seen.iter().filter(|(k, _)| *k == "one").map(|(_, o)| *o).collect();
     assert_eq!(one.len(), 2, "{seen:?}");
     assert!(one.iter().all(|o| *o != atomic), "a name was asked for under the atomic try's token: {seen:?}");
     assert_eq!(g.lease().owner(), one[0]);
     g.release().await.unwrap();
+}
+
+/// What [`Scripted`]'s atomic multi-key request does.
+#[derive(Debug, Clone, Copy)]
+enum Atomic {
+    /// Fails with a retryable error.
+    Fails,
+    /// Finds a name held.
+    Refuses,
+}
+
+/// The in-memory backend with faults: names taken one at a time (`atomic: None`) or an
+/// atomic request that fails or refuses, releases that take a second, and the owner token
+/// of every request recorded.
+#[derive(Debug, Clone)]
+struct Scripted {
+    inner: MemoryBackend,
+    atomic: Option<Atomic>,
+    slow_release: bool,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, lock_core::OwnerToken)>>>,
+}
+
+impl Scripted {
+    fn on(store: &MemoryBackend) -> Self {
+        Self { inner: store.clone(), atomic: None, slow_release: false, seen: Default::default() }
+    }
+}
+
+#[lock_core::async_trait]
+impl lock_core::LockBackend for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn capabilities(&self) -> lock_core::Capabilities {
+        self.inner.capabilities().with_atomic_multi_key(self.atomic.is_some())
+    }
+    async fn try_acquire(&self, req: &lock_core::AcquireRequest) -> lock_core::Result<lock_core::Attempt> {
+        self.seen.lock().unwrap().push(("one", req.owner));
+        self.inner.try_acquire(req).await
+    }
+    async fn try_acquire_all(
+        &self,
+        reqs: &[lock_core::AcquireRequest],
+    ) -> lock_core::Result<Option<Vec<lock_core::Lease>>> {
+        self.seen.lock().unwrap().push(("all", reqs[0].owner));
+        match self.atomic {
+            Some(Atomic::Fails) => {
+                Err(Error::backend_msg("scripted", lock_core::BackendErrorKind::Connection, "injected"))
+            }
+            Some(Atomic::Refuses) => Ok(None),
+            None => self.inner.try_acquire_all(reqs).await,
+        }
+    }
+    async fn extend(
+        &self,
+        lease: &lock_core::Lease,
+        ttl: Duration,
+    ) -> lock_core::Result<lock_core::ExtendOutcome> {
+        self.inner.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &lock_core::Lease) -> lock_core::Result<ReleaseOutcome> {
+        if self.slow_release {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.inner.release(lease).await
+    }
+    async fn inspect(&self, key: &lock_core::LockKey) -> lock_core::Result<Option<lock_core::LockInfo>> {
+        self.inner.inspect(key).await
+    }
 }
