@@ -91,8 +91,14 @@ impl Shared {
         if self.lost.is_fired() {
             return false;
         }
+        if self.cap_reached() {
+            // The cap's task releases the lock and then fires the loss (MaxHoldReached). Its
+            // release may fire the lease's own signal first (a session backend's, for the
+            // deleted key): that is not the reason.
+            return false;
+        }
         // The lease's signal carries its own reason (session lost, or the grant deleted); it
-        // counts within the hold cap's last TTL too.
+        // counts within the hold cap's last TTL too, until the cap.
         let lease_lost = {
             let l = self.locked();
             l.session().filter(|s| s.is_fired()).map(|s| s.reason().unwrap_or(LossReason::SessionLost))
@@ -102,9 +108,9 @@ impl Shared {
             return false;
         }
         if self.cap_at.get().is_some() {
-            // The cap's task releases the lock and then fires the loss; until it does, the
-            // guard stops claiming the lock at the cap, and does not fire early.
-            return !self.cap_reached();
+            // Before the cap (checked above), held: the cap's task ends the grant, and the
+            // guard does not fire early.
+            return true;
         }
         if Instant::now() >= self.valid_until() {
             self.fire(self.expiry_reason());
@@ -127,6 +133,10 @@ impl Shared {
                 tokio::select! {
                     r = self.lost.fired() => return r,
                     r = session_fired(&session) => {
+                        if self.cap_reached() {
+                            // The cap's own release fired it: its task fires the reason.
+                            return self.lost.fired().await;
+                        }
                         self.fire(r);
                         continue;
                     }
