@@ -22,6 +22,7 @@
 //! by the owner token, so they must not be undone behind it). A waiting writer's intent is
 //! withdrawn the same way, and when its wait runs out.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -65,13 +66,26 @@ impl DynamoBackend {
         let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner, req.mode));
         let poll = self.inner.opts.poll_interval;
         let intent = (req.mode == Mode::Write).then(|| Mutex::new(IntentState::default()));
+        // Whether an attempt failed in a way that may hide a write applied later (cut off by its
+        // time limit while its request was still on the way).
+        let maybe_applied = AtomicBool::new(false);
         let got = lock_core::wait_for_lock(&[], &req.key, deadline, poll, || {
-            self.attempt(req, self.attempt_until(Some(deadline)), false, intent.as_ref())
+            let maybe_applied = &maybe_applied;
+            let attempt = self.attempt(req, self.attempt_until(Some(deadline)), false, intent.as_ref());
+            async move {
+                let r = attempt.await;
+                if matches!(&r, Err(e) if e.is_retryable()) {
+                    maybe_applied.store(true, Ordering::Relaxed);
+                }
+                r
+            }
         })
         .await;
-        // A timeout needs no undo of a grant: its last attempt was refused cleanly, by an item
-        // that was not ours. A writer's intent still goes.
-        if matches!(got, Ok(_) | Err(Error::WaitTimedOut { .. })) {
+        // A timeout needs no undo of a grant when every attempt was answered: the last one was
+        // refused cleanly, by an item that was not ours. One that was not may still land, and
+        // is undone in the background. A writer's intent goes either way.
+        let answered = !maybe_applied.load(Ordering::Relaxed);
+        if got.is_ok() || (matches!(got, Err(Error::WaitTimedOut { .. })) && answered) {
             undo.disarm();
             if intent.is_some() && got.is_err() {
                 if let Err(e) = self.withdraw_intent(&req.key, req.owner).await {

@@ -59,9 +59,13 @@ pub(crate) fn service_kind(code: &str, status: u16) -> BackendErrorKind {
         | "ProvisionedThroughputExceededException"
         | "RequestLimitExceeded"
         | "LimitExceededException" => BackendErrorKind::Throttled,
-        "InternalServerError" | "ServiceUnavailable" | "InternalFailure" | "TransactionConflictException" => {
-            BackendErrorKind::Unavailable
-        }
+        // A transaction still in progress (its client request token retried too soon) may
+        // yet be applied: retryable, so that the caller's undo runs.
+        "InternalServerError"
+        | "ServiceUnavailable"
+        | "InternalFailure"
+        | "TransactionConflictException"
+        | "TransactionInProgressException" => BackendErrorKind::Unavailable,
         "UnrecognizedClientException"
         | "AccessDeniedException"
         | "InvalidSignatureException"
@@ -103,6 +107,9 @@ mod tests {
         assert!(!service_kind("UnrecognizedClientException", 400).is_retryable());
         assert!(!service_kind("ValidationException", 400).is_retryable());
         assert!(service_kind("TransactionConflictException", 400).is_retryable());
+        // The same client request token retried while its first copy is still being carried
+        // out: the transaction may yet be applied, so the caller's undo must run.
+        assert!(service_kind("TransactionInProgressException", 400).is_retryable());
         assert!(too_large(
             Some("ValidationException"),
             Some("Item size has exceeded the maximum allowed size")

@@ -5,6 +5,8 @@
 //!   owner, reports `Released`;
 //! - a `try_acquire` that fails after its write was applied leaves no grant behind: another
 //!   client takes the lock at once, not after a lease or a takeover period;
+//! - a waiting acquire that timed out undoes an attempt of its own that was cut off and lands
+//!   after the wait ended;
 //! - a permit, a reader or a writer whose grant's reply was lost is recognised as ours by the
 //!   SDK's retry (on dynalite, which returns no item with a failed condition, through one
 //!   consistent read), and its release whose reply was lost reports `Released`.
@@ -105,8 +107,30 @@ async fn grants_of_every_primitive_whose_reply_was_lost_are_ours(emulator: Emula
     }
 }
 
+/// A waiting acquire's attempt cut off by its time limit may still be carried out later, after
+/// the wait ended without the lock: it is undone then, not left to block others for a lease
+/// and a takeover.
+async fn a_timed_out_wait_undoes_an_attempt_that_lands_late(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
+    let k = key("late");
+    let held = direct.lock(&k).ttl(Duration::from_secs(30)).acquire().await.expect("hold");
+    // The waiter's first write reaches the server 3.5 s late; its later ones are refused.
+    proxy.set(|f| f.delay_next_update = Some(Duration::from_millis(3500)));
+    let start = Instant::now();
+    let waited = through.lock(&k).ttl(Duration::from_secs(30)).wait(Duration::from_secs(3)).acquire().await;
+    assert!(waited.is_err(), "the lock is held");
+    // Released before the late write lands: that write grants the lock to the waiter's token.
+    held.release().await.expect("release");
+    let third = LockClient::new(DynamoBackend::with_client(support::client(&_t.endpoint), opts()));
+    tokio::time::sleep(Duration::from_millis(3600).saturating_sub(start.elapsed())).await;
+    let g = third.lock(&k).ttl(Duration::from_secs(30)).wait(Duration::from_secs(4)).acquire().await;
+    let g = g.expect("the late grant of a wait that timed out was left behind");
+    g.release().await.expect("release");
+}
+
 on_each_emulator!(
     a_release_whose_reply_was_lost_reports_released,
     a_failed_try_acquire_whose_write_was_applied_leaves_no_grant,
+    a_timed_out_wait_undoes_an_attempt_that_lands_late,
     grants_of_every_primitive_whose_reply_was_lost_are_ours
 );

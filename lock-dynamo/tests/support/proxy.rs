@@ -19,6 +19,9 @@ pub struct Faults {
     pub swallow_update_replies: u32,
     /// Forward every request, and never answer any.
     pub swallow_all: bool,
+    /// Forward the next UpdateItem this much later (after its client gave up on it), and
+    /// never answer it.
+    pub delay_next_update: Option<std::time::Duration>,
     pub seen: u32,
     pub throttled: u32,
     pub lost: u32,
@@ -108,6 +111,7 @@ enum Fate {
     Throttle,
     Lose,
     Swallow,
+    Late(std::time::Duration),
 }
 
 fn fate(faults: &Mutex<Faults>, op: &str) -> Fate {
@@ -116,7 +120,9 @@ fn fate(faults: &Mutex<Faults>, op: &str) -> Fate {
     let mut f = faults.lock().expect("faults");
     f.seen += 1;
     f.ops.push(op.to_owned());
-    if f.throttle_every > 0 && f.seen.is_multiple_of(f.throttle_every) {
+    if let Some(d) = f.delay_next_update.take_if(|_| is_update) {
+        Fate::Late(d)
+    } else if f.throttle_every > 0 && f.seen.is_multiple_of(f.throttle_every) {
         f.throttled += 1;
         Fate::Throttle
     } else if f.swallow_all || (is_update && f.swallow_update_replies > 0) {
@@ -148,6 +154,9 @@ async fn serve(mut conn: TcpStream, upstream: String, faults: Arc<Mutex<Faults>>
         let reply = if fate == Fate::Throttle {
             error_reply("400 Bad Request", "ThrottlingException")
         } else {
+            if let Fate::Late(d) = fate {
+                tokio::time::sleep(d).await;
+            }
             let Ok(mut up) = TcpStream::connect(&upstream).await else { return };
             if up.write_all(head.as_bytes()).await.is_err() || up.write_all(&body).await.is_err() {
                 return;
@@ -156,7 +165,7 @@ async fn serve(mut conn: TcpStream, upstream: String, faults: Arc<Mutex<Faults>>
             match fate {
                 // The request was applied; its reply never arrives. The connection stays open,
                 // silent, until the client gives up on it.
-                Fate::Swallow => {
+                Fate::Swallow | Fate::Late(_) => {
                     let mut sink = [0u8; 1024];
                     while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
                     return;
