@@ -141,6 +141,20 @@ where
     undo_after(pauses, release).await;
 }
 
+/// Withdraws what a waiting acquire that gave up left on the server (a writer's intent, a
+/// waiter's place in the queue) now rather than when it lapses: `withdraw` runs on its own
+/// task, waited for only within the documented bound of a waiting acquire (`deadline` plus one
+/// request `timeout`), then left to finish in the background.
+pub(crate) async fn withdraw_within<F>(deadline: Instant, timeout: Duration, withdraw: F)
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let budget =
+        lock_core::lease::add_saturating(deadline, timeout).saturating_duration_since(Instant::now());
+    let _ = tokio::time::timeout(budget, tokio::spawn(withdraw)).await;
+}
+
 /// How long a waiting writer's intent lasts unless its next attempt refreshes it: twice the
 /// longest gap between two attempts (a poll and one attempt's round of `round`).
 pub(crate) fn intent_ttl(round: Duration) -> Duration {

@@ -234,13 +234,9 @@ impl LockBackend for RedisBackend {
         )
         .await;
         if res.is_err() && (intent.is_some() || keys.queue.is_some()) {
-            // A writer that gives up withdraws its intent, and a waiter its place in the queue
-            // of waiters, now rather than when they lapse; waited for only within the
-            // documented bound (the deadline plus one request timeout), then in the background.
-            let budget = lock_core::lease::add_saturating(deadline, node.timeout())
-                .saturating_duration_since(Instant::now());
-            let withdraw = tokio::spawn((self.releaser(vec![keys], req.owner))());
-            let _ = tokio::time::timeout(budget, withdraw).await;
+            // A writer that gives up withdraws its intent, and a waiter its place in the queue.
+            let withdraw = (self.releaser(vec![keys], req.owner))();
+            crate::attempts::withdraw_within(deadline, node.timeout(), withdraw).await;
         }
         res
     }

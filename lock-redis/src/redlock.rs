@@ -373,13 +373,9 @@ impl LockBackend for RedlockBackend {
         )
         .await;
         if res.is_err() && intent.is_some() {
-            // A writer that gives up withdraws its intent now rather than when it lapses;
-            // waited for only within the documented bound (the deadline plus one request
-            // timeout), then in the background.
-            let budget = lock_core::lease::add_saturating(deadline, self.inner.node_timeout)
-                .saturating_duration_since(Instant::now());
-            let withdraw = tokio::spawn((self.releaser(keys, req.owner))());
-            let _ = tokio::time::timeout(budget, withdraw).await;
+            // A writer that gives up withdraws its intent.
+            let withdraw = (self.releaser(keys, req.owner))();
+            crate::attempts::withdraw_within(deadline, self.inner.node_timeout, withdraw).await;
         }
         res
     }

@@ -101,38 +101,39 @@ async fn ask_one(
     if let Some(tls) = &opts.tls {
         at = at.tls(tls.clone());
     }
-    let client = crate::node::client(&at).map_err(|e| e.to_string())?;
-    let limit = opts.connect_timeout.saturating_add(opts.request_timeout_or(DEFAULT_REQUEST_TIMEOUT));
-    let question = async {
-        let mut con = client.get_multiplexed_async_connection().await?;
-        redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(master)
-            .query_async::<Option<(String, u16)>>(&mut con)
-            .await
-    };
-    match tokio::time::timeout(limit, question).await {
-        Err(_) => Err(format!("no answer within {limit:?}")),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(found)) => Ok(found.map(|(host, port)| format!("{}:{port}", bracket(&host)))),
-    }
+    let mut cmd = redis::cmd("SENTINEL");
+    cmd.arg("get-master-addr-by-name").arg(master);
+    let found: Option<(String, u16)> = ask_server(opts, &at, &cmd).await?;
+    Ok(found.map(|(host, port)| format!("{}:{port}", bracket(&host))))
 }
 
 /// What the server at `address` says it is (`ROLE`: `master`, `slave` or `sentinel`).
 async fn role(opts: &RedisOptions, address: &str) -> std::result::Result<String, String> {
-    let client = crate::node::client(&opts.at(address.to_owned())).map_err(|e| e.to_string())?;
+    let reply: Vec<redis::Value> =
+        ask_server(opts, &opts.at(address.to_owned()), &redis::cmd("ROLE")).await?;
+    match reply.into_iter().next().map(redis::from_redis_value::<String>) {
+        Some(Ok(role)) => Ok(role),
+        _ => Err("a ROLE reply without a role".to_owned()),
+    }
+}
+
+/// Sends `cmd` to the server `at` names on a connection of its own, within `opts`' connect
+/// plus request timeout; an error as the text to report.
+async fn ask_server<T: redis::FromRedisValue>(
+    opts: &RedisOptions,
+    at: &RedisOptions,
+    cmd: &redis::Cmd,
+) -> std::result::Result<T, String> {
+    let client = crate::node::client(at).map_err(|e| e.to_string())?;
     let limit = opts.connect_timeout.saturating_add(opts.request_timeout_or(DEFAULT_REQUEST_TIMEOUT));
     let question = async {
         let mut con = client.get_multiplexed_async_connection().await?;
-        redis::cmd("ROLE").query_async::<Vec<redis::Value>>(&mut con).await
+        cmd.query_async::<T>(&mut con).await
     };
     match tokio::time::timeout(limit, question).await {
         Err(_) => Err(format!("no answer within {limit:?}")),
         Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(reply)) => match reply.into_iter().next().map(redis::from_redis_value::<String>) {
-            Some(Ok(role)) => Ok(role),
-            _ => Err("a ROLE reply without a role".to_owned()),
-        },
+        Ok(Ok(reply)) => Ok(reply),
     }
 }
 
