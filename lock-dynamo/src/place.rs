@@ -86,6 +86,20 @@ impl Place {
             }
         })
     }
+
+    /// `entries` (attribute name, RVN) without this place's own counted entry (a permit's or
+    /// a reader's, named by its owner).
+    pub(crate) fn others(&self, mut entries: Vec<(String, String)>) -> Vec<(String, String)> {
+        if let (Some(mine), true) = (&self.entry, self.counted) {
+            entries.retain(|(name, _)| name != mine);
+        }
+        entries
+    }
+
+    /// Whether `item` holds `owner`'s grant here with the RVN `rvn`.
+    pub(crate) fn carries(&self, item: &Item, owner: OwnerToken, rvn: &str) -> Result<bool> {
+        Ok(matches!(self.holder(item)?, Some((o, v, _)) if o == owner && v == rvn))
+    }
 }
 
 /// `Unsupported` for a mode this crate does not know.
@@ -157,7 +171,13 @@ impl DynamoBackend {
         if let Some(k) = known {
             u = u.value(":known", s(k));
         }
-        Ok((self.write(&place.id, u, until).await?, rvn))
+        let written = match self.write(&place.id, u, until).await? {
+            // Refused, but the grant carries this very heartbeat's RVN: the SDK sent it again
+            // after the reply to its first send (which was applied) was lost.
+            Written::Refused(Some(item)) if place.carries(&item, owner, &rvn)? => Written::Applied(item),
+            written => written,
+        };
+        Ok((written, rvn))
     }
 
     /// Extends `lease` to `ttl` from now, adopting the RVN of a heartbeat whose reply was lost.
@@ -259,5 +279,27 @@ impl DynamoBackend {
             Written::Applied(_) => ExtendOutcome::Extended { valid_until: lease.valid_until() },
             Written::Refused(_) => ExtendOutcome::NotHeld,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_counted_entries_are_never_others() {
+        let me = OwnerToken::from_u128(7);
+        let key = LockKey::new("k").expect("key");
+        let entries = |names: &[&str]| names.iter().map(|n| ((*n).to_owned(), "rvn".to_owned())).collect();
+        let permit = Place::of(&key, Mode::Permit { limit: 3 }, me).expect("place");
+        let mine = permit.entry.clone().expect("entry");
+        let theirs = format!("p:{}", OwnerToken::from_u128(8));
+        assert_eq!(permit.others(entries(&[&mine, &theirs])), entries(&[&theirs]));
+        let reader = Place::of(&key, Mode::Read, me).expect("place");
+        let mine = reader.entry.clone().expect("entry");
+        assert_eq!(reader.others(entries(&[&mine])), entries(&[]));
+        // The writer's entry is shared by every writer: a stale one is taken over by anyone.
+        let writer = Place::of(&key, Mode::Write, me).expect("place");
+        assert_eq!(writer.others(entries(&[item::WRITER])), entries(&[item::WRITER]));
     }
 }

@@ -68,7 +68,7 @@ impl DynamoBackend {
         writer: Option<&Mutex<IntentState>>,
     ) -> Result<Attempt> {
         let place = Place::of(&req.key, req.mode, req.owner)?;
-        let (readers, stale_writer, stale_intent) = split_stale(self.stale_entries(&place.id));
+        let (readers, stale_writer, stale_intent) = split_stale(self.stale_entries(&place));
         let sent = Instant::now();
         let rvn = new_rvn();
         let meta = req.metadata.encode();
@@ -180,7 +180,7 @@ impl DynamoBackend {
     /// Removes up to [`MAX_STALE`] readers this client saw unchanged for a whole lease, in a
     /// write of their own (each on the condition that it still carries the RVN seen).
     async fn remove_stale_readers(&self, place: &Place, until: Instant) -> Result<()> {
-        let (readers, _, _) = split_stale(self.stale_entries(&place.id));
+        let (readers, _, _) = split_stale(self.stale_entries(place));
         if readers.is_empty() {
             return Ok(());
         }

@@ -38,7 +38,7 @@ impl DynamoBackend {
         until: Instant,
     ) -> Result<Attempt> {
         let place = Place::of(&req.key, req.mode, req.owner)?;
-        let stale = self.stale_entries(&place.id);
+        let stale = self.stale_entries(&place);
         let sent = Instant::now();
         let rvn = new_rvn();
         let meta = req.metadata.encode();

@@ -14,6 +14,7 @@ use std::time::Duration;
 use lock_core::Instant;
 
 use crate::item::{wall_ms, Entry, Record, Slots};
+use crate::place::Place;
 use crate::request::{ms, n, s, Update};
 use crate::{DynamoBackend, Takeover};
 
@@ -65,9 +66,12 @@ impl DynamoBackend {
         by_rvn.min(self.by_clock(e.lease, e.expires_at_ms))
     }
 
-    /// The entries of item `id` this client may take over now: (attribute name, RVN).
-    pub(crate) fn stale_entries(&self, id: &str) -> Vec<(String, String)> {
-        self.inner.seen.stale_entries(id)
+    /// The entries of `place`'s item this client may take over now: (attribute name, RVN).
+    /// Never `place`'s own counted entry (a permit's or a reader's, named by its owner): that
+    /// is an earlier try's grant of ours, which the attempt's refusal finds and confirms, and
+    /// which the attempt's own write could not both remove and set.
+    pub(crate) fn stale_entries(&self, place: &Place) -> Vec<(String, String)> {
+        place.others(self.inner.seen.stale_entries(&place.id))
     }
 
     /// Adds the takeover part of a lock acquire's condition to `u`: the RVN this client has

@@ -9,7 +9,10 @@
 //!   after the wait ended;
 //! - a permit, a reader or a writer whose grant's reply was lost is recognised as ours by the
 //!   SDK's retry (on dynalite, which returns no item with a failed condition, through one
-//!   consistent read), and its release whose reply was lost reports `Released`.
+//!   consistent read), and its release whose reply was lost reports `Released`;
+//! - a heartbeat (the one that confirms such a grant, or an extend) whose reply is lost too,
+//!   and whose retry is refused, recognises its own RVN in the refusal: the grant stays ours
+//!   however many replies in a row are lost.
 
 mod support;
 
@@ -128,7 +131,42 @@ async fn a_timed_out_wait_undoes_an_attempt_that_lands_late(emulator: Emulator) 
     g.release().await.expect("release");
 }
 
+async fn heartbeats_whose_replies_are_lost_again_are_still_ours(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
+    let ttl = Duration::from_secs(30);
+    for mode in [Mode::Exclusive, Mode::Permit { limit: 2 }, Mode::Read, Mode::Write] {
+        let k = key("again");
+        let builder = |c: &LockClient| match mode {
+            Mode::Exclusive => c.lock(&k),
+            Mode::Permit { limit } => c.semaphore(&k, limit),
+            Mode::Read => c.read_lock(&k),
+            _ => c.write_lock(&k),
+        };
+        // The grant is applied and its reply lost; the SDK's retry is refused and finds it
+        // ours; the heartbeat that confirms it is applied and its reply lost; that retry is
+        // refused too.
+        proxy.set(|f| f.update_script = [true, false, true, false].into());
+        let g = builder(&through).ttl(ttl).try_acquire().await.expect("try");
+        let g =
+            g.unwrap_or_else(|| panic!("{mode:?}: a grant whose confirmation's reply was lost is not ours"));
+        let holders = direct.holders(&k, mode).await.expect("holders");
+        assert_eq!(holders.len(), 1, "{mode:?}: {holders:?}");
+        assert_eq!(holders[0].fencing_token, Some(g.fencing_token()), "{mode:?}");
+        // Extends applied with their replies lost, their retries refused, again and again
+        // (one extend that adopts a lost heartbeat's RVN loses that reply too).
+        proxy.set(|f| f.update_script = [true, false, true, false].into());
+        for _ in 0..2 {
+            g.extend(ttl).await.unwrap_or_else(|e| panic!("{mode:?}: extend whose replies were lost: {e}"));
+        }
+        proxy.set(|f| f.update_script.clear());
+        g.extend(ttl).await.unwrap_or_else(|e| panic!("{mode:?}: the next extend: {e}"));
+        assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released, "{mode:?}");
+        assert!(direct.holders(&k, mode).await.expect("holders").is_empty(), "{mode:?}: still held");
+    }
+}
+
 on_each_emulator!(
+    heartbeats_whose_replies_are_lost_again_are_still_ours,
     a_release_whose_reply_was_lost_reports_released,
     a_failed_try_acquire_whose_write_was_applied_leaves_no_grant,
     a_timed_out_wait_undoes_an_attempt_that_lands_late,

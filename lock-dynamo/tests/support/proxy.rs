@@ -17,6 +17,9 @@ pub struct Faults {
     pub lose_update_replies: u32,
     /// Forward the next this many UpdateItem requests, and never answer them.
     pub swallow_update_replies: u32,
+    /// The fates of the next UpdateItem requests, one each, before any other rule: `true`
+    /// forwards it and answers 500 instead of the reply, `false` forwards it and its reply.
+    pub update_script: std::collections::VecDeque<bool>,
     /// Forward every request, and never answer any.
     pub swallow_all: bool,
     /// Forward the next UpdateItem this much later (after its client gave up on it), and
@@ -120,7 +123,14 @@ fn fate(faults: &Mutex<Faults>, op: &str) -> Fate {
     let mut f = faults.lock().expect("faults");
     f.seen += 1;
     f.ops.push(op.to_owned());
-    if let Some(d) = f.delay_next_update.take_if(|_| is_update) {
+    if let Some(lose) = is_update.then(|| f.update_script.pop_front()).flatten() {
+        f.lost += u32::from(lose);
+        if lose {
+            Fate::Lose
+        } else {
+            Fate::Forward
+        }
+    } else if let Some(d) = f.delay_next_update.take_if(|_| is_update) {
         Fate::Late(d)
     } else if f.throttle_every > 0 && f.seen.is_multiple_of(f.throttle_every) {
         f.throttled += 1;
