@@ -133,7 +133,8 @@ impl LockBuilder<Many> {
     /// # Behavior
     /// Input is validated before anything is sent (at least one name, no name twice). Names are
     /// taken in canonical order; a name that stays held past the deadline releases the ones
-    /// taken before. A name taken early whose grant expired while a later one was waited for
+    /// taken before, all at once (the error comes one release's time after the deadline, not
+    /// one per name). A name taken early whose grant expired while a later one was waited for
     /// (nothing renews them before the guard exists) is not handed out: everything is given
     /// back and taken again while the wait lasts. Cancel safe: dropping the future releases
     /// what was taken, in the background, even midway through giving it back.
@@ -266,17 +267,22 @@ fn locked(v: &Mutex<Vec<Lease>>) -> std::sync::MutexGuard<'_, Vec<Lease>> {
     v.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Releases the grants in `taken` (newest first), leaving it empty. Each grant leaves `taken`
-/// only once its release is done: dropped midway, what is left (the grant in flight included)
-/// is still there for the undo that releases it in the background.
+/// Releases the grants in `taken` all at once (one release's time, however many), leaving it
+/// empty. Each grant leaves `taken` only once its release is done: dropped midway, what is left
+/// (the grants in flight included) is still there for the undo that releases it in the
+/// background.
 async fn release_all(backend: Arc<dyn LockBackend>, taken: Arc<Mutex<Vec<Lease>>>) {
-    loop {
-        let Some(l) = locked(&taken).last().cloned() else { return };
-        if let Err(e) = backend.release(&l).await {
-            tracing::warn!(backend = backend.name(), key = %l.key(), error = %e, "release of a multi-key part failed; it expires after its TTL");
+    let leases = locked(&taken).clone();
+    let releases = leases.into_iter().map(|l| {
+        let (backend, taken) = (&backend, &taken);
+        async move {
+            if let Err(e) = backend.release(&l).await {
+                tracing::warn!(backend = backend.name(), key = %l.key(), error = %e, "release of a multi-key part failed; it expires after its TTL");
+            }
+            locked(taken).retain(|t| !(t.key() == l.key() && t.owner() == l.owner()));
         }
-        locked(&taken).pop();
-    }
+    });
+    futures::future::join_all(releases).await;
 }
 
 /// The parts of a multi-key lease.
@@ -363,9 +369,10 @@ impl LockBackend for MultiBackend {
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
         let parts = Self::parts(lease)?;
         let leases = locked(&parts.leases).clone();
+        let results = futures::future::join_all(leases.iter().map(|l| self.inner.release(l))).await;
         let mut outcome = Ok(ReleaseOutcome::Released);
-        for l in leases.iter().rev() {
-            match self.inner.release(l).await {
+        for r in results {
+            match r {
                 Ok(ReleaseOutcome::Released) => {}
                 Ok(ReleaseOutcome::NotHeld) => {
                     if outcome.is_ok() {

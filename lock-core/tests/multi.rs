@@ -206,12 +206,43 @@ async fn an_acquire_dropped_while_it_gives_back_what_it_took_leaves_nothing_behi
         .ttl(Duration::from_secs(30))
         .wait(Duration::from_millis(100))
         .acquire();
-    // Times out on c at 100 ms, then releases b (1 s) and a (1 s): dropped during b's.
+    // Times out on c at 100 ms, then releases a and b (1 s each, together): dropped midway.
     assert!(tokio::time::timeout(Duration::from_millis(600), attempt).await.is_err());
     tokio::time::sleep(Duration::from_secs(5)).await;
     for name in ["a", "b"] {
         assert!(plain.inspect(name).await.unwrap().is_none(), "{name} was left behind");
     }
+}
+
+/// A name that stays held past the deadline ends the acquire within the wait and one
+/// release's time, however many names were taken before it: they are given back at once,
+/// not one after another. A guard releases its names at once too.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_acquire_gives_back_what_it_took_all_at_once() {
+    let store = MemoryBackend::new();
+    let locks = LockClient::new(Scripted { slow_release: true, ..Scripted::on(&store) });
+    let plain = LockClient::new(store);
+    let _e = plain.lock("e").ttl(Duration::from_secs(60)).acquire().await.unwrap();
+    let start = tokio::time::Instant::now();
+    let got = locks
+        .lock_all(["a", "b", "c", "d", "e"])
+        .ttl(Duration::from_secs(30))
+        .wait(Duration::from_millis(100))
+        .acquire()
+        .await;
+    assert!(matches!(got, Err(Error::WaitTimedOut { .. })), "{got:?}");
+    // Four releases of a second each: one second, not four.
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1500), "the acquire gave back its names one by one: {took:?}");
+    for name in ["a", "b", "c", "d"] {
+        assert!(plain.inspect(name).await.unwrap().is_none(), "{name} was left behind");
+    }
+    // A guard's release too.
+    let g = locks.lock_all(["a", "b", "c", "d"]).ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    let start = tokio::time::Instant::now();
+    assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released);
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1500), "the guard released its names one by one: {took:?}");
 }
 
 /// A retryable error of the atomic first try does not end a waiting acquire: the names are
