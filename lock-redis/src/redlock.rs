@@ -1,5 +1,6 @@
 //! Redlock over N independent Redis masters.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,7 +157,14 @@ impl RedlockBackend {
     }
 
     /// One Redlock round: ask every master, keep a quorum's grant or undo everywhere.
-    async fn attempt(&self, req: &AcquireRequest, intent: Option<Duration>) -> Result<Attempt> {
+    /// `unsettled` is set when a round found the lock held but a master did not answer its
+    /// undo (a grant there, made late, may remain).
+    async fn attempt(
+        &self,
+        req: &AcquireRequest,
+        intent: Option<Duration>,
+        unsettled: &AtomicBool,
+    ) -> Result<Attempt> {
         let keys = self.keys(&req.key, req.mode)?;
         let sent = Instant::now();
         let extra = extra(req, intent);
@@ -175,7 +183,7 @@ impl RedlockBackend {
                 return Ok(Attempt::Acquired(lease.with_mode(req.mode)));
             }
         }
-        self.refuse(&keys, req.owner, round).await
+        self.refuse(&keys, req.owner, round, unsettled).await
     }
 
     /// The token of a quorum's grant: the highest proposal, written back to the masters that
@@ -203,13 +211,24 @@ impl RedlockBackend {
 
     /// A round without a usable quorum: undo on every node (one that timed out may have
     /// granted anyway); held, or a retryable error when too few masters answered.
-    async fn refuse(&self, keys: &Keys, owner: OwnerToken, mut round: Round) -> Result<Attempt> {
+    async fn refuse(
+        &self,
+        keys: &Keys,
+        owner: OwnerToken,
+        mut round: Round,
+        unsettled: &AtomicBool,
+    ) -> Result<Attempt> {
         let (n, quorum) = (self.inner.nodes.len(), self.inner.quorum);
-        if !round.granted.is_empty() || !round.errors.is_empty() {
-            self.undo_round(keys, owner).await;
-        }
+        let undone = if !round.granted.is_empty() || !round.errors.is_empty() {
+            self.undo_round(keys, owner).await
+        } else {
+            true
+        };
         let expires_in = round.held.iter().flatten().min().copied();
         if round.held.len() > n - quorum || round.errors.is_empty() {
+            if !undone {
+                unsettled.store(true, Ordering::SeqCst);
+            }
             return Ok(Attempt::Held { expires_in });
         }
         let first = round.errors.swap_remove(0);
@@ -232,18 +251,25 @@ impl RedlockBackend {
 
     /// The undo of one round: its grants on every master, but not a waiting writer's intent
     /// (the writer goes on waiting; its acquire withdraws the intent when it ends).
-    async fn undo_round(&self, keys: &Keys, owner: OwnerToken) {
-        join_all(self.inner.nodes.iter().map(|n| n.release_with(keys, owner, true))).await;
+    /// Whether every master answered.
+    async fn undo_round(&self, keys: &Keys, owner: OwnerToken) -> bool {
+        let answers = join_all(self.inner.nodes.iter().map(|n| n.release_with(keys, owner, true))).await;
+        answers.iter().all(Result::is_ok)
     }
 
     /// One round. The round undoes its own partial grants; dropped mid-flight it cannot, so
     /// the release on every node is then sent in the background. A failed round is not undone
     /// again here: the waiting loop retries with the same owner token, and a late undo could
     /// release that retry's grant on a master; the callers undo once no retry follows.
-    async fn attempt_once(&self, req: &AcquireRequest, intent: Option<Duration>) -> Result<Attempt> {
+    async fn attempt_once(
+        &self,
+        req: &AcquireRequest,
+        intent: Option<Duration>,
+        unsettled: &AtomicBool,
+    ) -> Result<Attempt> {
         let keys = self.keys(&req.key, req.mode)?;
         let undo = arm(self.releaser(keys, req.owner));
-        let attempt = self.attempt(req, intent).await;
+        let attempt = self.attempt(req, intent, unsettled).await;
         undo.disarm();
         attempt
     }
@@ -344,10 +370,12 @@ impl LockBackend for RedlockBackend {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
-        let attempt = self.attempt_once(req, None).await;
-        if let Err(Error::Backend { .. }) = attempt {
+        let unsettled = AtomicBool::new(false);
+        let attempt = self.attempt_once(req, None, &unsettled).await;
+        if matches!(attempt, Err(Error::Backend { .. })) || unsettled.load(Ordering::SeqCst) {
             // The round already released on every master; a master that did not answer that
-            // release is asked again in the background until it does.
+            // release (the round failed, or found the lock held) is asked again in the
+            // background until it does.
             let release = self.releaser(self.keys(&req.key, req.mode)?, req.owner);
             lock_core::cancel::spawn_detached(async move {
                 lock_core::cancel::undo_after(lock_core::cancel::LATE_GRANT_RECHECKS, release).await;
@@ -360,6 +388,7 @@ impl LockBackend for RedlockBackend {
         let keys = self.keys(&req.key, req.mode)?;
         let nodes = &self.inner.nodes;
         let intent = (req.mode == Mode::Write).then(|| self.writer_intent_ttl());
+        let unsettled = AtomicBool::new(false);
         let res = crate::attempts::acquire_waiting(
             &req.key,
             deadline,
@@ -368,10 +397,18 @@ impl LockBackend for RedlockBackend {
                 let keys = &keys;
                 join_all(nodes.iter().map(move |n| n.watch(keys, bound, None)))
             },
-            || self.attempt_once(req, intent),
+            || self.attempt_once(req, intent, &unsettled),
             crate::attempts::undo_later(self.releaser(keys.clone(), req.owner)),
         )
         .await;
+        if res.is_err() && unsettled.load(Ordering::SeqCst) {
+            // A round found the lock held and a master did not answer its undo (a grant made
+            // there late may remain): now that no round follows, asked again in the
+            // background until every master answers.
+            lock_core::cancel::spawn_detached(crate::attempts::undo_later(
+                self.releaser(keys.clone(), req.owner),
+            ));
+        }
         if res.is_err() && intent.is_some() {
             // A writer that gives up withdraws its intent.
             let withdraw = (self.releaser(keys, req.owner))();

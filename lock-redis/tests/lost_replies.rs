@@ -102,6 +102,49 @@ async fn a_redlock_try_acquire_whose_replies_are_lost_leaves_no_grant() {
     );
 }
 
+/// A Redlock round that finds the lock held by a quorum, on a master that granted it (its
+/// reply lost) and then could not be reached for the round's undo, leaves no grant there:
+/// the undo is asked again in the background once the master is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redlock_round_held_elsewhere_whose_undo_failed_leaves_no_grant() {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(RedisServer::start().await.expect("redis-server"));
+    }
+    // The lock is held on masters 1 and 2 (a quorum), free on master 0.
+    let mut holders = Vec::new();
+    for s in &servers[1..] {
+        holders.push(direct(s).await.lock("held").ttl(TTL).acquire().await.expect("hold"));
+    }
+    let proxy = Proxy::start(servers[0].port()).await;
+    let nodes = [
+        proxy.address(),
+        format!("127.0.0.1:{}", servers[1].port()),
+        format!("127.0.0.1:{}", servers[2].port()),
+    ]
+    .map(RedisOptions::new);
+    let locks = LockClient::new(RedlockBackend::connect(RedlockOptions::new(nodes)).await.expect("redlock"));
+    warm_up(&locks).await;
+    // Master 0 grants; its reply is lost and it can no longer be reached for the undo.
+    proxy.refuse_connections(true);
+    proxy.cut_next_reply();
+    let got = locks.lock("held").ttl(TTL).try_acquire().await.expect("a quorum holds it: not an error");
+    assert!(got.is_none(), "held by a quorum");
+    assert!(counter_exists(servers[0].port(), "held").await, "the acquire should have run on master 0");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.refuse_connections(false);
+    let on_zero = direct(&servers[0]).await;
+    let start = Instant::now();
+    while on_zero.inspect("held").await.expect("inspect").is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "the round's grant on master 0 is left for its TTL of {TTL:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(holders);
+}
+
 /// A waiting acquire that gives up while the server stopped answering returns within its
 /// deadline plus one request timeout, as documented: taking its place out of the queue of
 /// waiters does not add a second request timeout (it goes on in the background).

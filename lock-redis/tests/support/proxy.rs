@@ -1,7 +1,8 @@
 #![allow(dead_code)] // each test file uses some of the faults
 //! A TCP proxy on loopback in front of one redis-server, for fault tests: it forwards both
 //! ways and, on command, loses the next reply (the request was carried out) and cuts that
-//! connection, or leaves every pub/sub connection unanswered from its `SUBSCRIBE` on.
+//! connection, or leaves every pub/sub connection unanswered from its `SUBSCRIBE` on, or
+//! closes new connections at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ struct Faults {
     cut_next_reply: AtomicBool,
     /// A connection whose client sends `SUBSCRIBE` gets nothing more forwarded either way.
     hang_subscribers: AtomicBool,
+    /// New connections are accepted and closed at once (the server looks gone).
+    refuse: AtomicBool,
 }
 
 /// The proxy; stops accepting when dropped.
@@ -33,6 +36,10 @@ impl Proxy {
         let f = faults.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if f.refuse.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 tokio::spawn(forward(client, upstream, f.clone()));
             }
         });
@@ -48,6 +55,11 @@ impl Proxy {
     /// the request it answers was carried out, the client never hears of it.
     pub fn cut_next_reply(&self) {
         self.faults.cut_next_reply.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether new connections are closed as soon as they are accepted.
+    pub fn refuse_connections(&self, refuse: bool) {
+        self.faults.refuse.store(refuse, Ordering::SeqCst);
     }
 
     /// From now on a connection that sends `SUBSCRIBE` is left open and never answered.
