@@ -21,7 +21,7 @@ pub(crate) const NOT_HELD: u8 = 1;
 pub(crate) const INVALID: u8 = 64;
 /// The backend failed or could not be reached (`EX_UNAVAILABLE`).
 pub(crate) const BACKEND: u8 = 69;
-/// `run`: the lock was lost while the command ran (`EX_SOFTWARE`).
+/// `run`: the lock was lost while the command ran: the command was stopped, or the release found the lock gone (`EX_SOFTWARE`).
 pub(crate) const LOST: u8 = 70;
 /// The lock is held by someone else (`EX_TEMPFAIL`).
 pub(crate) const HELD: u8 = 75;

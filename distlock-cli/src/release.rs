@@ -40,7 +40,9 @@ impl Args {
     }
 }
 
-/// Releases the grant(s) of that owner; exit code 1 when one was no longer held.
+/// Releases the grant(s) of that owner; exit code 1 when one was no longer held. Every name
+/// is tried even when one fails (the others stay released); the first error decides the exit
+/// code then.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
     let Some(owner) = OwnerToken::parse_hex(&args.owner) else {
         return out.fail(&Error::InvalidConfig(format!(
@@ -48,17 +50,25 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
             args.owner
         )));
     };
-    let mut all_released = true;
+    // Every name is checked before anything is released.
+    let mut leases = Vec::new();
     for name in &args.locks {
-        let lease =
-            match locks.lease_from_parts(name, owner, distlock::FencingToken::new(0), Duration::from_secs(1))
-            {
-                Ok(l) => l.with_mode(args.mode()),
-                Err(e) => return out.fail(&e),
-            };
-        let released = match locks.release_lease(&lease).await {
-            Ok(outcome) => outcome == ReleaseOutcome::Released,
+        match locks.lease_from_parts(name, owner, distlock::FencingToken::new(0), Duration::from_secs(1)) {
+            Ok(l) => leases.push(l.with_mode(args.mode())),
             Err(e) => return out.fail(&e),
+        }
+    }
+    let (mut all_released, mut failed) = (true, None);
+    for lease in &leases {
+        let released = match locks.release_lease(lease).await {
+            Ok(outcome) => outcome == ReleaseOutcome::Released,
+            Err(e) => {
+                if !out.json {
+                    eprintln!("distlock: releasing '{}' failed: {e}", lease.key());
+                }
+                failed.get_or_insert(e);
+                continue;
+            }
         };
         all_released &= released;
         if out.json {
@@ -69,9 +79,9 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
             println!("'{}' was not held by that owner (it expired or another owner has it)", lease.key());
         }
     }
-    if all_released {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(exit::NOT_HELD)
+    match failed {
+        Some(e) => out.fail(&e),
+        None if all_released => ExitCode::SUCCESS,
+        None => ExitCode::from(exit::NOT_HELD),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use distlock::{Guard, LockClient, LossReason, ReleaseOutcome};
-use rustix::process::Signal;
+use rustix::process::{Pid, Signal};
 use serde_json::json;
 use tokio::process::Child;
 use tokio::signal::unix::{signal as unix_signal, Signal as Listener, SignalKind};
@@ -16,7 +16,7 @@ use crate::output::Out;
 use crate::take::{duration, Take};
 
 /// What `run` does to the command when the lock is lost.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OnLost {
     /// SIGTERM, then SIGKILL after --kill-grace.
     Term,
@@ -75,6 +75,7 @@ pub(crate) async fn supervise_command(
         eprintln!("distlock: cannot install signal handlers");
         return ExitCode::from(exit::BACKEND);
     };
+    let terminal = Foreground::ours();
     let mut child = match spawn(&args.cmd, &guard, tokens) {
         Ok(c) => c,
         Err(e) => {
@@ -85,8 +86,88 @@ pub(crate) async fn supervise_command(
             return ExitCode::from(code);
         }
     };
-    let (status, lost) = supervise(out, &guard, &mut child, &mut signals, args).await;
+    // The command leads a process group of its own: what it starts is stopped with it.
+    let group = child.id().and_then(|p| Pid::from_raw(p as i32));
+    if let (Some(t), Some(g)) = (&terminal, group) {
+        t.give(g);
+    }
+    let (status, lost) = supervise(out, &guard, &mut child, group, &mut signals, args).await;
+    if let Some(g) = group {
+        stop_leftovers(g, args.kill_grace).await;
+    }
+    if let Some(t) = &terminal {
+        t.restore();
+    }
     finish(out, guard, status, lost, args.on_lost).await
+}
+
+/// Stops what the command left running in its process group (a background job of a shell
+/// script, say) before the lock is released: SIGTERM, then SIGKILL after `grace`.
+async fn stop_leftovers(group: Pid, grace: Duration) {
+    if !alive(group) {
+        return;
+    }
+    eprintln!("distlock: the command left processes running in its process group; stopping them");
+    signal(Some(group), Signal::TERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while alive(group) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(Some(group), Signal::KILL);
+    // Killed processes are gone once their parent (init, for orphans) reaps them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while alive(group) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether any process of `group` is left.
+fn alive(group: Pid) -> bool {
+    rustix::process::test_kill_process_group(group).is_ok()
+}
+
+/// The terminal distlock runs in the foreground of, when it does (standard input is a
+/// terminal whose foreground process group is distlock's). The command's process group is
+/// made its foreground while the command runs, as a shell does for a job, so that the command
+/// can read from it and gets the terminal's signals (Ctrl-C) once, directly.
+struct Foreground {
+    ours: Pid,
+}
+
+impl Foreground {
+    fn ours() -> Option<Self> {
+        let stdin = std::io::stdin();
+        if !rustix::termios::isatty(&stdin) {
+            return None;
+        }
+        let ours = rustix::process::getpgrp();
+        (rustix::termios::tcgetpgrp(&stdin).ok()? == ours).then_some(Self { ours })
+    }
+
+    /// Makes `group` the terminal's foreground; wakes it if it was stopped for reading the
+    /// terminal before that.
+    fn give(&self, group: Pid) {
+        if rustix::termios::tcsetpgrp(std::io::stdin(), group).is_ok() {
+            signal(Some(group), Signal::CONT);
+        }
+    }
+
+    /// Takes the terminal's foreground back (from the background, which a process may do
+    /// while it blocks SIGTTOU).
+    fn restore(&self) {
+        #[allow(unsafe_code)]
+        // SAFETY: pthread_sigmask only changes this thread's signal mask, through pointers
+        // to two sigset_t that live on this stack for the calls' duration.
+        unsafe {
+            let mut block: libc::sigset_t = std::mem::zeroed();
+            let mut before: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut block);
+            libc::sigaddset(&mut block, libc::SIGTTOU);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut before);
+            let _ = rustix::termios::tcsetpgrp(std::io::stdin(), self.ours);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+        }
+    }
 }
 
 /// Says that the lock is held (JSON lines go to stderr: stdout belongs to the command).
@@ -152,23 +233,32 @@ fn spawn(
         .env("DISTLOCK_FENCING_TOKEN", guard.fencing_token().to_string())
         .env("DISTLOCK_FENCING_TOKENS", all.join(","))
         .env("DISTLOCK_LOCK", guard.key())
+        .process_group(0)
         .kill_on_drop(true);
     // If distlock itself dies (even by SIGKILL), the kernel kills the command: it never runs
-    // on without the lock's holder watching it.
+    // on without the lock's holder watching it. If distlock died before that was set up, the
+    // command does not start.
+    let parent = rustix::process::getpid();
     #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
-    // is async-signal-safe; it touches no memory of the parent.
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl and
+    // getppid, which are async-signal-safe; it touches no memory of the parent.
     unsafe {
-        command.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(std::io::Error::from)
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+                .map_err(std::io::Error::from)?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::other("distlock exited before the command started"));
+            }
+            Ok(())
         });
     }
     command.spawn()
 }
 
-fn signal(pid: Option<u32>, sig: Signal) {
-    if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-        let _ = rustix::process::kill_process(pid, sig);
+/// Sends `sig` to the command's process group: the command and what it started.
+fn signal(group: Option<Pid>, sig: Signal) {
+    if let Some(group) = group {
+        let _ = rustix::process::kill_process_group(group, sig);
     }
 }
 
@@ -178,15 +268,15 @@ async fn supervise(
     out: &Out,
     guard: &Guard,
     child: &mut Child,
+    pid: Option<Pid>,
     signals: &mut Forwarded,
     args: &Supervised,
 ) -> (std::io::Result<std::process::ExitStatus>, Option<LossReason>) {
-    let pid = child.id();
     let mut lost = None;
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status,
-            sig = signals.recv() => signal(pid, sig),
+            // A loss is seen even when the command ends at the same moment.
+            biased;
             reason = guard.lost(), if lost.is_none() => {
                 lost = Some(reason);
                 report_loss(out, guard, reason, args.on_lost);
@@ -206,6 +296,8 @@ async fn supervise(
                     }
                 }
             }
+            status = child.wait() => break status,
+            sig = signals.recv() => signal(pid, sig),
         }
     };
     (status, lost)
@@ -226,7 +318,7 @@ fn report_loss(out: &Out, guard: &Guard, reason: LossReason, on_lost: OnLost) {
 }
 
 /// Releases the lock and reports how the run ended; the exit code is the command's, or 70
-/// when the lock was lost and the command stopped for it.
+/// when the lock was lost (the command stopped for it, or the release found it gone).
 async fn finish(
     out: &Out,
     guard: Guard,
@@ -242,8 +334,16 @@ async fn finish(
     if let (Err(e), false) = (&status, out.json) {
         eprintln!("distlock: waiting for the command failed: {e}");
     }
-    let code = match (&status, lost, on_lost) {
-        (_, Some(_), OnLost::Term | OnLost::Kill) => exit::LOST,
+    // A loss no renewal saw yet (the lock expired, or was released by force, shortly before
+    // the command ended): the command's end may have run without the lock.
+    let found_lost = lost.is_none() && matches!(released, Ok(ReleaseOutcome::NotHeld));
+    if found_lost && !out.json {
+        eprintln!(
+            "distlock: lock '{key}' was no longer held when the command ended (it expired or was released by force); the command's end may have run without it"
+        );
+    }
+    let code = match (&status, lost.is_some() || found_lost, on_lost) {
+        (_, true, OnLost::Term | OnLost::Kill) => exit::LOST,
         (Ok(s), _, _) => exit::for_status(*s),
         (Err(_), _, _) => exit::BACKEND,
     };
@@ -253,7 +353,7 @@ async fn finish(
             "key": key,
             "exit_code": code,
             "command_status": status.as_ref().ok().and_then(|s| s.code()),
-            "lost": lost.map(|r| r.to_string()),
+            "lost": lost.map(|r| r.to_string()).or(found_lost.then(|| "not held at release".to_owned())),
             "released": match &released {
                 Ok(o) => json!(*o == ReleaseOutcome::Released),
                 Err(e) => json!({ "error": e.to_string() }),

@@ -177,6 +177,127 @@ fn run_stops_the_command_when_the_lock_is_lost() {
     assert!(err.contains("lost"), "{err}");
 }
 
+/// The owner of `run`'s lock on `name`, once `run` holds it.
+fn holder_of(url: &str, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let i = json(
+            &distlock(url).args(["--json", "inspect", "--lock", name]).output().expect("inspect").stdout,
+        );
+        if let Some(o) = i["owner"].as_str() {
+            return o.to_owned();
+        }
+        assert!(Instant::now() < deadline, "run never took the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `run`'s exit status, within `limit`.
+fn exit_of(run: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = run.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(start.elapsed() < limit, "run did not end within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_stops_what_the_command_started_when_the_lock_is_lost() {
+    let (d, url) = file_backend();
+    let out = d.path().join("out");
+    // The shell's background loop is a grandchild of distlock: it must stop with the shell.
+    let script = format!("while :; do echo x >> {}; sleep 0.1; done & wait", out.display());
+    let mut run = distlock(&url)
+        .args(["run", "--lock", "tree", "--ttl", "1s", "--kill-grace", "1s", "--", "sh", "-c", &script])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
+    let owner = holder_of(&url, "tree");
+    assert!(distlock(&url)
+        .args(["release", "--lock", "tree", "--owner", &owner])
+        .status()
+        .expect("release")
+        .success());
+    assert_eq!(exit_of(&mut run, Duration::from_secs(15)).code(), Some(70));
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let before = size(&out);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(size(&out), before, "the command's background loop runs on after the lock was lost");
+}
+
+#[test]
+fn run_stops_what_the_command_left_running_before_it_releases() {
+    let (d, url) = file_backend();
+    let pid_file = d.path().join("pid");
+    let script = format!("sleep 60 & echo $! > {}; exit 0", pid_file.display());
+    let status = distlock(&url)
+        .args(["run", "--lock", "left", "--kill-grace", "1s", "--", "sh", "-c", &script])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(0));
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file");
+    let alive =
+        Command::new("kill").args(["-0", pid.trim()]).stderr(Stdio::null()).status().expect("kill -0");
+    assert!(!alive.success(), "the command's background sleep outlived the run (and the lock)");
+}
+
+#[test]
+fn run_reports_a_loss_found_only_at_release() {
+    let (_d, url) = file_backend();
+    // Renewal every 10 s: the command ends long before a renewal could see the loss.
+    let mut run = distlock(&url)
+        .args(["run", "--lock", "late", "--ttl", "30s", "--", "sleep", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    holder_of(&url, "late");
+    assert!(distlock(&url).args(["force-release", "--lock", "late"]).status().expect("force").success());
+    assert_eq!(exit_of(&mut run, Duration::from_secs(15)).code(), Some(70), "a loss was reported as success");
+    let mut err = String::new();
+    run.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    assert!(err.contains("no longer held"), "{err}");
+}
+
+#[test]
+fn release_of_several_names_releases_the_others_when_one_fails() {
+    let (d, url) = file_backend();
+    let out = distlock(&url)
+        .args(["--json", "acquire", "--lock", "a", "--lock", "b", "--ttl", "60s"])
+        .output()
+        .expect("acquire");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let owner = json(&out.stdout)["owner"].as_str().expect("owner").to_owned();
+    // Another process holds a's record file (its flock): a's release fails.
+    let digest = Command::new("sh").args(["-c", "printf %s a | sha256sum"]).output().expect("sha256sum");
+    let file = d.path().join(format!("{}.lock", &String::from_utf8_lossy(&digest.stdout)[..32]));
+    assert!(file.exists(), "{} is not a's record file", file.display());
+    let mut holder = Command::new("flock")
+        .args(["-x", "-o"])
+        .arg(&file)
+        .args(["sleep", "30"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("flock").args(["-n"]).arg(&file).arg("true").status().expect("flock -n").success() {
+        assert!(Instant::now() < deadline, "flock(1) never took the file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = distlock(&url)
+        .args(["release", "--lock", "a", "--lock", "b", "--owner", &owner])
+        .output()
+        .expect("release");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+    let i =
+        json(&distlock(&url).args(["--json", "inspect", "--lock", "b"]).output().expect("inspect").stdout);
+    assert_eq!(i["held"], false, "b was left held because a's release failed first");
+}
+
 #[test]
 fn bad_input_and_unreachable_backends_have_their_exit_codes() {
     let (_d, url) = file_backend();
