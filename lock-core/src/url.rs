@@ -188,7 +188,7 @@ impl ConnectUrl {
             };
             options.push((k.to_owned(), percent_decode(v)));
         }
-        Ok(Self { scheme, user, password, hosts, path: path.to_owned(), options })
+        Ok(Self { scheme, user, password, hosts, path: percent_decode(path), options })
     }
 
     /// The URL with the password replaced by `***`.
@@ -204,7 +204,8 @@ impl ConnectUrl {
         s.push_str(&self.path);
         if !self.options.is_empty() {
             // An option value may be a URL with credentials of its own (an endpoint).
-            let q: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={}", redact_url(v))).collect();
+            let q: Vec<String> =
+                self.options.iter().map(|(k, v)| format!("{k}={}", redact_option(k, v))).collect();
             s.push('?');
             s.push_str(&q.join("&"));
         }
@@ -429,7 +430,34 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-use redact_url as redact;
+/// What an error shows of a URL given as text: the password and the values of options whose
+/// name says they may be secret (`password`, `secret_key`, `token`…) as `***`.
+fn redact(url: &str) -> String {
+    let r = redact_url(url);
+    let from = r.rfind('@').map_or(0, |i| i + 1);
+    let Some(q) = r[from..].find('?').map(|i| from + i) else { return r };
+    let pairs: Vec<String> = r[q + 1..]
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => format!("{k}={}", redact_option(k, v)),
+            None => pair.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", &r[..q], pairs.join("&"))
+}
+
+/// An option's value as errors and logs show it: `***` when the option's name says it may be
+/// a secret, else with any credentials of a URL in it hidden.
+fn redact_option(key: &str, value: &str) -> String {
+    let k = key.to_ascii_lowercase();
+    let secret =
+        ["pass", "pwd", "secret", "token", "key", "cred", "auth", "sig"].iter().any(|s| k.contains(s));
+    if secret {
+        "***".to_owned()
+    } else {
+        redact_url(value)
+    }
+}
 
 /// Percent-encodes a user name or password for a client crate's URL.
 pub fn encode_userinfo(s: &str) -> String {
@@ -475,6 +503,28 @@ mod tests {
         assert!(f.hosts.is_empty());
         assert_eq!(f.path, "/var/lib/distlock");
         assert_eq!(ConnectUrl::parse("mem://").unwrap().hosts.len(), 0);
+    }
+
+    #[test]
+    fn secret_looking_option_values_never_show() {
+        let u = ConnectUrl::parse("redis://h?password=s3cret&secret_key=k3y&namespace=app").unwrap();
+        assert_eq!(u.redacted(), "redis://h?password=***&secret_key=***&namespace=app");
+        assert!(!format!("{u:?}").contains("s3cret"));
+        let e = u.check_options(&["namespace"]).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown option 'password'") && !e.contains("s3cret") && !e.contains("k3y"),
+            "{e}"
+        );
+        let e = ConnectUrl::parse("redis://h:0?token=t0ken").unwrap_err().to_string();
+        assert!(e.contains("port '0'") && !e.contains("t0ken"), "{e}");
+        let e = ConnectUrl::parse("redis://u:pw@h:0?endpoint=http://a:b%40c&auth=x").unwrap_err().to_string();
+        assert!(!e.contains("pw") && !e.contains("auth=x"), "{e}");
+    }
+
+    #[test]
+    fn the_path_is_percent_decoded() {
+        assert_eq!(ConnectUrl::parse("file:///srv/my%20locks").unwrap().path, "/srv/my locks");
+        assert_eq!(ConnectUrl::parse("file:///srv/my locks").unwrap().path, "/srv/my locks");
     }
 
     #[test]
