@@ -17,7 +17,7 @@ pub(crate) struct Args {
     /// The backend being moved to.
     #[arg(long)]
     to: String,
-    /// Only keys under this prefix (default: all).
+    /// Only keys under this prefix, under the URLs' `namespace=` if they name one (default: all).
     #[arg(long, default_value = "")]
     prefix: String,
     /// Show what would be raised, change nothing.
@@ -31,10 +31,14 @@ pub(crate) async fn exec(out: &Out, args: &Args) -> ExitCode {
         (Ok(o), Ok(n)) => (o, n),
         (Err(e), _) | (_, Err(e)) => return out.fail(&e),
     };
+    // The prefix is under the URLs' namespace, as every name is.
+    if let Err(e) = distlock::migration::same_namespace(&old, &new) {
+        return out.fail(&e);
+    }
     let moves = match migrate_tokens(
         old.backend().as_ref(),
         new.backend().as_ref(),
-        &args.prefix,
+        &old.full_prefix(&args.prefix),
         args.dry_run,
     )
     .await

@@ -616,3 +616,35 @@ fn migrate_tokens_raises_the_new_backends_counters_above_the_old() {
         .expect("unreachable");
     assert!(!out.status.success());
 }
+
+#[test]
+fn migrate_tokens_takes_the_prefix_under_the_urls_namespace() {
+    let (_old_dir, old) = file_backend();
+    let (_new_dir, new) = file_backend();
+    let (old_ns, new_ns) = (format!("{old}&namespace=app"), format!("{new}&namespace=app"));
+    let out = distlock(&old_ns).args(["run", "--lock", "jobs/a", "--", "true"]).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = distlock(&new)
+        .args([
+            "--json",
+            "migrate-tokens",
+            "--from",
+            &old_ns,
+            "--to",
+            &new_ns,
+            "--prefix",
+            "jobs/",
+            "--dry-run",
+        ])
+        .output()
+        .expect("migrate-tokens");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out.stdout);
+    assert_eq!(v["keys"].as_array().map(Vec::len), Some(1), "app/jobs/a under the prefix jobs/: {v}");
+    // Two namespaces would carry counters to other names: refused.
+    let out = distlock(&new)
+        .args(["migrate-tokens", "--from", &old_ns, "--to", &new, "--dry-run"])
+        .output()
+        .expect("migrate-tokens");
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+}

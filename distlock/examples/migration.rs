@@ -9,11 +9,9 @@
 //! cargo run -p distlock --example migration     # default: mem://old → file backend in a temp dir
 //! ```
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use distlock::migration::{MigrationBackend, Primary};
-use distlock::LockClient;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> distlock::Result<()> {
@@ -24,11 +22,7 @@ async fn main() -> distlock::Result<()> {
     let new = distlock::connect(&new_url).await?;
 
     // Phase 1 ("both"): every process holds locks on both; tokens still come from the old one.
-    let both = LockClient::from_arc(Arc::new(MigrationBackend::new(
-        old.backend().clone(),
-        new.backend().clone(),
-        Primary::Old,
-    )));
+    let both = MigrationBackend::client(&old, &new, Primary::Old, false)?;
     let g = both.lock("jobs/import").ttl(Duration::from_secs(30)).acquire().await?;
     println!("migrating process holds the lock (token {} from {})", g.fencing_token(), old.backend_name());
     println!("an old-only process gets it? {}", old.lock("jobs/import").try_acquire().await?.is_some());

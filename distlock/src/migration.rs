@@ -94,6 +94,32 @@ impl Parts {
 }
 
 impl MigrationBackend {
+    /// The client of phase 1 over two configured clients (as [`connect`](crate::connect)
+    /// returns them): it takes every lock on both backends, under their namespace, with
+    /// `old`'s default TTL, tokens from `primary`, and with `carry_tokens` as
+    /// [`carry_tokens`](Self::carry_tokens) says. Prefer it to [`new`](Self::new) over the
+    /// clients' backends, which would drop the namespace.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the two clients' namespaces differ: a name would then be
+    /// two different locks on the two backends, and a process still on one backend alone
+    /// would not exclude a migrating one.
+    pub fn client(
+        old: &lock_core::LockClient,
+        new: &lock_core::LockClient,
+        primary: Primary,
+        carry_tokens: bool,
+    ) -> Result<lock_core::LockClient> {
+        same_namespace(old, new)?;
+        let both =
+            Self::new(old.backend().clone(), new.backend().clone(), primary).carry_tokens(carry_tokens);
+        let client = lock_core::LockClient::new(both).with_default_ttl(old.default_ttl())?;
+        match old.namespace() {
+            "" => Ok(client),
+            ns => client.with_namespace(ns),
+        }
+    }
+
     /// A migration lock from `old` to `new`, with tokens from `primary`.
     pub fn new(old: Arc<dyn LockBackend>, new: Arc<dyn LockBackend>, primary: Primary) -> Self {
         Self { old, new, primary, carry_tokens: false }
@@ -319,6 +345,21 @@ pub struct TokenMove {
     pub old: lock_core::FencingToken,
     /// The new backend's counter after raising it (`None` in a dry run).
     pub new: Option<lock_core::FencingToken>,
+}
+
+/// Refuses two clients of a migration whose namespaces differ.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming both namespaces.
+pub fn same_namespace(old: &lock_core::LockClient, new: &lock_core::LockClient) -> Result<()> {
+    if old.namespace() == new.namespace() {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig(format!(
+        "the old backend's namespace '{}' and the new one's '{}' differ: the same name would be two different locks",
+        old.namespace(),
+        new.namespace()
+    )))
 }
 
 /// Raises, for every key under `prefix` that the old backend has issued tokens for, the new

@@ -182,6 +182,25 @@ fn lock_local_memory() -> distlock::lock_local::MemoryBackend {
     distlock::lock_local::MemoryBackend::new()
 }
 
+/// The migration client over two configured clients keeps their namespace, so it excludes an
+/// unmigrated process of that namespace; clients of two namespaces are refused.
+#[tokio::test]
+async fn the_migration_client_keeps_the_namespace() {
+    let old = distlock::connect("mem://migration-ns-old?namespace=app").await.expect("old");
+    let new = distlock::connect("mem://migration-ns-new?namespace=app&ttl=10s").await.expect("new");
+    let both = MigrationBackend::client(&old, &new, Primary::Old, false).expect("client");
+    assert_eq!(both.namespace(), "app");
+    let held = old.lock("job").acquire().await.expect("unmigrated holder");
+    assert!(both.lock("job").try_acquire().await.expect("try").is_none(), "two holders of app/job");
+    let _ = held.release().await.expect("release");
+    let g = both.lock("job").acquire().await.expect("both");
+    assert!(new.lock("job").try_acquire().await.expect("try").is_none());
+    let _ = g.release().await.expect("release");
+    let other = distlock::connect("mem://migration-ns-other").await.expect("other");
+    let e = MigrationBackend::client(&old, &other, Primary::Old, false).expect_err("namespaces differ");
+    assert!(matches!(e, distlock::Error::InvalidConfig(_)) && e.to_string().contains("'app'"), "{e}");
+}
+
 #[tokio::test]
 async fn migrating_and_unmigrated_processes_exclude_each_other() {
     let old = distlock::lock_local::MemoryBackend::new();

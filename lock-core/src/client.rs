@@ -78,6 +78,25 @@ impl LockClient {
         Ok(self)
     }
 
+    /// This client's namespace (`""` for none).
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_str()
+    }
+
+    /// `prefix` (a name prefix) under this client's namespace: the prefix of full keys, as the
+    /// backend's listing and fencing counters name them.
+    pub fn full_prefix(&self, prefix: &str) -> String {
+        match self.namespace.as_str() {
+            "" => prefix.to_owned(),
+            ns => format!("{ns}/{prefix}"),
+        }
+    }
+
+    /// The TTL used by locks that name none.
+    pub fn default_ttl(&self) -> Duration {
+        self.default_ttl
+    }
+
     /// Sets the TTL used by locks that name none.
     ///
     /// # Errors
@@ -217,10 +236,7 @@ impl LockClient {
                 capability: "listing locks".into(),
             });
         }
-        let full = match self.namespace.as_str() {
-            "" => prefix.to_owned(),
-            ns => format!("{ns}/{prefix}"),
-        };
+        let full = self.full_prefix(prefix);
         let mut out = Vec::new();
         let mut cursor = None;
         loop {
