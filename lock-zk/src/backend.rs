@@ -231,9 +231,11 @@ impl LockBackend for ZkBackend {
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
         let s = self.session().await?;
         let Some(path) = self.path_of(&s, lease).await? else { return Ok(ReleaseOutcome::NotHeld) };
-        let outcome = match s.call(|c| c.delete(&path, None)).await {
-            Ok(()) => ReleaseOutcome::Released,
-            Err(zookeeper_client::Error::NoNode) => ReleaseOutcome::NotHeld,
+        // A delete lost with its connection is sent again after the reconnect (for up to a
+        // session timeout here, then in the background): the node must not outlive the call.
+        let outcome = match s.delete_surely(&path, Some(s.timeout())).await {
+            Ok(true) => ReleaseOutcome::Released,
+            Ok(false) => ReleaseOutcome::NotHeld,
             Err(e) => return Err(zk_err("delete", &path, e)),
         };
         // The node is gone: the lease's signal says so now, not only once its watcher has

@@ -156,16 +156,16 @@ impl ZkBackend {
         let Ok(s) = self.session().await else { return };
         for (dir, stem) in places {
             if let Ok(Some(c)) = self.find(&s, dir, stem, true).await {
-                let _ = s.call(|client| client.delete(&c.path, None)).await;
+                let _ = s.delete_surely(&c.path, Some(s.timeout())).await;
             }
         }
     }
 
     /// Deletes our node (in the background if this is dropped first).
     pub(crate) fn undo(&self, s: &Arc<Session>, path: &str) -> UndoOnDrop {
-        let (client, path) = (s.client.clone(), path.to_owned());
+        let (s, path) = (s.clone(), path.to_owned());
         UndoOnDrop::new(async move {
-            let _ = client.delete(&path, None).await;
+            let _ = s.delete_surely(&path, None).await;
         })
     }
 

@@ -22,6 +22,7 @@
 //! another number is not detected.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lock_core::{AcquireRequest, Attempt, Error, Instant, Lease, LockKey, LossReason, Result};
 
@@ -57,12 +58,22 @@ impl ZkBackend {
             drop(mj.undo);
             return Ok(Attempt::Held { expires_in: None });
         }
-        let got = self.take_permit(&mj.s, req, limit, None).await;
-        self.leave(mj).await;
-        Ok(match got? {
-            Some(lease) => Attempt::Acquired(lease),
-            None => Attempt::Held { expires_in: None },
-        })
+        match self.take_permit(&mj.s, req, limit, None).await {
+            Ok(Some(lease)) => {
+                // Nothing awaited between the grant and its return, so that a call dropped now
+                // cannot lose the lease (and with it the permit): the mutex node goes in the
+                // background.
+                drop(mj.undo);
+                Ok(Attempt::Acquired(lease))
+            }
+            other => {
+                self.leave(mj).await;
+                Ok(match other? {
+                    Some(lease) => Attempt::Acquired(lease),
+                    None => Attempt::Held { expires_in: None },
+                })
+            }
+        }
     }
 
     /// One turn for a permit, waiting until `deadline`: the mutex, then a permit. `retry`: an
@@ -90,8 +101,8 @@ impl ZkBackend {
 
     /// Deletes our node of a queue we only pass through (the semaphore's mutex).
     async fn leave(&self, j: Joined) {
-        match j.s.call(|c| c.delete(&j.child.path, None)).await {
-            Ok(()) | Err(zookeeper_client::Error::NoNode) => j.undo.disarm(),
+        match j.s.delete_surely(&j.child.path, Some(Duration::ZERO)).await {
+            Ok(_) => j.undo.disarm(),
             Err(_) => drop(j.undo), // tried again in the background
         }
     }
@@ -135,15 +146,17 @@ impl ZkBackend {
                 return Ok(Some(lease));
             }
             let (Some(deadline), Some(watcher)) = (deadline, watcher) else {
-                let _ = s.call(|c| c.delete(&child.path, None)).await;
-                undo.disarm();
+                if s.delete_surely(&child.path, Some(Duration::ZERO)).await.is_ok() {
+                    undo.disarm();
+                }
                 return Ok(None);
             };
             tokio::select! {
                 _ = watcher.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    let _ = s.call(|c| c.delete(&child.path, None)).await;
-                    undo.disarm();
+                    if s.delete_surely(&child.path, Some(Duration::ZERO)).await.is_ok() {
+                        undo.disarm();
+                    }
                     return Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: start.elapsed() });
                 }
                 _ = s.lost.fired() => {

@@ -202,6 +202,62 @@ impl Session {
         r
     }
 
+    /// Deletes our node at `path` as Curator's guaranteed delete does: a delete lost with its
+    /// connection (the server may never have seen it) is sent again once the client has
+    /// reconnected, until the server answers it or the session is lost (its nodes go with it,
+    /// or [`free_given_up`] deletes them). Waited for here up to `wait` (`None`: until then);
+    /// what is left goes on in the background. `Ok(true)`: deleted; `Ok(false)`: no such
+    /// node, or the session is lost.
+    ///
+    /// # Errors
+    /// The server's refusal, or the last lost connection once `wait` ran out (the delete goes
+    /// on in the background).
+    pub(crate) async fn delete_surely(
+        self: &Arc<Self>,
+        path: &str,
+        wait: Option<Duration>,
+    ) -> std::result::Result<bool, zookeeper_client::Error> {
+        let until = wait.map(|w| lock_core::lease::add_saturating(Instant::now(), w));
+        let r = self.delete_until(path, until).await;
+        if matches!(&r, Err(e) if resendable(e)) {
+            let (s, path) = (self.clone(), path.to_owned());
+            tokio::spawn(async move {
+                let _ = s.delete_until(&path, None).await;
+            });
+        }
+        r
+    }
+
+    /// [`Session::delete_surely`]'s resending, until `until` if given.
+    async fn delete_until(
+        &self,
+        path: &str,
+        until: Option<Instant>,
+    ) -> std::result::Result<bool, zookeeper_client::Error> {
+        use zookeeper_client::Error as Z;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.call(|c| c.delete(path, None)).await {
+                Ok(()) => return Ok(true),
+                Err(Z::NoNode | Z::SessionExpired) => return Ok(false),
+                Err(e) if resendable(&e) => {
+                    if self.lost.is_fired() {
+                        return Ok(false);
+                    }
+                    if until.is_some_and(|u| Instant::now() + pause >= u) {
+                        return Err(e);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.lost.fired() => return Ok(false),
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Whether our child at `path` still exists, and until when it certainly lives: without a
     /// request while more than half of the validity of the last answered request is left,
     /// otherwise after one `exists` on the child, bounded by a session timeout.
@@ -318,6 +374,13 @@ async fn free_given_up(session: std::sync::Weak<Session>, mut states: zookeeper_
         }
     }
     tracing::info!(backend = NAME, deleted, "a session given up came back; its nodes were deleted");
+}
+
+/// Whether a request that failed this way may not have reached the server, and may be sent
+/// again once the client has reconnected.
+fn resendable(e: &zookeeper_client::Error) -> bool {
+    use zookeeper_client::Error as Z;
+    matches!(e, Z::ConnectionLoss | Z::Timeout | Z::Throttled)
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

@@ -62,8 +62,9 @@ impl ZkBackend {
             tokio::select! {
                 _ = watcher.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    let _ = j.s.call(|c| c.delete(&j.child.path, None)).await;
-                    j.undo.disarm();
+                    if j.s.delete_surely(&j.child.path, Some(Duration::ZERO)).await.is_ok() {
+                        j.undo.disarm();
+                    }
                     return Err(Error::WaitTimedOut { key: key.full().to_owned(), waited: start.elapsed() });
                 }
                 _ = j.s.lost.fired() => return Err(lost()),

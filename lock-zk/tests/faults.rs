@@ -343,3 +343,55 @@ async fn the_leader_killed_with_queued_waiters() {
     assert!(tokens[1] != tokens[2], "two waiters got the same token: {tokens:?}");
     assert!(tokens[1..].iter().all(|t| *t > first), "tokens must exceed the first holder's: {tokens:?}");
 }
+
+/// A release whose delete was lost with its connection (the server never saw it) is sent
+/// again once the client has reconnected, as Curator's guaranteed delete does: on a session
+/// that lives on, the node would otherwise hold the lock for the session's whole life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_delete_was_lost_with_its_connection_is_sent_again() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
+    let a = client(&proxy.addr, Duration::from_secs(10)).await;
+    let b = client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let key = format!("lost-delete/{}", uuid::Uuid::new_v4().simple());
+    let g = a.lock(&key).acquire().await.expect("a holds");
+    proxy.stall();
+    let release = tokio::spawn(async move { g.release().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.heal();
+    let released = tokio::time::timeout(Duration::from_secs(15), release)
+        .await
+        .expect("release returned")
+        .expect("join");
+    assert_eq!(released.expect("the release is sent again after the reconnect"), ReleaseOutcome::Released);
+    let got = b.lock(&key).wait(Duration::from_secs(3)).acquire().await;
+    got.expect("a's node outlived its release").release().await.expect("release");
+}
+
+/// A semaphore `try_acquire` dropped right after its permit was granted (while it gives up
+/// the semaphore's mutex) loses no permit: the permit's node is deleted, not left for the
+/// session's life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_try_dropped_after_its_grant_leaks_no_permit() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
+    let a = client(&proxy.addr, Duration::from_secs(10)).await;
+    let c = client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let key = format!("try-permit/{}", uuid::Uuid::new_v4().simple());
+    // The first delete after the grant (the mutex node's) is never answered.
+    proxy.stall_at_next(support::proxy::DELETE);
+    let tried = tokio::time::timeout(Duration::from_secs(1), a.semaphore(&key, 1).try_acquire()).await;
+    drop(tried); // the guard, if the call returned one, or the call itself
+                 // Stalled long enough for every connection to see it (healed, each is closed).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.heal();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        if let Some(g) = c.semaphore(&key, 1).try_acquire().await.expect("try") {
+            g.release().await.expect("release");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dropped try's permit stays taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

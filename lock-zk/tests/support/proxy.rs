@@ -1,7 +1,8 @@
 //! A TCP proxy between a client and ZooKeeper that forwards its framed protocol; it can cut
 //! every connection, swallow the reply to chosen requests (closing the connection instead, as
 //! a lost reply does), or stall: forward nothing either way, as if the client's process were
-//! paused, until the server has expired the client's session.
+//! paused, until the server has expired the client's session (at once, or from a chosen
+//! request on).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,6 +16,8 @@ use tokio::sync::watch;
 pub const CREATE: &[i32] = &[1, 15, 19, 21];
 /// Opcodes of the requests that list children: getChildren, getChildren2.
 pub const LIST: &[i32] = &[8, 12];
+/// The opcode of a delete.
+pub const DELETE: &[i32] = &[2];
 
 /// What the connections of one proxy share.
 struct Ctl {
@@ -25,6 +28,8 @@ struct Ctl {
     /// How many connections to a server are open.
     open: watch::Sender<usize>,
     rules: Mutex<VecDeque<&'static [i32]>>,
+    /// Stall from the next request with one of these opcodes on (that request not forwarded).
+    stall_at: Mutex<Option<&'static [i32]>>,
     swallowed: AtomicUsize,
     next: AtomicUsize,
 }
@@ -52,6 +57,7 @@ impl ZkProxy {
             stall: watch::channel(false).0,
             open: watch::channel(0).0,
             rules: Mutex::default(),
+            stall_at: Mutex::default(),
             swallowed: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
         });
@@ -88,6 +94,12 @@ impl ZkProxy {
     pub fn stall(&self) {
         self.ctl.stalled.store(true, Ordering::SeqCst);
         self.ctl.stall.send_replace(true);
+    }
+
+    /// Stalls (as [`ZkProxy::stall`]) from the next request with one of `opcodes` on; that
+    /// request is not forwarded.
+    pub fn stall_at_next(&self, opcodes: &'static [i32]) {
+        *self.ctl.stall_at.lock().expect("stall_at") = Some(opcodes);
     }
 
     /// Resolves once no connection to a server is open: during a stall, once the server has
@@ -187,6 +199,14 @@ async fn forward_up(
 ) {
     let mut first = true;
     while let Some(frame) = read_frame(&mut cr).await {
+        if let (false, Some(op)) = (first, int(&frame, 8)) {
+            let mut at = c.stall_at.lock().expect("stall_at");
+            if at.is_some_and(|ops| ops.contains(&op)) {
+                *at = None;
+                c.stalled.store(true, Ordering::SeqCst);
+                c.stall.send_replace(true);
+            }
+        }
         if c.stalled.load(Ordering::SeqCst) {
             continue;
         }
