@@ -98,13 +98,15 @@ async fn read_first_watched(s: &Session, dir: &str, mode: Mode) -> Result<Watche
     loop {
         let mut watches = Vec::new();
         let mut proclaimed = Vec::new();
+        // No election node when its data was read (a data watch is then set on nothing).
+        let mut unwatched = false;
         if mode == Mode::Leader {
             match s.call(|c| c.get_and_watch_data(dir)).await {
                 Ok((data, _, on_proclaim)) => {
                     proclaimed = data;
                     watches.push(on_proclaim);
                 }
-                Err(zookeeper_client::Error::NoNode) => {}
+                Err(zookeeper_client::Error::NoNode) => unwatched = true,
                 Err(e) => return Err(zk_err("watch", dir, e)),
             }
         }
@@ -117,6 +119,10 @@ async fn read_first_watched(s: &Session, dir: &str, mode: Mode) -> Result<Watche
             },
             Err(e) => return Err(zk_err("watch", dir, e)),
         };
+        if unwatched {
+            // Made between the two reads: read again, so that a proclaim is watched too.
+            continue;
+        }
         let (names, on_children) = children;
         for name in in_sequence_order(names) {
             let path = format!("{dir}/{name}");

@@ -217,3 +217,32 @@ async fn an_observer_ends_with_an_error_when_its_session_ends() {
     assert!(after.is_none(), "the stream went on after its error: {after:?}");
     proxy.heal();
 }
+
+/// An observer whose first read found no election node, while a candidate made it right
+/// after, still sees the leader's later proclaims (the election node's data is watched once it
+/// exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_that_started_before_the_election_existed_sees_proclaims() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
+    let watcher: LockClient = support::client(&proxy.addr, Duration::from_secs(10)).await;
+    let candidate: LockClient = support::client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let name = support::key("observe-before");
+    // The observer's read of the (absent) election node answers late: the candidate makes the
+    // election in between.
+    proxy.delay_next(support::proxy::GET_DATA, Duration::from_millis(800));
+    let mut seen = watcher.election(&name).observe().await.expect("observe");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lead = candidate.election(&name).campaign("v1").await.expect("campaign");
+    let mut latest = None;
+    while latest.as_deref() != Some("v1") {
+        let item = tokio::time::timeout(Duration::from_secs(5), seen.next()).await.expect("an item");
+        latest = item.expect("open").expect("state").and_then(|l| l.value);
+    }
+    candidate.election(&name).proclaim(&lead, "v2").await.expect("proclaim");
+    let item =
+        tokio::time::timeout(Duration::from_secs(3), seen.next()).await.expect("the proclaim was never seen");
+    let v = item.expect("open").expect("state").and_then(|l| l.value);
+    assert_eq!(v.as_deref(), Some("v2"));
+    lead.release().await.expect("release");
+}

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 
 /// Opcodes of the requests that create a node: create, create2, createContainer, createTTL.
 pub const CREATE: &[i32] = &[1, 15, 19, 21];
+/// The opcode of getData.
+pub const GET_DATA: &[i32] = &[4];
 /// Opcodes of the requests that list children: getChildren, getChildren2.
 pub const LIST: &[i32] = &[8, 12];
 /// The opcode of a delete.
@@ -30,6 +32,9 @@ struct Ctl {
     rules: Mutex<VecDeque<&'static [i32]>>,
     /// Stall from the next request with one of these opcodes on (that request not forwarded).
     stall_at: Mutex<Option<&'static [i32]>>,
+    /// Hold the reply to the next request with one of these opcodes this long (and the replies
+    /// after it on its connection).
+    delay: Mutex<Option<(&'static [i32], std::time::Duration)>>,
     swallowed: AtomicUsize,
     next: AtomicUsize,
 }
@@ -58,6 +63,7 @@ impl ZkProxy {
             open: watch::channel(0).0,
             rules: Mutex::default(),
             stall_at: Mutex::default(),
+            delay: Mutex::default(),
             swallowed: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
         });
@@ -100,6 +106,12 @@ impl ZkProxy {
     /// request is not forwarded.
     pub fn stall_at_next(&self, opcodes: &'static [i32]) {
         *self.ctl.stall_at.lock().expect("stall_at") = Some(opcodes);
+    }
+
+    /// Holds the reply to the next request with one of `opcodes` for `d` (the request itself
+    /// reaches the server at once).
+    pub fn delay_next(&self, opcodes: &'static [i32], d: std::time::Duration) {
+        *self.ctl.delay.lock().expect("delay") = Some((opcodes, d));
     }
 
     /// Resolves once no connection to a server is open: during a stall, once the server has
@@ -165,8 +177,9 @@ async fn serve(client: TcpStream, upstream: String, ctl: Arc<Ctl>) {
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let noted: Arc<Mutex<HashSet<i32>>> = Arc::default();
-    let up = forward_up(cr, sw, ctl.clone(), noted.clone());
-    let down = forward_down(sr, cw, ctl.clone(), noted);
+    let delayed: Delayed = Arc::default();
+    let up = forward_up(cr, sw, ctl.clone(), noted.clone(), delayed.clone());
+    let down = forward_down(sr, cw, ctl.clone(), noted, delayed);
     tokio::pin!(down);
     let mut stall2 = ctl.stall.subscribe();
     let mut cut2 = ctl.cut.subscribe();
@@ -189,6 +202,9 @@ async fn serve(client: TcpStream, upstream: String, ctl: Arc<Ctl>) {
     }
 }
 
+/// The replies of one connection to hold back, by xid, and for how long.
+type Delayed = Arc<Mutex<std::collections::HashMap<i32, std::time::Duration>>>;
+
 /// Client to server: notes the xid of a request the first rule matches (the opcode is the int
 /// after the xid); forwards nothing while stalled. The first frame is the connect request.
 async fn forward_up(
@@ -196,6 +212,7 @@ async fn forward_up(
     mut sw: tokio::net::tcp::OwnedWriteHalf,
     c: Arc<Ctl>,
     pending: Arc<Mutex<HashSet<i32>>>,
+    delayed: Delayed,
 ) {
     let mut first = true;
     while let Some(frame) = read_frame(&mut cr).await {
@@ -217,6 +234,10 @@ async fn forward_up(
                     rules.pop_front();
                     pending.lock().expect("noted").insert(xid);
                 }
+                let mut delay = c.delay.lock().expect("delay");
+                if let Some((_, d)) = delay.take_if(|(ops, _)| ops.contains(&op)) {
+                    delayed.lock().expect("delayed").insert(xid, d);
+                }
             }
         }
         first = false;
@@ -233,6 +254,7 @@ async fn forward_down(
     mut cw: tokio::net::tcp::OwnedWriteHalf,
     c: Arc<Ctl>,
     noted: Arc<Mutex<HashSet<i32>>>,
+    delayed: Delayed,
 ) {
     let mut first = true;
     while let Some(frame) = read_frame(&mut sr).await {
@@ -241,6 +263,10 @@ async fn forward_down(
         }
         if !first {
             if let Some(xid) = int(&frame, 4) {
+                let hold = delayed.lock().expect("delayed").remove(&xid);
+                if let Some(d) = hold {
+                    tokio::time::sleep(d).await;
+                }
                 if noted.lock().expect("noted").remove(&xid) {
                     c.swallowed.fetch_add(1, Ordering::SeqCst);
                     return;
