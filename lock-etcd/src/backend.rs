@@ -329,9 +329,27 @@ impl EtcdBackend {
         let (new_id, new_secs) = self.grant(ttl).await?;
         let txn = pb::TxnRequest::when([pb::Compare::create_revision_is(key, token_rev(lease))])
             .and_then([pb::RequestOp::move_to_lease(key, new_id)]);
-        if !self.call("txn", || self.client().txn(txn.clone())).await?.succeeded {
-            self.revoke(new_id).await;
-            return Ok(ExtendOutcome::NotHeld);
+        match self.call("txn", || self.client().txn(txn.clone())).await {
+            Ok(r) if r.succeeded => {}
+            Ok(_) => {
+                self.revoke(new_id).await;
+                return Ok(ExtendOutcome::NotHeld);
+            }
+            // The move may have been carried out with its reply lost: where the key is now
+            // decides. Unknown, the new lease is left to expire; the next renewal finds the
+            // key off the lease it renews and reports the grant lost (`held_still`).
+            Err(e) => match self.key_lease(key, token_rev(lease)).await {
+                Ok(Some(on)) if on == new_id => {}
+                Ok(Some(_)) => {
+                    self.revoke(new_id).await;
+                    return Err(e);
+                }
+                Ok(None) => {
+                    self.revoke(new_id).await;
+                    return Ok(ExtendOutcome::NotHeld);
+                }
+                Err(_) => return Err(e),
+            },
         }
         *held.lease.lock().unwrap_or_else(|p| p.into_inner()) = (new_id, new_secs);
         self.revoke(old_id).await;

@@ -139,15 +139,17 @@ impl EtcdBackend {
         Ok(self.call("txn", || self.client().txn(txn.clone())).await?.succeeded)
     }
 
-    /// Whether `key` is still the key created at revision `rev`.
-    pub(crate) async fn created_at(&self, key: &str, rev: i64) -> Result<bool> {
-        let r = self.call("get", || self.client().range(RangeRequest::key(key).without_values())).await?;
-        Ok(r.kvs.first().is_some_and(|kv| kv.create_revision == rev))
+    /// Whether the grant of `held` is still there and ours: its key at its create revision,
+    /// on the lease `held` renews (a TTL change whose outcome was unknown may have moved it to
+    /// another, which nothing renews).
+    pub(crate) async fn held_still(&self, held: &Held, lease: &Lease) -> Result<bool> {
+        Ok(self.key_lease(&held.etcd_key, token_rev(lease)).await? == Some(held.lease().0))
     }
 
-    /// Whether the grant of `held` is still there and ours: its key at its create revision.
-    pub(crate) async fn held_still(&self, held: &Held, lease: &Lease) -> Result<bool> {
-        self.created_at(&held.etcd_key, token_rev(lease)).await
+    /// The lease of `key` if it is still the key created at revision `rev`.
+    pub(crate) async fn key_lease(&self, key: &str, rev: i64) -> Result<Option<i64>> {
+        let r = self.call("get", || self.client().range(RangeRequest::key(key).without_values())).await?;
+        Ok(r.kvs.first().filter(|kv| kv.create_revision == rev).map(|kv| kv.lease))
     }
 
     /// Deletes a held lock's key with a plain delete, as etcd's own `Mutex.Unlock` does; true

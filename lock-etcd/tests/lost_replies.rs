@@ -9,8 +9,8 @@ mod support;
 use std::time::Duration;
 
 use conformance_tests::fixtures::etcd::EtcdCluster;
-use lock_core::{LockClient, ReleaseOutcome};
-use lock_etcd::{EtcdBackend, EtcdOptions};
+use lock_core::{Instant, LockClient, ReleaseOutcome};
+use lock_etcd::{EtcdBackend, EtcdOptions, LeaseMode};
 use support::proxy::Proxy;
 use support::{keys_under, MODES};
 
@@ -47,4 +47,46 @@ async fn a_try_acquire_whose_reply_was_lost_leaves_no_grant() {
         });
         assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
     }
+}
+
+/// A per-lock TTL change moves the key to a new lease; when that move is carried out but its
+/// reply is lost, the holder must not go on renewing the old lease and trusting it: the key
+/// now dies with the new one. Either the move is recognised, or the grant is reported lost;
+/// never two holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_lock_ttl_change_whose_reply_was_lost_never_leaves_two_holders() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let raw = support::raw(&eps).await;
+    let proxy = Proxy::start(&eps[0]).await;
+    let opts = EtcdOptions::new([&proxy.endpoint])
+        .lease_mode(LeaseMode::PerLock)
+        .request_timeout(Duration::from_secs(1));
+    let a = LockClient::new(EtcdBackend::connect(opts).await.expect("connect through the proxy"));
+    let name = "ttl-move";
+    let g = a.lock(name).ttl(Duration::from_secs(30)).acquire().await.expect("acquire");
+    let keys = keys_under(&raw, &format!("{name}/")).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // Only the move's put carries the key followed by a lease field (tag 0x18).
+    let mut marker = keys[0].0.clone().into_bytes();
+    marker.push(0x18);
+    proxy.partition_after_request_with(&marker);
+    let shortened = g.extend(Duration::from_secs(3)).await;
+    assert!(shortened.is_err(), "the move's reply was lost: {shortened:?}");
+    proxy.heal();
+    let moved = keys_under(&raw, &format!("{name}/")).await;
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_ne!(moved[0].2, keys[0].2, "the move was not carried out: the test proves nothing");
+    // The guard's next renewal, at the TTL it still believes in.
+    let _ = g.extend(Duration::from_secs(30)).await;
+    // The key dies with the 3 s lease; another client takes the lock.
+    let b = support::client(&eps, LeaseMode::PerLock).await;
+    let got = b.lock(name).ttl(Duration::from_secs(30)).wait(Duration::from_secs(10)).acquire().await;
+    let gb = got.expect("the key on the new lease expires");
+    assert!(
+        !g.is_held() || g.valid_until() <= Instant::now(),
+        "two holders: the first guard still trusts its grant for {:?}",
+        g.valid_until() - Instant::now()
+    );
+    gb.release().await.expect("release");
 }
