@@ -5,18 +5,23 @@
 //! No change after a report goes unseen: the watch starts just after the first read, so every
 //! later campaign, resignation, expiry and proclaim arrives on it and is followed by a read. The
 //! stream ends with an error when the watch breaks, is cancelled (its start revision compacted
-//! away) or a read fails; it holds only a client handle, not the backend (so it never keeps a
+//! away), falls silent (no answer to a progress request, as a waiter's watch is probed) or a
+//! read fails; it holds only a client handle, not the backend (so it never keeps a
 //! session alive), and stops when its receiver is dropped.
+
+use std::time::Duration;
 
 use futures::StreamExt;
 use lock_core::{
-    BackendErrorKind, Error, FencingToken, LockInfo, LockKey, Mode, ObserveStream, OwnerToken, Result,
+    BackendErrorKind, Error, FencingToken, Instant, LockInfo, LockKey, Mode, ObserveStream, OwnerToken,
+    Result,
 };
 use tokio::sync::mpsc;
 
 use crate::backend::EtcdBackend;
-use crate::error::{map_err, NAME};
+use crate::error::{map_err, token_expired, NAME};
 use crate::grants::{owner_of, stored_metadata};
+use crate::queue::PROBE_EVERY;
 use crate::rpc::pb::{RangeRequest, WatchCreateRequest};
 use crate::rpc::{self, WatchStream};
 
@@ -30,15 +35,23 @@ impl EtcdBackend {
         let ws = self
             .call("watch", || self.client().watch(WatchCreateRequest::changes_under(pfx.as_str(), rev + 1)))
             .await?;
-        tokio::spawn(follow(self.client().clone(), pfx, ws, first, tx));
+        tokio::spawn(follow(self.client().clone(), pfx, ws, first, tx, self.inner.opts.request_timeout));
         Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
             .boxed())
     }
 }
 
-/// The leader under `pfx` (the oldest key) and the revision read.
+/// The leader under `pfx` (the oldest key) and the revision read. An expired auth token (an
+/// observer may wait for longer than a token lasts) is renewed with a new login, once.
 async fn leader_at(client: &rpc::Client, pfx: &str) -> Result<(Option<LockInfo>, i64)> {
-    let r = client.range(RangeRequest::prefix(pfx).oldest_first().with_limit(1)).await.map_err(map_err)?;
+    let read = || client.range(RangeRequest::prefix(pfx).oldest_first().with_limit(1));
+    let r = match read().await {
+        Err(e) if client.has_credentials() && token_expired(&e) && client.refresh_token().await.is_ok() => {
+            read().await
+        }
+        r => r,
+    };
+    let r = r.map_err(map_err)?;
     let rev = r.header.map_or(0, |h| h.revision);
     let leader = r.kvs.first().map(|kv| {
         LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner_of(pfx, &kv.key), None)
@@ -53,22 +66,36 @@ fn watch_ended(why: &str) -> Error {
 }
 
 /// Sends `first`, then the leader after every change `ws` reports, until the receiver is
-/// dropped; ends with an error when the watch ends or a read fails.
+/// dropped; ends with an error when the watch ends, falls silent (a member paused or cut off
+/// answers no progress request within `answer`, asked after [`PROBE_EVERY`] without a
+/// message, as waiters do), or a read fails.
 async fn follow(
     client: rpc::Client,
     pfx: String,
     mut ws: WatchStream,
     first: Option<LockInfo>,
     tx: mpsc::Sender<Result<Option<LockInfo>>>,
+    answer: Duration,
 ) {
     if tx.send(Ok(first)).await.is_err() {
         return;
     }
+    // The next probe, or (after one was sent) the time by which the stream must answer.
+    let (mut probe, mut probing) = (Instant::now() + PROBE_EVERY, false);
     loop {
         let msg = tokio::select! {
             m = ws.message() => m,
+            _ = tokio::time::sleep_until(probe) => {
+                if probing || ws.request_progress().is_err() {
+                    let _ = tx.send(Err(watch_ended("fell silent (no answer to a progress request)"))).await;
+                    return;
+                }
+                (probe, probing) = (lock_core::lease::add_saturating(Instant::now(), answer), true);
+                continue;
+            }
             _ = tx.closed() => return,
         };
+        (probe, probing) = (Instant::now() + PROBE_EVERY, false);
         let item = match msg {
             Ok(Some(resp)) if resp.canceled => Err(watch_ended("was cancelled by the server")),
             Ok(Some(resp)) if resp.events.is_empty() => continue,

@@ -185,7 +185,7 @@ const COUNT_DOWN_MAX: i64 = 64;
 const FAN_OUT: usize = 4;
 
 /// How often a waiter checks that its watch stream still answers.
-const PROBE_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Completes when the waiter's lease is lost: `loss` fired, or the session ran past its TTL
 /// by our clock with no renewal (its keep-alive stopped: nobody else would say so).

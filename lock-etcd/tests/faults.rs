@@ -503,3 +503,53 @@ async fn cancelled_attempts_on_a_cluster_leave_no_orphan() {
     }
     assert!(cut > 0 && finished > 0, "the cuts missed the requests: {cut} cut, {finished} finished");
 }
+
+/// An observer whose watch stream falls silent (the member behind it paused or cut off, the
+/// connection still open) ends with an error within a few request timeouts: it never keeps
+/// reporting a leader that has resigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_whose_watch_falls_silent_ends_with_an_error() {
+    use futures::StreamExt;
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let proxy = support::proxy::Proxy::start(&eps[0]).await;
+    let opts = EtcdOptions::new([&proxy.endpoint]).request_timeout(Duration::from_secs(1));
+    let watcher = LockClient::new(EtcdBackend::connect(opts).await.expect("connect through the proxy"));
+    let direct = support::client(&eps, lock_etcd::LeaseMode::Session).await;
+    let a = direct.election("silent").campaign("a").await.expect("a leads");
+    let mut seen = watcher.election("silent").observe().await.expect("observe");
+    let first = seen.next().await.expect("first").expect("state").expect("a leader");
+    assert_eq!(first.value.as_deref(), Some("a"));
+    proxy.set(support::proxy::Mode::Blackhole);
+    a.release().await.expect("a resigns");
+    let b = direct.election("silent").campaign("b").await.expect("b leads");
+    let next = tokio::time::timeout(Duration::from_secs(8), seen.next()).await;
+    let next = next.expect("the observer stayed silent (and so kept reporting a, who resigned)");
+    assert!(matches!(next, Some(Err(_))), "{next:?}");
+    proxy.heal();
+    b.release().await.expect("release");
+}
+
+/// An observer outlives its auth token (observing sends nothing with it): the read of the new
+/// leader after a change logs in again instead of ending the stream with an auth error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_reads_the_new_leader_after_its_token_expired() {
+    use futures::StreamExt;
+    let etcd = EtcdCluster::single_with_flags(&["--auth-token-ttl=2"]).await.expect("etcd");
+    let eps = etcd.endpoints();
+    enable_root_auth(&eps).await;
+    let connect = || async {
+        let opts = EtcdOptions::new(&eps).credentials("root", "r00t-secret");
+        LockClient::new(EtcdBackend::connect(opts).await.expect("authenticated connect"))
+    };
+    let (watcher, candidate) = (connect().await, connect().await);
+    let mut seen = watcher.election("idle-observer").observe().await.expect("observe");
+    assert!(matches!(seen.next().await, Some(Ok(None))), "a fresh election is vacant");
+    // Idle past the token's TTL.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let lead = candidate.election("idle-observer").campaign("c").await.expect("campaign");
+    let next = tokio::time::timeout(Duration::from_secs(5), seen.next()).await.expect("an item");
+    let leader = next.expect("open").expect("the new leader, not an auth error").expect("a leader");
+    assert_eq!(leader.value.as_deref(), Some("c"));
+    lead.release().await.expect("release");
+}
