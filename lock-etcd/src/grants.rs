@@ -166,35 +166,41 @@ impl EtcdBackend {
             Mode::Permit { .. } => Some(RangeRequest::prefix(e.pfx.as_str()).count_only()),
             _ => None,
         };
-        let mut then = vec![RequestOp::put(key, e.value.clone(), e.lease), RequestOp::range(oldest)];
+        let mut then = vec![RequestOp::put(key, e.value.clone(), e.lease), RequestOp::range(oldest.clone())];
         then.extend(decide.map(RequestOp::range));
         let txn = TxnRequest::when([Compare::create_revision_is(key, 0)])
             .and_then(then)
-            .or_else([RequestOp::range(RangeRequest::key(key).without_values())]);
+            .or_else([RequestOp::range(RangeRequest::key(key).without_values()), RequestOp::range(oldest)]);
         let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
+        // A semaphore's holders must all ask for the oldest holder's number of permits.
+        let check_permits = |oldest: Option<&KeyValue>| match e.mode {
+            Mode::Permit { limit } => {
+                match oldest.filter(|kv| kv.key != key.as_bytes()).and_then(|kv| stored_limit(&kv.value)) {
+                    Some(held) if held != limit => {
+                        Err(Error::PermitsMismatch { key: e.pfx.clone(), asked: limit, held })
+                    }
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        };
         if !resp.succeeded {
-            // Our key exists: a retried put whose first reply was lost. Read where it stands.
+            // Our key exists: a retried put whose first reply was lost. Read where it stands,
+            // with the same check of the number of permits as the first try would have made.
             let Some(my_rev) = resp.first_kv(0).map(|kv| kv.create_revision) else {
                 return Ok((resp.revision(), false));
             };
+            check_permits(resp.first_kv(1))?;
             let (blocker, mine, _) = self.grant_view(e, my_rev).await?;
             return Ok((my_rev, mine && blocker.is_none()));
         }
         let my_rev = resp.revision();
         let oldest = resp.first_kv(1);
+        check_permits(oldest)?;
         let count = resp.range(2).map_or(0, |r| r.count);
         let holds = match e.mode {
             Mode::Read => count == 0,
-            Mode::Permit { limit } => {
-                if let Some(held) =
-                    oldest.filter(|kv| kv.key != key.as_bytes()).and_then(|kv| stored_limit(&kv.value))
-                {
-                    if held != limit {
-                        return Err(Error::PermitsMismatch { key: e.pfx.clone(), asked: limit, held });
-                    }
-                }
-                count <= i64::from(limit)
-            }
+            Mode::Permit { limit } => count <= i64::from(limit),
             _ => oldest.is_some_and(|kv| kv.key == key.as_bytes()),
         };
         Ok((my_rev, holds))

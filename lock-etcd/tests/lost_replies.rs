@@ -90,3 +90,28 @@ async fn a_per_lock_ttl_change_whose_reply_was_lost_never_leaves_two_holders() {
     );
     gb.release().await.expect("release");
 }
+
+/// A semaphore attempt whose reply was lost and whose retry finds its own key makes the same
+/// check of the number of permits as the first try: a holder asking for another number gets
+/// `PermitsMismatch`, never a permit beyond the semaphore's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_semaphore_attempt_still_checks_the_number_of_permits() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let a = support::client(&eps, LeaseMode::Session).await;
+    let held = a.semaphore("sem-retry", 1).acquire().await.expect("a holds the 1-permit semaphore");
+    let proxy = Proxy::start(&eps[0]).await;
+    let opts = EtcdOptions::new([&proxy.endpoint]).request_timeout(Duration::from_secs(3));
+    let b = LockClient::new(EtcdBackend::connect(opts).await.expect("connect through the proxy"));
+    let warm = b.lock("warm-up").acquire().await.expect("warm up");
+    warm.release().await.expect("release");
+    // B's put reaches etcd, its reply is lost, the connection is reset: the client retries.
+    proxy.partition_after_request_with(b"sem-retry#semaphore/");
+    let tried =
+        tokio::spawn(async move { b.semaphore("sem-retry", 3).try_acquire().await.map(|g| g.is_some()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.heal();
+    let got = tried.await.expect("join");
+    assert!(matches!(got, Err(lock_core::Error::PermitsMismatch { asked: 3, held: 1, .. })), "{got:?}");
+    held.release().await.expect("release");
+}
