@@ -12,8 +12,11 @@
 //!   only the renewals in it.
 //! - Each grant's outcome is its own: a key found gone in a batch fires that lock's loss alone.
 //! - A renewal whose guard was released or dropped before the batch went out is left out of it.
+//! - Each tokio runtime the client renews from has its own batcher task: a runtime left alive
+//!   but idle holds back only its own guards' renewals.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -33,15 +36,19 @@ struct Job {
     reply: oneshot::Sender<Result<ExtendOutcome>>,
 }
 
-/// A client's renewal batcher (shared by its clones); its task starts on first use.
+/// A client's renewal batcher (shared by its clones): one task per tokio runtime the
+/// client renews from, started there on first use. Each runtime batches its own guards'
+/// renewals, so a runtime left alive but idle (a current-thread runtime no one drives) holds
+/// back only its own.
 #[derive(Clone, Default)]
 pub(crate) struct Batcher {
-    tx: Arc<OnceLock<mpsc::UnboundedSender<Job>>>,
+    tx: Arc<Mutex<HashMap<tokio::runtime::Id, mpsc::UnboundedSender<Job>>>>,
 }
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").field("running", &self.tx.get().is_some()).finish()
+        let running = self.tx.lock().map_or(0, |m| m.len());
+        f.debug_struct("Batcher").field("runtimes", &running).finish()
     }
 }
 
@@ -58,11 +65,18 @@ impl Batcher {
         lease: Lease,
         ttl: Duration,
     ) -> Result<ExtendOutcome> {
-        let tx = self.tx.get_or_init(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(run(backend.clone(), rx));
-            tx
-        });
+        let tx = {
+            let mut all = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            // The batchers of runtimes that are gone.
+            all.retain(|_, tx| !tx.is_closed());
+            all.entry(tokio::runtime::Handle::current().id())
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    tokio::spawn(run(backend.clone(), rx));
+                    tx
+                })
+                .clone()
+        };
         let (reply, answer) = oneshot::channel();
         if tx.send(Job { lease: lease.clone(), ttl, reply }).is_err() {
             // The batcher's runtime is gone: renew on our own.

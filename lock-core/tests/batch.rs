@@ -129,3 +129,28 @@ async fn a_hung_batch_does_not_hold_back_the_next() {
     // The first lock's renewal hung until its validity ran out.
     assert!(!first.is_held());
 }
+
+/// A client used from two runtimes: the batcher its first renewal started on one runtime,
+/// which is then left alive but idle (a current-thread runtime no one drives), does not
+/// leave the other runtime's guards without renewal: each runtime batches its own.
+#[test]
+fn guards_on_another_runtime_renew_while_the_first_runtime_is_idle() {
+    let locks = LockClient::new(Batching::default());
+    let idle = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let first = idle.block_on(async {
+        let g = locks.lock("on-idle").ttl(Duration::from_millis(300)).auto_renew().acquire().await.unwrap();
+        // Past its first renewal: the batcher runs on this runtime.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        g
+    });
+    // `idle` stays alive, and nothing drives it from now on.
+    let main = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    main.block_on(async {
+        let g = locks.lock("on-main").ttl(Duration::from_millis(300)).auto_renew().acquire().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(g.is_held(), "renewal on the busy runtime waited for the idle one's batcher");
+        g.release().await.unwrap();
+    });
+    let _ = first.detach();
+    drop(idle);
+}
