@@ -85,6 +85,27 @@ impl Held {
     }
 }
 
+/// Refuses a name that would share a primitive's queue prefix (`<name>#semaphore/`,
+/// `#rwlock/`, `#election/`): one that ends in such a suffix, or holds it followed by `/`. A
+/// lock `a#election/x` would otherwise be the leader of election `a`.
+///
+/// # Errors
+/// [`Error::Unsupported`] naming the reserved part.
+pub(crate) fn not_reserved(key: &LockKey) -> Result<()> {
+    let name = key.full();
+    for suffix in ["#semaphore", "#rwlock", "#election"] {
+        if name.ends_with(suffix) || name.contains(&format!("{suffix}/")) {
+            return Err(Error::Unsupported {
+                backend: NAME,
+                capability: format!(
+                    "the name '{name}': '{suffix}' is reserved for primitives' queues on etcd"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// How long past two leases a crashed holder may block others, for a cluster with etcd's
 /// default election timeout (1 s, heartbeat 100 ms): the election after the leader dies (up
 /// to two election timeouts, as raft randomises it), the election timeout a new leader adds to
@@ -417,6 +438,7 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        not_reserved(&req.key)?;
         let sent = Instant::now();
         let (lease, granted, session) = self.lease_for(req).await?;
         if let Some(s) = session.as_ref().filter(|_| req.mode == Mode::Exclusive) {
@@ -440,10 +462,12 @@ impl LockBackend for EtcdBackend {
 
     /// One transaction puts every name's queue key and reads every queue (see `multi.rs`).
     async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {
+        reqs.iter().try_for_each(|r| not_reserved(&r.key))?;
         self.try_lock_all(reqs).await
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
+        not_reserved(&req.key)?;
         let start = Instant::now();
         // Returns by the deadline plus at most one request timeout (a request sent just before
         // the deadline); an attempt cut there is undone in the background.

@@ -135,7 +135,8 @@
 //!   of the `N` oldest keys (a herd, bounded by the number of waiters); writers, readers and
 //!   candidates watch one key each. An election's key holds the bare value, as Go's does, so
 //!   its holder metadata on etcd is the value alone. Names ending in `#semaphore`, `#rwlock`
-//!   or `#election` are reserved (a lock of that name would share a primitive's prefix).
+//!   or `#election`, or holding one of them followed by `/`, are reserved (a lock of that name
+//!   would share a primitive's prefix): `Error::Unsupported`.
 //! - The fencing token is etcd's revision: it never repeats or falls on one cluster, but a
 //!   cluster restored from a snapshot taken before later grants re-issues their revisions
 //!   (unless the restore raises the revision).
