@@ -48,8 +48,8 @@ const OBSERVE_POLL: Duration = Duration::from_secs(1);
 /// - Mutual exclusion is as strong as the server: with replication, a failover that loses
 ///   the last writes can grant a lock twice (use Redlock, etcd or ZooKeeper if that matters);
 ///   fencing tokens still rise, as long as the new master's clock has not gone back.
-/// - The fencing counters never expire; configure `maxmemory-policy` as `noeviction` or a
-///   `volatile-*` policy so they are never evicted.
+/// - The fencing counters never expire; configure `maxmemory-policy` as `noeviction`: any
+///   other policy may evict grants (a second holder) or counters.
 /// - Semaphores (a sorted set of permits), read-write locks (with writer preference) and
 ///   atomic multi-key locks (one script over every key), each one script per step with the
 ///   same fencing rule; see the crate docs and [`scripts`](crate::scripts).
@@ -162,7 +162,8 @@ impl RedisBackend {
         })
     }
 
-    /// A release of `owner`'s grants of `keys` that says whether the server answered every
+    /// An undo of `owner`'s grants of `keys` (on the attempts' connection, see
+    /// [`Node::undo`](crate::node::Node::undo)) that says whether the server answered every
     /// release (whatever it said).
     fn releaser(
         &self,
@@ -174,7 +175,7 @@ impl RedisBackend {
             let (this, keys) = (this.clone(), keys.clone());
             Box::pin(async move {
                 let node = this.node();
-                let done = futures::future::join_all(keys.iter().map(|k| node.release(k, owner))).await;
+                let done = futures::future::join_all(keys.iter().map(|k| node.undo(k, owner, false))).await;
                 done.iter().all(Result::is_ok)
             })
         }

@@ -57,8 +57,8 @@
 //!   refuses a different `N` while permits are held
 //!   ([`Error::PermitsMismatch`](lock_core::Error::PermitsMismatch), nothing written),
 //!   grants while fewer than `N` remain, and takes the next token, all at once; extend is
-//!   `ZADD XX` on an unexpired member; release is `ZREM` and a message on
-//!   `P{K}:sem:released`, which wakes waiters (who also retry when the first permit expires).
+//!   `ZADD XX` on an unexpired member; release is `ZREM` and a wake-up of the first waiter in
+//!   the queue of waiters (who also retry when the first permit expires).
 //!   The set and the hash expire with the last permit; only the counter stays.
 //! - **Read-write lock** (both backends; layout in [`scripts::rwlock`]): the writer's grant
 //!   is a string like a lock's, the readers a sorted set like the permits, with one counter

@@ -348,7 +348,7 @@ impl Node {
             return Ok(());
         }
         for k in keys {
-            let _ = self.release(k, owner).await;
+            let _ = self.undo(k, owner, false).await;
         }
         Err(Error::backend_msg(
             self.backend,
@@ -446,13 +446,21 @@ impl Node {
 
     /// Releases `owner`'s grant (and a waiting writer's intent) and wakes waiters.
     pub(crate) async fn release(&self, keys: &Keys, owner: OwnerToken) -> Result<bool> {
-        self.release_with(keys, owner, false).await
+        self.release_on(&self.con, keys, owner, false).await
     }
 
-    /// Releases `owner`'s grant, or only its grant (`keep_intent`: a writer's intent stays,
-    /// for a writer that goes on waiting).
-    pub(crate) async fn release_with(
+    /// The undo of an attempt (or a waiting acquire's withdrawal): [`Node::release`], or only
+    /// the grant (`keep_intent`: a writer's intent stays, for a writer that goes on waiting),
+    /// sent on the connection the attempts go out on, so that the server runs it after them.
+    /// With `wait_replicas`, grants travel on a connection of their own, queued behind other
+    /// grants' `WAIT`s: an undo on the main connection could overtake the attempt it undoes.
+    pub(crate) async fn undo(&self, keys: &Keys, owner: OwnerToken, keep_intent: bool) -> Result<bool> {
+        self.release_on(self.grant_connection(), keys, owner, keep_intent).await
+    }
+
+    async fn release_on(
         &self,
+        con: &Connection,
         keys: &Keys,
         owner: OwnerToken,
         keep_intent: bool,
@@ -465,7 +473,7 @@ impl Node {
             "0"
         });
         inv.arg(self.member(owner));
-        Ok(self.call::<i64>(inv).await? == 1)
+        Ok(self.call_on::<i64>(con, inv).await? == 1)
     }
 
     pub(crate) async fn write_back(&self, keys: &Keys, owner: OwnerToken, fence: u64) -> Result<bool> {
@@ -509,7 +517,21 @@ impl Node {
 
     /// Raises the fencing counter of `keys`' primitive to at least `at_least` ([`scripts::RAISE`]):
     /// the counter after.
+    /// Raises `keys`' counter to at least `at_least`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] from `i64::MAX - 1` on, before anything is sent: Redis counters
+    /// are signed 64-bit integers, and the next grant's `INCR` would fail for good.
     pub(crate) async fn raise(&self, keys: &Keys, at_least: u64) -> Result<u64> {
+        if at_least >= i64::MAX as u64 - 1 {
+            return Err(Error::Unsupported {
+                backend: self.backend,
+                capability: format!(
+                    "fencing tokens above {}: Redis counters are signed 64-bit integers (asked for {at_least})",
+                    i64::MAX - 1
+                ),
+            });
+        }
         let mut inv = scripts::RAISE.prepare_invoke();
         inv.key(keys.counter()).arg(at_least.to_string());
         let v: String = self.call(inv).await?;

@@ -253,7 +253,7 @@ impl RedlockBackend {
     /// (the writer goes on waiting; its acquire withdraws the intent when it ends).
     /// Whether every master answered.
     async fn undo_round(&self, keys: &Keys, owner: OwnerToken) -> bool {
-        let answers = join_all(self.inner.nodes.iter().map(|n| n.release_with(keys, owner, true))).await;
+        let answers = join_all(self.inner.nodes.iter().map(|n| n.undo(keys, owner, true))).await;
         answers.iter().all(Result::is_ok)
     }
 
@@ -283,7 +283,10 @@ impl RedlockBackend {
         let this = self.clone();
         move || {
             let (this, keys) = (this.clone(), keys.clone());
-            Box::pin(async move { this.release_everywhere(&keys, owner).await.iter().all(Result::is_ok) })
+            Box::pin(async move {
+                let undone = join_all(this.inner.nodes.iter().map(|n| n.undo(&keys, owner, false))).await;
+                undone.iter().all(Result::is_ok)
+            })
         }
     }
 

@@ -208,6 +208,36 @@ async fn wait_replicas_returns_confirmed_grants_and_undoes_the_others() {
     assert!(e.to_string().contains("wait_timeout"), "{e}");
 }
 
+/// With `wait_replicas`, grants travel on a connection of their own, where each waits behind
+/// the `WAIT`s of the grants before it. A try that times out there is undone on that same
+/// connection, after its own request: an undo that overtook it would find nothing, and the
+/// grant made later would block the lock for its TTL with no holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_never_overtakes_its_attempt_behind_replica_waits() {
+    // No replica: every WAIT blocks its whole wait_timeout.
+    let server = RedisServer::start().await.expect("redis-server");
+    let url = format!("{}?wait_replicas=1&wait_timeout=150ms&timeout=200ms", server.url());
+    let backend = RedisBackend::connect(url.parse().expect("url")).await.expect("connect");
+    let locks = LockClient::new(backend.clone());
+    let busy: Vec<_> = (0..5)
+        .map(|i| {
+            let l = locks.clone();
+            tokio::spawn(async move {
+                let _ = l.lock(&format!("busy{i}")).try_acquire().await;
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = locks.lock("late").ttl(Duration::from_secs(30)).try_acquire().await;
+    assert!(late.is_err(), "the try waits behind five WAITs of 150 ms: {late:?}");
+    for b in busy {
+        let _ = b.await;
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let left = backend.redis_key(&LockKey::new("late").expect("key"));
+    assert_eq!(get(server.port(), &left).await, None, "a grant nobody holds was left behind");
+}
+
 /// Returns once the replica of the primary at `port` has every write the primary has.
 async fn caught_up(port: u16) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -153,6 +153,22 @@ async fn raising_a_counter_above_2_pow_53_is_exact() {
     let _ = g.release().await.expect("release");
 }
 
+/// A counter raised to where Redis's 64-bit `INCR` would overflow would break every later
+/// grant of the key: refused with a typed error, the key still usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_a_counter_past_what_redis_can_count_is_refused() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let single = connect_single(&server).await;
+    let key = LockKey::new("huge").expect("key");
+    for at_least in [u64::MAX, i64::MAX as u64, i64::MAX as u64 - 1] {
+        let raised = single.raise_fencing_counter(&key, Mode::Exclusive, FencingToken::new(at_least)).await;
+        assert!(matches!(raised, Err(Error::Unsupported { .. })), "{at_least}: {raised:?}");
+    }
+    let locks = LockClient::new(single);
+    let g = locks.lock("huge").try_acquire().await.expect("the key still takes grants");
+    g.expect("free").release().await.expect("release");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_after_expiry_is_refused() {
     let server = RedisServer::start().await.expect("redis-server");

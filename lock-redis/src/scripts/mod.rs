@@ -68,7 +68,8 @@
 //! A refused attempt writes nothing: the counter rises only on grants (tokens are strictly
 //! increasing, not dense).
 //!
-//! Needs Redis 5 or later (scripts replicate their effects, so `TIME` is allowed).
+//! Needs Redis 6.0 or later: scripts replicate their effects, so `TIME` is allowed (5.0), and
+//! proclaim and the Redlock write-back keep a grant's TTL with `SET … KEEPTTL` (6.0).
 
 use std::sync::LazyLock;
 
