@@ -295,6 +295,7 @@ impl LockBackend for FileBackend {
         mode: Mode,
         at_least: FencingToken,
     ) -> Result<FencingToken> {
+        crate::table::raisable(NAME, at_least.get())?;
         match self.run_or_busy(key, Op::Raise { mode, at_least: at_least.get() }).await? {
             OpResult::Raised(f) => Ok(FencingToken::new(f)),
             _ => Err(other("unexpected file operation result")),

@@ -269,6 +269,7 @@ impl LockBackend for MemoryBackend {
         at_least: FencingToken,
     ) -> Result<FencingToken> {
         let kind = Role::of(mode, NAME)?.kind();
+        crate::table::raisable(NAME, at_least.get())?;
         let mut store = self.store();
         let slot = store.entry((kind, key.full().to_owned())).or_default();
         Ok(FencingToken::new(slot.table.raise(at_least.get())))

@@ -304,6 +304,21 @@ impl<T: Copy + Ord> Table<T> {
     }
 }
 
+/// Refuses a raise to `u64::MAX`: no later token could be greater, and every grant of the key
+/// would fail for good.
+///
+/// # Errors
+/// [`Error::Unsupported`].
+pub(crate) fn raisable(backend: &'static str, at_least: u64) -> lock_core::Result<()> {
+    if at_least == u64::MAX {
+        return Err(Error::Unsupported {
+            backend,
+            capability: "a fencing counter raised to u64::MAX".into(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

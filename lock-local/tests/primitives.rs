@@ -245,3 +245,23 @@ async fn a_forgotten_waiting_writer_blocks_readers_only_until_its_intent_lapses(
     g.release().await.expect("release");
     reader.release().await.expect("release");
 }
+
+/// A counter raised to `u64::MAX` would leave no greater token for any later grant: refused
+/// with a typed error on both backends, the key still usable.
+#[tokio::test]
+async fn a_counter_raised_to_the_largest_token_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = FileBackend::connect(FileOptions::new(dir.path())).expect("open");
+    let backends: [std::sync::Arc<dyn lock_core::LockBackend>; 2] =
+        [std::sync::Arc::new(file), std::sync::Arc::new(MemoryBackend::new())];
+    for backend in backends {
+        let key = lock_core::LockKey::new("top").expect("key");
+        let raised = backend
+            .raise_fencing_counter(&key, Mode::Exclusive, lock_core::FencingToken::new(u64::MAX))
+            .await;
+        assert!(matches!(raised, Err(Error::Unsupported { .. })), "{}: {raised:?}", backend.name());
+        let locks = LockClient::from_arc(backend);
+        let g = locks.lock("top").try_acquire().await.expect("the key still takes grants").expect("free");
+        g.release().await.expect("release");
+    }
+}
