@@ -7,7 +7,7 @@ use std::time::Duration;
 use distlock::LockClient;
 
 use crate::output::Out;
-use crate::run::{announce, supervise_command, Supervised};
+use crate::run::{announce, supervise_command, wait_or_signal, Forwarded, Supervised};
 use crate::take::duration;
 
 /// `elect --name NAME --value V [--ttl 30s] [--wait DURATION] [--on-lost …] -- CMD [ARGS...]`.
@@ -36,12 +36,18 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
     if let Some(w) = args.wait {
         election = election.wait(w);
     }
+    let Some(mut signals) = Forwarded::install() else {
+        eprintln!("distlock: cannot install signal handlers");
+        return ExitCode::from(crate::exit::BACKEND);
+    };
     let fut = election.campaign(args.value.clone());
-    let guard = match out.waiting(&format!("campaigning in '{}'", args.name), fut).await {
-        Ok(g) => g,
-        Err(e) => return out.fail(&e),
+    let what = format!("campaigning in '{}'", args.name);
+    let guard = match wait_or_signal(out, &what, &mut signals, fut).await {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => return out.fail(&e),
+        Err(code) => return code,
     };
     announce(out, locks, &guard, "elected");
     let tokens = vec![(guard.key().to_owned(), guard.fencing_token())];
-    supervise_command(out, guard, &tokens, &args.command).await
+    supervise_command(out, guard, &tokens, &args.command, signals).await
 }

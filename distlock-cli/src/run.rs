@@ -52,13 +52,48 @@ pub(crate) struct Supervised {
 
 /// Takes the lock with auto-renewal, runs the command under it, and reports.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
+    let Some(mut signals) = Forwarded::install() else {
+        eprintln!("distlock: cannot install signal handlers");
+        return ExitCode::from(exit::BACKEND);
+    };
     let fut = args.take.acquire(locks, true);
-    let taken = match out.waiting(&format!("waiting for lock '{}'", args.take.label()), fut).await {
-        Ok(t) => t,
-        Err(e) => return out.fail(&e),
+    let what = format!("waiting for lock '{}'", args.take.label());
+    let taken = match wait_or_signal(out, &what, &mut signals, fut).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return out.fail(&e),
+        Err(code) => return code,
     };
     announce(out, locks, &taken.guard, "acquired");
-    supervise_command(out, taken.guard, &taken.tokens, &args.command).await
+    supervise_command(out, taken.guard, &taken.tokens, &args.command, signals).await
+}
+
+/// How long a wait ended by a signal gives the abandoned attempt's clean-up (which the backend
+/// runs in the background) before distlock exits.
+const CLEAN_UP: Duration = Duration::from_secs(2);
+
+/// Awaits `fut` (taking the lock, campaigning) with the signals `run` forwards caught: one that
+/// comes meanwhile ends the wait instead of killing distlock with an attempt, or a grant just
+/// made, in flight. The attempt is dropped (its grant or place in the queue is then undone in
+/// the background, given up to [`CLEAN_UP`] to finish), and the exit code is 128 + the
+/// signal's number.
+pub(crate) async fn wait_or_signal<F: std::future::Future>(
+    out: &Out,
+    what: &str,
+    signals: &mut Forwarded,
+    fut: F,
+) -> Result<F::Output, ExitCode> {
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let before = tasks();
+    let sig = tokio::select! {
+        done = out.waiting(what, fut) => return Ok(done),
+        sig = signals.recv() => sig,
+    };
+    eprintln!("distlock: {sig:?} while {what}; giving up");
+    let deadline = tokio::time::Instant::now() + CLEAN_UP;
+    while tasks() > before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(ExitCode::from(128u8.saturating_add(u8::try_from(sig.as_raw()).unwrap_or(0))))
 }
 
 /// Runs `command` while `guard` holds, stops it as `--on-lost` says if the lock is lost,
@@ -68,13 +103,10 @@ pub(crate) async fn supervise_command(
     guard: Guard,
     tokens: &[(String, distlock::FencingToken)],
     args: &Supervised,
+    // Caught since before the lock was awaited, so none can kill us and leave the command
+    // running, or a grant behind.
+    mut signals: Forwarded,
 ) -> ExitCode {
-    // Signals are caught before the command starts, so none can kill us and leave it running.
-    let Some(mut signals) = Forwarded::install() else {
-        let _ = guard.release().await;
-        eprintln!("distlock: cannot install signal handlers");
-        return ExitCode::from(exit::BACKEND);
-    };
     let terminal = Foreground::ours();
     let mut child = match spawn(&args.cmd, &guard, tokens) {
         Ok(c) => c,
@@ -191,7 +223,7 @@ pub(crate) fn announce(out: &Out, locks: &LockClient, guard: &Guard, event: &str
 }
 
 /// The signals `run` forwards to the command.
-struct Forwarded([Listener; 4]);
+pub(crate) struct Forwarded([Listener; 4]);
 
 impl Forwarded {
     const KINDS: [(SignalKind, Signal); 4] = [
@@ -201,7 +233,7 @@ impl Forwarded {
         (SignalKind::quit(), Signal::QUIT),
     ];
 
-    fn install() -> Option<Self> {
+    pub(crate) fn install() -> Option<Self> {
         let listeners = Self::KINDS.map(|(kind, _)| unix_signal(kind));
         let listeners: Vec<Listener> = listeners.into_iter().collect::<Result<_, _>>().ok()?;
         <[Listener; 4]>::try_from(listeners).ok().map(Self)
@@ -273,7 +305,7 @@ async fn supervise(
     args: &Supervised,
 ) -> (std::io::Result<std::process::ExitStatus>, Option<LossReason>) {
     let mut lost = None;
-    let status = loop {
+    let status = 'run: loop {
         tokio::select! {
             // A loss is seen even when the command ends at the same moment.
             biased;
@@ -289,9 +321,16 @@ async fn supervise(
                         signal(pid, Signal::TERM);
                         let grace = tokio::time::sleep(args.kill_grace);
                         tokio::pin!(grace);
-                        tokio::select! {
-                            status = child.wait() => break status,
-                            _ = &mut grace => signal(pid, Signal::KILL),
+                        // Signals sent to distlock meanwhile are forwarded at once.
+                        loop {
+                            tokio::select! {
+                                status = child.wait() => break 'run status,
+                                _ = &mut grace => {
+                                    signal(pid, Signal::KILL);
+                                    break;
+                                }
+                                sig = signals.recv() => signal(pid, sig),
+                            }
                         }
                     }
                 }
