@@ -219,8 +219,8 @@ impl Suite {
         (self.factory)().await
     }
 
-    /// Runs every check, prints the report, and panics if any check failed or the backend
-    /// could not be reached.
+    /// Runs every check, prints the report, and panics if any check failed, the backend
+    /// could not be reached, or no check ran at all.
     pub async fn run(self) -> Report {
         let report = self.run_report().await;
         let mut out = std::io::stderr().lock();
@@ -233,6 +233,15 @@ impl Suite {
             report.skipped.len()
         );
         drop(out);
+        if report.passed.is_empty() && report.failed.is_empty() {
+            // A filter that matches nothing (a typo in `only`, a stray
+            // DISTLOCK_CONFORMANCE_FILTER) must not look like a pass.
+            panic!(
+                "conformance[{}]: no check ran ({} skipped): a run that checks nothing passes nothing",
+                self.name,
+                report.skipped.len()
+            );
+        }
         if !report.failed.is_empty() {
             let list: Vec<String> = report.failed.iter().map(|(n, e)| format!("  {n}: {e}")).collect();
             panic!(

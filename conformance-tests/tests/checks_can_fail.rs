@@ -49,3 +49,70 @@ async fn a_backend_that_claims_notify_but_polls_fails_the_wake_up_check() {
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert!(report.failed[0].1.contains("behaves like polling"), "{report:?}");
 }
+
+/// A backend that grants every request, held or not, each with a new token: it breaks
+/// mutual exclusion (promise 1) and nothing else it can help.
+#[derive(Debug, Default)]
+struct GrantsEveryone {
+    next: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl LockBackend for GrantsEveryone {
+    fn name(&self) -> &'static str {
+        "grants-everyone"
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let token = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let lease = Lease::new(
+            req.key.clone(),
+            req.owner,
+            lock_core::FencingToken::new(token),
+            req.ttl,
+            lock_core::Instant::now(),
+        );
+        Ok(Attempt::Acquired(lease.with_mode(req.mode)))
+    }
+    async fn extend(&self, _: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        Ok(ExtendOutcome::Extended { valid_until: lock_core::Instant::now() + ttl })
+    }
+    async fn release(&self, _: &Lease) -> Result<ReleaseOutcome> {
+        Ok(ReleaseOutcome::Released)
+    }
+    async fn inspect(&self, _: &LockKey) -> Result<Option<LockInfo>> {
+        Ok(None)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_grants_everyone_fails_the_exclusion_checks() {
+    let backend = std::sync::Arc::new(GrantsEveryone::default());
+    let report = Suite::new("grants-everyone", move || {
+        let backend = backend.clone();
+        async move { Ok(LockClient::from_arc(backend)) }
+    })
+    .only("mutual_exclusion_shared_client")
+    .only("mutual_exclusion_separate_clients")
+    .run_report()
+    .await;
+    let failed: Vec<&str> = report.failed.iter().map(|(n, _)| *n).collect();
+    assert_eq!(failed, ["mutual_exclusion_shared_client", "mutual_exclusion_separate_clients"], "{report:?}");
+}
+
+/// A filter that matches no check fails the run instead of passing it with nothing checked.
+#[test]
+fn a_run_in_which_no_check_ran_fails() {
+    let run = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            Suite::new("memory", || async { Ok(LockClient::new(MemoryBackend::new())) })
+                .only("no_such_check")
+                .run()
+                .await;
+        });
+    });
+    assert!(run.join().is_err(), "a run that checked nothing passed");
+}

@@ -11,15 +11,20 @@
 //!   another ended has a higher token. Fails unless the scenario's faults are on the
 //!   expected list (a store that loses its data restarts its counter).
 //! - **Server-side exclusion** (promise 1): no two *definite-hold* intervals of different
-//!   grants overlap. A grant certainly holds from its acquire's completion to the earliest of
-//!   its release's invoke, its acquire's invoke plus the lease (the TTL, or the session
-//!   timeout on session backends: `Capabilities::lease_length`), and the guard's
-//!   `valid_until` (the backend's own promise). Fails unless expected, with its reason.
+//!   grants overlap. A grant certainly holds from its acquire's completion to the earlier of
+//!   its release's invoke and the guard's `valid_until` (the backend's own promise); without
+//!   a `valid_until`, to its acquire's invoke plus the lease (the TTL, or the session timeout
+//!   on session backends: `Capabilities::lease_length`), a lower bound on any lease the
+//!   server began later. (Taking the earliest of all three would make the hold of a grant
+//!   whose acquire waited longer than a lease empty, and so unchecked: the grants next to a
+//!   fault are those.) Fails unless expected, with its reason.
 //!   *Belief* overlaps (from acquire completion to release invoke, the time the holder acted
 //!   as if it held the lock; a paused holder still believes) are counted, never failed: they
 //!   are what fencing is for.
 //! - **Takeover** (promise 3): after a holder is killed, the next grant comes within
-//!   `Capabilities::crash_bound(ttl)` plus a slack for the waiter to notice.
+//!   `Capabilities::crash_bound(ttl)` plus a slack for the waiter to notice; a kill after
+//!   which no grant came while the history went on for longer than that fails too.
+//! - **The run did something**: at least one grant, and grants to at least two workers.
 //! - **The nemesis was strong enough**: where the scenario paused holders, the unfenced
 //!   control must have lost acknowledged updates; if it did not, the run proves nothing.
 
@@ -85,6 +90,8 @@ pub struct Figures {
     pub ops: usize,
     /// Successful acquires.
     pub grants: usize,
+    /// Workers (counting each once, across restarts) that got the lock at least once.
+    pub workers_granted: usize,
     /// Acquires that certainly failed (timed out waiting).
     pub acquires_failed: usize,
     /// Acquires that may or may not have taken effect (errors, no completion).
@@ -164,7 +171,9 @@ pub fn check(ops: &[Op], log: &RegisterLog, p: &Params) -> (Figures, Verdict) {
     for reg in Reg::ALL {
         f.registers.insert(reg.name(), register(ops, log, reg, &mut f.examples));
     }
-    takeovers(&grants, p, &mut f);
+    let history_end = ops.iter().map(|o| o.complete.unwrap_or(o.invoke)).max().unwrap_or(0);
+    takeovers(&grants, p, history_end, &mut f);
+    f.workers_granted = grants.iter().map(|g| g.w).collect::<HashSet<_>>().len();
     let mut done: Vec<u64> = grants.iter().map(|g| g.complete).collect();
     done.sort_unstable();
     f.longest_gap_ms = done.windows(2).map(|w| ms(w[1] - w[0])).fold(0.0, f64::max);
@@ -190,10 +199,7 @@ fn grants(ops: &[Op], lease_ns: u64) -> Vec<Grant> {
             let (Some(token), Some(complete)) = (op.token, op.complete) else { continue };
             let under: Vec<&&Op> = mine[i + 1..].iter().take_while(|o| o.kind != OpKind::Acquire).collect();
             let release = under.iter().find(|o| o.kind == OpKind::Release).map(|o| o.invoke);
-            let mut end = op.invoke.saturating_add(lease_ns);
-            if let Some(v) = op.valid_until {
-                end = end.min(v);
-            }
+            let mut end = op.valid_until.unwrap_or_else(|| op.invoke.saturating_add(lease_ns));
             if let Some(inv) = release {
                 end = end.min(inv);
             }
@@ -316,10 +322,25 @@ fn register(ops: &[Op], log: &RegisterLog, reg: Reg, examples: &mut Vec<String>)
     r
 }
 
-fn takeovers(grants: &[Grant], p: &Params, f: &mut Figures) {
+fn takeovers(grants: &[Grant], p: &Params, history_end: u64, f: &mut Figures) {
     for k in &p.kills {
         let next = grants.iter().find(|g| g.complete > k.at && g.token != k.token);
-        if let Some(g) = next {
+        let Some(g) = next else {
+            // Nobody got the lock again: a lock that never frees after its holder died.
+            let waited = history_end.saturating_sub(k.at);
+            if waited > p.bound_ns + p.slack_ns {
+                f.takeovers_over_bound += 1;
+                f.examples.push(format!(
+                    "no grant in the {:.0} ms after the holder with token {} was killed (bound {:.0} ms + slack {:.0} ms)",
+                    ms(waited),
+                    k.token,
+                    ms(p.bound_ns),
+                    ms(p.slack_ns)
+                ));
+            }
+            continue;
+        };
+        {
             let took = g.complete - k.at;
             f.takeovers_ms.push(ms(took));
             if took > p.bound_ns + p.slack_ns {
@@ -386,6 +407,8 @@ fn verdict(f: &Figures, p: &Params) -> Verdict {
     }
     if f.grants == 0 {
         v.failures.push("no grants at all".into());
+    } else if f.workers_granted < 2 {
+        v.failures.push("only one worker ever got the lock: the run tested no contention".into());
     }
     v
 }

@@ -188,6 +188,38 @@ fn a_slow_takeover_after_a_kill_fails() {
 }
 
 #[test]
+fn a_grant_whose_acquire_waited_past_the_lease_is_still_checked() {
+    // Worker 0 waited 3 s for the lock (longer than the 2 s lease); the backend promised it
+    // until 5 s, and it released at 4.5 s. Worker 1 is granted at 4 s.
+    let mut h = History::default().grant(0, 1, 0, 3000, 4500, ALL).grant(1, 2, 3900, 4000, 4100, ALL);
+    h.ops[0].valid_until = Some(5000 * MS);
+    let (f, v) = h.check(&params());
+    assert_eq!(f.definite_overlaps, 1, "{:?}", f.examples);
+    assert!(!v.passed());
+}
+
+#[test]
+fn a_lock_that_never_frees_after_a_kill_fails() {
+    // Worker 0 holds token 1 and is killed at 2 ms; worker 1's acquires time out for 10 s.
+    let mut h = History::default().grant(0, 1, 0, 1, 2, ALL);
+    let mut failed = op(1, OpKind::Acquire, 3, 10_000, 0);
+    failed.phase = Phase::Fail;
+    failed.token = None;
+    h.ops.push(failed);
+    let p = Params { kills: vec![Kill { at: 2 * MS, token: 1 }], ..params() };
+    let (f, v) = h.check(&p);
+    assert_eq!(f.takeovers_over_bound, 1, "{:?}", f.examples);
+    assert!(v.failures.iter().any(|m| m.contains("crash bound")), "{v:?}");
+}
+
+#[test]
+fn a_run_where_one_worker_got_every_grant_fails() {
+    let h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(0, 2, 6, 7, 9, ALL);
+    let (_, v) = h.check(&params());
+    assert!(v.failures.iter().any(|m| m.contains("only one worker")), "{v:?}");
+}
+
+#[test]
 fn an_empty_history_fails() {
     let (_, v) = History::default().check(&params());
     assert!(v.failures.iter().any(|m| m.contains("no grants")));
