@@ -388,7 +388,12 @@ pub async fn max_hold_shorter_than_ttl_ends_at_the_cap(ctx: Ctx) -> CheckResult 
     let reason = tokio::time::timeout(cap + ctx.slack(), g.lost()).await.map_err(|_| {
         Failure(format!("a {cap:?} hold cap with a {ttl:?} TTL did not end the lock in time"))
     })?;
+    let ended = start.elapsed();
     ensure!(reason == LossReason::MaxHoldReached, "loss reason {reason:?}, expected MaxHoldReached");
+    // Not long before the cap either (the guard may stop trusting its grant an expiry margin
+    // early).
+    let earliest = cap.saturating_sub(ctx.caps.expiry_margin + Duration::from_millis(50));
+    ensure!(ended >= earliest, "a {cap:?} hold cap ended the lock after only {ended:?}");
     let gb = b.lock(&key).wait(ctx.caps.expiry_margin + ctx.wake_bound() + ctx.slack()).acquire().await;
     let gb = gb.map_err(|e| Failure(format!("the lock was still held after its hold cap: {e}")))?;
     ensure!(start.elapsed() < ttl / 2, "the capped lock was held for {:?}", start.elapsed());
