@@ -517,7 +517,6 @@ impl Node {
 
     /// Raises the fencing counter of `keys`' primitive to at least `at_least` ([`scripts::RAISE`]):
     /// the counter after.
-    /// Raises `keys`' counter to at least `at_least`.
     ///
     /// # Errors
     /// [`Error::Unsupported`] from `i64::MAX - 1` on, before anything is sent: Redis counters

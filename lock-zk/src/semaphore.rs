@@ -101,10 +101,10 @@ impl ZkBackend {
 
     /// Deletes our node of a queue we only pass through (the semaphore's mutex).
     async fn leave(&self, j: Joined) {
-        match j.s.delete_surely(&j.child.path, Some(Duration::ZERO)).await {
-            Ok(_) => j.undo.disarm(),
-            Err(_) => drop(j.undo), // tried again in the background
-        }
+        // A delete whose connection was lost goes on in the background (`delete_surely`);
+        // the undo stays armed only while this call may be dropped.
+        let _ = j.s.delete_surely(&j.child.path, Some(Duration::ZERO)).await;
+        j.undo.disarm();
     }
 
     /// Holding the semaphore's mutex: checks the number of permits, makes our lease node and
@@ -146,17 +146,15 @@ impl ZkBackend {
                 return Ok(Some(lease));
             }
             let (Some(deadline), Some(watcher)) = (deadline, watcher) else {
-                if s.delete_surely(&child.path, Some(Duration::ZERO)).await.is_ok() {
-                    undo.disarm();
-                }
+                let _ = s.delete_surely(&child.path, Some(Duration::ZERO)).await;
+                undo.disarm();
                 return Ok(None);
             };
             tokio::select! {
                 _ = watcher.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    if s.delete_surely(&child.path, Some(Duration::ZERO)).await.is_ok() {
-                        undo.disarm();
-                    }
+                    let _ = s.delete_surely(&child.path, Some(Duration::ZERO)).await;
+                    undo.disarm();
                     return Err(Error::WaitTimedOut { key: req.key.full().to_owned(), waited: start.elapsed() });
                 }
                 _ = s.lost.fired() => {

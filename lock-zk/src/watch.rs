@@ -62,9 +62,9 @@ impl ZkBackend {
             tokio::select! {
                 _ = watcher.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    if j.s.delete_surely(&j.child.path, Some(Duration::ZERO)).await.is_ok() {
-                        j.undo.disarm();
-                    }
+                    // One lost with its connection goes on in the background (`delete_surely`).
+                    let _ = j.s.delete_surely(&j.child.path, Some(Duration::ZERO)).await;
+                    j.undo.disarm();
                     return Err(Error::WaitTimedOut { key: key.full().to_owned(), waited: start.elapsed() });
                 }
                 _ = j.s.lost.fired() => return Err(lost()),
