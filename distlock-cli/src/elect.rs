@@ -36,9 +36,9 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
     if let Some(w) = args.wait {
         election = election.wait(w);
     }
-    let Some(mut signals) = Forwarded::install() else {
-        eprintln!("distlock: cannot install signal handlers");
-        return ExitCode::from(crate::exit::BACKEND);
+    let mut signals = match Forwarded::install() {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let fut = election.campaign(args.value.clone());
     let what = format!("campaigning in '{}'", args.name);

@@ -16,7 +16,7 @@ use crate::output::Out;
 use crate::take::{duration, Take};
 
 /// What `run` does to the command when the lock is lost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum OnLost {
     /// SIGTERM, then SIGKILL after --kill-grace.
     Term,
@@ -52,9 +52,9 @@ pub(crate) struct Supervised {
 
 /// Takes the lock with auto-renewal, runs the command under it, and reports.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
-    let Some(mut signals) = Forwarded::install() else {
-        eprintln!("distlock: cannot install signal handlers");
-        return ExitCode::from(exit::BACKEND);
+    let mut signals = match Forwarded::install() {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let fut = args.take.acquire(locks, true);
     let what = format!("waiting for lock '{}'", args.take.label());
@@ -141,13 +141,15 @@ async fn stop_leftovers(group: Pid, grace: Duration) {
     }
     eprintln!("distlock: the command left processes running in its process group; stopping them");
     signal(Some(group), Signal::TERM);
-    let deadline = tokio::time::Instant::now() + grace;
-    while alive(group) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_gone(group, grace).await;
     signal(Some(group), Signal::KILL);
     // Killed processes are gone once their parent (init, for orphans) reaps them.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    wait_gone(group, Duration::from_secs(5)).await;
+}
+
+/// Waits until no process of `group` is left, for at most `within`.
+async fn wait_gone(group: Pid, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
     while alive(group) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -233,10 +235,17 @@ impl Forwarded {
         (SignalKind::quit(), Signal::QUIT),
     ];
 
-    pub(crate) fn install() -> Option<Self> {
+    /// Catches the forwarded signals from now on.
+    ///
+    /// # Errors
+    /// The exit code to end with, once the failure is reported.
+    pub(crate) fn install() -> Result<Self, ExitCode> {
         let listeners = Self::KINDS.map(|(kind, _)| unix_signal(kind));
-        let listeners: Vec<Listener> = listeners.into_iter().collect::<Result<_, _>>().ok()?;
-        <[Listener; 4]>::try_from(listeners).ok().map(Self)
+        let listeners: Option<Vec<Listener>> = listeners.into_iter().collect::<Result<_, _>>().ok();
+        listeners.and_then(|l| <[Listener; 4]>::try_from(l).ok()).map(Self).ok_or_else(|| {
+            eprintln!("distlock: cannot install signal handlers");
+            ExitCode::from(exit::BACKEND)
+        })
     }
 
     /// The next signal received.
@@ -294,13 +303,13 @@ fn signal(group: Option<Pid>, sig: Signal) {
     }
 }
 
-/// Waits for the command, forwarding signals, and stops it as `--on-lost` says if the lock is
-/// lost. Returns its status and the loss, if any.
+/// Waits for the command, forwarding signals to its process group `group`, and stops it as
+/// `--on-lost` says if the lock is lost. Returns its status and the loss, if any.
 async fn supervise(
     out: &Out,
     guard: &Guard,
     child: &mut Child,
-    pid: Option<Pid>,
+    group: Option<Pid>,
     signals: &mut Forwarded,
     args: &Supervised,
 ) -> (std::io::Result<std::process::ExitStatus>, Option<LossReason>) {
@@ -316,9 +325,9 @@ async fn supervise(
                     OnLost::Ignore => {
                         eprintln!("distlock: --on-lost ignore: the command keeps running without the lock")
                     }
-                    OnLost::Kill => signal(pid, Signal::KILL),
+                    OnLost::Kill => signal(group, Signal::KILL),
                     OnLost::Term => {
-                        signal(pid, Signal::TERM);
+                        signal(group, Signal::TERM);
                         let grace = tokio::time::sleep(args.kill_grace);
                         tokio::pin!(grace);
                         // Signals sent to distlock meanwhile are forwarded at once.
@@ -326,17 +335,17 @@ async fn supervise(
                             tokio::select! {
                                 status = child.wait() => break 'run status,
                                 _ = &mut grace => {
-                                    signal(pid, Signal::KILL);
+                                    signal(group, Signal::KILL);
                                     break;
                                 }
-                                sig = signals.recv() => signal(pid, sig),
+                                sig = signals.recv() => signal(group, sig),
                             }
                         }
                     }
                 }
             }
             status = child.wait() => break status,
-            sig = signals.recv() => signal(pid, sig),
+            sig = signals.recv() => signal(group, sig),
         }
     };
     (status, lost)

@@ -225,9 +225,9 @@ impl EtcdBackend {
             };
             // An auth token expires (etcd's simple tokens after 5 idle minutes, JWTs at their
             // TTL): log in again once with the configured user, and repeat.
-            if !reauthenticated && self.client().has_credentials() && token_expired(&e) {
+            if !reauthenticated && token_expired(&e) {
                 reauthenticated = true;
-                if self.client().refresh_token().await.is_ok() {
+                if self.client().login_again_after(&e).await {
                     tracing::debug!(what, "etcd auth token refreshed");
                     continue;
                 }

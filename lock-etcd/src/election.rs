@@ -13,17 +13,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lock_core::{
-    BackendErrorKind, Error, FencingToken, Instant, LockInfo, LockKey, Mode, ObserveStream, OwnerToken,
-    Result,
+    BackendErrorKind, Error, FencingToken, LockInfo, LockKey, Mode, ObserveStream, OwnerToken, Result,
 };
 use tokio::sync::mpsc;
 
 use crate::backend::EtcdBackend;
-use crate::error::{map_err, token_expired, NAME};
+use crate::error::{map_err, NAME};
 use crate::grants::{owner_of, stored_metadata};
-use crate::queue::PROBE_EVERY;
 use crate::rpc::pb::{RangeRequest, WatchCreateRequest};
-use crate::rpc::{self, WatchStream};
+use crate::rpc::{self, SilenceProbe, WatchStream};
 
 impl EtcdBackend {
     /// A stream of the leader of `key`'s election: the current one, then the one after each
@@ -45,12 +43,12 @@ impl EtcdBackend {
 /// observer may wait for longer than a token lasts) is renewed with a new login, once.
 async fn leader_at(client: &rpc::Client, pfx: &str) -> Result<(Option<LockInfo>, i64)> {
     let read = || client.range(RangeRequest::prefix(pfx).oldest_first().with_limit(1));
-    let r = match read().await {
-        Err(e) if client.has_credentials() && token_expired(&e) && client.refresh_token().await.is_ok() => {
-            read().await
+    let mut r = read().await;
+    if let Err(e) = &r {
+        if client.login_again_after(e).await {
+            r = read().await;
         }
-        r => r,
-    };
+    }
     let r = r.map_err(map_err)?;
     let rev = r.header.map_or(0, |h| h.revision);
     let leader = r.kvs.first().map(|kv| {
@@ -67,7 +65,7 @@ fn watch_ended(why: &str) -> Error {
 
 /// Sends `first`, then the leader after every change `ws` reports, until the receiver is
 /// dropped; ends with an error when the watch ends, falls silent (a member paused or cut off
-/// answers no progress request within `answer`, asked after [`PROBE_EVERY`] without a
+/// answers no progress request within `answer`, asked after [`PROBE_EVERY`](rpc::PROBE_EVERY) without a
 /// message, as waiters do), or a read fails.
 async fn follow(
     client: rpc::Client,
@@ -80,22 +78,20 @@ async fn follow(
     if tx.send(Ok(first)).await.is_err() {
         return;
     }
-    // The next probe, or (after one was sent) the time by which the stream must answer.
-    let (mut probe, mut probing) = (Instant::now() + PROBE_EVERY, false);
+    let mut probe = SilenceProbe::new(answer);
     loop {
         let msg = tokio::select! {
             m = ws.message() => m,
-            _ = tokio::time::sleep_until(probe) => {
-                if probing || ws.request_progress().is_err() {
+            _ = tokio::time::sleep_until(probe.at()) => {
+                if !probe.due(&ws) {
                     let _ = tx.send(Err(watch_ended("fell silent (no answer to a progress request)"))).await;
                     return;
                 }
-                (probe, probing) = (lock_core::lease::add_saturating(Instant::now(), answer), true);
                 continue;
             }
             _ = tx.closed() => return,
         };
-        (probe, probing) = (Instant::now() + PROBE_EVERY, false);
+        probe.heard();
         let item = match msg {
             Ok(Some(resp)) if resp.canceled => Err(watch_ended("was cancelled by the server")),
             Ok(Some(resp)) if resp.events.is_empty() => continue,

@@ -10,7 +10,6 @@ use std::time::Duration;
 use lock_core::{Backoff, LossReason, LossSignal};
 use tokio::sync::mpsc;
 
-use crate::error::token_expired;
 use crate::rpc::pb::{RangeRequest, WatchCreateRequest, WatchResponse};
 use crate::rpc::{self, EventType, WatchStream};
 
@@ -207,9 +206,7 @@ impl Watcher {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "etcd key watch: cannot open the stream");
-                if token_expired(&e) {
-                    let _ = self.client.refresh_token().await;
-                }
+                let _ = self.client.login_again_after(&e).await;
             }
         }
     }
@@ -225,8 +222,10 @@ impl Watcher {
             }
             let req = || RangeRequest::key(key.clone()).without_values();
             let mut read = self.client.range(req()).await;
-            if read.as_ref().is_err_and(token_expired) && self.client.refresh_token().await.is_ok() {
-                read = self.client.range(req()).await;
+            if let Err(e) = &read {
+                if self.client.login_again_after(e).await {
+                    read = self.client.range(req()).await;
+                }
             }
             let from = match read {
                 Ok(r) if r.kvs.first().is_some_and(|kv| kv.create_revision == created) => {

@@ -21,7 +21,7 @@ use crate::keepalive::{ttl_secs, KeepAlive, KeptLease};
 use crate::layout::{is_contender, PAGE};
 use crate::metadata::{holds, lock_value};
 use crate::rpc::pb::{Compare, RangeRequest, RangeResponse, RequestOp, TxnRequest, WatchCreateRequest};
-use crate::rpc::{EventType, KeyValue, WatchStream};
+use crate::rpc::{EventType, KeyValue, SilenceProbe, WatchStream};
 use crate::session::Session;
 use crate::undo::Undo;
 
@@ -183,9 +183,6 @@ const COUNT_DOWN_MAX: i64 = 64;
 /// of it (its gate) and counts down once that one is gone: a release's event reaches the
 /// first `FAN_OUT` waiters and one gated waiter, not every waiter.
 const FAN_OUT: usize = 4;
-
-/// How often a waiter checks that its watch stream still answers.
-pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Completes when the waiter's lease is lost: `loss` fired, or the session ran past its TTL
 /// by our clock with no renewal (its keep-alive stopped: nobody else would say so).
@@ -636,7 +633,7 @@ impl EtcdBackend {
     /// was lost meanwhile.
     ///
     /// A member that stops answering (paused, partitioned) leaves its streams open and silent:
-    /// every [`PROBE_EVERY`] the stream is asked for a progress report, and a stream that does
+    /// every [`PROBE_EVERY`](crate::rpc::PROBE_EVERY) the stream is asked for a progress report, and a stream that does
     /// not answer within the request timeout is given up, so the next round reads the queue
     /// and watches again through a member that answers.
     pub(crate) async fn next_deletion(
@@ -649,20 +646,17 @@ impl EtcdBackend {
     ) -> Result<Round> {
         let lost = lease_lost(loss, e.session.as_deref());
         tokio::pin!(lost);
-        // The next probe, or (after one was sent) the time by which the stream must answer.
-        let (mut probe, mut probing) = (Instant::now() + PROBE_EVERY, false);
+        let mut probe = SilenceProbe::new(self.inner.opts.request_timeout);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(probe) => {
-                    if probing || ws.request_progress().is_err() {
+                _ = tokio::time::sleep_until(probe.at()) => {
+                    if !probe.due(ws) {
                         tracing::debug!(backend = NAME, "the watch stream fell silent; watching again");
                         return Ok(Round::Again(None));
                     }
-                    let answer_by = lock_core::lease::add_saturating(Instant::now(), self.inner.opts.request_timeout);
-                    (probe, probing) = (answer_by, true);
                 }
                 msg = ws.message() => {
-                    (probe, probing) = (Instant::now() + PROBE_EVERY, false);
+                    probe.heard();
                     let Ok(Some(resp)) = msg else { return Ok(Round::Again(None)) };
                     if resp.canceled {
                         return Ok(Round::Again(None));

@@ -43,7 +43,7 @@ use pb::kv_client::KvClient;
 use pb::lease_client::LeaseClient;
 use pb::maintenance_client::MaintenanceClient;
 use pb::watch_client::WatchClient;
-pub use stream::{LeaseKeepAlive, WatchStream};
+pub use stream::{LeaseKeepAlive, SilenceProbe, WatchStream, PROBE_EVERY};
 
 /// The auth token, shared by every clone of a [`Client`]; sent in the `token` header.
 #[derive(Clone, Default)]
@@ -184,6 +184,12 @@ impl Client {
             .map_err(|_| Status::internal("etcd sent an auth token that is not ASCII"))?;
         self.token.set(Some(token));
         Ok(())
+    }
+
+    /// Logs in again when `e` says the auth token expired and the client has credentials:
+    /// whether the caller should repeat its request (the login succeeded).
+    pub async fn login_again_after(&self, e: &Status) -> bool {
+        self.has_credentials() && crate::error::token_expired(e) && self.refresh_token().await.is_ok()
     }
 
     /// Bounds a unary call by the request timeout.

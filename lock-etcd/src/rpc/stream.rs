@@ -2,7 +2,10 @@
 //! unbounded channel (sending never waits), replies come out of tonic's `Streaming`.
 //! Dropping a handle ends its stream (and, for a watch, every watcher on it).
 
+use std::time::Duration;
+
 use futures::channel::mpsc::UnboundedSender;
+use lock_core::Instant;
 use tonic::{Code, Status, Streaming};
 
 use super::pb;
@@ -117,5 +120,47 @@ impl WatchStream {
     /// The stream's status when it broke.
     pub async fn message(&mut self) -> Result<Option<pb::WatchResponse>, Status> {
         self.replies.message().await
+    }
+}
+
+/// How often a watch stream that brought nothing is asked whether it still answers.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Tells a silent watch stream from a quiet one. A member that stops answering (paused, cut
+/// off) leaves its streams open and silent: after [`PROBE_EVERY`] without a message the
+/// stream is asked for a progress report, and one that has not answered within `answer` of
+/// the request has fallen silent.
+#[derive(Debug)]
+pub struct SilenceProbe {
+    /// The next probe, or (after one was sent) the time by which the stream must answer.
+    at: Instant,
+    asked: bool,
+    answer: Duration,
+}
+
+impl SilenceProbe {
+    /// A probe for a stream just heard from, expecting answers within `answer`.
+    pub fn new(answer: Duration) -> Self {
+        Self { at: Instant::now() + PROBE_EVERY, asked: false, answer }
+    }
+
+    /// When [`SilenceProbe::due`] must next be called.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// The time [`SilenceProbe::at`] came: asks `ws` for a progress report. `false` when the
+    /// stream has fallen silent (the last request went unanswered, or the stream is closed).
+    pub fn due(&mut self, ws: &WatchStream) -> bool {
+        if self.asked || ws.request_progress().is_err() {
+            return false;
+        }
+        (self.at, self.asked) = (lock_core::lease::add_saturating(Instant::now(), self.answer), true);
+        true
+    }
+
+    /// The stream brought a message.
+    pub fn heard(&mut self) {
+        (self.at, self.asked) = (Instant::now() + PROBE_EVERY, false);
     }
 }
