@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lock_core::{FencingToken, LockInfo, Mode, Result};
+use lock_core::{BackendErrorKind, Error, FencingToken, LockInfo, Mode, Result};
 
 use crate::backend::EtcdBackend;
+use crate::error::NAME;
 use crate::grants::{dir, grant_info, holding};
 use crate::layout::is_contender;
 use crate::metadata::{value_metadata, value_owner};
@@ -111,18 +112,50 @@ impl EtcdBackend {
     }
 
     /// Every key on a lease under `start` (a key prefix; the whole key space when empty),
-    /// with its value, a thousand per request.
+    /// with its value, a thousand per request. Later pages are read at the first page's
+    /// revision, so that the listing is one state of the store (read at their own revisions,
+    /// a lock released after the first page and one taken before a later page would both
+    /// show as held). A compaction past that revision meanwhile starts the read over.
     async fn read_all(&self, start: &str) -> Result<Vec<KeyValue>> {
         let end = prefix_end(start.as_bytes());
         // etcd takes no empty key: the whole key space is the range from `\0` to `\0`.
-        let mut from = if start.is_empty() { vec![0] } else { start.as_bytes().to_vec() };
-        let mut out = Vec::new();
+        let first = if start.is_empty() { vec![0] } else { start.as_bytes().to_vec() };
+        let mut from = first.clone();
+        let (mut out, mut at, mut restarts) = (Vec::new(), 0, 0);
         loop {
             let read = || {
-                RangeRequest { key: from.clone(), range_end: end.clone(), ..RangeRequest::default() }
-                    .with_limit(READ)
+                RangeRequest {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    revision: at,
+                    ..RangeRequest::default()
+                }
+                .with_limit(READ)
             };
-            let r = self.call("get", || self.client().range(read())).await?;
+            let r = self
+                .call("get", || async {
+                    match self.client().range(read()).await {
+                        Err(s) if at != 0 && s.code() == tonic::Code::OutOfRange => Ok(None),
+                        r => r.map(Some),
+                    }
+                })
+                .await?;
+            let Some(r) = r else {
+                restarts += 1;
+                if restarts > 3 {
+                    return Err(Error::backend_msg(
+                        NAME,
+                        BackendErrorKind::Unavailable,
+                        "the listing's revision was compacted away before its last page, three times over",
+                    ));
+                }
+                (from, at) = (first.clone(), 0);
+                out.clear();
+                continue;
+            };
+            if at == 0 {
+                at = r.header.as_ref().map_or(0, |h| h.revision);
+            }
             let (more, last) = (r.more, r.kvs.last().map(|kv| kv.key.clone()));
             out.extend(r.kvs.into_iter().filter(|kv| kv.lease != 0));
             match last {

@@ -86,3 +86,50 @@ async fn list_from_the_root_shows_each_grant_once() {
     }
     assert!(locks.list("").await.expect("list").is_empty(), "released grants are still listed");
 }
+
+/// A listing longer than one read (a thousand keys) is one state of the store: its later pages
+/// are read at the first page's revision. A client moves one grant back and forth between
+/// `a-first` (on the first page) and `c-last` (past a thousand held `b-…` locks, on the
+/// second), never holding both; read at their own revisions, a page before the move and a
+/// page after it showed both held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_over_several_reads_is_one_state_of_the_store() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let opts = EtcdOptions::new(etcd.endpoints()).session_ttl(Duration::from_secs(30));
+    let locks = LockClient::new(EtcdBackend::connect(opts).await.expect("connect"));
+    let fillers: Vec<lock_core::Guard> =
+        futures::future::try_join_all((0..1100).map(|i| locks.lock(&format!("paged/b-{i:04}")).acquire()))
+            .await
+            .expect("fillers");
+    let mover = locks.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let moves = tokio::spawn(async move {
+        let mut n = 0u32;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            for name in ["paged/a-first", "paged/c-last"] {
+                let g = mover.lock(name).acquire().await.expect("move");
+                assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+                n += 1;
+            }
+        }
+        n
+    });
+    let mut both = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut lists = 0;
+    while Instant::now() < deadline {
+        let listed = locks.list("paged/").await.expect("list");
+        lists += 1;
+        let held = |n: &str| listed.iter().any(|(name, _)| name == n);
+        if held("paged/a-first") && held("paged/c-last") {
+            both += 1;
+        }
+        assert!(listed.len() >= 1100, "{} entries listed", listed.len());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moved = moves.await.expect("mover");
+    assert!(moved > 20, "the grant moved only {moved} times");
+    assert_eq!(both, 0, "{both} of {lists} listings showed both names held; they never were at once");
+    drop(fillers);
+}
