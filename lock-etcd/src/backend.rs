@@ -151,14 +151,12 @@ impl EtcdBackend {
         p
     }
 
-    /// The session lease's TTL: as etcd granted it to the open session, or as asked for (in
-    /// whole seconds; etcd grants at least that) before one is open.
+    /// The session lease's TTL as asked for, in whole seconds: the same before and after a
+    /// session opens (a client states its capabilities once). etcd grants at least that, more
+    /// only when its minimum lease TTL (1.5 election timeouts, 2 s by default; the TTL asked
+    /// is at least 2 s) is above it, which the session logs as a warning.
     fn session_timeout(&self) -> Duration {
-        let asked = Duration::from_secs(ttl_secs(self.inner.opts.session_ttl) as u64);
-        match self.inner.session.try_lock() {
-            Ok(s) => s.as_ref().map_or(asked, |s| s.ttl.max(asked)),
-            Err(_) => asked,
-        }
+        Duration::from_secs(ttl_secs(self.inner.opts.session_ttl) as u64)
     }
 
     /// The underlying client (for tests and benchmarks).

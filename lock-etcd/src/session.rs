@@ -35,7 +35,16 @@ impl Session {
             .await
             .map_err(|_| timeout("lease grant", request_timeout))?
             .map_err(map_err)?;
+        let asked = ttl;
         let ttl = Duration::from_secs(grant.ttl.max(1) as u64);
+        if ttl > Duration::from_secs(ttl_secs(asked) as u64) {
+            // The server's minimum lease TTL (1.5 election timeouts) is above the one asked.
+            tracing::warn!(
+                asked = ?asked,
+                granted = ?ttl,
+                "etcd granted the session a longer lease than asked: a crashed holder blocks others for up to the granted TTL, beyond the session timeout the backend's capabilities state"
+            );
+        }
         let lease = KeptLease::start(client.clone(), (grant.id, ttl, sent), true, request_timeout);
         let loss = lease.loss.clone();
         Ok(Arc::new(Self {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::fixtures::etcd::EtcdCluster;
-use lock_core::{Instant, LockClient, LossReason, ReleaseOutcome, TlsOptions};
+use lock_core::{Instant, LockBackend, LockClient, LossReason, ReleaseOutcome, TlsOptions};
 use lock_etcd::{rpc, EtcdBackend, EtcdOptions};
 use support::handled;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -552,4 +552,22 @@ async fn an_observer_reads_the_new_leader_after_its_token_expired() {
     let leader = next.expect("open").expect("the new leader, not an auth error").expect("a leader");
     assert_eq!(leader.value.as_deref(), Some("c"));
     lead.release().await.expect("release");
+}
+
+/// A client states its capabilities once: an etcd whose minimum lease TTL (1.5 election
+/// timeouts: 4.5 s here) is above the session TTL asked grants a longer session lease, and the
+/// capabilities are the same before and after the session opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capabilities_are_the_same_before_and_after_the_session_opens() {
+    let etcd = EtcdCluster::single_with_flags(&["--heartbeat-interval=300", "--election-timeout=3000"])
+        .await
+        .expect("etcd");
+    let opts = EtcdOptions::new(etcd.endpoints()).session_ttl(Duration::from_secs(2));
+    let b = EtcdBackend::connect(opts).await.expect("connect");
+    let before = b.capabilities();
+    let g = LockClient::new(b.clone()).lock("caps").acquire().await.expect("lock");
+    let after = b.capabilities();
+    assert_eq!(before.session_timeout, after.session_timeout);
+    assert_eq!(before.session_timeout, Some(Duration::from_secs(2)));
+    g.release().await.expect("release");
 }
