@@ -420,6 +420,13 @@ impl Ctx {
         round_up(Duration::from_secs(1).max(self.caps.min_ttl), self.caps.ttl_granularity)
     }
 
+    /// The TTL of the crash checks: longer than what they allow beyond the crash bound (the
+    /// wake bound and the slack, 2.5 s with notifications), so that a backend keeping a
+    /// crashed grant for twice its lease fails them.
+    pub fn crash_ttl(&self) -> Duration {
+        self.short_ttl() * 4
+    }
+
     /// A TTL long enough that it never runs out during a check.
     pub fn long_ttl(&self) -> Duration {
         round_up(Duration::from_secs(60).max(self.caps.min_ttl), self.caps.ttl_granularity)

@@ -118,3 +118,58 @@ fn a_run_in_which_no_check_ran_fails() {
     });
     assert!(run.join().is_err(), "a run that checked nothing passed");
 }
+
+/// A backend whose store keeps each grant for twice the TTL it reports: a crashed holder
+/// blocks others for two leases while its capabilities promise one.
+#[derive(Debug, Clone)]
+struct KeepsGrantsTwice(MemoryBackend);
+
+#[async_trait]
+impl LockBackend for KeepsGrantsTwice {
+    fn name(&self) -> &'static str {
+        "keeps-grants-twice"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let sent = lock_core::Instant::now();
+        let doubled = AcquireRequest { ttl: req.ttl * 2, ..req.clone() };
+        Ok(match self.0.try_acquire(&doubled).await? {
+            Attempt::Acquired(l) => Attempt::Acquired(
+                Lease::new(l.key().clone(), l.owner(), l.fencing_token(), req.ttl, sent).with_mode(l.mode()),
+            ),
+            other => other,
+        })
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        let sent = lock_core::Instant::now();
+        Ok(match self.0.extend(lease, ttl * 2).await? {
+            ExtendOutcome::Extended { .. } => {
+                ExtendOutcome::Extended { valid_until: lock_core::lease::valid_until(sent, ttl) }
+            }
+            other => other,
+        })
+    }
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        self.0.release(lease).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.0.inspect(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_keeps_crashed_grants_for_two_leases_fails_the_crash_check() {
+    let store = MemoryBackend::new();
+    let report = Suite::new("keeps-grants-twice", move || {
+        let store = store.clone();
+        async move { Ok(LockClient::new(KeepsGrantsTwice(store))) }
+    })
+    .only("crashed_holder_blocks_at_most_ttl")
+    .run_report()
+    .await;
+    assert!(report.passed.is_empty(), "a backend keeping crashed grants twice as long passed: {report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].1.contains("blocked for"), "{report:?}");
+}

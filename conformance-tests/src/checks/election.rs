@@ -98,7 +98,7 @@ pub async fn a_crashed_leader_is_replaced_in_time(ctx: Ctx) -> CheckResult {
     let a = ctx.client().await?;
     let b = ctx.client().await?;
     let name = ctx.key("election");
-    let ttl = ctx.short_ttl() * 2;
+    let ttl = ctx.crash_ttl();
     let sent = Instant::now();
     let g = a.election(&name).ttl(ttl).campaign("a").await?;
     let told = g.valid_until();

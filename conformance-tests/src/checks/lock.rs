@@ -248,7 +248,7 @@ pub async fn crashed_holder_blocks_at_most_ttl(ctx: Ctx) -> CheckResult {
     let a = ctx.client().await?;
     let b = ctx.client().await?;
     let key = ctx.key("k");
-    let ttl = ctx.short_ttl() * 2;
+    let ttl = ctx.crash_ttl();
     let sent = Instant::now();
     let ga = a.lock(&key).ttl(ttl).acquire().await?;
     let told = ga.valid_until();

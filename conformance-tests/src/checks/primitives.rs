@@ -126,7 +126,7 @@ pub async fn semaphore_crashed_holder_returns_its_permit(ctx: Ctx) -> CheckResul
     let a = ctx.client().await?;
     let b = ctx.client().await?;
     let key = ctx.key("sem");
-    let ttl = ctx.short_ttl() * 2;
+    let ttl = ctx.crash_ttl();
     let sent = Instant::now();
     let ga = a.semaphore(&key, 1).ttl(ttl).acquire().await?;
     let told = ga.valid_until();
