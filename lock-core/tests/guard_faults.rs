@@ -440,3 +440,38 @@ fn resuming_with_auto_renewal_outside_a_runtime_does_not_panic() {
     drop(g); // no runtime for the release: logged, the TTL is the backstop
     drop(rt);
 }
+
+/// A release at the hold cap that hangs (a partition) does not hold the loss back past the
+/// grant: the signal fires by `valid_until` at the latest, so work cancelled on it stops
+/// before another client can take the lock.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_release_at_the_hold_cap_does_not_hold_the_loss_back() {
+    let b = Faulty::new();
+    let locks = client(&b);
+    let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(Duration::from_secs(7)).acquire().await.unwrap();
+    *b.release_delay.lock().unwrap() = Duration::from_secs(30);
+    let reason = tokio::time::timeout(Duration::from_secs(8), g.lost()).await;
+    assert_eq!(reason, Ok(LossReason::MaxHoldReached), "the loss waited for the cap's release");
+    assert!(!g.is_held());
+}
+
+/// Within the hold cap's last TTL, a user's extend that ends the grant before the cap ends the
+/// guard's claim with it: `is_held` and `lost` follow `valid_until`, not only the cap.
+#[tokio::test(start_paused = true)]
+async fn a_short_extend_in_the_hold_caps_last_ttl_ends_the_claim_at_its_valid_until() {
+    let b = Faulty::new();
+    let locks = client(&b);
+    let start = Instant::now();
+    let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(Duration::from_secs(7)).acquire().await.unwrap();
+    // The cap's last TTL starts at 4 s.
+    tokio::time::sleep_until(start + Duration::from_millis(4500)).await;
+    assert!(g.is_held());
+    g.extend(Duration::from_millis(100)).await.expect("extend");
+    let lost = tokio::time::timeout(Duration::from_millis(500), g.lost()).await;
+    assert!(lost.is_ok(), "lost() waited for the cap past the grant's valid_until");
+    assert!(!g.is_held(), "the guard claims a grant that ended at 4.6 s");
+    // The store lets go a drift margin after the client's `valid_until`.
+    tokio::time::sleep_until(start + Duration::from_millis(4700)).await;
+    assert!(!g.is_held());
+    assert!(locks.lock("k").try_acquire().await.unwrap().is_some(), "the grant was still there");
+}

@@ -148,7 +148,8 @@ async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
 /// the server (when the backend accepts so short a TTL; a session lease cannot be shortened),
 /// so the cap holds even if this process stalls. Then, at the cap (or at `valid_until`, if
 /// that comes first), the guard stops claiming the lock, releases it so that others can take
-/// it at once, and fires the loss with `MaxHoldReached`.
+/// it at once, and fires the loss with `MaxHoldReached` (once released, or at `valid_until`
+/// if the release takes longer).
 async fn cap_hold(shared: &Shared, left: Duration) {
     let backend = shared.backend.name();
     shared.capped.store(true, Ordering::Release);
@@ -184,8 +185,23 @@ async fn cap_hold(shared: &Shared, left: Duration) {
         _ = shared.stopped() => return,
         _ = tokio::time::sleep_until(at) => {}
     }
-    // Released first, then the loss: whoever waits for the signal finds the lock free.
-    if let Err(e) = Box::pin(shared.release()).await {
+    // Released first, then the loss, so that whoever waits for the signal finds the lock
+    // free; but the loss fires by `valid_until` at the latest, released or not: a release that
+    // hangs (a partition) must not hold the signal, and the work it cancels, past the grant.
+    let mut release = Box::pin(shared.release());
+    let released = tokio::select! {
+        biased;
+        r = &mut release => Some(r),
+        _ = tokio::time::sleep_until(shared.valid_until()) => None,
+    };
+    let released = match released {
+        Some(r) => r,
+        None => {
+            shared.fire(LossReason::MaxHoldReached);
+            release.await
+        }
+    };
+    if let Err(e) = released {
         tracing::warn!(backend, key = %shared.key, error = %e, "release at the hold cap failed; the lock expires after its TTL");
     }
     shared.fire(LossReason::MaxHoldReached);

@@ -107,11 +107,9 @@ impl Shared {
             self.fire(reason);
             return false;
         }
-        if self.cap_at.get().is_some() {
-            // Before the cap (checked above), held: the cap's task ends the grant, and the
-            // guard does not fire early.
-            return true;
-        }
+        // Before the cap (checked above), the grant's `valid_until` still counts: the cap's
+        // time is at most the `valid_until` it saw, but a user's shorter extend since may
+        // have ended the grant before it.
         if Instant::now() >= self.valid_until() {
             self.fire(self.expiry_reason());
             return false;
@@ -127,30 +125,26 @@ impl Shared {
             if let Some(r) = self.lost.reason() {
                 return r;
             }
-            if self.cap_at.get().is_some() {
-                // The cap's task releases the lock, then fires the signal: wait for it, or for
-                // the session's end before it.
-                tokio::select! {
-                    r = self.lost.fired() => return r,
-                    r = session_fired(&session) => {
-                        if self.cap_reached() {
-                            // The cap's own release fired it: its task fires the reason.
-                            return self.lost.fired().await;
-                        }
-                        self.fire(r);
-                        continue;
-                    }
-                }
-            }
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let until = self.valid_until();
             tokio::select! {
                 r = self.lost.fired() => return r,
-                r = session_fired(&session) => self.fire(r),
+                r = session_fired(&session) => {
+                    if self.cap_reached() {
+                        // The cap's own release fired it: its task fires the reason.
+                        return self.lost.fired().await;
+                    }
+                    self.fire(r);
+                }
                 _ = &mut changed => {}
                 _ = tokio::time::sleep_until(until) => {
+                    if self.cap_reached() {
+                        // The cap's task releases the lock and fires the loss, by
+                        // `valid_until` at the latest.
+                        return self.lost.fired().await;
+                    }
                     if self.valid_until() <= Instant::now() {
                         self.fire(self.expiry_reason());
                     }
