@@ -279,12 +279,13 @@ impl LockClient {
         self.backend.inspect(&key).await
     }
 
-    /// Releases a lease kept with [`Guard::detach`] (or rebuilt by an operator tool).
+    /// Releases a lease kept with [`Guard::detach`] (or rebuilt by an operator tool); a
+    /// multi-key lease, every name.
     ///
     /// # Errors
     /// Backend errors.
     pub async fn release_lease(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        self.backend.release(lease).await
+        crate::multi::serving(&self.backend, lease).release(lease).await
     }
 
     /// Extends a detached lease so that it lasts `ttl` from now.
@@ -294,7 +295,7 @@ impl LockClient {
     pub async fn extend_lease(&self, lease: &mut Lease, ttl: Duration) -> Result<()> {
         self.caps.validate_ttl(self.backend.name(), ttl)?;
         lease.limit_for_extend(ttl);
-        match self.backend.extend(lease, ttl).await? {
+        match crate::multi::serving(&self.backend, lease).extend(lease, ttl).await? {
             ExtendOutcome::Extended { valid_until } => {
                 lease.set_extended(ttl, valid_until);
                 Ok(())
@@ -322,9 +323,14 @@ impl LockClient {
         Ok(Lease::new(key, owner, fence, ttl, Instant::now()).with_valid_until(Instant::now()))
     }
 
-    /// Puts a detached lease back under a guard (renewing it if `auto_renew`).
+    /// Puts a detached lease back under a guard (renewing it if `auto_renew`). A multi-key
+    /// lease's guard renews and releases every name, as the
+    /// [`MultiGuard`](crate::MultiGuard)'s did.
     pub fn resume(&self, lease: Lease, auto_renew: bool) -> Guard {
-        Guard::new(self.backend.clone(), lease, RenewPolicy { auto_renew, max_hold: None }, self.batcher())
+        let backend = crate::multi::serving(&self.backend, &lease);
+        // The batcher renews one grant per lease: a multi-key lease goes through its parts.
+        let batcher = if Arc::ptr_eq(&backend, &self.backend) { self.batcher() } else { None };
+        Guard::new(backend, lease, RenewPolicy { auto_renew, max_hold: None }, batcher)
     }
 }
 

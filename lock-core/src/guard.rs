@@ -285,7 +285,9 @@ impl Guard {
     ///
     /// The lock then lasts until its TTL runs out, unless it is released with
     /// [`LockClient::release_lease`](crate::LockClient::release_lease) or taken back under a
-    /// guard with [`LockClient::resume`](crate::LockClient::resume).
+    /// guard with [`LockClient::resume`](crate::LockClient::resume). The lease of a multi-key
+    /// guard ([`MultiGuard::into_guard`](crate::MultiGuard::into_guard)) stands for every
+    /// name: those calls release, extend and renew them all.
     pub fn detach(mut self) -> Lease {
         self.finished = true;
         self.shared.stop();

@@ -310,6 +310,16 @@ fn combine(reqs: &[AcquireRequest], leases: Vec<Lease>) -> Lease {
     lease.with_backend_data(Arc::new(Parts { leases: Mutex::new(leases), session }))
 }
 
+/// The backend that serves `lease`: `backend` itself, or, for a multi-key lease (detached
+/// from a [`MultiGuard`]'s guard), every part through it.
+pub(crate) fn serving(backend: &Arc<dyn LockBackend>, lease: &Lease) -> Arc<dyn LockBackend> {
+    if lease.backend_data::<Parts>().is_some() {
+        Arc::new(MultiBackend { inner: backend.clone() })
+    } else {
+        backend.clone()
+    }
+}
+
 /// The backend a [`MultiGuard`]'s guard talks to: every extend and release goes to each part.
 #[derive(Debug)]
 struct MultiBackend {

@@ -346,3 +346,37 @@ impl lock_core::LockBackend for Scripted {
         self.inner.inspect(key).await
     }
 }
+
+/// A detached multi-key lease stands for every name: releasing it releases them all, extending
+/// it extends them all, and a guard resumed from it renews them all.
+#[tokio::test(start_paused = true)]
+async fn a_detached_multi_key_lease_covers_every_name() {
+    let (_, locks) = client();
+    let ttl = Duration::from_secs(3);
+    let other = LockClient::from_arc(locks.backend().clone());
+    // Released from its lease.
+    let lease = locks.lock_all(["a", "b"]).ttl(ttl).acquire().await.unwrap().into_guard().detach();
+    assert_eq!(locks.release_lease(&lease).await.unwrap(), ReleaseOutcome::Released);
+    for name in ["a", "b"] {
+        assert!(locks.inspect(name).await.unwrap().is_none(), "{name} was left held");
+    }
+    // Extended from its lease.
+    let mut lease = locks.lock_all(["a", "b"]).ttl(ttl).acquire().await.unwrap().into_guard().detach();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    locks.extend_lease(&mut lease, ttl).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for name in ["a", "b"] {
+        assert!(other.lock(name).try_acquire().await.unwrap().is_none(), "{name} was not extended");
+    }
+    // Resumed with renewal.
+    let g = locks.resume(lease, true);
+    tokio::time::sleep(ttl * 3).await;
+    assert!(g.is_held());
+    for name in ["a", "b"] {
+        assert!(other.lock(name).try_acquire().await.unwrap().is_none(), "{name} was not renewed");
+    }
+    assert_eq!(g.release().await.unwrap(), ReleaseOutcome::Released);
+    for name in ["a", "b"] {
+        assert!(locks.inspect(name).await.unwrap().is_none(), "{name} was left held");
+    }
+}
