@@ -54,6 +54,9 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// - If the future is dropped mid-flight, a grant that the server made anyway is released
     ///   in the background (see [`UndoOnDrop`](crate::UndoOnDrop)); at worst, outside a
     ///   runtime, it lasts its TTL (promise 6).
+    /// - An attempt that fails with a retryable error may have been applied; a backend may
+    ///   release such a grant in the background by its owner token too. A caller that tries
+    ///   again after an error does so with a fresh owner token ([`poll_acquire`] does).
     ///
     /// # Errors
     /// Backend errors only; a held lock is [`Attempt::Held`], not an error.
@@ -248,6 +251,13 @@ pub type ObserveStream = futures::stream::BoxStream<'static, Result<Option<LockI
 /// jittered backoff between attempts, never past the holder's remaining TTL, the backend's
 /// polling interval, or `deadline`. Makes a last attempt at the deadline.
 ///
+/// # Behavior
+/// An attempt that failed with a retryable error may have been applied all the same (its reply
+/// lost, its time run out), and a backend may release such a grant in the background by its
+/// owner token, as it does a dropped attempt's. Every attempt after such a failure asks with a
+/// fresh owner token, so that no undo of an earlier attempt can remove the grant a later one
+/// returns (the lease carries the owner token it was granted with).
+///
 /// # Errors
 /// [`Error::WaitTimedOut`](crate::Error::WaitTimedOut) at the deadline. Retryable backend
 /// errors are retried until the deadline (the last one is returned then); others are returned
@@ -261,5 +271,17 @@ pub async fn poll_acquire<B: LockBackend + ?Sized>(
         WakeMode::Poll { max_interval } => max_interval,
         WakeMode::Notify => Duration::from_millis(250),
     };
-    wait_for_lock(&[], &req.key, deadline, max, || backend.try_acquire(req)).await
+    let current = std::sync::Mutex::new(req.clone());
+    let current = &current;
+    let now = move || current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    wait_for_lock(&[], &req.key, deadline, max, || async move {
+        let this = now();
+        let r = backend.try_acquire(&this).await;
+        if matches!(&r, Err(e) if e.is_retryable()) {
+            *current.lock().unwrap_or_else(|p| p.into_inner()) =
+                AcquireRequest { owner: crate::lease::OwnerToken::random(), ..this };
+        }
+        r
+    })
+    .await
 }
