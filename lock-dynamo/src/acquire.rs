@@ -17,18 +17,16 @@
 //! An attempt whose write may have been applied without the caller learning so (its reply was
 //! lost, its time ran out, or it was dropped mid-flight) would leave a grant that blocks every
 //! other client for a whole lease, then a takeover period. It is released by owner token in
-//! the background instead: by `try_acquire` when it fails or is dropped, and by the waiting
-//! acquire when it ends without the lock (its own later attempts recognise an earlier grant
-//! by the owner token, so they must not be undone behind it). A waiting writer's intent is
-//! withdrawn the same way, and when its wait runs out.
+//! the background instead: by `try_acquire` when it fails or is dropped. A waiting acquire
+//! gives such an attempt's owner token up: its grant is undone at once and again when the wait
+//! ends (whatever the outcome: a write landing after the lock was taken and released is undone
+//! too), and the later attempts ask with a fresh token that no undo touches. A waiting
+//! writer's intent is withdrawn the same way, and when its wait runs out.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lock_core::{
-    AcquireRequest, Attempt, Error, Instant, Lease, LockKey, Mode, OwnerToken, Result, UndoOnDrop,
-};
+use lock_core::{AcquireRequest, Attempt, Instant, Lease, LockKey, Mode, OwnerToken, Result, UndoOnDrop};
 
 use crate::error::NAME;
 use crate::place::{unsupported, Place};
@@ -60,37 +58,55 @@ impl DynamoBackend {
     }
 
     /// A waiting acquire: attempts until `deadline` (polling with lock-core's backoff), each
-    /// within its own time; when it ends without the lock (or is dropped), a grant an attempt
-    /// may have left behind is undone, and a writer's intent withdrawn.
+    /// within its own time.
+    ///
+    /// An attempt that fails in a way that may hide a write applied later (cut off by its time
+    /// limit while its request was still on the way) is given up with its owner token: that
+    /// token's grant is undone in the background at once (so that a write already applied does
+    /// not block the wait) and again once the wait ends (so that one landing later, after the
+    /// lock was taken and released, is not left behind), and the attempts after it ask with a
+    /// fresh token, which no such undo can touch. When the wait is dropped, every token's grant
+    /// is undone; when it ends without the lock, a writer's intent is withdrawn.
     pub(crate) async fn wait_until(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let undo = UndoOnDrop::new(self.clone().undo_acquire(req.key.clone(), req.owner, req.mode));
+        let owners = Arc::new(Mutex::new(Owners { current: req.owner, given_up: Vec::new() }));
+        let undo = UndoOnDrop::new({
+            let (this, owners, key, mode) = (self.clone(), owners.clone(), req.key.clone(), req.mode);
+            async move {
+                let all = lock(&owners).all();
+                for o in all {
+                    tokio::spawn(this.clone().undo_acquire(key.clone(), o, mode));
+                }
+            }
+        });
         let poll = self.inner.opts.poll_interval;
         let intent = (req.mode == Mode::Write).then(|| Mutex::new(IntentState::default()));
-        // Whether an attempt failed in a way that may hide a write applied later (cut off by its
-        // time limit while its request was still on the way).
-        let maybe_applied = AtomicBool::new(false);
         let got = lock_core::wait_for_lock(&[], &req.key, deadline, poll, || {
-            let maybe_applied = &maybe_applied;
-            let attempt = self.attempt(req, self.attempt_until(Some(deadline)), false, intent.as_ref());
+            let this = AcquireRequest { owner: lock(&owners).current, ..req.clone() };
+            let (owners, intent) = (&owners, intent.as_ref());
             async move {
-                let r = attempt.await;
+                let r = self.attempt(&this, self.attempt_until(Some(deadline)), false, intent).await;
                 if matches!(&r, Err(e) if e.is_retryable()) {
-                    maybe_applied.store(true, Ordering::Relaxed);
+                    lock(owners).give_up(this.owner);
+                    tokio::spawn(self.clone().undo_acquire(this.key.clone(), this.owner, this.mode));
+                    if let Some(i) = intent {
+                        *i.lock().unwrap_or_else(|p| p.into_inner()) = IntentState::default();
+                    }
                 }
                 r
             }
         })
         .await;
-        // A timeout needs no undo of a grant when every attempt was answered: the last one was
-        // refused cleanly, by an item that was not ours. One that was not may still land, and
-        // is undone in the background. A writer's intent goes either way.
-        let answered = !maybe_applied.load(Ordering::Relaxed);
-        if got.is_ok() || (matches!(got, Err(Error::WaitTimedOut { .. })) && answered) {
-            undo.disarm();
-            if intent.is_some() && got.is_err() {
-                if let Err(e) = self.withdraw_intent(&req.key, req.owner).await {
-                    tracing::debug!(backend = NAME, key = %req.key, error = %e, "could not withdraw a writer's intent; it lapses");
-                }
+        undo.disarm();
+        let (current, given_up) = {
+            let o = lock(&owners);
+            (o.current, o.given_up.clone())
+        };
+        for o in given_up {
+            tokio::spawn(self.clone().undo_acquire(req.key.clone(), o, req.mode));
+        }
+        if intent.is_some() && got.is_err() {
+            if let Err(e) = self.withdraw_intent(&req.key, current, Some(self.attempt_until(None))).await {
+                tracing::debug!(backend = NAME, key = %req.key, error = %e, "could not withdraw a writer's intent; it lapses");
             }
         }
         got
@@ -131,7 +147,7 @@ impl DynamoBackend {
             .chain([self.inner.opts.request_timeout]);
         let released = lock_core::cancel::undo_after(pauses, || async {
             if mode == Mode::Write {
-                let _ = self.withdraw_intent(&key, owner).await;
+                let _ = self.withdraw_intent(&key, owner, Some(self.attempt_until(None))).await;
             }
             matches!(self.release_grant(&place, owner).await, Ok(true))
         })
@@ -140,4 +156,28 @@ impl DynamoBackend {
             tracing::debug!(backend = NAME, key = %key, "released the grant of a cancelled acquire");
         }
     }
+}
+
+/// The owner tokens of a waiting acquire: the one its attempts ask with, and the ones given
+/// up after an attempt that may have been applied unseen.
+struct Owners {
+    current: OwnerToken,
+    given_up: Vec<OwnerToken>,
+}
+
+impl Owners {
+    fn give_up(&mut self, owner: OwnerToken) {
+        if owner == self.current {
+            self.given_up.push(owner);
+            self.current = OwnerToken::random();
+        }
+    }
+
+    fn all(&self) -> Vec<OwnerToken> {
+        self.given_up.iter().copied().chain([self.current]).collect()
+    }
+}
+
+fn lock(owners: &Mutex<Owners>) -> MutexGuard<'_, Owners> {
+    owners.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -169,8 +169,9 @@ impl DynamoBackend {
         Ok(Outcome::Held)
     }
 
-    /// The leases of an applied transaction; if they cannot be read back, the grants are
-    /// released (by owner token) before the error is returned.
+    /// The leases of an applied transaction; if they cannot be read back, or one was taken
+    /// over meanwhile, every grant is released (by owner token) before the error or `Held` is
+    /// returned.
     async fn granted_or_undone(
         &self,
         reqs: &[AcquireRequest],
@@ -179,12 +180,18 @@ impl DynamoBackend {
         until: Instant,
     ) -> Result<Outcome> {
         let got = self.granted(reqs, places, sent, until).await;
-        if got.is_err() {
-            for (req, place) in reqs.iter().zip(places) {
-                let _ = self.release_grant(place, req.owner).await;
-            }
+        if !matches!(got, Ok(Outcome::Granted(_))) {
+            self.release_places(reqs, places).await;
         }
         got
+    }
+
+    /// Releases the grants of `reqs` at `places` by owner token, whichever the transaction
+    /// made (errors ignored: each then lasts its lease).
+    async fn release_places(&self, reqs: &[AcquireRequest], places: &[Place]) {
+        for (req, place) in reqs.iter().zip(places) {
+            let _ = self.release_grant(place, req.owner).await;
+        }
     }
 
     /// The leases of an applied transaction, with the fencing tokens read back.
@@ -203,12 +210,9 @@ impl DynamoBackend {
                 Some(rec) if rec.owner == Some(req.owner) => {
                     leases.push(self.lease(req, place, rec.fence, rec.rvn, sent))
                 }
-                // Taken over between the transaction and the read (more than a lease): give
-                // back the rest.
-                _ => {
-                    self.release_leases(leases).await;
-                    return Ok(Outcome::Held);
-                }
+                // Taken over between the transaction and the read (more than a lease): the
+                // caller gives back every name, the later ones' grants included.
+                _ => return Ok(Outcome::Held),
             }
         }
         Ok(Outcome::Granted(leases))
@@ -265,12 +269,16 @@ impl DynamoBackend {
                 }
             }
         }
-        let leases = std::mem::take(&mut *locked(&taken));
-        undo.disarm();
-        if outcome.is_ok() && leases.len() == reqs.len() {
+        if outcome.is_ok() && locked(&taken).len() == reqs.len() {
+            let leases = std::mem::take(&mut *locked(&taken));
+            undo.disarm();
             return Ok(Some(leases));
         }
+        // Given back with the undo still armed: dropped meanwhile, it gives back the rest.
+        let leases = locked(&taken).clone();
         self.release_leases(leases).await;
+        locked(&taken).clear();
+        undo.disarm();
         outcome
     }
 

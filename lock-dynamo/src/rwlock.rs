@@ -128,7 +128,11 @@ impl DynamoBackend {
                     item::number(&attrs, FENCE)?.ok_or_else(|| protocol("acquire returned no fence"))?;
                 Ok(Attempt::Acquired(self.lease(req, &place, fence, rvn, sent)))
             }
-            Written::Refused(None) => Ok(Attempt::Held { expires_in: Some(AGAIN) }),
+            Written::Refused(None) => {
+                // No item to judge: it is gone, and what was seen of its entries with it.
+                self.forget_entries(&place.id);
+                Ok(Attempt::Held { expires_in: Some(AGAIN) })
+            }
             Written::Refused(Some(item)) => self.judge_rw(req, &place, &item, until, writer).await,
         }
     }
@@ -245,12 +249,18 @@ impl DynamoBackend {
         }
     }
 
-    /// Withdraws `owner`'s intent on the read-write lock `key`, if it has one.
-    pub(crate) async fn withdraw_intent(&self, key: &LockKey, owner: OwnerToken) -> Result<()> {
+    /// Withdraws `owner`'s intent on the read-write lock `key`, if it has one; done by
+    /// `until` when given.
+    pub(crate) async fn withdraw_intent(
+        &self,
+        key: &LockKey,
+        owner: OwnerToken,
+        until: Option<Instant>,
+    ) -> Result<()> {
         let u = Update::new("withdraw intent", "REMOVE #i", "#i.#ko = :o")
             .value(":o", s(owner.to_string()))
             .without_item();
-        self.write(&Kind::ReadWrite.id(key), u, None).await.map(|_| ())
+        self.write(&Kind::ReadWrite.id(key), u, until).await.map(|_| ())
     }
 
     /// The live readers and writer of the read-write lock `key`.

@@ -80,7 +80,11 @@ impl DynamoBackend {
                     item::number(&attrs, FENCE)?.ok_or_else(|| protocol("acquire returned no fence"))?;
                 Ok(Attempt::Acquired(self.lease(req, &place, fence, rvn, sent)))
             }
-            Written::Refused(None) => Ok(Attempt::Held { expires_in: Some(AGAIN) }),
+            Written::Refused(None) => {
+                // No item to judge: it is gone, and what was seen of its entries with it.
+                self.forget_entries(&place.id);
+                Ok(Attempt::Held { expires_in: Some(AGAIN) })
+            }
             Written::Refused(Some(item)) => self.judge_permit(req, limit, &place, &item, until).await,
         }
     }

@@ -93,6 +93,13 @@ impl DynamoBackend {
     pub(crate) fn forget(&self, id: &str) {
         self.inner.seen.forget(id);
     }
+
+    /// Forgets the entries seen of item `id`: it is gone (deleted from outside), so the stale
+    /// entries an attempt would take over, each a condition that fails on a missing item, are
+    /// not there to take.
+    pub(crate) fn forget_entries(&self, id: &str) {
+        locked(&self.inner.seen.items).remove(id);
+    }
 }
 
 /// One RVN as a contender saw it: since when (monotonic), and when it may be taken over.

@@ -131,6 +131,39 @@ async fn a_timed_out_wait_undoes_an_attempt_that_lands_late(emulator: Emulator) 
     g.release().await.expect("release");
 }
 
+/// A waiting acquire that gets the lock after an attempt cut off by its time limit: that
+/// attempt, carried out after the lock was taken and released, is undone too, not left
+/// granted to a token nobody holds.
+async fn a_successful_wait_undoes_an_earlier_attempt_that_lands_late(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
+    let k = key("late-after-success");
+    let held = direct.lock(&k).ttl(Duration::from_secs(30)).acquire().await.expect("hold");
+    // The waiter's first write reaches the server 3.5 s late; it is cut off after 1 s.
+    proxy.set(|f| f.delay_next_update = Some(Duration::from_millis(3500)));
+    let start = Instant::now();
+    let waiter = {
+        let (through, k) = (through.clone(), k.clone());
+        tokio::spawn(async move {
+            through.lock(&k).ttl(Duration::from_secs(30)).wait(Duration::from_secs(10)).acquire().await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    held.release().await.expect("release");
+    let g = waiter.await.expect("join").expect("the waiter got the lock");
+    assert!(
+        start.elapsed() < Duration::from_millis(3500),
+        "the waiter got the lock only at {:?}",
+        start.elapsed()
+    );
+    g.release().await.expect("release");
+    // The late write lands at 3.5 s, on a free lock.
+    let third = LockClient::new(DynamoBackend::with_client(support::client(&_t.endpoint), opts()));
+    tokio::time::sleep(Duration::from_millis(3700).saturating_sub(start.elapsed())).await;
+    let g = third.lock(&k).ttl(Duration::from_secs(30)).wait(Duration::from_secs(4)).acquire().await;
+    let g = g.expect("the late grant of an attempt given up by a successful wait was left behind");
+    g.release().await.expect("release");
+}
+
 async fn heartbeats_whose_replies_are_lost_again_are_still_ours(emulator: Emulator) {
     let (_t, proxy, through, direct) = setup(emulator).await;
     let ttl = Duration::from_secs(30);
@@ -170,5 +203,32 @@ on_each_emulator!(
     a_release_whose_reply_was_lost_reports_released,
     a_failed_try_acquire_whose_write_was_applied_leaves_no_grant,
     a_timed_out_wait_undoes_an_attempt_that_lands_late,
+    a_successful_wait_undoes_an_earlier_attempt_that_lands_late,
     grants_of_every_primitive_whose_reply_was_lost_are_ours
 );
+
+/// dynalite has no transactions: a multi-key try takes the names one at a time and gives the
+/// ones taken back when one is held. A try dropped while it gives them back leaves none of
+/// them held (the give-back goes on in the background).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_key_try_dropped_while_it_gives_names_back_leaves_none_held() {
+    let (_t, proxy, through, direct) = setup(Emulator::Dynalite).await;
+    let base = key("multi");
+    let [x, y, z] = ["x", "y", "z"].map(|n| format!("{base}/{n}"));
+    // The first multi-key try learns that the endpoint has no transactions.
+    let warm = through.lock_all([format!("{base}/a"), format!("{base}/b")]).try_acquire().await;
+    warm.expect("try").expect("free names").release().await.expect("release");
+    let held = direct.lock(&z).ttl(Duration::from_secs(30)).acquire().await.expect("hold z");
+    // x and y are taken, z is refused; giving y back hangs.
+    proxy.set(|f| {
+        f.update_script = [false, false, false].into();
+        f.delay_next_update = Some(Duration::from_secs(3));
+    });
+    let tried = through.lock_all([&x, &y, &z]).ttl(Duration::from_secs(30)).try_acquire();
+    let tried = tokio::time::timeout(Duration::from_millis(500), tried).await;
+    assert!(tried.is_err(), "the try ended before it was dropped: {tried:?}");
+    let g = direct.lock(&x).ttl(Duration::from_secs(30)).wait(Duration::from_secs(5)).acquire().await;
+    let g = g.expect("x, taken by the dropped try, was left held");
+    g.release().await.expect("release");
+    held.release().await.expect("release");
+}

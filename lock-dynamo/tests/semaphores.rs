@@ -86,7 +86,52 @@ async fn a_permits_metadata_can_be_replaced(emulator: Emulator) {
     assert_eq!(out, lock_core::ExtendOutcome::NotHeld);
 }
 
+/// Deletes every item of the table whose partition key holds `name` (an operator's cleanup).
+async fn delete_items_of(endpoint: &str, name: &str) {
+    let raw = support::client(endpoint);
+    let items =
+        raw.scan().table_name("semaphore_locks").send().await.expect("scan").items.unwrap_or_default();
+    for item in items {
+        let Some(pk) = item.get("lock_key") else { continue };
+        if pk.as_s().is_ok_and(|k| k.contains(name)) {
+            raw.delete_item()
+                .table_name("semaphore_locks")
+                .key("lock_key", pk.clone())
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+}
+
+/// A semaphore (or read-write lock) item deleted from outside after a client saw its entries
+/// go stale: the client's next attempts do not keep asking to take over entries that are gone
+/// (each such condition fails on a missing item), they create the item again.
+async fn a_deleted_item_with_stale_entries_is_created_again(emulator: Emulator) {
+    let emu = emulator.with_table(&opts()).await;
+    let (a, b) = (support::locks(&emu.endpoint, opts()), support::locks(&emu.endpoint, opts()));
+    let ttl = Duration::from_millis(500);
+    for mode in [Mode::Permit { limit: 1 }, Mode::Write] {
+        let name = support::key("sem", "deleted");
+        let builder = |c: &lock_core::LockClient| match mode {
+            Mode::Write => c.write_lock(&name),
+            _ => c.semaphore(&name, 1),
+        };
+        let _crashed = builder(&a).ttl(ttl).acquire().await.expect("a holds").detach();
+        // b sees the entry, and again once it has stood unchanged for a whole lease.
+        assert!(builder(&b).ttl(ttl).try_acquire().await.expect("try").is_none());
+        tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+        b.holders(&name, mode).await.expect("holders");
+        delete_items_of(&emu.endpoint, &name).await;
+        let g = builder(&b).ttl(Duration::from_secs(30)).wait(Duration::from_secs(3)).acquire().await;
+        let g =
+            g.unwrap_or_else(|e| panic!("{mode:?}: a deleted item blocked a client that had seen it: {e}"));
+        g.release().await.expect("release");
+    }
+}
+
 on_each_emulator!(
+    a_deleted_item_with_stale_entries_is_created_again,
     crashed_holders_of_another_size_are_taken_over,
     an_item_past_the_size_limit_is_a_typed_error,
     a_permits_metadata_can_be_replaced
