@@ -94,7 +94,9 @@ impl FileBackend {
 
     /// The directory used when none is named: `$DISTLOCK_DIR`, else
     /// `$XDG_STATE_HOME/distlock`, else `$HOME/.local/state/distlock`, else
-    /// `/var/tmp/distlock`. All of these outlive a reboot, as the fencing counters must.
+    /// `/var/tmp/distlock`. All of these outlive a reboot, as the fencing counters must; stock
+    /// `systemd-tmpfiles` deletes files under `/var/tmp` after 30 days unused, which restarts
+    /// their keys' counters: set `DISTLOCK_DIR` where that matters.
     pub fn default_dir() -> PathBuf {
         let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         if let Some(d) = env("DISTLOCK_DIR") {

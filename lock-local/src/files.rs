@@ -244,8 +244,16 @@ pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: &Op) -> Result<OpRes
         table_record::apply(path, &bytes, key, op, now)?
     };
     if let Some(new) = &new {
-        // In place, the same length for this key every time: never shortened.
-        file.write_all_at(new, 0).map_err(|e| io_err("cannot write lock file", path, e))?;
+        // In place, the same length for this key every time: never shortened. Only the bytes
+        // that change are written (a table record's write changes one of its two copies).
+        let from = new.iter().zip(&bytes).position(|(a, b)| a != b).unwrap_or(new.len().min(bytes.len()));
+        let to = if new.len() == bytes.len() {
+            new.iter().zip(&bytes).rposition(|(a, b)| a != b).map_or(from, |i| i + 1)
+        } else {
+            new.len()
+        };
+        file.write_all_at(&new[from..to.max(from)], from as u64)
+            .map_err(|e| io_err("cannot write lock file", path, e))?;
         if sync && matches!(result, OpResult::Acquired(_) | OpResult::Raised(_)) {
             file.sync_data().map_err(|e| io_err("cannot sync lock file", path, e))?;
         }

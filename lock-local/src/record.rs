@@ -81,7 +81,7 @@ pub(crate) struct Record {
 impl Record {
     /// Whether the record holds a grant that has not expired in this boot.
     pub(crate) fn live(&self, now_ns: u64) -> bool {
-        self.owner.is_some() && self.boot == boot_id() && self.expires_ns > now_ns
+        self.owner.is_some() && same_boot(&self.boot) && self.expires_ns > now_ns
     }
 
     /// The file's bytes for `key`: the record line twice, then the key line.
@@ -94,7 +94,7 @@ impl Record {
         let owner = self.owner.map_or_else(|| "0".repeat(32), |o| o.to_string());
         let mut boot = self.boot.clone();
         if boot.len() > BOOT_WIDTH || boot.contains([' ', '\n']) {
-            boot = "unknown".to_owned();
+            boot = UNKNOWN_BOOT.to_owned();
         }
         let head =
             format!("{MAGIC} {:020} {owner} {:020} {boot:-<BOOT_WIDTH$} ", self.fence, self.expires_ns);
@@ -236,16 +236,35 @@ pub(crate) fn apply(
     Ok((result, dirty.then(|| rec.render(key))))
 }
 
-/// This boot's id (`unknown` when the kernel does not say).
+/// The boot id of a process that cannot read its own.
+pub(crate) const UNKNOWN_BOOT: &str = "unknown";
+
+/// This boot's id ([`UNKNOWN_BOOT`] when the kernel does not say; a failed read is tried
+/// again next time, never kept).
 pub(crate) fn boot_id() -> &'static str {
     static BOOT: OnceLock<String> = OnceLock::new();
-    BOOT.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().to_owned())
-            .ok()
-            .filter(|s| !s.is_empty() && s.len() <= BOOT_WIDTH && !s.contains(' ') && !s.ends_with('-'))
-            .unwrap_or_else(|| "unknown".to_owned())
-    })
+    if let Some(b) = BOOT.get() {
+        return b;
+    }
+    let read = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty() && s.len() <= BOOT_WIDTH && !s.contains(' ') && !s.ends_with('-'));
+    match read {
+        Some(b) => BOOT.get_or_init(|| b),
+        None => UNKNOWN_BOOT,
+    }
+}
+
+/// Whether a grant written under boot id `other` may still be live in this boot: the same
+/// boot, or either id unknown (a process that cannot read its boot id, as under a systemd
+/// unit with `ProcSubset=pid` or in a chroot without `/proc`, shares files with others that
+/// can). Only two known ids that differ say the grant died with its boot; an unknown one is
+/// judged by its expiry, which may keep a grant of an earlier boot until it passes, but
+/// never lets two holders in.
+pub(crate) fn same_boot(other: &str) -> bool {
+    let ours = boot_id();
+    ours == other || ours == UNKNOWN_BOOT || other == UNKNOWN_BOOT
 }
 
 /// Nanoseconds on CLOCK_MONOTONIC: one clock for every process of this boot.
@@ -271,6 +290,17 @@ pub(crate) fn twice_then_key(copy: &str, key: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A grant written by a process that could not read its boot id is live by its expiry
+    /// to every process of the machine, not taken as one of an earlier boot.
+    #[test]
+    fn a_grant_of_an_unknown_boot_is_judged_by_its_expiry() {
+        let rec = Record { boot: UNKNOWN_BOOT.into(), expires_ns: 1_000, ..sample() };
+        assert!(rec.live(999), "a live grant of a process without a boot id was taken for dead");
+        assert!(!rec.live(1_000));
+        let other = Record { boot: "another-boot".into(), expires_ns: 1_000, ..sample() };
+        assert!(!other.live(999), "a grant of another boot is dead");
+    }
 
     fn sample() -> Record {
         Record { fence: 42, owner: Some(OwnerToken::from_u128(7)), expires_ns: 99, boot: boot_id().into() }

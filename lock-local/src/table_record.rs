@@ -3,8 +3,11 @@
 //!
 //! # The format
 //!
-//! Two copies of one block, then a key line, always written together by one `pwrite` at
-//! offset 0; the file is never shortened:
+//! Two copies of one block, then a key line; the file is never shortened. A new file is
+//! written whole. Each later write changes one copy only, the one of its `seq`'s parity
+//! (copy `seq % 2`), so that the other holds the previous write intact whatever order the
+//! pages of a torn write reach the disk in (a block is more than a page: two copies written
+//! at once could both be spoilt by a power loss that kept some of each one's pages):
 //!
 //! ```text
 //! distlock-set1 <kind> <seq> <fence> <limit> <boot id>     header
@@ -27,9 +30,9 @@
 //!
 //! # Reading it back ([`decode`])
 //!
-//! 1. Of the copies whose checksum holds, the one with the highest `seq` is the record (the
-//!    copies differ only after a torn write; either is a state the file was in, and the fence
-//!    never falls from one write to the next).
+//! 1. Of the copies whose checksum holds, the one with the highest `seq` is the record
+//!    (either is a state the file was in; the fence falls back only past a write that was
+//!    torn, and a grant or a raise is synced before it is reported).
 //! 2. Otherwise, a file that ends inside its first block (cut short) but still holds that
 //!    block's whole fence field is recovered with that fence and no holders, as a lock record
 //!    cut inside its first line is.
@@ -45,7 +48,7 @@ use lock_core::{Mode, OwnerToken, Result};
 
 use crate::error::{damaged, NAME};
 use crate::files::{Op, OpResult};
-use crate::record::{boot_id, checksum, dur_ns, BOOT_WIDTH};
+use crate::record::{boot_id, checksum, dur_ns, same_boot, BOOT_WIDTH, UNKNOWN_BOOT};
 use crate::table::{Admit, Ask, Entry, Kind, Role, Table};
 
 const MAGIC: &str = "distlock-set1";
@@ -95,11 +98,25 @@ impl TableRecord {
         crate::record::twice_then_key(&self.block(), key)
     }
 
+    /// The file's bytes once this record is written over `old` (the file's bytes before):
+    /// `old` with copy `seq % 2` replaced, or the whole file when `old` is not a whole file of
+    /// this key's length (new, or cut short).
+    pub(crate) fn render_over(&self, old: &[u8], key: &str) -> Vec<u8> {
+        let full = self.render(key);
+        if old.len() != full.len() {
+            return full;
+        }
+        let copy = (self.seq % 2) as usize * COPY_LEN..(self.seq % 2 + 1) as usize * COPY_LEN;
+        let mut out = old.to_vec();
+        out[copy.clone()].copy_from_slice(&full[copy]);
+        out
+    }
+
     /// One block, [`COPY_LEN`] bytes.
     fn block(&self) -> String {
         let mut boot = self.boot.clone();
         if boot.len() > BOOT_WIDTH || boot.contains([' ', '\n']) {
-            boot = "unknown".to_owned();
+            boot = UNKNOWN_BOOT.to_owned();
         }
         let t = &self.table;
         let mut out = format!(
@@ -196,7 +213,7 @@ pub(crate) fn decode(bytes: &[u8], kind: Kind) -> Result<TableRecord, &'static s
             None => return Err("no copy of its record is intact"),
         },
     };
-    if rec.boot != boot_id() {
+    if !same_boot(&rec.boot) {
         rec.table.entries.clear();
         rec.boot = boot_id().to_owned();
     }
@@ -253,7 +270,7 @@ pub(crate) fn apply(
         return Ok((result, None));
     }
     rec.seq = rec.seq.saturating_add(1);
-    Ok((result, Some(rec.render(key))))
+    Ok((result, Some(rec.render_over(bytes, key))))
 }
 
 /// The holders of a record, with their modes and the time they have left at `now`.
@@ -315,6 +332,35 @@ mod tests {
         );
     }
 
+    /// A write's pages may reach the disk in any order on a power loss (extends and releases
+    /// are not synced): whichever of them made it, one copy is intact, the new or the old.
+    #[test]
+    fn a_write_whose_pages_reach_the_disk_in_any_order_leaves_an_intact_copy() {
+        const PAGE: usize = 4096;
+        let path = Path::new("/locks/k.sem");
+        let mut rec = full(Kind::Semaphore);
+        for seq in [7, 8] {
+            rec.seq = seq;
+            let before = rec.render("k");
+            let op = Op::Release { owner: OwnerToken::from_u128(2), mode: Mode::Permit { limit: 64 } };
+            let (result, after) = apply(path, &before, "k", &op, 0).expect("apply");
+            assert!(matches!(result, OpResult::Released));
+            let after = after.expect("written");
+            let pages = after.len().div_ceil(PAGE);
+            assert!(pages >= 3, "{} bytes", after.len());
+            for mask in 0..1u32 << pages {
+                let mut mixed = before.clone();
+                for p in (0..pages).filter(|p| mask & (1 << p) != 0) {
+                    let r = p * PAGE..((p + 1) * PAGE).min(after.len());
+                    mixed[r.clone()].copy_from_slice(&after[r]);
+                }
+                let back = decode(&mixed, Kind::Semaphore)
+                    .unwrap_or_else(|e| panic!("seq {seq}, pages {mask:03b} from the write: {e}"));
+                assert!(back.seq == seq || back.seq == seq + 1, "seq {seq}: read back {}", back.seq);
+            }
+        }
+    }
+
     #[test]
     fn a_file_cut_at_any_byte_never_yields_a_lower_fence() {
         let rec = full(Kind::ReadWrite);
@@ -325,6 +371,18 @@ mod tests {
                 Err(_) => assert!(cut < FENCE_END, "cut at {cut} was refused with the fence field whole"),
             }
         }
+    }
+
+    #[test]
+    fn holders_of_an_unknown_boot_are_kept() {
+        let mut rec = full(Kind::Semaphore);
+        rec.boot = UNKNOWN_BOOT.into();
+        let back = decode(&rec.render("k"), Kind::Semaphore).expect("decode");
+        assert_eq!(
+            back.table.entries.len(),
+            rec.table.entries.len(),
+            "holders of a process without a boot id were dropped"
+        );
     }
 
     #[test]
