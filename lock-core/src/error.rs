@@ -121,7 +121,8 @@ pub enum Error {
     #[error("invalid holder metadata: {0}")]
     InvalidMetadata(String),
     /// This task already holds the lock it asks for: waiting would wait for itself. (Another
-    /// task, or another client, asking for it waits as usual.)
+    /// task, or another client, asking for it waits as usual.) The grant counts as the task's
+    /// that acquired it, wherever its guard was moved since.
     #[error("lock {key:?} is already held by this task; it would wait for itself")]
     AlreadyHeld {
         /// The full key.

@@ -475,3 +475,35 @@ async fn a_short_extend_in_the_hold_caps_last_ttl_ends_the_claim_at_its_valid_un
     assert!(!g.is_held());
     assert!(locks.lock("k").try_acquire().await.unwrap().is_some(), "the grant was still there");
 }
+
+/// A renewal that comes due while a user's extend is in flight waits for it, then renews
+/// with the TTL that extend set, not the one it saw before.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_behind_a_user_extend_renews_with_its_ttl() {
+    let b = Faulty::new();
+    let start = Instant::now();
+    let g = client(&b).lock("k").ttl(TTL).auto_renew().acquire().await.unwrap();
+    b.set(Mode::Slow(Duration::from_millis(200)));
+    // Renewal is due at 1 s, while this extend is in flight (0.9 s to 1.1 s).
+    tokio::time::sleep_until(start + Duration::from_millis(900)).await;
+    g.extend(TTL * 10).await.unwrap();
+    tokio::time::sleep_until(start + Duration::from_millis(1500)).await;
+    assert_eq!(g.lease().ttl(), TTL * 10, "the renewal went back to the TTL it saw before the extend");
+    assert!(g.valid_until() > Instant::now() + TTL * 5);
+}
+
+/// A hold cap that comes exactly one TTL after a renewal (the cap a whole number of TTLs
+/// plus renewal periods away) still ends the lock at the cap, not at the last renewal's
+/// `valid_until` up to a third of a TTL before it.
+#[tokio::test(start_paused = true)]
+async fn a_hold_cap_one_ttl_after_a_renewal_ends_the_lock_at_the_cap() {
+    let b = Faulty::new();
+    let locks = client(&b);
+    let start = Instant::now();
+    let cap = Duration::from_millis(6_948);
+    let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(cap).acquire().await.unwrap();
+    let reason = g.lost().await;
+    assert_eq!(reason, LossReason::MaxHoldReached);
+    let held = start.elapsed();
+    assert!(held >= cap - Duration::from_millis(100) && held <= cap, "held {held:?} under a {cap:?} cap");
+}

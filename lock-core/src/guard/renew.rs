@@ -115,7 +115,7 @@ async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
                 shared.fire(if failed { LossReason::RenewalFailed } else { shared.expiry_reason() });
                 return false;
             }
-            r = shared.renew(ttl) => r,
+            r = shared.renew(None) => r,
         };
         match res {
             Ok(ExtendOutcome::Extended { .. }) => {
@@ -158,13 +158,15 @@ async fn cap_hold(shared: &Shared, left: Duration) {
     // The backend's minimum TTL may exceed what is left: then the grant ends that much past
     // the cap on the server, but this guard still releases it at the cap.
     let last = left.max(shared.backend.capabilities().min_ttl).max(Duration::from_millis(1));
-    if last < shared.lease().ttl() {
+    // Also when the cap is exactly one TTL away: the grant then ends at the cap, not at the
+    // last renewal's `valid_until`, up to a third of a TTL before it.
+    if last <= shared.lease().ttl() {
         let until = shared.lease().valid_until();
         let res = tokio::select! {
             biased;
             _ = shared.stopped() => return,
             _ = tokio::time::sleep_until(until) => None,
-            r = shared.renew(last) => Some(r),
+            r = shared.renew(Some(last)) => Some(r),
         };
         match res {
             Some(Ok(ExtendOutcome::Extended { .. })) => observe::renewal(backend, "ok"),

@@ -159,15 +159,18 @@ impl Shared {
         self.extend_locked(ttl, None).await
     }
 
-    /// An extend for renewal: none is sent once renewal stopped, so none can follow a release
-    /// (which stops renewal, then waits for an extend in flight, under the same lock). A
-    /// stopped renewal waits here until its task drops it.
-    pub(super) async fn renew(&self, ttl: Duration) -> Result<ExtendOutcome> {
+    /// An extend for renewal, with `ttl` or (`None`) the lease's TTL as it is once the extend
+    /// lock is had (a user's extend just before sets the TTL renewal goes on with): none is
+    /// sent once renewal stopped, so none can follow a release (which stops renewal, then
+    /// waits for an extend in flight, under the same lock). A stopped renewal waits here until
+    /// its task drops it.
+    pub(super) async fn renew(&self, ttl: Option<Duration>) -> Result<ExtendOutcome> {
         let one_at_a_time = self.extend_lock.lock().await;
         if self.is_stopped() {
             drop(one_at_a_time);
             return std::future::pending().await;
         }
+        let ttl = ttl.unwrap_or_else(|| self.locked().ttl());
         self.extend_locked(ttl, self.batcher.as_ref()).await
     }
 
