@@ -226,7 +226,8 @@ impl Guard {
     /// guard. Watching `valid_until` needs a task: the renewal task when auto-renewal is on,
     /// otherwise a small watchdog started on first call.
     pub fn loss_signal(&self) -> LossSignal {
-        if self.shared.watchdog.set(()).is_ok() {
+        // Outside a runtime no watchdog can start: a later call inside one starts it.
+        if tokio::runtime::Handle::try_current().is_ok() && self.shared.watchdog.set(()).is_ok() {
             // The task ends when the lock is lost or the guard is released, dropped or detached.
             // Outside a runtime there is no watchdog: the signal then fires on the guard's
             // own events (a loss it observes, a session's end) but not at `valid_until`.

@@ -507,3 +507,16 @@ async fn a_hold_cap_one_ttl_after_a_renewal_ends_the_lock_at_the_cap() {
     let held = start.elapsed();
     assert!(held >= cap - Duration::from_millis(100) && held <= cap, "held {held:?} under a {cap:?} cap");
 }
+
+/// A loss signal asked for outside a runtime first (no watchdog can start there) still gets
+/// its watchdog when asked for again inside one: it fires at `valid_until`.
+#[test]
+fn a_loss_signal_first_asked_for_outside_a_runtime_still_fires_at_valid_until() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let locks = LockClient::new(MemoryBackend::new());
+    let g = rt.block_on(locks.lock("k").ttl(Duration::from_millis(300)).acquire()).unwrap();
+    let _outside = g.loss_signal();
+    let fired =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), g.loss_signal().fired()).await });
+    assert_eq!(fired, Ok(LossReason::Expired), "the signal never fired at valid_until");
+}
