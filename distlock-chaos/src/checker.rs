@@ -58,8 +58,13 @@ pub struct Params {
     pub kills: Vec<Kill>,
     /// Holders were paused past their lease: the unfenced control must lose updates.
     pub require_unfenced_loss: bool,
-    /// Exclusion violations are expected here, for this reason.
+    /// Exclusion violations are expected here, for this reason, when they begin inside one of
+    /// [`expected_windows`](Self::expected_windows).
     pub expected_exclusion: Option<String>,
+    /// The spans (ns) of the faults on the expected list, each from the fault's start to a
+    /// lease after its end (a grant made before the fault holds at most a lease after it): an
+    /// overlap that begins outside every one of them fails even where overlaps are expected.
+    pub expected_windows: Vec<(u64, u64)>,
     /// Token violations are expected here, for this reason.
     pub expected_tokens: Option<String>,
 }
@@ -106,6 +111,8 @@ pub struct Figures {
     pub registers: BTreeMap<&'static str, RegFigures>,
     /// Pairs of grants whose definite-hold intervals overlap.
     pub definite_overlaps: usize,
+    /// Of those, the pairs whose overlap begins inside an expected fault's window.
+    pub definite_overlaps_in_fault_windows: usize,
     /// Pairs of grants whose belief intervals overlap.
     pub belief_overlaps: usize,
     /// Takeover times after kills, ms.
@@ -164,10 +171,12 @@ pub fn check(ops: &[Op], log: &RegisterLog, p: &Params) -> (Figures, Verdict) {
         }
     }
     tokens(&grants, &mut f);
-    let (definite, ex) = overlaps(&grants, |g| g.definite_end);
+    let in_window = |at: u64| p.expected_windows.iter().any(|(from, to)| (*from..=*to).contains(&at));
+    let (definite, in_windows, ex) = overlaps(&grants, |g| g.definite_end, in_window);
     f.definite_overlaps = definite;
+    f.definite_overlaps_in_fault_windows = in_windows;
     f.examples.extend(ex.into_iter().map(|e| format!("definite holds overlap: {e}")));
-    f.belief_overlaps = overlaps(&grants, |g| g.belief_end).0;
+    f.belief_overlaps = overlaps(&grants, |g| g.belief_end, |_| false).0;
     for reg in Reg::ALL {
         f.registers.insert(reg.name(), register(ops, log, reg, &mut f.examples));
     }
@@ -256,18 +265,28 @@ fn tokens(grants: &[Grant], f: &mut Figures) {
 }
 
 /// Counts overlapping pairs of different grants, with up to three examples.
-fn overlaps(grants: &[Grant], end: impl Fn(&Grant) -> u64) -> (usize, Vec<String>) {
+/// The pairs of grants whose intervals (completion to `end`) overlap; of those, the pairs
+/// whose overlap begins at a time `windowed` says; and examples of the others (or of any, when
+/// all are windowed).
+fn overlaps(
+    grants: &[Grant],
+    end: impl Fn(&Grant) -> u64,
+    windowed: impl Fn(u64) -> bool,
+) -> (usize, usize, Vec<String>) {
     let mut by_start: Vec<&Grant> = grants.iter().filter(|g| end(g) > g.complete).collect();
     by_start.sort_by_key(|g| g.complete);
     let mut active: BinaryHeap<std::cmp::Reverse<(u64, usize)>> = BinaryHeap::new();
-    let (mut pairs, mut examples) = (0, Vec::new());
+    let (mut pairs, mut in_windows, mut examples) = (0, 0, Vec::new());
     for (idx, g) in by_start.iter().enumerate() {
         while active.peek().is_some_and(|std::cmp::Reverse((e, _))| *e <= g.complete) {
             active.pop();
         }
+        // An overlap begins when the later grant completes.
+        let windowed = windowed(g.complete);
         for std::cmp::Reverse((e, j)) in active.iter() {
             pairs += 1;
-            if examples.len() < 3 {
+            in_windows += usize::from(windowed);
+            if examples.len() < 3 && !windowed {
                 let o = by_start[*j];
                 examples.push(format!(
                     "worker {}.{} token {} held {:.1}–{:.1} ms, worker {}.{} token {} from {:.1} ms",
@@ -285,7 +304,7 @@ fn overlaps(grants: &[Grant], end: impl Fn(&Grant) -> u64) -> (usize, Vec<String
         }
         active.push(std::cmp::Reverse((end(g), idx)));
     }
-    (pairs, examples)
+    (pairs, in_windows, examples)
 }
 
 fn register(ops: &[Op], log: &RegisterLog, reg: Reg, examples: &mut Vec<String>) -> RegFigures {
@@ -388,12 +407,24 @@ fn verdict(f: &Figures, p: &Params) -> Verdict {
             None => v.failures.push(what),
         }
     }
-    if f.definite_overlaps > 0 {
-        let what = format!("server-side exclusion: {} overlapping definite holds", f.definite_overlaps);
+    let windowed = f.definite_overlaps_in_fault_windows;
+    if windowed > 0 {
+        let what = format!(
+            "server-side exclusion: {windowed} overlapping definite holds in an expected fault's window"
+        );
         match &p.expected_exclusion {
             Some(why) => v.expected.push(format!("{what} (expected, documented: {why})")),
             None => v.failures.push(what),
         }
+    }
+    if f.definite_overlaps > windowed {
+        let what =
+            format!("server-side exclusion: {} overlapping definite holds", f.definite_overlaps - windowed);
+        v.failures.push(if windowed > 0 {
+            format!("{what} outside every expected fault's window")
+        } else {
+            what
+        });
     }
     if f.takeovers_over_bound > 0 {
         v.failures

@@ -95,10 +95,30 @@ fn overlapping_definite_holds_fail() {
 #[test]
 fn an_expected_overlap_is_reported_with_its_reason_and_passes() {
     let h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 2, 3, 9, ALL);
-    let p = Params { expected_exclusion: Some("the grant is lost on restart".into()), ..params() };
+    let p = Params {
+        expected_exclusion: Some("the grant is lost on restart".into()),
+        expected_windows: vec![(2 * MS, 4 * MS)],
+        ..params()
+    };
     let (_, v) = h.check(&p);
     assert!(v.passed(), "{v:?}");
     assert!(v.expected[0].contains("the grant is lost on restart"), "{v:?}");
+}
+
+/// An expected fault excuses the overlaps it can cause, those beginning in its window, not
+/// every overlap of its scenario.
+#[test]
+fn an_overlap_outside_the_expected_faults_window_fails() {
+    let h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 2, 3, 9, ALL);
+    let p = Params {
+        expected_exclusion: Some("the grant is lost on restart".into()),
+        expected_windows: vec![(10 * MS, 20 * MS)],
+        ..params()
+    };
+    let (f, v) = h.check(&p);
+    assert_eq!((f.definite_overlaps, f.definite_overlaps_in_fault_windows), (1, 0));
+    assert!(!v.passed(), "an overlap before the expected fault was excused: {v:?}");
+    assert!(v.failures.iter().any(|m| m.contains("server-side exclusion")), "{v:?}");
 }
 
 #[test]

@@ -258,11 +258,8 @@ fn evaluate(
     duration_s: f64,
 ) -> ScenarioResult {
     // Faults that happened (an armed fault that found no holder did not).
-    let injected: Vec<Fault> = faults
-        .iter()
-        .filter(|e| e.holder.is_some() || e.node.is_some() || e.fault == Fault::SlowLinks)
-        .map(|e| e.fault)
-        .collect();
+    let happened = |e: &&FaultEvent| e.holder.is_some() || e.node.is_some() || e.fault == Fault::SlowLinks;
+    let injected: Vec<Fault> = faults.iter().filter(happened).map(|e| e.fault).collect();
     let (expected_exclusion, expected_tokens) = scenarios::expected(sc.backend, &injected);
     let poll = match st.probe.caps.wake {
         WakeMode::Poll { max_interval } => max_interval,
@@ -279,6 +276,12 @@ fn evaluate(
             .collect(),
         require_unfenced_loss: injected.iter().any(|f| f.stales_holder()),
         expected_exclusion,
+        expected_windows: faults
+            .iter()
+            .filter(happened)
+            .filter(|e| scenarios::excuses_overlaps(sc.backend, e.fault))
+            .map(|e| (e.start_ns, e.end_ns.max(e.start_ns).saturating_add(ns(st.lease))))
+            .collect(),
         expected_tokens,
     };
     let (figures, mut verdict) = checker::check(ops, log, &params);

@@ -328,6 +328,11 @@ pub const EXPECTED: &[Expected] = &[
     },
 ];
 
+/// Whether `fault` on `backend` is on the expected list for exclusion violations.
+pub fn excuses_overlaps(backend: Backend, fault: Fault) -> bool {
+    EXPECTED.iter().any(|e| e.backend == backend && e.fault == fault && e.exclusion.is_some())
+}
+
 /// The reasons that apply to `backend` under the faults that were injected.
 pub fn expected(backend: Backend, injected: &[Fault]) -> (Option<String>, Option<String>) {
     let hits: Vec<&Expected> =
