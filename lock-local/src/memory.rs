@@ -295,6 +295,7 @@ impl LockBackend for MemoryBackend {
             let role = Role::of(req.mode, NAME)?;
             let slot = store.entry((role.kind(), req.key.full().to_owned())).or_default();
             slot.table.prune(sent);
+            slot.prune_meta();
             if slot.table.check(&Self::ask(req, sent, None), role).is_some() {
                 return Ok(None);
             }
@@ -320,6 +321,23 @@ impl LockBackend for MemoryBackend {
 mod tests {
     use super::*;
     use lock_core::{LockClient, OwnerToken};
+
+    /// Multi-key grants that expire leave no metadata behind: the store holds one entry per
+    /// live grant however many came and went.
+    #[tokio::test]
+    async fn expired_multi_key_grants_leave_no_metadata() {
+        let b = MemoryBackend::new();
+        let locks = LockClient::new(b.clone());
+        for _ in 0..20 {
+            let g =
+                locks.lock_all(["a", "b"]).ttl(Duration::from_millis(5)).acquire().await.expect("lock_all");
+            drop(g.into_guard().detach());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let key = LockKey::new("a").expect("key");
+        let kept = b.with_slot(&key, Mode::Exclusive, |s, _| s.meta.len()).expect("slot").unwrap_or_default();
+        assert!(kept <= 1, "{kept} metadata entries kept for expired grants");
+    }
 
     /// The owner tokens of the holders of one name's lock.
     fn owners(b: &MemoryBackend, key: &str) -> Vec<OwnerToken> {
