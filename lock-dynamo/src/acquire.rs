@@ -109,7 +109,27 @@ impl DynamoBackend {
                 tracing::debug!(backend = NAME, key = %req.key, error = %e, "could not withdraw a writer's intent; it lapses");
             }
         }
+        let late = intent.as_ref().is_some_and(|i| i.lock().unwrap_or_else(|p| p.into_inner()).late);
+        if late && got.is_ok() {
+            // An intent write cut off unanswered may land after the writer has released:
+            // withdrawn again over a request timeout (it is none of the writer's business by
+            // then, and would hold readers back until it lapsed).
+            tokio::spawn(self.clone().withdraw_late_intent(req.key.clone(), current));
+        }
         got
+    }
+
+    /// Withdraws `owner`'s intent on `key` at once and again a few times over a request
+    /// timeout, for an intent write that may still land.
+    async fn withdraw_late_intent(self, key: LockKey, owner: OwnerToken) {
+        let pauses = std::iter::once(Duration::ZERO)
+            .chain(lock_core::cancel::LATE_GRANT_RECHECKS)
+            .chain([self.inner.opts.request_timeout]);
+        lock_core::cancel::undo_after(pauses, || async {
+            let _ = self.withdraw_intent(&key, owner, Some(self.attempt_until(None))).await;
+            false
+        })
+        .await;
     }
 
     /// One attempt, done by `until`. Dropped mid-flight, or (with `undo_on_error`) failed in a

@@ -36,6 +36,9 @@ const READER: &str = "r:";
 pub(crate) struct IntentState {
     /// The RVN of our last intent write, and when it was applied.
     written: Option<(String, Instant)>,
+    /// An intent write was cut off unanswered: it may still land, even after the writer got
+    /// the lock and released it.
+    pub(crate) late: bool,
 }
 
 /// Splits stale entries into (readers, writer RVN, intent RVN).
@@ -244,6 +247,9 @@ impl DynamoBackend {
             }
             Ok(Written::Refused(_)) => {}
             Err(e) => {
+                if e.is_retryable() {
+                    state.lock().unwrap_or_else(|p| p.into_inner()).late = true;
+                }
                 tracing::debug!(backend = crate::error::NAME, key = %req.key, error = %e, "could not leave a writer's intent")
             }
         }

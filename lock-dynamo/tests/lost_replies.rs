@@ -164,6 +164,42 @@ async fn a_successful_wait_undoes_an_earlier_attempt_that_lands_late(emulator: E
     g.release().await.expect("release");
 }
 
+/// A waiting writer's intent write cut off unanswered lands after the writer got the lock and
+/// released it: it is withdrawn, not left to hold readers back until it lapses.
+async fn a_writers_late_intent_does_not_hold_readers_back(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
+    let k = key("late-intent");
+    let reader = direct.read_lock(&k).ttl(Duration::from_secs(30)).acquire().await.expect("read");
+    // The writer's first grant write is refused (a reader holds); the intent it then leaves
+    // reaches the server 3 s late.
+    proxy.set(|f| {
+        f.update_script = [false].into();
+        f.delay_next_update = Some(Duration::from_secs(3));
+    });
+    let start = Instant::now();
+    let writer = {
+        let (through, k) = (through.clone(), k.clone());
+        tokio::spawn(async move {
+            through.write_lock(&k).ttl(Duration::from_secs(30)).wait(Duration::from_secs(10)).acquire().await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reader.release().await.expect("release");
+    let w = writer.await.expect("join").expect("the writer got the lock");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the writer got the lock only at {:?}",
+        start.elapsed()
+    );
+    w.release().await.expect("release");
+    // The late intent lands at 3 s.
+    tokio::time::sleep(Duration::from_millis(3100).saturating_sub(start.elapsed())).await;
+    let r =
+        direct.read_lock(&k).ttl(Duration::from_secs(30)).wait(Duration::from_millis(1800)).acquire().await;
+    let r = r.expect("a writer's late intent held readers back after it released");
+    r.release().await.expect("release");
+}
+
 async fn heartbeats_whose_replies_are_lost_again_are_still_ours(emulator: Emulator) {
     let (_t, proxy, through, direct) = setup(emulator).await;
     let ttl = Duration::from_secs(30);
@@ -204,6 +240,7 @@ on_each_emulator!(
     a_failed_try_acquire_whose_write_was_applied_leaves_no_grant,
     a_timed_out_wait_undoes_an_attempt_that_lands_late,
     a_successful_wait_undoes_an_earlier_attempt_that_lands_late,
+    a_writers_late_intent_does_not_hold_readers_back,
     grants_of_every_primitive_whose_reply_was_lost_are_ours
 );
 
