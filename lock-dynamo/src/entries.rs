@@ -69,6 +69,28 @@ pub(crate) fn soonest<'a>(left: impl IntoIterator<Item = &'a Duration>) -> Optio
 pub(crate) const AGAIN: Duration = Duration::from_millis(5);
 
 impl DynamoBackend {
+    /// Removes `stale` (entries this client saw unchanged for a whole lease, at most
+    /// [`MAX_STALE`](crate::takeover::MAX_STALE)) from the item at `place` in a write of their
+    /// own, each on the condition that it still carries the RVN seen: a grant that must clear
+    /// more entries than one write can remove would otherwise be refused for ever.
+    pub(crate) async fn remove_stale_entries(
+        &self,
+        place: &crate::place::Place,
+        stale: &[(String, String)],
+        until: lock_core::Instant,
+    ) -> lock_core::Result<()> {
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut p = Parts::new(
+            place.update("remove stale entries", "", "").value(":k", crate::request::n(stale.len() as u64)),
+        );
+        p.remove_stale(stale);
+        p.set.push("#n = #n - :k".into());
+        self.write(&place.id, p.build().without_item(), Some(until)).await?;
+        Ok(())
+    }
+
     /// The live holders of item `id` (entries this client would not take over), each with its
     /// mode (`mode_of`: `None` leaves an entry out, such as an intent).
     pub(crate) fn holders_of(

@@ -188,15 +188,7 @@ impl DynamoBackend {
     /// write of their own (each on the condition that it still carries the RVN seen).
     async fn remove_stale_readers(&self, place: &Place, until: Instant) -> Result<()> {
         let (readers, _, _) = split_stale(self.stale_entries(place));
-        if readers.is_empty() {
-            return Ok(());
-        }
-        let mut p =
-            Parts::new(place.update("remove stale readers", "", "").value(":k", n(readers.len() as u64)));
-        p.remove_stale(&readers);
-        p.set.push("#n = #n - :k".into());
-        self.write(&place.id, p.build().without_item(), Some(until)).await?;
-        Ok(())
+        self.remove_stale_entries(place, &readers, until).await
     }
 
     /// Leaves or refreshes a waiting writer's intent: when the slot is free, ours, or stale,

@@ -107,8 +107,14 @@ impl DynamoBackend {
         let left = self.saw_entries(&place.id, &slots);
         let live = left.values().filter(|d| !d.is_zero()).count();
         match slots.limit {
-            Some(held) if held != limit && (live > 0 || slots.counted.len() > MAX_STALE) => {
+            Some(held) if held != limit && live > 0 => {
                 return Err(Error::PermitsMismatch { key: req.key.full().to_owned(), asked: limit, held });
+            }
+            Some(held) if held != limit && slots.counted.len() > MAX_STALE => {
+                // Every permit is stale, but more than the grant that sets the new size can
+                // remove (it must remove them all): they go in writes of their own first.
+                self.remove_stale_entries(place, &self.stale_entries(place), until).await?;
+                return Ok(Attempt::Held { expires_in: Some(AGAIN) });
             }
             _ => {}
         }

@@ -130,7 +130,28 @@ async fn a_deleted_item_with_stale_entries_is_created_again(emulator: Emulator) 
     }
 }
 
+/// More crashed permits than one write can take over (40) do not fix the semaphore's size for
+/// ever: once they are seen stale, another size can be had.
+async fn many_crashed_permits_do_not_fix_the_size_for_ever(emulator: Emulator) {
+    let emu = emulator.with_table(&opts()).await;
+    let (a, b) = (support::locks(&emu.endpoint, opts()), support::locks(&emu.endpoint, opts()));
+    let name = support::key("sem", "many-crashed");
+    let ttl = Duration::from_millis(500);
+    for _ in 0..45 {
+        let _crashed = a.semaphore(&name, 50).ttl(ttl).acquire().await.expect("a permit of 50").detach();
+    }
+    // b sees the permits, then again once they have stood unchanged for a whole lease.
+    assert_eq!(b.holders(&name, Mode::Permit { limit: 50 }).await.expect("holders").len(), 45);
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let g = b.semaphore(&name, 10).ttl(Duration::from_secs(30)).wait(Duration::from_secs(5)).acquire().await;
+    let g = g.expect("45 crashed permits, all stale, kept the semaphore at 50 for ever");
+    let holders = b.holders(&name, Mode::Permit { limit: 10 }).await.expect("holders");
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    g.release().await.expect("release");
+}
+
 on_each_emulator!(
+    many_crashed_permits_do_not_fix_the_size_for_ever,
     a_deleted_item_with_stale_entries_is_created_again,
     crashed_holders_of_another_size_are_taken_over,
     an_item_past_the_size_limit_is_a_typed_error,
