@@ -11,7 +11,7 @@ pub(crate) const NAME: &str = "zookeeper";
 pub(crate) fn zk_err(op: &str, path: &str, e: zookeeper_client::Error) -> Error {
     use zookeeper_client::Error as Z;
     let kind = match &e {
-        Z::ConnectionLoss | Z::NoHosts => BackendErrorKind::Connection,
+        Z::ConnectionLoss | Z::NoHosts | Z::Custom(_) => BackendErrorKind::Connection,
         Z::Timeout => BackendErrorKind::RequestTimedOut,
         Z::SessionExpired | Z::ClientClosed | Z::SessionMoved => BackendErrorKind::Unavailable,
         Z::Throttled => BackendErrorKind::Throttled,
@@ -19,6 +19,14 @@ pub(crate) fn zk_err(op: &str, path: &str, e: zookeeper_client::Error) -> Error 
         _ => BackendErrorKind::Other,
     };
     Error::backend(NAME, kind, format!("{op} {path}"), e)
+}
+
+/// Whether a request failed because its connection broke: the client crate reports a clean
+/// close as `ConnectionLoss`, but fails the requests in flight with the connection's own error
+/// (`Custom`: a reset, an I/O error, no reply within its idle timeout) otherwise. Its reply
+/// is lost; the request may or may not have been carried out.
+pub(crate) fn connection_lost(e: &zookeeper_client::Error) -> bool {
+    matches!(e, zookeeper_client::Error::ConnectionLoss | zookeeper_client::Error::Custom(_))
 }
 
 /// A retryable failure that the client crate did not report as an error.

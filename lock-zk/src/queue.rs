@@ -57,7 +57,7 @@ impl ZkBackend {
                         Err(e) => return Err(zk_err("create lock directory", dir, e)),
                     }
                 }
-                Err(zookeeper_client::Error::ConnectionLoss) => {
+                Err(e) if crate::error::connection_lost(&e) => {
                     if let Some(c) = self.find(s, dir, &stem, true).await? {
                         return Ok(c);
                     }

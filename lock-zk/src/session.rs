@@ -218,7 +218,19 @@ impl Session {
         wait: Option<Duration>,
     ) -> std::result::Result<bool, zookeeper_client::Error> {
         let until = wait.map(|w| lock_core::lease::add_saturating(Instant::now(), w));
-        let r = self.delete_until(path, until).await;
+        // A request made while the connection is down waits in the client's queue until it
+        // reconnects (or gives the session up): bounded too, at least by DELETE_ANSWER, in
+        // which a connected server answers.
+        let r = match until {
+            Some(u) => {
+                let bound = u.max(Instant::now() + DELETE_ANSWER);
+                match tokio::time::timeout_at(bound, self.delete_until(path, until)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(zookeeper_client::Error::ConnectionLoss),
+                }
+            }
+            None => self.delete_until(path, None).await,
+        };
         if matches!(&r, Err(e) if resendable(e)) {
             let (s, path) = (self.clone(), path.to_owned());
             tokio::spawn(async move {
@@ -228,7 +240,8 @@ impl Session {
         r
     }
 
-    /// [`Session::delete_surely`]'s resending, until `until` if given.
+    /// [`Session::delete_surely`]'s resending, until `until` if given (each request's own
+    /// wait bounded by the caller).
     async fn delete_until(
         &self,
         path: &str,
@@ -376,11 +389,15 @@ async fn free_given_up(session: std::sync::Weak<Session>, mut states: zookeeper_
     tracing::info!(backend = NAME, deleted, "a session given up came back; its nodes were deleted");
 }
 
+/// How long a bounded [`Session::delete_surely`] waits at least: a connected server answers a
+/// delete well within it; a delete still unanswered then goes on in the background.
+const DELETE_ANSWER: Duration = Duration::from_millis(500);
+
 /// Whether a request that failed this way may not have reached the server, and may be sent
 /// again once the client has reconnected.
 fn resendable(e: &zookeeper_client::Error) -> bool {
     use zookeeper_client::Error as Z;
-    matches!(e, Z::ConnectionLoss | Z::Timeout | Z::Throttled)
+    crate::error::connection_lost(e) || matches!(e, Z::Timeout | Z::Throttled)
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

@@ -47,8 +47,18 @@ impl ZkBackend {
     ) -> Result<Joined> {
         let start = Instant::now();
         let lost = || Error::Lost { key: key.full().to_owned(), reason: LossReason::SessionLost };
+        // A failed read returns with our node's undo disarmed: the caller queues again on the
+        // same node (found by its uuid), or its own clean-up deletes it when no retry comes.
+        // Deleted here in the background, it could go behind the retry that adopted it.
+        let given_back = |j: Joined, e: Error| {
+            j.undo.disarm();
+            Err(e)
+        };
         loop {
-            let order = self.contenders(&j.s, &q.dir).await?;
+            let order = match self.contenders(&j.s, &q.dir).await {
+                Ok(order) => order,
+                Err(e) => return given_back(j, e),
+            };
             let Some(pos) = order.iter().position(|n| *n == j.child.name) else {
                 // Our node is gone: the session was lost, or someone deleted it.
                 j.undo.disarm();
@@ -56,7 +66,11 @@ impl ZkBackend {
             };
             // The nearest contender ahead that keeps us waiting (directories of nested locks
             // are skipped).
-            let Some(watcher) = self.watch_contender_ahead(&j.s, &q.dir, &order[..pos], q.rule).await? else {
+            let watcher = match self.watch_contender_ahead(&j.s, &q.dir, &order[..pos], q.rule).await {
+                Ok(w) => w,
+                Err(e) => return given_back(j, e),
+            };
+            let Some(watcher) = watcher else {
                 return Ok(j);
             };
             tokio::select! {

@@ -395,3 +395,100 @@ async fn a_semaphore_try_dropped_after_its_grant_leaks_no_permit() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A connection reset (an RST, not a clean close) fails the requests in flight with the
+/// connection's own error, not `ConnectionLoss`: a release whose delete went down with it is
+/// still sent again after the reconnect, and a waiter whose list went down with it queues on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_lost_with_a_reset_connection_are_sent_again() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
+    let a = client(&proxy.addr, Duration::from_secs(10)).await;
+    let b = client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let key = format!("reset/{}", uuid::Uuid::new_v4().simple());
+    // A release.
+    let g = a.lock(&key).acquire().await.expect("a holds");
+    proxy.reset_next(support::proxy::DELETE);
+    let released =
+        tokio::time::timeout(Duration::from_secs(15), g.release()).await.expect("release returned");
+    assert_eq!(
+        released.expect("a release reset with its connection is sent again"),
+        ReleaseOutcome::Released
+    );
+    let got = b.lock(&key).wait(Duration::from_secs(3)).acquire().await;
+    let held = got.expect("a's node outlived its release");
+    // A waiter whose wake-up list is reset with its connection.
+    let waiter = {
+        let (a, key) = (a.clone(), key.clone());
+        tokio::spawn(async move { a.lock(&key).wait(Duration::from_secs(15)).acquire().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.reset_next(support::proxy::LIST);
+    held.release().await.expect("release");
+    let got = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("the waiter returned")
+        .expect("join");
+    got.expect("a waiter whose list was reset with its connection gave up").release().await.expect("release");
+}
+
+/// A waiting acquire whose connection is down when its deadline comes returns then (its
+/// node's delete goes on in the background), not once the client has given the session up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_cut_off_from_the_server_ends_at_its_deadline() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
+    let a = client(&proxy.addr, Duration::from_secs(10)).await;
+    let b = client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let key = format!("cut-wait/{}", uuid::Uuid::new_v4().simple());
+    let held = b.lock(&key).acquire().await.expect("b holds");
+    let start = Instant::now();
+    let waiter = {
+        let (a, key) = (a.clone(), key.clone());
+        tokio::spawn(async move { a.lock(&key).wait(Duration::from_secs(1)).acquire().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    let got = tokio::time::timeout(Duration::from_secs(20), waiter).await.expect("returned").expect("join");
+    let took = start.elapsed();
+    assert!(got.is_err(), "the lock is held");
+    assert!(took < Duration::from_millis(2500), "a 1 s wait returned after {took:?}");
+    proxy.heal();
+    held.release().await.expect("release");
+}
+
+/// A waiter whose wake-up read is lost with its connection queues again on the same node
+/// (found by its uuid); the node is not also deleted behind it by the failed round's undo,
+/// which would leave the retry holding a deleted node while the next client takes the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_queues_again_keeps_its_node() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
+    let a = client(&proxy.addr, Duration::from_secs(10)).await;
+    let b = client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let c = client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let key = format!("requeue/{}", uuid::Uuid::new_v4().simple());
+    let held = b.lock(&key).acquire().await.expect("b holds");
+    let waiter = {
+        let (a, key) = (a.clone(), key.clone());
+        tokio::spawn(async move { a.lock(&key).wait(Duration::from_secs(15)).acquire().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // a's wake-up read is lost with its connection; any delete of a's after it is lost too,
+    // three times over.
+    proxy.swallow_next(support::proxy::LIST);
+    for _ in 0..3 {
+        proxy.reset_next(support::proxy::DELETE);
+    }
+    held.release().await.expect("release");
+    let ga = tokio::time::timeout(Duration::from_secs(20), waiter).await.expect("returned").expect("join");
+    let ga = ga.expect("a got the lock");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stolen = c.lock(&key).try_acquire().await.expect("try");
+    assert!(
+        stolen.is_none(),
+        "c took the lock a holds (is_held: {}): a's node was deleted behind it",
+        ga.is_held()
+    );
+    ga.release().await.expect("release");
+}

@@ -37,6 +37,9 @@ struct Ctl {
     delay: Mutex<Option<(&'static [i32], std::time::Duration)>>,
     swallowed: AtomicUsize,
     next: AtomicUsize,
+    /// Reset the connection (an RST, not a clean close) in place of forwarding the next request
+    /// with one of these opcodes.
+    reset: Mutex<VecDeque<&'static [i32]>>,
 }
 
 /// The proxy; it runs until the test's runtime ends.
@@ -66,6 +69,7 @@ impl ZkProxy {
             delay: Mutex::default(),
             swallowed: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
+            reset: Mutex::default(),
         });
         let c = ctl.clone();
         tokio::spawn(async move {
@@ -127,6 +131,13 @@ impl ZkProxy {
         self.ctl.rules.lock().expect("rules").push_back(opcodes);
     }
 
+    /// Resets the connection (an RST, as a peer that crashed or a middlebox sends) in place
+    /// of forwarding the next request with one of `opcodes` (after those already queued to
+    /// be reset): the request never reaches the server.
+    pub fn reset_next(&self, opcodes: &'static [i32]) {
+        self.ctl.reset.lock().expect("reset").push_back(opcodes);
+    }
+
     /// How many replies were swallowed.
     pub fn swallowed(&self) -> usize {
         self.ctl.swallowed.load(Ordering::SeqCst)
@@ -173,14 +184,31 @@ async fn serve(client: TcpStream, upstream: String, ctl: Arc<Ctl>) {
     }
     let Ok(server) = TcpStream::connect(&upstream).await else { return };
     let _open = Open::new(ctl.clone());
-    let mut cut = ctl.cut.subscribe();
-    let (cr, cw) = client.into_split();
+    let (cr, mut cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let noted: Arc<Mutex<HashSet<i32>>> = Arc::default();
     let delayed: Delayed = Arc::default();
-    let up = forward_up(cr, sw, ctl.clone(), noted.clone(), delayed.clone());
-    let down = forward_down(sr, cw, ctl.clone(), noted, delayed);
-    tokio::pin!(down);
+    let reset = Arc::new(AtomicBool::new(false));
+    let up = forward_up(cr, sw, ctl.clone(), noted.clone(), delayed.clone(), reset.clone());
+    {
+        let down = forward_down(sr, &mut cw, ctl.clone(), noted, delayed);
+        tokio::pin!(down);
+        relay(&ctl, up, down).await;
+    }
+    if reset.load(Ordering::SeqCst) {
+        // No FIN before the RST: the socket closes (linger 0) with the read half.
+        cw.forget();
+    }
+}
+
+/// Runs one connection's two directions until either ends, the proxy cuts, or a stall ends.
+async fn relay(
+    ctl: &Arc<Ctl>,
+    up: impl std::future::Future<Output = ()>,
+    mut down: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) {
+    let mut stall = ctl.stall.subscribe();
+    let mut cut = ctl.cut.subscribe();
     let mut stall2 = ctl.stall.subscribe();
     let mut cut2 = ctl.cut.subscribe();
     tokio::select! {
@@ -213,6 +241,7 @@ async fn forward_up(
     c: Arc<Ctl>,
     pending: Arc<Mutex<HashSet<i32>>>,
     delayed: Delayed,
+    reset_here: Arc<AtomicBool>,
 ) {
     let mut first = true;
     while let Some(frame) = read_frame(&mut cr).await {
@@ -228,6 +257,19 @@ async fn forward_up(
             continue;
         }
         if !first {
+            let reset = {
+                let mut r = c.reset.lock().expect("reset");
+                r.front()
+                    .is_some_and(|ops| int(&frame, 8).is_some_and(|op| ops.contains(&op)))
+                    .then(|| r.pop_front())
+            };
+            if reset.is_some() {
+                // Linger 0: the close that follows is an RST. It cannot block (no data waits).
+                #[allow(deprecated)]
+                let _ = cr.as_ref().set_linger(Some(std::time::Duration::ZERO));
+                reset_here.store(true, Ordering::SeqCst);
+                return;
+            }
             if let (Some(xid), Some(op)) = (int(&frame, 4), int(&frame, 8)) {
                 let mut rules = c.rules.lock().expect("rules");
                 if rules.front().is_some_and(|ops| ops.contains(&op)) {
@@ -251,7 +293,7 @@ async fn forward_up(
 /// forwarded while stalled. Ends when the server closes the connection.
 async fn forward_down(
     mut sr: tokio::net::tcp::OwnedReadHalf,
-    mut cw: tokio::net::tcp::OwnedWriteHalf,
+    cw: &mut tokio::net::tcp::OwnedWriteHalf,
     c: Arc<Ctl>,
     noted: Arc<Mutex<HashSet<i32>>>,
     delayed: Delayed,
