@@ -54,9 +54,9 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     /// - If the future is dropped mid-flight, a grant that the server made anyway is released
     ///   in the background (see [`UndoOnDrop`](crate::UndoOnDrop)); at worst, outside a
     ///   runtime, it lasts its TTL (promise 6).
-    /// - An attempt that fails with a retryable error may have been applied; a backend may
-    ///   release such a grant in the background by its owner token too. A caller that tries
-    ///   again after an error does so with a fresh owner token ([`poll_acquire`] does).
+    /// - An attempt that fails with an error may have been applied; a backend may release
+    ///   what an attempt left in the background by its owner token too. A caller that tries
+    ///   again does so with a fresh owner token ([`poll_acquire`] does).
     ///
     /// # Errors
     /// Backend errors only; a held lock is [`Attempt::Held`], not an error.
@@ -252,11 +252,12 @@ pub type ObserveStream = futures::stream::BoxStream<'static, Result<Option<LockI
 /// polling interval, or `deadline`. Makes a last attempt at the deadline.
 ///
 /// # Behavior
-/// An attempt that failed with a retryable error may have been applied all the same (its reply
-/// lost, its time run out), and a backend may release such a grant in the background by its
-/// owner token, as it does a dropped attempt's. Every attempt after such a failure asks with a
-/// fresh owner token, so that no undo of an earlier attempt can remove the grant a later one
-/// returns (the lease carries the owner token it was granted with).
+/// An attempt that failed may have been applied all the same (its reply lost, its time run
+/// out), and a backend may release what an attempt left in the background by its owner token,
+/// as it does a dropped attempt's (Redlock does so after a round that found the lock held but
+/// whose undo a master did not answer). Every attempt after the first asks with a fresh owner
+/// token, so that no undo of an earlier attempt can remove the grant a later one returns (the
+/// lease carries the owner token it was granted with).
 ///
 /// # Errors
 /// [`Error::WaitTimedOut`](crate::Error::WaitTimedOut) at the deadline. Retryable backend
@@ -271,17 +272,15 @@ pub async fn poll_acquire<B: LockBackend + ?Sized>(
         WakeMode::Poll { max_interval } => max_interval,
         WakeMode::Notify => Duration::from_millis(250),
     };
-    let current = std::sync::Mutex::new(req.clone());
-    let current = &current;
-    let now = move || current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let first = &first;
     wait_for_lock(&[], &req.key, deadline, max, || async move {
-        let this = now();
-        let r = backend.try_acquire(&this).await;
-        if matches!(&r, Err(e) if e.is_retryable()) {
-            *current.lock().unwrap_or_else(|p| p.into_inner()) =
-                AcquireRequest { owner: crate::lease::OwnerToken::random(), ..this };
+        if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            backend.try_acquire(req).await
+        } else {
+            let fresh = AcquireRequest { owner: crate::lease::OwnerToken::random(), ..req.clone() };
+            backend.try_acquire(&fresh).await
         }
-        r
     })
     .await
 }

@@ -1,6 +1,6 @@
 //! The default waiting acquire over a backend that undoes a failed attempt in the background
-//! by its owner token (as the DynamoDB and Redis backends do): the attempt after the failure
-//! must not be the one undone.
+//! by its owner token (as the DynamoDB and Redis backends do, Redlock also after a round that
+//! found the lock held): the attempt after the failure must not be the one undone.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,12 +12,14 @@ use lock_core::{
 };
 use lock_local::MemoryBackend;
 
-/// The first attempt fails with a retryable error (its reply "lost") and, 100 ms later,
-/// releases whatever its owner token holds, as a backend's background undo does.
+/// The first attempt fails (with a retryable error, its reply "lost", or finding the lock
+/// held, as a Redlock round whose undo a master did not answer) and, 100 ms later, releases
+/// whatever its owner token holds, as a backend's background undo does.
 #[derive(Debug)]
 struct UndoesFailedAttempts {
     inner: MemoryBackend,
     failed_once: AtomicBool,
+    held: bool,
 }
 
 #[async_trait]
@@ -38,6 +40,9 @@ impl LockBackend for UndoesFailedAttempts {
             let undo = Lease::new(key, owner, FencingToken::new(0), Duration::from_secs(1), Instant::now());
             let _ = inner.release(&undo).await;
         });
+        if self.held {
+            return Ok(Attempt::Held { expires_in: None });
+        }
         Err(Error::backend_msg("undoes-failed-attempts", BackendErrorKind::Connection, "reply lost"))
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
@@ -53,14 +58,19 @@ impl LockBackend for UndoesFailedAttempts {
 
 #[tokio::test]
 async fn an_undo_of_a_failed_attempt_never_removes_a_later_attempts_grant() {
-    let store = MemoryBackend::new();
-    let b = UndoesFailedAttempts { inner: store.clone(), failed_once: AtomicBool::new(false) };
-    let req = AcquireRequest::new(LockKey::new("k").unwrap(), Duration::from_secs(30));
-    let lease = poll_acquire(&b, &req, Instant::now() + Duration::from_secs(5)).await.unwrap();
-    // Past the failed attempt's undo.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let holder = store.inspect(&req.key).await.unwrap();
-    assert!(holder.is_some(), "the failed attempt's undo removed the grant poll_acquire returned");
-    assert_eq!(holder.and_then(|h| h.owner), Some(lease.owner()));
-    assert_eq!(store.release(&lease).await.unwrap(), ReleaseOutcome::Released);
+    for held in [false, true] {
+        let store = MemoryBackend::new();
+        let b = UndoesFailedAttempts { inner: store.clone(), failed_once: AtomicBool::new(false), held };
+        let req = AcquireRequest::new(LockKey::new("k").unwrap(), Duration::from_secs(30));
+        let lease = poll_acquire(&b, &req, Instant::now() + Duration::from_secs(5)).await.unwrap();
+        // Past the failed attempt's undo.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let holder = store.inspect(&req.key).await.unwrap();
+        assert!(
+            holder.is_some(),
+            "held={held}: the failed attempt's undo removed the grant poll_acquire returned"
+        );
+        assert_eq!(holder.and_then(|h| h.owner), Some(lease.owner()));
+        assert_eq!(store.release(&lease).await.unwrap(), ReleaseOutcome::Released);
+    }
 }
