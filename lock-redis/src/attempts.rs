@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lock_core::cancel::{spawn_detached, undo_after, LATE_GRANT_RECHECKS};
+use lock_core::cancel::{undo_after, LATE_GRANT_RECHECKS};
 use lock_core::{Attempt, Error, Instant, Lease, LockKey, Result, UndoOnDrop};
 use tokio::sync::Notify;
 
@@ -105,17 +105,18 @@ fn timed_out(key: &LockKey, start: Instant) -> Error {
 
 /// Undoes a failed non-waiting attempt: runs `release` (which reports whether it got an
 /// answer) once now, so that a grant the server made is gone when the error is returned, and,
-/// if it got no answer, again in the background after each of
-/// [`LATE_GRANT_RECHECKS`] until one does.
+/// if it got no answer, or this is dropped while it waits for one (a caller's timeout around
+/// `try_acquire`), in the background: at once, then after each of [`LATE_GRANT_RECHECKS`],
+/// until one is answered.
 pub(crate) async fn undo_now<R, RF>(release: R)
 where
     R: Fn() -> RF + Send + 'static,
     RF: Future<Output = bool> + Send,
 {
-    if !release().await {
-        spawn_detached(async move {
-            undo_after(LATE_GRANT_RECHECKS, release).await;
-        });
+    let now = release();
+    let in_background = UndoOnDrop::new(async move { undo_later(release).await });
+    if now.await {
+        in_background.disarm();
     }
 }
 

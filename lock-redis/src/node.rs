@@ -192,7 +192,7 @@ impl Node {
                 Some(Replicas { con: Connection::Server(con), count, timeout: opts.wait_timeout })
             }
         };
-        let notifier = Notifier::start(client, opts.connect_timeout, timeout);
+        let notifier = Notifier::start(vec![client], opts.connect_timeout, timeout);
         Ok(Self {
             addr,
             con: Connection::Server(con),
@@ -253,8 +253,13 @@ impl Node {
         .await
         .map_err(|_| no_connection(backend, &addr, opts.connect_timeout))?
         .map_err(|e| map_err(backend, &addr, e))?;
-        let first = seeds.first().ok_or_else(|| Error::InvalidConfig(format!("redis {addr}: no node")))?;
-        let notifier = Notifier::start(client(first)?, opts.connect_timeout, timeout);
+        if seeds.is_empty() {
+            return Err(Error::InvalidConfig(format!("redis {addr}: no node")));
+        }
+        // Wake-up notices reach every node of a cluster: the subscriber uses whichever seed
+        // answers, and the next when it goes away.
+        let subscribers = seeds.iter().map(client).collect::<Result<Vec<_>>>()?;
+        let notifier = Notifier::start(subscribers, opts.connect_timeout, timeout);
         Ok(Self {
             addr,
             con: Connection::Cluster(con),

@@ -108,11 +108,15 @@ impl Notifier {
     /// Starts the subscriber task for `client`. The task ends when the notifier and all its
     /// subscriptions are dropped. A (un)subscription that gets no confirmation within
     /// `request_timeout` counts as a lost connection: the task reconnects.
-    pub(crate) fn start(client: redis::Client, connect_timeout: Duration, request_timeout: Duration) -> Self {
+    pub(crate) fn start(
+        clients: Vec<redis::Client>,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Self {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let timeouts = Timeouts { connect: connect_timeout, request: request_timeout };
-        tokio::spawn(run(client, timeouts, shared.clone(), rx));
+        tokio::spawn(run(clients, timeouts, shared.clone(), rx));
         Self { shared, tx }
     }
 
@@ -194,8 +198,11 @@ async fn sleep_until_first(lingering: &VecDeque<(tokio::time::Instant, String)>)
     }
 }
 
+/// Keeps one subscriber connection, to the first of `clients` that answers (a cluster's nodes
+/// each see every publication, so any of them serves): after a failed connect or a lost
+/// connection, the next one is tried.
 async fn run(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     timeouts: Timeouts,
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Command>,
@@ -205,7 +212,10 @@ async fn run(
     // Channels nobody watches any more, unsubscribed once `LINGER` has passed with nobody
     // watching them again.
     let mut lingering: VecDeque<(tokio::time::Instant, String)> = VecDeque::new();
+    let mut turn = 0usize;
     loop {
+        let Some(client) = clients.get(turn % clients.len().max(1)) else { return };
+        turn = turn.wrapping_add(1);
         let conn = tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = conn else {
             if !answer_while_down(&mut rx, backoff.next_delay()).await {

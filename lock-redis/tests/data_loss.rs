@@ -459,3 +459,35 @@ async fn a_cluster_primary_killed_with_a_held_lock_keeps_tokens_rising() {
     let after = acquire_token(&locks, "failover").await;
     assert!(after > token, "token {after} after the failover, {token} before");
 }
+
+/// A cluster client whose first seed cannot be reached still gets wake-up notices: its
+/// subscriber connection goes to another node (every node of a cluster sees every
+/// publication), not only to the first seed, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_client_whose_first_seed_is_down_still_subscribes() {
+    let cluster = RedisCluster::start(3).await.expect("a Redis Cluster");
+    let primaries = cluster.primaries().await;
+    let dead = conformance_tests::fixtures::free_port().expect("a free port");
+    let nodes = std::iter::once(format!("127.0.0.1:{dead}"))
+        .chain(primaries.iter().map(|p| format!("127.0.0.1:{p}")));
+    let locks = LockClient::new(RedisBackend::connect(RedisOptions::cluster(nodes)).await.expect("connect"));
+    let held = locks.lock("woken").ttl(Duration::from_secs(30)).acquire().await.expect("hold");
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.lock("woken").wait(Duration::from_secs(20)).acquire().await })
+    };
+    let mut subscribed = false;
+    for _ in 0..50 {
+        for p in &primaries {
+            let channels = command(*p, &["PUBSUB", "CHANNELS", "*"]).await.unwrap_or_default();
+            subscribed |= !channels.is_empty();
+        }
+        if subscribed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(subscribed, "no node has the waiter's subscription: the subscriber only tries the first seed");
+    held.release().await.expect("release");
+    waiter.await.expect("join").expect("the waiter got the lock").release().await.expect("release");
+}

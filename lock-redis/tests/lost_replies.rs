@@ -50,6 +50,28 @@ async fn a_try_acquire_whose_reply_is_lost_leaves_no_grant() {
     assert!(g.is_some(), "the grant whose reply was lost still blocks others (until its TTL of {TTL:?})");
 }
 
+/// A `try_acquire` whose reply was lost, dropped by its caller (a timeout around it) while
+/// its undo waits for the reconnect, leaves no grant: the undo goes on in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_acquire_dropped_while_it_undoes_a_lost_grant_leaves_no_grant() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let proxy = Proxy::start(server.port()).await;
+    let opts = RedisOptions::new(proxy.address()).request_timeout(Duration::from_millis(500));
+    let locks = LockClient::new(RedisBackend::connect(opts).await.expect("connect through the proxy"));
+    warm_up(&locks).await;
+    proxy.cut_next_reply();
+    proxy.stall_connections(true);
+    let tried =
+        tokio::time::timeout(Duration::from_millis(300), locks.lock("dropped").ttl(TTL).try_acquire()).await;
+    assert!(tried.is_err(), "the try returned before it was dropped: {tried:?}");
+    assert!(counter_exists(server.port(), "dropped").await, "the acquire should have run on the server");
+    proxy.stall_connections(false);
+    let other = direct(&server).await;
+    let g = other.lock("dropped").wait(Duration::from_secs(3)).acquire().await;
+    let g = g.expect("the grant of a dropped try_acquire whose reply was lost still blocks others");
+    g.release().await.expect("release");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_try_acquire_that_timed_out_on_a_paused_server_leaves_no_grant() {
     let mut server = RedisServer::start().await.expect("redis-server");

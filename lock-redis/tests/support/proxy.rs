@@ -2,7 +2,7 @@
 //! A TCP proxy on loopback in front of one redis-server, for fault tests: it forwards both
 //! ways and, on command, loses the next reply (the request was carried out) and cuts that
 //! connection, or leaves every pub/sub connection unanswered from its `SUBSCRIBE` on, or
-//! closes new connections at once.
+//! closes new connections at once, or leaves them unanswered.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,9 @@ struct Faults {
     hang_subscribers: AtomicBool,
     /// New connections are accepted and closed at once (the server looks gone).
     refuse: AtomicBool,
+    /// New connections are accepted and left unanswered, then closed once this is unset
+    /// (the server looks paused).
+    stall: AtomicBool,
 }
 
 /// The proxy; stops accepting when dropped.
@@ -40,6 +43,16 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
+                if f.stall.load(Ordering::SeqCst) {
+                    let f = f.clone();
+                    tokio::spawn(async move {
+                        while f.stall.load(Ordering::SeqCst) {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                        drop(client);
+                    });
+                    continue;
+                }
                 tokio::spawn(forward(client, upstream, f.clone()));
             }
         });
@@ -60,6 +73,12 @@ impl Proxy {
     /// Whether new connections are closed as soon as they are accepted.
     pub fn refuse_connections(&self, refuse: bool) {
         self.faults.refuse.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Whether new connections are accepted and left unanswered (closed once this is unset,
+    /// so that the client connects anew).
+    pub fn stall_connections(&self, stall: bool) {
+        self.faults.stall.store(stall, Ordering::SeqCst);
     }
 
     /// From now on a connection that sends `SUBSCRIBE` is left open and never answered.
