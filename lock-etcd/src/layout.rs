@@ -11,6 +11,11 @@
 //! apart. etcd ranges by prefix only, so the filter is applied by the client: a read takes a
 //! page of keys in create order and skips the others, reading the next page when a page
 //! held no contender.
+//!
+//! Keys put by one transaction share a create revision (a multi-key lock puts one key per
+//! name, and names may nest: `t` and `t/0001`), so a page can end among them. A page that does
+//! is completed with a read of every key at its last revision before the next page starts
+//! after it; otherwise a contender cut off there would be skipped.
 
 use crate::backend::EtcdBackend;
 use crate::metadata::{holds, value_metadata, value_owner};
@@ -31,9 +36,9 @@ fn is_lease_hex(s: &[u8]) -> bool {
     (1..=16).contains(&s.len()) && s[0] != b'0' && s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// The keys of one page of a queue read, and where the next page starts (`None`: no more).
-fn next_page(kvs: &[KeyValue], more: bool, descending: bool) -> Option<i64> {
-    let last = kvs.last()?.create_revision;
+/// Where the page after one ending at create revision `last` starts (`None`: no more), once
+/// the keys at `last` were read whole.
+fn next_page(last: i64, more: bool, descending: bool) -> Option<i64> {
     match (more, descending) {
         (false, _) => None,
         (true, false) => Some(last + 1),
@@ -56,14 +61,37 @@ impl EtcdBackend {
                     .with_limit(PAGE)
             };
             let r = self.call("get", || self.client().range(read())).await?;
+            // Every key older than the page's last revision is on the page, and a lock has at
+            // most one contender per revision: the first one found is the oldest.
             if let Some(kv) = r.kvs.iter().find(|kv| is_contender(pfx, kv)) {
                 return Ok(Some(kv.clone()));
             }
-            match next_page(&r.kvs, r.more, false) {
+            let Some(last) = r.kvs.last().map(|kv| kv.create_revision).filter(|_| r.more) else {
+                return Ok(None);
+            };
+            if let Some(kv) =
+                self.keys_at(pfx, last, None).await?.into_iter().find(|kv| is_contender(pfx, kv))
+            {
+                return Ok(Some(kv));
+            }
+            match next_page(last, r.more, false) {
                 Some(next) => from = next,
                 None => return Ok(None),
             }
         }
+    }
+
+    /// Every key under `pfx` created at revision `rev` (the page a read ended among them), as
+    /// of revision `at` when given (served without a quorum round, as the read it completes).
+    async fn keys_at(&self, pfx: &str, rev: i64, at: Option<i64>) -> Result<Vec<KeyValue>> {
+        let read = || {
+            let req = RangeRequest::prefix(pfx).with_min_create_revision(rev).with_max_create_revision(rev);
+            match at {
+                Some(at) => req.serializable_at(at),
+                None => req,
+            }
+        };
+        Ok(self.call("get", || self.client().range(read())).await?.kvs)
     }
 
     /// The queue as a waiter sees it: the contender created just before `my_rev` under `pfx`
@@ -94,7 +122,14 @@ impl EtcdBackend {
                 }
             };
             let r = self.call("get", || self.client().range(read())).await?;
-            for kv in r.kvs.iter().filter(|kv| is_contender(pfx, kv)) {
+            let mut kvs = r.kvs;
+            let last = kvs.last().map(|kv| kv.create_revision);
+            if let Some(last) = last.filter(|_| r.more) {
+                // The page may end among keys of one revision: those at `last` are read whole.
+                kvs.retain(|kv| kv.create_revision != last);
+                kvs.extend(self.keys_at(pfx, last, at).await?);
+            }
+            for kv in kvs.iter().filter(|kv| is_contender(pfx, kv)) {
                 if mine.is_some() {
                     return Ok((Some(kv.key.clone()), true));
                 }
@@ -105,7 +140,7 @@ impl EtcdBackend {
                 }
                 mine = Some(true);
             }
-            match next_page(&r.kvs, r.more, true) {
+            match last.and_then(|last| next_page(last, r.more, true)) {
                 Some(next) => upto = next,
                 None => return Ok((None, mine.unwrap_or(false))),
             }
@@ -174,12 +209,9 @@ mod tests {
 
     #[test]
     fn pages_go_on_only_while_there_is_more() {
-        let page = [KeyValue { create_revision: 9, ..KeyValue::default() }];
-        assert_eq!(next_page(&page, true, false), Some(10));
-        assert_eq!(next_page(&page, true, true), Some(8));
-        assert_eq!(next_page(&page, false, true), None);
-        assert_eq!(next_page(&[], true, true), None);
-        let first = [KeyValue { create_revision: 1, ..KeyValue::default() }];
-        assert_eq!(next_page(&first, true, true), None);
+        assert_eq!(next_page(9, true, false), Some(10));
+        assert_eq!(next_page(9, true, true), Some(8));
+        assert_eq!(next_page(9, false, true), None);
+        assert_eq!(next_page(1, true, true), None);
     }
 }

@@ -277,8 +277,9 @@ impl EtcdBackend {
             return Ok(kv.create_revision);
         }
         match r.kvs.last() {
+            // From the page's last revision on: the page may end among keys of one revision.
             Some(last) if r.more => {
-                let found = self.oldest_contender(pfx, last.create_revision + 1, my_rev).await?;
+                let found = self.oldest_contender(pfx, last.create_revision, my_rev).await?;
                 Ok(found.map_or(0, |kv| kv.create_revision))
             }
             _ => Ok(0),

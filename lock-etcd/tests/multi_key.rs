@@ -82,3 +82,31 @@ async fn nested_locks_do_not_refuse_a_multi_key_lock() {
         }
     }
 }
+
+/// A multi-key lock puts its keys in one transaction, so they share a create revision, and a
+/// queue read (32 keys a page) can end among them: the contender cut off at the page's end is
+/// still found. `t` and 32 names nested in it held at once: `t` is held, for the lock and for
+/// a waiter, whatever page its key falls on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_read_that_ends_among_keys_of_one_revision_finds_the_holder() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    for mode in MODES {
+        let (a, b) = (client(&eps, mode).await, client(&eps, mode).await);
+        let base = format!("tie-{mode:?}");
+        let names: Vec<String> =
+            std::iter::once(base.clone()).chain((0..32).map(|i| format!("{base}/{i:04}"))).collect();
+        let held = b.lock_all(names.iter()).ttl(LONG).acquire().await.expect("b holds them all");
+        let tokens = held.fencing_tokens();
+        assert!(tokens.iter().all(|(_, t)| *t == tokens[0].1), "{mode:?}: not one transaction");
+        assert!(
+            a.lock(&base).try_acquire().await.expect("try").is_none(),
+            "{mode:?}: a took '{base}', which b holds"
+        );
+        let waited = a.lock(&base).ttl(LONG).wait(Duration::from_secs(1)).acquire().await;
+        assert!(waited.is_err(), "{mode:?}: a waiter took '{base}', which b holds");
+        let info = a.inspect(&base).await.expect("inspect").expect("held");
+        assert_eq!(info.fencing_token, Some(tokens[0].1), "{mode:?}");
+        assert_eq!(held.release().await.expect("release"), ReleaseOutcome::Released);
+    }
+}
