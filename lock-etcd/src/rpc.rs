@@ -12,9 +12,10 @@
 //!   relies on this: a request's first attempt has no other bound.
 //! - **TLS** (feature `tls`): a private CA or the system's roots, and a client certificate.
 //! - **Auth**: `Authenticate` at connect; the token rides in the `token` metadata header of
-//!   every KV, Watch, Maintenance and lock-service request (not on Lease or Auth requests, as
-//!   with `etcd-client`: etcd does not ask for it there). [`Client::refresh_token`] logs in
-//!   again when etcd says the token expired.
+//!   every KV, Watch, Maintenance and lock-service request and on lease revokes (etcd checks
+//!   the user may write the keys a revoke deletes), not on the other Lease requests or Auth
+//!   requests (etcd does not ask for it there). [`Client::refresh_token`] logs in again when
+//!   etcd says the token expired.
 //!
 //! The request builders are in [`request`], the two bidirectional streams in [`stream`].
 //! Public (hidden from the docs) for lock-etcd's tests and benchmarks and distlock-bench;
@@ -70,9 +71,9 @@ type Authed = InterceptedService<Channel, Token>;
 /// A connection to an etcd cluster; cheap to clone (clones share the channel and the token).
 #[derive(Clone)]
 pub struct Client {
-    /// For Lease and Auth requests: no token.
+    /// For Auth and most Lease requests: no token.
     plain: Channel,
-    /// For KV, Watch, Maintenance and lock-service requests.
+    /// For KV, Watch, Maintenance, lock-service requests and lease revokes.
     authed: Authed,
     token: Token,
     credentials: Option<Arc<(String, Secret)>>,
@@ -254,12 +255,23 @@ impl Client {
         self.unary(self.lease().lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })).await
     }
 
-    /// `Lease.LeaseRevoke`: ends lease `id`, deleting every key attached to it.
+    /// `Lease.LeaseRevoke`: ends lease `id`, deleting every key attached to it. Sent with the
+    /// auth token: with auth enabled, etcd checks the user may write every key attached to
+    /// the lease (its own expiry revokes as root), and refuses a revoke without a user. An
+    /// expired token is renewed once.
     ///
     /// # Errors
     /// The request's status (`NotFound` when the lease is gone already).
     pub async fn lease_revoke(&self, id: i64) -> std::result::Result<(), Status> {
-        self.unary(self.lease().lease_revoke(pb::LeaseRevokeRequest { id })).await.map(|_| ())
+        let revoke = || {
+            let req = pb::LeaseRevokeRequest { id };
+            async move { self.unary(LeaseClient::new(self.authed.clone()).lease_revoke(req)).await.map(|_| ()) }
+        };
+        let r = revoke().await;
+        match &r {
+            Err(e) if self.login_again_after(e).await => revoke().await,
+            _ => r,
+        }
     }
 
     /// `Lease.LeaseTimeToLive`: the seconds lease `id` has left (`-1` when it is gone),

@@ -571,3 +571,35 @@ async fn the_capabilities_are_the_same_before_and_after_the_session_opens() {
     assert_eq!(before.session_timeout, Some(Duration::from_secs(2)));
     g.release().await.expect("release");
 }
+
+/// With auth enabled, etcd refuses a lease revoke that carries no user (it checks the user may
+/// write every key on the lease): a per-lock try that found the lock held revokes its own
+/// lease, leaving no key in the queue, and a session client that closes frees its locks at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_revokes_work_with_auth_enabled() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    enable_root_auth(&eps).await;
+    let connect = |mode: lock_etcd::LeaseMode| {
+        let eps = eps.clone();
+        async move {
+            let opts = EtcdOptions::new(&eps).credentials("root", "r00t-secret").lease_mode(mode);
+            EtcdBackend::connect(opts).await.expect("authenticated connect")
+        }
+    };
+    let holder = LockClient::new(connect(lock_etcd::LeaseMode::PerLock).await);
+    let trier = connect(lock_etcd::LeaseMode::PerLock).await;
+    let raw = trier.raw_client();
+    let held = holder.lock("revoked").ttl(Duration::from_secs(30)).acquire().await.expect("hold");
+    assert!(LockClient::new(trier.clone()).lock("revoked").try_acquire().await.expect("try").is_none());
+    let keys = support::keys_under(&raw, "revoked/").await;
+    assert_eq!(keys.len(), 1, "the refused try's key was left in the queue: {keys:?}");
+    assert_eq!(held.release().await.expect("release"), ReleaseOutcome::Released);
+    // A session client that closes frees its locks at once.
+    let session = connect(lock_etcd::LeaseMode::Session).await;
+    let g = LockClient::new(session.clone()).lock("closed").acquire().await.expect("lock");
+    g.detach();
+    session.close().await;
+    let free = LockClient::new(trier).lock("closed").try_acquire().await.expect("try");
+    assert!(free.is_some(), "a closed session's lock outlived its close");
+}
