@@ -30,6 +30,7 @@ enum Cmd {
 pub(crate) struct KeyWatch {
     entries: Arc<Mutex<HashMap<Vec<u8>, Entry>>>,
     tx: mpsc::UnboundedSender<Cmd>,
+    session_loss: LossSignal,
 }
 
 impl std::fmt::Debug for KeyWatch {
@@ -56,8 +57,8 @@ impl KeyWatch {
             fresh: false,
             recheck: Vec::new(),
         };
-        tokio::spawn(watcher.run(session_loss, rx));
-        Self { entries, tx }
+        tokio::spawn(watcher.run(session_loss.clone(), rx));
+        Self { entries, tx, session_loss }
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Entry>> {
@@ -70,6 +71,11 @@ impl KeyWatch {
     pub(crate) fn add(&self, key: &[u8], created: i64) -> LossSignal {
         let signal = LossSignal::new();
         self.entries().insert(key.to_vec(), Entry { signal: signal.clone(), created, watching: false });
+        // The watcher fires the signals it finds when the session is lost, once: a grant added
+        // after that (its request answered as the session ended) is fired here.
+        if let Some(reason) = self.session_loss.reason() {
+            signal.fire(reason);
+        }
         signal
     }
 
@@ -303,6 +309,10 @@ impl Watcher {
         }
         if resp.created {
             self.backoff.reset();
+            // A watch set on this stream: the token it was opened with was good then. A later
+            // refusal may be of a token that has expired since, not a key that cannot be
+            // watched.
+            self.fresh = false;
             if let Some(key) = self.pending.pop_front() {
                 if self.cancel_when_created.remove(&key) {
                     if let Some(s) = self.stream.as_ref() {
@@ -338,5 +348,29 @@ impl Watcher {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A grant added after the session was lost (and the watcher ended) is reported lost.
+    #[tokio::test]
+    async fn a_grant_added_after_the_session_was_lost_is_lost() {
+        let etcd = conformance_tests::fixtures::etcd::EtcdCluster::single().await.expect("etcd");
+        let client = rpc::Client::connect(&crate::EtcdOptions::new(etcd.endpoints())).await.expect("connect");
+        let loss = LossSignal::new();
+        let keys = KeyWatch::start(client, loss.clone());
+        loss.fire(LossReason::SessionLost);
+        while !keys.tx.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let signal = keys.add(b"k", 5);
+        assert_eq!(
+            signal.reason(),
+            Some(LossReason::SessionLost),
+            "a grant added after the session's end looks held"
+        );
     }
 }

@@ -331,6 +331,15 @@ async fn a_key_watch_refused_for_an_expired_token_is_set_again() {
     raw.delete_range(rpc::pb::DeleteRangeRequest::prefix("refused/x/")).await.expect("delete");
     let reason = tokio::time::timeout(Duration::from_secs(5), x.lost()).await.expect("x's loss fired");
     assert_eq!(reason, LossReason::NotHeld);
+    // The token expires again: a lock added to the stream opened after the last login is
+    // refused for the same reason, and watched after another login, not reported lost.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let z = locks.lock("refused/z").auto_renew().acquire().await.expect("z after another login");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(z.is_held(), "z was reported lost for a watch refused on an expired token");
+    raw.delete_range(rpc::pb::DeleteRangeRequest::prefix("refused/z/")).await.expect("delete");
+    let reason = tokio::time::timeout(Duration::from_secs(5), z.lost()).await.expect("z's loss fired");
+    assert_eq!(reason, LossReason::NotHeld);
 }
 
 /// A waiter far back in the queue watches only its gate (the contender five places ahead);
