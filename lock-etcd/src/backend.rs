@@ -497,7 +497,12 @@ impl LockBackend for EtcdBackend {
         let rev = token_rev(lease);
         let (key, own_lease, whose) = match (held, lease.mode()) {
             (Some(h), mode) => {
-                let whose = if mode == Mode::Exclusive { Whose::OwnKey(rev) } else { Whose::Created(rev) };
+                // A plain delete only while this grant has the name's slot: a release of an
+                // earlier lease (repeated, or of a detached lease) must not delete the key a
+                // later grant of this session holds under the same name.
+                let own = mode == Mode::Exclusive
+                    && (h.session.is_none() || self.inner.local.holds(name, owner));
+                let whose = if own { Whose::OwnKey(rev) } else { Whose::Created(rev) };
                 (Cow::Borrowed(h.etcd_key.as_str()), h.session.is_none().then(|| h.lease().0), whose)
             }
             (None, Mode::Exclusive) => match self.find_key(&self.etcd_prefix(lease.key()), owner).await? {
@@ -512,7 +517,7 @@ impl LockBackend for EtcdBackend {
             }
         };
         if let Some(s) = held.and_then(|h| h.session.as_ref()) {
-            s.keys.released(key.as_bytes());
+            s.keys.released(key.as_bytes(), rev);
         }
         match self.delete_grant(&key, whose).await {
             Ok(deleted) => {

@@ -93,16 +93,22 @@ impl KeyWatch {
         true
     }
 
-    /// The grant on `key` is being released: fire its loss signal (whoever released it, the
-    /// holder must stop acting; after the holder's own release nobody listens any more) and stop
-    /// watching the key.
-    pub(crate) fn released(&self, key: &[u8]) {
-        let watched = match self.entries().remove(key) {
-            Some(e) => {
-                e.signal.fire(LossReason::NotHeld);
-                e.watching
+    /// The grant on `key` created at revision `created` is being released: fire its loss
+    /// signal (whoever released it, the holder must stop acting; after the holder's own release
+    /// nobody listens any more) and stop watching the key. A later grant on the same key (a
+    /// stale release of an earlier one) is left alone.
+    pub(crate) fn released(&self, key: &[u8], created: i64) {
+        let watched = {
+            let mut entries = self.entries();
+            match entries.get(key) {
+                Some(e) if e.created == created => {
+                    e.signal.fire(LossReason::NotHeld);
+                    let watching = e.watching;
+                    entries.remove(key);
+                    watching
+                }
+                _ => false,
             }
-            None => false,
         };
         if watched {
             let _ = self.tx.send(Cmd::Remove(key.to_vec()));

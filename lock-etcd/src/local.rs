@@ -49,6 +49,11 @@ impl LocalSlots {
         }
     }
 
+    /// Whether `owner` has the slot of `name`.
+    pub(crate) fn holds(&self, name: &str, owner: OwnerToken) -> bool {
+        self.lock().get(name).is_some_and(|s| s.owner == owner)
+    }
+
     /// Frees the slot of `name` if `owner` has it, waking the tasks waiting for it.
     pub(crate) fn free(&self, name: &str, owner: OwnerToken) {
         let mut local = self.lock();

@@ -612,3 +612,22 @@ async fn lease_revokes_work_with_auth_enabled() {
     let free = LockClient::new(trier).lock("closed").try_acquire().await.expect("try");
     assert!(free.is_some(), "a closed session's lock outlived its close");
 }
+
+/// In session mode every grant of one name by this client is the same key. A release of an
+/// earlier lease of that name (a detached lease released twice) finds the key held by a later
+/// grant: it must leave that grant alone, and its loss signal unfired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_release_leaves_a_later_grant_of_the_same_name_alone() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let b = backend(&etcd.endpoints()).await;
+    let locks = LockClient::new(b.clone());
+    let old = locks.lock("stale-release").acquire().await.expect("first").detach();
+    assert_eq!(locks.release_lease(&old).await.expect("release"), ReleaseOutcome::Released);
+    let g2 = locks.lock("stale-release").auto_renew().acquire().await.expect("second");
+    assert_eq!(locks.release_lease(&old).await.expect("stale release"), ReleaseOutcome::NotHeld);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(g2.is_held(), "a stale release fired the later grant's loss");
+    let info = locks.inspect("stale-release").await.expect("inspect").expect("still held");
+    assert_eq!(info.fencing_token, Some(g2.fencing_token()), "a stale release deleted the later grant");
+    assert_eq!(g2.release().await.expect("release"), ReleaseOutcome::Released);
+}
