@@ -500,8 +500,8 @@ impl LockBackend for EtcdBackend {
                 // A plain delete only while this grant has the name's slot: a release of an
                 // earlier lease (repeated, or of a detached lease) must not delete the key a
                 // later grant of this session holds under the same name.
-                let own = mode == Mode::Exclusive
-                    && (h.session.is_none() || self.inner.local.holds(name, owner));
+                let own =
+                    mode == Mode::Exclusive && (h.session.is_none() || self.inner.local.holds(name, owner));
                 let whose = if own { Whose::OwnKey(rev) } else { Whose::Created(rev) };
                 (Cow::Borrowed(h.etcd_key.as_str()), h.session.is_none().then(|| h.lease().0), whose)
             }

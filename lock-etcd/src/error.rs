@@ -27,6 +27,16 @@ pub(crate) fn map_err(s: Status) -> Error {
     Error::backend(NAME, kind(s.code()), message, s)
 }
 
+/// Whether `e` is a write refused because the lease it names is gone (revoked from outside
+/// before the keep-alive noticed). Sending the same request again cannot help; queueing again
+/// on a new lease does (the keep-alive finds the old one gone within a third of its TTL).
+pub(crate) fn lease_gone(e: &Error) -> bool {
+    let Error::Backend { source: Some(source), .. } = e else { return false };
+    source
+        .downcast_ref::<Status>()
+        .is_some_and(|s| s.code() == Code::NotFound && s.message().contains("lease not found"))
+}
+
 /// Whether `s` says the auth token is no longer valid (a new login fixes it), not that the
 /// user lacks a permission.
 pub(crate) fn token_expired(s: &Status) -> bool {
@@ -52,5 +62,7 @@ mod tests {
         assert!(token_expired(&Status::unauthenticated("etcdserver: invalid auth token")));
         assert!(!token_expired(&Status::permission_denied("etcdserver: permission denied")));
         assert_eq!(kind(Code::PermissionDenied), BackendErrorKind::Auth);
+        assert!(lease_gone(&map_err(Status::not_found("etcdserver: requested lease not found"))));
+        assert!(!lease_gone(&map_err(Status::not_found("etcdserver: key not found"))));
     }
 }

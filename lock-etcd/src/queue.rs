@@ -308,9 +308,10 @@ impl EtcdBackend {
                     tracing::info!(backend = NAME, key = %req.key, "lease lost while waiting; queueing again");
                     req.to_mut().owner = OwnerToken::random();
                 }
-                // A request that failed (a member going away, an election) is undone by
-                // owner token and the request queues again, until the deadline.
-                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                // A request that failed (a member going away, an election, a lease revoked
+                // from outside) is undone by owner token and the request queues again, until
+                // the deadline.
+                Err(e) if (e.is_retryable() || crate::error::lease_gone(&e)) && Instant::now() < deadline => {
                     entry.undo(true).await;
                     tracing::debug!(backend = NAME, error = %e, "queueing failed; queueing again");
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -76,7 +76,12 @@ async fn a_waiting_acquire_returns_by_its_deadline_with_the_member_stopped() {
 
 /// Three members; the holder releases while the member serving the waiter's watch is stopped
 /// (each member in turn, as the client balances streams over them): the waiter gets the lock
-/// through the others, long before its deadline.
+/// through the others, long before its deadline. How long it takes depends on which member
+/// the balancer sends each retry to: the silent watch is given up after a probe (2 s) and a
+/// request timeout, each request that lands on the stopped member costs a request timeout,
+/// and a per-lock waiter whose keep-alives keep landing there loses its 5 s lease and queues
+/// again; on this loaded 2-core machine that was 0 to 15 s (the old 8 s bound failed before
+/// and after December's changes, about one run in five under load).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_is_not_stranded_on_a_stopped_member() {
     let mut etcd = EtcdCluster::start(3).await.expect("etcd cluster");
@@ -91,7 +96,7 @@ async fn a_waiter_is_not_stranded_on_a_stopped_member() {
             let w = waiter(&eps, mode).await;
             let n = name.clone();
             let task = tokio::spawn(async move {
-                let g = w.lock(&n).ttl(Duration::from_secs(5)).wait(Duration::from_secs(30)).acquire().await;
+                let g = w.lock(&n).ttl(Duration::from_secs(5)).wait(Duration::from_secs(60)).acquire().await;
                 (g, Instant::now())
             });
             let raw = support::raw(&eps).await;
@@ -110,8 +115,8 @@ async fn a_waiter_is_not_stranded_on_a_stopped_member() {
             let took = at.saturating_duration_since(released);
             eprintln!("{mode:?}, member {stopped} stopped: hand-off {took:?} after the release returned");
             assert!(
-                took < Duration::from_secs(8),
-                "{mode:?}, member {stopped} stopped: hand-off took {took:?}"
+                took < Duration::from_secs(25),
+                "{mode:?}, member {stopped} stopped: hand-off took {took:?} (a waiter stranded until its 60 s deadline?)"
             );
             let _ = got.release().await;
         }

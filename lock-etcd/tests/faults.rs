@@ -631,3 +631,21 @@ async fn a_stale_release_leaves_a_later_grant_of_the_same_name_alone() {
     assert_eq!(info.fencing_token, Some(g2.fencing_token()), "a stale release deleted the later grant");
     assert_eq!(g2.release().await.expect("release"), ReleaseOutcome::Released);
 }
+
+/// A session lease revoked from outside, before the keep-alive noticed: a waiting acquire
+/// whose put is refused ("requested lease not found") queues again on a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_after_the_session_was_revoked_from_outside_queues_on_a_new_session() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let b = backend_ttl(&etcd.endpoints(), 6).await;
+    let locks = LockClient::new(b.clone());
+    let raw = b.raw_client();
+    let x = locks.lock("revoked-session/x").acquire().await.expect("x");
+    let keys = support::keys_under(&raw, "revoked-session/x/").await;
+    let session = keys.first().expect("x's key").2;
+    raw.lease_revoke(session).await.expect("revoke the session's lease");
+    let g = locks.lock("revoked-session/m").wait(Duration::from_secs(10)).acquire().await;
+    let g = g.expect("a wait on a session revoked from outside failed instead of queueing again");
+    g.release().await.expect("release");
+    drop(x);
+}
