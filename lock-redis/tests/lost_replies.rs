@@ -34,13 +34,20 @@ async fn counter_exists(port: u16, name: &str) -> bool {
     redis::cmd("EXISTS").arg(key).query_async::<i64>(&mut con).await.expect("EXISTS") == 1
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_try_acquire_whose_reply_is_lost_leaves_no_grant() {
+/// A server, a proxy in front of it, and a warmed-up client through the proxy (500 ms
+/// request timeout).
+async fn through_a_proxy() -> (RedisServer, Proxy, LockClient) {
     let server = RedisServer::start().await.expect("redis-server");
     let proxy = Proxy::start(server.port()).await;
     let opts = RedisOptions::new(proxy.address()).request_timeout(Duration::from_millis(500));
     let locks = LockClient::new(RedisBackend::connect(opts).await.expect("connect through the proxy"));
     warm_up(&locks).await;
+    (server, proxy, locks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_acquire_whose_reply_is_lost_leaves_no_grant() {
+    let (server, proxy, locks) = through_a_proxy().await;
     proxy.cut_next_reply();
     let err = locks.lock("lost").ttl(TTL).try_acquire().await.expect_err("the reply was lost");
     assert!(err.is_retryable(), "{err:?}");
@@ -54,11 +61,7 @@ async fn a_try_acquire_whose_reply_is_lost_leaves_no_grant() {
 /// its undo waits for the reconnect, leaves no grant: the undo goes on in the background.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_try_acquire_dropped_while_it_undoes_a_lost_grant_leaves_no_grant() {
-    let server = RedisServer::start().await.expect("redis-server");
-    let proxy = Proxy::start(server.port()).await;
-    let opts = RedisOptions::new(proxy.address()).request_timeout(Duration::from_millis(500));
-    let locks = LockClient::new(RedisBackend::connect(opts).await.expect("connect through the proxy"));
-    warm_up(&locks).await;
+    let (server, proxy, locks) = through_a_proxy().await;
     proxy.cut_next_reply();
     proxy.stall_connections(true);
     let tried =
