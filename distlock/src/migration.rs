@@ -222,11 +222,15 @@ impl LockBackend for MigrationBackend {
             .with_min_ttl(a.min_ttl.max(b.min_ttl))
             .with_max_ttl(a.max_ttl.min(b.max_ttl))
             .with_max_key_len(a.max_key_len.min(b.max_key_len))
+            // A crashed holder blocks others until both stores let go: the longer of the two.
+            .with_expiry_ttls(a.expiry_ttls.max(b.expiry_ttls))
             .with_expiry_margin(a.expiry_margin.max(b.expiry_margin));
-        if a.session_leases || b.session_leases {
-            c.with_session_leases()
-        } else {
-            c
+        let session = |c: &Capabilities| c.session_timeout.filter(|_| c.session_leases);
+        match (session(&a), session(&b)) {
+            (Some(x), Some(y)) => c.with_session_timeout(x.max(y)),
+            (Some(t), None) | (None, Some(t)) => c.with_session_timeout(t),
+            (None, None) if a.session_leases || b.session_leases => c.with_session_leases(),
+            (None, None) => c,
         }
     }
 
