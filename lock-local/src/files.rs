@@ -18,8 +18,9 @@
 //!   on the async runtime, for at most its bound (the request timeout, and for a waiting
 //!   acquire never past its deadline), and then reports [`OpResult::Busy`]. No blocking thread
 //!   is pinned by a waiter.
-//! - Crash safety: a record is written in place with one `pwrite` at offset 0, always the same
-//!   length for a key; a file is never shortened. A new file is created with its first record
+//! - Crash safety: a record is written in place with one `pwrite` of the bytes that change
+//!   (a table record's write changes one of its two copies), always the same length for a
+//!   key; a file is never shortened. A new file is created with its first record
 //!   already in it (written to a temporary file, flushed, and hard-linked into place), so a
 //!   record file is never empty. With `sync` (the default) a grant is flushed with
 //!   `fdatasync` before it is returned, so the fencing counter also survives a power loss.

@@ -263,7 +263,11 @@ pub(crate) fn boot_id() -> &'static str {
 /// judged by its expiry, which may keep a grant of an earlier boot until it passes, but
 /// never lets two holders in.
 pub(crate) fn same_boot(other: &str) -> bool {
-    let ours = boot_id();
+    same_boot_as(boot_id(), other)
+}
+
+/// [`same_boot`] for a process whose boot id is `ours`.
+pub(crate) fn same_boot_as(ours: &str, other: &str) -> bool {
     ours == other || ours == UNKNOWN_BOOT || other == UNKNOWN_BOOT
 }
 

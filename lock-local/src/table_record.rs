@@ -7,7 +7,9 @@
 //! written whole. Each later write changes one copy only, the one of its `seq`'s parity
 //! (copy `seq % 2`), so that the other holds the previous write intact whatever order the
 //! pages of a torn write reach the disk in (a block is more than a page: two copies written
-//! at once could both be spoilt by a power loss that kept some of each one's pages):
+//! at once could both be spoilt by a power loss that kept some of each one's pages). The copies
+//! share a page, so two writes in a row that are not synced (an extend, then a release; only
+//! grants and raises are) can still spoil both:
 //!
 //! ```text
 //! distlock-set1 <kind> <seq> <fence> <limit> <boot id>     header
@@ -48,7 +50,7 @@ use lock_core::{Mode, OwnerToken, Result};
 
 use crate::error::{damaged, NAME};
 use crate::files::{Op, OpResult};
-use crate::record::{boot_id, checksum, dur_ns, same_boot, BOOT_WIDTH, UNKNOWN_BOOT};
+use crate::record::{boot_id, checksum, dur_ns, same_boot_as, BOOT_WIDTH, UNKNOWN_BOOT};
 use crate::table::{Admit, Ask, Entry, Kind, Role, Table};
 
 const MAGIC: &str = "distlock-set1";
@@ -198,6 +200,11 @@ impl TableRecord {
 /// # Errors
 /// Why nothing in the file can be trusted; the caller names the file.
 pub(crate) fn decode(bytes: &[u8], kind: Kind) -> Result<TableRecord, &'static str> {
+    decode_as(bytes, kind, boot_id())
+}
+
+/// [`decode`] by a process whose boot id is `ours`.
+fn decode_as(bytes: &[u8], kind: Kind, ours: &str) -> Result<TableRecord, &'static str> {
     if bytes.is_empty() {
         return Err("it is empty");
     }
@@ -213,9 +220,14 @@ pub(crate) fn decode(bytes: &[u8], kind: Kind) -> Result<TableRecord, &'static s
             None => return Err("no copy of its record is intact"),
         },
     };
-    if !same_boot(&rec.boot) {
+    if !same_boot_as(ours, &rec.boot) {
         rec.table.entries.clear();
-        rec.boot = boot_id().to_owned();
+        rec.boot = ours.to_owned();
+    } else if rec.boot != ours {
+        // One side's boot id is unknown: the entries' boot cannot be told, and the table
+        // (one boot id for all its entries) says so, or a process that knows its boot id
+        // would drop the entries of one that does not. Without entries it is ours again.
+        rec.boot = if rec.table.entries.is_empty() { ours } else { UNKNOWN_BOOT }.to_owned();
     }
     Ok(rec)
 }
@@ -371,6 +383,26 @@ mod tests {
                 Err(_) => assert!(cut < FENCE_END, "cut at {cut} was refused with the fence field whole"),
             }
         }
+    }
+
+    /// A process that cannot read its boot id adds its entry to a table of boot `x`: the table
+    /// is then marked unknown, so that a process of boot `y` keeps that entry (one boot id
+    /// stands for all of a table's entries). A table without entries is the reader's.
+    #[test]
+    fn a_table_read_by_a_process_of_unknown_boot_becomes_unknown() {
+        let mut rec = full(Kind::Semaphore);
+        rec.boot = "x".into();
+        let seen = decode_as(&rec.render("k"), Kind::Semaphore, UNKNOWN_BOOT).expect("decode");
+        assert_eq!(seen.table.entries.len(), rec.table.entries.len());
+        let later = decode_as(&seen.render("k"), Kind::Semaphore, "y").expect("decode");
+        assert_eq!(
+            later.table.entries.len(),
+            rec.table.entries.len(),
+            "a process of another boot dropped the entries a process without a boot id wrote"
+        );
+        let mut empty = TableRecord::new(Kind::Semaphore);
+        empty.boot = UNKNOWN_BOOT.into();
+        assert_eq!(decode_as(&empty.render("k"), Kind::Semaphore, "y").expect("decode").boot, "y");
     }
 
     #[test]
