@@ -85,7 +85,7 @@ impl DynamoBackend {
             let (owners, intent) = (&owners, intent.as_ref());
             async move {
                 let r = self.attempt(&this, self.attempt_until(Some(deadline)), false, intent).await;
-                if matches!(&r, Err(e) if e.is_retryable()) {
+                if matches!(&r, Err(e) if maybe_applied(e)) {
                     lock(owners).give_up(this.owner);
                     tokio::spawn(self.clone().undo_acquire(this.key.clone(), this.owner, this.mode));
                     if let Some(i) = intent {
@@ -200,4 +200,11 @@ impl Owners {
 
 fn lock(owners: &Mutex<Owners>) -> MutexGuard<'_, Owners> {
     owners.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether an attempt that failed with `e` may have been carried out unseen: a retryable
+/// failure other than throttling (a throttled request was refused before it was applied).
+fn maybe_applied(e: &lock_core::Error) -> bool {
+    e.is_retryable()
+        && !matches!(e, lock_core::Error::Backend { kind: lock_core::BackendErrorKind::Throttled, .. })
 }
