@@ -264,10 +264,9 @@ fn tokens(grants: &[Grant], f: &mut Figures) {
     }
 }
 
-/// Counts overlapping pairs of different grants, with up to three examples.
-/// The pairs of grants whose intervals (completion to `end`) overlap; of those, the pairs
-/// whose overlap begins at a time `windowed` says; and examples of the others (or of any, when
-/// all are windowed).
+/// The pairs of different grants whose intervals (completion to `end`) overlap; of those, the
+/// pairs whose overlap begins at a time `windowed` says; and up to three examples of the
+/// others.
 fn overlaps(
     grants: &[Grant],
     end: impl Fn(&Grant) -> u64,

@@ -412,7 +412,8 @@ impl LockBackend for EtcdBackend {
 
     /// A crashed holder blocks others for at most two leases plus a margin of 5 s: without
     /// lease checkpointing a new leader renews every lease to its full TTL (see the crate
-    /// docs, "Honest limits"). In session mode the lease is the session's TTL, as granted.
+    /// docs, "Honest limits"). In session mode the lease is the session's TTL as asked for
+    /// (see `session_timeout`).
     fn capabilities(&self) -> Capabilities {
         let c = Capabilities::new()
             .with_max_permits(lock_core::MAX_PERMITS)

@@ -55,6 +55,7 @@ impl KeyWatch {
             backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
             refresh: false,
             fresh: false,
+            initial: 0,
             recheck: Vec::new(),
         };
         tokio::spawn(watcher.run(session_loss.clone(), rx));
@@ -134,6 +135,10 @@ struct Watcher {
     refresh: bool,
     /// The stream was opened right after a new login: a refusal on it is not an expired token.
     fresh: bool,
+    /// The watches of the stream's opening batch still to be answered: once all are, the
+    /// token it was opened with was good for them, and a later refusal is of one that has
+    /// expired since.
+    initial: usize,
     /// Keys whose watch was cancelled because its start revision was compacted, with their
     /// grant's create revision: read again before they are watched again or reported lost.
     recheck: Vec<(Vec<u8>, i64)>,
@@ -214,6 +219,7 @@ impl Watcher {
                     }
                     self.pending.push_back(k.clone());
                 }
+                self.initial = self.pending.len();
                 self.stream = Some(s);
             }
             Err(e) => {
@@ -315,10 +321,15 @@ impl Watcher {
         }
         if resp.created {
             self.backoff.reset();
-            // A watch set on this stream: the token it was opened with was good then. A later
-            // refusal may be of a token that has expired since, not a key that cannot be
-            // watched.
-            self.fresh = false;
+            // Every watch of the opening batch set: the token the stream was opened with was
+            // good then. A later refusal may be of a token that has expired since, not a key
+            // that cannot be watched (one refused in the batch, on a fresh token, cannot be).
+            if self.initial > 0 {
+                self.initial -= 1;
+                if self.initial == 0 {
+                    self.fresh = false;
+                }
+            }
             if let Some(key) = self.pending.pop_front() {
                 if self.cancel_when_created.remove(&key) {
                     if let Some(s) = self.stream.as_ref() {

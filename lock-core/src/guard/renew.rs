@@ -187,9 +187,12 @@ async fn cap_hold(shared: &Shared, left: Duration) {
         _ = shared.stopped() => return,
         _ = tokio::time::sleep_until(at) => {}
     }
-    // Released first, then the loss, so that whoever waits for the signal finds the lock
-    // free; but the loss fires by `valid_until` at the latest, released or not: a release that
-    // hangs (a partition) must not hold the signal, and the work it cancels, past the grant.
+    // Released first, then the loss, where the release is answered before `valid_until`
+    // (the cap came before it: a lease that could not be shortened), so that whoever waits
+    // for the signal finds the lock free. The loss fires by `valid_until` at the latest,
+    // released or not: a release that hangs (a partition) must not hold the signal, and the
+    // work it cancels, past the grant. Where the last extend shortened the grant to the cap,
+    // `valid_until` is the cap's time, and the loss fires as the release is sent.
     let mut release = Box::pin(shared.release());
     let released = tokio::select! {
         biased;
