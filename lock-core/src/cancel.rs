@@ -75,6 +75,13 @@ pub fn spawn_detached(fut: impl Future<Output = ()> + Send + 'static) -> bool {
 pub const LATE_GRANT_RECHECKS: [Duration; 3] =
     [Duration::from_millis(50), Duration::from_millis(250), Duration::from_secs(1)];
 
+/// The pauses of an undo that starts at once: zero, then [`LATE_GRANT_RECHECKS`], then `last`
+/// when given (a backend whose requests may be delayed up to a request timeout looks once more
+/// after it).
+pub fn late_grant_pauses(last: Option<Duration>) -> impl Iterator<Item = Duration> {
+    std::iter::once(Duration::ZERO).chain(LATE_GRANT_RECHECKS).chain(last)
+}
+
 /// Runs `undo` after each pause in `pauses` (a zero pause runs it at once) until it reports
 /// that it removed what it looked for; returns whether it did.
 ///

@@ -122,9 +122,7 @@ impl DynamoBackend {
     /// Withdraws `owner`'s intent on `key` at once and again a few times over a request
     /// timeout, for an intent write that may still land.
     async fn withdraw_late_intent(self, key: LockKey, owner: OwnerToken) {
-        let pauses = std::iter::once(Duration::ZERO)
-            .chain(lock_core::cancel::LATE_GRANT_RECHECKS)
-            .chain([self.inner.opts.request_timeout]);
+        let pauses = lock_core::cancel::late_grant_pauses(Some(self.inner.opts.request_timeout));
         lock_core::cancel::undo_after(pauses, || async {
             let _ = self.withdraw_intent(&key, owner, Some(self.attempt_until(None))).await;
             false
@@ -134,7 +132,7 @@ impl DynamoBackend {
 
     /// One attempt, done by `until`. Dropped mid-flight, or (with `undo_on_error`) failed in a
     /// way that may hide an applied write (a timeout, a lost connection, a 5xx: the retryable
-    /// errors), it releases by owner token in the background whatever it may have granted.
+    /// errors but throttling), it releases by owner token in the background whatever it may have granted.
     async fn attempt(
         &self,
         req: &AcquireRequest,
@@ -149,8 +147,7 @@ impl DynamoBackend {
             Mode::Read | Mode::Write => self.grant_rw(req, until, intent).await,
             other => Err(unsupported(other)),
         };
-        let maybe_applied = matches!(&got, Err(e) if e.is_retryable());
-        if !(undo_on_error && maybe_applied) {
+        if !(undo_on_error && matches!(&got, Err(e) if maybe_applied(e))) {
             undo.disarm();
         }
         got
@@ -162,9 +159,7 @@ impl DynamoBackend {
     /// writer's intent is withdrawn each time too.
     pub(crate) async fn undo_acquire(self, key: LockKey, owner: OwnerToken, mode: Mode) {
         let Ok(place) = Place::of(&key, mode, owner) else { return };
-        let pauses = std::iter::once(Duration::ZERO)
-            .chain(lock_core::cancel::LATE_GRANT_RECHECKS)
-            .chain([self.inner.opts.request_timeout]);
+        let pauses = lock_core::cancel::late_grant_pauses(Some(self.inner.opts.request_timeout));
         let released = lock_core::cancel::undo_after(pauses, || async {
             if mode == Mode::Write {
                 let _ = self.withdraw_intent(&key, owner, Some(self.attempt_until(None))).await;

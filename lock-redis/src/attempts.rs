@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lock_core::cancel::{undo_after, LATE_GRANT_RECHECKS};
+use lock_core::cancel::undo_after;
 use lock_core::{Attempt, Error, Instant, Lease, LockKey, Result, UndoOnDrop};
 use tokio::sync::Notify;
 
@@ -106,7 +106,7 @@ fn timed_out(key: &LockKey, start: Instant) -> Error {
 /// Undoes a failed non-waiting attempt: runs `release` (which reports whether it got an
 /// answer) once now, so that a grant the server made is gone when the error is returned, and,
 /// if it got no answer, or this is dropped while it waits for one (a caller's timeout around
-/// `try_acquire`), in the background: at once, then after each of [`LATE_GRANT_RECHECKS`],
+/// `try_acquire`), in the background: at once, then after each of [`lock_core::cancel::LATE_GRANT_RECHECKS`],
 /// until one is answered.
 pub(crate) async fn undo_now<R, RF>(release: R)
 where
@@ -138,8 +138,7 @@ where
     R: Fn() -> RF,
     RF: Future<Output = bool>,
 {
-    let pauses = std::iter::once(Duration::ZERO).chain(LATE_GRANT_RECHECKS);
-    undo_after(pauses, release).await;
+    undo_after(lock_core::cancel::late_grant_pauses(None), release).await;
 }
 
 /// Withdraws what a waiting acquire that gave up left on the server (a writer's intent, a
