@@ -175,6 +175,7 @@ async fn renew_on(stream: &mut LeaseKeepAlive, l: &KeptLease, timeout: Duration)
                 return true;
             }
             Err(_) => {
+                stream.unanswered();
                 tracing::debug!(lease = l.id, "etcd keep-alive stream timed out; reopening");
                 return true;
             }

@@ -156,8 +156,10 @@
 //!
 //! ## The client
 //! lock-etcd speaks etcd's gRPC API with a small client of its own over `tonic` (the `rpc`
-//! module): one channel balanced over the endpoints, the auth token in the requests'
-//! metadata and a new login when it expires, the lease keep-alive and watch streams. The
+//! module): one channel per endpoint, taken in turn, a member that left a request
+//! unanswered (a paused process, a cut link: its connection stays open) or said it cannot
+//! serve passed over for 1 s, doubling up to 30 s, until it answers again; the auth token in
+//! the requests' metadata and a new login when it expires, the lease keep-alive and watch streams. The
 //! protobuf code is generated ahead of time from etcd's `.proto` files (in `proto/`, with
 //! `scripts/gen-etcd-proto.sh`) and committed, so building needs no `protoc`.
 //!

@@ -3,9 +3,10 @@
 //! `LeaseTimeToLive`, the `LeaseKeepAlive` stream), the `Watch` stream, `Maintenance.Status`,
 //! user/password auth, and etcd's lock service (`v3lockpb.Lock`, the benchmark's peer).
 //!
-//! - **Endpoints**: one channel balanced over every endpoint (tonic's balanced channel, as the
-//!   `etcd-client` crate does), each dialled with the connect timeout. Bare `host:port`
-//!   endpoints are dialled `https://` when TLS is configured, `http://` otherwise.
+//! - **Endpoints**: one lazily connected channel per endpoint, dialled with the connect
+//!   timeout; requests and streams take the members in turn, passing over for a while a
+//!   member that let a request go unanswered or said it cannot serve (see [`members`]). Bare
+//!   `host:port` endpoints are dialled `https://` when TLS is configured, `http://` otherwise.
 //! - **Timeouts**: every unary request is bounded by the request timeout (a `DeadlineExceeded`
 //!   status after it), and so is opening a stream (a keep-alive stream with its first
 //!   renewal); etcd's lock service waits as long as the lock is held. lock-etcd's retry loop
@@ -21,6 +22,7 @@
 //! Public (hidden from the docs) for lock-etcd's tests and benchmarks and distlock-bench;
 //! not a stable API.
 
+mod members;
 pub mod request;
 pub mod stream;
 
@@ -39,6 +41,7 @@ use crate::options::EtcdOptions;
 pub use crate::proto::etcdserverpb as pb;
 pub use crate::proto::mvccpb::{event::EventType, KeyValue};
 use crate::proto::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
+use members::{InFlight, Members, Picked};
 use pb::auth_client::AuthClient;
 use pb::kv_client::KvClient;
 use pb::lease_client::LeaseClient;
@@ -68,13 +71,12 @@ impl tonic::service::Interceptor for Token {
 /// The channel with the auth token attached.
 type Authed = InterceptedService<Channel, Token>;
 
-/// A connection to an etcd cluster; cheap to clone (clones share the channel and the token).
+/// A connection to an etcd cluster; cheap to clone (clones share the channels and the token).
 #[derive(Clone)]
 pub struct Client {
-    /// For Auth and most Lease requests: no token.
-    plain: Channel,
-    /// For KV, Watch, Maintenance, lock-service requests and lease revokes.
-    authed: Authed,
+    members: Arc<Members>,
+    /// Sent on KV, Watch, Maintenance, lock-service requests and lease revokes; not on Auth
+    /// and the other Lease requests.
     token: Token,
     credentials: Option<Arc<(String, Secret)>>,
     request_timeout: Duration,
@@ -140,12 +142,9 @@ impl Client {
     /// (plus 500 ms); a non-retryable error for refused credentials.
     pub async fn connect(opts: &EtcdOptions) -> Result<Self> {
         opts.validate()?;
-        let channel = Channel::balance_list(endpoints(opts)?.into_iter());
-        let token = Token::default();
         let client = Self {
-            authed: InterceptedService::new(channel.clone(), token.clone()),
-            plain: channel,
-            token,
+            members: Members::new(endpoints(opts)?),
+            token: Token::default(),
             credentials: opts.credentials.clone().map(Arc::new),
             request_timeout: opts.request_timeout,
         };
@@ -178,7 +177,8 @@ impl Client {
     pub async fn refresh_token(&self) -> std::result::Result<(), Status> {
         let Some(creds) = self.credentials.as_deref() else { return Ok(()) };
         let req = pb::AuthenticateRequest { name: creds.0.clone(), password: creds.1.expose().clone() };
-        let resp = self.unary(AuthClient::new(self.plain.clone()).authenticate(req)).await?;
+        let resp =
+            self.unary(|p| async move { AuthClient::new(p.channel()).authenticate(req).await }).await?;
         let token = resp
             .token
             .parse::<AsciiMetadataValue>()
@@ -193,23 +193,37 @@ impl Client {
         self.has_credentials() && crate::error::token_expired(e) && self.refresh_token().await.is_ok()
     }
 
-    /// Bounds a unary call by the request timeout.
-    async fn unary<T>(
-        &self,
-        call: impl Future<Output = std::result::Result<Response<T>, Status>>,
-    ) -> std::result::Result<T, Status> {
-        match tokio::time::timeout(self.request_timeout, call).await {
+    /// A unary call on the next member, bounded by the request timeout.
+    async fn unary<T, F, Fut>(&self, call: F) -> std::result::Result<T, Status>
+    where
+        F: FnOnce(Picked) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<T>, Status>>,
+    {
+        self.unary_on(&self.members.pick(), call).await
+    }
+
+    /// A unary call on member `picked`, bounded by the request timeout; tells the member how
+    /// it went (a request dropped unanswered counts too).
+    async fn unary_on<T, F, Fut>(&self, picked: &Picked, call: F) -> std::result::Result<T, Status>
+    where
+        F: FnOnce(Picked) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<T>, Status>>,
+    {
+        let in_flight = InFlight::new(picked);
+        let r = match tokio::time::timeout(self.request_timeout, call(picked.clone())).await {
             Ok(r) => r.map(Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(format!("no reply within {:?}", self.request_timeout))),
-        }
+        };
+        in_flight.done(&r);
+        r
     }
 
-    fn kv(&self) -> KvClient<Authed> {
-        KvClient::new(self.authed.clone())
+    fn authed(&self, p: &Picked) -> Authed {
+        InterceptedService::new(p.channel(), self.token.clone())
     }
 
-    fn lease(&self) -> LeaseClient<Channel> {
-        LeaseClient::new(self.plain.clone())
+    fn kv(&self, p: &Picked) -> KvClient<Authed> {
+        KvClient::new(self.authed(p))
     }
 
     /// `KV.Range`: reads keys (see [`request`] for building the request).
@@ -217,7 +231,7 @@ impl Client {
     /// # Errors
     /// The request's status.
     pub async fn range(&self, req: pb::RangeRequest) -> std::result::Result<pb::RangeResponse, Status> {
-        self.unary(self.kv().range(req)).await
+        self.unary(|p| async move { self.kv(&p).range(req).await }).await
     }
 
     /// `KV.Put`: writes one key.
@@ -225,7 +239,7 @@ impl Client {
     /// # Errors
     /// The request's status.
     pub async fn put(&self, req: pb::PutRequest) -> std::result::Result<pb::PutResponse, Status> {
-        self.unary(self.kv().put(req)).await
+        self.unary(|p| async move { self.kv(&p).put(req).await }).await
     }
 
     /// `KV.DeleteRange`: deletes a key or a range.
@@ -236,7 +250,7 @@ impl Client {
         &self,
         req: pb::DeleteRangeRequest,
     ) -> std::result::Result<pb::DeleteRangeResponse, Status> {
-        self.unary(self.kv().delete_range(req)).await
+        self.unary(|p| async move { self.kv(&p).delete_range(req).await }).await
     }
 
     /// `KV.Txn`: compares, then runs one branch, atomically.
@@ -244,7 +258,7 @@ impl Client {
     /// # Errors
     /// The request's status.
     pub async fn txn(&self, req: pb::TxnRequest) -> std::result::Result<pb::TxnResponse, Status> {
-        self.unary(self.kv().txn(req)).await
+        self.unary(|p| async move { self.kv(&p).txn(req).await }).await
     }
 
     /// `Lease.LeaseGrant`: a new lease of `ttl` seconds (the server may grant more).
@@ -252,7 +266,8 @@ impl Client {
     /// # Errors
     /// The request's status.
     pub async fn lease_grant(&self, ttl: i64) -> std::result::Result<pb::LeaseGrantResponse, Status> {
-        self.unary(self.lease().lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })).await
+        let req = pb::LeaseGrantRequest { ttl, id: 0 };
+        self.unary(|p| async move { LeaseClient::new(p.channel()).lease_grant(req).await }).await
     }
 
     /// `Lease.LeaseRevoke`: ends lease `id`, deleting every key attached to it. Sent with the
@@ -265,7 +280,11 @@ impl Client {
     pub async fn lease_revoke(&self, id: i64) -> std::result::Result<(), Status> {
         let revoke = || {
             let req = pb::LeaseRevokeRequest { id };
-            async move { self.unary(LeaseClient::new(self.authed.clone()).lease_revoke(req)).await.map(|_| ()) }
+            async move {
+                self.unary(|p| async move { LeaseClient::new(self.authed(&p)).lease_revoke(req).await })
+                    .await
+                    .map(|_| ())
+            }
         };
         let r = revoke().await;
         match &r {
@@ -281,7 +300,9 @@ impl Client {
     /// The request's status.
     pub async fn lease_time_to_live(&self, id: i64) -> std::result::Result<i64, Status> {
         let req = pb::LeaseTimeToLiveRequest { id, keys: false };
-        self.unary(self.lease().lease_time_to_live(req)).await.map(|r| r.ttl)
+        self.unary(|p| async move { LeaseClient::new(p.channel()).lease_time_to_live(req).await })
+            .await
+            .map(|r| r.ttl)
     }
 
     /// `Lease.LeaseKeepAlive`: opens a keep-alive stream for lease `id` and renews it once.
@@ -294,19 +315,23 @@ impl Client {
     pub async fn lease_keep_alive(&self, id: i64) -> std::result::Result<(LeaseKeepAlive, i64), Status> {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let _ = tx.unbounded_send(pb::LeaseKeepAliveRequest { id });
+        let picked = self.members.pick();
+        let in_flight = InFlight::new(&picked);
         let open_and_renew = async {
-            let responses = self.lease().lease_keep_alive(rx).await?.into_inner();
-            let mut keep_alive = LeaseKeepAlive::new(id, tx, responses);
+            let responses = LeaseClient::new(picked.channel()).lease_keep_alive(rx).await?.into_inner();
+            let mut keep_alive = LeaseKeepAlive::new(id, tx, responses, picked.clone());
             let ttl = keep_alive.reply().await?;
             Ok((keep_alive, ttl))
         };
-        match tokio::time::timeout(self.request_timeout, open_and_renew).await {
+        let r = match tokio::time::timeout(self.request_timeout, open_and_renew).await {
             Ok(r) => r,
             Err(_) => Err(Status::deadline_exceeded(format!(
                 "no keep-alive reply within {:?}",
                 self.request_timeout
             ))),
-        }
+        };
+        in_flight.done(&r);
+        r
     }
 
     /// `Watch.Watch`: opens a watch stream with `create` as its first watcher. The stream's
@@ -317,8 +342,11 @@ impl Client {
     pub async fn watch(&self, create: pb::WatchCreateRequest) -> std::result::Result<WatchStream, Status> {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let _ = tx.unbounded_send(stream::create(create));
-        let responses = self.unary(WatchClient::new(self.authed.clone()).watch(rx)).await?;
-        Ok(WatchStream::new(tx, responses))
+        let picked = self.members.pick();
+        let responses = self
+            .unary_on(&picked, |p| async move { WatchClient::new(self.authed(&p)).watch(rx).await })
+            .await?;
+        Ok(WatchStream::new(tx, responses, picked))
     }
 
     /// `Maintenance.Status` of the member that serves the request.
@@ -326,7 +354,10 @@ impl Client {
     /// # Errors
     /// The request's status.
     pub async fn status(&self) -> std::result::Result<pb::StatusResponse, Status> {
-        self.unary(MaintenanceClient::new(self.authed.clone()).status(pb::StatusRequest {})).await
+        self.unary(
+            |p| async move { MaintenanceClient::new(self.authed(&p)).status(pb::StatusRequest {}).await },
+        )
+        .await
     }
 
     /// etcd's lock service: waits (with no timeout) until the lock `name` is held on `lease`,
@@ -336,7 +367,10 @@ impl Client {
     /// The request's status.
     pub async fn lock(&self, name: impl Into<Vec<u8>>, lease: i64) -> std::result::Result<Vec<u8>, Status> {
         let req = LockRequest { name: name.into(), lease };
-        Ok(LockClient::new(self.authed.clone()).lock(req).await?.into_inner().key)
+        let picked = self.members.pick();
+        let r = LockClient::new(self.authed(&picked)).lock(req).await;
+        picked.outcome(&r);
+        Ok(r?.into_inner().key)
     }
 
     /// etcd's lock service: releases the lock held by `key` (from [`Client::lock`]).
@@ -345,6 +379,6 @@ impl Client {
     /// The request's status.
     pub async fn unlock(&self, key: impl Into<Vec<u8>>) -> std::result::Result<(), Status> {
         let req = UnlockRequest { key: key.into() };
-        self.unary(LockClient::new(self.authed.clone()).unlock(req)).await.map(|_| ())
+        self.unary(|p| async move { LockClient::new(self.authed(&p)).unlock(req).await }).await.map(|_| ())
     }
 }

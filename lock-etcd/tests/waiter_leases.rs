@@ -16,7 +16,7 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// A per-lock waiter (TTL 2 s) waits 30 s behind a holder that keeps the lock 20 s; from 3 s
 /// on every member of the three is restarted in turn, the one serving the waiter's keep-alive
-/// stream among them (the client balances streams over the members, so which one serves it
+/// stream among them (the client takes the members in turn, so which one serves it
 /// is not known; restarting one at a time keeps a quorum). The waiter's lease lives through
 /// it: it gets the lock with the key it queued with (its token is that key's create
 /// revision, greater than the holder's).

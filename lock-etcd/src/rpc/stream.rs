@@ -8,6 +8,7 @@ use futures::channel::mpsc::UnboundedSender;
 use lock_core::Instant;
 use tonic::{Code, Status, Streaming};
 
+use super::members::Picked;
 use super::pb;
 use pb::watch_request::RequestUnion;
 
@@ -27,6 +28,7 @@ pub struct LeaseKeepAlive {
     id: i64,
     requests: UnboundedSender<pb::LeaseKeepAliveRequest>,
     replies: Streaming<pb::LeaseKeepAliveResponse>,
+    member: Picked,
 }
 
 impl LeaseKeepAlive {
@@ -34,8 +36,15 @@ impl LeaseKeepAlive {
         id: i64,
         requests: UnboundedSender<pb::LeaseKeepAliveRequest>,
         replies: Streaming<pb::LeaseKeepAliveResponse>,
+        member: Picked,
     ) -> Self {
-        Self { id, requests, replies }
+        Self { id, requests, replies, member }
+    }
+
+    /// The member serving the stream left a renewal unanswered: the client passes it over
+    /// for a while (the caller reopens the stream, on another member).
+    pub fn unanswered(&self) {
+        self.member.unanswered();
     }
 
     /// The lease this stream renews.
@@ -72,14 +81,16 @@ impl LeaseKeepAlive {
 pub struct WatchStream {
     requests: UnboundedSender<pb::WatchRequest>,
     replies: Streaming<pb::WatchResponse>,
+    member: Picked,
 }
 
 impl WatchStream {
     pub(super) fn new(
         requests: UnboundedSender<pb::WatchRequest>,
         replies: Streaming<pb::WatchResponse>,
+        member: Picked,
     ) -> Self {
-        Self { requests, replies }
+        Self { requests, replies, member }
     }
 
     /// Adds a watcher; its `created` response (with its watch id) comes on the stream, in the
@@ -150,9 +161,12 @@ impl SilenceProbe {
     }
 
     /// The time [`SilenceProbe::at`] came: asks `ws` for a progress report. `false` when the
-    /// stream has fallen silent (the last request went unanswered, or the stream is closed).
+    /// stream has fallen silent (the last request went unanswered, or the stream is closed);
+    /// the client then passes its member over for a while, so that the caller's new stream
+    /// goes to another one.
     pub fn due(&mut self, ws: &WatchStream) -> bool {
         if self.asked || ws.request_progress().is_err() {
+            ws.member.unanswered();
             return false;
         }
         (self.at, self.asked) = (lock_core::lease::add_saturating(Instant::now(), self.answer), true);
