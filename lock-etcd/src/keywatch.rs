@@ -2,6 +2,12 @@
 //! fires that lock's loss signal, and the session's loss fires them all. Renewing a lock held
 //! on a session then needs no request: the session's one keep-alive keeps every key alive, and
 //! this stream says when one is gone.
+//!
+//! A member that stops answering leaves the stream open and silent: after
+//! [`PROBE_EVERY`](rpc::PROBE_EVERY) without a message the stream is asked for a progress
+//! report, and one that does not answer within a request timeout is opened again (on another
+//! member: the client passes the silent one over), each key watched from its grant's revision
+//! or the revision it was last read at, so a deletion made meanwhile is still reported.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,7 +17,7 @@ use lock_core::{Backoff, LossReason, LossSignal};
 use tokio::sync::mpsc;
 
 use crate::rpc::pb::{RangeRequest, WatchCreateRequest, WatchResponse};
-use crate::rpc::{self, EventType, WatchStream};
+use crate::rpc::{self, EventType, SilenceProbe, WatchStream};
 
 struct Entry {
     signal: LossSignal,
@@ -41,7 +47,8 @@ impl std::fmt::Debug for KeyWatch {
 
 impl KeyWatch {
     /// Starts the watcher task; it ends when the session is lost or the watcher is dropped.
-    pub(crate) fn start(client: rpc::Client, session_loss: LossSignal) -> Self {
+    /// A stream that answers no progress request within `answer` is opened again.
+    pub(crate) fn start(client: rpc::Client, session_loss: LossSignal, answer: Duration) -> Self {
         let entries: Arc<Mutex<HashMap<Vec<u8>, Entry>>> = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
         let watcher = Watcher {
@@ -57,6 +64,8 @@ impl KeyWatch {
             fresh: false,
             initial: 0,
             recheck: Vec::new(),
+            probe: SilenceProbe::new(answer),
+            answer,
         };
         tokio::spawn(watcher.run(session_loss.clone(), rx));
         Self { entries, tx, session_loss }
@@ -142,6 +151,9 @@ struct Watcher {
     /// Keys whose watch was cancelled because its start revision was compacted, with their
     /// grant's create revision: read again before they are watched again or reported lost.
     recheck: Vec<(Vec<u8>, i64)>,
+    /// Tells the open stream's silence from quiet.
+    probe: SilenceProbe,
+    answer: Duration,
 }
 
 impl Watcher {
@@ -168,7 +180,19 @@ impl Watcher {
                     }
                 }
             }
+            let probe_at = self.stream.is_some().then(|| self.probe.at());
             tokio::select! {
+                _ = async {
+                    match probe_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if self.stream.as_ref().is_some_and(|s| !self.probe.due(s)) {
+                        tracing::debug!("etcd key watch fell silent; opening the stream again");
+                        self.stream = None;
+                    }
+                }
                 reason = session_loss.fired() => {
                     for e in self.entries().values() {
                         e.signal.fire(reason);
@@ -188,7 +212,10 @@ impl Watcher {
                     // The stream broke, or a watch on it was refused: reopen it (from each
                     // key's grant revision) on the next turn.
                     let keep = match msg {
-                        Ok(Some(resp)) => self.response(resp),
+                        Ok(Some(resp)) => {
+                            self.probe.heard();
+                            self.response(resp)
+                        }
                         _ => false,
                     };
                     if !keep {
@@ -221,6 +248,7 @@ impl Watcher {
                 }
                 self.initial = self.pending.len();
                 self.stream = Some(s);
+                self.probe = SilenceProbe::new(self.answer);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "etcd key watch: cannot open the stream");
@@ -378,7 +406,7 @@ mod tests {
         let etcd = conformance_tests::fixtures::etcd::EtcdCluster::single().await.expect("etcd");
         let client = rpc::Client::connect(&crate::EtcdOptions::new(etcd.endpoints())).await.expect("connect");
         let loss = LossSignal::new();
-        let keys = KeyWatch::start(client, loss.clone());
+        let keys = KeyWatch::start(client, loss.clone(), Duration::from_secs(1));
         loss.fire(LossReason::SessionLost);
         while !keys.tx.is_closed() {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -50,7 +50,7 @@ impl Session {
         Ok(Arc::new(Self {
             id: grant.id,
             ttl,
-            keys: KeyWatch::start(client.clone(), loss.clone()),
+            keys: KeyWatch::start(client.clone(), loss.clone(), request_timeout),
             loss,
             lease,
         }))

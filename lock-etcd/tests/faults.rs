@@ -513,6 +513,45 @@ async fn cancelled_attempts_on_a_cluster_leave_no_orphan() {
     assert!(cut > 0 && finished > 0, "the cuts missed the requests: {cut} cut, {finished} finished");
 }
 
+/// A held key deleted from outside while the member serving the session's key watch stops
+/// answering (its connection open, silent): the watch is opened again on the other endpoint
+/// and the deletion is still reported, as the lock's loss (not the session's).
+/// Four clients, over a proxy to the member and the member itself, each sending one more
+/// request before its lock, so that some watch streams surely go through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_is_reported_when_the_key_watch_falls_silent() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let proxy = support::proxy::Proxy::start(&eps[0]).await;
+    let opts = EtcdOptions::new([proxy.endpoint.clone(), eps[0].clone()])
+        .request_timeout(Duration::from_secs(1))
+        .session_ttl(Duration::from_secs(6));
+    let mut guards = Vec::new();
+    for i in 0..4 {
+        let b = EtcdBackend::connect(opts.clone()).await.expect("connect");
+        // The client takes the two endpoints in turn: `i` requests first shift which one
+        // the key watch goes to.
+        for _ in 0..i {
+            b.raw_client().status().await.expect("status");
+        }
+        let c = LockClient::new(b);
+        guards.push(c.lock(&format!("silent-watch/{i}")).auto_renew().acquire().await.expect("hold"));
+    }
+    // Past the first renewal (a session TTL of 6 s: every 2 s), which reads the key once and
+    // asks for its watch; later renewals send nothing, and only the watch reports a deletion.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    proxy.set(support::proxy::Mode::Blackhole);
+    let raw = support::raw(&eps).await;
+    raw.delete_range(rpc::pb::DeleteRangeRequest::prefix("silent-watch/")).await.expect("delete");
+    for (i, g) in guards.iter().enumerate() {
+        let reason = tokio::time::timeout(Duration::from_secs(10), g.lost())
+            .await
+            .unwrap_or_else(|_| panic!("lock {i}: the deletion of its key went unreported"));
+        assert_eq!(reason, LossReason::NotHeld, "lock {i}");
+    }
+    proxy.heal();
+}
+
 /// An observer whose watch stream falls silent (the member behind it paused or cut off, the
 /// connection still open) ends with an error within a few request timeouts: it never keeps
 /// reporting a leader that has resigned.
