@@ -74,14 +74,36 @@ pub(crate) struct Held {
     pub(crate) etcd_key: String,
     /// Session mode: fires when this grant's key is deleted or the session is lost.
     pub(crate) signal: Option<lock_core::LossSignal>,
-    /// (lease id, granted TTL in seconds); per-lock leases change on a TTL change.
-    pub(crate) lease: Mutex<(i64, i64)>,
+    /// The etcd lease the key is on (a per-lock lease is replaced when a renewal asks for
+    /// another TTL).
+    pub(crate) lease: Mutex<OwnLease>,
     pub(crate) session: Option<Arc<Session>>,
 }
 
 impl Held {
-    pub(crate) fn lease(&self) -> (i64, i64) {
+    pub(crate) fn lease(&self) -> OwnLease {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An etcd lease a grant's key is on, with the TTL (in seconds) it was asked for and the one
+/// etcd granted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OwnLease {
+    pub(crate) id: i64,
+    pub(crate) asked: i64,
+    pub(crate) granted: i64,
+}
+
+impl OwnLease {
+    /// Whether a renewal asking for `ttl` can keep this lease: etcd would grant the same TTL.
+    /// It raises a TTL below its minimum to the minimum, so when this lease's TTL was raised,
+    /// any TTL up to its grant comes out the same (comparing with the TTL asked for would
+    /// replace the lease at every renewal that asks for the lease's TTL, and comparing with
+    /// the grant, at every one that asks for the first TTL again).
+    pub(crate) fn renews(&self, ttl: Duration) -> bool {
+        let t = ttl_secs(ttl);
+        t == self.granted || (self.granted > self.asked && t < self.granted)
     }
 }
 
@@ -321,11 +343,11 @@ impl EtcdBackend {
         ttl: Duration,
         sent: Instant,
     ) -> Result<ExtendOutcome> {
-        let (id, secs) = held.lease();
+        let id = held.lease().id;
         if !self.held_still(held, lease).await? {
             return Ok(ExtendOutcome::NotHeld);
         }
-        if secs != ttl_secs(ttl) {
+        if !held.lease().renews(ttl) {
             return self.move_to_new_lease(held, lease, ttl, sent).await;
         }
         let granted = self.keep_alive_once(id).await?;
@@ -344,7 +366,7 @@ impl EtcdBackend {
         ttl: Duration,
         sent: Instant,
     ) -> Result<ExtendOutcome> {
-        let (key, (old_id, _)) = (held.etcd_key.as_str(), held.lease());
+        let (key, old_id) = (held.etcd_key.as_str(), held.lease().id);
         let (new_id, new_secs) = self.grant(ttl).await?;
         let txn = pb::TxnRequest::when([pb::Compare::create_revision_is(key, token_rev(lease))])
             .and_then([pb::RequestOp::move_to_lease(key, new_id)]);
@@ -370,7 +392,8 @@ impl EtcdBackend {
                 Err(_) => return Err(e),
             },
         }
-        *held.lease.lock().unwrap_or_else(|p| p.into_inner()) = (new_id, new_secs);
+        *held.lease.lock().unwrap_or_else(|p| p.into_inner()) =
+            OwnLease { id: new_id, asked: ttl_secs(ttl), granted: new_secs };
         self.revoke(old_id).await;
         Ok(ExtendOutcome::Extended { valid_until: valid_until(sent, new_secs) })
     }
@@ -381,7 +404,7 @@ impl EtcdBackend {
     async fn release_failed(&self, held: Option<&Held>, key: String, lease: &Lease) {
         let Some(held) = held else { return };
         if held.session.is_none() {
-            self.revoke(held.lease().0).await;
+            self.revoke(held.lease().id).await;
             return;
         }
         let (b, session) = (self.clone(), held.session.clone());
@@ -504,7 +527,7 @@ impl LockBackend for EtcdBackend {
                 let own =
                     mode == Mode::Exclusive && (h.session.is_none() || self.inner.local.holds(name, owner));
                 let whose = if own { Whose::OwnKey(rev) } else { Whose::Created(rev) };
-                (Cow::Borrowed(h.etcd_key.as_str()), h.session.is_none().then(|| h.lease().0), whose)
+                (Cow::Borrowed(h.etcd_key.as_str()), h.session.is_none().then(|| h.lease().id), whose)
             }
             (None, Mode::Exclusive) => match self.find_key(&self.etcd_prefix(lease.key()), owner).await? {
                 Some((k, _)) => (Cow::Owned(k), None, Whose::Owner(owner)),

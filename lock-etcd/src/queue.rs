@@ -14,7 +14,7 @@ use lock_core::{
     Result,
 };
 
-use crate::backend::{EtcdBackend, Held};
+use crate::backend::{EtcdBackend, Held, OwnLease};
 use crate::error::{map_err, timeout, NAME};
 use crate::grants;
 use crate::keepalive::{ttl_secs, KeepAlive, KeptLease};
@@ -153,7 +153,11 @@ impl QueueEntry {
         let held = Held {
             etcd_key: std::mem::take(&mut self.my_key),
             signal,
-            lease: Mutex::new((self.lease, ttl_secs(granted))),
+            lease: Mutex::new(OwnLease {
+                id: self.lease,
+                asked: ttl_secs(req.ttl),
+                granted: ttl_secs(granted),
+            }),
             session,
         };
         lease.with_backend_data(Arc::new(held))

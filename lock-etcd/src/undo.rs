@@ -143,7 +143,7 @@ impl EtcdBackend {
     /// on the lease `held` renews (a TTL change whose outcome was unknown may have moved it to
     /// another, which nothing renews).
     pub(crate) async fn held_still(&self, held: &Held, lease: &Lease) -> Result<bool> {
-        Ok(self.key_lease(&held.etcd_key, token_rev(lease)).await? == Some(held.lease().0))
+        Ok(self.key_lease(&held.etcd_key, token_rev(lease)).await? == Some(held.lease().id))
     }
 
     /// The lease of `key` if it is still the key created at revision `rev`.

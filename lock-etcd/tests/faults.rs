@@ -552,6 +552,30 @@ async fn a_deletion_is_reported_when_the_key_watch_falls_silent() {
     proxy.heal();
 }
 
+/// A member whose minimum lease TTL (3/2 of its election timeout, 7.5 s here, granted as 8 s)
+/// is above the TTL asked for: renewing with the TTL asked for, or with the one granted,
+/// keeps the lock on its lease (a keep-alive), where it used to grant a new lease and move the
+/// key at every renewal; a longer TTL still moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_keep_a_lease_etcd_raised_to_its_minimum() {
+    let etcd = EtcdCluster::single_with_flags(&["--heartbeat-interval=500", "--election-timeout=5000"])
+        .await
+        .expect("etcd");
+    let eps = etcd.endpoints();
+    let c = support::client(&eps, lock_etcd::LeaseMode::PerLock).await;
+    let g = c.lock("raised-ttl").ttl(Duration::from_secs(2)).acquire().await.expect("hold");
+    assert_eq!(g.lease().ttl(), Duration::from_secs(8), "etcd's minimum TTL is not what the test expects");
+    let grants = || handled(&eps[0], &["LeaseGrant"]);
+    let before = grants().await;
+    for ttl in [2, 8, 2, 5] {
+        g.extend(Duration::from_secs(ttl)).await.expect("extend");
+    }
+    assert_eq!(grants().await - before, 0.0, "a renewal granted a new lease");
+    g.extend(Duration::from_secs(12)).await.expect("extend");
+    assert_eq!(grants().await - before, 1.0, "a longer TTL did not move the lock to a new lease");
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+}
+
 /// An observer whose watch stream falls silent (the member behind it paused or cut off, the
 /// connection still open) ends with an error within a few request timeouts: it never keeps
 /// reporting a leader that has resigned.
