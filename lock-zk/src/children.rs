@@ -117,11 +117,31 @@ pub(crate) fn stem(owner: OwnerToken, name: &str) -> String {
     format!("_c_{}-{name}", uuid::Uuid::from_u128(owner.as_u128()).hyphenated())
 }
 
-/// The sequence ZooKeeper appended to `name`: its last 10 digits. Children are ordered by
-/// it, so children written by other recipes in the same directory are ordered rightly too.
-pub(crate) fn sequence(name: &str) -> Option<u64> {
+/// The recipe names whose nodes' sequences are read with their sign: Curator's, and kazoo's
+/// (`__lock__`, `__rlock__`).
+const STEMS: [&str; 7] = [LOCK, LEASE, READ, WRITE, LATCH, "__lock__", "__rlock__"];
+
+/// The sequence ZooKeeper appended to `name`, formatted `%010d`: ten digits, or once the
+/// parent's counter passed 2^31 - 1 and went on from -2^31, a minus sign and nine or ten
+/// digits. Ten digits after a minus sign are negative when the sign follows one of the
+/// recipe names in [`STEMS`] (the name of a lock node is `…lock-` then the sequence, so
+/// `…lock--2147483648` is negative, `…lock-2147483647` is not); after any other name they
+/// are read as positive. Children are ordered by it, so children written by other recipes in
+/// the same directory are ordered rightly too.
+pub(crate) fn sequence(name: &str) -> Option<i32> {
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     let tail = name.get(name.len().checked_sub(10)?..)?;
-    tail.bytes().all(|b| b.is_ascii_digit()).then(|| tail.parse().ok()).flatten()
+    if let Some(nine) = tail.strip_prefix('-') {
+        return (digits(nine)).then(|| nine.parse::<i32>().ok().map(|v| -v)).flatten();
+    }
+    if !digits(tail) {
+        return None;
+    }
+    let head = &name[..name.len() - 10];
+    match head.strip_suffix('-') {
+        Some(before) if STEMS.iter().any(|s| before.ends_with(s)) => format!("-{tail}").parse().ok(),
+        _ => tail.parse().ok(),
+    }
 }
 
 /// The owner token in a node named `_c_<uuid>-…`.
@@ -130,15 +150,23 @@ pub(crate) fn owner_of(name: &str) -> Option<OwnerToken> {
     uuid::Uuid::parse_str(uuid).ok().map(|u| OwnerToken::from_u128(u.as_u128()))
 }
 
-/// Keeps the children that carry a sequence and sorts them by it. In a lock's directory the
+/// Keeps the children that carry a sequence and sorts them by it, in creation order across
+/// the counter's wrap (see [`sequence`]). In a lock's directory the
 /// first of them that is a lock node (an ephemeral child) holds the lock: a name that carries
 /// a sequence may also be the directory of a lock whose name extends this one
 /// (`jobs/0000000001` is the child `0000000001` of `jobs`), which is not ephemeral and never a
 /// contender.
-pub(crate) fn in_sequence_order(mut children: Vec<String>) -> Vec<String> {
-    children.retain(|n| sequence(n).is_some());
-    children.sort_by_key(|n| sequence(n).unwrap_or(u64::MAX));
-    children
+pub(crate) fn in_sequence_order(children: Vec<String>) -> Vec<String> {
+    let mut seqs: Vec<(i32, String)> =
+        children.into_iter().filter_map(|n| Some((sequence(&n)?, n))).collect();
+    // The counter wraps: live nodes span far less than half its range, so the first of them
+    // is the one every other follows (serial-number order, as in RFC 1982), and the others are
+    // ordered by their distance from it.
+    let first = seqs.iter().map(|(q, _)| *q).reduce(|a, b| if b.wrapping_sub(a) < 0 { b } else { a });
+    if let Some(first) = first {
+        seqs.sort_by_key(|(q, _)| q.wrapping_sub(first) as u32);
+    }
+    seqs.into_iter().map(|(_, n)| n).collect()
 }
 
 /// One key segment as a znode name: segments that ZooKeeper cannot name (empty, `.`, `..`,
@@ -233,6 +261,37 @@ mod tests {
         let names = ["b-lock-0000000003", "nightly", "a__lock__0000000001", "_c_x-lock-0000000002"];
         let order = in_sequence_order(names.iter().map(|s| s.to_string()).collect());
         assert_eq!(order, ["a__lock__0000000001", "_c_x-lock-0000000002", "b-lock-0000000003"]);
+    }
+
+    /// ZooKeeper's sequence is the parent's child version, a signed 32-bit counter that every
+    /// child creation and deletion advances: past 2^31 - 1 (about a billion lock cycles on one
+    /// name that never sat idle long enough for its directory to be removed) it goes on from
+    /// -2^31, formatted `%010d`. Nodes are still served in the order they were created.
+    #[test]
+    fn sequences_are_served_in_order_across_the_wrap() {
+        let o = stem(OwnerToken::from_u128(7), LOCK);
+        let seqs = ["2147483646", "2147483647", "-2147483648", "-2147483647", "-1000000000", "-999999999"];
+        let names: Vec<String> = seqs.iter().map(|q| format!("{o}{q}")).collect();
+        for rotate in 0..names.len() {
+            let mut shuffled = names.clone();
+            shuffled.rotate_left(rotate);
+            shuffled.swap(0, names.len() - 1);
+            assert_eq!(in_sequence_order(shuffled), names, "rotated by {rotate}");
+        }
+        let near_zero = ["-000000002", "-000000001", "0000000000", "0000000001"];
+        let names: Vec<String> = near_zero.iter().map(|q| format!("{o}{q}")).collect();
+        let mut reversed = names.clone();
+        reversed.reverse();
+        assert_eq!(in_sequence_order(reversed), names);
+        for (stem_name, q, want) in [
+            (READ, "-2147483648", i32::MIN),
+            (LATCH, "-000000001", -1),
+            (LEASE, "1500000000", 1_500_000_000),
+            (LOCK, "-1500000000", -1_500_000_000),
+        ] {
+            let name = format!("{}{q}", stem(OwnerToken::from_u128(1), stem_name));
+            assert_eq!(sequence(&name), Some(want), "{name}");
+        }
     }
 
     #[test]
