@@ -521,11 +521,12 @@ impl LockBackend for EtcdBackend {
         let rev = token_rev(lease);
         let (key, own_lease, whose) = match (held, lease.mode()) {
             (Some(h), mode) => {
-                // A plain delete only while this grant has the name's slot: a release of an
-                // earlier lease (repeated, or of a detached lease) must not delete the key a
-                // later grant of this session holds under the same name.
-                let own =
-                    mode == Mode::Exclusive && (h.session.is_none() || self.inner.local.holds(name, owner));
+                // A plain delete only by the first release while this grant has the name's
+                // slot: a release of an earlier lease (repeated, or of a detached lease, or
+                // one running alongside the first) must not delete the key a later grant of
+                // this session holds under the same name.
+                let own = mode == Mode::Exclusive
+                    && (h.session.is_none() || self.inner.local.start_release(name, owner));
                 let whose = if own { Whose::OwnKey(rev) } else { Whose::Created(rev) };
                 (Cow::Borrowed(h.etcd_key.as_str()), h.session.is_none().then(|| h.lease().id), whose)
             }

@@ -18,6 +18,8 @@ struct LocalSlot {
     session: i64,
     /// What the slot's release signals; made when a first task waits for it.
     released: Option<Arc<Notify>>,
+    /// A release of the owner's grant is under way (see [`LocalSlots::start_release`]).
+    releasing: bool,
 }
 
 /// Which local owner holds or queues for each name, per session.
@@ -39,19 +41,32 @@ impl LocalSlots {
             }
             Some(slot) => {
                 // Ours already, or left by a lost session: the waiters stay with the slot.
+                if slot.owner != owner {
+                    slot.releasing = false;
+                }
                 (slot.owner, slot.session) = (owner, session);
                 Ok(())
             }
             None => {
-                local.insert(name.to_owned(), LocalSlot { owner, session, released: None });
+                local.insert(name.to_owned(), LocalSlot { owner, session, released: None, releasing: false });
                 Ok(())
             }
         }
     }
 
-    /// Whether `owner` has the slot of `name`.
-    pub(crate) fn holds(&self, name: &str, owner: OwnerToken) -> bool {
-        self.lock().get(name).is_some_and(|s| s.owner == owner)
+    /// Whether `owner` has the slot of `name` and no release of its grant is under way yet;
+    /// marks one as under way. The first release of a grant may then delete its key plainly
+    /// (the slot keeps the session's other attempts off the key until it is freed); a second
+    /// one running alongside must compare, since the first may free the slot and a new grant
+    /// of the session put the key again before the second's delete lands.
+    pub(crate) fn start_release(&self, name: &str, owner: OwnerToken) -> bool {
+        match self.lock().get_mut(name) {
+            Some(s) if s.owner == owner && !s.releasing => {
+                s.releasing = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Frees the slot of `name` if `owner` has it, waking the tasks waiting for it.
@@ -115,5 +130,24 @@ impl EtcdBackend {
             }
             return Ok((sent, lease, granted, session));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_first_of_two_releases_of_a_grant_may_delete_plainly() {
+        let slots = LocalSlots::default();
+        let (a, b) = (OwnerToken::random(), OwnerToken::random());
+        assert!(slots.claim("n", a, 1).is_ok());
+        assert!(slots.start_release("n", a), "the first release");
+        assert!(!slots.start_release("n", a), "a second release alongside the first");
+        slots.free("n", a);
+        assert!(!slots.start_release("n", a), "a release after the slot was freed");
+        assert!(slots.claim("n", b, 1).is_ok());
+        assert!(!slots.start_release("n", a), "a stale release of a grant whose slot was taken again");
+        assert!(slots.start_release("n", b), "the new grant's release");
     }
 }
