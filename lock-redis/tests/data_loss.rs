@@ -65,6 +65,43 @@ async fn acquire_token(locks: &LockClient, name: &str) -> u64 {
     t
 }
 
+/// The server's clock in microseconds (`TIME`).
+async fn server_us(port: u16) -> u64 {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut raw(port).await).await.expect("TIME");
+    s * 1_000_000 + us
+}
+
+/// A name's first token is the server's clock in microseconds when it was granted (what lets
+/// tokens rise past a counter lost with a snapshot), for every primitive that makes one: the
+/// scripts write it as text, the microseconds padded to six digits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_names_token_is_the_servers_clock_in_microseconds() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let port = server.port();
+    let locks = LockClient::new(
+        RedisBackend::connect(RedisOptions::new(format!("127.0.0.1:{port}"))).await.expect("connect"),
+    );
+    for i in 0..40 {
+        let before = server_us(port).await;
+        let tokens = [
+            locks.lock(&format!("clock/lock/{i}")).acquire().await.expect("lock").fencing_token().get(),
+            locks
+                .semaphore(&format!("clock/sem/{i}"), 2)
+                .acquire()
+                .await
+                .expect("permit")
+                .fencing_token()
+                .get(),
+            locks.read_lock(&format!("clock/r/{i}")).acquire().await.expect("read").fencing_token().get(),
+            locks.write_lock(&format!("clock/w/{i}")).acquire().await.expect("write").fencing_token().get(),
+        ];
+        let after = server_us(port).await;
+        for t in tokens {
+            assert!(before <= t && t <= after, "token {t} outside the server's clock [{before}, {after}]");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_token_rises_after_a_kill_restores_an_older_snapshot() {
     let mut server = snapshot_server().await;

@@ -79,10 +79,12 @@ pub mod rwlock;
 pub mod semaphore;
 
 /// Lua functions every script starts with:
-/// - `now_us()`: the server's clock (`TIME`) in microseconds;
-/// - `next_fence(counter, now_us)`: the next fencing token of `counter`,
+/// - `now_us()`: the server's clock (`TIME`) in microseconds, and `TIME`'s reply;
+/// - `next_fence(counter, now_us, time)`: the next fencing token of `counter`,
 ///   `max(counter + 1, now_us)`, stored as the new counter (see the module docs); `INCR`
 ///   keeps the `+ 1` exact on counters beyond 2^53, and the result is the counter as stored;
+///   `now_us` as a decimal string is made from `time` (the seconds, then the microseconds
+///   padded to six digits), which costs the server less than `string.format` of the number;
 /// - `raise(counter, f)`: raises `counter` to at least `f` (Redlock's write-back), comparing
 ///   the decimal strings (both without sign or leading zeros), so that counters beyond 2^53,
 ///   which Lua numbers cannot tell apart, are compared exactly;
@@ -115,11 +117,11 @@ pub mod semaphore;
 pub(crate) const PRELUDE: &str = r#"
 local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+  return tonumber(t[1]) * 1000000 + tonumber(t[2]), t
 end
-local function next_fence(counter, now)
+local function next_fence(counter, now, t)
   if redis.call('INCR', counter) < now then
-    local f = string.format('%.0f', now)
+    local f = t[1] .. string.sub('00000' .. t[2], -6)
     redis.call('SET', counter, f)
     return f
   end
@@ -397,7 +399,7 @@ for i = 1, #KEYS, 2 do
     return {'0', tostring(redis.call('PTTL', KEYS[i]))}
   end
 end
-local us = now_us()
+local us, t = now_us()
 local out = {'1'}
 for i = 1, #KEYS, 2 do
   local cur = redis.call('GET', KEYS[i])
@@ -406,7 +408,7 @@ for i = 1, #KEYS, 2 do
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
     f = string.match(cur, '^%d+', 34)
   else
-    f = next_fence(KEYS[i + 1], us)
+    f = next_fence(KEYS[i + 1], us, t)
     redis.call('SET', KEYS[i], mine .. f .. (ARGV[3] or ''), 'PX', ARGV[2])
   end
   out[#out + 1] = f

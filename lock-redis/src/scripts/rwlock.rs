@@ -37,7 +37,7 @@ use super::script;
 pub static ACQUIRE_READ: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local us = now_us()
+local us, t = now_us()
 local now = math.floor(us / 1000)
 local ttl = tonumber(ARGV[2])
 prune(KEYS[2], KEYS[3], now)
@@ -51,7 +51,7 @@ if w ~= -2 then return {0, tostring(w)} end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if #first > 0 then return {0, tostring(tonumber(first[2]) - now)} end
-local f = next_fence(KEYS[5], us)
+local f = next_fence(KEYS[5], us, t)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], f)
 remember(KEYS[3], ARGV[1], ARGV[4])
@@ -69,7 +69,7 @@ return {1, f}
 pub static ACQUIRE_WRITE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local us = now_us()
+local us, t = now_us()
 local now = math.floor(us / 1000)
 local ttl = tonumber(ARGV[2])
 local cur = redis.call('GET', KEYS[1])
@@ -93,7 +93,7 @@ if wait then
   end
   return {0, tostring(wait)}
 end
-local f = next_fence(KEYS[5], us)
+local f = next_fence(KEYS[5], us, t)
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. f .. (ARGV[4] or ''), 'PX', ttl)
 redis.call('ZREM', KEYS[4], ARGV[1])
 return {1, f}

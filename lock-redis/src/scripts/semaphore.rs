@@ -36,7 +36,7 @@ use super::script;
 pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local us = now_us()
+local us, t = now_us()
 local now = math.floor(us / 1000)
 local ttl = tonumber(ARGV[2])
 local waits = KEYS[4] and ARGV[6] and ARGV[6] ~= ''
@@ -57,7 +57,7 @@ if held > 0 then
   end
 end
 if waits then redis.call('ZREM', KEYS[4], ARGV[7]) end
-local f = next_fence(KEYS[3], us)
+local f = next_fence(KEYS[3], us, t)
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], f, 'limit', ARGV[3])
 remember(KEYS[2], ARGV[1], ARGV[4])
