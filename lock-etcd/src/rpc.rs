@@ -335,7 +335,9 @@ impl Client {
     }
 
     /// `Watch.Watch`: opens a watch stream with `create` as its first watcher. The stream's
-    /// first message is that watcher's `created` response.
+    /// first message is that watcher's `created` response. The stream requires a leader
+    /// (`hasleader`): a member without one refuses it, and ends it (`Unavailable`, "no leader")
+    /// once it has had none for a few election timeouts.
     ///
     /// # Errors
     /// The status of a failed open.
@@ -343,8 +345,14 @@ impl Client {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let _ = tx.unbounded_send(stream::create(create));
         let picked = self.members.pick();
+        let mut req = Request::new(rx);
+        // Go's `WithRequireLeader`: the member refuses the stream while it has no leader, and
+        // cancels it once it has had none for a few election timeouts. A member cut off from
+        // the others still answers progress requests from its own store, so the silence probe
+        // alone would not tell that nothing more can come through it.
+        req.metadata_mut().insert("hasleader", AsciiMetadataValue::from_static("true"));
         let responses = self
-            .unary_on(&picked, |p| async move { WatchClient::new(self.authed(&p)).watch(rx).await })
+            .unary_on(&picked, |p| async move { WatchClient::new(self.authed(&p)).watch(req).await })
             .await?;
         Ok(WatchStream::new(tx, responses, picked))
     }

@@ -602,6 +602,32 @@ async fn an_observer_whose_watch_falls_silent_ends_with_an_error() {
     b.release().await.expect("release");
 }
 
+/// An observer whose watch is served by a member cut off from the others (here: both others
+/// stopped, so it has no leader) ends with an error: such a member still answers progress
+/// requests from its own store, so only the stream's requirement of a leader tells that no
+/// change can come through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_on_a_member_without_a_leader_ends_with_an_error() {
+    use futures::StreamExt;
+    let mut etcd = EtcdCluster::start(3).await.expect("etcd cluster");
+    let eps = etcd.endpoints();
+    let direct = support::client(&eps, lock_etcd::LeaseMode::Session).await;
+    let a = direct.election("leaderless").campaign("a").await.expect("a leads");
+    let opts = EtcdOptions::new([&eps[0]]).request_timeout(Duration::from_secs(1));
+    let watcher = LockClient::new(EtcdBackend::connect(opts).await.expect("connect"));
+    let mut seen = watcher.election("leaderless").observe().await.expect("observe");
+    let first = seen.next().await.expect("first").expect("state").expect("a leader");
+    assert_eq!(first.value.as_deref(), Some("a"));
+    etcd.members[1].process().pause().expect("pause");
+    etcd.members[2].process().pause().expect("pause");
+    let next = tokio::time::timeout(Duration::from_secs(30), seen.next()).await;
+    etcd.members[1].process().resume().expect("resume");
+    etcd.members[2].process().resume().expect("resume");
+    let next = next.expect("the observer stayed open on a member without a leader");
+    assert!(matches!(next, Some(Err(_))), "{next:?}");
+    drop(a);
+}
+
 /// An observer outlives its auth token (observing sends nothing with it): the read of the new
 /// leader after a change logs in again instead of ending the stream with an auth error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
