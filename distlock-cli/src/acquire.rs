@@ -49,7 +49,7 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
             "owner": lease.owner().to_string(),
             "fencing_token": lease.fencing_token().get(),
             "fencing_tokens": tokens,
-            "mode": format!("{:?}", lease.mode()),
+            "mode": crate::holder::mode_name(lease.mode()),
             "ttl_ms": lease.ttl().as_millis() as u64,
             "valid_for_ms": lease.remaining().as_millis() as u64,
             "backend": locks.backend_name(),

@@ -19,9 +19,10 @@ pub(crate) struct Args {
     /// What this candidate advertises while leader (shown by `distlock leader`).
     #[arg(long)]
     value: String,
-    /// Leadership TTL; a crashed leader is replaced within about this long.
-    #[arg(long, default_value = "30s", value_parser = duration)]
-    ttl: Duration,
+    /// Leadership TTL; a crashed leader is replaced within about this long (default: the
+    /// URL's `ttl=`, else 30s).
+    #[arg(long, value_parser = duration)]
+    ttl: Option<Duration>,
     /// How long to campaign before giving up (default: until elected).
     #[arg(long, value_parser = duration)]
     wait: Option<Duration>,
@@ -32,7 +33,10 @@ pub(crate) struct Args {
 /// Campaigns, then runs the command while leader; exit code as `run`'s (75 when not elected
 /// within `--wait`).
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
-    let mut election = locks.election(&args.name).ttl(args.ttl);
+    let mut election = locks.election(&args.name);
+    if let Some(t) = args.ttl {
+        election = election.ttl(t);
+    }
     if let Some(w) = args.wait {
         election = election.wait(w);
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use distlock::{Guard, LockClient, LossReason, ReleaseOutcome};
+use distlock::{Guard, Instant, LockClient, LossReason, ReleaseOutcome};
 use rustix::process::{Pid, Signal};
 use serde_json::json;
 use tokio::process::Child;
@@ -16,7 +16,7 @@ use crate::output::Out;
 use crate::take::{duration, Take};
 
 /// What `run` does to the command when the lock is lost.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum OnLost {
     /// SIGTERM, then SIGKILL after --kill-grace.
     Term,
@@ -42,7 +42,10 @@ pub(crate) struct Supervised {
     /// What to do to the command if the lock is lost.
     #[arg(long, value_enum, default_value = "term")]
     on_lost: OnLost,
-    /// After SIGTERM, how long to wait before SIGKILL.
+    /// After SIGTERM, how long to wait before SIGKILL. With `--on-lost term`, when renewal
+    /// falls behind so that the lock has at most this long (and at most a third of the
+    /// validity it had when taken) left, the command gets SIGTERM then, and SIGKILL when the lock expires: it never runs
+    /// past the lock's validity for the grace.
     #[arg(long, default_value = "10s", value_parser = duration)]
     kill_grace: Duration,
     /// The command and its arguments.
@@ -125,7 +128,10 @@ pub(crate) async fn supervise_command(
     }
     let (status, lost) = supervise(out, &guard, &mut child, group, &mut signals, args).await;
     if let Some(g) = group {
-        stop_leftovers(g, args.kill_grace).await;
+        // Stopped by the time the lock may expire: at once once it is lost.
+        let left = guard.lease().valid_until().saturating_duration_since(Instant::now());
+        let grace = if lost.is_some() { Duration::ZERO } else { args.kill_grace.min(left) };
+        stop_leftovers(g, grace).await;
     }
     if let Some(t) = &terminal {
         t.restore();
@@ -304,7 +310,11 @@ fn signal(group: Option<Pid>, sig: Signal) {
 }
 
 /// Waits for the command, forwarding signals to its process group `group`, and stops it as
-/// `--on-lost` says if the lock is lost. Returns its status and the loss, if any.
+/// `--on-lost` says if the lock is lost. With `term`, a renewal falling behind so far that the
+/// lock has at most the kill grace (and at most a third of its validity) left sends SIGTERM then,
+/// and the loss, when it comes, SIGKILL: the command is gone when the lock expires, where a
+/// SIGTERM at the loss and a SIGKILL a grace later let it run on while another holder could
+/// take the lock. Returns its status and the loss, if any.
 async fn supervise(
     out: &Out,
     guard: &Guard,
@@ -314,20 +324,35 @@ async fn supervise(
     args: &Supervised,
 ) -> (std::io::Result<std::process::ExitStatus>, Option<LossReason>) {
     let mut lost = None;
+    // A third of the validity the lock has now, just taken: its TTL, or on a backend whose
+    // session keeps its locks (ZooKeeper, etcd's session mode) what the session has left.
+    let ahead =
+        args.kill_grace.min(guard.lease().valid_until().saturating_duration_since(Instant::now()) / 3);
+    // SIGTERM sent ahead of an expiry that renewal did not keep off.
+    let mut stopping = false;
     let status = 'run: loop {
         tokio::select! {
             // A loss is seen even when the command ends at the same moment.
             biased;
             reason = guard.lost(), if lost.is_none() => {
                 lost = Some(reason);
+                // The command is stopped before the loss is reported: a report that cannot be
+                // written must not keep it running.
+                match args.on_lost {
+                    OnLost::Ignore => {}
+                    OnLost::Kill => signal(group, Signal::KILL),
+                    // Its grace was what was left of the lock.
+                    OnLost::Term if stopping => signal(group, Signal::KILL),
+                    OnLost::Term => signal(group, Signal::TERM),
+                }
                 report_loss(out, guard, reason, args.on_lost);
                 match args.on_lost {
                     OnLost::Ignore => {
                         eprintln!("distlock: --on-lost ignore: the command keeps running without the lock")
                     }
-                    OnLost::Kill => signal(group, Signal::KILL),
+                    OnLost::Kill => {}
+                    OnLost::Term if stopping => {}
                     OnLost::Term => {
-                        signal(group, Signal::TERM);
                         let grace = tokio::time::sleep(args.kill_grace);
                         tokio::pin!(grace);
                         // Signals sent to distlock meanwhile are forwarded at once.
@@ -343,6 +368,14 @@ async fn supervise(
                         }
                     }
                 }
+            }
+            _ = guard.expiring(ahead), if lost.is_none() && !stopping && args.on_lost == OnLost::Term => {
+                stopping = true;
+                signal(group, Signal::TERM);
+                eprintln!(
+                    "distlock: lock '{}' not renewed; it expires within {ahead:?}: stopping the command (SIGTERM now, SIGKILL when it expires)",
+                    guard.key()
+                );
             }
             status = child.wait() => break status,
             sig = signals.recv() => signal(group, sig),

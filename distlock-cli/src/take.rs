@@ -26,9 +26,10 @@ pub(crate) struct Take {
     /// Take the write side of the read-write lock NAME (alone).
     #[arg(long)]
     pub(crate) write: bool,
-    /// Lease TTL; a crashed holder blocks others for at most this long.
-    #[arg(long, default_value = "30s", value_parser = duration)]
-    pub(crate) ttl: Duration,
+    /// Lease TTL; a crashed holder blocks others for at most this long (default: the URL's
+    /// `ttl=`, else 30s).
+    #[arg(long, value_parser = duration)]
+    pub(crate) ttl: Option<Duration>,
     /// How long to wait for the lock (0: one attempt).
     #[arg(long, default_value = "0s", value_parser = duration)]
     pub(crate) wait: Duration,
@@ -60,7 +61,10 @@ impl Take {
                     "--permits, --read and --write take one --lock; several --lock names make a multi-key lock".into(),
                 ));
             }
-            let mut b = locks.lock_all(&self.locks).ttl(self.ttl).wait(self.wait);
+            let mut b = locks.lock_all(&self.locks).wait(self.wait);
+            if let Some(t) = self.ttl {
+                b = b.ttl(t);
+            }
             if let Some(v) = &self.value {
                 b = b.value(v.clone());
             }
@@ -78,8 +82,10 @@ impl Take {
             (None, false, true) => locks.write_lock(name),
             (None, false, false) => locks.lock(name),
         }
-        .ttl(self.ttl)
         .wait(self.wait);
+        if let Some(t) = self.ttl {
+            b = b.ttl(t);
+        }
         if let Some(v) = &self.value {
             b = b.value(v.clone());
         }

@@ -372,6 +372,67 @@ fn metrics_are_served_while_a_command_runs() {
     assert!(run.wait().expect("wait").success());
 }
 
+/// The URL's `ttl=` is the default TTL of `acquire` and `run`; `--ttl` overrides it.
+#[test]
+fn the_urls_ttl_is_the_default_and_the_flag_overrides_it() {
+    let (_d, url) = file_backend();
+    let url = format!("{url}&ttl=5m");
+    let a =
+        json(&distlock(&url).args(["--json", "acquire", "--lock", "t1"]).output().expect("acquire").stdout);
+    assert_eq!(a["ttl_ms"], 300_000, "{a}");
+    let b = json(
+        &distlock(&url)
+            .args(["--json", "acquire", "--lock", "t2", "--ttl", "7s"])
+            .output()
+            .expect("acquire")
+            .stdout,
+    );
+    assert_eq!(b["ttl_ms"], 7_000, "{b}");
+}
+
+/// The lock's server stops answering, so renewals fail and the lock runs out; the command
+/// ignores SIGTERM (so does everything it starts). It gets SIGTERM ahead of the expiry and
+/// SIGKILL at it: its last heartbeat comes before the lock could have expired on the server,
+/// not a kill grace (10 s) later, when another holder could have had the lock all along.
+#[test]
+fn run_kills_a_command_that_ignores_sigterm_by_the_time_its_lock_expires() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut server = rt.block_on(RedisServer::start()).expect("redis-server");
+    let url = server.url();
+    let d = tempfile::tempdir().expect("tempdir");
+    let beats = d.path().join("beats");
+    let script = format!("trap '' TERM; while :; do date +%s%N >> {}; sleep 0.05; done", beats.display());
+    let mut run = distlock(&url)
+        .args(["run", "--lock", "deaf", "--ttl", "4s", "--kill-grace", "10s", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&beats).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let now_ns =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    let paused_at = now_ns();
+    server.process().pause().expect("pause");
+    let status = exit_of(&mut run, Duration::from_secs(40));
+    server.process().resume().expect("resume");
+    assert_eq!(status.code(), Some(70));
+    let text = std::fs::read_to_string(&beats).expect("beats");
+    let last: u128 = text.lines().last().and_then(|l| l.trim().parse().ok()).expect("a heartbeat");
+    // The last renewal came before the pause: the lock was valid for at most its TTL after it.
+    let expiry = paused_at + Duration::from_secs(4).as_nanos();
+    let late_ms = (last.saturating_sub(expiry)) / 1_000_000;
+    assert!(
+        last <= expiry + Duration::from_millis(500).as_nanos(),
+        "the command ran {late_ms} ms past the lock's expiry"
+    );
+    let mut err = String::new();
+    run.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    assert!(err.contains("not renewed"), "{err}");
+}
+
 #[test]
 fn the_command_works_against_a_real_redis_server() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
