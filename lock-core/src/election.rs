@@ -99,8 +99,10 @@ impl Election {
     ///
     /// # Errors
     /// [`Error::InvalidMetadata`] for a value over [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN) bytes;
-    /// [`Error::Unsupported`] where the backend has no elections; [`Error::WaitTimedOut`] when a
-    /// wait was set and ran out; backend errors.
+    /// [`Error::InvalidKey`] for a bad name, [`Error::InvalidTtl`] for a TTL the backend cannot
+    /// keep; [`Error::AlreadyHeld`] when this task leads (or campaigns in) this election
+    /// already; [`Error::Unsupported`] where the backend has no elections;
+    /// [`Error::WaitTimedOut`] when a wait was set and ran out; backend errors.
     pub async fn campaign(&self, value: impl Into<String>) -> Result<Guard> {
         let mut b = self.client.builder_mode(&self.name, Mode::Leader).value(value).auto_renew();
         b = match self.wait {
@@ -114,6 +116,11 @@ impl Election {
     }
 
     /// Changes the value the leader advertises, keeping leadership.
+    ///
+    /// # Behavior
+    /// Conditioned on `leadership` still leading: it never overwrites a successor's value. When
+    /// the backend finds leadership gone, the guard's loss fires (`LossReason::NotHeld`) at
+    /// once. The holder metadata is written anew (its time is the proclaim's).
     ///
     /// # Errors
     /// [`Error::NotHeld`] when `leadership` is no longer the leader (lost, resigned, or not of
@@ -129,7 +136,11 @@ impl Election {
         let metadata = Metadata::current().with_value(value)?;
         match self.client.backend().update_metadata(&lease, &metadata).await? {
             ExtendOutcome::Extended { .. } => Ok(()),
-            ExtendOutcome::NotHeld => Err(Error::NotHeld { key: leadership.key().to_owned() }),
+            ExtendOutcome::NotHeld => {
+                // Leadership is gone: its guard says so now, not at its next renewal.
+                leadership.fire_lost(crate::LossReason::NotHeld);
+                Err(Error::NotHeld { key: leadership.key().to_owned() })
+            }
         }
     }
 
@@ -151,7 +162,9 @@ impl Election {
     /// an error (never silently) when the backend cannot be read or its watch is lost.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] where the backend has no elections; the first read's error.
+    /// [`Error::InvalidKey`]; [`Error::Unsupported`] where the backend has no elections. Where
+    /// the backend reads the leader before it returns the stream (etcd), that read's error;
+    /// elsewhere a failed first read is the stream's first (and last) item.
     pub async fn observe(&self) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
         let key = self.client.key(&self.name)?;
         self.client.capabilities().validate_mode(self.client.backend_name(), Mode::Leader)?;

@@ -259,6 +259,12 @@ impl Guard {
         }
     }
 
+    /// Fires the loss signal with `reason`: a request on the grant (an election's proclaim)
+    /// found it gone.
+    pub(crate) fn fire_lost(&self, reason: LossReason) {
+        self.shared.fire(reason);
+    }
+
     /// Stops renewal and releases the lock, reporting what happened.
     ///
     /// # Behavior

@@ -37,7 +37,9 @@ pub struct Metadata {
     /// Its program's name.
     #[serde(default)]
     pub program: String,
-    /// When the grant was asked for, in milliseconds since the Unix epoch (the holder's clock).
+    /// When the grant was asked for, in milliseconds since the Unix epoch (the holder's clock);
+    /// for an election's leader, when its value was last proclaimed (a proclaim writes the
+    /// metadata anew, so observers see a proclaim of the same value as a change).
     #[serde(default)]
     pub acquired_at_ms: u64,
     /// The user's value, if any.

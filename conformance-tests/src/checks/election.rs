@@ -42,7 +42,8 @@ pub async fn one_leader_at_a_time(ctx: Ctx) -> CheckResult {
 }
 
 /// Promise 4 (election): `leader()` names the leader and its value and term; `proclaim`
-/// changes the value; a proclaim after resigning is `NotHeld`; resign hands over promptly.
+/// changes the value; a proclaim after resigning is `NotHeld` (and the guard it was made with
+/// no longer looks held); resign hands over promptly.
 pub async fn leader_proclaim_and_resign(ctx: Ctx) -> CheckResult {
     let a = ctx.client().await?;
     let b = ctx.client().await?;
@@ -87,6 +88,7 @@ pub async fn leader_proclaim_and_resign(ctx: Ctx) -> CheckResult {
         Err(Error::NotHeld { .. }) => {}
         other => return Err(Failure(format!("proclaim after resigning gave {other:?}, expected NotHeld"))),
     }
+    ensure!(!stale.is_held(), "a proclaim that found leadership gone left its guard looking held");
     let _ = stale.detach();
     let _ = gb.release().await?;
     Ok(())
