@@ -21,7 +21,7 @@ use crate::backend::EtcdBackend;
 use crate::error::{map_err, NAME};
 use crate::grants::{owner_of, stored_metadata};
 use crate::rpc::pb::{RangeRequest, WatchCreateRequest};
-use crate::rpc::{self, SilenceProbe, WatchStream};
+use crate::rpc::{SilenceProbe, WatchStream};
 
 impl EtcdBackend {
     /// A stream of the leader of `key`'s election: the current one, then the one after each
@@ -29,27 +29,22 @@ impl EtcdBackend {
     pub(crate) async fn observe_leader(&self, key: &LockKey) -> Result<ObserveStream> {
         let (pfx, _) = self.grant_key(key, Mode::Leader, OwnerToken::from_u128(0));
         let (tx, rx) = mpsc::channel(8);
-        let (first, rev) = leader_at(self.client(), &pfx).await?;
+        let (first, rev) = leader_at(self, &pfx).await?;
         let ws = self
             .call("watch", || self.client().watch(WatchCreateRequest::changes_under(pfx.as_str(), rev + 1)))
             .await?;
-        tokio::spawn(follow(self.client().clone(), pfx, ws, first, tx, self.inner.opts.request_timeout));
+        tokio::spawn(follow(self.clone(), pfx, ws, first, tx, self.inner.opts.request_timeout));
         Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
             .boxed())
     }
 }
 
-/// The leader under `pfx` (the oldest key) and the revision read. An expired auth token (an
-/// observer may wait for longer than a token lasts) is renewed with a new login, once.
-async fn leader_at(client: &rpc::Client, pfx: &str) -> Result<(Option<LockInfo>, i64)> {
-    let read = || client.range(RangeRequest::prefix(pfx).oldest_first().with_limit(1));
-    let mut r = read().await;
-    if let Err(e) = &r {
-        if client.login_again_after(e).await {
-            r = read().await;
-        }
-    }
-    let r = r.map_err(map_err)?;
+/// The leader under `pfx` (the oldest key) and the revision read: repeated through leader
+/// elections and failing members within the request timeout, as every read is, and after a
+/// new login when the auth token expired (an observer may wait for longer than a token lasts).
+async fn leader_at(b: &EtcdBackend, pfx: &str) -> Result<(Option<LockInfo>, i64)> {
+    let r =
+        b.call("leader", || b.client().range(RangeRequest::prefix(pfx).oldest_first().with_limit(1))).await?;
     let rev = r.header.map_or(0, |h| h.revision);
     let leader = r.kvs.first().map(|kv| {
         LockInfo::new(Some(FencingToken::new(kv.create_revision as u64)), owner_of(pfx, &kv.key), None)
@@ -65,10 +60,10 @@ fn watch_ended(why: &str) -> Error {
 
 /// Sends `first`, then the leader after every change `ws` reports, until the receiver is
 /// dropped; ends with an error when the watch ends, falls silent (a member paused or cut off
-/// answers no progress request within `answer`, asked after [`PROBE_EVERY`](rpc::PROBE_EVERY) without a
+/// answers no progress request within `answer`, asked after [`PROBE_EVERY`](crate::rpc::PROBE_EVERY) without a
 /// message, as waiters do), or a read fails.
 async fn follow(
-    client: rpc::Client,
+    b: EtcdBackend,
     pfx: String,
     mut ws: WatchStream,
     first: Option<LockInfo>,
@@ -95,7 +90,7 @@ async fn follow(
         let item = match msg {
             Ok(Some(resp)) if resp.canceled => Err(watch_ended("was cancelled by the server")),
             Ok(Some(resp)) if resp.events.is_empty() => continue,
-            Ok(Some(_)) => leader_at(&client, &pfx).await.map(|(l, _)| l),
+            Ok(Some(_)) => leader_at(&b, &pfx).await.map(|(l, _)| l),
             Ok(None) => Err(watch_ended("stream ended")),
             Err(e) => Err(map_err(e)),
         };
