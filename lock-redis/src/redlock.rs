@@ -307,11 +307,15 @@ impl RedlockBackend {
             if same.len() >= self.inner.quorum {
                 let fence = same.iter().filter_map(|i| i.fencing_token).max();
                 let left = same.iter().filter_map(|i| i.remaining_ttl).min();
-                // The metadata most masters hold (a proclaim reaches a quorum, perhaps not all).
+                // The newest metadata (a proclaim writes it with its own time, and reaches a
+                // quorum, perhaps not all: any quorum read holds it), then the one most
+                // masters hold.
                 let metadata = same
                     .iter()
                     .filter_map(|i| i.metadata.as_ref())
-                    .max_by_key(|m| same.iter().filter(|i| i.metadata.as_ref() == Some(*m)).count())
+                    .max_by_key(|m| {
+                        (m.acquired_at_ms, same.iter().filter(|i| i.metadata.as_ref() == Some(*m)).count())
+                    })
                     .cloned();
                 agreed.push(
                     LockInfo::new(fence, Some(owner), left).with_mode(info.mode).with_metadata(metadata),

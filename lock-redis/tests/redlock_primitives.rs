@@ -1,5 +1,6 @@
 //! Read-write locks on Redlock with a minority of masters down or restarted empty, and why
 //! Redlock offers no semaphores: a quorum of masters that each admit N can admit more than N.
+//! And an election's proclaimed value read back through a quorum that holds both values.
 
 use std::time::Duration;
 
@@ -137,4 +138,23 @@ async fn a_quorum_of_per_master_semaphores_would_admit_more_than_n() {
     assert_eq!(locks.capabilities().max_permits, 0);
     let err = locks.semaphore("s", 2).acquire().await.expect_err("no semaphores on Redlock");
     assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+}
+
+/// A proclaim reaches two of three masters (the third paused); then one of those two pauses
+/// and the third comes back: the two masters that answer disagree, one each. The leader's
+/// value is the proclaimed one (the newer metadata), not whichever master answered last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proclaimed_value_is_read_back_from_a_split_quorum() {
+    let mut servers = masters(3).await;
+    let locks = redlock(&servers).await;
+    let election = locks.election("split").ttl(LONG);
+    let g = election.campaign("v0").await.expect("campaign");
+    servers[2].process().pause().expect("pause");
+    election.proclaim(&g, "v1").await.expect("proclaim on two of three");
+    servers[2].process().resume().expect("resume");
+    servers[0].process().pause().expect("pause");
+    let leader = election.leader().await.expect("leader").expect("a leader");
+    servers[0].process().resume().expect("resume");
+    assert_eq!(leader.value.as_deref(), Some("v1"), "the older value won a tie");
+    g.release().await.expect("resign");
 }
