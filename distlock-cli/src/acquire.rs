@@ -19,6 +19,15 @@ pub(crate) struct Args {
 /// Takes the lock, prints its owner token and fencing token(s), and leaves it held.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
     let take = &args.take;
+    if locks.backend_name() == "memory" {
+        // The in-process store ends with this process, and the lock with it.
+        return out.fail(&Error::Unsupported {
+            backend: locks.backend_name(),
+            capability: "keeping a lock after the process that took it exits (the memory store \
+                         lives in this process); use a server's URL or file://, or `distlock run`"
+                .into(),
+        });
+    }
     if locks.capabilities().session_leases {
         // A session lease ends with this process: the lock would not outlive the command.
         return out.fail(&Error::Unsupported {

@@ -90,6 +90,16 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::List(_) | Command::Inspect(_) | Command::Leader(_)) {
+        // The commands that only read end quietly when their reader goes away (`distlock list
+        // | head`), as other tools do: Rust ignores SIGPIPE, so the next print panicked. The
+        // commands that hold a lock keep ignoring it: they must release before they end.
+        #[allow(unsafe_code)]
+        // SAFETY: signal(2) sets SIGPIPE's disposition to the default; no handler runs.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let out = output::Out { json: cli.json, spin: !cli.json && std::io::stderr().is_terminal() };
     if let Some(addr) = cli.metrics_addr {
         if let Err(e) = metrics::serve(addr) {

@@ -372,6 +372,31 @@ fn metrics_are_served_while_a_command_runs() {
     assert!(run.wait().expect("wait").success());
 }
 
+/// `acquire` on the in-process memory store is refused: the lock would end with the process.
+#[test]
+fn acquire_refuses_the_memory_store() {
+    let out = distlock("mem://").args(["acquire", "--lock", "m"]).output().expect("acquire");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("memory store"), "{err}");
+}
+
+/// `list` (like `inspect` and `leader`) whose reader has gone ends by SIGPIPE, as other tools
+/// do, not with a panic.
+#[test]
+fn list_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (_d, url) = file_backend();
+    assert!(distlock(&url).args(["acquire", "--lock", "piped"]).output().expect("acquire").status.success());
+    let mut list =
+        distlock(&url).args(["list"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("list");
+    drop(list.stdout.take());
+    let mut err = String::new();
+    list.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    let status = list.wait().expect("wait");
+    assert_eq!(status.signal(), Some(13), "{status:?}: {err}");
+}
+
 /// The URL's `ttl=` is the default TTL of `acquire` and `run`; `--ttl` overrides it.
 #[test]
 fn the_urls_ttl_is_the_default_and_the_flag_overrides_it() {
