@@ -37,10 +37,18 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
                 .into(),
         });
     }
+    // A signal while waiting withdraws the attempt (its grant or place in a queue is undone)
+    // instead of killing distlock with it in flight, which left it to its TTL.
+    let mut signals = match crate::run::Forwarded::install() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let fut = take.acquire(locks, false);
-    let taken = match out.waiting(&format!("waiting for lock '{}'", take.label()), fut).await {
-        Ok(t) => t,
-        Err(e) => return out.fail(&e),
+    let what = format!("waiting for lock '{}'", take.label());
+    let taken = match crate::run::wait_or_signal(out, &what, &mut signals, fut).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return out.fail(&e),
+        Err(code) => return code,
     };
     let lease = taken.guard.detach();
     let mode = match (take.permits, take.read, take.write) {

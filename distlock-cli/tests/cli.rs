@@ -267,21 +267,26 @@ fn a_signal_while_waiting_for_the_lock_ends_the_wait_cleanly() {
     let (_d, url) = file_backend();
     let out = distlock(&url).args(["acquire", "--lock", "busy", "--ttl", "60s"]).output().expect("acquire");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut run = distlock(&url)
-        .args(["run", "--lock", "busy", "--wait", "30s", "--", "true"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run");
-    // Waiting (the lock is held for a minute).
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(run.try_wait().expect("wait").is_none(), "run did not wait");
-    let pid = run.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let status = exit_of(&mut run, Duration::from_secs(10));
-    assert_eq!(status.code(), Some(143), "killed by the signal instead of ending its wait: {status:?}");
-    let mut err = String::new();
-    run.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
-    assert!(err.contains("giving up"), "{err}");
+    let run: &[&str] = &["run", "--lock", "busy", "--wait", "30s", "--", "true"];
+    let acquire: &[&str] = &["acquire", "--lock", "busy", "--wait", "30s"];
+    for args in [run, acquire] {
+        let mut waiter = distlock(&url).args(args).stderr(Stdio::piped()).spawn().expect("spawn");
+        // Waiting (the lock is held for a minute).
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(waiter.try_wait().expect("wait").is_none(), "{}: did not wait", args[0]);
+        let pid = waiter.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let status = exit_of(&mut waiter, Duration::from_secs(10));
+        assert_eq!(
+            status.code(),
+            Some(143),
+            "{}: killed by the signal instead of ending its wait: {status:?}",
+            args[0]
+        );
+        let mut err = String::new();
+        waiter.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+        assert!(err.contains("giving up"), "{}: {err}", args[0]);
+    }
 }
 
 #[test]
