@@ -1,8 +1,9 @@
 //! `distlock force-release`: an operator's release of whoever holds a lock.
 //!
 //! Safe because of fencing: the holder's next write with its old token is rejected by a fenced
-//! resource, and its guard reports the loss at its next renewal. The release is logged (to
-//! stderr, and through `tracing` at warn level) with the holder it removed.
+//! resource, and its guard reports the loss at its next renewal. The release is logged to
+//! stderr with the holder it removed. It frees the exclusive lock of the name only (not a
+//! semaphore's permits, a read-write lock's grants or an election's leader).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,8 +23,8 @@ pub(crate) struct Args {
     lock: String,
 }
 
-/// Releases the current holder's grant; exit code 1 when the lock was free (or its holder is
-/// a foreign client whose owner token cannot be read).
+/// Releases the current holder's grant; exit code 1 when the lock was free, 64 when its
+/// holder is a foreign client whose owner token cannot be read.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
     let name = args.lock.as_str();
     let info = match locks.inspect(name).await {
@@ -47,7 +48,6 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
         Err(e) => return out.fail(&e),
     };
     eprintln!("distlock: force-releasing {}", holder::to_text(&key, &info));
-    tracing::warn!(key = %key, fencing_token = %token, owner = %owner, "operator force-release");
     match locks.release_lease(&lease).await {
         Ok(ReleaseOutcome::Released) => {
             report(out, &key, true, "released; the holder's next fenced write is rejected");
