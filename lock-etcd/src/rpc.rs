@@ -5,7 +5,7 @@
 //!
 //! - **Endpoints**: one lazily connected channel per endpoint, dialled with the connect
 //!   timeout; requests and streams take the members in turn, passing over for a while a
-//!   member that let a request go unanswered or said it cannot serve (see [`members`]). Bare
+//!   member that let a request go unanswered or said it cannot serve (the `members` module). Bare
 //!   `host:port` endpoints are dialled `https://` when TLS is configured, `http://` otherwise.
 //! - **Timeouts**: every unary request is bounded by the request timeout (a `DeadlineExceeded`
 //!   status after it), and so is opening a stream (a keep-alive stream with its first
