@@ -123,24 +123,34 @@ const STEMS: [&str; 7] = [LOCK, LEASE, READ, WRITE, LATCH, "__lock__", "__rlock_
 
 /// The sequence ZooKeeper appended to `name`, formatted `%010d`: ten digits, or once the
 /// parent's counter passed 2^31 - 1 and went on from -2^31, a minus sign and nine or ten
-/// digits. Ten digits after a minus sign are negative when the sign follows one of the
-/// recipe names in [`STEMS`] (the name of a lock node is `…lock-` then the sequence, so
-/// `…lock--2147483648` is negative, `…lock-2147483647` is not); after any other name they
-/// are read as positive. Children are ordered by it, so children written by other recipes in
-/// the same directory are ordered rightly too.
+/// digits. A minus sign counts only right after one of the recipe names in [`STEMS`] (the name
+/// of a lock node is `…lock-` then the sequence, so `…lock--2147483648` is negative and
+/// `…lock-2147483647` is not); after any other name, ten digits are read as positive and a
+/// sign with nine digits is no sequence. Children are ordered by it, so children written by
+/// other recipes in the same directory are ordered rightly too.
 pub(crate) fn sequence(name: &str) -> Option<i32> {
+    parse_sequence(name).map(|(q, _)| q)
+}
+
+/// [`sequence`], and whether it follows a recipe name (a queue node's, not a directory's
+/// that happens to end in digits).
+fn parse_sequence(name: &str) -> Option<(i32, bool)> {
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    let tail = name.get(name.len().checked_sub(10)?..)?;
+    let after_stem = |head: &str| STEMS.iter().any(|s| head.ends_with(s));
+    let cut = name.len().checked_sub(10)?;
+    let (head, tail) = (name.get(..cut)?, name.get(cut..)?);
     if let Some(nine) = tail.strip_prefix('-') {
-        return (digits(nine)).then(|| nine.parse::<i32>().ok().map(|v| -v)).flatten();
+        if !digits(nine) || !after_stem(head) {
+            return None;
+        }
+        return Some((-nine.parse::<i32>().ok()?, true));
     }
     if !digits(tail) {
         return None;
     }
-    let head = &name[..name.len() - 10];
     match head.strip_suffix('-') {
-        Some(before) if STEMS.iter().any(|s| before.ends_with(s)) => format!("-{tail}").parse().ok(),
-        _ => tail.parse().ok(),
+        Some(before) if after_stem(before) => Some((format!("-{tail}").parse().ok()?, true)),
+        _ => Some((tail.parse().ok()?, after_stem(head))),
     }
 }
 
@@ -157,16 +167,20 @@ pub(crate) fn owner_of(name: &str) -> Option<OwnerToken> {
 /// (`jobs/0000000001` is the child `0000000001` of `jobs`), which is not ephemeral and never a
 /// contender.
 pub(crate) fn in_sequence_order(children: Vec<String>) -> Vec<String> {
-    let mut seqs: Vec<(i32, String)> =
-        children.into_iter().filter_map(|n| Some((sequence(&n)?, n))).collect();
-    // The counter wraps: live nodes span far less than half its range, so the first of them
-    // is the one every other follows (serial-number order, as in RFC 1982), and the others are
-    // ordered by their distance from it.
-    let first = seqs.iter().map(|(q, _)| *q).reduce(|a, b| if b.wrapping_sub(a) < 0 { b } else { a });
+    let mut seqs: Vec<(i32, bool, String)> =
+        children.into_iter().filter_map(|n| parse_sequence(&n).map(|(q, node)| (q, node, n))).collect();
+    // The counter wraps: live queue nodes span far less than half its range, so the first of
+    // them is the one every other follows (serial-number order, as in RFC 1982), and all are
+    // ordered by their distance from it. Only queue nodes choose it: a directory whose name
+    // ends in digits can lie anywhere in the range.
+    let earliest =
+        |qs: &mut dyn Iterator<Item = i32>| qs.reduce(|a, b| if b.wrapping_sub(a) < 0 { b } else { a });
+    let first = earliest(&mut seqs.iter().filter(|(_, node, _)| *node).map(|(q, _, _)| *q))
+        .or_else(|| earliest(&mut seqs.iter().map(|(q, _, _)| *q)));
     if let Some(first) = first {
-        seqs.sort_by_key(|(q, _)| q.wrapping_sub(first) as u32);
+        seqs.sort_by_key(|(q, _, _)| q.wrapping_sub(first) as u32);
     }
-    seqs.into_iter().map(|(_, n)| n).collect()
+    seqs.into_iter().map(|(_, _, n)| n).collect()
 }
 
 /// One key segment as a znode name: segments that ZooKeeper cannot name (empty, `.`, `..`,
@@ -283,6 +297,15 @@ mod tests {
         let mut reversed = names.clone();
         reversed.reverse();
         assert_eq!(in_sequence_order(reversed), names);
+        // Directories of longer names that end in digits do not decide where the order starts,
+        // and a sign with nine digits after another name is no sequence.
+        let dirs = ["2000000000", "x-999999999"].map(String::from);
+        let mixed =
+            vec![format!("{o}0000000005"), dirs[0].clone(), format!("{o}0000001000"), dirs[1].clone()];
+        let order = in_sequence_order(mixed);
+        let pos = |n: &str| order.iter().position(|x| x == n);
+        assert!(pos(&format!("{o}0000000005")) < pos(&format!("{o}0000001000")), "{order:?}");
+        assert_eq!(sequence("x-999999999"), None);
         for (stem_name, q, want) in [
             (READ, "-2147483648", i32::MIN),
             (LATCH, "-000000001", -1),
