@@ -214,52 +214,12 @@ impl EtcdBackend {
 
     /// Runs one request, retrying retryable failures (a leader election, a member going away)
     /// until the request timeout. Only for requests that are safe to repeat.
-    pub(crate) async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, Status>>,
     {
-        let t = self.inner.opts.request_timeout;
-        let deadline = lock_core::lease::add_saturating(Instant::now(), t);
-        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
-        let mut reauthenticated = false;
-        let mut first = true;
-        loop {
-            // Each request is bounded by the request timeout on its own (`rpc::Client`): that
-            // is the first attempt's bound, and a retry's is what is left of it.
-            let attempt = f();
-            let sent = if std::mem::take(&mut first) {
-                Ok(attempt.await)
-            } else {
-                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-                tokio::time::timeout(left, attempt).await
-            };
-            let e = match sent {
-                Ok(Ok(v)) => return Ok(v),
-                // The client's own bound ran out: say which request it was.
-                Ok(Err(e)) if e.code() == tonic::Code::DeadlineExceeded && Instant::now() >= deadline => {
-                    return Err(timeout(what, t))
-                }
-                Ok(Err(e)) => e,
-                Err(_) => return Err(timeout(what, t)),
-            };
-            // An auth token expires (etcd's simple tokens after 5 idle minutes, JWTs at their
-            // TTL): log in again once with the configured user, and repeat.
-            if !reauthenticated && token_expired(&e) {
-                reauthenticated = true;
-                if self.client().login_again_after(&e).await {
-                    tracing::debug!(what, "etcd auth token refreshed");
-                    continue;
-                }
-            }
-            let err = map_err(e);
-            if err.is_retryable() && Instant::now() < deadline {
-                tracing::debug!(what, error = %err, "etcd request failed; retrying");
-                backoff.sleep_until_deadline(Some(deadline)).await;
-                continue;
-            }
-            return Err(err);
-        }
+        call_on(self.client(), what, f).await
     }
 
     async fn session(&self) -> Result<Arc<Session>> {
@@ -582,5 +542,56 @@ impl LockBackend for EtcdBackend {
             Mode::Leader => self.observe_leader(key).await.map(Some),
             _ => Ok(None),
         }
+    }
+}
+
+/// [`EtcdBackend::call`] on `client` (for tasks that must not hold the backend, whose last
+/// handle closes the session): retryable failures are retried until `client`'s request
+/// timeout, an expired auth token is renewed once.
+pub(crate) async fn call_on<T, F, Fut>(client: &rpc::Client, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, Status>>,
+{
+    let t = client.request_timeout();
+    let deadline = lock_core::lease::add_saturating(Instant::now(), t);
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(300));
+    let mut reauthenticated = false;
+    let mut first = true;
+    loop {
+        // Each request is bounded by the request timeout on its own (`rpc::Client`): that
+        // is the first attempt's bound, and a retry's is what is left of it.
+        let attempt = f();
+        let sent = if std::mem::take(&mut first) {
+            Ok(attempt.await)
+        } else {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            tokio::time::timeout(left, attempt).await
+        };
+        let e = match sent {
+            Ok(Ok(v)) => return Ok(v),
+            // The client's own bound ran out: say which request it was.
+            Ok(Err(e)) if e.code() == tonic::Code::DeadlineExceeded && Instant::now() >= deadline => {
+                return Err(timeout(what, t))
+            }
+            Ok(Err(e)) => e,
+            Err(_) => return Err(timeout(what, t)),
+        };
+        // An auth token expires (etcd's simple tokens after 5 idle minutes, JWTs at their
+        // TTL): log in again once with the configured user, and repeat.
+        if !reauthenticated && token_expired(&e) {
+            reauthenticated = true;
+            if client.login_again_after(&e).await {
+                tracing::debug!(what, "etcd auth token refreshed");
+                continue;
+            }
+        }
+        let err = map_err(e);
+        if err.is_retryable() && Instant::now() < deadline {
+            tracing::debug!(what, error = %err, "etcd request failed; retrying");
+            backoff.sleep_until_deadline(Some(deadline)).await;
+            continue;
+        }
+        return Err(err);
     }
 }

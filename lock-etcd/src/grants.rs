@@ -277,7 +277,11 @@ impl EtcdBackend {
                 self.next_deletion(e, &mut ws, loss, deadline, count_down).await
             }
             (Some(Blocker::Key(k)), _) => {
-                let w = WatchCreateRequest::deletions_of(k, rev + 1);
+                // From the read's revision, not the one after: a watch that starts past the
+                // store's revision gets no progress reports from newer etcd (3.5.22+), and
+                // its silence would look like a dead member. The read saw `k`, so its
+                // deletion comes after `rev`.
+                let w = WatchCreateRequest::deletions_of(k, rev);
                 let mut ws = self.call("watch", || self.client().watch(w.clone())).await?;
                 self.next_deletion(e, &mut ws, loss, deadline, look_again).await
             }

@@ -93,9 +93,12 @@ impl KeyWatch {
     /// since the grant is missed). Returns `false` if it was already watched.
     pub(crate) fn watch(&self, key: &[u8]) -> bool {
         let start = match self.entries().get_mut(key) {
+            // From the grant's own revision (its put is filtered out): a watch that starts
+            // past the store's revision gets no progress reports from newer etcd (3.5.22+),
+            // and the probe would take its silence for a dead member's.
             Some(e) if !e.watching => {
                 e.watching = true;
-                e.created + 1
+                e.created
             }
             _ => return false,
         };
@@ -180,7 +183,8 @@ impl Watcher {
                     }
                 }
             }
-            let probe_at = self.stream.is_some().then(|| self.probe.at());
+            // Only a stream with watchers answers progress requests (etcd 3.4.25+, 3.5).
+            let probe_at = (self.stream.is_some() && !self.want.is_empty()).then(|| self.probe.at());
             tokio::select! {
                 _ = async {
                     match probe_at {
@@ -275,7 +279,7 @@ impl Watcher {
             }
             let from = match read {
                 Ok(r) if r.kvs.first().is_some_and(|kv| kv.create_revision == created) => {
-                    r.header.map(|h| h.revision + 1)
+                    r.header.map(|h| h.revision)
                 }
                 Ok(_) => None,
                 Err(e) => {
@@ -298,6 +302,10 @@ impl Watcher {
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Add(key, start) => {
+                if self.want.is_empty() {
+                    // Not probed while it watched nothing: the probe starts over.
+                    self.probe.heard();
+                }
                 self.want.insert(key.clone(), start);
                 if let Some(s) = self.stream.as_ref() {
                     if s.watch(WatchCreateRequest::deletions_of(key.clone(), start)).is_ok() {

@@ -133,13 +133,15 @@ fn with_tls(ep: Endpoint, _opts: &EtcdOptions) -> Result<Endpoint> {
 }
 
 impl Client {
-    /// Connects to the endpoints of `opts`: logs in when it has credentials, then asks one
+    /// Connects to the endpoints of `opts`: logs in when it has credentials, then asks a
     /// member for its status, so that an unreachable cluster or a refused login fails here.
+    /// Each step tries the members in turn until one answers (each within the connect timeout
+    /// plus 500 ms): a member that is down does not fail the connect while another answers.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for invalid options, an endpoint that is not a URL or refused
-    /// TLS settings; a retryable error when no endpoint answers within the connect timeout
-    /// (plus 500 ms); a non-retryable error for refused credentials.
+    /// TLS settings; a retryable error when no endpoint answers; a non-retryable error for
+    /// refused credentials.
     pub async fn connect(opts: &EtcdOptions) -> Result<Self> {
         opts.validate()?;
         let client = Self {
@@ -150,17 +152,40 @@ impl Client {
         };
         let wait = opts.connect_timeout.saturating_add(Duration::from_millis(500));
         if client.credentials.is_some() {
-            tokio::time::timeout(wait, client.refresh_token())
-                .await
-                .map_err(|_| timeout("authenticate", wait))?
-                .map_err(map_err)?;
+            client.on_any_member("authenticate", wait, || client.refresh_token()).await?;
         }
-        // The channel connects lazily: make sure someone answers.
-        tokio::time::timeout(wait, client.status())
-            .await
-            .map_err(|_| timeout("status", wait))?
-            .map_err(map_err)?;
+        // The channels connect lazily: make sure someone answers.
+        client.on_any_member("status", wait, || async { client.status().await.map(|_| ()) }).await?;
         Ok(client)
+    }
+
+    /// Repeats `step` (each call on the next member) until one succeeds or fails for a reason
+    /// another member would not change, once per member at most, each within `wait`.
+    async fn on_any_member<F, Fut>(&self, what: &str, wait: Duration, step: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<(), Status>>,
+    {
+        let mut last = timeout(what, wait);
+        for _ in 0..self.members.len() {
+            last = match tokio::time::timeout(wait, step()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(s)) => {
+                    let e = map_err(s);
+                    if !e.is_retryable() {
+                        return Err(e);
+                    }
+                    e
+                }
+                Err(_) => timeout(what, wait),
+            };
+        }
+        Err(last)
+    }
+
+    /// The bound of each unary request.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// Whether the client logs in with a user and password.

@@ -77,8 +77,9 @@ async fn a_waiting_acquire_returns_by_its_deadline_with_the_member_stopped() {
 
 /// Three members, one stopped: of a series of requests, one waits out its timeout on the
 /// stopped member, and the rest go to the others (the connection-level balancer this replaced
-/// sent about a third of them there, each waiting out its timeout). Once resumed, the member
-/// serves again.
+/// sent about a third of them there, each waiting out its timeout). A new client whose first
+/// endpoint is the stopped member connects through the others. Once resumed, the member serves
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_pass_over_a_stopped_member() {
     let mut etcd = EtcdCluster::start(3).await.expect("etcd cluster");
@@ -101,8 +102,13 @@ async fn requests_pass_over_a_stopped_member() {
             Err(e) => panic!("status: {e}"),
         }
     }
+    // A new client whose first endpoint is the stopped member connects through the others.
+    let first_stopped = [eps[1].clone(), eps[0].clone(), eps[2].clone()];
+    let opts = EtcdOptions::new(&first_stopped).connect_timeout(Duration::from_secs(1));
+    let connected = EtcdBackend::connect(opts).await;
     etcd.members[1].process().resume().expect("resume");
     assert!(unanswered <= 2, "{unanswered} of 15 requests waited out their timeout on the stopped member");
+    connected.expect("a client whose first endpoint is stopped did not connect through the others");
 
     let mut seen = std::collections::HashSet::new();
     let until = Instant::now() + Duration::from_secs(15);

@@ -55,6 +55,11 @@ impl Members {
         Arc::new(Self { members, next: AtomicUsize::new(0), epoch: Instant::now() })
     }
 
+    /// How many members (endpoints) there are.
+    pub(super) fn len(&self) -> usize {
+        self.members.len()
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(Instant::now().saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
@@ -90,6 +95,11 @@ impl Members {
 
     fn failed(&self, idx: usize) {
         let m = &self.members[idx];
+        // Requests in flight together that fail together count once: a pause grows only by a
+        // failure after it ended.
+        if m.paused_until.load(Ordering::Relaxed) > self.now_ms() {
+            return;
+        }
         let failures = m.failures.fetch_add(1, Ordering::Relaxed).min(16);
         let pause = FIRST_PAUSE.saturating_mul(1 << failures).min(MAX_PAUSE);
         let pause = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
@@ -122,11 +132,15 @@ impl Picked {
         self.members.members[self.idx].channel.clone()
     }
 
-    /// Records a request's result: a member that timed out or said it cannot serve now
-    /// (`Unavailable`: no connection, no leader) is passed over; one that answered anything
-    /// else is taken again.
+    /// Records a request's result: a member that did not answer in time, or could not be
+    /// reached (`Unavailable` from the transport: refused, reset), is passed over; one that
+    /// answered is taken again. An answer from etcd itself (`etcdserver: …`, such as "leader
+    /// changed" or "request timed out" while the cluster elects a leader) speaks for the whole
+    /// cluster, not the member: it leaves the member as it was; except "no leader", which a
+    /// member cut off from the others says while the others may have one.
     pub(super) fn outcome<T>(&self, r: &std::result::Result<T, Status>) {
         match r {
+            Err(s) if s.message().starts_with("etcdserver:") && !s.message().contains("no leader") => {}
             Err(s) if matches!(s.code(), Code::DeadlineExceeded | Code::Unavailable) => self.unanswered(),
             _ => self.members.answered(self.idx),
         }
@@ -198,9 +212,9 @@ mod tests {
     #[tokio::test]
     async fn when_every_member_is_paused_the_first_to_come_back_serves() {
         let m = members(2);
-        Picked { members: m.clone(), idx: 0 }.unanswered();
-        Picked { members: m.clone(), idx: 0 }.unanswered();
         Picked { members: m.clone(), idx: 1 }.unanswered();
+        // Member 0 passed over for longer (a second failure after its first pause).
+        m.members[0].paused_until.store(m.now_ms() + 5_000, Ordering::Relaxed);
         assert!((0..4).all(|_| m.pick().idx == 1));
         let one = members(1);
         Picked { members: one.clone(), idx: 0 }.unanswered();
@@ -213,12 +227,31 @@ mod tests {
         let p = Picked { members: m.clone(), idx: 0 };
         let mut last = 0;
         for _ in 0..40 {
+            // Each failure after the previous pause ended.
+            m.members[0].paused_until.store(0, Ordering::Relaxed);
             p.unanswered();
             let until = m.members[0].paused_until.load(Ordering::Relaxed) - m.now_ms();
             assert!(until >= last.min(29_000), "pauses shrank: {until} after {last}");
             assert!(until <= 30_000, "a pause of {until} ms");
             last = until;
         }
+        assert!(last >= 29_000, "pauses did not grow to the bound: {last} ms");
+    }
+
+    #[tokio::test]
+    async fn failures_together_count_once_and_cluster_answers_not_at_all() {
+        let m = members(2);
+        let p = Picked { members: m.clone(), idx: 0 };
+        for _ in 0..10 {
+            p.unanswered();
+        }
+        let until = m.members[0].paused_until.load(Ordering::Relaxed) - m.now_ms();
+        assert!(until <= 1_000, "ten failures at once paused the member for {until} ms");
+        let q = Picked { members: m.clone(), idx: 1 };
+        q.outcome::<()>(&Err(Status::unavailable("etcdserver: leader changed")));
+        assert!(!m.paused(1), "a cluster-wide answer paused the member");
+        q.outcome::<()>(&Err(Status::unavailable("tcp connect error")));
+        assert!(m.paused(1), "a refused connection did not pause the member");
     }
 
     #[tokio::test]
