@@ -65,7 +65,6 @@ impl KeyWatch {
             initial: 0,
             recheck: Vec::new(),
             probe: SilenceProbe::new(answer),
-            answer,
         };
         tokio::spawn(watcher.run(session_loss.clone(), rx));
         Self { entries, tx, session_loss }
@@ -156,7 +155,6 @@ struct Watcher {
     recheck: Vec<(Vec<u8>, i64)>,
     /// Tells the open stream's silence from quiet.
     probe: SilenceProbe,
-    answer: Duration,
 }
 
 impl Watcher {
@@ -252,7 +250,7 @@ impl Watcher {
                 }
                 self.initial = self.pending.len();
                 self.stream = Some(s);
-                self.probe = SilenceProbe::new(self.answer);
+                self.probe.heard();
             }
             Err(e) => {
                 tracing::debug!(error = %e, "etcd key watch: cannot open the stream");

@@ -234,10 +234,22 @@ impl Client {
         F: FnOnce(Picked) -> Fut,
         Fut: Future<Output = std::result::Result<Response<T>, Status>>,
     {
+        let reply = async { call(picked.clone()).await.map(Response::into_inner) };
+        self.bounded_on(picked, "reply", reply).await
+    }
+
+    /// `work` on member `picked`, bounded by the request timeout (`DeadlineExceeded`, "no
+    /// `what` within …", after it); tells the member how it went (dropped unanswered too).
+    async fn bounded_on<T>(
+        &self,
+        picked: &Picked,
+        what: &str,
+        work: impl Future<Output = std::result::Result<T, Status>>,
+    ) -> std::result::Result<T, Status> {
         let in_flight = InFlight::new(picked);
-        let r = match tokio::time::timeout(self.request_timeout, call(picked.clone())).await {
-            Ok(r) => r.map(Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!("no reply within {:?}", self.request_timeout))),
+        let r = match tokio::time::timeout(self.request_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded(format!("no {what} within {:?}", self.request_timeout))),
         };
         in_flight.done(&r);
         r
@@ -341,22 +353,13 @@ impl Client {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         let _ = tx.unbounded_send(pb::LeaseKeepAliveRequest { id });
         let picked = self.members.pick();
-        let in_flight = InFlight::new(&picked);
         let open_and_renew = async {
             let responses = LeaseClient::new(picked.channel()).lease_keep_alive(rx).await?.into_inner();
             let mut keep_alive = LeaseKeepAlive::new(id, tx, responses, picked.clone());
             let ttl = keep_alive.reply().await?;
             Ok((keep_alive, ttl))
         };
-        let r = match tokio::time::timeout(self.request_timeout, open_and_renew).await {
-            Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "no keep-alive reply within {:?}",
-                self.request_timeout
-            ))),
-        };
-        in_flight.done(&r);
-        r
+        self.bounded_on(&picked, "keep-alive reply", open_and_renew).await
     }
 
     /// `Watch.Watch`: opens a watch stream with `create` as its first watcher. The stream's
