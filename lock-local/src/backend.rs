@@ -166,13 +166,10 @@ impl FileBackend {
     async fn read_holders(&self, key: &LockKey, mode: Mode) -> Result<Vec<LockInfo>> {
         let kind = Role::of(mode, NAME)?.kind();
         let path = path_of(&self.opts.dir, key, mode);
-        let Some(bytes) = files::read(path.clone(), self.opts.request_timeout).await? else {
+        let Some((bytes, meta)) = files::read(path.clone(), self.opts.request_timeout).await? else {
             return Ok(vec![]);
         };
-        let read = tokio::task::spawn_blocking(move || {
-            listing::infos(&path, &bytes, kind, mono_ns()).map_err(|why| damaged(&path, why))
-        });
-        read.await.map_err(task_failed)?
+        listing::infos(&bytes, meta, kind, mono_ns()).map_err(|why| damaged(&path, why))
     }
 
     /// How long a waiting writer's intent lasts unless its next attempt refreshes it: twice the

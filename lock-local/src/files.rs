@@ -303,14 +303,17 @@ where
     }
 }
 
-/// Reads the bytes of the record file `path` under a shared `flock`, waiting at most `bound`
-/// for it; `Ok(None)` when the file does not exist (never used), `Err` (retryable) when the
-/// `flock` stayed busy.
-pub(crate) async fn read(path: PathBuf, bound: Duration) -> Result<Option<Vec<u8>>> {
+/// A record file's bytes and its holders' metadata, read under one `flock`.
+pub(crate) type RecordRead = (Vec<u8>, metafile::Holders);
+
+/// Reads the bytes of the record file `path` and its holders' metadata under one shared
+/// `flock`, waiting at most `bound` for it; `Ok(None)` when the file does not exist (never
+/// used), `Err` (retryable) when the `flock` stayed busy.
+pub(crate) async fn read(path: PathBuf, bound: Duration) -> Result<Option<RecordRead>> {
     let once = || {
         let path = path.clone();
         async move {
-            tokio::task::spawn_blocking(move || -> Result<Option<Option<Vec<u8>>>> {
+            tokio::task::spawn_blocking(move || -> Result<Option<Option<RecordRead>>> {
                 let mut file = match File::open(&path) {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(None)),
@@ -319,7 +322,8 @@ pub(crate) async fn read(path: PathBuf, bound: Duration) -> Result<Option<Vec<u8
                 if !try_flock(&file, &path, true)? {
                     return Ok(None);
                 }
-                read_bytes(&mut file, &path).map(|r| Some(Some(r)))
+                let bytes = read_bytes(&mut file, &path)?;
+                Ok(Some(Some((bytes, metafile::read(&path)))))
             })
             .await
             .map_err(task_failed)?

@@ -25,12 +25,17 @@ use crate::record::{self, mono_ns};
 use crate::table::{Kind, Role};
 use crate::table_record;
 
-/// The holders a record's `bytes` (of `kind`, at `path`) hold at `now`, each with its mode,
-/// token, time left and metadata (from the side file).
+/// The holders a record's `bytes` (of `kind`) hold at `now`, each with its mode, token, time
+/// left and metadata (from `meta`, the side file read with the record).
 ///
 /// # Errors
 /// Why the record cannot be read; the caller names the file.
-pub(crate) fn infos(path: &Path, bytes: &[u8], kind: Kind, now: u64) -> Result<Vec<LockInfo>, &'static str> {
+pub(crate) fn infos(
+    bytes: &[u8],
+    mut meta: metafile::Holders,
+    kind: Kind,
+    now: u64,
+) -> Result<Vec<LockInfo>, &'static str> {
     let infos: Vec<(Role, LockInfo)> = if is_single(kind) {
         let rec = record::decode(bytes)?;
         let (role, mode) =
@@ -53,10 +58,6 @@ pub(crate) fn infos(path: &Path, bytes: &[u8], kind: Kind, now: u64) -> Result<V
             })
             .collect()
     };
-    if infos.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut meta = metafile::read(path);
     Ok(infos
         .into_iter()
         .map(|(role, info)| {
@@ -78,8 +79,9 @@ fn key_of(bytes: &[u8]) -> Option<String> {
     text.starts_with("distlock1 ").then(|| text.splitn(6, ' ').nth(5)).flatten().map(str::to_owned)
 }
 
-/// Reads a record file, under a shared `flock` if it comes within a few milliseconds.
-fn read_record(path: &Path) -> std::io::Result<Vec<u8>> {
+/// Reads a record file and, with `meta`, its side file, under a shared `flock` if it comes
+/// within a few milliseconds.
+fn read_record(path: &Path, meta: bool) -> std::io::Result<(Vec<u8>, metafile::Holders)> {
     let mut file = File::open(path)?;
     for _ in 0..20 {
         match file.try_lock_shared() {
@@ -90,24 +92,27 @@ fn read_record(path: &Path) -> std::io::Result<Vec<u8>> {
     }
     let mut bytes = Vec::with_capacity(512);
     file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+    let meta = if meta { metafile::read(path) } else { metafile::Holders::new() };
+    Ok((bytes, meta))
 }
 
-/// One record file met by a listing: its name, path, kind, bytes and key.
+/// One record file met by a listing: its name, kind, bytes, key and holder metadata.
 struct Found {
     name: String,
     kind: Kind,
     bytes: Vec<u8>,
+    meta: metafile::Holders,
 }
 
-/// Goes through the record files of `dir` after `cursor` in name order, calling `each` on
-/// those whose key starts with `prefix` until it has been called `limit` times; returns the
-/// cursor of the next page.
+/// Goes through the record files of `dir` after `cursor` in name order (reading their holder
+/// metadata too with `meta`), calling `each` on those whose key starts with `prefix` until it
+/// has been called `limit` times; returns the cursor of the next page.
 fn walk(
     dir: &Path,
     prefix: &str,
     cursor: Option<&str>,
     limit: usize,
+    meta: bool,
     mut each: impl FnMut(&Path, Found, String) -> Result<()>,
 ) -> Result<Option<String>> {
     let entries = std::fs::read_dir(dir).map_err(|e| io_err("cannot list lock directory", dir, e))?;
@@ -123,13 +128,13 @@ fn walk(
     let mut taken = 0;
     for (i, (name, kind)) in names.iter().enumerate() {
         let path = dir.join(name);
-        let bytes = match read_record(&path) {
-            Ok(b) => b,
+        let (bytes, holders) = match read_record(&path, meta) {
+            Ok(read) => read,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_err("cannot read lock file", &path, e)),
         };
         let Some(key) = key_of(&bytes).filter(|k| k.starts_with(prefix)) else { continue };
-        each(&path, Found { name: name.clone(), kind: *kind, bytes }, key)?;
+        each(&path, Found { name: name.clone(), kind: *kind, bytes, meta: holders }, key)?;
         taken += 1;
         if taken >= limit.max(1) {
             return Ok((i + 1 < names.len()).then(|| name.clone()));
@@ -146,8 +151,8 @@ fn walk(
 pub(crate) fn list_page(dir: &Path, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<ListPage> {
     let now = mono_ns();
     let mut entries = Vec::new();
-    let next = walk(dir, prefix, cursor, limit, |path, found, key| {
-        match infos(path, &found.bytes, found.kind, now) {
+    let next = walk(dir, prefix, cursor, limit, true, |_, found, key| {
+        match infos(&found.bytes, found.meta, found.kind, now) {
             Ok(holders) => entries.extend(holders.into_iter().map(|i| (key.clone(), i))),
             Err(why) => tracing::debug!(file = %found.name, why, "listing skips a record it cannot read"),
         }
@@ -168,7 +173,7 @@ pub(crate) fn counters_page(
     limit: usize,
 ) -> Result<CounterPage> {
     let mut counters = Vec::new();
-    let next = walk(dir, prefix, cursor, limit, |path, found, key| {
+    let next = walk(dir, prefix, cursor, limit, false, |path, found, key| {
         let (fence, limit) = if is_single(found.kind) {
             (record::decode(&found.bytes).map_err(|why| damaged(path, why))?.fence, 0)
         } else {

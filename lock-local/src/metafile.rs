@@ -54,9 +54,13 @@ fn parse(text: &str) -> Vec<((OwnerToken, Role), String)> {
         .collect()
 }
 
+/// Holder metadata by owner and role.
+pub(crate) type Holders = HashMap<(OwnerToken, Role), Metadata>;
+
 /// The metadata of the holders of `record`, by owner and role; empty when there is no side
-/// file or it cannot be read.
-pub(crate) fn read(record: &Path) -> HashMap<(OwnerToken, Role), Metadata> {
+/// file or it cannot be read. Read under the record's shared `flock` where the record was, so
+/// the two agree (the side file is rewritten under the exclusive one, after the record).
+pub(crate) fn read(record: &Path) -> Holders {
     let Ok(text) = std::fs::read_to_string(path(record)) else { return HashMap::new() };
     parse(&text).into_iter().filter_map(|(k, json)| Metadata::decode(&json).map(|m| (k, m))).collect()
 }

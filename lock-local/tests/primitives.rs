@@ -265,3 +265,35 @@ async fn a_counter_raised_to_the_largest_token_is_refused() {
         g.release().await.expect("release");
     }
 }
+
+/// A reader of the file backend sees a new holder with its metadata, never without it: the
+/// side file is read under the same shared `flock` as the record (it is rewritten under the
+/// writer's exclusive one, after the record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_is_never_read_without_its_value() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (candidates, readers) = (file_client(dir.path()), file_client(dir.path()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cycles = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let g = candidates.election("e").campaign(format!("v{n}")).await.expect("campaign");
+                g.release().await.expect("resign");
+                n += 1;
+            }
+            n
+        })
+    };
+    let (mut seen, deadline) = (0, Instant::now() + Duration::from_secs(3));
+    while Instant::now() < deadline {
+        if let Some(leader) = readers.election("e").leader().await.expect("leader") {
+            assert!(leader.value.is_some(), "a leader read without its value: {leader:?}");
+            seen += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let n = cycles.await.expect("join");
+    assert!(seen > 50 && n > 50, "too few reads ({seen}) or terms ({n}) to tell");
+}
