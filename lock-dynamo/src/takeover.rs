@@ -98,25 +98,34 @@ impl DynamoBackend {
     /// entries an attempt would take over, each a condition that fails on a missing item, are
     /// not there to take.
     pub(crate) fn forget_entries(&self, id: &str) {
-        locked(&self.inner.seen.items).remove(id);
+        locked(&self.inner.seen.items).by_id.remove(id);
     }
 }
 
-/// One RVN as a contender saw it: since when (monotonic), and when it may be taken over.
+/// One RVN as a contender saw it: since when (monotonic), when it may be taken over, and when
+/// it was last looked at.
 #[derive(Debug, Clone)]
 struct Seen {
     rvn: String,
     since: Instant,
     stale_at: Instant,
+    last: Instant,
 }
 
 impl Seen {
     fn new(rvn: &str, now: Instant, after: Duration) -> Self {
-        Self { rvn: rvn.to_owned(), since: now, stale_at: lock_core::lease::add_saturating(now, after) }
+        Self {
+            rvn: rvn.to_owned(),
+            since: now,
+            stale_at: lock_core::lease::add_saturating(now, after),
+            last: now,
+        }
     }
-    /// Seen long enough ago to forget: twice its takeover time.
-    fn old(&self, now: Instant) -> bool {
-        lock_core::lease::add_saturating(self.stale_at, self.stale_at - self.since) <= now
+    /// Not looked at for a whole takeover time: forgetting it costs at most one more wait of
+    /// that time, should it be looked at again. (What is still looked at, a dead holder an
+    /// observer polls, is kept: forgetting it would report the dead holder again for a lease.)
+    fn idle(&self, now: Instant) -> bool {
+        lock_core::lease::add_saturating(self.last, self.stale_at - self.since) <= now
     }
 }
 
@@ -126,14 +135,38 @@ struct ItemSeen {
     entries: HashMap<String, Seen>,
 }
 
+/// Items by id, pruned of idle ones when they grow past a bound that doubles while what is
+/// left is still looked at (so a prune costs O(1) per insertion, amortized).
+#[derive(Debug)]
+struct Tracked<V> {
+    by_id: HashMap<String, V>,
+    prune_at: usize,
+}
+
+impl<V> Default for Tracked<V> {
+    fn default() -> Self {
+        Self { by_id: HashMap::new(), prune_at: PRUNE_AT }
+    }
+}
+
+impl<V> Tracked<V> {
+    /// Before `id` is inserted: drops the items `idle` calls idle once there are too many.
+    fn make_room(&mut self, id: &str, idle: impl Fn(&V) -> bool) {
+        if self.by_id.len() >= self.prune_at && !self.by_id.contains_key(id) {
+            self.by_id.retain(|_, v| !idle(v));
+            self.prune_at = (self.by_id.len() * 2).max(PRUNE_AT);
+        }
+    }
+}
+
 /// What this client has seen of held items, to take over without trusting clocks.
 #[derive(Debug, Default)]
 pub(crate) struct Observations {
-    locks: Mutex<HashMap<String, Seen>>,
-    items: Mutex<HashMap<String, ItemSeen>>,
+    locks: Mutex<Tracked<Seen>>,
+    items: Mutex<Tracked<ItemSeen>>,
 }
 
-/// Items kept before old ones are pruned.
+/// Items kept before idle ones are pruned.
 const PRUNE_AT: usize = 4096;
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -146,13 +179,12 @@ impl Observations {
     pub(crate) fn saw(&self, id: &str, rvn: &str, lease: Duration) -> Duration {
         let now = Instant::now();
         let mut seen = locked(&self.locks);
-        if seen.len() >= PRUNE_AT && !seen.contains_key(id) {
-            seen.retain(|_, s| !s.old(now));
-        }
-        let entry = seen.entry(id.to_owned()).or_insert_with(|| Seen::new(rvn, now, lease));
+        seen.make_room(id, |s| s.idle(now));
+        let entry = seen.by_id.entry(id.to_owned()).or_insert_with(|| Seen::new(rvn, now, lease));
         if entry.rvn != rvn {
             *entry = Seen::new(rvn, now, lease);
         }
+        entry.last = now;
         entry.stale_at.saturating_duration_since(now)
     }
 
@@ -160,6 +192,7 @@ impl Observations {
     pub(crate) fn peek(&self, id: &str, rvn: &str) -> Option<Duration> {
         let now = Instant::now();
         locked(&self.locks)
+            .by_id
             .get(id)
             .filter(|s| s.rvn == rvn)
             .map(|s| s.stale_at.saturating_duration_since(now))
@@ -169,12 +202,12 @@ impl Observations {
     /// an acquire may overwrite.
     pub(crate) fn stale_rvn(&self, id: &str) -> Option<String> {
         let now = Instant::now();
-        locked(&self.locks).get(id).filter(|s| now >= s.stale_at).map(|s| s.rvn.clone())
+        locked(&self.locks).by_id.get(id).filter(|s| now >= s.stale_at).map(|s| s.rvn.clone())
     }
 
     /// Forgets lock item `id` (we hold it, or it was free).
     pub(crate) fn forget(&self, id: &str) {
-        locked(&self.locks).remove(id);
+        locked(&self.locks).by_id.remove(id);
     }
 
     /// Records the entries of item `id` as seen now, each with its takeover time; entries no
@@ -182,17 +215,16 @@ impl Observations {
     fn saw_entries(&self, id: &str, entries: &[(&str, &Entry, Duration)]) -> HashMap<String, Duration> {
         let now = Instant::now();
         let mut items = locked(&self.items);
-        if items.len() >= PRUNE_AT && !items.contains_key(id) {
-            items.retain(|_, i| i.entries.values().any(|s| !s.old(now)));
-        }
-        let item = items.entry(id.to_owned()).or_default();
+        items.make_room(id, |i| i.entries.values().all(|s| s.idle(now)));
+        let item = items.by_id.entry(id.to_owned()).or_default();
         let mut next = HashMap::with_capacity(entries.len());
         let mut left = HashMap::with_capacity(entries.len());
         for (name, e, after) in entries {
-            let seen = match item.entries.remove(*name) {
+            let mut seen = match item.entries.remove(*name) {
                 Some(s) if s.rvn == e.rvn => s,
                 _ => Seen::new(&e.rvn, now, *after),
             };
+            seen.last = now;
             left.insert((*name).to_owned(), seen.stale_at.saturating_duration_since(now));
             next.insert((*name).to_owned(), seen);
         }
@@ -204,7 +236,7 @@ impl Observations {
     fn peek_entry(&self, id: &str, name: &str, rvn: &str) -> Option<Duration> {
         let now = Instant::now();
         let items = locked(&self.items);
-        let seen = items.get(id)?.entries.get(name).filter(|s| s.rvn == rvn)?;
+        let seen = items.by_id.get(id)?.entries.get(name).filter(|s| s.rvn == rvn)?;
         Some(seen.stale_at.saturating_duration_since(now))
     }
 
@@ -213,7 +245,7 @@ impl Observations {
     fn stale_entries(&self, id: &str) -> Vec<(String, String)> {
         let now = Instant::now();
         let items = locked(&self.items);
-        let Some(item) = items.get(id) else { return Vec::new() };
+        let Some(item) = items.by_id.get(id) else { return Vec::new() };
         let mut stale: Vec<(String, String)> = item
             .entries
             .iter()
@@ -259,6 +291,39 @@ mod tests {
         assert_eq!(o.peek("k", "b"), Some(Duration::ZERO));
         o.forget("k");
         assert_eq!(o.stale_rvn("k"), None);
+    }
+
+    /// A dead holder an observer keeps looking at stays takeable when the client's other
+    /// sightings fill the table: the prune forgets only what nobody looked at for a lease.
+    #[tokio::test(start_paused = true)]
+    async fn a_prune_keeps_what_is_still_looked_at() {
+        let o = Observations::default();
+        let lease = Duration::from_millis(1000);
+        let (a, d) = (entry("a", 1000), lease);
+        o.saw("dead", "a", lease);
+        o.saw_entries("sem", &[("p:1", &a, d)]);
+        tokio::time::advance(Duration::from_millis(2500)).await;
+        assert_eq!(o.saw("dead", "a", lease), Duration::ZERO);
+        assert_eq!(o.saw_entries("sem", &[("p:1", &a, d)])["p:1"], Duration::ZERO);
+        for i in 0..2 * PRUNE_AT {
+            o.saw(&format!("k{i}"), "x", lease);
+            o.saw_entries(&format!("k{i}"), &[("p:1", &a, d)]);
+        }
+        assert_eq!(o.saw("dead", "a", lease), Duration::ZERO, "the dead holder was reported again");
+        assert_eq!(o.stale_entries("sem"), vec![("p:1".to_owned(), "a".to_owned())]);
+        // Once nobody looked at them for a lease, they go at the next prune.
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        let before = locked(&o.locks).by_id.len();
+        for i in 0..4 * PRUNE_AT {
+            o.saw(&format!("n{i}"), "x", lease);
+            o.saw_entries(&format!("n{i}"), &[("p:1", &a, d)]);
+            if locked(&o.locks).by_id.len() < before {
+                break;
+            }
+        }
+        assert!(locked(&o.locks).by_id.len() < before, "no prune");
+        assert_eq!(o.stale_rvn("dead"), None);
+        assert!(o.stale_entries("sem").is_empty());
     }
 
     #[tokio::test(start_paused = true)]
