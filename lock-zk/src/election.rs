@@ -17,10 +17,12 @@
 //!
 //! Observing sets a watch on the election's children, on the election node's data and on the
 //! leader's data in the same reads that report the state, so no change after a report goes
-//! unseen: a new candidate ahead, the leader's resignation or expiry, a proclaim. The stream
-//! ends with an error when the session it watches through ends.
+//! unseen: a new candidate ahead, the leader's resignation or expiry, a proclaim. A read lost
+//! with its connection is sent again after the client reconnects; the stream ends with an
+//! error when the session it watches through ends.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use lock_core::{
@@ -52,6 +54,19 @@ impl ZkBackend {
     }
 }
 
+/// Whether a read failed in a way that sending it again can mend while the session lives.
+fn resendable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Backend {
+            kind: BackendErrorKind::Connection
+                | BackendErrorKind::RequestTimedOut
+                | BackendErrorKind::Throttled,
+            ..
+        }
+    )
+}
+
 fn session_ended() -> Error {
     Error::backend_msg(
         NAME,
@@ -61,12 +76,29 @@ fn session_ended() -> Error {
 }
 
 /// Sends the first holder of the queue in `dir` after every change, until the receiver is
-/// dropped; ends with an error when the session ends or a read fails.
+/// dropped; ends with an error when the session ends or a read fails for good. A read that
+/// went down with its connection, timed out or was throttled is sent again (after a pause
+/// growing from 20 ms to 1 s) while the session lives: the client reconnects within it.
 async fn follow(s: Arc<Session>, dir: String, mode: Mode, tx: mpsc::Sender<Result<Option<LockInfo>>>) {
     loop {
-        let read = tokio::select! {
-            r = read_first_watched(&s, &dir, mode) => r,
-            _ = s.lost.fired() => Err(session_ended()),
+        let mut pause = Duration::from_millis(20);
+        let read = loop {
+            let read = tokio::select! {
+                r = read_first_watched(&s, &dir, mode) => r,
+                _ = s.lost.fired() => Err(session_ended()),
+            };
+            match read {
+                Err(e) if resendable(&e) && !s.lost.is_fired() => {
+                    tracing::debug!(backend = NAME, dir = %dir, error = %e, "observer read again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = s.lost.fired() => {}
+                        _ = tx.closed() => return,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                r => break r,
+            }
         };
         let (state, watchers) = match read {
             Ok(w) => w,

@@ -218,6 +218,35 @@ async fn an_observer_ends_with_an_error_when_its_session_ends() {
     proxy.heal();
 }
 
+/// An observer whose read went down with its connection (while the session lives on) reads
+/// again once the client has reconnected: the stream goes on and reports the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_whose_read_lost_its_connection_goes_on() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
+    let watcher: LockClient = support::client(&proxy.addr, Duration::from_secs(10)).await;
+    let candidate: LockClient = support::client(&zk.connect_string(), Duration::from_secs(10)).await;
+    let name = support::key("observe-reset");
+    let lead = candidate.election(&name).campaign("v1").await.expect("campaign");
+    let mut seen = watcher.election(&name).observe().await.expect("observe");
+    let first = tokio::time::timeout(Duration::from_secs(5), seen.next()).await.expect("a first item");
+    let first = first.expect("open").expect("state").and_then(|l| l.value);
+    assert_eq!(first.as_deref(), Some("v1"));
+    // The read after the resignation goes down with its connection.
+    proxy.reset_next(support::proxy::GET_DATA);
+    lead.release().await.expect("resign");
+    let next = tokio::time::timeout(Duration::from_secs(15), seen.next())
+        .await
+        .expect("an item after the resignation");
+    assert!(matches!(next, Some(Ok(None))), "the observer reported {next:?}, not the vacancy");
+    // And it still follows: a new leader is reported.
+    let again = candidate.election(&name).campaign("v2").await.expect("campaign again");
+    let item = tokio::time::timeout(Duration::from_secs(5), seen.next()).await.expect("the new leader");
+    let v = item.expect("open").expect("state").and_then(|l| l.value);
+    assert_eq!(v.as_deref(), Some("v2"));
+    again.release().await.expect("resign");
+}
+
 /// An observer whose first read found no election node, while a candidate made it right
 /// after, still sees the leader's later proclaims (the election node's data is watched once it
 /// exists).
