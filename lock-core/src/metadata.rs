@@ -93,6 +93,20 @@ impl Metadata {
         Ok(self)
     }
 
+    /// The record of a holder that another client wrote with a value alone (an etcd Go
+    /// `Election` candidate's proposal, a Curator `LeaderLatch` participant id): every other
+    /// field empty, the value taken whole. [`MAX_VALUE_LEN`] bounds what distlock writes, not
+    /// what it reads; bytes that are not UTF-8 read as U+FFFD.
+    pub fn foreign(value: &[u8]) -> Self {
+        Self {
+            host: String::new(),
+            pid: 0,
+            program: String::new(),
+            acquired_at_ms: 0,
+            value: Some(String::from_utf8_lossy(value).into_owned()),
+        }
+    }
+
     /// When the grant was asked for, by the holder's clock.
     pub fn acquired_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.acquired_at_ms)
@@ -156,5 +170,8 @@ mod tests {
             Err(Error::InvalidMetadata(_))
         ));
         assert!(m.encode().len() < 600);
+        let long = "y".repeat(3 * MAX_VALUE_LEN);
+        assert_eq!(Metadata::foreign(long.as_bytes()).value.as_deref(), Some(long.as_str()));
+        assert_eq!(Metadata::foreign(b"a\xffb").value.as_deref(), Some("a\u{fffd}b"));
     }
 }

@@ -90,12 +90,11 @@ fn stored_limit(value: &[u8]) -> Option<u32> {
 
 /// The holder metadata stored in a key of `mode`'s queue.
 pub(crate) fn stored_metadata(mode: Mode, value: &[u8]) -> Option<Metadata> {
-    let s = std::str::from_utf8(value).ok()?;
     match mode {
-        Mode::Permit { .. } => Metadata::decode(s.split_once('\n')?.1),
-        Mode::Read | Mode::Write => Metadata::decode(s),
-        // A candidate's value alone (Go's candidates write nothing else).
-        _ => Metadata::decode("{}")?.with_value(s).ok(),
+        Mode::Permit { .. } => Metadata::decode(std::str::from_utf8(value).ok()?.split_once('\n')?.1),
+        Mode::Read | Mode::Write => Metadata::decode(std::str::from_utf8(value).ok()?),
+        // A candidate's value alone (Go's candidates write nothing else), whatever its length.
+        _ => Some(Metadata::foreign(value)),
     }
 }
 
@@ -341,6 +340,9 @@ mod tests {
         let leader = stored_metadata(Mode::Leader, &encode(Mode::Leader, &m)).expect("leader value");
         assert_eq!(leader.value.as_deref(), Some("a:1"));
         assert_eq!(stored_limit(b"a Go candidate's proposal"), None);
+        let long = "p".repeat(3 * lock_core::MAX_VALUE_LEN);
+        let read = stored_metadata(Mode::Leader, long.as_bytes()).expect("a Go candidate's long value");
+        assert_eq!(read.value.as_deref(), Some(long.as_str()));
         let owner = OwnerToken::random();
         assert_eq!(owner_of("p/", format!("p/w-{owner}").as_bytes()), Some(owner));
         assert_eq!(owner_of("p/", format!("p/{owner}").as_bytes()), Some(owner));

@@ -21,16 +21,10 @@ pub(crate) fn info_of(name: &str, data: &[u8], stat: &Stat, mode: Mode) -> LockI
     let metadata = std::str::from_utf8(data)
         .ok()
         .and_then(Metadata::decode)
-        .or_else(|| (mode == Mode::Leader && !data.is_empty()).then(|| foreign_value(data)).flatten());
+        .or_else(|| (mode == Mode::Leader && !data.is_empty()).then(|| Metadata::foreign(data)));
     LockInfo::new(Some(FencingToken::new(stat.czxid as u64)), owner_of(name), None)
         .with_mode(mode)
         .with_metadata(metadata)
-}
-
-/// Metadata whose only field is a foreign candidate's value (`LeaderLatch`'s participant id).
-fn foreign_value(data: &[u8]) -> Option<Metadata> {
-    let value = String::from_utf8_lossy(data);
-    serde_json::from_value(serde_json::json!({ "value": value })).ok()
 }
 
 impl ZkBackend {
