@@ -131,7 +131,22 @@ async fn main() -> ExitCode {
         Command::MigrateTokens(args) => migrate_tokens::exec(&out, args).await,
     };
     if cli.metrics_addr.is_some() && !cli.metrics_linger.is_zero() {
-        tokio::time::sleep(cli.metrics_linger).await;
+        linger(cli.metrics_linger).await;
     }
     code
+}
+
+/// Keeps serving the metrics for `linger`, or until a signal that ends a process comes (the
+/// handlers `run` installed to forward them keep them from ending it by default).
+async fn linger(linger: std::time::Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let kinds = [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup(), SignalKind::quit()];
+    let mut listeners: Vec<_> = kinds.into_iter().filter_map(|k| signal(k).ok()).collect();
+    if listeners.is_empty() {
+        return tokio::time::sleep(linger).await;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(linger) => {}
+        _ = futures::future::select_all(listeners.iter_mut().map(|l| Box::pin(l.recv()))) => {}
+    }
 }

@@ -338,21 +338,19 @@ async fn supervise(
                 lost = Some(reason);
                 // The command is stopped before the loss is reported: a report that cannot be
                 // written must not keep it running.
-                match args.on_lost {
-                    OnLost::Ignore => {}
-                    OnLost::Kill => signal(group, Signal::KILL),
-                    // Its grace was what was left of the lock.
-                    OnLost::Term if stopping => signal(group, Signal::KILL),
-                    OnLost::Term => signal(group, Signal::TERM),
+                let stop = match args.on_lost {
+                    OnLost::Ignore => None,
+                    // With `term`, its grace was what was left of the lock if it was warned.
+                    OnLost::Term if !stopping => Some(Signal::TERM),
+                    OnLost::Kill | OnLost::Term => Some(Signal::KILL),
+                };
+                if let Some(sig) = stop {
+                    signal(group, sig);
                 }
                 report_loss(out, guard, reason, args.on_lost);
-                match args.on_lost {
-                    OnLost::Ignore => {
-                        eprintln!("distlock: --on-lost ignore: the command keeps running without the lock")
-                    }
-                    OnLost::Kill => {}
-                    OnLost::Term if stopping => {}
-                    OnLost::Term => {
+                match stop {
+                    None => eprintln!("distlock: --on-lost ignore: the command keeps running without the lock"),
+                    Some(Signal::TERM) => {
                         let grace = tokio::time::sleep(args.kill_grace);
                         tokio::pin!(grace);
                         // Signals sent to distlock meanwhile are forwarded at once.
@@ -367,6 +365,7 @@ async fn supervise(
                             }
                         }
                     }
+                    Some(_) => {}
                 }
             }
             _ = guard.expiring(ahead), if lost.is_none() && !stopping && args.on_lost == OnLost::Term => {

@@ -761,3 +761,32 @@ fn migrate_tokens_takes_the_prefix_under_the_urls_namespace() {
         .expect("migrate-tokens");
     assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A signal while the metrics linger after the command ends ends the linger at once, with the
+/// command's exit code (run's forwarding handlers no longer swallow it).
+#[test]
+fn a_signal_during_the_metrics_linger_ends_it() {
+    let (_d, url) = file_backend();
+    let mut run = distlock(&url)
+        .args(["--json", "--metrics-addr", "127.0.0.1:0", "--metrics-linger", "60s"])
+        .args(["run", "--lock", "linger", "--", "sh", "-c", "exit 3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut err = std::io::BufReader::new(run.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).expect("read");
+        assert!(n > 0, "stderr ended before the run finished");
+        if line.contains("\"finished\"") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(run.try_wait().expect("wait").is_none(), "the metrics did not linger");
+    let pid = run.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let status = exit_of(&mut run, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3), "{status:?}");
+}

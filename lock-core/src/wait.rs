@@ -1,4 +1,4 @@
-//! The waiting loop every backend shares.
+//! The waiting loop every backend shares, and a sleep to an instant that may not be set.
 
 use std::future::Future;
 use std::time::Duration;
@@ -11,6 +11,15 @@ use crate::error::{Error, Result};
 use crate::key::LockKey;
 use crate::lease::Lease;
 use crate::outcome::Attempt;
+
+/// Sleeps until `at`; with `None`, never completes (a branch of a `select!` that has nothing
+/// to wait for yet).
+pub async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The waiting loop every backend shares: register for wake-ups, attempt, and sleep until a
 /// wake-up, the holder's expiry, a jittered backoff step (at most `max_poll`), or `deadline`.

@@ -184,12 +184,7 @@ impl Watcher {
             // Only a stream with watchers answers progress requests (etcd 3.4.25+, 3.5).
             let probe_at = (self.stream.is_some() && !self.want.is_empty()).then(|| self.probe.at());
             tokio::select! {
-                _ = async {
-                    match probe_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+                _ = lock_core::wait::sleep_until_opt(probe_at) => {
                     if self.stream.as_ref().is_some_and(|s| !self.probe.due(s)) {
                         tracing::debug!("etcd key watch fell silent; opening the stream again");
                         self.stream = None;

@@ -192,10 +192,7 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// Completes when the first of `lingering` is due; never when there is none.
 async fn sleep_until_first(lingering: &VecDeque<(tokio::time::Instant, String)>) {
-    match lingering.front() {
-        Some((at, _)) => tokio::time::sleep_until(*at).await,
-        None => std::future::pending().await,
-    }
+    lock_core::wait::sleep_until_opt(lingering.front().map(|(at, _)| *at)).await;
 }
 
 /// Keeps one subscriber connection, to the first of `clients` that answers (a cluster's nodes

@@ -331,7 +331,7 @@ async fn monitor(
         };
         let state = tokio::select! {
             s = states.changed() => s,
-            _ = sleep_until_opt(give_up) => {
+            _ = lock_core::wait::sleep_until_opt(give_up) => {
                 tracing::warn!(backend = NAME, "disconnected past the session's validity; every lock on it is lost");
                 lost.fire(LossReason::SessionLost);
                 free_given_up(session, states).await;
@@ -398,11 +398,4 @@ const DELETE_ANSWER: Duration = Duration::from_millis(500);
 fn resendable(e: &zookeeper_client::Error) -> bool {
     use zookeeper_client::Error as Z;
     crate::error::connection_lost(e) || matches!(e, Z::Timeout | Z::Throttled)
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
