@@ -100,7 +100,11 @@ async fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let out = output::Out { json: cli.json, spin: !cli.json && std::io::stderr().is_terminal() };
+    let out = output::Out {
+        json: cli.json,
+        spin: !cli.json && std::io::stderr().is_terminal(),
+        events: matches!(cli.command, Command::Run(_) | Command::Elect(_)),
+    };
     if let Some(addr) = cli.metrics_addr {
         if let Err(e) = metrics::serve(addr) {
             eprintln!("distlock: --metrics-addr {addr}: {e}");

@@ -15,20 +15,46 @@ pub(crate) struct Out {
     pub(crate) json: bool,
     /// Show a spinner while waiting (stderr is a terminal and the output is text).
     pub(crate) spin: bool,
+    /// JSON goes to stderr as event lines (`run`, `elect`: stdout is the command's).
+    pub(crate) events: bool,
 }
 
 impl Out {
-    /// Reports `e` and returns its exit code.
+    /// Reports `e` and returns its exit code. With `--json`: one object on stdout, or an
+    /// `{"event":"error",…}` line on stderr where stdout is the command's.
     pub(crate) fn fail(&self, e: &Error) -> ExitCode {
         if self.json {
-            println!(
-                "{}",
-                json!({ "error": e.to_string(), "kind": e.label(), "retryable": e.is_retryable() })
-            );
+            let error = json!({ "error": e.to_string(), "kind": e.label(), "retryable": e.is_retryable() });
+            if self.events {
+                self.event("error", error);
+            } else {
+                println!("{error}");
+            }
         } else {
             eprintln!("distlock: {e}");
         }
         ExitCode::from(exit::for_error(e))
+    }
+
+    /// Says `text` on stderr, or with `--json` the event `name` with the fields of `fields`
+    /// (an object) as one JSON line there.
+    pub(crate) fn say(&self, text: impl std::fmt::Display, name: &str, fields: serde_json::Value) {
+        if self.json {
+            self.event(name, fields);
+        } else {
+            eprintln!("distlock: {text}");
+        }
+    }
+
+    /// Prints the event `name` with the fields of `fields` (an object) as one JSON line on
+    /// stderr.
+    pub(crate) fn event(&self, name: &str, fields: serde_json::Value) {
+        let mut event = serde_json::Map::new();
+        event.insert("event".to_owned(), json!(name));
+        if let serde_json::Value::Object(more) = fields {
+            event.extend(more);
+        }
+        eprintln!("{}", serde_json::Value::Object(event));
     }
 
     /// Runs `fut`, showing a spinner with the time waited on a terminal.

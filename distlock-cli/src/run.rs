@@ -91,7 +91,11 @@ pub(crate) async fn wait_or_signal<F: std::future::Future>(
         done = out.waiting(what, fut) => return Ok(done),
         sig = signals.recv() => sig,
     };
-    eprintln!("distlock: {sig:?} while {what}; giving up");
+    out.say(
+        format_args!("{sig:?} while {what}; giving up"),
+        "gave_up",
+        json!({ "signal": format!("{sig:?}"), "while": what }),
+    );
     let deadline = tokio::time::Instant::now() + CLEAN_UP;
     while tasks() > before && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -114,10 +118,19 @@ pub(crate) async fn supervise_command(
     let mut child = match spawn(&args.cmd, &guard, tokens) {
         Ok(c) => c,
         Err(e) => {
-            let _ = guard.release().await;
-            eprintln!("distlock: cannot start '{}': {e}", args.cmd[0]);
+            let released = guard.release().await;
             let code =
                 if e.kind() == std::io::ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_START };
+            out.say(
+                format_args!("cannot start '{}': {e}", args.cmd[0]),
+                "error",
+                json!({
+                    "error": format!("cannot start '{}': {e}", args.cmd[0]),
+                    "kind": if code == exit::NOT_FOUND { "not_found" } else { "cannot_start" },
+                    "exit_code": code,
+                    "released": released.is_ok(),
+                }),
+            );
             return ExitCode::from(code);
         }
     };
@@ -212,22 +225,11 @@ impl Foreground {
 
 /// Says that the lock is held (JSON lines go to stderr: stdout belongs to the command).
 pub(crate) fn announce(out: &Out, locks: &LockClient, guard: &Guard, event: &str) {
-    if out.json {
-        let event = json!({
-            "event": event,
-            "key": guard.key(),
-            "fencing_token": guard.fencing_token().get(),
-            "backend": locks.backend_name(),
-        });
-        eprintln!("{event}");
-    } else {
-        eprintln!(
-            "distlock: holding '{}' (fencing token {}) on {}",
-            guard.key(),
-            guard.fencing_token(),
-            locks.backend_name()
-        );
-    }
+    out.say(
+        format_args!("holding '{}' (fencing token {}) on {}", guard.key(), guard.fencing_token(), locks.backend_name()),
+        event,
+        json!({ "key": guard.key(), "fencing_token": guard.fencing_token().get(), "backend": locks.backend_name() }),
+    );
 }
 
 /// The signals `run` forwards to the command.
@@ -349,6 +351,8 @@ async fn supervise(
                 }
                 report_loss(out, guard, reason, args.on_lost);
                 match stop {
+                    // The loss event says `"on_lost":"ignore"`.
+                    None if out.json => {}
                     None => eprintln!("distlock: --on-lost ignore: the command keeps running without the lock"),
                     Some(Signal::TERM) => {
                         let grace = tokio::time::sleep(args.kill_grace);
@@ -371,9 +375,13 @@ async fn supervise(
             _ = guard.expiring(ahead), if lost.is_none() && !stopping && args.on_lost == OnLost::Term => {
                 stopping = true;
                 signal(group, Signal::TERM);
-                eprintln!(
-                    "distlock: lock '{}' not renewed; it expires within {ahead:?}: stopping the command (SIGTERM now, SIGKILL when it expires)",
-                    guard.key()
+                out.say(
+                    format_args!(
+                        "lock '{}' not renewed; it expires within {ahead:?}: stopping the command (SIGTERM now, SIGKILL when it expires)",
+                        guard.key()
+                    ),
+                    "expiring",
+                    json!({ "key": guard.key(), "within_ms": ahead.as_millis() as u64, "signal": "SIGTERM" }),
                 );
             }
             status = child.wait() => break status,
@@ -384,17 +392,11 @@ async fn supervise(
 }
 
 fn report_loss(out: &Out, guard: &Guard, reason: LossReason, on_lost: OnLost) {
-    if out.json {
-        let event = json!({
-            "event": "lost",
-            "key": guard.key(),
-            "reason": reason.to_string(),
-            "on_lost": format!("{on_lost:?}").to_lowercase(),
-        });
-        eprintln!("{event}");
-    } else {
-        eprintln!("distlock: lock '{}' lost ({reason})", guard.key());
-    }
+    out.say(
+        format_args!("lock '{}' lost ({reason})", guard.key()),
+        "lost",
+        json!({ "key": guard.key(), "reason": reason.to_string(), "on_lost": format!("{on_lost:?}").to_lowercase() }),
+    );
 }
 
 /// Releases the lock and reports how the run ended; the exit code is the command's, or 70
@@ -428,8 +430,7 @@ async fn finish(
         (Err(_), _, _) => exit::BACKEND,
     };
     if out.json {
-        let event = json!({
-            "event": "finished",
+        let fields = json!({
             "key": key,
             "exit_code": code,
             "command_status": status.as_ref().ok().and_then(|s| s.code()),
@@ -439,7 +440,7 @@ async fn finish(
                 Err(e) => json!({ "error": e.to_string() }),
             },
         });
-        eprintln!("{event}");
+        out.event("finished", fields);
     }
     ExitCode::from(code)
 }

@@ -71,6 +71,40 @@ fn run_with_json_reports_events_on_stderr_and_leaves_stdout_to_the_command() {
     assert_eq!(events[1]["released"], true);
 }
 
+/// `run --json` keeps stdout for the command on its error paths too: a lock it could not take,
+/// a command it could not start and a bad backend URL are JSON event lines on stderr.
+#[test]
+fn run_with_json_reports_its_errors_on_stderr() {
+    let (_d, url) = file_backend();
+    let held = distlock(&url).args(["acquire", "--lock", "busy", "--ttl", "60s"]).output().expect("acquire");
+    assert!(held.status.success(), "{}", String::from_utf8_lossy(&held.stderr));
+    let events_of = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "stdout is the command's");
+        String::from_utf8_lossy(&out.stderr).lines().map(|l| json(l.as_bytes())).collect()
+    };
+    let out = distlock(&url).args(["--json", "run", "--lock", "busy", "--", "true"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(75));
+    let events = events_of(&out);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((&events[0]["event"], &events[0]["kind"]), (&"error".into(), &"wait_timed_out".into()));
+    let out = distlock(&url)
+        .args(["--json", "run", "--lock", "free", "--", "/nonexistent/command"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(127));
+    let events = events_of(&out);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["event"], "acquired");
+    assert_eq!((&events[1]["event"], &events[1]["kind"]), (&"error".into(), &"not_found".into()));
+    assert_eq!(events[1]["released"], true);
+    let out =
+        distlock("nosuch://x").args(["--json", "run", "--lock", "a", "--", "true"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let events = events_of(&out);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "error");
+}
+
 #[test]
 fn run_never_starts_the_command_without_the_lock() {
     let (d, url) = file_backend();
