@@ -139,7 +139,8 @@ pub(crate) async fn supervise_command(
     if let (Some(t), Some(g)) = (&terminal, group) {
         t.give(g);
     }
-    let (status, lost) = supervise(out, &guard, &mut child, group, &mut signals, args).await;
+    let (status, lost) =
+        supervise(out, &guard, &mut child, group, terminal.as_ref(), &mut signals, args).await;
     if let Some(g) = group {
         // Stopped by the time the lock may expire: at once once it is lost.
         let left = guard.lease().valid_until().saturating_duration_since(Instant::now());
@@ -203,6 +204,27 @@ impl Foreground {
         if rustix::termios::tcsetpgrp(std::io::stdin(), group).is_ok() {
             signal(Some(group), Signal::CONT);
         }
+    }
+
+    /// The command's group was stopped by `by` (Ctrl-Z sends SIGTSTP to the terminal's
+    /// foreground, which is the command's): distlock takes the terminal back and stops itself
+    /// alike, as a job, so that the shell that started it sees the job stopped and gets the
+    /// terminal. Renewal stops with it: a lock suspended past its TTL is lost, and `--on-lost`
+    /// applies once it is continued. Continued (`fg`, `bg`), it continues the command, giving
+    /// it the terminal again if the shell gave distlock the terminal (`fg`).
+    ///
+    /// A process group without a parent outside it in the session (orphaned: no shell to
+    /// continue it) is not stopped by SIGTSTP; the command is continued at once then.
+    fn suspend(&self, group: Pid, by: Signal) {
+        self.restore();
+        let me = rustix::process::getpid();
+        let _ =
+            rustix::process::kill_process(me, if by == Signal::STOP { Signal::STOP } else { Signal::TSTP });
+        // Here once continued.
+        if rustix::termios::tcgetpgrp(std::io::stdin()).ok() == Some(self.ours) {
+            let _ = rustix::termios::tcsetpgrp(std::io::stdin(), group);
+        }
+        signal(Some(group), Signal::CONT);
     }
 
     /// Takes the terminal's foreground back (from the background, which a process may do
@@ -304,6 +326,14 @@ fn spawn(
     command.spawn()
 }
 
+/// The signal that stopped the child `pid`, if it stopped since last asked (the stop is
+/// reported once; its exit is left for tokio to reap).
+fn stopped_by(pid: Pid) -> Option<Signal> {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    let status = waitid(WaitId::Pid(pid), WaitIdOptions::STOPPED | WaitIdOptions::NOHANG).ok()??;
+    status.stopping_signal().and_then(Signal::from_named_raw)
+}
+
 /// Sends `sig` to the command's process group: the command and what it started.
 fn signal(group: Option<Pid>, sig: Signal) {
     if let Some(group) = group {
@@ -316,16 +346,25 @@ fn signal(group: Option<Pid>, sig: Signal) {
 /// lock has at most the kill grace (and at most a third of its validity) left sends SIGTERM then,
 /// and the loss, when it comes, SIGKILL: the command is gone when the lock expires, where a
 /// SIGTERM at the loss and a SIGKILL a grace later let it run on while another holder could
-/// take the lock. Returns its status and the loss, if any.
+/// take the lock. Run from a terminal's foreground, a command stopped from it (Ctrl-Z)
+/// suspends distlock too (see [`Foreground::suspend`]). Returns its status and the loss, if
+/// any.
 async fn supervise(
     out: &Out,
     guard: &Guard,
     child: &mut Child,
     group: Option<Pid>,
+    terminal: Option<&Foreground>,
     signals: &mut Forwarded,
     args: &Supervised,
 ) -> (std::io::Result<std::process::ExitStatus>, Option<LossReason>) {
     let mut lost = None;
+    let pid = child.id().and_then(|p| Pid::from_raw(p as i32));
+    // Job control: the command's stops, heard of by SIGCHLD.
+    let mut stops = match (terminal, pid, group) {
+        (Some(t), Some(pid), Some(g)) => unix_signal(SignalKind::child()).ok().map(|s| (s, t, pid, g)),
+        _ => None,
+    };
     // A third of the validity the lock has now, just taken: its TTL, or on a backend whose
     // session keeps its locks (ZooKeeper, etcd's session mode) what the session has left.
     let ahead =
@@ -383,6 +422,16 @@ async fn supervise(
                     "expiring",
                     json!({ "key": guard.key(), "within_ms": ahead.as_millis() as u64, "signal": "SIGTERM" }),
                 );
+            }
+            Some((t, pid, g)) = async {
+                match stops.as_mut() {
+                    Some((chld, t, pid, g)) => chld.recv().await.map(|()| (*t, *pid, *g)),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(by) = stopped_by(pid) {
+                    t.suspend(g, by);
+                }
             }
             status = child.wait() => break status,
             sig = signals.recv() => signal(group, sig),

@@ -824,3 +824,95 @@ fn a_signal_during_the_metrics_linger_ends_it() {
     let status = exit_of(&mut run, Duration::from_secs(10));
     assert_eq!(status.code(), Some(3), "{status:?}");
 }
+
+/// What a pseudo-terminal's master end has printed so far, read on a thread of its own.
+struct Screen(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Screen {
+    fn of(mut master: std::fs::File) -> Self {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let t = text.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = master.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                t.lock().expect("screen").push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self(text)
+    }
+
+    /// Waits until `needle` has been printed after the first `from` bytes; returns where it ends.
+    fn wait_for(&self, needle: &str, from: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.0.lock().expect("screen").clone();
+            if let Some(at) = text.get(from..).and_then(|t| t.find(needle)) {
+                return from + at + needle.len();
+            }
+            assert!(Instant::now() < deadline, "{needle:?} never appeared; the terminal shows:\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Ctrl-Z on `run` in the foreground of an interactive shell stops the job as a shell job
+/// stops: the shell reports it stopped and gets the terminal back; `fg` continues the command,
+/// and a Ctrl-C then reaches it.
+#[test]
+fn ctrl_z_suspends_run_as_a_job() {
+    use std::os::unix::process::CommandExt;
+    let (_d, url) = file_backend();
+    let bin = assert_cmd::cargo::cargo_bin("distlock");
+    let (mut master, slave) = {
+        let (mut m, mut s) = (0, 0);
+        #[allow(unsafe_code)]
+        // SAFETY: openpty writes the two descriptors it opens; the other pointers may be null.
+        let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+        assert_eq!(r, 0, "openpty");
+        #[allow(unsafe_code)]
+        // SAFETY: both descriptors were just opened and are owned by nothing else.
+        unsafe {
+            use std::os::fd::FromRawFd;
+            (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s))
+        }
+    };
+    let mut shell = Command::new("bash");
+    shell
+        .args(["--norc", "--noprofile", "-i"])
+        .env("PS1", "$ ")
+        .env("TERM", "dumb")
+        .env("DISTLOCK_URL", &url)
+        .stdin(slave.try_clone().expect("slave"))
+        .stdout(slave.try_clone().expect("slave"))
+        .stderr(slave);
+    #[allow(unsafe_code)]
+    // SAFETY: setsid and ioctl are async-signal-safe; the child makes the terminal on its
+    // standard input its controlling terminal, as a terminal emulator's shell has it.
+    unsafe {
+        shell.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut shell = shell.spawn().expect("bash");
+    let screen = Screen::of(master.try_clone().expect("master"));
+    let wait = Duration::from_secs(15);
+    // The quotes keep the typed line (echoed) from matching what the command prints.
+    writeln!(master, "{} run --lock job -- sh -c 'echo sta\"\"rted; exec sleep 60'", bin.display()).expect("type");
+    let at = screen.wait_for("started", 0, wait);
+    master.write_all(b"\x1a").expect("Ctrl-Z");
+    let at = screen.wait_for("Stopped", at, wait);
+    writeln!(master, "fg").expect("type");
+    let at = screen.wait_for("sleep 60", at, wait);
+    std::thread::sleep(Duration::from_millis(300));
+    master.write_all(b"\x03").expect("Ctrl-C");
+    writeln!(master, "echo code=$?").expect("type");
+    screen.wait_for("code=130", at, wait);
+    writeln!(master, "exit").expect("type");
+    let _ = exit_of(&mut shell, wait);
+}
