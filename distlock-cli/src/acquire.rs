@@ -39,7 +39,7 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
     }
     // A signal while waiting withdraws the attempt (its grant or place in a queue is undone)
     // instead of killing distlock with it in flight, which left it to its TTL.
-    let mut signals = match crate::run::Forwarded::install() {
+    let mut signals = match crate::run::Forwarded::install(out) {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -40,7 +40,7 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
     if let Some(w) = args.wait {
         election = election.wait(w);
     }
-    let mut signals = match Forwarded::install() {
+    let mut signals = match Forwarded::install(out) {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -123,6 +123,13 @@ async fn main() -> ExitCode {
         // Every series from zero, so the first event of this short-lived process counts.
         distlock::core::observe::register(locks.backend().name());
     }
+    let lingers = cli.metrics_addr.is_some() && !cli.metrics_linger.is_zero();
+    // The commands that catch signals (to forward them, or to end a wait) keep them from
+    // ending the process by default: their linger listens from the start, so that a signal
+    // between the command's end and the linger is not lost. The others end by default until
+    // they linger.
+    let early = lingers && matches!(cli.command, Command::Run(_) | Command::Elect(_) | Command::Acquire(_));
+    let mut listeners = early.then(ending_signals);
     let code = match &cli.command {
         Command::Run(args) => run::exec(&out, &locks, args).await,
         Command::Acquire(args) => acquire::exec(&out, &locks, args).await,
@@ -134,18 +141,23 @@ async fn main() -> ExitCode {
         Command::Leader(args) => leader::exec(&out, &locks, args).await,
         Command::MigrateTokens(args) => migrate_tokens::exec(&out, args).await,
     };
-    if cli.metrics_addr.is_some() && !cli.metrics_linger.is_zero() {
-        linger(cli.metrics_linger).await;
+    if lingers {
+        let listeners = listeners.get_or_insert_with(ending_signals);
+        linger(listeners, cli.metrics_linger).await;
     }
     code
 }
 
-/// Keeps serving the metrics for `linger`, or until a signal that ends a process comes (the
-/// handlers `run` installed to forward them keep them from ending it by default).
-async fn linger(linger: std::time::Duration) {
+/// Listeners of the signals that end a process by default (SIGTERM, SIGINT, SIGHUP, SIGQUIT),
+/// those that can be installed.
+fn ending_signals() -> Vec<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{signal, SignalKind};
     let kinds = [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup(), SignalKind::quit()];
-    let mut listeners: Vec<_> = kinds.into_iter().filter_map(|k| signal(k).ok()).collect();
+    kinds.into_iter().filter_map(|k| signal(k).ok()).collect()
+}
+
+/// Keeps serving the metrics for `linger`, or until one of `listeners` hears its signal.
+async fn linger(listeners: &mut [tokio::signal::unix::Signal], linger: std::time::Duration) {
     if listeners.is_empty() {
         return tokio::time::sleep(linger).await;
     }

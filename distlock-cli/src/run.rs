@@ -22,7 +22,8 @@ pub(crate) enum OnLost {
     Term,
     /// SIGKILL at once.
     Kill,
-    /// Leave the command running (a warning is printed).
+    /// Leave the command running (a warning is printed; with `--json`, the `lost` event says
+    /// `"on_lost":"ignore"`).
     Ignore,
 }
 
@@ -55,7 +56,7 @@ pub(crate) struct Supervised {
 
 /// Takes the lock with auto-renewal, runs the command under it, and reports.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
-    let mut signals = match Forwarded::install() {
+    let mut signals = match Forwarded::install(out) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -92,9 +93,9 @@ pub(crate) async fn wait_or_signal<F: std::future::Future>(
         sig = signals.recv() => sig,
     };
     out.say(
-        format_args!("{sig:?} while {what}; giving up"),
+        format_args!("{} while {what}; giving up", name(sig)),
         "gave_up",
-        json!({ "signal": format!("{sig:?}"), "while": what }),
+        json!({ "signal": name(sig), "while": what }),
     );
     let deadline = tokio::time::Instant::now() + CLEAN_UP;
     while tasks() > before && tokio::time::Instant::now() < deadline {
@@ -114,7 +115,8 @@ pub(crate) async fn supervise_command(
     // running, or a grant behind.
     mut signals: Forwarded,
 ) -> ExitCode {
-    let terminal = Foreground::ours();
+    // Listening for the command's stops before it starts, so that none is missed.
+    let mut job = Foreground::ours().and_then(Job::listen);
     let mut child = match spawn(&args.cmd, &guard, tokens) {
         Ok(c) => c,
         Err(e) => {
@@ -136,30 +138,33 @@ pub(crate) async fn supervise_command(
     };
     // The command leads a process group of its own: what it starts is stopped with it.
     let group = child.id().and_then(|p| Pid::from_raw(p as i32));
-    if let (Some(t), Some(g)) = (&terminal, group) {
-        t.give(g);
+    if let (Some(j), Some(g)) = (&job, group) {
+        j.terminal.give(g);
     }
-    let (status, lost) =
-        supervise(out, &guard, &mut child, group, terminal.as_ref(), &mut signals, args).await;
+    let (status, lost) = supervise(out, &guard, &mut child, group, job.as_mut(), &mut signals, args).await;
     if let Some(g) = group {
         // Stopped by the time the lock may expire: at once once it is lost.
         let left = guard.lease().valid_until().saturating_duration_since(Instant::now());
         let grace = if lost.is_some() { Duration::ZERO } else { args.kill_grace.min(left) };
-        stop_leftovers(g, grace).await;
+        stop_leftovers(out, g, grace).await;
     }
-    if let Some(t) = &terminal {
-        t.restore();
+    if let (Some(j), Some(g)) = (&job, group) {
+        j.terminal.take_back_from(g);
     }
     finish(out, guard, status, lost, args.on_lost).await
 }
 
 /// Stops what the command left running in its process group (a background job of a shell
 /// script, say) before the lock is released: SIGTERM, then SIGKILL after `grace`.
-async fn stop_leftovers(group: Pid, grace: Duration) {
+async fn stop_leftovers(out: &Out, group: Pid, grace: Duration) {
     if !alive(group) {
         return;
     }
-    eprintln!("distlock: the command left processes running in its process group; stopping them");
+    out.say(
+        "the command left processes running in its process group; stopping them",
+        "leftovers",
+        json!({ "signal": "SIGTERM", "kill_after_ms": grace.as_millis() as u64 }),
+    );
     signal(Some(group), Signal::TERM);
     wait_gone(group, grace).await;
     signal(Some(group), Signal::KILL);
@@ -206,30 +211,13 @@ impl Foreground {
         }
     }
 
-    /// The command's group was stopped by `by` (Ctrl-Z sends SIGTSTP to the terminal's
-    /// foreground, which is the command's): distlock takes the terminal back and stops itself
-    /// alike, as a job, so that the shell that started it sees the job stopped and gets the
-    /// terminal. Renewal stops with it: a lock suspended past its TTL is lost, and `--on-lost`
-    /// applies once it is continued. Continued (`fg`, `bg`), it continues the command, giving
-    /// it the terminal again if the shell gave distlock the terminal (`fg`).
-    ///
-    /// A process group without a parent outside it in the session (orphaned: no shell to
-    /// continue it) is not stopped by SIGTSTP; the command is continued at once then.
-    fn suspend(&self, group: Pid, by: Signal) {
-        self.restore();
-        let me = rustix::process::getpid();
-        let _ =
-            rustix::process::kill_process(me, if by == Signal::STOP { Signal::STOP } else { Signal::TSTP });
-        // Here once continued.
-        if rustix::termios::tcgetpgrp(std::io::stdin()).ok() == Some(self.ours) {
-            let _ = rustix::termios::tcsetpgrp(std::io::stdin(), group);
+    /// Takes the terminal's foreground back from the command's `group`, if the group has it
+    /// (not from the shell, which has it while the job runs in the background). A process
+    /// may do so from the background while it blocks SIGTTOU.
+    fn take_back_from(&self, group: Pid) {
+        if rustix::termios::tcgetpgrp(std::io::stdin()).ok() != Some(group) {
+            return;
         }
-        signal(Some(group), Signal::CONT);
-    }
-
-    /// Takes the terminal's foreground back (from the background, which a process may do
-    /// while it blocks SIGTTOU).
-    fn restore(&self) {
         #[allow(unsafe_code)]
         // SAFETY: pthread_sigmask only changes this thread's signal mask, through pointers
         // to two sigset_t that live on this stack for the calls' duration.
@@ -242,6 +230,56 @@ impl Foreground {
             let _ = rustix::termios::tcsetpgrp(std::io::stdin(), self.ours);
             libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
         }
+    }
+
+    /// The command's `group` was stopped from the terminal: Ctrl-Z (SIGTSTP, sent to
+    /// the terminal's foreground, which is the command's), or reading or writing the terminal
+    /// from the background (SIGTTIN, SIGTTOU). distlock takes the terminal back and stops
+    /// itself too, so that the shell that started it sees the job stopped and gets the
+    /// terminal. Renewal stops with it: a lock suspended past its TTL is lost, and `--on-lost`
+    /// applies once it is continued. Continued, see [`resumed`](Self::resumed).
+    ///
+    /// A SIGSTOP sent to the command from outside is not mirrored: whoever sent it continues
+    /// the command, and distlock keeps supervising it. A process group with no parent outside
+    /// it in the session (orphaned: no shell to continue it) is not stopped by SIGTSTP; the
+    /// command is continued at once then.
+    fn suspend(&self, group: Pid) {
+        self.take_back_from(group);
+        #[allow(unsafe_code)]
+        // SAFETY: raise(3) sends a signal to the calling thread; the stop takes the whole
+        // process before it returns.
+        unsafe {
+            libc::raise(libc::SIGTSTP);
+        }
+        // Here once continued.
+        self.resumed(group);
+    }
+
+    /// distlock was continued (`fg`, `bg`): so is the command, and it gets the terminal if the
+    /// shell gave it to distlock (`fg`).
+    fn resumed(&self, group: Pid) {
+        if rustix::termios::tcgetpgrp(std::io::stdin()).ok() == Some(self.ours) {
+            let _ = rustix::termios::tcsetpgrp(std::io::stdin(), group);
+        }
+        signal(Some(group), Signal::CONT);
+    }
+}
+
+/// Job control while the command runs from a terminal's foreground, as a shell's job: the
+/// terminal, and the signals that tell of the command's stops (SIGCHLD) and of distlock being
+/// continued (SIGCONT).
+struct Job {
+    terminal: Foreground,
+    children: Listener,
+    continued: Listener,
+}
+
+impl Job {
+    /// Listens from now on; `None` where the signals cannot be caught.
+    fn listen(terminal: Foreground) -> Option<Self> {
+        let children = unix_signal(SignalKind::child()).ok()?;
+        let continued = unix_signal(SignalKind::from_raw(libc::SIGCONT)).ok()?;
+        Some(Self { terminal, children, continued })
     }
 }
 
@@ -269,11 +307,12 @@ impl Forwarded {
     ///
     /// # Errors
     /// The exit code to end with, once the failure is reported.
-    pub(crate) fn install() -> Result<Self, ExitCode> {
+    pub(crate) fn install(out: &Out) -> Result<Self, ExitCode> {
         let listeners = Self::KINDS.map(|(kind, _)| unix_signal(kind));
         let listeners: Option<Vec<Listener>> = listeners.into_iter().collect::<Result<_, _>>().ok();
         listeners.and_then(|l| <[Listener; 4]>::try_from(l).ok()).map(Self).ok_or_else(|| {
-            eprintln!("distlock: cannot install signal handlers");
+            let error = "cannot install signal handlers";
+            out.say(error, "error", json!({ "error": error, "kind": "signals" }));
             ExitCode::from(exit::BACKEND)
         })
     }
@@ -326,12 +365,34 @@ fn spawn(
     command.spawn()
 }
 
-/// The signal that stopped the child `pid`, if it stopped since last asked (the stop is
-/// reported once; its exit is left for tokio to reap).
-fn stopped_by(pid: Pid) -> Option<Signal> {
+/// Whether the child `pid` was stopped by the terminal's job control (SIGTSTP, SIGTTIN,
+/// SIGTTOU) since last asked (a stop is reported once; the exit is left for tokio to reap).
+fn stopped_from_the_terminal(pid: Pid) -> bool {
     use rustix::process::{waitid, WaitId, WaitIdOptions};
-    let status = waitid(WaitId::Pid(pid), WaitIdOptions::STOPPED | WaitIdOptions::NOHANG).ok()??;
-    status.stopping_signal().and_then(Signal::from_named_raw)
+    let Ok(Some(status)) = waitid(WaitId::Pid(pid), WaitIdOptions::STOPPED | WaitIdOptions::NOHANG) else {
+        return false;
+    };
+    matches!(status.stopping_signal(), Some(libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU))
+}
+
+/// The next signal `listener` hears; never without one.
+async fn next(listener: &mut Option<&mut Listener>) -> Option<()> {
+    match listener {
+        Some(l) => l.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The name of a signal `run` forwards or sends, as in `kill -l` with `SIG`.
+fn name(sig: Signal) -> &'static str {
+    match sig {
+        Signal::TERM => "SIGTERM",
+        Signal::INT => "SIGINT",
+        Signal::HUP => "SIGHUP",
+        Signal::QUIT => "SIGQUIT",
+        Signal::KILL => "SIGKILL",
+        _ => "a signal",
+    }
 }
 
 /// Sends `sig` to the command's process group: the command and what it started.
@@ -347,24 +408,26 @@ fn signal(group: Option<Pid>, sig: Signal) {
 /// and the loss, when it comes, SIGKILL: the command is gone when the lock expires, where a
 /// SIGTERM at the loss and a SIGKILL a grace later let it run on while another holder could
 /// take the lock. Run from a terminal's foreground, a command stopped from it (Ctrl-Z)
-/// suspends distlock too (see [`Foreground::suspend`]). Returns its status and the loss, if
-/// any.
+/// suspends distlock too (see [`Foreground::suspend`]). Returns its status and the loss, if any.
 async fn supervise(
     out: &Out,
     guard: &Guard,
     child: &mut Child,
     group: Option<Pid>,
-    terminal: Option<&Foreground>,
+    job: Option<&mut Job>,
     signals: &mut Forwarded,
     args: &Supervised,
 ) -> (std::io::Result<std::process::ExitStatus>, Option<LossReason>) {
     let mut lost = None;
     let pid = child.id().and_then(|p| Pid::from_raw(p as i32));
-    // Job control: the command's stops, heard of by SIGCHLD.
-    let mut stops = match (terminal, pid, group) {
-        (Some(t), Some(pid), Some(g)) => unix_signal(SignalKind::child()).ok().map(|s| (s, t, pid, g)),
-        _ => None,
+    let (mut children, mut continued, terminal, pid, group_id) = match (job, pid, group) {
+        (Some(Job { terminal, children, continued }), Some(p), Some(g)) => {
+            (Some(children), Some(continued), Some(&*terminal), p, g)
+        }
+        _ => (None, None, None, Pid::INIT, Pid::INIT),
     };
+    // A stop before the listener was polled the first time is not missed either.
+    let mut stopped = terminal.is_some() && stopped_from_the_terminal(pid);
     // A third of the validity the lock has now, just taken: its TTL, or on a backend whose
     // session keeps its locks (ZooKeeper, etcd's session mode) what the session has left.
     let ahead =
@@ -423,14 +486,16 @@ async fn supervise(
                     json!({ "key": guard.key(), "within_ms": ahead.as_millis() as u64, "signal": "SIGTERM" }),
                 );
             }
-            Some((t, pid, g)) = async {
-                match stops.as_mut() {
-                    Some((chld, t, pid, g)) => chld.recv().await.map(|()| (*t, *pid, *g)),
-                    None => std::future::pending().await,
+            Some(()) = next(&mut children), if !stopped => stopped = stopped_from_the_terminal(pid),
+            _ = std::future::ready(()), if stopped => {
+                stopped = false;
+                if let Some(t) = terminal {
+                    t.suspend(group_id);
                 }
-            } => {
-                if let Some(by) = stopped_by(pid) {
-                    t.suspend(g, by);
+            }
+            Some(()) = next(&mut continued) => {
+                if let Some(t) = terminal {
+                    t.resumed(group_id);
                 }
             }
             status = child.wait() => break status,

@@ -858,9 +858,28 @@ impl Screen {
     }
 }
 
-/// Ctrl-Z on `run` in the foreground of an interactive shell stops the job as a shell job
-/// stops: the shell reports it stopped and gets the terminal back; `fg` continues the command,
-/// and a Ctrl-C then reaches it.
+/// Kills every process of the session `sid` (a test's shell and its jobs) when dropped.
+struct Session(u32);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            // After the name's closing parenthesis: state, ppid, pgrp, session.
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+            if fields.get(3).and_then(|s| s.parse::<u32>().ok()) == Some(self.0) {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// Ctrl-Z on `run` in the foreground of an interactive shell stops the job as a shell's job
+/// stops: the shell reports it stopped and gets the terminal back. `bg` continues it in the
+/// background, where the command's read of the terminal stops the job again (and distlock
+/// leaves the terminal to the shell); `fg` continues it with the terminal: the command reads
+/// what is typed. A job that ends in the background leaves the terminal to the shell.
 #[test]
 fn ctrl_z_suspends_run_as_a_job() {
     use std::os::unix::process::CommandExt;
@@ -870,7 +889,9 @@ fn ctrl_z_suspends_run_as_a_job() {
         let (mut m, mut s) = (0, 0);
         #[allow(unsafe_code)]
         // SAFETY: openpty writes the two descriptors it opens; the other pointers may be null.
-        let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+        let r = unsafe {
+            libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+        };
         assert_eq!(r, 0, "openpty");
         #[allow(unsafe_code)]
         // SAFETY: both descriptors were just opened and are owned by nothing else.
@@ -900,19 +921,55 @@ fn ctrl_z_suspends_run_as_a_job() {
         });
     }
     let mut shell = shell.spawn().expect("bash");
+    let _session = Session(shell.id());
     let screen = Screen::of(master.try_clone().expect("master"));
-    let wait = Duration::from_secs(15);
+    let wait = Duration::from_secs(20);
     // The quotes keep the typed line (echoed) from matching what the command prints.
-    writeln!(master, "{} run --lock job -- sh -c 'echo sta\"\"rted; exec sleep 60'", bin.display()).expect("type");
+    writeln!(
+        master,
+        "{} run --lock job -- sh -c 'echo sta\"\"rted; read l; echo \"go\"\"t-$l\"'",
+        bin.display()
+    )
+    .expect("type");
     let at = screen.wait_for("started", 0, wait);
     master.write_all(b"\x1a").expect("Ctrl-Z");
     let at = screen.wait_for("Stopped", at, wait);
+    writeln!(master, "bg").expect("type");
+    let mut at = screen.wait_for("&", at, wait);
+    // In the background the command's read stops the job again; the shell keeps the terminal
+    // (it reads these lines).
+    let deadline = Instant::now() + wait;
+    loop {
+        writeln!(master, "jobs").expect("type");
+        let shown = screen.wait_for("$ ", at, wait);
+        let text = screen.0.lock().expect("screen")[at..shown].to_owned();
+        at = shown;
+        if text.contains("Stopped") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job reading the terminal in the background did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     writeln!(master, "fg").expect("type");
-    let at = screen.wait_for("sleep 60", at, wait);
-    std::thread::sleep(Duration::from_millis(300));
-    master.write_all(b"\x03").expect("Ctrl-C");
+    writeln!(master, "x").expect("type");
+    let at = screen.wait_for("got-x", at, wait);
     writeln!(master, "echo code=$?").expect("type");
-    screen.wait_for("code=130", at, wait);
+    let at = screen.wait_for("code=0", at, wait);
+    // A job that ends in the background leaves the terminal with the shell.
+    writeln!(
+        master,
+        "{} run --lock job -- sh -c 'echo sta\"\"rted; sleep 1; echo fin\"\"ished'",
+        bin.display()
+    )
+    .expect("type");
+    let at = screen.wait_for("started", at, wait);
+    master.write_all(b"\x1a").expect("Ctrl-Z");
+    let at = screen.wait_for("Stopped", at, wait);
+    writeln!(master, "bg").expect("type");
+    let at = screen.wait_for("finished", at, wait);
+    std::thread::sleep(Duration::from_millis(500));
+    writeln!(master, "echo alive=$((1+1))").expect("type");
+    screen.wait_for("alive=2", at, wait);
     writeln!(master, "exit").expect("type");
     let _ = exit_of(&mut shell, wait);
 }

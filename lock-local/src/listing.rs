@@ -79,9 +79,9 @@ fn key_of(bytes: &[u8]) -> Option<String> {
     text.starts_with("distlock1 ").then(|| text.splitn(6, ' ').nth(5)).flatten().map(str::to_owned)
 }
 
-/// Reads a record file and, with `meta`, its side file, under a shared `flock` if it comes
-/// within a few milliseconds.
-fn read_record(path: &Path, meta: bool) -> std::io::Result<(Vec<u8>, metafile::Holders)> {
+/// Reads a record file and, when `meta` says so of its bytes, its side file, under a shared
+/// `flock` if it comes within a few milliseconds.
+fn read_record(path: &Path, meta: impl Fn(&[u8]) -> bool) -> std::io::Result<(Vec<u8>, metafile::Holders)> {
     let mut file = File::open(path)?;
     for _ in 0..20 {
         match file.try_lock_shared() {
@@ -92,7 +92,7 @@ fn read_record(path: &Path, meta: bool) -> std::io::Result<(Vec<u8>, metafile::H
     }
     let mut bytes = Vec::with_capacity(512);
     file.read_to_end(&mut bytes)?;
-    let meta = if meta { metafile::read(path) } else { metafile::Holders::new() };
+    let meta = if meta(&bytes) { metafile::read(path) } else { metafile::Holders::new() };
     Ok((bytes, meta))
 }
 
@@ -104,8 +104,8 @@ struct Found {
     meta: metafile::Holders,
 }
 
-/// Goes through the record files of `dir` after `cursor` in name order (reading their holder
-/// metadata too with `meta`), calling `each` on those whose key starts with `prefix` until it
+/// Goes through the record files of `dir` after `cursor` in name order (reading the holder
+/// metadata of those under `prefix` too with `meta`), calling `each` on those whose key starts with `prefix` until it
 /// has been called `limit` times; returns the cursor of the next page.
 fn walk(
     dir: &Path,
@@ -128,11 +128,12 @@ fn walk(
     let mut taken = 0;
     for (i, (name, kind)) in names.iter().enumerate() {
         let path = dir.join(name);
-        let (bytes, holders) = match read_record(&path, meta) {
-            Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_err("cannot read lock file", &path, e)),
-        };
+        let (bytes, holders) =
+            match read_record(&path, |b| meta && key_of(b).is_some_and(|k| k.starts_with(prefix))) {
+                Ok(read) => read,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("cannot read lock file", &path, e)),
+            };
         let Some(key) = key_of(&bytes).filter(|k| k.starts_with(prefix)) else { continue };
         each(&path, Found { name: name.clone(), kind: *kind, bytes, meta: holders }, key)?;
         taken += 1;

@@ -76,9 +76,11 @@ fn session_ended() -> Error {
 }
 
 /// Sends the first holder of the queue in `dir` after every change, until the receiver is
-/// dropped; ends with an error when the session ends or a read fails for good. A read that
-/// went down with its connection, timed out or was throttled is sent again (after a pause
-/// growing from 20 ms to 1 s) while the session lives: the client reconnects within it.
+/// dropped; ends with an error when the session ends or a read fails in a way that sending it
+/// again cannot mend. A read that went down with its connection, timed out or was throttled
+/// is sent again (after a pause growing from 20 ms to 1 s) for as long as the session lives:
+/// a client cut off from the ensemble loses its session within its timeout, and an observer
+/// of a server that answers slowly or throttles stays open and reports once it answers.
 async fn follow(s: Arc<Session>, dir: String, mode: Mode, tx: mpsc::Sender<Result<Option<LockInfo>>>) {
     loop {
         let mut pause = Duration::from_millis(20);
