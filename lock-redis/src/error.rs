@@ -30,6 +30,10 @@ pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -
             // A script's write on a node that became a replica (a failover): Redis before 7
             // wraps the READONLY refusal in the script's own error.
             _ if e.to_string().contains("-READONLY") => BackendErrorKind::Unavailable,
+            // Passing states of the server: another client's script running past
+            // `busy-reply-threshold` (BUSY), too few replicas connected for
+            // `min-replicas-to-write` (NOREPLICAS). A renewal refused so is tried again.
+            _ if matches!(e.code(), Some("BUSY" | "NOREPLICAS")) => BackendErrorKind::Unavailable,
             ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
             _ => BackendErrorKind::Other,
         }

@@ -65,6 +65,82 @@ async fn acquire_token(locks: &LockClient, name: &str) -> u64 {
     t
 }
 
+/// A retried attempt that finds its own earlier grant gets a fresh token, not the one that
+/// grant was made with: a grant undone (as a `wait_replicas` attempt or a Redlock round undoes
+/// one) and brought back by a restored snapshot holds a token below those issued since, for
+/// every primitive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_found_again_gets_a_token_above_those_issued_since() {
+    use lock_core::{AcquireRequest, Attempt, LockBackend, Mode};
+    let mut server = snapshot_server().await;
+    let port = server.port();
+    let backend =
+        RedisBackend::connect(RedisOptions::new(format!("127.0.0.1:{port}"))).await.expect("connect");
+    let locks = LockClient::new(backend.clone());
+    let modes = [Mode::Exclusive, Mode::Permit { limit: 1 }, Mode::Read, Mode::Write];
+    let reqs: Vec<AcquireRequest> = modes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            AcquireRequest::new(LockKey::new(&format!("again/{i}")).expect("key"), Duration::from_secs(60))
+                .with_mode(*m)
+        })
+        .collect();
+    let try_once = |req: &AcquireRequest| {
+        let (backend, req) = (backend.clone(), req.clone());
+        async move {
+            match backend.try_acquire(&req).await {
+                Ok(Attempt::Acquired(lease)) => Some(lease.fencing_token().get()),
+                _ => None,
+            }
+        }
+    };
+    for req in &reqs {
+        try_once(req).await.expect("the first grant");
+    }
+    save(port).await;
+    // Each grant is undone; another owner takes the name and lets it go.
+    let mut since = Vec::new();
+    for req in &reqs {
+        let _ = backend
+            .release(
+                &lock_core::Lease::new(
+                    req.key.clone(),
+                    req.owner,
+                    lock_core::FencingToken::new(1),
+                    req.ttl,
+                    lock_core::Instant::now(),
+                )
+                .with_mode(req.mode),
+            )
+            .await
+            .expect("undo");
+        let other = AcquireRequest { owner: lock_core::OwnerToken::random(), ..req.clone() };
+        let t = try_once(&other).await.expect("another owner's grant");
+        let _ = backend
+            .release(
+                &lock_core::Lease::new(
+                    other.key.clone(),
+                    other.owner,
+                    lock_core::FencingToken::new(t),
+                    other.ttl,
+                    lock_core::Instant::now(),
+                )
+                .with_mode(other.mode),
+            )
+            .await
+            .expect("release");
+        since.push(t);
+    }
+    crash_and_restart(&mut server).await;
+    let _ = acquire_token(&locks, "again/reconnect").await;
+    // The snapshot brought the undone grants back; the attempts sent again find them.
+    for ((req, t), mode) in reqs.iter().zip(&since).zip(modes) {
+        let again = try_once(req).await.expect("the attempt sent again");
+        assert!(again > *t, "{mode:?}: token {again} after {t} was issued");
+    }
+}
+
 /// The server's clock in microseconds (`TIME`).
 async fn server_us(port: u16) -> u64 {
     let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut raw(port).await).await.expect("TIME");

@@ -463,3 +463,45 @@ async fn redis_py_lock_and_distlock_exclude_each_other() {
     assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
     let _ = child.wait().await;
 }
+
+/// A server busy with another client's long script answers `BUSY`: a passing state, not a
+/// refusal. A renewal it answers so is tried again, and the guard stays held once the script
+/// ends (it used to end the guard at once, as a loss).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_busy_with_a_long_script_does_not_end_a_guard() {
+    let server = RedisServer::start().await.expect("redis-server");
+    let mut con = raw(&server.url()).await;
+    // BUSY once a script has run 50 ms (Redis 7; `lua-time-limit` before it).
+    let set: redis::RedisResult<()> =
+        redis::cmd("CONFIG").arg("SET").arg("busy-reply-threshold").arg(50).query_async(&mut con).await;
+    if set.is_err() {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("lua-time-limit")
+            .arg(50)
+            .query_async(&mut con)
+            .await
+            .expect("CONFIG SET");
+    }
+    let locks = LockClient::new(connect_single(&server).await);
+    let g = locks.lock("busy").ttl(Duration::from_secs(3)).auto_renew().acquire().await.expect("acquire");
+    // Renewal runs every second; the script keeps the server busy for 1.6 s of it.
+    let spin = "local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[2] \
+                repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - t0 > 1600000 return 1";
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut patient = redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("a connection that waits for the script");
+    let _: i64 =
+        redis::cmd("EVAL").arg(spin).arg(0).query_async(&mut patient).await.expect("the long script");
+    // Past the next renewal.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(g.is_held(), "the guard ended while the server was busy");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), g.lost()).await.is_err(),
+        "the guard's loss fired"
+    );
+    assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
+}

@@ -242,20 +242,20 @@ fn with_prelude(body: &str) -> String {
 /// new grant on (an election's, for its observers; empty: none), for a waiting acquire how
 /// long its registration in the queue lasts (ms; empty: not waiting), and its entry there
 /// (`"<owner hex> <wake-up channel>"`).
-/// Returns `{1, fence}` when granted (or already ours: a retried request whose reply was
-/// lost; the TTL is refreshed and the grant keeps its token), `{0, pttl}` when held by someone
-/// else (a waiting acquire is then registered in the queue, for [`RELEASE`] to wake it). A
-/// grant's fence is `max(counter + 1, TIME in µs)` (see the module docs).
+/// Returns `{1, fence}` when granted, `{0, pttl}` when held by someone else (a waiting
+/// acquire is then registered in the queue, for [`RELEASE`] to wake it). A grant's fence is
+/// `max(counter + 1, TIME in µs)` (see the module docs).
+///
+/// **A grant of ours already there** (a request sent again after its reply was lost, or a
+/// grant that was undone and came back with a restored snapshot or a failover to a replica
+/// that had it) is granted again with a new token, as every script of a grant does: the
+/// caller never saw its token, which may be below tokens issued since.
 pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local cur = redis.call('GET', KEYS[1])
 local waits = KEYS[3] and ARGV[6] and ARGV[6] ~= ''
-if cur then
-  if string.sub(cur, 1, 33) == ARGV[1] .. ':' then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, string.match(cur, '^%d+', 34)}
-  end
+if cur and string.sub(cur, 1, 33) ~= ARGV[1] .. ':' then
   local left = tostring(redis.call('PTTL', KEYS[1]))
   if waits then queue_up(KEYS[3], ARGV[7], math.floor(now_us() / 1000), tonumber(ARGV[6])) end
   return {0, left}
@@ -384,8 +384,8 @@ return 1
 /// A multi-key lock in one step. KEYS: lock and counter of each name, in turn (`lock1,
 /// counter1, lock2, counter2, …`). ARGV: owner hex, ttl ms, metadata (`"\n<JSON>"`, or empty).
 /// Returns `{'1', fence1, fence2, …}` when every lock was free (or already ours) and is now
-/// granted, each with its own token by the rule of [`ACQUIRE`]; `{'0', pttl}` when one is held
-/// by someone else, with nothing written.
+/// granted, each with a new token by the rule of [`ACQUIRE`] (a grant of ours already there
+/// too, as there); `{'0', pttl}` when one is held by someone else, with nothing written.
 ///
 /// On Redis Cluster every key of one call must be in one hash slot, so a cluster's multi-key
 /// locks are taken one name at a time (the backend does not claim atomic multi-key there).
@@ -402,15 +402,8 @@ end
 local us, t = now_us()
 local out = {'1'}
 for i = 1, #KEYS, 2 do
-  local cur = redis.call('GET', KEYS[i])
-  local f
-  if cur then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    f = string.match(cur, '^%d+', 34)
-  else
-    f = next_fence(KEYS[i + 1], us, t)
-    redis.call('SET', KEYS[i], mine .. f .. (ARGV[3] or ''), 'PX', ARGV[2])
-  end
+  local f = next_fence(KEYS[i + 1], us, t)
+  redis.call('SET', KEYS[i], mine .. f .. (ARGV[3] or ''), 'PX', ARGV[2])
   out[#out + 1] = f
 end
 return out

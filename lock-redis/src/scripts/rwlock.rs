@@ -32,8 +32,9 @@ use redis::Script;
 use super::script;
 
 /// ARGV: owner hex, ttl ms, (unused), the reader's metadata (`"\n<JSON>"` or empty). Returns
-/// `{1, fence}` when granted (or already ours: refreshed, same token); `{0, ms}` while a writer holds it or a writer waits (`ms`: until that grant or
-/// intent runs out).
+/// `{1, fence}` when granted (or already ours: granted again with a new token, as the lock's
+/// [`ACQUIRE`](super::ACQUIRE) does); `{0, ms}` while a writer holds it or a writer waits
+/// (`ms`: until that grant or intent runs out).
 pub static ACQUIRE_READ: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -41,16 +42,13 @@ local us, t = now_us()
 local now = math.floor(us / 1000)
 local ttl = tonumber(ARGV[2])
 prune(KEYS[2], KEYS[3], now)
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-  keep(ttl, KEYS[2], KEYS[3])
-  return {1, redis.call('HGET', KEYS[3], ARGV[1])}
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  local w = redis.call('PTTL', KEYS[1])
+  if w ~= -2 then return {0, tostring(w)} end
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  if #first > 0 then return {0, tostring(tonumber(first[2]) - now)} end
 end
-local w = redis.call('PTTL', KEYS[1])
-if w ~= -2 then return {0, tostring(w)} end
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-if #first > 0 then return {0, tostring(tonumber(first[2]) - now)} end
 local f = next_fence(KEYS[5], us, t)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], f)
@@ -63,7 +61,7 @@ return {1, f}
 
 /// ARGV: owner hex, ttl ms, intent ms (0: none), the writer's metadata (`"\n<JSON>"` or
 /// empty, kept in the grant's value after the token). Returns `{1, fence}` when granted (or
-/// already ours), withdrawing our intent; `{0, ms}` while a reader or another writer holds it
+/// already ours: granted again with a new token), withdrawing our intent; `{0, ms}` while a reader or another writer holds it
 /// (`ms`: until the first of them runs out), leaving or refreshing our intent for `intent ms`
 /// when it is not 0 (a waiting writer).
 pub static ACQUIRE_WRITE: LazyLock<Script> = LazyLock::new(|| {
@@ -73,10 +71,7 @@ local us, t = now_us()
 local now = math.floor(us / 1000)
 local ttl = tonumber(ARGV[2])
 local cur = redis.call('GET', KEYS[1])
-if cur and string.sub(cur, 1, 33) == ARGV[1] .. ':' then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  return {1, (split_grant(cur))}
-end
+if cur and string.sub(cur, 1, 33) == ARGV[1] .. ':' then cur = nil end
 prune(KEYS[2], KEYS[3], now)
 local wait
 if cur then

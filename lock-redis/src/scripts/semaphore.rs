@@ -30,7 +30,8 @@ use super::script;
 /// queue of waiters lasts (ms; empty: not waiting) and its entry there (see the lock's
 /// [`ACQUIRE`](super::ACQUIRE)).
 /// Drops expired permits; then returns `{1, fence}` when a permit is granted (or already
-/// ours: refreshed, same token), `{2, limit}` when the holders use another number of permits
+/// ours: granted again with a new token, as the lock's [`ACQUIRE`](super::ACQUIRE) does),
+/// `{2, limit}` when the holders use another number of permits
 /// (nothing written), `{0, ms}` when all permits are taken (`ms`: until the first expires).
 /// A grant's token is `max(counter + 1, TIME in µs)`, as the lock's.
 pub static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -41,13 +42,8 @@ local now = math.floor(us / 1000)
 local ttl = tonumber(ARGV[2])
 local waits = KEYS[4] and ARGV[6] and ARGV[6] ~= ''
 prune(KEYS[1], KEYS[2], now)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  keep(ttl, KEYS[1], KEYS[2])
-  return {1, redis.call('HGET', KEYS[2], ARGV[1])}
-end
-local held = redis.call('ZCARD', KEYS[1])
-if held > 0 then
+local held = not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1])
+if held and held > 0 then
   local limit = tonumber(redis.call('HGET', KEYS[2], 'limit') or ARGV[3])
   if limit ~= tonumber(ARGV[3]) then return {2, tostring(limit)} end
   if held >= limit then
