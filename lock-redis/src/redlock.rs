@@ -95,6 +95,11 @@ fn unavailable(msg: String) -> Error {
     crate::error::unavailable(NAME, msg)
 }
 
+/// How long a waiting acquire's round waits for its undo's answers past the deadline: the
+/// masters that answer at all answer within it; one that does not is asked again in the
+/// background once the acquire ends.
+const UNDO_GRACE: Duration = Duration::from_millis(20);
+
 impl RedlockBackend {
     /// Connects to the masters `opts` names (`"redlock://h1,h2,h3".parse()?` for a URL). A
     /// master that is down is connected to lazily, as long as a quorum answers now.
@@ -157,13 +162,17 @@ impl RedlockBackend {
     }
 
     /// One Redlock round: ask every master, keep a quorum's grant or undo everywhere.
-    /// `unsettled` is set when a round found the lock held but a master did not answer its
-    /// undo (a grant there, made late, may remain).
+    /// `unsettled` is set when a master did not answer the round's undo (a grant there, made
+    /// late, may remain). A waiting acquire's round waits for the undo's answers until its
+    /// `deadline` at most (or [`UNDO_GRACE`] past now, when later): the undo is sent all the
+    /// same, ahead of any later round on each master's connection, and an unanswered one is
+    /// sent again once the acquire ends.
     async fn attempt(
         &self,
         req: &AcquireRequest,
         intent: Option<Duration>,
         unsettled: &AtomicBool,
+        deadline: Option<Instant>,
     ) -> Result<Attempt> {
         let keys = self.keys(&req.key, req.mode)?;
         let sent = Instant::now();
@@ -177,19 +186,26 @@ impl RedlockBackend {
             lock_core::lease::add_saturating(sent, req.ttl.saturating_sub(drift_margin(req.ttl)));
         let round = Round::of(replies);
         if round.granted.len() >= self.inner.quorum && Instant::now() < valid_until {
-            let fence = self.agree(&keys, req.owner, &round.granted).await?;
+            let fence = self.agree(&keys, req.owner, &round.granted, unsettled, deadline).await?;
             if Instant::now() < valid_until {
                 let lease = Lease::new(req.key.clone(), req.owner, FencingToken::new(fence), req.ttl, sent);
                 return Ok(Attempt::Acquired(lease.with_mode(req.mode)));
             }
         }
-        self.refuse(&keys, req.owner, round, unsettled).await
+        self.refuse(&keys, req.owner, round, unsettled, deadline).await
     }
 
     /// The token of a quorum's grant: the highest proposal, written back to the masters that
     /// proposed less until a quorum records it; otherwise the grant is released everywhere and
     /// the round fails with a retryable error.
-    async fn agree(&self, keys: &Keys, owner: OwnerToken, granted: &[(usize, u64)]) -> Result<u64> {
+    async fn agree(
+        &self,
+        keys: &Keys,
+        owner: OwnerToken,
+        granted: &[(usize, u64)],
+        unsettled: &AtomicBool,
+        deadline: Option<Instant>,
+    ) -> Result<u64> {
         let quorum = self.inner.quorum;
         let fence = granted.iter().map(|(_, f)| *f).max().unwrap_or(0);
         let mut recorded = granted.iter().filter(|(_, f)| *f == fence).count();
@@ -199,7 +215,9 @@ impl RedlockBackend {
             recorded += wb.iter().filter(|r| matches!(r, Ok(true))).count();
         }
         if recorded < quorum {
-            self.undo_round(keys, owner).await;
+            if !self.undo_round(keys, owner, deadline).await {
+                unsettled.store(true, Ordering::SeqCst);
+            }
             return Err(unavailable(format!(
                 "granted by {} of {} masters but the fencing token reached only {recorded}; retrying is safe",
                 granted.len(),
@@ -217,18 +235,19 @@ impl RedlockBackend {
         owner: OwnerToken,
         mut round: Round,
         unsettled: &AtomicBool,
+        deadline: Option<Instant>,
     ) -> Result<Attempt> {
         let (n, quorum) = (self.inner.nodes.len(), self.inner.quorum);
         let undone = if !round.granted.is_empty() || !round.errors.is_empty() {
-            self.undo_round(keys, owner).await
+            self.undo_round(keys, owner, deadline).await
         } else {
             true
         };
+        if !undone {
+            unsettled.store(true, Ordering::SeqCst);
+        }
         let expires_in = round.held.iter().flatten().min().copied();
         if round.held.len() > n - quorum || round.errors.is_empty() {
-            if !undone {
-                unsettled.store(true, Ordering::SeqCst);
-            }
             return Ok(Attempt::Held { expires_in });
         }
         let first = round.errors.swap_remove(0);
@@ -251,9 +270,16 @@ impl RedlockBackend {
 
     /// The undo of one round: its grants on every master, but not a waiting writer's intent
     /// (the writer goes on waiting; its acquire withdraws the intent when it ends).
-    /// Whether every master answered.
-    async fn undo_round(&self, keys: &Keys, owner: OwnerToken) -> bool {
-        let answers = join_all(self.inner.nodes.iter().map(|n| n.undo(keys, owner, true))).await;
+    /// Whether every master answered (by `deadline`, or [`UNDO_GRACE`] from now if later).
+    async fn undo_round(&self, keys: &Keys, owner: OwnerToken, deadline: Option<Instant>) -> bool {
+        let answers = join_all(self.inner.nodes.iter().map(|n| n.undo(keys, owner, true)));
+        let answers = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.max(Instant::now() + UNDO_GRACE), answers).await {
+                Ok(a) => a,
+                Err(_) => return false,
+            },
+            None => answers.await,
+        };
         answers.iter().all(Result::is_ok)
     }
 
@@ -266,10 +292,11 @@ impl RedlockBackend {
         req: &AcquireRequest,
         intent: Option<Duration>,
         unsettled: &AtomicBool,
+        deadline: Option<Instant>,
     ) -> Result<Attempt> {
         let keys = self.keys(&req.key, req.mode)?;
         let undo = arm(self.releaser(keys, req.owner));
-        let attempt = self.attempt(req, intent, unsettled).await;
+        let attempt = self.attempt(req, intent, unsettled, deadline).await;
         undo.disarm();
         attempt
     }
@@ -378,7 +405,7 @@ impl LockBackend for RedlockBackend {
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let unsettled = AtomicBool::new(false);
-        let attempt = self.attempt_once(req, None, &unsettled).await;
+        let attempt = self.attempt_once(req, None, &unsettled, None).await;
         if matches!(attempt, Err(Error::Backend { .. })) || unsettled.load(Ordering::SeqCst) {
             // The round already released on every master; a master that did not answer that
             // release (the round failed, or found the lock held) is asked again in the
@@ -404,14 +431,14 @@ impl LockBackend for RedlockBackend {
                 let keys = &keys;
                 join_all(nodes.iter().map(move |n| n.watch(keys, bound, None)))
             },
-            || self.attempt_once(req, intent, &unsettled),
+            || self.attempt_once(req, intent, &unsettled, Some(deadline)),
             crate::attempts::undo_later(self.releaser(keys.clone(), req.owner)),
         )
         .await;
         if res.is_err() && unsettled.load(Ordering::SeqCst) {
-            // A round found the lock held and a master did not answer its undo (a grant made
-            // there late may remain): now that no round follows, asked again in the
-            // background until every master answers.
+            // A master did not answer a round's undo in time (a grant made there late may
+            // remain): now that no round follows, asked again in the background until every
+            // master answers.
             lock_core::cancel::spawn_detached(crate::attempts::undo_later(
                 self.releaser(keys.clone(), req.owner),
             ));

@@ -117,3 +117,33 @@ async fn a_waiter_whose_subscription_hangs_still_takes_an_expired_lock_promptly(
     drop(held);
     let _ = g.release().await.expect("release");
 }
+
+/// A Redlock waiting acquire with a master that answers nothing (SIGSTOP) returns by its
+/// deadline plus one request timeout: a round waits for that master's reply once, not again for
+/// its undo's (each round took two request timeouts, and a round that began just before the
+/// deadline ended two past it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redlock_wait_with_a_paused_master_keeps_its_deadline() {
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(RedisServer::start().await.expect("redis-server"));
+    }
+    let nodes = || servers.iter().map(|s| RedisOptions::new(format!("127.0.0.1:{}", s.port())));
+    let holder =
+        LockClient::new(RedlockBackend::connect(RedlockOptions::new(nodes())).await.expect("redlock"));
+    let opts = RedlockOptions::new(nodes()).request_timeout(TIMEOUT);
+    let waiter = LockClient::new(RedlockBackend::connect(opts).await.expect("redlock"));
+    let held = holder.lock("paused").ttl(Duration::from_secs(30)).acquire().await.expect("hold");
+    servers[2].process().pause().expect("SIGSTOP");
+    let start = Instant::now();
+    let err = waiter.lock("paused").wait(WAIT).acquire().await.expect_err("the lock stays held");
+    let took = start.elapsed();
+    servers[2].process().resume().expect("SIGCONT");
+    assert!(matches!(err, Error::WaitTimedOut { .. }), "{err:?}");
+    assert!(
+        took < WAIT + TIMEOUT + SLACK,
+        "a {WAIT:?} wait returned after {took:?} (request timeout {TIMEOUT:?}): its round waited for the paused master twice"
+    );
+    let _ = held.release().await.expect("release");
+}
