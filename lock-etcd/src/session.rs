@@ -70,11 +70,13 @@ impl Session {
         self.lease.stop();
     }
 
-    /// Revokes the lease (deleting every key on it) and stops the keep-alive.
+    /// Stops the keep-alive, tells the session's guards their locks are gone, then revokes the
+    /// lease (deleting every key on it). In that order: etcd deletes the keys as it revokes,
+    /// before its reply comes back (if it does), and another client may take them at once.
     pub(crate) async fn close(&self, client: &rpc::Client) {
         self.lease.stop();
-        let _ = client.lease_revoke(self.id).await;
         self.loss.fire(LossReason::SessionLost);
+        let _ = client.lease_revoke(self.id).await;
     }
 }
 

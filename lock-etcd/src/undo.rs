@@ -81,7 +81,7 @@ impl EtcdBackend {
     /// connection's requests concurrently, and the client spreads them over members, so a
     /// put can land after its undo), the background goes on: the delete is repeated until
     /// etcd answers, while the session lives, then the key is looked for again a few times
-    /// (`LATE_GRANT_RECHECKS`).
+    /// (`LATE_GRANT_RECHECKS`, then a request timeout later).
     async fn undo_on_session(&self, u: &Undo, s: &Arc<Session>, in_flight: bool) {
         let first = self.delete_attempt(u).await;
         self.inner.local.free(&u.name, u.owner);
@@ -106,11 +106,11 @@ impl EtcdBackend {
                     Err(_) => {}
                 }
             }
+            // Once more after a request timeout: a member that held the put that long (it
+            // stopped answering, then came back) may apply it then.
+            let pauses = LATE_GRANT_RECHECKS.into_iter().chain([b.inner.opts.request_timeout]);
             let late = s.alive()
-                && undo_after(LATE_GRANT_RECHECKS, || async {
-                    matches!(b.delete_attempt(&u).await, Ok(true))
-                })
-                .await;
+                && undo_after(pauses, || async { matches!(b.delete_attempt(&u).await, Ok(true)) }).await;
             if late {
                 tracing::debug!(key = u.key, "deleted the late queue key of a cancelled attempt");
             }

@@ -115,3 +115,33 @@ async fn a_retried_semaphore_attempt_still_checks_the_number_of_permits() {
     assert!(matches!(got, Err(lock_core::Error::PermitsMismatch { asked: 3, held: 1, .. })), "{got:?}");
     held.release().await.expect("release");
 }
+
+/// Closing a backend tells its session's guards before the revoke is sent: etcd deletes the
+/// locks as it revokes, so with the revoke's reply lost, another client held a lock for a
+/// request timeout while this one's guard still said held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_backend_tells_its_guards_before_it_revokes() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let proxy = Proxy::start(&eps[0]).await;
+    let opts = EtcdOptions::new([&proxy.endpoint])
+        .lease_mode(LeaseMode::Session)
+        .request_timeout(Duration::from_secs(3))
+        .session_ttl(Duration::from_secs(10));
+    let backend = EtcdBackend::connect(opts).await.expect("connect through the proxy");
+    let a = LockClient::new(backend.clone());
+    let g = a.lock("closing").acquire().await.expect("a holds");
+    let b = support::client(&eps, LeaseMode::Session).await;
+    proxy.set(support::proxy::Mode::DropReplies);
+    let closing = tokio::spawn(async move { backend.close().await });
+    let got = b
+        .lock("closing")
+        .wait(Duration::from_secs(2))
+        .acquire()
+        .await
+        .expect("b takes the lock once etcd revoked");
+    assert!(!g.is_held(), "a's guard says held while b holds the lock");
+    got.release().await.expect("release");
+    proxy.heal();
+    closing.await.expect("join");
+}
