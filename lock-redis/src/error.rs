@@ -33,7 +33,10 @@ pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -
             // Passing states of the server: another client's script running past
             // `busy-reply-threshold` (BUSY), too few replicas connected for
             // `min-replicas-to-write` (NOREPLICAS). A renewal refused so is tried again.
-            _ if matches!(e.code(), Some("BUSY" | "NOREPLICAS")) => BackendErrorKind::Unavailable,
+            // Redis before 7 wraps a NOREPLICAS met inside a script in the script's error.
+            _ if matches!(e.code(), Some("BUSY" | "NOREPLICAS")) || e.to_string().contains("-NOREPLICAS") => {
+                BackendErrorKind::Unavailable
+            }
             ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
             _ => BackendErrorKind::Other,
         }

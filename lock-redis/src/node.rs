@@ -488,7 +488,9 @@ impl Node {
         let mut inv = script.prepare_invoke();
         keys.add_to(&mut inv);
         inv.arg(owner.to_string()).arg(fence.to_string()).arg(keys.role());
-        Ok(self.call::<i64>(inv).await? == 1)
+        // Behind its round's acquire and undo, on their connection: a write-back left late
+        // cannot land after a later round's grant and put an older token back in its value.
+        Ok(self.call_on::<i64>(self.grant_connection(), inv).await? == 1)
     }
 
     pub(crate) async fn inspect(&self, keys: &Keys) -> Result<Option<LockInfo>> {

@@ -164,9 +164,10 @@ impl RedlockBackend {
     /// One Redlock round: ask every master, keep a quorum's grant or undo everywhere.
     /// `unsettled` is set when a master did not answer the round's undo (a grant there, made
     /// late, may remain). A waiting acquire's round waits for the undo's answers until its
-    /// `deadline` at most (or [`UNDO_GRACE`] past now, when later): the undo is sent all the
-    /// same, ahead of any later round on each master's connection, and an unanswered one is
-    /// sent again once the acquire ends.
+    /// `deadline` at most (or [`UNDO_GRACE`] past now, when later); no round follows one cut
+    /// short there. The undo goes out ahead of any later round on each master's connection
+    /// (unless given up before it left), and an unanswered one is sent again once the acquire
+    /// ends.
     async fn attempt(
         &self,
         req: &AcquireRequest,
