@@ -191,7 +191,9 @@ async fn take_all(
     if caps.atomic_multi_key {
         match backend.try_acquire_all(reqs).await {
             Ok(Some(leases)) => return Ok(leases),
-            Ok(None) if deadline.is_none() => return Err(held()),
+            // Without a wait, or with its deadline passed during the try: no name-by-name round
+            // after it (each would add a request).
+            Ok(None) if deadline.is_none_or(|d| Instant::now() >= d) => return Err(held()),
             Ok(None) => {}
             // A retryable error with time left to wait: go on one name at a time, as a
             // single name's wait would retry.

@@ -265,8 +265,12 @@ impl RedlockBackend {
         })
     }
 
+    /// A guard's release on every master, sent on the connection the grants go out on
+    /// (`Node::undo`): a master whose acquire did not answer in time
+    /// may still have it queued behind other grants' `WAIT`s (with `wait_replicas`), and a
+    /// release on the main connection would overtake it and leave its grant for a TTL.
     async fn release_everywhere(&self, keys: &Keys, owner: OwnerToken) -> Vec<Result<bool>> {
-        join_all(self.inner.nodes.iter().map(|n| n.release(keys, owner))).await
+        join_all(self.inner.nodes.iter().map(|n| n.undo(keys, owner, false))).await
     }
 
     /// The undo of one round: its grants on every master, but not a waiting writer's intent
