@@ -107,11 +107,18 @@ impl EtcdBackend {
                 }
             }
             // Once more after a request timeout: a member that held the put that long (it
-            // stopped answering, then came back) may apply it then.
+            // stopped answering, then came back) may apply it then. The looks do not keep the
+            // backend alive (its last handle dropped revokes the session, and its keys with
+            // it), and stop with the session.
             let pauses = LATE_GRANT_RECHECKS.into_iter().chain([b.inner.opts.request_timeout]);
-            let late = s.alive()
-                && undo_after(pauses, || async { matches!(b.delete_attempt(&u).await, Ok(true)) }).await;
-            if late {
+            let weak = Arc::downgrade(&b.inner);
+            drop(b);
+            let late = undo_after(pauses, || async {
+                let Some(inner) = weak.upgrade().filter(|_| s.alive()) else { return true };
+                matches!(EtcdBackend { inner }.delete_attempt(&u).await, Ok(true))
+            })
+            .await;
+            if late && s.alive() {
                 tracing::debug!(key = u.key, "deleted the late queue key of a cancelled attempt");
             }
         });

@@ -33,7 +33,8 @@ pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -
             // Passing states of the server: another client's script running past
             // `busy-reply-threshold` (BUSY), too few replicas connected for
             // `min-replicas-to-write` (NOREPLICAS). A renewal refused so is tried again.
-            // Redis before 7 wraps a NOREPLICAS met inside a script in the script's error.
+            // Redis 7 reports a NOREPLICAS met inside a script inside the script's error
+            // (before 7, scripts were not refused by `min-replicas-to-write` at all).
             _ if matches!(e.code(), Some("BUSY" | "NOREPLICAS")) || e.to_string().contains("-NOREPLICAS") => {
                 BackendErrorKind::Unavailable
             }

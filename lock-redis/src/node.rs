@@ -331,6 +331,11 @@ impl Node {
         }
     }
 
+    /// Whether grants go out on a connection of their own (`wait_replicas`).
+    pub(crate) fn waits_for_replicas(&self) -> bool {
+        self.replicas.is_some()
+    }
+
     /// The connection grants go out on: their own with `wait_replicas`, else the node's.
     fn grant_connection(&self) -> &Connection {
         self.replicas.as_ref().map_or(&self.con, |r| &r.con)
@@ -488,9 +493,7 @@ impl Node {
         let mut inv = script.prepare_invoke();
         keys.add_to(&mut inv);
         inv.arg(owner.to_string()).arg(fence.to_string()).arg(keys.role());
-        // Behind its round's acquire and undo, on their connection: a write-back left late
-        // cannot land after a later round's grant and put an older token back in its value.
-        Ok(self.call_on::<i64>(self.grant_connection(), inv).await? == 1)
+        Ok(self.call::<i64>(inv).await? == 1)
     }
 
     pub(crate) async fn inspect(&self, keys: &Keys) -> Result<Option<LockInfo>> {

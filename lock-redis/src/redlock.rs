@@ -265,12 +265,21 @@ impl RedlockBackend {
         })
     }
 
-    /// A guard's release on every master, sent on the connection the grants go out on
-    /// (`Node::undo`): a master whose acquire did not answer in time
-    /// may still have it queued behind other grants' `WAIT`s (with `wait_replicas`), and a
-    /// release on the main connection would overtake it and leave its grant for a TTL.
+    /// A guard's release on every master. With `wait_replicas`, a master whose acquire did not
+    /// answer in time may still have it queued on the grants' own connection, behind other
+    /// grants' `WAIT`s: the release, answered on the main connection (so that it is not held
+    /// up behind those waits), is sent again on the grants' connection in the background, after
+    /// any such acquire, so that its grant is not left for a TTL.
     async fn release_everywhere(&self, keys: &Keys, owner: OwnerToken) -> Vec<Result<bool>> {
-        join_all(self.inner.nodes.iter().map(|n| n.undo(keys, owner, false))).await
+        let answers = join_all(self.inner.nodes.iter().map(|n| n.release(keys, owner))).await;
+        if self.inner.nodes.iter().any(|n| n.waits_for_replicas()) {
+            let (this, keys) = (self.clone(), keys.clone());
+            lock_core::cancel::spawn_detached(async move {
+                let behind = this.inner.nodes.iter().filter(|n| n.waits_for_replicas());
+                join_all(behind.map(|n| n.undo(&keys, owner, false))).await;
+            });
+        }
+        answers
     }
 
     /// The undo of one round: its grants on every master, but not a waiting writer's intent
