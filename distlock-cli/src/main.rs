@@ -148,12 +148,10 @@ async fn main() -> ExitCode {
     code
 }
 
-/// Listeners of the signals that end a process by default (SIGTERM, SIGINT, SIGHUP, SIGQUIT),
-/// those that can be installed.
+/// Listeners of the signals that end a process by default (those `run` forwards), those that
+/// can be installed.
 fn ending_signals() -> Vec<tokio::signal::unix::Signal> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let kinds = [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::hangup(), SignalKind::quit()];
-    kinds.into_iter().filter_map(|k| signal(k).ok()).collect()
+    run::Forwarded::KINDS.into_iter().filter_map(|(k, _)| tokio::signal::unix::signal(k).ok()).collect()
 }
 
 /// Keeps serving the metrics for `linger`, or until one of `listeners` hears its signal.

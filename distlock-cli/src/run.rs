@@ -123,11 +123,12 @@ pub(crate) async fn supervise_command(
             let released = guard.release().await;
             let code =
                 if e.kind() == std::io::ErrorKind::NotFound { exit::NOT_FOUND } else { exit::CANNOT_START };
+            let error = format!("cannot start '{}': {e}", args.cmd[0]);
             out.say(
-                format_args!("cannot start '{}': {e}", args.cmd[0]),
+                &error,
                 "error",
                 json!({
-                    "error": format!("cannot start '{}': {e}", args.cmd[0]),
+                    "error": error,
                     "kind": if code == exit::NOT_FOUND { "not_found" } else { "cannot_start" },
                     "exit_code": code,
                     "released": released.is_ok(),
@@ -296,7 +297,8 @@ pub(crate) fn announce(out: &Out, locks: &LockClient, guard: &Guard, event: &str
 pub(crate) struct Forwarded([Listener; 4]);
 
 impl Forwarded {
-    const KINDS: [(SignalKind, Signal); 4] = [
+    /// The signals that end a process by default, which `run` forwards, with their numbers.
+    pub(crate) const KINDS: [(SignalKind, Signal); 4] = [
         (SignalKind::terminate(), Signal::TERM),
         (SignalKind::interrupt(), Signal::INT),
         (SignalKind::hangup(), Signal::HUP),
