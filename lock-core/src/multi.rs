@@ -136,7 +136,10 @@ impl LockBuilder<Many> {
     /// taken before, all at once (the error comes one release's time after the deadline, not
     /// one per name). A name taken early whose grant expired while a later one was waited for
     /// (nothing renews them before the guard exists) is not handed out: everything is given
-    /// back and taken again while the wait lasts. Cancel safe: dropping the future releases
+    /// back and taken again while the wait lasts. Where the backend takes every name in one
+    /// atomic request, that try comes first, and when it ends past the deadline (refused, or
+    /// with a retryable error such as a request timeout) its answer is the result: no name is
+    /// then asked for one at a time. Cancel safe: dropping the future releases
     /// what was taken, in the background, even midway through giving it back.
     ///
     /// # Errors
@@ -196,8 +199,10 @@ async fn take_all(
             Ok(None) if deadline.is_none_or(|d| Instant::now() >= d) => return Err(held()),
             Ok(None) => {}
             // A retryable error with time left to wait: go on one name at a time, as a
-            // single name's wait would retry.
-            Err(e) if e.is_retryable() && deadline.is_some() => {}
+            // single name's wait would retry. Past the deadline, the error is the answer: a
+            // round after it would add one attempt per name, each up to a request timeout
+            // against a server that stopped answering.
+            Err(e) if e.is_retryable() && deadline.is_some_and(|d| Instant::now() < d) => {}
             Err(e) => return Err(e),
         }
     }

@@ -262,6 +262,21 @@ async fn a_retryable_error_of_the_atomic_try_is_waited_through() {
     assert!(locks.lock_all(["a", "b"]).try_acquire().await.is_err());
 }
 
+/// An atomic try that fails retryably past the deadline (a server that stopped answering:
+/// the request timed out) is the answer: no name is asked for after it, each of which could
+/// take another request timeout.
+#[tokio::test(start_paused = true)]
+async fn a_retryable_error_of_the_atomic_try_past_the_deadline_is_the_answer() {
+    let backend = Scripted { atomic: Some(Atomic::FailsSlowly), ..Scripted::on(&MemoryBackend::new()) };
+    let locks = LockClient::new(backend.clone());
+    let start = lock_core::Instant::now();
+    let res = locks.lock_all(["a", "b", "c"]).wait(Duration::from_secs(1)).acquire().await;
+    assert!(matches!(&res, Err(e) if e.is_retryable()), "{:?}", res.map(|g| g.fencing_tokens().to_vec()));
+    assert!(start.elapsed() < Duration::from_millis(1600), "{:?}", start.elapsed());
+    let seen = backend.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|(k, _)| *k == "all"), "names were asked for past the deadline: {seen:?}");
+}
+
 /// The names taken one at a time after the atomic try are asked for under another owner
 /// token than that try: a delayed copy of it, or of its undo, cannot touch them.
 #[tokio::test]
@@ -285,6 +300,8 @@ enum Atomic {
     Fails,
     /// Finds a name held.
     Refuses,
+    /// Fails with a retryable error after a second and a half.
+    FailsSlowly,
 }
 
 /// The in-memory backend with faults: names taken one at a time (`atomic: None`) or an
@@ -326,6 +343,10 @@ impl lock_core::LockBackend for Scripted {
                 Err(Error::backend_msg("scripted", lock_core::BackendErrorKind::Connection, "injected"))
             }
             Some(Atomic::Refuses) => Ok(None),
+            Some(Atomic::FailsSlowly) => {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Err(Error::backend_msg("scripted", lock_core::BackendErrorKind::Connection, "injected"))
+            }
             None => self.inner.try_acquire_all(reqs).await,
         }
     }
