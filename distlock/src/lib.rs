@@ -125,6 +125,12 @@ backends! {
 /// server is a retryable connection error).
 pub async fn connect(url: &str) -> Result<LockClient> {
     let u = ConnectUrl::parse(url)?;
+    // The client's own options are checked before anything connects (or creates a table).
+    let namespace = u.option("namespace").map(lock_core::Namespace::new).transpose()?;
+    let ttl = u.duration("ttl")?;
+    if ttl.is_some_and(|t| t.is_zero()) {
+        return Err(u.error("option 'ttl': a TTL must be greater than zero"));
+    }
     let connect = match backend_for(&u.scheme) {
         Some((_, Some(connect))) => connect,
         Some((feature, None)) => {
@@ -142,10 +148,10 @@ pub async fn connect(url: &str) -> Result<LockClient> {
         }
     };
     let mut client = LockClient::from_arc(connect(&u).await?);
-    if let Some(ns) = u.option("namespace") {
-        client = client.with_namespace(ns)?;
+    if let Some(ns) = namespace {
+        client = client.with_namespace(ns.as_str())?;
     }
-    if let Some(ttl) = u.duration("ttl")? {
+    if let Some(ttl) = ttl {
         client = client.with_default_ttl(ttl)?;
     }
     Ok(client)

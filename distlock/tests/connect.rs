@@ -43,11 +43,20 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
         ("mem://?ttl=forever", "option ttl"),
         ("mem://?ttl=0s", "TTL"),
         ("file:///tmp/x?sync=maybe", "not true or false"),
+        // The client's options are checked before connecting: not an I/O error of the path.
+        ("file:///proc/distlock-nope?ttl=abc", "option ttl"),
+        ("file:///proc/distlock-nope?ttl=0s", "TTL"),
+        ("file:///proc/distlock-nope?namespace=a%01b", "namespace"),
+        // Without `://`, or with it only in an option: the password is still hidden.
+        ("redis:/u:hunter2@h:6379", "scheme://"),
+        ("redis:u:hunter2@h?endpoint=http://x", "not a scheme"),
     ];
     if cfg!(feature = "redis") {
         cases.push(("redis://u:hunter2@h1,h2", "takes one host"));
         cases.push(("redlock://u:hunter2@h1,h2", "at least 3 hosts"));
         cases.push(("redis://u:hunter2@h?bogus=1", "unknown option 'bogus'"));
+        // Nothing listens on port 1: a connection error if the TTL were checked after it.
+        cases.push(("redis://u:hunter2@127.0.0.1:1?ttl=0s", "TTL"));
         cases.push(("redis://u:hunter2@h?wait_replicas=x", "not a number of replicas"));
         cases.push(("redis+cluster://u:hunter2@h1,h2/3", "takes no path"));
         cases.push(("rediss+cluster://u:hunter2@h1?ca_file=/nonexistent/ca.pem", "CA file"));

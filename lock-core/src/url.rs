@@ -120,10 +120,13 @@ impl ConnectUrl {
                     .into(),
             ));
         };
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
-            return Err(bad(&redact(url), format!("'{scheme}' is not a scheme")));
+        if !is_scheme(scheme) {
+            return Err(bad(
+                &redact(url),
+                "the text before :// is not a scheme (letters, digits and '+', for example redis)".into(),
+            ));
         }
+        let scheme = scheme.to_ascii_lowercase();
         // The userinfo ends at the last '@' (a password may hold '/', '?' or ':'; an '@' in an
         // option value must be written %40).
         let (userinfo, after) = match rest.rfind('@') {
@@ -184,7 +187,8 @@ impl ConnectUrl {
         let mut options = Vec::new();
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let Some((k, v)) = pair.split_once('=') else {
-                return Err(bad(&redact(url), format!("option '{pair}' has no value (write {pair}=…)")));
+                let shown = redact_pair(pair);
+                return Err(bad(&redact(url), format!("option '{shown}' has no value (write {shown}=…)")));
             };
             options.push((k.to_owned(), percent_decode(v)));
         }
@@ -415,7 +419,16 @@ impl ConnectUrl {
 /// URL that does not even parse is redacted the same way. Every backend and the facade use
 /// this one rule.
 pub fn redact_url(url: &str) -> String {
-    let Some(start) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let scheme_end = url.find("://").filter(|&i| is_scheme(&url[..i]));
+    let Some(start) = scheme_end.map(|i| i + 3) else {
+        // No `scheme://` (a typo such as `redis:u:pw@h`, or `://` only in an option's value):
+        // everything between the first `:` and the last `@` may be a password.
+        return match (url.find(':'), url.rfind('@')) {
+            (Some(colon), Some(at)) if colon < at => format!("{}:***{}", &url[..colon], &url[at..]),
+            (None, Some(at)) => format!("***{}", &url[at..]),
+            _ => url.to_owned(),
+        };
+    };
     let rest = &url[start..];
     match rest.rfind('@') {
         Some(at) => {
@@ -436,23 +449,35 @@ fn redact(url: &str) -> String {
     let r = redact_url(url);
     let from = r.rfind('@').map_or(0, |i| i + 1);
     let Some(q) = r[from..].find('?').map(|i| from + i) else { return r };
-    let pairs: Vec<String> = r[q + 1..]
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) => format!("{k}={}", redact_option(k, v)),
-            None => pair.to_owned(),
-        })
-        .collect();
+    let pairs: Vec<String> = r[q + 1..].split('&').map(redact_pair).collect();
     format!("{}?{}", &r[..q], pairs.join("&"))
+}
+
+/// One `name=value` option as errors show it; an option written without `=` (`password:x`)
+/// is hidden whole when its text says it may be a secret.
+fn redact_pair(pair: &str) -> String {
+    match pair.split_once('=') {
+        Some((k, v)) => format!("{k}={}", redact_option(k, v)),
+        None if secret_name(pair) => "***".to_owned(),
+        None => pair.to_owned(),
+    }
+}
+
+/// Whether an option's name says its value may be a secret.
+fn secret_name(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "key", "cred", "auth", "sig"].iter().any(|s| k.contains(s))
+}
+
+/// Whether `s` is a URL scheme as [`ConnectUrl::parse`] takes it: letters, digits and `+`.
+fn is_scheme(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
 }
 
 /// An option's value as errors and logs show it: `***` when the option's name says it may be
 /// a secret, else with any credentials of a URL in it hidden.
 fn redact_option(key: &str, value: &str) -> String {
-    let k = key.to_ascii_lowercase();
-    let secret =
-        ["pass", "pwd", "secret", "token", "key", "cred", "auth", "sig"].iter().any(|s| k.contains(s));
-    if secret {
+    if secret_name(key) {
         "***".to_owned()
     } else {
         redact_url(value)
@@ -539,6 +564,20 @@ mod tests {
         let e = u.check_options(&["prefix"]).unwrap_err().to_string();
         assert!(e.contains("unknown option 'bogus'") && !e.contains("pw@"), "{e}");
         assert_eq!(redact("weird://a:b@c/d"), "weird://a:***@c/d");
+        // A URL without `scheme://` (a typo), or with `://` only in an option's value, or a
+        // secret option written without `=`: the password is not echoed either.
+        for url in [
+            "redis:/app:s3cret@h:6379",
+            "redis:app:s3cret@h",
+            "redis:u:s3cret@h?endpoint=http://x",
+            "redis://h?password:s3cret",
+            "app:s3cret@h",
+        ] {
+            let e = ConnectUrl::parse(url).unwrap_err().to_string();
+            assert!(!e.contains("s3cret"), "{url}: {e}");
+            assert!(!redact(url).contains("s3cret"), "{url}: {}", redact(url));
+        }
+        assert_eq!(redact_url("redis:app:s3cret@h"), "redis:***@h");
         // Passwords holding '/', '?' or '@'-free oddities never leak.
         for url in ["redis://u:p?ss@h", "etcd://u:pa/ss@h:2379", "redis://u:pw:99999@h"] {
             let e = ConnectUrl::parse(url).map(|u| u.redacted()).unwrap_or_else(|e| e.to_string());
