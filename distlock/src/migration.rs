@@ -35,8 +35,10 @@ pub enum Primary {
 /// - **Fencing tokens** are the primary backend's. Tokens of two backends are unrelated: when
 ///   the primary changes, the protected resource must accept the new backend's sequence (see
 ///   the migration playbook in the README).
-/// - **Extend** extends both and reports `NotHeld` if either grant is gone; **release**
-///   releases both (both are attempted even if one fails) and reports the primary's outcome.
+/// - **Extend** extends both and reports `NotHeld` if either grant is gone (even when the
+///   other backend failed); **release** releases both (both are attempted even if one fails)
+///   and reports `NotHeld` if either grant was found gone, else the primary's outcome (an
+///   error of the secondary's release is logged; that grant expires with its TTL).
 /// - `valid_until` is the earlier of the two grants'; capabilities are what both can do.
 #[derive(Debug, Clone)]
 pub struct MigrationBackend {
@@ -298,8 +300,11 @@ impl LockBackend for MigrationBackend {
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
         let (a, b) = self.parts(lease);
         let (ra, rb) = tokio::join!(self.old.extend(&a, ttl), self.new.extend(&b, ttl));
-        match (ra?, rb?) {
-            (ExtendOutcome::Extended { valid_until: x }, ExtendOutcome::Extended { valid_until: y }) => {
+        match (ra, rb) {
+            (
+                Ok(ExtendOutcome::Extended { valid_until: x }),
+                Ok(ExtendOutcome::Extended { valid_until: y }),
+            ) => {
                 if let Some(p) = lease.backend_data::<Parts>() {
                     let mut g = p.grants();
                     g.0.set_extended(ttl, x);
@@ -307,7 +312,10 @@ impl LockBackend for MigrationBackend {
                 }
                 Ok(ExtendOutcome::Extended { valid_until: x.min(y) })
             }
-            _ => Ok(ExtendOutcome::NotHeld),
+            // A grant found gone is the answer, whatever the other backend said: an error
+            // there (retried by the renewal until `valid_until`) must not hide the loss.
+            (Ok(ExtendOutcome::NotHeld), _) | (_, Ok(ExtendOutcome::NotHeld)) => Ok(ExtendOutcome::NotHeld),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         }
     }
 
@@ -323,10 +331,17 @@ impl LockBackend for MigrationBackend {
             Primary::Old => (ra, rb),
             Primary::New => (rb, ra),
         };
-        if let Err(e) = &other {
-            tracing::warn!(key = %lease.key(), error = %e, "migration lock: release on the secondary backend failed; it expires with its TTL");
+        match (primary, other) {
+            (Err(e), _) => Err(e),
+            (Ok(p), Err(e)) => {
+                tracing::warn!(key = %lease.key(), error = %e, "migration lock: release on the secondary backend failed; it expires with its TTL");
+                Ok(p)
+            }
+            // Either grant found gone (expired, or taken) means the lock was not held
+            // throughout: the secondary's grant is what kept the other side's processes out.
+            (Ok(ReleaseOutcome::Released), Ok(ReleaseOutcome::Released)) => Ok(ReleaseOutcome::Released),
+            (Ok(_), Ok(_)) => Ok(ReleaseOutcome::NotHeld),
         }
-        primary
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {

@@ -21,6 +21,19 @@ struct Recorded {
     inner: MemoryBackend,
     release_delay: Duration,
     owners: Arc<Mutex<Vec<OwnerToken>>>,
+    extend_fault: Arc<Mutex<ExtendFault>>,
+}
+
+/// What [`Recorded`]'s extends answer.
+#[derive(Debug, Clone, Copy, Default)]
+enum ExtendFault {
+    /// The memory backend's answer.
+    #[default]
+    None,
+    /// A retryable connection error.
+    Fails,
+    /// The grant is gone.
+    NotHeld,
 }
 
 #[async_trait]
@@ -40,7 +53,16 @@ impl LockBackend for Recorded {
         self.inner.acquire(req, deadline).await
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
-        self.inner.extend(lease, ttl).await
+        let fault = *self.extend_fault.lock().unwrap();
+        match fault {
+            ExtendFault::None => self.inner.extend(lease, ttl).await,
+            ExtendFault::Fails => Err(distlock::Error::backend_msg(
+                "recorded",
+                distlock::BackendErrorKind::Connection,
+                "injected",
+            )),
+            ExtendFault::NotHeld => Ok(ExtendOutcome::NotHeld),
+        }
     }
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
         tokio::time::sleep(self.release_delay).await;
@@ -121,4 +143,61 @@ async fn the_old_grant_is_renewed_while_waiting_for_the_new_one() {
     let info = LockClient::new(old).inspect("job").await.unwrap().expect("the old grant is held");
     assert!(info.remaining_ttl.unwrap() >= ttl * 3 / 4, "old grant: {info:?}");
     let _ = g.release().await;
+}
+
+/// One backend finds the grant gone while the other fails retryably: the renewal reports the
+/// loss at once (the error used to win, and the renewal retried it until `valid_until`, the
+/// guard saying held while the lock was someone else's on one backend). Either side.
+#[tokio::test]
+async fn a_grant_gone_on_one_backend_is_a_loss_whatever_the_other_says() {
+    for gone_on_old in [true, false] {
+        let (old, new) = (Recorded::default(), Recorded::default());
+        let both = LockClient::new(MigrationBackend::new(
+            Arc::new(old.clone()),
+            Arc::new(new.clone()),
+            Primary::Old,
+        ));
+        let ttl = Duration::from_secs(3);
+        let g = both.lock("job").ttl(ttl).auto_renew().acquire().await.unwrap();
+        let (gone, failing) = if gone_on_old { (&old, &new) } else { (&new, &old) };
+        *gone.extend_fault.lock().unwrap() = ExtendFault::NotHeld;
+        *failing.extend_fault.lock().unwrap() = ExtendFault::Fails;
+        let start = Instant::now();
+        let lost = tokio::time::timeout(Duration::from_secs(2), g.lost()).await;
+        assert!(
+            lost.is_ok(),
+            "gone on {}: the guard still said held after {:?} (valid until {:?} from now)",
+            if gone_on_old { "old" } else { "new" },
+            start.elapsed(),
+            g.valid_until().saturating_duration_since(Instant::now())
+        );
+        assert!(!g.is_held());
+    }
+}
+
+/// A release that finds either grant gone says the lock was not held throughout: the
+/// secondary's grant is what kept the other side's processes out.
+#[tokio::test]
+async fn a_release_that_finds_the_secondary_grant_gone_says_not_held() {
+    for primary in [Primary::Old, Primary::New] {
+        let (old, new) = (MemoryBackend::new(), MemoryBackend::new());
+        let both =
+            LockClient::new(MigrationBackend::new(Arc::new(old.clone()), Arc::new(new.clone()), primary));
+        let g = both.lock("job").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+        let owner = g.lease().owner();
+        let secondary = match primary {
+            Primary::Old => new,
+            Primary::New => old,
+        };
+        let on_secondary = LockClient::new(secondary);
+        let rebuilt = Lease::new(
+            LockKey::new("job").unwrap(),
+            owner,
+            g.fencing_token(),
+            Duration::from_secs(30),
+            Instant::now(),
+        );
+        assert_eq!(on_secondary.release_lease(&rebuilt).await.unwrap(), ReleaseOutcome::Released);
+        assert_eq!(g.release().await.unwrap(), ReleaseOutcome::NotHeld, "{primary:?}");
+    }
 }
