@@ -68,7 +68,8 @@ impl DynamoBackend {
     /// fresh token, which no such undo can touch. When the wait is dropped, every token's grant
     /// is undone; when it ends without the lock, a writer's intent is withdrawn.
     pub(crate) async fn wait_until(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
-        let owners = Arc::new(Mutex::new(Owners { current: req.owner, given_up: Vec::new() }));
+        let owners =
+            Arc::new(Mutex::new(Owners { current: req.owner, given_up: Vec::new(), suspect: false }));
         let undo = UndoOnDrop::new({
             let (this, owners, key, mode) = (self.clone(), owners.clone(), req.key.clone(), req.mode);
             async move {
@@ -85,7 +86,13 @@ impl DynamoBackend {
             let (owners, intent) = (&owners, intent.as_ref());
             async move {
                 let r = self.attempt(&this, self.attempt_until(Some(deadline)), false, intent).await;
-                if matches!(&r, Err(e) if maybe_applied(e)) {
+                if matches!(&r, Err(e) if throttled(e)) {
+                    // Maybe granted by an earlier try of the call: the next attempt, under the
+                    // same token, finds that grant as its own; if none comes, the wait's end
+                    // releases it.
+                    lock(owners).suspect = true;
+                }
+                if matches!(&r, Err(e) if lost_in_flight(e)) {
                     lock(owners).give_up(this.owner);
                     tokio::spawn(self.clone().undo_acquire(this.key.clone(), this.owner, this.mode));
                     if let Some(i) = intent {
@@ -97,24 +104,30 @@ impl DynamoBackend {
         })
         .await;
         undo.disarm();
-        let (current, given_up) = {
+        let (current, given_up, suspect) = {
             let o = lock(&owners);
-            (o.current, o.given_up.clone())
+            (o.current, o.given_up.clone(), o.suspect)
         };
         for o in given_up {
             tokio::spawn(self.clone().undo_acquire(req.key.clone(), o, req.mode));
         }
-        if intent.is_some() && got.is_err() {
-            if let Err(e) = self.withdraw_intent(&req.key, current, Some(self.attempt_until(None))).await {
-                tracing::debug!(backend = NAME, key = %req.key, error = %e, "could not withdraw a writer's intent; it lapses");
-            }
+        if suspect && got.is_err() {
+            tokio::spawn(self.clone().release_once(req.key.clone(), current, req.mode));
         }
         let late = intent.as_ref().is_some_and(|i| i.lock().unwrap_or_else(|p| p.into_inner()).late);
-        if late && got.is_ok() {
-            // An intent write cut off unanswered may land after the writer has released:
-            // withdrawn again over a request timeout (it is none of the writer's business by
-            // then, and would hold readers back until it lapsed).
+        if late {
+            // An intent write cut off unanswered may land after the writer gave up, or got the
+            // lock and released it: withdrawn again over a request timeout (it would hold
+            // readers back until it lapsed).
             tokio::spawn(self.clone().withdraw_late_intent(req.key.clone(), current));
+        } else if intent.is_some() && got.is_err() {
+            // In the background: the wait has already used its time.
+            let (this, key) = (self.clone(), req.key.clone());
+            tokio::spawn(async move {
+                if let Err(e) = this.withdraw_intent(&key, current, Some(this.attempt_until(None))).await {
+                    tracing::debug!(backend = NAME, key = %key, error = %e, "could not withdraw a writer's intent; it lapses");
+                }
+            });
         }
         got
     }
@@ -132,7 +145,9 @@ impl DynamoBackend {
 
     /// One attempt, done by `until`. Dropped mid-flight, or (with `undo_on_error`) failed in a
     /// way that may hide an applied write (a timeout, a lost connection, a 5xx: the retryable
-    /// errors but throttling), it releases by owner token in the background whatever it may have granted.
+    /// errors but throttling), it releases by owner token in the background whatever it may
+    /// have granted, also a write that lands later. Throttled (with `undo_on_error`), it
+    /// releases once: an earlier try of the SDK's call may have been applied.
     async fn attempt(
         &self,
         req: &AcquireRequest,
@@ -147,10 +162,26 @@ impl DynamoBackend {
             Mode::Read | Mode::Write => self.grant_rw(req, until, intent).await,
             other => Err(unsupported(other)),
         };
-        if !(undo_on_error && matches!(&got, Err(e) if maybe_applied(e))) {
-            undo.disarm();
+        match &got {
+            Err(e) if undo_on_error && lost_in_flight(e) => {}
+            Err(e) if undo_on_error && throttled(e) => {
+                // The SDK's last try was refused, but an earlier one of the same call (answered
+                // 500, or cut off) may have been applied: one release by owner token, no
+                // looks for a write still on its way (a throttled table needs no more load).
+                undo.disarm();
+                tokio::spawn(self.clone().release_once(req.key.clone(), req.owner, req.mode));
+            }
+            _ => undo.disarm(),
         }
         got
+    }
+
+    /// Releases `owner`'s grant of `key` once, if it is there.
+    async fn release_once(self, key: LockKey, owner: OwnerToken, mode: Mode) {
+        let Ok(place) = Place::of(&key, mode, owner) else { return };
+        if matches!(self.release_grant(&place, owner).await, Ok(true)) {
+            tracing::debug!(backend = NAME, key = %key, "released the grant of a throttled acquire");
+        }
     }
 
     /// The undo of an acquire whose caller went away mid-flight. The request may still reach
@@ -178,6 +209,8 @@ impl DynamoBackend {
 struct Owners {
     current: OwnerToken,
     given_up: Vec<OwnerToken>,
+    /// An attempt under `current` was throttled (it may have been granted by an earlier try).
+    suspect: bool,
 }
 
 impl Owners {
@@ -185,6 +218,7 @@ impl Owners {
         if owner == self.current {
             self.given_up.push(owner);
             self.current = OwnerToken::random();
+            self.suspect = false;
         }
     }
 
@@ -197,9 +231,14 @@ fn lock(owners: &Mutex<Owners>) -> MutexGuard<'_, Owners> {
     owners.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether an attempt that failed with `e` may have been carried out unseen: a retryable
-/// failure other than throttling (a throttled request was refused before it was applied).
-fn maybe_applied(e: &lock_core::Error) -> bool {
-    e.is_retryable()
-        && !matches!(e, lock_core::Error::Backend { kind: lock_core::BackendErrorKind::Throttled, .. })
+/// Whether an attempt that failed with `e` may have been carried out unseen, or may still be:
+/// a retryable failure other than throttling (a request cut off, a lost connection, a 5xx).
+fn lost_in_flight(e: &lock_core::Error) -> bool {
+    e.is_retryable() && !throttled(e)
+}
+
+/// Whether `e` is throttling. The request it answers was refused, but the SDK retries a call
+/// (three tries): an earlier try of the same call may have been applied, its reply lost.
+fn throttled(e: &lock_core::Error) -> bool {
+    matches!(e, lock_core::Error::Backend { kind: lock_core::BackendErrorKind::Throttled, .. })
 }

@@ -12,6 +12,10 @@ use crate::error;
 use crate::item::{self, Kind, FENCE, LIMIT};
 use crate::DynamoBackend;
 
+/// The highest value a fencing counter can be raised to: `i64::MAX - 2`, as on Redis, so that
+/// tokens carried between the two stay comparable and there is room for the grants after.
+pub(crate) const MAX_RAISE: u64 = i64::MAX as u64 - 2;
+
 impl DynamoBackend {
     /// One page of the counters of every primitive under `prefix` that has one: (full key,
     /// mode, counter). A read-write lock's is reported as [`Mode::Write`], a semaphore's with
@@ -49,7 +53,8 @@ impl DynamoBackend {
         Ok(CounterPage::new(counters, cursor))
     }
 
-    /// Raises the counter of `key`'s primitive of `mode` to at least `at_least` (one
+    /// Raises the counter of `key`'s primitive of `mode` to at least `at_least` (at most
+    /// [`MAX_RAISE`], else `Unsupported` before anything is sent) (one
     /// `UpdateItem` conditioned on the counter being lower or absent; the item is made if
     /// there is none, as a free lock's); returns the counter after, never lowered.
     pub(crate) async fn raise_counter(
@@ -59,6 +64,17 @@ impl DynamoBackend {
         at_least: FencingToken,
     ) -> Result<FencingToken> {
         let kind = Kind::of(mode).ok_or_else(|| crate::place::unsupported(mode))?;
+        if at_least.get() > MAX_RAISE {
+            // Each grant adds one to the counter: raised to the top of u64, a grant would
+            // store a number no token can hold, and every later look at the item would fail.
+            return Err(lock_core::Error::Unsupported {
+                backend: crate::error::NAME,
+                capability: format!(
+                    "fencing counters raised above {MAX_RAISE} (as Redis's, tokens stay within a signed 64-bit integer; asked for {})",
+                    at_least.get()
+                ),
+            });
+        }
         let id = kind.id(key);
         let o = &self.inner.opts;
         let target = AttributeValue::N(at_least.get().to_string());

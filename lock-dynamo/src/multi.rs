@@ -187,10 +187,19 @@ impl DynamoBackend {
     }
 
     /// Releases the grants of `reqs` at `places` by owner token, whichever the transaction
-    /// made (errors ignored: each then lasts its lease).
+    /// made, all at once (one release's time, however many names; each goes on if the caller
+    /// is dropped; errors ignored: each then lasts its lease).
     async fn release_places(&self, reqs: &[AcquireRequest], places: &[Place]) {
-        for (req, place) in reqs.iter().zip(places) {
-            let _ = self.release_grant(place, req.owner).await;
+        let releases: Vec<_> = reqs
+            .iter()
+            .zip(places)
+            .map(|(req, place)| {
+                let (this, place, owner) = (self.clone(), place.clone(), req.owner);
+                tokio::spawn(async move { this.release_grant(&place, owner).await })
+            })
+            .collect();
+        for r in releases {
+            let _ = r.await;
         }
     }
 

@@ -145,6 +145,14 @@ async fn counters_are_read_and_raised_never_lowered(emulator: Emulator) {
     let next = c.lock(&format!("{base}lock")).ttl(ttl).acquire().await.expect("lock after the raise");
     assert!(next.fencing_token() > high, "{:?} after raising to {high:?}", next.fencing_token());
     next.release().await.expect("release");
+    // A counter raised to the top would overflow at the next grants (and break the item for
+    // every later look): refused before anything is sent.
+    for top in [u64::MAX, i64::MAX as u64] {
+        let e = backend.raise_fencing_counter(&key, Mode::Exclusive, lock_core::FencingToken::new(top)).await;
+        assert!(matches!(e, Err(lock_core::Error::Unsupported { .. })), "raise to {top}: {e:?}");
+    }
+    let next = c.lock(&format!("{base}lock")).ttl(ttl).acquire().await.expect("lock after a refused raise");
+    next.release().await.expect("release");
     for (name, mode) in [("fresh-sem", Mode::Permit { limit: 3 }), ("fresh-rw", Mode::Write)] {
         let key = lock_core::LockKey::new(&format!("{base}{name}")).expect("key");
         backend.raise_fencing_counter(&key, mode, high).await.expect("raise a fresh counter");

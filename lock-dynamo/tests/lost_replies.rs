@@ -200,6 +200,32 @@ async fn a_writers_late_intent_does_not_hold_readers_back(emulator: Emulator) {
     r.release().await.expect("release");
 }
 
+/// A waiting writer that gives up (a reader holds throughout) while its intent write, cut off
+/// unanswered, is still on its way: the intent lands after the wait ended and is withdrawn
+/// then too, not left to hold readers back until it lapses (the one withdraw at the wait's
+/// end came before it).
+async fn a_writers_late_intent_is_withdrawn_after_it_gave_up(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
+    let k = key("late-intent-gave-up");
+    let reader = direct.read_lock(&k).ttl(Duration::from_secs(30)).acquire().await.expect("read");
+    // The writer's first grant write is refused (a reader holds); the intent it then leaves
+    // reaches the server 3 s late, after the writer gave up at 2 s.
+    proxy.set(|f| {
+        f.update_script = [false].into();
+        f.delay_next_update = Some(Duration::from_secs(3));
+    });
+    let start = Instant::now();
+    let w = through.write_lock(&k).ttl(Duration::from_secs(30)).wait(Duration::from_secs(2)).acquire().await;
+    assert!(w.is_err(), "a reader holds throughout");
+    // The late intent lands at 3 s; the reader leaves after it.
+    tokio::time::sleep(Duration::from_millis(3100).saturating_sub(start.elapsed())).await;
+    reader.release().await.expect("release");
+    let r =
+        direct.read_lock(&k).ttl(Duration::from_secs(30)).wait(Duration::from_millis(1800)).acquire().await;
+    let r = r.expect("the late intent of a writer that gave up held readers back");
+    r.release().await.expect("release");
+}
+
 async fn heartbeats_whose_replies_are_lost_again_are_still_ours(emulator: Emulator) {
     let (_t, proxy, through, direct) = setup(emulator).await;
     let ttl = Duration::from_secs(30);
@@ -234,7 +260,43 @@ async fn heartbeats_whose_replies_are_lost_again_are_still_ours(emulator: Emulat
     }
 }
 
+/// The SDK tries a call three times: a grant applied on the first try (its reply lost, a 500
+/// in its place) and then throttled on the two retries fails as throttled. That grant is
+/// released, for a `try_acquire` and for a wait whose deadline passed with it; it was left
+/// for the whole lease (throttling was taken to mean "not applied").
+async fn an_acquire_throttled_after_an_applied_try_leaves_no_grant(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
+    let ttl = Duration::from_secs(30);
+    for waits in [false, true] {
+        let k = key(if waits { "throttled-wait" } else { "throttled-try" });
+        let (throttled, lost) = proxy.counts();
+        proxy.set(|f| {
+            f.update_script = [true].into();
+            f.throttle_next = 2;
+        });
+        let b = through.lock(&k).ttl(ttl);
+        let e = if waits {
+            b.wait(Duration::from_millis(1)).acquire().await.map(|_| ()).expect_err("throttled")
+        } else {
+            b.try_acquire().await.map(|_| ()).expect_err("throttled")
+        };
+        assert!(e.is_retryable() && e.to_string().to_lowercase().contains("thrott"), "waits {waits}: {e}");
+        assert_eq!(proxy.counts(), (throttled + 2, lost + 1), "waits {waits}: the faults did not all happen");
+        let start = Instant::now();
+        let g = direct.lock(&k).ttl(ttl).wait(Duration::from_secs(6)).acquire().await;
+        let g = g.unwrap_or_else(|e| {
+            panic!(
+                "waits {waits}: the throttled call's grant blocked another client for {:?}: {e}",
+                start.elapsed()
+            )
+        });
+        g.release().await.expect("release");
+    }
+}
+
 on_each_emulator!(
+    an_acquire_throttled_after_an_applied_try_leaves_no_grant,
+    a_writers_late_intent_is_withdrawn_after_it_gave_up,
     heartbeats_whose_replies_are_lost_again_are_still_ours,
     a_release_whose_reply_was_lost_reports_released,
     a_failed_try_acquire_whose_write_was_applied_leaves_no_grant,

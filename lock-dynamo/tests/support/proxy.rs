@@ -13,6 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Faults {
     /// Answer 1 in `throttle_every` requests with a ThrottlingException, unforwarded (0: none).
     pub throttle_every: u32,
+    /// Answer the next this many requests (after any `update_script` fate) with a
+    /// ThrottlingException, unforwarded.
+    pub throttle_next: u32,
     /// Forward the next this many UpdateItem requests, then answer 500 instead of the reply.
     pub lose_update_replies: u32,
     /// Forward the next this many UpdateItem requests, and never answer them.
@@ -132,6 +135,10 @@ fn fate(faults: &Mutex<Faults>, op: &str) -> Fate {
         }
     } else if let Some(d) = f.delay_next_update.take_if(|_| is_update) {
         Fate::Late(d)
+    } else if f.throttle_next > 0 {
+        f.throttle_next -= 1;
+        f.throttled += 1;
+        Fate::Throttle
     } else if f.throttle_every > 0 && f.seen.is_multiple_of(f.throttle_every) {
         f.throttled += 1;
         Fate::Throttle
