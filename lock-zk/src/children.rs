@@ -171,20 +171,45 @@ pub(crate) fn in_sequence_order(children: Vec<String>) -> Vec<String> {
         children.into_iter().filter_map(|n| parse_sequence(&n).map(|(q, node)| (q, node, n))).collect();
     // The counter wraps: live queue nodes span far less than half its range, so the first of
     // them is the one every other follows (serial-number order, as in RFC 1982), and all are
-    // ordered by their distance from it. Only queue nodes choose it: a directory whose name
-    // ends in digits can lie anywhere in the range.
+    // ordered by their distance from it. Only queue nodes may choose it: a directory whose
+    // name ends in digits can lie anywhere in the range, and two such directories half the
+    // range apart make "earliest" depend on the listing's order (a later contender then sorts
+    // ahead of the holder). So the start is found from the nodes named by a random id (ours,
+    // Curator's protected nodes, kazoo's), which no directory of a distlock name can be (see
+    // `encode_segment`); then from any recipe-named node at most a quarter of the range
+    // before it (a node of a client that names its nodes otherwise; a directory there does no
+    // harm, as every live node is after it).
     let earliest =
         |qs: &mut dyn Iterator<Item = i32>| qs.reduce(|a, b| if b.wrapping_sub(a) < 0 { b } else { a });
-    let first = earliest(&mut seqs.iter().filter(|(_, node, _)| *node).map(|(q, _, _)| *q))
-        .or_else(|| earliest(&mut seqs.iter().map(|(q, _, _)| *q)));
+    let by_id = earliest(&mut seqs.iter().filter(|(_, node, n)| *node && id_named(n)).map(|(q, _, _)| *q));
+    let first = match by_id {
+        Some(f) => {
+            let near = |q: i32| (1..=i32::MAX / 4).contains(&f.wrapping_sub(q));
+            earliest(&mut seqs.iter().filter(|(q, node, _)| *node && near(*q)).map(|(q, _, _)| *q)).or(by_id)
+        }
+        None => earliest(&mut seqs.iter().filter(|(_, node, _)| *node).map(|(q, _, _)| *q))
+            .or_else(|| earliest(&mut seqs.iter().map(|(q, _, _)| *q))),
+    };
     if let Some(first) = first {
         seqs.sort_by_key(|(q, _, _)| q.wrapping_sub(first) as u32);
     }
     seqs.into_iter().map(|(_, _, n)| n).collect()
 }
 
+/// Whether `name` is shaped as the node of a recipe that names its nodes by a random id:
+/// `_c_<uuid>-…` (ours and Curator's protected mode) or `<32 hex digits>__lock__…` /
+/// `…__rlock__…` (kazoo).
+fn id_named(name: &str) -> bool {
+    let kazoo = name.get(..32).is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        && name.get(32..).is_some_and(|r| r.starts_with("__lock__") || r.starts_with("__rlock__"));
+    kazoo || owner_of(name).is_some()
+}
+
 /// One key segment as a znode name: segments that ZooKeeper cannot name (empty, `.`, `..`,
-/// or holding characters outside `[A-Za-z0-9_.:@~-]`) are percent-encoded.
+/// or holding characters outside `[A-Za-z0-9_.:@~-]`) are percent-encoded. So is the first
+/// character of a segment shaped as a queue node named by a random id (`_c_<uuid>-…`,
+/// kazoo's `<hex>__lock__…`): the directory of such a name would otherwise take part in
+/// deciding the order of the queue it sits in (see `in_sequence_order`).
 pub(crate) fn encode_segment(seg: &str) -> String {
     match seg {
         "" => return "%".into(),
@@ -193,8 +218,11 @@ pub(crate) fn encode_segment(seg: &str) -> String {
         _ => {}
     }
     let mut out = String::with_capacity(seg.len());
-    for b in seg.bytes() {
-        if b.is_ascii_alphanumeric() || b"_.:@~-".contains(&b) {
+    let id_shaped = id_named(seg);
+    for (i, b) in seg.bytes().enumerate() {
+        if i == 0 && id_shaped {
+            out.push_str(&format!("%{b:02X}"));
+        } else if b.is_ascii_alphanumeric() || b"_.:@~-".contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -268,6 +296,39 @@ mod tests {
         assert_eq!(sequence("x__lock__0000000007"), Some(7));
         assert_eq!(sequence("nightly"), None);
         assert_eq!(owner_of("abc__lock__0000000007"), None);
+    }
+
+    /// Two directories of nested names, half the counter's range apart, cannot move the start
+    /// of the order: the holder stays ahead of a later contender whatever the listing's order
+    /// (they made the contender sort ahead of the holder, two holders at once).
+    #[test]
+    fn directories_of_nested_names_do_not_reorder_the_queue() {
+        let (a, b) = (stem(OwnerToken::from_u128(1), LOCK), stem(OwnerToken::from_u128(2), LOCK));
+        let (holder, later) = (format!("{a}0000000005"), format!("{b}0000000010"));
+        let dirs = ["a-lock--2147483642", "b-lock-0000000007", "c-lock-1500000000", "x__lock__0000000001"];
+        let mut names: Vec<String> = vec![holder.clone(), later.clone()];
+        names.extend(dirs.iter().map(|d| d.to_string()));
+        for rotate in 0..names.len() {
+            for swap in 0..names.len() {
+                let mut listed = names.clone();
+                listed.rotate_left(rotate);
+                listed.swap(0, swap);
+                let order = in_sequence_order(listed.clone());
+                let pos = |n: &str| order.iter().position(|x| x == n);
+                assert!(pos(&holder) < pos(&later), "listed {listed:?}: ordered {order:?}");
+            }
+        }
+        // A node of a client that names its nodes otherwise, made before ours, stays first.
+        let plain = "lock-0000000003".to_owned();
+        let order = in_sequence_order(vec![later.clone(), holder.clone(), plain.clone(), dirs[0].into()]);
+        assert_eq!(order.iter().position(|n| *n == plain), Some(0), "{order:?}");
+        // No name of ours makes a directory shaped as such a node.
+        let crafted = format!("{a}0000000001");
+        let encoded = encode_segment(&crafted);
+        assert!(encoded.starts_with("%5F") && !id_named(&encoded), "{encoded}");
+        assert_eq!(decode_segment(&encoded).as_deref(), Some(crafted.as_str()));
+        let kazoo = format!("{}__lock__0000000001", "0123456789abcdef".repeat(2));
+        assert!(id_named(&kazoo) && !id_named(&encode_segment(&kazoo)));
     }
 
     #[test]

@@ -23,7 +23,10 @@
 //! - The name `jobs/nightly` is the node `<prefix>/jobs/nightly` (default prefix `/distlock`),
 //!   one node per key segment; its lock queues in that node. Path segments that ZooKeeper
 //!   cannot name (empty, `.`, `..`, or holding characters outside `[A-Za-z0-9_.:@~-]`) are
-//!   percent-encoded. Its other primitives have sibling nodes of their own, so the lock, the
+//!   percent-encoded, and so is the first character of a segment shaped as a queue node named
+//!   by a random id (`_c_<uuid>-…`, kazoo's `<32 hex digits>__lock__…`): the order of a queue
+//!   starts from such nodes, and no directory of a longer name may pose as one (Curator
+//!   clients name such a lock's path unencoded, so they do not share it). Its other primitives have sibling nodes of their own, so the lock, the
 //!   semaphore, the read-write lock and the election of one name never block one another:
 //!
 //!   | primitive | node (Curator's path) | queue nodes (EPHEMERAL_SEQUENTIAL) | Curator recipe |

@@ -93,3 +93,34 @@ async fn a_waiter_waits_for_the_holder_not_for_a_nested_lock() {
     g.release().await.expect("release");
     nested.release().await.expect("release");
 }
+
+/// Two directories of nested names whose digits lie half the sequence range apart (the
+/// holder's node 0, `b-lock-0000000002`, `a-lock--2147483647`, the contender's node 3) must
+/// not reorder the queue: the contender never gets the lock while the holder has it. The
+/// order used to depend on how ZooKeeper listed the children (about one listing in six put
+/// the contender first: two holders).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_directories_half_the_range_apart_never_let_a_second_holder_in() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let connect = zk.connect_string();
+    let (a, b) = (
+        support::client(&connect, Duration::from_secs(10)).await,
+        support::client(&connect, Duration::from_secs(10)).await,
+    );
+    for round in 0..30 {
+        // A fresh directory: the holder's node is its first child (sequence 0), the two
+        // nested directories take 1 and 2, the contender's node is 3.
+        let base = support::key(&format!("wrap{round}"));
+        let holder = a.lock(&base).acquire().await.expect("hold");
+        let mut nested = Vec::new();
+        for n in ["b-lock-0000000002", "a-lock--2147483647"] {
+            nested.push(a.lock(&format!("{base}/{n}")).acquire().await.expect("nested"));
+        }
+        let second = b.lock(&base).try_acquire().await.expect("try");
+        assert!(second.is_none(), "round {round}: a second holder of {base} got in beside the first");
+        for g in nested {
+            g.release().await.expect("release");
+        }
+        holder.release().await.expect("release");
+    }
+}
