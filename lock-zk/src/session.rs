@@ -356,37 +356,62 @@ async fn monitor(
 /// Waits, after the client gave the session up, for the session either to end on the server
 /// (expired, closed: its nodes are gone) or to come back (the server never expired it), and
 /// then deletes every ephemeral node it still owns (`getEphemerals`): the locks, permits and
-/// queue places on it were all reported lost, and none of them may keep others waiting.
+/// queue places on it were all reported lost, and none of them may keep others waiting. A
+/// listing or a delete that fails (the connection dropped again) is tried again, after the
+/// next reconnection or a pause, until every node is gone, the session ends or nothing holds
+/// the session any more.
 async fn free_given_up(session: std::sync::Weak<Session>, mut states: zookeeper_client::StateWatcher) {
+    let mut connected = false;
+    let mut pause = lock_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
-        match states.changed().await {
-            SessionState::Disconnected => continue,
-            SessionState::SyncConnected | SessionState::ConnectedReadOnly => break,
-            _ => return,
+        while !connected {
+            match states.changed().await {
+                SessionState::Disconnected => {}
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => connected = true,
+                _ => return,
+            }
+        }
+        let Some(s) = session.upgrade() else { return };
+        match delete_ephemerals(&s).await {
+            Ok(deleted) => {
+                tracing::info!(
+                    backend = NAME,
+                    deleted,
+                    "a session given up came back; its nodes were deleted"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(backend = NAME, error = %e, "a session given up came back; its nodes could not all be deleted; trying again");
+            }
+        }
+        drop(s);
+        tokio::select! {
+            _ = tokio::time::sleep(pause.next_delay()) => {}
+            state = states.changed() => match state {
+                SessionState::Disconnected => connected = false,
+                SessionState::SyncConnected | SessionState::ConnectedReadOnly => {}
+                _ => return,
+            },
         }
     }
-    let Some(s) = session.upgrade() else { return };
-    let nodes = match s.client.list_ephemerals("/").await {
-        Ok(nodes) => nodes,
-        Err(e) => {
-            tracing::warn!(backend = NAME, error = %e, "a session given up came back; its nodes could not be listed");
-            return;
-        }
-    };
+}
+
+/// Deletes every ephemeral node of `s`'s session: how many it deleted, or the first error.
+async fn delete_ephemerals(s: &Session) -> std::result::Result<usize, zookeeper_client::Error> {
+    let nodes = s.client.list_ephemerals("/").await?;
     // Sent together: the session pipelines them, so thousands of nodes cost one round trip's
     // wait, not thousands.
     let results = futures::future::join_all(nodes.iter().map(|path| s.client.delete(path, None))).await;
     let mut deleted = 0;
-    for (path, r) in nodes.iter().zip(results) {
+    for r in results {
         match r {
             Ok(()) => deleted += 1,
             Err(zookeeper_client::Error::NoNode) => {}
-            Err(e) => {
-                tracing::warn!(backend = NAME, path, error = %e, "a session given up came back; a node of it could not be deleted");
-            }
+            Err(e) => return Err(e),
         }
     }
-    tracing::info!(backend = NAME, deleted, "a session given up came back; its nodes were deleted");
+    Ok(deleted)
 }
 
 /// How long a bounded [`Session::delete_surely`] waits at least: a connected server answers a
