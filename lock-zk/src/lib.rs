@@ -171,7 +171,10 @@
 //!   The lock API's TTL is not a lease here.
 //! - Requests have no time limit of their own: one sent while the link is down waits for
 //!   the client to reconnect or to give the session up (up to 7/5 of the session timeout),
-//!   except `extend`'s check, which is bounded by a session timeout.
+//!   except `extend`'s check, which is bounded by a session timeout. Once a session was given
+//!   up with every server unreachable, each new one is tried for `connect_timeout`: a waiting
+//!   acquire can then return up to one `connect_timeout` past its deadline (two for a
+//!   semaphore's permit, which opens a session for its clean-up and for its queue).
 //! - A semaphore's N is checked among distlock clients only: a Curator client that uses
 //!   another N is not detected, and admits by its own N. A `try_acquire` of a permit is
 //!   refused while another contender holds the semaphore's mutex (one waiting for a permit, or
