@@ -158,9 +158,11 @@ impl MigrationBackend {
     }
 
     fn combine(&self, req: &AcquireRequest, a: Lease, b: Lease) -> Lease {
-        let fence = match self.primary {
-            Primary::Old => a.fencing_token(),
-            Primary::New => b.fencing_token(),
+        // Both grants' owner token as a rule (the new one is asked for under the old one's);
+        // the primary's if a backend granted under another.
+        let (fence, owner) = match self.primary {
+            Primary::Old => (a.fencing_token(), a.owner()),
+            Primary::New => (b.fencing_token(), b.owner()),
         };
         let valid_until = a.valid_until().min(b.valid_until());
         let sent = a.acquired_at().min(b.acquired_at());
@@ -184,7 +186,7 @@ impl MigrationBackend {
             (x, y) => x.or(y),
         };
         let mut lease =
-            Lease::new(req.key.clone(), req.owner, fence, req.ttl, sent).with_valid_until(valid_until);
+            Lease::new(req.key.clone(), owner, fence, req.ttl, sent).with_valid_until(valid_until);
         if let Some(s) = session {
             lease = lease.with_session(s);
         }
@@ -244,6 +246,8 @@ impl LockBackend for MigrationBackend {
         // Armed until the old grant is combined or released: dropped at any await from here
         // on, the old grant is released in the background.
         let undo = release_on_drop(&self.old, &a);
+        // The new grant under the old one's owner token (a backend may have asked with another).
+        let req = &AcquireRequest { owner: a.owner(), ..req.clone() };
         let res = self.new.try_acquire(req).await;
         if let Ok(Attempt::Acquired(b)) = res {
             let both = self.release_both_on_drop(&a, &b);
@@ -264,6 +268,11 @@ impl LockBackend for MigrationBackend {
             let mut a = self.old.acquire(&attempt, deadline).await?;
             // Armed until the old grant is combined or released (see try_acquire).
             let undo = release_on_drop(&self.old, &a);
+            // A waiting acquire may have been granted under a fresh owner token (lock-core's
+            // polling asks with one after its first attempt): the new grant is asked for under
+            // the same one, so that the lease's owner is both grants' (a lease rebuilt from key
+            // and owner then releases both).
+            attempt.owner = a.owner();
             // Wait for the new backend while keeping the old grant alive; if the old grant is
             // lost meanwhile, this attempt ends and the next one starts afresh.
             let res = tokio::select! {

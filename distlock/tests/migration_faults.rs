@@ -201,3 +201,74 @@ async fn a_release_that_finds_the_secondary_grant_gone_says_not_held() {
         assert_eq!(g.release().await.unwrap(), ReleaseOutcome::NotHeld, "{primary:?}");
     }
 }
+
+/// A backend that waits by lock-core's polling (no `acquire` of its own): every attempt after
+/// the first asks with a fresh owner token.
+#[derive(Debug, Clone, Default)]
+struct Polled {
+    inner: MemoryBackend,
+}
+
+#[async_trait]
+impl LockBackend for Polled {
+    fn name(&self) -> &'static str {
+        "polled"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner
+            .capabilities()
+            .with_wake(distlock::WakeMode::Poll { max_interval: Duration::from_millis(50) })
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        self.inner.try_acquire(req).await
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        self.inner.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        self.inner.release(lease).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.inner.inspect(key).await
+    }
+}
+
+/// The old backend granted its lock on a later attempt, under a fresh owner token: the new
+/// grant is asked for under that token, and the lease's owner is both grants' owner, so a
+/// lease rebuilt from key and owner (a detached guard in another process) releases both. The
+/// lease used to carry the first attempt's token, which neither backend held.
+#[tokio::test]
+async fn the_lease_carries_the_owner_token_of_both_grants() {
+    let old = Polled::default();
+    let new = MemoryBackend::new();
+    let blocker =
+        LockClient::new(old.inner.clone()).lock("job").ttl(Duration::from_secs(60)).acquire().await.unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = blocker.release().await;
+    });
+    let both =
+        LockClient::new(MigrationBackend::new(Arc::new(old.clone()), Arc::new(new.clone()), Primary::Old));
+    let g =
+        both.lock("job").ttl(Duration::from_secs(30)).wait(Duration::from_secs(5)).acquire().await.unwrap();
+    let owner = g.lease().owner();
+    let on_old = LockClient::new(old.inner.clone()).inspect("job").await.unwrap().expect("held on old");
+    let on_new = LockClient::new(new.clone()).inspect("job").await.unwrap().expect("held on new");
+    assert_eq!(
+        (on_old.owner, on_new.owner),
+        (Some(owner), Some(owner)),
+        "the lease's owner is not the grants'"
+    );
+    // Detached, rebuilt from key and owner, released: both grants go.
+    let detached = g.detach();
+    let rebuilt = Lease::new(
+        LockKey::new("job").unwrap(),
+        detached.owner(),
+        detached.fencing_token(),
+        Duration::from_secs(30),
+        Instant::now(),
+    );
+    assert_eq!(both.release_lease(&rebuilt).await.unwrap(), ReleaseOutcome::Released);
+    assert!(LockClient::new(old.inner.clone()).inspect("job").await.unwrap().is_none(), "left on old");
+    assert!(LockClient::new(new).inspect("job").await.unwrap().is_none(), "left on new");
+}
