@@ -99,12 +99,12 @@ impl fmt::Debug for LossSignal {
 
 /// One signal that fires when any of `signals` fires, with its reason (the others may fire
 /// later, unseen). A small task watches them; it ends when the combined signal fires, so firing
-/// it yourself (on release) ends the watch. `None` for no signals; the one signal itself for
-/// one. Needs a tokio runtime for two or more.
-pub fn any_of(mut signals: Vec<LossSignal>) -> Option<LossSignal> {
+/// it yourself (on release) ends the watch. `None` for no signals. Always a signal of its own,
+/// also for one: firing it never fires the signals it watches (a backend may give every lease
+/// of a session the session's one signal). Needs a tokio runtime.
+pub fn any_of(signals: Vec<LossSignal>) -> Option<LossSignal> {
     match signals.len() {
         0 => None,
-        1 => signals.pop(),
         _ => {
             let combined = LossSignal::new();
             let fire = combined.clone();

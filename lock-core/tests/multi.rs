@@ -401,3 +401,56 @@ async fn a_detached_multi_key_lease_covers_every_name() {
         assert!(locks.inspect(name).await.unwrap().is_none(), "{name} was left held");
     }
 }
+
+/// A backend that gives every lease the one loss signal of its session (the trait allows it).
+#[derive(Debug, Clone)]
+struct SharedSession {
+    inner: MemoryBackend,
+    session: lock_core::LossSignal,
+}
+
+#[lock_core::async_trait]
+impl lock_core::LockBackend for SharedSession {
+    fn name(&self) -> &'static str {
+        "shared-session"
+    }
+    fn capabilities(&self) -> lock_core::Capabilities {
+        self.inner.capabilities().with_atomic_multi_key(false)
+    }
+    async fn try_acquire(&self, req: &lock_core::AcquireRequest) -> lock_core::Result<lock_core::Attempt> {
+        Ok(match self.inner.try_acquire(req).await? {
+            lock_core::Attempt::Acquired(l) => {
+                lock_core::Attempt::Acquired(l.with_session(self.session.clone()))
+            }
+            held => held,
+        })
+    }
+    async fn extend(
+        &self,
+        lease: &lock_core::Lease,
+        ttl: Duration,
+    ) -> lock_core::Result<lock_core::ExtendOutcome> {
+        self.inner.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &lock_core::Lease) -> lock_core::Result<ReleaseOutcome> {
+        self.inner.release(lease).await
+    }
+    async fn inspect(&self, key: &lock_core::LockKey) -> lock_core::Result<Option<lock_core::LockInfo>> {
+        self.inner.inspect(key).await
+    }
+}
+
+/// Releasing a multi-key guard of one name ends its own watch of the session, not the session:
+/// the other guards on that session stay held (the combined signal was the session's own
+/// signal for one part, and the release fired it).
+#[tokio::test]
+async fn releasing_a_one_name_multi_key_guard_loses_no_other_guard_of_its_session() {
+    let backend = SharedSession { inner: MemoryBackend::new(), session: lock_core::LossSignal::new() };
+    let locks = LockClient::new(backend.clone());
+    let other = locks.lock("x").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    let multi = locks.lock_all(["a"]).ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    assert_eq!(multi.release().await.unwrap(), ReleaseOutcome::Released);
+    assert!(!backend.session.is_fired(), "the session's signal was fired by a multi-key release");
+    assert!(other.is_held(), "another guard of the session was lost");
+    other.release().await.unwrap();
+}
