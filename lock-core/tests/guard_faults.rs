@@ -382,6 +382,8 @@ async fn a_detached_lease_shortened_with_unknown_outcome_is_trusted_only_that_lo
 struct WithSession {
     inner: MemoryBackend,
     session: lock_core::LossSignal,
+    /// Extends never answer.
+    hang: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -399,6 +401,9 @@ impl LockBackend for WithSession {
         })
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.extend(lease, ttl).await
     }
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
@@ -409,12 +414,30 @@ impl LockBackend for WithSession {
     }
 }
 
+/// A session lost while a renewal is in flight (its extend unanswered) reaches the loss
+/// signal's clones at once, not at `valid_until`: the renewal watches the session too.
+#[tokio::test(start_paused = true)]
+async fn a_session_lost_during_a_renewal_fires_the_signal_at_once() {
+    let session = lock_core::LossSignal::new();
+    let b =
+        Arc::new(WithSession { inner: MemoryBackend::new(), session: session.clone(), hang: true.into() });
+    let locks = LockClient::from_arc(b);
+    let g = locks.lock("k").ttl(TTL).auto_renew().acquire().await.unwrap();
+    let signal = g.loss_signal();
+    // The first renewal is due at a third of the TTL: be inside it.
+    tokio::time::sleep(TTL / 2).await;
+    session.fire(LossReason::SessionLost);
+    let reason = tokio::time::timeout(Duration::from_millis(10), signal.fired()).await;
+    assert_eq!(reason.ok(), Some(LossReason::SessionLost), "the loss signal waited for valid_until");
+}
+
 /// Within the hold cap's last TTL (renewal has stopped and the guard waits for the cap), a
 /// lost session is still reported at once: the guard stops claiming a lock others may hold.
 #[tokio::test(start_paused = true)]
 async fn a_session_lost_in_the_hold_caps_last_ttl_is_reported() {
     let session = lock_core::LossSignal::new();
-    let b = Arc::new(WithSession { inner: MemoryBackend::new(), session: session.clone() });
+    let b =
+        Arc::new(WithSession { inner: MemoryBackend::new(), session: session.clone(), hang: false.into() });
     let locks = LockClient::from_arc(b);
     let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(TTL * 3 / 2).acquire().await.unwrap();
     // The cap's last TTL starts at half a TTL in: be well into it.

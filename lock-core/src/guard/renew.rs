@@ -61,12 +61,7 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
         tokio::select! {
             biased;
             _ = &mut changed => continue,
-            r = async {
-                match &mut session {
-                    Some(s) => s.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            r = session_lost(&mut session) => {
                 shared.fire(r);
                 return;
             }
@@ -79,9 +74,29 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
                 return;
             }
         }
-        if !Box::pin(renew_once(&shared, ttl)).await {
+        // The session is watched during the renewal too: its loss must not wait for an extend
+        // that does not answer (the renewal would only give up at `valid_until`).
+        let renewed = tokio::select! {
+            biased;
+            r = session_lost(&mut session) => {
+                shared.fire(r);
+                return;
+            }
+            ok = Box::pin(renew_once(&shared, ttl)) => ok,
+        };
+        if !renewed {
             return;
         }
+    }
+}
+
+/// Resolves when the watched session is lost; never without one.
+async fn session_lost<F: std::future::Future<Output = LossReason> + Unpin>(
+    session: &mut Option<F>,
+) -> LossReason {
+    match session {
+        Some(s) => s.await,
+        None => std::future::pending().await,
     }
 }
 
