@@ -98,6 +98,11 @@ pub fn drift_margin(ttl: Duration) -> Duration {
     (ttl / 100).saturating_add(Duration::from_millis(2))
 }
 
+/// The shortest TTL a backend whose grants live by their TTL accepts
+/// ([`Capabilities::min_ttl`](crate::Capabilities::min_ttl)): a TTL within [`drift_margin`]'s
+/// 2 ms would be lost as soon as it was granted (its `valid_until` at or before the request).
+pub const SHORTEST_TTL: Duration = Duration::from_millis(3);
+
 /// One grant of a lock.
 ///
 /// # Behavior

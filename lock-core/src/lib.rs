@@ -58,7 +58,7 @@ pub use election::{Election, Leader};
 pub use error::{BackendErrorKind, BoxError, Error, Result};
 pub use guard::Guard;
 pub use key::{KeyError, LockKey, Namespace, MAX_KEY_LEN};
-pub use lease::{drift_margin, FencingToken, Lease, OwnerToken};
+pub use lease::{drift_margin, FencingToken, Lease, OwnerToken, SHORTEST_TTL};
 pub use metadata::{Metadata, MAX_VALUE_LEN};
 pub use mode::{Mode, MAX_PERMITS};
 pub use multi::{MultiGuard, MultiLockBuilder};

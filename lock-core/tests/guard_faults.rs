@@ -543,3 +543,19 @@ fn a_loss_signal_first_asked_for_outside_a_runtime_still_fires_at_valid_until() 
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), g.loss_signal().fired()).await });
     assert_eq!(fired, Ok(LossReason::Expired), "the signal never fired at valid_until");
 }
+
+/// A TTL within the drift margin would be lost as soon as granted (`valid_until` at or before
+/// the request): the backends whose grants live by their TTL refuse it as `InvalidTtl`, and
+/// the shortest they take leaves a grant that is held.
+#[tokio::test]
+async fn a_ttl_lost_as_soon_as_granted_is_refused() {
+    let locks = LockClient::new(MemoryBackend::new());
+    for ttl in [Duration::from_millis(1), Duration::from_millis(2)] {
+        let e = locks.lock("k").ttl(ttl).acquire().await.map(|g| g.is_held());
+        assert!(matches!(e, Err(Error::InvalidTtl { .. })), "{ttl:?}: {e:?}");
+    }
+    let start = Instant::now();
+    let g = locks.lock("k").ttl(lock_core::SHORTEST_TTL).acquire().await.unwrap();
+    assert!(g.valid_until() > start, "the shortest TTL taken is born lost");
+    g.release().await.unwrap();
+}

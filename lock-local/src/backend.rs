@@ -189,7 +189,7 @@ impl LockBackend for FileBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .with_wake(WakeMode::Poll { max_interval: self.opts.poll_interval })
-            .with_min_ttl(Duration::from_millis(1))
+            .with_min_ttl(lock_core::SHORTEST_TTL)
             .with_expiry_margin(Duration::from_millis(50))
             .with_max_permits(SLOTS as u32)
             .with_read_write(true)

@@ -166,7 +166,7 @@ impl LockBackend for MemoryBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .with_wake(WakeMode::Notify)
-            .with_min_ttl(Duration::from_millis(1))
+            .with_min_ttl(lock_core::SHORTEST_TTL)
             .with_expiry_margin(Duration::from_millis(5))
             .with_max_permits(lock_core::MAX_PERMITS)
             .with_read_write(true)

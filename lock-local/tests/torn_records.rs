@@ -122,7 +122,7 @@ async fn a_write_torn_by_a_power_loss_never_lowers_the_token() {
     let file = lock_file(dir.path());
     let before = std::fs::read(&file).expect("read");
     // The next grant, with a TTL that has run out by the time the torn file is read...
-    let g = locks.lock("k").ttl(Duration::from_millis(1)).acquire().await.expect("acquire");
+    let g = locks.lock("k").ttl(lock_core::SHORTEST_TTL).acquire().await.expect("acquire");
     let granted_token = g.fencing_token().get();
     let lease = g.detach();
     let granted = std::fs::read(&file).expect("read");
