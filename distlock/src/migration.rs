@@ -40,6 +40,11 @@ pub enum Primary {
 ///   and reports `NotHeld` if either grant was found gone, else the primary's outcome (an
 ///   error of the secondary's release is logged; that grant expires with its TTL).
 /// - `valid_until` is the earlier of the two grants'; capabilities are what both can do.
+/// - **Owner token**: the new grant is asked for under the token the old one was granted
+///   with, and the lease carries it, so a lease rebuilt elsewhere from key and owner releases
+///   both. A new backend that switched tokens during its own wait (after a lost reply) grants
+///   under another: the lease then carries the primary's, and such a rebuilt lease releases
+///   that grant only (the other expires with its TTL); the guard itself releases both.
 #[derive(Debug, Clone)]
 pub struct MigrationBackend {
     old: Arc<dyn LockBackend>,

@@ -26,7 +26,8 @@
 //!   percent-encoded, and so is the first character of a segment shaped as a queue node named
 //!   by a random id (`_c_<uuid>-…`, kazoo's `<32 hex digits>__lock__…`): the order of a queue
 //!   starts from such nodes, and no directory of a longer name may pose as one (Curator
-//!   clients name such a lock's path unencoded, so they do not share it). Its other primitives have sibling nodes of their own, so the lock, the
+//!   clients, and distlock before this rule, name such a lock's path unencoded, so they do
+//!   not share that lock with this version). Its other primitives have sibling nodes of their own, so the lock, the
 //!   semaphore, the read-write lock and the election of one name never block one another:
 //!
 //!   | primitive | node (Curator's path) | queue nodes (EPHEMERAL_SEQUENTIAL) | Curator recipe |

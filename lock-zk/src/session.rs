@@ -357,13 +357,15 @@ async fn monitor(
 /// (expired, closed: its nodes are gone) or to come back (the server never expired it), and
 /// then deletes every ephemeral node it still owns (`getEphemerals`): the locks, permits and
 /// queue places on it were all reported lost, and none of them may keep others waiting. A
-/// listing or a delete that fails (the connection dropped again) is tried again, after the
-/// next reconnection or a pause, until every node is gone, the session ends or nothing holds
-/// the session any more.
+/// listing or a delete that fails in a way sending again can help (the connection dropped
+/// again, a timeout, throttling) is tried again, after a pause, up to [`CLEAN_UP_TRIES`]
+/// times, while the session lasts and something holds it; another failure (a server before
+/// 3.6 has no `getEphemerals`; an ACL refuses a delete) ends the clean-up: those nodes live
+/// as long as the session.
 async fn free_given_up(session: std::sync::Weak<Session>, mut states: zookeeper_client::StateWatcher) {
     let mut connected = false;
     let mut pause = lock_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    loop {
+    for tries_left in (0..CLEAN_UP_TRIES).rev() {
         while !connected {
             match states.changed().await {
                 SessionState::Disconnected => {}
@@ -381,8 +383,12 @@ async fn free_given_up(session: std::sync::Weak<Session>, mut states: zookeeper_
                 );
                 return;
             }
-            Err(e) => {
+            Err(e) if resendable(&e) && tries_left > 0 => {
                 tracing::warn!(backend = NAME, error = %e, "a session given up came back; its nodes could not all be deleted; trying again");
+            }
+            Err(e) => {
+                tracing::warn!(backend = NAME, error = %e, "a session given up came back; its nodes could not all be deleted; they live as long as the session");
+                return;
             }
         }
         drop(s);
@@ -396,6 +402,9 @@ async fn free_given_up(session: std::sync::Weak<Session>, mut states: zookeeper_
         }
     }
 }
+
+/// How many times a given-up session that came back tries to delete its nodes.
+const CLEAN_UP_TRIES: u32 = 8;
 
 /// Deletes every ephemeral node of `s`'s session: how many it deleted, or the first error.
 async fn delete_ephemerals(s: &Session) -> std::result::Result<usize, zookeeper_client::Error> {
