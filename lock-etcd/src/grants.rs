@@ -302,11 +302,13 @@ impl EtcdBackend {
     pub(crate) async fn holders_under(&self, pfx: &str, mode: Mode) -> Result<Vec<LockInfo>> {
         let read = || RangeRequest::prefix(pfx).oldest_first();
         let kvs = self.call("get", || self.client().range(read())).await?.kvs;
-        let mut infos = Vec::new();
-        for (kv, kv_mode) in holding(pfx, mode, &kvs) {
-            infos.push(grant_info(pfx, kv, kv_mode, self.lease_left(kv.lease).await));
-        }
-        Ok(infos)
+        let held = holding(pfx, mode, &kvs);
+        // Each lease looked up once (a session's grants share one), several at a time.
+        let left = self.leases_left(held.iter().map(|(kv, _)| kv.lease).collect()).await;
+        Ok(held
+            .into_iter()
+            .map(|(kv, kv_mode)| grant_info(pfx, kv, kv_mode, left.get(&kv.lease).copied().flatten()))
+            .collect())
     }
 
     /// Rewrites the value of our grant's key (an election's proclaim), keeping its lease, in

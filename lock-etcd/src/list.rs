@@ -68,6 +68,12 @@ impl EtcdBackend {
                     _ => continue,
                 },
             };
+            // A queue whose name is not under the prefix was cut by it (`t/<hex>` reads part
+            // of `t`'s queue): its holder cannot be told from the part, and its name is not
+            // the listing's.
+            if !queue.0.starts_with(prefix) {
+                continue;
+            }
             queues.entry(queue).or_default().push(kv);
         }
 
@@ -93,22 +99,23 @@ impl EtcdBackend {
                 }
             }
         }
-        let leases: Vec<i64> = {
-            let mut ids: Vec<i64> = held.iter().map(|(_, kv, _)| kv.lease).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        };
-        let left: HashMap<i64, Option<Duration>> = futures::stream::iter(leases)
-            .map(|id| async move { (id, self.lease_left(id).await) })
-            .buffer_unordered(LEASE_LOOKUPS)
-            .collect()
-            .await;
+        let left = self.leases_left(held.iter().map(|(_, kv, _)| kv.lease).collect()).await;
         let entries = held
             .into_iter()
             .map(|(name, kv, info)| (name, info(left.get(&kv.lease).copied().flatten())))
             .collect();
         Ok(lock_core::ListPage::new(entries, None))
+    }
+
+    /// The time left on each of `leases` (looked up once each, [`LEASE_LOOKUPS`] at a time).
+    pub(crate) async fn leases_left(&self, mut ids: Vec<i64>) -> HashMap<i64, Option<Duration>> {
+        ids.sort_unstable();
+        ids.dedup();
+        futures::stream::iter(ids)
+            .map(|id| async move { (id, self.lease_left(id).await) })
+            .buffer_unordered(LEASE_LOOKUPS)
+            .collect()
+            .await
     }
 
     /// Every key on a lease under `start` (a key prefix; the whole key space when empty),

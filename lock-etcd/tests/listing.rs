@@ -87,6 +87,38 @@ async fn list_from_the_root_shows_each_grant_once() {
     assert!(locks.list("").await.expect("list").is_empty(), "released grants are still listed");
 }
 
+/// A prefix that ends inside a queue (a lock's name and part of a waiter's key) lists none of
+/// that queue: the part read held the waiter alone, which was listed as the holder (with its
+/// own token), under a name outside the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_that_cuts_into_a_queue_lists_none_of_it() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let connect = || async {
+        let opts = EtcdOptions::new(etcd.endpoints()).session_ttl(Duration::from_secs(5));
+        LockClient::new(EtcdBackend::connect(opts).await.expect("connect"))
+    };
+    let (a, b) = (connect().await, connect().await);
+    let raw = rpc::Client::connect(&EtcdOptions::new(etcd.endpoints())).await.expect("raw client");
+    let g = a.lock("t").acquire().await.expect("hold");
+    let waiter = tokio::spawn(async move { b.lock("t").wait(Duration::from_secs(20)).acquire().await });
+    let keys = loop {
+        let r = raw.range(RangeRequest::prefix("t/").oldest_first()).await.expect("range");
+        if r.kvs.len() == 2 {
+            break r.kvs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let waiter_key = String::from_utf8(keys[1].key.clone()).expect("utf-8");
+    let listed = a.list(&waiter_key).await.expect("list");
+    assert!(listed.is_empty(), "a listing under {waiter_key} named {listed:?}");
+    // The whole queue, read whole, names the holder.
+    let listed = a.list("t").await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].1.fencing_token, Some(g.fencing_token()));
+    g.release().await.expect("release");
+    waiter.await.expect("join").expect("the waiter").release().await.expect("release");
+}
+
 /// A listing longer than one read (a thousand keys) is one state of the store: its later pages
 /// are read at the first page's revision. A client moves one grant back and forth between
 /// `a-first` (on the first page) and `c-last` (past a thousand held `b-…` locks, on the
