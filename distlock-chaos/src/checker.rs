@@ -24,7 +24,14 @@
 //! - **Takeover** (promise 3): after a holder is killed, the next grant comes within
 //!   `Capabilities::crash_bound(ttl)` plus a slack for the waiter to notice; a kill after
 //!   which no grant came while the history went on for longer than that fails too.
-//! - **The run did something**: at least one grant, and grants to at least two workers.
+//! - **A release that finds the grant gone early**: a release answered "not held" before the
+//!   guard's `valid_until` shows the grant vanished while the backend promised it; it fails
+//!   unless it comes inside an expected fault's window (then it is expected, with the reason).
+//! - **Liveness after a fault**: once a fault is healed, a grant comes within the crash bound,
+//!   a lease and the slack (a backend that wedges after a partition or a restart fails), unless
+//!   the history ended sooner.
+//! - **The run did something**: at least one grant, and grants to at least two workers; and
+//!   where the scenario schedules faults, at least one was injected.
 //! - **The nemesis was strong enough**: where the scenario paused holders, the unfenced
 //!   control must have lost acknowledged updates; if it did not, the run proves nothing.
 
@@ -67,6 +74,10 @@ pub struct Params {
     pub expected_windows: Vec<(u64, u64)>,
     /// Token violations are expected here, for this reason.
     pub expected_tokens: Option<String>,
+    /// The scenario schedules faults (a family that is not fault-free).
+    pub faults_scheduled: bool,
+    /// When each injected fault was healed (ns).
+    pub heals: Vec<u64>,
 }
 
 /// One register's figures.
@@ -127,6 +138,14 @@ pub struct Figures {
     pub takeovers_over_bound: usize,
     /// Longest time without any grant, ms.
     pub longest_gap_ms: f64,
+    /// Releases answered "not held" before the guard's `valid_until`.
+    pub early_losses: usize,
+    /// Of those, the ones inside an expected fault's window.
+    pub early_losses_in_fault_windows: usize,
+    /// Healed faults after which no grant came within the crash bound, a lease and the slack.
+    pub stuck_after_faults: usize,
+    /// Faults injected.
+    pub faults_injected: usize,
     /// Descriptions of the first violations of each kind.
     pub examples: Vec<String>,
 }
@@ -156,6 +175,9 @@ struct Grant {
     complete: u64,
     definite_end: u64,
     belief_end: u64,
+    /// When its release was answered "not held" while the guard's `valid_until` was still
+    /// ahead.
+    lost_early_at: Option<u64>,
 }
 
 /// Checks one scenario.
@@ -180,8 +202,24 @@ pub fn check(ops: &[Op], log: &RegisterLog, p: &Params) -> (Figures, Verdict) {
     for reg in Reg::ALL {
         f.registers.insert(reg.name(), register(ops, log, reg, &mut f.examples));
     }
+    for g in &grants {
+        let Some(at) = g.lost_early_at else { continue };
+        f.early_losses += 1;
+        if in_window(at) {
+            f.early_losses_in_fault_windows += 1;
+        } else if f.early_losses - f.early_losses_in_fault_windows == 1 {
+            f.examples.push(format!(
+                "worker {}.{} token {}: its release found the grant gone at {:.1} ms, before its valid_until",
+                g.w,
+                g.inc,
+                g.token,
+                ms(at)
+            ));
+        }
+    }
     let history_end = ops.iter().map(|o| o.complete.unwrap_or(o.invoke)).max().unwrap_or(0);
     takeovers(&grants, p, history_end, &mut f);
+    after_heals(&grants, p, history_end, &mut f);
     f.workers_granted = grants.iter().map(|g| g.w).collect::<HashSet<_>>().len();
     let mut done: Vec<u64> = grants.iter().map(|g| g.complete).collect();
     done.sort_unstable();
@@ -207,7 +245,12 @@ fn grants(ops: &[Op], lease_ns: u64) -> Vec<Grant> {
             }
             let (Some(token), Some(complete)) = (op.token, op.complete) else { continue };
             let under: Vec<&&Op> = mine[i + 1..].iter().take_while(|o| o.kind != OpKind::Acquire).collect();
-            let release = under.iter().find(|o| o.kind == OpKind::Release).map(|o| o.invoke);
+            let release_op = under.iter().find(|o| o.kind == OpKind::Release);
+            let release = release_op.map(|o| o.invoke);
+            let lost_early_at = release_op
+                .filter(|o| o.phase == Phase::Fail)
+                .and_then(|o| o.complete)
+                .filter(|done| op.valid_until.is_some_and(|v| *done < v));
             let mut end = op.valid_until.unwrap_or_else(|| op.invoke.saturating_add(lease_ns));
             if let Some(inv) = release {
                 end = end.min(inv);
@@ -224,6 +267,7 @@ fn grants(ops: &[Op], lease_ns: u64) -> Vec<Grant> {
                 complete,
                 definite_end: end,
                 belief_end: belief_end.max(complete),
+                lost_early_at,
             });
         }
     }
@@ -379,6 +423,27 @@ fn takeovers(grants: &[Grant], p: &Params, history_end: u64, f: &mut Figures) {
     f.takeover_max_ms = t.last().copied();
 }
 
+/// Counts the healed faults after which no grant came within the crash bound, a lease and the
+/// slack, where the history went on that long.
+fn after_heals(grants: &[Grant], p: &Params, history_end: u64, f: &mut Figures) {
+    f.faults_injected = p.heals.len();
+    let limit = p.bound_ns.saturating_add(p.lease_ns).saturating_add(p.slack_ns);
+    for &h in &p.heals {
+        let by = h.saturating_add(limit);
+        if history_end < by || grants.iter().any(|g| g.complete > h && g.complete <= by) {
+            continue;
+        }
+        f.stuck_after_faults += 1;
+        if f.stuck_after_faults == 1 {
+            f.examples.push(format!(
+                "no grant in the {:.0} ms after a fault healed at {:.1} ms (crash bound + lease + slack)",
+                ms(limit),
+                ms(h)
+            ));
+        }
+    }
+}
+
 fn verdict(f: &Figures, p: &Params) -> Verdict {
     let mut v = Verdict::default();
     let fenced = &f.registers[Reg::Fenced.name()];
@@ -424,6 +489,29 @@ fn verdict(f: &Figures, p: &Params) -> Verdict {
         } else {
             what
         });
+    }
+    let early_windowed = f.early_losses_in_fault_windows;
+    if early_windowed > 0 {
+        let what = format!("{early_windowed} releases found their grant gone before valid_until in an expected fault's window");
+        match &p.expected_exclusion {
+            Some(why) => v.expected.push(format!("{what} (expected, documented: {why})")),
+            None => v.failures.push(what),
+        }
+    }
+    if f.early_losses > early_windowed {
+        v.failures.push(format!(
+            "{} releases found their grant gone before the guard's valid_until",
+            f.early_losses - early_windowed
+        ));
+    }
+    if f.stuck_after_faults > 0 {
+        v.failures.push(format!(
+            "{} healed faults were followed by no grant within the crash bound, a lease and the slack",
+            f.stuck_after_faults
+        ));
+    }
+    if p.faults_scheduled && f.faults_injected == 0 {
+        v.failures.push("no fault was injected: the run proves nothing about its faults".into());
     }
     if f.takeovers_over_bound > 0 {
         v.failures

@@ -259,3 +259,59 @@ fn a_token_handed_out_again_does_not_merge_two_grants() {
     assert_eq!(f.duplicate_tokens, 2);
     assert!(!v.passed());
 }
+
+/// A release answered "not held" before the guard's `valid_until`: the grant vanished while
+/// the backend promised it. Fails; inside an expected fault's window it is expected.
+#[test]
+fn a_release_that_finds_the_grant_gone_before_valid_until_fails() {
+    let mut h = History::default().grant(0, 1, 0, 1, 3, ALL).grant(1, 2, 500, 501, 510, ALL);
+    h.ops[0].valid_until = Some(2000 * MS);
+    h.ops[2].phase = Phase::Fail;
+    h.ops[2].err = Some("not held".into());
+    let (f, v) = h.check(&params());
+    assert_eq!(f.early_losses, 1, "{f:?}");
+    assert!(!v.passed() && v.failures.iter().any(|x| x.contains("before the guard's valid_until")), "{v:?}");
+    let expected = Params {
+        expected_exclusion: Some("a restart from a snapshot".into()),
+        expected_windows: vec![(0, 3000 * MS)],
+        ..params()
+    };
+    let (_, v) = h.check(&expected);
+    assert!(v.passed() && v.expected.len() == 1, "{v:?}");
+    // Answered after valid_until: the grant may have run out; not counted.
+    h.ops[2].complete = Some(2500 * MS);
+    assert_eq!(h.check(&params()).0.early_losses, 0);
+}
+
+/// After a fault heals, the lock must be granted again within the crash bound, a lease and
+/// the slack: a backend that wedges after the fault fails, unless the history ended sooner.
+#[test]
+fn no_grant_after_a_healed_fault_fails() {
+    let mut h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 6, 7, 9, ALL);
+    // The history goes on (an acquire that timed out) long after the fault healed at 10 ms.
+    let mut waited = op(1, OpKind::Acquire, 20, 8000, 0);
+    waited.phase = Phase::Fail;
+    waited.token = None;
+    h.ops.push(waited);
+    let p = Params { heals: vec![10 * MS], faults_scheduled: true, ..params() };
+    let (f, v) = h.check(&p);
+    assert_eq!(f.stuck_after_faults, 1, "{f:?}");
+    assert!(v.failures.iter().any(|x| x.contains("healed faults")), "{v:?}");
+    // A grant within the limit (bound 2100 + lease 2000 + slack 500 ms) is liveness enough.
+    let h = h.grant(0, 3, 3000, 4000, 4005, ALL);
+    assert!(h.check(&p).1.passed(), "{:?}", h.check(&p).1);
+    // A history that ends before the limit proves nothing either way.
+    let short = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 6, 7, 9, ALL);
+    assert!(short.check(&p).1.passed());
+}
+
+/// A scenario that schedules faults but injected none (every arm found no holder) proves
+/// nothing about them: it fails.
+#[test]
+fn a_run_whose_faults_were_never_injected_fails() {
+    let h = History::default().grant(0, 1, 0, 1, 5, ALL).grant(1, 2, 6, 7, 9, ALL);
+    let p = Params { faults_scheduled: true, ..params() };
+    let v = h.check(&p).1;
+    assert!(v.failures.iter().any(|x| x.contains("no fault was injected")), "{v:?}");
+    assert!(h.check(&params()).1.passed(), "a fault-free scenario needs no fault");
+}

@@ -283,6 +283,8 @@ fn evaluate(
             .map(|e| (e.start_ns, e.end_ns.max(e.start_ns).saturating_add(ns(st.lease))))
             .collect(),
         expected_tokens,
+        faults_scheduled: !sc.faults.is_empty(),
+        heals: faults.iter().filter(happened).map(|e| e.end_ns.max(e.start_ns)).collect(),
     };
     let (figures, mut verdict) = checker::check(ops, log, &params);
     verdict.failures.extend(worker_failures.iter().map(|f| format!("worker failure: {f}")));

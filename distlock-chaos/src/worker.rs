@@ -1,7 +1,7 @@
 //! A worker process: `distlock-chaos worker …`, started by the controller, one of the
 //! contenders. It connects its own client with `distlock::connect(url)` and loops until its
 //! deadline: acquire the lock; read the registers; wait a random 0–2× the backend's request
-//! latency; write the registers back with its element and its fencing token; release. Every
+//! latency (one grant in eight: until a tenth of its validity is left); write the registers back with its element and its fencing token; release. Every
 //! step is recorded before and after in its own history file. The kernel kills it if the
 //! controller dies (`PR_SET_PDEATHSIG`).
 
@@ -205,7 +205,15 @@ impl Worker {
         let read = self.reg.read(token).await?;
         self.complete(n, OpKind::Read, Phase::Ok, |r| r.regs = Some(read))?;
         let pause = self.rng.random_range(0..=2 * self.a.latency_us);
-        tokio::time::sleep_until(instant_at(mono_ns() + pause * 1000)).await;
+        // One grant in eight is held until a tenth of its validity is left: the checker holds
+        // a grant to exclusion only until its release starts, and brief holds alone would
+        // leave the rest of a lease (where a partition or a slow link bites) unchecked.
+        let until = if self.rng.random_ratio(1, 8) {
+            valid_until.saturating_sub(ns(left) / 10)
+        } else {
+            mono_ns() + pause * 1000
+        };
+        tokio::time::sleep_until(instant_at(until)).await;
         let elem = format!("{}.{}.{}", self.a.slot, self.a.inc, self.n + 1);
         let bases = read.map(|x: RegResult| (x.outcome == RegOutcome::Ok).then_some(x.version));
         let n = self.invoke(OpKind::Write, Some(token), Some(elem.clone()))?;
