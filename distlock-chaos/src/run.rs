@@ -221,6 +221,9 @@ pub async fn run_scenario(
         deadline_ns: deadline,
         latency_us: u64::try_from(st.probe.latency.as_micros()).unwrap_or(u64::MAX).max(1),
         think_ms: u64::try_from(s.think.as_millis()).unwrap_or(100),
+        // Holder faults need many short holds (the lock-set workload's interleavings); network
+        // and server faults need holds that last into the lease's end too.
+        long_hold_one_in: if sc.faults.iter().all(|f| f.on_holder_only()) { 0 } else { 8 },
         seed: st.seed,
         parent: std::process::id(),
     };

@@ -170,6 +170,12 @@ impl Fault {
         }
     }
 
+    /// Whether it acts on a holder process alone (pauses or kills it), not on the network or
+    /// the servers.
+    pub fn on_holder_only(self) -> bool {
+        matches!(self, Fault::PauseHolder | Fault::PauseHolderUntilTakeover | Fault::KillHolder)
+    }
+
     /// Whether it freezes or cuts a holder past its lease (the unfenced control must lose).
     pub fn stales_holder(self) -> bool {
         matches!(self, Fault::PauseHolder | Fault::PauseHolderUntilTakeover)
@@ -263,12 +269,18 @@ pub fn all() -> Vec<Scenario> {
         .collect()
 }
 
-/// The CI run: every backend (one Redis configuration) under the pause and the kill nemeses.
+/// The CI run: every backend (one Redis configuration) under the pause and the kill nemeses,
+/// and one Redis node under partitions and under restarts (so that CI also runs a network
+/// fault, and a fault on the expected list with its windows).
 pub fn quick() -> Vec<Scenario> {
     all()
         .into_iter()
         .filter(|s| !matches!(s.backend, Backend::RedisAof | Backend::RedisSnapshot))
-        .filter(|s| s.family == "pause" || s.family == "kill")
+        .filter(|s| {
+            s.family == "pause"
+                || s.family == "kill"
+                || (s.backend == Backend::Redis && matches!(s.family, "partition" | "server-restart"))
+        })
         .collect()
 }
 

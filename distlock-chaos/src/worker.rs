@@ -1,7 +1,8 @@
 //! A worker process: `distlock-chaos worker …`, started by the controller, one of the
 //! contenders. It connects its own client with `distlock::connect(url)` and loops until its
 //! deadline: acquire the lock; read the registers; wait a random 0–2× the backend's request
-//! latency (one grant in eight: until a tenth of its validity is left); write the registers back with its element and its fencing token; release. Every
+//! latency (under network and server faults, one grant in eight: until a tenth of its
+//! validity is left); write the registers back with its element and its fencing token; release. Every
 //! step is recorded before and after in its own history file. The kernel kills it if the
 //! controller dies (`PR_SET_PDEATHSIG`).
 
@@ -54,6 +55,9 @@ pub struct WorkerArgs {
     /// The longest pause between rounds, in milliseconds.
     #[arg(long)]
     pub think_ms: u64,
+    /// One grant in this many is held until a tenth of its validity is left (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub long_hold_one_in: u32,
     /// Random seed.
     #[arg(long)]
     pub seed: u64,
@@ -81,6 +85,7 @@ impl WorkerArgs {
         put("deadline-ns", self.deadline_ns.to_string());
         put("latency-us", self.latency_us.to_string());
         put("think-ms", self.think_ms.to_string());
+        put("long-hold-one-in", self.long_hold_one_in.to_string());
         put("seed", self.seed.to_string());
         put("parent", self.parent.to_string());
         v
@@ -205,10 +210,12 @@ impl Worker {
         let read = self.reg.read(token).await?;
         self.complete(n, OpKind::Read, Phase::Ok, |r| r.regs = Some(read))?;
         let pause = self.rng.random_range(0..=2 * self.a.latency_us);
-        // One grant in eight is held until a tenth of its validity is left: the checker holds
-        // a grant to exclusion only until its release starts, and brief holds alone would
-        // leave the rest of a lease (where a partition or a slow link bites) unchecked.
-        let until = if self.rng.random_ratio(1, 8) {
+        // Under network and server faults, some grants are held until a tenth of their validity
+        // is left: the checker holds a grant to exclusion only until its release starts, and
+        // brief holds alone would leave the rest of a lease (where a partition, a slow link or
+        // a server restart bites) unchecked.
+        let n = self.a.long_hold_one_in;
+        let until = if n > 0 && self.rng.random_ratio(1, n) {
             valid_until.saturating_sub(ns(left) / 10)
         } else {
             mono_ns() + pause * 1000
