@@ -167,7 +167,7 @@ impl EtcdBackend {
         };
         let mut then = vec![RequestOp::put(key, e.value.clone(), e.lease), RequestOp::range(oldest.clone())];
         then.extend(decide.map(RequestOp::range));
-        let txn = TxnRequest::when([Compare::create_revision_is(key, 0)])
+        let txn = TxnRequest::when(e.when_new())
             .and_then(then)
             .or_else([RequestOp::range(RangeRequest::key(key).without_values()), RequestOp::range(oldest)]);
         let resp = self.call("txn", || self.client().txn(txn.clone())).await?;

@@ -102,17 +102,18 @@
 //!
 //! A cancelled attempt (its future dropped) deletes its queue key in the background. The
 //! client spreads requests over the endpoints, so that delete can overtake the attempt's own
-//! put: in session mode a put found missing is looked for again 50 ms, 250 ms and 1 s later
-//! (`lock_core::cancel::LATE_GRANT_RECHECKS`), and once more a request timeout after that (a
-//! member that stopped answering may apply a put it held when it comes back), and the
-//! client's next attempt on the name deletes a key of its session that no live attempt owns
-//! before it queues. In per-lock mode the attempt's lease is revoked, so a late put fails.
+//! put, and a member that stopped answering may apply a put it held when it comes back. In
+//! session mode the undo of an attempt whose put may still come first writes the attempt's
+//! undo marker (`<prefix>\0undo/<owner token>`, on the session's lease): every put of a
+//! session-mode attempt compares the marker's absence, so a later one is refused, and one
+//! applied earlier is removed by the delete that follows the marker. In per-lock mode the
+//! attempt's lease is revoked, so a late put fails. The client's next attempt on a name also
+//! deletes a key of its session that no live attempt owns before it queues.
 //!
-//! **Limit:** a member that holds a session-mode put for longer than that (stopped for
-//! seconds, then resumed) can still apply it after the undo stopped looking. The key then
-//! stays for the session's life: a lock's key is removed by this client's next attempt on
-//! the name, but a semaphore permit, a read-write grant or an election candidacy stays taken
-//! until the client closes or its session ends. Per-lock mode has no such window.
+//! **Limit:** a marker is deleted two minutes after its undo (or goes with the session): a
+//! put held back longer than that can still be applied. A lock's leftover key is then removed
+//! by this client's next attempt on the name; a semaphore permit, a read-write grant or an
+//! election candidacy stays taken until the client closes or its session ends.
 //!
 //! An attempt whose request failed may have been carried out with its reply lost; it returns
 //! the error, and its undo (by owner token, or revoking its own per-lock lease) goes on in the

@@ -17,7 +17,7 @@ use lock_core::{AcquireRequest, Error, Instant, Lease, Mode, Result};
 use crate::backend::EtcdBackend;
 use crate::error::NAME;
 use crate::queue::QueueEntry;
-use crate::rpc::pb::{Compare, TxnRequest};
+use crate::rpc::pb::TxnRequest;
 use crate::session::Session;
 
 /// A name's lease: its id, TTL and session (session mode).
@@ -105,10 +105,8 @@ impl EtcdBackend {
     /// its queue's oldest contender.
     async fn enqueue_all(&self, entries: &[(QueueEntry, Duration)]) -> Result<Option<Vec<i64>>> {
         if entries.len() <= MAX_NAMES {
-            let txn = TxnRequest::when(
-                entries.iter().map(|(e, _)| Compare::create_revision_is(e.my_key.as_str(), 0)),
-            )
-            .and_then(entries.iter().flat_map(|(e, _)| Self::lock_ops(e)));
+            let txn = TxnRequest::when(entries.iter().flat_map(|(e, _)| e.when_new()))
+                .and_then(entries.iter().flat_map(|(e, _)| Self::lock_ops(e)));
             let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
             if resp.succeeded {
                 let rev = resp.revision();

@@ -45,6 +45,10 @@ pub(crate) struct QueueEntry {
     /// The attempt's TTL: how long a per-lock lease that cannot be revoked may live.
     ttl: Duration,
     pub(crate) session: Option<Arc<Session>>,
+    /// In session mode, the key whose existence says this attempt was undone: every put of
+    /// the attempt compares its absence, so a put still on its way when the undo wrote it is
+    /// refused (see `undo.rs`).
+    pub(crate) marker: Option<String>,
 }
 
 /// What one round of waiting found out.
@@ -88,6 +92,7 @@ impl QueueEntry {
                 (pfx, key, grants::encode(mode, &req.metadata))
             }
         };
+        let marker = session.as_ref().map(|_| backend.undo_marker(req.owner));
         Self {
             backend: Some(backend.clone()),
             name: req.key.full().to_owned(),
@@ -99,7 +104,16 @@ impl QueueEntry {
             lease,
             ttl: req.ttl,
             session,
+            marker,
         }
+    }
+
+    /// What the attempt's put compares: its key is new and, in session mode, the attempt was
+    /// not undone.
+    pub(crate) fn when_new(&self) -> Vec<Compare> {
+        let mut c = vec![Compare::create_revision_is(self.my_key.as_str(), 0)];
+        c.extend(self.marker.as_deref().map(|m| Compare::create_revision_is(m, 0)));
+        c
     }
 
     /// What undoing this attempt needs.
@@ -112,6 +126,7 @@ impl QueueEntry {
             ttl: self.ttl,
             session: self.session.clone(),
             by_key: self.by_key(),
+            marker: self.marker.clone(),
         }
     }
 
@@ -237,7 +252,7 @@ impl EtcdBackend {
         let my_key = e.my_key.as_str();
         // Built for each attempt: cheaper than a copy kept for a retry that seldom comes.
         let txn = || {
-            TxnRequest::when([Compare::create_revision_is(my_key, 0)])
+            TxnRequest::when(e.when_new())
                 .and_then(Self::lock_ops(e))
                 .or_else([RequestOp::range(RangeRequest::key(my_key)), Self::oldest_keys(e)])
         };

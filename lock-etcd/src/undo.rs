@@ -3,19 +3,21 @@
 //!
 //! An undo compares the attempt's owner token (or revokes the attempt's own per-lock lease),
 //! so it never touches a later grant. An attempt whose request failed may have been carried
-//! out with its reply lost: its undo goes on in the background until it reaches etcd (while
-//! the session lives; for a per-lock lease, until the lease has surely run out), so the grant
-//! does not block others for the life of the session or the lease.
+//! out with its reply lost, or may still be: its undo goes on in the background until it
+//! reaches etcd (while the session lives; for a per-lock lease, until the lease has surely run
+//! out), so the grant does not block others for the life of the session or the lease. A
+//! revoked per-lock lease refuses a put that comes later; in session mode the attempt's undo
+//! marker does (every put of the attempt compares its absence).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::cancel::{spawn_detached, undo_after, LATE_GRANT_RECHECKS};
+use lock_core::cancel::spawn_detached;
 use lock_core::{Backoff, Instant, Lease, OwnerToken, Result};
 
 use crate::backend::{token_rev, EtcdBackend, Held};
 use crate::metadata::owned_by;
-use crate::rpc::pb::{Compare, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::rpc::pb::{Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use crate::session::Session;
 
 /// What undoing one attempt needs.
@@ -34,7 +36,13 @@ pub(crate) struct Undo {
     /// The key is the attempt's own (named by its owner token, see `grants`): it is deleted
     /// whatever its value; the lock's key is deleted only while it holds the owner token.
     pub(crate) by_key: bool,
+    /// In session mode, the attempt's undo marker (see [`EtcdBackend::undo_marker`]).
+    pub(crate) marker: Option<String>,
 }
+
+/// How long an undo marker lives before it is deleted (unless its session ends first): a put
+/// held back longer than that by a member (stopped, then resumed) could still be applied.
+const MARKER_LIFE: Duration = Duration::from_secs(120);
 
 fn backoff() -> Backoff {
     Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
@@ -76,51 +84,75 @@ impl EtcdBackend {
         });
     }
 
-    /// Deletes the attempt's key by owner token and frees the local slot. When the delete
-    /// fails, or finds nothing while the put may still be on its way (etcd serves one
-    /// connection's requests concurrently, and the client spreads them over members, so a
-    /// put can land after its undo), the background goes on: the delete is repeated until
-    /// etcd answers, while the session lives, then the key is looked for again a few times
-    /// (`LATE_GRANT_RECHECKS`, then a request timeout later).
+    /// The key whose existence says that `owner`'s attempt was undone: `<prefix>\0undo/<owner>`
+    /// (no lock name starts with a control character, so no queue or listing holds it). Every
+    /// put of a session-mode attempt compares its absence.
+    pub(crate) fn undo_marker(&self, owner: OwnerToken) -> String {
+        format!("{}\0undo/{owner}", self.inner.opts.prefix)
+    }
+
+    /// Undoes a session-mode attempt: frees the local slot and deletes its key by owner token.
+    /// When its put may still be on its way (`in_flight`: etcd serves one connection's requests
+    /// concurrently, the client spreads them over members, and a stopped member can hold one
+    /// for any time), the attempt's undo marker is written first, on the session's lease: every
+    /// put of the attempt compares its absence, so one that comes later is refused, and one
+    /// that came before is deleted by the delete after it. A marker or a delete that cannot
+    /// reach etcd is tried again in the background while the session lives. The marker is
+    /// deleted [`MARKER_LIFE`] later (or goes with the session).
     async fn undo_on_session(&self, u: &Undo, s: &Arc<Session>, in_flight: bool) {
-        let first = self.delete_attempt(u).await;
-        self.inner.local.free(&u.name, u.owner);
-        let reached = match first {
-            Ok(true) => return,
-            Ok(false) if !in_flight => return,
-            Ok(false) => true,
-            Err(_) => false,
+        let marker = u.marker.as_deref().filter(|_| in_flight);
+        let mut marked = match marker {
+            Some(m) => self.put_marker(m, s.id).await.is_ok(),
+            None => true,
         };
+        let deleted = marked && self.delete_attempt(u).await.is_ok();
+        self.inner.local.free(&u.name, u.owner);
+        if deleted {
+            if let Some(m) = marker {
+                self.forget_marker_later(m.to_owned(), s);
+            }
+            return;
+        }
         let (b, u, s) = (self.clone(), u.clone(), s.clone());
         spawn_detached(async move {
-            let mut reached = reached;
             let mut backoff = backoff();
-            while !reached && s.alive() {
+            while s.alive() {
                 backoff.sleep_until_deadline(None).await;
-                match b.delete_attempt(&u).await {
-                    Ok(true) => {
-                        tracing::debug!(key = u.key, "deleted the queue key of a failed attempt");
-                        return;
+                if let Some(m) = u.marker.as_deref().filter(|_| in_flight && !marked) {
+                    marked = b.put_marker(m, s.id).await.is_ok();
+                    if !marked {
+                        continue;
                     }
-                    Ok(false) => reached = true,
-                    Err(_) => {}
+                }
+                if b.delete_attempt(&u).await.is_ok() {
+                    tracing::debug!(key = u.key, "undid a failed attempt");
+                    if let Some(m) = u.marker.as_deref().filter(|_| in_flight) {
+                        b.forget_marker_later(m.to_owned(), &s);
+                    }
+                    return;
                 }
             }
-            // Once more after a request timeout: a member that held the put that long (it
-            // stopped answering, then came back) may apply it then. The looks do not keep the
-            // backend alive (its last handle dropped revokes the session, and its keys with
-            // it), and stop with the session.
-            let pauses = LATE_GRANT_RECHECKS.into_iter().chain([b.inner.opts.request_timeout]);
-            let weak = Arc::downgrade(&b.inner);
-            drop(b);
-            let late = undo_after(pauses, || async {
-                let Some(inner) = weak.upgrade().filter(|_| s.alive()) else { return true };
-                matches!(EtcdBackend { inner }.delete_attempt(&u).await, Ok(true))
-            })
-            .await;
-            if late && s.alive() {
-                tracing::debug!(key = u.key, "deleted the late queue key of a cancelled attempt");
-            }
+        });
+    }
+
+    /// Writes an undo marker on the session's lease.
+    async fn put_marker(&self, marker: &str, lease: i64) -> Result<()> {
+        let put = || self.client().put(PutRequest::new(marker, Vec::new(), lease));
+        self.call("put", put).await.map(|_| ())
+    }
+
+    /// Deletes `marker` after [`MARKER_LIFE`], unless its session ended (its lease took the
+    /// marker with it). Holds the backend and the session weakly: a dropped backend revokes
+    /// its session, and a session nobody holds is not kept alive for this.
+    fn forget_marker_later(&self, marker: String, s: &Arc<Session>) {
+        let (weak, session) = (Arc::downgrade(&self.inner), Arc::downgrade(s));
+        spawn_detached(async move {
+            tokio::time::sleep(MARKER_LIFE).await;
+            let alive = session.upgrade().is_some_and(|s| s.alive());
+            let Some(inner) = weak.upgrade().filter(|_| alive) else { return };
+            let b = EtcdBackend { inner };
+            let del = || b.client().delete_range(DeleteRangeRequest::key(marker.as_str()));
+            let _ = b.call("delete", del).await;
         });
     }
 

@@ -145,3 +145,59 @@ async fn a_closing_backend_tells_its_guards_before_it_revokes() {
     proxy.heal();
     closing.await.expect("join");
 }
+
+/// A session-mode attempt whose put a member holds back past every look of its undo (stopped
+/// with the request, then resumed) must not leave its grant behind when the put is applied at
+/// last: the undo wrote the attempt's marker, whose absence the put compares. Before, the put
+/// landed after the undo had stopped looking, and the lock, permit or read grant stayed taken
+/// for the session's life. For each primitive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_held_back_past_its_undo_is_refused() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let raw = support::raw(&eps).await;
+    let proxy = Proxy::start(&eps[0]).await;
+    // Two ways to the one member: requests alternate, and pass over the proxy once a request
+    // through it went unanswered.
+    let opts = EtcdOptions::new([proxy.endpoint.clone(), eps[0].clone()])
+        .lease_mode(LeaseMode::Session)
+        .request_timeout(Duration::from_secs(1))
+        .session_ttl(Duration::from_secs(30));
+    let a = LockClient::new(EtcdBackend::connect(opts).await.expect("connect"));
+    let warm = a.lock("warm-up").acquire().await.expect("warm up");
+    warm.release().await.expect("release");
+    const HOLD: Duration = Duration::from_secs(5);
+    for kind in ["lock", "permit", "read"] {
+        let mut held = None;
+        for round in 0..20 {
+            let name = format!("held-{kind}-{round}");
+            proxy.hold_request_with(name.as_bytes(), HOLD);
+            let start = Instant::now();
+            let b = match kind {
+                "lock" => a.lock(&name),
+                "permit" => a.semaphore(&name, 2),
+                _ => a.read_lock(&name),
+            };
+            match b.ttl(Duration::from_secs(60)).try_acquire().await {
+                // The request went the other way: try another name.
+                Ok(Some(g)) => {
+                    proxy.no_hold();
+                    g.release().await.expect("release");
+                }
+                res => {
+                    assert!(res.is_err(), "{kind}: a held attempt answered {res:?}");
+                    held = Some((name, start));
+                    break;
+                }
+            }
+            // One more request, so that the next attempt's goes the other way (requests take
+            // the endpoints in turn; an attempt and its release are two).
+            a.inspect("parity").await.expect("inspect");
+        }
+        let (name, start) = held.unwrap_or_else(|| panic!("{kind}: no attempt went through the proxy"));
+        // The held put reaches etcd at HOLD; look well after it.
+        tokio::time::sleep((HOLD + Duration::from_secs(2)).saturating_sub(start.elapsed())).await;
+        let keys = keys_under(&raw, &name).await;
+        assert!(keys.is_empty(), "{kind}: the held-back put left its grant behind: {keys:?}");
+    }
+}

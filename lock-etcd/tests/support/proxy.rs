@@ -31,7 +31,12 @@ pub struct Proxy {
     pub endpoint: String,
     state: watch::Sender<State>,
     marker: Arc<Mutex<Option<Vec<u8>>>>,
+    hold: Hold,
 }
+
+/// Bytes that, once seen in a request, hold that request and what follows it on its
+/// connection back for a while.
+type Hold = Arc<Mutex<Option<(Vec<u8>, std::time::Duration)>>>;
 
 impl Proxy {
     /// A proxy to `upstream` (`http://host:port` or `host:port`), forwarding.
@@ -41,13 +46,26 @@ impl Proxy {
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         let (state, rx) = watch::channel((Mode::Forward, 0));
         let marker: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
-        let (tx, m) = (state.clone(), marker.clone());
+        let hold: Hold = Arc::default();
+        let (tx, m, h) = (state.clone(), marker.clone(), hold.clone());
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, upstream.clone(), (tx.clone(), rx.clone()), m.clone()));
+                tokio::spawn(serve(conn, upstream.clone(), (tx.clone(), rx.clone()), m.clone(), h.clone()));
             }
         });
-        Self { endpoint, state, marker }
+        Self { endpoint, state, marker, hold }
+    }
+
+    /// The next request that carries `marker` reaches etcd only `d` later (as through a
+    /// member stopped with it, then resumed), and so does everything after it on its
+    /// connection; replies flow meanwhile.
+    pub fn hold_request_with(&self, marker: &[u8], d: std::time::Duration) {
+        *self.hold.lock().expect("hold") = Some((marker.to_vec(), d));
+    }
+
+    /// Forgets a hold whose request has not come.
+    pub fn no_hold(&self) {
+        *self.hold.lock().expect("hold") = None;
     }
 
     /// The next request that carries `marker` reaches etcd, and from then on nothing passes:
@@ -72,6 +90,7 @@ async fn serve(
     upstream: String,
     (tx, mut state): (watch::Sender<State>, watch::Receiver<State>),
     marker: Arc<Mutex<Option<Vec<u8>>>>,
+    hold: Hold,
 ) {
     let generation = state.borrow().1;
     let Ok(server) = TcpStream::connect(&upstream).await else { return };
@@ -97,6 +116,19 @@ async fn serve(
                 }
                 hit
             };
+            let held = {
+                let mut h = hold.lock().expect("hold");
+                let hit =
+                    h.as_ref().is_some_and(|(m, _)| buf[..n].windows(m.len()).any(|w| w == m.as_slice()));
+                if hit {
+                    h.take().map(|(_, d)| d)
+                } else {
+                    None
+                }
+            };
+            if let Some(d) = held {
+                tokio::time::sleep(d).await;
+            }
             if up_state.borrow().0 != Mode::Blackhole && sw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
