@@ -315,3 +315,21 @@ fn a_run_whose_faults_were_never_injected_fails() {
     assert!(v.failures.iter().any(|x| x.contains("no fault was injected")), "{v:?}");
     assert!(h.check(&params()).1.passed(), "a fault-free scenario needs no fault");
 }
+
+/// A token violation that began before the fault that excuses token violations is not
+/// excused: the fault cannot have caused it.
+#[test]
+fn a_token_violation_before_the_excusing_fault_fails() {
+    let h = History::default().grant(0, 4, 0, 1, 5, ALL).grant(1, 4, 7, 8, 9, ALL);
+    let excused = |from: u64| Params {
+        expected_tokens: Some("the emulator lost its data".into()),
+        expected_tokens_from: Some(from * MS),
+        ..params()
+    };
+    // The fault came at 6 ms, before the second grant began: expected.
+    assert!(h.check(&excused(6)).1.passed());
+    // It came at 50 ms, after both: the duplicate is the backend's own.
+    let (f, v) = h.check(&excused(50));
+    assert_eq!(f.token_violations_before_faults, 1, "{f:?}");
+    assert!(v.failures.iter().any(|m| m.contains("before the fault")), "{v:?}");
+}

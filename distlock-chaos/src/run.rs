@@ -286,6 +286,12 @@ fn evaluate(
             .map(|e| (e.start_ns, e.end_ns.max(e.start_ns).saturating_add(ns(st.lease))))
             .collect(),
         expected_tokens,
+        expected_tokens_from: faults
+            .iter()
+            .filter(happened)
+            .filter(|e| scenarios::excuses_tokens(sc.backend, e.fault))
+            .map(|e| e.start_ns)
+            .min(),
         faults_scheduled: !sc.faults.is_empty(),
         heals: faults.iter().filter(happened).map(|e| e.end_ns.max(e.start_ns)).collect(),
     };

@@ -345,6 +345,11 @@ pub fn excuses_overlaps(backend: Backend, fault: Fault) -> bool {
     EXPECTED.iter().any(|e| e.backend == backend && e.fault == fault && e.exclusion.is_some())
 }
 
+/// Whether `fault` on `backend` is on the expected list for token violations.
+pub fn excuses_tokens(backend: Backend, fault: Fault) -> bool {
+    EXPECTED.iter().any(|e| e.backend == backend && e.fault == fault && e.tokens.is_some())
+}
+
 /// The reasons that apply to `backend` under the faults that were injected.
 pub fn expected(backend: Backend, injected: &[Fault]) -> (Option<String>, Option<String>) {
     let hits: Vec<&Expected> =
