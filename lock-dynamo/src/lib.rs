@@ -94,10 +94,10 @@
 //!   preference**: a writer that waits leaves an intent once refused (refreshed by its attempts
 //!   with a new RVN at least every quarter of the intent's lease: the writer's TTL, at least
 //!   four polls, at most twice a poll and a request timeout); new readers wait while it lives.
-//!   It is withdrawn when the writer gets the lock, gives up, fails or is dropped (after a
-//!   failed wait, in the background: a read attempt by the same process right after it may
-//!   still find the intent for one request's time); an intent write cut off unanswered is
-//!   withdrawn again over a request timeout, in case it lands late.
+//!   It is withdrawn when the writer gets the lock, gives up, fails or is dropped (a failed
+//!   wait withdraws it before returning, within its deadline and a request timeout, then in
+//!   the background); an intent write cut off unanswered is withdrawn again over a request
+//!   timeout, in case it lands late.
 //! - **Election**: the leader is the lock item layout under `<name>␟leader`, with the leader's
 //!   value in its metadata; the term is the fencing token. `leader()` and every poll of
 //!   `observe()` are one `GetItem`; proclaim is one conditional `UpdateItem` of the metadata
