@@ -41,6 +41,9 @@ pub(crate) struct Inner {
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     /// Session mode: which local owner holds or is queued for a name (one key per session).
     pub(crate) local: LocalSlots,
+    /// Session mode: attempts carry undo markers (see `undo.rs`); off once the user's role
+    /// may not read a marker's key.
+    pub(crate) markers: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -159,6 +162,7 @@ impl EtcdBackend {
                 opts: options,
                 session: tokio::sync::Mutex::new(None),
                 local: LocalSlots::default(),
+                markers: std::sync::atomic::AtomicBool::new(true),
             }),
         })
     }

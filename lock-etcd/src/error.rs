@@ -37,6 +37,12 @@ pub(crate) fn lease_gone(e: &Error) -> bool {
         .is_some_and(|s| s.code() == Code::NotFound && s.message().contains("lease not found"))
 }
 
+/// Whether `e` is a request refused because the user's role may not touch a key it names.
+pub(crate) fn permission_denied(e: &Error) -> bool {
+    let Error::Backend { source: Some(source), .. } = e else { return false };
+    source.downcast_ref::<Status>().is_some_and(|s| s.code() == Code::PermissionDenied)
+}
+
 /// Whether `s` says the auth token is no longer valid (a new login fixes it), not that the
 /// user lacks a permission.
 pub(crate) fn token_expired(s: &Status) -> bool {

@@ -167,10 +167,13 @@ impl EtcdBackend {
         };
         let mut then = vec![RequestOp::put(key, e.value.clone(), e.lease), RequestOp::range(oldest.clone())];
         then.extend(decide.map(RequestOp::range));
-        let txn = TxnRequest::when(e.when_new())
-            .and_then(then)
-            .or_else([RequestOp::range(RangeRequest::key(key).without_values()), RequestOp::range(oldest)]);
-        let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
+        let txn = |markers: bool| {
+            TxnRequest::when(e.when_new(markers)).and_then(then.clone()).or_else([
+                RequestOp::range(RangeRequest::key(key).without_values()),
+                RequestOp::range(oldest.clone()),
+            ])
+        };
+        let resp = self.put_txn(txn).await?;
         // A semaphore's holders must all ask for the oldest holder's number of permits.
         let check_permits = |oldest: Option<&KeyValue>| match e.mode {
             Mode::Permit { limit } => {
@@ -187,7 +190,8 @@ impl EtcdBackend {
             // Our key exists: a retried put whose first reply was lost. Read where it stands,
             // with the same check of the number of permits as the first try would have made.
             let Some(my_rev) = resp.first_kv(0).map(|kv| kv.create_revision) else {
-                return Ok((resp.revision(), false));
+                // Not there, and not put: the attempt's undo marker is (see `enqueue_lock`).
+                return Err(crate::queue::undone());
             };
             check_permits(resp.first_kv(1))?;
             let (blocker, mine, _) = self.grant_view(e, my_rev).await?;

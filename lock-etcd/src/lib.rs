@@ -104,16 +104,20 @@
 //! client spreads requests over the endpoints, so that delete can overtake the attempt's own
 //! put, and a member that stopped answering may apply a put it held when it comes back. In
 //! session mode the undo of an attempt whose put may still come first writes the attempt's
-//! undo marker (`<prefix>\0undo/<owner token>`, on the session's lease): every put of a
+//! undo marker (`<prefix><name>#undo/<owner token>`, on the session's lease): every put of a
 //! session-mode attempt compares the marker's absence, so a later one is refused, and one
 //! applied earlier is removed by the delete that follows the marker. In per-lock mode the
 //! attempt's lease is revoked, so a late put fails. The client's next attempt on a name also
 //! deletes a key of its session that no live attempt owns before it queues.
 //!
-//! **Limit:** a marker is deleted two minutes after its undo (or goes with the session): a
+//! **Limits:** a marker is deleted two minutes after its undo (or goes with the session): a
 //! put held back longer than that can still be applied. A lock's leftover key is then removed
 //! by this client's next attempt on the name; a semaphore permit, a read-write grant or an
-//! election candidacy stays taken until the client closes or its session ends.
+//! election candidacy stays taken until the client closes or its session ends. With auth
+//! on, a user whose role does not cover `<name>#undo/` (etcd refuses a transaction comparing
+//! a key the role may not read) has the markers turned off, with a warning: its undo then
+//! looks for a late put a few times over a request timeout and 1.3 s, and a put held back
+//! longer stays. No lock may be named `…#undo`.
 //!
 //! An attempt whose request failed may have been carried out with its reply lost; it returns
 //! the error, and its undo (by owner token, or revoking its own per-lock lease) goes on in the

@@ -105,9 +105,12 @@ impl EtcdBackend {
     /// its queue's oldest contender.
     async fn enqueue_all(&self, entries: &[(QueueEntry, Duration)]) -> Result<Option<Vec<i64>>> {
         if entries.len() <= MAX_NAMES {
-            let txn = TxnRequest::when(entries.iter().flat_map(|(e, _)| e.when_new()))
-                .and_then(entries.iter().flat_map(|(e, _)| Self::lock_ops(e)));
-            let resp = self.call("txn", || self.client().txn(txn.clone())).await?;
+            // Two comparisons per name with undo markers: 128 at most, etcd's default limit.
+            let txn = |markers: bool| {
+                TxnRequest::when(entries.iter().flat_map(|(e, _)| e.when_new(markers)))
+                    .and_then(entries.iter().flat_map(|(e, _)| Self::lock_ops(e)))
+            };
+            let resp = self.put_txn(txn).await?;
             if resp.succeeded {
                 let rev = resp.revision();
                 for (i, (e, _)) in entries.iter().enumerate() {

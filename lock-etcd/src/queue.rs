@@ -92,7 +92,7 @@ impl QueueEntry {
                 (pfx, key, grants::encode(mode, &req.metadata))
             }
         };
-        let marker = session.as_ref().map(|_| backend.undo_marker(req.owner));
+        let marker = session.as_ref().map(|_| backend.undo_marker(&req.key, req.owner));
         Self {
             backend: Some(backend.clone()),
             name: req.key.full().to_owned(),
@@ -108,11 +108,11 @@ impl QueueEntry {
         }
     }
 
-    /// What the attempt's put compares: its key is new and, in session mode, the attempt was
-    /// not undone.
-    pub(crate) fn when_new(&self) -> Vec<Compare> {
+    /// What the attempt's put compares: its key is new and, in session mode with `markers`,
+    /// the attempt was not undone.
+    pub(crate) fn when_new(&self, markers: bool) -> Vec<Compare> {
         let mut c = vec![Compare::create_revision_is(self.my_key.as_str(), 0)];
-        c.extend(self.marker.as_deref().map(|m| Compare::create_revision_is(m, 0)));
+        c.extend(self.marker.as_deref().filter(|_| markers).map(|m| Compare::create_revision_is(m, 0)));
         c
     }
 
@@ -251,8 +251,8 @@ impl EtcdBackend {
     async fn enqueue_lock(&self, e: &QueueEntry) -> Result<Option<(i64, i64)>> {
         let my_key = e.my_key.as_str();
         // Built for each attempt: cheaper than a copy kept for a retry that seldom comes.
-        let txn = || {
-            TxnRequest::when(e.when_new())
+        let txn = |markers: bool| {
+            TxnRequest::when(e.when_new(markers))
                 .and_then(Self::lock_ops(e))
                 .or_else([RequestOp::range(RangeRequest::key(my_key)), Self::oldest_keys(e)])
         };
@@ -262,7 +262,7 @@ impl EtcdBackend {
         // server after that attempt's undo (etcd serves one connection's requests
         // concurrently, so they can overtake each other). Delete it and queue afresh.
         for _ in 0..3 {
-            let resp = self.call("txn", || self.client().txn(txn())).await?;
+            let resp = self.put_txn(txn).await?;
             let my_rev = if resp.succeeded {
                 resp.revision()
             } else {
@@ -273,7 +273,10 @@ impl EtcdBackend {
                         self.delete_at_revision(my_key, kv.create_revision).await?;
                         continue;
                     }
-                    None => resp.revision(),
+                    // The key is not there, yet the transaction did not put it: the attempt's
+                    // undo marker is (it was undone). Never a live attempt's case: each undo
+                    // ends its owner token's use on this name.
+                    None => return Err(undone()),
                 }
             };
             let owner_rev = self.owner_rev(&e.pfx, resp.range(1), my_rev).await?;
@@ -730,6 +733,15 @@ pub(crate) fn count_off(
 pub(crate) fn look_again(deleted: &[&KeyValue]) -> Option<Round> {
     let rev = deleted.iter().map(|kv| kv.mod_revision).max()?;
     Some(Round::Again((rev > 0).then_some(rev)))
+}
+
+/// An attempt found undone (its undo marker there): queue again under a new owner token.
+pub(crate) fn undone() -> Error {
+    Error::backend_msg(
+        NAME,
+        BackendErrorKind::Unavailable,
+        "the attempt was undone meanwhile; queueing again",
+    )
 }
 
 #[cfg(test)]

@@ -9,15 +9,19 @@
 //! revoked per-lock lease refuses a put that comes later; in session mode the attempt's undo
 //! marker does (every put of the attempt compares its absence).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::cancel::spawn_detached;
-use lock_core::{Backoff, Instant, Lease, OwnerToken, Result};
+use lock_core::cancel::{spawn_detached, undo_after, LATE_GRANT_RECHECKS};
+use lock_core::{Backoff, Instant, Lease, LockKey, OwnerToken, Result};
 
 use crate::backend::{token_rev, EtcdBackend, Held};
+use crate::error::permission_denied;
 use crate::metadata::owned_by;
-use crate::rpc::pb::{Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::rpc::pb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
+};
 use crate::session::Session;
 
 /// What undoing one attempt needs.
@@ -84,11 +88,39 @@ impl EtcdBackend {
         });
     }
 
-    /// The key whose existence says that `owner`'s attempt was undone: `<prefix>\0undo/<owner>`
-    /// (no lock name starts with a control character, so no queue or listing holds it). Every
-    /// put of a session-mode attempt compares its absence.
-    pub(crate) fn undo_marker(&self, owner: OwnerToken) -> String {
-        format!("{}\0undo/{owner}", self.inner.opts.prefix)
+    /// The key whose existence says that `owner`'s attempt on `key` was undone:
+    /// `<prefix><name>#undo/<owner token>`, beside the name's other primitives (so a role that
+    /// may use them may use it; no queue, listing or Go client reads it as a grant: its last
+    /// segment is no lease id). Every put of a session-mode attempt compares its absence.
+    pub(crate) fn undo_marker(&self, key: &LockKey, owner: OwnerToken) -> String {
+        format!("{}{}#undo/{owner}", self.inner.opts.prefix, key.full())
+    }
+
+    /// Whether attempts carry undo markers.
+    pub(crate) fn markers_on(&self) -> bool {
+        self.inner.markers.load(Ordering::Relaxed)
+    }
+
+    /// Runs an attempt's put transaction, `build(markers)`, with its undo markers' comparisons
+    /// while they are on. A role that may not read a marker's key (etcd checks every key a
+    /// transaction compares) turns them off for this backend, with a warning, and the
+    /// transaction runs again without: undoing then looks late for the put instead (see
+    /// [`undo_looking_late`](Self::undo_looking_late)).
+    pub(crate) async fn put_txn(&self, build: impl Fn(bool) -> TxnRequest) -> Result<TxnResponse> {
+        let markers = self.markers_on();
+        match self.call("txn", || self.client().txn(build(markers))).await {
+            Err(e) if markers && permission_denied(&e) => {
+                self.markers_off(&e);
+                self.call("txn", || self.client().txn(build(false))).await
+            }
+            r => r,
+        }
+    }
+
+    fn markers_off(&self, e: &lock_core::Error) {
+        if self.inner.markers.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "etcd refused an undo marker's key (the user's role does not cover `<name>#undo/`): a put held back past its undo's looks can then leave a grant for the session's life");
+        }
     }
 
     /// Undoes a session-mode attempt: frees the local slot and deletes its key by owner token.
@@ -97,40 +129,96 @@ impl EtcdBackend {
     /// for any time), the attempt's undo marker is written first, on the session's lease: every
     /// put of the attempt compares its absence, so one that comes later is refused, and one
     /// that came before is deleted by the delete after it. A marker or a delete that cannot
-    /// reach etcd is tried again in the background while the session lives. The marker is
-    /// deleted [`MARKER_LIFE`] later (or goes with the session).
+    /// reach etcd is tried again in the background while the session lives; a marker refused
+    /// for good (a role, a full database) falls back to looking late. The marker is deleted
+    /// [`MARKER_LIFE`] later (or goes with the session).
     async fn undo_on_session(&self, u: &Undo, s: &Arc<Session>, in_flight: bool) {
-        let marker = u.marker.as_deref().filter(|_| in_flight);
-        let mut marked = match marker {
-            Some(m) => self.put_marker(m, s.id).await.is_ok(),
-            None => true,
+        let Some(marker) = u.marker.clone().filter(|_| in_flight && self.markers_on()) else {
+            return self.undo_looking_late(u, s, in_flight).await;
         };
-        let deleted = marked && self.delete_attempt(u).await.is_ok();
-        self.inner.local.free(&u.name, u.owner);
-        if deleted {
-            if let Some(m) = marker {
-                self.forget_marker_later(m.to_owned(), s);
+        let marked = match self.put_marker(&marker, s.id).await {
+            Ok(()) => true,
+            Err(e) if !e.is_retryable() => {
+                if permission_denied(&e) {
+                    self.markers_off(&e);
+                }
+                return self.undo_looking_late(u, s, in_flight).await;
             }
+            Err(_) => false,
+        };
+        let deleted = self.delete_attempt(u).await.is_ok();
+        self.inner.local.free(&u.name, u.owner);
+        if marked && deleted {
+            self.forget_marker_later(marker, s);
             return;
         }
         let (b, u, s) = (self.clone(), u.clone(), s.clone());
         spawn_detached(async move {
+            let mut marked = marked;
             let mut backoff = backoff();
             while s.alive() {
                 backoff.sleep_until_deadline(None).await;
-                if let Some(m) = u.marker.as_deref().filter(|_| in_flight && !marked) {
-                    marked = b.put_marker(m, s.id).await.is_ok();
-                    if !marked {
-                        continue;
+                if !marked {
+                    match b.put_marker(&marker, s.id).await {
+                        Ok(()) => marked = true,
+                        Err(e) if !e.is_retryable() => return b.undo_looking_late(&u, &s, true).await,
+                        Err(_) => {}
                     }
                 }
-                if b.delete_attempt(&u).await.is_ok() {
+                // Deleted each round, also before the marker is in (a put applied meanwhile
+                // should not wait for it); done once a delete came after the marker.
+                if b.delete_attempt(&u).await.is_ok() && marked {
                     tracing::debug!(key = u.key, "undid a failed attempt");
-                    if let Some(m) = u.marker.as_deref().filter(|_| in_flight) {
-                        b.forget_marker_later(m.to_owned(), &s);
-                    }
+                    b.forget_marker_later(marker, &s);
                     return;
                 }
+            }
+        });
+    }
+
+    /// The undo without a marker: deletes the attempt's key by owner token and frees the local
+    /// slot. When the delete fails, or finds nothing while the put may still be on its way,
+    /// the background goes on: the delete is repeated until etcd answers, while the session
+    /// lives, then the key is looked for again a few times (`LATE_GRANT_RECHECKS`, then a
+    /// request timeout later). A put held back longer than that can still be applied.
+    async fn undo_looking_late(&self, u: &Undo, s: &Arc<Session>, in_flight: bool) {
+        let first = self.delete_attempt(u).await;
+        self.inner.local.free(&u.name, u.owner);
+        let reached = match first {
+            Ok(true) => return,
+            Ok(false) if !in_flight => return,
+            Ok(false) => true,
+            Err(_) => false,
+        };
+        let (b, u, s) = (self.clone(), u.clone(), s.clone());
+        spawn_detached(async move {
+            let mut reached = reached;
+            let mut backoff = backoff();
+            while !reached && s.alive() {
+                backoff.sleep_until_deadline(None).await;
+                match b.delete_attempt(&u).await {
+                    Ok(true) => {
+                        tracing::debug!(key = u.key, "deleted the queue key of a failed attempt");
+                        return;
+                    }
+                    Ok(false) => reached = true,
+                    Err(_) => {}
+                }
+            }
+            // Once more after a request timeout: a member that held the put that long (it
+            // stopped answering, then came back) may apply it then. The looks do not keep the
+            // backend alive (its last handle dropped revokes the session, and its keys with
+            // it), and stop with the session.
+            let pauses = LATE_GRANT_RECHECKS.into_iter().chain([b.inner.opts.request_timeout]);
+            let weak = Arc::downgrade(&b.inner);
+            drop(b);
+            let late = undo_after(pauses, || async {
+                let Some(inner) = weak.upgrade().filter(|_| s.alive()) else { return true };
+                matches!(EtcdBackend { inner }.delete_attempt(&u).await, Ok(true))
+            })
+            .await;
+            if late && s.alive() {
+                tracing::debug!(key = u.key, "deleted the late queue key of a cancelled attempt");
             }
         });
     }

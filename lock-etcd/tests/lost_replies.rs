@@ -197,7 +197,9 @@ async fn a_put_held_back_past_its_undo_is_refused() {
         let (name, start) = held.unwrap_or_else(|| panic!("{kind}: no attempt went through the proxy"));
         // The held put reaches etcd at HOLD; look well after it.
         tokio::time::sleep((HOLD + Duration::from_secs(2)).saturating_sub(start.elapsed())).await;
-        let keys = keys_under(&raw, &name).await;
+        let (markers, keys): (Vec<_>, Vec<_>) =
+            keys_under(&raw, &name).await.into_iter().partition(|(k, _, _)| k.contains("#undo/"));
         assert!(keys.is_empty(), "{kind}: the held-back put left its grant behind: {keys:?}");
+        assert_eq!(markers.len(), 1, "{kind}: the undo left no marker: {markers:?}");
     }
 }
