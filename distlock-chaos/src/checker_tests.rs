@@ -278,6 +278,11 @@ fn a_release_that_finds_the_grant_gone_before_valid_until_fails() {
     };
     let (_, v) = h.check(&expected);
     assert!(v.passed() && v.expected.len() == 1, "{v:?}");
+    // During any other fault it is reported, not failed: a release sent again after its
+    // reply was lost says "not held" on some backends.
+    let during = Params { fault_spans: vec![(0, 3000 * MS)], ..params() };
+    let (f, v) = h.check(&during);
+    assert!(v.passed() && f.early_losses_during_faults == 1, "{v:?}");
     // Answered after valid_until: the grant may have run out; not counted.
     h.ops[2].complete = Some(2500 * MS);
     assert_eq!(h.check(&params()).0.early_losses, 0);
@@ -326,7 +331,7 @@ fn a_token_violation_before_the_excusing_fault_fails() {
         expected_tokens_from: Some(from * MS),
         ..params()
     };
-    // The fault came at 6 ms, before the second grant began: expected.
+    // The fault came at 6 ms, before the second grant was made: expected.
     assert!(h.check(&excused(6)).1.passed());
     // It came at 50 ms, after both: the duplicate is the backend's own.
     let (f, v) = h.check(&excused(50));

@@ -120,6 +120,8 @@ pub struct FaultEvent {
     pub node: Option<usize>,
     /// Details, and any error.
     pub detail: String,
+    /// Its action failed (the error is in `detail`): it may not have happened.
+    pub failed: bool,
 }
 
 /// What the nemesis acts on.
@@ -175,9 +177,11 @@ impl Nemesis<'_> {
             holder: None,
             node: None,
             detail: String::new(),
+            failed: false,
         };
         if let Err(e) = self.apply(&mut ev).await {
             ev.detail = format!("{} error: {e}", ev.detail).trim().to_owned();
+            ev.failed = true;
         }
         if let Some(until) = self.stretch_until.take() {
             tokio::time::sleep_until(instant_at(until)).await;

@@ -260,8 +260,11 @@ fn evaluate(
     worker_failures: &[String],
     duration_s: f64,
 ) -> ScenarioResult {
-    // Faults that happened (an armed fault that found no holder did not).
-    let happened = |e: &&FaultEvent| e.holder.is_some() || e.node.is_some() || e.fault == Fault::SlowLinks;
+    // Faults that happened (an armed fault that found no holder did not; one whose action
+    // failed may not have).
+    let happened = |e: &&FaultEvent| {
+        !e.failed && (e.holder.is_some() || e.node.is_some() || e.fault == Fault::SlowLinks)
+    };
     let injected: Vec<Fault> = faults.iter().filter(happened).map(|e| e.fault).collect();
     let (expected_exclusion, expected_tokens) = scenarios::expected(sc.backend, &injected);
     let poll = match st.probe.caps.wake {
@@ -294,9 +297,20 @@ fn evaluate(
             .min(),
         faults_scheduled: !sc.faults.is_empty(),
         heals: faults.iter().filter(happened).map(|e| e.end_ns.max(e.start_ns)).collect(),
+        fault_spans: faults
+            .iter()
+            .filter(happened)
+            .map(|e| (e.start_ns, e.end_ns.max(e.start_ns).saturating_add(ns(st.lease))))
+            .collect(),
     };
     let (figures, mut verdict) = checker::check(ops, log, &params);
     verdict.failures.extend(worker_failures.iter().map(|f| format!("worker failure: {f}")));
+    verdict.failures.extend(
+        faults
+            .iter()
+            .filter(|e| e.failed)
+            .map(|e| format!("the fault {} failed: {}", e.fault.name(), e.detail)),
+    );
     let mut fault_counts = BTreeMap::new();
     for f in &injected {
         *fault_counts.entry(f.name()).or_default() += 1;
