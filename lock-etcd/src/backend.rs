@@ -111,19 +111,20 @@ impl OwnLease {
 }
 
 /// Refuses a name that would share a primitive's queue prefix (`<name>#semaphore/`,
-/// `#rwlock/`, `#election/`): one that ends in such a suffix, or holds it followed by `/`. A
-/// lock `a#election/x` would otherwise be the leader of election `a`.
+/// `#rwlock/`, `#election/`) or the undo markers' (`<name>#undo/`): one that ends in such a
+/// suffix, or holds it followed by `/`. A lock `a#election/x` would otherwise be the leader of
+/// election `a`, and a lock `a#undo` would queue among `a`'s markers.
 ///
 /// # Errors
 /// [`Error::Unsupported`] naming the reserved part.
 pub(crate) fn not_reserved(key: &LockKey) -> Result<()> {
     let name = key.full();
-    for suffix in ["#semaphore", "#rwlock", "#election"] {
+    for suffix in ["#semaphore", "#rwlock", "#election", "#undo"] {
         if name.ends_with(suffix) || name.contains(&format!("{suffix}/")) {
             return Err(Error::Unsupported {
                 backend: NAME,
                 capability: format!(
-                    "the name '{name}': '{suffix}' is reserved for primitives' queues on etcd"
+                    "the name '{name}': '{suffix}' is reserved for primitives' queues and undo markers on etcd"
                 ),
             });
         }

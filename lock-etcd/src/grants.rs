@@ -173,7 +173,7 @@ impl EtcdBackend {
                 RequestOp::range(oldest.clone()),
             ])
         };
-        let resp = self.put_txn(txn).await?;
+        let resp = self.put_txn(|m| e.set_put_checked(m), txn).await?;
         // A semaphore's holders must all ask for the oldest holder's number of permits.
         let check_permits = |oldest: Option<&KeyValue>| match e.mode {
             Mode::Permit { limit } => {

@@ -117,7 +117,9 @@
 //! on, a user whose role does not cover `<name>#undo/` (etcd refuses a transaction comparing
 //! a key the role may not read) has the markers turned off, with a warning: its undo then
 //! looks for a late put a few times over a request timeout and 1.3 s, and a put held back
-//! longer stays. No lock may be named `…#undo`.
+//! longer stays. Names ending in `#undo` are reserved; a Go `Mutex` on a parent name
+//! (`jobs`) counts the markers of nested names (`jobs/x#undo/…`) as contenders, as it counts
+//! their locks' keys, for up to two minutes after a cancelled attempt.
 //!
 //! An attempt whose request failed may have been carried out with its reply lost; it returns
 //! the error, and its undo (by owner token, or revoking its own per-lock lease) goes on in the

@@ -110,7 +110,8 @@ impl EtcdBackend {
                 TxnRequest::when(entries.iter().flat_map(|(e, _)| e.when_new(markers)))
                     .and_then(entries.iter().flat_map(|(e, _)| Self::lock_ops(e)))
             };
-            let resp = self.put_txn(txn).await?;
+            let checked = |m: bool| entries.iter().for_each(|(e, _)| e.set_put_checked(m));
+            let resp = self.put_txn(checked, txn).await?;
             if resp.succeeded {
                 let rev = resp.revision();
                 for (i, (e, _)) in entries.iter().enumerate() {

@@ -49,6 +49,9 @@ pub(crate) struct QueueEntry {
     /// the attempt compares its absence, so a put still on its way when the undo wrote it is
     /// refused (see `undo.rs`).
     pub(crate) marker: Option<String>,
+    /// Whether its last put was sent comparing the marker (markers can be off for a backend):
+    /// only then does its undo write the marker.
+    pub(crate) put_checked: std::sync::atomic::AtomicBool,
 }
 
 /// What one round of waiting found out.
@@ -105,7 +108,13 @@ impl QueueEntry {
             ttl: req.ttl,
             session,
             marker,
+            put_checked: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Records whether its put is sent comparing its marker.
+    pub(crate) fn set_put_checked(&self, checked: bool) {
+        self.put_checked.store(checked && self.marker.is_some(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// What the attempt's put compares: its key is new and, in session mode with `markers`,
@@ -126,7 +135,10 @@ impl QueueEntry {
             ttl: self.ttl,
             session: self.session.clone(),
             by_key: self.by_key(),
-            marker: self.marker.clone(),
+            marker: self
+                .marker
+                .clone()
+                .filter(|_| self.put_checked.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 
@@ -262,7 +274,7 @@ impl EtcdBackend {
         // server after that attempt's undo (etcd serves one connection's requests
         // concurrently, so they can overtake each other). Delete it and queue afresh.
         for _ in 0..3 {
-            let resp = self.put_txn(txn).await?;
+            let resp = self.put_txn(|m| e.set_put_checked(m), txn).await?;
             let my_rev = if resp.succeeded {
                 resp.revision()
             } else {

@@ -102,16 +102,26 @@ impl EtcdBackend {
     }
 
     /// Runs an attempt's put transaction, `build(markers)`, with its undo markers' comparisons
-    /// while they are on. A role that may not read a marker's key (etcd checks every key a
-    /// transaction compares) turns them off for this backend, with a warning, and the
-    /// transaction runs again without: undoing then looks late for the put instead (see
-    /// [`undo_looking_late`](Self::undo_looking_late)).
-    pub(crate) async fn put_txn(&self, build: impl Fn(bool) -> TxnRequest) -> Result<TxnResponse> {
+    /// while they are on (`checked(markers)` is told before each send, for the undo). A
+    /// transaction refused for a permission is sent again without them; if that one passes,
+    /// the role may not read the markers' keys (etcd checks every key a transaction compares),
+    /// and markers are turned off for this backend, with a warning: undoing then looks late
+    /// for the put instead (see [`undo_looking_late`](Self::undo_looking_late)).
+    pub(crate) async fn put_txn(
+        &self,
+        checked: impl Fn(bool),
+        build: impl Fn(bool) -> TxnRequest,
+    ) -> Result<TxnResponse> {
         let markers = self.markers_on();
+        checked(markers);
         match self.call("txn", || self.client().txn(build(markers))).await {
             Err(e) if markers && permission_denied(&e) => {
-                self.markers_off(&e);
-                self.call("txn", || self.client().txn(build(false))).await
+                checked(false);
+                let again = self.call("txn", || self.client().txn(build(false))).await;
+                if again.is_ok() {
+                    self.markers_off(&e);
+                }
+                again
             }
             r => r,
         }
@@ -130,10 +140,11 @@ impl EtcdBackend {
     /// put of the attempt compares its absence, so one that comes later is refused, and one
     /// that came before is deleted by the delete after it. A marker or a delete that cannot
     /// reach etcd is tried again in the background while the session lives; a marker refused
-    /// for good (a role, a full database) falls back to looking late. The marker is deleted
-    /// [`MARKER_LIFE`] later (or goes with the session).
+    /// for good (a role that does not cover it) falls back to looking late. The marker is
+    /// deleted [`MARKER_LIFE`] later (or goes with the session). Only an attempt whose put
+    /// compared the marker has one (`u.marker`).
     async fn undo_on_session(&self, u: &Undo, s: &Arc<Session>, in_flight: bool) {
-        let Some(marker) = u.marker.clone().filter(|_| in_flight && self.markers_on()) else {
+        let Some(marker) = u.marker.clone().filter(|_| in_flight) else {
             return self.undo_looking_late(u, s, in_flight).await;
         };
         let marked = match self.put_marker(&marker, s.id).await {
@@ -161,16 +172,25 @@ impl EtcdBackend {
                 if !marked {
                     match b.put_marker(&marker, s.id).await {
                         Ok(()) => marked = true,
-                        Err(e) if !e.is_retryable() => return b.undo_looking_late(&u, &s, true).await,
+                        Err(e) if !e.is_retryable() => {
+                            if permission_denied(&e) {
+                                b.markers_off(&e);
+                            }
+                            return b.undo_looking_late(&u, &s, true).await;
+                        }
                         Err(_) => {}
                     }
                 }
                 // Deleted each round, also before the marker is in (a put applied meanwhile
                 // should not wait for it); done once a delete came after the marker.
-                if b.delete_attempt(&u).await.is_ok() && marked {
-                    tracing::debug!(key = u.key, "undid a failed attempt");
-                    b.forget_marker_later(marker, &s);
-                    return;
+                match b.delete_attempt(&u).await {
+                    Ok(_) if marked => {
+                        tracing::debug!(key = u.key, "undid a failed attempt");
+                        b.forget_marker_later(marker, &s);
+                        return;
+                    }
+                    Err(e) if !e.is_retryable() => return,
+                    _ => {}
                 }
             }
         });
@@ -188,6 +208,12 @@ impl EtcdBackend {
             Ok(true) => return,
             Ok(false) if !in_flight => return,
             Ok(false) => true,
+            // Refused for good (a role that does not cover the key): sending it again cannot
+            // help, and the key (if any) goes with the session.
+            Err(e) if !e.is_retryable() => {
+                tracing::warn!(key = u.key, error = %e, "the undo of a failed attempt was refused; its key, if any, goes with the session");
+                return;
+            }
             Err(_) => false,
         };
         let (b, u, s) = (self.clone(), u.clone(), s.clone());
@@ -202,6 +228,7 @@ impl EtcdBackend {
                         return;
                     }
                     Ok(false) => reached = true,
+                    Err(e) if !e.is_retryable() => return,
                     Err(_) => {}
                 }
             }

@@ -143,13 +143,14 @@ async fn hold_nested(c: &LockClient, base: &str) -> Vec<lock_core::Guard> {
 }
 
 /// A lock whose name would put its key in a primitive's queue (`a#election/x` in election
-/// `a`'s) is refused with a typed error: it would otherwise lead that election, hold one of a
-/// semaphore's permits or keep a read-write lock's readers waiting.
+/// `a`'s), or queue among a name's undo markers (`a#undo`), is refused with a typed error: it
+/// would otherwise lead that election, hold one of a semaphore's permits or keep a read-write
+/// lock's readers waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_would_share_a_primitives_queue_are_refused() {
     let etcd = EtcdCluster::single().await.expect("etcd");
     let c = client(&etcd.endpoints(), LeaseMode::Session).await;
-    for name in ["a#election/x", "a#semaphore/x", "a#rwlock/w-x", "b#election"] {
+    for name in ["a#election/x", "a#semaphore/x", "a#rwlock/w-x", "b#election", "a#undo", "a#undo/x"] {
         let got = c.lock(name).try_acquire().await;
         assert!(matches!(got, Err(lock_core::Error::Unsupported { .. })), "{name}: {got:?}");
     }
