@@ -115,34 +115,38 @@ impl DynamoBackend {
             tokio::spawn(self.clone().release_once(req.key.clone(), current, req.mode));
         }
         let late = intent.as_ref().is_some_and(|i| i.lock().unwrap_or_else(|p| p.into_inner()).late);
+        if late {
+            // An intent write cut off unanswered may land after the writer gave up, or got the
+            // lock and released it: withdrawn again over a request timeout (it would hold
+            // readers back until it lapsed). Started first, so that a caller that drops this
+            // future during the withdraw below does not stop it.
+            tokio::spawn(self.clone().withdraw_late_intent(req.key.clone(), current));
+        }
         if intent.is_some() && got.is_err() {
             // Withdrawn before the error returns (a reader asking right after is served), within
             // what is left of the deadline and a request timeout (a quarter second at least);
-            // past that, in the background.
+            // past that, or dropped meanwhile (the caller gave up waiting), in the background.
             let bound = lock_core::lease::add_saturating(deadline, self.inner.opts.request_timeout)
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(250));
             let until =
                 Some(self.attempt_until(None).min(lock_core::lease::add_saturating(Instant::now(), bound)));
+            let background = UndoOnDrop::new({
+                let (this, key) = (self.clone(), req.key.clone());
+                async move {
+                    let _ = this.withdraw_intent(&key, current, Some(this.attempt_until(None))).await;
+                }
+            });
             match tokio::time::timeout(bound, self.withdraw_intent(&req.key, current, until)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) if !late && !e.is_retryable() => {
+                Ok(Ok(_)) => background.disarm(),
+                Ok(Err(e)) if !e.is_retryable() => {
+                    background.disarm();
                     tracing::debug!(backend = NAME, key = %req.key, error = %e, "could not withdraw a writer's intent; it lapses");
                 }
-                _ if !late => {
-                    let (this, key) = (self.clone(), req.key.clone());
-                    tokio::spawn(async move {
-                        let _ = this.withdraw_intent(&key, current, Some(this.attempt_until(None))).await;
-                    });
-                }
-                _ => {}
+                // The late withdraw started above goes on anyway.
+                _ if late => background.disarm(),
+                _ => drop(background),
             }
-        }
-        if late {
-            // An intent write cut off unanswered may land after the writer gave up, or got the
-            // lock and released it: withdrawn again over a request timeout (it would hold
-            // readers back until it lapsed).
-            tokio::spawn(self.clone().withdraw_late_intent(req.key.clone(), current));
         }
         got
     }
