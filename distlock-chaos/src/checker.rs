@@ -82,7 +82,8 @@ pub struct Params {
     pub faults_scheduled: bool,
     /// When each injected fault was healed (ns).
     pub heals: Vec<u64>,
-    /// Each injected fault's span (ns), from its start to a lease after its end.
+    /// Each injected network or server fault's span (ns), from its start to a lease after its
+    /// end: a release sent again after a lost reply may say "not held" then.
     pub fault_spans: Vec<(u64, u64)>,
 }
 
@@ -303,12 +304,11 @@ fn tokens(grants: &[Grant], from: u64, f: &mut Figures) {
         f.examples.push(format!("token {t} was granted {c} times"));
     }
     // A duplicate by `from`: a grant made by then that shares its token with an earlier one.
-    let mut first_seen: HashMap<u64, u64> = HashMap::new();
+    // Walked in the order the grants were made (`grants` is sorted by completion).
+    let mut seen: HashSet<u64> = HashSet::new();
     let mut early: HashSet<(u32, u32, u64)> = HashSet::new();
-    let mut in_order: Vec<&Grant> = grants.iter().collect();
-    in_order.sort_by_key(|g| g.invoke);
-    for g in in_order {
-        if first_seen.insert(g.token, g.invoke).is_some() && g.complete <= from {
+    for g in grants {
+        if !seen.insert(g.token) && g.complete <= from {
             early.insert((g.w, g.inc, g.invoke));
         }
     }

@@ -338,3 +338,19 @@ fn a_token_violation_before_the_excusing_fault_fails() {
     assert_eq!(f.token_violations_before_faults, 1, "{f:?}");
     assert!(v.failures.iter().any(|m| m.contains("before the fault")), "{v:?}");
 }
+
+/// The later of two grants with one token is the one made later, not the one asked for later:
+/// a waiter that asked before the fault and was granted after it (a store that lost its
+/// counter) is excused, and the grant made before the fault is not blamed.
+#[test]
+fn a_repeated_token_is_blamed_on_the_grant_made_later() {
+    let h = History::default().grant(0, 4, 0, 100, 105, ALL).grant(1, 4, 1, 2, 5, ALL);
+    let p = Params {
+        expected_tokens: Some("the emulator lost its data".into()),
+        expected_tokens_from: Some(50 * MS),
+        ..params()
+    };
+    let (f, v) = h.check(&p);
+    assert_eq!(f.token_violations_before_faults, 0, "{f:?}");
+    assert!(v.passed(), "{v:?}");
+}

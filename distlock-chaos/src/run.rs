@@ -300,6 +300,7 @@ fn evaluate(
         fault_spans: faults
             .iter()
             .filter(happened)
+            .filter(|e| !e.fault.on_holder_only())
             .map(|e| (e.start_ns, e.end_ns.max(e.start_ns).saturating_add(ns(st.lease))))
             .collect(),
     };
