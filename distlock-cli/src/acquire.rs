@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use distlock::{Error, LockClient};
 use serde_json::json;
 
+use crate::exit;
 use crate::output::Out;
 use crate::take::Take;
 
@@ -50,7 +51,9 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
         Ok(Err(e)) => return out.fail(&e),
         Err(code) => return code,
     };
-    let lease = taken.guard.detach();
+    // Detached only once the owner token is out: a lock whose owner nobody could read would
+    // be left to its TTL.
+    let lease = taken.guard.lease();
     let mode = match (take.permits, take.read, take.write) {
         (Some(n), _, _) => format!(" --permits {n}"),
         (None, true, _) => " --read".to_owned(),
@@ -58,7 +61,7 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
         _ => String::new(),
     };
     let names: Vec<String> = take.locks.iter().map(|n| format!("--lock {n}")).collect();
-    if out.json {
+    let written = if out.json {
         let tokens: serde_json::Map<String, serde_json::Value> =
             taken.tokens.iter().map(|(k, t)| (k.clone(), json!(t.get()))).collect();
         let v = json!({
@@ -71,10 +74,10 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
             "valid_for_ms": lease.remaining().as_millis() as u64,
             "backend": locks.backend_name(),
         });
-        println!("{v}");
+        crate::output::write_out(format_args!("{v}"))
     } else {
         let tokens: Vec<String> = taken.tokens.iter().map(|(k, t)| format!("{k}={t}")).collect();
-        println!(
+        crate::output::write_out(format_args!(
             "acquired '{}' on {}: fencing token {} ({}), owner {}, valid for {:.1}s (release with: distlock release {}{mode} --owner {})",
             take.label(),
             locks.backend_name(),
@@ -84,7 +87,16 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
             lease.remaining().as_secs_f64(),
             names.join(" "),
             lease.owner()
+        ))
+    };
+    if !written {
+        let released = taken.guard.release().await;
+        say_err!(
+            "distlock: cannot write the owner token to standard output; {}",
+            if released.is_ok() { "the lock was released" } else { "the lock expires with its TTL" }
         );
+        return ExitCode::from(exit::OUTPUT);
     }
+    drop(taken.guard.detach());
     ExitCode::SUCCESS
 }

@@ -51,7 +51,7 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
         Ok(Err(e)) => return out.fail(&e),
         Err(code) => return code,
     };
-    announce(out, locks, &guard, "elected");
     let tokens = vec![(guard.key().to_owned(), guard.fencing_token())];
+    announce(out, locks, &guard, &tokens, "elected");
     supervise_command(out, guard, &tokens, &args.command, signals).await
 }

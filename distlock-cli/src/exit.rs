@@ -1,17 +1,18 @@
 //! The exit codes of every `distlock` command, in one place (the README's table is this one).
 //!
-//! | code | meaning |
+//! | exit code | meaning |
 //! |---|---|
 //! | 0 | success (`run`: the command exited 0) |
-//! | 1 | `release`: the lock was not held by that owner (expired or taken); `force-release`: the lock was free |
+//! | 1 | `release`: the lock was not held by that owner (expired or taken); `force-release`: the lock was already free |
 //! | 2 | bad command line |
-//! | 64 | invalid input (lock name, TTL, URL, option, permits, value), or what the backend cannot do (`acquire` on a session-lease backend, `list` where it cannot list) |
+//! | 64 | invalid input (lock name, TTL, URL, permits, value, options), or what the backend cannot do (`acquire` on a session-lease backend or `mem://`, `list` where it cannot list, `force-release` of a foreign holder) |
 //! | 69 | the backend failed or could not be reached |
-//! | 70 | `run`: the lock was lost while the command ran (the command was stopped) |
-//! | 75 | the lock is held by someone else (not acquired within `--wait`; `elect`: not elected within `--wait`) |
-//! | 126, 127 | `run`: the command could not be started / was not found |
-//! | 128+N | `run`: the command was killed by signal N |
-//! | other | `run`: the command's own exit status |
+//! | 70 | `run` and `elect`: the lock (leadership) was lost while the command ran (the command was stopped, or the release found the lock gone); not with `--on-lost ignore` |
+//! | 74 | `acquire`: the owner token could not be written to standard output (the lock was released) |
+//! | 75 | the lock is held by someone else (not acquired within `--wait`) |
+//! | 126, 127 | `run`, `elect`: the command could not be started / was not found |
+//! | 128+N | `run`, `elect`: the command was killed by signal N; `run`, `elect`, `acquire`: signal N ended the wait for the lock |
+//! | other | `run`, `elect`: the command's own status |
 
 use distlock::Error;
 
@@ -23,6 +24,8 @@ pub(crate) const INVALID: u8 = 64;
 pub(crate) const BACKEND: u8 = 69;
 /// `run`: the lock was lost while the command ran: the command was stopped, or the release found the lock gone (`EX_SOFTWARE`).
 pub(crate) const LOST: u8 = 70;
+/// `acquire`: the owner token could not be written out, so the lock was released (`EX_IOERR`).
+pub(crate) const OUTPUT: u8 = 74;
 /// The lock is held by someone else (`EX_TEMPFAIL`).
 pub(crate) const HELD: u8 = 75;
 /// `run`: the command could not be started.

@@ -47,7 +47,7 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
         Ok(l) => l,
         Err(e) => return out.fail(&e),
     };
-    eprintln!("distlock: force-releasing {}", holder::to_text(&key, &info));
+    say_err!("distlock: force-releasing {}", holder::to_text(&key, &info));
     match locks.release_lease(&lease).await {
         Ok(ReleaseOutcome::Released) => {
             report(out, &key, true, "released; the holder's next fenced write is rejected");
@@ -63,8 +63,8 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
 
 fn report(out: &Out, key: &str, released: bool, what: &str) {
     if out.json {
-        println!("{}", json!({ "key": key, "released": released, "detail": what }));
+        say_out!("{}", json!({ "key": key, "released": released, "detail": what }));
     } else {
-        println!("'{key}': {what}");
+        say_out!("'{key}': {what}");
     }
 }

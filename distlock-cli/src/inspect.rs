@@ -48,12 +48,12 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
         };
         v["held"] = json!(!holders.is_empty());
         v["holders"] = json!(list);
-        println!("{v}");
+        say_out!("{v}");
     } else if holders.is_empty() {
-        println!("'{key}' is free");
+        say_out!("'{key}' is free");
     } else {
         for i in &holders {
-            println!("{}", holder::to_text(&key, i));
+            say_out!("{}", holder::to_text(&key, i));
         }
     }
     ExitCode::SUCCESS

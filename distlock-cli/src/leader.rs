@@ -53,15 +53,15 @@ fn show(out: &Out, key: &str, leader: Option<&Leader>) {
             let mut v = holder::to_json(key, &l.info);
             v["leader"] = json!(l.value);
             v["term"] = json!(l.term.map(|t| t.get()));
-            println!("{v}");
+            say_out!("{v}");
         }
-        (None, true) => println!("{}", json!({ "key": key, "leader": null })),
-        (Some(l), false) => println!(
+        (None, true) => say_out!("{}", json!({ "key": key, "leader": null })),
+        (Some(l), false) => say_out!(
             "'{key}' is led by {:?} (term {}); {}",
             l.value.as_deref().unwrap_or(""),
             l.term.map_or("unknown".to_owned(), |t| t.to_string()),
             holder::to_text(key, &l.info)
         ),
-        (None, false) => println!("'{key}' has no leader"),
+        (None, false) => say_out!("'{key}' has no leader"),
     }
 }

@@ -25,12 +25,12 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
     };
     if out.json {
         let v: Vec<_> = listed.iter().map(|(k, i)| holder::to_json(k, i)).collect();
-        println!("{}", json!(v));
+        say_out!("{}", json!(v));
     } else if listed.is_empty() {
-        println!("no locks held under '{}'", args.prefix);
+        say_out!("no locks held under '{}'", args.prefix);
     } else {
         for (k, i) in &listed {
-            println!("{}", holder::to_text(k, i));
+            say_out!("{}", holder::to_text(k, i));
         }
     }
     ExitCode::SUCCESS

@@ -25,6 +25,23 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `eprintln!` that never panics: a closed or failed standard error (a log pipe whose reader
+/// went away, a hung-up terminal) must not end a command that holds a lock or supervises a
+/// job before it stops the job and releases.
+macro_rules! say_err {
+    ($($arg:tt)*) => {
+        $crate::output::write_err(format_args!($($arg)*))
+    };
+}
+
+/// `println!` that never panics (see [`say_err!`]); a failure to write is ignored (where it
+/// matters, call `output::write_out`).
+macro_rules! say_out {
+    ($($arg:tt)*) => {{
+        let _ = $crate::output::write_out(format_args!($($arg)*));
+    }};
+}
+
 mod acquire;
 mod elect;
 mod exit;
@@ -107,7 +124,7 @@ async fn main() -> ExitCode {
     };
     if let Some(addr) = cli.metrics_addr {
         if let Err(e) = metrics::serve(addr) {
-            eprintln!("distlock: --metrics-addr {addr}: {e}");
+            say_err!("distlock: --metrics-addr {addr}: {e}");
             return ExitCode::from(exit::INVALID);
         }
     }

@@ -51,17 +51,17 @@ pub(crate) async fn exec(out: &Out, args: &Args) -> ExitCode {
             .iter()
             .map(|m| json!({ "key": m.key, "mode": crate::holder::mode_name(m.mode), "old": m.old.get(), "new": m.new.map(|t| t.get()) }))
             .collect();
-        println!("{}", json!({ "dry_run": args.dry_run, "keys": v }));
+        say_out!("{}", json!({ "dry_run": args.dry_run, "keys": v }));
     } else {
         for m in &moves {
             match m.new {
-                Some(n) => println!(
+                Some(n) => say_out!(
                     "'{}' ({}): old token {}, new counter {n}",
                     m.key,
                     crate::holder::mode_name(m.mode),
                     m.old
                 ),
-                None => println!(
+                None => say_out!(
                     "'{}' ({}): old token {} (dry run: nothing raised)",
                     m.key,
                     crate::holder::mode_name(m.mode),
@@ -69,7 +69,7 @@ pub(crate) async fn exec(out: &Out, args: &Args) -> ExitCode {
                 ),
             }
         }
-        println!("{} key(s){}", moves.len(), if args.dry_run { ", dry run" } else { " carried over" });
+        say_out!("{} key(s){}", moves.len(), if args.dry_run { ", dry run" } else { " carried over" });
     }
     ExitCode::SUCCESS
 }

@@ -9,6 +9,20 @@ use serde_json::json;
 
 use crate::exit;
 
+/// Writes one line to standard error; a failure to write is ignored (see `say_err!`).
+pub(crate) fn write_err(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}").and_then(|()| err.flush());
+}
+
+/// Writes one line to standard output; whether it was written (see `say_out!`).
+pub(crate) fn write_out(line: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+}
+
 /// Where and how a command reports.
 pub(crate) struct Out {
     /// Print JSON instead of text.
@@ -28,10 +42,10 @@ impl Out {
             if self.events {
                 self.event("error", error);
             } else {
-                println!("{error}");
+                say_out!("{error}");
             }
         } else {
-            eprintln!("distlock: {e}");
+            say_err!("distlock: {e}");
         }
         ExitCode::from(exit::for_error(e))
     }
@@ -42,7 +56,7 @@ impl Out {
         if self.json {
             self.event(name, fields);
         } else {
-            eprintln!("distlock: {text}");
+            say_err!("distlock: {text}");
         }
     }
 
@@ -54,7 +68,7 @@ impl Out {
         if let serde_json::Value::Object(more) = fields {
             event.extend(more);
         }
-        eprintln!("{}", serde_json::Value::Object(event));
+        say_err!("{}", serde_json::Value::Object(event));
     }
 
     /// Runs `fut`, showing a spinner with the time waited on a terminal.
@@ -72,15 +86,22 @@ impl Out {
                 out = &mut fut => break out,
                 _ = tick.tick() => {
                     if start.elapsed() > Duration::from_millis(300) {
-                        eprint!("\r{} {what} ({:.1}s)", frames[i % frames.len()], start.elapsed().as_secs_f64());
+                        write_spinner(format_args!("\r{} {what} ({:.1}s)", frames[i % frames.len()], start.elapsed().as_secs_f64()));
                         i += 1;
                     }
                 }
             }
         };
         if i > 0 {
-            eprint!("\r\x1b[2K");
+            write_spinner(format_args!("\r\x1b[2K"));
         }
         out
     }
+}
+
+/// Writes the spinner's frame to standard error (no newline); a failure to write is ignored.
+fn write_spinner(frame: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(frame).and_then(|()| err.flush());
 }

@@ -64,7 +64,7 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
             Ok(outcome) => outcome == ReleaseOutcome::Released,
             Err(e) => {
                 if !out.json {
-                    eprintln!("distlock: releasing '{}' failed: {e}", lease.key());
+                    say_err!("distlock: releasing '{}' failed: {e}", lease.key());
                 }
                 failed.get_or_insert(e);
                 continue;
@@ -72,11 +72,11 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
         };
         all_released &= released;
         if out.json {
-            println!("{}", json!({ "key": lease.key().full(), "released": released }));
+            say_out!("{}", json!({ "key": lease.key().full(), "released": released }));
         } else if released {
-            println!("released '{}'", lease.key());
+            say_out!("released '{}'", lease.key());
         } else {
-            println!("'{}' was not held by that owner (it expired or another owner has it)", lease.key());
+            say_out!("'{}' was not held by that owner (it expired or another owner has it)", lease.key());
         }
     }
     match failed {

@@ -67,7 +67,7 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
         Ok(Err(e)) => return out.fail(&e),
         Err(code) => return code,
     };
-    announce(out, locks, &taken.guard, "acquired");
+    announce(out, locks, &taken.guard, &taken.tokens, "acquired");
     supervise_command(out, taken.guard, &taken.tokens, &args.command, signals).await
 }
 
@@ -284,13 +284,37 @@ impl Job {
     }
 }
 
-/// Says that the lock is held (JSON lines go to stderr: stdout belongs to the command).
-pub(crate) fn announce(out: &Out, locks: &LockClient, guard: &Guard, event: &str) {
+/// Says that the lock is held (JSON lines go to stderr: stdout belongs to the command): its
+/// name and that name's own fencing token, and for a multi-key lock every name's token.
+pub(crate) fn announce(
+    out: &Out,
+    locks: &LockClient,
+    guard: &Guard,
+    tokens: &[(String, distlock::FencingToken)],
+    event: &str,
+) {
+    let token = own_token(guard, tokens);
+    let mut fields =
+        json!({ "key": guard.key(), "fencing_token": token.get(), "backend": locks.backend_name() });
+    let others = if tokens.len() > 1 {
+        fields["fencing_tokens"] = tokens.iter().map(|(k, t)| (k.clone(), json!(t.get()))).collect();
+        let all: Vec<String> = tokens.iter().map(|(k, t)| format!("'{k}' {t}")).collect();
+        format!("; tokens: {}", all.join(", "))
+    } else {
+        String::new()
+    };
     out.say(
-        format_args!("holding '{}' (fencing token {}) on {}", guard.key(), guard.fencing_token(), locks.backend_name()),
+        format_args!("holding '{}' (fencing token {token}{others}) on {}", guard.key(), locks.backend_name()),
         event,
-        json!({ "key": guard.key(), "fencing_token": guard.fencing_token().get(), "backend": locks.backend_name() }),
+        fields,
     );
+}
+
+/// The fencing token of the name `guard` stands for. A multi-key guard's own token is the
+/// highest of its names' tokens, which come from different counters: writes to the first
+/// name's resource must carry that name's token.
+fn own_token(guard: &Guard, tokens: &[(String, distlock::FencingToken)]) -> distlock::FencingToken {
+    tokens.iter().find(|(k, _)| k == guard.key()).map_or_else(|| guard.fencing_token(), |(_, t)| *t)
 }
 
 /// The signals `run` forwards to the command.
@@ -331,8 +355,9 @@ impl Forwarded {
     }
 }
 
-/// Starts the command with the lock's name and fencing token in its environment (for a
-/// multi-key lock, also every name's token in `DISTLOCK_FENCING_TOKENS`, `name=token,…`).
+/// Starts the command with the lock's name and that name's fencing token in its environment,
+/// and every name's token in `DISTLOCK_FENCING_TOKENS`: one `name=token` line per name (names
+/// hold no control characters, and a token is digits after the last `=`).
 fn spawn(
     cmd: &[String],
     guard: &Guard,
@@ -342,8 +367,8 @@ fn spawn(
     let all: Vec<String> = tokens.iter().map(|(k, t)| format!("{k}={t}")).collect();
     command
         .args(&cmd[1..])
-        .env("DISTLOCK_FENCING_TOKEN", guard.fencing_token().to_string())
-        .env("DISTLOCK_FENCING_TOKENS", all.join(","))
+        .env("DISTLOCK_FENCING_TOKEN", own_token(guard, tokens).to_string())
+        .env("DISTLOCK_FENCING_TOKENS", all.join("\n"))
         .env("DISTLOCK_LOCK", guard.key())
         .process_group(0)
         .kill_on_drop(true);
@@ -457,9 +482,9 @@ async fn supervise(
                 match stop {
                     // The loss event says `"on_lost":"ignore"`.
                     None if out.json => {}
-                    None => eprintln!("distlock: --on-lost ignore: the command keeps running without the lock"),
+                    None => say_err!("distlock: --on-lost ignore: the command keeps running without the lock"),
                     Some(Signal::TERM) => {
-                        let grace = tokio::time::sleep(args.kill_grace);
+                        let grace = tokio::time::sleep(loss_grace(guard, reason, args.kill_grace));
                         tokio::pin!(grace);
                         // Signals sent to distlock meanwhile are forwarded at once.
                         loop {
@@ -507,6 +532,18 @@ async fn supervise(
     (status, lost)
 }
 
+/// How long a command sent SIGTERM for a loss `reason` has before SIGKILL: the kill grace, but
+/// no longer than the lock may still be valid on the server (a renewal refused for good, say
+/// by a revoked permission, leaves the lock there until it expires, when another holder can
+/// take it; a job continued after a suspension past its TTL has nothing left). A lock that
+/// renewal found taken away (`NotHeld`) is already free: its command gets the whole grace.
+fn loss_grace(guard: &Guard, reason: LossReason, kill_grace: Duration) -> Duration {
+    if reason == LossReason::NotHeld {
+        return kill_grace;
+    }
+    kill_grace.min(guard.lease().valid_until().saturating_duration_since(Instant::now()))
+}
+
 fn report_loss(out: &Out, guard: &Guard, reason: LossReason, on_lost: OnLost) {
     out.say(
         format_args!("lock '{}' lost ({reason})", guard.key()),
@@ -527,16 +564,16 @@ async fn finish(
     let key = guard.key().to_owned();
     let released = guard.release().await;
     if let (Err(e), false) = (&released, out.json) {
-        eprintln!("distlock: release failed ({e}); the lock expires with its TTL");
+        say_err!("distlock: release failed ({e}); the lock expires with its TTL");
     }
     if let (Err(e), false) = (&status, out.json) {
-        eprintln!("distlock: waiting for the command failed: {e}");
+        say_err!("distlock: waiting for the command failed: {e}");
     }
     // A loss no renewal saw yet (the lock expired, or was released by force, shortly before
     // the command ended): the command's end may have run without the lock.
     let found_lost = lost.is_none() && matches!(released, Ok(ReleaseOutcome::NotHeld));
     if found_lost && !out.json {
-        eprintln!(
+        say_err!(
             "distlock: lock '{key}' was no longer held when the command ended (it expired or was released by force); the command's end may have run without it"
         );
     }

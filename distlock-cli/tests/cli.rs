@@ -279,6 +279,34 @@ fn run_stops_what_the_command_left_running_before_it_releases() {
     assert!(!alive.success(), "the command's background sleep outlived the run (and the lock)");
 }
 
+/// Standard error's reader goes away while the command runs (a log pipe, a hung-up
+/// terminal): distlock's later reports fail to write, and it still stops what the command left
+/// running and releases (a report that panicked skipped both and exited 101).
+#[test]
+fn run_stops_the_leftovers_when_its_standard_error_is_gone() {
+    let (d, url) = file_backend();
+    let pid_file = d.path().join("pid");
+    let script = format!("sleep 60 & echo $! > {}; sleep 1; exit 0", pid_file.display());
+    let mut run = distlock(&url)
+        .args(["run", "--lock", "left", "--kill-grace", "1s", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut err = run.stderr.take().expect("stderr");
+    let mut first = [0u8; 8];
+    err.read_exact(&mut first).expect("the first report");
+    drop(err);
+    let status = exit_of(&mut run, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file");
+    let alive =
+        Command::new("kill").args(["-0", pid.trim()]).stderr(Stdio::null()).status().expect("kill -0");
+    assert!(!alive.success(), "the command's background sleep outlived the run (and the lock)");
+    let i =
+        json(&distlock(&url).args(["--json", "inspect", "--lock", "left"]).output().expect("inspect").stdout);
+    assert_eq!(i["held"], false, "the lock was left behind");
+}
+
 #[test]
 fn run_reports_a_loss_found_only_at_release() {
     let (_d, url) = file_backend();
@@ -497,6 +525,54 @@ fn run_kills_a_command_that_ignores_sigterm_by_the_time_its_lock_expires() {
     assert!(err.contains("not renewed"), "{err}");
 }
 
+/// A renewal refused for good (the user's permissions revoked: NOPERM) ends the guard while
+/// the lock is still valid on the server for up to two thirds of its TTL. The command ignores
+/// SIGTERM: it gets SIGKILL when the lock may expire there, not a kill grace (10 s) after the
+/// refusal, when another holder could have had the lock for 8 s.
+#[test]
+fn a_renewal_refused_for_good_kills_the_command_by_the_locks_expiry() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let server = rt.block_on(RedisServer::start()).expect("redis-server");
+    let port = server.port();
+    let acl = ["ACL", "SETUSER", "app", "on", ">app-pw", "~*", "&*", "+@all"];
+    rt.block_on(conformance_tests::fixtures::redis::command(port, &acl)).expect("ACL SETUSER");
+    let url = format!("redis://app:app-pw@127.0.0.1:{port}");
+    let d = tempfile::tempdir().expect("tempdir");
+    let beats = d.path().join("beats");
+    let script = format!("trap '' TERM; while :; do date +%s%N >> {}; sleep 0.05; done", beats.display());
+    let mut run = distlock(&url)
+        .args(["run", "--lock", "revoked", "--ttl", "3s", "--kill-grace", "10s", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&beats).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let now_ns =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    let revoked_at = now_ns();
+    rt.block_on(conformance_tests::fixtures::redis::command(port, &["ACL", "SETUSER", "app", "-@all"]))
+        .expect("ACL SETUSER -@all");
+    let status = exit_of(&mut run, Duration::from_secs(40));
+    assert_eq!(status.code(), Some(70));
+    let text = std::fs::read_to_string(&beats).expect("beats");
+    let last: u128 = text.lines().last().and_then(|l| l.trim().parse().ok()).expect("a heartbeat");
+    // The last renewal came before the revocation: the lock was valid for at most its TTL after it.
+    let expiry = revoked_at + Duration::from_secs(3).as_nanos();
+    let late_ms = (last.saturating_sub(expiry)) / 1_000_000;
+    assert!(
+        last <= expiry + Duration::from_millis(500).as_nanos(),
+        "the command ran {late_ms} ms past the lock's expiry"
+    );
+    let mut err = String::new();
+    run.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    assert!(err.contains("lost"), "{err}");
+    assert!(!err.contains("app-pw"), "{err}");
+    drop(server);
+}
+
 #[test]
 fn the_command_works_against_a_real_redis_server() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -652,11 +728,11 @@ fn the_command_works_against_zookeeper() {
 fn run_takes_several_locks_all_or_nothing() {
     let (_d, url) = file_backend();
     let out = distlock(&url)
-        .args(["run", "--lock", "b", "--lock", "a", "--", "sh", "-c", "echo $DISTLOCK_FENCING_TOKENS"])
+        .args(["run", "--lock", "b", "--lock", "a", "--", "sh", "-c", "echo \"$DISTLOCK_FENCING_TOKENS\""])
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a=1,b=1");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a=1\nb=1");
     // One of the names held: the command never runs, and the other name is left free.
     let held = json(
         &distlock(&url)
@@ -676,6 +752,32 @@ fn run_takes_several_locks_all_or_nothing() {
         .output()
         .expect("run");
     assert_eq!(bad.status.code(), Some(64));
+}
+
+#[test]
+fn a_multi_key_run_passes_the_named_locks_own_token() {
+    let (_d, url) = file_backend();
+    // b's counter runs ahead of a's: a multi-key guard's own token is the highest of its
+    // names' (b's), which a write fenced by `a` must not carry.
+    for _ in 0..3 {
+        let out = distlock(&url).args(["run", "--lock", "b", "--", "true"]).output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let script = r#"printf '%s %s\n' "$DISTLOCK_LOCK" "$DISTLOCK_FENCING_TOKEN"; printf '%s\n' "$DISTLOCK_FENCING_TOKENS""#;
+    let out = distlock(&url)
+        .args(["--json", "run", "--lock", "a", "--lock", "b", "--", "sh", "-c", script])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a 1\na=1\nb=4");
+    let acquired = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| json(l.as_bytes()))
+        .find(|e| e["event"] == "acquired")
+        .expect("an acquired event");
+    assert_eq!(acquired["key"], "a", "{acquired}");
+    assert_eq!(acquired["fencing_token"], 1, "{acquired}");
+    assert_eq!(acquired["fencing_tokens"], serde_json::json!({ "a": 1, "b": 4 }), "{acquired}");
 }
 
 #[test]
