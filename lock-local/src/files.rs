@@ -240,25 +240,19 @@ pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: &Op) -> Result<OpRes
     let now = mono_ns();
     let kind = Role::of(op.mode(), NAME)?.kind();
     let (result, new) = if is_single(kind) {
-        record::apply(path, &bytes, key, op, now)?
+        let (result, new) = record::apply(path, &bytes, key, op, now)?;
+        (result, new.map(|first| table_record::Writes { first, second: None }))
     } else {
         table_record::apply(path, &bytes, key, op, now)?
     };
-    if let Some(new) = &new {
-        // In place, the same length for this key every time: never shortened. Only the bytes
-        // that change are written (a table record's write changes one of its two copies).
-        let from = new.iter().zip(&bytes).position(|(a, b)| a != b).unwrap_or(new.len().min(bytes.len()));
-        let to = if new.len() == bytes.len() {
-            new.iter().zip(&bytes).rposition(|(a, b)| a != b).map_or(from, |i| i + 1)
-        } else {
-            new.len()
-        };
-        file.write_all_at(&new[from..to.max(from)], from as u64)
-            .map_err(|e| io_err("cannot write lock file", path, e))?;
-        if sync && matches!(result, OpResult::Acquired(_) | OpResult::Raised(_)) {
-            file.sync_data().map_err(|e| io_err("cannot sync lock file", path, e))?;
+    let grant = sync && matches!(result, OpResult::Acquired(_) | OpResult::Raised(_));
+    if let Some(w) = &new {
+        write_over(&file, path, &bytes, &w.first, grant)?;
+        if let Some(second) = &w.second {
+            write_over(&file, path, &w.first, second, grant)?;
         }
     }
+    let new = new.map(|w| w.second.unwrap_or(w.first));
     if let Some(set) = op.side_file(&result, new.is_some()) {
         // Still under the record's flock: the side file follows the record's holders.
         let holders = holders_of(new.as_deref().unwrap_or(&bytes), kind, now);
@@ -266,6 +260,24 @@ pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: &Op) -> Result<OpRes
     }
     Ok(result)
     // The flock is dropped with the file.
+}
+
+/// Writes `new` over the file's bytes `old` in place (the same length for a key every time:
+/// never shortened; only the bytes that change, which for a table record is one of its two
+/// copies), and syncs them when `sync`.
+fn write_over(file: &File, path: &Path, old: &[u8], new: &[u8], sync: bool) -> Result<()> {
+    let from = new.iter().zip(old).position(|(a, b)| a != b).unwrap_or(new.len().min(old.len()));
+    let to = if new.len() == old.len() {
+        new.iter().zip(old).rposition(|(a, b)| a != b).map_or(from, |i| i + 1)
+    } else {
+        new.len()
+    };
+    file.write_all_at(&new[from..to.max(from)], from as u64)
+        .map_err(|e| io_err("cannot write lock file", path, e))?;
+    if sync {
+        file.sync_data().map_err(|e| io_err("cannot sync lock file", path, e))?;
+    }
+    Ok(())
 }
 
 /// The grants a record's bytes hold at `now` (none when they cannot be read).

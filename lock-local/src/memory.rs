@@ -299,6 +299,8 @@ impl LockBackend for MemoryBackend {
             if slot.table.check(&Self::ask(req, sent, None), role).is_some() {
                 return Ok(None);
             }
+            // An exhausted counter refuses before any name is granted, not after some were.
+            slot.table.next_fence(NAME)?;
         }
         let mut leases = Vec::with_capacity(reqs.len());
         for req in reqs {
@@ -337,6 +339,23 @@ mod tests {
         let key = LockKey::new("a").expect("key");
         let kept = b.with_slot(&key, Mode::Exclusive, |s, _| s.meta.len()).expect("slot").unwrap_or_default();
         assert!(kept <= 1, "{kept} metadata entries kept for expired grants");
+    }
+
+    /// A multi-key try that meets an exhausted counter on a later name is an error with no
+    /// name granted (the names before it were granted and left held for their TTL).
+    #[tokio::test]
+    async fn an_exhausted_counter_refuses_a_multi_key_try_before_any_grant() {
+        use lock_core::{FencingToken, LockBackend};
+        let b = MemoryBackend::new();
+        let locks = LockClient::new(b.clone());
+        let key = LockKey::new("b").expect("key");
+        b.raise_fencing_counter(&key, Mode::Exclusive, FencingToken::new(u64::MAX - 1)).await.expect("raise");
+        let last = locks.lock("b").try_acquire().await.expect("try").expect("granted");
+        assert_eq!(last.fencing_token().get(), u64::MAX);
+        last.release().await.expect("release");
+        let tried = locks.lock_all(["a", "b"]).ttl(Duration::from_secs(60)).try_acquire().await;
+        assert!(tried.is_err(), "{tried:?}");
+        assert!(locks.inspect("a").await.expect("inspect").is_none(), "'a' was left held");
     }
 
     /// The owner tokens of the holders of one name's lock.

@@ -230,9 +230,7 @@ impl<T: Copy + Ord> Table<T> {
             e.expires = ask.expires;
             return Ok(Admit::Granted(e.fence));
         }
-        let fence = self.fence.checked_add(1).ok_or_else(|| {
-            Error::backend_msg(backend, lock_core::BackendErrorKind::Other, "fencing counter exhausted")
-        })?;
+        let fence = self.next_fence(backend)?;
         self.fence = fence;
         self.entries.retain(|e| !(e.owner == ask.owner && e.role == Role::Intent));
         if let Mode::Permit { limit } = ask.mode {
@@ -240,6 +238,16 @@ impl<T: Copy + Ord> Table<T> {
         }
         self.entries.push(Entry { owner: ask.owner, fence, expires: ask.expires, role });
         Ok(Admit::Granted(fence))
+    }
+
+    /// The token the next new grant gets.
+    ///
+    /// # Errors
+    /// The fencing counter is exhausted (after 2^64 - 1 grants).
+    pub(crate) fn next_fence(&self, backend: &'static str) -> Result<u64> {
+        self.fence.checked_add(1).ok_or_else(|| {
+            Error::backend_msg(backend, lock_core::BackendErrorKind::Other, "fencing counter exhausted")
+        })
     }
 
     fn set_intent(&mut self, ask: &Ask<T>, until: T) {

@@ -7,9 +7,13 @@
 //! written whole. Each later write changes one copy only, the one of its `seq`'s parity
 //! (copy `seq % 2`), so that the other holds the previous write intact whatever order the
 //! pages of a torn write reach the disk in (a block is more than a page: two copies written
-//! at once could both be spoilt by a power loss that kept some of each one's pages). The copies
-//! share a page, so two writes in a row that are not synced (an extend, then a release; only
-//! grants and raises are) can still spoil both:
+//! at once could both be spoilt by a power loss that kept some of each one's pages). A write
+//! that raises the fencing counter (a grant, a raise) is followed by a second one that brings
+//! the other copy to the same state, each synced before the next: once a token is reported,
+//! both copies hold its counter, so neither a later torn write nor a damaged byte in one copy
+//! can take the counter back below it. The copies share a page, so two writes in a row that
+//! are not synced (an extend, then a release; only grants and raises are) can still spoil
+//! both (the file is then refused, never read with a lower counter):
 //!
 //! ```text
 //! distlock-set1 <kind> <seq> <fence> <limit> <boot id>     header
@@ -233,7 +237,9 @@ fn decode_as(bytes: &[u8], kind: Kind, ours: &str) -> Result<TableRecord, &'stat
 }
 
 /// One operation on a record file's bytes, at `now` (CLOCK_MONOTONIC ns): what it found and
-/// did, and the bytes to write back (`None` when nothing changed).
+/// did, and the bytes to write back (`None` when nothing changed), with, when the operation
+/// raised the fencing counter, the bytes of a second write that brings the other copy to the
+/// same state (see [`Writes`]).
 ///
 /// # Errors
 /// A damaged record (naming `path`), or an exhausted fencing counter.
@@ -243,7 +249,7 @@ pub(crate) fn apply(
     key: &str,
     op: &Op,
     now: u64,
-) -> Result<(OpResult, Option<Vec<u8>>)> {
+) -> Result<(OpResult, Option<Writes>)> {
     let kind = Role::of(op.mode(), NAME)?.kind();
     let mut rec = decode(bytes, kind).map_err(|why| damaged(path, why))?;
     let before = rec.table.clone();
@@ -282,7 +288,23 @@ pub(crate) fn apply(
         return Ok((result, None));
     }
     rec.seq = rec.seq.saturating_add(1);
-    Ok((result, Some(rec.render_over(bytes, key))))
+    let first = rec.render_over(bytes, key);
+    let second = (rec.table.fence != before.fence).then(|| {
+        rec.seq = rec.seq.saturating_add(1);
+        rec.render_over(&first, key)
+    });
+    Ok((result, Some(Writes { first, second })))
+}
+
+/// The bytes a table record's operation writes back: `first`, one copy changed; and, when the
+/// fencing counter rose, `second`, the other copy brought to the same state (the next `seq`),
+/// written (and synced) only once `first` is on the disk. Each write still changes one copy,
+/// so a torn write spoils only the copy it wrote; and once both are written, neither copy holds
+/// a counter below the token just issued: a later torn write, or a damaged byte in one copy,
+/// falls back to the other copy and the same counter, never to the one before the grant.
+pub(crate) struct Writes {
+    pub(crate) first: Vec<u8>,
+    pub(crate) second: Option<Vec<u8>>,
 }
 
 /// The holders of a record, with their modes and the time they have left at `now`.
@@ -358,6 +380,8 @@ mod tests {
             let (result, after) = apply(path, &before, "k", &op, 0).expect("apply");
             assert!(matches!(result, OpResult::Released));
             let after = after.expect("written");
+            assert!(after.second.is_none(), "a release wrote both copies");
+            let after = after.first;
             let pages = after.len().div_ceil(PAGE);
             assert!(pages >= 3, "{} bytes", after.len());
             for mask in 0..1u32 << pages {
@@ -369,6 +393,88 @@ mod tests {
                 let back = decode(&mixed, Kind::Semaphore)
                     .unwrap_or_else(|e| panic!("seq {seq}, pages {mask:03b} from the write: {e}"));
                 assert!(back.seq == seq || back.seq == seq + 1, "seq {seq}: read back {}", back.seq);
+            }
+        }
+    }
+
+    /// The file's bytes after `op` over `bytes` (both writes of a grant), and what it found.
+    fn step(bytes: &[u8], op: &Op, now: u64) -> (OpResult, Vec<u8>) {
+        let (result, w) = apply(Path::new("/locks/k.sem"), bytes, "k", op, now).expect("apply");
+        let w = w.expect("written");
+        (result, w.second.unwrap_or(w.first))
+    }
+
+    fn permit_op(owner: u128, extend: bool) -> Op {
+        let (owner, mode, ttl) =
+            (OwnerToken::from_u128(owner), Mode::Permit { limit: 4 }, Duration::from_secs(60));
+        if extend {
+            Op::Extend { owner, ttl, mode }
+        } else {
+            Op::Acquire { owner, ttl, mode, intent: None, meta: None }
+        }
+    }
+
+    /// Two grants (tokens 1 and 2, each synced), then two renewals that are not synced: on a
+    /// power loss their pages reach the disk in any mix. Whatever copy survives intact holds
+    /// the counter of token 2: before, the grant changed one copy only, the other kept
+    /// counter 1, and a mix of the renewals' pages spoilt the grant's copy, so the next grant
+    /// was token 2 again.
+    #[test]
+    fn unsynced_writes_after_a_grant_never_take_its_counter_back() {
+        const PAGE: usize = 4096;
+        let b0 = TableRecord::new(Kind::Semaphore).render("k");
+        let (_, b1) = step(&b0, &permit_op(1, false), 0);
+        let (granted, b2) = step(&b1, &permit_op(2, false), 1);
+        assert!(matches!(granted, OpResult::Acquired(2)), "{granted:?}");
+        let (_, b3) = step(&b2, &permit_op(1, true), 2);
+        let (_, b4) = step(&b3, &permit_op(2, true), 3);
+        let pages = b2.len().div_ceil(PAGE);
+        let images = [&b2, &b3, &b4];
+        let mut read = 0;
+        for mix in 0..3usize.pow(pages as u32) {
+            let mut disk = b2.clone();
+            let mut m = mix;
+            for p in 0..pages {
+                let from = images[m % 3];
+                m /= 3;
+                let r = p * PAGE..((p + 1) * PAGE).min(disk.len());
+                disk[r.clone()].copy_from_slice(&from[r]);
+            }
+            if let Ok(rec) = decode(&disk, Kind::Semaphore) {
+                read += 1;
+                assert!(rec.table.fence >= 2, "mix {mix}: counter {} after token 2", rec.table.fence);
+            }
+        }
+        assert!(read > 0);
+    }
+
+    /// A damaged byte in either copy, or a cut anywhere past the first copy's fence field,
+    /// right after a grant: the counter read back is the grant's (before, the copy the grant
+    /// did not write still held the counter before it).
+    #[test]
+    fn a_damaged_copy_right_after_a_grant_never_takes_its_counter_back() {
+        let b0 = TableRecord::new(Kind::Semaphore).render("k");
+        let (_, b1) = step(&b0, &permit_op(1, false), 0);
+        let (_, b2) = step(&b1, &permit_op(2, false), 1);
+        for (bytes, token) in [(&b1, 1), (&b2, 2)] {
+            for at in [200, COPY_LEN + 200] {
+                let mut bad = bytes.clone();
+                bad[at] ^= 1;
+                let rec = decode(&bad, Kind::Semaphore).expect("one intact copy");
+                assert!(
+                    rec.table.fence >= token,
+                    "byte {at} damaged: counter {} after token {token}",
+                    rec.table.fence
+                );
+            }
+            for cut in FENCE_END..bytes.len() {
+                if let Ok(rec) = decode(&bytes[..cut], Kind::Semaphore) {
+                    assert!(
+                        rec.table.fence >= token,
+                        "cut at {cut}: counter {} after token {token}",
+                        rec.table.fence
+                    );
+                }
             }
         }
     }
