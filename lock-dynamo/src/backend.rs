@@ -156,13 +156,24 @@ impl LockBackend for DynamoBackend {
         self.extend_grant(lease, ttl).await
     }
 
+    /// Removes the grant if it is ours, and says `Released` only if it had not run out: by
+    /// our own clock for a lease of this process (past `valid_until`, a contender may count it
+    /// gone), by the grant's wall-clock expiry for a lease rebuilt from its parts. A grant
+    /// that ran out is removed all the same (nobody then waits a lease for it).
     async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
         let place = Place::of(lease.key(), lease.mode(), lease.owner())?;
-        Ok(if self.release_grant(&place, lease.owner()).await? {
-            ReleaseOutcome::Released
+        let ran_out = if lease.backend_data::<crate::item::Held>().is_some() {
+            let ran_out = Instant::now() >= lease.valid_until();
+            let released = self.release_grant(&place, lease.owner()).await?;
+            !released || ran_out
         } else {
-            ReleaseOutcome::NotHeld
-        })
+            match self.release_grant_seen(&place, lease.owner(), true).await? {
+                (false, _) => true,
+                (true, Some(old)) => place.expires_at_ms(&old)?.is_some_and(|e| e <= crate::item::wall_ms()),
+                (true, None) => false,
+            }
+        };
+        Ok(if ran_out { ReleaseOutcome::NotHeld } else { ReleaseOutcome::Released })
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {

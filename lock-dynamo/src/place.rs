@@ -16,6 +16,8 @@ use lock_core::{
 };
 
 use crate::error::NAME;
+use aws_sdk_dynamodb::types::ReturnValue;
+
 use crate::item::{self, counted_prefix, fence_attr, new_rvn, wall_ms, Held, Item, Kind, Record, Slots};
 use crate::request::{ms, n, s, Update, Written};
 use crate::DynamoBackend;
@@ -87,6 +89,19 @@ impl Place {
         })
     }
 
+    /// When the grant at this place in `item` (the lock item, or attributes of it) expires by
+    /// its holder's wall clock (ms since the epoch), if it says.
+    pub(crate) fn expires_at_ms(&self, item: &Item) -> Result<Option<u64>> {
+        Ok(match &self.entry {
+            None => Record::parse(item)?.expires_at_ms,
+            Some(name) => {
+                let prefix =
+                    name.split_once(':').map(|(p, _)| format!("{p}:")).unwrap_or_else(|| "r:".into());
+                Slots::parse(item, &prefix)?.get(name).and_then(|e| e.expires_at_ms)
+            }
+        })
+    }
+
     /// `entries` (attribute name, RVN) without this place's own counted entry (a permit's or
     /// a reader's, named by its owner).
     pub(crate) fn others(&self, mut entries: Vec<(String, String)>) -> Vec<(String, String)> {
@@ -147,7 +162,8 @@ impl DynamoBackend {
     }
 
     /// One heartbeat of `owner`'s grant at `place`: a new RVN and lease, on the condition that
-    /// the grant is ours (and still carries `known`, when given). Returns the new RVN.
+    /// the grant is ours (and still carries `known`, when given; and, with `unexpired`, that
+    /// its holder's wall-clock expiry has not passed on ours). Returns the new RVN.
     async fn heartbeat(
         &self,
         place: &Place,
@@ -155,6 +171,7 @@ impl DynamoBackend {
         ttl: Duration,
         known: Option<&str>,
         until: Option<Instant>,
+        unexpired: bool,
     ) -> Result<(Written, String)> {
         let rvn = new_rvn();
         let (pv, pl, pe) = (place.path("#v", "#kr"), place.path("#l", "#kl"), place.path("#e", "#ke"));
@@ -162,14 +179,21 @@ impl DynamoBackend {
         if known.is_some() {
             condition.push_str(&format!(" AND {pv} = :known"));
         }
+        let now = wall_ms();
+        if unexpired {
+            condition.push_str(&format!(" AND {pe} > :now"));
+        }
         let mut u = place
             .update("extend", &format!("SET {pv} = :v, {pl} = :l, {pe} = :e"), &condition)
             .value(":o", s(owner.to_string()))
             .value(":v", s(rvn.clone()))
             .value(":l", n(ms(ttl)))
-            .value(":e", n(wall_ms().saturating_add(ms(ttl))));
+            .value(":e", n(now.saturating_add(ms(ttl))));
         if let Some(k) = known {
             u = u.value(":known", s(k));
+        }
+        if unexpired {
+            u = u.value(":now", n(now));
         }
         let written = match self.write(&place.id, u, until).await? {
             // Refused, but the grant carries this very heartbeat's RVN: the SDK sent it again
@@ -191,9 +215,15 @@ impl DynamoBackend {
             return Ok(ExtendOutcome::NotHeld);
         }
         let mut known = held.map(|h| h.rvn());
+        // A lease rebuilt from its parts (another process) knows neither the grant's RVN nor
+        // when it ran out: the grant's own wall-clock expiry says, so that an extend never
+        // revives a grant that ran out (with the holder's and our clocks apart, an extend may
+        // be refused early, or allowed on a grant that ran out by less than the difference;
+        // a takeover still compares the RVN it saw, so it never overlaps the revived one).
+        let rebuilt = held.is_none();
         for _ in 0..2 {
             let sent = Instant::now();
-            match self.heartbeat(&place, lease.owner(), ttl, known.as_deref(), None).await? {
+            match self.heartbeat(&place, lease.owner(), ttl, known.as_deref(), None, rebuilt).await? {
                 (Written::Applied(_), rvn) => {
                     if let Some(h) = held {
                         h.set(rvn);
@@ -204,7 +234,9 @@ impl DynamoBackend {
                 }
                 (Written::Refused(Some(item)), _) => match place.holder(&item)? {
                     // Still ours, but our last heartbeat's reply was lost: adopt its RVN.
-                    Some((o, rvn, _)) if o == lease.owner() && known.as_deref() != Some(rvn.as_str()) => {
+                    Some((o, rvn, _))
+                        if !rebuilt && o == lease.owner() && known.as_deref() != Some(rvn.as_str()) =>
+                    {
                         known = Some(rvn);
                     }
                     _ => return Ok(ExtendOutcome::NotHeld),
@@ -229,7 +261,7 @@ impl DynamoBackend {
         until: Instant,
     ) -> Result<Attempt> {
         let sent = Instant::now();
-        Ok(match self.heartbeat(place, req.owner, req.ttl, Some(known), Some(until)).await? {
+        Ok(match self.heartbeat(place, req.owner, req.ttl, Some(known), Some(until), false).await? {
             (Written::Applied(_), rvn) => Attempt::Acquired(self.lease(req, place, fence, rvn, sent)),
             // Taken over (or changed) meanwhile: look again.
             (Written::Refused(_), _) => Attempt::Held { expires_in: Some(Duration::ZERO) },
@@ -242,23 +274,37 @@ impl DynamoBackend {
     /// recognises itself (unless another release of the same item came in between). A second
     /// release (a new call, a new RVN) reports that it found nothing.
     pub(crate) async fn release_grant(&self, place: &Place, owner: OwnerToken) -> Result<bool> {
+        Ok(self.release_grant_seen(place, owner, false).await?.0)
+    }
+
+    /// [`release_grant`](Self::release_grant), and with `old`, the grant's attributes as they
+    /// were before it (when the release was applied and its reply came).
+    pub(crate) async fn release_grant_seen(
+        &self,
+        place: &Place,
+        owner: OwnerToken,
+        old: bool,
+    ) -> Result<(bool, Option<Item>)> {
         let rvn = new_rvn();
         let expression = match (&place.entry, place.counted) {
             (None, _) => "REMOVE #o, #l, #e, #m SET #v = :v, #r = :v",
             (Some(_), true) => "REMOVE #me, #mf SET #r = :v, #n = #n - :one",
             (Some(_), false) => "REMOVE #me, #mf SET #r = :v",
         };
-        let u = place
+        let mut u = place
             .update("release", expression, place.owner_condition())
             .value(":o", s(owner.to_string()))
             .value(":v", s(rvn.clone()))
             .value(":one", n(1));
+        if old {
+            u = u.returning(ReturnValue::UpdatedOld);
+        }
         Ok(match self.write(&place.id, u, None).await? {
-            Written::Applied(_) => true,
+            Written::Applied(item) => (true, old.then_some(item)),
             Written::Refused(Some(item)) => {
-                item::string(&item, item::RELEASE_RVN)?.as_deref() == Some(rvn.as_str())
+                (item::string(&item, item::RELEASE_RVN)?.as_deref() == Some(rvn.as_str()), None)
             }
-            Written::Refused(None) => false,
+            Written::Refused(None) => (false, None),
         })
     }
 

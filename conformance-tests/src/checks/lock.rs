@@ -357,7 +357,8 @@ pub async fn extend_prolongs_the_grant(ctx: Ctx) -> CheckResult {
 }
 
 /// Promise 4: an extend of a grant that ran out (its TTL, or its session) reports `NotHeld`
-/// and leaves the key free.
+/// and leaves the key free, and so do an extend and a release of the same grant rebuilt
+/// from its parts (name, owner, fencing token).
 pub async fn extend_never_revives_an_expired_grant(ctx: Ctx) -> CheckResult {
     let a = ctx.client().await?;
     let key = ctx.key("k");
@@ -372,6 +373,24 @@ pub async fn extend_never_revives_an_expired_grant(ctx: Ctx) -> CheckResult {
     };
     wait_until_free(&ctx, &watcher, &key, ctx.lease_length(ttl) + ctx.caps.expiry_margin + ctx.slack())
         .await?;
+    // The same grant rebuilt from its parts (an operator tool in another process), which
+    // carries nothing of the backend's own: neither extend nor release finds it held.
+    let rebuilt = a.lease_from_parts(&key, lease.owner(), lease.fencing_token(), ttl)?;
+    let mut again = rebuilt.clone();
+    match a.extend_lease(&mut again, ctx.long_ttl()).await {
+        Err(Error::NotHeld { .. }) => {}
+        other => {
+            return Err(Failure(format!(
+                "extend of an expired grant rebuilt from its parts returned {other:?}, expected NotHeld"
+            )))
+        }
+    }
+    ensure!(watcher.inspect(&key).await?.is_none(), "an extend of a rebuilt lease revived an expired grant");
+    let released = a.release_lease(&rebuilt).await?;
+    ensure!(
+        released == ReleaseOutcome::NotHeld,
+        "release of an expired grant rebuilt from its parts reported {released:?}, expected NotHeld"
+    );
     match a.extend_lease(&mut lease, ctx.long_ttl()).await {
         Err(Error::NotHeld { .. }) => {}
         other => {
