@@ -173,3 +173,58 @@ async fn a_backend_that_keeps_crashed_grants_for_two_leases_fails_the_crash_chec
     assert_eq!(report.failed.len(), 1, "{report:?}");
     assert!(report.failed[0].1.contains("blocked for"), "{report:?}");
 }
+
+/// A backend whose grant is made before its reply comes (as a server's is), with nothing
+/// that undoes a grant whose reply was never read: an attempt cut in between leaves it.
+#[derive(Debug, Clone)]
+struct LeavesCutGrants(MemoryBackend);
+
+#[async_trait]
+impl LockBackend for LeavesCutGrants {
+    fn name(&self) -> &'static str {
+        "leaves-cut-grants"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let attempt = self.0.try_acquire(req).await;
+        // The reply on its way back.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        attempt
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        self.0.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        self.0.release(lease).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.0.inspect(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_leaves_cut_grants_fails_the_cancellation_checks() {
+    let store = MemoryBackend::new();
+    let report = Suite::new("leaves-cut-grants", move || {
+        let store = store.clone();
+        async move { Ok(LockClient::new(LeavesCutGrants(store))) }
+    })
+    .only("cancelled_attempts_leave_nothing")
+    .only("cancelled_permit_attempts_leave_nothing")
+    .only("cancelled_read_write_attempts_leave_nothing")
+    .run_report()
+    .await;
+    let mut failed: Vec<&str> = report.failed.iter().map(|(n, _)| *n).collect();
+    failed.sort_unstable();
+    assert_eq!(
+        failed,
+        [
+            "cancelled_attempts_leave_nothing",
+            "cancelled_permit_attempts_leave_nothing",
+            "cancelled_read_write_attempts_leave_nothing"
+        ],
+        "{report:?}"
+    );
+}

@@ -185,6 +185,161 @@ pub async fn cancelled_attempts_leave_nothing(ctx: Ctx) -> CheckResult {
     Ok(())
 }
 
+/// A lock attempt of some kind, boxed so that one helper cuts them all.
+type Attempt = futures::future::BoxFuture<'static, lock_core::Result<Option<lock_core::Guard>>>;
+
+/// Whether nothing blocks a name (see [`cut_attempts`]).
+type Probe = futures::future::BoxFuture<'static, lock_core::Result<bool>>;
+
+/// Cuts attempts made by `start` at times spread over twice a measured attempt's time (so that
+/// cuts land before the request is sent, while the server works and before the reply is read);
+/// after each, `probe` (tries of a kind that any grant or queue entry `start` left would
+/// refuse) must find the name free within the wake bound and the slack. An attempt that fails, rather
+/// than being cut or answered, fails the check; one that is answered with a grant is released.
+async fn cut_attempts(
+    ctx: &Ctx,
+    what: &str,
+    rounds: u32,
+    start: impl Fn() -> Attempt,
+    probe: impl Fn() -> Probe,
+) -> CheckResult {
+    let t0 = StdInstant::now();
+    match start().await {
+        Ok(Some(g)) => {
+            let _ = g.release().await?;
+        }
+        Ok(None) => {}
+        Err(e) => return Err(Failure(format!("{what}: an attempt failed: {e}"))),
+    }
+    let took = t0.elapsed().max(Duration::from_micros(200));
+    for i in 0..rounds {
+        let at = took * 2 * ((i * 397) % 41) / 40;
+        match tokio::time::timeout(at, start()).await {
+            Err(_) => {}
+            Ok(Err(e)) => return Err(Failure(format!("{what}: attempt {i} failed: {e}"))),
+            Ok(Ok(Some(g))) => {
+                let _ = g.release().await?;
+            }
+            Ok(Ok(None)) => {}
+        }
+        let within = ctx.wake_bound() + ctx.slack();
+        let deadline = Instant::now() + within;
+        loop {
+            if probe().await? {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{what}: attempt {i}, cut after {at:?} (an attempt takes {took:?}), left a grant or a queue entry that still blocked others {within:?} later"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Promise 6: attempts on a held name (a try, which queue backends enqueue and withdraw, and a
+/// waiting acquire), dropped at any point of their flight, leave nothing behind: once the
+/// holder releases, another client gets the lock at once.
+pub async fn cancelled_attempts_on_a_held_lock_leave_nothing(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let long = ctx.long_ttl();
+    let holder = Arc::new(tokio::sync::Mutex::new(Some(a.lock(&key).ttl(long).acquire().await?)));
+    let round = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (k, r) = (key.clone(), round.clone());
+    let start = move || -> Attempt {
+        let (b, k) = (b.clone(), k.clone());
+        let waiting = r.fetch_add(1, Ordering::Relaxed) % 2 == 1;
+        Box::pin(async move {
+            let attempt = b.lock(&k).ttl(long);
+            if waiting {
+                attempt.wait(Duration::from_secs(50)).acquire().await.map(Some)
+            } else {
+                attempt.try_acquire().await
+            }
+        })
+    };
+    // The probe: the holder releases, another client must then get the lock; the holder takes
+    // it back for the next round.
+    let probe = move || -> Probe {
+        let (a, c, k, holder) = (a.clone(), c.clone(), key.clone(), holder.clone());
+        Box::pin(async move {
+            let mut held = holder.lock().await;
+            if let Some(g) = held.take() {
+                g.release().await?;
+            }
+            let got = c.lock(&k).ttl(long).try_acquire().await?;
+            let free = got.is_some();
+            if let Some(g) = got {
+                g.release().await?;
+            }
+            *held = Some(a.lock(&k).ttl(long).wait(Duration::from_secs(30)).acquire().await?);
+            Ok(free)
+        })
+    };
+    cut_attempts(&ctx, "lock on a held name", 20, start, probe).await
+}
+
+/// Promise 6: permit attempts dropped at any point of their flight leave no permit behind.
+pub async fn cancelled_permit_attempts_leave_nothing(ctx: Ctx) -> CheckResult {
+    let b = ctx.client().await?;
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let long = ctx.long_ttl();
+    let k = key.clone();
+    let start = move || -> Attempt {
+        let (b, k) = (b.clone(), k.clone());
+        Box::pin(async move { b.semaphore(&k, 1).ttl(long).try_acquire().await })
+    };
+    let probe = move || -> Probe {
+        let (c, k) = (c.clone(), key.clone());
+        Box::pin(async move {
+            let Some(g) = c.semaphore(&k, 1).ttl(long).try_acquire().await? else { return Ok(false) };
+            g.release().await?;
+            Ok(true)
+        })
+    };
+    cut_attempts(&ctx, "permit", 20, start, probe).await
+}
+
+/// Promise 6: read and write lock attempts dropped at any point of their flight leave no grant
+/// (and no waiting writer's intent) behind.
+pub async fn cancelled_read_write_attempts_leave_nothing(ctx: Ctx) -> CheckResult {
+    let b = ctx.client().await?;
+    let c = ctx.client().await?;
+    let key = ctx.key("k");
+    let long = ctx.long_ttl();
+    let round = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let k = key.clone();
+    let start = move || -> Attempt {
+        let (b, k) = (b.clone(), k.clone());
+        let write = round.fetch_add(1, Ordering::Relaxed) % 2 == 0;
+        Box::pin(async move {
+            if write {
+                b.write_lock(&k).ttl(long).try_acquire().await
+            } else {
+                b.read_lock(&k).ttl(long).try_acquire().await
+            }
+        })
+    };
+    // A write lock is refused by any reader or writer left behind; a reader by a writer or
+    // a writer's intent: both must be had.
+    let probe = move || -> Probe {
+        let (c, k) = (c.clone(), key.clone());
+        Box::pin(async move {
+            let Some(r) = c.read_lock(&k).ttl(long).try_acquire().await? else { return Ok(false) };
+            r.release().await?;
+            let Some(w) = c.write_lock(&k).ttl(long).try_acquire().await? else { return Ok(false) };
+            w.release().await?;
+            Ok(true)
+        })
+    };
+    cut_attempts(&ctx, "read-write lock", 20, start, probe).await
+}
+
 /// Polls `fut` up to `polls` times, yielding in between, then drops it unless it finished.
 async fn poll_then_drop<F: Future>(fut: F, polls: usize) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
