@@ -316,7 +316,7 @@ pub async fn cancelled_read_write_attempts_leave_nothing(ctx: Ctx) -> CheckResul
     let k = key.clone();
     let start = move || -> Attempt {
         let (b, k) = (b.clone(), k.clone());
-        let write = round.fetch_add(1, Ordering::Relaxed) % 2 == 0;
+        let write = round.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
         Box::pin(async move {
             if write {
                 b.write_lock(&k).ttl(long).try_acquire().await
