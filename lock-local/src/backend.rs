@@ -3,6 +3,7 @@
 //! [`table_record`](crate::table_record) for the formats).
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,22 +72,59 @@ pub struct FileBackend {
     opts: Arc<FileOptions>,
 }
 
+/// The last default directory, under the world-writable `/var/tmp`: anyone could have made it.
+const SHARED_FALLBACK: &str = "/var/tmp/distlock";
+
+/// Refuses `dir` (the shared fallback) unless it belongs to this process's user and no other
+/// user can write in it: another user who made it first could delete or replace its lock
+/// files (restarting counters: tokens issued twice) or plant grants that never end.
+fn check_own_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| io_err("cannot read lock directory", dir, e))?;
+    let ours = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != ours || meta.mode() & 0o022 != 0 {
+        return Err(lock_core::Error::InvalidConfig(format!(
+            "lock directory {}: not a directory of this user (uid {ours}) that only it can write in (owner uid {}, mode {:o}); \
+             set DISTLOCK_DIR or name a directory (file:///PATH)",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 impl FileBackend {
     /// Opens (creating it if needed) the lock directory of `opts`. Synchronous: it creates the
     /// directory and checks that it can be written.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`](lock_core::Error::InvalidConfig) for invalid options (see
-    /// [`FileOptions::validate`]); a backend error when the directory cannot be created or
-    /// written.
+    /// [`FileOptions::validate`]), or when the directory is the shared fallback
+    /// `/var/tmp/distlock` and another user owns it or can write in it; a backend error when
+    /// the directory cannot be created or written (also when its probe file `.distlock-probe`
+    /// is a symbolic link, which is not followed).
     pub fn connect(opts: FileOptions) -> Result<Self> {
         opts.validate()?;
         let dir = &opts.dir;
-        std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create lock directory", dir, e))?;
+        if dir == Path::new(SHARED_FALLBACK) {
+            // Writable by this user alone whatever the umask, and refused if someone else's.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|e| io_err("cannot create lock directory", dir, e))?;
+            check_own_dir(dir)?;
+        } else {
+            std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create lock directory", dir, e))?;
+        }
+        // Not through a symbolic link planted in the directory: that would create (or touch)
+        // a file wherever it points, with this process's rights.
         OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(dir.join(".distlock-probe"))
             .map_err(|e| io_err("cannot write in lock directory", dir, e))?;
         Ok(Self { opts: Arc::new(opts) })
@@ -108,7 +146,7 @@ impl FileBackend {
         if let Some(h) = env("HOME") {
             return h.join(".local/state/distlock");
         }
-        PathBuf::from("/var/tmp/distlock")
+        PathBuf::from(SHARED_FALLBACK)
     }
 
     /// The lock directory.
@@ -299,5 +337,42 @@ impl LockBackend for FileBackend {
             OpResult::Raised(f) => Ok(FencingToken::new(f)),
             _ => Err(other("unexpected file operation result")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A probe file planted as a symbolic link is not followed: nothing is created where it
+    /// points (a root service's connect created any file a local user named).
+    #[test]
+    fn a_planted_probe_link_is_not_followed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let victim = d.path().join("victim");
+        let locks = d.path().join("locks");
+        std::fs::create_dir(&locks).expect("mkdir");
+        std::os::unix::fs::symlink(&victim, locks.join(".distlock-probe")).expect("symlink");
+        let connected = FileBackend::connect(FileOptions::new(&locks));
+        assert!(connected.is_err(), "connected through a planted link");
+        assert!(!victim.exists(), "the probe followed the link and created {}", victim.display());
+    }
+
+    /// The shared fallback's check: a directory others can write in, or not a directory, is
+    /// refused; one of this user's own is not.
+    #[test]
+    fn a_directory_others_can_write_in_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        check_own_dir(d.path()).expect("our own directory");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let refused = check_own_dir(d.path());
+        assert!(matches!(refused, Err(lock_core::Error::InvalidConfig(_))), "{refused:?}");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o775)).expect("chmod");
+        assert!(check_own_dir(d.path()).is_err());
+        let file = d.path().join("f");
+        std::fs::write(&file, b"").expect("write");
+        assert!(check_own_dir(&file).is_err());
     }
 }
