@@ -14,8 +14,9 @@
 //!   metadata; the rewrite keeps only the lines of the record's unexpired holders, so lines of
 //!   expired or crashed holders go with the next rewrite. A grant's line is written before the
 //!   grant is returned.
-//! - It is written whole to a temporary file and renamed into place, so a reader never sees
-//!   half of it; it is removed when the record has no holder left. It is not flushed
+//! - It is written whole to a temporary file (`.<side file>.tmp`, one name per side file,
+//!   written over by the next write if a process was killed between the two steps) and
+//!   renamed into place, so a reader never sees half of it; it is removed when the record has no holder left. It is not flushed
 //!   (`fdatasync`): after a power loss it may be missing or old.
 //! - It is informational and never decides anything: a line counts only for the holder the
 //!   record names (owner token and role), and a missing, unreadable or garbled file (or line)
@@ -101,10 +102,14 @@ pub(crate) fn update(
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path` and renames it into place.
+/// Writes `bytes` to a temporary file beside `path` and renames it into place. The temporary
+/// file's name is the same for every write of `path`: only the holder of the record's
+/// exclusive `flock` writes it, so no two writes share it at once, and one left by a process
+/// killed between the two steps is written over by the next write (with a name of its own
+/// per write, each such kill left a file that nothing removed).
 fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.{}.tmp", std::process::id(), OwnerToken::random()));
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes));
     let placed = written.and_then(|()| std::fs::rename(&tmp, path));
     if placed.is_err() {
@@ -134,6 +139,17 @@ mod tests {
         // Metadata for someone who does not hold is not written.
         update(&record, &[(b, Role::Permit)], Some((a, Role::Permit, m("late"))));
         assert!(!read(&record).contains_key(&(a, Role::Permit)));
+        // A temporary file left by a writer killed before its rename is written over, not
+        // left beside another one.
+        let stale = record.with_file_name(".k.sem.meta.tmp");
+        std::fs::write(&stale, "left by a killed writer").expect("write");
+        update(&record, &[(b, Role::Permit)], Some((b, Role::Permit, m("b2"))));
+        assert_eq!(read(&record)[&(b, Role::Permit)].value.as_deref(), Some("b2"));
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["k.sem.meta"], "files left beside the side file");
         // Garbage reads as no metadata; the last holder gone removes the file.
         std::fs::write(path(&record), "zz p {\n00000000000000000000000000000002 p not json\n")
             .expect("write");
