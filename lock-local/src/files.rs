@@ -353,24 +353,29 @@ pub(crate) async fn run(dir: &Path, key: &LockKey, sync: bool, op: Op, bound: Du
         let (path, full) = (path.clone(), full.clone());
         // An acquire whose caller goes away before the reply must not leave its grant behind:
         // the blocking task runs on regardless, so the undo waits for it and releases it.
+        // A waiting writer's attempt refused for now leaves its intent: that is undone too
+        // (the writer's own withdraw may have run before this task got the flock).
         let undo = match op {
-            Op::Acquire { owner, mode, .. } => Some(Op::Release { owner, mode }),
+            Op::Acquire { owner, mode, intent, .. } => Some((Op::Release { owner, mode }, intent.is_some())),
             _ => None,
         };
         let task = {
             let (path, full, op) = (path.clone(), full.clone(), op.clone());
             tokio::task::spawn_blocking(move || apply(&path, &full, sync, &op))
         };
-        PendingOp { task: Some(task), undo: undo.map(|op| (path, full, sync, op)) }.join()
+        PendingOp { task: Some(task), undo: undo.map(|(op, intent)| (path, full, sync, op, intent)) }.join()
     };
     retry_while_busy(bound, |r| matches!(r, OpResult::Busy), once).await
 }
 
 /// A file operation in flight. Dropped before its task was joined (the caller was cancelled),
-/// an acquire is undone once its task has finished: what it granted is released.
+/// an acquire is undone once its task has finished: what it granted is released, and so is
+/// the intent a waiting writer's refused attempt wrote.
 struct PendingOp {
     task: Option<tokio::task::JoinHandle<Result<OpResult>>>,
-    undo: Option<(PathBuf, String, bool, Op)>,
+    /// The record's path, the key, `sync`, the release, and whether the acquire writes an
+    /// intent when refused.
+    undo: Option<(PathBuf, String, bool, Op, bool)>,
 }
 
 impl PendingOp {
@@ -386,11 +391,17 @@ impl PendingOp {
 
 impl Drop for PendingOp {
     fn drop(&mut self) {
-        let (Some(task), Some((path, full, sync, release))) = (self.task.take(), self.undo.take()) else {
+        let (Some(task), Some((path, full, sync, release, intent))) = (self.task.take(), self.undo.take())
+        else {
             return;
         };
         lock_core::cancel::spawn_detached(async move {
-            if let Ok(Ok(OpResult::Acquired(_))) = task.await {
+            let left = match task.await {
+                Ok(Ok(OpResult::Acquired(_))) => true,
+                Ok(Ok(OpResult::Held(_))) => intent,
+                _ => false,
+            };
+            if left {
                 // Waits for the flock as long as an operation may by default.
                 let undone = retry_while_busy(
                     crate::options::DEFAULT_REQUEST_TIMEOUT,

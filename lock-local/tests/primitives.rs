@@ -230,6 +230,44 @@ async fn a_cancelled_waiting_writer_withdraws_its_intent_at_once() {
     cancelled_writer_withdraws(&file_client(dir.path()), &file_client(dir.path())).await;
 }
 
+/// A waiting writer cut while one of its attempts is in flight: the writer's withdraw and the
+/// attempt run on two blocking threads, and when the withdraw got the record's flock first,
+/// the attempt wrote the intent after it and nothing removed it (readers were refused until it
+/// lapsed, about a second here). Polling every millisecond puts an attempt in flight at most
+/// cuts; a reader must then get in at once, every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_cut_during_an_attempt_leaves_no_intent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = || {
+        let opts = FileOptions::new(dir.path()).sync(false).poll_interval(Duration::from_millis(1));
+        LockClient::new(FileBackend::connect(opts).expect("open"))
+    };
+    let (locks, writer) = (open(), open());
+    let reader = locks.read_lock("doc").ttl(LONG).acquire().await.expect("reader");
+    for round in 0..1000u32 {
+        let mut waiting = Box::pin(writer.write_lock("doc").ttl(LONG).wait(LONG).acquire());
+        // Until its intent is in place (a new reader refused).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(tokio::time::timeout(Duration::from_micros(300), &mut waiting).await.is_err());
+            match locks.read_lock("doc").try_acquire().await.expect("try") {
+                None => break,
+                Some(g) => {
+                    g.release().await.expect("release");
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "round {round}: the writer left no intent");
+        }
+        let cut = Duration::from_micros(u64::from(round * 37 % 1500));
+        assert!(tokio::time::timeout(cut, &mut waiting).await.is_err());
+        drop(waiting);
+        let g = locks.read_lock("doc").ttl(LONG).wait(Duration::from_millis(300)).acquire().await;
+        let g = g.unwrap_or_else(|e| panic!("round {round} (cut after {cut:?}): a reader was refused: {e}"));
+        g.release().await.expect("release");
+    }
+    reader.release().await.expect("release");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_forgotten_waiting_writer_blocks_readers_only_until_its_intent_lapses() {
     let store = MemoryBackend::new();
