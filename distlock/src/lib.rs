@@ -131,6 +131,11 @@ pub async fn connect(url: &str) -> Result<LockClient> {
     if ttl.is_some_and(|t| t.is_zero()) {
         return Err(u.error("option 'ttl': a TTL must be greater than zero"));
     }
+    // Longer than any backend takes (the backend's own bounds are checked once connected).
+    let longest = lock_core::Capabilities::default().max_ttl;
+    if let Some(t) = ttl.filter(|t| *t > longest) {
+        return Err(u.error(format!("option 'ttl': {t:?} is longer than any backend takes ({longest:?})")));
+    }
     let connect = match backend_for(&u.scheme) {
         Some((_, Some(connect))) => connect,
         Some((feature, None)) => {

@@ -47,6 +47,7 @@ async fn bad_urls_are_typed_errors_that_point_at_the_part_and_hide_passwords() {
         ("file:///proc/distlock-nope?ttl=abc", "option ttl"),
         ("file:///proc/distlock-nope?ttl=0s", "TTL"),
         ("file:///proc/distlock-nope?namespace=a%01b", "namespace"),
+        ("file:///proc/distlock-nope?ttl=8d", "longer than any backend takes"),
         // Without `://`, or with it only in an option: the password is still hidden.
         ("redis:/u:hunter2@h:6379", "scheme://"),
         ("redis:u:hunter2@h?endpoint=http://x", "not a scheme"),
