@@ -147,7 +147,7 @@ pub(crate) async fn supervise_command(
         // Stopped by the time the lock may expire: at once once it is lost.
         let left = guard.lease().valid_until().saturating_duration_since(Instant::now());
         let grace = if lost.is_some() { Duration::ZERO } else { args.kill_grace.min(left) };
-        stop_leftovers(out, g, grace).await;
+        stop_leftovers(out, g, grace, &guard, &mut signals).await;
     }
     if let (Some(j), Some(g)) = (&job, group) {
         j.terminal.take_back_from(g);
@@ -156,18 +156,27 @@ pub(crate) async fn supervise_command(
 }
 
 /// Stops what the command left running in its process group (a background job of a shell
-/// script, say) before the lock is released: SIGTERM, then SIGKILL after `grace`.
-async fn stop_leftovers(out: &Out, group: Pid, grace: Duration) {
+/// script, say) before the lock is released: SIGTERM, then SIGKILL after `grace`, or at once
+/// if the lock is lost meanwhile. Signals sent to distlock meanwhile are forwarded to them.
+async fn stop_leftovers(out: &Out, group: Pid, grace: Duration, guard: &Guard, signals: &mut Forwarded) {
     if !alive(group) {
         return;
     }
+    signal(Some(group), Signal::TERM);
     out.say(
         "the command left processes running in its process group; stopping them",
         "leftovers",
         json!({ "signal": "SIGTERM", "kill_after_ms": grace.as_millis() as u64 }),
     );
-    signal(Some(group), Signal::TERM);
-    wait_gone(group, grace).await;
+    let until = tokio::time::Instant::now() + grace;
+    while alive(group) && tokio::time::Instant::now() < until {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = tokio::time::sleep_until(until) => break,
+            _ = guard.lost() => break,
+            sig = signals.recv() => signal(Some(group), sig),
+        }
+    }
     signal(Some(group), Signal::KILL);
     // Killed processes are gone once their parent (init, for orphans) reaps them.
     wait_gone(group, Duration::from_secs(5)).await;

@@ -279,6 +279,39 @@ fn run_stops_what_the_command_left_running_before_it_releases() {
     assert!(!alive.success(), "the command's background sleep outlived the run (and the lock)");
 }
 
+/// While `run` stops what the command left running (SIGTERM, then SIGKILL after the kill
+/// grace), a signal sent to distlock is forwarded to them: a leftover that ignores SIGTERM
+/// goes with the SIGHUP at once, not the grace (20 s) later.
+#[test]
+fn signals_reach_the_leftovers_during_their_grace() {
+    let (d, url) = file_backend();
+    let pid_file = d.path().join("pid");
+    let script = format!("(trap '' TERM; exec sleep 30) & echo $! > {}; exit 0", pid_file.display());
+    let mut run = distlock(&url)
+        .args(["run", "--lock", "grace", "--ttl", "60s", "--kill-grace", "20s", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut err = run.stderr.take().expect("stderr");
+    let mut seen = String::new();
+    let mut byte = [0u8; 1];
+    while !seen.contains("left processes running") {
+        assert!(err.read(&mut byte).expect("read") == 1, "run ended before stopping the leftovers: {seen}");
+        seen.push(byte[0] as char);
+    }
+    let hup = Instant::now();
+    let pid = rustix::process::Pid::from_child(&run);
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    let status = exit_of(&mut run, Duration::from_secs(30));
+    let took = hup.elapsed();
+    assert!(took < Duration::from_secs(5), "the leftover outlived the SIGHUP for {took:?}");
+    assert_eq!(status.code(), Some(0));
+    let pid = std::fs::read_to_string(&pid_file).expect("pid file");
+    let alive =
+        Command::new("kill").args(["-0", pid.trim()]).stderr(Stdio::null()).status().expect("kill -0");
+    assert!(!alive.success(), "the leftover outlived the run");
+}
+
 /// Standard error's reader goes away while the command runs (a log pipe, a hung-up
 /// terminal): distlock's later reports fail to write, and it still stops what the command left
 /// running and releases (a report that panicked skipped both and exited 101).
