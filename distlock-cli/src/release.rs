@@ -42,7 +42,8 @@ impl Args {
 
 /// Releases the grant(s) of that owner; exit code 1 when one was no longer held. Every name
 /// is tried even when one fails (the others stay released); the first error decides the exit
-/// code then.
+/// code then. With `--json`, one object: for one name `{"key":…,"released":…}` (or the
+/// error's object), for several `{"released":…,"keys":[…]}` with each name's outcome or error.
 pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode {
     let Some(owner) = OwnerToken::parse_hex(&args.owner) else {
         return out.fail(&Error::InvalidConfig(format!(
@@ -59,11 +60,21 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
         }
     }
     let (mut all_released, mut failed) = (true, None);
+    // With --json and several names, one object for them all: each name's outcome or error.
+    let several = out.json && leases.len() > 1;
+    let mut each = Vec::new();
     for lease in &leases {
         let released = match locks.release_lease(lease).await {
             Ok(outcome) => outcome == ReleaseOutcome::Released,
             Err(e) => {
-                if !out.json {
+                if several {
+                    each.push(json!({
+                        "key": lease.key().full(),
+                        "error": e.to_string(),
+                        "kind": e.label(),
+                        "retryable": e.is_retryable(),
+                    }));
+                } else if !out.json {
                     say_err!("distlock: releasing '{}' failed: {e}", lease.key());
                 }
                 failed.get_or_insert(e);
@@ -71,13 +82,23 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
             }
         };
         all_released &= released;
-        if out.json {
+        if several {
+            each.push(json!({ "key": lease.key().full(), "released": released }));
+        } else if out.json {
             say_out!("{}", json!({ "key": lease.key().full(), "released": released }));
         } else if released {
             say_out!("released '{}'", lease.key());
         } else {
             say_out!("'{}' was not held by that owner (it expired or another owner has it)", lease.key());
         }
+    }
+    if several {
+        say_out!("{}", json!({ "released": all_released && failed.is_none(), "keys": each }));
+        return ExitCode::from(match &failed {
+            Some(e) => exit::for_error(e),
+            None if all_released => 0,
+            None => exit::NOT_HELD,
+        });
     }
     match failed {
         Some(e) => out.fail(&e),

@@ -418,6 +418,17 @@ fn release_of_several_names_releases_the_others_when_one_fails() {
     let i =
         json(&distlock(&url).args(["--json", "inspect", "--lock", "b"]).output().expect("inspect").stdout);
     assert_eq!(i["held"], false, "b was left held because a's release failed first");
+    // With --json, one object says what happened to each name.
+    let out = distlock(&url)
+        .args(["--json", "release", "--lock", "a", "--lock", "b", "--owner", &owner])
+        .output()
+        .expect("release");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let both = json(&out.stdout);
+    assert_eq!(both["released"], false, "{both}");
+    assert_eq!(both["keys"][0]["key"], "a", "{both}");
+    assert_eq!(both["keys"][0]["released"], true, "a's grant was still there: {both}");
+    assert_eq!(both["keys"][1]["released"], false, "{both}");
 }
 
 #[test]
