@@ -45,7 +45,9 @@ pub(crate) fn for_error(e: &Error) -> u8 {
         | Error::PermitsMismatch { .. }
         | Error::InvalidMetadata(_)
         | Error::AlreadyHeld { .. } => INVALID,
-        Error::Lost { .. } => LOST,
+        // Reported as an error only before a command ran (a session that ended while the
+        // lock was awaited): a failure of the backend. A loss while the command runs is 70,
+        // decided by `run` itself.
         _ => BACKEND,
     }
 }
@@ -57,5 +59,18 @@ pub(crate) fn for_status(status: std::process::ExitStatus) -> u8 {
         (Some(c), _) => c.clamp(0, 255) as u8,
         (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An acquire that ends with `Lost` (ZooKeeper: the waiter's session ended) never ran a
+    /// command: it is a backend failure, not 70, which says a running command was stopped.
+    #[test]
+    fn a_loss_before_any_command_ran_is_a_backend_failure() {
+        let e = Error::Lost { key: "k".into(), reason: distlock::LossReason::SessionLost };
+        assert_eq!(for_error(&e), BACKEND);
     }
 }
