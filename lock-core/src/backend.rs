@@ -150,8 +150,9 @@ pub trait LockBackend: Send + Sync + fmt::Debug + 'static {
     ///
     /// # Behavior
     /// Uses the store's own range reads (a SCAN with a match pattern, a key range, the
-    /// children of a node, a query), at most about `limit` entries a page; pass the returned
-    /// cursor to get the next page. Reads only; a grant that changes while listing may be
+    /// children of a node, a query), at most about `limit` entries a page where
+    /// [`Capabilities::listing_pages`] is claimed (otherwise one page with every grant); pass
+    /// the returned cursor to get the next page. Reads only; a grant that changes while listing may be
     /// listed in either state. Only called where [`Capabilities::listing`] is claimed.
     ///
     /// # Errors

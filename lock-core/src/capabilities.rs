@@ -86,6 +86,11 @@ pub struct Capabilities {
     pub elections: bool,
     /// [`LockBackend::list`](crate::LockBackend::list) lists held grants under a prefix.
     pub listing: bool,
+    /// [`LockBackend::list`](crate::LockBackend::list) honours its `limit`: pages of at most
+    /// about that many entries. False where a page holds every grant under the prefix (etcd,
+    /// which must read each queue whole to tell its holders);
+    /// [`LockClient::list`](crate::LockClient::list) collects every page either way.
+    pub listing_pages: bool,
     /// Grants store the holder's [`Metadata`](crate::Metadata) and `inspect` returns it.
     pub holder_metadata: bool,
     /// [`LockBackend::extend_many`](crate::LockBackend::extend_many) renews many grants in a
@@ -113,6 +118,7 @@ impl Default for Capabilities {
             atomic_multi_key: false,
             elections: false,
             listing: false,
+            listing_pages: true,
             holder_metadata: false,
             batch_extend: false,
         }
@@ -168,6 +174,8 @@ impl Capabilities {
         with_elections: elections: bool;
         /// Sets [`listing`](Self::listing).
         with_listing: listing: bool;
+        /// Sets [`listing_pages`](Self::listing_pages).
+        with_listing_pages: listing_pages: bool;
         /// Sets [`holder_metadata`](Self::holder_metadata).
         with_holder_metadata: holder_metadata: bool;
         /// Sets [`batch_extend`](Self::batch_extend).

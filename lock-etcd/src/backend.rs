@@ -410,6 +410,8 @@ impl LockBackend for EtcdBackend {
             .with_elections(true)
             .with_holder_metadata(true)
             .with_listing(true)
+            // One page: a queue must be read whole to tell its holders (list.rs).
+            .with_listing_pages(false)
             .with_atomic_multi_key(true)
             .with_fair_queueing(true)
             .with_wake(WakeMode::Notify)

@@ -275,17 +275,29 @@ impl LockBackend for MemoryBackend {
         Ok(FencingToken::new(slot.table.raise(at_least.get())))
     }
 
-    /// Every grant under `prefix`, in one page (the store is read under its mutex at once).
-    async fn list(&self, prefix: &str, _cursor: Option<String>, _limit: usize) -> Result<ListPage> {
+    /// The grants under `prefix` of at most `limit` names (each with all its holders), in
+    /// name order after `cursor` (the last name of the page before).
+    async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<ListPage> {
         let now = Instant::now();
         let store = self.store();
         let mut entries: Vec<(String, LockInfo)> = store
             .iter()
-            .filter(|((_, name), _)| name.starts_with(prefix))
+            .filter(|((_, name), _)| name.starts_with(prefix) && cursor.as_ref().is_none_or(|c| name > c))
             .flat_map(|((_, name), slot)| Self::infos(slot, now).into_iter().map(move |i| (name.clone(), i)))
             .collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(ListPage::new(entries, None))
+        let mut names = 0;
+        let cut = entries.iter().enumerate().position(|(i, (name, _))| {
+            if i == 0 || entries[i - 1].0 != *name {
+                names += 1;
+            }
+            names > limit.max(1)
+        });
+        let next = cut.map(|at| {
+            entries.truncate(at);
+            entries.last().map(|(name, _)| name.clone()).unwrap_or_default()
+        });
+        Ok(ListPage::new(entries, next))
     }
 
     async fn try_acquire_all(&self, reqs: &[AcquireRequest]) -> Result<Option<Vec<Lease>>> {

@@ -262,5 +262,48 @@ pub async fn list_returns_what_is_held_under_a_prefix(ctx: Ctx) -> CheckResult {
         let _ = g.release().await?;
     }
     let _ = other.release().await?;
+    list_pages_cover_each_grant_once(&ctx, &c).await
+}
+
+/// Pages of three: the backend's own `list`, its cursors followed to the end, lists each of
+/// twelve held locks exactly once (with its token), and where the backend claims
+/// `listing_pages`, no page holds far more than asked.
+async fn list_pages_cover_each_grant_once(ctx: &Ctx, c: &lock_core::LockClient) -> CheckResult {
+    let base = ctx.key("paged");
+    let mut held = Vec::new();
+    for i in 0..12 {
+        held.push(c.lock(&format!("{base}/p-{i:02}")).ttl(ctx.long_ttl()).acquire().await?);
+    }
+    let prefix = held[0].key().trim_end_matches("p-00").to_owned();
+    let (limit, mut cursor, mut seen) = (3, None, Vec::new());
+    for page in 0.. {
+        ensure!(page < 100, "list({prefix:?}) still gave a cursor after 100 pages of {limit}");
+        let got = c.backend().list(&prefix, cursor, limit).await?;
+        ensure!(
+            !ctx.caps.listing_pages || got.entries.len() <= limit * 2,
+            "a page of list({prefix:?}, limit {limit}) held {} entries",
+            got.entries.len()
+        );
+        seen.extend(got.entries);
+        cursor = got.cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    for g in &held {
+        let found: Vec<_> = seen.iter().filter(|(k, _)| k == g.key()).collect();
+        ensure!(found.len() == 1, "pages of {limit} listed {} {} times: {seen:?}", g.key(), found.len());
+        ensure!(
+            found[0].1.fencing_token.is_none_or(|t| t == g.fencing_token()),
+            "{} listed with token {:?}, held with {}",
+            g.key(),
+            found[0].1.fencing_token,
+            g.fencing_token()
+        );
+    }
+    ensure!(seen.len() == held.len(), "pages listed {} grants for {} held: {seen:?}", seen.len(), held.len());
+    for g in held {
+        let _ = g.release().await?;
+    }
     Ok(())
 }
