@@ -228,3 +228,47 @@ async fn a_backend_that_leaves_cut_grants_fails_the_cancellation_checks() {
         "{report:?}"
     );
 }
+
+/// A backend whose waits run to twice their deadline.
+#[derive(Debug, Clone)]
+struct WaitsTwiceAsLong(MemoryBackend);
+
+#[async_trait]
+impl LockBackend for WaitsTwiceAsLong {
+    fn name(&self) -> &'static str {
+        "waits-twice"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        self.0.try_acquire(req).await
+    }
+    async fn acquire(&self, req: &AcquireRequest, deadline: lock_core::Instant) -> Result<Lease> {
+        let now = lock_core::Instant::now();
+        self.0.acquire(req, deadline + deadline.saturating_duration_since(now)).await
+    }
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
+        self.0.extend(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        self.0.release(lease).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<Option<LockInfo>> {
+        self.0.inspect(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_whose_waits_run_twice_as_long_fails_the_deadline_check() {
+    let store = MemoryBackend::new();
+    let report = Suite::new("waits-twice", move || {
+        let store = store.clone();
+        async move { Ok(LockClient::new(WaitsTwiceAsLong(store))) }
+    })
+    .only("waiting_acquire_times_out_at_deadline")
+    .run_report()
+    .await;
+    assert!(report.passed.is_empty(), "{report:?}");
+    assert!(report.failed.first().is_some_and(|(_, why)| why.contains("long past")), "{report:?}");
+}
