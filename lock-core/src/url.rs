@@ -201,7 +201,8 @@ impl ConnectUrl {
         match (&self.user, &self.password) {
             (Some(u), Some(_)) => s.push_str(&format!("{u}:***@")),
             (None, Some(_)) => s.push_str(":***@"),
-            (Some(u), None) => s.push_str(&format!("{u}@")),
+            // A user alone may be a token.
+            (Some(_), None) => s.push_str("***@"),
             (None, None) => {}
         }
         s.push_str(&self.hosts.join(","));
@@ -433,9 +434,11 @@ pub fn redact_url(url: &str) -> String {
     match rest.rfind('@') {
         Some(at) => {
             let userinfo = &rest[..at];
+            // A user alone may be a token (`https://TOKEN@proxy`), or a query swallowed by
+            // an `@` in it (`redis://h?password=x&y=a@b`): hidden too.
             let shown = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => userinfo.to_owned(),
+                Some((user, _)) if !user.contains(['?', '&', '=']) => format!("{user}:***"),
+                _ => "***".to_owned(),
             };
             format!("{}{}{}", &url[..start], shown, &rest[at..])
         }
@@ -466,7 +469,9 @@ fn redact_pair(pair: &str) -> String {
 /// Whether an option's name says its value may be a secret.
 fn secret_name(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["pass", "pwd", "secret", "token", "key", "cred", "auth", "sig"].iter().any(|s| k.contains(s))
+    ["pass", "pwd", "pw", "secret", "token", "key", "cred", "auth", "sig", "digest", "jwt", "bearer", "login"]
+        .iter()
+        .any(|s| k.contains(s))
 }
 
 /// Whether `s` is a URL scheme as [`ConnectUrl::parse`] takes it: letters, digits and `+`.
@@ -480,7 +485,8 @@ fn redact_option(key: &str, value: &str) -> String {
     if secret_name(key) {
         "***".to_owned()
     } else {
-        redact_url(value)
+        // Decoded first: a URL in an option's value writes its `@` as `%40`.
+        redact_url(&percent_decode(value))
     }
 }
 
@@ -544,6 +550,25 @@ mod tests {
         assert!(e.contains("port '0'") && !e.contains("t0ken"), "{e}");
         let e = ConnectUrl::parse("redis://u:pw@h:0?endpoint=http://a:b%40c&auth=x").unwrap_err().to_string();
         assert!(!e.contains("pw") && !e.contains("auth=x"), "{e}");
+    }
+
+    /// Secrets the redaction missed: an endpoint's password before its `%40` (as the README
+    /// says to write it), a ZooKeeper `digest=`, a user alone (a token), and a query whose
+    /// `@` made the parser take it for a user.
+    #[test]
+    fn secrets_in_encoded_endpoints_digests_and_lone_users_never_show() {
+        let e =
+            ConnectUrl::parse("dynamodb://locks?endpoint=http://key:s3cret%40localhost:8000&create_table")
+                .unwrap_err()
+                .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+        let u = ConnectUrl::parse("zk://h:2181?digest=app:s3cret").unwrap();
+        assert!(!u.redacted().contains("s3cret"), "{}", u.redacted());
+        let u = ConnectUrl::parse("https://T0KEN@proxy").unwrap();
+        assert!(!u.redacted().contains("T0KEN") && !format!("{u:?}").contains("T0KEN"), "{u:?}");
+        assert!(!redact_url("https://T0KEN@proxy:8000").contains("T0KEN"));
+        let e = ConnectUrl::parse("redis://localhost?password=s3cret&prefix=a@b:0").unwrap_err().to_string();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]

@@ -236,8 +236,13 @@ fn endpoint_problem(endpoint: &str) -> Option<String> {
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return bad(format!("the scheme '{scheme}' is not http or https"));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // Requests are signed with the SDK's credentials; a user or password in the endpoint
+    // does nothing but show in the SDK's debug logs (and a password holding `/` or `?` would
+    // be cut into a host or a port below, and shown).
+    if rest.contains('@') {
+        return Some("endpoint: a user or password in the endpoint URL is not taken (requests are signed with AWS credentials); remove it".into());
+    }
+    let hostport = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let (host, port) = match hostport.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
             Some((addr, "")) => (addr, None),
@@ -427,7 +432,9 @@ mod tests {
             ),
             ("dynamodb://locks?endpoint=localhost:8000", "endpoint 'localhost:8000'"),
             ("dynamodb://locks?endpoint=ftp://h:21", "http or https"),
-            ("dynamodb://locks?endpoint=http://u:hunter2%40:8000", "endpoint 'http://u:***@:8000': no host"),
+            ("dynamodb://locks?endpoint=http://u:hunter2%40:8000", "a user or password in the endpoint"),
+            // A password holding `/`: it was cut into a host and a port, and shown.
+            ("dynamodb://locks?endpoint=http://u:hunter2/x%40h:8000", "a user or password in the endpoint"),
             ("dynamodb://locks?endpoint=http://u:hunter2%40h:8000&takeover=no", "option takeover"),
             ("redis://locks", "scheme 'redis' is not one of dynamodb://"),
         ] {
@@ -452,10 +459,12 @@ mod tests {
             "https://dynamodb.eu-west-1.amazonaws.com",
             "HTTP://localhost:8000/",
             "http://[::1]:8000",
-            "http://user:pw@10.0.0.1:8000/prefix",
         ] {
             DynamoOptions::new("locks").endpoint(ok).validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
+        // The SDK takes no credentials from the endpoint, and logs it at debug level.
+        let e = DynamoOptions::new("locks").endpoint("http://user:pw@10.0.0.1:8000/prefix").validate();
+        assert!(e.is_err_and(|e| !e.to_string().contains("pw@")));
     }
 
     #[test]

@@ -103,7 +103,12 @@ fn endpoints(opts: &EtcdOptions) -> Result<Vec<Endpoint>> {
                 (false, false) => format!("http://{e}"),
             };
             let ep = Endpoint::from_shared(uri)
-                .map_err(|err| Error::InvalidConfig(format!("etcd: endpoint '{e}' is not a URL: {err}")))?
+                .map_err(|err| {
+                    Error::InvalidConfig(format!(
+                        "etcd: endpoint '{}' is not a URL: {err}",
+                        lock_core::redact_url(e)
+                    ))
+                })?
                 .connect_timeout(opts.connect_timeout);
             with_tls(ep, opts)
         })
@@ -204,10 +209,12 @@ impl Client {
         let req = pb::AuthenticateRequest { name: creds.0.clone(), password: creds.1.expose().clone() };
         let resp =
             self.unary(|p| async move { AuthClient::new(p.channel()).authenticate(req).await }).await?;
-        let token = resp
+        let mut token = resp
             .token
             .parse::<AsciiMetadataValue>()
             .map_err(|_| Status::internal("etcd sent an auth token that is not ASCII"))?;
+        // Shown as "Sensitive" wherever the request's metadata is printed.
+        token.set_sensitive(true);
         self.token.set(Some(token));
         Ok(())
     }

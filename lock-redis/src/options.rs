@@ -310,8 +310,9 @@ impl RedisOptions {
 
     /// The host (IPv6 without its brackets) and port.
     pub(crate) fn host_port(&self) -> Result<(String, u16)> {
-        split_address(&self.address, DEFAULT_PORT)
-            .map_err(|why| Error::InvalidConfig(format!("redis address '{}': {why}", self.address)))
+        split_address(&self.address, DEFAULT_PORT).map_err(|why| {
+            Error::InvalidConfig(format!("redis address '{}': {why}", lock_core::redact_url(&self.address)))
+        })
     }
 
     /// The request timeout in force: the one chosen, else `default` (the backend's).
@@ -380,7 +381,7 @@ pub(crate) fn split_address(address: &str, default: u16) -> std::result::Result<
 impl fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisOptions")
-            .field("address", &self.address)
+            .field("address", &lock_core::redact_url(&self.address))
             .field("user", &self.user)
             .field("password", &self.password)
             .field("db", &self.db)

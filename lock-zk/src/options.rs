@@ -146,12 +146,12 @@ impl ZkOptions {
         }
         let (hosts, chroot) = self.hosts_and_chroot();
         if let Some(what) = hosts.split(',').find_map(host_problem) {
-            return Some(format!("connect string '{}': {what}", self.connect));
+            return Some(format!("connect string '{}': {what}", lock_core::redact_url(&self.connect)));
         }
         if !chroot.is_empty() && !is_znode_path(chroot) {
             return Some(format!(
                 "connect string '{}': the chroot '{chroot}' is not an absolute path (like /app)",
-                self.connect
+                lock_core::redact_url(&self.connect)
             ));
         }
         let p = &self.prefix;
@@ -200,7 +200,14 @@ fn host_problem(host: &str) -> Option<String> {
     if host.trim().is_empty() {
         return Some(format!("a host is empty ({FORMS})"));
     }
-    if host.chars().any(|c| c.is_whitespace() || c == '@' || c == '?') {
+    if host.contains('@') {
+        // Credentials go in the options (`digest=`-style `credentials`), not the hosts.
+        return Some(format!(
+            "host '{}' holds a user or password; give them as credentials",
+            lock_core::redact_url(host)
+        ));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '?') {
         return Some(format!("host '{host}' is not a host name or address"));
     }
     let (name, port) = match host.strip_prefix('[') {
@@ -234,7 +241,7 @@ fn is_znode_path(path: &str) -> bool {
 impl std::fmt::Debug for ZkOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZkOptions")
-            .field("connect", &self.connect)
+            .field("connect", &lock_core::redact_url(&self.connect))
             .field("session_timeout", &self.session_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("prefix", &self.prefix)
@@ -304,6 +311,16 @@ impl BackendOptions for ZkOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A user and password written into a hand-built connect string never show in Debug or
+    /// errors.
+    #[test]
+    fn credentials_in_a_hand_built_connect_string_never_show() {
+        let o = ZkOptions::new("app:s3cret@zk:99999");
+        assert!(!format!("{o:?}").contains("s3cret"), "{o:?}");
+        let e = o.validate().unwrap_err().to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+    }
 
     fn err(url: &str) -> String {
         let e = url.parse::<ZkOptions>().expect_err(url);

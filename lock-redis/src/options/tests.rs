@@ -198,3 +198,12 @@ fn sentinel_urls() {
     ]);
     assert!(redlock.validate().unwrap_err().to_string().contains("not supported under Redlock"));
 }
+
+/// A user and password written into a hand-built address never show in Debug or errors.
+#[test]
+fn credentials_in_a_hand_built_address_never_show() {
+    let o = RedisOptions::new("app:s3cret@[::1");
+    assert!(!format!("{o:?}").contains("s3cret"), "{o:?}");
+    let e = o.host_port().unwrap_err().to_string();
+    assert!(!e.contains("s3cret"), "{e}");
+}
