@@ -452,6 +452,25 @@ pub async fn detach_keeps_lock_past_guard(ctx: Ctx) -> CheckResult {
     let a = ctx.client().await?;
     let b = ctx.client().await?;
     let key = ctx.key("k");
+    // Detached from a renewing guard: not released (for half its TTL, another client never
+    // gets it), and no longer renewed (on a per-lock TTL, another client gets it once the TTL
+    // and the margin have passed).
+    let ttl = ctx.short_ttl();
+    let renewed = a.lock(&key).ttl(ttl).auto_renew().acquire().await?.detach();
+    let until = Instant::now() + ttl / 2;
+    while Instant::now() < until {
+        ensure!(b.lock(&key).try_acquire().await?.is_none(), "a detached lock was released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !ctx.session() {
+        let by = renewed.valid_until() + ctx.caps.expiry_margin + ctx.slack();
+        let wait = by.saturating_duration_since(Instant::now());
+        let g = b.lock(&key).ttl(ctx.long_ttl()).wait(wait).acquire().await;
+        let g = g.map_err(|e| Failure(format!("a detached lock was still renewed: {e}")))?;
+        let _ = g.release().await?;
+    } else {
+        let _ = a.release_lease(&renewed).await?;
+    }
     let lease = a.lock(&key).ttl(ctx.long_ttl()).acquire().await?.detach();
     tokio::time::sleep(Duration::from_millis(100)).await;
     ensure!(b.lock(&key).try_acquire().await?.is_none(), "a detached lock was released");
