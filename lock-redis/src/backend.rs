@@ -44,7 +44,8 @@ const OBSERVE_POLL: Duration = Duration::from_secs(1);
 ///   at most one request timeout. A release of a lock or a permit wakes one waiter: the one
 ///   its script takes out of the name's queue of waiters, where waiting attempts register
 ///   (see [`scripts`](crate::scripts)); the others keep polling meanwhile.
-/// - One multiplexed, self-reconnecting connection carries every command.
+/// - One multiplexed, self-reconnecting connection carries every command of the locks (with
+///   `wait_replicas`, a second one carries the `WAIT`s; wake-ups have a pub/sub connection).
 /// - Mutual exclusion is as strong as the server: with replication, a failover that loses
 ///   the last writes can grant a lock twice (use Redlock, etcd or ZooKeeper if that matters);
 ///   fencing tokens still rise, as long as the new master's clock has not gone back.

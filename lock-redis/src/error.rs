@@ -24,6 +24,12 @@ pub(crate) fn map_err(backend: &'static str, addr: &str, e: redis::RedisError) -
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::ReadOnly,
             ) => BackendErrorKind::Unavailable,
+            // A cluster's redirect that the client's own retries did not get past (a slot's
+            // dead primary named until its replica is promoted): the slot is served again
+            // once the failover ends. Nothing ran on the node that redirected.
+            ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask) => BackendErrorKind::Unavailable,
+            // No connection to any node of a cluster (all unreachable for now).
+            ErrorKind::ClusterConnectionNotFound => BackendErrorKind::Connection,
             // A cluster slot being migrated: a script touched a key that is not (or no longer)
             // on this node. Nothing after that point ran; the slot's new owner serves it soon.
             _ if is_slot_moving(&e) => BackendErrorKind::Unavailable,
@@ -110,5 +116,20 @@ mod tests {
         }
         let other = map_err("redis", "127.0.0.1:6379", server_error("-ERR unknown command\r\n"));
         assert!(!other.is_retryable(), "{other:?}");
+    }
+
+    /// A cluster failover: redirects to a dead primary that outlast the client's retries, and
+    /// no connection to any node, pass once the replica is promoted. A renewal refused so
+    /// ended the guard at once, and a waiting acquire gave up before its deadline.
+    #[test]
+    fn a_cluster_failovers_refusals_are_retryable() {
+        for reply in ["-MOVED 3999 127.0.0.1:6381\r\n", "-ASK 3999 127.0.0.1:6381\r\n"] {
+            let e = map_err("redis", "127.0.0.1:6379", server_error(reply));
+            assert!(e.is_retryable(), "{reply:?} gave {e:?}");
+        }
+        let none =
+            redis::RedisError::from((redis::ErrorKind::ClusterConnectionNotFound, "No connections found"));
+        let e = map_err("redis", "127.0.0.1:6379", none);
+        assert!(e.is_retryable(), "{e:?}");
     }
 }

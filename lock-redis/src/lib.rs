@@ -2,7 +2,8 @@
 //!
 //! - [`RedisBackend`]: one Redis server. Acquire, extend and release are single Lua scripts
 //!   (run by EVALSHA, reloaded on NOSCRIPT) over one multiplexed, self-reconnecting
-//!   connection; waiters wake on a per-key pub/sub channel. The same backend reaches a
+//!   connection; a release wakes one waiter through its client's own pub/sub wake channel
+//!   (every waiter also polls, at most 250 ms apart). The same backend reaches a
 //!   Redis Cluster ([`RedisOptions::cluster`], `redis+cluster://`) and a Sentinel-managed
 //!   primary, following failovers ([`RedisOptions::sentinel`], `redis+sentinel://`); grants
 //!   can wait for replicas ([`RedisOptions::wait_replicas`]).
@@ -73,8 +74,9 @@
 //!   ([`scripts::ACQUIRE_ALL`]): all are granted or nothing is written, each with its own
 //!   token; a reply lost in flight is undone by owner token like a single lock's. On Redis
 //!   Cluster the keys of one script must share a hash slot, which the names of different
-//!   locks do not: Cluster is not supported yet. [`RedlockBackend`] has no atomic request;
-//!   `lock_core` takes the names one at a time in canonical order there.
+//!   locks do not: there the backend claims no atomic multi-key request, and `lock_core`
+//!   takes the names one at a time in canonical order, as on [`RedlockBackend`], which has no
+//!   atomic request either.
 //!
 //! **Why Redlock offers no semaphores.** Running the semaphore script on every master and
 //! granting on a quorum does not bound the holders by `N`: a master admits `N` holders, and

@@ -550,11 +550,36 @@ async fn a_cluster_primary_killed_with_a_held_lock_keeps_tokens_rising() {
         RedisCluster::start_with(3, None, Duration::from_secs(2)).await.expect("a Redis Cluster");
     let (locks, slot) = cluster_lock(&cluster, "failover").await;
     let last = ten_cycles(&locks, "failover", 0).await;
-    let held = locks.lock("failover").ttl(Duration::from_secs(30)).acquire().await.expect("holder");
+    // Renewed through the failover (a TTL longer than the failover takes).
+    let held =
+        locks.lock("failover").ttl(Duration::from_secs(8)).auto_renew().acquire().await.expect("holder");
     let token = held.fencing_token().get();
     assert!(token > last);
     let owner = cluster.owner(slot).await.expect("the slot's primary");
     caught_up(owner).await;
+    // A waiter for the held lock, and tries of a semaphore on the same name (same slot): the
+    // failover's refusals are retryable, so the waiter waits on and no try fails for good.
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.lock("failover").wait(Duration::from_secs(60)).acquire().await })
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (locks, stop) = (locks.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut refused = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match locks.semaphore("failover", 2).try_acquire().await {
+                    Ok(Some(g)) => drop(g.release().await),
+                    Ok(None) => {}
+                    Err(e) if e.is_retryable() => {}
+                    Err(e) => refused.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            refused
+        })
+    };
 
     let server = cluster.servers.iter_mut().find(|s| s.port() == owner).expect("the primary's server");
     server.process().kill().await;
@@ -563,12 +588,25 @@ async fn a_cluster_primary_killed_with_a_held_lock_keeps_tokens_rising() {
         assert!(tokio::time::Instant::now() < deadline, "no replica took over the slot");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = prober.await.expect("the prober");
+    assert!(refused.is_empty(), "tries failed for good during the failover: {refused:?}");
+    assert!(held.is_held(), "the holder's renewal gave up during the failover");
+    assert!(!waiter.is_finished(), "the waiter ended during the failover: {:?}", waiter.await);
 
     // The replica has the holder's grant; new grants on the new primary rise above it.
     assert_eq!(
         held.release().await.expect("release on the new primary"),
         lock_core::ReleaseOutcome::Released
     );
+    let g = waiter.await.expect("join").expect("the waiter carries on after the failover");
+    assert!(
+        g.fencing_token().get() > token,
+        "token {} after the failover, {token} before",
+        g.fencing_token()
+    );
+    g.release().await.expect("release");
     let after = acquire_token(&locks, "failover").await;
     assert!(after > token, "token {after} after the failover, {token} before");
 }
