@@ -119,7 +119,8 @@ pub async fn a_crashed_leader_is_replaced_in_time(ctx: Ctx) -> CheckResult {
 }
 
 /// Promise 5 (election): an observer sees every change, in order, never a stale leader after a
-/// newer one, and vacancy between leaders.
+/// newer one, and vacancy between leaders: each leader with its own term, and its proclaimed
+/// value at that term.
 pub async fn observers_see_every_change_in_order(ctx: Ctx) -> CheckResult {
     let watcher = ctx.client().await?;
     let name = ctx.key("election");
@@ -132,24 +133,36 @@ pub async fn observers_see_every_change_in_order(ctx: Ctx) -> CheckResult {
         "a fresh election's first observed state is {first:?}, expected vacant"
     );
     let mut terms: Vec<FencingToken> = Vec::new();
+    let mut observed: Option<FencingToken> = None;
     for i in 0..3 {
         let c = ctx.client().await?;
-        let g = c.election(&name).ttl(ctx.long_ttl()).campaign(format!("leader-{i}")).await?;
+        let election = c.election(&name).ttl(ctx.long_ttl());
+        let g = election.campaign(format!("leader-{i}")).await?;
         let want = g.fencing_token();
-        // The observer reports this leader (perhaps after repeating the vacancy), then vacancy.
-        loop {
-            let item = tokio::time::timeout(ctx.wake_bound() + ctx.slack(), seen.next())
-                .await
-                .map_err(|_| Failure(format!("the observer missed leader-{i}")))?
-                .ok_or_else(|| Failure("the observer's stream ended".into()))??;
-            match item {
-                Some(l) if l.term == Some(want) || l.value.as_deref() == Some(&format!("leader-{i}")) => {
-                    break
+        // The observer reports this leader, with its value and term (perhaps after repeating
+        // the vacancy), then its proclaimed value at the same term, then vacancy.
+        for value in [format!("leader-{i}"), format!("leader-{i}-proclaimed")] {
+            loop {
+                let item = tokio::time::timeout(ctx.wake_bound() + ctx.slack(), seen.next())
+                    .await
+                    .map_err(|_| Failure(format!("the observer missed {value}")))?
+                    .ok_or_else(|| Failure("the observer's stream ended".into()))??;
+                let Some(l) = item else { continue };
+                ensure!(l.term.is_none_or(|t| t == want), "observed {l:?} while {value} (term {want}) leads");
+                if let Some(t) = l.term {
+                    ensure!(observed.is_none_or(|o| t >= o), "observed term {t} after term {observed:?}");
+                    observed = Some(t);
                 }
-                Some(l) => {
-                    return Err(Failure(format!("observed {l:?} while leader-{i} (term {want}) leads")))
+                if l.value.as_deref() == Some(value.as_str()) {
+                    break;
                 }
-                None => {}
+                ensure!(
+                    l.value.as_deref() == Some(format!("leader-{i}").as_str()),
+                    "observed {l:?} while {value} (term {want}) leads"
+                );
+            }
+            if !value.ends_with("proclaimed") {
+                election.proclaim(&g, format!("leader-{i}-proclaimed")).await?;
             }
         }
         terms.push(want);
