@@ -193,6 +193,7 @@ pub static CHECKS: &[Check] = &[
     check!(cancelled_read_write_attempts_leave_nothing, 6, needs_read_write),
     check!(multi_key_locks_are_all_or_nothing, 1, always),
     check!(multi_key_failure_and_cancel_leave_nothing, 6, always),
+    check!(a_multi_key_guard_is_lost_with_any_name, 7, needs_per_lock_ttl),
     check!(inspect_returns_holder_metadata, 4, needs_metadata),
     check!(list_returns_what_is_held_under_a_prefix, 4, needs_listing),
     check!(one_leader_at_a_time, 1, needs_elections),

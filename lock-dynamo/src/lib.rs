@@ -42,9 +42,12 @@
 //!   held lock costs no extra read (on a server that does not return it, such as dynalite, one
 //!   consistent `GetItem`). It is "held", never an error.
 //! - **Extend** (the heartbeat) sets a new RVN and lease on the condition that owner and RVN
-//!   are still ours. **Release** removes the owner and sets a new RVN (also kept as
-//!   `release_rvn`) on the condition that the owner is ours. Both report "not held" when the
-//!   condition fails.
+//!   are still ours (for a lease rebuilt from its parts in another process, which knows no
+//!   RVN: that the owner is ours and the grant's wall-clock expiry has not passed). **Release**
+//!   removes the owner and sets a new RVN (also kept as `release_rvn`) on the condition that
+//!   the owner is ours. Both report "not held" when the condition fails; a release also does
+//!   for a grant that ran out before it (past `valid_until` on our clock, or for a rebuilt
+//!   lease past the grant's wall-clock expiry), which it removes all the same.
 //! - **Fencing tokens**: every grant increments `fence` in the same conditional write that
 //!   grants, and release keeps the item, so the counter only grows.
 //! - **Do not let DynamoDB's TTL delete lock items.** This crate writes no TTL attribute; if

@@ -246,13 +246,23 @@ pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: &Op) -> Result<OpRes
         table_record::apply(path, &bytes, key, op, now)?
     };
     let grant = sync && matches!(result, OpResult::Acquired(_) | OpResult::Raised(_));
-    if let Some(w) = &new {
+    let mut written = None;
+    if let Some(w) = new {
         write_over(&file, path, &bytes, &w.first, grant)?;
-        if let Some(second) = &w.second {
-            write_over(&file, path, &w.first, second, grant)?;
+        written = Some(w.first);
+        if let Some(second) = w.second {
+            // The grant is on the disk already (its copy synced): a failure here only leaves
+            // the other copy a write behind, as before this second write existed; the grant
+            // is returned, not left behind an error.
+            match write_over(&file, path, written.as_deref().unwrap_or_default(), &second, grant) {
+                Ok(()) => written = Some(second),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "the record's second copy was not brought up to date")
+                }
+            }
         }
     }
-    let new = new.map(|w| w.second.unwrap_or(w.first));
+    let new = written;
     if let Some(set) = op.side_file(&result, new.is_some()) {
         // Still under the record's flock: the side file follows the record's holders.
         let holders = holders_of(new.as_deref().unwrap_or(&bytes), kind, now);

@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -110,7 +111,18 @@ pub(crate) fn update(
 fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(bytes));
+    // Made anew, never through what is there: a symbolic link planted under this name would
+    // have the write land wherever it points, with this process's rights.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes));
     let placed = written.and_then(|()| std::fs::rename(&tmp, path));
     if placed.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -150,6 +162,13 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["k.sem.meta"], "files left beside the side file");
+        // A symbolic link planted under the temporary file's name is not written through.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("write");
+        std::os::unix::fs::symlink(&victim, &stale).expect("symlink");
+        update(&record, &[(b, Role::Permit)], Some((b, Role::Permit, m("b3"))));
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        assert_eq!(read(&record)[&(b, Role::Permit)].value.as_deref(), Some("b3"));
         // Garbage reads as no metadata; the last holder gone removes the file.
         std::fs::write(path(&record), "zz p {\n00000000000000000000000000000002 p not json\n")
             .expect("write");

@@ -246,7 +246,10 @@ impl RedisOptions {
             }
             for a in nodes {
                 split_address(a, DEFAULT_PORT).map_err(|why| {
-                    Error::InvalidConfig(format!("redis cluster node address '{a}': {why}"))
+                    Error::InvalidConfig(format!(
+                        "redis cluster node address '{}': {why}",
+                        lock_core::redact_url(a)
+                    ))
                 })?;
             }
             if self.db != 0 {
@@ -274,7 +277,10 @@ impl RedisOptions {
                 }
                 for a in &s.sentinels {
                     split_address(a, DEFAULT_SENTINEL_PORT).map_err(|why| {
-                        Error::InvalidConfig(format!("redis sentinel address '{a}': {why}"))
+                        Error::InvalidConfig(format!(
+                            "redis sentinel address '{}': {why}",
+                            lock_core::redact_url(a)
+                        ))
                     })?;
                 }
                 if s.master.is_empty() || s.master.contains(|c: char| c.is_whitespace() || c == '/') {
@@ -342,6 +348,12 @@ impl RedisOptions {
 
 /// Splits `host[:port]` into the host (IPv6 without brackets) and the port (`default` if none).
 pub(crate) fn split_address(address: &str, default: u16) -> std::result::Result<(String, u16), String> {
+    if address.contains('@') {
+        // Nothing of it is shown: the part before the `@` is a user and password.
+        return Err(
+            "it holds a user or password (before an '@'): give them as the options' user and password".into(),
+        );
+    }
     let (host, port) = match address.strip_prefix('[') {
         Some(rest) => {
             let (ip, after) = rest.split_once(']').ok_or("a bracketed IPv6 address needs its ']'")?;
@@ -391,8 +403,19 @@ impl fmt::Debug for RedisOptions {
             .field("tls", &self.tls)
             .field("wait_replicas", &self.wait_replicas)
             .field("wait_timeout", &self.wait_timeout)
-            .field("sentinel", &self.sentinel)
-            .field("cluster", &self.cluster)
+            .field(
+                "sentinel",
+                &self.sentinel.as_ref().map(|s| {
+                    (&s.master, s.sentinels.iter().map(|a| lock_core::redact_url(a)).collect::<Vec<_>>())
+                }),
+            )
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .as_ref()
+                    .map(|c| c.iter().map(|a| lock_core::redact_url(a)).collect::<Vec<_>>()),
+            )
             .finish()
     }
 }

@@ -414,7 +414,37 @@ pub async fn cancelled_read_write_attempts_leave_nothing(ctx: Ctx) -> CheckResul
             Ok(true)
         })
     };
-    cut_attempts(&ctx, "read-write lock", 20, start, probe).await
+    cut_attempts(&ctx, "read-write lock", 20, start, probe).await?;
+    // Writers waiting behind a reader, cut: none leaves its intent (new readers get in). The
+    // first attempt, which measures an attempt's time, is a try.
+    let a = ctx.client().await?;
+    let (b, c, key) = (ctx.client().await?, ctx.client().await?, ctx.key("behind"));
+    let reader = a.read_lock(&key).ttl(long).acquire().await?;
+    let first = Arc::new(AtomicBool::new(true));
+    let k = key.clone();
+    let start = move || -> Attempt {
+        let (b, k) = (b.clone(), k.clone());
+        let first = first.swap(false, Ordering::Relaxed);
+        Box::pin(async move {
+            let writer = b.write_lock(&k).ttl(long);
+            if first {
+                writer.try_acquire().await
+            } else {
+                writer.wait(Duration::from_secs(30)).acquire().await.map(Some)
+            }
+        })
+    };
+    let probe = move || -> Probe {
+        let (c, k) = (c.clone(), key.clone());
+        Box::pin(async move {
+            let Some(r) = c.read_lock(&k).ttl(long).try_acquire().await? else { return Ok(false) };
+            r.release().await?;
+            Ok(true)
+        })
+    };
+    cut_attempts(&ctx, "writer waiting behind a reader", 20, start, probe).await?;
+    let _ = reader.release().await?;
+    Ok(())
 }
 
 /// Polls `fut` up to `polls` times, yielding in between, then drops it unless it finished.

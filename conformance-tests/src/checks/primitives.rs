@@ -365,6 +365,35 @@ pub async fn multi_key_failure_and_cancel_leave_nothing(ctx: Ctx) -> CheckResult
     Ok(())
 }
 
+/// Promise 7 (multi-key): a renewing multi-key guard is lost as soon as renewal finds any one
+/// of its names gone (released from another process by its owner token), and its release then
+/// frees the other names too.
+pub async fn a_multi_key_guard_is_lost_with_any_name(ctx: Ctx) -> CheckResult {
+    let a = ctx.client().await?;
+    let b = ctx.client().await?;
+    let (x, y) = (ctx.key("x"), ctx.key("y"));
+    let ttl = ctx.short_ttl();
+    let g = a.lock_all([&x, &y]).ttl(ttl).auto_renew().acquire().await?;
+    let token = g.fencing_token_of(&y).ok_or_else(|| Failure(format!("no token for {y}")))?;
+    let owner = g.lease().owner();
+    // Another process (an operator's `distlock release`) frees y by its owner token.
+    let other = b.lease_from_parts(&y, owner, token, ttl)?;
+    ensure!(
+        b.release_lease(&other).await? == ReleaseOutcome::Released,
+        "y was not released by its owner token"
+    );
+    let within = ctx.lease_length(ttl) + ctx.caps.expiry_margin + ctx.slack();
+    let reason = tokio::time::timeout(within, g.lost())
+        .await
+        .map_err(|_| Failure(format!("the multi-key guard was not lost within {within:?} of losing {y}")))?;
+    ensure!(reason == lock_core::LossReason::NotHeld, "lost with {reason:?}, expected NotHeld");
+    let _ = g.release().await?;
+    for n in [&x, &y] {
+        wait_free(&ctx, &b, n).await?;
+    }
+    Ok(())
+}
+
 async fn wait_free(ctx: &Ctx, c: &LockClient, key: &str) -> CheckResult {
     let deadline = Instant::now() + ctx.caps.expiry_margin + ctx.slack() * 2;
     while c.inspect(key).await?.is_some() {
