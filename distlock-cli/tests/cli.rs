@@ -526,6 +526,55 @@ fn the_urls_ttl_is_the_default_and_the_flag_overrides_it() {
     assert_eq!(b["ttl_ms"], 7_000, "{b}");
 }
 
+/// A `run` of a command that ignores SIGTERM and writes a heartbeat (ns since the epoch) every
+/// 50 ms, under `lock` with `ttl` (seconds) and a 10 s kill grace; returned once it beats.
+struct DeafRun {
+    run: std::process::Child,
+    beats: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DeafRun {
+    fn start(url: &str, lock: &str, ttl: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let beats = dir.path().join("beats");
+        let script = format!("trap '' TERM; while :; do date +%s%N >> {}; sleep 0.05; done", beats.display());
+        let run = distlock(url)
+            .args(["run", "--lock", lock, "--ttl", ttl, "--kill-grace", "10s", "--", "sh", "-c", &script])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&beats).map(|m| m.len()).unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "the command never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { run, beats, _dir: dir }
+    }
+
+    /// Now, in ns since the epoch (the heartbeats' clock).
+    fn now_ns() -> u128 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos()
+    }
+
+    /// Waits for `run` to end with 70 (the lock lost); asserts that the command's last
+    /// heartbeat came at most 500 ms after `expiry` (ns), and returns `run`'s stderr.
+    fn ends_by(mut self, expiry: u128) -> String {
+        let status = exit_of(&mut self.run, Duration::from_secs(40));
+        assert_eq!(status.code(), Some(70));
+        let text = std::fs::read_to_string(&self.beats).expect("beats");
+        let last: u128 = text.lines().last().and_then(|l| l.trim().parse().ok()).expect("a heartbeat");
+        let late_ms = (last.saturating_sub(expiry)) / 1_000_000;
+        assert!(
+            last <= expiry + Duration::from_millis(500).as_nanos(),
+            "the command ran {late_ms} ms past the lock's expiry"
+        );
+        let mut err = String::new();
+        self.run.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+        err
+    }
+}
+
 /// The lock's server stops answering, so renewals fail and the lock runs out; the command
 /// ignores SIGTERM (so does everything it starts). It gets SIGTERM ahead of the expiry and
 /// SIGKILL at it: its last heartbeat comes before the lock could have expired on the server,
@@ -534,38 +583,12 @@ fn the_urls_ttl_is_the_default_and_the_flag_overrides_it() {
 fn run_kills_a_command_that_ignores_sigterm_by_the_time_its_lock_expires() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut server = rt.block_on(RedisServer::start()).expect("redis-server");
-    let url = server.url();
-    let d = tempfile::tempdir().expect("tempdir");
-    let beats = d.path().join("beats");
-    let script = format!("trap '' TERM; while :; do date +%s%N >> {}; sleep 0.05; done", beats.display());
-    let mut run = distlock(&url)
-        .args(["run", "--lock", "deaf", "--ttl", "4s", "--kill-grace", "10s", "--", "sh", "-c", &script])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(&beats).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the command never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let now_ns =
-        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
-    let paused_at = now_ns();
+    let run = DeafRun::start(&server.url(), "deaf", "4s");
+    let paused_at = DeafRun::now_ns();
     server.process().pause().expect("pause");
-    let status = exit_of(&mut run, Duration::from_secs(40));
-    server.process().resume().expect("resume");
-    assert_eq!(status.code(), Some(70));
-    let text = std::fs::read_to_string(&beats).expect("beats");
-    let last: u128 = text.lines().last().and_then(|l| l.trim().parse().ok()).expect("a heartbeat");
     // The last renewal came before the pause: the lock was valid for at most its TTL after it.
-    let expiry = paused_at + Duration::from_secs(4).as_nanos();
-    let late_ms = (last.saturating_sub(expiry)) / 1_000_000;
-    assert!(
-        last <= expiry + Duration::from_millis(500).as_nanos(),
-        "the command ran {late_ms} ms past the lock's expiry"
-    );
-    let mut err = String::new();
-    run.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    let err = run.ends_by(paused_at + Duration::from_secs(4).as_nanos());
+    server.process().resume().expect("resume");
     assert!(err.contains("not renewed"), "{err}");
 }
 
@@ -580,38 +603,12 @@ fn a_renewal_refused_for_good_kills_the_command_by_the_locks_expiry() {
     let port = server.port();
     let acl = ["ACL", "SETUSER", "app", "on", ">app-pw", "~*", "&*", "+@all"];
     rt.block_on(conformance_tests::fixtures::redis::command(port, &acl)).expect("ACL SETUSER");
-    let url = format!("redis://app:app-pw@127.0.0.1:{port}");
-    let d = tempfile::tempdir().expect("tempdir");
-    let beats = d.path().join("beats");
-    let script = format!("trap '' TERM; while :; do date +%s%N >> {}; sleep 0.05; done", beats.display());
-    let mut run = distlock(&url)
-        .args(["run", "--lock", "revoked", "--ttl", "3s", "--kill-grace", "10s", "--", "sh", "-c", &script])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(&beats).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the command never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let now_ns =
-        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
-    let revoked_at = now_ns();
+    let run = DeafRun::start(&format!("redis://app:app-pw@127.0.0.1:{port}"), "revoked", "3s");
+    let revoked_at = DeafRun::now_ns();
     rt.block_on(conformance_tests::fixtures::redis::command(port, &["ACL", "SETUSER", "app", "-@all"]))
         .expect("ACL SETUSER -@all");
-    let status = exit_of(&mut run, Duration::from_secs(40));
-    assert_eq!(status.code(), Some(70));
-    let text = std::fs::read_to_string(&beats).expect("beats");
-    let last: u128 = text.lines().last().and_then(|l| l.trim().parse().ok()).expect("a heartbeat");
     // The last renewal came before the revocation: the lock was valid for at most its TTL after it.
-    let expiry = revoked_at + Duration::from_secs(3).as_nanos();
-    let late_ms = (last.saturating_sub(expiry)) / 1_000_000;
-    assert!(
-        last <= expiry + Duration::from_millis(500).as_nanos(),
-        "the command ran {late_ms} ms past the lock's expiry"
-    );
-    let mut err = String::new();
-    run.stderr.take().expect("stderr").read_to_string(&mut err).expect("read");
+    let err = run.ends_by(revoked_at + Duration::from_secs(3).as_nanos());
     assert!(err.contains("lost"), "{err}");
     assert!(!err.contains("app-pw"), "{err}");
     drop(server);
