@@ -69,6 +69,13 @@ fn needs_per_lock_ttl(c: &Capabilities, _: Hooks) -> Result<(), String> {
     Ok(())
 }
 
+fn needs_counters(c: &Capabilities, _: Hooks) -> Result<(), String> {
+    if !c.fencing_counters {
+        return Err("the backend keeps no fencing counter per key that can be read and raised".into());
+    }
+    Ok(())
+}
+
 fn needs_fair(c: &Capabilities, _: Hooks) -> Result<(), String> {
     if !c.fair_queueing {
         return Err("the backend does not claim fair queueing".into());
@@ -156,6 +163,7 @@ pub static CHECKS: &[Check] = &[
     check!(fencing_increases_across_release, 2, always),
     check!(fencing_increases_across_expiry, 2, needs_expiry),
     check!(fencing_increases_across_takeover, 2, needs_crash),
+    check!(fencing_counters_carry_tokens_over, 2, needs_counters),
     check!(crashed_holder_blocks_at_most_ttl, 3, needs_crash),
     check!(stale_holder_cannot_release_or_extend, 4, needs_expiry),
     check!(release_reports_truth, 4, always),

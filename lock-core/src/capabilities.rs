@@ -93,6 +93,12 @@ pub struct Capabilities {
     pub listing_pages: bool,
     /// Grants store the holder's [`Metadata`](crate::Metadata) and `inspect` returns it.
     pub holder_metadata: bool,
+    /// Each key has a fencing counter of its own that
+    /// [`LockBackend::fencing_counters`](crate::LockBackend::fencing_counters) reads and
+    /// [`LockBackend::raise_fencing_counter`](crate::LockBackend::raise_fencing_counter)
+    /// raises (token carry-over between backends); false where tokens come from one counter
+    /// for the whole store (etcd's revision, ZooKeeper's zxid) or the counters cannot be read.
+    pub fencing_counters: bool,
     /// [`LockBackend::extend_many`](crate::LockBackend::extend_many) renews many grants in a
     /// few requests: guards then renew in batches (see [`crate::batch`]).
     pub batch_extend: bool,
@@ -120,6 +126,7 @@ impl Default for Capabilities {
             listing: false,
             listing_pages: true,
             holder_metadata: false,
+            fencing_counters: false,
             batch_extend: false,
         }
     }
@@ -176,6 +183,8 @@ impl Capabilities {
         with_listing: listing: bool;
         /// Sets [`listing_pages`](Self::listing_pages).
         with_listing_pages: listing_pages: bool;
+        /// Sets [`fencing_counters`](Self::fencing_counters).
+        with_fencing_counters: fencing_counters: bool;
         /// Sets [`holder_metadata`](Self::holder_metadata).
         with_holder_metadata: holder_metadata: bool;
         /// Sets [`batch_extend`](Self::batch_extend).

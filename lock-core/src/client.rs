@@ -387,8 +387,10 @@ impl<T> LockBuilder<T> {
         self
     }
 
-    /// Stop renewing once the lock has been held this long (the lease then runs out and the
-    /// loss signal fires with [`LossReason::MaxHoldReached`](crate::LossReason)).
+    /// Stop renewing once the lock has been held this long, counted from the grant (not from
+    /// the start of the wait); the lock is then released and the loss signal fires with
+    /// [`LossReason::MaxHoldReached`](crate::LossReason). A lease of its own is shortened to end
+    /// at the cap; a session's lease (etcd session mode, ZooKeeper) is renewed up to it.
     pub fn max_hold(mut self, max: Duration) -> Self {
         self.policy.max_hold = Some(max);
         self

@@ -142,6 +142,7 @@ impl LockBackend for DynamoBackend {
             .with_elections(true)
             .with_listing(true)
             .with_holder_metadata(true)
+            .with_fencing_counters(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {

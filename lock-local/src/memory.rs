@@ -174,6 +174,7 @@ impl LockBackend for MemoryBackend {
             .with_atomic_multi_key(true)
             .with_elections(true)
             .with_holder_metadata(true)
+            .with_fencing_counters(true)
             .with_listing(true)
     }
 

@@ -204,6 +204,7 @@ impl LockBackend for RedisBackend {
             .with_elections(true)
             .with_holder_metadata(true)
             .with_listing(!cluster)
+            .with_fencing_counters(!cluster)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {

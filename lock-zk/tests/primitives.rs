@@ -160,6 +160,44 @@ async fn an_atomic_multi_key_try_takes_all_or_leaves_nothing() {
     }
 }
 
+/// A hold cap counts from the grant, not from the start of the wait, and a session's lease is
+/// renewed up to it: a permit waited for 3 s with a 6 s cap is held about 6 s. Before, the
+/// cap counted the wait (the lease's `acquired_at` is the queue node's creation) and began a
+/// whole API TTL (30 s) early, so the permit was released as soon as it was granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_cap_counts_from_the_grant() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let connect = zk.connect_string();
+    let (a, b) = (support::client(&connect, SESSION).await, support::client(&connect, SESSION).await);
+    let name = support::key("capped");
+    let first = a.semaphore(&name, 1).acquire().await.expect("the permit");
+    let waiter = {
+        let (b, name) = (b.clone(), name.clone());
+        tokio::spawn(async move {
+            b.semaphore(&name, 1)
+                .wait(Duration::from_secs(20))
+                .auto_renew()
+                .max_hold(Duration::from_secs(6))
+                .acquire()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.release().await.expect("release");
+    let g = waiter.await.expect("join").expect("the waiter's permit");
+    let granted = tokio::time::Instant::now();
+    let reason =
+        tokio::time::timeout(Duration::from_secs(15), g.lost()).await.expect("the cap ended the hold");
+    let held = granted.elapsed();
+    assert_eq!(reason, lock_core::LossReason::MaxHoldReached);
+    assert!(held >= Duration::from_millis(5_500), "held {held:?} of a 6 s cap after a 3 s wait");
+    assert!(held <= Duration::from_secs(8), "held {held:?} past a 6 s cap");
+    // Released at the cap: another client gets the permit.
+    let next =
+        a.semaphore(&name, 1).wait(Duration::from_secs(5)).acquire().await.expect("the permit after the cap");
+    next.release().await.expect("release");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_number_of_permits_is_checked_while_held_and_free_once_empty() {
     let zk = ZkEnsemble::single().await.expect("ZooKeeper");

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
-use lock_core::{Error, Instant, ReleaseOutcome};
+use lock_core::{Error, FencingToken, Instant, Mode, ReleaseOutcome};
 
 use crate::history::History;
 use crate::{ensure, CheckResult, Ctx, Failure};
@@ -426,5 +426,65 @@ pub async fn inspect_reports_the_holder(ctx: Ctx) -> CheckResult {
     }
     let _ = g.release().await?;
     ensure!(c.inspect(&key).await?.is_none(), "inspect shows a holder after release");
+    Ok(())
+}
+
+/// Promise 2 (token carry-over, `migrate-tokens`): a raised fencing counter makes the key's next
+/// token greater than what it was raised to, also when raised while the key is held (the
+/// holder keeps its grant); a raise below the counter never lowers it; `fencing_counters`
+/// lists the key with its last token; a semaphore's counter is raised the same way.
+pub async fn fencing_counters_carry_tokens_over(ctx: Ctx) -> CheckResult {
+    let c = ctx.client().await?;
+    let other = ctx.client().await?;
+    let backend = c.backend().clone();
+    let long = ctx.long_ttl();
+    let key = ctx.key("k");
+    let full = c.key(&key)?;
+    let g = c.lock(&key).ttl(long).acquire().await?;
+    let at = FencingToken::new(g.fencing_token().get() + 1_000_000);
+    let raised = backend.raise_fencing_counter(&full, Mode::Exclusive, at).await?;
+    ensure!(raised >= at, "raised to {at}, the counter says {raised}");
+    ensure!(g.is_held(), "a raise took the holder's grant");
+    ensure!(other.lock(&key).try_acquire().await?.is_none(), "a raise freed a held lock");
+    ensure!(
+        g.release().await? == ReleaseOutcome::Released,
+        "the holder's release after a raise did not say Released"
+    );
+    let g = c.lock(&key).ttl(long).acquire().await?;
+    let after = g.fencing_token();
+    ensure!(after > at, "the grant after a raise to {at} has token {after}");
+    let kept = backend.raise_fencing_counter(&full, Mode::Exclusive, FencingToken::new(1)).await?;
+    ensure!(kept >= after, "a raise to 1 lowered the counter to {kept} (last token {after})");
+    let _ = g.release().await?;
+    let g = c.lock(&key).ttl(long).acquire().await?;
+    ensure!(g.fencing_token() > after, "token {} after {after}", g.fencing_token());
+    let last = g.fencing_token();
+    let _ = g.release().await?;
+    let (mut cursor, mut listed) = (None, None);
+    loop {
+        let page = backend.fencing_counters(full.full(), cursor, 100).await?;
+        if let Some((_, _, t)) =
+            page.counters.iter().find(|(k, m, _)| k == full.full() && *m == Mode::Exclusive)
+        {
+            listed = Some(*t);
+        }
+        cursor = page.cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    ensure!(
+        listed.is_some_and(|t| t >= last),
+        "fencing_counters lists {key} with {listed:?}; its last token is {last}"
+    );
+    if ctx.caps.max_permits > 0 {
+        let sem = ctx.key("sem");
+        let one = Mode::Permit { limit: 1 };
+        let at = FencingToken::new(last.get() + 1_000_000);
+        backend.raise_fencing_counter(&c.key(&sem)?, one, at).await?;
+        let p = c.semaphore(&sem, 1).ttl(long).acquire().await?;
+        ensure!(p.fencing_token() > at, "the permit after a raise to {at} has token {}", p.fencing_token());
+        let _ = p.release().await?;
+    }
     Ok(())
 }

@@ -27,8 +27,9 @@ pub(super) async fn session_fired(session: &Option<LossSignal>) -> LossReason {
 /// The next renewal is due once a third of the validity left has passed (about every TTL/3),
 /// recomputed whenever `valid_until` changes (a user's `extend` included).
 /// Every extend races `valid_until`: if it has not succeeded by then, the loss signal fires.
-/// With a hold cap, the lease is shortened to end at the cap as soon as a full TTL would pass
-/// it, and renewal stops.
+/// With a hold cap (counted from the guard's making), a lease of its own is shortened to end
+/// at the cap as soon as a full TTL would pass it, and renewal stops; a session's lease is
+/// renewed up to the cap and released there.
 ///
 /// While it waits for the next renewal this task holds only a few wake-up registrations and
 /// one timer; the renewal itself and the hold cap run boxed, so their larger state exists
@@ -37,10 +38,17 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
     // However this task ends (a panic in a backend, a runtime shutting down), the loss fires
     // unless renewal was stopped on purpose.
     let _silent_end = FireUnlessStopped(&shared);
-    // A cap too large to add to an `Instant` is no cap.
-    let hold_until = max_hold.and_then(|m| shared.locked().acquired_at().checked_add(m));
+    // Held from now, when the guard was made: a lease's `acquired_at` is when the request that
+    // won it was sent, which on a queue (ZooKeeper, etcd) is before the whole wait. A cap too
+    // large to add to an `Instant` is no cap.
+    let hold_until = max_hold.and_then(|m| Instant::now().checked_add(m));
     // Only a session-based lease has a session to watch: boxed, so the others pay nothing.
     let mut session = shared.locked().session().cloned().map(|s| Box::pin(async move { s.fired().await }));
+    // How long before the cap the hold is capped: a lease of its own is shortened to end at the
+    // cap once a full TTL would pass it; a session's lease cannot be shortened (its TTL is not
+    // the lock's), so it is renewed as usual up to the cap and released there.
+    let session_lease = session.is_some();
+    let lead = move |ttl: Duration| if session_lease { Duration::ZERO } else { ttl };
     loop {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
@@ -56,7 +64,7 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
         let now = Instant::now();
         let mut due = now + valid_until.saturating_duration_since(now).min(ttl) / 3;
         if let Some(h) = hold_until {
-            due = due.min(h.checked_sub(ttl).unwrap_or(h));
+            due = due.min(h.checked_sub(lead(ttl)).unwrap_or(h));
         }
         tokio::select! {
             biased;
@@ -69,7 +77,7 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
         }
         if let Some(h) = hold_until {
             let left = h.saturating_duration_since(Instant::now());
-            if left <= ttl {
+            if left <= lead(ttl) {
                 Box::pin(cap_hold(&shared, left)).await;
                 return;
             }
