@@ -260,7 +260,17 @@ impl LockBackend for ZkBackend {
         let s = self.session().await?;
         let q = self.queue(key, mode);
         match mode {
-            Mode::Permit { limit } => self.permit_holders(&s, &q.dir, limit).await,
+            Mode::Permit { limit } => {
+                // The number of permits the holders stored (the caller's may differ: a waiter
+                // counted as a holder, or a holder left out).
+                let sem = q.dir.strip_suffix("/leases").unwrap_or(&q.dir).to_owned();
+                let limit = match s.call(|c| c.get_data(&sem)).await {
+                    Ok((data, _)) => crate::semaphore::stored_permits(&data).unwrap_or(limit),
+                    Err(zookeeper_client::Error::NoNode) => return Ok(Vec::new()),
+                    Err(e) => return Err(crate::error::zk_err("read", &sem, e)),
+                };
+                self.permit_holders(&s, &q.dir, limit).await
+            }
             Mode::Read | Mode::Write => self.rw_holders(&s, &q.dir).await,
             _ => Ok(self.first_holder(&s, &q.dir, mode).await?.into_iter().collect()),
         }

@@ -136,8 +136,12 @@ impl ZkBackend {
                 Err(e) => return Err(zk_err("list", &q.dir, e)),
             };
             if !names.contains(&child.name) {
+                // The lease went with its session as it was made: nothing is held; a new
+                // session can try again (retryable, as a lock's vanished node is).
                 undo.disarm();
-                return Err(Error::Lost { key: req.key.full().to_owned(), reason: LossReason::SessionLost });
+                return Err(crate::error::unavailable(
+                    "the permit's lease vanished as it was made (its session ended); try again",
+                ));
             }
             // Curator's rule: every child of `leases` counts.
             if names.len() <= limit as usize {

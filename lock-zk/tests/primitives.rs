@@ -160,6 +160,36 @@ async fn an_atomic_multi_key_try_takes_all_or_leaves_nothing() {
     }
 }
 
+/// `holders` of a semaphore counts by the number of permits its holders stored, not the
+/// caller's: asked with 3 for a semaphore of 2, a waiter was listed as a holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_holders_follow_the_stored_number_of_permits() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let connect = zk.connect_string();
+    let (a, b, c) = (
+        support::client(&connect, SESSION).await,
+        support::client(&connect, SESSION).await,
+        support::client(&connect, SESSION).await,
+    );
+    let name = support::key("stored");
+    let one = a.semaphore(&name, 2).acquire().await.expect("a permit");
+    let two = b.semaphore(&name, 2).acquire().await.expect("a permit");
+    let waiter = {
+        let (c, name) = (c.clone(), name.clone());
+        tokio::spawn(async move { c.semaphore(&name, 2).wait(Duration::from_secs(20)).acquire().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let key = LockKey::new(&name).expect("key");
+    for asked in [1, 2, 3] {
+        let held = a.backend().holders(&key, Mode::Permit { limit: asked }).await.expect("holders");
+        assert_eq!(held.len(), 2, "asked with {asked} permits: {held:?}");
+    }
+    one.release().await.expect("release");
+    let three = waiter.await.expect("join").expect("the waiter's permit");
+    two.release().await.expect("release");
+    three.release().await.expect("release");
+}
+
 /// A hold cap counts from the grant, not from the start of the wait, and a session's lease is
 /// renewed up to it: a permit waited for 3 s with a 6 s cap is held about 6 s. Before, the
 /// cap counted the wait (the lease's `acquired_at` is the queue node's creation) and began a
