@@ -17,7 +17,8 @@ pub enum LossReason {
     RenewalFailed,
     /// The backend session the lease was tied to ended (etcd lease, ZooKeeper session).
     SessionLost,
-    /// The cap on total hold time was reached, so renewal stopped and the lease ran out.
+    /// The cap on total hold time was reached: renewal stopped and the lock was released (or,
+    /// if the release did not answer in time, its lease ran out).
     MaxHoldReached,
 }
 

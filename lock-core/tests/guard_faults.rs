@@ -431,8 +431,26 @@ async fn a_session_lost_during_a_renewal_fires_the_signal_at_once() {
     assert_eq!(reason.ok(), Some(LossReason::SessionLost), "the loss signal waited for valid_until");
 }
 
-/// Within the hold cap's last TTL (renewal has stopped and the guard waits for the cap), a
-/// lost session is still reported at once: the guard stops claiming a lock others may hold.
+/// A session's lease is renewed up to its hold cap; a renewal still retrying when the cap
+/// comes (its extend unanswered) is ended by it: the lock is released and the loss fires at
+/// the cap, not at the session's `valid_until` (the guard claimed the lock past its cap).
+#[tokio::test(start_paused = true)]
+async fn the_hold_cap_ends_a_renewal_in_flight_on_a_sessions_lease() {
+    let session = lock_core::LossSignal::new();
+    let b =
+        Arc::new(WithSession { inner: MemoryBackend::new(), session: session.clone(), hang: true.into() });
+    let locks = LockClient::from_arc(b);
+    let start = tokio::time::Instant::now();
+    let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(TTL / 2).acquire().await.unwrap();
+    let reason = g.lost().await;
+    let at = start.elapsed();
+    assert_eq!(reason, LossReason::MaxHoldReached);
+    assert!(at <= TTL / 2 + Duration::from_millis(5), "the loss came {at:?} in, past the {:?} cap", TTL / 2);
+    assert!(locks.lock("k").try_acquire().await.unwrap().is_some(), "the lock was not released at the cap");
+}
+
+/// Before the hold cap (a session's lease is renewed up to it), a lost session is still
+/// reported at once: the guard stops claiming a lock others may hold.
 #[tokio::test(start_paused = true)]
 async fn a_session_lost_in_the_hold_caps_last_ttl_is_reported() {
     let session = lock_core::LossSignal::new();
@@ -440,7 +458,7 @@ async fn a_session_lost_in_the_hold_caps_last_ttl_is_reported() {
         Arc::new(WithSession { inner: MemoryBackend::new(), session: session.clone(), hang: false.into() });
     let locks = LockClient::from_arc(b);
     let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(TTL * 3 / 2).acquire().await.unwrap();
-    // The cap's last TTL starts at half a TTL in: be well into it.
+    // Past where a lease of its own would have been capped (half a TTL in).
     tokio::time::sleep(TTL * 3 / 4).await;
     assert!(g.is_held());
     session.fire(LossReason::SessionLost);

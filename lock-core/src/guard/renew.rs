@@ -83,11 +83,18 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
             }
         }
         // The session is watched during the renewal too: its loss must not wait for an extend
-        // that does not answer (the renewal would only give up at `valid_until`).
+        // that does not answer (the renewal would only give up at `valid_until`). On a
+        // session's lease, whose `valid_until` runs past the cap, the cap ends a renewal that
+        // is still retrying when it comes.
+        let cap_during = hold_until.filter(|_| session_lease);
         let renewed = tokio::select! {
             biased;
             r = session_lost(&mut session) => {
                 shared.fire(r);
+                return;
+            }
+            _ = sleep_until_some(cap_during) => {
+                Box::pin(cap_hold(&shared, Duration::ZERO)).await;
                 return;
             }
             ok = Box::pin(renew_once(&shared, ttl)) => ok,
@@ -95,6 +102,14 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
         if !renewed {
             return;
         }
+    }
+}
+
+/// Sleeps until `at`; never without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -167,9 +182,10 @@ async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
     }
 }
 
-/// The hold cap is reached within one TTL. One last extend makes the grant end at the cap on
-/// the server (when the backend accepts so short a TTL; a session lease cannot be shortened),
-/// so the cap holds even if this process stalls. Then, at the cap (or at `valid_until`, if
+/// The hold cap is `left` away: within one TTL for a lease of its own, reached (zero) for a
+/// session's lease. For the former, one last extend makes the grant end at the cap on the
+/// server (when the backend accepts so short a TTL), so the cap holds even if this process
+/// stalls. Then, at the cap (or at `valid_until`, if
 /// that comes first), the guard stops claiming the lock, releases it so that others can take
 /// it at once, and fires the loss with `MaxHoldReached` (once released, or at `valid_until`
 /// if the release takes longer).
@@ -182,8 +198,10 @@ async fn cap_hold(shared: &Shared, left: Duration) {
     // the cap on the server, but this guard still releases it at the cap.
     let last = left.max(shared.backend.capabilities().min_ttl).max(Duration::from_millis(1));
     // Also when the cap is exactly one TTL away: the grant then ends at the cap, not at the
-    // last renewal's `valid_until`, up to a third of a TTL before it.
-    if last <= shared.lease().ttl() {
+    // last renewal's `valid_until`, up to a third of a TTL before it. Not when the cap has
+    // come (a session's lease, capped at the cap itself, or a cap reached late): the release
+    // below comes first, before the loss.
+    if !left.is_zero() && last <= shared.lease().ttl() {
         let until = shared.lease().valid_until();
         let res = tokio::select! {
             biased;
