@@ -62,13 +62,11 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
     };
     let names: Vec<String> = take.locks.iter().map(|n| format!("--lock {n}")).collect();
     let written = if out.json {
-        let tokens: serde_json::Map<String, serde_json::Value> =
-            taken.tokens.iter().map(|(k, t)| (k.clone(), json!(t.get()))).collect();
         let v = json!({
             "key": lease.key().full(),
             "owner": lease.owner().to_string(),
             "fencing_token": lease.fencing_token().get(),
-            "fencing_tokens": tokens,
+            "fencing_tokens": crate::take::tokens_json(&taken.tokens),
             "mode": crate::holder::mode_name(lease.mode()),
             "ttl_ms": lease.ttl().as_millis() as u64,
             "valid_for_ms": lease.remaining().as_millis() as u64,

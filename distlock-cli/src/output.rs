@@ -11,9 +11,7 @@ use crate::exit;
 
 /// Writes one line to standard error; a failure to write is ignored (see `say_err!`).
 pub(crate) fn write_err(line: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{line}").and_then(|()| err.flush());
+    write_stderr(format_args!("{line}\n"));
 }
 
 /// Writes one line to standard output; whether it was written (see `say_out!`).
@@ -38,7 +36,7 @@ impl Out {
     /// `{"event":"error",…}` line on stderr where stdout is the command's.
     pub(crate) fn fail(&self, e: &Error) -> ExitCode {
         if self.json {
-            let error = json!({ "error": e.to_string(), "kind": e.label(), "retryable": e.is_retryable() });
+            let error = error_fields(e);
             if self.events {
                 self.event("error", error);
             } else {
@@ -86,22 +84,28 @@ impl Out {
                 out = &mut fut => break out,
                 _ = tick.tick() => {
                     if start.elapsed() > Duration::from_millis(300) {
-                        write_spinner(format_args!("\r{} {what} ({:.1}s)", frames[i % frames.len()], start.elapsed().as_secs_f64()));
+                        write_stderr(format_args!("\r{} {what} ({:.1}s)", frames[i % frames.len()], start.elapsed().as_secs_f64()));
                         i += 1;
                     }
                 }
             }
         };
         if i > 0 {
-            write_spinner(format_args!("\r\x1b[2K"));
+            write_stderr(format_args!("\r\x1b[2K"));
         }
         out
     }
 }
 
-/// Writes the spinner's frame to standard error (no newline); a failure to write is ignored.
-fn write_spinner(frame: std::fmt::Arguments<'_>) {
+/// Writes `text` to standard error as it is (a spinner's frame has no newline); a failure to
+/// write is ignored.
+fn write_stderr(text: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut err = std::io::stderr().lock();
-    let _ = err.write_fmt(frame).and_then(|()| err.flush());
+    let _ = err.write_fmt(text).and_then(|()| err.flush());
+}
+
+/// The JSON object that reports `e`: its message, its kind and whether a retry can help.
+pub(crate) fn error_fields(e: &Error) -> serde_json::Value {
+    json!({ "error": e.to_string(), "kind": e.label(), "retryable": e.is_retryable() })
 }

@@ -68,12 +68,9 @@ pub(crate) async fn exec(out: &Out, locks: &LockClient, args: &Args) -> ExitCode
             Ok(outcome) => outcome == ReleaseOutcome::Released,
             Err(e) => {
                 if several {
-                    each.push(json!({
-                        "key": lease.key().full(),
-                        "error": e.to_string(),
-                        "kind": e.label(),
-                        "retryable": e.is_retryable(),
-                    }));
+                    let mut fields = crate::output::error_fields(&e);
+                    fields["key"] = json!(lease.key().full());
+                    each.push(fields);
                 } else if !out.json {
                     say_err!("distlock: releasing '{}' failed: {e}", lease.key());
                 }

@@ -306,7 +306,7 @@ pub(crate) fn announce(
     let mut fields =
         json!({ "key": guard.key(), "fencing_token": token.get(), "backend": locks.backend_name() });
     let others = if tokens.len() > 1 {
-        fields["fencing_tokens"] = tokens.iter().map(|(k, t)| (k.clone(), json!(t.get()))).collect();
+        fields["fencing_tokens"] = crate::take::tokens_json(tokens);
         let all: Vec<String> = tokens.iter().map(|(k, t)| format!("'{k}' {t}")).collect();
         format!("; tokens: {}", all.join(", "))
     } else {

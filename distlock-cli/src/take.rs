@@ -44,6 +44,11 @@ pub(crate) struct Taken {
     pub(crate) tokens: Vec<(String, FencingToken)>,
 }
 
+/// Each name's fencing token as one JSON object (`{"name": token, …}`).
+pub(crate) fn tokens_json(tokens: &[(String, FencingToken)]) -> serde_json::Value {
+    tokens.iter().map(|(k, t)| (k.clone(), serde_json::json!(t.get()))).collect()
+}
+
 impl Take {
     /// A label for messages: the name, or the names.
     pub(crate) fn label(&self) -> String {

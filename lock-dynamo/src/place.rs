@@ -18,7 +18,9 @@ use lock_core::{
 use crate::error::NAME;
 use aws_sdk_dynamodb::types::ReturnValue;
 
-use crate::item::{self, counted_prefix, fence_attr, new_rvn, wall_ms, Held, Item, Kind, Record, Slots};
+use crate::item::{
+    self, counted_prefix, fence_attr, new_rvn, wall_ms, Entry, Held, Item, Kind, Record, Slots,
+};
 use crate::request::{ms, n, s, Update, Written};
 use crate::DynamoBackend;
 
@@ -80,12 +82,7 @@ impl Place {
                 let r = Record::parse(item)?;
                 r.owner.map(|o| (o, r.rvn, r.fence))
             }
-            Some(name) => {
-                let prefix =
-                    name.split_once(':').map(|(p, _)| format!("{p}:")).unwrap_or_else(|| "r:".into());
-                let slots = Slots::parse(item, &prefix)?;
-                slots.get(name).map(|e| (e.owner, e.rvn.clone(), e.fence))
-            }
+            Some(name) => entry_in(item, name)?.map(|e| (e.owner, e.rvn, e.fence)),
         })
     }
 
@@ -94,11 +91,7 @@ impl Place {
     pub(crate) fn expires_at_ms(&self, item: &Item) -> Result<Option<u64>> {
         Ok(match &self.entry {
             None => Record::parse(item)?.expires_at_ms,
-            Some(name) => {
-                let prefix =
-                    name.split_once(':').map(|(p, _)| format!("{p}:")).unwrap_or_else(|| "r:".into());
-                Slots::parse(item, &prefix)?.get(name).and_then(|e| e.expires_at_ms)
-            }
+            Some(name) => entry_in(item, name)?.and_then(|e| e.expires_at_ms),
         })
     }
 
@@ -115,6 +108,12 @@ impl Place {
     pub(crate) fn carries(&self, item: &Item, owner: OwnerToken, rvn: &str) -> Result<bool> {
         Ok(matches!(self.holder(item)?, Some((o, v, _)) if o == owner && v == rvn))
     }
+}
+
+/// The entry `name` of `item`'s slots (a permit `p:…`, a reader `r:…`, the writer, the intent).
+fn entry_in(item: &Item, name: &str) -> Result<Option<Entry>> {
+    let prefix = name.split_once(':').map(|(p, _)| format!("{p}:")).unwrap_or_else(|| "r:".into());
+    Ok(Slots::parse(item, &prefix)?.get(name).cloned())
 }
 
 /// `Unsupported` for a mode this crate does not know.

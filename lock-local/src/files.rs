@@ -246,23 +246,7 @@ pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: &Op) -> Result<OpRes
         table_record::apply(path, &bytes, key, op, now)?
     };
     let grant = sync && matches!(result, OpResult::Acquired(_) | OpResult::Raised(_));
-    let mut written = None;
-    if let Some(w) = new {
-        write_over(&file, path, &bytes, &w.first, grant)?;
-        written = Some(w.first);
-        if let Some(second) = w.second {
-            // The grant is on the disk already (its copy synced): a failure here only leaves
-            // the other copy a write behind, as before this second write existed; the grant
-            // is returned, not left behind an error.
-            match write_over(&file, path, written.as_deref().unwrap_or_default(), &second, grant) {
-                Ok(()) => written = Some(second),
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "the record's second copy was not brought up to date")
-                }
-            }
-        }
-    }
-    let new = written;
+    let new = new.map(|w| write_copies(&file, path, &bytes, w, grant)).transpose()?;
     if let Some(set) = op.side_file(&result, new.is_some()) {
         // Still under the record's flock: the side file follows the record's holders.
         let holders = holders_of(new.as_deref().unwrap_or(&bytes), kind, now);
@@ -270,6 +254,29 @@ pub(crate) fn apply(path: &Path, key: &str, sync: bool, op: &Op) -> Result<OpRes
     }
     Ok(result)
     // The flock is dropped with the file.
+}
+
+/// Writes a record's new bytes over `old` (the second copy's after the first's), syncing each
+/// when `sync`; returns the bytes the file ends with.
+fn write_copies(
+    file: &File,
+    path: &Path,
+    old: &[u8],
+    w: table_record::Writes,
+    sync: bool,
+) -> Result<Vec<u8>> {
+    write_over(file, path, old, &w.first, sync)?;
+    let Some(second) = w.second else { return Ok(w.first) };
+    // The grant is on the disk already (its copy synced): a failure here only leaves the other
+    // copy a write behind, as before this second write existed; the grant is returned, not
+    // left behind an error.
+    match write_over(file, path, &w.first, &second, sync) {
+        Ok(()) => Ok(second),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "the record's second copy was not brought up to date");
+            Ok(w.first)
+        }
+    }
 }
 
 /// Writes `new` over the file's bytes `old` in place (the same length for a key every time:

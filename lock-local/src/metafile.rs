@@ -25,7 +25,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -112,7 +111,8 @@ fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     // Made anew, never through what is there: a symbolic link planted under this name would
-    // have the write land wherever it points, with this process's rights.
+    // have the write land wherever it points, with this process's rights (`create_new` is
+    // `O_EXCL`, which fails on any name that exists, a link included).
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
@@ -120,7 +120,6 @@ fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&tmp)
         .and_then(|mut f| f.write_all(bytes));
     let placed = written.and_then(|()| std::fs::rename(&tmp, path));
