@@ -330,7 +330,9 @@ impl LockClient {
         let backend = crate::multi::serving(&self.backend, &lease);
         // The batcher renews one grant per lease: a multi-key lease goes through its parts.
         let batcher = if Arc::ptr_eq(&backend, &self.backend) { self.batcher() } else { None };
-        Guard::new(backend, lease, RenewPolicy { auto_renew, max_hold: None }, batcher)
+        // Granted before it was detached: when its request was sent is the best known.
+        let granted_at = lease.acquired_at();
+        Guard::new(backend, lease, RenewPolicy { auto_renew, max_hold: None }, batcher, granted_at)
     }
 }
 
@@ -388,7 +390,7 @@ impl<T> LockBuilder<T> {
     }
 
     /// Stop renewing once the lock has been held this long, counted from the grant (not from
-    /// the start of the wait); the lock is then released and the loss signal fires with
+    /// the start of the wait; for several names, from the first name's grant); the lock is then released and the loss signal fires with
     /// [`LossReason::MaxHoldReached`](crate::LossReason). A lease of its own is shortened to end
     /// at the cap; a session's lease (etcd session mode, ZooKeeper) is renewed up to it.
     pub fn max_hold(mut self, max: Duration) -> Self {
@@ -440,7 +442,13 @@ impl LockBuilder<One> {
 
     fn guard(&self, lease: Lease) -> Guard {
         let mode = lease.mode();
-        let guard = Guard::new(self.client.backend.clone(), lease, self.policy, self.client.batcher());
+        let guard = Guard::new(
+            self.client.backend.clone(),
+            lease,
+            self.policy,
+            self.client.batcher(),
+            Instant::now(),
+        );
         let entry = self.client.held.enter(guard.key(), mode, guard.probe());
         guard.with_held([entry])
     }

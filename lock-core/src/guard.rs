@@ -59,6 +59,9 @@ struct Shared {
     span: tracing::Span,
     /// The client's renewal batcher, where the backend extends in batches.
     batcher: Option<crate::batch::Batcher>,
+    /// When the lock was granted (for a queue, when the wait ended, not when the request
+    /// that joined it was sent): the hold cap and the "held" metric count from it.
+    granted_at: Instant,
 }
 
 impl crate::held::Alive for Shared {
@@ -103,11 +106,13 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
+    /// A guard on `lease`, granted at `granted_at` (the hold cap counts from it).
     pub(crate) fn new(
         backend: Arc<dyn LockBackend>,
         lease: Lease,
         policy: RenewPolicy,
         batcher: Option<crate::batch::Batcher>,
+        granted_at: Instant,
     ) -> Self {
         let span = tracing::info_span!(
             "distlock.guard",
@@ -131,6 +136,7 @@ impl Guard {
             extend_lock: tokio::sync::Mutex::new(()),
             span,
             batcher,
+            granted_at,
         });
         let renewal =
             policy.auto_renew.then(|| tokio::runtime::Handle::try_current().ok()).flatten().map(|rt| {
@@ -401,7 +407,7 @@ mod tests {
             Duration::from_secs(30),
             Instant::now(),
         );
-        let g = Guard::new(Arc::new(Nothing), lease, RenewPolicy::default(), None);
+        let g = Guard::new(Arc::new(Nothing), lease, RenewPolicy::default(), None, Instant::now());
         let task = renew_loop(g.shared.clone(), None);
         let (shared, task) = (std::mem::size_of::<Shared>(), std::mem::size_of_val(&task));
         eprintln!("Shared: {shared} bytes; renewal task future: {task} bytes");

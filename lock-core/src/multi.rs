@@ -151,12 +151,12 @@ impl LockBuilder<Many> {
         let start = Instant::now();
         let res = take_all(&backend, self.client.capabilities(), &reqs, self.deadline(start)).await;
         observe::acquire(backend.name(), observe::acquire_outcome(&res), start.elapsed());
-        let leases = res?;
+        let (leases, granted_at) = res?;
         let tokens: Vec<(String, FencingToken)> =
             leases.iter().map(|l| (l.key().full().to_owned(), l.fencing_token())).collect();
         let lease = combine(&reqs, leases);
         let multi: Arc<dyn LockBackend> = Arc::new(MultiBackend { inner: backend });
-        let guard = Guard::new(multi, lease, self.policy, None);
+        let guard = Guard::new(multi, lease, self.policy, None, granted_at);
         let held: Vec<_> =
             tokens.iter().map(|(k, _)| self.client.held.enter(k, Mode::Exclusive, guard.probe())).collect();
         let names = self
@@ -182,18 +182,20 @@ impl LockBuilder<Many> {
 }
 
 /// Takes every lock of `reqs` (canonical order): one atomic try where the backend offers it,
-/// then one name at a time, releasing what was taken if one cannot be had.
+/// then one name at a time, releasing what was taken if one cannot be had. Returns the grants
+/// and when the first of them was granted (the hold cap counts from it: the first name is held
+/// while the later ones are waited for).
 async fn take_all(
     backend: &Arc<dyn LockBackend>,
     caps: &Capabilities,
     reqs: &[AcquireRequest],
     deadline: Option<Instant>,
-) -> Result<Vec<Lease>> {
+) -> Result<(Vec<Lease>, Instant)> {
     let start = Instant::now();
     let held = || Error::WaitTimedOut { key: reqs[0].key.full().to_owned(), waited: start.elapsed() };
     if caps.atomic_multi_key {
         match backend.try_acquire_all(reqs).await {
-            Ok(Some(leases)) => return Ok(leases),
+            Ok(Some(leases)) => return Ok((leases, Instant::now())),
             // Without a wait, or with its deadline passed during the try: no name-by-name round
             // after it (each would add a request).
             Ok(None) if deadline.is_none_or(|d| Instant::now() >= d) => return Err(held()),
@@ -223,13 +225,13 @@ async fn take_all(
             &round[..]
         };
         match take_in_turn(backend, reqs, deadline, &taken, &held).await {
-            Ok(()) if locked(&taken).iter().all(|l| l.valid_until() > Instant::now()) => {
+            Ok(first_at) if locked(&taken).iter().all(|l| l.valid_until() > Instant::now()) => {
                 undo.disarm();
-                return Ok(std::mem::take(&mut *locked(&taken)));
+                return Ok((std::mem::take(&mut *locked(&taken)), first_at));
             }
             // A name taken early expired while a later one was waited for (someone else may
             // hold it now): give everything back and start again, while the wait lasts.
-            Ok(()) => {
+            Ok(_) => {
                 release_all(backend.clone(), taken.clone()).await;
                 if deadline.is_none_or(|d| Instant::now() >= d) {
                     undo.disarm();
@@ -249,13 +251,15 @@ async fn take_all(
 }
 
 /// One pass over `reqs` in order, each grant pushed onto `taken`; the first failure ends it.
+/// Returns when the first name was granted.
 async fn take_in_turn(
     backend: &Arc<dyn LockBackend>,
     reqs: &[AcquireRequest],
     deadline: Option<Instant>,
     taken: &Mutex<Vec<Lease>>,
     held: &impl Fn() -> Error,
-) -> Result<()> {
+) -> Result<Instant> {
+    let mut first_at = None;
     for req in reqs {
         let got = match deadline {
             Some(d) => backend.acquire(req, d).await,
@@ -266,8 +270,9 @@ async fn take_in_turn(
             },
         };
         locked(taken).push(got?);
+        first_at.get_or_insert_with(Instant::now);
     }
-    Ok(())
+    Ok(first_at.unwrap_or_else(Instant::now))
 }
 
 fn locked(v: &Mutex<Vec<Lease>>) -> std::sync::MutexGuard<'_, Vec<Lease>> {

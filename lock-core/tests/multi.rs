@@ -293,6 +293,37 @@ async fn each_round_of_taking_names_has_its_own_owner_token() {
     g.release().await.unwrap();
 }
 
+/// A multi-key lock taken one name at a time counts its hold cap from its first name's grant:
+/// that name is held while the later ones are waited for (the cap counted from the last name,
+/// so the first was held a whole wait past it).
+#[tokio::test(start_paused = true)]
+async fn a_multi_key_hold_cap_counts_from_the_first_name() {
+    let backend = Scripted::on(&MemoryBackend::new());
+    let locks = LockClient::new(backend.clone());
+    let other = LockClient::new(backend);
+    let b = other.lock("b").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    let start = tokio::time::Instant::now();
+    let multi = tokio::spawn(async move {
+        let g = locks
+            .lock_all(["a", "b"])
+            .ttl(Duration::from_secs(5))
+            .auto_renew()
+            .max_hold(Duration::from_secs(4))
+            .wait(Duration::from_secs(10))
+            .acquire()
+            .await
+            .unwrap();
+        let reason = g.lost().await;
+        (reason, start.elapsed())
+    });
+    // a is taken at once; b is waited for until it is released at 2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    b.release().await.unwrap();
+    let (reason, held) = multi.await.unwrap();
+    assert_eq!(reason, LossReason::MaxHoldReached);
+    assert!(held <= Duration::from_millis(4100), "a was held {held:?} under a 4 s cap");
+}
+
 /// What [`Scripted`]'s atomic multi-key request does.
 #[derive(Debug, Clone, Copy)]
 enum Atomic {

@@ -12,24 +12,16 @@ use super::Shared;
 use crate::backoff::Backoff;
 use crate::observe;
 use crate::outcome::ExtendOutcome;
-use crate::signal::{LossReason, LossSignal};
-
-/// Resolves when the lease's session signal fires; never without one.
-pub(super) async fn session_fired(session: &Option<LossSignal>) -> LossReason {
-    match session {
-        Some(s) => s.fired().await,
-        None => std::future::pending().await,
-    }
-}
+use crate::signal::LossReason;
 
 /// Renews the lease until the guard stops it or the lock is lost.
 ///
 /// The next renewal is due once a third of the validity left has passed (about every TTL/3),
 /// recomputed whenever `valid_until` changes (a user's `extend` included).
 /// Every extend races `valid_until`: if it has not succeeded by then, the loss signal fires.
-/// With a hold cap (counted from the guard's making), a lease of its own is shortened to end
-/// at the cap as soon as a full TTL would pass it, and renewal stops; a session's lease is
-/// renewed up to the cap and released there.
+/// With a hold cap (counted from the grant; a multi-key lock's from its first name's), a lease
+/// of its own is shortened to end at the cap as soon as a full TTL would pass it, and renewal
+/// stops; a session's lease is renewed up to the cap and released there.
 ///
 /// While it waits for the next renewal this task holds only a few wake-up registrations and
 /// one timer; the renewal itself and the hold cap run boxed, so their larger state exists
@@ -38,10 +30,10 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
     // However this task ends (a panic in a backend, a runtime shutting down), the loss fires
     // unless renewal was stopped on purpose.
     let _silent_end = FireUnlessStopped(&shared);
-    // Held from now, when the guard was made: a lease's `acquired_at` is when the request that
-    // won it was sent, which on a queue (ZooKeeper, etcd) is before the whole wait. A cap too
-    // large to add to an `Instant` is no cap.
-    let hold_until = max_hold.and_then(|m| Instant::now().checked_add(m));
+    // Held from the grant: a lease's `acquired_at` is when the request that won it was sent,
+    // which on a queue (ZooKeeper, etcd) is before the whole wait. A cap too large to add to an
+    // `Instant` is no cap.
+    let hold_until = max_hold.and_then(|m| shared.granted_at.checked_add(m));
     // Only a session-based lease has a session to watch: boxed, so the others pay nothing.
     let mut session = shared.locked().session().cloned().map(|s| Box::pin(async move { s.fired().await }));
     // How long before the cap the hold is capped: a lease of its own is shortened to end at the
@@ -69,7 +61,7 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
         tokio::select! {
             biased;
             _ = &mut changed => continue,
-            r = session_lost(&mut session) => {
+            r = or_pending(session.as_mut()) => {
                 shared.fire(r);
                 return;
             }
@@ -89,11 +81,11 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
         let cap_during = hold_until.filter(|_| session_lease);
         let renewed = tokio::select! {
             biased;
-            r = session_lost(&mut session) => {
+            r = or_pending(session.as_mut()) => {
                 shared.fire(r);
                 return;
             }
-            _ = sleep_until_some(cap_during) => {
+            _ = or_pending(cap_during.map(tokio::time::sleep_until)) => {
                 Box::pin(cap_hold(&shared, Duration::ZERO)).await;
                 return;
             }
@@ -105,21 +97,15 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
     }
 }
 
-/// Sleeps until `at`; never without one.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the watched session is lost; never without one.
-async fn session_lost<F: std::future::Future<Output = LossReason> + Unpin>(
-    session: &mut Option<F>,
-) -> LossReason {
-    match session {
-        Some(s) => s.await,
-        None => std::future::pending().await,
+/// Resolves as `f` does; never without one (a branch of `select!` that is off). A plain
+/// function, not an `async fn`: that would keep `f` twice in its state (the argument and the
+/// future awaited), and the renewal task's idle state is kept small.
+pub(super) fn or_pending<F: std::future::Future>(
+    f: Option<F>,
+) -> impl std::future::Future<Output = F::Output> {
+    match f {
+        Some(f) => futures::future::Either::Left(f),
+        None => futures::future::Either::Right(std::future::pending()),
     }
 }
 

@@ -8,13 +8,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::renew::session_fired;
+use super::renew::or_pending;
 use super::Shared;
 use crate::error::Result;
 use crate::lease::Lease;
 use crate::observe;
 use crate::outcome::{ExtendOutcome, ReleaseOutcome};
-use crate::signal::LossReason;
+use crate::signal::{LossReason, LossSignal};
 
 impl Shared {
     pub(super) fn locked(&self) -> std::sync::MutexGuard<'_, Lease> {
@@ -131,7 +131,7 @@ impl Shared {
             let until = self.valid_until();
             tokio::select! {
                 r = self.lost.fired() => return r,
-                r = session_fired(&session) => {
+                r = or_pending(session.as_ref().map(LossSignal::fired)) => {
                     if self.cap_reached() {
                         // The cap's own release fired it: its task fires the reason.
                         return self.lost.fired().await;
@@ -218,7 +218,7 @@ impl Shared {
         if res.is_ok() {
             self.released.store(true, Ordering::Release);
         }
-        let held = lease.acquired_at().elapsed();
+        let held = self.granted_at.elapsed();
         observe::release(self.backend.name(), res.as_ref().ok().copied(), held);
         match &res {
             Ok(outcome) => {
