@@ -341,19 +341,46 @@ impl Node {
         self.replicas.as_ref().map_or(&self.con, |r| &r.con)
     }
 
-    /// With `wait_replicas`, waits for the replicas to confirm the grant just made on the
-    /// grants' connection (`WAIT` covers every write sent before it there), and undoes
-    /// `owner`'s grants of `keys` if too few do in time.
+    /// Runs the grant script `inv` on the grants' connection. With `wait_replicas`, the `WAIT`
+    /// that confirms it goes in the same pipeline, so both travel on one connection: a `WAIT`
+    /// sent after the reply could go out on a new connection (another request's failure
+    /// reconnected it meanwhile), where it covers no write and confirms at once. A refused
+    /// attempt's `WAIT` returns as soon as the replicas have this connection's writes (at
+    /// once when it wrote nothing and they had the earlier ones). Returns the script's reply
+    /// and, with `wait_replicas`, how many replicas confirmed.
+    async fn grant_call<T: redis::FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<(T, Option<i64>)> {
+        let Some(r) = &self.replicas else { return Ok((self.call_on(&self.con, inv).await?, None)) };
+        let mut con = r.con.clone();
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&inv).cmd("WAIT").arg(r.count).arg(ttl_ms(r.timeout));
+        let (reply, acked) = self
+            .timed(async {
+                match pipe.query_async::<(T, i64)>(&mut con).await {
+                    // The script is not loaded on this server yet (a restart, a failover, or
+                    // `SCRIPT FLUSH`): load it and send the pipeline again. Its `WAIT` ran
+                    // over no write of ours and is sent again too.
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        inv.load_async(&mut con).await?;
+                        pipe.query_async::<(T, i64)>(&mut con).await
+                    }
+                    r => r,
+                }
+            })
+            .await?;
+        Ok((reply, Some(acked)))
+    }
+
+    /// With `wait_replicas`, undoes `owner`'s grants of `keys` if fewer replicas than asked for
+    /// confirmed them (`acked`, from [`grant_call`](Self::grant_call)).
     ///
     /// # Errors
     /// A retryable [`BackendErrorKind::Unavailable`](lock_core::BackendErrorKind::Unavailable)
-    /// error when too few confirmed (the grant was released); the request's error when `WAIT`
-    /// failed (the caller's undo of a failed attempt then applies).
-    async fn confirm(&self, keys: &[Keys], owner: OwnerToken) -> Result<()> {
-        let Some(r) = &self.replicas else { return Ok(()) };
-        let mut con = r.con.clone();
-        let wait = redis::cmd("WAIT").arg(r.count).arg(ttl_ms(r.timeout)).clone();
-        let acked: i64 = self.timed(wait.query_async(&mut con)).await?;
+    /// error when too few confirmed (the grant was released).
+    async fn confirm(&self, keys: &[Keys], owner: OwnerToken, acked: Option<i64>) -> Result<()> {
+        let (Some(r), Some(acked)) = (&self.replicas, acked) else { return Ok(()) };
         if acked >= i64::from(r.count) {
             return Ok(());
         }
@@ -392,12 +419,12 @@ impl Node {
             Some(w) => inv.arg(ttl_ms(w)).arg(self.member(owner)),
             None => inv.arg("").arg(""),
         };
-        let (status, value): (i64, String) = self.call_on(self.grant_connection(), inv).await?;
+        let ((status, value), acked): ((i64, String), _) = self.grant_call(inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "acquire");
         Ok(match status {
             1 => {
                 let fence = value.parse().map_err(|_| bad())?;
-                self.confirm(std::slice::from_ref(keys), owner).await?;
+                self.confirm(std::slice::from_ref(keys), owner, acked).await?;
                 NodeGrant::Granted(fence)
             }
             0 => NodeGrant::Held(millis(value.parse().map_err(|_| bad())?)),
@@ -420,12 +447,12 @@ impl Node {
             k.add_to(&mut inv);
         }
         inv.arg(owner.to_string()).arg(ttl_ms(ttl)).arg(meta);
-        let reply: Vec<String> = self.call_on(self.grant_connection(), inv).await?;
+        let (reply, acked): (Vec<String>, _) = self.grant_call(inv).await?;
         let bad = || bad_reply(self.backend, &self.addr, "multi-key acquire");
         match reply.split_first() {
             Some((status, fences)) if status == "1" && fences.len() == keys.len() => {
                 let fences = fences.iter().map(|f| f.parse().map_err(|_| bad())).collect::<Result<_>>()?;
-                self.confirm(keys, owner).await?;
+                self.confirm(keys, owner, acked).await?;
                 Ok(Some(fences))
             }
             Some((status, _)) if status == "0" => Ok(None),

@@ -220,8 +220,9 @@ impl RedisOptions {
     ///   releases are not confirmed (a failover right after a renewal can cut the lease back to
     ///   the previous expiry).
     /// - Grants go out on a connection of their own, because `WAIT` holds its connection until
-    ///   it returns: with a replica down, each grant takes up to `timeout`, and grants queue
-    ///   behind each other's `WAIT`; renewals, releases and reads are not held up.
+    ///   it returns: with a replica down, each attempt takes up to `timeout`, and attempts queue
+    ///   behind each other's `WAIT`; renewals, releases and reads are not held up. Each
+    ///   attempt's script and its `WAIT` go in one pipeline, on one connection.
     /// - `timeout` must be shorter than the request timeout (checked on connect).
     pub fn wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.wait_replicas = replicas;

@@ -321,6 +321,56 @@ async fn wait_replicas_returns_confirmed_grants_and_undoes_the_others() {
     assert!(e.to_string().contains("wait_timeout"), "{e}");
 }
 
+/// With `wait_replicas`, a grant's `WAIT` travels with its script, on one connection. Sent
+/// after the script's reply, it could go out on a connection made anew meanwhile (another
+/// request failed there and reconnected it), where it covers none of the grant's writes and
+/// confirms at once. With the only replica frozen, no grant may be confirmed, however often
+/// the connections are cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_confirms_no_grant_over_a_new_connection() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let primary = RedisServer::start().await.expect("redis-server");
+    let mut replica = replica_of(primary.port()).await;
+    let url = format!("{}?wait_replicas=1&wait_timeout=20ms&timeout=2s", primary.url());
+    let locks = LockClient::new(RedisBackend::connect(url.parse().expect("url")).await.expect("connect"));
+    replica.process().pause().expect("freeze the replica");
+    let (port, stop) = (primary.port(), Arc::new(AtomicBool::new(false)));
+    let cutter = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = command(port, &["CLIENT", "KILL", "TYPE", "normal"]).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                let mut confirmed = Vec::new();
+                for i in 0..80 {
+                    let name = format!("cut/{t}/{i}");
+                    if let Ok(Some(g)) = locks.lock(&name).try_acquire().await {
+                        confirmed.push(name);
+                        g.detach();
+                    }
+                }
+                confirmed
+            })
+        })
+        .collect();
+    let mut confirmed = Vec::new();
+    for t in tasks {
+        confirmed.extend(t.await.expect("task"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    cutter.await.expect("cutter");
+    replica.process().resume().expect("thaw the replica");
+    assert!(confirmed.is_empty(), "grants the frozen replica never had were confirmed: {confirmed:?}");
+}
+
 /// With `wait_replicas`, grants travel on a connection of their own, where each waits behind
 /// the `WAIT`s of the grants before it. A try that times out there is undone on that same
 /// connection, after its own request: an undo that overtook it would find nothing, and the
