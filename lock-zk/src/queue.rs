@@ -36,7 +36,7 @@ impl ZkBackend {
         let (dir, stem) = (&q.dir, q.stem(owner));
         // A retry of the same request adopts the node an earlier try created, if any.
         if adopt {
-            if let Some(c) = self.find(s, dir, &stem, true).await? {
+            if let Some(c) = self.find_created(s, dir, &stem).await? {
                 return Ok(c);
             }
         }
@@ -58,7 +58,7 @@ impl ZkBackend {
                     }
                 }
                 Err(e) if crate::error::connection_lost(&e) => {
-                    if let Some(c) = self.find(s, dir, &stem, true).await? {
+                    if let Some(c) = self.find_created(s, dir, &stem).await? {
                         return Ok(c);
                     }
                 }
@@ -66,6 +66,20 @@ impl ZkBackend {
             }
         }
         Err(unavailable(format!("could not create a child in {dir}")))
+    }
+
+    /// The node of this session that a create of `stem` in `dir` whose reply was lost made, if
+    /// it made one. The session may have moved to a server that has not applied that create yet
+    /// (a follower is only as current as the last change this client saw, and the lost reply
+    /// was not seen): a `sync` first brings it up to the leader, or the lookup could miss the
+    /// node and a second create leave it behind, ahead of ours in the queue until the session
+    /// ends.
+    async fn find_created(&self, s: &Session, dir: &str, stem: &str) -> Result<Option<Child>> {
+        match s.call(|c| c.sync(dir)).await {
+            Ok(()) | Err(zookeeper_client::Error::NoNode) => {}
+            Err(e) => return Err(zk_err("sync", dir, e)),
+        }
+        self.find(s, dir, stem, true).await
     }
 
     /// Our node in `dir` whose name starts with `stem`, if it exists (a queue node:
@@ -145,7 +159,8 @@ impl ZkBackend {
 
     /// If dropped armed (the creates may have been sent), finds our node in each `(dir, stem)`
     /// by its uuid and deletes it, in the background. Requests of one session are applied in
-    /// order, so the lookup sees the create if it was sent.
+    /// order, and the lookup follows a `sync`, so it sees the create if it was sent, on
+    /// whichever server the session is now.
     pub(crate) fn undo_create(&self, places: Vec<(String, String)>) -> UndoOnDrop {
         let this = self.clone();
         UndoOnDrop::new(async move { this.delete_ours(&places).await })
@@ -155,7 +170,7 @@ impl ZkBackend {
     pub(crate) async fn delete_ours(&self, places: &[(String, String)]) {
         let Ok(s) = self.session().await else { return };
         for (dir, stem) in places {
-            if let Ok(Some(c)) = self.find(&s, dir, stem, true).await {
+            if let Ok(Some(c)) = self.find_created(&s, dir, stem).await {
                 let _ = s.delete_surely(&c.path, Some(s.timeout())).await;
             }
         }
