@@ -26,6 +26,10 @@ use crate::table_record::SLOTS;
 /// record's `flock`.
 const LAST_TRY: Duration = Duration::from_millis(10);
 
+/// How long a waiting writer that ends without the lock waits for its intent's withdrawal
+/// before it returns (the withdrawal goes on in the background past it).
+const WITHDRAW_WAIT: Duration = Duration::from_millis(100);
+
 /// Locks shared by the processes of one host through files in one directory.
 ///
 /// # Behavior
@@ -263,7 +267,10 @@ impl LockBackend for FileBackend {
         .await;
         if let Some(undo) = undo {
             if res.is_err() {
-                withdraw().await;
+                // Withdrawn before the error returns, unless a foreign `flock` keeps the record
+                // longer than WITHDRAW_WAIT: then in the background, so the deadline is not
+                // overrun by a whole flock wait.
+                let _ = tokio::time::timeout(WITHDRAW_WAIT, tokio::spawn(withdraw())).await;
             }
             undo.disarm();
         }

@@ -380,7 +380,8 @@ pub(crate) async fn run(dir: &Path, key: &LockKey, sync: bool, op: Op, bound: Du
             let (path, full, op) = (path.clone(), full.clone(), op.clone());
             tokio::task::spawn_blocking(move || apply(&path, &full, sync, &op))
         };
-        PendingOp { task: Some(task), undo: undo.map(|(op, intent)| (path, full, sync, op, intent)) }.join()
+        let undo = undo.map(|(release, intent)| Undo { path, key: full, sync, release, intent, bound });
+        PendingOp { task: Some(task), undo }.join()
     };
     retry_while_busy(bound, |r| matches!(r, OpResult::Busy), once).await
 }
@@ -390,9 +391,20 @@ pub(crate) async fn run(dir: &Path, key: &LockKey, sync: bool, op: Op, bound: Du
 /// the intent a waiting writer's refused attempt wrote.
 struct PendingOp {
     task: Option<tokio::task::JoinHandle<Result<OpResult>>>,
-    /// The record's path, the key, `sync`, the release, and whether the acquire writes an
-    /// intent when refused.
-    undo: Option<(PathBuf, String, bool, Op, bool)>,
+    undo: Option<Undo>,
+}
+
+/// How a [`PendingOp`]'s acquire is undone.
+struct Undo {
+    /// The record's path and the key.
+    path: PathBuf,
+    key: String,
+    sync: bool,
+    release: Op,
+    /// Whether the acquire writes an intent when refused (a waiting writer's).
+    intent: bool,
+    /// How long the operation waited for the record's `flock` (the undo waits at least as long).
+    bound: Duration,
 }
 
 impl PendingOp {
@@ -408,7 +420,8 @@ impl PendingOp {
 
 impl Drop for PendingOp {
     fn drop(&mut self) {
-        let (Some(task), Some((path, full, sync, release, intent))) = (self.task.take(), self.undo.take())
+        let (Some(task), Some(Undo { path, key: full, sync, release, intent, bound })) =
+            (self.task.take(), self.undo.take())
         else {
             return;
         };
@@ -419,9 +432,10 @@ impl Drop for PendingOp {
                 _ => false,
             };
             if left {
-                // Waits for the flock as long as an operation may by default.
+                // Waits for the flock as long as the operation could, and at least as long as
+                // one may by default: nothing else will undo it before its TTL.
                 let undone = retry_while_busy(
-                    crate::options::DEFAULT_REQUEST_TIMEOUT,
+                    bound.max(crate::options::DEFAULT_REQUEST_TIMEOUT),
                     |r: &Result<OpResult>| matches!(r, Ok(OpResult::Busy)),
                     || {
                         let (p, full, release) = (path.clone(), full.clone(), release.clone());

@@ -97,3 +97,37 @@ fn a_foreign_flock_holder_never_blocks_an_acquire_past_its_deadline() {
         let _ = g.release().await.expect("release");
     });
 }
+
+/// A waiting writer that times out behind a foreign flock withdraws its intent without
+/// overrunning its deadline by a whole flock wait: the withdraw goes on in the background
+/// (it waited the request timeout for the flock before the error came).
+#[test]
+fn a_writer_timed_out_behind_a_foreign_flock_returns_near_its_deadline() {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let locks = LockClient::new(FileBackend::connect(FileOptions::new(dir.path())).expect("open"));
+        let w = locks.write_lock("rw").acquire().await.expect("write lock");
+        let _ = w.release().await.expect("release");
+        let file = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|e| e == "rw"))
+            .expect("the record file");
+        let mut holder = foreign_holder(&file).await;
+
+        let wait = Duration::from_millis(300);
+        let start = Instant::now();
+        let waited = locks.write_lock("rw").wait(wait).acquire().await;
+        let took = start.elapsed();
+        assert!(matches!(waited, Err(Error::WaitTimedOut { .. })), "{waited:?}");
+        assert!(took < wait + Duration::from_millis(350), "a {wait:?} wait returned after {took:?}");
+
+        holder.start_kill().expect("kill flock(1)");
+        holder.wait().await.expect("reap");
+        let r =
+            locks.read_lock("rw").wait(Duration::from_secs(5)).acquire().await.expect("read once it let go");
+        let _ = r.release().await.expect("release");
+    });
+}
