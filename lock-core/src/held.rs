@@ -5,7 +5,22 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::task::Id;
+/// Who acquired a grant: the tokio task, or, for a future run by `block_on` (no task id:
+/// `#[tokio::main]`'s body, a synchronous wrapper's call), the thread that runs it, since
+/// `block_on` polls its future on the calling thread alone. (Every `block_on` caller had
+/// the same `None`: a thread waiting for a name another thread's `block_on` held was refused
+/// as if it waited for itself.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acquirer {
+    Task(tokio::task::Id),
+    Thread(std::thread::ThreadId),
+}
+
+impl Acquirer {
+    fn current() -> Self {
+        tokio::task::try_id().map_or_else(|| Acquirer::Thread(std::thread::current().id()), Acquirer::Task)
+    }
+}
 
 use crate::error::{Error, Result};
 use crate::mode::Mode;
@@ -38,7 +53,7 @@ pub(crate) type Probe = Arc<dyn Alive>;
 
 /// One task's hold of a name.
 struct Holder {
-    task: Option<Id>,
+    task: Acquirer,
     mode: Mode,
     alive: Probe,
 }
@@ -62,21 +77,21 @@ impl HeldByTasks {
     }
 
     /// Refuses `mode` on `key` when the current task holds something there that the request
-    /// would wait for: the lock, the write side, or leadership; or the read side when it asks
-    /// to write. A task may hold several permits, and several read locks.
+    /// would wait for: the lock, the write side, or leadership; the read side when it asks to
+    /// write; as many permits as the semaphore has, when it asks for one more. A task may hold
+    /// several permits (fewer than the limit), and several read locks.
     pub(crate) fn check(&self, key: &str, mode: Mode) -> Result<()> {
-        let me = tokio::task::try_id();
+        let me = Acquirer::current();
         let map = self.map();
         let Some(held) = map.get(key) else { return Ok(()) };
-        let conflict = held.iter().any(|h| {
-            resource(h.mode) == resource(mode)
-                && h.task == me
-                && h.alive.alive()
-                && !matches!(
-                    (h.mode, mode),
-                    (Mode::Permit { .. }, Mode::Permit { .. }) | (Mode::Read, Mode::Read)
-                )
-        });
+        let mine =
+            || held.iter().filter(|h| resource(h.mode) == resource(mode) && h.task == me && h.alive.alive());
+        let conflict = match mode {
+            Mode::Permit { limit } => {
+                mine().filter(|h| matches!(h.mode, Mode::Permit { .. })).count() >= limit as usize
+            }
+            _ => mine().any(|h| !matches!((h.mode, mode), (Mode::Read, Mode::Read))),
+        };
         if conflict {
             return Err(Error::AlreadyHeld { key: key.to_owned() });
         }
@@ -86,7 +101,7 @@ impl HeldByTasks {
     /// Records that the current task holds `mode` on `key` while `alive` says so, until the
     /// entry is dropped.
     pub(crate) fn enter(&self, key: &str, mode: Mode, alive: Probe) -> HeldEntry {
-        let task = tokio::task::try_id();
+        let task = Acquirer::current();
         let mut map = self.map();
         let name = match map.get_key_value(key) {
             Some((name, _)) => name.clone(),

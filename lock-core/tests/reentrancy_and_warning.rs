@@ -69,3 +69,43 @@ async fn releasing_one_of_two_read_locks_forgets_that_one() {
     let w = locks.write_lock("k").wait(Duration::from_secs(2)).acquire().await.unwrap();
     w.release().await.unwrap();
 }
+
+/// A task that holds as many permits as the semaphore has gets AlreadyHeld at once for one
+/// more (it waited for its own permits until its deadline); with fewer it may take another.
+#[tokio::test]
+async fn a_task_holding_every_permit_never_waits_for_one_more() {
+    let locks = LockClient::new(MemoryBackend::new());
+    let first = locks.semaphore("s", 2).acquire().await.unwrap();
+    let second = locks.semaphore("s", 2).wait(Duration::from_secs(2)).acquire().await.unwrap();
+    let start = tokio::time::Instant::now();
+    let e = locks.semaphore("s", 2).wait(Duration::from_secs(30)).acquire().await.unwrap_err();
+    assert!(matches!(e, Error::AlreadyHeld { ref key } if key == "s"), "{e:?}");
+    assert!(start.elapsed() < Duration::from_secs(1));
+    second.release().await.unwrap();
+    let again = locks.semaphore("s", 2).wait(Duration::from_secs(2)).acquire().await.unwrap();
+    again.release().await.unwrap();
+    first.release().await.unwrap();
+}
+
+/// Futures run by `block_on` have no tokio task id: each is told apart by its thread. Two
+/// threads that each `block_on` the same name wait for each other as any two holders do (all
+/// of them counted as one task before, so the second was refused with AlreadyHeld), and one
+/// thread's wait for a name it holds is still refused.
+#[test]
+fn block_on_callers_on_different_threads_are_different_holders() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let locks = LockClient::new(MemoryBackend::new());
+    let g = rt.block_on(locks.lock("k").acquire()).unwrap();
+    let e = rt.block_on(locks.lock("k").wait(Duration::from_secs(5)).acquire()).unwrap_err();
+    assert!(matches!(e, Error::AlreadyHeld { .. }), "{e:?}");
+    let (handle, other) = (rt.handle().clone(), locks.clone());
+    let waiter = std::thread::spawn(move || {
+        handle.block_on(async {
+            other.lock("k").wait(Duration::from_secs(10)).acquire().await.map(|g| g.detach())
+        })
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!waiter.is_finished(), "the other thread did not wait");
+    rt.block_on(g.release()).unwrap();
+    assert!(waiter.join().unwrap().is_ok(), "the other thread did not get the lock once it was released");
+}
