@@ -133,6 +133,17 @@ impl ConnectUrl {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
             None => (None, rest),
         };
+        // A "userinfo" that holds a query (`h:6379?prefix=team@eu`) is an option's '@' taken
+        // for the end of a password: the host would be what follows it, and the host and
+        // options before it sent as credentials.
+        if userinfo.is_some_and(|ui| ui.split_once('?').is_some_and(|(_, q)| q.contains('='))) {
+            return Err(bad(
+                &redact(url),
+                "an '@' after the '?' of the options: write an '@' in an option's value as %40 \
+                 (and a '?' in a password as %3F)"
+                    .into(),
+            ));
+        }
         let (before_query, query) = match after.split_once('?') {
             Some((b, q)) => (b, Some(q)),
             None => (after, None),
@@ -616,6 +627,12 @@ mod tests {
         assert_eq!(u.password.as_deref(), Some("p/w?d"));
         assert_eq!(u.hosts, vec!["h:1"]);
         assert_eq!(encode_userinfo("p/w?d"), "p%2Fw%3Fd");
+        // An '@' in an option's value, unencoded: refused (it read as credentials
+        // `cache:6379?prefix=team` for the host `eu`).
+        let e = ConnectUrl::parse("redis://cache:6379?prefix=team@eu").unwrap_err().to_string();
+        assert!(e.contains("%40"), "{e}");
+        let u = ConnectUrl::parse("redis://cache:6379?prefix=team%40eu").unwrap();
+        assert_eq!(u.hosts, vec!["cache:6379"]);
     }
 
     #[test]
