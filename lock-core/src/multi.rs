@@ -136,7 +136,9 @@ impl LockBuilder<Many> {
     /// taken before, all at once (the error comes one release's time after the deadline, not
     /// one per name). A name taken early whose grant expired while a later one was waited for
     /// (nothing renews them before the guard exists) is not handed out: everything is given
-    /// back and taken again while the wait lasts. Where the backend takes every name in one
+    /// back and taken again while the wait lasts; so is everything when a later name is not had
+    /// before the first name's hold cap ([`max_hold`](LockBuilder::max_hold), counted from the
+    /// first grant) comes. Where the backend takes every name in one
     /// atomic request, that try comes first, and when it ends past the deadline (refused, or
     /// with a retryable error such as a request timeout) its answer is the result: no name is
     /// then asked for one at a time. Cancel safe: dropping the future releases
@@ -149,7 +151,9 @@ impl LockBuilder<Many> {
         let reqs = self.requests()?;
         let backend = self.client.backend().clone();
         let start = Instant::now();
-        let res = take_all(&backend, self.client.capabilities(), &reqs, self.deadline(start)).await;
+        // The hold cap binds the wait for later names: the first is held meanwhile.
+        let cap = self.policy.max_hold.filter(|_| self.policy.auto_renew);
+        let res = take_all(&backend, self.client.capabilities(), &reqs, self.deadline(start), cap).await;
         observe::acquire(backend.name(), observe::acquire_outcome(&res), start.elapsed());
         let (leases, granted_at) = res?;
         let tokens: Vec<(String, FencingToken)> =
@@ -184,12 +188,15 @@ impl LockBuilder<Many> {
 /// Takes every lock of `reqs` (canonical order): one atomic try where the backend offers it,
 /// then one name at a time, releasing what was taken if one cannot be had. Returns the grants
 /// and when the first of them was granted (the hold cap counts from it: the first name is held
-/// while the later ones are waited for).
+/// while the later ones are waited for). With a hold cap `cap`, a round whose later names are
+/// not all had before the cap of its first comes gives everything back and starts again (it
+/// would hand out a guard already past its cap).
 async fn take_all(
     backend: &Arc<dyn LockBackend>,
     caps: &Capabilities,
     reqs: &[AcquireRequest],
     deadline: Option<Instant>,
+    cap: Option<Duration>,
 ) -> Result<(Vec<Lease>, Instant)> {
     let start = Instant::now();
     let held = || Error::WaitTimedOut { key: reqs[0].key.full().to_owned(), waited: start.elapsed() };
@@ -224,13 +231,14 @@ async fn take_all(
             round = reqs.iter().map(|r| AcquireRequest { owner, ..r.clone() }).collect();
             &round[..]
         };
-        match take_in_turn(backend, reqs, deadline, &taken, &held).await {
-            Ok(first_at) if locked(&taken).iter().all(|l| l.valid_until() > Instant::now()) => {
+        match take_in_turn(backend, reqs, deadline, cap, &taken, &held).await {
+            Ok(Some(first_at)) if locked(&taken).iter().all(|l| l.valid_until() > Instant::now()) => {
                 undo.disarm();
                 return Ok((std::mem::take(&mut *locked(&taken)), first_at));
             }
             // A name taken early expired while a later one was waited for (someone else may
-            // hold it now): give everything back and start again, while the wait lasts.
+            // hold it now), or its hold cap came first: give everything back and start again,
+            // while the wait lasts.
             Ok(_) => {
                 release_all(backend.clone(), taken.clone()).await;
                 if deadline.is_none_or(|d| Instant::now() >= d) {
@@ -251,18 +259,28 @@ async fn take_all(
 }
 
 /// One pass over `reqs` in order, each grant pushed onto `taken`; the first failure ends it.
-/// Returns when the first name was granted.
+/// Returns when the first name was granted, or `None` when the hold cap `cap` of the first
+/// came before the later names were all had.
 async fn take_in_turn(
     backend: &Arc<dyn LockBackend>,
     reqs: &[AcquireRequest],
     deadline: Option<Instant>,
+    cap: Option<Duration>,
     taken: &Mutex<Vec<Lease>>,
     held: &impl Fn() -> Error,
-) -> Result<Instant> {
+) -> Result<Option<Instant>> {
     let mut first_at = None;
     for req in reqs {
+        // Waited for until the deadline, or until the first name's cap if that comes sooner.
+        let capped = first_at.zip(cap).and_then(|(f, c): (Instant, Duration)| f.checked_add(c));
         let got = match deadline {
-            Some(d) => backend.acquire(req, d).await,
+            Some(d) => match capped.filter(|c| *c < d) {
+                Some(c) => match backend.acquire(req, c).await {
+                    Err(Error::WaitTimedOut { .. }) => return Ok(None),
+                    got => got,
+                },
+                None => backend.acquire(req, d).await,
+            },
             None => match backend.try_acquire(req).await {
                 Ok(Attempt::Acquired(l)) => Ok(l),
                 Ok(Attempt::Held { .. }) => Err(held()),
@@ -272,7 +290,11 @@ async fn take_in_turn(
         locked(taken).push(got?);
         first_at.get_or_insert_with(Instant::now);
     }
-    Ok(first_at.unwrap_or_else(Instant::now))
+    let first_at = first_at.unwrap_or_else(Instant::now);
+    Ok(match cap.and_then(|c| first_at.checked_add(c)) {
+        Some(end) if end <= Instant::now() => None,
+        _ => Some(first_at),
+    })
 }
 
 fn locked(v: &Mutex<Vec<Lease>>) -> std::sync::MutexGuard<'_, Vec<Lease>> {

@@ -324,6 +324,41 @@ async fn a_multi_key_hold_cap_counts_from_the_first_name() {
     assert!(held <= Duration::from_millis(4100), "a was held {held:?} under a 4 s cap");
 }
 
+/// A later name that is not had before the first name's hold cap comes: the round gives back
+/// what it took and starts again (it handed out a guard already past its cap, lost at once).
+#[tokio::test(start_paused = true)]
+async fn a_multi_key_wait_past_the_first_names_cap_starts_again() {
+    let backend = Scripted::on(&MemoryBackend::new());
+    let locks = LockClient::new(backend.clone());
+    let other = LockClient::new(backend);
+    let b = other.lock("b").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    let start = tokio::time::Instant::now();
+    let multi = tokio::spawn(async move {
+        let g = locks
+            .lock_all(["a", "b"])
+            .ttl(Duration::from_secs(30))
+            .auto_renew()
+            .max_hold(Duration::from_secs(4))
+            .wait(Duration::from_secs(10))
+            .acquire()
+            .await
+            .unwrap();
+        let got = start.elapsed();
+        let reason = g.lost().await;
+        (got, reason, start.elapsed())
+    });
+    // b is released at 6 s, past the 4 s cap of a taken at once.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    b.release().await.unwrap();
+    let (got, reason, lost) = multi.await.unwrap();
+    assert_eq!(reason, LossReason::MaxHoldReached);
+    assert!(
+        lost - got >= Duration::from_secs(1),
+        "got at {got:?}, lost at {lost:?}: handed out past its cap"
+    );
+    assert!(lost <= Duration::from_millis(8100), "lost at {lost:?}: a held past its cap");
+}
+
 /// What [`Scripted`]'s atomic multi-key request does.
 #[derive(Debug, Clone, Copy)]
 enum Atomic {
