@@ -73,6 +73,7 @@ impl LockBackend for Faulty {
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
         self.extends.fetch_add(1, Ordering::SeqCst);
         self.log.lock().unwrap().push("extend");
+        eprintln!("DEBUG extend at {:?} ttl {ttl:?}", tokio::time::Instant::now());
         let mode = *self.mode.lock().unwrap();
         match mode {
             Mode::Pass => self.inner.extend(lease, ttl).await,
@@ -234,6 +235,30 @@ async fn a_hold_cap_ends_the_lock_with_max_hold_reached() {
     // by the cap the server must have let go.
     tokio::time::sleep_until(start + Duration::from_secs(7) + Duration::from_millis(10)).await;
     assert!(locks.lock("k").try_acquire().await.unwrap().is_some(), "the lock outlived its cap");
+}
+
+/// The hold cap's last extend (the one that makes the grant end at the cap) is retried as any
+/// renewal is: one transient error gave the lock up at the last renewal's `valid_until`, up to
+/// a third of a TTL before the cap, and reported it as the cap.
+#[tokio::test(start_paused = true)]
+async fn a_transient_error_on_the_caps_last_extend_is_retried() {
+    let b = Faulty::new();
+    let locks = client(&b);
+    let start = Instant::now();
+    let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(Duration::from_secs(10)).acquire().await.unwrap();
+    // Renewals come about every 0.99 s (a third of what is left of the TTL), the seventh at
+    // 6.93 s; the cap's last extend is due at 7 s, a TTL before the cap.
+    while b.extends.load(Ordering::SeqCst) < 7 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = b.extends.load(Ordering::SeqCst);
+    b.set(Mode::Transient(1));
+    let reason = g.lost().await;
+    let held = start.elapsed();
+    assert_eq!(reason, LossReason::MaxHoldReached);
+    eprintln!("DEBUG held {held:?} log {:?}", b.log.lock().unwrap());
+    assert!(held >= Duration::from_millis(9950), "released {held:?} in, before the 10 s cap");
+    assert!(b.extends.load(Ordering::SeqCst) >= before + 2, "the cap's last extend was not retried");
 }
 
 #[test]

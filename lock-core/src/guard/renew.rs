@@ -89,7 +89,7 @@ pub(super) async fn renew_loop(shared: Arc<Shared>, max_hold: Option<Duration>) 
                 Box::pin(cap_hold(&shared, Duration::ZERO)).await;
                 return;
             }
-            ok = Box::pin(renew_once(&shared, ttl)) => ok,
+            ok = Box::pin(renew_once(&shared, ttl, None)) => ok,
         };
         if !renewed {
             return;
@@ -109,6 +109,14 @@ pub(super) fn or_pending<F: std::future::Future>(
     }
 }
 
+/// The TTL of an extend that makes the grant end at `cap`; the backend's minimum TTL may
+/// exceed what is left: then the grant ends that much past the cap on the server, but the
+/// guard still releases it at the cap.
+fn last_ttl(shared: &Shared, cap: Instant) -> Duration {
+    let left = cap.saturating_duration_since(Instant::now());
+    left.max(shared.backend.capabilities().min_ttl).max(Duration::from_millis(1))
+}
+
 /// Fires the loss with [`LossReason::RenewalFailed`] when dropped while renewal was not stopped
 /// on purpose: the renewal task ending any other way must not leave the lock silently unrenewed.
 struct FireUnlessStopped<'a>(&'a Shared);
@@ -122,8 +130,10 @@ impl Drop for FireUnlessStopped<'_> {
 }
 
 /// One renewal, retried with backoff on retryable errors until `valid_until`. Returns whether
-/// renewal goes on (false: stopped, or the lock is lost and the signal fired).
-async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
+/// renewal goes on (false: stopped, or the lock is lost and the signal fired). With `cap`,
+/// each try extends the grant to end at the cap (the hold cap's last extend), else by the
+/// lease's TTL.
+async fn renew_once(shared: &Shared, ttl: Duration, cap: Option<Instant>) -> bool {
     let backend = shared.backend.name();
     let mut backoff = Backoff::new(ttl / 24 + Duration::from_millis(1), ttl / 6 + Duration::from_millis(1));
     // Whether an extend failed with an error: reaching `valid_until` is then a failed renewal,
@@ -139,7 +149,7 @@ async fn renew_once(shared: &Shared, ttl: Duration) -> bool {
                 shared.fire(if failed { LossReason::RenewalFailed } else { shared.expiry_reason() });
                 return false;
             }
-            r = shared.renew(None) => r,
+            r = shared.renew(cap.map(|c| last_ttl(shared, c))) => r,
         };
         match res {
             Ok(ExtendOutcome::Extended { .. }) => {
@@ -180,30 +190,19 @@ async fn cap_hold(shared: &Shared, left: Duration) {
     shared.capped.store(true, Ordering::Release);
     tracing::debug!(backend, key = %shared.key, "hold cap reached; renewal stops");
     let cap = crate::lease::add_saturating(Instant::now(), left);
-    // The backend's minimum TTL may exceed what is left: then the grant ends that much past
-    // the cap on the server, but this guard still releases it at the cap.
-    let last = left.max(shared.backend.capabilities().min_ttl).max(Duration::from_millis(1));
     // Also when the cap is exactly one TTL away: the grant then ends at the cap, not at the
     // last renewal's `valid_until`, up to a third of a TTL before it. Not when the cap has
     // come (a session's lease, capped at the cap itself, or a cap reached late): the release
-    // below comes first, before the loss.
-    if !left.is_zero() && last <= shared.lease().ttl() {
-        let until = shared.lease().valid_until();
-        let res = tokio::select! {
-            biased;
-            _ = shared.stopped() => return,
-            _ = tokio::time::sleep_until(until) => None,
-            r = shared.renew(Some(last)) => Some(r),
-        };
-        match res {
-            Some(Ok(ExtendOutcome::Extended { .. })) => observe::renewal(backend, "ok"),
-            Some(Ok(ExtendOutcome::NotHeld)) => {
-                observe::renewal(backend, "not_held");
-                shared.fire(LossReason::NotHeld);
-                return;
-            }
-            Some(Err(_)) => observe::renewal(backend, "error"),
-            None => {}
+    // below comes first, before the loss. Retried as any renewal is: a transient error must
+    // not give the lock up early (it was then released at the last `valid_until`, reported
+    // as the cap); one that lasts until `valid_until` is a failed renewal.
+    if !left.is_zero() && last_ttl(shared, cap) <= shared.lease().ttl() {
+        let ttl = shared.lease().ttl();
+        // Lost through a failed renewal or at `valid_until`: still released below, at once.
+        if !renew_once(shared, ttl, Some(cap)).await
+            && (shared.is_stopped() || shared.lost.reason() == Some(LossReason::NotHeld))
+        {
+            return;
         }
     }
     let at = cap.min(shared.valid_until());
