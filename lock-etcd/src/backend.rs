@@ -365,24 +365,36 @@ impl EtcdBackend {
 
     /// A release whose delete failed. A per-lock lease is revoked, which deletes the key too.
     /// A session outlives this call: the local slot stays (the key is still there) and the
-    /// delete is retried in the background until the session ends.
+    /// delete is retried in the background while the session lives, the backend has a user
+    /// (its last handle dropped closes the session, which takes the key), and the errors are
+    /// ones a retry can clear (a refused permission is not: the key then goes with the
+    /// session).
     async fn release_failed(&self, held: Option<&Held>, key: String, lease: &Lease) {
         let Some(held) = held else { return };
         if held.session.is_none() {
             self.revoke(held.lease().id).await;
             return;
         }
-        let (b, session) = (self.clone(), held.session.clone());
+        let (inner, session) = (Arc::downgrade(&self.inner), held.session.clone());
         let (name, owner, rev) = (lease.key().full().to_owned(), lease.owner(), token_rev(lease));
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
             while session.as_ref().is_some_and(|s| s.alive()) {
-                if b.delete_at_revision(&key, rev).await.is_ok() {
-                    break;
+                let Some(b) = inner.upgrade().map(|inner| EtcdBackend { inner }) else { return };
+                match b.delete_at_revision(&key, rev).await {
+                    Ok(_) => break,
+                    Err(e) if !e.is_retryable() => {
+                        tracing::warn!(backend = NAME, key, error = %e, "a failed release cannot be retried; the key goes with the session");
+                        return;
+                    }
+                    Err(_) => {}
                 }
+                drop(b);
                 backoff.sleep_until_deadline(None).await;
             }
-            b.inner.local.free(&name, owner);
+            if let Some(inner) = inner.upgrade() {
+                inner.local.free(&name, owner);
+            }
         });
     }
 }
@@ -511,7 +523,16 @@ impl LockBackend for EtcdBackend {
         if let Some(s) = held.and_then(|h| h.session.as_ref()) {
             s.keys.released(key.as_bytes(), rev);
         }
-        match self.delete_grant(&key, whose).await {
+        let deleted = match whose {
+            Whose::OwnKey(rev) => self.delete_own_key(&key, rev).await.map(|(deleted, answered)| {
+                if answered {
+                    self.inner.local.plain_answered(name, owner);
+                }
+                deleted
+            }),
+            whose => self.delete_grant(&key, whose).await,
+        };
+        match deleted {
             Ok(deleted) => {
                 match own_lease {
                     Some(id) => self.revoke(id).await,

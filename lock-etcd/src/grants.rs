@@ -20,7 +20,7 @@
 //!   reader's and writer's, and a reader's is above the last writer's.
 //! - **Waiting.** A waiter reads its view (its own key, and what holds it back) in one
 //!   transaction and watches so that no deletion is missed. Writers, readers and candidates
-//!   watch the newest blocker's deletion from the revision after the read (one watcher each,
+//!   watch the newest blocker's deletion from the read's revision on (one watcher each,
 //!   no herd). A semaphore's waiter, where the end of any older grant may admit it, opens a
 //!   watch of every deletion under the prefix at the current revision first (a watch opened
 //!   at a past revision waits for etcd's unsynced catch-up, every 100 ms), then reads the
@@ -249,7 +249,7 @@ impl EtcdBackend {
     /// opened at the read's revision would, once anything else was written meanwhile, land in
     /// etcd's unsynced watchers, caught up only every 100 ms; a deletion between the watch and
     /// the read shows in both, and the count-down takes it once). The others watch the one
-    /// key that holds them back, from the revision after the read.
+    /// key that holds them back, from the read's revision on.
     pub(crate) async fn grant_round(
         &self,
         e: &QueueEntry,

@@ -144,9 +144,10 @@
 //!   8.5 s) and 7.9–9.0 s (per-lock leases, p50 8.1 s). Lease checkpointing would remove the
 //!   doubling, but Debian's etcd 3.4.23 crashes with `--experimental-enable-lease-checkpoint`.
 //!   A longer election timeout needs a longer margin (about three times the difference).
-//! - A semaphore's waiters are all woken by each release under its name and each read a page
-//!   of the `N` oldest keys (a herd, bounded by the number of waiters); writers, readers and
-//!   candidates watch one key each. An election's key holds the bare value, as Go's does, so
+//! - A semaphore's waiters all watch every deletion under its name and count them off the
+//!   older keys they read once (each release's event goes to every waiter, a fan-out bounded
+//!   by the number of waiters, with no read); writers, readers and candidates watch one key
+//!   each. An election's key holds the bare value, as Go's does, so
 //!   its holder metadata on etcd is the value alone. Names ending in `#semaphore`, `#rwlock`
 //!   or `#election`, or holding one of them followed by `/`, are reserved (a lock of that name
 //!   would share a primitive's prefix): `Error::Unsupported`.

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use crate::backend::EtcdBackend;
 use crate::error::NAME;
 use crate::session::Session;
+use crate::undo::MARKER_LIFE as HOLD_BACK;
 
 struct LocalSlot {
     owner: OwnerToken,
@@ -20,11 +21,15 @@ struct LocalSlot {
     released: Option<Arc<Notify>>,
     /// A release of the owner's grant is under way (see [`LocalSlots::start_release`]).
     releasing: bool,
+    /// When the release's plain delete was sent, until it is answered: unanswered, it may
+    /// still be applied late (a member that stalled with it), and delete whatever key of
+    /// this session then has the name.
+    plain_sent: Option<Instant>,
 }
 
 /// Which local owner holds or queues for each name, per session.
-#[derive(Default)]
-pub(crate) struct LocalSlots(Mutex<HashMap<String, LocalSlot>>);
+#[derive(Default, Clone)]
+pub(crate) struct LocalSlots(Arc<Mutex<HashMap<String, LocalSlot>>>);
 
 impl LocalSlots {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, LocalSlot>> {
@@ -40,15 +45,18 @@ impl LocalSlots {
                 Err(slot.released.get_or_insert_with(Arc::default).clone())
             }
             Some(slot) => {
-                // Ours already, or left by a lost session: the waiters stay with the slot.
+                // Ours already, or left by a lost session (whose keys are named by its own
+                // lease, out of reach of its late deletes): the waiters stay with the slot.
                 if slot.owner != owner {
                     slot.releasing = false;
+                    slot.plain_sent = None;
                 }
                 (slot.owner, slot.session) = (owner, session);
                 Ok(())
             }
             None => {
-                local.insert(name.to_owned(), LocalSlot { owner, session, released: None, releasing: false });
+                let slot = LocalSlot { owner, session, released: None, releasing: false, plain_sent: None };
+                local.insert(name.to_owned(), slot);
                 Ok(())
             }
         }
@@ -63,19 +71,46 @@ impl LocalSlots {
         match self.lock().get_mut(name) {
             Some(s) if s.owner == owner && !s.releasing => {
                 s.releasing = true;
+                s.plain_sent = Some(Instant::now());
                 true
             }
             _ => false,
         }
     }
 
-    /// Frees the slot of `name` if `owner` has it, waking the tasks waiting for it.
+    /// The plain delete [`start_release`](Self::start_release) allowed was answered: it
+    /// cannot be applied later.
+    pub(crate) fn plain_answered(&self, name: &str, owner: OwnerToken) {
+        if let Some(s) = self.lock().get_mut(name).filter(|s| s.owner == owner) {
+            s.plain_sent = None;
+        }
+    }
+
+    /// Frees the slot of `name` if `owner` has it, waking the tasks waiting for it. While a
+    /// plain delete of the slot's key may still be applied (sent, never answered: it failed,
+    /// or its release was cut), the slot stays taken until [`HOLD_BACK`] after it was sent: a
+    /// new grant of the session would put the same key, and that late delete remove it under
+    /// its holder (whose loss would be seen at its next renewal, after another client took
+    /// the name).
     pub(crate) fn free(&self, name: &str, owner: OwnerToken) {
         let mut local = self.lock();
-        if local.get(name).is_some_and(|s| s.owner == owner) {
-            if let Some(released) = local.remove(name).and_then(|slot| slot.released) {
-                released.notify_waiters();
+        let Some(slot) = local.get(name).filter(|s| s.owner == owner) else { return };
+        if let Some(until) = slot.plain_sent.map(|sent| sent + HOLD_BACK).filter(|u| *u > Instant::now()) {
+            let (slots, held) = (self.clone(), name.to_owned());
+            let later = async move {
+                tokio::time::sleep_until(until).await;
+                if let Some(s) = slots.lock().get_mut(&held).filter(|s| s.owner == owner) {
+                    s.plain_sent = None;
+                }
+                slots.free(&held, owner);
+            };
+            if lock_core::cancel::spawn_detached(later) {
+                tracing::debug!(backend = NAME, key = name, "a release's plain delete went unanswered; the name stays taken here until it can no longer land");
+                return;
             }
+        }
+        if let Some(released) = local.remove(name).and_then(|slot| slot.released) {
+            released.notify_waiters();
         }
     }
 }

@@ -501,7 +501,15 @@ impl EtcdBackend {
         if !mine {
             return Ok(Round::Lost);
         }
-        let Some(pred) = pred else { return Ok(Round::Mine) };
+        let Some(pred) = pred else {
+            // Read at the predecessor's deletion, a past revision: our key may have gone
+            // since (its lease revoked, or expired). One linearizable read says whether it
+            // is still there before the lock is taken on it.
+            if at.is_some() && self.key_lease(&e.my_key, my_rev).await?.is_none() {
+                return Ok(Round::Lost);
+            }
+            return Ok(Round::Mine);
+        };
         let Some(mut ws) = self.watch_predecessor(e, &pred, my_rev, deadline).await? else {
             return Ok(Round::Again(None));
         };

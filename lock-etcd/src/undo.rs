@@ -46,7 +46,7 @@ pub(crate) struct Undo {
 
 /// How long an undo marker lives before it is deleted (unless its session ends first): a put
 /// held back longer than that by a member (stopped, then resumed) could still be applied.
-const MARKER_LIFE: Duration = Duration::from_secs(120);
+pub(crate) const MARKER_LIFE: Duration = Duration::from_secs(120);
 
 fn backoff() -> Backoff {
     Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
@@ -307,7 +307,8 @@ impl EtcdBackend {
     }
 
     /// Deletes a held lock's key with a plain delete, as etcd's own `Mutex.Unlock` does; true
-    /// if the key deleted was the grant created at `rev`.
+    /// if the key deleted was the grant created at `rev`, and whether the plain delete was
+    /// answered.
     ///
     /// Only this client writes that key, so no comparison is needed to spare another holder:
     /// the key's name carries the lease (the session's, or the lock's own), and in session
@@ -317,16 +318,25 @@ impl EtcdBackend {
     /// was deleted (a put never overwrites: it is conditioned on the key's absence). Deleting
     /// it is what its undo meant to do; the release then says the grant was not held. A
     /// plain delete costs etcd less than a transaction's comparison and delete.
-    pub(crate) async fn delete_own_key(&self, key: &str, rev: i64) -> Result<bool> {
-        let req = || DeleteRangeRequest::key(key).with_prev_kv();
-        let r = self.call("delete", || self.client().delete_range(req())).await?;
-        Ok(r.prev_kvs.iter().any(|kv| kv.create_revision == rev))
+    ///
+    /// The plain delete is sent once: one whose reply did not come may still be applied late,
+    /// so it is not repeated (a repeat that succeeds would let the slot go while the first is
+    /// out); the release goes on with deletes that compare the create revision, and the slot
+    /// is held back (see [`LocalSlots::free`](crate::local::LocalSlots::free)).
+    pub(crate) async fn delete_own_key(&self, key: &str, rev: i64) -> Result<(bool, bool)> {
+        match self.client().delete_range(DeleteRangeRequest::key(key).with_prev_kv()).await {
+            Ok(r) => Ok((r.prev_kvs.iter().any(|kv| kv.create_revision == rev), true)),
+            Err(e) => {
+                tracing::debug!(backend = crate::error::NAME, key, error = %e, "a release's plain delete failed; deleting by its create revision");
+                Ok((self.delete_at_revision(key, rev).await?, false))
+            }
+        }
     }
 
     /// Deletes a grant's key if it is still ours; true if it did.
     pub(crate) async fn delete_grant(&self, key: &str, whose: Whose) -> Result<bool> {
         match whose {
-            Whose::OwnKey(rev) => self.delete_own_key(key, rev).await,
+            Whose::OwnKey(rev) => self.delete_own_key(key, rev).await.map(|(deleted, _)| deleted),
             Whose::Created(rev) => self.delete_at_revision(key, rev).await,
             Whose::Owner(owner) => self.delete_if_ours(key, owner).await,
         }

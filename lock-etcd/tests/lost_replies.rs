@@ -203,3 +203,51 @@ async fn a_put_held_back_past_its_undo_is_refused() {
         assert_eq!(markers.len(), 1, "{kind}: the undo left no marker: {markers:?}");
     }
 }
+
+/// A release whose plain delete is held back past the request timeout (a member stopped with
+/// it, then resumed) goes on by create revision and frees the name on etcd, but this process
+/// keeps the name until that delete can no longer land: a new grant of the session puts the
+/// same key, which the late delete removed under its holder while another client took the
+/// name (two holders, the first told only at its next renewal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_plain_delete_never_removes_a_later_grant() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let eps = etcd.endpoints();
+    let proxy = Proxy::start(&eps[0]).await;
+    let opts = EtcdOptions::new([proxy.endpoint.clone(), eps[0].clone()])
+        .lease_mode(LeaseMode::Session)
+        .request_timeout(Duration::from_secs(1))
+        .session_ttl(Duration::from_secs(30));
+    let a = LockClient::new(EtcdBackend::connect(opts).await.expect("connect"));
+    let warm = a.lock("warm-up").acquire().await.expect("warm up");
+    warm.release().await.expect("release");
+    const HOLD: Duration = Duration::from_secs(5);
+    let mut held = None;
+    for round in 0..20 {
+        let name = format!("late-delete-{round}");
+        let g = a.lock(&name).ttl(Duration::from_secs(60)).acquire().await.expect("acquire");
+        proxy.hold_request_with(name.as_bytes(), HOLD);
+        let start = Instant::now();
+        let _ = g.release().await;
+        if start.elapsed() >= Duration::from_millis(800) {
+            held = Some((name, start));
+            break;
+        }
+        // The delete went the other way: try another name, the next request the other way.
+        proxy.no_hold();
+        a.inspect("parity").await.expect("inspect");
+    }
+    let (name, start) = held.expect("no release went through the proxy");
+    // This process asks for the name again while the held delete is still out.
+    let again = a.lock(&name).ttl(Duration::from_secs(60)).wait(Duration::from_secs(2)).acquire().await;
+    // The held delete reaches etcd at HOLD; look well after it.
+    tokio::time::sleep((HOLD + Duration::from_secs(2)).saturating_sub(start.elapsed())).await;
+    let b = support::client(&eps, LeaseMode::Session).await;
+    let other = b.lock(&name).try_acquire().await.expect("try");
+    if let Ok(g) = &again {
+        assert!(
+            !(g.is_held() && other.is_some()),
+            "two holders: the late delete removed the new grant's key while its guard says held"
+        );
+    }
+}
