@@ -124,11 +124,10 @@ impl DynamoBackend {
         }
         if intent.is_some() && got.is_err() {
             // Withdrawn before the error returns (a reader asking right after is served), within
-            // what is left of the deadline and a request timeout (a quarter second at least);
+            // what is left of the deadline and a request timeout (the bound the wait promises);
             // past that, or dropped meanwhile (the caller gave up waiting), in the background.
             let bound = lock_core::lease::add_saturating(deadline, self.inner.opts.request_timeout)
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(250));
+                .saturating_duration_since(Instant::now());
             let until =
                 Some(self.attempt_until(None).min(lock_core::lease::add_saturating(Instant::now(), bound)));
             let background = UndoOnDrop::new({

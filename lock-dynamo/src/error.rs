@@ -1,5 +1,6 @@
-//! DynamoDB and SDK failures as distlock errors: throttling, 5xx, transaction conflicts and
-//! transport failures are retryable; an item that would pass DynamoDB's size limit is
+//! DynamoDB and SDK failures as distlock errors: throttling, 5xx, transaction conflicts,
+//! transport failures and replies cut short (the request may have been carried out) are
+//! retryable; an item that would pass DynamoDB's size limit is
 //! [`Error::InvalidMetadata`]; a failed condition is never an error (the callers turn it into
 //! "held").
 
@@ -20,7 +21,12 @@ where
             (BackendErrorKind::RequestTimedOut, "timed out".to_owned())
         }
         SdkError::DispatchFailure(_) => (BackendErrorKind::Connection, "could not reach DynamoDB".to_owned()),
-        SdkError::ResponseError(_) => (BackendErrorKind::Protocol, "unreadable response".to_owned()),
+        // A reply cut short or unreadable: the request may have been carried out. Retryable,
+        // so that the caller's undo of an attempt runs (as for a timeout).
+        SdkError::ResponseError(_) => (
+            BackendErrorKind::Connection,
+            "the reply was cut short or unreadable (the request may have been carried out)".to_owned(),
+        ),
         SdkError::ServiceError(se) if too_large(se.err().code(), se.err().message()) => {
             return Error::InvalidMetadata(format!(
                 "{op} on table {table}: the item would pass DynamoDB's 400 KB item limit (every permit \
@@ -72,7 +78,9 @@ pub(crate) fn service_kind(code: &str, status: u16) -> BackendErrorKind {
         | "MissingAuthenticationTokenException"
         | "ExpiredTokenException"
         | "IncompleteSignature" => BackendErrorKind::Auth,
-        _ if status >= 500 => BackendErrorKind::Unavailable,
+        // 5xx; or a success status whose body could not be read as one (the request was
+        // carried out, its answer lost): retryable, so that an attempt's undo runs.
+        _ if status >= 500 || (200..300).contains(&status) => BackendErrorKind::Unavailable,
         _ => BackendErrorKind::Other,
     }
 }
@@ -104,6 +112,7 @@ mod tests {
         assert!(service_kind("ProvisionedThroughputExceededException", 400).is_retryable());
         assert!(service_kind("InternalServerError", 500).is_retryable());
         assert!(service_kind("SomethingNew", 503).is_retryable());
+        assert!(service_kind("unknown error", 200).is_retryable());
         assert!(!service_kind("UnrecognizedClientException", 400).is_retryable());
         assert!(!service_kind("ValidationException", 400).is_retryable());
         assert!(service_kind("TransactionConflictException", 400).is_retryable());

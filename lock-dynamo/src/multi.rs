@@ -181,15 +181,16 @@ impl DynamoBackend {
     ) -> Result<Outcome> {
         let got = self.granted(reqs, places, sent, until).await;
         if !matches!(got, Ok(Outcome::Granted(_))) {
-            self.release_places(reqs, places).await;
+            self.release_places(reqs, places, until).await;
         }
         got
     }
 
     /// Releases the grants of `reqs` at `places` by owner token, whichever the transaction
-    /// made, all at once (one release's time, however many names; each goes on if the caller
-    /// is dropped; errors ignored: each then lasts its lease).
-    async fn release_places(&self, reqs: &[AcquireRequest], places: &[Place]) {
+    /// made, all at once (one release's time, however many names; errors ignored: each then
+    /// lasts its lease). Waited for until `until` at most: past it they go on in the
+    /// background, so a try still answers within its bound.
+    async fn release_places(&self, reqs: &[AcquireRequest], places: &[Place], until: Instant) {
         let releases: Vec<_> = reqs
             .iter()
             .zip(places)
@@ -198,9 +199,12 @@ impl DynamoBackend {
                 tokio::spawn(async move { this.release_grant(&place, owner).await })
             })
             .collect();
-        for r in releases {
-            let _ = r.await;
-        }
+        let all = async {
+            for r in releases {
+                let _ = r.await;
+            }
+        };
+        let _ = tokio::time::timeout_at(until, all).await;
     }
 
     /// The leases of an applied transaction, with the fencing tokens read back.
