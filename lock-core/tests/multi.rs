@@ -293,11 +293,9 @@ async fn each_round_of_taking_names_has_its_own_owner_token() {
     g.release().await.unwrap();
 }
 
-/// A multi-key lock taken one name at a time counts its hold cap from its first name's grant:
-/// that name is held while the later ones are waited for (the cap counted from the last name,
-/// so the first was held a whole wait past it).
-#[tokio::test(start_paused = true)]
-async fn a_multi_key_hold_cap_counts_from_the_first_name() {
+/// Names `a` and `b` taken one at a time with a 4 s hold cap, while another client holds `b`
+/// until `b_freed_at`: when the guard was had and when it was lost (since the start), and why.
+async fn capped_pair(ttl: Duration, b_freed_at: Duration) -> (Duration, LossReason, Duration) {
     let backend = Scripted::on(&MemoryBackend::new());
     let locks = LockClient::new(backend.clone());
     let other = LockClient::new(backend);
@@ -306,37 +304,7 @@ async fn a_multi_key_hold_cap_counts_from_the_first_name() {
     let multi = tokio::spawn(async move {
         let g = locks
             .lock_all(["a", "b"])
-            .ttl(Duration::from_secs(5))
-            .auto_renew()
-            .max_hold(Duration::from_secs(4))
-            .wait(Duration::from_secs(10))
-            .acquire()
-            .await
-            .unwrap();
-        let reason = g.lost().await;
-        (reason, start.elapsed())
-    });
-    // a is taken at once; b is waited for until it is released at 2 s.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    b.release().await.unwrap();
-    let (reason, held) = multi.await.unwrap();
-    assert_eq!(reason, LossReason::MaxHoldReached);
-    assert!(held <= Duration::from_millis(4100), "a was held {held:?} under a 4 s cap");
-}
-
-/// A later name that is not had before the first name's hold cap comes: the round gives back
-/// what it took and starts again (it handed out a guard already past its cap, lost at once).
-#[tokio::test(start_paused = true)]
-async fn a_multi_key_wait_past_the_first_names_cap_starts_again() {
-    let backend = Scripted::on(&MemoryBackend::new());
-    let locks = LockClient::new(backend.clone());
-    let other = LockClient::new(backend);
-    let b = other.lock("b").ttl(Duration::from_secs(30)).acquire().await.unwrap();
-    let start = tokio::time::Instant::now();
-    let multi = tokio::spawn(async move {
-        let g = locks
-            .lock_all(["a", "b"])
-            .ttl(Duration::from_secs(30))
+            .ttl(ttl)
             .auto_renew()
             .max_hold(Duration::from_secs(4))
             .wait(Duration::from_secs(10))
@@ -347,10 +315,28 @@ async fn a_multi_key_wait_past_the_first_names_cap_starts_again() {
         let reason = g.lost().await;
         (got, reason, start.elapsed())
     });
-    // b is released at 6 s, past the 4 s cap of a taken at once.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(b_freed_at).await;
     b.release().await.unwrap();
-    let (got, reason, lost) = multi.await.unwrap();
+    multi.await.unwrap()
+}
+
+/// A multi-key lock taken one name at a time counts its hold cap from its first name's grant:
+/// that name is held while the later ones are waited for (the cap counted from the last name,
+/// so the first was held a whole wait past it).
+#[tokio::test(start_paused = true)]
+async fn a_multi_key_hold_cap_counts_from_the_first_name() {
+    // a is taken at once; b is waited for until it is released at 2 s.
+    let (_, reason, held) = capped_pair(Duration::from_secs(5), Duration::from_secs(2)).await;
+    assert_eq!(reason, LossReason::MaxHoldReached);
+    assert!(held <= Duration::from_millis(4100), "a was held {held:?} under a 4 s cap");
+}
+
+/// A later name that is not had before the first name's hold cap comes: the round gives back
+/// what it took and starts again (it handed out a guard already past its cap, lost at once).
+#[tokio::test(start_paused = true)]
+async fn a_multi_key_wait_past_the_first_names_cap_starts_again() {
+    // b is released at 6 s, past the 4 s cap of a taken at once.
+    let (got, reason, lost) = capped_pair(Duration::from_secs(30), Duration::from_secs(6)).await;
     assert_eq!(reason, LossReason::MaxHoldReached);
     assert!(
         lost - got >= Duration::from_secs(1),

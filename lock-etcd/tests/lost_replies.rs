@@ -146,6 +146,21 @@ async fn a_closing_backend_tells_its_guards_before_it_revokes() {
     closing.await.expect("join");
 }
 
+/// A proxy to the member at `endpoint`, and a session-mode client with two ways to that one
+/// member: requests alternate, and pass over the proxy once a request through it went
+/// unanswered. Its session is open (a first lock taken and released).
+async fn two_ways(endpoint: &str) -> (Proxy, LockClient) {
+    let proxy = Proxy::start(endpoint).await;
+    let opts = EtcdOptions::new([proxy.endpoint.clone(), endpoint.to_owned()])
+        .lease_mode(LeaseMode::Session)
+        .request_timeout(Duration::from_secs(1))
+        .session_ttl(Duration::from_secs(30));
+    let a = LockClient::new(EtcdBackend::connect(opts).await.expect("connect"));
+    let warm = a.lock("warm-up").acquire().await.expect("warm up");
+    warm.release().await.expect("release");
+    (proxy, a)
+}
+
 /// A session-mode attempt whose put a member holds back past every look of its undo (stopped
 /// with the request, then resumed) must not leave its grant behind when the put is applied at
 /// last: the undo wrote the attempt's marker, whose absence the put compares. Before, the put
@@ -156,16 +171,7 @@ async fn a_put_held_back_past_its_undo_is_refused() {
     let etcd = EtcdCluster::single().await.expect("etcd");
     let eps = etcd.endpoints();
     let raw = support::raw(&eps).await;
-    let proxy = Proxy::start(&eps[0]).await;
-    // Two ways to the one member: requests alternate, and pass over the proxy once a request
-    // through it went unanswered.
-    let opts = EtcdOptions::new([proxy.endpoint.clone(), eps[0].clone()])
-        .lease_mode(LeaseMode::Session)
-        .request_timeout(Duration::from_secs(1))
-        .session_ttl(Duration::from_secs(30));
-    let a = LockClient::new(EtcdBackend::connect(opts).await.expect("connect"));
-    let warm = a.lock("warm-up").acquire().await.expect("warm up");
-    warm.release().await.expect("release");
+    let (proxy, a) = two_ways(&eps[0]).await;
     const HOLD: Duration = Duration::from_secs(5);
     for kind in ["lock", "permit", "read"] {
         let mut held = None;
@@ -213,14 +219,7 @@ async fn a_put_held_back_past_its_undo_is_refused() {
 async fn a_late_plain_delete_never_removes_a_later_grant() {
     let etcd = EtcdCluster::single().await.expect("etcd");
     let eps = etcd.endpoints();
-    let proxy = Proxy::start(&eps[0]).await;
-    let opts = EtcdOptions::new([proxy.endpoint.clone(), eps[0].clone()])
-        .lease_mode(LeaseMode::Session)
-        .request_timeout(Duration::from_secs(1))
-        .session_ttl(Duration::from_secs(30));
-    let a = LockClient::new(EtcdBackend::connect(opts).await.expect("connect"));
-    let warm = a.lock("warm-up").acquire().await.expect("warm up");
-    warm.release().await.expect("release");
+    let (proxy, a) = two_ways(&eps[0]).await;
     const HOLD: Duration = Duration::from_secs(5);
     let mut held = None;
     for round in 0..20 {
