@@ -275,8 +275,11 @@ async fn take_in_turn(
         let capped = first_at.zip(cap).and_then(|(f, c): (Instant, Duration)| f.checked_add(c));
         let got = match deadline {
             Some(d) => match capped.filter(|c| *c < d) {
+                // Ended by the cap (timed out, or the last retryable error of the wait):
+                // the round starts again.
                 Some(c) => match backend.acquire(req, c).await {
                     Err(Error::WaitTimedOut { .. }) => return Ok(None),
+                    Err(e) if e.is_retryable() && Instant::now() >= c => return Ok(None),
                     got => got,
                 },
                 None => backend.acquire(req, d).await,

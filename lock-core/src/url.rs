@@ -127,8 +127,9 @@ impl ConnectUrl {
             ));
         }
         let scheme = scheme.to_ascii_lowercase();
-        // The userinfo ends at the last '@' (a password may hold '/', '?' or ':'; an '@' in an
-        // option value must be written %40).
+        // The userinfo ends at the last '@' (a password may hold '/', ':' or a '?' with no
+        // '=' after it; an '@' in an option value must be written %40, a password's
+        // '?…=' as %3F).
         let (userinfo, after) = match rest.rfind('@') {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
             None => (None, rest),

@@ -73,7 +73,6 @@ impl LockBackend for Faulty {
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<ExtendOutcome> {
         self.extends.fetch_add(1, Ordering::SeqCst);
         self.log.lock().unwrap().push("extend");
-        eprintln!("DEBUG extend at {:?} ttl {ttl:?}", tokio::time::Instant::now());
         let mode = *self.mode.lock().unwrap();
         match mode {
             Mode::Pass => self.inner.extend(lease, ttl).await,
@@ -256,7 +255,6 @@ async fn a_transient_error_on_the_caps_last_extend_is_retried() {
     let reason = g.lost().await;
     let held = start.elapsed();
     assert_eq!(reason, LossReason::MaxHoldReached);
-    eprintln!("DEBUG held {held:?} log {:?}", b.log.lock().unwrap());
     assert!(held >= Duration::from_millis(9950), "released {held:?} in, before the 10 s cap");
     assert!(b.extends.load(Ordering::SeqCst) >= before + 2, "the cap's last extend was not retried");
 }

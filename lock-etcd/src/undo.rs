@@ -321,14 +321,27 @@ impl EtcdBackend {
     ///
     /// The plain delete is sent once: one whose reply did not come may still be applied late,
     /// so it is not repeated (a repeat that succeeds would let the slot go while the first is
-    /// out); the release goes on with deletes that compare the create revision, and the slot
-    /// is held back (see [`LocalSlots::free`](crate::local::LocalSlots::free)).
+    /// out); the release goes on with deletes that compare the create revision (which log in
+    /// again on an expired token), and unless the failure was a refusal that did nothing, the
+    /// slot is held back (see [`LocalSlots::free`](crate::local::LocalSlots::free)).
     pub(crate) async fn delete_own_key(&self, key: &str, rev: i64) -> Result<(bool, bool)> {
         match self.client().delete_range(DeleteRangeRequest::key(key).with_prev_kv()).await {
             Ok(r) => Ok((r.prev_kvs.iter().any(|kv| kv.create_revision == rev), true)),
             Err(e) => {
                 tracing::debug!(backend = crate::error::NAME, key, error = %e, "a release's plain delete failed; deleting by its create revision");
-                Ok((self.delete_at_revision(key, rev).await?, false))
+                // A refusal before anything was done (an expired auth token, a denied
+                // permission) cannot land later; anything else (a timeout, a lost
+                // connection, a leader change) may.
+                let refused = matches!(
+                    e.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::OutOfRange
+                        | tonic::Code::Unimplemented
+                );
+                Ok((self.delete_at_revision(key, rev).await?, refused))
             }
         }
     }

@@ -249,4 +249,7 @@ async fn a_late_plain_delete_never_removes_a_later_grant() {
             "two holders: the late delete removed the new grant's key while its guard says held"
         );
     }
+    // The name stays taken in this process while that delete could land, not on etcd.
+    assert!(again.is_err(), "the name was taken again here while the plain delete was out");
+    assert!(other.is_some(), "the name stayed taken on etcd");
 }

@@ -96,6 +96,16 @@ struct Replicas {
     timeout: Duration,
 }
 
+/// A pipeline's failure as its failing command's own error: a pipeline error keeps no code
+/// redis-rs does not know (`BUSY`, `NOREPLICAS`), which the error kinds read to tell a passing
+/// refusal from a lasting one.
+fn first_failure(e: redis::RedisError) -> redis::RedisError {
+    match e.clone().into_server_errors() {
+        Some(failures) => failures.first().map_or(e, |(_, first)| redis::RedisError::from(first.clone())),
+        None => e,
+    }
+}
+
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("addr", &self.addr).field("timeout", &self.timeout).finish()
@@ -368,6 +378,7 @@ impl Node {
                     }
                     r => r,
                 }
+                .map_err(first_failure)
             })
             .await?;
         Ok((reply, Some(acked)))

@@ -692,3 +692,19 @@ async fn a_cluster_client_whose_first_seed_is_down_still_subscribes() {
     held.release().await.expect("release");
     waiter.await.expect("join").expect("the waiter got the lock").release().await.expect("release");
 }
+
+/// With `wait_replicas`, a grant's script and its `WAIT` go in one pipeline; a refusal inside
+/// it keeps its code: `NOREPLICAS` (`min-replicas-to-write` with too few replicas) is a passing
+/// state, retryable, as it is for a single command (a pipeline's error lost the code, and the
+/// refusal ended a waiting acquire at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_replicas_refused_by_min_replicas_is_retryable() {
+    let args = ["--min-replicas-to-write", "1"].map(str::to_owned).to_vec();
+    let server = RedisServer::start_with(RedisConfig { extra_args: args, ..RedisConfig::default() })
+        .await
+        .expect("redis-server");
+    let url = format!("{}?wait_replicas=1&wait_timeout=50ms", server.url());
+    let locks = LockClient::new(RedisBackend::connect(url.parse().expect("url")).await.expect("connect"));
+    let e = locks.lock("norep").try_acquire().await.expect_err("no replica to write with");
+    assert!(e.is_retryable(), "{e}");
+}
