@@ -161,6 +161,14 @@ pub(crate) fn counted_prefix(mode: Mode) -> Option<&'static str> {
     }
 }
 
+/// Whether `name` is an attribute the items use themselves (or the start of an entry's): a
+/// table key of that name could not be written the way a grant writes it.
+pub(crate) fn reserved_attr(name: &str) -> bool {
+    [OWNER, RVN, FENCE, LEASE_MS, RELEASE_RVN, EXPIRES_MS, META, LIMIT, COUNT, WRITER, WRITER_FENCE, INTENT]
+        .contains(&name)
+        || ["p:", "r:", "pf:", "rf:"].iter().any(|p| name.starts_with(p))
+}
+
 /// The attribute that holds a counted entry's fencing token.
 pub(crate) fn fence_attr(entry: &str) -> String {
     match entry.split_once(':') {

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use lock_core::{Error, ListPage, LockInfo, Mode, Result};
 
-use crate::error;
+use crate::error::{self, NAME};
 use crate::item::{Item, Kind, Record, COUNT, OWNER, WRITER};
 use crate::lock::info;
 use crate::DynamoBackend;
@@ -42,7 +42,14 @@ impl DynamoBackend {
         let out = scan.send().await.map_err(|e| error::sdk("Scan", &o.table, e))?;
         let mut entries = Vec::new();
         for item in out.items() {
-            entries.extend(self.listed(item)?);
+            // An item under the prefix that is not one of ours (a shared table) or is damaged:
+            // skipped, so that one such item does not hide every grant.
+            match self.listed(item) {
+                Ok(listed) => entries.extend(listed),
+                Err(e) => {
+                    tracing::warn!(backend = NAME, error = %e, "an item that is not a lock grant was skipped in a listing")
+                }
+            }
         }
         let cursor = out.last_evaluated_key().map(|k| self.cursor_of(k)).transpose()?;
         Ok(ListPage::new(entries, cursor))

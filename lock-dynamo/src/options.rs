@@ -192,9 +192,10 @@ impl DynamoOptions {
     }
 
     /// Checks the options without connecting: a table name of 3 to 255 letters, digits,
-    /// `_`, `-` and `.`, non-empty key names and sort key value, positive durations, a request
-    /// timeout of at most a day, and an endpoint that is an `http://` or `https://` URL with a
-    /// host and a valid port.
+    /// `_`, `-` and `.`, non-empty key names and sort key value, key names that are not the
+    /// items' own attributes (`owner`, `fence`, `p:…`, …) nor each other's, positive durations,
+    /// a request timeout of at most a day, and an endpoint that is an `http://` or `https://`
+    /// URL with a host and a valid port.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming the option that is wrong.
@@ -213,6 +214,17 @@ impl DynamoOptions {
             "the partition key name is empty"
         } else if self.sort_key.as_ref().is_some_and(|s| s.name.is_empty() || s.value.is_empty()) {
             "the sort key name and value must not be empty"
+        } else if let Some(k) = std::iter::once(&self.partition_key)
+            .chain(self.sort_key.as_ref().map(|s| &s.name))
+            .find(|k| crate::item::reserved_attr(k))
+        {
+            return Some(format!(
+                "the key name '{k}' is an attribute the lock items use themselves (owner, rvn, fence, \
+                 lease_ms, expires_at_ms, meta, release_rvn, limit, holders, writer, writer_fence, \
+                 intent, or one starting p:, r:, pf:, rf:): name the table's keys otherwise"
+            ));
+        } else if self.sort_key.as_ref().is_some_and(|s| s.name == self.partition_key) {
+            "the sort key must not have the partition key's name"
         } else if self.poll_interval.is_zero() || self.request_timeout.is_zero() {
             "poll_interval and request_timeout must be positive"
         } else if self.request_timeout > MAX_REQUEST_TIMEOUT {
@@ -449,6 +461,18 @@ mod tests {
         assert!(e.to_string().contains("table name"), "{e}");
         let e = DynamoOptions::new("locks").sort_key("ns", "").validate().expect_err("empty sort key value");
         assert!(e.to_string().contains("sort key"), "{e}");
+        // Key names the items use themselves: every acquire (or every semaphore call) failed.
+        for (pk, sk) in
+            [("owner", None), ("fence", None), ("lock_key", Some("p:x")), ("lock_key", Some("lock_key"))]
+        {
+            let mut o = DynamoOptions::new("locks").partition_key(pk);
+            if let Some(sk) = sk {
+                o = o.sort_key(sk, "team-a");
+            }
+            let e = o.validate().expect_err("a key name the items use");
+            assert!(e.to_string().contains("key"), "{pk} {sk:?}: {e}");
+        }
+        DynamoOptions::new("locks").partition_key("pk").sort_key("ns", "a").validate().expect("valid keys");
         let e = DynamoOptions::new("lo cks").validate().expect_err("a space");
         assert!(e.to_string().contains("only letters"), "{e}");
         let e = DynamoOptions::new("locks").request_timeout(Duration::MAX).validate().expect_err("forever");

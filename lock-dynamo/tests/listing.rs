@@ -56,6 +56,19 @@ async fn pages_list_every_grant_once(emulator: Emulator) {
         );
         let gone = c.lock(&format!("{base}gone")).acquire().await.expect("lock");
         gone.release().await.expect("release");
+        if neighbour.is_none() {
+            // An item under the prefix that is not a grant (another user of the table, or
+            // damage): skipped, never failing the whole listing.
+            use aws_sdk_dynamodb::types::AttributeValue as V;
+            support::client(&emu.endpoint)
+                .put_item()
+                .table_name("list_locks")
+                .item("lock_key", V::S(format!("{base}foreign")))
+                .item("owner", V::N("7".into()))
+                .send()
+                .await
+                .expect("put a foreign item");
+        }
         if let Some(neighbour) = neighbour {
             // Another namespace of the same table: never listed by this one.
             let other = support::locks(&emu.endpoint, neighbour);
