@@ -161,12 +161,15 @@ pub(crate) fn counted_prefix(mode: Mode) -> Option<&'static str> {
     }
 }
 
-/// Whether `name` is an attribute the items use themselves (or the start of an entry's): a
-/// table key of that name could not be written the way a grant writes it.
+/// The attributes the items use themselves, and the starts of their entries' names: a table
+/// key so named could not be written the way a grant writes it.
+pub(crate) const ITEM_ATTRS: [&str; 12] =
+    [OWNER, RVN, FENCE, LEASE_MS, RELEASE_RVN, EXPIRES_MS, META, LIMIT, COUNT, WRITER, WRITER_FENCE, INTENT];
+pub(crate) const ENTRY_PREFIXES: [&str; 4] = ["p:", "r:", "pf:", "rf:"];
+
+/// Whether `name` is one of [`ITEM_ATTRS`] or starts as an entry's name does.
 pub(crate) fn reserved_attr(name: &str) -> bool {
-    [OWNER, RVN, FENCE, LEASE_MS, RELEASE_RVN, EXPIRES_MS, META, LIMIT, COUNT, WRITER, WRITER_FENCE, INTENT]
-        .contains(&name)
-        || ["p:", "r:", "pf:", "rf:"].iter().any(|p| name.starts_with(p))
+    ITEM_ATTRS.contains(&name) || ENTRY_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// The attribute that holds a counted entry's fencing token.

@@ -219,9 +219,10 @@ impl DynamoOptions {
             .find(|k| crate::item::reserved_attr(k))
         {
             return Some(format!(
-                "the key name '{k}' is an attribute the lock items use themselves (owner, rvn, fence, \
-                 lease_ms, expires_at_ms, meta, release_rvn, limit, holders, writer, writer_fence, \
-                 intent, or one starting p:, r:, pf:, rf:): name the table's keys otherwise"
+                "the key name '{k}' is an attribute the lock items use themselves ({}, or one \
+                 starting {}): name the table's keys otherwise",
+                crate::item::ITEM_ATTRS.join(", "),
+                crate::item::ENTRY_PREFIXES.join(", ")
             ));
         } else if self.sort_key.as_ref().is_some_and(|s| s.name == self.partition_key) {
             "the sort key must not have the partition key's name"

@@ -530,7 +530,8 @@ impl LockBackend for EtcdBackend {
                 }
                 deleted
             }),
-            whose => self.delete_grant(&key, whose).await,
+            Whose::Created(rev) => self.delete_at_revision(&key, rev).await,
+            Whose::Owner(owner) => self.delete_if_ours(&key, owner).await,
         };
         match deleted {
             Ok(deleted) => {

@@ -345,15 +345,6 @@ impl EtcdBackend {
             }
         }
     }
-
-    /// Deletes a grant's key if it is still ours; true if it did.
-    pub(crate) async fn delete_grant(&self, key: &str, whose: Whose) -> Result<bool> {
-        match whose {
-            Whose::OwnKey(rev) => self.delete_own_key(key, rev).await.map(|(deleted, _)| deleted),
-            Whose::Created(rev) => self.delete_at_revision(key, rev).await,
-            Whose::Owner(owner) => self.delete_if_ours(key, owner).await,
-        }
-    }
 }
 
 /// How a release knows the key it deletes is its grant.
