@@ -325,14 +325,20 @@ impl LockClient {
 
     /// Puts a detached lease back under a guard (renewing it if `auto_renew`). A multi-key
     /// lease's guard renews and releases every name, as the
-    /// [`MultiGuard`](crate::MultiGuard)'s did.
+    /// [`MultiGuard`](crate::MultiGuard)'s did. The guard counts as held by the calling task:
+    /// a wait of this task for one of its names is refused with [`Error::AlreadyHeld`], as
+    /// for a guard it acquired (it would wait for itself).
     pub fn resume(&self, lease: Lease, auto_renew: bool) -> Guard {
         let backend = crate::multi::serving(&self.backend, &lease);
         // The batcher renews one grant per lease: a multi-key lease goes through its parts.
         let batcher = if Arc::ptr_eq(&backend, &self.backend) { self.batcher() } else { None };
         // Granted before it was detached: when its request was sent is the best known.
         let granted_at = lease.acquired_at();
-        Guard::new(backend, lease, RenewPolicy { auto_renew, max_hold: None }, batcher, granted_at)
+        let names = crate::multi::held_names(&lease);
+        let guard =
+            Guard::new(backend, lease, RenewPolicy { auto_renew, max_hold: None }, batcher, granted_at);
+        let held: Vec<_> = names.iter().map(|(k, mode)| self.held.enter(k, *mode, guard.probe())).collect();
+        guard.with_held(held)
     }
 }
 
@@ -393,6 +399,10 @@ impl<T> LockBuilder<T> {
     /// the start of the wait; for several names, from the first name's grant); the lock is then released and the loss signal fires with
     /// [`LossReason::MaxHoldReached`](crate::LossReason). A lease of its own is shortened to end
     /// at the cap; a session's lease (etcd session mode, ZooKeeper) is renewed up to it.
+    ///
+    /// # Errors
+    /// The acquire fails with [`Error::InvalidConfig`] without
+    /// [`auto_renew`](Self::auto_renew): a lock that is not renewed already ends at its TTL.
     pub fn max_hold(mut self, max: Duration) -> Self {
         self.policy.max_hold = Some(max);
         self
@@ -415,6 +425,18 @@ impl<T> LockBuilder<T> {
         }))
     }
 
+    /// A hold cap needs renewal: without it the lock ends at its TTL, and nothing would
+    /// release it at the cap (it was ignored without a word).
+    pub(crate) fn check_policy(&self) -> Result<()> {
+        if self.policy.max_hold.is_some() && !self.policy.auto_renew {
+            return Err(Error::InvalidConfig(
+                "max_hold needs auto_renew: without renewal the lock already ends at its TTL (set a shorter ttl instead)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether an acquire waits when the lock is held.
     pub(crate) fn waits(&self) -> bool {
         self.wait.is_some_and(|w| !w.is_zero())
@@ -429,6 +451,7 @@ impl<T> LockBuilder<T> {
 impl LockBuilder<One> {
     fn request(&self) -> Result<AcquireRequest> {
         let key = self.client.key(&self.target.name)?;
+        self.check_policy()?;
         let backend = self.client.backend.name();
         self.client.caps.validate_mode(backend, self.target.mode)?;
         self.client.caps.validate_ttl(backend, self.ttl)?;

@@ -100,6 +100,7 @@ impl LockBuilder<Many> {
         if self.target.names.is_empty() {
             return Err(KeyError::NoKeys.into());
         }
+        self.check_policy()?;
         let backend = self.client.backend().name();
         self.client.capabilities().validate_ttl(backend, self.ttl)?;
         let mut keys =
@@ -151,7 +152,8 @@ impl LockBuilder<Many> {
         let reqs = self.requests()?;
         let backend = self.client.backend().clone();
         let start = Instant::now();
-        // The hold cap binds the wait for later names: the first is held meanwhile.
+        // The hold cap binds the wait for later names: the first is held meanwhile (a cap
+        // comes with renewal: `requests` refused one without).
         let cap = self.policy.max_hold.filter(|_| self.policy.auto_renew);
         let res = take_all(&backend, self.client.capabilities(), &reqs, self.deadline(start), cap).await;
         observe::acquire(backend.name(), observe::acquire_outcome(&res), start.elapsed());
@@ -345,6 +347,18 @@ fn combine(reqs: &[AcquireRequest], leases: Vec<Lease>) -> Lease {
         lease = lease.with_session(s.clone());
     }
     lease.with_backend_data(Arc::new(Parts { leases: Mutex::new(leases), session }))
+}
+
+/// The names (full keys) and modes a lease holds: each part's of a multi-key lease, else its
+/// own.
+pub(crate) fn held_names(lease: &Lease) -> Vec<(String, Mode)> {
+    match lease.backend_data::<Parts>() {
+        Some(p) => {
+            let parts = p.leases.lock().unwrap_or_else(|e| e.into_inner());
+            parts.iter().map(|l| (l.key().full().to_owned(), l.mode())).collect()
+        }
+        None => vec![(lease.key().full().to_owned(), lease.mode())],
+    }
 }
 
 /// The backend that serves `lease`: `backend` itself, or, for a multi-key lease (detached

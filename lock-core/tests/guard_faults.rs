@@ -527,10 +527,15 @@ async fn a_short_extend_in_the_hold_caps_last_ttl_ends_the_claim_at_its_valid_un
     let locks = client(&b);
     let start = Instant::now();
     let g = locks.lock("k").ttl(TTL).auto_renew().max_hold(Duration::from_secs(7)).acquire().await.unwrap();
+    let signal = g.loss_signal();
     // The cap's last TTL starts at 4 s.
     tokio::time::sleep_until(start + Duration::from_millis(4500)).await;
     assert!(g.is_held());
     g.extend(Duration::from_millis(100)).await.expect("extend");
+    // The copy of the loss signal fires at the grant's new `valid_until`, by itself (the
+    // renewal task, waiting for the cap, fired it only at the cap, 6.97 s).
+    let copy = tokio::time::timeout(Duration::from_millis(500), signal.fired()).await;
+    assert!(copy.is_ok(), "the loss signal's copy waited for the cap past the grant's valid_until");
     let lost = tokio::time::timeout(Duration::from_millis(500), g.lost()).await;
     assert!(lost.is_ok(), "lost() waited for the cap past the grant's valid_until");
     assert!(!g.is_held(), "the guard claims a grant that ended at 4.6 s");
@@ -599,4 +604,17 @@ async fn a_ttl_lost_as_soon_as_granted_is_refused() {
     let g = locks.lock("k").ttl(lock_core::SHORTEST_TTL).acquire().await.unwrap();
     assert!(g.valid_until() > start, "the shortest TTL taken is born lost");
     g.release().await.unwrap();
+}
+
+/// A hold cap without renewal is refused with a typed error, before anything is sent (it was
+/// ignored: the lock was neither released at the cap nor reported lost there).
+#[tokio::test]
+async fn a_hold_cap_without_renewal_is_refused() {
+    let locks = LockClient::new(MemoryBackend::new());
+    let e = locks.lock("k").ttl(TTL).max_hold(Duration::from_secs(1)).acquire().await.unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig(ref m) if m.contains("auto_renew")), "{e:?}");
+    let e = locks.lock_all(["a", "b"]).max_hold(Duration::from_secs(1)).acquire().await.unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
+    // Nothing was taken.
+    locks.lock("k").try_acquire().await.unwrap().expect("k is free").release().await.unwrap();
 }

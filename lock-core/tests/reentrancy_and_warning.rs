@@ -34,6 +34,29 @@ async fn a_task_never_waits_for_itself() {
     locks.lock("k").acquire().await.unwrap().release().await.unwrap();
 }
 
+/// A guard put back with `resume` counts as held by the task too (it was not registered,
+/// and the task waited for itself until its deadline, its own renewal keeping the lock).
+#[tokio::test]
+async fn a_resumed_guard_is_held_by_the_task() {
+    let locks = LockClient::new(MemoryBackend::new());
+    let g = locks.lock("k").ttl(Duration::from_secs(30)).acquire().await.unwrap();
+    let g = locks.resume(g.detach(), true);
+    let e =
+        tokio::time::timeout(Duration::from_secs(5), locks.lock("k").wait(Duration::from_secs(60)).acquire())
+            .await
+            .expect("the task waited for its own resumed lock")
+            .unwrap_err();
+    assert!(matches!(e, Error::AlreadyHeld { ref key } if key == "k"), "{e:?}");
+    // A multi-key lease resumed: each of its names.
+    let m = locks.lock_all(["a", "b"]).acquire().await.unwrap();
+    let m = locks.resume(m.into_guard().detach(), false);
+    let e = locks.lock("b").wait(Duration::from_secs(60)).acquire().await.unwrap_err();
+    assert!(matches!(e, Error::AlreadyHeld { ref key } if key == "b"), "{e:?}");
+    m.release().await.unwrap();
+    g.release().await.unwrap();
+    locks.lock("b").acquire().await.unwrap().release().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn expiring_warns_before_the_lease_runs_out() {
     let locks = LockClient::new(MemoryBackend::new());

@@ -141,11 +141,10 @@ async fn renew_once(shared: &Shared, ttl: Duration, cap: Option<Instant>) -> boo
     // it is disconnected reaches it without any error).
     let mut failed = false;
     loop {
-        let until = shared.valid_until();
         let res = tokio::select! {
             biased;
             _ = shared.stopped() => return false,
-            _ = tokio::time::sleep_until(until) => {
+            _ = expired(shared) => {
                 shared.fire(if failed { LossReason::RenewalFailed } else { shared.expiry_reason() });
                 return false;
             }
@@ -171,9 +170,28 @@ async fn renew_once(shared: &Shared, ttl: Duration, cap: Option<Instant>) -> boo
                 }
                 tokio::select! {
                     _ = shared.stopped() => return false,
-                    _ = backoff.sleep_until_deadline(Some(until)) => {}
+                    _ = expired(shared) => {
+                        shared.fire(LossReason::RenewalFailed);
+                        return false;
+                    }
+                    _ = backoff.sleep_until_deadline(Some(shared.valid_until())) => {}
                 }
             }
+        }
+    }
+}
+
+/// Resolves once `valid_until` has passed, following its changes while it waits: an extend
+/// that shortens the grant (a user's, or the hold cap's last one, applied while its reply is
+/// still awaited) moves the loss earlier, which a time read once would miss.
+async fn expired(shared: &Shared) {
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        tokio::select! {
+            _ = tokio::time::sleep_until(shared.valid_until()) => return,
+            _ = &mut changed => {}
         }
     }
 }
@@ -205,13 +223,15 @@ async fn cap_hold(shared: &Shared, left: Duration) {
             return;
         }
     }
-    let at = cap.min(shared.valid_until());
-    let _ = shared.cap_at.set(at);
+    let _ = shared.cap_at.set(cap.min(shared.valid_until()));
     shared.changed.notify_waiters();
+    // Until the cap, or `valid_until` if that comes first, followed as it changes (a user's
+    // extend may shorten the grant meanwhile; the loss must not wait for the cap then).
     tokio::select! {
         biased;
         _ = shared.stopped() => return,
-        _ = tokio::time::sleep_until(at) => {}
+        _ = tokio::time::sleep_until(cap) => {}
+        _ = expired(shared) => {}
     }
     // Released first, then the loss, where the release is answered before `valid_until`
     // (the cap came before it: a lease that could not be shortened), so that whoever waits
@@ -223,7 +243,7 @@ async fn cap_hold(shared: &Shared, left: Duration) {
     let released = tokio::select! {
         biased;
         r = &mut release => Some(r),
-        _ = tokio::time::sleep_until(shared.valid_until()) => None,
+        _ = expired(shared) => None,
     };
     let released = match released {
         Some(r) => r,
