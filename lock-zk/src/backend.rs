@@ -192,7 +192,9 @@ impl LockBackend for ZkBackend {
                     // No further try will come with this owner token: `cleanup` runs now.
                     drop(cleanup);
                     return Err(match e {
-                        Error::WaitTimedOut { key, .. } => {
+                        // A session lost at the deadline ends a wait that never held: the
+                        // wait timed out (`Lost` is for a grant that was held).
+                        Error::WaitTimedOut { key, .. } | Error::Lost { key, .. } => {
                             Error::WaitTimedOut { key, waited: start.elapsed() }
                         }
                         other => other,
@@ -263,7 +265,7 @@ impl LockBackend for ZkBackend {
             Mode::Permit { limit } => {
                 // The number of permits the holders stored (the caller's may differ: a waiter
                 // counted as a holder, or a holder left out).
-                let sem = q.dir.strip_suffix("/leases").unwrap_or(&q.dir).to_owned();
+                let sem = crate::children::semaphore_dir(&self.inner.opts.prefix, key);
                 let limit = match s.call(|c| c.get_data(&sem)).await {
                     Ok((data, _)) => crate::semaphore::stored_permits(&data).unwrap_or(limit),
                     Err(zookeeper_client::Error::NoNode) => return Ok(Vec::new()),

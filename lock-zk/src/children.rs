@@ -176,16 +176,17 @@ pub(crate) fn in_sequence_order(children: Vec<String>) -> Vec<String> {
     // range apart make "earliest" depend on the listing's order (a later contender then sorts
     // ahead of the holder). So the start is found from the nodes named by a random id (ours,
     // Curator's protected nodes, kazoo's), which no directory of a distlock name can be (see
-    // `encode_segment`); then from any recipe-named node at most a quarter of the range
-    // before it (a node of a client that names its nodes otherwise; a directory there does no
-    // harm, as every live node is after it).
+    // `encode_segment`); then from any child with a sequence at most a quarter of the range
+    // before it: a node of a client that names its nodes otherwise (Curator's unprotected
+    // nodes, ZooKeeper's own WriteLock recipe's `x-<session>-<seq>`), made before ours, is
+    // ahead of ours; a directory there does no harm, as every live node is after it.
     let earliest =
         |qs: &mut dyn Iterator<Item = i32>| qs.reduce(|a, b| if b.wrapping_sub(a) < 0 { b } else { a });
     let by_id = earliest(&mut seqs.iter().filter(|(_, node, n)| *node && id_named(n)).map(|(q, _, _)| *q));
     let first = match by_id {
         Some(f) => {
             let near = |q: i32| (1..=i32::MAX / 4).contains(&f.wrapping_sub(q));
-            earliest(&mut seqs.iter().filter(|(q, node, _)| *node && near(*q)).map(|(q, _, _)| *q)).or(by_id)
+            earliest(&mut seqs.iter().filter(|(q, _, _)| near(*q)).map(|(q, _, _)| *q)).or(by_id)
         }
         None => earliest(&mut seqs.iter().filter(|(_, node, _)| *node).map(|(q, _, _)| *q))
             .or_else(|| earliest(&mut seqs.iter().map(|(q, _, _)| *q))),
@@ -254,7 +255,10 @@ pub(crate) fn decode_segment(name: &str) -> Option<String> {
             _ => return None,
         }
     }
-    String::from_utf8(out).ok()
+    // Only the exact encoding of a segment: `%41`, `%2f` or `%+F` name no key (read as `A`,
+    // a listing would report a name that `inspect` looks for elsewhere).
+    let seg = String::from_utf8(out).ok()?;
+    (encode_segment(&seg) == name).then_some(seg)
 }
 
 /// What a node under the prefix is, by its name: a name's node (its lock's directory, and the
@@ -322,11 +326,20 @@ mod tests {
         let plain = "lock-0000000003".to_owned();
         let order = in_sequence_order(vec![later.clone(), holder.clone(), plain.clone(), dirs[0].into()]);
         assert_eq!(order.iter().position(|n| *n == plain), Some(0), "{order:?}");
+        // So does one named after no recipe we know (ZooKeeper's WriteLock recipe): it sorted
+        // last, behind ours, and both held.
+        let write_lock = "x-72057594037927936-0000000004".to_owned();
+        let order =
+            in_sequence_order(vec![later.clone(), holder.clone(), write_lock.clone(), dirs[2].into()]);
+        assert_eq!(order.iter().position(|n| *n == write_lock), Some(0), "{order:?}");
         // No name of ours makes a directory shaped as such a node.
         let crafted = format!("{a}0000000001");
         let encoded = encode_segment(&crafted);
         assert!(encoded.starts_with("%5F") && !id_named(&encoded), "{encoded}");
         assert_eq!(decode_segment(&encoded).as_deref(), Some(crafted.as_str()));
+        for odd in ["%41", "%2f", "%+F", "a%2Fb%2"] {
+            assert_eq!(decode_segment(odd), None, "{odd}");
+        }
         let kazoo = format!("{}__lock__0000000001", "0123456789abcdef".repeat(2));
         assert!(id_named(&kazoo) && !id_named(&encode_segment(&kazoo)));
     }

@@ -4,6 +4,7 @@
 //! [`Queue`] says where and under which name.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lock_core::{AcquireRequest, Lease, OwnerToken, Result, UndoOnDrop};
 use zookeeper_client::{CreateMode, OneshotWatcher};
@@ -166,14 +167,42 @@ impl ZkBackend {
         UndoOnDrop::new(async move { this.delete_ours(&places).await })
     }
 
-    /// Finds our node in each `(dir, stem)` of this session and deletes it.
+    /// Finds our nodes in each `(dir, stem)` of this session and deletes them, looking again
+    /// while a lookup fails with a retryable error, until the session ends (a node of ours
+    /// left in a queue would keep every contender, ours included, waiting for as long as the
+    /// session lives).
     pub(crate) async fn delete_ours(&self, places: &[(String, String)]) {
         let Ok(s) = self.session().await else { return };
-        for (dir, stem) in places {
-            if let Ok(Some(c)) = self.find_created(&s, dir, stem).await {
-                let _ = s.delete_surely(&c.path, Some(s.timeout())).await;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.delete_ours_on(&s, places).await {
+                Err(e) if e.is_retryable() && !s.lost.is_fired() => {
+                    tracing::debug!(backend = crate::error::NAME, error = %e, "looking for a node of ours again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = s.lost.fired() => return,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                _ => return,
             }
         }
+    }
+
+    /// One pass of [`delete_ours`](Self::delete_ours) on `s`: every node of this session in
+    /// each `(dir, stem)` is deleted (a delete that gets no answer goes on in the background),
+    /// or the lookup's error is returned.
+    pub(crate) async fn delete_ours_on(&self, s: &Arc<Session>, places: &[(String, String)]) -> Result<()> {
+        for (dir, stem) in places {
+            // More than one only after a lost create's lookup failed and a later try made
+            // another; each delete is of a node found just now, so this ends.
+            while let Some(c) = self.find_created(s, dir, stem).await? {
+                if s.delete_surely(&c.path, Some(s.timeout())).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes our node (in the background if this is dropped first).

@@ -86,7 +86,10 @@ impl ZkBackend {
         retry: bool,
     ) -> Result<Lease> {
         if retry {
-            self.delete_ours(&self.places(req)).await;
+            // Until they are gone, a node of ours left in the mutex's queue would keep the
+            // next one (and every other contender) waiting: a failed lookup fails this try.
+            let s = self.session().await?;
+            self.delete_ours_on(&s, &self.places(req)).await?;
         }
         let m = semaphore_mutex(&self.inner.opts.prefix, &req.key);
         let mj = self.join_queue(req, &m, &[], None).await?;

@@ -206,7 +206,9 @@ impl Session {
     /// connection (the server may never have seen it) is sent again once the client has
     /// reconnected, until the server answers it or the session is lost (its nodes go with it,
     /// or [`free_given_up`] deletes them). Waited for here up to `wait` (`None`: until then);
-    /// what is left goes on in the background. `Ok(true)`: deleted; `Ok(false)`: no such
+    /// what is left goes on in the background. `Ok(true)`: deleted (also when a resent
+    /// delete finds the node gone: the lost one deleted it, as nothing else but the end of
+    /// the session, or a client deleting nodes it does not own, does); `Ok(false)`: no such
     /// node, or the session is lost.
     ///
     /// # Errors
@@ -249,11 +251,16 @@ impl Session {
     ) -> std::result::Result<bool, zookeeper_client::Error> {
         use zookeeper_client::Error as Z;
         let mut pause = Duration::from_millis(20);
+        // Whether a delete went unanswered: then a node found gone on the live session is
+        // most likely gone by that delete (its reply lost), not by someone else's.
+        let mut unanswered = false;
         loop {
             match self.call(|c| c.delete(path, None)).await {
                 Ok(()) => return Ok(true),
-                Err(Z::NoNode | Z::SessionExpired) => return Ok(false),
+                Err(Z::NoNode) => return Ok(unanswered),
+                Err(Z::SessionExpired) => return Ok(false),
                 Err(e) if resendable(&e) => {
+                    unanswered = true;
                     if self.lost.is_fired() {
                         return Ok(false);
                     }

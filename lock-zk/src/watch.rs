@@ -31,9 +31,11 @@ impl ZkBackend {
         let q = self.queue(&req.key, req.mode);
         let j = self.join_queue(req, &q, &Self::node_data(req), Some(retry)).await?;
         let j = self.wait_turn(j, &q, &req.key, deadline).await?;
-        let lease = self.won(&j.s, req, j.child, sent)?;
+        // Disarmed either way: when the grant cannot be given (the session is disconnected
+        // past its grace), the retry adopts this node, and a delete from here could land
+        // behind that adoption; the caller's clean-up deletes it if no retry comes.
         j.undo.disarm();
-        Ok(lease)
+        self.won(&j.s, req, j.child, sent)
     }
 
     /// Waits until nothing in `q` keeps our node waiting any more (then it holds), or until

@@ -396,6 +396,32 @@ async fn a_semaphore_try_dropped_after_its_grant_leaks_no_permit() {
     }
 }
 
+/// A release whose delete is applied but whose reply is lost with its connection: the delete
+/// is sent again, finds the node gone, and the release says `Released` (it said `NotHeld`, as
+/// if the lock had expired or been taken while held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_reply_is_lost_says_released() {
+    let zk = ZkEnsemble::single().await.expect("ZooKeeper");
+    let proxy = support::proxy::ZkProxy::start(zk.connect_string()).await;
+    let a = client(&proxy.addr, Duration::from_secs(10)).await;
+    let key = format!("lost-release/{}", uuid::Uuid::new_v4().simple());
+    let g = a.lock(&key).acquire().await.expect("a holds");
+    proxy.swallow_next(support::proxy::DELETE);
+    let released =
+        tokio::time::timeout(Duration::from_secs(15), g.release()).await.expect("release returned");
+    assert_eq!(proxy.swallowed(), 1, "the delete's reply was not lost");
+    assert_eq!(released.expect("release"), ReleaseOutcome::Released);
+    let b = client(&zk.connect_string(), Duration::from_secs(10)).await;
+    b.lock(&key)
+        .try_acquire()
+        .await
+        .expect("try")
+        .expect("the lock is free")
+        .release()
+        .await
+        .expect("release");
+}
+
 /// A connection reset (an RST, not a clean close) fails the requests in flight with the
 /// connection's own error, not `ConnectionLoss`: a release whose delete went down with it is
 /// still sent again after the reconnect, and a waiter whose list went down with it queues on.

@@ -27,6 +27,18 @@ async fn owners(raw: &zookeeper_client::Client, dir: &str) -> Vec<(String, i64)>
 /// uuid, so another client takes the lock at once (not after the session timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_try_acquire_whose_create_was_applied_leaves_no_child() {
+    lost_create_and_lookups(1).await;
+}
+
+/// As above, and the undo's own first look-up is lost too: the undo looks again (it gave up
+/// after one failed look-up, and the child of our live session blocked the name for as long
+/// as the session lived).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_undo_of_a_lost_create_looks_again_when_its_look_up_is_lost() {
+    lost_create_and_lookups(2).await;
+}
+
+async fn lost_create_and_lookups(lookups: usize) {
     let zk = ZkEnsemble::single().await.expect("ZooKeeper");
     let proxy = ZkProxy::start(zk.connect_string()).await;
     let raw = support::raw(&zk.connect_string()).await;
@@ -37,15 +49,17 @@ async fn a_failed_try_acquire_whose_create_was_applied_leaves_no_child() {
     let through = support::client(&proxy.addr, Duration::from_secs(10)).await;
 
     proxy.swallow_next(CREATE);
-    proxy.swallow_next(LIST);
+    for _ in 0..lookups {
+        proxy.swallow_next(LIST);
+    }
     let got = through.lock(&key).try_acquire().await;
-    assert_eq!(proxy.swallowed(), 2, "the create's and the look-up's replies were not both lost");
     let e = got.expect_err("a try whose create and look-up replies were lost must fail");
     assert!(e.is_retryable(), "{e:?}");
 
     let other = support::client(&zk.connect_string(), Duration::from_secs(10)).await;
     let asked = Instant::now();
     let g = other.lock(&key).wait(Duration::from_secs(8)).acquire().await.expect("the lock is free");
+    assert_eq!(proxy.swallowed(), 1 + lookups, "the create's and the look-ups' replies were not all lost");
     assert!(
         asked.elapsed() < Duration::from_secs(3),
         "the failed try's child blocked for {:?}",
