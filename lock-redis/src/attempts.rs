@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lock_core::cancel::undo_after;
 use lock_core::{Attempt, Error, Instant, Lease, LockKey, Result, UndoOnDrop};
 use tokio::sync::Notify;
 
@@ -106,15 +105,14 @@ fn timed_out(key: &LockKey, start: Instant) -> Error {
 /// Undoes a failed non-waiting attempt: runs `release` (which reports whether it got an
 /// answer) once now, so that a grant the server made is gone when the error is returned, and,
 /// if it got no answer, or this is dropped while it waits for one (a caller's timeout around
-/// `try_acquire`), in the background: at once, then after each of [`lock_core::cancel::LATE_GRANT_RECHECKS`],
-/// until one is answered.
-pub(crate) async fn undo_now<R, RF>(release: R)
+/// `try_acquire`), in the background as [`undo_later`] does.
+pub(crate) async fn undo_now<R, RF>(release: R, ttl: Duration)
 where
     R: Fn() -> RF + Send + 'static,
     RF: Future<Output = bool> + Send,
 {
     let now = release();
-    let in_background = UndoOnDrop::new(async move { undo_later(release).await });
+    let in_background = UndoOnDrop::new(async move { undo_later(release, ttl).await });
     if now.await {
         in_background.disarm();
     }
@@ -132,14 +130,29 @@ where
     })
 }
 
-/// [`undo_now`] for the background: the first release at once, then the rechecks.
-pub(crate) async fn undo_later<R, RF>(release: R)
+/// [`undo_now`] for the background: the first release at once, then after each of
+/// [`lock_core::cancel::LATE_GRANT_RECHECKS`], until one is answered; then, while none is,
+/// once a second until the grant's `ttl` has passed. A server that does not answer may be a
+/// master that died with the grant replicated: its replica, promoted by Sentinel or the
+/// Cluster tens of seconds later, would keep the grant for its whole TTL (`release` looks the
+/// node up on each call, so it reaches the new master).
+pub(crate) async fn undo_later<R, RF>(release: R, ttl: Duration)
 where
     R: Fn() -> RF,
     RF: Future<Output = bool>,
 {
-    undo_after(lock_core::cancel::late_grant_pauses(None), release).await;
+    let until = lock_core::lease::add_saturating(Instant::now(), ttl);
+    let then = std::iter::repeat(UNANSWERED_UNDO_PAUSE).take_while(|_| Instant::now() < until);
+    for pause in lock_core::cancel::late_grant_pauses(None).chain(then) {
+        tokio::time::sleep(pause).await;
+        if release().await {
+            return;
+        }
+    }
 }
+
+/// How often [`undo_later`] asks again once the rechecks went unanswered.
+const UNANSWERED_UNDO_PAUSE: Duration = Duration::from_secs(1);
 
 /// Withdraws what a waiting acquire that gave up left on the server (a writer's intent, a
 /// waiter's place in the queue) now rather than when it lapses: `withdraw` runs on its own

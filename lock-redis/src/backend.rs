@@ -214,14 +214,14 @@ impl LockBackend for RedisBackend {
             // owner token before returning the error. The release travels on the same
             // connection, so the server runs it after the acquire.
             let keys = self.keys(&req.key, req.mode)?;
-            crate::attempts::undo_now(self.releaser(vec![keys], req.owner)).await;
+            crate::attempts::undo_now(self.releaser(vec![keys], req.owner), req.ttl).await;
         }
         attempt
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let keys = self.keys(&req.key, req.mode)?;
-        let undo = crate::attempts::undo_later(self.releaser(vec![keys.clone()], req.owner));
+        let undo = crate::attempts::undo_later(self.releaser(vec![keys.clone()], req.owner), req.ttl);
         let node = &*self.node();
         let intent = (req.mode == Mode::Write).then(|| self.writer_intent_ttl());
         let res = crate::attempts::acquire_waiting(
@@ -409,7 +409,8 @@ impl LockBackend for RedisBackend {
             )),
             Ok(None) => Ok(None),
             Err(e) => {
-                crate::attempts::undo_now(self.releaser(keys, first.owner)).await;
+                let ttl = reqs.iter().map(|r| r.ttl).max().unwrap_or(first.ttl);
+                crate::attempts::undo_now(self.releaser(keys, first.owner), ttl).await;
                 Err(e)
             }
         }

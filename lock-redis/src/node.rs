@@ -395,9 +395,9 @@ impl Node {
         if acked >= i64::from(r.count) {
             return Ok(());
         }
-        for k in keys {
-            let _ = self.undo(k, owner, false).await;
-        }
+        // Concurrently: each undo is bounded by a request timeout, and one after another a
+        // multi-key grant's would take one per name.
+        futures::future::join_all(keys.iter().map(|k| self.undo(k, owner, false))).await;
         Err(Error::backend_msg(
             self.backend,
             lock_core::BackendErrorKind::Unavailable,

@@ -446,7 +446,7 @@ impl LockBackend for RedlockBackend {
                 join_all(nodes.iter().map(move |n| n.watch(keys, bound, None)))
             },
             || self.attempt_once(req, intent, &unsettled, Some(deadline)),
-            crate::attempts::undo_later(self.releaser(keys.clone(), req.owner)),
+            crate::attempts::undo_later(self.releaser(keys.clone(), req.owner), req.ttl),
         )
         .await;
         if res.is_err() && unsettled.load(Ordering::SeqCst) {
@@ -455,6 +455,7 @@ impl LockBackend for RedlockBackend {
             // master answers.
             lock_core::cancel::spawn_detached(crate::attempts::undo_later(
                 self.releaser(keys.clone(), req.owner),
+                req.ttl,
             ));
         }
         if res.is_err() && intent.is_some() {

@@ -6,6 +6,11 @@
 //! Sentinel-managed primary killed while a lock is held and a waiter waits; on a Redis
 //! Cluster, a slot with a held lock moved while clients work, and a primary killed.
 
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use conformance_tests::fixtures::redis::{
@@ -465,18 +470,24 @@ async fn a_sentinel_failover_is_followed_and_tokens_keep_rising() {
 /// A stand-in for a sentinel that missed a failover, or knows it first: answers `SENTINEL
 /// get-master-addr-by-name` with the server at `port` on loopback, anything else with OK.
 async fn fake_sentinel(port: u16) -> u16 {
+    fake_sentinel_naming(Arc::new(AtomicU16::new(port))).await
+}
+
+/// [`fake_sentinel`] naming the server whose port `port` holds when asked.
+async fn fake_sentinel_naming(port: Arc<AtomicU16>) -> u16 {
     use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let me = listener.local_addr().expect("address").port();
     tokio::spawn(async move {
         while let Ok((conn, _)) = listener.accept().await {
+            let port = port.clone();
             tokio::spawn(async move {
                 let (r, mut w) = conn.into_split();
                 let mut r = tokio::io::BufReader::new(r);
                 while let Some(cmd) = read_command(&mut r).await {
                     let reply = match cmd.first().map(|c| c.to_ascii_uppercase()).as_deref() {
                         Some("SENTINEL") => {
-                            let p = port.to_string();
+                            let p = port.load(Ordering::SeqCst).to_string();
                             format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{p}\r\n", p.len())
                         }
                         Some("HELLO") => "-ERR unknown command 'HELLO'\r\n".to_owned(),
@@ -527,6 +538,51 @@ async fn a_sentinel_that_names_a_replica_is_passed_over() {
     let locks = LockClient::new(backend);
     let g = locks.lock("role").acquire().await.expect("a grant on the primary");
     assert!(get(primary.port(), &key).await.is_some(), "the grant is not on the primary");
+    g.release().await.expect("release");
+}
+
+/// A `try_acquire` whose grant is made on the primary and replicated, but whose reply is lost
+/// with the primary (it answers no more), then the replica promoted tens of seconds later (as
+/// Sentinel's `down-after-milliseconds` makes it): the undo keeps asking until the grant's TTL
+/// and deletes the grant on the new primary (it gave up after about a second, and the grant
+/// nobody holds blocked the name on the new primary for its whole TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_grant_is_undone_on_the_primary_promoted_after_the_failover() {
+    let primary = RedisServer::start().await.expect("redis-server");
+    let replica = replica_of(primary.port()).await;
+    let front = proxy::Proxy::start(primary.port()).await;
+    let named = Arc::new(AtomicU16::new(front.port()));
+    let sentinel = fake_sentinel_naming(named.clone()).await;
+    let url = format!("redis+sentinel://127.0.0.1:{sentinel}/fake");
+    let opts: RedisOptions = url.parse().expect("url");
+    let backend = RedisBackend::connect(opts.request_timeout(Duration::from_millis(500)))
+        .await
+        .expect("connect through the sentinel");
+    let key = backend.redis_key(&LockKey::new("promoted").expect("key"));
+    let locks = LockClient::new(backend);
+    locks.lock("warm-up").acquire().await.expect("warm up").release().await.expect("release");
+
+    // The grant is made and replicated; its reply is lost, and the primary answers no more.
+    front.cut_next_reply();
+    front.refuse_connections(true);
+    let ttl = Duration::from_secs(30);
+    let err = locks.lock("promoted").ttl(ttl).try_acquire().await.expect_err("the reply was lost");
+    assert!(err.is_retryable(), "{err:?}");
+    caught_up(primary.port()).await;
+    assert!(get(replica.port(), &key).await.is_some(), "the grant should be on the replica");
+    // Past the quick rechecks, the replica is promoted and the sentinel names it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    command(replica.port(), &["REPLICAOF", "NO", "ONE"]).await.expect("promote the replica");
+    named.store(replica.port(), Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while get(replica.port(), &key).await.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost grant stayed on the promoted primary (until its TTL of {ttl:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let g = locks.lock("promoted").try_acquire().await.expect("try").expect("the name is free");
     g.release().await.expect("release");
 }
 
