@@ -38,16 +38,35 @@ async fn revoking_the_session_lease_fires_the_loss_signal() {
     assert!(other.lock("revoked").try_acquire().await.expect("try").is_some(), "revoke freed the lock");
 }
 
-async fn leader_index(etcd: &EtcdCluster) -> usize {
+/// The leader's index among the members, and its member id.
+async fn leader_index(etcd: &EtcdCluster) -> (usize, u64) {
     for (i, ep) in etcd.endpoints().iter().enumerate() {
         let Ok(c) = rpc::Client::connect(&EtcdOptions::new([ep])).await else { continue };
         if let Ok(st) = c.status().await {
             if st.header.map(|h| h.member_id) == Some(st.leader) {
-                return i;
+                return (i, st.leader);
             }
         }
     }
     panic!("no leader found");
+}
+
+/// Waits until a member other than the `killed` one (the leader `old`) answers with another
+/// leader.
+async fn new_leader(etcd: &EtcdCluster, killed: usize, old: u64, within: Duration) {
+    let gone = Instant::now() + within;
+    while Instant::now() < gone {
+        for (_, ep) in etcd.endpoints().iter().enumerate().filter(|(i, _)| *i != killed) {
+            let Ok(c) = rpc::Client::connect(&EtcdOptions::new([ep])).await else { continue };
+            if let Ok(st) = c.status().await {
+                if st.leader != 0 && st.leader != old {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no new leader among the survivors within {within:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,9 +96,13 @@ async fn the_leader_killed_while_a_lock_is_held_and_waiters_queue() {
         }));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let leader = leader_index(&etcd).await;
+    let (leader, old) = leader_index(&etcd).await;
     etcd.members[leader].process().kill().await;
-    // Release through the surviving members (retrying while a new leader is elected).
+    // Release through the surviving members, retrying while a new leader is elected; the
+    // release's 30 s budget counts from the first answer of a surviving member that knows a
+    // leader (on a loaded machine the election itself can take a while).
+    let killed = Instant::now();
+    new_leader(&etcd, leader, old, Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let lease = g.detach();
     inside.fetch_sub(1, Ordering::SeqCst);
@@ -92,7 +115,11 @@ async fn the_leader_killed_while_a_lock_is_held_and_waiters_queue() {
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await
             }
-            Err(e) => panic!("release failed: {e}"),
+            Err(e) => panic!(
+                "release failed {:?} after the kill (retryable: {}): {e:?}",
+                killed.elapsed(),
+                e.is_retryable()
+            ),
         }
     }
     let mut tokens = vec![first];
