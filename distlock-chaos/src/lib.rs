@@ -28,6 +28,7 @@
 //! `cargo run -p distlock-chaos -- --quick` is the CI run; `--scenario NAME --seed N`
 //! reproduces one scenario; `--list` names them all.
 
+pub mod broken;
 pub mod checker;
 pub mod clock;
 pub mod clockshim;

@@ -65,6 +65,9 @@ struct Cli {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// The workers use a deliberately broken lock: the harness's own test (the run must fail).
+    #[arg(long, value_enum, hide = true)]
+    broken: Option<distlock_chaos::broken::Breakage>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +188,7 @@ fn plan(cli: &Cli, scenarios: Vec<Scenario>) -> Plan {
             think: cli.think,
             seed,
             work_dir: cli.work_dir.clone().unwrap_or_else(|| cli.out.join("work")),
+            broken: cli.broken,
         },
         out: cli.out.clone(),
         mode: mode.into(),

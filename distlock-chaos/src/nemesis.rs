@@ -81,7 +81,8 @@ impl Timing {
             Fault::PauseHolder
             | Fault::PauseHolderUntilTakeover
             | Fault::PartitionHolder
-            | Fault::PartitionHolderOneWay => self.holder_fault,
+            | Fault::PartitionHolderOneWay
+            | Fault::PartitionHolderReplies => self.holder_fault,
             Fault::KillHolder => Duration::ZERO,
             Fault::SlowLinks => self.slow,
             Fault::PauseServer => self.server_pause,
@@ -262,6 +263,7 @@ impl Nemesis<'_> {
             | Fault::KillHolder
             | Fault::PartitionHolder
             | Fault::PartitionHolderOneWay
+            | Fault::PartitionHolderReplies
             | Fault::SlowLinks => self.client_fault(ev).await,
             _ => self.server_fault(ev).await,
         }
@@ -305,14 +307,19 @@ impl Nemesis<'_> {
                     self.pool.replace(h.w, h.pid).await?;
                 }
             }
-            Fault::PartitionHolder | Fault::PartitionHolderOneWay => {
-                let one_way = ev.fault == Fault::PartitionHolderOneWay;
+            Fault::PartitionHolder | Fault::PartitionHolderOneWay | Fault::PartitionHolderReplies => {
+                // Which way is held: requests, replies, or both.
+                let (up, down) = match ev.fault {
+                    Fault::PartitionHolderOneWay => (true, false),
+                    Fault::PartitionHolderReplies => (false, true),
+                    _ => (true, true),
+                };
                 let proxies = self.proxies.clone();
                 let cut = Box::new(move |h: &Holder| {
                     for p in proxies.get(h.w as usize).into_iter().flatten() {
                         p.update(|l| {
-                            l.up_blocked = true;
-                            l.down_blocked = !one_way;
+                            l.up_blocked = up;
+                            l.down_blocked = down;
                         });
                     }
                 });

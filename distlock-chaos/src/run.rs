@@ -40,6 +40,8 @@ pub struct Settings {
     pub seed: u64,
     /// Where histories and worker logs go.
     pub work_dir: PathBuf,
+    /// The workers use this deliberately broken lock (the harness's own test).
+    pub broken: Option<crate::broken::Breakage>,
 }
 
 /// Everything one scenario produced.
@@ -226,6 +228,7 @@ pub async fn run_scenario(
         long_hold_one_in: if sc.faults.iter().all(|f| f.on_holder_only()) { 0 } else { 8 },
         seed: st.seed,
         parent: std::process::id(),
+        broken: s.broken,
     };
     let mut pool = Pool::start(template, st.urls.clone(), st.dir.clone())?;
     let mut nemesis = Nemesis {

@@ -133,6 +133,9 @@ pub enum Fault {
     PartitionHolder,
     /// The same, one way: its requests are held, replies from the servers still flow.
     PartitionHolderOneWay,
+    /// The other way: its requests reach the servers and are carried out, their replies are
+    /// held (an acquire, extend or release that took effect while the client knows nothing).
+    PartitionHolderReplies,
     /// Every worker's links get a delay.
     SlowLinks,
     /// SIGSTOP a server node (the leader; a Redlock minority) for longer than the lease.
@@ -160,6 +163,7 @@ impl Fault {
             Fault::KillHolder => "kill-holder",
             Fault::PartitionHolder => "partition-holder",
             Fault::PartitionHolderOneWay => "partition-holder-one-way",
+            Fault::PartitionHolderReplies => "partition-holder-replies",
             Fault::SlowLinks => "slow-links",
             Fault::PauseServer => "pause-server",
             Fault::RestartServer => "restart-server",
@@ -197,13 +201,16 @@ pub struct Scenario {
 
 const HOLDER: &[(&str, &[Fault])] =
     &[("pause", &[Fault::PauseHolder, Fault::PauseHolderUntilTakeover]), ("kill", &[Fault::KillHolder])];
-const NET: &[(&str, &[Fault])] =
-    &[("partition", &[Fault::PartitionHolder, Fault::PartitionHolderOneWay]), ("slow", &[Fault::SlowLinks])];
-const CLIENT_FAULTS: [Fault; 5] = [
+const NET: &[(&str, &[Fault])] = &[
+    ("partition", &[Fault::PartitionHolder, Fault::PartitionHolderOneWay, Fault::PartitionHolderReplies]),
+    ("slow", &[Fault::SlowLinks]),
+];
+const CLIENT_FAULTS: [Fault; 6] = [
     Fault::PauseHolder,
     Fault::KillHolder,
     Fault::PartitionHolder,
     Fault::PartitionHolderOneWay,
+    Fault::PartitionHolderReplies,
     Fault::SlowLinks,
 ];
 

@@ -8,12 +8,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use distlock::{Error, LockClient, ReleaseOutcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::broken::{Breakage, Broken};
 use crate::clock::{instant_at, mono_ns, ns};
 use crate::error::{ChaosError, Result};
 use crate::record::{HistoryWriter, OpKind, Phase, Record, RegOutcome, RegResult};
@@ -64,6 +66,9 @@ pub struct WorkerArgs {
     /// The controller's process id (the worker exits at once if it is no longer its parent).
     #[arg(long)]
     pub parent: u32,
+    /// Use a deliberately broken lock (the harness's own test: the run must fail).
+    #[arg(long, value_enum)]
+    pub broken: Option<Breakage>,
 }
 
 impl WorkerArgs {
@@ -88,6 +93,10 @@ impl WorkerArgs {
         put("long-hold-one-in", self.long_hold_one_in.to_string());
         put("seed", self.seed.to_string());
         put("parent", self.parent.to_string());
+        if let Some(b) = self.broken {
+            let value = clap::ValueEnum::to_possible_value(&b).map(|v| v.get_name().to_owned());
+            put("broken", value.unwrap_or_default());
+        }
         v
     }
 }
@@ -142,7 +151,12 @@ async fn work(a: WorkerArgs) -> Result<()> {
 async fn connect(a: &WorkerArgs) -> Result<Option<LockClient>> {
     loop {
         match distlock::connect(&a.url).await {
-            Ok(c) => return Ok(Some(c)),
+            Ok(c) => {
+                return Ok(Some(match a.broken {
+                    Some(how) => LockClient::from_arc(Arc::new(Broken::new(c.backend().clone(), how))),
+                    None => c,
+                }))
+            }
             Err(e @ Error::InvalidConfig(_)) => return Err(e.into()),
             Err(_) if mono_ns() >= a.deadline_ns => return Ok(None),
             Err(e) => {
