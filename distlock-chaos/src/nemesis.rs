@@ -95,6 +95,27 @@ impl Timing {
     }
 }
 
+/// Checks that the holder `pid` a `SIGSTOP` was sent to is stopped (its state in
+/// `/proc/<pid>/stat` is `T`), for up to 200 ms: a pause that did not land (the process gone,
+/// the signal refused) proves nothing, and the event is marked failed, so it does not count
+/// as injected.
+async fn confirm_stopped(pid: u32, ev: &mut FaultEvent) {
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with(['T', 't'])))
+            .unwrap_or(false)
+    };
+    for _ in 0..20 {
+        if stopped() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ev.failed = true;
+    ev.detail = format!("the holder (pid {pid}) was not stopped by SIGSTOP; not counted");
+}
+
 /// The holder a fault was armed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct HolderRef {
@@ -236,6 +257,7 @@ impl Nemesis<'_> {
     async fn stretch(&mut self, ev: &mut FaultEvent) -> Option<Holder> {
         let h = self.arm(Box::new(|h| signal(h.pid, Signal::STOP)), ev).await?;
         self.pool.mark_paused(h.w, h.pid);
+        confirm_stopped(h.pid, ev).await;
         let (pid, until) = (h.pid, h.at + ns(self.timing.stretch));
         self.stretch_until = Some(until);
         tokio::spawn(async move {
@@ -276,12 +298,14 @@ impl Nemesis<'_> {
             Fault::PauseHolder => {
                 if let Some(h) = self.arm(Box::new(|h| signal(h.pid, Signal::STOP)), ev).await {
                     self.pool.mark_paused(h.w, h.pid);
+                    confirm_stopped(h.pid, ev).await;
                     tokio::time::sleep_until(instant_at(h.at + ns(t.holder_fault))).await;
                 }
             }
             Fault::PauseHolderUntilTakeover => {
                 if let Some(h) = self.arm(Box::new(|h| signal(h.pid, Signal::STOP)), ev).await {
                     self.pool.mark_paused(h.w, h.pid);
+                    confirm_stopped(h.pid, ev).await;
                     // Thawed just before the next holder's read is answered (or after the
                     // holder-fault length if none comes).
                     let pid = h.pid;
@@ -423,5 +447,37 @@ async fn recreate_table(url: &str) -> Result<()> {
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> FaultEvent {
+        FaultEvent {
+            fault: Fault::PauseHolder,
+            start_ns: 0,
+            end_ns: 0,
+            holder: None,
+            node: None,
+            detail: String::new(),
+            failed: false,
+        }
+    }
+
+    /// A pause that did not stop its process is not counted; one that did is.
+    #[tokio::test]
+    async fn a_pause_counts_only_when_the_process_is_stopped() {
+        let mut running = event();
+        confirm_stopped(std::process::id(), &mut running).await;
+        assert!(running.failed, "a running process was taken as stopped");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        signal(child.id(), Signal::STOP);
+        let mut paused = event();
+        confirm_stopped(child.id(), &mut paused).await;
+        signal(child.id(), Signal::KILL);
+        let _ = child.wait();
+        assert!(!paused.failed, "{}", paused.detail);
     }
 }
