@@ -152,10 +152,12 @@ async fn connect(a: &WorkerArgs) -> Result<Option<LockClient>> {
     loop {
         match distlock::connect(&a.url).await {
             Ok(c) => {
+                // The broken lock wraps the backend alone: a URL's `namespace=` and `ttl=`
+                // (client options) are not carried over; the harness's URLs use neither.
                 return Ok(Some(match a.broken {
                     Some(how) => LockClient::from_arc(Arc::new(Broken::new(c.backend().clone(), how))),
                     None => c,
-                }))
+                }));
             }
             Err(e @ Error::InvalidConfig(_)) => return Err(e.into()),
             Err(_) if mono_ns() >= a.deadline_ns => return Ok(None),

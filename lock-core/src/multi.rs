@@ -154,7 +154,7 @@ impl LockBuilder<Many> {
         let start = Instant::now();
         // The hold cap binds the wait for later names: the first is held meanwhile (a cap
         // comes with renewal: `requests` refused one without).
-        let cap = self.policy.max_hold.filter(|_| self.policy.auto_renew);
+        let cap = self.policy.max_hold;
         let res = take_all(&backend, self.client.capabilities(), &reqs, self.deadline(start), cap).await;
         observe::acquire(backend.name(), observe::acquire_outcome(&res), start.elapsed());
         let (leases, granted_at) = res?;

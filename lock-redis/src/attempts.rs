@@ -106,13 +106,14 @@ fn timed_out(key: &LockKey, start: Instant) -> Error {
 /// answer) once now, so that a grant the server made is gone when the error is returned, and,
 /// if it got no answer, or this is dropped while it waits for one (a caller's timeout around
 /// `try_acquire`), in the background as [`undo_later`] does.
-pub(crate) async fn undo_now<R, RF>(release: R, ttl: Duration)
+pub(crate) async fn undo_now<R, RF, K>(release: R, ttl: Duration, keep: K)
 where
     R: Fn() -> RF + Send + 'static,
     RF: Future<Output = bool> + Send,
+    K: Send + 'static,
 {
     let now = release();
-    let in_background = UndoOnDrop::new(async move { undo_later(release, ttl).await });
+    let in_background = UndoOnDrop::new(async move { undo_later(release, ttl, keep).await });
     if now.await {
         in_background.disarm();
     }
@@ -132,19 +133,28 @@ where
 
 /// [`undo_now`] for the background: the first release at once, then after each of
 /// [`lock_core::cancel::LATE_GRANT_RECHECKS`], until one is answered; then, while none is,
-/// once a second until the grant's `ttl` has passed. A server that does not answer may be a
-/// master that died with the grant replicated: its replica, promoted by Sentinel or the
-/// Cluster tens of seconds later, would keep the grant for its whole TTL (`release` looks the
-/// node up on each call, so it reaches the new master).
-pub(crate) async fn undo_later<R, RF>(release: R, ttl: Duration)
+/// once a second until the grant's `ttl` has passed (zero: not at all). A server that does
+/// not answer may be a primary that died with the grant replicated: its replica, promoted by
+/// Sentinel or the Cluster tens of seconds later, would keep the grant for its whole TTL
+/// (`release` looks the node up on each call, so it reaches the new primary; it answers
+/// `true` once the backend is dropped, which ends this). `keep` (the backend) is held
+/// through the quick rechecks only: a client dropped right after a failed attempt still has
+/// its grant undone, and one dropped for good is not kept open for a TTL.
+pub(crate) async fn undo_later<R, RF, K>(release: R, ttl: Duration, keep: K)
 where
     R: Fn() -> RF,
     RF: Future<Output = bool>,
 {
     let until = lock_core::lease::add_saturating(Instant::now(), ttl);
-    let then = std::iter::repeat(UNANSWERED_UNDO_PAUSE).take_while(|_| Instant::now() < until);
-    for pause in lock_core::cancel::late_grant_pauses(None).chain(then) {
+    for pause in lock_core::cancel::late_grant_pauses(None) {
         tokio::time::sleep(pause).await;
+        if release().await {
+            return;
+        }
+    }
+    drop(keep);
+    while Instant::now() < until {
+        tokio::time::sleep(UNANSWERED_UNDO_PAUSE).await;
         if release().await {
             return;
         }

@@ -165,17 +165,19 @@ impl RedisBackend {
 
     /// An undo of `owner`'s grants of `keys` (on the attempts' connection, see
     /// [`Node::undo`](crate::node::Node::undo)) that says whether the server answered every
-    /// release (whatever it said).
+    /// release (whatever it said). It holds the backend weakly: once the backend is dropped
+    /// (its connections closed), an undo still asking in the background stops.
     fn releaser(
         &self,
         keys: Vec<Keys>,
         owner: OwnerToken,
     ) -> impl Fn() -> BoxFuture<'static, bool> + Send + 'static {
-        let this = self.clone();
+        let this = Arc::downgrade(&self.inner);
         move || {
             let (this, keys) = (this.clone(), keys.clone());
             Box::pin(async move {
-                let node = this.node();
+                let Some(inner) = this.upgrade() else { return true };
+                let node = inner.primary.node();
                 let done = futures::future::join_all(keys.iter().map(|k| node.undo(k, owner, false))).await;
                 done.iter().all(Result::is_ok)
             })
@@ -214,14 +216,15 @@ impl LockBackend for RedisBackend {
             // owner token before returning the error. The release travels on the same
             // connection, so the server runs it after the acquire.
             let keys = self.keys(&req.key, req.mode)?;
-            crate::attempts::undo_now(self.releaser(vec![keys], req.owner), req.ttl).await;
+            crate::attempts::undo_now(self.releaser(vec![keys], req.owner), req.ttl, self.clone()).await;
         }
         attempt
     }
 
     async fn acquire(&self, req: &AcquireRequest, deadline: Instant) -> Result<Lease> {
         let keys = self.keys(&req.key, req.mode)?;
-        let undo = crate::attempts::undo_later(self.releaser(vec![keys.clone()], req.owner), req.ttl);
+        let undo =
+            crate::attempts::undo_later(self.releaser(vec![keys.clone()], req.owner), req.ttl, self.clone());
         let node = &*self.node();
         let intent = (req.mode == Mode::Write).then(|| self.writer_intent_ttl());
         let res = crate::attempts::acquire_waiting(
@@ -410,7 +413,7 @@ impl LockBackend for RedisBackend {
             Ok(None) => Ok(None),
             Err(e) => {
                 let ttl = reqs.iter().map(|r| r.ttl).max().unwrap_or(first.ttl);
-                crate::attempts::undo_now(self.releaser(keys, first.owner), ttl).await;
+                crate::attempts::undo_now(self.releaser(keys, first.owner), ttl, self.clone()).await;
                 Err(e)
             }
         }

@@ -446,7 +446,9 @@ impl LockBackend for RedlockBackend {
                 join_all(nodes.iter().map(move |n| n.watch(keys, bound, None)))
             },
             || self.attempt_once(req, intent, &unsettled, Some(deadline)),
-            crate::attempts::undo_later(self.releaser(keys.clone(), req.owner), req.ttl),
+            // The quick rechecks only: a master that does not answer is down, and Redlock's
+            // masters have no replica promoted later to carry the grant on.
+            crate::attempts::undo_later(self.releaser(keys.clone(), req.owner), Duration::ZERO, ()),
         )
         .await;
         if res.is_err() && unsettled.load(Ordering::SeqCst) {
@@ -455,7 +457,8 @@ impl LockBackend for RedlockBackend {
             // master answers.
             lock_core::cancel::spawn_detached(crate::attempts::undo_later(
                 self.releaser(keys.clone(), req.owner),
-                req.ttl,
+                Duration::ZERO,
+                (),
             ));
         }
         if res.is_err() && intent.is_some() {

@@ -235,7 +235,13 @@ impl LockBackend for ZkBackend {
         let Some(path) = self.path_of(&s, lease).await? else { return Ok(ReleaseOutcome::NotHeld) };
         // A delete lost with its connection is sent again after the reconnect (for up to a
         // session timeout here, then in the background): the node must not outlive the call.
+        // A grant whose session is lost died with it: a resent delete that finds its node
+        // gone says nothing about our delete then.
+        let died = lease
+            .backend_data::<Held>()
+            .is_some_and(|h| h.session.upgrade().is_none_or(|hs| hs.lost.is_fired()));
         let outcome = match s.delete_surely(&path, Some(s.timeout())).await {
+            Ok(true) if died => ReleaseOutcome::NotHeld,
             Ok(true) => ReleaseOutcome::Released,
             Ok(false) => ReleaseOutcome::NotHeld,
             Err(e) => return Err(zk_err("delete", &path, e)),

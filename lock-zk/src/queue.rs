@@ -197,7 +197,7 @@ impl ZkBackend {
             // More than one only after a lost create's lookup failed and a later try made
             // another; each delete is of a node found just now, so this ends.
             while let Some(c) = self.find_created(s, dir, stem).await? {
-                if s.delete_surely(&c.path, Some(s.timeout())).await.is_err() {
+                if !matches!(s.delete_surely(&c.path, Some(s.timeout())).await, Ok(true)) {
                     break;
                 }
             }

@@ -47,7 +47,10 @@ impl ZkBackend {
     /// One attempt at a permit: the mutex without waiting, then a permit if one is free.
     pub(crate) async fn try_permit(&self, req: &AcquireRequest, limit: u32) -> Result<Attempt> {
         let m = semaphore_mutex(&self.inner.opts.prefix, &req.key);
-        let mj = self.join_queue(req, &m, &[], None).await?;
+        // A node a failed create left is not deleted in the background (that delete, looking
+        // until the session ends, could take the next try's node, made under the same owner
+        // token): the next try's clean-up above, or the acquire's own at its end, deletes it.
+        let mj = self.join_queue(req, &m, &[], Some(false)).await?;
         let order = self.contenders(&mj.s, &m.dir).await?;
         let Some(pos) = order.iter().position(|n| *n == mj.child.name) else {
             drop(mj.undo);
@@ -92,7 +95,10 @@ impl ZkBackend {
             self.delete_ours_on(&s, &self.places(req)).await?;
         }
         let m = semaphore_mutex(&self.inner.opts.prefix, &req.key);
-        let mj = self.join_queue(req, &m, &[], None).await?;
+        // A node a failed create left is not deleted in the background (that delete, looking
+        // until the session ends, could take the next try's node, made under the same owner
+        // token): the next try's clean-up above, or the acquire's own at its end, deletes it.
+        let mj = self.join_queue(req, &m, &[], Some(false)).await?;
         let mj = self.wait_turn(mj, &m, &req.key, deadline).await?;
         let got = self.take_permit(&mj.s, req, limit, Some(deadline)).await;
         self.leave(mj).await;
@@ -123,9 +129,14 @@ impl ZkBackend {
         let q = self.queue(&req.key, req.mode);
         self.check_permits(s, &req.key, &q, limit).await?;
         let sent = Instant::now();
-        let made = self.undo_create(vec![(q.dir.clone(), q.stem(req.owner))]);
+        // Only a single try deletes a lease node a failed create left in the background; a
+        // waiting acquire's next try (the same owner token) deletes it first (see
+        // `permit_once`), and a background delete could take that try's node.
+        let made = deadline.is_none().then(|| self.undo_create(vec![(q.dir.clone(), q.stem(req.owner))]));
         let child = self.enqueue(s, &q, req.owner, &Self::node_data(req), false).await?;
-        made.disarm();
+        if let Some(made) = made {
+            made.disarm();
+        }
         let undo = self.undo(s, &child.path);
         let start = Instant::now();
         loop {

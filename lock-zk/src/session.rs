@@ -257,7 +257,7 @@ impl Session {
         loop {
             match self.call(|c| c.delete(path, None)).await {
                 Ok(()) => return Ok(true),
-                Err(Z::NoNode) => return Ok(unanswered),
+                Err(Z::NoNode) => return Ok(unanswered && !self.lost.is_fired()),
                 Err(Z::SessionExpired) => return Ok(false),
                 Err(e) if resendable(&e) => {
                     unanswered = true;
