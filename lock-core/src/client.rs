@@ -398,7 +398,9 @@ impl<T> LockBuilder<T> {
     /// Stop renewing once the lock has been held this long, counted from the grant (not from
     /// the start of the wait; for several names, from the first name's grant); the lock is then released and the loss signal fires with
     /// [`LossReason::MaxHoldReached`](crate::LossReason). A lease of its own is shortened to end
-    /// at the cap; a session's lease (etcd session mode, ZooKeeper) is renewed up to it.
+    /// at the cap; a session's lease (etcd session mode, ZooKeeper) is renewed up to it. The
+    /// grant's moment is taken as the acquire's answer arrives: a reply delayed by `D` lets
+    /// the store hold the lock up to `D` past the cap.
     ///
     /// # Errors
     /// The acquire fails with [`Error::InvalidConfig`] without
