@@ -47,10 +47,7 @@ impl ZkBackend {
     /// One attempt at a permit: the mutex without waiting, then a permit if one is free.
     pub(crate) async fn try_permit(&self, req: &AcquireRequest, limit: u32) -> Result<Attempt> {
         let m = semaphore_mutex(&self.inner.opts.prefix, &req.key);
-        // A node a failed create left is not deleted in the background (that delete, looking
-        // until the session ends, could take the next try's node, made under the same owner
-        // token): the next try's clean-up above, or the acquire's own at its end, deletes it.
-        let mj = self.join_queue(req, &m, &[], Some(false)).await?;
+        let mj = self.join_queue(req, &m, &[], None).await?;
         let order = self.contenders(&mj.s, &m.dir).await?;
         let Some(pos) = order.iter().position(|n| *n == mj.child.name) else {
             drop(mj.undo);

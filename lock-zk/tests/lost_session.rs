@@ -27,7 +27,15 @@ async fn owners(raw: &zookeeper_client::Client, dir: &str) -> Vec<(String, i64)>
 /// uuid, so another client takes the lock at once (not after the session timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_try_acquire_whose_create_was_applied_leaves_no_child() {
-    lost_create_and_lookups(1).await;
+    lost_create_and_lookups(1, false).await;
+}
+
+/// The same for a semaphore's one try: its mutex node whose create reply was lost is deleted
+/// (left in the mutex's queue, it kept every contender from the permits for the session's
+/// life).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_try_for_a_permit_whose_create_was_applied_leaves_no_child() {
+    lost_create_and_lookups(1, true).await;
 }
 
 /// As above, and the undo's own first look-up is lost too: the undo looks again (it gave up
@@ -35,15 +43,18 @@ async fn a_failed_try_acquire_whose_create_was_applied_leaves_no_child() {
 /// as the session lived).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_undo_of_a_lost_create_looks_again_when_its_look_up_is_lost() {
-    lost_create_and_lookups(2).await;
+    lost_create_and_lookups(2, false).await;
 }
 
-async fn lost_create_and_lookups(lookups: usize) {
+/// A try (for the lock, or for one of a semaphore's permits) whose first create's reply is
+/// lost, and the replies to `lookups` look-ups after it.
+async fn lost_create_and_lookups(lookups: usize, permit: bool) {
     let zk = ZkEnsemble::single().await.expect("ZooKeeper");
     let proxy = ZkProxy::start(zk.connect_string()).await;
     let raw = support::raw(&zk.connect_string()).await;
     let key = support::key("lost-try");
-    let dir = format!("/distlock/{key}");
+    // A semaphore's first create is its mutex node's.
+    let dir = if permit { format!("/distlock/{key}#semaphore/locks") } else { format!("/distlock/{key}") };
     // A persistent directory, so that the swallowed create is the contender's child.
     raw.mkdir(&dir, &CreateMode::Persistent.with_acls(Acls::anyone_all())).await.expect("directory");
     let through = support::client(&proxy.addr, Duration::from_secs(10)).await;
@@ -52,21 +63,31 @@ async fn lost_create_and_lookups(lookups: usize) {
     for _ in 0..lookups {
         proxy.swallow_next(LIST);
     }
-    let got = through.lock(&key).try_acquire().await;
+    let got = if permit {
+        through.semaphore(&key, 1).try_acquire().await
+    } else {
+        through.lock(&key).try_acquire().await
+    };
     let e = got.expect_err("a try whose create and look-up replies were lost must fail");
     assert!(e.is_retryable(), "{e:?}");
 
     let other = support::client(&zk.connect_string(), Duration::from_secs(10)).await;
     let asked = Instant::now();
-    let g = other.lock(&key).wait(Duration::from_secs(8)).acquire().await.expect("the lock is free");
+    let g = if permit {
+        other.semaphore(&key, 1).wait(Duration::from_secs(8)).acquire().await
+    } else {
+        other.lock(&key).wait(Duration::from_secs(8)).acquire().await
+    };
+    let g = g.expect("the lock is free");
     assert_eq!(proxy.swallowed(), 1 + lookups, "the create's and the look-ups' replies were not all lost");
     assert!(
         asked.elapsed() < Duration::from_secs(3),
         "the failed try's child blocked for {:?}",
         asked.elapsed()
     );
+    // The other's lock node; a permit's mutex node is deleted once the permit is taken.
     let left = support::children(&raw, &dir).await;
-    assert_eq!(left.len(), 1, "an orphan child stayed behind: {left:?}");
+    assert_eq!(left.len(), usize::from(!permit), "an orphan child stayed behind: {left:?}");
     g.release().await.expect("release");
 }
 
