@@ -255,15 +255,22 @@ impl Nemesis<'_> {
     /// Freezes the next holder for [`Timing::stretch`] (thawed by a timer, and the fault does
     /// not end before it).
     async fn stretch(&mut self, ev: &mut FaultEvent) -> Option<Holder> {
-        let h = self.arm(Box::new(|h| signal(h.pid, Signal::STOP)), ev).await?;
-        self.pool.mark_paused(h.w, h.pid);
-        confirm_stopped(h.pid, ev).await;
+        let h = self.pause_next_holder(ev).await?;
         let (pid, until) = (h.pid, h.at + ns(self.timing.stretch));
         self.stretch_until = Some(until);
         tokio::spawn(async move {
             tokio::time::sleep_until(instant_at(until)).await;
             signal(pid, Signal::CONT);
         });
+        Some(h)
+    }
+
+    /// Stops (`SIGSTOP`) the next holder that reads the registers, and checks it stopped
+    /// ([`confirm_stopped`]).
+    async fn pause_next_holder(&mut self, ev: &mut FaultEvent) -> Option<Holder> {
+        let h = self.arm(Box::new(|h| signal(h.pid, Signal::STOP)), ev).await?;
+        self.pool.mark_paused(h.w, h.pid);
+        confirm_stopped(h.pid, ev).await;
         Some(h)
     }
 
@@ -296,16 +303,12 @@ impl Nemesis<'_> {
         let t = self.timing;
         match ev.fault {
             Fault::PauseHolder => {
-                if let Some(h) = self.arm(Box::new(|h| signal(h.pid, Signal::STOP)), ev).await {
-                    self.pool.mark_paused(h.w, h.pid);
-                    confirm_stopped(h.pid, ev).await;
+                if let Some(h) = self.pause_next_holder(ev).await {
                     tokio::time::sleep_until(instant_at(h.at + ns(t.holder_fault))).await;
                 }
             }
             Fault::PauseHolderUntilTakeover => {
-                if let Some(h) = self.arm(Box::new(|h| signal(h.pid, Signal::STOP)), ev).await {
-                    self.pool.mark_paused(h.w, h.pid);
-                    confirm_stopped(h.pid, ev).await;
+                if let Some(h) = self.pause_next_holder(ev).await {
                     // Thawed just before the next holder's read is answered (or after the
                     // holder-fault length if none comes).
                     let pid = h.pid;

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use lock_core::cancel::undo_after;
 use lock_core::{Attempt, Error, Instant, Lease, LockKey, Result, UndoOnDrop};
 use tokio::sync::Notify;
 
@@ -108,7 +109,7 @@ fn timed_out(key: &LockKey, start: Instant) -> Error {
 /// `try_acquire`), in the background as [`undo_later`] does.
 pub(crate) async fn undo_now<R, RF, K>(release: R, ttl: Duration, keep: K)
 where
-    R: Fn() -> RF + Send + 'static,
+    R: Fn() -> RF + Send + Sync + 'static,
     RF: Future<Output = bool> + Send,
     K: Send + 'static,
 {
@@ -146,11 +147,8 @@ where
     RF: Future<Output = bool>,
 {
     let until = lock_core::lease::add_saturating(Instant::now(), ttl);
-    for pause in lock_core::cancel::late_grant_pauses(None) {
-        tokio::time::sleep(pause).await;
-        if release().await {
-            return;
-        }
+    if undo_after(lock_core::cancel::late_grant_pauses(None), &release).await {
+        return;
     }
     drop(keep);
     while Instant::now() < until {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{AcquireRequest, Lease, OwnerToken, Result, UndoOnDrop};
+use lock_core::{AcquireRequest, Backoff, Lease, OwnerToken, Result, UndoOnDrop};
 use zookeeper_client::{CreateMode, OneshotWatcher};
 
 use crate::backend::Held;
@@ -173,16 +173,15 @@ impl ZkBackend {
     /// session lives).
     pub(crate) async fn delete_ours(&self, places: &[(String, String)]) {
         let Ok(s) = self.session().await else { return };
-        let mut pause = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         loop {
             match self.delete_ours_on(&s, places).await {
                 Err(e) if e.is_retryable() && !s.lost.is_fired() => {
                     tracing::debug!(backend = crate::error::NAME, error = %e, "looking for a node of ours again");
                     tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
+                        _ = backoff.sleep_until_deadline(None) => {}
                         _ = s.lost.fired() => return,
                     }
-                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 _ => return,
             }
