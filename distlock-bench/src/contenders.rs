@@ -239,7 +239,17 @@ pub struct EtcdPeer {
     pub endpoints: Vec<String>,
 }
 
-struct EtcdPeerC(lock_etcd::rpc::Client, i64);
+struct EtcdPeerC(lock_etcd::rpc::Client, i64, #[allow(dead_code)] AbortOnDrop);
+
+/// Stops the peer's keep-alive task with its contender: kept running, every pass left its
+/// tasks' streams and leases alive under the passes after it.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 struct EtcdPeerHeld(lock_etcd::rpc::Client, Vec<u8>);
 
@@ -277,7 +287,7 @@ impl Factory for EtcdPeer {
         let c = etcd_rpc_client(&self.endpoints).await?;
         let lease = c.lease_grant(60).await?.id;
         let (mut keeper, _) = c.lease_keep_alive(lease).await?;
-        tokio::spawn(async move {
+        let keeping = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 if keeper.renew().await.is_err() {
@@ -285,7 +295,7 @@ impl Factory for EtcdPeer {
                 }
             }
         });
-        Ok(Arc::new(EtcdPeerC(c, lease)))
+        Ok(Arc::new(EtcdPeerC(c, lease, AbortOnDrop(keeping.abort_handle()))))
     }
 }
 

@@ -119,8 +119,13 @@ impl OwnLease {
 /// [`Error::Unsupported`] naming the reserved part.
 pub(crate) fn not_reserved(key: &LockKey) -> Result<()> {
     let name = key.full();
-    for suffix in ["#semaphore", "#rwlock", "#election", "#undo"] {
-        if name.ends_with(suffix) || name.contains(&format!("{suffix}/")) {
+    for (suffix, inside) in [
+        ("#semaphore", "#semaphore/"),
+        ("#rwlock", "#rwlock/"),
+        ("#election", "#election/"),
+        ("#undo", "#undo/"),
+    ] {
+        if name.ends_with(suffix) || name.contains(inside) {
             return Err(Error::Unsupported {
                 backend: NAME,
                 capability: format!(
