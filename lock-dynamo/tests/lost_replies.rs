@@ -12,7 +12,9 @@
 //!   consistent read), and its release whose reply was lost reports `Released`;
 //! - a heartbeat (the one that confirms such a grant, or an extend) whose reply is lost too,
 //!   and whose retry is refused, recognises its own RVN in the refusal: the grant stays ours
-//!   however many replies in a row are lost.
+//!   however many replies in a row are lost;
+//! - an acquire and a release whose replies stop halfway through the body (the connection
+//!   closes) are retried and recognise their own writes.
 
 mod support;
 
@@ -294,7 +296,29 @@ async fn an_acquire_throttled_after_an_applied_try_leaves_no_grant(emulator: Emu
     }
 }
 
+/// A reply cut off halfway through its body (the connection closes after the head and part of
+/// the JSON) is a reply lost after the write was applied: the acquire's retry recognises its
+/// own grant, with the fence the store keeps, and the release's retry reports `Released`.
+async fn replies_cut_mid_body_are_recognised(emulator: Emulator) {
+    let (_t, proxy, through, direct) = setup(emulator).await;
+    let k = key("cut");
+    let ttl = Duration::from_secs(30);
+    proxy.set(|f| f.cut_update_replies = 1);
+    let g = through.lock(&k).ttl(ttl).wait(Duration::from_secs(10)).acquire().await;
+    let g = g.expect("an acquire whose reply was cut mid-body is retried and finds its grant");
+    assert_eq!(proxy.cut(), 1, "the acquire's reply was not cut");
+    let held = direct.inspect(&k).await.expect("inspect").expect("the lock is held");
+    assert_eq!(held.owner, Some(g.lease().owner()), "the store's holder is another owner");
+    assert_eq!(held.fencing_token, Some(g.fencing_token()), "the guard's token is not the store's");
+    proxy.set(|f| f.cut_update_replies = 1);
+    let outcome = g.release().await.expect("a release whose reply was cut mid-body is retried");
+    assert_eq!(proxy.cut(), 2, "the release's reply was not cut");
+    assert_eq!(outcome, ReleaseOutcome::Released, "our release was applied, and its retry found it so");
+    assert!(direct.inspect(&k).await.expect("inspect").is_none(), "the lock is still held");
+}
+
 on_each_emulator!(
+    replies_cut_mid_body_are_recognised,
     an_acquire_throttled_after_an_applied_try_leaves_no_grant,
     a_writers_late_intent_is_withdrawn_after_it_gave_up,
     heartbeats_whose_replies_are_lost_again_are_still_ours,

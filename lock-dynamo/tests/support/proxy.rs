@@ -1,6 +1,7 @@
 //! A proxy between a client and the DynamoDB emulator that speaks just enough HTTP/1.1 to
-//! inject faults: throttling, 5xx in place of a reply, and replies swallowed (the request is
-//! applied, its reply never comes: the client's request times out). Writes are `UpdateItem`s
+//! inject faults: throttling, 5xx in place of a reply, replies swallowed (the request is
+//! applied, its reply never comes: the client's request times out) and replies cut off
+//! halfway through their body. Writes are `UpdateItem`s
 //! and `TransactWriteItems`. It also logs each request's operation, to count them.
 
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,9 @@ pub struct Faults {
     /// The fates of the next UpdateItem requests, one each, before any other rule: `true`
     /// forwards it and answers 500 instead of the reply, `false` forwards it and its reply.
     pub update_script: std::collections::VecDeque<bool>,
+    /// Forward the next this many UpdateItem requests, send the head of the reply and half
+    /// its body, then close the connection.
+    pub cut_update_replies: u32,
     /// Forward every request, and never answer any.
     pub swallow_all: bool,
     /// Forward the next UpdateItem this much later (after its client gave up on it), and
@@ -32,6 +36,7 @@ pub struct Faults {
     pub throttled: u32,
     pub lost: u32,
     pub swallowed: u32,
+    pub cut: u32,
     /// Every request's operation (`UpdateItem`, `GetItem`…), in order.
     pub ops: Vec<String>,
 }
@@ -73,6 +78,10 @@ impl Proxy {
     }
 
     /// Swallowed replies so far.
+    pub fn cut(&self) -> u32 {
+        self.faults.lock().expect("faults").cut
+    }
+
     pub fn swallowed(&self) -> u32 {
         self.faults.lock().expect("faults").swallowed
     }
@@ -117,6 +126,7 @@ enum Fate {
     Throttle,
     Lose,
     Swallow,
+    Cut,
     Late(std::time::Duration),
 }
 
@@ -148,6 +158,10 @@ fn fate(faults: &Mutex<Faults>, op: &str) -> Fate {
         }
         f.swallowed += 1;
         Fate::Swallow
+    } else if is_update && f.cut_update_replies > 0 {
+        f.cut_update_replies -= 1;
+        f.cut += 1;
+        Fate::Cut
     } else if is_update && f.lose_update_replies > 0 {
         f.lose_update_replies -= 1;
         f.lost += 1;
@@ -185,6 +199,15 @@ async fn serve(mut conn: TcpStream, upstream: String, faults: Arc<Mutex<Faults>>
                 Fate::Swallow | Fate::Late(_) => {
                     let mut sink = [0u8; 1024];
                     while conn.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+                    return;
+                }
+                // The request was applied; its reply stops halfway through the body, and the
+                // connection closes.
+                Fate::Cut => {
+                    let mut r = rhead.into_bytes();
+                    r.extend_from_slice(&rbody[..rbody.len() / 2]);
+                    let _ = conn.write_all(&r).await;
+                    let _ = conn.shutdown().await;
                     return;
                 }
                 // The request was applied; a 500 comes instead of its reply.
