@@ -448,7 +448,11 @@ impl LockBackend for EtcdBackend {
         let sent = Instant::now();
         let (lease, granted, session) = self.lease_for(req).await?;
         if let Some(s) = session.as_ref().filter(|_| req.mode == Mode::Exclusive) {
-            if self.inner.local.claim(req.key.full(), req.owner, s.id).is_err() {
+            let name = req.key.full();
+            if self.inner.local.claim(name, req.owner, s.id).is_err()
+                && !(self.free_if_abandoned(req, s).await
+                    && self.inner.local.claim(name, req.owner, s.id).is_ok())
+            {
                 return Ok(Attempt::Held { expires_in: None });
             }
         }

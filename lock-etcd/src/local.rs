@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use crate::backend::EtcdBackend;
 use crate::error::NAME;
+use crate::rpc::pb::RangeRequest;
 use crate::session::Session;
 use crate::undo::MARKER_LIFE as HOLD_BACK;
 
@@ -25,6 +26,9 @@ struct LocalSlot {
     /// still be applied late (a member that stalled with it), and delete whatever key of
     /// this session then has the name.
     plain_sent: Option<Instant>,
+    /// The owner won the lock: the create revision of its key (see
+    /// [`LocalSlots::granted_owner`]).
+    granted: Option<i64>,
 }
 
 /// Which local owner holds or queues for each name, per session.
@@ -50,14 +54,53 @@ impl LocalSlots {
                 if slot.owner != owner {
                     slot.releasing = false;
                     slot.plain_sent = None;
+                    slot.granted = None;
                 }
                 (slot.owner, slot.session) = (owner, session);
                 Ok(())
             }
             None => {
-                let slot = LocalSlot { owner, session, released: None, releasing: false, plain_sent: None };
+                let slot = LocalSlot {
+                    owner,
+                    session,
+                    released: None,
+                    releasing: false,
+                    plain_sent: None,
+                    granted: None,
+                };
                 local.insert(name.to_owned(), slot);
                 Ok(())
+            }
+        }
+    }
+
+    /// `owner`, which has the slot of `name`, won the lock with a key created at `created`.
+    pub(crate) fn mark_granted(&self, name: &str, owner: OwnerToken, created: i64) {
+        if let Some(s) = self.lock().get_mut(name).filter(|s| s.owner == owner) {
+            s.granted = Some(created);
+        }
+    }
+
+    /// The owner of the slot of `name` on session `session` if it won the lock and no
+    /// release of its grant has started here: a slot whose key is then found gone was let go
+    /// from elsewhere (a detached lease released by another process, or its key deleted from
+    /// outside), and no release of this process will free it.
+    /// Returns it with its key's create revision.
+    pub(crate) fn granted_owner(&self, name: &str, session: i64) -> Option<(OwnerToken, i64)> {
+        let local = self.lock();
+        let s = local.get(name).filter(|s| s.session == session && !s.releasing)?;
+        Some((s.owner, s.granted?))
+    }
+
+    /// Frees the slot of `name` that `owner` won and whose key is gone (see
+    /// [`granted_owner`](Self::granted_owner)), if nothing changed meanwhile. A later release
+    /// of that grant here finds the slot not its own and deletes by create revision, so it
+    /// cannot touch the key of the next grant.
+    pub(crate) fn free_abandoned(&self, name: &str, owner: OwnerToken) {
+        let mut local = self.lock();
+        if local.get(name).is_some_and(|s| s.owner == owner && s.granted.is_some() && !s.releasing) {
+            if let Some(released) = local.remove(name).and_then(|slot| slot.released) {
+                released.notify_waiters();
             }
         }
     }
@@ -156,7 +199,9 @@ impl EtcdBackend {
                                 _ = tokio::time::sleep_until(deadline) => {
                                     return Err(Error::WaitTimedOut { key: name.to_owned(), waited: Duration::ZERO });
                                 }
-                                _ = tokio::time::sleep(s.ttl) => {}
+                                _ = tokio::time::sleep(s.ttl) => {
+                                    self.free_if_abandoned(req, s).await;
+                                }
                             }
                             continue;
                         }
@@ -165,6 +210,30 @@ impl EtcdBackend {
             }
             return Ok((sent, lease, granted, session));
         }
+    }
+
+    /// Frees the name's slot if its owner won the lock and the session's key for the name is
+    /// gone (see [`LocalSlots::granted_owner`]); says whether it did. A waiting acquire asks
+    /// after each session TTL it waited for the slot, a try each time the slot refuses it. A
+    /// failed read leaves the slot as it is.
+    pub(crate) async fn free_if_abandoned(&self, req: &AcquireRequest, s: &Session) -> bool {
+        let name = req.key.full();
+        let Some((owner, created)) = self.inner.local.granted_owner(name, s.id) else { return false };
+        let key = format!("{}{:x}", self.etcd_prefix(&req.key), s.id);
+        let read = self.call("get", || self.client().range(RangeRequest::key(key.as_str()).without_values()));
+        if !read.await.is_ok_and(|r| r.kvs.is_empty()) {
+            return false;
+        }
+        tracing::debug!(
+            backend = NAME,
+            key = name,
+            "the grant holding this name's local slot is gone from etcd; freeing the slot"
+        );
+        // Its guard, if one is still here, must learn it lost the lock before another task
+        // of this session puts the same key (whose key-watch entry would replace its own).
+        s.keys.released(key.as_bytes(), created);
+        self.inner.local.free_abandoned(name, owner);
+        true
     }
 }
 

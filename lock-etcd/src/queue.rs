@@ -168,7 +168,9 @@ impl QueueEntry {
         granted: Duration,
         sent: Instant,
     ) -> Lease {
-        self.backend = None;
+        if let (Some(b), Some(_), Mode::Exclusive) = (self.backend.take(), &self.session, req.mode) {
+            b.inner.local.mark_granted(&self.name, self.owner, my_rev);
+        }
         let session = self.session.take();
         let signal = session.as_ref().map(|s| s.keys.add(self.my_key.as_bytes(), my_rev));
         let base = Lease::new(req.key.clone(), req.owner, FencingToken::new(my_rev as u64), granted, sent)

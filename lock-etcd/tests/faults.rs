@@ -787,6 +787,82 @@ async fn a_stale_release_leaves_a_later_grant_of_the_same_name_alone() {
     assert_eq!(g2.release().await.expect("release"), ReleaseOutcome::Released);
 }
 
+/// A detached lease released by another process (its lease rebuilt there from its parts, as
+/// an operator tool does) frees the name on etcd, and this process's own tasks can take the
+/// name again: the name's local slot, which no release here will free, is freed once its
+/// key is found gone (by a try at once, by a waiting acquire after a session TTL of waiting).
+/// Before, every later try of the name by this client was refused, and every waiting acquire
+/// waited for that slot until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_lease_released_elsewhere_leaves_the_name_free_here_too() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let here = LockClient::new(backend_ttl(&etcd.endpoints(), 2).await);
+    let elsewhere = LockClient::new(backend(&etcd.endpoints()).await);
+    let lease = here.lock("detached-elsewhere").acquire().await.expect("lock").detach();
+    let rebuilt = lock_core::Lease::new(
+        lease.key().clone(),
+        lease.owner(),
+        lease.fencing_token(),
+        lease.ttl(),
+        lock_core::Instant::now(),
+    );
+    assert_eq!(elsewhere.release_lease(&rebuilt).await.expect("release"), ReleaseOutcome::Released);
+    assert!(elsewhere.inspect("detached-elsewhere").await.expect("inspect").is_none(), "still held on etcd");
+    // A try finds the slot's grant gone at once.
+    let tried = here.lock("detached-elsewhere").try_acquire().await.expect("try");
+    tried.expect("a try found the name taken here").release().await.expect("release");
+    let lease = here.lock("detached-elsewhere").acquire().await.expect("lock").detach();
+    let rebuilt = lock_core::Lease::new(
+        lease.key().clone(),
+        lease.owner(),
+        lease.fencing_token(),
+        lease.ttl(),
+        lock_core::Instant::now(),
+    );
+    assert_eq!(elsewhere.release_lease(&rebuilt).await.expect("release"), ReleaseOutcome::Released);
+    // A waiting acquire finds it gone after a session TTL of waiting.
+    let start = Instant::now();
+    let again = here.lock("detached-elsewhere").wait(Duration::from_secs(12)).acquire().await;
+    let again = again.unwrap_or_else(|e| panic!("the name stayed taken here for {:?}: {e}", start.elapsed()));
+    assert!(again.fencing_token() > lease.fencing_token(), "a new grant has a larger token");
+    assert_eq!(again.release().await.expect("release"), ReleaseOutcome::Released);
+    // The detached lease's own release here now finds nothing of its own and deletes nothing.
+    let third = here.lock("detached-elsewhere").acquire().await.expect("third");
+    assert_eq!(here.release_lease(&lease).await.expect("stale release"), ReleaseOutcome::NotHeld);
+    let info = here.inspect("detached-elsewhere").await.expect("inspect").expect("still held");
+    assert_eq!(info.fencing_token, Some(third.fencing_token()), "the stale release deleted the later grant");
+    assert_eq!(third.release().await.expect("release"), ReleaseOutcome::Released);
+}
+
+/// A held key deleted from outside before its first renewal (nothing watches it yet): another
+/// task's try finds the name's slot abandoned, frees it and takes the lock on the same key;
+/// the first guard is told it lost the lock (its key-watch entry would otherwise be replaced
+/// by the new grant's, and its renewal would take the new key for its own), and its release
+/// leaves the new grant alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_takes_a_name_whose_key_was_deleted_outside_tells_the_old_guard() {
+    let etcd = EtcdCluster::single().await.expect("etcd");
+    let b = backend(&etcd.endpoints()).await;
+    let locks = LockClient::new(b.clone());
+    let old = locks.lock("outside-taken").acquire().await.expect("lock");
+    let raw = b.raw_client();
+    raw.delete_range(rpc::pb::DeleteRangeRequest::prefix("outside-taken/")).await.expect("delete");
+    let other = locks.clone();
+    let tried = tokio::spawn(async move { other.lock("outside-taken").try_acquire().await });
+    let new = tried.await.expect("join").expect("try").expect("the name stayed taken here");
+    let reason = tokio::time::timeout(Duration::from_secs(5), old.lost()).await;
+    assert_eq!(reason.expect("the old guard was not told"), LossReason::NotHeld);
+    assert!(!old.is_held());
+    assert_eq!(old.release().await.expect("release"), ReleaseOutcome::NotHeld);
+    let info = locks.inspect("outside-taken").await.expect("inspect").expect("still held");
+    assert_eq!(
+        info.fencing_token,
+        Some(new.fencing_token()),
+        "the old guard's release deleted the new grant"
+    );
+    assert_eq!(new.release().await.expect("release"), ReleaseOutcome::Released);
+}
+
 /// A session lease revoked from outside, before the keep-alive noticed: a waiting acquire
 /// whose put is refused ("requested lease not found") queues again on a new session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
