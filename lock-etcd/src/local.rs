@@ -29,6 +29,8 @@ struct LocalSlot {
     /// The owner won the lock: the create revision of its key (see
     /// [`LocalSlots::granted_owner`]).
     granted: Option<i64>,
+    /// When a task of this process last asked etcd whether that grant's key is still there.
+    looked: Option<Instant>,
 }
 
 /// Which local owner holds or queues for each name, per session.
@@ -55,6 +57,7 @@ impl LocalSlots {
                     slot.releasing = false;
                     slot.plain_sent = None;
                     slot.granted = None;
+                    slot.looked = None;
                 }
                 (slot.owner, slot.session) = (owner, session);
                 Ok(())
@@ -67,6 +70,7 @@ impl LocalSlots {
                     releasing: false,
                     plain_sent: None,
                     granted: None,
+                    looked: None,
                 };
                 local.insert(name.to_owned(), slot);
                 Ok(())
@@ -85,20 +89,32 @@ impl LocalSlots {
     /// release of its grant has started here: a slot whose key is then found gone was let go
     /// from elsewhere (a detached lease released by another process, or its key deleted from
     /// outside), and no release of this process will free it.
-    /// Returns it with its key's create revision.
-    pub(crate) fn granted_owner(&self, name: &str, session: i64) -> Option<(OwnerToken, i64)> {
-        let local = self.lock();
-        let s = local.get(name).filter(|s| s.session == session && !s.releasing)?;
-        Some((s.owner, s.granted?))
+    /// Returns it with its key's create revision, at most once per `every` per slot (a try
+    /// refused by the slot asks each time, and a poll of tries must not add a read each).
+    pub(crate) fn granted_owner(
+        &self,
+        name: &str,
+        session: i64,
+        every: Duration,
+    ) -> Option<(OwnerToken, i64)> {
+        let mut local = self.lock();
+        let s = local.get_mut(name).filter(|s| s.session == session && !s.releasing)?;
+        let created = s.granted?;
+        let now = Instant::now();
+        if s.looked.is_some_and(|at| now < at + every) {
+            return None;
+        }
+        s.looked = Some(now);
+        Some((s.owner, created))
     }
 
     /// Frees the slot of `name` that `owner` won and whose key is gone (see
     /// [`granted_owner`](Self::granted_owner)), if nothing changed meanwhile. A later release
     /// of that grant here finds the slot not its own and deletes by create revision, so it
     /// cannot touch the key of the next grant.
-    pub(crate) fn free_abandoned(&self, name: &str, owner: OwnerToken) {
+    pub(crate) fn free_abandoned(&self, name: &str, owner: OwnerToken, created: i64) {
         let mut local = self.lock();
-        if local.get(name).is_some_and(|s| s.owner == owner && s.granted.is_some() && !s.releasing) {
+        if local.get(name).is_some_and(|s| s.owner == owner && s.granted == Some(created) && !s.releasing) {
             if let Some(released) = local.remove(name).and_then(|slot| slot.released) {
                 released.notify_waiters();
             }
@@ -218,10 +234,12 @@ impl EtcdBackend {
     /// failed read leaves the slot as it is.
     pub(crate) async fn free_if_abandoned(&self, req: &AcquireRequest, s: &Session) -> bool {
         let name = req.key.full();
-        let Some((owner, created)) = self.inner.local.granted_owner(name, s.id) else { return false };
+        let Some((owner, created)) = self.inner.local.granted_owner(name, s.id, s.ttl) else { return false };
         let key = format!("{}{:x}", self.etcd_prefix(&req.key), s.id);
         let read = self.call("get", || self.client().range(RangeRequest::key(key.as_str()).without_values()));
-        if !read.await.is_ok_and(|r| r.kvs.is_empty()) {
+        // Gone, or another key at its place (a late put of an attempt of ours, an orphan the
+        // next claimant's enqueue deletes): the grant is not there.
+        if !read.await.is_ok_and(|r| r.kvs.first().is_none_or(|kv| kv.create_revision != created)) {
             return false;
         }
         tracing::debug!(
@@ -232,7 +250,7 @@ impl EtcdBackend {
         // Its guard, if one is still here, must learn it lost the lock before another task
         // of this session puts the same key (whose key-watch entry would replace its own).
         s.keys.released(key.as_bytes(), created);
-        self.inner.local.free_abandoned(name, owner);
+        self.inner.local.free_abandoned(name, owner, created);
         true
     }
 }

@@ -168,11 +168,13 @@ impl QueueEntry {
         granted: Duration,
         sent: Instant,
     ) -> Lease {
-        if let (Some(b), Some(_), Mode::Exclusive) = (self.backend.take(), &self.session, req.mode) {
-            b.inner.local.mark_granted(&self.name, self.owner, my_rev);
-        }
+        let backend = self.backend.take();
         let session = self.session.take();
         let signal = session.as_ref().map(|s| s.keys.add(self.my_key.as_bytes(), my_rev));
+        // After the key-watch entry: a slot found abandoned fires that entry's signal.
+        if let (Some(b), Some(_), Mode::Exclusive) = (backend, &session, req.mode) {
+            b.inner.local.mark_granted(&self.name, self.owner, my_rev);
+        }
         let base = Lease::new(req.key.clone(), req.owner, FencingToken::new(my_rev as u64), granted, sent)
             .with_mode(req.mode);
         let lease = match (&session, &signal) {
