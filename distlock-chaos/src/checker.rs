@@ -15,7 +15,8 @@
 //!   its release's invoke and the guard's `valid_until` (the backend's own promise); without
 //!   a `valid_until`, to its acquire's invoke plus the lease (the TTL, or the session timeout
 //!   on session backends: `Capabilities::lease_length`), a lower bound on any lease the
-//!   server began later. (Taking the earliest of all three would make the hold of a grant
+//!   server began later. A grant held on auto-renewal is held to the latest `valid_until`
+//!   its guard showed during the hold. (Taking the earliest of all three would make the hold of a grant
 //!   whose acquire waited longer than a lease empty, and so unchecked: the grants next to a
 //!   fault are those.) Fails unless expected, with its reason.
 //!   *Belief* overlaps (from acquire completion to release invoke, the time the holder acted
@@ -264,11 +265,18 @@ fn grants(ops: &[Op], lease_ns: u64) -> Vec<Grant> {
             let under: Vec<&&Op> = mine[i + 1..].iter().take_while(|o| o.kind != OpKind::Acquire).collect();
             let release_op = under.iter().find(|o| o.kind == OpKind::Release);
             let release = release_op.map(|o| o.invoke);
+            // An auto-renewed guard's latest promise, seen during the hold, counts as its first.
+            let renewed = under
+                .iter()
+                .filter(|o| o.kind == OpKind::Renew && o.phase == Phase::Ok)
+                .filter_map(|o| o.valid_until)
+                .max();
+            let valid_until = op.valid_until.max(renewed);
             let lost_early_at = release_op
                 .filter(|o| o.phase == Phase::Fail)
                 .and_then(|o| o.complete)
-                .filter(|done| op.valid_until.is_some_and(|v| *done < v));
-            let mut end = op.valid_until.unwrap_or_else(|| op.invoke.saturating_add(lease_ns));
+                .filter(|done| valid_until.is_some_and(|v| *done < v));
+            let mut end = valid_until.unwrap_or_else(|| op.invoke.saturating_add(lease_ns));
             if let Some(inv) = release {
                 end = end.min(inv);
             }

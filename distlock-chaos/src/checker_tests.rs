@@ -121,6 +121,34 @@ fn an_overlap_outside_the_expected_faults_window_fails() {
     assert!(v.failures.iter().any(|m| m.contains("server-side exclusion")), "{v:?}");
 }
 
+/// A grant on auto-renewal whose guard showed a later `valid_until` during its hold is held
+/// to that: another grant inside it overlaps definitely, where the first lease alone would
+/// have ended before.
+#[test]
+fn a_renewed_guards_promise_extends_its_definite_hold() {
+    // Worker 0 is granted at 1 ms (lease 2 s, no valid_until of its own), its guard shows at
+    // 3 s that it holds until 5 s, and it releases at 4.5 s. Worker 1 is granted at 3.5 s.
+    let h = History::default().grant(0, 1, 0, 1, 4500, ALL).grant(1, 2, 2400, 3500, 3600, ALL);
+    let (f, v) = h.check(&params());
+    assert_eq!(f.definite_overlaps, 0, "without the renewal the first lease ended at 2 s");
+    assert!(v.passed(), "{v:?}");
+    let mut renewed = History::default().grant(0, 1, 0, 1, 4500, ALL).grant(1, 2, 2400, 3500, 3600, ALL);
+    let mut look = op(0, OpKind::Renew, 3000, 3000, 1);
+    look.valid_until = Some(5000 * MS);
+    renewed.ops.push(look);
+    renewed.ops.sort_by_key(|o| o.invoke);
+    let (f, v) = renewed.check(&params());
+    assert_eq!(f.definite_overlaps, 1, "the renewed promise was not held to exclusion");
+    assert!(v.failures.iter().any(|m| m.contains("server-side exclusion")), "{v:?}");
+    // A guard that said it lost the lock promised nothing more.
+    let mut lost = History::default().grant(0, 1, 0, 1, 4500, ALL).grant(1, 2, 2400, 3500, 3600, ALL);
+    let mut look = op(0, OpKind::Renew, 3000, 3000, 1);
+    look.phase = Phase::Fail;
+    lost.ops.push(look);
+    lost.ops.sort_by_key(|o| o.invoke);
+    assert_eq!(lost.check(&params()).0.definite_overlaps, 0);
+}
+
 #[test]
 fn a_paused_holder_is_a_belief_overlap_not_an_exclusion_violation() {
     // Worker 0 is granted at 1 ms and paused: it releases at 5 s, long after its 2 s lease.

@@ -55,6 +55,9 @@ pub enum OpKind {
     Write,
     /// Release the lock.
     Release,
+    /// Look at an auto-renewed guard after a hold of several TTLs: `Ok` with its current
+    /// `valid_until` while it holds, `Fail` when it reports the lock lost.
+    Renew,
 }
 
 /// Where an operation stands.

@@ -226,6 +226,10 @@ pub async fn run_scenario(
         // Holder faults need many short holds (the lock-set workload's interleavings); network
         // and server faults need holds that last into the lease's end too.
         long_hold_one_in: if sc.faults.iter().all(|f| f.on_holder_only()) { 0 } else { 8 },
+        // Now and then a grant lives on auto-renewal through whatever fault comes: the
+        // renewal's promise (the guard's `valid_until`) is held to exclusion like the first
+        // grant's.
+        renewed_hold_every_ms: 12_000,
         seed: st.seed,
         parent: std::process::id(),
         broken: s.broken,

@@ -60,6 +60,12 @@ pub struct WorkerArgs {
     /// One grant in this many is held until a tenth of its validity is left (0: none).
     #[arg(long, default_value_t = 0)]
     pub long_hold_one_in: u32,
+    /// Worker slot 0 takes a grant with auto-renewal and holds it for one and a half TTLs
+    /// (so that it lives on renewals alone) once in this many milliseconds, the first a
+    /// quarter of that after it starts (0: never). Rare, so that the other workers' many short
+    /// holds still make up most of the run.
+    #[arg(long, default_value_t = 0)]
+    pub renewed_hold_every_ms: u64,
     /// Random seed.
     #[arg(long)]
     pub seed: u64,
@@ -91,6 +97,7 @@ impl WorkerArgs {
         put("latency-us", self.latency_us.to_string());
         put("think-ms", self.think_ms.to_string());
         put("long-hold-one-in", self.long_hold_one_in.to_string());
+        put("renewed-hold-every-ms", self.renewed_hold_every_ms.to_string());
         put("seed", self.seed.to_string());
         put("parent", self.parent.to_string());
         if let Some(b) = self.broken {
@@ -127,6 +134,8 @@ struct Worker {
     reg: RegisterClient,
     rng: StdRng,
     n: u64,
+    /// When slot 0 next takes a grant with auto-renewal (monotonic ns; `None`: never).
+    next_renewed: Option<u64>,
 }
 
 async fn work(a: WorkerArgs) -> Result<()> {
@@ -137,7 +146,9 @@ async fn work(a: WorkerArgs) -> Result<()> {
         return Ok(());
     };
     let rng = StdRng::seed_from_u64(a.seed);
-    let mut me = Worker { a, hist, reg, rng, n: 0 };
+    let every = ns(Duration::from_millis(a.renewed_hold_every_ms));
+    let next_renewed = (a.slot == 0 && every > 0).then(|| mono_ns() + every / 4);
+    let mut me = Worker { a, hist, reg, rng, n: 0, next_renewed };
     while mono_ns() < me.a.deadline_ns {
         me.round(&client).await?;
         let think = me.rng.random_range(0..=me.a.think_ms);
@@ -196,8 +207,13 @@ impl Worker {
         let ttl = Duration::from_millis(self.a.ttl_ms);
         let left = Duration::from_nanos(self.a.deadline_ns.saturating_sub(mono_ns()));
         let wait = left.min(Duration::from_millis(self.a.wait_ms)).max(Duration::from_millis(1));
+        let renewed = self.next_renewed.is_some_and(|at| mono_ns() >= at);
+        if renewed {
+            self.next_renewed = Some(mono_ns() + ns(Duration::from_millis(self.a.renewed_hold_every_ms)));
+        }
         let n = self.invoke(OpKind::Acquire, None, None)?;
-        let attempt = client.lock(&self.a.key).ttl(ttl).wait(wait).acquire();
+        let builder = client.lock(&self.a.key).ttl(ttl).wait(wait);
+        let attempt = if renewed { builder.auto_renew().acquire() } else { builder.acquire() };
         let guard = match tokio::time::timeout(wait + Duration::from_secs(15), attempt).await {
             Ok(Ok(g)) => g,
             Ok(Err(e)) => {
@@ -231,18 +247,41 @@ impl Worker {
         // brief holds alone would leave the rest of a lease (where a partition, a slow link or
         // a server restart bites) unchecked.
         let n = self.a.long_hold_one_in;
-        let until = if n > 0 && self.rng.random_ratio(1, n) {
+        let until = if renewed {
+            // One and a half TTLs: the grant outlives its first validity on renewals alone.
+            (mono_ns() + ns(ttl) * 3 / 2).min(self.a.deadline_ns.max(mono_ns()))
+        } else if n > 0 && self.rng.random_ratio(1, n) {
             valid_until.saturating_sub(ns(left) / 10)
         } else {
             mono_ns() + pause * 1000
         };
         tokio::time::sleep_until(instant_at(until)).await;
+        if renewed {
+            // What the guard promises now: the checker holds the grant to exclusion until
+            // then. A guard that says it lost the lock stops acting: no write-back.
+            let n = self.invoke(OpKind::Renew, Some(token), None)?;
+            let held = guard.is_held();
+            let left = guard.valid_until().saturating_duration_since(tokio::time::Instant::now());
+            let now = mono_ns();
+            if !held {
+                self.complete(n, OpKind::Renew, Phase::Fail, |r| r.err = Some("lost".into()))?;
+                return self.release(guard, token).await;
+            }
+            self.complete(n, OpKind::Renew, Phase::Ok, |r| {
+                r.token = Some(token);
+                r.valid_until = Some(now + ns(left));
+            })?;
+        }
         let elem = format!("{}.{}.{}", self.a.slot, self.a.inc, self.n + 1);
         let bases = read.map(|x: RegResult| (x.outcome == RegOutcome::Ok).then_some(x.version));
         let n = self.invoke(OpKind::Write, Some(token), Some(elem.clone()))?;
         let written = self.reg.write(token, &elem, bases).await?;
         self.complete(n, OpKind::Write, Phase::Ok, |r| r.regs = Some(written))?;
 
+        self.release(guard, token).await
+    }
+
+    async fn release(&mut self, guard: distlock::Guard, token: u64) -> Result<()> {
         let n = self.invoke(OpKind::Release, Some(token), None)?;
         match tokio::time::timeout(Duration::from_secs(15), guard.release()).await {
             Ok(Ok(ReleaseOutcome::Released)) => self.complete(n, OpKind::Release, Phase::Ok, |_| ()),
