@@ -787,6 +787,25 @@ async fn a_stale_release_leaves_a_later_grant_of_the_same_name_alone() {
     assert_eq!(g2.release().await.expect("release"), ReleaseOutcome::Released);
 }
 
+/// Takes `name` on `here`, detaches the guard and releases the lease on `elsewhere` from its
+/// parts (as another process would, given them); returns the lease.
+async fn held_here_released_elsewhere(
+    here: &LockClient,
+    elsewhere: &LockClient,
+    name: &str,
+) -> lock_core::Lease {
+    let lease = here.lock(name).acquire().await.expect("lock").detach();
+    let rebuilt = lock_core::Lease::new(
+        lease.key().clone(),
+        lease.owner(),
+        lease.fencing_token(),
+        lease.ttl(),
+        lock_core::Instant::now(),
+    );
+    assert_eq!(elsewhere.release_lease(&rebuilt).await.expect("release"), ReleaseOutcome::Released);
+    lease
+}
+
 /// A detached lease released by another process (its lease rebuilt there from its parts, as
 /// an operator tool does) frees the name on etcd, and this process's own tasks can take the
 /// name again: the name's local slot, which no release here will free, is freed once its
@@ -798,28 +817,12 @@ async fn a_detached_lease_released_elsewhere_leaves_the_name_free_here_too() {
     let etcd = EtcdCluster::single().await.expect("etcd");
     let here = LockClient::new(backend_ttl(&etcd.endpoints(), 2).await);
     let elsewhere = LockClient::new(backend(&etcd.endpoints()).await);
-    let lease = here.lock("detached-elsewhere").acquire().await.expect("lock").detach();
-    let rebuilt = lock_core::Lease::new(
-        lease.key().clone(),
-        lease.owner(),
-        lease.fencing_token(),
-        lease.ttl(),
-        lock_core::Instant::now(),
-    );
-    assert_eq!(elsewhere.release_lease(&rebuilt).await.expect("release"), ReleaseOutcome::Released);
+    held_here_released_elsewhere(&here, &elsewhere, "detached-elsewhere").await;
     assert!(elsewhere.inspect("detached-elsewhere").await.expect("inspect").is_none(), "still held on etcd");
     // A try finds the slot's grant gone at once.
     let tried = here.lock("detached-elsewhere").try_acquire().await.expect("try");
     tried.expect("a try found the name taken here").release().await.expect("release");
-    let lease = here.lock("detached-elsewhere").acquire().await.expect("lock").detach();
-    let rebuilt = lock_core::Lease::new(
-        lease.key().clone(),
-        lease.owner(),
-        lease.fencing_token(),
-        lease.ttl(),
-        lock_core::Instant::now(),
-    );
-    assert_eq!(elsewhere.release_lease(&rebuilt).await.expect("release"), ReleaseOutcome::Released);
+    let lease = held_here_released_elsewhere(&here, &elsewhere, "detached-elsewhere").await;
     // A waiting acquire finds it gone after a session TTL of waiting.
     let start = Instant::now();
     let again = here.lock("detached-elsewhere").wait(Duration::from_secs(12)).acquire().await;
