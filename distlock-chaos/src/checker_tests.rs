@@ -126,13 +126,18 @@ fn an_overlap_outside_the_expected_faults_window_fails() {
 /// have ended before.
 #[test]
 fn a_renewed_guards_promise_extends_its_definite_hold() {
-    // Worker 0 is granted at 1 ms (lease 2 s, no valid_until of its own), its guard shows at
-    // 3 s that it holds until 5 s, and it releases at 4.5 s. Worker 1 is granted at 3.5 s.
-    let h = History::default().grant(0, 1, 0, 1, 4500, ALL).grant(1, 2, 2400, 3500, 3600, ALL);
+    // Worker 0 is granted at 1 ms, valid until 2 s; its guard shows at 3 s that it holds
+    // until 5 s, and it releases at 4.5 s. Worker 1 is granted at 3.5 s.
+    let granted = |h: History| {
+        let mut h = h.grant(0, 1, 0, 1, 4500, ALL).grant(1, 2, 2400, 3500, 3600, ALL);
+        h.ops[0].valid_until = Some(2000 * MS);
+        h
+    };
+    let h = granted(History::default());
     let (f, v) = h.check(&params());
     assert_eq!(f.definite_overlaps, 0, "without the renewal the first lease ended at 2 s");
     assert!(v.passed(), "{v:?}");
-    let mut renewed = History::default().grant(0, 1, 0, 1, 4500, ALL).grant(1, 2, 2400, 3500, 3600, ALL);
+    let mut renewed = granted(History::default());
     let mut look = op(0, OpKind::Renew, 3000, 3000, 1);
     look.valid_until = Some(5000 * MS);
     renewed.ops.push(look);
@@ -140,13 +145,35 @@ fn a_renewed_guards_promise_extends_its_definite_hold() {
     let (f, v) = renewed.check(&params());
     assert_eq!(f.definite_overlaps, 1, "the renewed promise was not held to exclusion");
     assert!(v.failures.iter().any(|m| m.contains("server-side exclusion")), "{v:?}");
-    // A guard that said it lost the lock promised nothing more.
-    let mut lost = History::default().grant(0, 1, 0, 1, 4500, ALL).grant(1, 2, 2400, 3500, 3600, ALL);
+    // A guard that said it lost the lock promised nothing more (whatever else its record says).
+    let mut lost = granted(History::default());
     let mut look = op(0, OpKind::Renew, 3000, 3000, 1);
     look.phase = Phase::Fail;
+    look.valid_until = Some(5000 * MS);
     lost.ops.push(look);
     lost.ops.sort_by_key(|o| o.invoke);
     assert_eq!(lost.check(&params()).0.definite_overlaps, 0);
+}
+
+/// A release answered "not held" at 4.5 s, after the first lease's 2 s but before the 5 s its
+/// renewed guard showed, found the grant gone while it was promised.
+#[test]
+fn a_release_that_finds_a_renewed_grant_gone_early_is_counted() {
+    let alone = || {
+        let mut h = History::default().grant(0, 1, 0, 1, 4500, ALL);
+        h.ops[0].valid_until = Some(2000 * MS);
+        h.ops[2].phase = Phase::Fail;
+        h
+    };
+    assert_eq!(alone().check(&params()).0.early_losses, 0, "past the first lease: not early");
+    let mut renewed = alone();
+    let mut look = op(0, OpKind::Renew, 3000, 3000, 1);
+    look.valid_until = Some(5000 * MS);
+    renewed.ops.push(look);
+    renewed.ops.sort_by_key(|o| o.invoke);
+    let (f, v) = renewed.check(&params());
+    assert_eq!(f.early_losses, 1, "the renewed promise was not held to the release");
+    assert!(!v.passed(), "{v:?}");
 }
 
 #[test]

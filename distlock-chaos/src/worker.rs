@@ -147,7 +147,8 @@ async fn work(a: WorkerArgs) -> Result<()> {
     };
     let rng = StdRng::seed_from_u64(a.seed);
     let every = ns(Duration::from_millis(a.renewed_hold_every_ms));
-    let next_renewed = (a.slot == 0 && every > 0).then(|| mono_ns() + every / 4);
+    // The first after the quick run's first fault (2-4 s in).
+    let next_renewed = (a.slot == 0 && every > 0).then(|| mono_ns() + every / 2);
     let mut me = Worker { a, hist, reg, rng, n: 0, next_renewed };
     while mono_ns() < me.a.deadline_ns {
         me.round(&client).await?;
@@ -208,9 +209,6 @@ impl Worker {
         let left = Duration::from_nanos(self.a.deadline_ns.saturating_sub(mono_ns()));
         let wait = left.min(Duration::from_millis(self.a.wait_ms)).max(Duration::from_millis(1));
         let renewed = self.next_renewed.is_some_and(|at| mono_ns() >= at);
-        if renewed {
-            self.next_renewed = Some(mono_ns() + ns(Duration::from_millis(self.a.renewed_hold_every_ms)));
-        }
         let n = self.invoke(OpKind::Acquire, None, None)?;
         let builder = client.lock(&self.a.key).ttl(ttl).wait(wait);
         let attempt = if renewed { builder.auto_renew().acquire() } else { builder.acquire() };
@@ -229,9 +227,16 @@ impl Worker {
                     .complete(n, OpKind::Acquire, Phase::Info, |r| r.err = Some("acquire hung".into()));
             }
         };
+        if renewed {
+            // Moved on only by a grant: a refused renewed acquire tries again next round.
+            self.next_renewed = Some(mono_ns() + ns(Duration::from_millis(self.a.renewed_hold_every_ms)));
+        }
         let token = u64::from(guard.fencing_token());
+        // The monotonic clock first, so that any delay between the two readings shortens the
+        // recorded promise instead of lengthening it.
+        let now = mono_ns();
         let left = guard.valid_until().saturating_duration_since(tokio::time::Instant::now());
-        let valid_until = mono_ns() + ns(left);
+        let valid_until = now + ns(left);
         self.complete(n, OpKind::Acquire, Phase::Ok, |r| {
             r.token = Some(token);
             r.valid_until = Some(valid_until);
@@ -255,14 +260,22 @@ impl Worker {
         } else {
             mono_ns() + pause * 1000
         };
-        tokio::time::sleep_until(instant_at(until)).await;
+        if renewed {
+            // A guard that says it lost the lock ends the hold at once.
+            tokio::select! {
+                _ = tokio::time::sleep_until(instant_at(until)) => {}
+                _ = guard.lost() => {}
+            }
+        } else {
+            tokio::time::sleep_until(instant_at(until)).await;
+        }
         if renewed {
             // What the guard promises now: the checker holds the grant to exclusion until
             // then. A guard that says it lost the lock stops acting: no write-back.
             let n = self.invoke(OpKind::Renew, Some(token), None)?;
+            let now = mono_ns();
             let held = guard.is_held();
             let left = guard.valid_until().saturating_duration_since(tokio::time::Instant::now());
-            let now = mono_ns();
             if !held {
                 self.complete(n, OpKind::Renew, Phase::Fail, |r| r.err = Some("lost".into()))?;
                 return self.release(guard, token).await;
