@@ -53,6 +53,17 @@ impl History {
         self
     }
 
+    /// Adds worker 0's look at its auto-renewed guard at 3 s (token 1): `phase`, showing
+    /// `valid_until_ms`.
+    fn look(mut self, phase: Phase, valid_until_ms: u64) -> Self {
+        let mut look = op(0, OpKind::Renew, 3000, 3000, 1);
+        look.phase = phase;
+        look.valid_until = Some(valid_until_ms * MS);
+        self.ops.push(look);
+        self.ops.sort_by_key(|o| o.invoke);
+        self
+    }
+
     /// Removes `elem` from a register's final value (an update that was overwritten).
     fn lose(mut self, reg: Reg, elem: &str) -> Self {
         self.log.finals[reg.index()].retain(|e| e != elem);
@@ -128,30 +139,21 @@ fn an_overlap_outside_the_expected_faults_window_fails() {
 fn a_renewed_guards_promise_extends_its_definite_hold() {
     // Worker 0 is granted at 1 ms, valid until 2 s; its guard shows at 3 s that it holds
     // until 5 s, and it releases at 4.5 s. Worker 1 is granted at 3.5 s.
-    let granted = |h: History| {
-        let mut h = h.grant(0, 1, 0, 1, 4500, ALL).grant(1, 2, 2400, 3500, 3600, ALL);
+    let granted = || {
+        let mut h = History::default().grant(0, 1, 0, 1, 4500, ALL).grant(1, 2, 2400, 3500, 3600, ALL);
         h.ops[0].valid_until = Some(2000 * MS);
         h
     };
-    let h = granted(History::default());
+    let h = granted();
     let (f, v) = h.check(&params());
     assert_eq!(f.definite_overlaps, 0, "without the renewal the first lease ended at 2 s");
     assert!(v.passed(), "{v:?}");
-    let mut renewed = granted(History::default());
-    let mut look = op(0, OpKind::Renew, 3000, 3000, 1);
-    look.valid_until = Some(5000 * MS);
-    renewed.ops.push(look);
-    renewed.ops.sort_by_key(|o| o.invoke);
+    let renewed = granted().look(Phase::Ok, 5000);
     let (f, v) = renewed.check(&params());
     assert_eq!(f.definite_overlaps, 1, "the renewed promise was not held to exclusion");
     assert!(v.failures.iter().any(|m| m.contains("server-side exclusion")), "{v:?}");
     // A guard that said it lost the lock promised nothing more (whatever else its record says).
-    let mut lost = granted(History::default());
-    let mut look = op(0, OpKind::Renew, 3000, 3000, 1);
-    look.phase = Phase::Fail;
-    look.valid_until = Some(5000 * MS);
-    lost.ops.push(look);
-    lost.ops.sort_by_key(|o| o.invoke);
+    let lost = granted().look(Phase::Fail, 5000);
     assert_eq!(lost.check(&params()).0.definite_overlaps, 0);
 }
 
@@ -166,12 +168,7 @@ fn a_release_that_finds_a_renewed_grant_gone_early_is_counted() {
         h
     };
     assert_eq!(alone().check(&params()).0.early_losses, 0, "past the first lease: not early");
-    let mut renewed = alone();
-    let mut look = op(0, OpKind::Renew, 3000, 3000, 1);
-    look.valid_until = Some(5000 * MS);
-    renewed.ops.push(look);
-    renewed.ops.sort_by_key(|o| o.invoke);
-    let (f, v) = renewed.check(&params());
+    let (f, v) = alone().look(Phase::Ok, 5000).check(&params());
     assert_eq!(f.early_losses, 1, "the renewed promise was not held to the release");
     assert!(!v.passed(), "{v:?}");
 }

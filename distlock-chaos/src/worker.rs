@@ -61,8 +61,8 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 0)]
     pub long_hold_one_in: u32,
     /// Worker slot 0 takes a grant with auto-renewal and holds it for one and a half TTLs
-    /// (so that it lives on renewals alone) once in this many milliseconds, the first a
-    /// quarter of that after it starts (0: never). Rare, so that the other workers' many short
+    /// (so that it lives on renewals alone) once in this many milliseconds, the first half
+    /// of that after it starts (0: never). Rare, so that the other workers' many short
     /// holds still make up most of the run.
     #[arg(long, default_value_t = 0)]
     pub renewed_hold_every_ms: u64,
@@ -181,6 +181,15 @@ async fn connect(a: &WorkerArgs) -> Result<Option<LockClient>> {
     }
 }
 
+/// The guard's `valid_until` on the monotonic clock, and the time left until it. The
+/// monotonic clock is read first, so that any delay between the two readings shortens the
+/// recorded promise instead of lengthening it.
+fn promise(guard: &distlock::Guard) -> (u64, Duration) {
+    let now = mono_ns();
+    let left = guard.valid_until().saturating_duration_since(tokio::time::Instant::now());
+    (now + ns(left), left)
+}
+
 fn kind_of(e: &Error) -> Phase {
     match e {
         Error::WaitTimedOut { .. } => Phase::Fail,
@@ -232,11 +241,7 @@ impl Worker {
             self.next_renewed = Some(mono_ns() + ns(Duration::from_millis(self.a.renewed_hold_every_ms)));
         }
         let token = u64::from(guard.fencing_token());
-        // The monotonic clock first, so that any delay between the two readings shortens the
-        // recorded promise instead of lengthening it.
-        let now = mono_ns();
-        let left = guard.valid_until().saturating_duration_since(tokio::time::Instant::now());
-        let valid_until = now + ns(left);
+        let (valid_until, left) = promise(&guard);
         self.complete(n, OpKind::Acquire, Phase::Ok, |r| {
             r.token = Some(token);
             r.valid_until = Some(valid_until);
@@ -266,24 +271,20 @@ impl Worker {
                 _ = tokio::time::sleep_until(instant_at(until)) => {}
                 _ = guard.lost() => {}
             }
-        } else {
-            tokio::time::sleep_until(instant_at(until)).await;
-        }
-        if renewed {
             // What the guard promises now: the checker holds the grant to exclusion until
             // then. A guard that says it lost the lock stops acting: no write-back.
             let n = self.invoke(OpKind::Renew, Some(token), None)?;
-            let now = mono_ns();
-            let held = guard.is_held();
-            let left = guard.valid_until().saturating_duration_since(tokio::time::Instant::now());
-            if !held {
+            let (promised, _) = promise(&guard);
+            if !guard.is_held() {
                 self.complete(n, OpKind::Renew, Phase::Fail, |r| r.err = Some("lost".into()))?;
                 return self.release(guard, token).await;
             }
             self.complete(n, OpKind::Renew, Phase::Ok, |r| {
                 r.token = Some(token);
-                r.valid_until = Some(now + ns(left));
+                r.valid_until = Some(promised);
             })?;
+        } else {
+            tokio::time::sleep_until(instant_at(until)).await;
         }
         let elem = format!("{}.{}.{}", self.a.slot, self.a.inc, self.n + 1);
         let bases = read.map(|x: RegResult| (x.outcome == RegOutcome::Ok).then_some(x.version));

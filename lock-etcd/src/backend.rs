@@ -119,13 +119,9 @@ impl OwnLease {
 /// [`Error::Unsupported`] naming the reserved part.
 pub(crate) fn not_reserved(key: &LockKey) -> Result<()> {
     let name = key.full();
-    for (suffix, inside) in [
-        ("#semaphore", "#semaphore/"),
-        ("#rwlock", "#rwlock/"),
-        ("#election", "#election/"),
-        ("#undo", "#undo/"),
-    ] {
-        if name.ends_with(suffix) || name.contains(inside) {
+    for suffix in ["#semaphore", "#rwlock", "#election", "#undo"] {
+        // Ends in it, or holds it followed by `/`: some segment of the name ends in it.
+        if name.split('/').any(|segment| segment.ends_with(suffix)) {
             return Err(Error::Unsupported {
                 backend: NAME,
                 capability: format!(
