@@ -260,8 +260,13 @@ impl Watcher {
     /// the grant must not look held.
     async fn recheck(&mut self) {
         for (key, created) in std::mem::take(&mut self.recheck) {
-            if !self.want.contains_key(&key) {
-                continue; // released meanwhile
+            // Released meanwhile. The grant's removal may still be on its way here while a
+            // later grant on the same key (a session's next lock of the name) is registered:
+            // that grant stands at another create revision, and the read below would take
+            // it for this one's loss.
+            let current = self.entries().get(&key).map(|e| e.created);
+            if !self.want.contains_key(&key) || current != Some(created) {
+                continue;
             }
             let req = || RangeRequest::key(key.clone()).without_values();
             let mut read = self.client.range(req()).await;
@@ -400,6 +405,47 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A grant whose watch history was compacted, released and followed on the same key by a
+    /// later grant before its recheck ran: the recheck must not report the later grant lost.
+    #[tokio::test]
+    async fn a_stale_recheck_leaves_a_later_grant_on_the_same_key_alone() {
+        let etcd = conformance_tests::fixtures::etcd::EtcdCluster::single().await.expect("etcd");
+        let client = rpc::Client::connect(&crate::EtcdOptions::new(etcd.endpoints())).await.expect("connect");
+        let key = b"stale-recheck".to_vec();
+        let first = client.put(crate::rpc::pb::PutRequest::new(key.clone(), "a", 0)).await.expect("put");
+        client.delete_range(crate::rpc::pb::DeleteRangeRequest::key(key.clone())).await.expect("delete");
+        let later = client.put(crate::rpc::pb::PutRequest::new(key.clone(), "b", 0)).await.expect("put");
+        let (old_rev, new_rev) = (revision(first.header), revision(later.header));
+        assert!(new_rev > old_rev);
+
+        let loss = LossSignal::new();
+        let keys = KeyWatch::start(client.clone(), loss.clone(), Duration::from_secs(5));
+        // The watcher as it stands when the first grant's compacted watch was answered: its
+        // key still wanted (the release's removal not read yet), the later grant registered.
+        let signal = keys.add(&key, new_rev);
+        let mut watcher = Watcher {
+            client,
+            entries: keys.entries.clone(),
+            stream: None,
+            want: HashMap::from([(key.clone(), old_rev)]),
+            pending: VecDeque::new(),
+            ids: HashMap::new(),
+            cancel_when_created: HashSet::new(),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+            refresh: false,
+            fresh: false,
+            initial: 0,
+            recheck: vec![(key.clone(), old_rev)],
+            probe: SilenceProbe::new(Duration::from_secs(5)),
+        };
+        watcher.recheck().await;
+        assert_eq!(signal.reason(), None, "the later grant was reported lost by the earlier one's recheck");
+    }
+
+    fn revision(header: Option<crate::rpc::pb::ResponseHeader>) -> i64 {
+        header.map(|h| h.revision).unwrap_or_default()
+    }
 
     /// A grant added after the session was lost (and the watcher ended) is reported lost.
     #[tokio::test]
