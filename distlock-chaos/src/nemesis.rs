@@ -236,7 +236,18 @@ impl Nemesis<'_> {
         let _ = self.servers.wait_ready(Duration::from_secs(60)).await;
     }
 
-    async fn arm(&mut self, action: ArmAction, ev: &mut FaultEvent) -> Option<Holder> {
+    /// Puts `action` on a holder: on the renewed hold in progress, if `renewed_first` and one
+    /// began less than a lease ago (so faults do not meet grants on auto-renewal by chance
+    /// alone); otherwise armed on the next holder that reads.
+    async fn arm(&mut self, action: ArmAction, ev: &mut FaultEvent, renewed_first: bool) -> Option<Holder> {
+        if let Some(mut h) = renewed_first.then(|| self.register.take_renewed(self.timing.lease)).flatten() {
+            h.at = mono_ns();
+            action(&h);
+            ev.start_ns = h.at;
+            ev.holder = Some(HolderRef { w: h.w, inc: h.inc, token: h.token });
+            ev.detail = "on a renewed hold (a grant on auto-renewal)".into();
+            return Some(h);
+        }
         let rx = self.register.arm(action);
         match tokio::time::timeout(self.timing.arm_limit, rx).await {
             Ok(Ok(h)) => {
@@ -255,7 +266,7 @@ impl Nemesis<'_> {
     /// Freezes the next holder for [`Timing::stretch`] (thawed by a timer, and the fault does
     /// not end before it).
     async fn stretch(&mut self, ev: &mut FaultEvent) -> Option<Holder> {
-        let h = self.pause_next_holder(ev).await?;
+        let h = self.pause_next_holder(ev, false).await?;
         let (pid, until) = (h.pid, h.at + ns(self.timing.stretch));
         self.stretch_until = Some(until);
         tokio::spawn(async move {
@@ -265,10 +276,10 @@ impl Nemesis<'_> {
         Some(h)
     }
 
-    /// Stops (`SIGSTOP`) the next holder that reads the registers, and checks it stopped
-    /// ([`confirm_stopped`]).
-    async fn pause_next_holder(&mut self, ev: &mut FaultEvent) -> Option<Holder> {
-        let h = self.arm(Box::new(|h| signal(h.pid, Signal::STOP)), ev).await?;
+    /// Stops (`SIGSTOP`) the next holder that reads the registers (or, with `renewed_first`,
+    /// the holder of a renewed hold in progress), and checks it stopped ([`confirm_stopped`]).
+    async fn pause_next_holder(&mut self, ev: &mut FaultEvent, renewed_first: bool) -> Option<Holder> {
+        let h = self.arm(Box::new(|h| signal(h.pid, Signal::STOP)), ev, renewed_first).await?;
         self.pool.mark_paused(h.w, h.pid);
         confirm_stopped(h.pid, ev).await;
         Some(h)
@@ -303,12 +314,12 @@ impl Nemesis<'_> {
         let t = self.timing;
         match ev.fault {
             Fault::PauseHolder => {
-                if let Some(h) = self.pause_next_holder(ev).await {
+                if let Some(h) = self.pause_next_holder(ev, true).await {
                     tokio::time::sleep_until(instant_at(h.at + ns(t.holder_fault))).await;
                 }
             }
             Fault::PauseHolderUntilTakeover => {
-                if let Some(h) = self.pause_next_holder(ev).await {
+                if let Some(h) = self.pause_next_holder(ev, true).await {
                     // Thawed just before the next holder's read is answered (or after the
                     // holder-fault length if none comes).
                     let pid = h.pid;
@@ -330,7 +341,7 @@ impl Nemesis<'_> {
                 }
             }
             Fault::KillHolder => {
-                if let Some(h) = self.arm(Box::new(|h| signal(h.pid, Signal::KILL)), ev).await {
+                if let Some(h) = self.arm(Box::new(|h| signal(h.pid, Signal::KILL)), ev, true).await {
                     self.pool.replace(h.w, h.pid).await?;
                 }
             }
@@ -350,7 +361,7 @@ impl Nemesis<'_> {
                         });
                     }
                 });
-                if let Some(h) = self.arm(cut, ev).await {
+                if let Some(h) = self.arm(cut, ev, true).await {
                     tokio::time::sleep_until(instant_at(h.at + ns(t.holder_fault))).await;
                 }
             }

@@ -28,6 +28,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -126,6 +127,9 @@ struct Shared {
     regs: Vec<RegState>,
     log: Vec<RegEvent>,
     arm: Option<Arm>,
+    /// The holder in a renewed hold (on auto-renewal), from its accepted read until its next
+    /// request.
+    renewed: Option<Holder>,
 }
 
 #[derive(Clone, Copy)]
@@ -197,6 +201,15 @@ impl RegisterServer {
         rx
     }
 
+    /// The holder whose renewed hold (a grant on auto-renewal) began with a read less than
+    /// `within` ago and has made no request since: a fault put on it now lands inside that
+    /// hold. Taken: each renewed hold is offered once.
+    pub fn take_renewed(&self, within: Duration) -> Option<Holder> {
+        let mut s = lock(&self.shared);
+        let h = s.renewed.take()?;
+        (mono_ns() < h.at.saturating_add(crate::clock::ns(within))).then_some(h)
+    }
+
     /// Cancels an arm that has not fired.
     pub fn disarm(&self) {
         lock(&self.shared).arm = None;
@@ -248,7 +261,8 @@ fn handle(line: &str, peer: &mut Option<Peer>, shared: &Mutex<Shared>) -> Result
         }
         Some("READ") => {
             let p = peer.ok_or_else(|| ChaosError::Protocol("READ before HELLO".into()))?;
-            Ok(format!("R {}", answers(&read(shared, p, num(1)?))))
+            let renewed = parts.get(2) == Some(&"renewed");
+            Ok(format!("R {}", answers(&read(shared, p, num(1)?, renewed))))
         }
         Some("WRITE") => {
             let p = peer.ok_or_else(|| ChaosError::Protocol("WRITE before HELLO".into()))?;
@@ -269,9 +283,17 @@ fn handle(line: &str, peer: &mut Option<Peer>, shared: &Mutex<Shared>) -> Result
     }
 }
 
-fn read(shared: &Mutex<Shared>, p: Peer, token: u64) -> [RegResult; 3] {
+/// Clears the renewed hold of `p` (it has made another request).
+fn clear_renewed(s: &mut Shared, p: Peer) {
+    if s.renewed.is_some_and(|h| (h.w, h.inc) == (p.w, p.inc)) {
+        s.renewed = None;
+    }
+}
+
+fn read(shared: &Mutex<Shared>, p: Peer, token: u64, renewed: bool) -> [RegResult; 3] {
     let t = mono_ns();
     let mut s = lock(shared);
+    clear_renewed(&mut s, p);
     let mut out = [RegResult { outcome: RegOutcome::Ok, version: 0, len: 0 }; 3];
     for reg in Reg::ALL {
         let st = &mut s.regs[reg.index()];
@@ -290,6 +312,9 @@ fn read(shared: &Mutex<Shared>, p: Peer, token: u64) -> [RegResult; 3] {
             RegResult { outcome: RegOutcome::Stale, version: 0, len: 0 }
         };
         s.log.push(RegEvent { t, w: p.w, inc: p.inc, reg, write: false, token, accepted });
+    }
+    if out[0].outcome == RegOutcome::Ok && renewed {
+        s.renewed = Some(Holder { w: p.w, inc: p.inc, pid: p.pid, token, at: t });
     }
     let fires = s.arm.as_ref().is_some_and(|a| a.except != Some((p.w, p.inc)));
     if out[0].outcome == RegOutcome::Ok && fires {
@@ -311,6 +336,7 @@ fn write(
 ) -> Result<[RegResult; 3]> {
     let t = mono_ns();
     let mut s = lock(shared);
+    clear_renewed(&mut s, p);
     let elem: Arc<str> = Arc::from(elem);
     let mut out = [RegResult { outcome: RegOutcome::Skipped, version: 0, len: 0 }; 3];
     for reg in Reg::ALL {
@@ -418,6 +444,16 @@ impl RegisterClient {
         parse_answers("R", &line)
     }
 
+    /// As [`RegisterClient::read`], at the start of a renewed hold (a grant on auto-renewal,
+    /// held past its first validity): the nemesis may put its next holder fault on it.
+    ///
+    /// # Errors
+    /// On I/O or protocol errors.
+    pub async fn read_renewed(&mut self, token: u64) -> Result<[RegResult; 3]> {
+        let line = self.call(&format!("READ {token} renewed")).await?;
+        parse_answers("R", &line)
+    }
+
     /// Writes `elem` appended to the versions read (`None`: skip that register).
     ///
     /// # Errors
@@ -478,5 +514,29 @@ mod tests {
         let mut b = RegisterClient::connect(server.addr(), 4, 0).await.expect("b");
         b.read(11).await.expect("read");
         assert_eq!(rx.await.expect("holder").w, 4);
+    }
+
+    #[tokio::test]
+    async fn a_renewed_hold_is_offered_once_until_its_holder_makes_another_request() {
+        let server = RegisterServer::start().await.expect("start");
+        let mut a = RegisterClient::connect(server.addr(), 0, 2).await.expect("a");
+        let long = Duration::from_secs(60);
+        a.read(3).await.expect("read");
+        assert_eq!(server.take_renewed(long), None, "an ordinary hold was offered");
+        a.read_renewed(4).await.expect("read");
+        let h = server.take_renewed(long).expect("the renewed hold");
+        assert_eq!((h.w, h.inc, h.token), (0, 2, 4));
+        assert_eq!(server.take_renewed(long), None, "offered twice");
+        // Its write ends it; so does its next read.
+        a.read_renewed(5).await.expect("read");
+        a.write(5, "x", [Some(0), None, None]).await.expect("write");
+        assert_eq!(server.take_renewed(long), None, "offered after its write");
+        a.read_renewed(6).await.expect("read");
+        a.read(7).await.expect("read");
+        assert_eq!(server.take_renewed(long), None, "offered after its next read");
+        // One that began longer ago than asked for is not offered.
+        a.read_renewed(8).await.expect("read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(server.take_renewed(Duration::from_millis(10)), None, "offered too late");
     }
 }

@@ -227,10 +227,10 @@ pub async fn run_scenario(
         // and server faults need holds that last into the lease's end too.
         long_hold_one_in: if sc.faults.iter().all(|f| f.on_holder_only()) { 0 } else { 8 },
         // Now and then a grant lives on auto-renewal: the renewal's promise (the guard's
-        // `valid_until`) is held to exclusion like the first grant's. Faults are armed on the
-        // next holder's read, so one meets a renewed hold only when that read was its own
-        // (then the renewals must survive the fault, or the guard must say it lost) or when
-        // the hold began during a fault.
+        // `valid_until`) is held to exclusion like the first grant's. A holder fault that
+        // comes while such a hold is in its first TTL is put on it (the nemesis asks the
+        // register for one before arming on the next read): the renewals must survive the
+        // fault, or the guard must say it lost.
         renewed_hold_every_ms: 12_000,
         seed: st.seed,
         parent: std::process::id(),

@@ -249,7 +249,7 @@ impl Worker {
 
         // The critical section: read, wait, write back.
         let n = self.invoke(OpKind::Read, Some(token), None)?;
-        let read = self.reg.read(token).await?;
+        let read = if renewed { self.reg.read_renewed(token).await? } else { self.reg.read(token).await? };
         self.complete(n, OpKind::Read, Phase::Ok, |r| r.regs = Some(read))?;
         let pause = self.rng.random_range(0..=2 * self.a.latency_us);
         // Under network and server faults, some grants are held until a tenth of their validity
