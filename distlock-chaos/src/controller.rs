@@ -60,6 +60,10 @@ fn summary(i: usize, n: usize, r: &ScenarioResult) -> String {
         f.belief_overlaps,
         f.takeover_max_ms.map_or_else(|| "–".into(), |m| format!("{m:.0} ms")),
     );
+    let on_renewed = r.faults.iter().filter(|e| e.on_renewed && !e.failed).count();
+    if on_renewed > 0 {
+        s.push_str(&format!(", {on_renewed} on renewed holds"));
+    }
     for m in r.verdict.failures.iter().chain(&r.verdict.expected) {
         s.push_str(&format!("\n      {m}"));
     }

@@ -138,6 +138,8 @@ pub struct FaultEvent {
     pub end_ns: u64,
     /// The holder it was armed on.
     pub holder: Option<HolderRef>,
+    /// It was put on a renewed hold in progress (a grant on auto-renewal).
+    pub on_renewed: bool,
     /// The server node it hit.
     pub node: Option<usize>,
     /// Details, and any error.
@@ -197,6 +199,7 @@ impl Nemesis<'_> {
             start_ns: mono_ns(),
             end_ns: 0,
             holder: None,
+            on_renewed: false,
             node: None,
             detail: String::new(),
             failed: false,
@@ -245,7 +248,7 @@ impl Nemesis<'_> {
             action(&h);
             ev.start_ns = h.at;
             ev.holder = Some(HolderRef { w: h.w, inc: h.inc, token: h.token });
-            ev.detail = "on a renewed hold (a grant on auto-renewal)".into();
+            ev.on_renewed = true;
             return Some(h);
         }
         let rx = self.register.arm(action);
@@ -474,6 +477,7 @@ mod tests {
             start_ns: 0,
             end_ns: 0,
             holder: None,
+            on_renewed: false,
             node: None,
             detail: String::new(),
             failed: false,
