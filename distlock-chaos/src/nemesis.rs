@@ -364,8 +364,25 @@ impl Nemesis<'_> {
                         });
                     }
                 });
+                let all = self.proxies.clone();
+                let stalls =
+                    |w: u32| -> u64 { all.get(w as usize).into_iter().flatten().map(Proxy::stalls).sum() };
+                let before: Vec<u64> = (0..self.proxies.len() as u32).map(stalls).collect();
                 if let Some(h) = self.arm(cut, ev, true).await {
                     tokio::time::sleep_until(instant_at(h.at + ns(t.holder_fault))).await;
+                    let held = stalls(h.w).saturating_sub(before.get(h.w as usize).copied().unwrap_or(0));
+                    if held > 0 {
+                        ev.detail = format!("held {held} chunks or connections");
+                    } else {
+                        // Nothing crossed the cut: the partition did not happen, so it is not
+                        // counted (as a fault that found no holder is not).
+                        ev.detail = format!(
+                            "worker {}.{} (token {}): nothing crossed the partition; not counted",
+                            h.w, h.inc, h.token
+                        );
+                        ev.holder = None;
+                        ev.on_renewed = false;
+                    }
                 }
             }
             _ => {

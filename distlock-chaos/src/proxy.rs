@@ -6,9 +6,12 @@
 //! reconnects, and a request sent into one arrives late when it heals (never corrupted or
 //! reordered). New connections wait while either direction is blocked (a handshake needs
 //! both). A delay holds every chunk that long after it was read, in order, without limiting
-//! throughput.
+//! throughput. Each proxy counts what a block held ([`Proxy::stalls`]), so that a partition
+//! that held nothing (no request or reply crossed it) is known not to have happened.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +58,7 @@ impl Dir {
 pub struct Proxy {
     addr: SocketAddr,
     ctl: watch::Sender<Link>,
+    stalls: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,14 +72,16 @@ impl Proxy {
             TcpListener::bind("127.0.0.1:0").await.map_err(|e| ChaosError::io("bind a proxy", e))?;
         let addr = listener.local_addr().map_err(|e| ChaosError::io("proxy address", e))?;
         let (ctl, rx) = watch::channel(Link::CLEAR);
+        let stalls = Arc::new(AtomicU64::new(0));
+        let counted = stalls.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((inbound, _)) = listener.accept().await {
-                conns.spawn(connection(inbound, upstream, rx.clone()));
+                conns.spawn(connection(inbound, upstream, rx.clone(), counted.clone()));
                 while conns.try_join_next().is_some() {}
             }
         });
-        Ok(Self { addr, ctl, task })
+        Ok(Self { addr, ctl, stalls, task })
     }
 
     /// Where the client connects.
@@ -86,6 +92,12 @@ impl Proxy {
     /// Sets the link's state (takes effect at once, also on open connections).
     pub fn set(&self, link: Link) {
         self.ctl.send_replace(link);
+    }
+
+    /// How many chunks and new connections a blocked direction has held since the proxy
+    /// started (each counted once, however long it was held).
+    pub fn stalls(&self) -> u64 {
+        self.stalls.load(Ordering::Relaxed)
     }
 
     /// Changes the link's state with `f`.
@@ -100,8 +112,17 @@ impl Drop for Proxy {
     }
 }
 
-async fn connection(inbound: TcpStream, upstream: SocketAddr, mut rx: watch::Receiver<Link>) {
-    if rx.wait_for(|l| !l.up_blocked && !l.down_blocked).await.is_err() {
+async fn connection(
+    inbound: TcpStream,
+    upstream: SocketAddr,
+    mut rx: watch::Receiver<Link>,
+    stalls: Arc<AtomicU64>,
+) {
+    let open = |l: &Link| !l.up_blocked && !l.down_blocked;
+    if !open(&rx.borrow_and_update()) {
+        stalls.fetch_add(1, Ordering::Relaxed);
+    }
+    if rx.wait_for(open).await.is_err() {
         return;
     }
     let Ok(Ok(outbound)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(upstream)).await
@@ -112,8 +133,8 @@ async fn connection(inbound: TcpStream, upstream: SocketAddr, mut rx: watch::Rec
     let _ = outbound.set_nodelay(true);
     let (ir, iw) = inbound.into_split();
     let (or, ow) = outbound.into_split();
-    let up = pump(ir, ow, rx.clone(), Dir::Up);
-    let down = pump(or, iw, rx, Dir::Down);
+    let up = pump(ir, ow, rx.clone(), Dir::Up, stalls.clone());
+    let down = pump(or, iw, rx, Dir::Down, stalls);
     tokio::pin!(up);
     tokio::pin!(down);
     // The server's side ending ends the connection; the client's half-close lets the
@@ -124,7 +145,13 @@ async fn connection(inbound: TcpStream, upstream: SocketAddr, mut rx: watch::Rec
     }
 }
 
-async fn pump<R, W>(mut r: R, mut w: W, rx: watch::Receiver<Link>, dir: Dir) -> Result<()>
+async fn pump<R, W>(
+    mut r: R,
+    mut w: W,
+    rx: watch::Receiver<Link>,
+    dir: Dir,
+    stalls: Arc<AtomicU64>,
+) -> Result<()>
 where
     R: AsyncReadExt + Unpin + Send + 'static,
     W: AsyncWriteExt + Unpin,
@@ -146,9 +173,13 @@ where
     let _abort = AbortOnDrop(reader);
     let mut rx = rx;
     while let Some((read_at, chunk)) = chunks.recv().await {
+        let mut held = false;
         loop {
             let link = *rx.borrow_and_update();
             if dir.blocked(&link) {
+                if !std::mem::replace(&mut held, true) {
+                    stalls.fetch_add(1, Ordering::Relaxed);
+                }
                 rx.changed().await.map_err(|_| ChaosError::Protocol("proxy stopped".into()))?;
                 continue;
             }
@@ -211,8 +242,17 @@ mod tests {
         let mut s = TcpStream::connect(proxy.addr()).await.expect("connect");
         assert!(round_trip(&mut s, Duration::from_secs(2)).await.is_some());
         // One way: requests are held, so no answer comes; healed, the held byte arrives.
+        assert_eq!(proxy.stalls(), 0);
         proxy.update(|l| l.up_blocked = true);
         assert!(round_trip(&mut s, Duration::from_millis(300)).await.is_none());
+        assert_eq!(proxy.stalls(), 1, "the held request was not counted");
+        // A connection opened meanwhile waits, and is counted once.
+        let _waiting = TcpStream::connect(proxy.addr()).await.expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy.stalls() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(proxy.stalls(), 2, "the held connection was not counted");
         proxy.set(Link::CLEAR);
         let mut b = [0u8; 1];
         tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut b))
