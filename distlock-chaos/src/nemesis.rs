@@ -269,7 +269,12 @@ impl Nemesis<'_> {
     /// Freezes the next holder for [`Timing::stretch`] (thawed by a timer, and the fault does
     /// not end before it).
     async fn stretch(&mut self, ev: &mut FaultEvent) -> Option<Holder> {
-        let h = self.pause_next_holder(ev, false).await?;
+        let Some(h) = self.pause_next_holder(ev, false).await else {
+            // The server fault still happens (its token checks stand), with no definite hold
+            // across it.
+            ev.detail = "no holder read within the arm limit: none frozen across the fault".into();
+            return None;
+        };
         let (pid, until) = (h.pid, h.at + ns(self.timing.stretch));
         self.stretch_until = Some(until);
         tokio::spawn(async move {
@@ -443,8 +448,9 @@ impl Nemesis<'_> {
                 let a = self.rng.random_range(0..n);
                 let b = (a + self.rng.random_range(1..n)) % n;
                 ev.node = Some(b);
-                ev.detail = format!("clock of node {a} +{} ms, node {b} restarted empty", t.clock_step_ms);
                 self.stretch(ev).await;
+                let what = format!("clock of node {a} +{} ms, node {b} restarted empty", t.clock_step_ms);
+                ev.detail = if ev.detail.is_empty() { what } else { format!("{what}; {}", ev.detail) };
                 self.step_clock(a, t.clock_step_ms).await?;
                 self.restart(b, Duration::ZERO).await?;
                 tokio::time::sleep(t.clock_len).await;
