@@ -294,6 +294,15 @@ impl Node {
         self
     }
 
+    /// This node, in place of `old` (the primary before a Sentinel failover): `old`'s
+    /// subscriber moves to this node's server and serves this node, with `old`'s wake-up
+    /// channel, so waiters that subscribed before the failover are still woken by releases.
+    pub(crate) fn succeeding(mut self, old: &Node) -> Self {
+        self.notifier = self.notifier.take_over(&old.notifier);
+        self.wake_channel = old.wake_channel.clone();
+        self
+    }
+
     /// Awaits one request with the node's timeout, mapping both failures to typed errors.
     async fn timed<T>(&self, request: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
         let r = match tokio::time::timeout(self.timeout, request).await {

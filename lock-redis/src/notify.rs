@@ -15,6 +15,9 @@ enum Command {
     Subscribe(String, oneshot::Sender<bool>),
     /// Unsubscribe if nobody watches the channel any more.
     Unsubscribe(String),
+    /// Subscribe on these servers from now on (a Sentinel failover): reconnect to them and
+    /// subscribe every watched channel there.
+    Retarget(Vec<redis::Client>),
 }
 
 #[derive(Default)]
@@ -58,10 +61,13 @@ impl Shared {
     }
 }
 
-/// The pub/sub side of one node.
+/// The pub/sub side of one node. Clones share the subscriber connection and its waiters.
+#[derive(Clone)]
 pub(crate) struct Notifier {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Command>,
+    /// The servers it was started for (handed to another notifier by [`Notifier::take_over`]).
+    clients: Vec<redis::Client>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -116,8 +122,17 @@ impl Notifier {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let timeouts = Timeouts { connect: connect_timeout, request: request_timeout };
-        tokio::spawn(run(clients, timeouts, shared.clone(), rx));
-        Self { shared, tx }
+        tokio::spawn(run(clients.clone(), timeouts, shared.clone(), rx));
+        Self { shared, tx, clients }
+    }
+
+    /// `old` moved to this notifier's servers (a Sentinel failover), in place of this one:
+    /// the waiters that subscribed through `old` before the failover keep their wake-ups, now
+    /// delivered from the new primary (they fell back to polling before). This notifier's own
+    /// subscriber task ends once the returned one replaces it.
+    pub(crate) fn take_over(&self, old: &Notifier) -> Notifier {
+        let _ = old.tx.send(Command::Retarget(self.clients.clone()));
+        old.clone()
     }
 
     /// Watches `channel`, for the waiter `owner` (hex) where a release may wake it alone.
@@ -168,9 +183,13 @@ async fn within<T, E>(timeout: Duration, request: impl std::future::Future<Outpu
     matches!(tokio::time::timeout(timeout, request).await, Ok(Ok(_)))
 }
 
-/// Down: answers requests at once (waiters poll meanwhile) for `pause`; `false` when the
-/// notifier is gone.
-async fn answer_while_down(rx: &mut mpsc::UnboundedReceiver<Command>, pause: Duration) -> bool {
+/// Down: answers requests at once (waiters poll meanwhile) for `pause`, or until told of
+/// other servers (then `clients`, tried at once); `false` when the notifier is gone.
+async fn answer_while_down(
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    pause: Duration,
+    clients: &mut Vec<redis::Client>,
+) -> bool {
     let sleep = tokio::time::sleep(pause);
     tokio::pin!(sleep);
     loop {
@@ -180,6 +199,10 @@ async fn answer_while_down(rx: &mut mpsc::UnboundedReceiver<Command>, pause: Dur
                 None => return false,
                 Some(Command::Subscribe(_, reply)) => { let _ = reply.send(false); }
                 Some(Command::Unsubscribe(_)) => {}
+                Some(Command::Retarget(to)) => {
+                    *clients = to;
+                    return true;
+                }
             }
         }
     }
@@ -197,9 +220,9 @@ async fn sleep_until_first(lingering: &VecDeque<(tokio::time::Instant, String)>)
 
 /// Keeps one subscriber connection, to the first of `clients` that answers (a cluster's nodes
 /// each see every publication, so any of them serves): after a failed connect or a lost
-/// connection, the next one is tried.
+/// connection, the next one is tried. Told of other servers, it moves there.
 async fn run(
-    clients: Vec<redis::Client>,
+    mut clients: Vec<redis::Client>,
     timeouts: Timeouts,
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Command>,
@@ -215,7 +238,7 @@ async fn run(
         turn = turn.wrapping_add(1);
         let conn = tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = conn else {
-            if !answer_while_down(&mut rx, backoff.next_delay()).await {
+            if !answer_while_down(&mut rx, backoff.next_delay(), &mut clients).await {
                 return;
             }
             continue;
@@ -233,6 +256,7 @@ async fn run(
             shared.wake_all();
         }
         backoff.reset();
+        let mut moved = false;
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
@@ -257,6 +281,12 @@ async fn run(
                             lingering.push_back((tokio::time::Instant::now() + LINGER, ch));
                         }
                     }
+                    Some(Command::Retarget(to)) => {
+                        clients = to;
+                        turn = 0;
+                        moved = true;
+                        break;
+                    }
                 },
                 _ = sleep_until_first(&lingering) => {
                     let now = tokio::time::Instant::now();
@@ -275,9 +305,13 @@ async fn run(
             }
         }
         lingering.clear();
-        tracing::debug!("redis subscriber connection lost; reconnecting");
         // Wake everyone so they retry now rather than at their next poll.
         shared.wake_all();
+        if moved {
+            tracing::debug!("redis subscriber moving to the new primary");
+            continue;
+        }
+        tracing::debug!("redis subscriber connection lost; reconnecting");
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }

@@ -165,8 +165,8 @@ async fn follow(me: Weak<Primary>, opts: RedisOptions, sentinel: Sentinel) {
             Ok(address) if address != primary.address() => {
                 match Node::connect(&opts.at(address.clone()), NAME, false, DEFAULT_REQUEST_TIMEOUT).await {
                     Ok(node) => {
-                        let node = Arc::new(node.on_trouble(primary.trouble.clone()));
                         let mut current = primary.current.write().unwrap_or_else(|p| p.into_inner());
+                        let node = Arc::new(node.on_trouble(primary.trouble.clone()).succeeding(&current.1));
                         tracing::info!(master = %sentinel.master, from = %current.0, to = %address, "redis sentinel: following a failover");
                         *current = (address, node);
                     }

@@ -586,6 +586,81 @@ async fn a_lost_grant_is_undone_on_the_primary_promoted_after_the_failover() {
     g.release().await.expect("release");
 }
 
+/// Waiters that registered before a Sentinel failover are woken by releases on the promoted
+/// primary: their client's subscriber moves there with the failover. (It kept trying the dead
+/// primary, and those waiters fell back to polling every 250 ms.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_from_before_a_sentinel_failover_are_woken_on_the_new_primary() {
+    const NAMES: usize = 8;
+    let mut primary = RedisServer::start().await.expect("redis-server");
+    let replica = replica_of(primary.port()).await;
+    let named = Arc::new(AtomicU16::new(primary.port()));
+    let sentinel = fake_sentinel_naming(named.clone()).await;
+    let url = format!("redis+sentinel://127.0.0.1:{sentinel}/fake");
+    let connect = || async {
+        RedisBackend::connect(url.parse().expect("url")).await.expect("connect through the sentinel")
+    };
+    let (holders, waiter_backend) = (LockClient::new(connect().await), connect().await);
+    let queues: Vec<String> = (0..NAMES)
+        .map(|i| {
+            format!("{}:q", waiter_backend.redis_key(&LockKey::new(&format!("moved/{i}")).expect("key")))
+        })
+        .collect();
+    let waiters = LockClient::new(waiter_backend);
+    let mut held = Vec::new();
+    for i in 0..NAMES {
+        held.push(
+            holders.lock(&format!("moved/{i}")).ttl(Duration::from_secs(60)).acquire().await.expect("holder"),
+        );
+    }
+    let mut waiting = Vec::new();
+    for i in 0..NAMES {
+        let w = waiters.clone();
+        waiting.push(tokio::spawn(async move {
+            let g = w.lock(&format!("moved/{i}")).wait(Duration::from_secs(60)).acquire().await;
+            (tokio::time::Instant::now(), g)
+        }));
+    }
+    // Every waiter is in its name's queue, and the replica has it all.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for q in &queues {
+        while command(primary.port(), &["ZCARD", q]).await.unwrap_or_default().concat() != "1" {
+            assert!(tokio::time::Instant::now() < deadline, "a waiter never queued on {q}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    caught_up(primary.port()).await;
+
+    primary.process().kill().await;
+    command(replica.port(), &["REPLICAOF", "NO", "ONE"]).await.expect("promote the replica");
+    named.store(replica.port(), Ordering::SeqCst);
+    // Both clients follow (the sentinel is asked every second, and at once on trouble).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut took = Vec::new();
+    for (g, w) in held.into_iter().zip(waiting) {
+        let released = tokio::time::Instant::now();
+        assert_eq!(
+            g.release().await.expect("release on the new primary"),
+            lock_core::ReleaseOutcome::Released
+        );
+        let (at, g) = w.await.expect("join");
+        took.push(at.saturating_duration_since(released));
+        g.expect("the waiter carries on against the new primary").release().await.expect("release");
+        // Waiters that poll were all woken together when the primary went: a gap that is no
+        // divisor of their 250 ms spreads the releases over their polling phase.
+        tokio::time::sleep(Duration::from_millis(97)).await;
+    }
+    took.sort();
+    // A waiter woken by the release has the lock in a millisecond or two; one that polls (at
+    // most every 250 ms) within 15 ms only now and then.
+    let prompt = took.iter().filter(|t| **t < Duration::from_millis(15)).count();
+    assert!(
+        prompt >= NAMES - 2,
+        "hand-offs after the failover took {took:?}: the waiters were not woken, they polled"
+    );
+}
+
 /// A cluster client's lock `name`: the backend, the client, and the slot its keys live in.
 async fn cluster_lock(cluster: &RedisCluster, name: &str) -> (LockClient, u16) {
     let backend =
