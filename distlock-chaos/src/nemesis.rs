@@ -2,7 +2,10 @@
 //! drawn from the scenario's family, healed before the next), and records each.
 //!
 //! Faults on a holder are *armed*: the register runs them when the next holder reads, before
-//! it answers, so they land inside a critical section (between the read and the write). Server
+//! it answers, so they land inside a critical section (between the read and the write). A
+//! holder fault that comes while a renewed hold (a grant on auto-renewal, held past its first
+//! validity) is in its first lease goes to that hold's worker at once instead, if it is still
+//! the same process: faults meet renewals on purpose, not by chance. Server
 //! faults also *stretch* that holder's critical section across the fault (it is frozen for
 //! half a lease), so a grant lost by the server shows as two definite holds at once. Every
 //! fault is healed before the next starts, and all of them again when the scenario ends.
@@ -243,7 +246,9 @@ impl Nemesis<'_> {
     /// began less than a lease ago (so faults do not meet grants on auto-renewal by chance
     /// alone); otherwise armed on the next holder that reads.
     async fn arm(&mut self, action: ArmAction, ev: &mut FaultEvent, renewed_first: bool) -> Option<Holder> {
-        if let Some(mut h) = renewed_first.then(|| self.register.take_renewed(self.timing.lease)).flatten() {
+        let renewed = renewed_first.then(|| self.register.take_renewed(self.timing.lease)).flatten();
+        // Not a worker killed or replaced since its renewed hold began.
+        if let Some(mut h) = renewed.filter(|h| self.pool.current(h.w) == Some((h.inc, h.pid))) {
             h.at = mono_ns();
             action(&h);
             ev.start_ns = h.at;
@@ -372,6 +377,7 @@ impl Nemesis<'_> {
                 let all = self.proxies.clone();
                 let stalls =
                     |w: u32| -> u64 { all.get(w as usize).into_iter().flatten().map(Proxy::stalls).sum() };
+                // Every slot's count: the holder is known only once the cut is put on it.
                 let before: Vec<u64> = (0..self.proxies.len() as u32).map(stalls).collect();
                 if let Some(h) = self.arm(cut, ev, true).await {
                     tokio::time::sleep_until(instant_at(h.at + ns(t.holder_fault))).await;
@@ -379,10 +385,11 @@ impl Nemesis<'_> {
                     if held > 0 {
                         ev.detail = format!("held {held} chunks or connections");
                     } else {
-                        // Nothing crossed the cut: the partition did not happen, so it is not
-                        // counted (as a fault that found no holder is not).
+                        // Nothing was sent into the cut while it lasted: the partition did
+                        // not happen, so it is not counted (as a fault that found no holder is
+                        // not).
                         ev.detail = format!(
-                            "worker {}.{} (token {}): nothing crossed the partition; not counted",
+                            "worker {}.{} (token {}): nothing was sent into the partition; not counted",
                             h.w, h.inc, h.token
                         );
                         ev.holder = None;

@@ -51,7 +51,7 @@ pub struct Holder {
     pub pid: u32,
     /// The token it read with.
     pub token: u64,
-    /// When the read arrived.
+    /// When the read arrived (for a fault put on a renewed hold: when the fault was).
     pub at: u64,
 }
 
@@ -202,8 +202,9 @@ impl RegisterServer {
     }
 
     /// The holder whose renewed hold (a grant on auto-renewal) began with a read less than
-    /// `within` ago and has made no request since: a fault put on it now lands inside that
-    /// hold. Taken: each renewed hold is offered once.
+    /// `within` ago and has not ended since (no write, no other read, no `END`, no fault armed
+    /// on that read): a fault put on it now lands inside that hold, if the worker is still
+    /// that process (the caller checks). Taken: each renewed hold is offered once.
     pub fn take_renewed(&self, within: Duration) -> Option<Holder> {
         let mut s = lock(&self.shared);
         let h = s.renewed.take()?;
@@ -264,6 +265,12 @@ fn handle(line: &str, peer: &mut Option<Peer>, shared: &Mutex<Shared>) -> Result
             let renewed = parts.get(2) == Some(&"renewed");
             Ok(format!("R {}", answers(&read(shared, p, num(1)?, renewed))))
         }
+        Some("END") => {
+            // A renewed hold that ended without a write (its guard said the lock was lost).
+            let p = peer.ok_or_else(|| ChaosError::Protocol("END before HELLO".into()))?;
+            clear_renewed(&mut lock(shared), p);
+            Ok("OK".into())
+        }
         Some("WRITE") => {
             let p = peer.ok_or_else(|| ChaosError::Protocol("WRITE before HELLO".into()))?;
             let elem = parts.get(2).ok_or_else(|| ChaosError::Protocol("WRITE without element".into()))?;
@@ -313,10 +320,11 @@ fn read(shared: &Mutex<Shared>, p: Peer, token: u64, renewed: bool) -> [RegResul
         };
         s.log.push(RegEvent { t, w: p.w, inc: p.inc, reg, write: false, token, accepted });
     }
-    if out[0].outcome == RegOutcome::Ok && renewed {
+    let fires = s.arm.as_ref().is_some_and(|a| a.except != Some((p.w, p.inc)));
+    // A hold that an armed fault meets at its read is not offered again.
+    if out[0].outcome == RegOutcome::Ok && renewed && !fires {
         s.renewed = Some(Holder { w: p.w, inc: p.inc, pid: p.pid, token, at: t });
     }
-    let fires = s.arm.as_ref().is_some_and(|a| a.except != Some((p.w, p.inc)));
     if out[0].outcome == RegOutcome::Ok && fires {
         if let Some(arm) = s.arm.take() {
             let holder = Holder { w: p.w, inc: p.inc, pid: p.pid, token, at: t };
@@ -454,6 +462,18 @@ impl RegisterClient {
         parse_answers("R", &line)
     }
 
+    /// Ends a renewed hold that writes nothing (its guard said the lock was lost): no fault is
+    /// put on it any more.
+    ///
+    /// # Errors
+    /// On I/O or protocol errors.
+    pub async fn end_hold(&mut self) -> Result<()> {
+        match self.call("END").await?.as_str() {
+            "OK" => Ok(()),
+            other => Err(ChaosError::Protocol(format!("unexpected answer to END: '{other}'"))),
+        }
+    }
+
     /// Writes `elem` appended to the versions read (`None`: skip that register).
     ///
     /// # Errors
@@ -534,6 +554,13 @@ mod tests {
         a.read_renewed(6).await.expect("read");
         a.read(7).await.expect("read");
         assert_eq!(server.take_renewed(long), None, "offered after its next read");
+        a.read_renewed(7).await.expect("read");
+        a.end_hold().await.expect("end");
+        assert_eq!(server.take_renewed(long), None, "offered after it ended");
+        // One that an armed fault met at its read is not offered again.
+        let _rx = server.arm(Box::new(|_| ()));
+        a.read_renewed(7).await.expect("read");
+        assert_eq!(server.take_renewed(long), None, "offered after a fault met it");
         // One that began longer ago than asked for is not offered.
         a.read_renewed(8).await.expect("read");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -277,6 +277,7 @@ impl Worker {
             let (promised, _) = promise(&guard);
             if !guard.is_held() {
                 self.complete(n, OpKind::Renew, Phase::Fail, |r| r.err = Some("lost".into()))?;
+                self.reg.end_hold().await?;
                 return self.release(guard, token).await;
             }
             self.complete(n, OpKind::Renew, Phase::Ok, |r| {

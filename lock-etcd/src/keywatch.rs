@@ -51,21 +51,7 @@ impl KeyWatch {
     pub(crate) fn start(client: rpc::Client, session_loss: LossSignal, answer: Duration) -> Self {
         let entries: Arc<Mutex<HashMap<Vec<u8>, Entry>>> = Arc::default();
         let (tx, rx) = mpsc::unbounded_channel();
-        let watcher = Watcher {
-            client,
-            entries: entries.clone(),
-            stream: None,
-            want: HashMap::new(),
-            pending: VecDeque::new(),
-            ids: HashMap::new(),
-            cancel_when_created: HashSet::new(),
-            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
-            refresh: false,
-            fresh: false,
-            initial: 0,
-            recheck: Vec::new(),
-            probe: SilenceProbe::new(answer),
-        };
+        let watcher = Watcher::new(client, entries.clone(), answer);
         tokio::spawn(watcher.run(session_loss.clone(), rx));
         Self { entries, tx, session_loss }
     }
@@ -158,6 +144,24 @@ struct Watcher {
 }
 
 impl Watcher {
+    fn new(client: rpc::Client, entries: Arc<Mutex<HashMap<Vec<u8>, Entry>>>, answer: Duration) -> Self {
+        Self {
+            client,
+            entries,
+            stream: None,
+            want: HashMap::new(),
+            pending: VecDeque::new(),
+            ids: HashMap::new(),
+            cancel_when_created: HashSet::new(),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
+            refresh: false,
+            fresh: false,
+            initial: 0,
+            recheck: Vec::new(),
+            probe: SilenceProbe::new(answer),
+        }
+    }
+
     fn entries(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -424,21 +428,9 @@ mod tests {
         // The watcher as it stands when the first grant's compacted watch was answered: its
         // key still wanted (the release's removal not read yet), the later grant registered.
         let signal = keys.add(&key, new_rev);
-        let mut watcher = Watcher {
-            client,
-            entries: keys.entries.clone(),
-            stream: None,
-            want: HashMap::from([(key.clone(), old_rev)]),
-            pending: VecDeque::new(),
-            ids: HashMap::new(),
-            cancel_when_created: HashSet::new(),
-            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
-            refresh: false,
-            fresh: false,
-            initial: 0,
-            recheck: vec![(key.clone(), old_rev)],
-            probe: SilenceProbe::new(Duration::from_secs(5)),
-        };
+        let mut watcher = Watcher::new(client, keys.entries.clone(), Duration::from_secs(5));
+        watcher.want.insert(key.clone(), old_rev);
+        watcher.recheck.push((key.clone(), old_rev));
         watcher.recheck().await;
         assert_eq!(signal.reason(), None, "the later grant was reported lost by the earlier one's recheck");
     }

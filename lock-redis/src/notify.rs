@@ -132,7 +132,7 @@ impl Notifier {
     /// subscriber task ends once the returned one replaces it.
     pub(crate) fn take_over(&self, old: &Notifier) -> Notifier {
         let _ = old.tx.send(Command::Retarget(self.clients.clone()));
-        old.clone()
+        Notifier { clients: self.clients.clone(), ..old.clone() }
     }
 
     /// Watches `channel`, for the waiter `owner` (hex) where a release may wake it alone.

@@ -634,8 +634,24 @@ async fn waiters_from_before_a_sentinel_failover_are_woken_on_the_new_primary() 
     primary.process().kill().await;
     command(replica.port(), &["REPLICAOF", "NO", "ONE"]).await.expect("promote the replica");
     named.store(replica.port(), Ordering::SeqCst);
-    // Both clients follow (the sentinel is asked every second, and at once on trouble).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Both clients follow (the sentinel is asked every second, and at once on trouble): the
+    // holders' once a try of theirs succeeds, the waiters' once their wake-up channel is
+    // subscribed on the new primary (with the change; without it, after the deadline).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(g)) = holders.lock("moved/probe").try_acquire().await {
+            g.release().await.expect("release");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the holders' client never followed the failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while command(replica.port(), &["PUBSUB", "CHANNELS", "*wake:*"]).await.unwrap_or_default().is_empty()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let mut took = Vec::new();
     for (g, w) in held.into_iter().zip(waiting) {
