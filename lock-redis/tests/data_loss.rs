@@ -591,7 +591,7 @@ async fn a_lost_grant_is_undone_on_the_primary_promoted_after_the_failover() {
 /// primary, and those waiters fell back to polling every 250 ms.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_from_before_a_sentinel_failover_are_woken_on_the_new_primary() {
-    const NAMES: usize = 8;
+    const NAMES: usize = 16;
     let mut primary = RedisServer::start().await.expect("redis-server");
     let replica = replica_of(primary.port()).await;
     let named = Arc::new(AtomicU16::new(primary.port()));
@@ -669,10 +669,11 @@ async fn waiters_from_before_a_sentinel_failover_are_woken_on_the_new_primary() 
     }
     took.sort();
     // A waiter woken by the release has the lock in a millisecond or two; one that polls (at
-    // most every 250 ms) within 15 ms only now and then.
-    let prompt = took.iter().filter(|t| **t < Duration::from_millis(15)).count();
+    // most every 250 ms) within 25 ms only now and then (at most 4 of 8 in runs of the code
+    // before). A quarter may be slow on a loaded machine.
+    let prompt = took.iter().filter(|t| **t < Duration::from_millis(25)).count();
     assert!(
-        prompt >= NAMES - 2,
+        prompt >= NAMES * 3 / 4,
         "hand-offs after the failover took {took:?}: the waiters were not woken, they polled"
     );
 }
