@@ -29,21 +29,6 @@ pub(crate) enum NodeGrant {
     Mismatch(u32),
 }
 
-/// Where a cluster listing goes on from `cursor` (`<host:port>/<SCAN cursor>`) over the sorted
-/// `primaries`: the index of the primary to scan and its `SCAN` cursor. The primary the cursor
-/// names if it is still one, else the first after it at cursor 0; `None` when none is left.
-/// `Err` for a cursor of another shape.
-fn resume(primaries: &[String], cursor: Option<&str>) -> std::result::Result<Option<(usize, u64)>, ()> {
-    let Some(c) = cursor else { return Ok((!primaries.is_empty()).then_some((0, 0))) };
-    let (addr, from) = c.rsplit_once('/').ok_or(())?;
-    let from: u64 = from.parse().map_err(|_| ())?;
-    Ok(match primaries.iter().position(|p| p.as_str() >= addr) {
-        Some(i) if primaries[i] == addr => Some((i, from)),
-        Some(i) => Some((i, 0)),
-        None => None,
-    })
-}
-
 /// A remaining time in ms as the scripts report it (negative: unknown or none).
 fn millis(ms: i64) -> Option<Duration> {
     (ms >= 0).then(|| Duration::from_millis(ms as u64))
@@ -619,80 +604,12 @@ impl Node {
         Ok(got.into_iter().map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0)).collect())
     }
 
-    /// One `SCAN` call with `pattern` from `cursor` (`None`: the start): the keys, and the
-    /// cursor to go on from (`None`: done).
-    ///
-    /// On one server the cursor is `SCAN`'s own. On a cluster the primaries are scanned one
-    /// after another, in the order of their addresses, and the cursor is `<host:port>/<that
-    /// primary's SCAN cursor>`: a primary that is gone by the next page (a failover, a
-    /// resharding) is passed over for the next address, as `SCAN` passes over keys moved
-    /// meanwhile.
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] for a cursor this did not make; backend errors.
-    pub(crate) async fn scan(
-        &self,
-        cursor: Option<&str>,
-        pattern: &str,
-        count: usize,
-    ) -> Result<(Vec<String>, Option<String>)> {
-        let bad = |c: &str| Error::InvalidConfig(format!("bad list cursor {c:?}"));
-        let scan = |from: u64| {
-            redis::cmd("SCAN").arg(from).arg("MATCH").arg(pattern).arg("COUNT").arg(count).clone()
-        };
-        let Connection::Cluster(cluster) = &self.con else {
-            let from = cursor.map(|c| c.parse::<u64>().map_err(|_| bad(c))).transpose()?.unwrap_or(0);
-            let mut con = self.con.clone();
-            let (next, keys) = self.timed(scan(from).query_async::<(u64, Vec<String>)>(&mut con)).await?;
-            return Ok((keys, (next != 0).then(|| next.to_string())));
-        };
-        let primaries = self.primaries(cluster).await?;
-        let Some((at, from)) = resume(&primaries, cursor).map_err(|()| bad(cursor.unwrap_or_default()))?
-        else {
-            return Ok((Vec::new(), None));
-        };
-        let addr = &primaries[at];
-        let (host, port) =
-            crate::options::split_address(addr, 6379).map_err(|e| bad_reply(self.backend, &self.addr, &e))?;
-        let route = redis::cluster_routing::RoutingInfo::SingleNode(
-            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port },
-        );
-        let mut con = cluster.clone();
-        let reply = self.timed(con.route_command(scan(from), route)).await?;
-        let (next, keys): (u64, Vec<String>) =
-            redis::from_redis_value(reply).map_err(|_| bad_reply(self.backend, &self.addr, "SCAN"))?;
-        let cursor = match (next, primaries.get(at + 1)) {
-            (0, None) => None,
-            (0, Some(after)) => Some(format!("{after}/0")),
-            (next, _) => Some(format!("{addr}/{next}")),
-        };
-        Ok((keys, cursor))
-    }
-
-    /// The cluster's primaries (`host:port`, sorted), from `CLUSTER SLOTS`.
-    async fn primaries(&self, cluster: &redis::cluster_async::ClusterConnection) -> Result<Vec<String>> {
-        let route = redis::cluster_routing::RoutingInfo::SingleNode(
-            redis::cluster_routing::SingleNodeRoutingInfo::Random,
-        );
-        let mut con = cluster.clone();
-        let reply = self.timed(con.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), route)).await?;
-        let bad = || bad_reply(self.backend, &self.addr, "CLUSTER SLOTS");
-        let ranges: Vec<Vec<redis::Value>> = redis::from_redis_value(reply).map_err(|_| bad())?;
-        let mut out = Vec::new();
-        for range in ranges {
-            // [start, end, [host, port, id, …] of the primary, then its replicas]
-            let primary = range.into_iter().nth(2).ok_or_else(bad)?;
-            let node: Vec<redis::Value> = redis::from_redis_value(primary).map_err(|_| bad())?;
-            let mut node = node.into_iter();
-            let (Some(host), Some(port)) = (node.next(), node.next()) else { return Err(bad()) };
-            let host: String = redis::from_redis_value(host).map_err(|_| bad())?;
-            let port: u16 = redis::from_redis_value(port).map_err(|_| bad())?;
-            let host = if host.contains(':') { format!("[{host}]") } else { host };
-            out.push(format!("{host}:{port}"));
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
+    /// One page of a `SCAN` with `pattern` from `cursor`: the next cursor (`0`: done) and the
+    /// keys.
+    pub(crate) async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count).clone();
+        self.timed(cmd.query_async::<(u64, Vec<String>)>(&mut con)).await
     }
 
     /// Every unexpired holder of `keys`' primitive, with its mode.
@@ -800,23 +717,4 @@ pub(crate) fn client(opts: &RedisOptions) -> Result<redis::Client> {
         }
     }
     redis::Client::open(info).map_err(invalid)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::resume;
-
-    #[test]
-    fn a_cluster_listing_goes_on_where_its_cursor_says_or_at_the_next_primary() {
-        let p: Vec<String> =
-            ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"].map(str::to_owned).to_vec();
-        assert_eq!(resume(&p, None), Ok(Some((0, 0))));
-        assert_eq!(resume(&p, Some("127.0.0.1:7002/42")), Ok(Some((1, 42))));
-        // A primary gone since (a failover): the next address, from its start.
-        assert_eq!(resume(&p, Some("127.0.0.1:70015/9")), Ok(Some((1, 0))));
-        assert_eq!(resume(&p, Some("127.0.0.1:7004/9")), Ok(None));
-        assert_eq!(resume(&[], None), Ok(None));
-        assert_eq!(resume(&p, Some("42")), Err(()));
-        assert_eq!(resume(&p, Some("127.0.0.1:7001/x")), Err(()));
-    }
 }
