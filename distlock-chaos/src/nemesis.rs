@@ -98,6 +98,11 @@ impl Timing {
     }
 }
 
+/// The proxies of worker slot `w` (none for a slot that does not exist).
+fn slot(proxies: &[Vec<Proxy>], w: u32) -> impl Iterator<Item = &Proxy> {
+    proxies.get(w as usize).into_iter().flatten()
+}
+
 /// Checks that the holder `pid` a `SIGSTOP` was sent to is stopped (its state in
 /// `/proc/<pid>/stat` is `T`), for up to 200 ms: a pause that did not land (the process gone,
 /// the signal refused) proves nothing, and the event is marked failed, so it does not count
@@ -367,7 +372,7 @@ impl Nemesis<'_> {
                 };
                 let proxies = self.proxies.clone();
                 let cut = Box::new(move |h: &Holder| {
-                    for p in proxies.get(h.w as usize).into_iter().flatten() {
+                    for p in slot(&proxies, h.w) {
                         p.update(|l| {
                             l.up_blocked = up;
                             l.down_blocked = down;
@@ -375,8 +380,7 @@ impl Nemesis<'_> {
                     }
                 });
                 let all = self.proxies.clone();
-                let stalls =
-                    |w: u32| -> u64 { all.get(w as usize).into_iter().flatten().map(Proxy::stalls).sum() };
+                let stalls = |w: u32| -> u64 { slot(&all, w).map(Proxy::stalls).sum() };
                 // Every slot's count: the holder is known only once the cut is put on it.
                 let before: Vec<u64> = (0..self.proxies.len() as u32).map(stalls).collect();
                 if let Some(h) = self.arm(cut, ev, true).await {

@@ -320,16 +320,16 @@ fn read(shared: &Mutex<Shared>, p: Peer, token: u64, renewed: bool) -> [RegResul
         };
         s.log.push(RegEvent { t, w: p.w, inc: p.inc, reg, write: false, token, accepted });
     }
-    let fires = s.arm.as_ref().is_some_and(|a| a.except != Some((p.w, p.inc)));
-    // A hold that an armed fault meets at its read is not offered again.
-    if out[0].outcome == RegOutcome::Ok && renewed && !fires {
-        s.renewed = Some(Holder { w: p.w, inc: p.inc, pid: p.pid, token, at: t });
-    }
-    if out[0].outcome == RegOutcome::Ok && fires {
-        if let Some(arm) = s.arm.take() {
-            let holder = Holder { w: p.w, inc: p.inc, pid: p.pid, token, at: t };
-            (arm.action)(&holder);
-            let _ = arm.tx.send(holder);
+    if out[0].outcome == RegOutcome::Ok {
+        let holder = Holder { w: p.w, inc: p.inc, pid: p.pid, token, at: t };
+        match s.arm.take_if(|a| a.except != Some((p.w, p.inc))) {
+            Some(arm) => {
+                // A hold that an armed fault meets at its read is not offered again.
+                (arm.action)(&holder);
+                let _ = arm.tx.send(holder);
+            }
+            None if renewed => s.renewed = Some(holder),
+            None => {}
         }
     }
     out

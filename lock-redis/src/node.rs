@@ -168,6 +168,31 @@ impl Node {
         if opts.cluster.is_some() {
             return Self::connect_cluster(opts, backend, default_timeout).await;
         }
+        Self::connect_server(opts, backend, lazy, default_timeout, None).await
+    }
+
+    /// Connects to the server `opts` names (not a cluster, not lazily) in place of `old`, the
+    /// primary before a Sentinel failover: `old`'s subscriber moves to the new server and
+    /// serves this node, with `old`'s wake-up channel, so waiters that subscribed before the
+    /// failover are still woken by releases.
+    pub(crate) async fn connect_after(
+        opts: &RedisOptions,
+        backend: &'static str,
+        default_timeout: Duration,
+        old: &Node,
+    ) -> Result<Self> {
+        Self::connect_server(opts, backend, false, default_timeout, Some(old)).await
+    }
+
+    /// [`Node::connect`] to one server, with the subscriber and wake-up channel of `old`
+    /// when it succeeds it.
+    async fn connect_server(
+        opts: &RedisOptions,
+        backend: &'static str,
+        lazy: bool,
+        default_timeout: Duration,
+        old: Option<&Node>,
+    ) -> Result<Self> {
         let client = client(opts)?;
         let addr = opts.describe();
         let timeout = opts.request_timeout_or(default_timeout);
@@ -202,12 +227,15 @@ impl Node {
                 Some(Replicas { con: Connection::Server(con), count, timeout: opts.wait_timeout })
             }
         };
-        let notifier = Notifier::start(vec![client], opts.connect_timeout, timeout);
+        let (notifier, wake_channel) = match old {
+            Some(old) => (old.notifier.moved_to(vec![client]), old.wake_channel.clone()),
+            None => (Notifier::start(vec![client], opts.connect_timeout, timeout), wake_channel(opts)),
+        };
         Ok(Self {
             addr,
             con: Connection::Server(con),
             notifier,
-            wake_channel: wake_channel(opts),
+            wake_channel,
             timeout,
             backend,
             replicas,
@@ -291,15 +319,6 @@ impl Node {
     /// `READONLY`): what a Sentinel-managed primary's follower listens to.
     pub(crate) fn on_trouble(mut self, trouble: Arc<tokio::sync::Notify>) -> Self {
         self.trouble = Some(trouble);
-        self
-    }
-
-    /// This node, in place of `old` (the primary before a Sentinel failover): `old`'s
-    /// subscriber moves to this node's server and serves this node, with `old`'s wake-up
-    /// channel, so waiters that subscribed before the failover are still woken by releases.
-    pub(crate) fn succeeding(mut self, old: &Node) -> Self {
-        self.notifier = self.notifier.take_over(&old.notifier);
-        self.wake_channel = old.wake_channel.clone();
         self
     }
 

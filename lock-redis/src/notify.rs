@@ -66,8 +66,6 @@ impl Shared {
 pub(crate) struct Notifier {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Command>,
-    /// The servers it was started for (handed to another notifier by [`Notifier::take_over`]).
-    clients: Vec<redis::Client>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -122,17 +120,17 @@ impl Notifier {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let timeouts = Timeouts { connect: connect_timeout, request: request_timeout };
-        tokio::spawn(run(clients.clone(), timeouts, shared.clone(), rx));
-        Self { shared, tx, clients }
+        tokio::spawn(run(clients, timeouts, shared.clone(), rx));
+        Self { shared, tx }
     }
 
-    /// `old` moved to this notifier's servers (a Sentinel failover), in place of this one:
-    /// the waiters that subscribed through `old` before the failover keep their wake-ups, now
-    /// delivered from the new primary (they fell back to polling before). This notifier's own
-    /// subscriber task ends once the returned one replaces it.
-    pub(crate) fn take_over(&self, old: &Notifier) -> Notifier {
-        let _ = old.tx.send(Command::Retarget(self.clients.clone()));
-        Notifier { clients: self.clients.clone(), ..old.clone() }
+    /// This notifier, moved to `clients` (a Sentinel failover's new primary): its subscriber
+    /// reconnects there and subscribes every watched channel, so the waiters that subscribed
+    /// before the failover keep their wake-ups, now delivered from the new primary (they fell
+    /// back to polling before).
+    pub(crate) fn moved_to(&self, clients: Vec<redis::Client>) -> Notifier {
+        let _ = self.tx.send(Command::Retarget(clients));
+        self.clone()
     }
 
     /// Watches `channel`, for the waiter `owner` (hex) where a release may wake it alone.
@@ -183,26 +181,29 @@ async fn within<T, E>(timeout: Duration, request: impl std::future::Future<Outpu
     matches!(tokio::time::timeout(timeout, request).await, Ok(Ok(_)))
 }
 
+/// How a stretch without a subscriber connection ended.
+enum Down {
+    /// The notifier is gone: the task ends.
+    Gone,
+    /// The pause is over: connect again.
+    Again,
+    /// Told of other servers: connect to them at once.
+    Moved(Vec<redis::Client>),
+}
+
 /// Down: answers requests at once (waiters poll meanwhile) for `pause`, or until told of
-/// other servers (then `clients`, tried at once); `false` when the notifier is gone.
-async fn answer_while_down(
-    rx: &mut mpsc::UnboundedReceiver<Command>,
-    pause: Duration,
-    clients: &mut Vec<redis::Client>,
-) -> bool {
+/// other servers.
+async fn answer_while_down(rx: &mut mpsc::UnboundedReceiver<Command>, pause: Duration) -> Down {
     let sleep = tokio::time::sleep(pause);
     tokio::pin!(sleep);
     loop {
         tokio::select! {
-            _ = &mut sleep => return true,
+            _ = &mut sleep => return Down::Again,
             cmd = rx.recv() => match cmd {
-                None => return false,
+                None => return Down::Gone,
                 Some(Command::Subscribe(_, reply)) => { let _ = reply.send(false); }
                 Some(Command::Unsubscribe(_)) => {}
-                Some(Command::Retarget(to)) => {
-                    *clients = to;
-                    return true;
-                }
+                Some(Command::Retarget(to)) => return Down::Moved(to),
             }
         }
     }
@@ -233,13 +234,22 @@ async fn run(
     // watching them again.
     let mut lingering: VecDeque<(tokio::time::Instant, String)> = VecDeque::new();
     let mut turn = 0usize;
+    // Servers a Sentinel failover moved the subscriber to, taken up at the top of the loop.
+    let mut moved: Option<Vec<redis::Client>> = None;
     loop {
+        if let Some(to) = moved.take() {
+            tracing::debug!("redis subscriber moving to the new primary");
+            clients = to;
+            turn = 0;
+        }
         let Some(client) = clients.get(turn % clients.len().max(1)) else { return };
         turn = turn.wrapping_add(1);
         let conn = tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = conn else {
-            if !answer_while_down(&mut rx, backoff.next_delay(), &mut clients).await {
-                return;
+            match answer_while_down(&mut rx, backoff.next_delay()).await {
+                Down::Gone => return,
+                Down::Again => {}
+                Down::Moved(to) => moved = Some(to),
             }
             continue;
         };
@@ -256,7 +266,6 @@ async fn run(
             shared.wake_all();
         }
         backoff.reset();
-        let mut moved = false;
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
@@ -282,9 +291,7 @@ async fn run(
                         }
                     }
                     Some(Command::Retarget(to)) => {
-                        clients = to;
-                        turn = 0;
-                        moved = true;
+                        moved = Some(to);
                         break;
                     }
                 },
@@ -307,8 +314,7 @@ async fn run(
         lingering.clear();
         // Wake everyone so they retry now rather than at their next poll.
         shared.wake_all();
-        if moved {
-            tracing::debug!("redis subscriber moving to the new primary");
+        if moved.is_some() {
             continue;
         }
         tracing::debug!("redis subscriber connection lost; reconnecting");

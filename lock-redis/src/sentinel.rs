@@ -163,10 +163,13 @@ async fn follow(me: Weak<Primary>, opts: RedisOptions, sentinel: Sentinel) {
         let Some(primary) = me.upgrade() else { return };
         match found {
             Ok(address) if address != primary.address() => {
-                match Node::connect(&opts.at(address.clone()), NAME, false, DEFAULT_REQUEST_TIMEOUT).await {
+                let old = primary.node();
+                match Node::connect_after(&opts.at(address.clone()), NAME, DEFAULT_REQUEST_TIMEOUT, &old)
+                    .await
+                {
                     Ok(node) => {
                         let mut current = primary.current.write().unwrap_or_else(|p| p.into_inner());
-                        let node = Arc::new(node.on_trouble(primary.trouble.clone()).succeeding(&current.1));
+                        let node = Arc::new(node.on_trouble(primary.trouble.clone()));
                         tracing::info!(master = %sentinel.master, from = %current.0, to = %address, "redis sentinel: following a failover");
                         *current = (address, node);
                     }
