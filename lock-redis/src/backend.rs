@@ -87,17 +87,6 @@ impl RedisBackend {
         self.inner.primary.node()
     }
 
-    /// [`Error::Unsupported`] naming `what` on a cluster (a `SCAN` reaches one node there).
-    fn not_on_a_cluster(&self, what: &str) -> Result<()> {
-        if self.node().is_cluster() {
-            return Err(Error::Unsupported {
-                backend: NAME,
-                capability: format!("{what} on a Redis Cluster"),
-            });
-        }
-        Ok(())
-    }
-
     /// The Redis key that holds the grant of `key`: hand it to a foreign client (for example
     /// redis-py's `Lock`) that must exclude and be excluded by distlock.
     pub fn redis_key(&self, key: &LockKey) -> String {
@@ -205,8 +194,8 @@ impl LockBackend for RedisBackend {
             .with_batch_extend(!cluster)
             .with_elections(true)
             .with_holder_metadata(true)
-            .with_listing(!cluster)
-            .with_fencing_counters(!cluster)
+            .with_listing(true)
+            .with_fencing_counters(true)
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -361,7 +350,6 @@ impl LockBackend for RedisBackend {
     }
 
     async fn list(&self, prefix: &str, cursor: Option<String>, limit: usize) -> Result<lock_core::ListPage> {
-        self.not_on_a_cluster("list")?;
         crate::list::page(&self.node(), &self.inner.prefix, prefix, cursor, limit).await
     }
 
@@ -372,7 +360,6 @@ impl LockBackend for RedisBackend {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<lock_core::CounterPage> {
-        self.not_on_a_cluster("fencing_counters")?;
         crate::list::counters(&self.node(), &self.inner.prefix, prefix, cursor, limit).await
     }
 

@@ -117,6 +117,7 @@
 
 mod attempts;
 mod backend;
+mod cluster_scan;
 mod error;
 mod keys;
 mod list;

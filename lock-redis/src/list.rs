@@ -2,8 +2,9 @@
 //! counters of every primitive under it (`P{<name>}:fence`, `P{<name>}:sem:fence`,
 //! `P{<name>}:rw:fence`, `P{<name>}:elect:fence`: one key per primitive ever granted, so each
 //! is found once), then each one's holders by its own script, sent together. The SCAN cursor
-//! is the page cursor. Locks held only by a foreign client (a `SET NX` on `P{K}` that keeps no counter)
-//! are not listed.
+//! is the page cursor (on a cluster, each primary's in turn, see [`crate::cluster_scan`]).
+//! Locks held only by a foreign client (a `SET NX` on `P{K}` that keeps no counter) are not
+//! listed.
 
 use lock_core::{CounterPage, FencingToken, ListPage, LockInfo, Mode, Result};
 
@@ -48,19 +49,13 @@ async fn scan_counters(
     cursor: Option<String>,
     limit: usize,
 ) -> Result<(Vec<(String, Mode, String)>, Option<String>)> {
-    let from = match cursor {
-        Some(c) => {
-            c.parse().map_err(|_| lock_core::Error::InvalidConfig(format!("bad list cursor {c:?}")))?
-        }
-        None => 0,
-    };
     let pattern = format!("{}{{{}*:fence", glob_escape(base), glob_escape(prefix));
-    let (next, keys) = node.scan(from, &pattern, limit.max(10)).await?;
+    let (keys, next) = node.scan(cursor.as_deref(), &pattern, limit.max(10)).await?;
     let found = keys
         .iter()
         .filter_map(|key| counter_of(base, key).map(|(name, mode)| (name.to_owned(), mode, key.clone())))
         .collect();
-    Ok((found, (next != 0).then(|| next.to_string())))
+    Ok((found, next))
 }
 
 /// One page of the grants held under `prefix` (a full-key prefix): one `SCAN` call.

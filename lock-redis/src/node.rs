@@ -8,7 +8,8 @@ use lock_core::{Error, FencingToken, LockInfo, Mode, OwnerToken, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
 
-use crate::error::{bad_reply, map_err, no_connection, request_timed_out};
+use crate::cluster_scan::{self, Cursor, Topology};
+use crate::error::{bad_reply, map_err, no_connection, request_timed_out, unavailable};
 use crate::keys::Keys;
 use crate::notify::{Notifier, Subscription};
 use crate::options::RedisOptions;
@@ -86,6 +87,8 @@ pub(crate) struct Node {
     replicas: Option<Replicas>,
     /// Told when a request fails in a way a failover explains (a Sentinel-managed primary).
     trouble: Option<Arc<tokio::sync::Notify>>,
+    /// On a cluster, the options a listing's `SCAN` connects to one primary with.
+    scan_opts: Option<Box<RedisOptions>>,
 }
 
 /// Grants confirmed by replicas ([`RedisOptions::wait_replicas`]): they go out on a connection
@@ -240,6 +243,7 @@ impl Node {
             backend,
             replicas,
             trouble: None,
+            scan_opts: None,
         })
     }
 
@@ -307,6 +311,7 @@ impl Node {
             backend,
             replicas: None,
             trouble: None,
+            scan_opts: Some(Box::new(opts.clone())),
         })
     }
 
@@ -623,12 +628,141 @@ impl Node {
         Ok(got.into_iter().map(|v| v.and_then(|v| v.parse().ok()).unwrap_or(0)).collect())
     }
 
-    /// One page of a `SCAN` with `pattern` from `cursor`: the next cursor (`0`: done) and the
-    /// keys.
-    pub(crate) async fn scan(&self, cursor: u64, pattern: &str, count: usize) -> Result<(u64, Vec<String>)> {
-        let mut con = self.con.clone();
-        let cmd = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(count).clone();
-        self.timed(cmd.query_async::<(u64, Vec<String>)>(&mut con)).await
+    /// One `SCAN` call with `pattern` from `cursor` (`None`: the start): the keys, and the
+    /// cursor to go on from (`None`: done).
+    ///
+    /// On one server the cursor is `SCAN`'s own. On a cluster the primaries are scanned one
+    /// after another, and a page fails rather than let the listing miss a key moved by a slot
+    /// migration or a failover (the rules are in [`crate::cluster_scan`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a cursor no listing made; on a cluster whose slots move,
+    /// a retryable [`lock_core::BackendErrorKind::Unavailable`] (list again from the start
+    /// once the cluster settles); backend errors.
+    pub(crate) async fn scan(
+        &self,
+        cursor: Option<&str>,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        let bad = |c: &str| Error::InvalidConfig(format!("bad list cursor {c:?}"));
+        let scan = |from: u64| {
+            redis::cmd("SCAN").arg(from).arg("MATCH").arg(pattern).arg("COUNT").arg(count).clone()
+        };
+        let Connection::Cluster(cluster) = &self.con else {
+            let from = cursor.map(|c| c.parse::<u64>().map_err(|_| bad(c))).transpose()?.unwrap_or(0);
+            let mut con = self.con.clone();
+            let (next, keys) = self.timed(scan(from).query_async::<(u64, Vec<String>)>(&mut con)).await?;
+            return Ok((keys, (next != 0).then(|| next.to_string())));
+        };
+        let topology = self.topology(cluster).await?;
+        let (at, from) = match cursor {
+            None => (0, 0),
+            Some(c) => match Cursor::parse(c, &topology).map_err(|()| bad(c))? {
+                Some(c) => (c.at, c.from),
+                None => return Err(self.unsettled("it changed since the listing began")),
+            },
+        };
+        let Some((_, address)) = topology.primaries.get(at) else { return Ok((Vec::new(), None)) };
+        // On a connection of its own to that primary, not through the cluster client: a
+        // request routed by address to a node the cluster client has just lost would make it
+        // reconnect to every node (and a SCAN has no key to be routed by).
+        let (host, port) = address
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| bad_reply(self.backend, &self.addr, "CLUSTER NODES address"))?;
+        let opts = self.scan_opts.as_deref().ok_or_else(|| bad_reply(self.backend, &self.addr, "cluster"))?;
+        let at_host = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let primary = client(&opts.at(at_host))?;
+        let mut con = tokio::time::timeout(opts.connect_timeout, primary.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| no_connection(self.backend, address, opts.connect_timeout))?
+            .map_err(|e| map_err(self.backend, address, e))?;
+        let (next, keys): (u64, Vec<String>) =
+            tokio::time::timeout(self.timeout, scan(from).query_async(&mut con))
+                .await
+                .map_err(|_| request_timed_out(self.backend, address, self.timeout))?
+                .map_err(|e| map_err(self.backend, address, e))?;
+        let cursor = Cursor::after(&topology, at, next);
+        // The last page: a move that began during the listing may have taken keys to a
+        // primary scanned before.
+        if cursor.is_none() && self.topology(cluster).await?.fingerprint != topology.fingerprint {
+            return Err(self.unsettled("it changed during the listing"));
+        }
+        Ok((keys, cursor))
+    }
+
+    /// The cluster's primaries and slot map, from each primary's own line of `CLUSTER NODES`
+    /// and its `run_id` (every primary the client knows is asked).
+    ///
+    /// # Errors
+    /// A retryable error while the slot map is not settled (see [`crate::cluster_scan`]).
+    async fn topology(&self, cluster: &redis::cluster_async::ClusterConnection) -> Result<Topology> {
+        let (nodes, info) = futures::try_join!(
+            self.on_every_primary(cluster, redis::cmd("CLUSTER").arg("NODES").clone()),
+            self.on_every_primary(cluster, redis::cmd("INFO").arg("server").clone()),
+        )?;
+        let mut seen = Vec::with_capacity(nodes.len());
+        for (address, text) in nodes {
+            let bad = |what: &str| bad_reply(self.backend, &address, what);
+            let line = cluster_scan::own_line(&text).ok_or_else(|| bad("CLUSTER NODES"))?;
+            let run_id = info
+                .iter()
+                .find(|(a, _)| *a == address)
+                .and_then(|(_, text)| text.lines().find_map(|l| l.strip_prefix("run_id:")))
+                .ok_or_else(|| self.unsettled(&format!("no run_id from {address}")))?
+                .trim()
+                .to_owned();
+            seen.push(cluster_scan::Seen { address, line, run_id });
+        }
+        match cluster_scan::topology(seen) {
+            Ok(topology) => Ok(topology),
+            Err(e) => {
+                if let Some(slot) = e.stale {
+                    // The client's slot map is behind (it knows no primary of `slot`), and a
+                    // listing sends no keyed request that would tell it: one request into the
+                    // slot draws the redirect after which it reads the map again.
+                    let key = cluster_scan::key_in_slot(slot);
+                    let mut con = self.con.clone();
+                    let _ = self.timed(redis::cmd("EXISTS").arg(&key).query_async::<i64>(&mut con)).await;
+                }
+                Err(self.unsettled(&e.why))
+            }
+        }
+    }
+
+    /// `cmd`'s text reply from every primary the cluster client knows, with its address.
+    async fn on_every_primary(
+        &self,
+        cluster: &redis::cluster_async::ClusterConnection,
+        cmd: redis::Cmd,
+    ) -> Result<Vec<(String, String)>> {
+        use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+        let route = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let mut con = cluster.clone();
+        let reply = self.timed(con.route_command(cmd, route)).await?;
+        let bad = |at: &str| bad_reply(self.backend, at, "multi-node");
+        // Each primary's reply, by its address.
+        let redis::Value::Map(replies) = reply else { return Err(bad(&self.addr)) };
+        let mut out = Vec::with_capacity(replies.len());
+        for (address, reply) in replies {
+            let address: String = redis::from_redis_value(address).map_err(|_| bad(&self.addr))?;
+            let reply = reply.extract_error().map_err(|e| map_err(self.backend, &address, e))?;
+            let text: String = redis::from_redis_value(reply).map_err(|_| bad(&address))?;
+            out.push((address, text));
+        }
+        Ok(out)
+    }
+
+    /// The retryable error of a cluster listing that met its slots moving (`why`).
+    fn unsettled(&self, why: &str) -> Error {
+        unavailable(
+            self.backend,
+            format!(
+                "{}: the Redis Cluster changed or is changing under the listing ({why}); list again from the start once it settles",
+                self.addr
+            ),
+        )
     }
 
     /// Every unexpired holder of `keys`' primitive, with its mode.

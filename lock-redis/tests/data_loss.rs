@@ -4,7 +4,8 @@
 //! than every token issued before the crash. And `wait_replicas`: grants confirmed by a real
 //! replica before they are returned, unconfirmed ones undone. And failovers and resharding: a
 //! Sentinel-managed primary killed while a lock is held and a waiter waits; on a Redis
-//! Cluster, a slot with a held lock moved while clients work, and a primary killed.
+//! Cluster, a slot with a held lock moved while clients work, and a primary killed; and a
+//! cluster listing refused, rather than short, when a slot moves under it.
 
 #[path = "support/proxy.rs"]
 mod proxy;
@@ -739,6 +740,73 @@ async fn a_cluster_slot_moves_with_a_held_lock_while_clients_work() {
     let g = waiter.await.expect("join").expect("the waiter carries on after the move");
     assert!(g.fencing_token().get() > first, "token {} after {first}", g.fencing_token().get());
     g.release().await.expect("release");
+}
+
+/// Every page of `list(prefix)` on `backend`, one grant per page asked.
+async fn cluster_listing(backend: &RedisBackend, prefix: &str) -> lock_core::Result<Vec<String>> {
+    use lock_core::LockBackend;
+    let (mut names, mut cursor) = (Vec::new(), None);
+    loop {
+        let page = backend.list(prefix, cursor, 1).await?;
+        names.extend(page.entries.into_iter().map(|(name, _)| name));
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_listing_is_refused_rather_than_short_when_a_slot_moves() {
+    use lock_core::LockBackend;
+    let cluster = RedisCluster::start(3).await.expect("a Redis Cluster");
+    let backend =
+        RedisBackend::connect(cluster.url().parse().expect("url")).await.expect("connect to the cluster");
+    let locks = LockClient::new(backend.clone());
+    // Names held on every primary.
+    let names: Vec<String> = (0..24).map(|i| format!("listed/{i:02}")).collect();
+    let mut held = Vec::new();
+    for name in &names {
+        held.push(locks.lock(name).ttl(Duration::from_secs(120)).acquire().await.expect("lock"));
+    }
+    let slot_of = |name: &str| {
+        let key = backend.redis_key(&LockKey::new(name).expect("key"));
+        let cluster = &cluster;
+        async move { cluster.slot(&key).await.expect("the key's slot") }
+    };
+    assert_eq!(cluster_listing(&backend, "listed/").await.expect("a listing of a settled cluster"), names);
+
+    // A slot moves between two pages (its keys with it, then `SETSLOT … NODE`): the next page
+    // is refused, retryably, since keys may have moved to a primary scanned before.
+    let first = backend.list("listed/", None, 1).await.expect("the first page");
+    let cursor = first.cursor.expect("more pages: three primaries");
+    let slot = slot_of(&names[0]).await;
+    let from = cluster.owner(slot).await.expect("the slot's primary");
+    let to = cluster.primaries().await.into_iter().find(|p| *p != from).expect("another primary");
+    cluster.move_slot(slot, to).await.expect("move the slot");
+    let err = backend.list("listed/", Some(cursor), 1).await.expect_err("a page after a slot moved");
+    assert!(err.is_retryable() && err.to_string().contains("changed since"), "{err}");
+    // Begun again, the listing is whole (the client's own slot map may still be behind).
+    assert_eq!(cluster_listing(&backend, "listed/").await.expect("a listing after the move"), names);
+
+    // While a slot is being moved (`IMPORTING` / `MIGRATING`, no key moved yet), a listing and
+    // the fencing counters are refused from their first page; once the move is called off,
+    // they are whole again.
+    let slot = slot_of(&names[1]).await;
+    let from = cluster.owner(slot).await.expect("the slot's primary");
+    let to = cluster.primaries().await.into_iter().find(|p| *p != from).expect("another primary");
+    cluster.begin_slot_move(slot, to).await.expect("begin a slot move");
+    let err = backend.list("listed/", None, 1).await.expect_err("a listing while a slot moves");
+    assert!(err.is_retryable() && err.to_string().contains("migrating"), "{err}");
+    let err = backend.fencing_counters("listed/", None, 100).await.expect_err("counters while a slot moves");
+    assert!(err.is_retryable(), "{err}");
+    cluster.cancel_slot_move(slot, from, to).await.expect("call the move off");
+    assert_eq!(cluster_listing(&backend, "listed/").await.expect("a listing after it"), names);
+    for g in held {
+        g.release().await.expect("release");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

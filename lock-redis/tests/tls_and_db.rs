@@ -134,9 +134,19 @@ async fn rediss_cluster_with_a_private_ca() {
     let two =
         LockClient::new(RedisBackend::connect(with_ca.parse().expect("url")).await.expect("TLS cluster"));
     // Names in different slots, so more than one primary is reached over TLS.
-    for name in ["tls/a", "tls/b", "tls/c", "tls/d", "tls/e", "tls/f"] {
+    let names = ["tls/a", "tls/b", "tls/c", "tls/d", "tls/e", "tls/f"];
+    let mut held = Vec::new();
+    for name in names {
         let g = one.lock(name).acquire().await.expect("acquire on a TLS cluster");
         assert!(two.lock(name).try_acquire().await.expect("try").is_none(), "{name}: a second holder");
+        held.push(g);
+    }
+    // Listed from every primary, each `SCAN` on a TLS connection of its own.
+    let mut listed: Vec<String> =
+        two.list("tls/").await.expect("list a TLS cluster").into_iter().map(|(k, _)| k).collect();
+    listed.sort();
+    assert_eq!(listed, names);
+    for g in held {
         assert_eq!(g.release().await.expect("release"), ReleaseOutcome::Released);
     }
     // The system's roots do not trust the private CA: refused, not ignored.
