@@ -10,8 +10,8 @@
 //! `migrate-tokens` trusts the fencing counters it reads to be all of them. Keys move between
 //! primaries only in a slot migration (`MIGRATE`, key by key, while the slot map stands,
 //! then `SETSLOT … NODE`) and in a failover (another node serves the slots); and a `SCAN`
-//! cursor means nothing to a primary that restarted or reloaded its data (a new hash seed, a
-//! rebuilt table). So before each page the client asks every primary it knows for its own
+//! cursor means nothing to a primary that restarted (a new hash seed) or was a replica
+//! meanwhile (a full resync rebuilds its table). So before each page the client asks every primary it knows for its own
 //! line of `CLUSTER NODES` and its `run_id` (`INFO server`), and the page fails with a
 //! retryable error when
 //!
@@ -24,17 +24,20 @@
 //!   their run ids (new at a restart) — the fingerprint — differ from the first page's.
 //!
 //! The last page checks once more after its `SCAN`, so a move that started during the listing
-//! is caught even when its keys went to a primary scanned before. The limit left: changes
-//! that undo each other between two pages (the same slot out and back) are not seen.
+//! is caught even when its keys went to a primary scanned before. The limits left: changes
+//! that undo each other between two pages (the same slot out and back) are not seen; and a
+//! cluster that leaves slots unassigned on purpose (`cluster-require-full-coverage no`) is
+//! never listed.
 
 use std::collections::BTreeMap;
 
 /// Slots in a Redis Cluster.
 const SLOTS: usize = 16384;
 
-/// A primary's own line of `CLUSTER NODES`: what it says of itself.
+/// What one node's `CLUSTER NODES` says: of itself (its own line), and which other primaries
+/// serve slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OwnLine {
+pub(crate) struct NodeView {
     /// Its node id.
     pub id: String,
     /// Whether it calls itself a primary.
@@ -45,8 +48,8 @@ pub(crate) struct OwnLine {
     pub moving: bool,
     /// Its config epoch.
     pub epoch: u64,
-    /// The other primaries with slots in its table: their ids and first slots.
-    pub others: Vec<(String, u16)>,
+    /// The other primaries with slots in its table.
+    pub others: Vec<String>,
 }
 
 /// Whether the flags field of a `CLUSTER NODES` line holds `flag`.
@@ -58,17 +61,17 @@ fn flagged(line: &[&str], flag: &str) -> bool {
 /// <ping> <pong> <epoch> <link> <slot>…`, a slot being `N`, `N-M`, `[N->-id]` or `[N-<-id]`;
 /// and the other primaries with slots the reply names. `None` when there is no such line or
 /// a field does not parse.
-pub(crate) fn own_line(reply: &str) -> Option<OwnLine> {
+pub(crate) fn node_view(reply: &str) -> Option<NodeView> {
     let lines: Vec<Vec<&str>> = reply.lines().map(|l| l.split_whitespace().collect()).collect();
     let f = lines.iter().find(|l| flagged(l, "myself"))?;
     let (ranges, moving) = slots(f)?;
     let mut others = Vec::new();
     for l in lines.iter().filter(|l| flagged(l, "master") && !flagged(l, "myself")) {
-        if let Some(&(first, _)) = slots(l)?.0.first() {
-            others.push((l[0].to_owned(), first));
+        if !slots(l)?.0.is_empty() {
+            others.push(l[0].to_owned());
         }
     }
-    Some(OwnLine {
+    Some(NodeView {
         id: f.first()?.to_string(),
         primary: flagged(f, "master"),
         slots: ranges,
@@ -103,7 +106,7 @@ pub(crate) struct Topology {
     /// Each primary that serves slots: its node id and the address the client reaches it at
     /// (`host:port`, as the cluster client names it), ordered by id.
     pub primaries: Vec<(String, String)>,
-    /// FNV-1a of the ids and their slot ranges.
+    /// FNV-1a of the primaries' ids, slot ranges, config epochs and run ids.
     pub fingerprint: u64,
 }
 
@@ -112,62 +115,47 @@ pub(crate) struct Topology {
 pub(crate) struct Seen {
     /// The address the client reached it at (`host:port`, as the cluster client names it).
     pub address: String,
-    /// Its own line of `CLUSTER NODES`.
-    pub line: OwnLine,
+    /// Its `CLUSTER NODES`.
+    pub view: NodeView,
     /// Its `run_id` (`INFO server`): new at every start.
     pub run_id: String,
 }
 
-/// Why a topology is not settled (a retryable state).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Unsettled {
-    /// For the error message.
-    pub why: String,
-    /// A slot no primary the client knows serves: the client's own slot map is behind (a
-    /// keyed request into that slot draws the `MOVED` that makes it read the map again).
-    pub stale: Option<u16>,
-}
-
-/// The topology the primaries make, or why it is not settled.
-pub(crate) fn topology(seen: Vec<Seen>) -> Result<Topology, Unsettled> {
-    let unsettled = |why: String| Unsettled { why, stale: None };
+/// The topology the primaries make, or why it is not settled (a retryable state).
+pub(crate) fn topology(seen: Vec<Seen>) -> Result<Topology, String> {
     let mut by_id = BTreeMap::new();
     let mut owner = vec![false; SLOTS];
     let mut replica = None;
-    let known: Vec<String> = seen.iter().map(|s| s.line.id.clone()).collect();
-    for Seen { address, line, run_id } in seen {
-        if line.moving {
-            return Err(unsettled(format!("node {} is migrating or importing a slot", line.id)));
+    let known: Vec<String> = seen.iter().map(|s| s.view.id.clone()).collect();
+    for Seen { address, view, run_id } in seen {
+        if view.moving {
+            return Err(format!("node {} is migrating or importing a slot", view.id));
         }
-        if let Some((other, first)) = line.others.iter().find(|(id, _)| !known.contains(id)) {
-            return Err(Unsettled {
-                why: format!("node {} names primary {other}, which this client does not know", line.id),
-                stale: Some(*first),
-            });
+        if let Some(other) = view.others.iter().find(|id| !known.contains(id)) {
+            return Err(format!("node {} names primary {other}, which this client does not know", view.id));
         }
-        if !line.primary {
-            replica = Some(format!("node {} is a replica now (a failover)", line.id));
+        if !view.primary {
+            replica = Some(format!("node {} is a replica now (a failover)", view.id));
             continue;
         }
-        for &(a, b) in &line.slots {
+        for &(a, b) in &view.slots {
             for s in a..=b {
                 if std::mem::replace(&mut owner[usize::from(s)], true) {
-                    return Err(unsettled(format!("slot {s} is claimed by two primaries")));
+                    return Err(format!("slot {s} is claimed by two primaries"));
                 }
             }
         }
-        if !line.slots.is_empty() {
-            let mut slots = line.slots;
+        if !view.slots.is_empty() {
+            let mut slots = view.slots;
             slots.sort_unstable();
-            by_id.insert(line.id, (slots, line.epoch, run_id, address));
+            by_id.insert(view.id, (slots, view.epoch, run_id, address));
         }
     }
-    let stale = owner.iter().position(|o| !o).and_then(|s| u16::try_from(s).ok());
     if let Some(why) = replica {
-        return Err(Unsettled { why, stale });
+        return Err(why);
     }
-    if let Some(s) = stale {
-        return Err(Unsettled { why: format!("slot {s} is served by no primary this client knows"), stale });
+    if let Some(s) = owner.iter().position(|o| !o) {
+        return Err(format!("slot {s} is served by no primary this client knows"));
     }
     let mut hash = Fnv::new();
     for (id, (slots, epoch, run_id, _)) in &by_id {
@@ -186,12 +174,13 @@ pub(crate) fn topology(seen: Vec<Seen>) -> Result<Topology, Unsettled> {
     })
 }
 
-/// A cluster listing's cursor: the fingerprint of the slot map it started on, the primary it
-/// is at (its position in [`Topology::primaries`]), and that primary's `SCAN` cursor.
+/// Where a cluster listing goes on, on the topology it began on (the cursor's text also
+/// carries that topology's fingerprint).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cursor {
-    pub fingerprint: u64,
+    /// The primary to scan: its position in [`Topology::primaries`].
     pub at: usize,
+    /// That primary's `SCAN` cursor.
     pub from: u64,
 }
 
@@ -209,7 +198,7 @@ impl Cursor {
             return Ok(None);
         }
         let at = topology.primaries.iter().position(|(p, _)| p == id).ok_or(())?;
-        Ok(Some(Cursor { fingerprint, at, from }))
+        Ok(Some(Cursor { at, from }))
     }
 
     /// The cursor after a `SCAN` of primary `at` answered `next` (`0`: that primary is done):
@@ -219,14 +208,6 @@ impl Cursor {
         let (id, _) = topology.primaries.get(at)?;
         Some(format!("{:016x}.{id}.{from}", topology.fingerprint))
     }
-}
-
-/// A key that hashes to cluster `slot`: `{n<i>}` for the first `i` that does (a few
-/// thousand tries on average); empty for a slot out of range.
-pub(crate) fn key_in_slot(slot: u16) -> String {
-    use redis::cluster_routing::Slot;
-    let Some(want) = Slot::new(slot) else { return String::new() };
-    (0u32..1 << 22).map(|i| format!("{{n{i}}}")).find(|k| Slot::for_key(k) == want).unwrap_or_default()
 }
 
 /// FNV-1a, 64 bits: stable across builds, so a cursor outlives the process that made it.
@@ -256,7 +237,7 @@ mod tests {
     }
 
     fn own(id: &str, slots: &[(u16, u16)]) -> Seen {
-        let line = OwnLine {
+        let line = NodeView {
             id: id.into(),
             primary: true,
             slots: slots.to_vec(),
@@ -264,7 +245,7 @@ mod tests {
             epoch: 4,
             others: vec![],
         };
-        Seen { address: format!("10.0.0.{}:6379", id.len()), line, run_id: "r1".into() }
+        Seen { address: format!("10.0.0.{}:6379", &id[..1]), view: line, run_id: "r1".into() }
     }
 
     fn with(mut seen: Seen, change: impl FnOnce(&mut Seen)) -> Seen {
@@ -273,59 +254,51 @@ mod tests {
     }
 
     #[test]
-    fn a_node_says_what_it_serves_on_its_own_line() {
+    fn a_node_says_what_it_serves_on_its_node_view() {
         let reply = [
             line(B, "master", "0-5460"),
             line(A, "myself,master", "5461-10922 16000 [10923->-e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca]"),
             line("c", "slave", ""),
         ]
         .join("\n");
-        let me = own_line(&reply).expect("the myself line");
+        let me = node_view(&reply).expect("the myself line");
         assert_eq!(me.id, A);
         assert!(me.primary && me.moving && me.epoch == 4);
-        assert_eq!(me.others, vec![(B.to_owned(), 0)], "the other primary with slots, not the replica");
+        assert_eq!(me.others, vec![B.to_owned()], "the other primary with slots, not the replica");
         assert_eq!(me.slots, vec![(5461, 10922), (16000, 16000)]);
-        let replica = own_line(&line("c", "myself,slave", "")).expect("a replica's line");
+        let replica = node_view(&line("c", "myself,slave", "")).expect("a replica's line");
         assert!(!replica.primary && !replica.moving && replica.slots.is_empty());
-        assert_eq!(own_line(&line(B, "master", "0-5460")), None, "no myself line");
+        assert_eq!(node_view(&line(B, "master", "0-5460")), None, "no myself line");
         // A primary that failed and was replaced keeps no slots: it is not named.
         let replaced = [line(B, "master,fail", ""), line(A, "myself,master", "0-16383")].join("\n");
-        assert_eq!(own_line(&replaced).expect("a line").others, vec![]);
-        assert_eq!(own_line(&line(A, "myself,master", "0-16384")), None, "a slot out of range");
-        assert_eq!(own_line(&line(A, "myself,master", "9-3")), None, "a range backwards");
+        assert!(node_view(&replaced).expect("a line").others.is_empty());
+        assert_eq!(node_view(&line(A, "myself,master", "0-16384")), None, "a slot out of range");
+        assert_eq!(node_view(&line(A, "myself,master", "9-3")), None, "a range backwards");
     }
 
     #[test]
     fn a_slot_map_that_is_moving_or_incomplete_is_not_settled() {
         let whole = topology(vec![own(B, &[(0, 8191)]), own(A, &[(8192, 16383)])]).expect("settled");
-        let ids: Vec<&str> = whole.primaries.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(ids, vec![A, B], "ordered by id");
-        let moving = with(own(A, &[(8192, 16383)]), |s| s.line.moving = true);
-        assert!(topology(vec![own(B, &[(0, 8191)]), moving]).unwrap_err().why.contains("migrating"));
-        // A primary the client does not know (a promoted replica), named by one it knows:
-        // its first slot is named, to refresh the client's view.
-        let names = with(own(A, &[(8192, 16383)]), |s| s.line.others = vec![(B.into(), 0), ("c".into(), 7)]);
-        let e = topology(vec![own(B, &[(0, 8191)]), names]).unwrap_err();
-        assert!(e.why.contains("does not know") && e.stale == Some(7), "{e:?}");
+        let want =
+            vec![(A.to_owned(), "10.0.0.0:6379".to_owned()), (B.to_owned(), "10.0.0.e:6379".to_owned())];
+        assert_eq!(whole.primaries, want, "ordered by id, each with its own address");
+        let moving = with(own(A, &[(8192, 16383)]), |s| s.view.moving = true);
+        assert!(topology(vec![own(B, &[(0, 8191)]), moving]).unwrap_err().contains("migrating"));
+        // A primary the client does not know (a promoted replica), named by one it knows.
+        let names = with(own(A, &[(8192, 16383)]), |s| s.view.others = vec![B.into(), "c".into()]);
+        assert!(topology(vec![own(B, &[(0, 8191)]), names]).unwrap_err().contains("does not know"));
         // A restart (new run id) or a failover and back (new config epoch): another fingerprint.
         for changed in [
             with(own(A, &[(8192, 16383)]), |s| s.run_id = "r2".into()),
-            with(own(A, &[(8192, 16383)]), |s| s.line.epoch = 5),
+            with(own(A, &[(8192, 16383)]), |s| s.view.epoch = 5),
         ] {
             let t = topology(vec![own(B, &[(0, 8191)]), changed]).expect("settled");
             assert_ne!(t.fingerprint, whole.fingerprint);
         }
-        let replica = with(own(A, &[]), |s| s.line.primary = false);
-        // A primary of the client's view that is a replica now: the first slot nobody serves
-        // (the promoted replica's, unknown to the client) is named, to refresh the view.
-        let e = topology(vec![own(B, &[(0, 8191)]), replica.clone()]).unwrap_err();
-        assert!(e.why.contains("replica") && e.stale == Some(8192), "{e:?}");
-        let e = topology(vec![own(B, &[(0, 16383)]), replica]).unwrap_err();
-        assert!(e.why.contains("replica") && e.stale.is_none(), "{e:?}");
-        let e = topology(vec![own(B, &[(0, 8191)])]).unwrap_err();
-        assert!(e.why.contains("slot 8192") && e.stale == Some(8192), "{e:?}");
-        let e = topology(vec![own(B, &[(0, 8192)]), own(A, &[(8192, 16383)])]).unwrap_err();
-        assert!(e.why.contains("two") && e.stale.is_none(), "{e:?}");
+        let replica = with(own(A, &[]), |s| s.view.primary = false);
+        assert!(topology(vec![own(B, &[(0, 16383)]), replica]).unwrap_err().contains("replica"));
+        assert!(topology(vec![own(B, &[(0, 8191)])]).unwrap_err().contains("slot 8192"));
+        assert!(topology(vec![own(B, &[(0, 8192)]), own(A, &[(8192, 16383)])]).unwrap_err().contains("two"));
         // A slot moved from one primary to the other: another fingerprint.
         let moved = topology(vec![own(B, &[(0, 8190)]), own(A, &[(8191, 16383)])]).expect("settled");
         assert_ne!(moved.fingerprint, whole.fingerprint);
@@ -335,22 +308,12 @@ mod tests {
     }
 
     #[test]
-    fn a_key_is_found_for_every_slot() {
-        use redis::cluster_routing::Slot;
-        for slot in [0, 1, 8191, 12182, 16383] {
-            let key = key_in_slot(slot);
-            assert_eq!(Some(Slot::for_key(&key)), Slot::new(slot), "{key}");
-        }
-        assert_eq!(key_in_slot(16384), "");
-    }
-
-    #[test]
     fn a_cursor_goes_on_at_its_primary_or_the_next_and_only_on_its_slot_map() {
         let t = topology(vec![own(B, &[(0, 8191)]), own(A, &[(8192, 16383)])]).expect("settled");
         let c = Cursor::after(&t, 0, 42).expect("more on the first primary");
-        assert_eq!(Cursor::parse(&c, &t), Ok(Some(Cursor { fingerprint: t.fingerprint, at: 0, from: 42 })));
+        assert_eq!(Cursor::parse(&c, &t), Ok(Some(Cursor { at: 0, from: 42 })));
         let c = Cursor::after(&t, 0, 0).expect("the second primary next");
-        assert_eq!(Cursor::parse(&c, &t), Ok(Some(Cursor { fingerprint: t.fingerprint, at: 1, from: 0 })));
+        assert_eq!(Cursor::parse(&c, &t), Ok(Some(Cursor { at: 1, from: 0 })));
         assert_eq!(Cursor::after(&t, 1, 0), None, "the last primary done");
         let moved = topology(vec![own(B, &[(0, 8190)]), own(A, &[(8191, 16383)])]).expect("settled");
         assert_eq!(Cursor::parse(&c, &moved), Ok(None), "made on another slot map");

@@ -649,7 +649,7 @@ impl Node {
         let scan = |from: u64| {
             redis::cmd("SCAN").arg(from).arg("MATCH").arg(pattern).arg("COUNT").arg(count).clone()
         };
-        let Connection::Cluster(cluster) = &self.con else {
+        let (Connection::Cluster(cluster), Some(opts)) = (&self.con, self.scan_opts.as_deref()) else {
             let from = cursor.map(|c| c.parse::<u64>().map_err(|_| bad(c))).transpose()?.unwrap_or(0);
             let mut con = self.con.clone();
             let (next, keys) = self.timed(scan(from).query_async::<(u64, Vec<String>)>(&mut con)).await?;
@@ -667,22 +667,15 @@ impl Node {
         // On a connection of its own to that primary, not through the cluster client: a
         // request routed by address to a node the cluster client has just lost would make it
         // reconnect to every node (and a SCAN has no key to be routed by).
-        let (host, port) = address
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            .ok_or_else(|| bad_reply(self.backend, &self.addr, "CLUSTER NODES address"))?;
-        let opts = self.scan_opts.as_deref().ok_or_else(|| bad_reply(self.backend, &self.addr, "cluster"))?;
-        let at_host = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-        let primary = client(&opts.at(at_host))?;
-        let mut con = tokio::time::timeout(opts.connect_timeout, primary.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| no_connection(self.backend, address, opts.connect_timeout))?
-            .map_err(|e| map_err(self.backend, address, e))?;
+        let primary = opts.at(crate::options::join_address(address));
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(opts.connect_timeout))
+            .set_response_timeout(Some(self.timeout));
+        let primary = client(&primary)?;
+        let connect = primary.get_multiplexed_async_connection_with_config(&config);
+        let mut con = self.timed_at(address, opts.connect_timeout, connect).await?;
         let (next, keys): (u64, Vec<String>) =
-            tokio::time::timeout(self.timeout, scan(from).query_async(&mut con))
-                .await
-                .map_err(|_| request_timed_out(self.backend, address, self.timeout))?
-                .map_err(|e| map_err(self.backend, address, e))?;
+            self.timed_at(address, self.timeout, scan(from).query_async(&mut con)).await?;
         let cursor = Cursor::after(&topology, at, next);
         // The last page: a move that began during the listing may have taken keys to a
         // primary scanned before.
@@ -692,8 +685,21 @@ impl Node {
         Ok((keys, cursor))
     }
 
+    /// `request` to the node at `address`, within `limit`, its failures naming that node.
+    async fn timed_at<T>(
+        &self,
+        address: &str,
+        limit: Duration,
+        request: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, request).await {
+            Ok(r) => r.map_err(|e| map_err(self.backend, address, e)),
+            Err(_) => Err(request_timed_out(self.backend, address, limit)),
+        }
+    }
+
     /// The cluster's primaries and slot map, from each primary's own line of `CLUSTER NODES`
-    /// and its `run_id` (every primary the client knows is asked).
+    /// and its `run_id` (every primary the cluster client knows is asked).
     ///
     /// # Errors
     /// A retryable error while the slot map is not settled (see [`crate::cluster_scan`]).
@@ -704,8 +710,8 @@ impl Node {
         )?;
         let mut seen = Vec::with_capacity(nodes.len());
         for (address, text) in nodes {
-            let bad = |what: &str| bad_reply(self.backend, &address, what);
-            let line = cluster_scan::own_line(&text).ok_or_else(|| bad("CLUSTER NODES"))?;
+            let view = cluster_scan::node_view(&text)
+                .ok_or_else(|| bad_reply(self.backend, &address, "CLUSTER NODES"))?;
             let run_id = info
                 .iter()
                 .find(|(a, _)| *a == address)
@@ -713,22 +719,9 @@ impl Node {
                 .ok_or_else(|| self.unsettled(&format!("no run_id from {address}")))?
                 .trim()
                 .to_owned();
-            seen.push(cluster_scan::Seen { address, line, run_id });
+            seen.push(cluster_scan::Seen { address, view, run_id });
         }
-        match cluster_scan::topology(seen) {
-            Ok(topology) => Ok(topology),
-            Err(e) => {
-                if let Some(slot) = e.stale {
-                    // The client's slot map is behind (it knows no primary of `slot`), and a
-                    // listing sends no keyed request that would tell it: one request into the
-                    // slot draws the redirect after which it reads the map again.
-                    let key = cluster_scan::key_in_slot(slot);
-                    let mut con = self.con.clone();
-                    let _ = self.timed(redis::cmd("EXISTS").arg(&key).query_async::<i64>(&mut con)).await;
-                }
-                Err(self.unsettled(&e.why))
-            }
-        }
+        cluster_scan::topology(seen).map_err(|why| self.unsettled(&why))
     }
 
     /// `cmd`'s text reply from every primary the cluster client knows, with its address.
@@ -754,7 +747,7 @@ impl Node {
         Ok(out)
     }
 
-    /// The retryable error of a cluster listing that met its slots moving (`why`).
+    /// The retryable error of a cluster listing that met its topology changing (`why`).
     fn unsettled(&self, why: &str) -> Error {
         unavailable(
             self.backend,

@@ -123,9 +123,10 @@ impl RedisOptions {
     ///   traffic per release but keeps wake-ups working through resharding and failover.
     /// - Multi-key locks over names in different slots are taken one name at a time in a
     ///   canonical order (no atomic multi-slot request); renewals go one request per lock
-    ///   (no batches across slots); `list` and the fencing-counter reads are
-    ///   [`Unsupported`](lock_core::Error::Unsupported) (a `SCAN` per node is not done);
-    ///   [`wait_replicas`](Self::wait_replicas) is refused.
+    ///   (no batches across slots); `list` and the fencing-counter reads scan the primaries
+    ///   one after another, and refuse a page with a retryable error while the cluster's
+    ///   slots move or its primaries change (rather than miss a name; list again from the
+    ///   start); [`wait_replicas`](Self::wait_replicas) is refused.
     /// - A primary that fails is replaced by its replica: grants the replica had not received
     ///   are gone (exclusion can break in that window); fencing tokens still rise (see
     ///   [`scripts`](crate::scripts)).
@@ -344,6 +345,15 @@ impl RedisOptions {
     /// named.
     pub(crate) fn at(&self, address: String) -> Self {
         Self { address, sentinel: None, cluster: None, ..self.clone() }
+    }
+}
+
+/// `host:port` as a cluster client names a node (an IPv6 host bare: `::1:7000`), in the form
+/// [`split_address`] reads (`[::1]:7000`).
+pub(crate) fn join_address(node: &str) -> String {
+    match node.rsplit_once(':') {
+        Some((host, port)) if host.contains(':') => format!("[{host}]:{port}"),
+        _ => node.to_owned(),
     }
 }
 

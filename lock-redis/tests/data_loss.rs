@@ -823,6 +823,11 @@ async fn a_cluster_primary_killed_with_a_held_lock_keeps_tokens_rising() {
     assert!(token > last);
     let owner = cluster.owner(slot).await.expect("the slot's primary");
     caught_up(owner).await;
+    // A client that only lists, its slot map read before the failover.
+    let lister =
+        RedisBackend::connect(cluster.url().parse().expect("url")).await.expect("connect to the cluster");
+    let lister = LockClient::new(lister);
+    assert!(lister.list("failover").await.expect("list").iter().any(|(k, _)| k == "failover"));
     // A waiter for the held lock, and tries of a semaphore on the same name (same slot): the
     // failover's refusals are retryable, so the waiter waits on and no try fails for good.
     let waiter = {
@@ -860,6 +865,20 @@ async fn a_cluster_primary_killed_with_a_held_lock_keeps_tokens_rising() {
     assert!(refused.is_empty(), "tries failed for good during the failover: {refused:?}");
     assert!(held.is_held(), "the holder's renewal gave up during the failover");
     assert!(!waiter.is_finished(), "the waiter ended during the failover: {:?}", waiter.await);
+    // The lister's map still names the dead primary: listing alone brings it up to date
+    // (refused meanwhile, retryably), and then finds the held lock on the new primary.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        match lister.list("failover").await {
+            Ok(listed) => break listed,
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "the lister never caught up: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(listed.iter().any(|(k, _)| k == "failover"), "{listed:?}");
 
     // The replica has the holder's grant; new grants on the new primary rise above it.
     assert_eq!(

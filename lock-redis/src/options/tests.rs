@@ -209,3 +209,10 @@ fn credentials_in_a_hand_built_address_never_show() {
         assert!(!e.contains("s3"), "{e}");
     }
 }
+
+#[test]
+fn a_cluster_clients_node_name_is_read_back_as_an_address() {
+    assert_eq!(join_address("10.0.0.1:7000"), "10.0.0.1:7000");
+    assert_eq!(join_address("::1:7000"), "[::1]:7000");
+    assert_eq!(split_address(&join_address("fe80::2:7001"), 6379), Ok(("fe80::2".into(), 7001)));
+}
