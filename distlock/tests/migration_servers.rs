@@ -1,5 +1,6 @@
 //! The migration lock between two server backends: the whole conformance suite from Redis to
-//! DynamoDB (moto's server), and a lock held on both with auto-renewal for several TTLs.
+//! DynamoDB (moto's server), and a lock held on both with auto-renewal for several TTLs; and
+//! `migrate_tokens` from Redis (one node and a cluster) to memory and DynamoDB.
 //! The memory-to-file migration runs in `connect.rs`; this one catches what only a server
 //! backend checks (DynamoDB refuses to extend a grant whose own `valid_until` has passed).
 #![cfg(all(feature = "redis", feature = "dynamo"))]
@@ -152,6 +153,49 @@ async fn migrate_tokens_carries_every_primitives_counter_from_redis() {
     for (key, mode, token) in before {
         let now = after.iter().find(|(k, m, _)| *k == key && *m == mode).map(|c| c.2).expect("still there");
         assert!(now >= token, "{key} {mode:?}: counter went from {token} down to {now}");
+    }
+}
+
+/// `migrate-tokens` from a Redis Cluster: the counters of every primitive, on names spread
+/// over the three primaries, are read from each primary in turn and carried over, so the
+/// first grants on the new backend are fenced above the cluster's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_tokens_carries_every_counter_from_a_redis_cluster() {
+    use conformance_tests::fixtures::redis::RedisCluster;
+    use distlock::lock_local::MemoryBackend;
+    use distlock::migration::migrate_tokens;
+    use distlock::Mode;
+
+    let cluster = RedisCluster::start(3).await.expect("a Redis Cluster");
+    let redis = RedisBackend::connect(cluster.url().parse().expect("url")).await.expect("the cluster");
+    let old = LockClient::new(redis.clone());
+    let p = format!("cluster-carry-{}/", lock_core_token());
+    let mut last = std::collections::HashMap::new();
+    let mut groups = Vec::new();
+    // Eight groups of the four primitives: 32 names, in slots all over the cluster.
+    for i in 0..8 {
+        let (lock, sem, rw, elect) =
+            (format!("{p}{i}/lock"), format!("{p}{i}/sem"), format!("{p}{i}/rw"), format!("{p}{i}/elect"));
+        let g = old.lock(&lock).acquire().await.expect("lock");
+        last.insert((lock.clone(), Mode::Exclusive), g.fencing_token());
+        g.release().await.expect("release");
+        let g = old.semaphore(&sem, 3).acquire().await.expect("permit");
+        last.insert((sem.clone(), Mode::Permit { limit: 3 }), g.fencing_token());
+        g.release().await.expect("release");
+        let g = old.write_lock(&rw).acquire().await.expect("write lock");
+        last.insert((rw.clone(), Mode::Write), g.fencing_token());
+        g.release().await.expect("release");
+        let g = old.election(&elect).campaign("a").await.expect("leader");
+        last.insert((elect.clone(), Mode::Leader), g.fencing_token());
+        g.release().await.expect("resign");
+        groups.push([lock, sem, rw, elect]);
+    }
+    let mem = MemoryBackend::new();
+    let moves = migrate_tokens(&redis, &mem, &p, false).await.expect("migrate from the cluster");
+    assert_eq!(moves.len(), 32, "one counter per primitive and name: {moves:?}");
+    let new = LockClient::new(mem.clone());
+    for [lock, sem, rw, elect] in &groups {
+        first_grants_are_above(&new, [lock, sem, rw, elect], &last).await;
     }
 }
 
