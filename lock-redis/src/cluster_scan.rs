@@ -3,16 +3,17 @@
 //!
 //! One `SCAN` reaches one node, so a cluster is scanned primary by primary, in the order of
 //! their node ids, and a page's cursor is `<fingerprint>.<node id>.<that node's SCAN cursor>`.
-//! A `SCAN` goes to the address the client itself answered the primary's `CLUSTER NODES`
-//! from, not by slot: after a move the client's slot map can be behind, and a `SCAN` carries
-//! no key to be redirected by.
+//! A `SCAN` goes on a connection of its own to the address the cluster client reached that
+//! primary at, not by slot: after a move the client's slot map can be behind, and a `SCAN`
+//! carries no key to be redirected by.
+//!
 //! What must not happen is a listing that ends without an error and misses a name:
 //! `migrate-tokens` trusts the fencing counters it reads to be all of them. Keys move between
-//! primaries only in a slot migration (`MIGRATE`, key by key, while the slot map stands,
-//! then `SETSLOT … NODE`) and in a failover (another node serves the slots); and a `SCAN`
-//! cursor means nothing to a primary that restarted (a new hash seed) or was a replica
-//! meanwhile (a full resync rebuilds its table). So before each page the client asks every primary it knows for its own
-//! line of `CLUSTER NODES` and its `run_id` (`INFO server`), and the page fails with a
+//! primaries only in a slot migration (`MIGRATE`, key by key, while the slot map stands, then
+//! `SETSLOT … NODE`) and in a failover (another node serves the slots); and a `SCAN` cursor
+//! means nothing to a primary that restarted (a new hash seed) or was a replica meanwhile (a
+//! full resync rebuilds its table). So before each page the client asks every primary it
+//! knows for `CLUSTER NODES` and its `run_id` (`INFO server`), and the page fails with a
 //! retryable error when
 //!
 //! - a primary is migrating or importing a slot (`[slot->-id]`, `[slot-<-id]`; a node shows

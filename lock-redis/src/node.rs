@@ -667,11 +667,10 @@ impl Node {
         // On a connection of its own to that primary, not through the cluster client: a
         // request routed by address to a node the cluster client has just lost would make it
         // reconnect to every node (and a SCAN has no key to be routed by).
-        let primary = opts.at(crate::options::join_address(address));
+        let primary = client(&opts.at(crate::options::join_address(address)))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(opts.connect_timeout))
             .set_response_timeout(Some(self.timeout));
-        let primary = client(&primary)?;
         let connect = primary.get_multiplexed_async_connection_with_config(&config);
         let mut con = self.timed_at(address, opts.connect_timeout, connect).await?;
         let (next, keys): (u64, Vec<String>) =
