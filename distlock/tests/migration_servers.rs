@@ -105,27 +105,14 @@ async fn a_migration_lock_renewed_for_several_ttls_stays_held_on_both() {
 async fn migrate_tokens_carries_every_primitives_counter_from_redis() {
     use distlock::lock_local::MemoryBackend;
     use distlock::migration::migrate_tokens;
-    use distlock::{LockBackend, Mode};
+    use distlock::LockBackend;
 
     let servers = Servers::start().await;
     let redis = RedisBackend::connect(servers.redis.url.parse().expect("url")).await.expect("redis");
     let old = LockClient::new(redis.clone());
     let p = format!("carry-{}/", lock_core_token());
-    let (lock, sem, rw, elect) =
-        (format!("{p}lock"), format!("{p}sem"), format!("{p}rw"), format!("{p}elect"));
     let mut last = std::collections::HashMap::new();
-    let g = old.lock(&lock).acquire().await.expect("lock");
-    last.insert((lock.clone(), Mode::Exclusive), g.fencing_token());
-    g.release().await.expect("release");
-    let g = old.semaphore(&sem, 3).acquire().await.expect("permit");
-    last.insert((sem.clone(), Mode::Permit { limit: 3 }), g.fencing_token());
-    g.release().await.expect("release");
-    let g = old.write_lock(&rw).acquire().await.expect("write lock");
-    last.insert((rw.clone(), Mode::Write), g.fencing_token());
-    g.release().await.expect("release");
-    let g = old.election(&elect).campaign("a").await.expect("leader");
-    last.insert((elect.clone(), Mode::Leader), g.fencing_token());
-    g.release().await.expect("resign");
+    let [lock, sem, rw, elect] = grant_each_once(&old, &p, &mut last).await;
 
     let mem = MemoryBackend::new();
     let dry = migrate_tokens(&redis, &mem, &p, true).await.expect("dry run");
@@ -164,7 +151,6 @@ async fn migrate_tokens_carries_every_counter_from_a_redis_cluster() {
     use conformance_tests::fixtures::redis::RedisCluster;
     use distlock::lock_local::MemoryBackend;
     use distlock::migration::migrate_tokens;
-    use distlock::Mode;
 
     let cluster = RedisCluster::start(3).await.expect("a Redis Cluster");
     let redis = RedisBackend::connect(cluster.url().parse().expect("url")).await.expect("the cluster");
@@ -174,21 +160,7 @@ async fn migrate_tokens_carries_every_counter_from_a_redis_cluster() {
     let mut groups = Vec::new();
     // Eight groups of the four primitives: 32 names, in slots all over the cluster.
     for i in 0..8 {
-        let (lock, sem, rw, elect) =
-            (format!("{p}{i}/lock"), format!("{p}{i}/sem"), format!("{p}{i}/rw"), format!("{p}{i}/elect"));
-        let g = old.lock(&lock).acquire().await.expect("lock");
-        last.insert((lock.clone(), Mode::Exclusive), g.fencing_token());
-        g.release().await.expect("release");
-        let g = old.semaphore(&sem, 3).acquire().await.expect("permit");
-        last.insert((sem.clone(), Mode::Permit { limit: 3 }), g.fencing_token());
-        g.release().await.expect("release");
-        let g = old.write_lock(&rw).acquire().await.expect("write lock");
-        last.insert((rw.clone(), Mode::Write), g.fencing_token());
-        g.release().await.expect("release");
-        let g = old.election(&elect).campaign("a").await.expect("leader");
-        last.insert((elect.clone(), Mode::Leader), g.fencing_token());
-        g.release().await.expect("resign");
-        groups.push([lock, sem, rw, elect]);
+        groups.push(grant_each_once(&old, &format!("{p}{i}/"), &mut last).await);
     }
     let mem = MemoryBackend::new();
     let moves = migrate_tokens(&redis, &mem, &p, false).await.expect("migrate from the cluster");
@@ -197,6 +169,32 @@ async fn migrate_tokens_carries_every_counter_from_a_redis_cluster() {
     for [lock, sem, rw, elect] in &groups {
         first_grants_are_above(&new, [lock, sem, rw, elect], &last).await;
     }
+}
+
+/// One grant of each primitive on `old` under `base` (`<base>lock`, a 3-permit `<base>sem`,
+/// a write lock `<base>rw`, an election `<base>elect`), each released, with its token kept in
+/// `last`: the names, in that order.
+async fn grant_each_once(
+    old: &LockClient,
+    base: &str,
+    last: &mut std::collections::HashMap<(String, distlock::Mode), distlock::FencingToken>,
+) -> [String; 4] {
+    use distlock::Mode;
+    let (lock, sem, rw, elect) =
+        (format!("{base}lock"), format!("{base}sem"), format!("{base}rw"), format!("{base}elect"));
+    let g = old.lock(&lock).acquire().await.expect("lock");
+    last.insert((lock.clone(), Mode::Exclusive), g.fencing_token());
+    g.release().await.expect("release");
+    let g = old.semaphore(&sem, 3).acquire().await.expect("permit");
+    last.insert((sem.clone(), Mode::Permit { limit: 3 }), g.fencing_token());
+    g.release().await.expect("release");
+    let g = old.write_lock(&rw).acquire().await.expect("write lock");
+    last.insert((rw.clone(), Mode::Write), g.fencing_token());
+    g.release().await.expect("release");
+    let g = old.election(&elect).campaign("a").await.expect("leader");
+    last.insert((elect.clone(), Mode::Leader), g.fencing_token());
+    g.release().await.expect("resign");
+    [lock, sem, rw, elect]
 }
 
 /// The first grant of each of `names` (a lock, a 3-permit semaphore, a read-write lock, an
