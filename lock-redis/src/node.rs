@@ -329,10 +329,7 @@ impl Node {
 
     /// Awaits one request with the node's timeout, mapping both failures to typed errors.
     async fn timed<T>(&self, request: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        let r = match tokio::time::timeout(self.timeout, request).await {
-            Ok(r) => r.map_err(|e| map_err(self.backend, &self.addr, e)),
-            Err(_) => Err(request_timed_out(self.backend, &self.addr, self.timeout)),
-        };
+        let r = self.timed_at(&self.addr, self.timeout, request).await;
         if let (Err(e), Some(trouble)) = (&r, &self.trouble) {
             if e.is_retryable() {
                 trouble.notify_one();
